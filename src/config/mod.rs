@@ -1,0 +1,52 @@
+//! The gateway's configuration file (`gateway.toml`): its serde shape, loading and
+//! validation. Validation is the *prepare* half of a reload: it either yields a
+//! complete [`crate::Snapshot`] or an error naming what is wrong; nothing half-built
+//! ever reaches the request path.
+
+mod file;
+
+pub use file::{
+    GatewayConfig, ModelConfig, PlanConfig, ProviderConfig, ProviderKind, ResellerConfig,
+    ServerConfig, TenantConfig, TenantStatus, UsageConfig,
+};
+
+use std::path::{Path, PathBuf};
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl GatewayConfig {
+    /// Reads and parses a TOML file; semantic checks happen when the snapshot is built.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses TOML text (used by tests, which build configurations inline).
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<inline>"),
+            message: e.to_string(),
+        })
+    }
+}

@@ -1,0 +1,522 @@
+//! The built-in mock provider: deterministic, offline answers in OpenAI's exact wire
+//! format (2-space JSON bodies, `data: ` SSE framing, the usage chunk, `[DONE]`,
+//! 4-space error bodies with `retry-after` and rate-limit headers).
+//!
+//! A request may carry a `"mock"` object to shape the answer or inject a fault:
+//! `{"status": 429, "retry_after": 2, "delay_ms": 50, "gap_ms": 10, "chunks": 20,
+//!   "drop_after": 3, "omit_done": true, "no_usage": true}`. The same generator backs
+//! the `mock` provider kind, the test suite's HTTP mock and the benchmark mock.
+
+use super::{ByteStream, Endpoint, ProviderError, UpstreamBody, UpstreamResponse};
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const WORDS: &[&str] = &[
+    "Hello",
+    "from",
+    "the",
+    "Livery",
+    "mock",
+    "provider.",
+    "This",
+    "answer",
+    "is",
+    "deterministic,",
+    "offline",
+    "and",
+    "shaped",
+    "exactly",
+    "like",
+    "OpenAI's",
+    "wire",
+    "format.",
+];
+
+/// Test and benchmark knobs read from the request's `"mock"` object.
+#[derive(Debug, Default, Clone)]
+pub struct MockDirectives {
+    pub status: Option<u16>,
+    pub retry_after: Option<u64>,
+    pub delay_ms: u64,
+    pub gap_ms: u64,
+    pub chunks: Option<usize>,
+    /// Drop the connection after this many SSE events (or body bytes for JSON).
+    pub drop_after: Option<usize>,
+    pub omit_done: bool,
+    pub no_usage: bool,
+}
+
+impl MockDirectives {
+    pub fn from_body(body: &Value) -> Self {
+        let m = body.get("mock");
+        let u = |k: &str| m.and_then(|m| m.get(k)).and_then(Value::as_u64);
+        let b = |k: &str| {
+            m.and_then(|m| m.get(k))
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+        };
+        Self {
+            status: u("status").and_then(|s| u16::try_from(s).ok()),
+            retry_after: u("retry_after"),
+            delay_ms: u("delay_ms").unwrap_or(0),
+            gap_ms: u("gap_ms").unwrap_or(0),
+            chunks: u("chunks").and_then(|c| usize::try_from(c).ok()),
+            drop_after: u("drop_after").and_then(|c| usize::try_from(c).ok()),
+            omit_done: b("omit_done"),
+            no_usage: b("no_usage"),
+        }
+    }
+}
+
+/// A complete mock answer: status, headers and the body as the events/pieces it is
+/// sent in, plus the pacing to send them with.
+#[derive(Debug)]
+pub struct MockReply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub pieces: Vec<Bytes>,
+    pub directives: MockDirectives,
+}
+
+impl MockReply {
+    /// Builds the answer for `endpoint` given the parsed request body.
+    pub fn for_request(endpoint: Endpoint, body: &Value) -> Self {
+        let d = MockDirectives::from_body(body);
+        let mut headers = provider_headers();
+        if let Some(status) = d.status.and_then(|s| StatusCode::from_u16(s).ok()) {
+            if status.as_u16() >= 400 {
+                let model = body
+                    .get("model")
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown");
+                if status == StatusCode::TOO_MANY_REQUESTS || status.as_u16() >= 500 {
+                    let ra = d.retry_after.unwrap_or(1).to_string();
+                    if let Ok(v) = HeaderValue::from_str(&ra) {
+                        headers.insert(http::header::RETRY_AFTER, v);
+                    }
+                }
+                headers.insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json; charset=utf-8"),
+                );
+                return Self {
+                    status,
+                    headers,
+                    pieces: vec![error_body(status, model)],
+                    directives: d,
+                };
+            }
+        }
+        let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false)
+            && endpoint != Endpoint::Embeddings;
+        let include_usage = !d.no_usage
+            && body
+                .pointer("/stream_options/include_usage")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+        let pieces = match (endpoint, stream) {
+            (Endpoint::Embeddings, _) => vec![pretty(&embeddings(body, &d))],
+            (e, false) => vec![pretty(&completion(e, body, &d))],
+            (e, true) => completion_stream(e, body, &d, include_usage),
+        };
+        let ct = if stream {
+            "text/event-stream; charset=utf-8"
+        } else {
+            "application/json"
+        };
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(ct));
+        Self {
+            status: StatusCode::OK,
+            headers,
+            pieces,
+            directives: d,
+        }
+    }
+
+    /// Turns the reply into an in-process upstream response, honouring the pacing
+    /// and fault directives.
+    pub async fn into_response(self) -> Result<UpstreamResponse, ProviderError> {
+        if self.directives.delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(self.directives.delay_ms)).await;
+        }
+        let gap = Duration::from_millis(self.directives.gap_ms);
+        let drop_after = self.directives.drop_after;
+        let pieces = self.pieces.into_iter().enumerate();
+        let stream = futures_util::stream::unfold(pieces, move |mut it| async move {
+            let (i, piece) = it.next()?;
+            if drop_after.is_some_and(|n| i >= n) {
+                return Some((
+                    Err(ProviderError::Body("connection reset by mock".into())),
+                    it.fuse_end(),
+                ));
+            }
+            if i > 0 && !gap.is_zero() {
+                tokio::time::sleep(gap).await;
+            }
+            Some((Ok(piece), it))
+        });
+        let body: ByteStream = Box::pin(stream);
+        Ok(UpstreamResponse {
+            status: self.status,
+            headers: self.headers,
+            body: UpstreamBody::Stream(body),
+        })
+    }
+}
+
+trait FuseEnd: Sized {
+    fn fuse_end(self) -> Self;
+}
+impl<I: Iterator> FuseEnd for std::iter::Enumerate<I> {
+    /// Exhausts the iterator so the stream ends after the injected error.
+    fn fuse_end(mut self) -> Self {
+        for _ in self.by_ref() {}
+        self
+    }
+}
+
+/// Headers a real OpenAI answer carries and which the gateway must not pass on.
+fn provider_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    let pairs: [(&str, &str); 8] = [
+        ("openai-organization", "org-livery-mock"),
+        ("openai-project", "proj_livery_mock"),
+        ("openai-processing-ms", "7"),
+        ("openai-version", "2020-10-01"),
+        ("x-request-id", "req_0123456789abcdef0123456789abcdef"),
+        ("x-ratelimit-limit-requests", "500"),
+        ("x-ratelimit-remaining-requests", "499"),
+        ("server", "cloudflare"),
+    ];
+    for (k, v) in pairs {
+        h.insert(k, HeaderValue::from_static(v));
+    }
+    h
+}
+
+fn pretty(v: &Value) -> Bytes {
+    let mut out = serde_json::to_vec_pretty(v).unwrap_or_default();
+    out.push(b'\n');
+    Bytes::from(out)
+}
+
+fn error_body(status: StatusCode, model: &str) -> Bytes {
+    let (message, typ, code): (String, &str, Value) = match status.as_u16() {
+        400 => ("Invalid request (injected by the mock provider).".into(), "invalid_request_error", Value::Null),
+        401 => (
+            "Incorrect API key provided: sk-proj-********************wXyZ. You can find your API key at https://platform.openai.com/account/api-keys.".into(),
+            "invalid_request_error",
+            json!("invalid_api_key"),
+        ),
+        404 => (format!("The model `{model}` does not exist or you do not have access to it."), "invalid_request_error", json!("model_not_found")),
+        429 => (
+            format!("Rate limit reached for {model} in organization org-livery-mock on tokens per min (TPM): Limit 200000, Used 199112, Requested 1406. Please try again in 155ms."),
+            "tokens",
+            json!("rate_limit_exceeded"),
+        ),
+        _ => (
+            "The server had an error processing your request. Sorry about that! You can retry your request, or contact us through our help center at help.openai.com if you keep seeing this error. (Please include the request ID req_0123456789abcdef0123456789abcdef in your email.)".into(),
+            "server_error",
+            Value::Null,
+        ),
+    };
+    let v = json!({"error": {"message": message, "type": typ, "param": null, "code": code}});
+    // OpenAI's edge errors are indented with four spaces.
+    let mut out = Vec::new();
+    let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
+    if serde::Serialize::serialize(&v, &mut ser).is_err() {
+        out.clear();
+    }
+    out.push(b'\n');
+    Bytes::from(out)
+}
+
+/// Rough tokens of a text: about four characters a token, as OpenAI's docs say.
+pub fn estimate_tokens(text: &str) -> u64 {
+    (text.chars().count() as u64).div_ceil(4)
+}
+
+fn prompt_tokens(endpoint: Endpoint, body: &Value) -> u64 {
+    match endpoint {
+        Endpoint::ChatCompletions => {
+            let msgs = body.get("messages").and_then(Value::as_array);
+            let mut n = 3;
+            for m in msgs.into_iter().flatten() {
+                n += 4;
+                match m.get("content") {
+                    Some(Value::String(s)) => n += estimate_tokens(s),
+                    Some(Value::Array(parts)) => {
+                        for p in parts {
+                            if let Some(t) = p.get("text").and_then(Value::as_str) {
+                                n += estimate_tokens(t);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            n
+        }
+        _ => match body.get("prompt").or_else(|| body.get("input")) {
+            Some(Value::String(s)) => estimate_tokens(s).max(1),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|i| match i {
+                    Value::String(s) => estimate_tokens(s).max(1),
+                    Value::Array(toks) => toks.len() as u64,
+                    _ => 1,
+                })
+                .sum(),
+            _ => 1,
+        },
+    }
+}
+
+fn answer_words(body: &Value, d: &MockDirectives) -> (Vec<&'static str>, &'static str) {
+    let want = d.chunks.unwrap_or(12);
+    let cap = body
+        .get("max_completion_tokens")
+        .or_else(|| body.get("max_tokens"))
+        .and_then(Value::as_u64)
+        .map(|c| usize::try_from(c).unwrap_or(usize::MAX));
+    let (n, finish) = match cap {
+        Some(c) if c < want => (c, "length"),
+        _ => (want, "stop"),
+    };
+    ((0..n).map(|i| WORDS[i % WORDS.len()]).collect(), finish)
+}
+
+fn model_of(body: &Value) -> String {
+    body.get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("mock")
+        .to_owned()
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn response_id(prefix: &str, body: &Value) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, body.to_string().as_bytes());
+    format!("{prefix}-mock{}", hex::encode(&d.as_ref()[..12]))
+}
+
+fn usage(prompt: u64, completion: u64) -> Value {
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}
+    })
+}
+
+fn completion(endpoint: Endpoint, body: &Value, d: &MockDirectives) -> Value {
+    let (words, finish) = answer_words(body, d);
+    let prompt = prompt_tokens(endpoint, body);
+    let completion = words.len() as u64;
+    let text = words.join(" ");
+    let model = model_of(body);
+    let mut v = if endpoint == Endpoint::ChatCompletions {
+        json!({
+            "id": response_id("chatcmpl", body),
+            "object": "chat.completion",
+            "created": now(),
+            "model": model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": null, "annotations": []},
+                "logprobs": null,
+                "finish_reason": finish
+            }],
+            "usage": usage(prompt, completion),
+            "service_tier": "default",
+            "system_fingerprint": "fp_livery_mock"
+        })
+    } else {
+        json!({
+            "id": response_id("cmpl", body),
+            "object": "text_completion",
+            "created": now(),
+            "model": model,
+            "choices": [{"text": format!(" {text}"), "index": 0, "logprobs": null, "finish_reason": finish}],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        })
+    };
+    if d.no_usage {
+        if let Some(o) = v.as_object_mut() {
+            o.remove("usage");
+        }
+    }
+    v
+}
+
+fn sse(v: &Value) -> Bytes {
+    Bytes::from(format!("data: {v}\n\n"))
+}
+
+fn completion_stream(
+    endpoint: Endpoint,
+    body: &Value,
+    d: &MockDirectives,
+    include_usage: bool,
+) -> Vec<Bytes> {
+    let (words, finish) = answer_words(body, d);
+    let prompt = prompt_tokens(endpoint, body);
+    let id = response_id(
+        if endpoint == Endpoint::ChatCompletions {
+            "chatcmpl"
+        } else {
+            "cmpl"
+        },
+        body,
+    );
+    let created = now();
+    let model = model_of(body);
+    let usage_null = if include_usage {
+        Some(Value::Null)
+    } else {
+        None
+    };
+    let mut out = Vec::with_capacity(words.len() + 4);
+    let chat = endpoint == Endpoint::ChatCompletions;
+    let chunk = |delta: Value, finish: Value| {
+        let mut v = if chat {
+            json!({
+                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "service_tier": "default", "system_fingerprint": "fp_livery_mock",
+                "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]
+            })
+        } else {
+            let text = delta.get("content").cloned().unwrap_or(json!(""));
+            json!({
+                "id": id, "object": "text_completion", "created": created,
+                "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}],
+                "model": model
+            })
+        };
+        if let (Some(u), Some(o)) = (&usage_null, v.as_object_mut()) {
+            o.insert("usage".into(), u.clone());
+        }
+        sse(&v)
+    };
+    if chat {
+        out.push(chunk(
+            json!({"role": "assistant", "content": "", "refusal": null}),
+            Value::Null,
+        ));
+    }
+    for (i, w) in words.iter().enumerate() {
+        let piece = if i == 0 && chat {
+            (*w).to_owned()
+        } else {
+            format!(" {w}")
+        };
+        out.push(chunk(json!({"content": piece}), Value::Null));
+    }
+    out.push(chunk(json!({}), json!(finish)));
+    if include_usage {
+        let completion = words.len() as u64;
+        let u = if chat {
+            usage(prompt, completion)
+        } else {
+            json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+        };
+        let v = if chat {
+            json!({
+                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "service_tier": "default", "system_fingerprint": "fp_livery_mock",
+                "choices": [], "usage": u
+            })
+        } else {
+            json!({"id": id, "object": "text_completion", "created": created, "choices": [], "model": model, "usage": u})
+        };
+        out.push(sse(&v));
+    }
+    if !d.omit_done {
+        out.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    }
+    out
+}
+
+fn embeddings(body: &Value, d: &MockDirectives) -> Value {
+    let inputs: Vec<String> = match body.get("input") {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) if items.iter().all(Value::is_number) => {
+            vec![Value::Array(items.clone()).to_string()]
+        }
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+            .collect(),
+        _ => vec![String::new()],
+    };
+    let dims = body
+        .get("dimensions")
+        .and_then(Value::as_u64)
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|n| (1..=3072).contains(n))
+        .unwrap_or(1536);
+    let base64 = body.get("encoding_format").and_then(Value::as_str) == Some("base64");
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let vector = embed(text, dims);
+            let embedding = if base64 {
+                let bytes: Vec<u8> = vector.iter().flat_map(|f| f.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(vector)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    let prompt = prompt_tokens(Endpoint::Embeddings, body);
+    let mut v = json!({
+        "object": "list",
+        "data": data,
+        "model": model_of(body),
+        "usage": {"prompt_tokens": prompt, "total_tokens": prompt}
+    });
+    if d.no_usage {
+        if let Some(o) = v.as_object_mut() {
+            o.remove("usage");
+        }
+    }
+    v
+}
+
+/// A deterministic unit vector derived from the text.
+fn embed(text: &str, dims: usize) -> Vec<f32> {
+    let seed = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    let mut state = u64::from_le_bytes(seed.as_ref()[..8].try_into().unwrap_or([7; 8])) | 1;
+    let mut v: Vec<f32> = (0..dims)
+        .map(|_| {
+            // xorshift64*: cheap, deterministic, good enough for a mock.
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            let r = state.wrapping_mul(0x2545_F491_4F6C_DD1D);
+            ((r >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+        .collect();
+    let norm = v
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::EPSILON);
+    for x in &mut v {
+        *x /= norm;
+    }
+    v
+}

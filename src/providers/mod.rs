@@ -1,0 +1,137 @@
+//! Speaking to upstream LLM providers. Each provider kind turns an
+//! [`UpstreamRequest`] into an [`UpstreamResponse`] whose body is a byte stream;
+//! interpreting that body (usage, SSE events, errors) is the proxy's business.
+
+pub mod mock;
+mod openai;
+
+pub use openai::OpenAiProvider;
+
+use crate::config::{ProviderConfig, ProviderKind};
+use bytes::Bytes;
+use futures_util::Stream;
+use http::{HeaderMap, StatusCode};
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// The OpenAI-compatible endpoints the gateway forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+}
+
+impl Endpoint {
+    /// Path below the provider's `/v1` base.
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "/chat/completions",
+            Endpoint::Completions => "/completions",
+            Endpoint::Embeddings => "/embeddings",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "chat.completions",
+            Endpoint::Completions => "completions",
+            Endpoint::Embeddings => "embeddings",
+        }
+    }
+
+    pub fn from_path(path: &str) -> Option<Self> {
+        match path {
+            "/chat/completions" => Some(Endpoint::ChatCompletions),
+            "/completions" => Some(Endpoint::Completions),
+            "/embeddings" => Some(Endpoint::Embeddings),
+            _ => None,
+        }
+    }
+}
+
+/// Why an upstream call failed before a usable response arrived, or mid-body.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProviderError {
+    #[error("could not connect to the provider: {0}")]
+    Connect(String),
+    #[error("the provider did not answer within {0} ms")]
+    FirstByteTimeout(u64),
+    #[error("the provider's response broke off: {0}")]
+    Body(String),
+    #[error("the provider's response is larger than {0} bytes")]
+    BodyTooLarge(usize),
+    #[error("provider misconfigured: {0}")]
+    Misconfigured(String),
+}
+
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, ProviderError>> + Send>>;
+
+pub enum UpstreamBody {
+    Stream(ByteStream),
+}
+
+pub struct UpstreamResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: UpstreamBody,
+}
+
+/// A request ready to go upstream: the body already carries the upstream model.
+pub struct UpstreamRequest {
+    pub endpoint: Endpoint,
+    pub body: Bytes,
+    pub stream: bool,
+    pub request_id: String,
+}
+
+/// One configured provider.
+pub enum Provider {
+    Mock { name: Arc<str> },
+    OpenAi(OpenAiProvider),
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Provider({})", self.name())
+    }
+}
+
+impl Provider {
+    /// Builds a provider from its configuration (reading its platform key, if any).
+    pub fn from_config(cfg: &ProviderConfig) -> Result<Self, String> {
+        match cfg.kind {
+            ProviderKind::Mock => Ok(Provider::Mock {
+                name: cfg.name.as_str().into(),
+            }),
+            ProviderKind::Openai => OpenAiProvider::from_config(cfg).map(Provider::OpenAi),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Provider::Mock { name } => name,
+            Provider::OpenAi(p) => p.name(),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Provider::Mock { .. } => "mock",
+            Provider::OpenAi(_) => "openai",
+        }
+    }
+
+    pub async fn send(&self, req: UpstreamRequest) -> Result<UpstreamResponse, ProviderError> {
+        match self {
+            Provider::Mock { .. } => {
+                let body: serde_json::Value = serde_json::from_slice(&req.body)
+                    .map_err(|e| ProviderError::Misconfigured(e.to_string()))?;
+                mock::MockReply::for_request(req.endpoint, &body)
+                    .into_response()
+                    .await
+            }
+            Provider::OpenAi(p) => p.send(req).await,
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! [`RequestCtx`]: what is known about a request once it has been resolved, carried
+//! through every later stage instead of re-reading headers; and request ids.
+
+use crate::snapshot::Snapshot;
+use crate::tenancy::Tenant;
+use http::HeaderMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct RequestCtx {
+    pub request_id: String,
+    pub started: Instant,
+    /// The snapshot this request was resolved against, held for its whole life so a
+    /// reload never changes the rules half-way through.
+    pub snapshot: Arc<Snapshot>,
+    pub reseller: Arc<str>,
+    pub tenant: Arc<Tenant>,
+}
+
+/// The client's `x-request-id` if it is sane (1–128 visible ASCII characters
+/// from a conservative set), else a fresh UUIDv7.
+pub fn request_id(headers: &HeaderMap) -> String {
+    if let Some(v) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+        let ok = !v.is_empty()
+            && v.len() <= 128
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+        if ok {
+            return v.to_owned();
+        }
+    }
+    uuid::Uuid::now_v7().to_string()
+}

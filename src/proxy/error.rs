@@ -1,0 +1,185 @@
+//! [`GatewayError`]: every way a request can fail, gathered from the stages'
+//! own error enums, and the one exhaustive mapping from an error to an HTTP status
+//! and OpenAI's error JSON (`{"error":{"message","type","param","code"}}`). The
+//! `code` values are stable and listed in the README.
+
+use super::body::{json_response, ProxyBody};
+use crate::providers::ProviderError;
+use crate::routing::RoutingError;
+use crate::tenancy::TenancyError;
+use http::StatusCode;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Tenancy(#[from] TenancyError),
+    #[error(transparent)]
+    Routing(#[from] RoutingError),
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    #[error("request body is larger than the limit of {0} bytes")]
+    BodyTooLarge(usize),
+    #[error("could not read the request body: {0}")]
+    BodyRead(String),
+    #[error("the request body is not valid JSON: {0}")]
+    BadJson(String),
+    #[error("the request body must be a JSON object")]
+    NotAnObject,
+    #[error("you must provide a model parameter")]
+    MissingModel,
+    #[error("invalid type for `{0}`: expected {1}")]
+    InvalidField(&'static str, &'static str),
+    #[error("Invalid URL ({0} {1})")]
+    UnknownEndpoint(String, String),
+    #[error("method {0} is not allowed on {1}")]
+    MethodNotAllowed(String, String),
+}
+
+/// Who caused an error: drives the status family and log level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Client,
+    Upstream,
+    Gateway,
+}
+
+impl GatewayError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::Tenancy(e) => match e {
+                TenancyError::UnknownHost => StatusCode::NOT_FOUND,
+                TenancyError::AmbiguousHost => StatusCode::BAD_REQUEST,
+                TenancyError::MissingKey | TenancyError::InvalidKey => StatusCode::UNAUTHORIZED,
+                TenancyError::TenantSuspended => StatusCode::FORBIDDEN,
+            },
+            GatewayError::Routing(RoutingError::ModelNotFound(_)) => StatusCode::NOT_FOUND,
+            GatewayError::Provider(e) => match e {
+                ProviderError::Connect(_)
+                | ProviderError::Body(_)
+                | ProviderError::BodyTooLarge(_) => StatusCode::BAD_GATEWAY,
+                ProviderError::FirstByteTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                ProviderError::Misconfigured(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            GatewayError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::BodyRead(_)
+            | GatewayError::BadJson(_)
+            | GatewayError::NotAnObject
+            | GatewayError::MissingModel
+            | GatewayError::InvalidField(..) => StatusCode::BAD_REQUEST,
+            GatewayError::UnknownEndpoint(..) => StatusCode::NOT_FOUND,
+            GatewayError::MethodNotAllowed(..) => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    /// OpenAI's `type` field.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            GatewayError::Tenancy(e) => match e {
+                TenancyError::UnknownHost => "not_found_error",
+                TenancyError::AmbiguousHost => "invalid_request_error",
+                TenancyError::MissingKey | TenancyError::InvalidKey => "authentication_error",
+                TenancyError::TenantSuspended => "permission_error",
+            },
+            GatewayError::Provider(ProviderError::Misconfigured(_)) => "server_error",
+            GatewayError::Provider(_) => "upstream_error",
+            GatewayError::Routing(_)
+            | GatewayError::BodyTooLarge(_)
+            | GatewayError::BodyRead(_)
+            | GatewayError::BadJson(_)
+            | GatewayError::NotAnObject
+            | GatewayError::MissingModel
+            | GatewayError::InvalidField(..)
+            | GatewayError::UnknownEndpoint(..)
+            | GatewayError::MethodNotAllowed(..) => "invalid_request_error",
+        }
+    }
+
+    /// The stable, low-cardinality `code` (also the metrics label).
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::Tenancy(e) => match e {
+                TenancyError::UnknownHost => "unknown_host",
+                TenancyError::AmbiguousHost => "invalid_host",
+                TenancyError::MissingKey => "missing_api_key",
+                TenancyError::InvalidKey => "invalid_api_key",
+                TenancyError::TenantSuspended => "tenant_suspended",
+            },
+            GatewayError::Routing(RoutingError::ModelNotFound(_)) => "model_not_found",
+            GatewayError::Provider(e) => match e {
+                ProviderError::Connect(_) => "upstream_unreachable",
+                ProviderError::FirstByteTimeout(_) => "upstream_timeout",
+                ProviderError::Body(_) => "upstream_incomplete",
+                ProviderError::BodyTooLarge(_) => "upstream_response_too_large",
+                ProviderError::Misconfigured(_) => "provider_misconfigured",
+            },
+            GatewayError::BodyTooLarge(_) => "request_too_large",
+            GatewayError::BodyRead(_) => "body_read_failed",
+            GatewayError::BadJson(_) => "invalid_json",
+            GatewayError::NotAnObject => "invalid_body",
+            GatewayError::MissingModel => "missing_model",
+            GatewayError::InvalidField(..) => "invalid_field",
+            GatewayError::UnknownEndpoint(..) => "unknown_url",
+            GatewayError::MethodNotAllowed(..) => "method_not_allowed",
+        }
+    }
+
+    pub fn fault(&self) -> Fault {
+        match self {
+            GatewayError::Provider(ProviderError::Misconfigured(_)) => Fault::Gateway,
+            GatewayError::Provider(_) => Fault::Upstream,
+            _ => Fault::Client,
+        }
+    }
+
+    /// The client-facing message. Tenancy errors stay neutral on purpose: they must
+    /// not reveal whether a key or a host exists elsewhere.
+    pub fn message(&self) -> String {
+        match self {
+            GatewayError::Tenancy(TenancyError::UnknownHost) => {
+                "No API is served at this address.".into()
+            }
+            GatewayError::Tenancy(TenancyError::MissingKey) => {
+                "You didn't provide an API key. Send it in an Authorization header using Bearer auth (Authorization: Bearer YOUR_KEY).".into()
+            }
+            GatewayError::Tenancy(TenancyError::InvalidKey) => "Incorrect API key provided.".into(),
+            GatewayError::Provider(ProviderError::Misconfigured(_)) => {
+                "The gateway is misconfigured for this model; the operator has been notified.".into()
+            }
+            GatewayError::Provider(ProviderError::Connect(_)) => {
+                "The upstream provider could not be reached.".into()
+            }
+            GatewayError::Provider(ProviderError::Body(_)) => {
+                "The upstream provider's response broke off.".into()
+            }
+            other => other.to_string(),
+        }
+    }
+
+    pub fn to_response(&self) -> http::Response<ProxyBody> {
+        match self.fault() {
+            Fault::Client => tracing::debug!(code = self.code(), error = %self, "request refused"),
+            Fault::Upstream => {
+                tracing::warn!(code = self.code(), error = %self, "upstream failure")
+            }
+            Fault::Gateway => tracing::error!(code = self.code(), error = %self, "gateway failure"),
+        }
+        let body = json!({"error": {
+            "message": self.message(),
+            "type": self.error_type(),
+            "param": match self { GatewayError::MissingModel => json!("model"), _ => json!(null) },
+            "code": self.code(),
+        }});
+        let mut resp = json_response(self.status(), &body);
+        if matches!(
+            self,
+            GatewayError::Tenancy(TenancyError::MissingKey | TenancyError::InvalidKey)
+        ) {
+            resp.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        resp
+    }
+}

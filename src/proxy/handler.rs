@@ -1,0 +1,334 @@
+//! The request pipeline. [`handle`] runs these stages in order:
+//!
+//! 1. request id: the client's sane `x-request-id` or a new UUIDv7 (added to every response);
+//! 2. endpoint: path and method, 404/405 in OpenAI's error shape for anything else;
+//! 3. snapshot: one `ArcSwap` load, held for the whole request;
+//! 4. reseller: from the Host / `:authority` (→ `RequestCtx::reseller`);
+//! 5. tenant: from the presented key, constant-time (→ `RequestCtx::tenant`);
+//! 6. body: size-limited read, JSON object with a string `model`;
+//! 7. route: plan check and model table (→ provider + upstream model);
+//! 8. upstream: body rewritten (`model`, `stream_options.include_usage`), sent;
+//! 9. answer: buffered JSON or the SSE relay; usage recorded exactly once.
+
+use super::body::{json_response, ProxyBody};
+use super::ctx::{request_id, RequestCtx};
+use super::error::GatewayError;
+use super::forward::answer;
+use super::record::PendingRecord;
+use super::App;
+use crate::providers::{Endpoint, UpstreamRequest};
+use crate::tenancy::{normalize_host, presented_key, PresentedKey, ResellerIdx, TenancyError};
+use crate::usage::Outcome;
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::Instrument;
+
+enum Api {
+    Models,
+    Forward(Endpoint),
+}
+
+pub async fn handle<B>(app: Arc<App>, req: Request<B>) -> Response<ProxyBody>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let started = Instant::now();
+    let rid = request_id(req.headers());
+    let span = tracing::info_span!(
+        "request",
+        request_id = %rid,
+        method = %req.method(),
+        path = %req.uri().path(),
+        reseller = tracing::field::Empty,
+        tenant = tracing::field::Empty,
+    );
+    let mut resp = match dispatch(&app, req, &rid, started)
+        .instrument(span.clone())
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => span.in_scope(|| e.to_response()),
+    };
+    if let Ok(v) = HeaderValue::from_str(&rid) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+async fn dispatch<B>(
+    app: &Arc<App>,
+    req: Request<B>,
+    rid: &str,
+    started: Instant,
+) -> Result<Response<ProxyBody>, GatewayError>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let path = req.uri().path();
+    let method = req.method();
+    let api = match path {
+        "/healthz" | "/readyz" if method == Method::GET || method == Method::HEAD => {
+            return Ok(health(app, path == "/readyz"));
+        }
+        "/v1/models" if method == Method::GET => Api::Models,
+        _ => match path.strip_prefix("/v1").and_then(Endpoint::from_path) {
+            Some(e) if method == Method::POST => Api::Forward(e),
+            Some(_) => {
+                return Err(GatewayError::MethodNotAllowed(
+                    method.to_string(),
+                    path.to_owned(),
+                ))
+            }
+            None if matches!(path, "/v1/models" | "/healthz" | "/readyz") => {
+                return Err(GatewayError::MethodNotAllowed(
+                    method.to_string(),
+                    path.to_owned(),
+                ))
+            }
+            None => {
+                return Err(GatewayError::UnknownEndpoint(
+                    method.to_string(),
+                    path.to_owned(),
+                ))
+            }
+        },
+    };
+
+    let snapshot = app.snapshot.load_full();
+    let reseller_idx = resolve_reseller(&snapshot.tenancy, &req)?;
+    let reseller = snapshot.tenancy.reseller(reseller_idx).id.clone();
+    tracing::Span::current().record("reseller", &*reseller);
+    let tenant = match presented_key(req.headers()) {
+        PresentedKey::Missing => return Err(TenancyError::MissingKey.into()),
+        PresentedKey::Malformed => return Err(TenancyError::InvalidKey.into()),
+        PresentedKey::Key(k) => snapshot.tenancy.authenticate(reseller_idx, k)?,
+    };
+    tracing::Span::current().record("tenant", &*tenant.id);
+    let ctx = RequestCtx {
+        request_id: rid.to_owned(),
+        started,
+        snapshot,
+        reseller,
+        tenant,
+    };
+    match api {
+        Api::Models => Ok(list_models(&ctx)),
+        Api::Forward(endpoint) => forward(app, &ctx, endpoint, req).await,
+    }
+}
+
+/// The reseller addressed by the request. HTTP/2 carries the authority in the
+/// URI; HTTP/1.1 in the Host header. Both present and different, or Host
+/// repeated, is refused rather than guessed.
+fn resolve_reseller<B>(
+    tenancy: &crate::tenancy::Tenancy,
+    req: &Request<B>,
+) -> Result<ResellerIdx, TenancyError> {
+    let mut hosts = req.headers().get_all(http::header::HOST).iter();
+    let header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(TenancyError::AmbiguousHost);
+    }
+    let header = match header {
+        Some(h) => Some(h.to_str().map_err(|_| TenancyError::AmbiguousHost)?),
+        None => None,
+    };
+    let authority = req.uri().authority().map(|a| a.as_str());
+    let raw = match (authority, header) {
+        (Some(a), Some(h)) => {
+            if normalize_host(a) != normalize_host(h) {
+                return Err(TenancyError::AmbiguousHost);
+            }
+            a
+        }
+        (Some(a), None) => a,
+        (None, Some(h)) => h,
+        (None, None) => return Err(TenancyError::UnknownHost),
+    };
+    let host = normalize_host(raw).ok_or(TenancyError::UnknownHost)?;
+    tenancy.resolve_host(&host)
+}
+
+fn health(app: &App, ready: bool) -> Response<ProxyBody> {
+    if ready && app.is_draining() {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "draining"}),
+        );
+    }
+    json_response(StatusCode::OK, &json!({"status": "ok"}))
+}
+
+fn list_models(ctx: &RequestCtx) -> Response<ProxyBody> {
+    let data: Vec<Value> = ctx
+        .tenant
+        .plan
+        .models
+        .iter()
+        .filter(|m| ctx.snapshot.models.route(m).is_ok())
+        .map(|m| json!({"id": &**m, "object": "model", "created": ctx.snapshot.created, "owned_by": &*ctx.reseller}))
+        .collect();
+    json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
+}
+
+async fn forward<B>(
+    app: &Arc<App>,
+    ctx: &RequestCtx,
+    endpoint: Endpoint,
+    req: Request<B>,
+) -> Result<Response<ProxyBody>, GatewayError>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let limit = ctx.snapshot.limits.max_request_bytes;
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(GatewayError::BodyTooLarge(limit));
+    }
+    let mut record = PendingRecord::new(ctx, app.usage.clone(), endpoint);
+    let body = match Limited::new(req.into_body(), limit).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            let err = if e
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                GatewayError::BodyTooLarge(limit)
+            } else {
+                GatewayError::BodyRead(e.to_string())
+            };
+            return Err(reject(&mut record, err));
+        }
+    };
+    let prepared = match prepare_body(ctx, endpoint, &body) {
+        Ok(p) => p,
+        Err(e) => return Err(reject(&mut record, e)),
+    };
+    record.update(|r| {
+        r.requested_model = Some(prepared.requested_model.clone());
+        r.served_model = Some(prepared.route.upstream_model.to_string());
+        r.provider = Some(prepared.route.provider.name().to_owned());
+        r.stream = prepared.stream;
+    });
+    let upstream = prepared
+        .route
+        .provider
+        .send(UpstreamRequest {
+            endpoint,
+            body: prepared.body,
+            stream: prepared.stream,
+            request_id: ctx.request_id.clone(),
+        })
+        .await;
+    let upstream = match upstream {
+        Ok(u) => u,
+        Err(e) => {
+            let err = GatewayError::from(e);
+            record.finish(
+                err.status().as_u16(),
+                Outcome::UpstreamUnavailable,
+                Some(err.code()),
+            );
+            return Err(err);
+        }
+    };
+    match answer(
+        upstream,
+        record,
+        prepared.stream,
+        prepared.client_wants_usage,
+        ctx.snapshot.limits.max_upstream_bytes,
+    )
+    .await
+    {
+        Ok(a) => Ok(a.response),
+        Err((err, mut record)) => {
+            if !record.is_finished() {
+                record.finish(
+                    err.status().as_u16(),
+                    Outcome::UpstreamUnavailable,
+                    Some(err.code()),
+                );
+            }
+            Err(err)
+        }
+    }
+}
+
+fn reject(record: &mut PendingRecord, err: GatewayError) -> GatewayError {
+    record.finish(err.status().as_u16(), Outcome::Rejected, Some(err.code()));
+    err
+}
+
+struct Prepared {
+    requested_model: String,
+    route: crate::routing::Route,
+    body: Bytes,
+    stream: bool,
+    client_wants_usage: bool,
+}
+
+/// Validates the body and rewrites what the gateway owns: the model name, and for
+/// streams `stream_options.include_usage` (so usage is always counted).
+fn prepare_body(
+    ctx: &RequestCtx,
+    endpoint: Endpoint,
+    body: &[u8],
+) -> Result<Prepared, GatewayError> {
+    let mut value: Value =
+        serde_json::from_slice(body).map_err(|e| GatewayError::BadJson(e.to_string()))?;
+    let obj = value.as_object_mut().ok_or(GatewayError::NotAnObject)?;
+    let requested_model = match obj.get("model") {
+        None | Some(Value::Null) => return Err(GatewayError::MissingModel),
+        Some(Value::String(s)) if s.is_empty() => return Err(GatewayError::MissingModel),
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => return Err(GatewayError::InvalidField("model", "a string")),
+    };
+    if !ctx.tenant.plan.allows(&requested_model) {
+        return Err(crate::routing::RoutingError::ModelNotFound(requested_model).into());
+    }
+    let route = ctx.snapshot.models.route(&requested_model)?.clone();
+    let stream = match obj.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(GatewayError::InvalidField("stream", "a boolean")),
+    } && endpoint != Endpoint::Embeddings;
+    obj.insert(
+        "model".into(),
+        Value::String(route.upstream_model.to_string()),
+    );
+    let mut client_wants_usage = false;
+    if stream {
+        let opts = obj.entry("stream_options").or_insert_with(|| json!({}));
+        if opts.is_null() {
+            *opts = json!({});
+        }
+        let opts = opts
+            .as_object_mut()
+            .ok_or(GatewayError::InvalidField("stream_options", "an object"))?;
+        client_wants_usage = opts
+            .get("include_usage")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        opts.insert("include_usage".into(), Value::Bool(true));
+    }
+    let body = serde_json::to_vec(&value).map_err(|e| GatewayError::BadJson(e.to_string()))?;
+    Ok(Prepared {
+        requested_model,
+        route,
+        body: Bytes::from(body),
+        stream,
+        client_wants_usage,
+    })
+}

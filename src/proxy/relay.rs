@@ -1,0 +1,170 @@
+//! [`SseRelay`]: forwards an upstream SSE stream to the client event by event, as it
+//! arrives, while reading each event on the fly for usage and for the stream's
+//! proper end. Nothing is accumulated beyond the event being parsed.
+//!
+//! A stream is complete only if some choice reported a `finish_reason` and the
+//! upstream sent `data: [DONE]`. Anything else (a broken connection, an end without
+//! `[DONE]`) is finished with a well-formed SSE error event, so that no client
+//! mistakes a truncated answer for a success. The usage chunk that the gateway
+//! asked for on the client's behalf is removed from what the client sees.
+
+use super::record::{PendingRecord, TokenUsage};
+use crate::providers::{ByteStream, ProviderError};
+use crate::usage::Outcome;
+use bytes::Bytes;
+use eventsource_stream::{EventStream, Eventsource};
+use futures_util::Stream;
+use http_body::Frame;
+use serde::Deserialize;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// The parts of a streamed chunk the gateway looks at; everything else is
+/// forwarded untouched.
+#[derive(Deserialize)]
+struct ChunkPeek {
+    #[serde(default)]
+    choices: Option<Vec<ChoicePeek>>,
+    #[serde(default)]
+    usage: Option<serde_json::Value>,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct ChoicePeek {
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+pub struct SseRelay {
+    events: EventStream<ByteStream>,
+    record: PendingRecord,
+    client_wants_usage: bool,
+    saw_finish: bool,
+    model_seen: bool,
+    done: bool,
+}
+
+impl SseRelay {
+    pub fn new(upstream: ByteStream, record: PendingRecord, client_wants_usage: bool) -> Self {
+        Self {
+            events: upstream.eventsource(),
+            record,
+            client_wants_usage,
+            saw_finish: false,
+            model_seen: false,
+            done: false,
+        }
+    }
+
+    /// Ends the stream with an error event after a truncation.
+    fn fail(&mut self, code: &'static str, message: &str) -> Bytes {
+        self.done = true;
+        self.record.finish(200, Outcome::Truncated, Some(code));
+        let ev = serde_json::json!({"error": {
+            "message": message,
+            "type": "upstream_error",
+            "param": null,
+            "code": code,
+        }});
+        Bytes::from(format!("data: {ev}\n\n"))
+    }
+
+    /// Looks at one upstream event; returns what to send to the client, if anything.
+    fn on_event(&mut self, event: &str, data: &str) -> Option<Bytes> {
+        if data.trim() == "[DONE]" {
+            if !self.saw_finish {
+                return Some(self.fail(
+                    "stream_truncated",
+                    "The upstream stream ended without a finish reason; the answer is incomplete.",
+                ));
+            }
+            self.done = true;
+            self.record.finish(200, Outcome::Ok, None);
+            return Some(Bytes::from_static(b"data: [DONE]\n\n"));
+        }
+        let mut forward = true;
+        if let Ok(peek) = serde_json::from_str::<ChunkPeek>(data) {
+            if let (Some(model), false) = (peek.model, self.model_seen) {
+                self.model_seen = true;
+                self.record.update(|r| r.served_model = Some(model));
+            }
+            let choices = peek.choices.unwrap_or_default();
+            if choices.iter().any(|c| c.finish_reason.is_some()) {
+                self.saw_finish = true;
+            }
+            if let Some(u) = peek.usage.as_ref().and_then(TokenUsage::from_json) {
+                self.record.tokens = u;
+                if choices.is_empty() && !self.client_wants_usage {
+                    forward = false;
+                }
+            }
+            if let Some(err) = peek.error {
+                // An error the upstream sent in-band: pass it on and end there.
+                self.done = true;
+                let code = err
+                    .get("code")
+                    .and_then(|c| c.as_str())
+                    .unwrap_or("upstream_stream_error");
+                let code = code.to_owned();
+                self.record.finish(200, Outcome::UpstreamError, Some(&code));
+            }
+        }
+        if !forward {
+            return None;
+        }
+        self.record.mark_first_byte();
+        let out = if event.is_empty() || event == "message" {
+            format!("data: {data}\n\n")
+        } else {
+            format!("event: {event}\ndata: {data}\n\n")
+        };
+        Some(Bytes::from(out))
+    }
+}
+
+impl Stream for SseRelay {
+    type Item = Result<Frame<Bytes>, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut this.events).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(ev))) => {
+                    if let Some(bytes) = this.on_event(&ev.event, &ev.data) {
+                        return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    let detail = match &e {
+                        eventsource_stream::EventStreamError::Transport(ProviderError::Body(m)) => {
+                            m.clone()
+                        }
+                        other => other.to_string(),
+                    };
+                    tracing::warn!(error = %detail, "upstream stream broke off");
+                    let bytes = this.fail(
+                        "stream_interrupted",
+                        "The upstream stream broke off before the answer was complete.",
+                    );
+                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                }
+                Poll::Ready(None) => {
+                    let bytes = this.fail(
+                        "stream_truncated",
+                        "The upstream stream ended before the answer was complete.",
+                    );
+                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                }
+            }
+        }
+    }
+}

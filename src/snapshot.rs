@@ -1,0 +1,49 @@
+//! [`Snapshot`]: everything the request path reads that may change at run time,
+//! built whole from a configuration (the fallible *prepare*) and swapped in
+//! atomically (`ArcSwap::store`, the infallible *swap*).
+
+use crate::config::{ConfigError, GatewayConfig};
+use crate::routing::ModelTable;
+use crate::tenancy::Tenancy;
+use std::collections::HashSet;
+
+/// Size limits applied by the proxy.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    pub max_request_bytes: usize,
+    pub max_upstream_bytes: usize,
+}
+
+#[derive(Debug)]
+pub struct Snapshot {
+    pub tenancy: Tenancy,
+    pub models: ModelTable,
+    pub limits: BodyLimits,
+    /// Unix time the snapshot was built; reported as `created` in `/v1/models`.
+    pub created: u64,
+}
+
+impl Snapshot {
+    pub fn prepare(config: &GatewayConfig) -> Result<Self, ConfigError> {
+        let models = ModelTable::build(config).map_err(ConfigError::Invalid)?;
+        let names: HashSet<String> = models.names().map(str::to_owned).collect();
+        let tenancy = Tenancy::build(config, &names).map_err(ConfigError::Invalid)?;
+        if config.server.max_body_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "server.max_body_bytes must be positive".into(),
+            ));
+        }
+        Ok(Self {
+            tenancy,
+            models,
+            limits: BodyLimits {
+                max_request_bytes: config.server.max_body_bytes,
+                max_upstream_bytes: config.server.max_upstream_body_bytes,
+            },
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        })
+    }
+}

@@ -1,0 +1,261 @@
+//! Who is calling: the reseller, from the authority the client addressed, and the
+//! tenant, from the gateway key it presented. [`Tenancy`] is an immutable index
+//! built once per configuration snapshot; lookups are O(1) hash-map probes and the
+//! final key comparison is constant-time. A key that belongs to another reseller
+//! is indistinguishable from an unknown key.
+
+mod host;
+mod key;
+
+pub use host::normalize_host;
+pub use key::{presented_key, KeyDigest, PresentedKey};
+
+use crate::config::{GatewayConfig, TenantStatus};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// Why a request could not be attributed to a tenant.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TenancyError {
+    #[error("no reseller is served at this host")]
+    UnknownHost,
+    #[error("the Host header is missing, repeated or inconsistent")]
+    AmbiguousHost,
+    #[error("no API key was provided")]
+    MissingKey,
+    #[error("the API key is not valid")]
+    InvalidKey,
+    #[error("this account is suspended")]
+    TenantSuspended,
+}
+
+#[derive(Debug)]
+pub struct Plan {
+    pub name: Arc<str>,
+    /// Tenant-facing model names, in configuration order.
+    pub models: Vec<Arc<str>>,
+}
+
+impl Plan {
+    pub fn allows(&self, model: &str) -> bool {
+        self.models.iter().any(|m| &**m == model)
+    }
+}
+
+#[derive(Debug)]
+pub struct Tenant {
+    pub id: Arc<str>,
+    pub name: Option<String>,
+    pub plan: Arc<Plan>,
+    pub status: TenantStatus,
+    pub key_count: usize,
+}
+
+#[derive(Debug)]
+pub struct Reseller {
+    pub id: Arc<str>,
+    pub name: Option<String>,
+    pub domains: Vec<String>,
+    pub tenants: Vec<Arc<Tenant>>,
+}
+
+/// Index of a reseller inside one [`Tenancy`] snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResellerIdx(usize);
+
+#[derive(Debug, Clone, Copy)]
+struct KeyOwner {
+    reseller: usize,
+    tenant: usize,
+}
+
+/// The resolved tenancy: resellers, their domains, tenants and key digests.
+#[derive(Debug)]
+pub struct Tenancy {
+    platform_domain: Option<String>,
+    domains: HashMap<String, usize>,
+    reseller_ids: HashMap<String, usize>,
+    resellers: Vec<Reseller>,
+    keys: HashMap<KeyDigest, KeyOwner>,
+}
+
+/// Key digest of the published demo key; tenants holding it only work on loopback.
+pub fn demo_key_digest() -> KeyDigest {
+    KeyDigest::of(crate::DEMO_KEY)
+}
+
+impl Tenancy {
+    /// Builds the index, rejecting duplicate ids, domains and keys, and unknown plans.
+    /// `known_models` are the tenant-facing model names of the model table.
+    pub fn build(config: &GatewayConfig, known_models: &HashSet<String>) -> Result<Self, String> {
+        let platform_domain = match &config.server.platform_domain {
+            Some(d) => Some(
+                normalize_host(d)
+                    .ok_or_else(|| format!("platform_domain `{d}` is not a valid host name"))?,
+            ),
+            None => None,
+        };
+        let mut plans = HashMap::new();
+        for p in &config.plans {
+            for m in &p.models {
+                if !known_models.contains(m) {
+                    return Err(format!("plan `{}` lists unknown model `{m}`", p.name));
+                }
+            }
+            let plan = Arc::new(Plan {
+                name: p.name.as_str().into(),
+                models: p.models.iter().map(|m| Arc::from(m.as_str())).collect(),
+            });
+            if plans.insert(p.name.clone(), plan).is_some() {
+                return Err(format!("plan `{}` is declared twice", p.name));
+            }
+        }
+
+        let mut t = Tenancy {
+            platform_domain,
+            domains: HashMap::new(),
+            reseller_ids: HashMap::new(),
+            resellers: Vec::new(),
+            keys: HashMap::new(),
+        };
+        for (ri, r) in config.resellers.iter().enumerate() {
+            if !is_dns_label(&r.id) {
+                return Err(format!(
+                    "reseller id `{}` must be a lowercase DNS label",
+                    r.id
+                ));
+            }
+            if t.reseller_ids.insert(r.id.clone(), ri).is_some() {
+                return Err(format!("reseller `{}` is declared twice", r.id));
+            }
+            let mut domains = Vec::new();
+            for d in &r.domains {
+                let n = normalize_host(d)
+                    .ok_or_else(|| format!("reseller `{}`: `{d}` is not a valid domain", r.id))?;
+                if let Some(prev) = t.domains.insert(n.clone(), ri) {
+                    return Err(format!(
+                        "domain `{n}` is claimed by both `{}` and `{}`",
+                        config.resellers[prev].id, r.id
+                    ));
+                }
+                domains.push(n);
+            }
+            let mut tenants = Vec::new();
+            let mut tenant_ids = HashSet::new();
+            for (ti, tc) in r.tenants.iter().enumerate() {
+                if tc.id.is_empty() || !tenant_ids.insert(tc.id.as_str()) {
+                    return Err(format!(
+                        "reseller `{}`: tenant id `{}` is empty or repeated",
+                        r.id, tc.id
+                    ));
+                }
+                let plan = plans.get(&tc.plan).cloned().ok_or_else(|| {
+                    format!(
+                        "tenant `{}/{}` uses unknown plan `{}`",
+                        r.id, tc.id, tc.plan
+                    )
+                })?;
+                for kh in &tc.key_hashes {
+                    let digest = KeyDigest::parse(kh).ok_or_else(|| {
+                        format!(
+                            "tenant `{}/{}`: key hash must be `sha256:` followed by 64 hex digits (see `livery hash-key`)",
+                            r.id, tc.id
+                        )
+                    })?;
+                    let owner = KeyOwner {
+                        reseller: ri,
+                        tenant: ti,
+                    };
+                    if t.keys.insert(digest, owner).is_some() {
+                        return Err(format!(
+                            "tenant `{}/{}`: a key hash is used twice",
+                            r.id, tc.id
+                        ));
+                    }
+                }
+                tenants.push(Arc::new(Tenant {
+                    id: tc.id.as_str().into(),
+                    name: tc.name.clone(),
+                    plan,
+                    status: tc.status,
+                    key_count: tc.key_hashes.len(),
+                }));
+            }
+            t.resellers.push(Reseller {
+                id: r.id.as_str().into(),
+                name: r.name.clone(),
+                domains,
+                tenants,
+            });
+        }
+        Ok(t)
+    }
+
+    pub fn resellers(&self) -> &[Reseller] {
+        &self.resellers
+    }
+
+    pub fn reseller(&self, idx: ResellerIdx) -> &Reseller {
+        &self.resellers[idx.0]
+    }
+
+    /// True if some tenant holds the published demo key.
+    pub fn has_demo_tenant(&self) -> bool {
+        self.keys.contains_key(&demo_key_digest())
+    }
+
+    /// Finds the reseller served at `host` (already normalised).
+    pub fn resolve_host(&self, host: &str) -> Result<ResellerIdx, TenancyError> {
+        if let Some(&i) = self.domains.get(host) {
+            return Ok(ResellerIdx(i));
+        }
+        if let Some(pd) = &self.platform_domain {
+            if let Some(label) = host
+                .strip_suffix(pd.as_str())
+                .and_then(|h| h.strip_suffix('.'))
+            {
+                if let Some(&i) = self.reseller_ids.get(label) {
+                    return Ok(ResellerIdx(i));
+                }
+            }
+        }
+        Err(TenancyError::UnknownHost)
+    }
+
+    /// Authenticates `key` for the reseller at `reseller`.
+    pub fn authenticate(
+        &self,
+        reseller: ResellerIdx,
+        key: &str,
+    ) -> Result<Arc<Tenant>, TenancyError> {
+        let digest = KeyDigest::of(key);
+        // The map probe compares digests, which leaks nothing usable about the key;
+        // the final comparison is constant-time all the same, and a miss does the
+        // same work as a hit so that timing does not tell the two apart.
+        let (stored, owner) = match self.keys.get_key_value(&digest) {
+            Some((k, o)) => (k.0, Some(*o)),
+            None => ([0u8; 32], None),
+        };
+        let same: bool = stored.ct_eq(&digest.0).into();
+        match owner {
+            Some(o) if same && o.reseller == reseller.0 => {
+                let tenant = &self.resellers[o.reseller].tenants[o.tenant];
+                if tenant.status == TenantStatus::Suspended {
+                    return Err(TenancyError::TenantSuspended);
+                }
+                Ok(tenant.clone())
+            }
+            _ => Err(TenancyError::InvalidKey),
+        }
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
