@@ -1,0 +1,313 @@
+//! Test support: the mock provider, gateways started in-process on port 0 against
+//! it, the standard two-reseller tenancy, a raw HTTP/1.1 client for requests that
+//! well-behaved clients cannot send, and usage-file readers.
+#![allow(dead_code)]
+
+pub mod mock;
+
+pub use mock::MockProvider;
+
+use livery::config::GatewayConfig;
+use livery::Gateway;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The platform key the gateway sends to the mock upstream (read from this env var).
+pub const PROVIDER_KEY_ENV: &str = "LIVERY_TEST_PROVIDER_KEY";
+pub const PROVIDER_KEY: &str = "sk-platform-upstream-secret-0123456789";
+
+/// Tenants of the standard configuration: (reseller, tenant, key).
+pub const ACME_DENTAL: (&str, &str, &str) = ("acme", "dental", "sk-acme-dental-key");
+pub const ACME_REALTY: (&str, &str, &str) = ("acme", "realty", "sk-acme-realty-key");
+pub const GLOBEX_CLINIC: (&str, &str, &str) = ("globex", "clinic", "sk-globex-clinic-key");
+pub const GLOBEX_OFFICE: (&str, &str, &str) = ("globex", "office", "sk-globex-office-key");
+pub const ACME_SUSPENDED_KEY: &str = "sk-acme-suspended-key";
+pub const ACME_HOST: &str = "ai.acme.test";
+pub const GLOBEX_HOST: &str = "ai.globex.test";
+pub const PLATFORM_DOMAIN: &str = "livery.test";
+
+pub fn hash(key: &str) -> String {
+    livery::tenancy::KeyDigest::of(key).to_config_string()
+}
+
+/// Two resellers with two active tenants each (plus one suspended tenant at acme).
+/// Models: `gpt-4o-mini` (served by the HTTP mock as `gpt-4o-mini-2024-07-18`),
+/// `embed` (HTTP mock, `text-embedding-3-small`), `demo` (built-in mock) and
+/// `premium` (HTTP mock, only in plan `pro`). Tenant `realty` is on plan `basic`
+/// which lacks `premium`.
+pub fn standard_config(mock_base_url: &str, extra_provider: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+platform_domain = "{PLATFORM_DOMAIN}"
+max_body_bytes = 65536
+
+[[providers]]
+name = "upstream"
+kind = "openai"
+base_url = "{mock_base_url}"
+api_key_env = "{PROVIDER_KEY_ENV}"
+connect_timeout_ms = 1000
+first_byte_timeout_ms = 1500
+
+[[providers]]
+name = "builtin"
+kind = "mock"
+
+{extra_provider}
+
+[[models]]
+name = "gpt-4o-mini"
+provider = "upstream"
+upstream_model = "gpt-4o-mini-2024-07-18"
+
+[[models]]
+name = "embed"
+provider = "upstream"
+upstream_model = "text-embedding-3-small"
+
+[[models]]
+name = "premium"
+provider = "upstream"
+upstream_model = "gpt-4o"
+
+[[models]]
+name = "demo"
+provider = "builtin"
+upstream_model = "mock-1"
+
+[[plans]]
+name = "pro"
+models = ["gpt-4o-mini", "embed", "premium", "demo"]
+
+[[plans]]
+name = "basic"
+models = ["gpt-4o-mini", "embed", "demo"]
+
+[[resellers]]
+id = "acme"
+domains = ["{ACME_HOST}"]
+
+[[resellers.tenants]]
+id = "dental"
+plan = "pro"
+key_hashes = ["{dental}"]
+
+[[resellers.tenants]]
+id = "realty"
+plan = "basic"
+key_hashes = ["{realty}"]
+
+[[resellers.tenants]]
+id = "suspended"
+plan = "pro"
+status = "suspended"
+key_hashes = ["{suspended}"]
+
+[[resellers]]
+id = "globex"
+domains = ["{GLOBEX_HOST}"]
+
+[[resellers.tenants]]
+id = "clinic"
+plan = "pro"
+key_hashes = ["{clinic}"]
+
+[[resellers.tenants]]
+id = "office"
+plan = "basic"
+key_hashes = ["{office}"]
+"#,
+        dental = hash(ACME_DENTAL.2),
+        realty = hash(ACME_REALTY.2),
+        suspended = hash(ACME_SUSPENDED_KEY),
+        clinic = hash(GLOBEX_CLINIC.2),
+        office = hash(GLOBEX_OFFICE.2),
+    )
+}
+
+pub fn set_provider_key_env() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| std::env::set_var(PROVIDER_KEY_ENV, PROVIDER_KEY));
+}
+
+/// A gateway running in-process on an ephemeral port, with its own usage file.
+pub struct TestGateway {
+    pub gateway: Option<Gateway>,
+    pub addr: SocketAddr,
+    pub usage_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TestGateway {
+    /// Starts a gateway on `toml` (its `[usage]` table is set by this helper).
+    pub async fn start(toml: &str) -> Self {
+        set_provider_key_env();
+        let dir = tempfile::tempdir().unwrap();
+        let usage_path = dir.path().join("usage.jsonl");
+        let mut config = GatewayConfig::parse(toml).expect("test config parses");
+        config.usage.jsonl_path = Some(usage_path.clone());
+        let gateway = Gateway::start(config).await.expect("gateway starts");
+        let addr = gateway.local_addr();
+        Self {
+            gateway: Some(gateway),
+            addr,
+            usage_path,
+            _dir: dir,
+        }
+    }
+
+    /// The standard two-reseller gateway in front of `mock`.
+    pub async fn standard(mock: &MockProvider) -> Self {
+        Self::start(&standard_config(&mock.base_url(), "")).await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Usage records written so far.
+    pub fn usage(&self) -> Vec<Value> {
+        read_usage(&self.usage_path)
+    }
+
+    /// Waits for the usage record of `request_id` (records are written by a
+    /// background thread).
+    pub async fn usage_for(&self, request_id: &str) -> Value {
+        let start = Instant::now();
+        loop {
+            if let Some(r) = self
+                .usage()
+                .into_iter()
+                .find(|r| r["request_id"] == request_id)
+            {
+                return r;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "no usage record for {request_id}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(g) = self.gateway.take() {
+            g.shutdown(Duration::from_secs(5)).await;
+        }
+    }
+}
+
+pub fn read_usage(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("usage lines are JSON"))
+        .collect()
+}
+
+/// A reqwest client that never follows redirects or retries.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// A chat request body for `model`.
+pub fn chat_body(model: &str) -> Value {
+    serde_json::json!({"model": model, "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello to the tests."}]})
+}
+
+/// POSTs JSON with a Host and a bearer key (either may be omitted).
+pub async fn post(
+    gw: &TestGateway,
+    path: &str,
+    host: Option<&str>,
+    key: Option<&str>,
+    body: &Value,
+) -> reqwest::Response {
+    let mut rb = client().post(gw.url(path)).json(body);
+    if let Some(h) = host {
+        rb = rb.header("host", h);
+    }
+    if let Some(k) = key {
+        rb = rb.bearer_auth(k);
+    }
+    rb.send().await.unwrap()
+}
+
+pub async fn get(
+    gw: &TestGateway,
+    path: &str,
+    host: Option<&str>,
+    key: Option<&str>,
+) -> reqwest::Response {
+    let mut rb = client().get(gw.url(path));
+    if let Some(h) = host {
+        rb = rb.header("host", h);
+    }
+    if let Some(k) = key {
+        rb = rb.bearer_auth(k);
+    }
+    rb.send().await.unwrap()
+}
+
+/// Asserts OpenAI's error shape and returns `error.code`.
+pub async fn error_code(resp: reqwest::Response, status: u16) -> String {
+    assert_eq!(resp.status().as_u16(), status, "unexpected status");
+    assert!(resp.headers().contains_key("x-request-id"));
+    let v: Value = resp.json().await.expect("error body is JSON");
+    let e = &v["error"];
+    assert!(
+        e["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "error.message: {v}"
+    );
+    assert!(e["type"].is_string(), "error.type: {v}");
+    assert!(e.get("code").is_some(), "error.code: {v}");
+    e["code"].as_str().unwrap_or_default().to_owned()
+}
+
+/// Parsed HTTP/1.1 response from [`raw_request`].
+pub struct RawResponse {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+/// Sends `request` verbatim over a fresh TCP connection (it should say
+/// `Connection: close`) and reads the whole response.
+pub async fn raw_request(addr: SocketAddr, request: &str) -> RawResponse {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    RawResponse {
+        status,
+        head: head.to_owned(),
+        body: body.to_owned(),
+    }
+}
+
+/// Splits an SSE body into its `data:` payloads.
+pub fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter_map(|ev| {
+            ev.lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .map(str::to_owned)
+        })
+        .collect()
+}
