@@ -41,3 +41,113 @@ async fn provider_key_replaces_gateway_key_and_only_model_is_rewritten() {
     expected["model"] = json!("gpt-4o-mini-2024-07-18");
     assert_eq!(seen.body, expected);
 }
+
+const IDENTIFYING: &[&str] = &[
+    "server",
+    "openai-organization",
+    "openai-project",
+    "openai-processing-ms",
+    "openai-version",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-powered-by",
+];
+
+fn assert_white_label(headers: &reqwest::header::HeaderMap) {
+    for name in IDENTIFYING {
+        assert!(!headers.contains_key(*name), "upstream header `{name}` reached the client");
+    }
+    let rid = headers.get("x-request-id").unwrap().to_str().unwrap();
+    assert!(!rid.starts_with("req_"), "the provider's request id reached the client: {rid}");
+}
+
+#[tokio::test]
+async fn provider_identifying_headers_never_reach_the_client() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    let resp = post(&gw, "/v1/chat/completions", Some(ACME_HOST), Some(ACME_DENTAL.2), &chat_body("gpt-4o-mini")).await;
+    assert_eq!(resp.status(), 200);
+    assert_white_label(resp.headers());
+    // The gateway's request id is the one the provider was sent, for correlation.
+    let rid = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(mock.last_request().headers["x-request-id"], rid.as_str());
+
+    let mut stream = chat_body("gpt-4o-mini");
+    stream["stream"] = json!(true);
+    let resp = post(&gw, "/v1/chat/completions", Some(ACME_HOST), Some(ACME_DENTAL.2), &stream).await;
+    assert_eq!(resp.status(), 200);
+    assert_white_label(resp.headers());
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let _ = resp.text().await.unwrap();
+
+    let mut failing = chat_body("gpt-4o-mini");
+    failing["mock"] = json!({"status": 429});
+    let resp = post(&gw, "/v1/chat/completions", Some(ACME_HOST), Some(ACME_DENTAL.2), &failing).await;
+    assert_eq!(resp.status(), 429);
+    assert_white_label(resp.headers());
+}
+
+#[tokio::test]
+async fn upstream_errors_keep_their_status_in_openai_shape_without_provider_details() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    for (status, retry_after) in [(429u16, Some("3")), (400, None), (404, None), (500, Some("1")), (503, Some("1"))] {
+        let mut body = chat_body("gpt-4o-mini");
+        body["mock"] = json!({"status": status, "retry_after": 3});
+        let resp = post(&gw, "/v1/chat/completions", Some(ACME_HOST), Some(ACME_DENTAL.2), &body).await;
+        assert_eq!(resp.status().as_u16(), status);
+        assert_eq!(
+            resp.headers().get("retry-after").map(|v| v.to_str().unwrap()),
+            retry_after.map(|r| if status >= 500 { "3" } else { r }),
+            "retry-after for {status}"
+        );
+        let text = resp.text().await.unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let err = &v["error"];
+        assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()), "{text}");
+        assert!(err["type"].is_string(), "{text}");
+        for leak in ["org-livery-mock", "req_0123", "openai.com"] {
+            assert!(!text.contains(leak), "`{leak}` leaked in the {status} error: {text}");
+        }
+        if status == 429 {
+            assert_eq!(err["code"], "rate_limit_exceeded");
+        }
+        if status == 404 {
+            assert_eq!(err["code"], "model_not_found");
+        }
+    }
+}
+
+#[tokio::test]
+async fn reload_swaps_the_whole_snapshot_and_in_flight_streams_finish_on_the_old_one() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    let mut slow = chat_body("gpt-4o-mini");
+    slow["stream"] = json!(true);
+    slow["mock"] = json!({"chunks": 6, "gap_ms": 100});
+    let in_flight = post(&gw, "/v1/chat/completions", Some(ACME_HOST), Some(ACME_DENTAL.2), &slow).await;
+    assert_eq!(in_flight.status(), 200);
+
+    // The new configuration drops tenant `dental` and adds a new key to `realty`.
+    let base = standard_config(&mock.base_url(), "");
+    let next = base
+        .replace(&hash(ACME_DENTAL.2), &hash("sk-acme-new-key"))
+        .replace("id = \"dental\"", "id = \"dental-2\"");
+    let mut config = livery::config::GatewayConfig::parse(&next).unwrap();
+    config.usage.jsonl_path = Some(gw.usage_path.clone());
+    gw.gateway.as_ref().unwrap().reload(&config).unwrap();
+
+    let old = post(&gw, "/v1/chat/completions", Some(ACME_HOST), Some(ACME_DENTAL.2), &chat_body("gpt-4o-mini")).await;
+    assert_eq!(old.status(), 401);
+    let new = post(&gw, "/v1/chat/completions", Some(ACME_HOST), Some("sk-acme-new-key"), &chat_body("gpt-4o-mini")).await;
+    assert_eq!(new.status(), 200);
+
+    let text = in_flight.text().await.unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"), "the in-flight stream was cut by the reload: {text}");
+
+    // An invalid configuration is refused and the running snapshot stays.
+    let broken = livery::config::GatewayConfig::parse(&next.replace("plan = \"basic\"", "plan = \"nope\"")).unwrap();
+    assert!(gw.gateway.as_ref().unwrap().reload(&broken).is_err());
+    let still = post(&gw, "/v1/chat/completions", Some(ACME_HOST), Some("sk-acme-new-key"), &chat_body("gpt-4o-mini")).await;
+    assert_eq!(still.status(), 200);
+}
