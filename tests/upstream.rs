@@ -151,3 +151,26 @@ async fn reload_swaps_the_whole_snapshot_and_in_flight_streams_finish_on_the_old
     let still = post(&gw, "/v1/chat/completions", Some(ACME_HOST), Some("sk-acme-new-key"), &chat_body("gpt-4o-mini")).await;
     assert_eq!(still.status(), 200);
 }
+
+#[tokio::test]
+async fn a_stream_that_stalls_is_cut_with_an_error_event_after_the_idle_timeout() {
+    let mock = MockProvider::start().await;
+    let config = standard_config(&mock.base_url(), "").replace("stream_idle_timeout_ms = 3000", "stream_idle_timeout_ms = 300");
+    let gw = TestGateway::start(&config).await;
+    let mut body = chat_body("gpt-4o-mini");
+    body["stream"] = json!(true);
+    body["mock"] = json!({"chunks": 3, "gap_ms": 5000});
+    let started = std::time::Instant::now();
+    let resp = post(&gw, "/v1/chat/completions", Some(ACME_HOST), Some(ACME_DENTAL.2), &body).await;
+    assert_eq!(resp.status(), 200);
+    let rid = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let text = resp.text().await.unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(3), "the stall was not cut: {:?}", started.elapsed());
+    let events = sse_data(&text);
+    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "stream_interrupted", "{text}");
+    assert!(!text.contains("[DONE]"));
+    let record = gw.usage_for(&rid).await;
+    assert_eq!(record["outcome"], "truncated");
+    mock.wait_cancelled(1, std::time::Duration::from_secs(6)).await;
+}

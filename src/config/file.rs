@@ -105,6 +105,10 @@ pub struct ProviderConfig {
     /// Time allowed from sending the request to receiving the response headers.
     #[serde(default = "default_first_byte_timeout_ms")]
     pub first_byte_timeout_ms: u64,
+    /// A response body (or stream) that sends nothing for this long is cut off
+    /// with an error instead of hanging the client.
+    #[serde(default = "default_stream_idle_timeout_ms")]
+    pub stream_idle_timeout_ms: u64,
 }
 
 fn default_connect_timeout_ms() -> u64 {
@@ -112,6 +116,9 @@ fn default_connect_timeout_ms() -> u64 {
 }
 fn default_first_byte_timeout_ms() -> u64 {
     120_000
+}
+fn default_stream_idle_timeout_ms() -> u64 {
+    60_000
 }
 
 #[derive(Debug, Clone, Deserialize)]

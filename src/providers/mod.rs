@@ -2,8 +2,11 @@
 //! [`UpstreamRequest`] into an [`UpstreamResponse`] whose body is a byte stream;
 //! interpreting that body (usage, SSE events, errors) is the proxy's business.
 
+mod idle;
 pub mod mock;
 mod openai;
+
+pub use idle::IdleTimeout;
 
 pub use openai::OpenAiProvider;
 

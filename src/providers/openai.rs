@@ -3,7 +3,7 @@
 //! since connections are per upstream host anyway; this also lets each provider
 //! keep its own connect timeout.
 
-use super::{ByteStream, ProviderError, UpstreamBody, UpstreamRequest, UpstreamResponse};
+use super::{ByteStream, IdleTimeout, ProviderError, UpstreamBody, UpstreamRequest, UpstreamResponse};
 use crate::config::ProviderConfig;
 use crate::vault::{platform_key_from_env, Secret};
 use futures_util::TryStreamExt;
@@ -17,6 +17,7 @@ pub struct OpenAiProvider {
     key: Option<Secret>,
     client: reqwest::Client,
     first_byte_timeout: Duration,
+    idle_timeout: Duration,
 }
 
 impl OpenAiProvider {
@@ -58,6 +59,7 @@ impl OpenAiProvider {
             key,
             client,
             first_byte_timeout: Duration::from_millis(cfg.first_byte_timeout_ms),
+            idle_timeout: Duration::from_millis(cfg.stream_idle_timeout_ms),
         })
     }
 
@@ -108,6 +110,7 @@ impl OpenAiProvider {
             resp.bytes_stream()
                 .map_err(|e| ProviderError::Body(without_url(e))),
         );
+        let body = IdleTimeout::wrap(body, self.idle_timeout);
         Ok(UpstreamResponse {
             status,
             headers,

@@ -52,6 +52,7 @@ kind = "openai"
 base_url = "{mock_base_url}"
 api_key_env = "{PROVIDER_KEY_ENV}"
 connect_timeout_ms = 1000
+stream_idle_timeout_ms = 3000
 first_byte_timeout_ms = 1500
 
 [[providers]]
