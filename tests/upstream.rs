@@ -55,17 +55,30 @@ const IDENTIFYING: &[&str] = &[
 
 fn assert_white_label(headers: &reqwest::header::HeaderMap) {
     for name in IDENTIFYING {
-        assert!(!headers.contains_key(*name), "upstream header `{name}` reached the client");
+        assert!(
+            !headers.contains_key(*name),
+            "upstream header `{name}` reached the client"
+        );
     }
     let rid = headers.get("x-request-id").unwrap().to_str().unwrap();
-    assert!(!rid.starts_with("req_"), "the provider's request id reached the client: {rid}");
+    assert!(
+        !rid.starts_with("req_"),
+        "the provider's request id reached the client: {rid}"
+    );
 }
 
 #[tokio::test]
 async fn provider_identifying_headers_never_reach_the_client() {
     let mock = MockProvider::start().await;
     let gw = TestGateway::standard(&mock).await;
-    let resp = post(&gw, "/v1/chat/completions", Some(ACME_HOST), Some(ACME_DENTAL.2), &chat_body("gpt-4o-mini")).await;
+    let resp = post(
+        &gw,
+        "/v1/chat/completions",
+        Some(ACME_HOST),
+        Some(ACME_DENTAL.2),
+        &chat_body("gpt-4o-mini"),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     assert_white_label(resp.headers());
     // The gateway's request id is the one the provider was sent, for correlation.
@@ -74,15 +87,32 @@ async fn provider_identifying_headers_never_reach_the_client() {
 
     let mut stream = chat_body("gpt-4o-mini");
     stream["stream"] = json!(true);
-    let resp = post(&gw, "/v1/chat/completions", Some(ACME_HOST), Some(ACME_DENTAL.2), &stream).await;
+    let resp = post(
+        &gw,
+        "/v1/chat/completions",
+        Some(ACME_HOST),
+        Some(ACME_DENTAL.2),
+        &stream,
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     assert_white_label(resp.headers());
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
     let _ = resp.text().await.unwrap();
 
     let mut failing = chat_body("gpt-4o-mini");
     failing["mock"] = json!({"status": 429});
-    let resp = post(&gw, "/v1/chat/completions", Some(ACME_HOST), Some(ACME_DENTAL.2), &failing).await;
+    let resp = post(
+        &gw,
+        "/v1/chat/completions",
+        Some(ACME_HOST),
+        Some(ACME_DENTAL.2),
+        &failing,
+    )
+    .await;
     assert_eq!(resp.status(), 429);
     assert_white_label(resp.headers());
 }
@@ -91,23 +121,44 @@ async fn provider_identifying_headers_never_reach_the_client() {
 async fn upstream_errors_keep_their_status_in_openai_shape_without_provider_details() {
     let mock = MockProvider::start().await;
     let gw = TestGateway::standard(&mock).await;
-    for (status, retry_after) in [(429u16, Some("3")), (400, None), (404, None), (500, Some("1")), (503, Some("1"))] {
+    for (status, retry_after) in [
+        (429u16, Some("3")),
+        (400, None),
+        (404, None),
+        (500, Some("1")),
+        (503, Some("1")),
+    ] {
         let mut body = chat_body("gpt-4o-mini");
         body["mock"] = json!({"status": status, "retry_after": 3});
-        let resp = post(&gw, "/v1/chat/completions", Some(ACME_HOST), Some(ACME_DENTAL.2), &body).await;
+        let resp = post(
+            &gw,
+            "/v1/chat/completions",
+            Some(ACME_HOST),
+            Some(ACME_DENTAL.2),
+            &body,
+        )
+        .await;
         assert_eq!(resp.status().as_u16(), status);
         assert_eq!(
-            resp.headers().get("retry-after").map(|v| v.to_str().unwrap()),
+            resp.headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap()),
             retry_after.map(|r| if status >= 500 { "3" } else { r }),
             "retry-after for {status}"
         );
         let text = resp.text().await.unwrap();
         let v: Value = serde_json::from_str(&text).unwrap();
         let err = &v["error"];
-        assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()), "{text}");
+        assert!(
+            err["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{text}"
+        );
         assert!(err["type"].is_string(), "{text}");
         for leak in ["org-livery-mock", "req_0123", "openai.com"] {
-            assert!(!text.contains(leak), "`{leak}` leaked in the {status} error: {text}");
+            assert!(
+                !text.contains(leak),
+                "`{leak}` leaked in the {status} error: {text}"
+            );
         }
         if status == 429 {
             assert_eq!(err["code"], "rate_limit_exceeded");
@@ -125,7 +176,14 @@ async fn reload_swaps_the_whole_snapshot_and_in_flight_streams_finish_on_the_old
     let mut slow = chat_body("gpt-4o-mini");
     slow["stream"] = json!(true);
     slow["mock"] = json!({"chunks": 6, "gap_ms": 100});
-    let in_flight = post(&gw, "/v1/chat/completions", Some(ACME_HOST), Some(ACME_DENTAL.2), &slow).await;
+    let in_flight = post(
+        &gw,
+        "/v1/chat/completions",
+        Some(ACME_HOST),
+        Some(ACME_DENTAL.2),
+        &slow,
+    )
+    .await;
     assert_eq!(in_flight.status(), 200);
 
     // The new configuration drops tenant `dental` and adds a new key to `realty`.
@@ -137,40 +195,81 @@ async fn reload_swaps_the_whole_snapshot_and_in_flight_streams_finish_on_the_old
     config.usage.jsonl_path = Some(gw.usage_path.clone());
     gw.gateway.as_ref().unwrap().reload(&config).unwrap();
 
-    let old = post(&gw, "/v1/chat/completions", Some(ACME_HOST), Some(ACME_DENTAL.2), &chat_body("gpt-4o-mini")).await;
+    let old = post(
+        &gw,
+        "/v1/chat/completions",
+        Some(ACME_HOST),
+        Some(ACME_DENTAL.2),
+        &chat_body("gpt-4o-mini"),
+    )
+    .await;
     assert_eq!(old.status(), 401);
-    let new = post(&gw, "/v1/chat/completions", Some(ACME_HOST), Some("sk-acme-new-key"), &chat_body("gpt-4o-mini")).await;
+    let new = post(
+        &gw,
+        "/v1/chat/completions",
+        Some(ACME_HOST),
+        Some("sk-acme-new-key"),
+        &chat_body("gpt-4o-mini"),
+    )
+    .await;
     assert_eq!(new.status(), 200);
 
     let text = in_flight.text().await.unwrap();
-    assert!(text.ends_with("data: [DONE]\n\n"), "the in-flight stream was cut by the reload: {text}");
+    assert!(
+        text.ends_with("data: [DONE]\n\n"),
+        "the in-flight stream was cut by the reload: {text}"
+    );
 
     // An invalid configuration is refused and the running snapshot stays.
-    let broken = livery::config::GatewayConfig::parse(&next.replace("plan = \"basic\"", "plan = \"nope\"")).unwrap();
+    let broken =
+        livery::config::GatewayConfig::parse(&next.replace("plan = \"basic\"", "plan = \"nope\""))
+            .unwrap();
     assert!(gw.gateway.as_ref().unwrap().reload(&broken).is_err());
-    let still = post(&gw, "/v1/chat/completions", Some(ACME_HOST), Some("sk-acme-new-key"), &chat_body("gpt-4o-mini")).await;
+    let still = post(
+        &gw,
+        "/v1/chat/completions",
+        Some(ACME_HOST),
+        Some("sk-acme-new-key"),
+        &chat_body("gpt-4o-mini"),
+    )
+    .await;
     assert_eq!(still.status(), 200);
 }
 
 #[tokio::test]
 async fn a_stream_that_stalls_is_cut_with_an_error_event_after_the_idle_timeout() {
     let mock = MockProvider::start().await;
-    let config = standard_config(&mock.base_url(), "").replace("stream_idle_timeout_ms = 3000", "stream_idle_timeout_ms = 300");
+    let config = standard_config(&mock.base_url(), "").replace(
+        "stream_idle_timeout_ms = 3000",
+        "stream_idle_timeout_ms = 300",
+    );
     let gw = TestGateway::start(&config).await;
     let mut body = chat_body("gpt-4o-mini");
     body["stream"] = json!(true);
     body["mock"] = json!({"chunks": 3, "gap_ms": 5000});
     let started = std::time::Instant::now();
-    let resp = post(&gw, "/v1/chat/completions", Some(ACME_HOST), Some(ACME_DENTAL.2), &body).await;
+    let resp = post(
+        &gw,
+        "/v1/chat/completions",
+        Some(ACME_HOST),
+        Some(ACME_DENTAL.2),
+        &body,
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     let rid = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
     let text = resp.text().await.unwrap();
-    assert!(started.elapsed() < std::time::Duration::from_secs(3), "the stall was not cut: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "the stall was not cut: {:?}",
+        started.elapsed()
+    );
     let events = sse_data(&text);
     let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
     assert_eq!(last["error"]["code"], "stream_interrupted", "{text}");
     assert!(!text.contains("[DONE]"));
     let record = gw.usage_for(&rid).await;
     assert_eq!(record["outcome"], "truncated");
-    mock.wait_cancelled(1, std::time::Duration::from_secs(6)).await;
+    mock.wait_cancelled(1, std::time::Duration::from_secs(6))
+        .await;
 }

@@ -46,7 +46,9 @@ impl Stream for IdleTimeout {
                 Poll::Ready(()) => {
                     self.expired = true;
                     let ms = u64::try_from(self.idle.as_millis()).unwrap_or(u64::MAX);
-                    Poll::Ready(Some(Err(ProviderError::Body(format!("no data from the provider for {ms} ms")))))
+                    Poll::Ready(Some(Err(ProviderError::Body(format!(
+                        "no data from the provider for {ms} ms"
+                    )))))
                 }
                 Poll::Pending => Poll::Pending,
             },
@@ -62,7 +64,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_stalled_body_ends_with_an_error() {
         let stalled: ByteStream = Box::pin(
-            futures_util::stream::iter([Ok(Bytes::from_static(b"a"))]).chain(futures_util::stream::pending()),
+            futures_util::stream::iter([Ok(Bytes::from_static(b"a"))])
+                .chain(futures_util::stream::pending()),
         );
         let mut s = IdleTimeout::wrap(stalled, Duration::from_secs(5));
         assert_eq!(s.next().await.unwrap().unwrap(), Bytes::from_static(b"a"));
@@ -76,7 +79,9 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(4)).await;
             Ok(Bytes::from_static(b"x"))
         }));
-        let items: Vec<_> = IdleTimeout::wrap(steady, Duration::from_secs(5)).collect().await;
+        let items: Vec<_> = IdleTimeout::wrap(steady, Duration::from_secs(5))
+            .collect()
+            .await;
         assert_eq!(items.len(), 5);
         assert!(items.iter().all(Result::is_ok));
     }

@@ -3,7 +3,9 @@
 //! since connections are per upstream host anyway; this also lets each provider
 //! keep its own connect timeout.
 
-use super::{ByteStream, IdleTimeout, ProviderError, UpstreamBody, UpstreamRequest, UpstreamResponse};
+use super::{
+    ByteStream, IdleTimeout, ProviderError, UpstreamBody, UpstreamRequest, UpstreamResponse,
+};
 use crate::config::ProviderConfig;
 use crate::vault::{platform_key_from_env, Secret};
 use futures_util::TryStreamExt;
@@ -101,7 +103,9 @@ impl OpenAiProvider {
             Ok(Err(e)) if e.is_timeout() => {
                 return Err(ProviderError::FirstByteTimeout(timeout_ms))
             }
-            Ok(Err(e)) => return Err(ProviderError::Connect(without_url(e))),
+            Ok(Err(e)) if e.is_connect() => return Err(ProviderError::Connect(without_url(e))),
+            // Connected, then the connection closed or broke before a response.
+            Ok(Err(e)) => return Err(ProviderError::Body(without_url(e))),
             Ok(Ok(r)) => r,
         };
         let status = resp.status();

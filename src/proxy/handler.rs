@@ -193,10 +193,10 @@ where
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(GatewayError::BodyTooLarge(limit));
-    }
     let mut record = PendingRecord::new(ctx, app.usage.clone(), endpoint);
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(reject(&mut record, GatewayError::BodyTooLarge(limit)));
+    }
     let body = match Limited::new(req.into_body(), limit).collect().await {
         Ok(c) => c.to_bytes(),
         Err(e) => {
@@ -211,7 +211,7 @@ where
             return Err(reject(&mut record, err));
         }
     };
-    let prepared = match prepare_body(ctx, endpoint, &body) {
+    let prepared = match prepare_body(ctx, endpoint, &body, &mut record) {
         Ok(p) => p,
         Err(e) => return Err(reject(&mut record, e)),
     };
@@ -285,6 +285,7 @@ fn prepare_body(
     ctx: &RequestCtx,
     endpoint: Endpoint,
     body: &[u8],
+    record: &mut PendingRecord,
 ) -> Result<Prepared, GatewayError> {
     let mut value: Value =
         serde_json::from_slice(body).map_err(|e| GatewayError::BadJson(e.to_string()))?;
@@ -295,6 +296,7 @@ fn prepare_body(
         Some(Value::String(s)) => s.clone(),
         Some(_) => return Err(GatewayError::InvalidField("model", "a string")),
     };
+    record.update(|r| r.requested_model = Some(requested_model.clone()));
     if !ctx.tenant.plan.allows(&requested_model) {
         return Err(crate::routing::RoutingError::ModelNotFound(requested_model).into());
     }

@@ -186,6 +186,8 @@ async fn serve(state: Arc<MockState>, req: Request<Incoming>) -> Response<MockBo
                     tokio::time::sleep(gap).await;
                 }
                 if d.drop_after.is_some_and(|n| i >= n) {
+                    // Let hyper flush what it holds first, so the drop happens mid-body.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                     // An error body makes hyper abort the connection mid-message.
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::ConnectionReset,
