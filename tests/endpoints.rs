@@ -1,1 +1,828 @@
-//! placeholder
+//! Point 4: the endpoints. `/v1/models` lists exactly the tenant's plan in
+//! OpenAI's list shape; models outside the plan do not exist for the tenant;
+//! unknown paths and wrong methods get OpenAI-shaped 404/405; oversized bodies
+//! (declared or chunked) are 413; bad bodies are 400 saying what is wrong; every
+//! response carries a sane `x-request-id`; health probes need no tenant; HTTP/2
+//! cleartext is served on the same listener.
+
+use crate::support::*;
+use serde_json::{json, Value};
+
+const FORWARDED: [&str; 3] = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"];
+
+/// A valid body for a forwarded endpoint, asking for `model`.
+fn body_with_model(path: &str, model: &str) -> Value {
+    match path {
+        "/v1/chat/completions" => chat_body(model),
+        "/v1/completions" => json!({"model": model, "prompt": "Say hello"}),
+        "/v1/embeddings" => json!({"model": model, "input": "hello tests"}),
+        other => panic!("not a forwarded endpoint: {other}"),
+    }
+}
+
+fn request_id(resp: &reqwest::Response) -> String {
+    resp.headers()
+        .get("x-request-id")
+        .unwrap_or_else(|| panic!("no x-request-id on a {} response", resp.status()))
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.char_indices().all(|(i, c)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                c == '-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        })
+}
+
+fn assert_no_upstream(mock: &MockProvider, before: usize, what: &str) {
+    assert_eq!(
+        mock.requests().len(),
+        before,
+        "a refused request reached the provider: {what}"
+    );
+}
+
+/// POSTs raw bytes as JSON to `path` as acme/dental.
+async fn post_raw(
+    gw: &TestGateway,
+    path: &str,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    client()
+        .post(gw.url(path))
+        .header("host", ACME_HOST)
+        .bearer_auth(ACME_DENTAL.2)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The error JSON of `resp`, asserting status and OpenAI's error shape.
+async fn error_json(resp: reqwest::Response, status: u16) -> Value {
+    let got = resp.status().as_u16();
+    assert!(resp.headers().contains_key("x-request-id"));
+    let text = resp.text().await.unwrap();
+    assert_eq!(got, status, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    let e = &v["error"];
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    assert!(e["type"].is_string(), "{v}");
+    assert!(e.get("param").is_some(), "{v}");
+    assert!(e.get("code").is_some(), "{v}");
+    v
+}
+
+#[tokio::test]
+async fn models_lists_exactly_the_tenants_plan_in_openai_list_shape() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    let pro = ["demo", "embed", "gpt-4o-mini", "premium"];
+    let basic = ["demo", "embed", "gpt-4o-mini"];
+    for (host, tenant, plan) in [
+        (ACME_HOST, ACME_DENTAL, &pro[..]),
+        (ACME_HOST, ACME_REALTY, &basic[..]),
+        ("acme.livery.test", ACME_REALTY, &basic[..]),
+        (GLOBEX_HOST, GLOBEX_CLINIC, &pro[..]),
+        (GLOBEX_HOST, GLOBEX_OFFICE, &basic[..]),
+    ] {
+        let resp = get(&gw, "/v1/models", Some(host), Some(tenant.2)).await;
+        assert_eq!(resp.status(), 200);
+        assert!(resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json"));
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["object"], "list", "{v}");
+        let data = v["data"].as_array().unwrap_or_else(|| panic!("{v}"));
+        let mut ids = Vec::new();
+        for m in data {
+            let obj = m.as_object().unwrap();
+            assert!(m["id"].is_string(), "{m}");
+            assert_eq!(m["object"], "model", "{m}");
+            assert!(
+                m["created"].is_u64(),
+                "created must be a unix timestamp: {m}"
+            );
+            let owner = m["owned_by"].as_str().unwrap_or_else(|| panic!("{m}"));
+            // White label: the owner is not the provider or the upstream model.
+            for leak in [
+                "upstream",
+                "builtin",
+                "openai",
+                "gpt-4o-mini-2024",
+                "mock-1",
+            ] {
+                assert!(!owner.contains(leak), "owned_by leaks `{leak}`: {m}");
+            }
+            for k in obj.keys() {
+                assert!(
+                    matches!(k.as_str(), "id" | "object" | "created" | "owned_by"),
+                    "unexpected field `{k}` in {m}"
+                );
+            }
+            ids.push(m["id"].as_str().unwrap().to_owned());
+        }
+        let listed = ids.len();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(listed, ids.len(), "duplicates in {v}");
+        assert_eq!(ids, plan, "{}/{} at {host}", tenant.0, tenant.1);
+        // Served model names never show through.
+        let text = v.to_string();
+        assert!(!text.contains("text-embedding-3-small") && !text.contains("gpt-4o\""));
+    }
+    assert!(mock.requests().is_empty(), "listing models called upstream");
+}
+
+#[tokio::test]
+async fn a_model_outside_the_plan_is_the_same_404_as_an_unknown_model() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    let before = mock.requests().len();
+    for path in FORWARDED {
+        for (host, key, model) in [
+            (ACME_HOST, ACME_REALTY.2, "premium"),
+            (GLOBEX_HOST, GLOBEX_OFFICE.2, "premium"),
+            (ACME_HOST, ACME_REALTY.2, "no-such-model"),
+            (ACME_HOST, ACME_DENTAL.2, "no-such-model"),
+            // Upstream model names are not tenant-facing names.
+            (ACME_HOST, ACME_DENTAL.2, "gpt-4o-mini-2024-07-18"),
+            (ACME_HOST, ACME_DENTAL.2, "gpt-4o"),
+        ] {
+            let body = body_with_model(path, model);
+            let resp = post(&gw, path, Some(host), Some(key), &body).await;
+            let rid = request_id(&resp);
+            let v = error_json(resp, 404).await;
+            assert_eq!(v["error"]["code"], "model_not_found", "{path} {model}: {v}");
+            assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+            // Same wording whether the model exists elsewhere or not at all.
+            let msg = v["error"]["message"].as_str().unwrap();
+            let generic = msg.replace(model, "MODEL");
+            let unknown_resp = post(
+                &gw,
+                path,
+                Some(host),
+                Some(key),
+                &body_with_model(path, "zz-unknown"),
+            )
+            .await;
+            let unknown = error_json(unknown_resp, 404).await;
+            let unknown_msg = unknown["error"]["message"].as_str().unwrap();
+            assert_eq!(generic, unknown_msg.replace("zz-unknown", "MODEL"));
+            assert_eq!(v["error"]["code"], unknown["error"]["code"]);
+            assert_eq!(v["error"]["type"], unknown["error"]["type"]);
+            // Refused, but still a finished request of this tenant.
+            let record = gw.usage_for(&rid).await;
+            assert_eq!(record["status"], 404, "{record}");
+            assert_eq!(record["error_code"], "model_not_found", "{record}");
+            assert_eq!(
+                record["tenant"],
+                if key == ACME_DENTAL.2 {
+                    "dental"
+                } else if key == ACME_REALTY.2 {
+                    "realty"
+                } else {
+                    "office"
+                },
+                "{record}"
+            );
+        }
+    }
+    assert_no_upstream(&mock, before, "models outside the plan");
+    // Control: the same tenants are served for models in their plan.
+    let resp = post(
+        &gw,
+        "/v1/chat/completions",
+        Some(ACME_HOST),
+        Some(ACME_REALTY.2),
+        &chat_body("gpt-4o-mini"),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+}
+
+/// A refusal for a model is still a finished request of the tenant, and its
+/// usage record says which model was asked for (point 7).
+#[tokio::test]
+async fn a_refused_model_is_recorded_with_the_model_it_asked_for() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    for (key, model) in [(ACME_REALTY.2, "premium"), (ACME_DENTAL.2, "no-such-model")] {
+        let resp = post(
+            &gw,
+            "/v1/chat/completions",
+            Some(ACME_HOST),
+            Some(key),
+            &chat_body(model),
+        )
+        .await;
+        let rid = request_id(&resp);
+        assert_eq!(error_code(resp, 404).await, "model_not_found");
+        let record = gw.usage_for(&rid).await;
+        assert_eq!(record["requested_model"], model, "{record}");
+        assert_eq!(record["outcome"], "rejected", "{record}");
+    }
+    assert!(mock.requests().is_empty());
+}
+
+#[tokio::test]
+async fn unknown_paths_are_404_unknown_url_in_openai_error_shape() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    let before = mock.requests().len();
+    let paths = [
+        "/v1/foo",
+        "/v2/chat/completions",
+        "/",
+        "/v1",
+        "/v1/",
+        "/v1/chat/completions/extra",
+        "/v1/chat/completions/",
+        "/v1//chat/completions",
+        "/v1/chat",
+        "/chat/completions",
+        "/V1/chat/completions",
+        "/v1/models/extra",
+        "/v1/files",
+        "/v1/audio/speech",
+        "/healthz/x",
+        "/admin",
+    ];
+    for path in paths {
+        for method in ["GET", "POST"] {
+            let resp = client()
+                .request(method.parse().unwrap(), gw.url(path))
+                .header("host", ACME_HOST)
+                .bearer_auth(ACME_DENTAL.2)
+                .json(&chat_body("gpt-4o-mini"))
+                .send()
+                .await
+                .unwrap();
+            let v = error_json(resp, 404).await;
+            assert_eq!(v["error"]["code"], "unknown_url", "{method} {path}: {v}");
+        }
+    }
+    assert_no_upstream(&mock, before, "unknown paths");
+}
+
+#[tokio::test]
+async fn a_wrong_method_on_a_known_path_is_405_method_not_allowed() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    let before = mock.requests().len();
+    let cases = [
+        ("GET", "/v1/chat/completions"),
+        ("GET", "/v1/completions"),
+        ("GET", "/v1/embeddings"),
+        ("PUT", "/v1/chat/completions"),
+        ("DELETE", "/v1/chat/completions"),
+        ("PATCH", "/v1/embeddings"),
+        ("POST", "/v1/models"),
+        ("DELETE", "/v1/models"),
+        ("POST", "/healthz"),
+        ("POST", "/readyz"),
+    ];
+    for (method, path) in cases {
+        let resp = client()
+            .request(method.parse().unwrap(), gw.url(path))
+            .header("host", ACME_HOST)
+            .bearer_auth(ACME_DENTAL.2)
+            .json(&chat_body("gpt-4o-mini"))
+            .send()
+            .await
+            .unwrap();
+        let allow = resp
+            .headers()
+            .get("allow")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let expected = match path {
+            "/v1/models" => "GET",
+            "/healthz" | "/readyz" => "GET, HEAD",
+            _ => "POST",
+        };
+        assert_eq!(
+            allow.as_deref(),
+            Some(expected),
+            "Allow header of {method} {path}"
+        );
+        let v = error_json(resp, 405).await;
+        assert_eq!(
+            v["error"]["code"], "method_not_allowed",
+            "{method} {path}: {v}"
+        );
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    }
+    assert_no_upstream(&mock, before, "wrong methods");
+}
+
+/// A chat body of exactly `total` bytes (a long user message), split in chunks.
+fn sized_chat_body(total: usize) -> Vec<u8> {
+    let head = br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":""#;
+    let tail = br#""}]}"#;
+    let mut body = head.to_vec();
+    body.resize(total - tail.len(), b'a');
+    body.extend_from_slice(tail);
+    assert_eq!(body.len(), total);
+    serde_json::from_slice::<Value>(&body).expect("sized body is valid JSON");
+    body
+}
+
+fn chunked(body: Vec<u8>, chunk: usize) -> reqwest::Body {
+    let pieces: Vec<Result<bytes::Bytes, std::io::Error>> = body
+        .chunks(chunk)
+        .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+        .collect();
+    reqwest::Body::wrap_stream(futures_util::stream::iter(pieces))
+}
+
+#[tokio::test]
+async fn bodies_above_max_body_bytes_are_413_declared_or_chunked() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    const LIMIT: usize = 65536;
+
+    // Under the limit, both ways: served (so the 413 below is about size).
+    for body in [
+        reqwest::Body::from(sized_chat_body(LIMIT - 1000)),
+        chunked(sized_chat_body(LIMIT - 1000), 4096),
+    ] {
+        let resp = post_raw(&gw, "/v1/chat/completions", body).await;
+        assert_eq!(resp.status(), 200);
+    }
+    assert_eq!(mock.requests().len(), 2);
+    assert!(mock.last_request().raw_body.len() > LIMIT - 1000);
+
+    let before = mock.requests().len();
+    for (what, body) in [
+        (
+            "content-length, just over",
+            reqwest::Body::from(sized_chat_body(LIMIT + 1)),
+        ),
+        (
+            "content-length, far over",
+            reqwest::Body::from(sized_chat_body(3 * LIMIT)),
+        ),
+        (
+            "chunked, just over",
+            chunked(sized_chat_body(LIMIT + 1), 4096),
+        ),
+        (
+            "chunked, far over",
+            chunked(sized_chat_body(3 * LIMIT), 8192),
+        ),
+        (
+            "chunked, one big chunk",
+            chunked(sized_chat_body(LIMIT + 100), LIMIT + 100),
+        ),
+    ] {
+        let resp = post_raw(&gw, "/v1/chat/completions", body).await;
+        let v = error_json(resp, 413).await;
+        assert_eq!(v["error"]["code"], "request_too_large", "{what}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("65536"),
+            "{what}: the message should state the limit: {v}"
+        );
+    }
+    // Other endpoints too.
+    for path in ["/v1/completions", "/v1/embeddings"] {
+        let mut big = body_with_model(path, "embed");
+        let filler = "b".repeat(LIMIT);
+        big[if path == "/v1/embeddings" {
+            "input"
+        } else {
+            "prompt"
+        }] = json!(filler);
+        let resp = post_raw(&gw, path, serde_json::to_vec(&big).unwrap()).await;
+        assert_eq!(
+            error_json(resp, 413).await["error"]["code"],
+            "request_too_large"
+        );
+        let resp = post_raw(&gw, path, chunked(serde_json::to_vec(&big).unwrap(), 8192)).await;
+        assert_eq!(
+            error_json(resp, 413).await["error"]["code"],
+            "request_too_large"
+        );
+    }
+    assert_no_upstream(&mock, before, "oversized bodies");
+}
+
+#[tokio::test]
+async fn malformed_bodies_are_400_saying_what_is_wrong() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    let before = mock.requests().len();
+    // (body, code, words the message must contain)
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            r#"{"model": "gpt-4o-mini", "messages": ["#,
+            "invalid_json",
+            &["JSON", "EOF"],
+        ),
+        ("not json at all", "invalid_json", &["JSON", "line 1"]),
+        ("", "invalid_json", &["JSON"]),
+        (
+            r#"{"model": "gpt-4o-mini",}"#,
+            "invalid_json",
+            &["JSON", "column"],
+        ),
+        (r#"{'model': 'gpt-4o-mini'}"#, "invalid_json", &["JSON"]),
+        (r#"["model", "gpt-4o-mini"]"#, "invalid_body", &["object"]),
+        (r#""gpt-4o-mini""#, "invalid_body", &["object"]),
+        ("null", "invalid_body", &["object"]),
+        ("42", "invalid_body", &["object"]),
+        (r#"{"messages": []}"#, "missing_model", &["model"]),
+        (r#"{"model": null}"#, "missing_model", &["model"]),
+        (r#"{"model": ""}"#, "missing_model", &["model"]),
+        (r#"{"model": 5}"#, "invalid_field", &["model", "string"]),
+        (
+            r#"{"model": ["gpt-4o-mini"]}"#,
+            "invalid_field",
+            &["model", "string"],
+        ),
+        (
+            r#"{"model": {"name": "gpt-4o-mini"}}"#,
+            "invalid_field",
+            &["model"],
+        ),
+        (
+            r#"{"model": "gpt-4o-mini", "messages": [], "stream": "yes"}"#,
+            "invalid_field",
+            &["stream", "boolean"],
+        ),
+        (
+            r#"{"model": "gpt-4o-mini", "messages": [], "stream": 1}"#,
+            "invalid_field",
+            &["stream"],
+        ),
+    ];
+    for path in FORWARDED {
+        for (body, code, words) in cases {
+            let resp = post_raw(&gw, path, body.to_string()).await;
+            let v = error_json(resp, 400).await;
+            let what = format!("{path} with `{body}`");
+            assert_eq!(v["error"]["code"], *code, "{what}: {v}");
+            assert_eq!(v["error"]["type"], "invalid_request_error", "{what}: {v}");
+            let msg = v["error"]["message"].as_str().unwrap();
+            for w in *words {
+                assert!(
+                    msg.contains(w),
+                    "{what}: message `{msg}` should mention `{w}`"
+                );
+            }
+            if *code == "missing_model" {
+                assert_eq!(v["error"]["param"], "model", "{what}: {v}");
+            }
+        }
+    }
+    assert_no_upstream(&mock, before, "malformed bodies");
+}
+
+#[tokio::test]
+async fn every_response_carries_an_x_request_id() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    let c = client();
+    let dental = ACME_DENTAL.2;
+    let mut stream_body = chat_body("gpt-4o-mini");
+    stream_body["stream"] = json!(true);
+    let requests: Vec<(u16, reqwest::RequestBuilder)> = vec![
+        (200, c.get(gw.url("/healthz"))),
+        (200, c.get(gw.url("/readyz"))),
+        (200, c.head(gw.url("/healthz"))),
+        (
+            200,
+            c.get(gw.url("/v1/models"))
+                .header("host", ACME_HOST)
+                .bearer_auth(dental),
+        ),
+        (
+            200,
+            c.post(gw.url("/v1/chat/completions"))
+                .header("host", ACME_HOST)
+                .bearer_auth(dental)
+                .json(&chat_body("gpt-4o-mini")),
+        ),
+        (
+            200,
+            c.post(gw.url("/v1/chat/completions"))
+                .header("host", ACME_HOST)
+                .bearer_auth(dental)
+                .json(&stream_body),
+        ),
+        (
+            200,
+            c.post(gw.url("/v1/embeddings"))
+                .header("host", ACME_HOST)
+                .bearer_auth(dental)
+                .json(&json!({"model": "embed", "input": "x"})),
+        ),
+        (
+            404,
+            c.get(gw.url("/v1/models"))
+                .header("host", "evil.example")
+                .bearer_auth(dental),
+        ),
+        (404, c.get(gw.url("/nope"))),
+        (
+            405,
+            c.get(gw.url("/v1/chat/completions"))
+                .header("host", ACME_HOST),
+        ),
+        (401, c.get(gw.url("/v1/models")).header("host", ACME_HOST)),
+        (
+            401,
+            c.get(gw.url("/v1/models"))
+                .header("host", ACME_HOST)
+                .bearer_auth("sk-wrong"),
+        ),
+        (
+            403,
+            c.get(gw.url("/v1/models"))
+                .header("host", ACME_HOST)
+                .bearer_auth(ACME_SUSPENDED_KEY),
+        ),
+        (
+            400,
+            c.post(gw.url("/v1/chat/completions"))
+                .header("host", ACME_HOST)
+                .bearer_auth(dental)
+                .body("{"),
+        ),
+        (
+            404,
+            c.post(gw.url("/v1/chat/completions"))
+                .header("host", ACME_HOST)
+                .bearer_auth(dental)
+                .json(&chat_body("nope")),
+        ),
+        (
+            413,
+            c.post(gw.url("/v1/chat/completions"))
+                .header("host", ACME_HOST)
+                .bearer_auth(dental)
+                .body(sized_chat_body(70_000)),
+        ),
+        (
+            429,
+            c.post(gw.url("/v1/chat/completions"))
+                .header("host", ACME_HOST)
+                .bearer_auth(dental)
+                .json(&json!({"model": "gpt-4o-mini", "messages": [], "mock": {"status": 429}})),
+        ),
+    ];
+    let mut seen = std::collections::HashSet::new();
+    for (i, (status, rb)) in requests.into_iter().enumerate() {
+        let resp = rb.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), status, "request #{i}");
+        let rid = request_id(&resp);
+        assert!(
+            is_uuid(&rid),
+            "request #{i}: generated id `{rid}` is not a UUID"
+        );
+        assert!(seen.insert(rid.clone()), "request #{i}: id `{rid}` reused");
+        let _ = resp.bytes().await.unwrap();
+    }
+    // Also over a raw HTTP/1.0 request without any Host.
+    let r = raw_request(gw.addr, "GET /v1/models HTTP/1.0\r\n\r\n").await;
+    assert!(r.status >= 400, "{}", r.head);
+    assert!(
+        r.head.to_ascii_lowercase().contains("\r\nx-request-id: "),
+        "{}",
+        r.head
+    );
+}
+
+#[tokio::test]
+async fn sane_client_request_ids_are_echoed_and_others_replaced() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    let sane = "abc-123_x.y:z";
+    // Echoed on success, on errors before and after tenant resolution, and on health.
+    let cases: Vec<(u16, reqwest::RequestBuilder)> = vec![
+        (
+            200,
+            client()
+                .post(gw.url("/v1/chat/completions"))
+                .header("host", ACME_HOST)
+                .bearer_auth(ACME_DENTAL.2)
+                .json(&chat_body("gpt-4o-mini")),
+        ),
+        (200, client().get(gw.url("/healthz"))),
+        (
+            404,
+            client()
+                .get(gw.url("/v1/models"))
+                .header("host", "evil.example"),
+        ),
+        (
+            401,
+            client().get(gw.url("/v1/models")).header("host", ACME_HOST),
+        ),
+        (404, client().get(gw.url("/v9"))),
+    ];
+    for (i, (status, rb)) in cases.into_iter().enumerate() {
+        let resp = rb.header("x-request-id", sane).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), status, "case #{i}");
+        assert_eq!(request_id(&resp), sane, "case #{i}");
+    }
+    // The echoed id is the one the provider and the usage record see.
+    assert_eq!(mock.last_request().headers["x-request-id"], sane);
+    let record = gw.usage_for(sane).await;
+    assert_eq!(record["tenant"], "dental");
+
+    let long = "a".repeat(200);
+    for insane in [
+        long.as_str(),
+        "has space",
+        "quote\"d",
+        "'single'",
+        "semi;colon",
+        "slash/x",
+        "<script>",
+        "tab\there",
+        "é-unicode",
+    ] {
+        let Ok(value) = reqwest::header::HeaderValue::from_bytes(insane.as_bytes()) else {
+            panic!("cannot send `{insane}`");
+        };
+        let resp = client()
+            .post(gw.url("/v1/chat/completions"))
+            .header("host", ACME_HOST)
+            .bearer_auth(ACME_DENTAL.2)
+            .header("x-request-id", value)
+            .json(&chat_body("gpt-4o-mini"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let rid = request_id(&resp);
+        assert_ne!(rid, insane);
+        assert_eq!(rid.len(), 36, "`{insane}` replaced by `{rid}`");
+        assert!(is_uuid(&rid), "`{insane}` replaced by `{rid}`");
+        assert_eq!(mock.last_request().headers["x-request-id"], rid.as_str());
+    }
+
+    // Two requests without an id get two different fresh ones.
+    let a = get(&gw, "/v1/models", Some(ACME_HOST), Some(ACME_DENTAL.2)).await;
+    let b = get(&gw, "/v1/models", Some(ACME_HOST), Some(ACME_DENTAL.2)).await;
+    let (a, b) = (request_id(&a), request_id(&b));
+    assert!(is_uuid(&a) && is_uuid(&b), "{a} {b}");
+    assert_ne!(a, b);
+}
+
+#[tokio::test]
+async fn health_probes_answer_without_host_or_key() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    for path in ["/healthz", "/readyz"] {
+        // reqwest's default Host is 127.0.0.1:PORT, which no reseller serves.
+        let resp = client().get(gw.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["status"], "ok", "{path}: {v}");
+        for host in ["evil.example", ACME_HOST] {
+            let resp = get(&gw, path, Some(host), None).await;
+            assert_eq!(resp.status(), 200, "{path} at {host}");
+        }
+        let resp = get(&gw, path, Some(GLOBEX_HOST), Some("sk-garbage")).await;
+        assert_eq!(resp.status(), 200, "{path} with a wrong key");
+        for version in ["HTTP/1.0", "HTTP/1.1"] {
+            let r = raw_request(
+                gw.addr,
+                &format!("GET {path} {version}\r\nConnection: close\r\n\r\n"),
+            )
+            .await;
+            assert_eq!(r.status, 200, "{path} {version} without Host: {}", r.head);
+            assert!(r.body.contains("ok"), "{}", r.body);
+        }
+    }
+    assert!(mock.requests().is_empty());
+    assert!(gw.usage().is_empty(), "health probes are not tenant usage");
+}
+
+#[tokio::test]
+async fn h2c_with_prior_knowledge_is_served_on_the_same_listener() {
+    let mock = MockProvider::start().await;
+    let base = standard_config(&mock.base_url(), "");
+    let config = base.replace(
+        r#"domains = ["ai.acme.test"]"#,
+        r#"domains = ["ai.acme.test", "127.0.0.1"]"#,
+    );
+    assert_ne!(config, base, "the acme domains line was not found");
+    let gw = TestGateway::start(&config).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+
+    // Non-streamed chat: the reseller comes from `:authority` (127.0.0.1).
+    let resp = h2
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(ACME_DENTAL.2)
+        .json(&chat_body("gpt-4o-mini"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let rid = request_id(&resp);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["object"], "chat.completion", "{v}");
+    let record = gw.usage_for(&rid).await;
+    assert_eq!(record["reseller"], "acme");
+    assert_eq!(record["tenant"], "dental");
+
+    // Streamed chat over h2.
+    let mut body = chat_body("gpt-4o-mini");
+    body["stream"] = json!(true);
+    let resp = h2
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(ACME_REALTY.2)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let rid = request_id(&resp);
+    let text = resp.text().await.unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    let events = sse_data(&text);
+    assert!(events.len() >= 3, "{text}");
+    for e in &events[..events.len() - 1] {
+        let chunk: Value = serde_json::from_str(e).unwrap();
+        assert_eq!(chunk["object"], "chat.completion.chunk", "{e}");
+    }
+    let record = gw.usage_for(&rid).await;
+    assert_eq!(record["tenant"], "realty");
+    assert_eq!(record["stream"], true);
+    assert_eq!(record["status"], 200);
+
+    // Models and embeddings over h2.
+    let resp = h2
+        .get(gw.url("/v1/models"))
+        .bearer_auth(ACME_DENTAL.2)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let resp = h2
+        .post(gw.url("/v1/embeddings"))
+        .bearer_auth(ACME_DENTAL.2)
+        .json(&json!({"model": "embed", "input": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+
+    // Isolation holds over h2: globex's key at acme's authority is unknown.
+    let before = mock.requests().len();
+    let resp = h2
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(GLOBEX_CLINIC.2)
+        .json(&chat_body("gpt-4o-mini"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(error_code(resp, 401).await, "invalid_api_key");
+    // An authority no reseller serves.
+    let resp = h2
+        .post(format!(
+            "http://localhost:{}/v1/chat/completions",
+            gw.addr.port()
+        ))
+        .bearer_auth(ACME_DENTAL.2)
+        .json(&chat_body("gpt-4o-mini"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(error_code(resp, 404).await, "unknown_host");
+    assert_no_upstream(&mock, before, "h2 refusals");
+
+    // HTTP/1.1 on the very same port.
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(ACME_DENTAL.2)
+        .json(&chat_body("gpt-4o-mini"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_11);
+    assert_eq!(resp.status(), 200);
+}

@@ -1,1 +1,611 @@
-//! placeholder
+//! Point 3: adversarial tenant isolation across the two resellers of the standard
+//! configuration. Every tenant endpoint is tried with the tenant's own key, with
+//! the other tenant's key, with the other reseller's keys and Host, with spoofed,
+//! missing, repeated and conflicting Hosts, without a key and with a malformed
+//! one. A refused request never reaches the provider, and a key that belongs to
+//! another reseller is indistinguishable from a key that does not exist.
+
+use crate::support::*;
+use serde_json::{json, Value};
+
+/// Every tenant endpoint: (method, path).
+const ENDPOINTS: [(&str, &str); 4] = [
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/completions"),
+    ("POST", "/v1/embeddings"),
+    ("GET", "/v1/models"),
+];
+
+/// A key no tenant holds.
+const UNKNOWN_KEY: &str = "sk-nobody-holds-this-key-0000";
+
+const ACME_HOSTS: [&str; 2] = [ACME_HOST, "acme.livery.test"];
+const GLOBEX_HOSTS: [&str; 2] = [GLOBEX_HOST, "globex.livery.test"];
+
+/// A valid request body for a forwarded endpoint (`None` for `GET /v1/models`).
+fn body_for(path: &str) -> Option<Value> {
+    match path {
+        "/v1/chat/completions" => Some(chat_body("gpt-4o-mini")),
+        "/v1/completions" => Some(json!({"model": "gpt-4o-mini", "prompt": "Say hello"})),
+        "/v1/embeddings" => Some(json!({"model": "embed", "input": "hello tests"})),
+        "/v1/models" => None,
+        other => panic!("not a tenant endpoint: {other}"),
+    }
+}
+
+/// How the client presents its credential.
+#[derive(Clone, Copy, Debug)]
+enum Cred<'a> {
+    None,
+    Bearer(&'a str),
+    /// An arbitrary header: `api-key`, `x-api-key`, or a raw `authorization`.
+    Header(&'static str, &'a str),
+}
+
+impl<'a> Cred<'a> {
+    /// The same presentation style carrying another key.
+    fn with_key(self, key: &'a str) -> Cred<'a> {
+        match self {
+            Cred::None => Cred::None,
+            Cred::Bearer(_) => Cred::Bearer(key),
+            Cred::Header(name, _) => Cred::Header(name, key),
+        }
+    }
+}
+
+async fn call(
+    gw: &TestGateway,
+    path: &str,
+    host: Option<&str>,
+    cred: Cred<'_>,
+) -> reqwest::Response {
+    let c = client();
+    let mut rb = match body_for(path) {
+        Some(b) => c.post(gw.url(path)).json(&b),
+        None => c.get(gw.url(path)),
+    };
+    if let Some(h) = host {
+        rb = rb.header("host", h);
+    }
+    rb = match cred {
+        Cred::None => rb,
+        Cred::Bearer(k) => rb.bearer_auth(k),
+        Cred::Header(name, value) => rb.header(name, value),
+    };
+    rb.send().await.unwrap()
+}
+
+/// What a client can observe of a response, minus what differs per request.
+#[derive(Debug, PartialEq, Eq)]
+struct Observed {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+async fn observe(resp: reqwest::Response) -> Observed {
+    assert!(
+        resp.headers().contains_key("x-request-id"),
+        "no x-request-id"
+    );
+    let status = resp.status().as_u16();
+    let mut headers: Vec<(String, String)> = resp
+        .headers()
+        .iter()
+        .filter(|(n, _)| !matches!(n.as_str(), "x-request-id" | "date"))
+        .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("<binary>").to_owned()))
+        .collect();
+    headers.sort();
+    let body = resp.text().await.unwrap();
+    Observed {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// `error.code` of an OpenAI error body (asserting the shape).
+fn code_of(o: &Observed) -> String {
+    let v: Value = serde_json::from_str(&o.body)
+        .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {}", o.body));
+    let e = &v["error"];
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    assert!(e["type"].is_string(), "{v}");
+    e["code"].as_str().unwrap_or_default().to_owned()
+}
+
+fn request_id(resp: &reqwest::Response) -> String {
+    resp.headers()["x-request-id"].to_str().unwrap().to_owned()
+}
+
+fn assert_no_upstream(mock: &MockProvider, before: usize, what: &str) {
+    let after = mock.requests().len();
+    assert_eq!(
+        after,
+        before,
+        "a refused request reached the provider: {what} ({} new upstream requests)",
+        after - before
+    );
+}
+
+/// Sends one request that must succeed as `tenant`, and checks it was attributed
+/// to exactly that tenant: by its usage record for forwarded endpoints, by its
+/// plan's model list for `/v1/models`.
+async fn assert_served_as(
+    gw: &TestGateway,
+    mock: &MockProvider,
+    path: &str,
+    host: &str,
+    cred: Cred<'_>,
+    tenant: (&str, &str, &str),
+) {
+    let before = mock.requests().len();
+    let resp = call(gw, path, Some(host), cred).await;
+    let what = format!("{path} at {host} with {cred:?}");
+    assert_eq!(resp.status(), 200, "{what}");
+    let rid = request_id(&resp);
+    let v: Value = resp.json().await.unwrap();
+    if path == "/v1/models" {
+        assert_no_upstream(mock, before, &what);
+        let ids: Vec<&str> = v["data"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{what}: {v}"))
+            .iter()
+            .map(|m| m["id"].as_str().unwrap())
+            .collect();
+        // `dental` and `clinic` are on plan pro; `realty` and `office` on basic.
+        let pro = matches!(tenant.1, "dental" | "clinic");
+        assert_eq!(ids.contains(&"premium"), pro, "{what}: models {ids:?}");
+        assert!(ids.contains(&"gpt-4o-mini"), "{what}: models {ids:?}");
+    } else {
+        assert_eq!(mock.requests().len(), before + 1, "{what}: not forwarded");
+        let record = gw.usage_for(&rid).await;
+        assert_eq!(record["reseller"], tenant.0, "{what}: {record}");
+        assert_eq!(record["tenant"], tenant.1, "{what}: {record}");
+        assert_eq!(record["status"], 200, "{what}: {record}");
+    }
+}
+
+#[tokio::test]
+async fn every_tenant_reaches_every_endpoint_at_its_resellers_hosts_as_itself() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    let tenants = [
+        (ACME_DENTAL, ACME_HOSTS),
+        (ACME_REALTY, ACME_HOSTS),
+        (GLOBEX_CLINIC, GLOBEX_HOSTS),
+        (GLOBEX_OFFICE, GLOBEX_HOSTS),
+    ];
+    for (tenant, hosts) in tenants {
+        for host in hosts {
+            for (_, path) in ENDPOINTS {
+                assert_served_as(&gw, &mock, path, host, Cred::Bearer(tenant.2), tenant).await;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_key_identifies_exactly_its_tenant_within_the_same_reseller() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    // The other tenant's key at the same Host works, but only as that other tenant:
+    // with its identity (usage record) and with its plan (no `premium` on basic).
+    for (own, other, host) in [
+        (ACME_DENTAL, ACME_REALTY, ACME_HOST),
+        (ACME_REALTY, ACME_DENTAL, ACME_HOST),
+        (GLOBEX_CLINIC, GLOBEX_OFFICE, GLOBEX_HOST),
+        (GLOBEX_OFFICE, GLOBEX_CLINIC, GLOBEX_HOST),
+    ] {
+        for (_, path) in ENDPOINTS {
+            assert_served_as(&gw, &mock, path, host, Cred::Bearer(other.2), other).await;
+            assert_served_as(&gw, &mock, path, host, Cred::Bearer(own.2), own).await;
+        }
+    }
+    // The plan follows the key, not the Host: basic tenants cannot use `premium`.
+    for (basic, pro, host) in [
+        (ACME_REALTY, ACME_DENTAL, ACME_HOST),
+        (GLOBEX_OFFICE, GLOBEX_CLINIC, GLOBEX_HOST),
+    ] {
+        let before = mock.requests().len();
+        let resp = post(
+            &gw,
+            "/v1/chat/completions",
+            Some(host),
+            Some(basic.2),
+            &chat_body("premium"),
+        )
+        .await;
+        let rid = request_id(&resp);
+        assert_eq!(error_code(resp, 404).await, "model_not_found");
+        assert_no_upstream(&mock, before, "premium on plan basic");
+        let record = gw.usage_for(&rid).await;
+        assert_eq!(record["tenant"], basic.1, "{record}");
+
+        let resp = post(
+            &gw,
+            "/v1/chat/completions",
+            Some(host),
+            Some(pro.2),
+            &chat_body("premium"),
+        )
+        .await;
+        assert_eq!(resp.status(), 200);
+        let record = gw.usage_for(&request_id(&resp)).await;
+        assert_eq!(record["tenant"], pro.1, "{record}");
+    }
+}
+
+#[tokio::test]
+async fn keys_of_the_other_reseller_get_exactly_the_unknown_key_401_at_every_host() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    // (host, keys of tenants of the *other* reseller)
+    let cases: Vec<(&str, Vec<&str>)> = ACME_HOSTS
+        .iter()
+        .map(|h| (*h, vec![GLOBEX_CLINIC.2, GLOBEX_OFFICE.2]))
+        .chain(
+            GLOBEX_HOSTS
+                .iter()
+                .map(|h| (*h, vec![ACME_DENTAL.2, ACME_REALTY.2, ACME_SUSPENDED_KEY])),
+        )
+        .collect();
+    let styles = [
+        Cred::Bearer(""),
+        Cred::Header("api-key", ""),
+        Cred::Header("x-api-key", ""),
+    ];
+    let before = mock.requests().len();
+    let mut reference: Option<Observed> = None;
+    for (host, foreign_keys) in &cases {
+        for (_, path) in ENDPOINTS {
+            for style in styles {
+                let unknown =
+                    observe(call(&gw, path, Some(host), style.with_key(UNKNOWN_KEY)).await).await;
+                assert_eq!(unknown.status, 401, "unknown key at {host} {path}");
+                assert_eq!(code_of(&unknown), "invalid_api_key");
+                for key in foreign_keys {
+                    let foreign =
+                        observe(call(&gw, path, Some(host), style.with_key(key)).await).await;
+                    assert_eq!(
+                        foreign, unknown,
+                        "{key} at {host} {path} via {style:?} is distinguishable from an unknown key"
+                    );
+                }
+                // The 401 is the same everywhere: it says nothing about the Host either.
+                match &reference {
+                    None => reference = Some(unknown),
+                    Some(r) => assert_eq!(&unknown, r, "401 differs at {host} {path}"),
+                }
+            }
+        }
+    }
+    assert_no_upstream(&mock, before, "foreign keys");
+    // Nothing was attributed to any tenant.
+    assert!(gw.usage().is_empty(), "{:?}", gw.usage());
+}
+
+#[tokio::test]
+async fn spoofed_and_lookalike_hosts_are_404_unknown_host_whatever_the_key() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    let spoofed = [
+        "evil.example",
+        "acme.livery.test.evil.example",
+        "ai.acme.test.evil.example",
+        "evil-ai.acme.test",
+        "x.ai.acme.test",
+        "livery.test",
+        "x.acme.livery.test",
+        "dental.acme.livery.test",
+        "ai.globex.test.acme.livery.test",
+        "acmelivery.test",
+        "acme",
+        "acme.livery.test.livery.test",
+        "evil.example:443",
+        "ai.acme.test:notaport",
+        "ai.acme.test@evil.example",
+        "evil.example@ai.acme.test",
+        "ai.acme.test..",
+        ".ai.acme.test",
+        "ai.acme..test",
+        "127.0.0.1",
+        "localhost",
+        "[::1]:8080",
+    ];
+    let before = mock.requests().len();
+    let mut reference: Option<Observed> = None;
+    for host in spoofed {
+        for (_, path) in ENDPOINTS {
+            for cred in [
+                Cred::Bearer(ACME_DENTAL.2),
+                Cred::Bearer(GLOBEX_CLINIC.2),
+                Cred::Bearer(UNKNOWN_KEY),
+                Cred::None,
+            ] {
+                let o = observe(call(&gw, path, Some(host), cred).await).await;
+                assert_eq!(o.status, 404, "Host `{host}` {path} {cred:?}: {}", o.body);
+                assert_eq!(code_of(&o), "unknown_host", "Host `{host}` {path}");
+                assert!(
+                    !o.body.contains("acme") && !o.body.contains("globex"),
+                    "the unknown-host error names a reseller: {}",
+                    o.body
+                );
+                // Neutral: identical whatever the Host, path or key.
+                match &reference {
+                    None => reference = Some(o),
+                    Some(r) => assert_eq!(&o, r, "Host `{host}` {path} {cred:?}"),
+                }
+            }
+        }
+    }
+    assert_no_upstream(&mock, before, "spoofed hosts");
+}
+
+#[tokio::test]
+async fn host_case_port_and_trailing_dot_are_normalised_but_never_cross_resellers() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    for host in [
+        "AI.ACME.TEST:443",
+        "ai.acme.test.",
+        "Ai.Acme.Test.:8080",
+        "ACME.LIVERY.TEST",
+        "acme.livery.test.:443",
+    ] {
+        for (_, path) in ENDPOINTS {
+            assert_served_as(
+                &gw,
+                &mock,
+                path,
+                host,
+                Cred::Bearer(ACME_DENTAL.2),
+                ACME_DENTAL,
+            )
+            .await;
+            // Normalisation resolves to acme, so globex's key stays foreign there.
+            let before = mock.requests().len();
+            let o = observe(call(&gw, path, Some(host), Cred::Bearer(GLOBEX_CLINIC.2)).await).await;
+            assert_eq!(o.status, 401, "globex key at {host} {path}");
+            assert_eq!(code_of(&o), "invalid_api_key");
+            assert_no_upstream(&mock, before, host);
+        }
+    }
+    for host in ["AI.GLOBEX.TEST.", "Globex.Livery.Test:80"] {
+        assert_served_as(
+            &gw,
+            &mock,
+            "/v1/chat/completions",
+            host,
+            Cred::Bearer(GLOBEX_OFFICE.2),
+            GLOBEX_OFFICE,
+        )
+        .await;
+    }
+}
+
+/// A raw HTTP/1.x request to `path` with the given head lines (after the request
+/// line) and the endpoint's body.
+fn raw(request_line: &str, head_lines: &[String], path: &str) -> String {
+    let body = body_for(path).map(|b| b.to_string()).unwrap_or_default();
+    let mut s = format!("{request_line}\r\n");
+    for l in head_lines {
+        s.push_str(l);
+        s.push_str("\r\n");
+    }
+    if !body.is_empty() {
+        s.push_str("Content-Type: application/json\r\n");
+        s.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    s.push_str("Connection: close\r\n\r\n");
+    s.push_str(&body);
+    s
+}
+
+fn raw_code(r: &RawResponse) -> String {
+    let v: Value = serde_json::from_str(&r.body)
+        .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {}\n{}", r.head, r.body));
+    v["error"]["code"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn requests_without_a_host_are_refused_before_any_upstream_call() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    let before = mock.requests().len();
+    for (method, path) in ENDPOINTS {
+        for version in ["HTTP/1.1", "HTTP/1.0"] {
+            for key in [ACME_DENTAL.2, GLOBEX_CLINIC.2] {
+                let req = raw(
+                    &format!("{method} {path} {version}"),
+                    &[format!("Authorization: Bearer {key}")],
+                    path,
+                );
+                let r = raw_request(gw.addr, &req).await;
+                let what = format!("{method} {path} {version} without Host, key {key}");
+                // Not attributable to a reseller: the same answer as an unknown Host.
+                assert_eq!(r.status, 404, "{what}: {}", r.head);
+                assert_eq!(raw_code(&r), "unknown_host", "{what}");
+                assert!(
+                    r.head.to_ascii_lowercase().contains("x-request-id:"),
+                    "{what}: {}",
+                    r.head
+                );
+            }
+        }
+    }
+    assert_no_upstream(&mock, before, "requests without Host");
+    assert!(gw.usage().is_empty(), "{:?}", gw.usage());
+}
+
+#[tokio::test]
+async fn repeated_or_conflicting_hosts_are_400_invalid_host() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    let auth = format!("Authorization: Bearer {}", ACME_DENTAL.2);
+    let before = mock.requests().len();
+    for (method, path) in ENDPOINTS {
+        let origin_form = format!("{method} {path} HTTP/1.1");
+        let absolute_acme = format!("{method} http://ai.acme.test{path} HTTP/1.1");
+        let cases = [
+            // Repeated, same value.
+            (
+                origin_form.clone(),
+                vec![
+                    "Host: ai.acme.test".to_owned(),
+                    "Host: ai.acme.test".to_owned(),
+                ],
+            ),
+            // Repeated, both resellers, in either order.
+            (
+                origin_form.clone(),
+                vec![
+                    "Host: ai.acme.test".to_owned(),
+                    "Host: ai.globex.test".to_owned(),
+                ],
+            ),
+            (
+                origin_form.clone(),
+                vec![
+                    "Host: ai.globex.test".to_owned(),
+                    "Host: ai.acme.test".to_owned(),
+                ],
+            ),
+            // Repeated, one of them spoofed.
+            (
+                origin_form.clone(),
+                vec![
+                    "Host: evil.example".to_owned(),
+                    "Host: ai.acme.test".to_owned(),
+                ],
+            ),
+            // The request target names one reseller, the Host header another.
+            (
+                absolute_acme.clone(),
+                vec!["Host: ai.globex.test".to_owned()],
+            ),
+            (absolute_acme.clone(), vec!["Host: evil.example".to_owned()]),
+        ];
+        for (line, mut head) in cases {
+            head.push(auth.clone());
+            let r = raw_request(gw.addr, &raw(&line, &head, path)).await;
+            let what = format!("{line} with {head:?}");
+            assert_eq!(r.status, 400, "{what}: {}\n{}", r.head, r.body);
+            assert_eq!(raw_code(&r), "invalid_host", "{what}");
+        }
+    }
+    assert_no_upstream(&mock, before, "repeated or conflicting Host");
+
+    // Control: an absolute-form target that agrees with the Host header is served.
+    let path = "/v1/chat/completions";
+    let req = raw(
+        &format!("POST http://ai.acme.test{path} HTTP/1.1"),
+        &["Host: ai.acme.test".to_owned(), auth.clone()],
+        path,
+    );
+    let r = raw_request(gw.addr, &req).await;
+    assert_eq!(r.status, 200, "{}\n{}", r.head, r.body);
+    assert_eq!(mock.requests().len(), before + 1);
+}
+
+#[tokio::test]
+async fn missing_or_malformed_credentials_are_401_and_never_forwarded() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    let before = mock.requests().len();
+    for host in [ACME_HOST, GLOBEX_HOST] {
+        for (_, path) in ENDPOINTS {
+            let o = observe(call(&gw, path, Some(host), Cred::None).await).await;
+            assert_eq!(o.status, 401, "no key at {host} {path}");
+            assert_eq!(code_of(&o), "missing_api_key", "{host} {path}");
+
+            for malformed in [
+                // The dental key itself, base64'd in the wrong scheme.
+                Cred::Header("authorization", "Basic c2stYWNtZS1kZW50YWwta2V5"),
+                Cred::Header("authorization", "Basic sk-acme-dental-key"),
+                Cred::Header("authorization", "Token sk-acme-dental-key"),
+                Cred::Header("authorization", "sk-acme-dental-key"),
+                Cred::Header("authorization", "Bearer"),
+                Cred::Header("authorization", "Bearer sk-acme-dental-key extra"),
+                Cred::Header("authorization", "Bearer sk-acme-dental-keyX"),
+                Cred::Header("authorization", "Bearer SK-ACME-DENTAL-KEY"),
+                Cred::Header("api-key", ""),
+                Cred::Header("x-api-key", ""),
+                Cred::Header("api-key", "Bearer sk-acme-dental-key"),
+            ] {
+                let o = observe(call(&gw, path, Some(host), malformed).await).await;
+                assert_eq!(o.status, 401, "{malformed:?} at {host} {path}: {}", o.body);
+                assert_eq!(code_of(&o), "invalid_api_key", "{malformed:?} at {host}");
+                assert!(
+                    !o.body.contains("sk-acme-dental-key"),
+                    "the key is echoed: {}",
+                    o.body
+                );
+            }
+        }
+    }
+    assert_no_upstream(&mock, before, "missing or malformed credentials");
+}
+
+#[tokio::test]
+async fn api_key_and_x_api_key_headers_authenticate_like_bearer() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    for (_, path) in ENDPOINTS {
+        for (host, tenant) in [
+            (ACME_HOST, ACME_DENTAL),
+            (ACME_HOST, ACME_REALTY),
+            (GLOBEX_HOST, GLOBEX_CLINIC),
+            (GLOBEX_HOST, GLOBEX_OFFICE),
+        ] {
+            for cred in [
+                Cred::Header("api-key", tenant.2),
+                Cred::Header("x-api-key", tenant.2),
+            ] {
+                assert_served_as(&gw, &mock, path, host, cred, tenant).await;
+            }
+        }
+        // The auth scheme is case-insensitive.
+        let lower = format!("bearer {}", ACME_REALTY.2);
+        assert_served_as(
+            &gw,
+            &mock,
+            path,
+            ACME_HOST,
+            Cred::Header("authorization", &lower),
+            ACME_REALTY,
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn suspended_tenant_is_403_at_home_and_an_unknown_key_elsewhere() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    let before = mock.requests().len();
+    for (_, path) in ENDPOINTS {
+        for cred in [
+            Cred::Bearer(ACME_SUSPENDED_KEY),
+            Cred::Header("api-key", ACME_SUSPENDED_KEY),
+            Cred::Header("x-api-key", ACME_SUSPENDED_KEY),
+        ] {
+            for host in ACME_HOSTS {
+                let o = observe(call(&gw, path, Some(host), cred).await).await;
+                assert_eq!(o.status, 403, "suspended at {host} {path}: {}", o.body);
+                assert_eq!(code_of(&o), "tenant_suspended");
+            }
+            for host in GLOBEX_HOSTS {
+                let suspended = observe(call(&gw, path, Some(host), cred).await).await;
+                let unknown =
+                    observe(call(&gw, path, Some(host), cred.with_key(UNKNOWN_KEY)).await).await;
+                assert_eq!(unknown.status, 401);
+                assert_eq!(
+                    suspended, unknown,
+                    "the suspended acme key at {host} {path} is an oracle"
+                );
+            }
+        }
+    }
+    assert_no_upstream(&mock, before, "suspended tenant");
+}

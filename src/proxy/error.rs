@@ -171,6 +171,15 @@ impl GatewayError {
             "code": self.code(),
         }});
         let mut resp = json_response(self.status(), &body);
+        if let GatewayError::MethodNotAllowed(_, path) = self {
+            let allow = match path.as_str() {
+                "/v1/models" => "GET",
+                "/healthz" | "/readyz" => "GET, HEAD",
+                _ => "POST",
+            };
+            resp.headers_mut()
+                .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
+        }
         if matches!(
             self,
             GatewayError::Tenancy(TenancyError::MissingKey | TenancyError::InvalidKey)
