@@ -38,6 +38,37 @@ enum Command {
     },
     /// Print the `sha256:` hash of a gateway key read from stdin, for gateway.toml.
     HashKey,
+    /// Seal, rotate and verify bring-your-own provider keys.
+    #[command(subcommand)]
+    Vault(VaultCommand),
+}
+
+#[derive(Subcommand)]
+enum VaultCommand {
+    /// Print a new random key-encryption key (base64 of 32 bytes).
+    Keygen,
+    /// Seal a provider key read from stdin; prints the string for gateway.toml.
+    Seal {
+        /// `tenant:RESELLER/TENANT`, `reseller:RESELLER` or `platform`.
+        #[arg(long)]
+        owner: String,
+        /// The provider name, as in `[[providers]]`.
+        #[arg(long)]
+        provider: String,
+        /// Configuration whose `[vault]` KEKs to use (default: `LIVERY_MASTER_KEY`).
+        #[arg(long, env = "LIVERY_CONFIG", default_value = "gateway.toml")]
+        config: PathBuf,
+    },
+    /// Re-wrap every sealed credential of the file under the active KEK, in place.
+    Rotate {
+        #[arg(long, env = "LIVERY_CONFIG", default_value = "gateway.toml")]
+        config: PathBuf,
+    },
+    /// Unseal every credential in memory and report which fail (never printing them).
+    Verify {
+        #[arg(long, env = "LIVERY_CONFIG", default_value = "gateway.toml")]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -46,6 +77,7 @@ fn main() -> ExitCode {
         Command::Serve { config, listen } => serve(config, listen),
         Command::CheckConfig { config } => check_config(config),
         Command::HashKey => hash_key(),
+        Command::Vault(cmd) => vault(cmd),
     }
 }
 
@@ -159,12 +191,16 @@ fn check_config(path: PathBuf) -> ExitCode {
         }
         println!("  {} [{}]", r.id, hosts.join(", "));
         for t in &r.tenants {
+            let mut creds: Vec<&str> = t.credentials.keys().map(String::as_str).collect();
+            creds.sort_unstable();
             println!(
-                "    tenant {} plan={} status={:?} keys={} models=[{}]",
+                "    tenant {} plan={} byok={:?} status={:?} keys={} sealed_credentials=[{}] models=[{}]",
                 t.id,
                 t.plan.name,
+                t.plan.byok,
                 t.status,
                 t.key_count,
+                creds.join(", "),
                 t.plan
                     .models
                     .iter()
@@ -191,4 +227,138 @@ fn hash_key() -> ExitCode {
     }
     println!("{}", KeyDigest::of(key).to_config_string());
     ExitCode::SUCCESS
+}
+
+fn vault(cmd: VaultCommand) -> ExitCode {
+    use livery::vault::{
+        generate_kek, rotate_config_text, verify_config_text, CredentialOwner, Keyring,
+    };
+    let keyring_of = |path: &PathBuf| -> Result<Keyring, String> {
+        // The file may not exist when sealing with the default KEK only.
+        let vault_cfg = if path.exists() {
+            GatewayConfig::load(path).map_err(|e| e.to_string())?.vault
+        } else {
+            Default::default()
+        };
+        Keyring::from_config(&vault_cfg, true).map_err(|e| e.to_string())
+    };
+    match cmd {
+        VaultCommand::Keygen => match generate_kek() {
+            Ok(k) => {
+                println!("{k}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        VaultCommand::Seal {
+            owner,
+            provider,
+            config,
+        } => {
+            let owner = match CredentialOwner::parse(&owner) {
+                Ok(o) => o,
+                Err(e) => return fail(e),
+            };
+            let keyring = match keyring_of(&config) {
+                Ok(k) => k,
+                Err(e) => return fail(e),
+            };
+            let mut input = zeroize::Zeroizing::new(String::new());
+            if let Err(e) = std::io::stdin().read_to_string(&mut input) {
+                return fail(format!("cannot read stdin: {e}"));
+            }
+            let key = input.trim_end_matches(['\r', '\n']);
+            if key.is_empty() {
+                return fail("no key on stdin (example: livery vault seal --owner tenant:acme/dental --provider openai < key.txt)");
+            }
+            match keyring.seal(&owner, &provider, key) {
+                Ok(sealed) => {
+                    println!("{}", sealed.to_sealed_string());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(e),
+            }
+        }
+        VaultCommand::Rotate { config } => {
+            let keyring = match keyring_of(&config) {
+                Ok(k) => k,
+                Err(e) => return fail(e),
+            };
+            let text = match std::fs::read_to_string(&config) {
+                Ok(t) => t,
+                Err(e) => return fail(format!("cannot read {}: {e}", config.display())),
+            };
+            let (rotated, reports) = match rotate_config_text(&text, &keyring) {
+                Ok(r) => r,
+                Err(e) => return fail(e),
+            };
+            let failed = print_reports(&reports, "re-wrapped");
+            if failed > 0 {
+                return fail(format!(
+                    "{failed} credential(s) could not be re-wrapped; {} left unchanged",
+                    config.display()
+                ));
+            }
+            if let Err(e) = replace_file(&config, &rotated) {
+                return fail(format!("cannot write {}: {e}", config.display()));
+            }
+            println!(
+                "{}: {} credential(s) now wrapped under KEK `{}`",
+                config.display(),
+                reports.len(),
+                keyring.active_id().unwrap_or("?")
+            );
+            ExitCode::SUCCESS
+        }
+        VaultCommand::Verify { config } => {
+            let keyring = match keyring_of(&config) {
+                Ok(k) => k,
+                Err(e) => return fail(e),
+            };
+            let text = match std::fs::read_to_string(&config) {
+                Ok(t) => t,
+                Err(e) => return fail(format!("cannot read {}: {e}", config.display())),
+            };
+            let reports = match verify_config_text(&text, &keyring) {
+                Ok(r) => r,
+                Err(e) => return fail(e),
+            };
+            let failed = print_reports(&reports, "ok");
+            if failed > 0 {
+                return fail(format!(
+                    "{failed} of {} credential(s) do not unseal",
+                    reports.len()
+                ));
+            }
+            println!("{} credential(s) unseal", reports.len());
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn print_reports(reports: &[livery::vault::CredentialReport], ok: &str) -> usize {
+    let mut failed = 0;
+    for r in reports {
+        match &r.result {
+            Ok(()) => println!("  {} {}: {ok}", r.owner, r.provider),
+            Err(e) => {
+                failed += 1;
+                println!("  {} {}: FAILED: {e}", r.owner, r.provider);
+            }
+        }
+    }
+    failed
+}
+
+/// Writes `text` beside `path` with the same permissions, then renames it over
+/// `path`, so a crash never leaves a half-written configuration.
+fn replace_file(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("toml.rotating");
+    let perms = std::fs::metadata(path)?.permissions();
+    let mut f = std::fs::File::create(&tmp)?;
+    f.set_permissions(perms)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }

@@ -5,7 +5,9 @@
 use crate::config::{ConfigError, GatewayConfig};
 use crate::routing::ModelTable;
 use crate::tenancy::Tenancy;
+use crate::vault::Keyring;
 use std::collections::HashSet;
+use std::sync::Arc;
 
 /// Size limits applied by the proxy.
 #[derive(Debug, Clone, Copy)]
@@ -17,6 +19,7 @@ pub struct BodyLimits {
 #[derive(Debug)]
 pub struct Snapshot {
     pub tenancy: Tenancy,
+    pub keyring: Arc<Keyring>,
     pub models: ModelTable,
     pub limits: BodyLimits,
     /// Unix time the snapshot was built; reported as `created` in `/v1/models`.
@@ -27,7 +30,19 @@ impl Snapshot {
     pub fn prepare(config: &GatewayConfig) -> Result<Self, ConfigError> {
         let models = ModelTable::build(config).map_err(ConfigError::Invalid)?;
         let names: HashSet<String> = models.names().map(str::to_owned).collect();
-        let tenancy = Tenancy::build(config, &names).map_err(ConfigError::Invalid)?;
+        let providers: HashSet<String> = config.providers.iter().map(|p| p.name.clone()).collect();
+        let tenancy = Tenancy::build(config, &names, &providers).map_err(ConfigError::Invalid)?;
+        let keyring = Keyring::from_config(&config.vault, tenancy.has_sealed_credentials())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        // Fail the load, not a request, if any credential does not unseal. The
+        // plaintexts produced here are dropped (and wiped) at once.
+        for (owner, provider, sealed) in tenancy.sealed_credentials() {
+            keyring.unseal(sealed, &owner, provider).map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "credential of {owner} for provider `{provider}`: {e}"
+                ))
+            })?;
+        }
         if config.server.max_body_bytes == 0 {
             return Err(ConfigError::Invalid(
                 "server.max_body_bytes must be positive".into(),
@@ -35,6 +50,7 @@ impl Snapshot {
         }
         Ok(Self {
             tenancy,
+            keyring: Arc::new(keyring),
             models,
             limits: BodyLimits {
                 max_request_bytes: config.server.max_body_bytes,

@@ -1,1 +1,452 @@
-//! placeholder
+//! The `livery` binary: `--version`, `check-config` (resolved tenancy, no secrets;
+//! clear errors on broken configurations), `hash-key`, and `serve` (refuses a
+//! non-loopback listener while the demo tenant is configured; stops cleanly on
+//! SIGTERM). Also home of [`ServeProcess`], the real binary started on port 0.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_livery");
+const DEMO_KEY_HASH: &str =
+    "sha256:09053059fad8155dd69bb4d01cf485f4b778dd986ba5b8cd1ad92c184e504a8c";
+const LISTENING: &str = "livery listening on http://";
+
+/// The repository's embedded default configuration.
+pub(crate) fn default_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.toml")
+}
+
+fn livery() -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_remove("LIVERY_CONFIG").stdin(Stdio::null());
+    cmd
+}
+
+fn run(cmd: &mut Command) -> (Output, String, String) {
+    let out = cmd.output().expect("the livery binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, stdout, stderr)
+}
+
+/// Runs `livery hash-key` with `input` on stdin.
+fn hash_key(input: &str) -> (Output, String, String) {
+    let mut child = livery()
+        .arg("hash-key")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, stdout, stderr)
+}
+
+/// Waits for `child` to exit, killing it (and failing) after `within`.
+fn wait_timeout(child: &mut Child, within: Duration, what: &str) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > within {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `livery serve` running as a real process in its own temporary working
+/// directory (so a relative `usage.jsonl` lands there), on the address it
+/// printed. Killed when dropped.
+pub(crate) struct ServeProcess {
+    child: Child,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    stderr_path: PathBuf,
+    /// Everything the process printed on stdout (filled by a reader thread).
+    stdout: mpsc::Receiver<String>,
+}
+
+impl ServeProcess {
+    /// Starts `livery serve --config CONFIG --listen LISTEN` and waits (up to
+    /// 20 s) for its `livery listening on http://ADDR` line.
+    pub(crate) fn start(config: &Path, listen: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let stderr_path = dir.path().join("livery.stderr");
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let mut child = livery()
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .args(["--listen", listen])
+            .current_dir(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("livery serve starts");
+        let pipe = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        // Keeps draining stdout for the life of the process.
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut me = Self {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            dir,
+            stderr_path,
+            stdout: rx,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match me.stdout.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(addr) = line.trim().strip_prefix(LISTENING) {
+                        me.addr = addr.parse().unwrap_or_else(|e| {
+                            panic!("bad address in {line:?}: {e}");
+                        });
+                        return me;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!(
+                    "livery serve printed no `{LISTENING}ADDR` line within 20 s; stderr:\n{}",
+                    me.stderr()
+                ),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = wait_timeout(&mut me.child, Duration::from_secs(5), "serve");
+                    panic!(
+                        "livery serve exited ({status}) before listening; stderr:\n{}",
+                        me.stderr()
+                    );
+                }
+            }
+        }
+    }
+
+    pub(crate) fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits (up to 20 s) for the process to exit.
+    pub(crate) fn terminate(&mut self) -> ExitStatus {
+        let pid = self.child.id();
+        // The shell's builtin `kill`: no dependency on procps or libc.
+        let sent = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {pid}")])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        wait_timeout(
+            &mut self.child,
+            Duration::from_secs(20),
+            "livery serve after SIGTERM",
+        )
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw HTTP/1.1 GET over a fresh connection; returns the status and the body.
+fn http_get(addr: SocketAddr, path: &str, host: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_owned())
+}
+
+// ------------------------------------------------------------------ --version
+
+#[test]
+fn version_prints_name_and_version() {
+    let (out, stdout, stderr) = run(livery().arg("--version"));
+    assert!(out.status.success(), "stderr: {stderr}");
+    assert_eq!(
+        stdout.trim(),
+        format!("livery {}", env!("CARGO_PKG_VERSION"))
+    );
+    assert_eq!(stdout.trim(), "livery 0.1.0");
+}
+
+// --------------------------------------------------------------- check-config
+
+#[test]
+fn check_config_lists_the_default_tenancy_without_secrets() {
+    let (out, stdout, stderr) = run(livery()
+        .arg("check-config")
+        .arg("--config")
+        .arg(default_config()));
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains(": ok"), "{stdout}");
+    assert!(stdout.contains("listen: 127.0.0.1:8080"), "{stdout}");
+    assert!(
+        stdout.lines().any(|l| l.trim_start().starts_with("mock ")),
+        "provider mock: {stdout}"
+    );
+    assert!(
+        stdout.contains("demo -> mock/mock-1"),
+        "model demo: {stdout}"
+    );
+    let reseller = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("demo ["))
+        .unwrap_or_else(|| panic!("no reseller demo line: {stdout}"));
+    assert!(reseller.contains("localhost"), "{reseller}");
+    assert!(reseller.contains("demo.livery.localhost"), "{reseller}");
+    let tenant = stdout
+        .lines()
+        .find(|l| l.contains("tenant demo-tenant"))
+        .unwrap_or_else(|| panic!("no tenant demo-tenant line: {stdout}"));
+    assert!(tenant.contains("plan=demo"), "{tenant}");
+    assert!(tenant.contains("keys=1"), "{tenant}");
+    assert!(tenant.contains("models=[demo]"), "{tenant}");
+
+    // No key hash anywhere; the (public) demo key only in the note about it.
+    let all = format!("{stdout}{stderr}");
+    assert!(!all.contains("09053059"), "a key hash was printed: {all}");
+    assert!(!all.contains("sha256:"), "a key hash was printed: {all}");
+    for line in all.lines().filter(|l| l.contains("sk-livery-demo")) {
+        assert!(
+            line.starts_with("note: "),
+            "the demo key outside the note: {line}"
+        );
+        assert!(line.contains("loopback"), "{line}");
+    }
+}
+
+#[test]
+fn check_config_reads_livery_config_env_and_defaults_to_gateway_toml() {
+    // LIVERY_CONFIG from any working directory.
+    let dir = tempfile::tempdir().unwrap();
+    let (out, stdout, stderr) = run(livery()
+        .arg("check-config")
+        .env("LIVERY_CONFIG", default_config())
+        .current_dir(dir.path()));
+    assert!(out.status.success(), "stderr: {stderr}");
+    assert!(stdout.contains("tenant demo-tenant"), "{stdout}");
+
+    // No flag, no env: ./gateway.toml.
+    let (out, stdout, stderr) = run(livery()
+        .arg("check-config")
+        .current_dir(env!("CARGO_MANIFEST_DIR")));
+    assert!(out.status.success(), "stderr: {stderr}");
+    assert!(stdout.starts_with("gateway.toml: ok"), "{stdout}");
+
+    // And a missing file is named in the error.
+    let (out, stdout, stderr) = run(livery().arg("check-config").current_dir(dir.path()));
+    assert!(!out.status.success(), "stdout: {stdout}");
+    assert!(stderr.contains("gateway.toml"), "{stderr}");
+}
+
+/// `check-config` on gateway.toml edited by `edit`: must fail, print nothing on
+/// stdout, and say `expected` (each fragment) on stderr.
+fn assert_config_rejected(what: &str, edit: impl Fn(&str) -> String, expected: &[&str]) {
+    let original = std::fs::read_to_string(default_config()).unwrap();
+    let broken = edit(&original);
+    assert_ne!(broken, original, "{what}: the edit changed nothing");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.toml");
+    std::fs::write(&path, &broken).unwrap();
+    let (out, stdout, stderr) = run(livery().arg("check-config").arg("--config").arg(&path));
+    assert!(
+        !out.status.success(),
+        "{what}: check-config accepted it:\n{stdout}"
+    );
+    assert!(
+        !stdout.contains(": ok"),
+        "{what}: printed ok on stdout:\n{stdout}"
+    );
+    assert!(
+        stderr.starts_with("livery: "),
+        "{what}: unexpected stderr: {stderr}"
+    );
+    for e in expected {
+        assert!(
+            stderr.contains(e),
+            "{what}: stderr does not say {e:?}: {stderr}"
+        );
+    }
+    assert!(
+        !stderr.contains("09053059"),
+        "{what}: a key hash leaked: {stderr}"
+    );
+}
+
+#[test]
+fn check_config_rejects_an_unknown_plan() {
+    assert_config_rejected(
+        "unknown plan",
+        |t| t.replace("plan = \"demo\"", "plan = \"gold\""),
+        &["unknown plan", "gold", "demo/demo-tenant"],
+    );
+}
+
+#[test]
+fn check_config_rejects_a_domain_claimed_twice() {
+    // Case and a trailing dot do not make it another domain.
+    assert_config_rejected(
+        "duplicate domain",
+        |t| format!("{t}\n[[resellers]]\nid = \"other\"\ndomains = [\"LocalHost.\"]\n"),
+        &["domain `localhost`", "demo", "other"],
+    );
+}
+
+#[test]
+fn check_config_rejects_a_malformed_key_hash() {
+    assert_config_rejected(
+        "bad key hash",
+        |t| t.replace(DEMO_KEY_HASH, "sha256:0905"),
+        &["key hash", "demo/demo-tenant", "hash-key"],
+    );
+    assert_config_rejected(
+        "plain key instead of a hash",
+        |t| t.replace(DEMO_KEY_HASH, "sk-livery-demo"),
+        &["key hash", "demo/demo-tenant"],
+    );
+}
+
+#[test]
+fn check_config_rejects_an_unknown_toml_key() {
+    assert_config_rejected(
+        "unknown key",
+        |t| t.replace("[server]\n", "[server]\ncolour = \"blue\"\n"),
+        &["colour"],
+    );
+    assert_config_rejected(
+        "unknown key in a tenant",
+        |t| t.replace("plan = \"demo\"", "plan = \"demo\"\nkeys = [\"sk-x\"]"),
+        &["keys"],
+    );
+}
+
+#[test]
+fn check_config_rejects_a_plan_with_an_unknown_model() {
+    assert_config_rejected(
+        "unknown model",
+        |t| t.replace("models = [\"demo\"]", "models = [\"demo\", \"gpt-5\"]"),
+        &["unknown model", "gpt-5"],
+    );
+}
+
+// ------------------------------------------------------------------- hash-key
+
+#[test]
+fn hash_key_prints_the_config_hash_of_stdin() {
+    let (out, stdout, stderr) = hash_key("sk-livery-demo");
+    assert!(out.status.success(), "stderr: {stderr}");
+    assert_eq!(stdout, format!("{DEMO_KEY_HASH}\n"));
+    // `echo KEY | livery hash-key` works too: the newline is not part of the key.
+    let (out, stdout, _) = hash_key("sk-livery-demo\n");
+    assert!(out.status.success());
+    assert_eq!(stdout, format!("{DEMO_KEY_HASH}\n"));
+    // Another key, another hash, same shape.
+    let (out, stdout, _) = hash_key("sk-acme-dental-key");
+    assert!(out.status.success());
+    assert_eq!(stdout.trim(), crate::support::hash("sk-acme-dental-key"));
+    assert_ne!(stdout.trim(), DEMO_KEY_HASH);
+}
+
+#[test]
+fn hash_key_fails_on_empty_stdin() {
+    for input in ["", "\n"] {
+        let (out, stdout, stderr) = hash_key(input);
+        assert!(!out.status.success(), "{input:?}: printed {stdout}");
+        assert!(stdout.is_empty(), "{input:?}: {stdout}");
+        assert!(stderr.contains("no key on stdin"), "{input:?}: {stderr}");
+    }
+}
+
+// ---------------------------------------------------------------------- serve
+
+#[test]
+fn serve_refuses_a_public_listener_with_the_demo_tenant() {
+    for listen in [
+        &["0.0.0.0:0"][..],
+        &["127.0.0.1:0", "0.0.0.0:0"][..],
+        &["[::]:0"][..],
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = livery();
+        cmd.arg("serve").arg("--config").arg(default_config());
+        for l in listen {
+            cmd.args(["--listen", l]);
+        }
+        let mut child = cmd
+            .current_dir(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = wait_timeout(
+            &mut child,
+            Duration::from_secs(20),
+            "serve on a public address (it must refuse to start)",
+        );
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!status.success(), "{listen:?}: serve started: {stdout}");
+        assert!(!stdout.contains("listening"), "{listen:?}: {stdout}");
+        assert!(stderr.contains("loopback"), "{listen:?}: {stderr}");
+        assert!(stderr.contains("demo tenant"), "{listen:?}: {stderr}");
+        assert!(
+            !dir.path().join("usage.jsonl").exists(),
+            "{listen:?}: a refused start created the usage file"
+        );
+    }
+}
+
+#[test]
+fn serve_answers_then_exits_cleanly_on_sigterm() {
+    let mut serve = ServeProcess::start(&default_config(), "127.0.0.1:0");
+    assert!(serve.addr.ip().is_loopback());
+    assert_ne!(serve.addr.port(), 0);
+    let (status, body) = http_get(serve.addr, "/healthz", "localhost");
+    assert_eq!(status, 200, "healthz: {body}");
+    let (status, body) = http_get(serve.addr, "/v1/models", "localhost");
+    assert_eq!(status, 401, "models without a key: {body}");
+
+    let exit = serve.terminate();
+    assert!(
+        exit.success(),
+        "serve exited with {exit} on SIGTERM; stderr:\n{}",
+        serve.stderr()
+    );
+}

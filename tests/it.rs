@@ -13,3 +13,4 @@ mod sdk;
 mod streaming;
 mod upstream;
 mod usage;
+mod vault;

@@ -2,6 +2,7 @@
 //! Unknown keys are rejected so that a typo never silently disables a setting.
 
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -20,6 +21,32 @@ pub struct GatewayConfig {
     pub plans: Vec<PlanConfig>,
     #[serde(default)]
     pub resellers: Vec<ResellerConfig>,
+    #[serde(default)]
+    pub vault: VaultConfig,
+}
+
+/// Key-encryption keys for sealed provider credentials.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultConfig {
+    /// The KEK new seals use (default: the first of `keks`).
+    #[serde(default)]
+    pub active_kek: Option<String>,
+    /// With none, the implicit KEK `default` is read from `LIVERY_MASTER_KEY`.
+    #[serde(default)]
+    pub keks: Vec<KekConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KekConfig {
+    pub id: String,
+    /// Environment variable holding base64 of 32 bytes.
+    #[serde(default)]
+    pub env: Option<String>,
+    /// File holding base64 of 32 bytes, readable by its owner only.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -138,6 +165,10 @@ pub struct PlanConfig {
     pub name: String,
     /// Tenant-facing model names this plan may use.
     pub models: Vec<String>,
+    /// Whose provider key pays: `required` (the tenant's own), `preferred`
+    /// (tenant, else reseller, else platform) or `never` (reseller, else platform).
+    #[serde(default)]
+    pub byok: crate::vault::ByokPolicy,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -152,6 +183,9 @@ pub struct ResellerConfig {
     pub domains: Vec<String>,
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
+    /// Sealed provider keys of the reseller (`livery vault seal`), by provider name.
+    #[serde(default)]
+    pub credentials: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -173,4 +207,7 @@ pub struct TenantConfig {
     pub status: TenantStatus,
     /// `sha256:<64 hex>` digests of the tenant's gateway keys (`livery hash-key`).
     pub key_hashes: Vec<String>,
+    /// Sealed provider keys of the tenant (`livery vault seal`), by provider name.
+    #[serde(default)]
+    pub credentials: BTreeMap<String, String>,
 }

@@ -6,8 +6,8 @@
 mod file;
 
 pub use file::{
-    GatewayConfig, ModelConfig, PlanConfig, ProviderConfig, ProviderKind, ResellerConfig,
-    ServerConfig, TenantConfig, TenantStatus, UsageConfig,
+    GatewayConfig, KekConfig, ModelConfig, PlanConfig, ProviderConfig, ProviderKind,
+    ResellerConfig, ServerConfig, TenantConfig, TenantStatus, UsageConfig, VaultConfig,
 };
 
 use std::path::{Path, PathBuf};

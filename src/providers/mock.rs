@@ -84,6 +84,16 @@ pub struct MockReply {
 impl MockReply {
     /// Builds the answer for `endpoint` given the parsed request body.
     pub fn for_request(endpoint: Endpoint, body: &Value) -> Self {
+        Self::for_request_keyed(endpoint, body, None)
+    }
+
+    /// Like [`Self::for_request`]; a 401 echoes `presented_key` masked the way
+    /// OpenAI does (`sk-proj-****…wXyZ`), as leak tests need.
+    pub fn for_request_keyed(
+        endpoint: Endpoint,
+        body: &Value,
+        presented_key: Option<&str>,
+    ) -> Self {
         let d = MockDirectives::from_body(body);
         let mut headers = provider_headers();
         if let Some(status) = d.status.and_then(|s| StatusCode::from_u16(s).ok()) {
@@ -105,7 +115,7 @@ impl MockReply {
                 return Self {
                     status,
                     headers,
-                    pieces: vec![error_body(status, model)],
+                    pieces: vec![error_body(status, model, presented_key)],
                     directives: d,
                 };
             }
@@ -203,11 +213,14 @@ fn pretty(v: &Value) -> Bytes {
     Bytes::from(out)
 }
 
-fn error_body(status: StatusCode, model: &str) -> Bytes {
+fn error_body(status: StatusCode, model: &str, presented_key: Option<&str>) -> Bytes {
     let (message, typ, code): (String, &str, Value) = match status.as_u16() {
         400 => ("Invalid request (injected by the mock provider).".into(), "invalid_request_error", Value::Null),
         401 => (
-            "Incorrect API key provided: sk-proj-********************wXyZ. You can find your API key at https://platform.openai.com/account/api-keys.".into(),
+            format!(
+                "Incorrect API key provided: {}. You can find your API key at https://platform.openai.com/account/api-keys.",
+                mask_key(presented_key.unwrap_or("sk-proj-unknown-key-wXyZ"))
+            ),
             "invalid_request_error",
             json!("invalid_api_key"),
         ),
@@ -233,6 +246,18 @@ fn error_body(status: StatusCode, model: &str) -> Bytes {
     }
     out.push(b'\n');
     Bytes::from(out)
+}
+
+/// OpenAI's masking of a key in its 401 message: the first 8 characters, one `*`
+/// per hidden character, the last 4.
+pub fn mask_key(key: &str) -> String {
+    let chars: Vec<char> = key.chars().collect();
+    if chars.len() <= 12 {
+        return "*".repeat(chars.len());
+    }
+    let head: String = chars[..8].iter().collect();
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    format!("{head}{}{tail}", "*".repeat(chars.len() - 12))
 }
 
 /// Rough tokens of a text: about four characters a token, as OpenAI's docs say.

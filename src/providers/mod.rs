@@ -11,6 +11,7 @@ pub use idle::IdleTimeout;
 pub use openai::OpenAiProvider;
 
 use crate::config::{ProviderConfig, ProviderKind};
+use crate::vault::Secret;
 use bytes::Bytes;
 use futures_util::Stream;
 use http::{HeaderMap, StatusCode};
@@ -125,7 +126,20 @@ impl Provider {
         }
     }
 
-    pub async fn send(&self, req: UpstreamRequest) -> Result<UpstreamResponse, ProviderError> {
+    /// The platform's own key for this provider, if any.
+    pub fn platform_key(&self) -> Option<&Secret> {
+        match self {
+            Provider::Mock { .. } => None,
+            Provider::OpenAi(p) => p.platform_key(),
+        }
+    }
+
+    /// Sends `req` upstream, authenticated with `key` in the provider's own header.
+    pub async fn send(
+        &self,
+        req: UpstreamRequest,
+        key: Option<&Secret>,
+    ) -> Result<UpstreamResponse, ProviderError> {
         match self {
             Provider::Mock { .. } => {
                 let body: serde_json::Value = serde_json::from_slice(&req.body)
@@ -134,7 +148,7 @@ impl Provider {
                     .into_response()
                     .await
             }
-            Provider::OpenAi(p) => p.send(req).await,
+            Provider::OpenAi(p) => p.send(req, key).await,
         }
     }
 }

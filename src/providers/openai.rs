@@ -69,7 +69,18 @@ impl OpenAiProvider {
         &self.name
     }
 
-    pub async fn send(&self, req: UpstreamRequest) -> Result<UpstreamResponse, ProviderError> {
+    /// The platform's own key for this provider, if configured.
+    pub fn platform_key(&self) -> Option<&Secret> {
+        self.key.as_ref()
+    }
+
+    /// Sends `req` with `key` (the credential chosen for this request) in the
+    /// `Authorization: Bearer` header; no key, no header.
+    pub async fn send(
+        &self,
+        req: UpstreamRequest,
+        key: Option<&Secret>,
+    ) -> Result<UpstreamResponse, ProviderError> {
         let url = format!("{}{}", self.base_url, req.endpoint.path());
         let accept = if req.stream {
             "text/event-stream"
@@ -83,7 +94,7 @@ impl OpenAiProvider {
             .header(http::header::ACCEPT, accept)
             .header("x-request-id", req.request_id.as_str())
             .body(req.body);
-        if let Some(key) = &self.key {
+        if let Some(key) = key {
             let value = zeroize::Zeroizing::new(format!("Bearer {}", key.expose()));
             let mut hv = HeaderValue::from_str(&value).map_err(|_| {
                 ProviderError::Misconfigured(format!(

@@ -2,7 +2,7 @@
 //! through every later stage instead of re-reading headers; and request ids.
 
 use crate::snapshot::Snapshot;
-use crate::tenancy::Tenant;
+use crate::tenancy::{ResellerIdx, Tenant};
 use http::HeaderMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,6 +14,7 @@ pub struct RequestCtx {
     /// reload never changes the rules half-way through.
     pub snapshot: Arc<Snapshot>,
     pub reseller: Arc<str>,
+    pub reseller_idx: ResellerIdx,
     pub tenant: Arc<Tenant>,
 }
 

@@ -7,6 +7,7 @@ use super::body::{json_response, ProxyBody};
 use crate::providers::ProviderError;
 use crate::routing::RoutingError;
 use crate::tenancy::TenancyError;
+use crate::vault::VaultError;
 use http::StatusCode;
 use serde_json::json;
 
@@ -18,6 +19,8 @@ pub enum GatewayError {
     Routing(#[from] RoutingError),
     #[error(transparent)]
     Provider(#[from] ProviderError),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
     #[error("request body is larger than the limit of {0} bytes")]
     BodyTooLarge(usize),
     #[error("could not read the request body: {0}")]
@@ -61,6 +64,8 @@ impl GatewayError {
                 ProviderError::FirstByteTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
                 ProviderError::Misconfigured(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
+            GatewayError::Vault(VaultError::ProviderKeyNotConfigured(_)) => StatusCode::BAD_REQUEST,
+            GatewayError::Vault(_) => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::BodyRead(_)
             | GatewayError::BadJson(_)
@@ -83,6 +88,8 @@ impl GatewayError {
             },
             GatewayError::Provider(ProviderError::Misconfigured(_)) => "server_error",
             GatewayError::Provider(_) => "upstream_error",
+            GatewayError::Vault(VaultError::ProviderKeyNotConfigured(_)) => "invalid_request_error",
+            GatewayError::Vault(_) => "server_error",
             GatewayError::Routing(_)
             | GatewayError::BodyTooLarge(_)
             | GatewayError::BodyRead(_)
@@ -113,6 +120,10 @@ impl GatewayError {
                 ProviderError::BodyTooLarge(_) => "upstream_response_too_large",
                 ProviderError::Misconfigured(_) => "provider_misconfigured",
             },
+            GatewayError::Vault(VaultError::ProviderKeyNotConfigured(_)) => {
+                "provider_key_not_configured"
+            }
+            GatewayError::Vault(_) => "credential_unavailable",
             GatewayError::BodyTooLarge(_) => "request_too_large",
             GatewayError::BodyRead(_) => "body_read_failed",
             GatewayError::BadJson(_) => "invalid_json",
@@ -128,6 +139,8 @@ impl GatewayError {
         match self {
             GatewayError::Provider(ProviderError::Misconfigured(_)) => Fault::Gateway,
             GatewayError::Provider(_) => Fault::Upstream,
+            GatewayError::Vault(VaultError::ProviderKeyNotConfigured(_)) => Fault::Client,
+            GatewayError::Vault(_) => Fault::Gateway,
             _ => Fault::Client,
         }
     }
@@ -151,6 +164,10 @@ impl GatewayError {
             }
             GatewayError::Provider(ProviderError::Body(_)) => {
                 "The upstream provider's response broke off.".into()
+            }
+            GatewayError::Vault(VaultError::ProviderKeyNotConfigured(_)) => self.to_string(),
+            GatewayError::Vault(_) => {
+                "The provider credential for this request is unavailable; the operator has been notified.".into()
             }
             other => other.to_string(),
         }

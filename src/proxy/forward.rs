@@ -9,6 +9,7 @@ use super::record::{PendingRecord, TokenUsage};
 use super::relay::SseRelay;
 use crate::providers::{ByteStream, ProviderError, UpstreamBody, UpstreamResponse};
 use crate::usage::Outcome;
+use crate::vault::KeyOwner;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use http::{HeaderValue, Response, StatusCode};
@@ -30,6 +31,7 @@ pub async fn answer(
     stream: bool,
     client_wants_usage: bool,
     max_body: usize,
+    key_owner: KeyOwner,
 ) -> Result<Answer, (GatewayError, PendingRecord)> {
     let UpstreamBody::Stream(body) = upstream.body;
     let status = upstream.status;
@@ -38,7 +40,7 @@ pub async fn answer(
             Ok(b) => b,
             Err(e) => return Err((e.into(), record)),
         };
-        let (client_status, payload, code) = reshape_error(status, &bytes);
+        let (client_status, payload, code) = reshape_error(status, &bytes, key_owner);
         record.finish(client_status.as_u16(), Outcome::UpstreamError, Some(&code));
         let mut resp = Response::new(full(payload));
         *resp.status_mut() = client_status;
@@ -124,10 +126,15 @@ async fn collect(
 /// Reshapes a provider error body into OpenAI's error JSON. Returns the status for
 /// the client, the body and the error code for the usage record.
 ///
-/// A 401/403 from the provider means the *platform's* provider credential was
-/// refused: passing it on would tell the tenant its own gateway key is wrong, so it
-/// becomes a 502 `upstream_auth_failed` instead.
-pub fn reshape_error(status: StatusCode, body: &[u8]) -> (StatusCode, Bytes, String) {
+/// A 401/403 from the provider is never passed on as such: it would tell the
+/// tenant its *gateway* key is wrong. If the tenant's own provider key was refused
+/// it becomes 400 `provider_key_rejected`; a reseller's or the platform's key,
+/// 502 `upstream_auth_failed`.
+pub fn reshape_error(
+    status: StatusCode,
+    body: &[u8],
+    key_owner: KeyOwner,
+) -> (StatusCode, Bytes, String) {
     let parsed: Option<Value> = serde_json::from_slice(body).ok();
     let err = parsed.as_ref().and_then(|v| v.get("error"));
     let (mut message, mut typ, param, mut code) = match err {
@@ -155,10 +162,18 @@ pub fn reshape_error(status: StatusCode, body: &[u8]) -> (StatusCode, Bytes, Str
     };
     let mut client_status = status;
     if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
-        client_status = StatusCode::BAD_GATEWAY;
-        message = Some("The upstream provider refused the gateway's credentials for this model; the operator must fix the provider key.".into());
-        typ = Some("upstream_error".into());
-        code = Some("upstream_auth_failed".into());
+        if key_owner == KeyOwner::Tenant {
+            // The tenant's own provider key: the tenant can and must fix it.
+            client_status = StatusCode::BAD_REQUEST;
+            message = Some("The provider rejected your own API key for this model; update the provider key configured for your account.".into());
+            typ = Some("invalid_request_error".into());
+            code = Some("provider_key_rejected".into());
+        } else {
+            client_status = StatusCode::BAD_GATEWAY;
+            message = Some("The upstream provider refused the gateway's credentials for this model; the operator must fix the provider key.".into());
+            typ = Some("upstream_error".into());
+            code = Some("upstream_auth_failed".into());
+        }
     }
     let message = message
         .map(|m| scrub(&m))
@@ -198,7 +213,10 @@ pub fn scrub(message: &str) -> String {
         }
         let core = word.trim_start_matches(['(', '[', '"', '\'', '`']);
         let lower = core.to_ascii_lowercase();
-        if PREFIXES.iter().any(|p| lower.starts_with(p)) || HOSTS.iter().any(|h| lower.contains(h))
+        // `***` marks a masked key fragment (`sk-ab***yz`), whatever its prefix.
+        if PREFIXES.iter().any(|p| lower.starts_with(p))
+            || HOSTS.iter().any(|h| lower.contains(h))
+            || lower.contains("***")
         {
             let trailing: String = word
                 .chars()
@@ -225,6 +243,8 @@ mod tests {
         assert!(!s.contains("org-uV"), "{s}");
         assert!(!s.contains("openai.com"), "{s}");
         assert!(!s.contains("req_0123"), "{s}");
+        let masked = scrub("Invalid key 0123abcd****************wxyz given.");
+        assert_eq!(masked, "Invalid key [redacted] given.");
         assert!(s.starts_with(
             "Rate limit reached for gpt-4o-mini in organization [redacted] on tokens."
         ));
@@ -233,7 +253,8 @@ mod tests {
     #[test]
     fn upstream_auth_failure_is_not_a_client_401() {
         let body = br#"{"error":{"message":"Incorrect API key provided: sk-proj-****wXyZ","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#;
-        let (status, payload, code) = reshape_error(StatusCode::UNAUTHORIZED, body);
+        let (status, payload, code) =
+            reshape_error(StatusCode::UNAUTHORIZED, body, KeyOwner::Platform);
         assert_eq!(status, StatusCode::BAD_GATEWAY);
         assert_eq!(code, "upstream_auth_failed");
         assert!(!String::from_utf8_lossy(&payload).contains("sk-proj"));
@@ -241,13 +262,20 @@ mod tests {
 
     #[test]
     fn non_openai_errors_are_reshaped() {
-        let (status, payload, _) =
-            reshape_error(StatusCode::NOT_FOUND, br#"{"error":"model 'x' not found"}"#);
+        let (status, payload, _) = reshape_error(
+            StatusCode::NOT_FOUND,
+            br#"{"error":"model 'x' not found"}"#,
+            KeyOwner::Platform,
+        );
         assert_eq!(status, StatusCode::NOT_FOUND);
         let v: Value = serde_json::from_slice(&payload).unwrap();
         assert_eq!(v["error"]["message"], "model 'x' not found");
         assert_eq!(v["error"]["type"], "invalid_request_error");
-        let (_, payload, _) = reshape_error(StatusCode::BAD_GATEWAY, b"<html>bad gateway</html>");
+        let (_, payload, _) = reshape_error(
+            StatusCode::BAD_GATEWAY,
+            b"<html>bad gateway</html>",
+            KeyOwner::Platform,
+        );
         let v: Value = serde_json::from_slice(&payload).unwrap();
         assert_eq!(
             v["error"]["message"],

@@ -19,6 +19,9 @@ use super::App;
 use crate::providers::{Endpoint, UpstreamRequest};
 use crate::tenancy::{normalize_host, presented_key, PresentedKey, ResellerIdx, TenancyError};
 use crate::usage::Outcome;
+use crate::vault::{
+    select_credential, CredentialOwner, ProviderCredential, StoredCredential, VaultError,
+};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -115,6 +118,7 @@ where
         started,
         snapshot,
         reseller,
+        reseller_idx,
         tenant,
     };
     match api {
@@ -221,16 +225,27 @@ where
         r.provider = Some(prepared.route.provider.name().to_owned());
         r.stream = prepared.stream;
     });
+    let credential = match credential_for(ctx, &prepared.route) {
+        Ok(c) => c,
+        Err(e) => return Err(reject(&mut record, e.into())),
+    };
+    record.update(|r| r.key_owner = Some(credential.owner));
+    let key_owner = credential.owner;
     let upstream = prepared
         .route
         .provider
-        .send(UpstreamRequest {
-            endpoint,
-            body: prepared.body,
-            stream: prepared.stream,
-            request_id: ctx.request_id.clone(),
-        })
+        .send(
+            UpstreamRequest {
+                endpoint,
+                body: prepared.body,
+                stream: prepared.stream,
+                request_id: ctx.request_id.clone(),
+            },
+            credential.key.as_ref(),
+        )
         .await;
+    // The plaintext key is needed only to send the request: wipe it now.
+    drop(credential);
     let upstream = match upstream {
         Ok(u) => u,
         Err(e) => {
@@ -249,6 +264,7 @@ where
         prepared.stream,
         prepared.client_wants_usage,
         ctx.snapshot.limits.max_upstream_bytes,
+        key_owner,
     )
     .await
     {
@@ -264,6 +280,42 @@ where
             Err(err)
         }
     }
+}
+
+/// Picks and unseals the provider key for this request under the plan's policy.
+fn credential_for(
+    ctx: &RequestCtx,
+    route: &crate::routing::Route,
+) -> Result<ProviderCredential, VaultError> {
+    let provider = route.provider.name();
+    let tenancy = &ctx.snapshot.tenancy;
+    let tenant = ctx
+        .tenant
+        .credentials
+        .get(provider)
+        .map(|sealed| StoredCredential {
+            owner: CredentialOwner::Tenant {
+                reseller: ctx.reseller.to_string(),
+                tenant: ctx.tenant.id.to_string(),
+            },
+            sealed,
+        });
+    let reseller = tenancy
+        .reseller(ctx.reseller_idx)
+        .credentials
+        .get(provider)
+        .map(|sealed| StoredCredential {
+            owner: CredentialOwner::Reseller(ctx.reseller.to_string()),
+            sealed,
+        });
+    select_credential(
+        ctx.tenant.plan.byok,
+        provider,
+        &ctx.snapshot.keyring,
+        tenant,
+        reseller,
+        route.provider.platform_key(),
+    )
 }
 
 fn reject(record: &mut PendingRecord, err: GatewayError) -> GatewayError {

@@ -53,6 +53,7 @@ impl PendingRecord {
                 requested_model: None,
                 served_model: None,
                 provider: None,
+                key_owner: None,
                 status: 0,
                 outcome: Outcome::ClientDisconnected,
                 error_code: None,

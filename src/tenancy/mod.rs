@@ -11,6 +11,7 @@ pub use host::normalize_host;
 pub use key::{presented_key, KeyDigest, PresentedKey};
 
 use crate::config::{GatewayConfig, TenantStatus};
+use crate::vault::{ByokPolicy, CredentialOwner, SealedKey};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
@@ -35,6 +36,7 @@ pub struct Plan {
     pub name: Arc<str>,
     /// Tenant-facing model names, in configuration order.
     pub models: Vec<Arc<str>>,
+    pub byok: ByokPolicy,
 }
 
 impl Plan {
@@ -50,6 +52,8 @@ pub struct Tenant {
     pub plan: Arc<Plan>,
     pub status: TenantStatus,
     pub key_count: usize,
+    /// Sealed provider keys by provider name (never plaintext).
+    pub credentials: HashMap<String, SealedKey>,
 }
 
 #[derive(Debug)]
@@ -58,6 +62,8 @@ pub struct Reseller {
     pub name: Option<String>,
     pub domains: Vec<String>,
     pub tenants: Vec<Arc<Tenant>>,
+    /// Sealed provider keys by provider name (never plaintext).
+    pub credentials: HashMap<String, SealedKey>,
 }
 
 /// Index of a reseller inside one [`Tenancy`] snapshot.
@@ -88,7 +94,11 @@ pub fn demo_key_digest() -> KeyDigest {
 impl Tenancy {
     /// Builds the index, rejecting duplicate ids, domains and keys, and unknown plans.
     /// `known_models` are the tenant-facing model names of the model table.
-    pub fn build(config: &GatewayConfig, known_models: &HashSet<String>) -> Result<Self, String> {
+    pub fn build(
+        config: &GatewayConfig,
+        known_models: &HashSet<String>,
+        known_providers: &HashSet<String>,
+    ) -> Result<Self, String> {
         let platform_domain = match &config.server.platform_domain {
             Some(d) => Some(
                 normalize_host(d)
@@ -106,6 +116,7 @@ impl Tenancy {
             let plan = Arc::new(Plan {
                 name: p.name.as_str().into(),
                 models: p.models.iter().map(|m| Arc::from(m.as_str())).collect(),
+                byok: p.byok,
             });
             if plans.insert(p.name.clone(), plan).is_some() {
                 return Err(format!("plan `{}` is declared twice", p.name));
@@ -180,6 +191,11 @@ impl Tenancy {
                     plan,
                     status: tc.status,
                     key_count: tc.key_hashes.len(),
+                    credentials: parse_credentials(
+                        &format!("tenant `{}/{}`", r.id, tc.id),
+                        &tc.credentials,
+                        known_providers,
+                    )?,
                 }));
             }
             t.resellers.push(Reseller {
@@ -187,6 +203,11 @@ impl Tenancy {
                 name: r.name.clone(),
                 domains,
                 tenants,
+                credentials: parse_credentials(
+                    &format!("reseller `{}`", r.id),
+                    &r.credentials,
+                    known_providers,
+                )?,
             });
         }
         Ok(t)
@@ -198,6 +219,33 @@ impl Tenancy {
 
     pub fn reseller(&self, idx: ResellerIdx) -> &Reseller {
         &self.resellers[idx.0]
+    }
+
+    /// True if any reseller or tenant has a sealed provider credential.
+    pub fn has_sealed_credentials(&self) -> bool {
+        self.resellers.iter().any(|r| {
+            !r.credentials.is_empty() || r.tenants.iter().any(|t| !t.credentials.is_empty())
+        })
+    }
+
+    /// Every sealed credential with its owner and provider.
+    pub fn sealed_credentials(&self) -> Vec<(CredentialOwner, &str, &SealedKey)> {
+        let mut out = Vec::new();
+        for r in &self.resellers {
+            for (p, k) in &r.credentials {
+                out.push((CredentialOwner::Reseller(r.id.to_string()), p.as_str(), k));
+            }
+            for t in &r.tenants {
+                for (p, k) in &t.credentials {
+                    let owner = CredentialOwner::Tenant {
+                        reseller: r.id.to_string(),
+                        tenant: t.id.to_string(),
+                    };
+                    out.push((owner, p.as_str(), k));
+                }
+            }
+        }
+        out
     }
 
     /// True if some tenant holds the published demo key.
@@ -249,6 +297,26 @@ impl Tenancy {
             _ => Err(TenancyError::InvalidKey),
         }
     }
+}
+
+fn parse_credentials(
+    who: &str,
+    raw: &std::collections::BTreeMap<String, String>,
+    known_providers: &HashSet<String>,
+) -> Result<HashMap<String, SealedKey>, String> {
+    let mut out = HashMap::new();
+    for (provider, sealed) in raw {
+        if !known_providers.contains(provider) {
+            return Err(format!(
+                "{who}: credential for unknown provider `{provider}`"
+            ));
+        }
+        let key = SealedKey::parse(sealed).map_err(|e| {
+            format!("{who}: credential for `{provider}`: {e} (seal keys with `livery vault seal`)")
+        })?;
+        out.insert(provider.clone(), key);
+    }
+    Ok(out)
 }
 
 fn is_dns_label(s: &str) -> bool {

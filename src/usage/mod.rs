@@ -40,6 +40,8 @@ pub struct UsageRecord {
     pub requested_model: Option<String>,
     pub served_model: Option<String>,
     pub provider: Option<String>,
+    /// Whose provider key paid for the call (never the key).
+    pub key_owner: Option<crate::vault::KeyOwner>,
     pub status: u16,
     pub outcome: Outcome,
     pub error_code: Option<String>,

@@ -166,7 +166,12 @@ async fn serve(state: Arc<MockState>, req: Request<Incoming>) -> Response<MockBo
             return r;
         }
     };
-    let reply = MockReply::for_request(endpoint, &json);
+    let presented = parts
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let reply = MockReply::for_request_keyed(endpoint, &json, presented);
     let d = reply.directives.clone();
     if d.delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(d.delay_ms)).await;

@@ -1,0 +1,133 @@
+//! The sealed form of a credential, `lvk1:<kek-id>:<wrapped-dek>:<ciphertext>`
+//! (both blobs base64url without padding), and who a credential belongs to. The
+//! owner and provider are bound in as associated data, so a sealed string copied
+//! onto another tenant or another provider fails to unseal.
+
+use super::VaultError;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use std::fmt;
+
+const VERSION: &str = "lvk1";
+
+/// Who a stored credential belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CredentialOwner {
+    /// `tenant:RESELLER/TENANT`
+    Tenant { reseller: String, tenant: String },
+    /// `reseller:RESELLER`
+    Reseller(String),
+    /// `platform`
+    Platform,
+}
+
+impl CredentialOwner {
+    pub fn parse(text: &str) -> Result<Self, VaultError> {
+        let bad = || VaultError::BadOwner(text.to_owned());
+        if text == "platform" {
+            return Ok(Self::Platform);
+        }
+        if let Some(r) = text.strip_prefix("reseller:") {
+            if r.is_empty() || r.contains('/') {
+                return Err(bad());
+            }
+            return Ok(Self::Reseller(r.to_owned()));
+        }
+        let rest = text.strip_prefix("tenant:").ok_or_else(bad)?;
+        let (reseller, tenant) = rest.split_once('/').ok_or_else(bad)?;
+        if reseller.is_empty() || tenant.is_empty() {
+            return Err(bad());
+        }
+        Ok(Self::Tenant {
+            reseller: reseller.to_owned(),
+            tenant: tenant.to_owned(),
+        })
+    }
+}
+
+impl fmt::Display for CredentialOwner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tenant { reseller, tenant } => write!(f, "tenant:{reseller}/{tenant}"),
+            Self::Reseller(r) => write!(f, "reseller:{r}"),
+            Self::Platform => f.write_str("platform"),
+        }
+    }
+}
+
+/// A parsed sealed credential. Holds no plaintext.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedKey {
+    pub kek_id: String,
+    pub(super) wrapped_dek: Vec<u8>,
+    pub(super) ciphertext: Vec<u8>,
+}
+
+impl fmt::Debug for SealedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SealedKey({VERSION}:{}:…)", self.kek_id)
+    }
+}
+
+impl SealedKey {
+    pub fn parse(text: &str) -> Result<Self, VaultError> {
+        let mut parts = text.trim().split(':');
+        let (Some(version), Some(kek_id), Some(dek), Some(ct), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return Err(VaultError::Malformed(
+                "expected lvk1:<kek-id>:<wrapped-key>:<ciphertext>".into(),
+            ));
+        };
+        if version != VERSION {
+            return Err(VaultError::Malformed(format!(
+                "unknown version `{version}`"
+            )));
+        }
+        if !valid_kek_id(kek_id) {
+            return Err(VaultError::Malformed("invalid KEK id".into()));
+        }
+        let decode = |s: &str| {
+            URL_SAFE_NO_PAD
+                .decode(s)
+                .map_err(|_| VaultError::Malformed("invalid base64".into()))
+        };
+        Ok(Self {
+            kek_id: kek_id.to_owned(),
+            wrapped_dek: decode(dek)?,
+            ciphertext: decode(ct)?,
+        })
+    }
+
+    pub fn to_sealed_string(&self) -> String {
+        format!(
+            "{VERSION}:{}:{}:{}",
+            self.kek_id,
+            URL_SAFE_NO_PAD.encode(&self.wrapped_dek),
+            URL_SAFE_NO_PAD.encode(&self.ciphertext)
+        )
+    }
+}
+
+/// KEK ids appear inside sealed strings: keep them to a safe alphabet.
+pub fn valid_kek_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+/// Associated data of the wrapped data key.
+pub(super) fn dek_aad(kek_id: &str, owner: &CredentialOwner, provider: &str) -> Vec<u8> {
+    format!("livery/dek/{VERSION}\0{kek_id}\0{owner}\0{provider}").into_bytes()
+}
+
+/// Associated data of the credential ciphertext.
+pub(super) fn credential_aad(owner: &CredentialOwner, provider: &str) -> Vec<u8> {
+    format!("livery/credential/{VERSION}\0{owner}\0{provider}").into_bytes()
+}

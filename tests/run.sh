@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Livery's test command: the whole suite on a fresh machine with the Rust
+# toolchain and python3 (3.11+ with venv and pip). It installs what the tests
+# need (the `openai` Python SDK into .venv), then runs formatting, lints, and
+# every unit and integration test. `.ci/run` runs exactly this.
+#
+#   tests/run.sh
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT="$(pwd)"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+# ------------------------------------------------------------ system packages
+# Later issues install their services here (e.g. redis-server, pebble) with an
+# `ensure_apt_package` helper: run `apt-get update` once, then
+# `apt-get install -y --no-install-recommends PKG` when `command -v` does not
+# find the program.
+
+# ------------------------------------------------------- Python + openai SDK
+OPENAI_SPEC='openai>=1.50,<3'
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+
+step "Python venv with the openai SDK ($VENV)"
+if ! "$PY" -m pip --version >/dev/null 2>&1; then
+    rm -rf "$VENV"
+    if ! python3 -m venv "$VENV"; then
+        # Debian splits ensurepip into python3-venv.
+        rm -rf "$VENV"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv
+        python3 -m venv "$VENV"
+    fi
+fi
+# A no-op (no download) when a matching version is already installed.
+"$PY" -m pip install --quiet --disable-pip-version-check "$OPENAI_SPEC"
+"$PY" -c 'import sys, openai; print(f"python {sys.version.split()[0]}, openai {openai.__version__}")'
+
+export LIVERY_PYTHON="$PY"
+# The SDK tests fail, instead of skipping, when the SDK is missing.
+export LIVERY_REQUIRE_SDK=1
+
+# ------------------------------------------------------------------ Rust
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --quiet -- -D warnings
+
+step "cargo test --all-targets"
+cargo test --all-targets
+
+step "all checks passed"

@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""End-to-end check of a Livery gateway with the real `openai` Python SDK.
+
+Usage: python openai_e2e.py BASE_URL API_KEY MODEL [EMBED_MODEL]
+
+Prints one line per check and exits non-zero at the first failure. Run by
+tests/sdk.rs (through tests/run.sh, which installs the SDK into .venv).
+"""
+
+import sys
+import traceback
+
+import openai
+from openai import OpenAI
+
+MESSAGES = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Say hello to the SDK test."},
+]
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def ensure(cond, what):
+    if not cond:
+        raise CheckFailed(what)
+
+
+def check_chat(client, model):
+    r = client.chat.completions.create(model=model, messages=MESSAGES)
+    ensure(r.object == "chat.completion", f"object is {r.object!r}")
+    ensure(r.model, "response has no model")
+    ensure(len(r.choices) >= 1, "no choices")
+    content = r.choices[0].message.content
+    ensure(content, f"empty content: {r!r}")
+    ensure(r.choices[0].finish_reason, "no finish_reason")
+    ensure(r.usage is not None, "no usage")
+    ensure(r.usage.prompt_tokens > 0, f"prompt_tokens = {r.usage.prompt_tokens}")
+    ensure(
+        r.usage.completion_tokens > 0,
+        f"completion_tokens = {r.usage.completion_tokens}",
+    )
+    ensure(
+        r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens,
+        f"total_tokens {r.usage.total_tokens} != prompt + completion",
+    )
+    return f"{len(content)} chars, usage {r.usage.prompt_tokens}+{r.usage.completion_tokens}"
+
+
+def collect_stream(stream):
+    text = []
+    finish = None
+    usage_chunks = []
+    chunks = 0
+    for chunk in stream:
+        chunks += 1
+        ensure(chunk.object == "chat.completion.chunk", f"chunk object {chunk.object!r}")
+        if chunk.usage is not None:
+            usage_chunks.append(chunk)
+        for choice in chunk.choices:
+            if choice.delta is not None and choice.delta.content:
+                text.append(choice.delta.content)
+            if choice.finish_reason:
+                finish = choice.finish_reason
+    return "".join(text), finish, usage_chunks, chunks
+
+
+def check_stream(client, model):
+    stream = client.chat.completions.create(model=model, messages=MESSAGES, stream=True)
+    text, finish, usage_chunks, chunks = collect_stream(stream)
+    ensure(text, "streamed text is empty")
+    ensure(finish, "no finish_reason in the stream")
+    # The gateway asks the upstream for usage but hides that chunk from a client
+    # that did not ask for it.
+    ensure(not usage_chunks, f"{len(usage_chunks)} usage chunk(s) without include_usage")
+    return f"{chunks} chunks, {len(text)} chars, finish_reason={finish}"
+
+
+def check_stream_usage(client, model):
+    stream = client.chat.completions.create(
+        model=model,
+        messages=MESSAGES,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    last = None
+    text = []
+    finish = None
+    usage_chunks = 0
+    chunks = 0
+    for chunk in stream:
+        chunks += 1
+        last = chunk
+        if chunk.usage is not None:
+            usage_chunks += 1
+        for choice in chunk.choices:
+            if choice.delta is not None and choice.delta.content:
+                text.append(choice.delta.content)
+            if choice.finish_reason:
+                finish = choice.finish_reason
+    ensure(last is not None, "empty stream")
+    ensure("".join(text), "streamed text is empty")
+    ensure(finish, "no finish_reason in the stream")
+    ensure(last.usage is not None, "the final chunk has no usage")
+    ensure(usage_chunks == 1, f"{usage_chunks} usage chunks, wanted 1")
+    ensure(last.usage.completion_tokens > 0, "usage.completion_tokens is 0")
+    return f"{chunks} chunks, usage {last.usage.prompt_tokens}+{last.usage.completion_tokens}"
+
+
+def check_embedding(client, model):
+    # The SDK asks for base64 by default and decodes it.
+    r = client.embeddings.create(model=model, input="hello")
+    ensure(len(r.data) == 1, f"{len(r.data)} embeddings, wanted 1")
+    emb = r.data[0].embedding
+    ensure(len(emb) > 0, "empty embedding")
+    ensure(all(isinstance(x, float) for x in emb), "embedding is not floats")
+    ensure(r.usage is not None and r.usage.prompt_tokens > 0, "no embedding usage")
+    # And the plain float encoding.
+    r2 = client.embeddings.create(model=model, input=["hello", "world"], encoding_format="float")
+    ensure(len(r2.data) == 2, f"{len(r2.data)} float embeddings, wanted 2")
+    ensure(len(r2.data[0].embedding) == len(emb), "float and base64 dimensions differ")
+    return f"{len(emb)} dimensions"
+
+
+def check_models(client, model):
+    ids = [m.id for m in client.models.list()]
+    ensure(model in ids, f"{model!r} not in {ids}")
+    return ", ".join(ids)
+
+
+def check_wrong_key(base_url, model):
+    bad = OpenAI(base_url=base_url, api_key="sk-livery-wrong-key", max_retries=0, timeout=30)
+    try:
+        bad.chat.completions.create(model=model, messages=MESSAGES)
+    except openai.AuthenticationError as e:
+        ensure(e.status_code == 401, f"status {e.status_code}")
+        return f"AuthenticationError ({e.status_code})"
+    raise CheckFailed("a wrong key did not raise AuthenticationError")
+
+
+def main(argv):
+    if len(argv) not in (4, 5):
+        print(__doc__, file=sys.stderr)
+        return 2
+    base_url, api_key, model = argv[1], argv[2], argv[3]
+    embed_model = argv[4] if len(argv) == 5 else model
+    print(f"openai {openai.__version__} against {base_url} (model {model}, embeddings {embed_model})")
+    client = OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=30)
+    checks = [
+        ("chat completion", lambda: check_chat(client, model)),
+        ("streamed chat completion", lambda: check_stream(client, model)),
+        ("streamed chat completion with usage", lambda: check_stream_usage(client, model)),
+        ("embedding", lambda: check_embedding(client, embed_model)),
+        ("models.list", lambda: check_models(client, model)),
+        ("wrong key", lambda: check_wrong_key(base_url, model)),
+    ]
+    for name, check in checks:
+        try:
+            detail = check()
+        except CheckFailed as e:
+            print(f"FAIL {name}: {e}")
+            return 1
+        except Exception:  # noqa: BLE001 - report anything the SDK raised
+            print(f"FAIL {name}: unexpected exception")
+            traceback.print_exc(file=sys.stdout)
+            return 1
+        print(f"ok   {name}: {detail}")
+    print(f"all {len(checks)} SDK checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

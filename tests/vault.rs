@@ -1,0 +1,375 @@
+//! Issue 3: bring-your-own provider keys, sealed in the configuration, unsealed per
+//! request, chosen by the plan's BYOK policy, and never leaked.
+
+use crate::support::*;
+use livery::vault::{CredentialOwner, EnvKek, Keyring};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+const KEK_ENV: &str = "LIVERY_TEST_MASTER_KEY";
+const DENTAL_PROVIDER_KEY: &str = "sk-dental-own-Q7rT9vXw2yZ4aB6cD8eF0gH1jK3";
+const REALTY_PROVIDER_KEY: &str = "sk-realty-own-M5nP7qR9sT1uV3wX5yZ7aB9cD1e";
+const ACME_RESELLER_KEY: &str = "sk-acme-reseller-L2mN4oP6qR8sT0uV2wX4yZ6";
+
+fn keyring() -> Keyring {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| std::env::set_var(KEK_ENV, livery::vault::generate_kek().unwrap()));
+    let mut r = Keyring::default();
+    r.add(Arc::new(EnvKek::load("test-kek", KEK_ENV).unwrap()));
+    r
+}
+
+fn seal(owner: &str, provider: &str, key: &str) -> String {
+    keyring()
+        .seal(&CredentialOwner::parse(owner).unwrap(), provider, key)
+        .unwrap()
+        .to_sealed_string()
+}
+
+/// The standard configuration plus sealed keys: tenant keys for acme/dental and
+/// acme/realty (if asked), a reseller key for acme (if asked), and the BYOK policy
+/// of plan `pro` (dental, clinic) and `basic` (realty, office).
+fn byok_config(
+    mock: &MockProvider,
+    pro: &str,
+    basic: &str,
+    realty_key: bool,
+    reseller_key: bool,
+) -> String {
+    let mut c = standard_config(&mock.base_url(), "")
+        .replace(
+            "name = \"pro\"\n",
+            &format!("name = \"pro\"\nbyok = \"{pro}\"\n"),
+        )
+        .replace(
+            "name = \"basic\"\n",
+            &format!("name = \"basic\"\nbyok = \"{basic}\"\n"),
+        );
+    let with_creds = |c: String, hash_line: String, sealed: String| {
+        c.replace(
+            &hash_line,
+            &format!("{hash_line}\ncredentials = {{ upstream = \"{sealed}\" }}"),
+        )
+    };
+    c = with_creds(
+        c,
+        format!("key_hashes = [\"{}\"]", hash(ACME_DENTAL.2)),
+        seal("tenant:acme/dental", "upstream", DENTAL_PROVIDER_KEY),
+    );
+    if realty_key {
+        c = with_creds(
+            c,
+            format!("key_hashes = [\"{}\"]", hash(ACME_REALTY.2)),
+            seal("tenant:acme/realty", "upstream", REALTY_PROVIDER_KEY),
+        );
+    }
+    if reseller_key {
+        let line = format!("domains = [\"{ACME_HOST}\"]");
+        let sealed = seal("reseller:acme", "upstream", ACME_RESELLER_KEY);
+        c = c.replace(
+            &line,
+            &format!("{line}\ncredentials = {{ upstream = \"{sealed}\" }}"),
+        );
+    }
+    format!("{c}\n[vault]\n[[vault.keks]]\nid = \"test-kek\"\nenv = \"{KEK_ENV}\"\n")
+}
+
+async fn chat(gw: &TestGateway, host: &str, key: &str, extra: Value) -> reqwest::Response {
+    let mut body = chat_body("gpt-4o-mini");
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    post(gw, "/v1/chat/completions", Some(host), Some(key), &body).await
+}
+
+fn upstream_auth(mock: &MockProvider) -> String {
+    mock.last_request().headers["authorization"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn rid(resp: &reqwest::Response) -> String {
+    resp.headers()["x-request-id"].to_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn each_request_carries_exactly_its_own_tenants_key() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::start(&byok_config(&mock, "preferred", "preferred", true, false)).await;
+    for _ in 0..2 {
+        for (key, expected, owner) in [
+            (ACME_DENTAL.2, DENTAL_PROVIDER_KEY, "tenant"),
+            (ACME_REALTY.2, REALTY_PROVIDER_KEY, "tenant"),
+        ] {
+            let resp = chat(&gw, ACME_HOST, key, json!({})).await;
+            assert_eq!(resp.status(), 200);
+            assert_eq!(upstream_auth(&mock), format!("Bearer {expected}"));
+            let record = gw.usage_for(&rid(&resp)).await;
+            assert_eq!(record["key_owner"], owner);
+        }
+        // Globex's tenants bring nothing: the platform key pays.
+        let resp = chat(&gw, GLOBEX_HOST, GLOBEX_CLINIC.2, json!({})).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(upstream_auth(&mock), format!("Bearer {PROVIDER_KEY}"));
+        assert_eq!(gw.usage_for(&rid(&resp)).await["key_owner"], "platform");
+    }
+    // Streams too.
+    let resp = chat(&gw, ACME_HOST, ACME_REALTY.2, json!({"stream": true})).await;
+    assert!(resp.text().await.unwrap().ends_with("data: [DONE]\n\n"));
+    assert_eq!(
+        upstream_auth(&mock),
+        format!("Bearer {REALTY_PROVIDER_KEY}")
+    );
+}
+
+#[tokio::test]
+async fn required_without_a_tenant_key_is_a_clear_400_and_nothing_goes_upstream() {
+    let mock = MockProvider::start().await;
+    // Realty (plan basic) must bring its own key and has none; acme has a reseller key.
+    let gw = TestGateway::start(&byok_config(&mock, "preferred", "required", false, true)).await;
+    let before = mock.requests().len();
+    let resp = chat(&gw, ACME_HOST, ACME_REALTY.2, json!({})).await;
+    let id = rid(&resp);
+    assert_eq!(error_code(resp, 400).await, "provider_key_not_configured");
+    assert_eq!(mock.requests().len(), before);
+    let record = gw.usage_for(&id).await;
+    assert_eq!(record["outcome"], "rejected");
+    assert_eq!(record["error_code"], "provider_key_not_configured");
+    // Dental (plan pro, preferred) is unaffected and uses its own key.
+    let resp = chat(&gw, ACME_HOST, ACME_DENTAL.2, json!({})).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        upstream_auth(&mock),
+        format!("Bearer {DENTAL_PROVIDER_KEY}")
+    );
+}
+
+#[tokio::test]
+async fn preferred_falls_back_to_the_reseller_then_the_platform_key() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::start(&byok_config(&mock, "preferred", "preferred", false, true)).await;
+    let resp = chat(&gw, ACME_HOST, ACME_REALTY.2, json!({})).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(upstream_auth(&mock), format!("Bearer {ACME_RESELLER_KEY}"));
+    assert_eq!(gw.usage_for(&rid(&resp)).await["key_owner"], "reseller");
+    let resp = chat(&gw, GLOBEX_HOST, GLOBEX_OFFICE.2, json!({})).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(upstream_auth(&mock), format!("Bearer {PROVIDER_KEY}"));
+    assert_eq!(gw.usage_for(&rid(&resp)).await["key_owner"], "platform");
+}
+
+#[tokio::test]
+async fn never_ignores_the_tenants_own_key() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::start(&byok_config(&mock, "never", "preferred", false, true)).await;
+    let resp = chat(&gw, ACME_HOST, ACME_DENTAL.2, json!({})).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(upstream_auth(&mock), format!("Bearer {ACME_RESELLER_KEY}"));
+    assert_eq!(gw.usage_for(&rid(&resp)).await["key_owner"], "reseller");
+}
+
+#[tokio::test]
+async fn a_rejected_tenant_key_says_so_without_echoing_it() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::start(&byok_config(&mock, "preferred", "preferred", false, false)).await;
+    let resp = chat(
+        &gw,
+        ACME_HOST,
+        ACME_DENTAL.2,
+        json!({"mock": {"status": 401}}),
+    )
+    .await;
+    assert_eq!(resp.status(), 400);
+    let text = resp.text().await.unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"]["code"], "provider_key_rejected", "{text}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("your own API key"));
+    assert_no_key_fragment(&text, DENTAL_PROVIDER_KEY);
+    // The platform's key rejected is the operator's problem, not the tenant's.
+    let resp = chat(
+        &gw,
+        GLOBEX_HOST,
+        GLOBEX_CLINIC.2,
+        json!({"mock": {"status": 401}}),
+    )
+    .await;
+    assert_eq!(resp.status(), 502);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("upstream_auth_failed"), "{text}");
+    assert_no_key_fragment(&text, PROVIDER_KEY);
+}
+
+#[tokio::test]
+async fn a_credential_copied_onto_another_tenant_refuses_to_load() {
+    let mock = MockProvider::start().await;
+    set_provider_key_env();
+    let config = byok_config(&mock, "preferred", "preferred", false, false);
+    // Move dental's sealed key onto realty.
+    let sealed = seal("tenant:acme/dental", "upstream", DENTAL_PROVIDER_KEY);
+    let moved = standard_config(&mock.base_url(), "").replace(
+        &format!("key_hashes = [\"{}\"]", hash(ACME_REALTY.2)),
+        &format!(
+            "key_hashes = [\"{}\"]\ncredentials = {{ upstream = \"{sealed}\" }}",
+            hash(ACME_REALTY.2)
+        ),
+    ) + &format!("\n[vault]\n[[vault.keks]]\nid = \"test-kek\"\nenv = \"{KEK_ENV}\"\n");
+    livery::Snapshot::prepare(&livery::config::GatewayConfig::parse(&config).unwrap()).unwrap();
+    let err = livery::Snapshot::prepare(&livery::config::GatewayConfig::parse(&moved).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tenant:acme/realty") && err.contains("upstream"),
+        "{err}"
+    );
+    assert_no_key_fragment(&err, DENTAL_PROVIDER_KEY);
+}
+
+/// The key, and its distinctive middle, appear nowhere in `text`.
+pub fn assert_no_key_fragment(text: &str, key: &str) {
+    let middle = &key[8..key.len() - 4];
+    assert!(!text.contains(key), "the key leaked: {text}");
+    assert!(
+        !text.contains(middle),
+        "the key's middle `{middle}` leaked: {text}"
+    );
+}
+
+/// The leak test: a full request cycle against the real binary at
+/// `RUST_LOG=trace`; every log line, response and usage record is searched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_plaintext_key_in_logs_responses_or_usage_at_trace_level() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mock = MockProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let usage = dir.path().join("usage.jsonl");
+    let config = byok_config(&mock, "preferred", "preferred", false, false).replace(
+        "listen = [\"127.0.0.1:0\"]",
+        &format!(
+            "listen = [\"127.0.0.1:0\"]\n[usage]\njsonl_path = \"{}\"",
+            usage.display()
+        ),
+    );
+    // `[usage]` must come after `[server]`'s keys: move it to the end instead.
+    let config = config.replacen(
+        &format!("[usage]\njsonl_path = \"{}\"", usage.display()),
+        "",
+        1,
+    ) + &format!("\n[usage]\njsonl_path = \"{}\"\n", usage.display());
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, &config).unwrap();
+    set_provider_key_env();
+
+    let check = Command::new(env!("CARGO_BIN_EXE_livery"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let check_out = String::from_utf8_lossy(&check.stdout).into_owned()
+        + &String::from_utf8_lossy(&check.stderr);
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_livery"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines.next().expect("serve printed its address").unwrap();
+        if let Some(a) = line.strip_prefix("livery listening on http://") {
+            break a.to_owned();
+        }
+    };
+    let stderr = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut s);
+        s
+    });
+
+    let url = format!("http://{addr}/v1/chat/completions");
+    let mut seen = String::new();
+    for extra in [
+        json!({}),
+        json!({"mock": {"status": 401}}),
+        json!({"stream": true}),
+        json!({"mock": {"status": 500}}),
+    ] {
+        let mut body = chat_body("gpt-4o-mini");
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let resp = client()
+            .post(&url)
+            .header("host", ACME_HOST)
+            .bearer_auth(ACME_DENTAL.2)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        seen.push_str(&format!("{:?}\n", resp.headers()));
+        seen.push_str(&resp.text().await.unwrap());
+    }
+    // A client that disconnects mid-stream.
+    let mut body = chat_body("gpt-4o-mini");
+    body["stream"] = json!(true);
+    body["mock"] = json!({"chunks": 100, "gap_ms": 20});
+    let resp = client()
+        .post(&url)
+        .header("host", ACME_HOST)
+        .bearer_auth(ACME_DENTAL.2)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    seen.push_str(&format!("{:?}\n", resp.headers()));
+    drop(resp);
+    mock.wait_cancelled(1, std::time::Duration::from_secs(3))
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let log = log.join().unwrap();
+    let records = std::fs::read_to_string(&usage).unwrap();
+
+    // The upstream did receive the key, so the search below is meaningful.
+    assert!(mock
+        .requests()
+        .iter()
+        .any(|r| r.headers["authorization"] == format!("Bearer {DENTAL_PROVIDER_KEY}").as_str()));
+    assert!(
+        log.contains("TRACE") || log.contains("trace"),
+        "RUST_LOG=trace produced no trace output"
+    );
+    assert_eq!(records.lines().count(), 5, "{records}");
+    for (what, text) in [
+        ("log", &log),
+        ("responses", &seen),
+        ("usage", &records),
+        ("check-config", &check_out),
+        ("config", &config),
+    ] {
+        for key in [DENTAL_PROVIDER_KEY, PROVIDER_KEY] {
+            let middle = &key[8..key.len() - 4];
+            assert!(!text.contains(middle), "{what} contains the key {key}");
+        }
+    }
+}
