@@ -373,3 +373,194 @@ async fn no_plaintext_key_in_logs_responses_or_usage_at_trace_level() {
         }
     }
 }
+
+fn livery_cmd(envs: &[(&str, &str)]) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_livery"));
+    c.env_remove("LIVERY_CONFIG")
+        .env_remove("LIVERY_MASTER_KEY");
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c
+}
+
+fn run_with_stdin(mut cmd: std::process::Command, stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn cli_keygen_seal_rotate_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let keygen = livery_cmd(&[]).args(["vault", "keygen"]).output().unwrap();
+    assert!(keygen.status.success());
+    let kek_a = String::from_utf8(keygen.stdout).unwrap().trim().to_owned();
+    use base64::Engine as _;
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(&kek_a)
+            .unwrap()
+            .len(),
+        32
+    );
+    let kek_b = String::from_utf8(
+        livery_cmd(&[])
+            .args(["vault", "keygen"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
+    assert_ne!(kek_a, kek_b);
+
+    // Seal with the implicit KEK `default` (LIVERY_MASTER_KEY); the key comes from stdin only.
+    let mut seal = livery_cmd(&[("LIVERY_MASTER_KEY", &kek_a)]);
+    seal.current_dir(dir.path()).args([
+        "vault",
+        "seal",
+        "--owner",
+        "tenant:demo/demo-tenant",
+        "--provider",
+        "mock",
+    ]);
+    let out = run_with_stdin(seal, &format!("{DENTAL_PROVIDER_KEY}\n"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sealed_tenant = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(
+        sealed_tenant.starts_with("lvk1:default:"),
+        "{sealed_tenant}"
+    );
+    assert_no_key_fragment(&sealed_tenant, DENTAL_PROVIDER_KEY);
+    assert_no_key_fragment(&String::from_utf8_lossy(&out.stderr), DENTAL_PROVIDER_KEY);
+    let mut seal = livery_cmd(&[("LIVERY_MASTER_KEY", &kek_a)]);
+    seal.current_dir(dir.path()).args([
+        "vault",
+        "seal",
+        "--owner",
+        "reseller:demo",
+        "--provider",
+        "mock",
+    ]);
+    let sealed_reseller = String::from_utf8(run_with_stdin(seal, ACME_RESELLER_KEY).stdout)
+        .unwrap()
+        .trim()
+        .to_owned();
+
+    // A configuration holding both, with KEKs `default` (old) and `next` (active).
+    let base =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.toml")).unwrap();
+    let demo_hash = "key_hashes = [\"sha256:09053059fad8155dd69bb4d01cf485f4b778dd986ba5b8cd1ad92c184e504a8c\"]";
+    let with_creds = base
+        .replace(demo_hash, &format!("{demo_hash}\n# the tenant's own key\ncredentials = {{ mock = \"{sealed_tenant}\" }}"))
+        .replace("domains = [\"localhost\", \"127.0.0.1\"]", &format!("domains = [\"localhost\", \"127.0.0.1\"]\ncredentials = {{ mock = \"{sealed_reseller}\" }}"));
+    let config = format!(
+        "{with_creds}\n[vault]\nactive_kek = \"next\"\n[[vault.keks]]\nid = \"default\"\nenv = \"KEK_A\"\n[[vault.keks]]\nid = \"next\"\nenv = \"KEK_B\"\n"
+    );
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, &config).unwrap();
+    let envs = [("KEK_A", kek_a.as_str()), ("KEK_B", kek_b.as_str())];
+
+    let verify = livery_cmd(&envs)
+        .args(["vault", "verify", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("2 credential(s) unseal"));
+
+    let rotate = livery_cmd(&envs)
+        .args(["vault", "rotate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        rotate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotate.stderr)
+    );
+    let rotated = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        !rotated.contains("lvk1:default:"),
+        "a sealed string still names the old KEK:\n{rotated}"
+    );
+    assert_eq!(rotated.matches("lvk1:next:").count(), 2);
+    assert!(
+        rotated.contains("# the tenant's own key"),
+        "rotation lost the file's comments"
+    );
+    for text in [
+        &rotated,
+        &String::from_utf8_lossy(&rotate.stdout).into_owned(),
+        &String::from_utf8_lossy(&rotate.stderr).into_owned(),
+    ] {
+        assert_no_key_fragment(text, DENTAL_PROVIDER_KEY);
+        assert_no_key_fragment(text, ACME_RESELLER_KEY);
+    }
+
+    // The old KEK can now be retired: every credential still unseals without it.
+    let only_next = rotated.replace("[[vault.keks]]\nid = \"default\"\nenv = \"KEK_A\"\n", "");
+    std::fs::write(&path, &only_next).unwrap();
+    let verify = livery_cmd(&[("KEK_B", &kek_b)])
+        .args(["vault", "verify", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let check = livery_cmd(&[("KEK_B", &kek_b)])
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(String::from_utf8_lossy(&check.stdout).contains("sealed_credentials=[mock]"));
+
+    // A credential moved to another owner is reported by owner and provider, not printed.
+    let tampered = only_next.replace("id = \"demo-tenant\"", "id = \"other-tenant\"");
+    std::fs::write(&path, &tampered).unwrap();
+    let verify = livery_cmd(&[("KEK_B", &kek_b)])
+        .args(["vault", "verify", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!verify.status.success());
+    let out = String::from_utf8_lossy(&verify.stdout).into_owned()
+        + &String::from_utf8_lossy(&verify.stderr);
+    assert!(
+        out.contains("tenant:demo/other-tenant mock: FAILED"),
+        "{out}"
+    );
+    assert!(out.contains("reseller:demo mock: ok"), "{out}");
+    assert_no_key_fragment(&out, DENTAL_PROVIDER_KEY);
+}
