@@ -176,12 +176,26 @@ fn check_config(path: PathBuf) -> ExitCode {
     }
     println!("models:");
     for m in &config.models {
-        println!(
-            "  {} -> {}/{}",
-            m.name,
-            m.provider,
-            m.upstream_model.as_deref().unwrap_or(&m.name)
-        );
+        let routes: Vec<String> = match &m.provider {
+            Some(p) => vec![format!(
+                "{p}/{}",
+                m.upstream_model.as_deref().unwrap_or(&m.name)
+            )],
+            None => m
+                .routes
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{}/{} (priority {}, weight {})",
+                        r.provider,
+                        r.model.as_deref().unwrap_or(&m.name),
+                        r.priority,
+                        r.weight
+                    )
+                })
+                .collect(),
+        };
+        println!("  {} -> {}", m.name, routes.join(", then "));
     }
     println!("resellers:");
     for r in snapshot.tenancy.resellers() {

@@ -2,7 +2,7 @@
 //! built whole from a configuration (the fallible *prepare*) and swapped in
 //! atomically (`ArcSwap::store`, the infallible *swap*).
 
-use crate::config::{ConfigError, GatewayConfig};
+use crate::config::{ConfigError, GatewayConfig, RoutingConfig};
 use crate::routing::ModelTable;
 use crate::tenancy::Tenancy;
 use crate::vault::Keyring;
@@ -22,6 +22,7 @@ pub struct Snapshot {
     pub keyring: Arc<Keyring>,
     pub models: ModelTable,
     pub limits: BodyLimits,
+    pub routing: RoutingConfig,
     /// Unix time the snapshot was built; reported as `created` in `/v1/models`.
     pub created: u64,
 }
@@ -52,6 +53,7 @@ impl Snapshot {
             tenancy,
             keyring: Arc::new(keyring),
             models,
+            routing: config.routing.clone(),
             limits: BodyLimits {
                 max_request_bytes: config.server.max_body_bytes,
                 max_upstream_bytes: config.server.max_upstream_body_bytes,

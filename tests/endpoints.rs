@@ -143,57 +143,58 @@ async fn models_lists_exactly_the_tenants_plan_in_openai_list_shape() {
 }
 
 #[tokio::test]
-async fn a_model_outside_the_plan_is_the_same_404_as_an_unknown_model() {
+async fn unknown_models_are_404_and_models_outside_the_plan_are_403_naming_the_allowed_ones() {
     let mock = MockProvider::start().await;
     let gw = TestGateway::standard(&mock).await;
     let before = mock.requests().len();
     for path in FORWARDED {
-        for (host, key, model) in [
-            (ACME_HOST, ACME_REALTY.2, "premium"),
-            (GLOBEX_HOST, GLOBEX_OFFICE.2, "premium"),
-            (ACME_HOST, ACME_REALTY.2, "no-such-model"),
-            (ACME_HOST, ACME_DENTAL.2, "no-such-model"),
+        for (host, key, model, tenant) in [
+            (ACME_HOST, ACME_REALTY.2, "no-such-model", "realty"),
+            (ACME_HOST, ACME_DENTAL.2, "no-such-model", "dental"),
             // Upstream model names are not tenant-facing names.
-            (ACME_HOST, ACME_DENTAL.2, "gpt-4o-mini-2024-07-18"),
-            (ACME_HOST, ACME_DENTAL.2, "gpt-4o"),
+            (ACME_HOST, ACME_DENTAL.2, "gpt-4o-mini-2024-07-18", "dental"),
+            (ACME_HOST, ACME_DENTAL.2, "gpt-4o", "dental"),
         ] {
-            let body = body_with_model(path, model);
-            let resp = post(&gw, path, Some(host), Some(key), &body).await;
-            let rid = request_id(&resp);
-            let v = error_json(resp, 404).await;
-            assert_eq!(v["error"]["code"], "model_not_found", "{path} {model}: {v}");
-            assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
-            // Same wording whether the model exists elsewhere or not at all.
-            let msg = v["error"]["message"].as_str().unwrap();
-            let generic = msg.replace(model, "MODEL");
-            let unknown_resp = post(
+            let resp = post(
                 &gw,
                 path,
                 Some(host),
                 Some(key),
-                &body_with_model(path, "zz-unknown"),
+                &body_with_model(path, model),
             )
             .await;
-            let unknown = error_json(unknown_resp, 404).await;
-            let unknown_msg = unknown["error"]["message"].as_str().unwrap();
-            assert_eq!(generic, unknown_msg.replace("zz-unknown", "MODEL"));
-            assert_eq!(v["error"]["code"], unknown["error"]["code"]);
-            assert_eq!(v["error"]["type"], unknown["error"]["type"]);
-            // Refused, but still a finished request of this tenant.
+            let rid = request_id(&resp);
+            let v = error_json(resp, 404).await;
+            assert_eq!(v["error"]["code"], "model_not_found", "{path} {model}: {v}");
+            assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
             let record = gw.usage_for(&rid).await;
             assert_eq!(record["status"], 404, "{record}");
             assert_eq!(record["error_code"], "model_not_found", "{record}");
-            assert_eq!(
-                record["tenant"],
-                if key == ACME_DENTAL.2 {
-                    "dental"
-                } else if key == ACME_REALTY.2 {
-                    "realty"
-                } else {
-                    "office"
-                },
-                "{record}"
-            );
+            assert_eq!(record["tenant"], tenant, "{record}");
+        }
+        // Plan `basic` (realty, office) lacks `premium`: 403 naming what is allowed.
+        for (host, key, tenant) in [
+            (ACME_HOST, ACME_REALTY.2, "realty"),
+            (GLOBEX_HOST, GLOBEX_OFFICE.2, "office"),
+        ] {
+            let resp = post(
+                &gw,
+                path,
+                Some(host),
+                Some(key),
+                &body_with_model(path, "premium"),
+            )
+            .await;
+            let rid = request_id(&resp);
+            let v = error_json(resp, 403).await;
+            assert_eq!(v["error"]["code"], "model_not_allowed", "{v}");
+            let msg = v["error"]["message"].as_str().unwrap();
+            for allowed in ["gpt-4o-mini", "embed", "demo"] {
+                assert!(msg.contains(allowed), "{msg}");
+            }
+            let record = gw.usage_for(&rid).await;
+            assert_eq!(record["error_code"], "model_not_allowed", "{record}");
+            assert_eq!(record["tenant"], tenant, "{record}");
         }
     }
     assert_no_upstream(&mock, before, "models outside the plan");
@@ -215,7 +216,10 @@ async fn a_model_outside_the_plan_is_the_same_404_as_an_unknown_model() {
 async fn a_refused_model_is_recorded_with_the_model_it_asked_for() {
     let mock = MockProvider::start().await;
     let gw = TestGateway::standard(&mock).await;
-    for (key, model) in [(ACME_REALTY.2, "premium"), (ACME_DENTAL.2, "no-such-model")] {
+    for (key, model, status, code) in [
+        (ACME_REALTY.2, "premium", 403, "model_not_allowed"),
+        (ACME_DENTAL.2, "no-such-model", 404, "model_not_found"),
+    ] {
         let resp = post(
             &gw,
             "/v1/chat/completions",
@@ -225,7 +229,7 @@ async fn a_refused_model_is_recorded_with_the_model_it_asked_for() {
         )
         .await;
         let rid = request_id(&resp);
-        assert_eq!(error_code(resp, 404).await, "model_not_found");
+        assert_eq!(error_code(resp, status).await, code);
         let record = gw.usage_for(&rid).await;
         assert_eq!(record["requested_model"], model, "{record}");
         assert_eq!(record["outcome"], "rejected", "{record}");

@@ -217,7 +217,7 @@ async fn a_key_identifies_exactly_its_tenant_within_the_same_reseller() {
         )
         .await;
         let rid = request_id(&resp);
-        assert_eq!(error_code(resp, 404).await, "model_not_found");
+        assert_eq!(error_code(resp, 403).await, "model_not_allowed");
         assert_no_upstream(&mock, before, "premium on plan basic");
         let record = gw.usage_for(&rid).await;
         assert_eq!(record["tenant"], basic.1, "{record}");

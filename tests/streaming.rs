@@ -359,11 +359,20 @@ async fn read_stream(gw: &TestGateway, mock: Value) -> (String, Vec<String>, Str
     (rid, payloads, text)
 }
 
+/// A broken stream ends with one error event and then `[DONE]` (issue 5), so
+/// clients raise the error and none waits for an end marker that never comes.
 fn assert_error_event(payloads: &[String], code: &str, text: &str) {
-    assert!(
-        !payloads.iter().any(|p| p == "[DONE]"),
-        "a truncated stream must not end with [DONE]: {text}"
+    assert_eq!(
+        payloads.last().map(String::as_str),
+        Some("[DONE]"),
+        "{text}"
     );
+    assert_eq!(
+        payloads.iter().filter(|p| *p == "[DONE]").count(),
+        1,
+        "{text}"
+    );
+    let payloads = &payloads[..payloads.len() - 1];
     let last: Value = serde_json::from_str(payloads.last().unwrap())
         .unwrap_or_else(|e| panic!("the last event is not JSON ({e}): {text}"));
     let err = &last["error"];
@@ -392,8 +401,8 @@ async fn an_upstream_connection_dropped_mid_stream_ends_with_an_error_event() {
     // the body fails before anything was flushed, so without pacing the gateway
     // would see a connection closed before any response (a 502, not a stream).
     let (rid, payloads, text) = read_stream(&gw, json!({"drop_after": 3, "gap_ms": 50})).await;
-    // The three events the upstream did send, then the error.
-    assert_eq!(payloads.len(), 4, "{text}");
+    // The three events the upstream did send, then the error and [DONE].
+    assert_eq!(payloads.len(), 5, "{text}");
     assert_error_event(&payloads, "stream_interrupted", &text);
     let record = gw.usage_for(&rid).await;
     assert_eq!(record["outcome"], "truncated", "{record}");

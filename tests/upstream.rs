@@ -246,7 +246,8 @@ async fn a_stream_that_stalls_is_cut_with_an_error_event_after_the_idle_timeout(
     let gw = TestGateway::start(&config).await;
     let mut body = chat_body("gpt-4o-mini");
     body["stream"] = json!(true);
-    body["mock"] = json!({"chunks": 3, "gap_ms": 5000});
+    // The role chunk and one word, then silence.
+    body["mock"] = json!({"chunks": 3, "stall_after": 2});
     let started = std::time::Instant::now();
     let resp = post(
         &gw,
@@ -265,9 +266,9 @@ async fn a_stream_that_stalls_is_cut_with_an_error_event_after_the_idle_timeout(
         started.elapsed()
     );
     let events = sse_data(&text);
-    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{text}");
+    let last: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
     assert_eq!(last["error"]["code"], "stream_interrupted", "{text}");
-    assert!(!text.contains("[DONE]"));
     let record = gw.usage_for(&rid).await;
     assert_eq!(record["outcome"], "truncated");
     mock.wait_cancelled(1, std::time::Duration::from_secs(6))

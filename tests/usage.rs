@@ -351,7 +351,7 @@ async fn rejections_after_authentication_are_recorded_and_refusals_before_are_no
     )
     .await;
     let rid = request_id_of(&resp);
-    assert_eq!(error_code(resp, 404).await, "model_not_found");
+    assert_eq!(error_code(resp, 403).await, "model_not_allowed");
     let r = one_record_of(&gw, &rid).await;
     assert_eq!(r["tenant"], "realty", "{r}");
     assert_eq!(r["outcome"], "rejected", "{r}");

@@ -23,6 +23,8 @@ pub struct GatewayConfig {
     pub resellers: Vec<ResellerConfig>,
     #[serde(default)]
     pub vault: VaultConfig,
+    #[serde(default)]
+    pub routing: RoutingConfig,
 }
 
 /// Key-encryption keys for sealed provider credentials.
@@ -151,12 +153,83 @@ fn default_stream_idle_timeout_ms() -> u64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
-    /// The name tenants ask for.
+    /// The name tenants ask for (a real name like `gpt-4o-mini` or an alias like `fast`).
     pub name: String,
-    pub provider: String,
-    /// The model name sent upstream (defaults to `name`).
+    /// Shorthand for a single route: the provider...
+    #[serde(default)]
+    pub provider: Option<String>,
+    /// ...and the model name sent upstream (defaults to `name`).
     #[serde(default)]
     pub upstream_model: Option<String>,
+    /// Ordered routes: tried by `priority` (lowest first), spread by `weight`
+    /// among routes of equal priority, falling back down the list.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub provider: String,
+    /// Upstream model name (defaults to the tenant-facing name).
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub priority: u32,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Retries, fallbacks, deadlines and circuit breaking.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Extra attempts on the same route before falling back to the next one.
+    pub retries_per_route: u32,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// A provider's `retry-after` is honoured up to this; beyond it, fall back at once.
+    pub retry_after_cap_ms: u64,
+    /// No request outlives this, whatever its retries and stream length.
+    pub request_deadline_ms: u64,
+    /// A stream must produce its first content event within this after its headers.
+    pub first_event_timeout_ms: u64,
+    /// Consecutive failures (within `breaker_window_ms`) that open a route's breaker.
+    pub breaker_failures: u32,
+    pub breaker_window_ms: u64,
+    /// How long an open breaker skips its route before letting one probe through.
+    pub breaker_cooldown_ms: u64,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            retries_per_route: 1,
+            backoff_base_ms: 100,
+            backoff_max_ms: 2_000,
+            retry_after_cap_ms: 5_000,
+            request_deadline_ms: 600_000,
+            first_event_timeout_ms: 60_000,
+            breaker_failures: 5,
+            breaker_window_ms: 30_000,
+            breaker_cooldown_ms: 30_000,
+        }
+    }
+}
+
+/// What happens when a tenant asks for a model its plan does not include.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DisallowedModel {
+    /// 403 `model_not_allowed`, naming the allowed models.
+    #[default]
+    Reject,
+    /// Served by the plan's `downgrade_to` model instead.
+    Downgrade,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -169,6 +242,12 @@ pub struct PlanConfig {
     /// (tenant, else reseller, else platform) or `never` (reseller, else platform).
     #[serde(default)]
     pub byok: crate::vault::ByokPolicy,
+    /// `reject` (default) or `downgrade` a model outside `models`.
+    #[serde(default)]
+    pub disallowed_model: DisallowedModel,
+    /// The model that serves downgraded requests (must be in `models`).
+    #[serde(default)]
+    pub downgrade_to: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -6,8 +6,9 @@
 mod file;
 
 pub use file::{
-    GatewayConfig, KekConfig, ModelConfig, PlanConfig, ProviderConfig, ProviderKind,
-    ResellerConfig, ServerConfig, TenantConfig, TenantStatus, UsageConfig, VaultConfig,
+    DisallowedModel, GatewayConfig, KekConfig, ModelConfig, PlanConfig, ProviderConfig,
+    ProviderKind, ResellerConfig, RouteConfig, RoutingConfig, ServerConfig, TenantConfig,
+    TenantStatus, UsageConfig, VaultConfig,
 };
 
 use std::path::{Path, PathBuf};

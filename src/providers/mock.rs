@@ -4,7 +4,8 @@
 //!
 //! A request may carry a `"mock"` object to shape the answer or inject a fault:
 //! `{"status": 429, "retry_after": 2, "delay_ms": 50, "gap_ms": 10, "chunks": 20,
-//!   "drop_after": 3, "omit_done": true, "no_usage": true}`. The same generator backs
+//!   "drop_after": 3, "omit_done": true, "no_usage": true, "stall_after": 2,
+//!   "stall_ms": 60000}`. The same generator backs
 //! the `mock` provider kind, the test suite's HTTP mock and the benchmark mock.
 
 use super::{ByteStream, Endpoint, ProviderError, UpstreamBody, UpstreamResponse};
@@ -47,6 +48,9 @@ pub struct MockDirectives {
     pub drop_after: Option<usize>,
     pub omit_done: bool,
     pub no_usage: bool,
+    /// After this many pieces, go silent for `stall_ms` (default 60 s).
+    pub stall_after: Option<usize>,
+    pub stall_ms: u64,
 }
 
 impl MockDirectives {
@@ -67,6 +71,8 @@ impl MockDirectives {
             drop_after: u("drop_after").and_then(|c| usize::try_from(c).ok()),
             omit_done: b("omit_done"),
             no_usage: b("no_usage"),
+            stall_after: u("stall_after").and_then(|c| usize::try_from(c).ok()),
+            stall_ms: u("stall_ms").unwrap_or(60_000),
         }
     }
 }
@@ -154,6 +160,8 @@ impl MockReply {
         }
         let gap = Duration::from_millis(self.directives.gap_ms);
         let drop_after = self.directives.drop_after;
+        let stall_after = self.directives.stall_after;
+        let stall = Duration::from_millis(self.directives.stall_ms);
         let pieces = self.pieces.into_iter().enumerate();
         let stream = futures_util::stream::unfold(pieces, move |mut it| async move {
             let (i, piece) = it.next()?;
@@ -165,6 +173,9 @@ impl MockReply {
             }
             if i > 0 && !gap.is_zero() {
                 tokio::time::sleep(gap).await;
+            }
+            if stall_after == Some(i) {
+                tokio::time::sleep(stall).await;
             }
             Some((Ok(piece), it))
         });

@@ -57,6 +57,10 @@ impl GatewayError {
                 TenancyError::TenantSuspended => StatusCode::FORBIDDEN,
             },
             GatewayError::Routing(RoutingError::ModelNotFound(_)) => StatusCode::NOT_FOUND,
+            GatewayError::Routing(RoutingError::ModelNotAllowed { .. }) => StatusCode::FORBIDDEN,
+            GatewayError::Routing(RoutingError::AllRoutesOpen(_)) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             GatewayError::Provider(e) => match e {
                 ProviderError::Connect(_)
                 | ProviderError::Body(_)
@@ -90,7 +94,9 @@ impl GatewayError {
             GatewayError::Provider(_) => "upstream_error",
             GatewayError::Vault(VaultError::ProviderKeyNotConfigured(_)) => "invalid_request_error",
             GatewayError::Vault(_) => "server_error",
-            GatewayError::Routing(_)
+            GatewayError::Routing(RoutingError::ModelNotAllowed { .. }) => "permission_error",
+            GatewayError::Routing(RoutingError::AllRoutesOpen(_)) => "server_error",
+            GatewayError::Routing(RoutingError::ModelNotFound(_))
             | GatewayError::BodyTooLarge(_)
             | GatewayError::BodyRead(_)
             | GatewayError::BadJson(_)
@@ -113,6 +119,8 @@ impl GatewayError {
                 TenancyError::TenantSuspended => "tenant_suspended",
             },
             GatewayError::Routing(RoutingError::ModelNotFound(_)) => "model_not_found",
+            GatewayError::Routing(RoutingError::ModelNotAllowed { .. }) => "model_not_allowed",
+            GatewayError::Routing(RoutingError::AllRoutesOpen(_)) => "routes_unavailable",
             GatewayError::Provider(e) => match e {
                 ProviderError::Connect(_) => "upstream_unreachable",
                 ProviderError::FirstByteTimeout(_) => "upstream_timeout",

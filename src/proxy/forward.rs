@@ -1,90 +1,282 @@
-//! Forwarding a tenant's request upstream and turning the provider's answer into
-//! the client's: buffered JSON for plain requests, [`SseRelay`] for streams, and
-//! provider errors reshaped into OpenAI's error JSON with provider-identifying
+//! One attempt on one route ([`attempt`]), classified as commit, retry or final,
+//! and the client's answer built from the outcome: buffered JSON for plain
+//! requests, [`SseRelay`] for streams, and provider errors reshaped into OpenAI's error JSON with provider-identifying
 //! details (account ids, request ids, key fragments, provider URLs) scrubbed.
 
 use super::body::{full, ProxyBody};
 use super::error::GatewayError;
 use super::record::{PendingRecord, TokenUsage};
 use super::relay::SseRelay;
-use crate::providers::{ByteStream, ProviderError, UpstreamBody, UpstreamResponse};
+use crate::providers::{ByteStream, Provider, ProviderError, UpstreamBody, UpstreamRequest};
 use crate::usage::Outcome;
-use crate::vault::KeyOwner;
+use crate::vault::{KeyOwner, Secret};
 use bytes::{Bytes, BytesMut};
+use eventsource_stream::{Event, EventStream, EventStreamError, Eventsource};
 use futures_util::StreamExt;
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use serde_json::{json, Value};
+use std::time::Duration;
 
 /// Upstream error bodies are small; read at most this much of one.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
-pub struct Answer {
-    pub response: Response<ProxyBody>,
+/// What one attempt on one route produced.
+pub enum AttemptResult {
+    /// A usable answer: the request commits to this route.
+    Commit(Committed),
+    /// A failure another attempt (same route later, or the next route) may fix.
+    Retry(Failure),
+    /// A failure no retry can fix (the client's own error): answer with it.
+    Final(Failure),
 }
 
-/// Turns the provider's response into the client's response, finishing `record`
-/// (or handing it to the stream relay, which finishes it when the stream ends).
-pub async fn answer(
-    upstream: UpstreamResponse,
-    mut record: PendingRecord,
-    stream: bool,
-    client_wants_usage: bool,
+pub enum Committed {
+    Json {
+        status: StatusCode,
+        content_type: HeaderValue,
+        bytes: Bytes,
+    },
+    /// A stream whose first content event has arrived; `held` are the events
+    /// read so far (lifecycle frames included), to be sent first.
+    Stream {
+        events: EventStream<ByteStream>,
+        held: Vec<Event>,
+    },
+}
+
+/// Why an attempt failed.
+pub struct Failure {
+    /// Low-cardinality label for the attempt list and metrics.
+    pub cause: &'static str,
+    pub kind: FailureKind,
+    pub retry_after: Option<Duration>,
+}
+
+pub enum FailureKind {
+    /// The provider answered with an error status and this body.
+    Upstream {
+        status: StatusCode,
+        body: Bytes,
+    },
+    Gateway(GatewayError),
+}
+
+impl Failure {
+    fn gateway(cause: &'static str, e: impl Into<GatewayError>) -> Self {
+        Self {
+            cause,
+            kind: FailureKind::Gateway(e.into()),
+            retry_after: None,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match &self.kind {
+            FailureKind::Upstream { status, .. } => Some(status.as_u16()),
+            FailureKind::Gateway(_) => None,
+        }
+    }
+}
+
+/// Whether a provider status is worth another attempt: timeouts, rate limits,
+/// server errors and Anthropic's 529 "overloaded".
+pub fn retryable_status(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 408 | 409 | 425 | 429 | 500..=599)
+}
+
+/// Sends one attempt and reads enough of the answer to decide: the whole body for
+/// plain requests, the first content event for streams.
+pub async fn attempt(
+    provider: &Provider,
+    req: UpstreamRequest,
+    key: Option<&Secret>,
     max_body: usize,
-    key_owner: KeyOwner,
-) -> Result<Answer, (GatewayError, PendingRecord)> {
+    first_event_timeout: Duration,
+    record: &mut PendingRecord,
+) -> AttemptResult {
+    let stream = req.stream;
+    let upstream = match provider.send(req, key).await {
+        Ok(u) => u,
+        Err(e) => {
+            let cause = match e {
+                ProviderError::Connect(_) => "connect_error",
+                ProviderError::FirstByteTimeout(_) => "timeout",
+                ProviderError::Misconfigured(_) => {
+                    return AttemptResult::Final(Failure::gateway("misconfigured", e))
+                }
+                _ => "upstream_reset",
+            };
+            return AttemptResult::Retry(Failure::gateway(cause, e));
+        }
+    };
     let UpstreamBody::Stream(body) = upstream.body;
     let status = upstream.status;
     if !status.is_success() {
-        let bytes = match collect(body, MAX_ERROR_BODY, &mut record).await {
+        let retry_after = upstream
+            .headers
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let bytes = match collect(body, MAX_ERROR_BODY, record).await {
             Ok(b) => b,
-            Err(e) => return Err((e.into(), record)),
+            Err(e) => return AttemptResult::Retry(Failure::gateway("upstream_reset", e)),
         };
-        let (client_status, payload, code) = reshape_error(status, &bytes, key_owner);
-        record.finish(client_status.as_u16(), Outcome::UpstreamError, Some(&code));
-        let mut resp = Response::new(full(payload));
-        *resp.status_mut() = client_status;
-        let h = resp.headers_mut();
-        h.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        if let Some(ra) = upstream.headers.get(http::header::RETRY_AFTER) {
-            h.insert(http::header::RETRY_AFTER, ra.clone());
-        }
-        return Ok(Answer { response: resp });
+        let failure = Failure {
+            cause: match status.as_u16() {
+                429 => "rate_limited",
+                408 => "timeout",
+                500..=599 => "server_error",
+                _ => "client_error",
+            },
+            kind: FailureKind::Upstream {
+                status,
+                body: bytes,
+            },
+            retry_after,
+        };
+        return if retryable_status(status) {
+            AttemptResult::Retry(failure)
+        } else {
+            AttemptResult::Final(failure)
+        };
     }
-
     let is_sse = upstream
         .headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("text/event-stream"));
     if stream && is_sse {
-        let relay = SseRelay::new(body, record, client_wants_usage);
-        let mut resp = Response::new(BodyExt::boxed_unsync(StreamBody::new(relay)));
-        let h = resp.headers_mut();
-        h.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream; charset=utf-8"),
-        );
-        h.insert(
-            http::header::CACHE_CONTROL,
-            HeaderValue::from_static("no-cache"),
-        );
-        // Tells nginx-style proxies in front of us not to buffer the stream.
-        h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-        return Ok(Answer { response: resp });
+        let mut events = body.eventsource();
+        let mut held = Vec::new();
+        let peek = async {
+            while let Some(ev) = events.next().await {
+                let ev = ev.map_err(|e| match e {
+                    EventStreamError::Transport(p) => p,
+                    other => ProviderError::Body(other.to_string()),
+                })?;
+                let verdict = first_content_verdict(&ev);
+                held.push(ev);
+                match verdict {
+                    Verdict::Hold => {}
+                    Verdict::Content => return Ok(true),
+                    Verdict::InBandError => return Ok(false),
+                }
+            }
+            Err(ProviderError::Body(
+                "the stream ended before any content".into(),
+            ))
+        };
+        return match tokio::time::timeout(first_event_timeout, peek).await {
+            Ok(Ok(true)) => AttemptResult::Commit(Committed::Stream { events, held }),
+            Ok(Ok(false)) => {
+                // An error event before any content: the client has seen nothing
+                // yet, so another route may still serve it.
+                let body = held
+                    .last()
+                    .map(|e| Bytes::from(e.data.clone()))
+                    .unwrap_or_default();
+                AttemptResult::Retry(Failure {
+                    cause: "stream_error_before_content",
+                    kind: FailureKind::Upstream {
+                        status: StatusCode::BAD_GATEWAY,
+                        body,
+                    },
+                    retry_after: None,
+                })
+            }
+            Ok(Err(e)) => AttemptResult::Retry(Failure::gateway("stream_failed_before_content", e)),
+            Err(_) => AttemptResult::Retry(Failure::gateway(
+                "first_event_timeout",
+                ProviderError::FirstByteTimeout(
+                    u64::try_from(first_event_timeout.as_millis()).unwrap_or(u64::MAX),
+                ),
+            )),
+        };
     }
-
-    let bytes = match collect(body, max_body, &mut record).await {
-        Ok(b) => b,
-        Err(e) => {
-            let err = GatewayError::from(e);
-            record.finish(err.status().as_u16(), Outcome::Truncated, Some(err.code()));
-            return Err((err, record));
+    match collect(body, max_body, record).await {
+        Ok(bytes) => AttemptResult::Commit(Committed::Json {
+            status,
+            content_type: upstream
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .cloned()
+                .unwrap_or(HeaderValue::from_static("application/json")),
+            bytes,
+        }),
+        Err(e @ ProviderError::BodyTooLarge(_)) => {
+            AttemptResult::Final(Failure::gateway("response_too_large", e))
         }
+        Err(e) => AttemptResult::Retry(Failure::gateway("upstream_reset", e)),
+    }
+}
+
+enum Verdict {
+    Hold,
+    Content,
+    InBandError,
+}
+
+/// Lifecycle frames (an OpenAI role-only first chunk, a keep-alive) are held back;
+/// anything carrying content, a finish, usage or `[DONE]` commits the stream.
+fn first_content_verdict(ev: &Event) -> Verdict {
+    let data = ev.data.trim();
+    if data == "[DONE]" {
+        return Verdict::Content;
+    }
+    let Ok(v) = serde_json::from_str::<Value>(data) else {
+        return Verdict::Content;
     };
+    if v.get("error").is_some_and(|e| !e.is_null()) {
+        return Verdict::InBandError;
+    }
+    if v.get("usage").is_some_and(|u| !u.is_null()) {
+        return Verdict::Content;
+    }
+    let choices = v.get("choices").and_then(Value::as_array);
+    let carries = choices.into_iter().flatten().any(|c| {
+        let finish = c.get("finish_reason").is_some_and(|f| !f.is_null());
+        let text = c
+            .get("text")
+            .and_then(Value::as_str)
+            .is_some_and(|t| !t.is_empty());
+        let delta = c.get("delta");
+        let content = delta
+            .and_then(|d| d.get("content"))
+            .and_then(Value::as_str)
+            .is_some_and(|t| !t.is_empty());
+        let tools = delta
+            .and_then(|d| d.get("tool_calls"))
+            .is_some_and(|t| !t.is_null());
+        let refusal = delta
+            .and_then(|d| d.get("refusal"))
+            .and_then(Value::as_str)
+            .is_some_and(|t| !t.is_empty());
+        finish || text || content || tools || refusal
+    });
+    if carries {
+        Verdict::Content
+    } else {
+        Verdict::Hold
+    }
+}
+
+/// `retry-after` as seconds (OpenAI, Anthropic) or an HTTP date (rare; ignored).
+fn parse_retry_after(v: &str) -> Option<Duration> {
+    v.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
+}
+
+/// The client's answer for a committed plain (non-streamed) response.
+pub fn json_answer(
+    committed_status: StatusCode,
+    content_type: HeaderValue,
+    bytes: Bytes,
+    record: &mut PendingRecord,
+) -> Response<ProxyBody> {
     if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
         if let Some(u) = v.get("usage").and_then(TokenUsage::from_json) {
             record.tokens = u;
@@ -94,16 +286,65 @@ pub async fn answer(
             record.update(|r| r.served_model = Some(m));
         }
     }
-    record.finish(status.as_u16(), Outcome::Ok, None);
-    let ct = upstream
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .cloned()
-        .unwrap_or(HeaderValue::from_static("application/json"));
+    record.finish(committed_status.as_u16(), Outcome::Ok, None);
     let mut resp = Response::new(full(bytes));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, ct);
-    Ok(Answer { response: resp })
+    *resp.status_mut() = committed_status;
+    resp.headers_mut()
+        .insert(http::header::CONTENT_TYPE, content_type);
+    resp
+}
+
+/// The client's answer for a committed stream.
+pub fn stream_answer(relay: SseRelay) -> Response<ProxyBody> {
+    let mut resp = Response::new(BodyExt::boxed_unsync(StreamBody::new(relay)));
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
+    // Tells nginx-style proxies in front of us not to buffer the stream.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
+
+/// The client's answer for a failure, finishing the record.
+pub fn failure_answer(
+    failure: Failure,
+    key_owner: Option<KeyOwner>,
+    record: &mut PendingRecord,
+) -> Response<ProxyBody> {
+    match failure.kind {
+        FailureKind::Upstream { status, body } => {
+            let (client_status, payload, code) =
+                reshape_error(status, &body, key_owner.unwrap_or(KeyOwner::Platform));
+            record.finish(client_status.as_u16(), Outcome::UpstreamError, Some(&code));
+            let mut resp = Response::new(full(payload));
+            *resp.status_mut() = client_status;
+            let h = resp.headers_mut();
+            h.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            if let Some(ra) = failure.retry_after {
+                if let Ok(v) = HeaderValue::from_str(&ra.as_secs().max(1).to_string()) {
+                    h.insert(http::header::RETRY_AFTER, v);
+                }
+            }
+            resp
+        }
+        FailureKind::Gateway(err) => {
+            let outcome = match err {
+                GatewayError::Provider(_) => Outcome::UpstreamUnavailable,
+                _ => Outcome::Rejected,
+            };
+            record.finish(err.status().as_u16(), outcome, Some(err.code()));
+            err.to_response()
+        }
+    }
 }
 
 async fn collect(

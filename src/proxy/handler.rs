@@ -13,15 +13,12 @@
 use super::body::{json_response, ProxyBody};
 use super::ctx::{request_id, RequestCtx};
 use super::error::GatewayError;
-use super::forward::answer;
+use super::fallback::{self, Prepared};
 use super::record::PendingRecord;
 use super::App;
-use crate::providers::{Endpoint, UpstreamRequest};
+use crate::providers::Endpoint;
 use crate::tenancy::{normalize_host, presented_key, PresentedKey, ResellerIdx, TenancyError};
 use crate::usage::Outcome;
-use crate::vault::{
-    select_credential, CredentialOwner, ProviderCredential, StoredCredential, VaultError,
-};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -175,7 +172,7 @@ fn list_models(ctx: &RequestCtx) -> Response<ProxyBody> {
         .plan
         .models
         .iter()
-        .filter(|m| ctx.snapshot.models.route(m).is_ok())
+        .filter(|m| ctx.snapshot.models.contains(m))
         .map(|m| json!({"id": &**m, "object": "model", "created": ctx.snapshot.created, "owned_by": &*ctx.reseller}))
         .collect();
     json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
@@ -220,102 +217,13 @@ where
         Err(e) => return Err(reject(&mut record, e)),
     };
     record.update(|r| {
-        r.requested_model = Some(prepared.requested_model.clone());
-        r.served_model = Some(prepared.route.upstream_model.to_string());
-        r.provider = Some(prepared.route.provider.name().to_owned());
+        r.requested_model = Some(prepared.model.clone());
+        if let Some(from) = &prepared.downgraded_from {
+            r.requested_model = Some(from.clone());
+        }
         r.stream = prepared.stream;
     });
-    let credential = match credential_for(ctx, &prepared.route) {
-        Ok(c) => c,
-        Err(e) => return Err(reject(&mut record, e.into())),
-    };
-    record.update(|r| r.key_owner = Some(credential.owner));
-    let key_owner = credential.owner;
-    let upstream = prepared
-        .route
-        .provider
-        .send(
-            UpstreamRequest {
-                endpoint,
-                body: prepared.body,
-                stream: prepared.stream,
-                request_id: ctx.request_id.clone(),
-            },
-            credential.key.as_ref(),
-        )
-        .await;
-    // The plaintext key is needed only to send the request: wipe it now.
-    drop(credential);
-    let upstream = match upstream {
-        Ok(u) => u,
-        Err(e) => {
-            let err = GatewayError::from(e);
-            record.finish(
-                err.status().as_u16(),
-                Outcome::UpstreamUnavailable,
-                Some(err.code()),
-            );
-            return Err(err);
-        }
-    };
-    match answer(
-        upstream,
-        record,
-        prepared.stream,
-        prepared.client_wants_usage,
-        ctx.snapshot.limits.max_upstream_bytes,
-        key_owner,
-    )
-    .await
-    {
-        Ok(a) => Ok(a.response),
-        Err((err, mut record)) => {
-            if !record.is_finished() {
-                record.finish(
-                    err.status().as_u16(),
-                    Outcome::UpstreamUnavailable,
-                    Some(err.code()),
-                );
-            }
-            Err(err)
-        }
-    }
-}
-
-/// Picks and unseals the provider key for this request under the plan's policy.
-fn credential_for(
-    ctx: &RequestCtx,
-    route: &crate::routing::Route,
-) -> Result<ProviderCredential, VaultError> {
-    let provider = route.provider.name();
-    let tenancy = &ctx.snapshot.tenancy;
-    let tenant = ctx
-        .tenant
-        .credentials
-        .get(provider)
-        .map(|sealed| StoredCredential {
-            owner: CredentialOwner::Tenant {
-                reseller: ctx.reseller.to_string(),
-                tenant: ctx.tenant.id.to_string(),
-            },
-            sealed,
-        });
-    let reseller = tenancy
-        .reseller(ctx.reseller_idx)
-        .credentials
-        .get(provider)
-        .map(|sealed| StoredCredential {
-            owner: CredentialOwner::Reseller(ctx.reseller.to_string()),
-            sealed,
-        });
-    select_credential(
-        ctx.tenant.plan.byok,
-        provider,
-        &ctx.snapshot.keyring,
-        tenant,
-        reseller,
-        route.provider.platform_key(),
-    )
+    Ok(fallback::serve(app, ctx, endpoint, prepared, record).await)
 }
 
 fn reject(record: &mut PendingRecord, err: GatewayError) -> GatewayError {
@@ -323,16 +231,9 @@ fn reject(record: &mut PendingRecord, err: GatewayError) -> GatewayError {
     err
 }
 
-struct Prepared {
-    requested_model: String,
-    route: crate::routing::Route,
-    body: Bytes,
-    stream: bool,
-    client_wants_usage: bool,
-}
-
-/// Validates the body and rewrites what the gateway owns: the model name, and for
-/// streams `stream_options.include_usage` (so usage is always counted).
+/// Validates the body and prepares what the gateway owns: the model (after the
+/// plan's policy) and, for streams, `stream_options.include_usage` (so usage is
+/// always counted). The upstream `model` is written per route.
 fn prepare_body(
     ctx: &RequestCtx,
     endpoint: Endpoint,
@@ -349,19 +250,15 @@ fn prepare_body(
         Some(_) => return Err(GatewayError::InvalidField("model", "a string")),
     };
     record.update(|r| r.requested_model = Some(requested_model.clone()));
-    if !ctx.tenant.plan.allows(&requested_model) {
-        return Err(crate::routing::RoutingError::ModelNotFound(requested_model).into());
-    }
-    let route = ctx.snapshot.models.route(&requested_model)?.clone();
+    let choice = ctx
+        .snapshot
+        .models
+        .choose(&ctx.tenant.plan, &requested_model)?;
     let stream = match obj.get("stream") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(GatewayError::InvalidField("stream", "a boolean")),
     } && endpoint != Endpoint::Embeddings;
-    obj.insert(
-        "model".into(),
-        Value::String(route.upstream_model.to_string()),
-    );
     let mut client_wants_usage = false;
     if stream {
         let opts = obj.entry("stream_options").or_insert_with(|| json!({}));
@@ -377,11 +274,10 @@ fn prepare_body(
             .unwrap_or(false);
         opts.insert("include_usage".into(), Value::Bool(true));
     }
-    let body = serde_json::to_vec(&value).map_err(|e| GatewayError::BadJson(e.to_string()))?;
     Ok(Prepared {
-        requested_model,
-        route,
-        body: Bytes::from(body),
+        model: choice.model,
+        downgraded_from: choice.downgraded_from,
+        body: value,
         stream,
         client_wants_usage,
     })

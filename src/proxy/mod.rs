@@ -6,6 +6,7 @@
 mod body;
 mod ctx;
 pub mod error;
+mod fallback;
 mod forward;
 mod handler;
 mod record;
@@ -15,6 +16,7 @@ pub use body::ProxyBody;
 pub use ctx::RequestCtx;
 
 use crate::config::{ConfigError, GatewayConfig};
+use crate::routing::breaker::Breakers;
 use crate::snapshot::Snapshot;
 use crate::usage::{UsageError, UsageSink};
 use arc_swap::ArcSwap;
@@ -33,6 +35,7 @@ use tokio::task::JoinSet;
 pub struct App {
     pub snapshot: ArcSwap<Snapshot>,
     pub usage: UsageSink,
+    pub breakers: Breakers,
     draining: AtomicBool,
 }
 
@@ -90,6 +93,7 @@ impl Gateway {
         let app = Arc::new(App {
             snapshot: ArcSwap::from_pointee(snapshot),
             usage,
+            breakers: Breakers::default(),
             draining: AtomicBool::new(false),
         });
         let (stop, stop_rx) = watch::channel(false);

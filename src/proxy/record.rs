@@ -64,6 +64,7 @@ impl PendingRecord {
                 client_disconnected: false,
                 latency_ms: 0.0,
                 ttfb_ms: None,
+                attempts: Vec::new(),
             }),
         }
     }
@@ -102,10 +103,6 @@ impl PendingRecord {
         r.latency_ms = ms(self.started.elapsed());
         r.ttfb_ms = self.first_byte.map(|t| ms(t.duration_since(self.started)));
         self.sink.record(r);
-    }
-
-    pub fn is_finished(&self) -> bool {
-        self.record.is_none()
     }
 }
 

@@ -12,11 +12,12 @@ use super::record::{PendingRecord, TokenUsage};
 use crate::providers::{ByteStream, ProviderError};
 use crate::usage::Outcome;
 use bytes::Bytes;
-use eventsource_stream::{EventStream, Eventsource};
+use eventsource_stream::{Event, EventStream};
 use futures_util::Stream;
 use http_body::Frame;
 use serde::Deserialize;
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -42,6 +43,10 @@ struct ChoicePeek {
 
 pub struct SseRelay {
     events: EventStream<ByteStream>,
+    /// Events read while deciding to commit to this route, sent first.
+    held: std::collections::VecDeque<Event>,
+    /// The request's total deadline: the stream ends with an error event there.
+    deadline: Pin<Box<tokio::time::Sleep>>,
     record: PendingRecord,
     client_wants_usage: bool,
     saw_finish: bool,
@@ -50,9 +55,17 @@ pub struct SseRelay {
 }
 
 impl SseRelay {
-    pub fn new(upstream: ByteStream, record: PendingRecord, client_wants_usage: bool) -> Self {
+    pub fn new(
+        events: EventStream<ByteStream>,
+        held: Vec<Event>,
+        record: PendingRecord,
+        client_wants_usage: bool,
+        deadline: tokio::time::Instant,
+    ) -> Self {
         Self {
-            events: upstream.eventsource(),
+            events,
+            held: held.into(),
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
             record,
             client_wants_usage,
             saw_finish: false,
@@ -61,7 +74,8 @@ impl SseRelay {
         }
     }
 
-    /// Ends the stream with an error event after a truncation.
+    /// Ends the stream with an error event, then `[DONE]` so that clients waiting
+    /// for the end marker are not left hanging.
     fn fail(&mut self, code: &'static str, message: &str) -> Bytes {
         self.done = true;
         self.record.finish(200, Outcome::Truncated, Some(code));
@@ -71,7 +85,7 @@ impl SseRelay {
             "param": null,
             "code": code,
         }});
-        Bytes::from(format!("data: {ev}\n\n"))
+        Bytes::from(format!("data: {ev}\n\ndata: [DONE]\n\n"))
     }
 
     /// Looks at one upstream event; returns what to send to the client, if anything.
@@ -88,6 +102,7 @@ impl SseRelay {
             return Some(Bytes::from_static(b"data: [DONE]\n\n"));
         }
         let mut forward = true;
+        let mut end_after = false;
         if let Ok(peek) = serde_json::from_str::<ChunkPeek>(data) {
             if let (Some(model), false) = (peek.model, self.model_seen) {
                 self.model_seen = true;
@@ -106,6 +121,7 @@ impl SseRelay {
             if let Some(err) = peek.error {
                 // An error the upstream sent in-band: pass it on and end there.
                 self.done = true;
+                end_after = true;
                 let code = err
                     .get("code")
                     .and_then(|c| c.as_str())
@@ -118,11 +134,14 @@ impl SseRelay {
             return None;
         }
         self.record.mark_first_byte();
-        let out = if event.is_empty() || event == "message" {
+        let mut out = if event.is_empty() || event == "message" {
             format!("data: {data}\n\n")
         } else {
             format!("event: {event}\ndata: {data}\n\n")
         };
+        if end_after {
+            out.push_str("data: [DONE]\n\n");
+        }
         Some(Bytes::from(out))
     }
 }
@@ -135,6 +154,19 @@ impl Stream for SseRelay {
         loop {
             if this.done {
                 return Poll::Ready(None);
+            }
+            if let Some(ev) = this.held.pop_front() {
+                if let Some(bytes) = this.on_event(&ev.event, &ev.data) {
+                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                }
+                continue;
+            }
+            if this.deadline.as_mut().poll(cx).is_ready() {
+                let bytes = this.fail(
+                    "request_deadline_exceeded",
+                    "The request reached its total deadline before the answer was complete.",
+                );
+                return Poll::Ready(Some(Ok(Frame::data(bytes))));
             }
             match Pin::new(&mut this.events).poll_next(cx) {
                 Poll::Pending => return Poll::Pending,

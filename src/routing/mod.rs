@@ -1,29 +1,50 @@
-//! The model table: which provider and which upstream model serve each
-//! tenant-facing model name. Fallback chains and weights come with issue 5; for now
-//! a model has exactly one route.
+//! The model table and the routing decision: which providers and upstream models
+//! may serve a tenant-facing model name, in which order. Routes of the same
+//! `priority` are spread by `weight` (a weighted shuffle per request); lower
+//! priorities are tried first and the rest are fallbacks. The plan decides what a
+//! model outside it gets: `reject` or `downgrade`. Circuit breakers ([`breaker`])
+//! remember which routes are failing.
 
-use crate::config::GatewayConfig;
+pub mod breaker;
+
+use crate::config::{DisallowedModel, GatewayConfig};
 use crate::providers::Provider;
+use crate::tenancy::Plan;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Where one model is served.
+/// One way to serve a model.
 #[derive(Debug, Clone)]
 pub struct Route {
     pub provider: Arc<Provider>,
     pub upstream_model: Arc<str>,
+    pub priority: u32,
+    pub weight: u32,
 }
 
 #[derive(Debug)]
 pub struct ModelTable {
-    routes: HashMap<String, Route>,
+    models: HashMap<String, Vec<Route>>,
 }
 
 /// Why no route could be chosen.
 #[derive(Debug, thiserror::Error)]
 pub enum RoutingError {
-    #[error("the model `{0}` does not exist or you do not have access to it")]
+    #[error("The model `{0}` does not exist or you do not have access to it.")]
     ModelNotFound(String),
+    #[error("The model `{model}` is not included in your plan. Allowed models: {}.", allowed.join(", "))]
+    ModelNotAllowed { model: String, allowed: Vec<String> },
+    #[error("every route for `{0}` is failing; try again shortly")]
+    AllRoutesOpen(String),
+}
+
+/// The model a request will be served as, after the plan's policy.
+#[derive(Debug, Clone)]
+pub struct ModelChoice {
+    /// The tenant-facing model that will serve the request.
+    pub model: String,
+    /// Set when the plan downgraded the requested model.
+    pub downgraded_from: Option<String>,
 }
 
 impl ModelTable {
@@ -35,30 +56,132 @@ impl ModelTable {
                 return Err(format!("provider `{}` is declared twice", p.name));
             }
         }
-        let mut routes = HashMap::new();
+        let mut models = HashMap::new();
         for m in &config.models {
-            let provider = providers.get(m.provider.as_str()).cloned().ok_or_else(|| {
-                format!("model `{}` uses unknown provider `{}`", m.name, m.provider)
-            })?;
-            let upstream_model = m.upstream_model.as_deref().unwrap_or(&m.name).into();
-            let route = Route {
-                provider,
-                upstream_model,
+            let mut routes = Vec::new();
+            let mut add = |provider: &str,
+                           model: Option<&str>,
+                           priority: u32,
+                           weight: u32|
+             -> Result<(), String> {
+                let provider = providers.get(provider).cloned().ok_or_else(|| {
+                    format!("model `{}` uses unknown provider `{provider}`", m.name)
+                })?;
+                routes.push(Route {
+                    provider,
+                    upstream_model: model.unwrap_or(&m.name).into(),
+                    priority,
+                    weight: weight.max(1),
+                });
+                Ok(())
             };
-            if routes.insert(m.name.clone(), route).is_some() {
+            match (&m.provider, m.routes.is_empty()) {
+                (Some(p), true) => add(p, m.upstream_model.as_deref(), 0, 1)?,
+                (None, false) => {
+                    if m.upstream_model.is_some() {
+                        return Err(format!(
+                            "model `{}`: `upstream_model` goes with `provider`, not `routes`",
+                            m.name
+                        ));
+                    }
+                    for r in &m.routes {
+                        add(&r.provider, r.model.as_deref(), r.priority, r.weight)?;
+                    }
+                }
+                _ => {
+                    return Err(format!(
+                        "model `{}` needs either `provider` (one route) or `routes`, not both",
+                        m.name
+                    ))
+                }
+            }
+            routes.sort_by_key(|r| r.priority);
+            if models.insert(m.name.clone(), routes).is_some() {
                 return Err(format!("model `{}` is declared twice", m.name));
             }
         }
-        Ok(Self { routes })
+        // Plans: the downgrade target must be a model of the plan.
+        for p in &config.plans {
+            if p.disallowed_model == DisallowedModel::Downgrade {
+                match &p.downgrade_to {
+                    Some(t) if p.models.contains(t) => {}
+                    _ => {
+                        return Err(format!(
+                            "plan `{}`: `disallowed_model = \"downgrade\"` needs `downgrade_to` naming one of its models",
+                            p.name
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(Self { models })
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.routes.keys().map(String::as_str)
+        self.models.keys().map(String::as_str)
     }
 
-    pub fn route(&self, model: &str) -> Result<&Route, RoutingError> {
-        self.routes
+    pub fn contains(&self, model: &str) -> bool {
+        self.models.contains_key(model)
+    }
+
+    /// Applies the plan to the requested model.
+    pub fn choose(&self, plan: &Plan, requested: &str) -> Result<ModelChoice, RoutingError> {
+        if !self.models.contains_key(requested) {
+            return Err(RoutingError::ModelNotFound(requested.to_owned()));
+        }
+        if plan.allows(requested) {
+            return Ok(ModelChoice {
+                model: requested.to_owned(),
+                downgraded_from: None,
+            });
+        }
+        match (&plan.disallowed_model, &plan.downgrade_to) {
+            (DisallowedModel::Downgrade, Some(to)) => Ok(ModelChoice {
+                model: to.to_string(),
+                downgraded_from: Some(requested.to_owned()),
+            }),
+            _ => Err(RoutingError::ModelNotAllowed {
+                model: requested.to_owned(),
+                allowed: plan.models.iter().map(|m| m.to_string()).collect(),
+            }),
+        }
+    }
+
+    /// The routes to try for `model`, in order: by priority, and within a
+    /// priority a weighted shuffle, so load spreads by weight.
+    pub fn routes(&self, model: &str) -> Result<Vec<Route>, RoutingError> {
+        let all = self
+            .models
             .get(model)
-            .ok_or_else(|| RoutingError::ModelNotFound(model.to_owned()))
+            .ok_or_else(|| RoutingError::ModelNotFound(model.to_owned()))?;
+        let mut out = Vec::with_capacity(all.len());
+        let mut i = 0;
+        while i < all.len() {
+            let j = all[i..]
+                .iter()
+                .position(|r| r.priority != all[i].priority)
+                .map_or(all.len(), |n| i + n);
+            let mut group: Vec<Route> = all[i..j].to_vec();
+            while !group.is_empty() {
+                let total: u64 = group.iter().map(|r| u64::from(r.weight)).sum();
+                let mut pick = fastrand::u64(0..total.max(1));
+                let idx = group
+                    .iter()
+                    .position(|r| {
+                        let w = u64::from(r.weight);
+                        if pick < w {
+                            true
+                        } else {
+                            pick -= w;
+                            false
+                        }
+                    })
+                    .unwrap_or(0);
+                out.push(group.remove(idx));
+            }
+            i = j;
+        }
+        Ok(out)
     }
 }

@@ -10,7 +10,7 @@ mod key;
 pub use host::normalize_host;
 pub use key::{presented_key, KeyDigest, PresentedKey};
 
-use crate::config::{GatewayConfig, TenantStatus};
+use crate::config::{DisallowedModel, GatewayConfig, TenantStatus};
 use crate::vault::{ByokPolicy, CredentialOwner, SealedKey};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -37,6 +37,8 @@ pub struct Plan {
     /// Tenant-facing model names, in configuration order.
     pub models: Vec<Arc<str>>,
     pub byok: ByokPolicy,
+    pub disallowed_model: DisallowedModel,
+    pub downgrade_to: Option<Arc<str>>,
 }
 
 impl Plan {
@@ -117,6 +119,8 @@ impl Tenancy {
                 name: p.name.as_str().into(),
                 models: p.models.iter().map(|m| Arc::from(m.as_str())).collect(),
                 byok: p.byok,
+                disallowed_model: p.disallowed_model,
+                downgrade_to: p.downgrade_to.as_deref().map(Arc::from),
             });
             if plans.insert(p.name.clone(), plan).is_some() {
                 return Err(format!("plan `{}` is declared twice", p.name));

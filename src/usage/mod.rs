@@ -30,6 +30,19 @@ pub enum Outcome {
     Rejected,
 }
 
+/// One try of one route.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptRecord {
+    pub provider: String,
+    pub model: String,
+    /// `ok`, `rate_limited`, `server_error`, `timeout`, `connect_error`,
+    /// `upstream_reset`, `first_event_timeout`, `stream_failed_before_content`,
+    /// `client_error`, `breaker_open`, `no_credential`...
+    pub outcome: &'static str,
+    pub status: Option<u16>,
+    pub latency_ms: f64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct UsageRecord {
     pub ts: String,
@@ -52,6 +65,7 @@ pub struct UsageRecord {
     pub client_disconnected: bool,
     pub latency_ms: f64,
     pub ttfb_ms: Option<f64>,
+    pub attempts: Vec<AttemptRecord>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -2,6 +2,7 @@
 //! integration tests. Answers come from `livery::providers::mock` (OpenAI's exact
 //! wire format); faults are injected per request through the body's `"mock"`
 //! object (`status`, `retry_after`, `delay_ms`, `gap_ms`, `chunks`, `drop_after`,
+//! `stall_after`, `stall_ms`,
 //! `omit_done`, `no_usage`), which the gateway forwards untouched. The mock records
 //! every request it receives and counts streams abandoned by the client.
 
@@ -182,6 +183,8 @@ async fn serve(state: Arc<MockState>, req: Request<Incoming>) -> Response<MockBo
         finished: false,
     };
     let gap = Duration::from_millis(d.gap_ms);
+    let (drop_after, stall_after) = (d.drop_after, d.stall_after);
+    let stall = Duration::from_millis(d.stall_ms);
     let st = state.clone();
     let pieces =
         futures_util::stream::iter(reply.pieces.into_iter().enumerate()).then(move |(i, p)| {
@@ -190,7 +193,10 @@ async fn serve(state: Arc<MockState>, req: Request<Incoming>) -> Response<MockBo
                 if i > 0 && !gap.is_zero() {
                     tokio::time::sleep(gap).await;
                 }
-                if d.drop_after.is_some_and(|n| i >= n) {
+                if stall_after == Some(i) {
+                    tokio::time::sleep(stall).await;
+                }
+                if drop_after.is_some_and(|n| i >= n) {
                     // Let hyper flush what it holds first, so the drop happens mid-body.
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     // An error body makes hyper abort the connection mid-message.

@@ -46,6 +46,12 @@ listen = ["127.0.0.1:0"]
 platform_domain = "{PLATFORM_DOMAIN}"
 max_body_bytes = 65536
 
+# The suite's single-route tests see each upstream failure as it is; the
+# fallback tests (tests/routing.rs) set their own retry policy.
+[routing]
+retries_per_route = 0
+backoff_base_ms = 10
+
 [[providers]]
 name = "upstream"
 kind = "openai"

@@ -1,0 +1,314 @@
+//! The fallback loop: tries a request's routes in order, retrying each with
+//! exponential backoff and full jitter (honouring `retry-after` up to a cap),
+//! skipping routes whose circuit breaker is open, all within the request's total
+//! deadline. A route is committed to once it produced a usable answer (for a
+//! stream: its first content event), so a failure before that never reaches the
+//! client; after it, no retry happens. Every attempt is listed in the usage record.
+
+use super::ctx::RequestCtx;
+use super::error::GatewayError;
+use super::forward::{
+    attempt, failure_answer, json_answer, stream_answer, AttemptResult, Committed, Failure,
+    FailureKind,
+};
+use super::record::PendingRecord;
+use super::relay::SseRelay;
+use super::{App, ProxyBody};
+use crate::providers::{Endpoint, UpstreamRequest};
+use crate::routing::breaker::{Admission, BreakerKey, BreakerSettings};
+use crate::routing::{Route, RoutingError};
+use crate::usage::AttemptRecord;
+use crate::vault::{
+    select_credential, CredentialOwner, KeyOwner, ProviderCredential, StoredCredential, VaultError,
+};
+use bytes::Bytes;
+use http::{HeaderValue, Response};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A validated request, ready to be sent to any route.
+pub struct Prepared {
+    /// The tenant-facing model that serves the request (after a downgrade).
+    pub model: String,
+    pub downgraded_from: Option<String>,
+    /// The request body; its `model` is rewritten per route.
+    pub body: Value,
+    pub stream: bool,
+    pub client_wants_usage: bool,
+}
+
+pub async fn serve(
+    app: &Arc<App>,
+    ctx: &RequestCtx,
+    endpoint: Endpoint,
+    mut prepared: Prepared,
+    mut record: PendingRecord,
+) -> Response<ProxyBody> {
+    let settings = &ctx.snapshot.routing;
+    let deadline = ctx.started + Duration::from_millis(settings.request_deadline_ms);
+    let breaker = BreakerSettings {
+        failures: settings.breaker_failures.max(1),
+        window: Duration::from_millis(settings.breaker_window_ms),
+        cooldown: Duration::from_millis(settings.breaker_cooldown_ms),
+    };
+    let routes = match ctx.snapshot.models.routes(&prepared.model) {
+        Ok(r) => r,
+        Err(e) => return failure_answer(gateway_failure("no_route", e), None, &mut record),
+    };
+    let mut last: Option<(Failure, Option<KeyOwner>, String)> = None;
+    let mut skipped_open = 0usize;
+
+    'routes: for route in &routes {
+        let provider_name = route.provider.name().to_owned();
+        let credential = match credential_for(ctx, route) {
+            Ok(c) => c,
+            Err(e) => {
+                push_attempt(&mut record, route, "no_credential", None, Instant::now());
+                last = Some((
+                    gateway_failure("no_credential", e),
+                    None,
+                    provider_name.clone(),
+                ));
+                continue;
+            }
+        };
+        let key = breaker_key(&provider_name, credential.owner, ctx);
+        for try_no in 0..=settings.retries_per_route {
+            match app.breakers.admit(&key, breaker) {
+                Admission::Open => {
+                    push_attempt(&mut record, route, "breaker_open", None, Instant::now());
+                    skipped_open += 1;
+                    continue 'routes;
+                }
+                Admission::Closed | Admission::Probe => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break 'routes;
+            }
+            let body = match body_for(&mut prepared.body, route) {
+                Ok(b) => b,
+                Err(e) => {
+                    return failure_answer(gateway_failure("invalid_body", e), None, &mut record)
+                }
+            };
+            let req = UpstreamRequest {
+                endpoint,
+                body,
+                stream: prepared.stream,
+                request_id: ctx.request_id.clone(),
+            };
+            let started = Instant::now();
+            let first_event = Duration::from_millis(settings.first_event_timeout_ms);
+            let result = tokio::time::timeout(
+                deadline.saturating_duration_since(started),
+                attempt(
+                    &route.provider,
+                    req,
+                    credential.key.as_ref(),
+                    ctx.snapshot.limits.max_upstream_bytes,
+                    first_event,
+                    &mut record,
+                ),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                AttemptResult::Retry(gateway_failure(
+                    "deadline",
+                    crate::providers::ProviderError::FirstByteTimeout(settings.request_deadline_ms),
+                ))
+            });
+            match result {
+                AttemptResult::Commit(committed) => {
+                    app.breakers.on_success(&key);
+                    push_attempt(&mut record, route, "ok", None, started);
+                    record.update(|r| {
+                        r.provider = Some(provider_name.clone());
+                        r.served_model = Some(route.upstream_model.to_string());
+                        r.key_owner = Some(credential.owner);
+                    });
+                    drop(credential);
+                    let mut resp = match committed {
+                        Committed::Json {
+                            status,
+                            content_type,
+                            bytes,
+                        } => json_answer(status, content_type, bytes, &mut record),
+                        Committed::Stream { events, held } => stream_answer(SseRelay::new(
+                            events,
+                            held,
+                            record,
+                            prepared.client_wants_usage,
+                            tokio::time::Instant::from_std(deadline),
+                        )),
+                    };
+                    served_headers(&mut resp, &prepared);
+                    return resp;
+                }
+                AttemptResult::Final(failure) => {
+                    // The client's own error (or the tenant's key refused): the
+                    // provider is healthy, so the breaker does not count it.
+                    push_attempt(&mut record, route, failure.cause, failure.status(), started);
+                    record.update(|r| {
+                        r.provider = Some(provider_name.clone());
+                        r.key_owner = Some(credential.owner);
+                    });
+                    return failure_answer(failure, Some(credential.owner), &mut record);
+                }
+                AttemptResult::Retry(failure) => {
+                    app.breakers.on_failure(&key, breaker);
+                    push_attempt(&mut record, route, failure.cause, failure.status(), started);
+                    tracing::info!(provider = %provider_name, model = %route.upstream_model, cause = failure.cause, "attempt failed");
+                    let retry_after = failure.retry_after;
+                    last = Some((failure, Some(credential.owner), provider_name.clone()));
+                    if try_no == settings.retries_per_route {
+                        break;
+                    }
+                    let wait = match retry_after {
+                        Some(ra) if ra > Duration::from_millis(settings.retry_after_cap_ms) => {
+                            // The provider asks for longer than we may wait: next route.
+                            break;
+                        }
+                        Some(ra) => ra.max(backoff(
+                            settings.backoff_base_ms,
+                            settings.backoff_max_ms,
+                            try_no,
+                        )),
+                        None => backoff(settings.backoff_base_ms, settings.backoff_max_ms, try_no),
+                    };
+                    if Instant::now() + wait >= deadline {
+                        break 'routes;
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+    match last {
+        Some((failure, owner, provider)) => {
+            record.update(|r| {
+                r.provider = Some(provider);
+                r.key_owner = owner;
+            });
+            failure_answer(failure, owner, &mut record)
+        }
+        None if skipped_open > 0 => failure_answer(
+            gateway_failure(
+                "breaker_open",
+                RoutingError::AllRoutesOpen(prepared.model.clone()),
+            ),
+            None,
+            &mut record,
+        ),
+        None => failure_answer(
+            gateway_failure(
+                "deadline",
+                crate::providers::ProviderError::FirstByteTimeout(settings.request_deadline_ms),
+            ),
+            None,
+            &mut record,
+        ),
+    }
+}
+
+fn gateway_failure(cause: &'static str, e: impl Into<GatewayError>) -> Failure {
+    Failure {
+        cause,
+        kind: FailureKind::Gateway(e.into()),
+        retry_after: None,
+    }
+}
+
+/// Full jitter: a random wait in `[0, min(max, base * 2^try)]`.
+fn backoff(base_ms: u64, max_ms: u64, try_no: u32) -> Duration {
+    let cap = base_ms.saturating_mul(1u64 << try_no.min(20)).min(max_ms);
+    Duration::from_millis(fastrand::u64(0..=cap))
+}
+
+fn body_for(body: &mut Value, route: &Route) -> Result<Bytes, GatewayError> {
+    if let Some(obj) = body.as_object_mut() {
+        obj.insert(
+            "model".into(),
+            Value::String(route.upstream_model.to_string()),
+        );
+    }
+    serde_json::to_vec(body)
+        .map(Bytes::from)
+        .map_err(|e| GatewayError::BadJson(e.to_string()))
+}
+
+fn push_attempt(
+    record: &mut PendingRecord,
+    route: &Route,
+    outcome: &'static str,
+    status: Option<u16>,
+    started: Instant,
+) {
+    let latency_ms = (started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
+    let a = AttemptRecord {
+        provider: route.provider.name().to_owned(),
+        model: route.upstream_model.to_string(),
+        outcome,
+        status,
+        latency_ms,
+    };
+    record.update(|r| r.attempts.push(a));
+}
+
+/// Tells the client which tenant-facing model served it, and that it was
+/// downgraded if so.
+fn served_headers(resp: &mut Response<ProxyBody>, prepared: &Prepared) {
+    if let Ok(v) = HeaderValue::from_str(&prepared.model) {
+        resp.headers_mut().insert("x-livery-model", v);
+    }
+    if let Some(from) = &prepared.downgraded_from {
+        if let Ok(v) = HeaderValue::from_str(from) {
+            resp.headers_mut().insert("x-livery-downgraded-from", v);
+        }
+    }
+}
+
+fn breaker_key(provider: &str, owner: KeyOwner, ctx: &RequestCtx) -> BreakerKey {
+    let who = match owner {
+        KeyOwner::Tenant => format!("tenant:{}/{}", ctx.reseller, ctx.tenant.id),
+        KeyOwner::Reseller => format!("reseller:{}", ctx.reseller),
+        KeyOwner::Platform => "platform".to_owned(),
+        KeyOwner::None => "none".to_owned(),
+    };
+    (provider.to_owned(), who)
+}
+
+/// Picks and unseals the provider key for `route` under the plan's policy.
+fn credential_for(ctx: &RequestCtx, route: &Route) -> Result<ProviderCredential, VaultError> {
+    let provider = route.provider.name();
+    let tenant = ctx
+        .tenant
+        .credentials
+        .get(provider)
+        .map(|sealed| StoredCredential {
+            owner: CredentialOwner::Tenant {
+                reseller: ctx.reseller.to_string(),
+                tenant: ctx.tenant.id.to_string(),
+            },
+            sealed,
+        });
+    let reseller = ctx
+        .snapshot
+        .tenancy
+        .reseller(ctx.reseller_idx)
+        .credentials
+        .get(provider)
+        .map(|sealed| StoredCredential {
+            owner: CredentialOwner::Reseller(ctx.reseller.to_string()),
+            sealed,
+        });
+    select_credential(
+        ctx.tenant.plan.byok,
+        provider,
+        &ctx.snapshot.keyring,
+        tenant,
+        reseller,
+        route.provider.platform_key(),
+    )
+}
