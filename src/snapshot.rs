@@ -4,6 +4,7 @@
 
 use crate::config::{ConfigError, GatewayConfig, RoutingConfig};
 use crate::routing::ModelTable;
+use crate::tenancy::KeyDigest;
 use crate::tenancy::Tenancy;
 use crate::vault::Keyring;
 use std::collections::HashSet;
@@ -23,6 +24,7 @@ pub struct Snapshot {
     pub models: ModelTable,
     pub limits: BodyLimits,
     pub routing: RoutingConfig,
+    pub operator_keys: Vec<KeyDigest>,
     /// Unix time the snapshot was built; reported as `created` in `/v1/models`.
     pub created: u64,
 }
@@ -54,6 +56,18 @@ impl Snapshot {
             keyring: Arc::new(keyring),
             models,
             routing: config.routing.clone(),
+            operator_keys: config
+                .server
+                .operator_key_hashes
+                .iter()
+                .map(|h| {
+                    KeyDigest::parse(h).ok_or_else(|| {
+                        ConfigError::Invalid(
+                            "server.operator_key_hashes: expected `sha256:<64 hex>`".into(),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
             limits: BodyLimits {
                 max_request_bytes: config.server.max_body_bytes,
                 max_upstream_bytes: config.server.max_upstream_body_bytes,

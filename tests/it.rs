@@ -9,6 +9,7 @@ mod support;
 mod cli;
 mod endpoints;
 mod isolation;
+mod routing;
 mod sdk;
 mod streaming;
 mod upstream;

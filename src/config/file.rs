@@ -66,6 +66,10 @@ pub struct ServerConfig {
     /// Cap on a buffered (non-streamed) upstream response body.
     #[serde(default = "default_max_upstream_body_bytes")]
     pub max_upstream_body_bytes: usize,
+    /// `sha256:` hashes of operator keys; with one, `GET /readyz?detail=1` shows
+    /// circuit breakers (never to tenants).
+    #[serde(default)]
+    pub operator_key_hashes: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -75,6 +79,7 @@ impl Default for ServerConfig {
             platform_domain: None,
             max_body_bytes: default_max_body_bytes(),
             max_upstream_body_bytes: default_max_upstream_body_bytes(),
+            operator_key_hashes: Vec::new(),
         }
     }
 }

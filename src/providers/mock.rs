@@ -5,7 +5,7 @@
 //! A request may carry a `"mock"` object to shape the answer or inject a fault:
 //! `{"status": 429, "retry_after": 2, "delay_ms": 50, "gap_ms": 10, "chunks": 20,
 //!   "drop_after": 3, "omit_done": true, "no_usage": true, "stall_after": 2,
-//!   "stall_ms": 60000}`. The same generator backs
+//!   "stall_ms": 60000, "only_for_model": "gpt-4o"}`. The same generator backs
 //! the `mock` provider kind, the test suite's HTTP mock and the benchmark mock.
 
 use super::{ByteStream, Endpoint, ProviderError, UpstreamBody, UpstreamResponse};
@@ -56,6 +56,14 @@ pub struct MockDirectives {
 impl MockDirectives {
     pub fn from_body(body: &Value) -> Self {
         let m = body.get("mock");
+        // `only_for_model` scopes the directives to one upstream model, so a test
+        // can fail the first route of a fallback chain and not the next.
+        let scoped = m
+            .and_then(|m| m.get("only_for_model"))
+            .and_then(Value::as_str);
+        if scoped.is_some_and(|only| body.get("model").and_then(Value::as_str) != Some(only)) {
+            return Self::default();
+        }
         let u = |k: &str| m.and_then(|m| m.get(k)).and_then(Value::as_u64);
         let b = |k: &str| {
             m.and_then(|m| m.get(k))

@@ -74,7 +74,13 @@ where
     let method = req.method();
     let api = match path {
         "/healthz" | "/readyz" if method == Method::GET || method == Method::HEAD => {
-            return Ok(health(app, path == "/readyz"));
+            let detail = path == "/readyz"
+                && req
+                    .uri()
+                    .query()
+                    .is_some_and(|q| q.split('&').any(|p| p == "detail=1"))
+                && is_operator(app, req.headers());
+            return Ok(health(app, path == "/readyz", detail));
         }
         "/v1/models" if method == Method::GET => Api::Models,
         _ => match path.strip_prefix("/v1").and_then(Endpoint::from_path) {
@@ -156,14 +162,32 @@ fn resolve_reseller<B>(
     tenancy.resolve_host(&host)
 }
 
-fn health(app: &App, ready: bool) -> Response<ProxyBody> {
-    if ready && app.is_draining() {
+fn health(app: &App, ready: bool, detail: bool) -> Response<ProxyBody> {
+    let (status, word) = if ready && app.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else {
+        (StatusCode::OK, "ok")
+    };
+    if detail {
         return json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({"status": "draining"}),
+            status,
+            &json!({"status": word, "breakers": app.breakers.view()}),
         );
     }
-    json_response(StatusCode::OK, &json!({"status": "ok"}))
+    json_response(status, &json!({"status": word}))
+}
+
+/// True if the request carries one of the configured operator keys.
+fn is_operator(app: &App, headers: &http::HeaderMap) -> bool {
+    let PresentedKey::Key(k) = presented_key(headers) else {
+        return false;
+    };
+    let digest = crate::tenancy::KeyDigest::of(k);
+    let snapshot = app.snapshot.load();
+    snapshot
+        .operator_keys
+        .iter()
+        .any(|d| subtle::ConstantTimeEq::ct_eq(&d.0[..], &digest.0[..]).into())
 }
 
 fn list_models(ctx: &RequestCtx) -> Response<ProxyBody> {

@@ -28,6 +28,8 @@ pub const ACME_SUSPENDED_KEY: &str = "sk-acme-suspended-key";
 pub const ACME_HOST: &str = "ai.acme.test";
 pub const GLOBEX_HOST: &str = "ai.globex.test";
 pub const PLATFORM_DOMAIN: &str = "livery.test";
+/// Operator key of the standard configuration (readyz detail).
+pub const OPERATOR_TOKEN: &str = "op-livery-test-operator-token";
 
 pub fn hash(key: &str) -> String {
     livery::tenancy::KeyDigest::of(key).to_config_string()
@@ -45,6 +47,7 @@ pub fn standard_config(mock_base_url: &str, extra_provider: &str) -> String {
 listen = ["127.0.0.1:0"]
 platform_domain = "{PLATFORM_DOMAIN}"
 max_body_bytes = 65536
+operator_key_hashes = ["{operator}"]
 
 # The suite's single-route tests see each upstream failure as it is; the
 # fallback tests (tests/routing.rs) set their own retry policy.
@@ -129,6 +132,7 @@ id = "office"
 plan = "basic"
 key_hashes = ["{office}"]
 "#,
+        operator = hash(OPERATOR_TOKEN),
         dental = hash(ACME_DENTAL.2),
         realty = hash(ACME_REALTY.2),
         suspended = hash(ACME_SUSPENDED_KEY),

@@ -1,0 +1,868 @@
+#!/usr/bin/env python3
+"""Livery's load benchmark driver (issue 7). Started by benches/load/run.sh, which
+installs the tools, builds the binaries, pins this script to the load generator's
+core and stops whatever is left at exit. Standard library only.
+
+Targets, all on 127.0.0.1:
+  direct  livery-mock itself;
+  nginx   a bare nginx hop in front of the mock (keep-alive upstream, no buffering);
+  livery  `livery serve` with every implemented feature on, provider = the mock.
+
+Phases, run in alternating rounds (target order rotated each round):
+  max       closed loop, 64 connections, non-streamed chat completion (oha);
+  rateN     open loop at N req/s with latency correction (oha -q N --latency-correction);
+  stream    sequential streamed requests (20 chunks, 5 ms apart) by a raw-socket
+            client: time to first event and, from the mock's send stamps, the
+            delay of every event.
+Then Livery's RSS idle and with 1,000 open streams, CPU seconds per 10,000
+requests, and the issue's target ratios. Writes results/latest.{md,json}.
+"""
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import re
+import selectors
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+TENANT_KEY = "sk-livery-bench-0123456789"
+BODY = '{"model":"demo","messages":[{"role":"user","content":"Hello"}]}'
+STREAM_CHUNKS = 20
+STREAM_GAP_MS = 5
+OPEN_STREAMS = 1000
+TARGETS = ["direct", "nginx", "livery"]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ processes
+
+
+class Procs:
+    """Everything this run starts; stopped by PID (also listed in TMP/pids so
+    run.sh's EXIT trap can stop them if this script dies)."""
+
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.procs = []
+
+    def start(self, name, argv, env=None, stdout=subprocess.PIPE):
+        err = open(os.path.join(self.tmp, f"{name}.stderr"), "wb")
+        p = subprocess.Popen(argv, stdout=stdout, stderr=err, env=env, stdin=subprocess.DEVNULL)
+        self.procs.append((name, p))
+        with open(os.path.join(self.tmp, "pids"), "a") as f:
+            f.write(f"{p.pid}\n")
+        return p
+
+    def stop_all(self):
+        for _, p in reversed(self.procs):
+            if p.poll() is None:
+                try:
+                    p.send_signal(signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.time() + 10
+        for _, p in reversed(self.procs):
+            try:
+                p.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.procs = []
+
+
+def wait_line(p, prefix, timeout=30):
+    """Reads the child's stdout until a line starting with `prefix`."""
+    sel = selectors.DefaultSelector()
+    sel.register(p.stdout, selectors.EVENT_READ)
+    buf = b""
+    end = time.time() + timeout
+    while time.time() < end:
+        if p.poll() is not None:
+            raise RuntimeError(f"{p.args[0]} exited with {p.returncode}")
+        if sel.select(timeout=0.2):
+            chunk = os.read(p.stdout.fileno(), 4096)
+            buf += chunk
+            for line in buf.decode(errors="replace").splitlines():
+                if line.startswith(prefix):
+                    return line[len(prefix):].strip()
+    raise RuntimeError(f"timed out waiting for '{prefix}' from {p.args}")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pinned(cpu, argv):
+    return (["taskset", "-c", str(cpu)] if cpu is not None else []) + argv
+
+
+def children(pid):
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid:
+                    out.append(int(d))
+            except OSError:
+                pass
+    return out
+
+
+def cpu_seconds(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+        except OSError:
+            pass
+    return total / CLK_TCK
+
+
+def mem_kb(pids):
+    """(VmRSS, VmHWM) summed over pids, in KiB."""
+    rss = hwm = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        rss += int(line.split()[1])
+                    elif line.startswith("VmHWM:"):
+                        hwm += int(line.split()[1])
+        except OSError:
+            pass
+    return rss, hwm
+
+
+# ------------------------------------------------------------------ HTTP helpers
+
+
+def http_post(port, path, body, timeout=10):
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=body.encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {TENANT_KEY}"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.status, r.read()
+
+
+def wait_http(port, path="/healthz", timeout=20):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing answers on port {port}")
+
+
+def stream_request(port, mock):
+    body = json.dumps(
+        {
+            "model": "demo",
+            "stream": True,
+            "messages": [{"role": "user", "content": "Hello"}],
+            "mock": mock,
+        },
+        separators=(",", ":"),
+    ).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Authorization: Bearer {TENANT_KEY}\r\nContent-Type: application/json\r\n"
+        f"Accept: text/event-stream\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    return head + body
+
+
+class SseReader:
+    """Incremental HTTP/1.1 response parser (chunked or not) that yields the SSE
+    events completed by each read."""
+
+    def __init__(self):
+        self.raw = b""
+        self.headers_done = False
+        self.status = None
+        self.chunked = False
+        self.body = b""
+        self.events_buf = b""
+        self.eof_body = False
+
+    def feed(self, data):
+        self.raw += data
+        if not self.headers_done:
+            i = self.raw.find(b"\r\n\r\n")
+            if i < 0:
+                return []
+            head = self.raw[:i].decode(errors="replace").split("\r\n")
+            self.status = int(head[0].split()[1])
+            for h in head[1:]:
+                k, _, v = h.partition(":")
+                if k.strip().lower() == "transfer-encoding" and "chunked" in v.lower():
+                    self.chunked = True
+            self.raw = self.raw[i + 4:]
+            self.headers_done = True
+        if self.chunked:
+            while True:
+                j = self.raw.find(b"\r\n")
+                if j < 0:
+                    break
+                size = int(self.raw[:j].split(b";")[0], 16)
+                if size == 0:
+                    self.eof_body = True
+                    self.raw = b""
+                    break
+                if len(self.raw) < j + 2 + size + 2:
+                    break
+                self.events_buf += self.raw[j + 2:j + 2 + size]
+                self.raw = self.raw[j + 2 + size + 2:]
+        else:
+            self.events_buf += self.raw
+            self.raw = b""
+        events = []
+        while True:
+            k = self.events_buf.find(b"\n\n")
+            if k < 0:
+                break
+            events.append(self.events_buf[:k])
+            self.events_buf = self.events_buf[k + 2:]
+        return events
+
+
+STAMP = re.compile(rb'"t_us":(\d+)')
+
+
+def one_stream(port):
+    """One streamed request over a fresh connection. Returns (ttfb_us, [event
+    delays in µs: arrival − mock send stamp], events, done)."""
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    req = stream_request(port, {"chunks": STREAM_CHUNKS, "gap_ms": STREAM_GAP_MS, "stamp": True})
+    reader = SseReader()
+    delays, ttfb, n, done = [], None, 0, False
+    t0 = time.perf_counter_ns()
+    s.sendall(req)
+    try:
+        while True:
+            data = s.recv(65536)
+            now_pc = time.perf_counter_ns()
+            now_us = time.time_ns() // 1000
+            if not data:
+                break
+            for ev in reader.feed(data):
+                if not ev.startswith(b"data:"):
+                    continue
+                n += 1
+                if ttfb is None:
+                    ttfb = (now_pc - t0) / 1000
+                m = STAMP.search(ev)
+                if m:
+                    delays.append(now_us - int(m.group(1)))
+                if ev.strip() == b"data: [DONE]":
+                    done = True
+            if reader.eof_body:
+                break
+    finally:
+        s.close()
+    if reader.status != 200:
+        raise RuntimeError(f"stream through port {port}: HTTP {reader.status}")
+    return ttfb, delays, n, done
+
+
+def open_streams(port, count, timeout=60):
+    """Opens `count` streams that stay open (long gaps), waits until each has
+    received its first event, and returns the sockets (caller closes them)."""
+    req = stream_request(port, {"chunks": 10, "gap_ms": 3000})
+    sel = selectors.DefaultSelector()
+    socks, readers, started = [], {}, set()
+    for i in range(count):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(req)
+        s.setblocking(False)
+        socks.append(s)
+        readers[s.fileno()] = SseReader()
+        sel.register(s, selectors.EVENT_READ)
+    end = time.time() + timeout
+    while len(started) < count and time.time() < end:
+        for key, _ in sel.select(timeout=0.5):
+            s = key.fileobj
+            try:
+                data = s.recv(65536)
+            except BlockingIOError:
+                continue
+            if not data:
+                sel.unregister(s)
+                continue
+            if readers[s.fileno()].feed(data):
+                started.add(s.fileno())
+    sel.close()
+    return socks, len(started)
+
+
+# ------------------------------------------------------------------ oha
+
+
+def oha(args, port, duration, rate=None, conns=64):
+    argv = [
+        args.oha, "--no-tui", "--output-format", "json", "--worker-threads", "1",
+        "-z", f"{duration}s", "-c", str(conns), "-m", "POST", "-T", "application/json",
+        "-H", f"Authorization: Bearer {TENANT_KEY}", "-d", BODY,
+    ]
+    if rate:
+        argv += ["-q", str(rate), "--latency-correction"]
+    argv.append(f"http://127.0.0.1:{port}/v1/chat/completions")
+    out = subprocess.run(argv, capture_output=True, timeout=duration + 60)
+    if out.returncode != 0:
+        raise RuntimeError(f"oha failed: {out.stderr.decode(errors='replace')[-2000:]}")
+    d = json.loads(out.stdout)
+    codes = {k: int(v) for k, v in (d.get("statusCodeDistribution") or {}).items()}
+    errors = {k: int(v) for k, v in (d.get("errorDistribution") or {}).items()
+              if "deadline" not in k}
+    lp = d.get("latencyPercentiles") or {}
+    us = lambda k: round(lp[k] * 1e6, 1) if lp.get(k) is not None else None
+    ok = codes.get("200", 0)
+    return {
+        "rps": round(ok / d["summary"]["total"], 1) if d["summary"].get("total") else 0,
+        "ok": ok,
+        "non_200": sum(v for k, v in codes.items() if k != "200"),
+        "errors": errors,
+        "p50_us": us("p50"),
+        "p90_us": us("p90"),
+        "p99_us": us("p99"),
+        "p99_9_us": us("p99.9"),
+        "mean_us": round((d["summary"].get("average") or 0) * 1e6, 1),
+    }
+
+
+# ------------------------------------------------------------------ set-up
+
+
+def machine_info(args):
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    def cmd(argv):
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+            return (r.stdout or r.stderr).strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            return None
+    commit = cmd(["git", "-C", args.root, "rev-parse", "--short", "HEAD"])
+    dirty = cmd(["git", "-C", args.root, "status", "--porcelain", "--untracked-files=no"])
+    with open("/proc/meminfo") as f:
+        mem_kib = int(f.readline().split()[1])
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "loadavg_at_start": open("/proc/loadavg").read().split()[:3],
+        "git_commit": (commit or "?") + ("-dirty" if dirty else ""),
+        "nginx": cmd(["nginx", "-v"]),
+        "oha": cmd([args.oha, "--version"]),
+        "python": platform.python_version(),
+    }
+
+
+def render_config(args, mock_url, usage_path, credential):
+    with open(os.path.join(args.root, "benches/load/gateway.bench.toml")) as f:
+        text = f.read()
+    creds = f'credentials = {{ upstream = "{credential}" }}' if credential else "# (no sealed credential: vault unavailable)"
+    text = (text.replace("@MOCK_URL@", mock_url).replace("@USAGE_PATH@", usage_path)
+            .replace("@CREDENTIALS@", creds))
+    path = os.path.join(args.tmp, "gateway.toml")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def seal_credential(args, env):
+    """Seals a tenant provider key under a throw-away KEK; None if the build has
+    no vault commands."""
+    livery = os.path.join(args.root, "target/release/livery")
+    kg = subprocess.run([livery, "vault", "keygen"], capture_output=True, text=True)
+    if kg.returncode != 0:
+        return None
+    env["LIVERY_MASTER_KEY"] = kg.stdout.strip()
+    seal = subprocess.run(
+        [livery, "vault", "seal", "--owner", "tenant:bench/bench-tenant", "--provider", "upstream",
+         "--config", os.path.join(args.tmp, "no-such-config.toml")],
+        input="sk-proj-bench-tenant-own-key-0123456789abcdef", capture_output=True, text=True, env=env,
+    )
+    if seal.returncode != 0:
+        log(f"vault seal failed, running without a sealed credential: {seal.stderr.strip()}")
+        return None
+    return seal.stdout.strip()
+
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+master_process on;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+worker_rlimit_nofile 65536;
+events {{ worker_connections 8192; }}
+http {{
+    access_log {tmp}/nginx-access.log;
+    client_body_temp_path {tmp}/nginx-body;
+    proxy_temp_path {tmp}/nginx-proxy;
+    fastcgi_temp_path {tmp}/nginx-fastcgi;
+    uwsgi_temp_path {tmp}/nginx-uwsgi;
+    scgi_temp_path {tmp}/nginx-scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    upstream mock {{
+        server 127.0.0.1:{mock_port};
+        keepalive 64;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }}
+    }}
+}}
+"""
+
+
+# ------------------------------------------------------------------ statistics
+
+
+def pct(values, q):
+    if not values:
+        return None
+    v = sorted(values)
+    k = (len(v) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+
+
+def med(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def slope_per_min(samples):
+    """Least-squares slope of (seconds, MiB) samples, in MiB per minute."""
+    if len(samples) < 3:
+        return None
+    xs = [s[0] for s in samples]
+    ys = [s[1] for s in samples]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    if den == 0:
+        return None
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den * 60
+
+
+# ------------------------------------------------------------------ main
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--root", required=True)
+    ap.add_argument("--tmp", required=True)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--rounds", type=int)
+    ap.add_argument("--duration", type=int, help="seconds per oha phase")
+    ap.add_argument("--rates", default="500,2000,5000")
+    ap.add_argument("--streams", type=int, help="streamed requests per target per round")
+    ap.add_argument("--soak-min", type=float, default=0,
+                    help="after the rounds, drive Livery at 2,000 req/s for this many minutes and report the RSS slope")
+    ap.add_argument("--server-cpu", type=int)
+    ap.add_argument("--load-cpu", type=int)
+    ap.add_argument("--oha", default="oha")
+    ap.add_argument("--out", help="results directory (default benches/load/results)")
+    args = ap.parse_args()
+    rounds = args.rounds or (1 if args.quick else 3)
+    duration = args.duration or (3 if args.quick else 8)
+    n_streams = args.streams or (10 if args.quick else 25)
+    rates = [int(r) for r in args.rates.split(",") if r]
+    out_dir = args.out or os.path.join(args.root, "benches/load/results")
+    started_at = time.time()
+
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    load_cpu = args.load_cpu if args.load_cpu is not None else (cpus[0] if len(cpus) >= 2 else None)
+    server_cpu = args.server_cpu
+    if server_cpu is None:
+        all_cpus = list(range(os.cpu_count() or 1))
+        server_cpu = next((c for c in all_cpus if c != load_cpu), None) if len(all_cpus) >= 2 else None
+
+    procs = Procs(args.tmp)
+    env = dict(os.environ)
+    env["LIVERY_BENCH_PLATFORM_KEY"] = "sk-proj-bench-platform-key-0123456789"
+    env.pop("RUST_LOG", None)  # Livery's default: info, one usage line per request
+    results = {"rounds": [], "phases": {}}
+    rss_samples = []
+
+    def sample_rss(tag):
+        rss, hwm = mem_kb([livery_p.pid])
+        rss_samples.append((time.time() - started_at, rss / 1024, tag))
+
+    try:
+        info = machine_info(args)
+        info["cpu_split"] = {"load_generator_cpu": load_cpu, "servers_cpu": server_cpu}
+        log(f"machine: {info['nproc']} x {info['cpu_model']}; load on cpu {load_cpu}, servers on cpu {server_cpu}")
+
+        # The mock.
+        mock_p = procs.start("mock", pinned(server_cpu, [
+            os.path.join(args.root, "target/release/livery-mock"), "--listen", "127.0.0.1:0",
+            "--delay-ms", "0", "--chunks", "12", "--gap-ms", "0"]))
+        mock_url = wait_line(mock_p, "livery-mock listening on")
+        mock_port = int(mock_url.rsplit(":", 1)[1])
+
+        # Livery.
+        credential = seal_credential(args, env)
+        cfg = render_config(args, mock_url, os.path.join(args.tmp, "usage.jsonl"), credential)
+        livery_bin = os.path.join(args.root, "target/release/livery")
+        chk = subprocess.run([livery_bin, "check-config", "--config", cfg], capture_output=True, text=True, env=env)
+        if chk.returncode != 0:
+            raise RuntimeError(f"livery check-config failed: {chk.stderr}")
+        livery_p = procs.start("livery", pinned(server_cpu, [
+            livery_bin, "serve", "--config", cfg, "--listen", "127.0.0.1:0"]), env=env)
+        livery_url = wait_line(livery_p, "livery listening on")
+        livery_port = int(livery_url.rsplit(":", 1)[1])
+
+        # nginx.
+        nginx_port = free_port()
+        for d in ("nginx-body", "nginx-proxy", "nginx-fastcgi", "nginx-uwsgi", "nginx-scgi"):
+            os.makedirs(os.path.join(args.tmp, d), exist_ok=True)
+        conf = os.path.join(args.tmp, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(NGINX_CONF.format(tmp=args.tmp, mock_port=mock_port, port=nginx_port))
+        nginx_p = procs.start("nginx", pinned(server_cpu, ["nginx", "-p", args.tmp, "-c", conf]),
+                              stdout=subprocess.DEVNULL)
+        wait_http(nginx_port)
+
+        ports = {"direct": mock_port, "nginx": nginx_port, "livery": livery_port}
+
+        def pids_of(target):
+            """(proxy pids, mock pids) of a target."""
+            if target == "direct":
+                return [], [mock_p.pid]
+            if target == "nginx":
+                return [nginx_p.pid] + children(nginx_p.pid), [mock_p.pid]
+            return [livery_p.pid], [mock_p.pid]
+
+        # Sanity: every target answers the benchmark request and a stream properly.
+        for t in TARGETS:
+            status, body = http_post(ports[t], "/v1/chat/completions", BODY)
+            if status != 200 or b'"choices"' not in body:
+                raise RuntimeError(f"{t}: unexpected answer {status} {body[:200]!r}")
+            ttfb, delays, n, done = one_stream(ports[t])
+            if not done or len(delays) < STREAM_CHUNKS:
+                raise RuntimeError(f"{t}: stream incomplete ({n} events, done={done})")
+        usage_path = os.path.join(args.tmp, "usage.jsonl")
+        time.sleep(0.3)
+        if not os.path.exists(usage_path) or os.path.getsize(usage_path) == 0:
+            raise RuntimeError("Livery wrote no usage record")
+        log(f"targets up: direct :{mock_port}, nginx :{nginx_port}, livery :{livery_port}"
+            f" (sealed credential: {'yes' if credential else 'no'})")
+
+        # Memory: idle, then 1,000 open streams (before any load, so VmHWM is theirs).
+        time.sleep(1)
+        idle_rss, idle_hwm = mem_kb([livery_p.pid])
+        sample_rss("idle")
+        memory = {"livery_idle_rss_kib": idle_rss, "livery_idle_hwm_kib": idle_hwm}
+        for t in ("livery", "nginx"):
+            proxy_pids, _ = pids_of(t)
+            before = mem_kb(proxy_pids)[0]
+            socks, started = open_streams(ports[t], OPEN_STREAMS)
+            time.sleep(0.5)
+            peak = 0
+            for _ in range(5):
+                peak = max(peak, mem_kb(proxy_pids)[0])
+                time.sleep(0.2)
+            hwm = mem_kb(proxy_pids)[1]
+            mock_rss = mem_kb([mock_p.pid])[0]
+            for s in socks:
+                s.close()
+            memory[f"{t}_streams_open"] = started
+            memory[f"{t}_rss_before_streams_kib"] = before
+            memory[f"{t}_rss_with_streams_kib"] = peak
+            memory[f"{t}_hwm_with_streams_kib"] = hwm
+            memory[f"mock_rss_with_{t}_streams_kib"] = mock_rss
+            log(f"{t}: {started}/{OPEN_STREAMS} streams open, RSS {peak / 1024:.1f} MiB (before {before / 1024:.1f})")
+            time.sleep(2)  # let the proxies notice the closed clients
+        sample_rss("after-streams")
+
+        # Warm-up: connection pools, allocator, page cache.
+        for t in TARGETS:
+            oha(args, ports[t], 1 if args.quick else 2)
+
+        phases = ["max"] + [f"rate{r}" for r in rates] + ["stream"]
+        per = {p: {t: [] for t in TARGETS} for p in phases}
+        for r in range(rounds):
+            order = TARGETS[r % len(TARGETS):] + TARGETS[:r % len(TARGETS)]
+            log(f"round {r + 1}/{rounds}: order {', '.join(order)}")
+            for phase in phases:
+                for t in order:
+                    proxy_pids, mock_pids = pids_of(t)
+                    c0, m0, w0 = cpu_seconds(proxy_pids), cpu_seconds(mock_pids), time.time()
+                    if phase == "stream":
+                        ttfbs, delays, events = [], [], 0
+                        for _ in range(n_streams):
+                            tt, dl, n, done = one_stream(ports[t])
+                            if not done:
+                                raise RuntimeError(f"{t}: a stream did not end with [DONE]")
+                            ttfbs.append(tt)
+                            delays += dl
+                            events += n
+                        m = {"ttfb_us": ttfbs, "event_delay_us": delays, "events": events}
+                    else:
+                        rate = int(phase[4:]) if phase.startswith("rate") else None
+                        m = oha(args, ports[t], duration, rate=rate)
+                    wall = time.time() - w0
+                    m["proxy_cpu_s"] = round(cpu_seconds(proxy_pids) - c0, 3)
+                    m["mock_cpu_s"] = round(cpu_seconds(mock_pids) - m0, 3)
+                    m["wall_s"] = round(wall, 3)
+                    m["round"] = r + 1
+                    per[phase][t].append(m)
+                    if phase != "stream":
+                        log(f"  {phase:>8} {t:>6}: {m['rps']:>9.0f} req/s  p50 {m['p50_us']} µs  p99 {m['p99_us']} µs"
+                            f"  (proxy cpu {m['proxy_cpu_s']} s, mock cpu {m['mock_cpu_s']} s)")
+                    else:
+                        log(f"  {phase:>8} {t:>6}: ttfb p50 {pct(m['ttfb_us'], .5):.0f} µs, "
+                            f"event delay p50 {pct(m['event_delay_us'], .5):.0f} µs")
+                    sample_rss(f"r{r + 1}-{phase}-{t}")
+
+        # Optional soak: RSS slope under steady load.
+        soak = None
+        if args.soak_min > 0:
+            log(f"soak: Livery at 2,000 req/s for {args.soak_min} min")
+            samples = []
+            argv = [args.oha, "--no-tui", "--output-format", "json", "--worker-threads", "1",
+                    "-z", f"{int(args.soak_min * 60)}s", "-c", "64", "-m", "POST", "-T", "application/json",
+                    "-H", f"Authorization: Bearer {TENANT_KEY}", "-d", BODY, "-q", "2000",
+                    "--latency-correction", f"http://127.0.0.1:{livery_port}/v1/chat/completions"]
+            p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            t0 = time.time()
+            while p.poll() is None:
+                samples.append((time.time() - t0, mem_kb([livery_p.pid])[0] / 1024))
+                time.sleep(5)
+            soak = {"minutes": args.soak_min, "rss_mib_first": samples[0][1] if samples else None,
+                    "rss_mib_last": samples[-1][1] if samples else None,
+                    "rss_slope_mib_per_min": slope_per_min(samples), "samples": len(samples)}
+            log(f"soak: RSS slope {soak['rss_slope_mib_per_min']} MiB/min")
+
+        final_rss, final_hwm = mem_kb([livery_p.pid])
+        memory["livery_final_rss_kib"] = final_rss
+        memory["livery_final_hwm_kib"] = final_hwm
+        memory["mock_final_rss_kib"] = mem_kb([mock_p.pid])[0]
+        memory["nginx_final_rss_kib"] = mem_kb([nginx_p.pid] + children(nginx_p.pid))[0]
+        load_samples = [(s[0], s[1]) for s in rss_samples if s[2].startswith("r")]
+        memory["livery_rss_slope_mib_per_min_during_rounds"] = slope_per_min(load_samples)
+        memory["livery_rss_samples"] = [{"t_s": round(a, 1), "rss_mib": round(b, 2), "at": c} for a, b, c in rss_samples]
+        stats_mock = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{mock_port}/stats", timeout=5).read())
+    finally:
+        procs.stop_all()
+
+    summary = summarise(per, rates, memory, duration, rounds, n_streams)
+    summary["soak"] = soak
+    doc = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": "benches/load/run.sh" + (" --quick" if args.quick else ""),
+        "machine": info,
+        "settings": {
+            "rounds": rounds, "phase_seconds": duration, "connections": 64, "rates": rates,
+            "streams_per_target_per_round": n_streams, "stream_chunks": STREAM_CHUNKS,
+            "stream_gap_ms": STREAM_GAP_MS, "open_streams": OPEN_STREAMS, "body": BODY,
+            "livery_features": ["host+key auth", "sealed tenant credential unsealed per request" if credential else "no sealed credential (vault unavailable)",
+                                "usage JSONL + tracing line per request (RUST_LOG default info, stderr to a file)"],
+            "nginx": "1 worker, upstream keepalive 64, proxy_http_version 1.1, proxy_buffering off, access_log on",
+        },
+        "mock_stats": stats_mock,
+        "summary": summary,
+        "raw": {p: {t: [{k: v for k, v in m.items() if k not in ("ttfb_us", "event_delay_us")} for m in ms]
+                    for t, ms in per[p].items()} for p in per},
+        "elapsed_s": round(time.time() - started_at, 1),
+    }
+    os.makedirs(out_dir, exist_ok=True)
+    stem = "latest-quick" if args.quick else "latest"
+    with open(os.path.join(out_dir, f"{stem}.json"), "w") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+    md = markdown(doc)
+    with open(os.path.join(out_dir, f"{stem}.md"), "w") as f:
+        f.write(md)
+    print(md)
+    log(f"done in {doc['elapsed_s']} s; wrote {out_dir}/{stem}.md and .json")
+
+
+def summarise(per, rates, memory, duration, rounds, n_streams):
+    s = {"targets": {}, "ratios": {}, "checks": []}
+    for t in TARGETS:
+        row = {}
+        mx = per["max"][t]
+        row["max_rps"] = med([m["rps"] for m in mx])
+        row["max_p50_us"] = med([m["p50_us"] for m in mx])
+        row["max_p99_us"] = med([m["p99_us"] for m in mx])
+        row["max_proxy_cpu_s_per_10k"] = med([m["proxy_cpu_s"] / m["ok"] * 1e4 for m in mx if m["ok"]])
+        row["max_mock_cpu_s_per_10k"] = med([m["mock_cpu_s"] / m["ok"] * 1e4 for m in mx if m["ok"]])
+        row["max_non_200"] = sum(m["non_200"] for m in mx)
+        for r in rates:
+            ms = per[f"rate{r}"][t]
+            for k in ("p50_us", "p90_us", "p99_us", "p99_9_us"):
+                row[f"rate{r}_{k}"] = med([m[k] for m in ms])
+            row[f"rate{r}_rps"] = med([m["rps"] for m in ms])
+            row[f"rate{r}_non_200"] = sum(m["non_200"] for m in ms)
+            row[f"rate{r}_sustained"] = all(m["rps"] >= 0.95 * r and not m["non_200"] for m in ms)
+            row[f"rate{r}_proxy_cpu_s_per_10k"] = med([m["proxy_cpu_s"] / m["ok"] * 1e4 for m in ms if m["ok"]])
+            row[f"rate{r}_mock_cpu_s_per_10k"] = med([m["mock_cpu_s"] / m["ok"] * 1e4 for m in ms if m["ok"]])
+        ttfb = [x for m in per["stream"][t] for x in m["ttfb_us"]]
+        ev = [x for m in per["stream"][t] for x in m["event_delay_us"]]
+        row["stream_ttfb_p50_us"] = pct(ttfb, .5)
+        row["stream_ttfb_p99_us"] = pct(ttfb, .99)
+        row["stream_event_delay_p50_us"] = pct(ev, .5)
+        row["stream_event_delay_p99_us"] = pct(ev, .99)
+        row["stream_samples"] = len(ttfb)
+        row["stream_event_samples"] = len(ev)
+        s["targets"][t] = row
+
+    d, n, lv = s["targets"]["direct"], s["targets"]["nginx"], s["targets"]["livery"]
+
+    def sub(a, b):
+        return None if a is None or b is None else a - b
+
+    def ratio(a, b):
+        return None if a is None or b is None or b <= 0 else a / b
+
+    ra = s["ratios"]
+    for r in rates:
+        for q in ("p50", "p99"):
+            la, na = sub(lv[f"rate{r}_{q}_us"], d[f"rate{r}_{q}_us"]), sub(n[f"rate{r}_{q}_us"], d[f"rate{r}_{q}_us"])
+            ra[f"rate{r}_{q}_added_us"] = {"livery": la, "nginx": na, "livery_over_nginx": ratio(la, na)}
+    ra["throughput_livery_over_nginx"] = ratio(lv["max_rps"], n["max_rps"])
+    ra["throughput_livery_over_direct"] = ratio(lv["max_rps"], d["max_rps"])
+    ra["mock_headroom_direct_over_livery"] = ratio(d["max_rps"], lv["max_rps"])
+    ra["stream_ttfb_p50_added_us"] = {"livery": sub(lv["stream_ttfb_p50_us"], d["stream_ttfb_p50_us"]),
+                                      "nginx": sub(n["stream_ttfb_p50_us"], d["stream_ttfb_p50_us"])}
+    ra["stream_event_delay_p50_added_us"] = {"livery": sub(lv["stream_event_delay_p50_us"], d["stream_event_delay_p50_us"]),
+                                             "nginx": sub(n["stream_event_delay_p50_us"], d["stream_event_delay_p50_us"])}
+    ra["stream_event_delay_p99_added_us"] = {"livery": sub(lv["stream_event_delay_p99_us"], d["stream_event_delay_p99_us"]),
+                                             "nginx": sub(n["stream_event_delay_p99_us"], d["stream_event_delay_p99_us"])}
+    s["memory"] = memory
+
+    def check(name, value, limit, ok, unit=""):
+        s["checks"].append({"target": name, "measured": value, "limit": limit, "met": ok, "unit": unit})
+
+    ref = 2000 if 2000 in rates else rates[0]
+    a50, a99 = ra[f"rate{ref}_p50_added_us"], ra[f"rate{ref}_p99_added_us"]
+    check(f"added p50 @{ref} req/s <= 1.5x nginx's", a50["livery_over_nginx"], 1.5,
+          a50["livery_over_nginx"] is not None and a50["livery_over_nginx"] <= 1.5, "x")
+    check(f"added p99 @{ref} req/s <= 2x nginx's", a99["livery_over_nginx"], 2.0,
+          a99["livery_over_nginx"] is not None and a99["livery_over_nginx"] <= 2.0, "x")
+    tr = ra["throughput_livery_over_nginx"]
+    check("max throughput >= 80% of nginx's", tr, 0.8, tr is not None and tr >= 0.8, "x")
+    tt = ra["stream_ttfb_p50_added_us"]["livery"]
+    check("stream TTFB added < 200 µs (p50)", tt, 200, tt is not None and tt < 200, "µs")
+    rs = memory.get("livery_rss_with_streams_kib")
+    ok_streams = memory.get("livery_streams_open") == OPEN_STREAMS
+    check(f"RSS < 40 MB with {OPEN_STREAMS} open streams", rs and rs / 1024, 40 * 1e6 / 2**20,
+          bool(rs) and ok_streams and rs * 1024 < 40e6, "MiB")
+    return s
+
+
+def fmt(v, digits=0):
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}"
+    return f"{v:,}"
+
+
+def markdown(doc):
+    s = doc["summary"]
+    t = s["targets"]
+    m = doc["machine"]
+    st = doc["settings"]
+    mem = s["memory"]
+    L = []
+    L.append(f"# Livery load benchmark — {doc['date']}\n")
+    L.append(f"`{doc['command']}` on {m['nproc']} × {m['cpu_model']}, {m['memory_gib']} GiB, Linux {m['kernel']}; "
+             f"load generator (oha, stream client) on CPU {m['cpu_split']['load_generator_cpu']}, "
+             f"mock + nginx + Livery on CPU {m['cpu_split']['servers_cpu']}. "
+             f"Commit {m['git_commit']}; {m['nginx']}; {m['oha']}. Load average at start {' '.join(m['loadavg_at_start'])}.\n")
+    L.append(f"{st['rounds']} round(s), target order rotated; {st['phase_seconds']} s per oha phase, 64 connections; "
+             f"medians over rounds. Latencies in µs.\n")
+    L.append("| | direct mock | nginx hop | Livery |")
+    L.append("|---|---:|---:|---:|")
+    row = lambda label, key, digits=0: L.append(
+        f"| {label} | " + " | ".join(fmt(t[x].get(key), digits) for x in TARGETS) + " |")
+    row("max throughput, req/s (closed loop)", "max_rps")
+    for r in st["rates"]:
+        L.append(f"| {r:,} req/s: p50 / p90 / p99 / p99.9 | " + " | ".join(
+            " / ".join(fmt(t[x][f"rate{r}_{q}_us"]) for q in ("p50", "p90", "p99", "p99_9"))
+            + ("" if t[x][f"rate{r}_sustained"] else " (not sustained)") for x in TARGETS) + " |")
+    row("stream time to first event p50", "stream_ttfb_p50_us")
+    row("stream time to first event p99", "stream_ttfb_p99_us")
+    row("stream event delay after mock send, p50", "stream_event_delay_p50_us")
+    row("stream event delay after mock send, p99", "stream_event_delay_p99_us")
+    ref = 2000 if 2000 in st["rates"] else st["rates"][0]
+    row(f"proxy CPU s / 10k req @{ref:,} req/s", f"rate{ref}_proxy_cpu_s_per_10k", 2)
+    row(f"mock CPU s / 10k req @{ref:,} req/s", f"rate{ref}_mock_cpu_s_per_10k", 2)
+    row("proxy CPU s / 10k req at max", "max_proxy_cpu_s_per_10k", 2)
+    L.append(f"| RSS idle / with {st['open_streams']:,} open streams, MiB | – | – / {fmt(mem.get('nginx_rss_with_streams_kib', 0) / 1024, 1)} "
+             f"| {fmt(mem['livery_idle_rss_kib'] / 1024, 1)} / {fmt(mem.get('livery_rss_with_streams_kib', 0) / 1024, 1)} |")
+    L.append("")
+    ra = s["ratios"]
+    L.append("| ratio (one run) | value |")
+    L.append("|---|---:|")
+    for r in st["rates"]:
+        for q in ("p50", "p99"):
+            a = ra[f"rate{r}_{q}_added_us"]
+            L.append(f"| added {q} @{r:,} req/s: Livery / nginx (µs) | {fmt(a['livery'])} / {fmt(a['nginx'])} = {fmt(a['livery_over_nginx'], 2)}× |")
+    L.append(f"| max throughput Livery / nginx | {fmt(ra['throughput_livery_over_nginx'], 2)} |")
+    L.append(f"| mock headroom: direct / Livery max throughput | {fmt(ra['mock_headroom_direct_over_livery'], 1)}× |")
+    L.append(f"| stream TTFB added p50, Livery / nginx (µs) | {fmt(ra['stream_ttfb_p50_added_us']['livery'])} / {fmt(ra['stream_ttfb_p50_added_us']['nginx'])} |")
+    L.append(f"| stream per-event delay added p50, Livery / nginx (µs) | {fmt(ra['stream_event_delay_p50_added_us']['livery'])} / {fmt(ra['stream_event_delay_p50_added_us']['nginx'])} |")
+    L.append(f"| stream per-event delay added p99, Livery / nginx (µs) | {fmt(ra['stream_event_delay_p99_added_us']['livery'])} / {fmt(ra['stream_event_delay_p99_added_us']['nginx'])} |")
+    sl = mem.get("livery_rss_slope_mib_per_min_during_rounds")
+    L.append(f"| Livery RSS slope during the rounds (MiB/min; not a 10-min soak) | {fmt(sl, 3)} |")
+    if s.get("soak"):
+        L.append(f"| Livery RSS slope, {s['soak']['minutes']}-min soak at 2,000 req/s (MiB/min) | {fmt(s['soak']['rss_slope_mib_per_min'], 3)} |")
+    L.append("")
+    L.append("| issue-7 target | measured | met |")
+    L.append("|---|---:|:---:|")
+    for c in s["checks"]:
+        L.append(f"| {c['target']} | {fmt(c['measured'], 2)} {c['unit']} | {'yes' if c['met'] else '**no**'} |")
+    L.append("")
+    return "\n".join(L) + "\n"
+
+
+if __name__ == "__main__":
+    main()

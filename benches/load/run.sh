@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Livery's load benchmarks (issue 7): the mock directly, a bare nginx hop and
+# Livery with every implemented feature on, measured side by side in alternating
+# rounds on loopback. See benches/README.md.
+#
+#   benches/load/run.sh            # full run, < 10 minutes -> benches/load/results/latest.{md,json}
+#   benches/load/run.sh --quick    # one short round, < 2 minutes -> results/latest-quick.{md,json}
+#
+# Extra options are passed to harness.py (--rounds N, --duration S, --rates 500,2000,
+# --streams N, --soak-min M, --load-cpu C, --server-cpu C, --out DIR).
+# Installs what is missing (nginx from apt, oha from crates.io), builds Livery and
+# livery-mock in release, pins the load generator to one CPU and the servers to
+# another, and stops everything it started (by PID) on exit.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT"
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_install() {
+    log "installing $* from apt"
+    export DEBIAN_FRONTEND=noninteractive
+    as_root apt-get install -y --no-install-recommends "$@" >/dev/null ||
+        { as_root apt-get update >/dev/null && as_root apt-get install -y --no-install-recommends "$@" >/dev/null; }
+}
+
+# ---------------------------------------------------------------- tools
+command -v python3 >/dev/null || apt_install python3
+command -v taskset >/dev/null || apt_install util-linux
+command -v nginx >/dev/null || apt_install nginx-light || apt_install nginx
+PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v oha >/dev/null; then
+    log "installing oha (cargo install oha --locked; about 5 minutes on 2 cores)"
+    cargo install oha --locked --quiet
+fi
+
+# ---------------------------------------------------------------- build
+log "building livery and livery-mock (release)"
+cargo build --release --quiet --features mock-server --bin livery --bin livery-mock
+
+# ---------------------------------------------------------------- run
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/livery-bench.XXXXXX")
+cleanup() {
+    local pid
+    if [ -f "$TMP/pids" ]; then
+        while read -r pid; do
+            kill -TERM "$pid" 2>/dev/null || true
+        done <"$TMP/pids"
+        sleep 0.5
+        while read -r pid; do
+            kill -KILL "$pid" 2>/dev/null || true
+        done <"$TMP/pids"
+    fi
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# 1,000 open streams need about 2,000 descriptors in the proxy.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+CPUS=$(nproc)
+if [ "$CPUS" -ge 2 ]; then
+    LOAD_CPU=0
+    SERVER_CPU=1
+    PIN=(taskset -c "$LOAD_CPU")
+    SPLIT=(--load-cpu "$LOAD_CPU" --server-cpu "$SERVER_CPU")
+else
+    log "only one CPU: nothing is pinned"
+    PIN=()
+    SPLIT=()
+fi
+
+"${PIN[@]}" python3 "$ROOT/benches/load/harness.py" --root "$ROOT" --tmp "$TMP" \
+    --oha "$(command -v oha)" "${SPLIT[@]}" "$@"

@@ -1,0 +1,478 @@
+//! Issue 5: routes, fallbacks, retries, circuit breakers and plan policies.
+
+use crate::support::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+/// Two HTTP mocks (`first`, `second`) and a dead address (`dead`); model `chain`
+/// tries first → second; `dead-first` tries dead → first.
+async fn fallback_gateway(routing: &str) -> (TestGateway, MockProvider, MockProvider) {
+    let first = MockProvider::start().await;
+    let second = MockProvider::start().await;
+    let dead_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let extra = format!(
+        r#"
+[[providers]]
+name = "first"
+kind = "openai"
+base_url = "{}"
+api_key_env = "{PROVIDER_KEY_ENV}"
+first_byte_timeout_ms = 400
+stream_idle_timeout_ms = 400
+
+[[providers]]
+name = "second"
+kind = "openai"
+base_url = "{}"
+api_key_env = "{PROVIDER_KEY_ENV}"
+
+[[providers]]
+name = "dead"
+kind = "openai"
+base_url = "http://127.0.0.1:{dead_port}/v1"
+connect_timeout_ms = 300
+
+[[models]]
+name = "chain"
+routes = [{{ provider = "first", model = "first-model" }}, {{ provider = "second", model = "second-model", priority = 1 }}]
+
+[[models]]
+name = "dead-first"
+routes = [{{ provider = "dead", model = "x" }}, {{ provider = "first", model = "first-model", priority = 1 }}]
+"#,
+        first.base_url(),
+        second.base_url()
+    );
+    let config = standard_config(&first.base_url(), &extra)
+        .replace("[routing]\nretries_per_route = 0\nbackoff_base_ms = 10\n", routing)
+        .replace("models = [\"gpt-4o-mini\", \"embed\", \"premium\", \"demo\"]", "models = [\"gpt-4o-mini\", \"embed\", \"premium\", \"demo\", \"chain\", \"dead-first\"]");
+    (TestGateway::start(&config).await, first, second)
+}
+
+const NO_RETRY: &str = "[routing]\nretries_per_route = 0\nbackoff_base_ms = 10\n";
+
+async fn chat(gw: &TestGateway, model: &str, mock: Value, stream: bool) -> reqwest::Response {
+    let mut body = chat_body(model);
+    body["mock"] = mock;
+    if stream {
+        body["stream"] = json!(true);
+    }
+    post(
+        gw,
+        "/v1/chat/completions",
+        Some(ACME_HOST),
+        Some(ACME_DENTAL.2),
+        &body,
+    )
+    .await
+}
+
+fn rid(resp: &reqwest::Response) -> String {
+    resp.headers()["x-request-id"].to_str().unwrap().to_owned()
+}
+
+fn outcomes(record: &Value) -> Vec<(String, String)> {
+    record["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["provider"].as_str().unwrap().to_owned(),
+                a["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+    v.iter()
+        .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+        .collect()
+}
+
+/// Fault directives that only the route serving `first-model` obeys.
+fn on_first(fault: Value) -> Value {
+    let mut f = fault;
+    f["only_for_model"] = json!("first-model");
+    f
+}
+
+#[tokio::test]
+async fn every_fallback_cause_ends_in_one_clean_success_on_the_next_route() {
+    // Twelve failures in a row would open the breaker; this test is about causes.
+    let (gw, _first, second) =
+        fallback_gateway("[routing]\nretries_per_route = 0\nbreaker_failures = 1000\n").await;
+    let resp = chat(&gw, "chain", json!({}), false).await;
+    assert_eq!(resp.status(), 200);
+    let _ = resp.text().await;
+    assert!(
+        second.requests().is_empty(),
+        "a healthy first route must not fall back"
+    );
+    for (fault, cause) in [
+        (json!({"status": 429, "retry_after": 1}), "rate_limited"),
+        (json!({"status": 408}), "timeout"),
+        (json!({"status": 500}), "server_error"),
+        (json!({"status": 503}), "server_error"),
+        (json!({"status": 529}), "server_error"),
+        (json!({"delay_ms": 1000}), "timeout"),
+    ] {
+        for stream in [false, true] {
+            let resp = chat(&gw, "chain", on_first(fault.clone()), stream).await;
+            let id = rid(&resp);
+            let status = resp.status();
+            let text = resp.text().await.unwrap();
+            assert_eq!(status, 200, "{fault}: {text}");
+            if stream {
+                assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+                assert!(
+                    !text.contains("error"),
+                    "the failed attempt leaked into the stream: {text}"
+                );
+                assert!(text.contains("\"model\":\"second-model\""), "{text}");
+            } else {
+                let v: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(v["object"], "chat.completion");
+                assert_eq!(v["model"], "second-model", "served by the second route");
+            }
+            let record = gw.usage_for(&id).await;
+            assert_eq!(
+                outcomes(&record),
+                pairs(&[("first", cause), ("second", "ok")]),
+                "{fault}: {record}"
+            );
+            assert_eq!(record["provider"], "second");
+            assert_eq!(record["outcome"], "ok");
+        }
+    }
+}
+
+#[tokio::test]
+async fn connect_failures_and_streams_that_fail_before_content_fall_back() {
+    let (gw, first, _second) = fallback_gateway(NO_RETRY).await;
+    let resp = chat(&gw, "dead-first", json!({}), false).await;
+    let id = rid(&resp);
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        outcomes(&gw.usage_for(&id).await),
+        pairs(&[("dead", "connect_error"), ("first", "ok")])
+    );
+    assert_eq!(first.requests().len(), 1);
+
+    // A stream that dies after its role chunk, before any content: invisible.
+    for (fault, cause) in [
+        (
+            json!({"drop_after": 1, "gap_ms": 30}),
+            "stream_failed_before_content",
+        ),
+        (json!({"stall_after": 1}), "stream_failed_before_content"),
+    ] {
+        let resp = chat(&gw, "chain", on_first(fault.clone()), true).await;
+        let id = rid(&resp);
+        assert_eq!(resp.status(), 200);
+        let text = resp.text().await.unwrap();
+        assert!(
+            text.ends_with("data: [DONE]\n\n") && !text.contains("error"),
+            "{fault}: {text}"
+        );
+        // One role chunk only: the failed route's held frames were never sent.
+        assert_eq!(text.matches("\"role\":\"assistant\"").count(), 1, "{text}");
+        assert_eq!(
+            outcomes(&gw.usage_for(&id).await),
+            pairs(&[("first", cause), ("second", "ok")])
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_client_error_is_returned_not_retried() {
+    let (gw, first, second) =
+        fallback_gateway("[routing]\nretries_per_route = 2\nbackoff_base_ms = 10\n").await;
+    let resp = chat(&gw, "chain", on_first(json!({"status": 400})), false).await;
+    let id = rid(&resp);
+    assert_eq!(resp.status(), 400);
+    assert_eq!(first.requests().len(), 1, "a 400 must not be retried");
+    assert!(second.requests().is_empty(), "a 400 must not fall back");
+    assert_eq!(
+        outcomes(&gw.usage_for(&id).await),
+        pairs(&[("first", "client_error")])
+    );
+}
+
+#[tokio::test]
+async fn a_stream_that_breaks_after_content_ends_with_an_error_event_and_done_without_retry() {
+    let (gw, first, second) =
+        fallback_gateway("[routing]\nretries_per_route = 2\nbackoff_base_ms = 10\n").await;
+    let resp = chat(
+        &gw,
+        "chain",
+        on_first(json!({"drop_after": 3, "gap_ms": 30})),
+        true,
+    )
+    .await;
+    let id = rid(&resp);
+    assert_eq!(resp.status(), 200);
+    let text = tokio::time::timeout(Duration::from_secs(5), resp.text())
+        .await
+        .expect("no hang")
+        .unwrap();
+    let events = sse_data(&text);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{text}");
+    let err: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(err["error"]["code"], "stream_interrupted");
+    assert_eq!(first.requests().len(), 1);
+    assert!(
+        second.requests().is_empty(),
+        "no retry after the first event went out"
+    );
+    let record = gw.usage_for(&id).await;
+    assert_eq!(record["outcome"], "truncated");
+    assert_eq!(outcomes(&record), pairs(&[("first", "ok")]));
+}
+
+#[tokio::test]
+async fn retries_back_off_and_honour_retry_after_within_the_cap() {
+    let (gw, first, second) = fallback_gateway(
+        "[routing]\nretries_per_route = 2\nbackoff_base_ms = 10\nbackoff_max_ms = 20\nretry_after_cap_ms = 1500\n",
+    )
+    .await;
+    // retry-after 1 s (under the cap): the route is retried after waiting it out.
+    let started = Instant::now();
+    let resp = chat(
+        &gw,
+        "chain",
+        on_first(json!({"status": 429, "retry_after": 1})),
+        false,
+    )
+    .await;
+    let id = rid(&resp);
+    assert_eq!(resp.status(), 200);
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "retry-after was not honoured: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(first.requests().len(), 3);
+    assert_eq!(
+        outcomes(&gw.usage_for(&id).await),
+        pairs(&[
+            ("first", "rate_limited"),
+            ("first", "rate_limited"),
+            ("first", "rate_limited"),
+            ("second", "ok")
+        ])
+    );
+    // retry-after 30 s (over the cap): straight to the next route.
+    let started = Instant::now();
+    let resp = chat(
+        &gw,
+        "chain",
+        on_first(json!({"status": 429, "retry_after": 30})),
+        false,
+    )
+    .await;
+    let id = rid(&resp);
+    assert_eq!(resp.status(), 200);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(
+        outcomes(&gw.usage_for(&id).await),
+        pairs(&[("first", "rate_limited"), ("second", "ok")])
+    );
+    let _ = second;
+}
+
+#[tokio::test]
+async fn when_every_route_fails_the_last_error_is_returned_with_all_attempts() {
+    let (gw, _first, _second) = fallback_gateway(NO_RETRY).await;
+    // Both mocks obey an unscoped fault.
+    let resp = chat(
+        &gw,
+        "chain",
+        json!({"status": 503, "retry_after": 2}),
+        false,
+    )
+    .await;
+    let id = rid(&resp);
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "2");
+    let _ = resp.text().await;
+    let record = gw.usage_for(&id).await;
+    assert_eq!(
+        outcomes(&record),
+        pairs(&[("first", "server_error"), ("second", "server_error")])
+    );
+    assert_eq!(record["outcome"], "upstream_error");
+}
+
+#[tokio::test]
+async fn no_request_outlives_its_deadline() {
+    let (gw, _first, _second) = fallback_gateway("[routing]\nretries_per_route = 5\nbackoff_base_ms = 200\nbackoff_max_ms = 200\nrequest_deadline_ms = 700\n").await;
+    let started = Instant::now();
+    let resp = chat(&gw, "chain", json!({"status": 500}), false).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(resp.status().is_server_error());
+    // A long stream is cut at the deadline with an error event and [DONE].
+    let started = Instant::now();
+    let resp = chat(&gw, "chain", json!({"chunks": 100, "gap_ms": 50}), true).await;
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    assert!(
+        text.contains("request_deadline_exceeded") && text.ends_with("data: [DONE]\n\n"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn the_circuit_breaker_opens_skips_probes_and_closes() {
+    let (gw, first, second) = fallback_gateway(
+        "[routing]\nretries_per_route = 0\nbreaker_failures = 3\nbreaker_cooldown_ms = 400\n",
+    )
+    .await;
+    for _ in 0..3 {
+        let resp = chat(&gw, "chain", on_first(json!({"status": 500})), false).await;
+        assert_eq!(resp.status(), 200);
+    }
+    assert_eq!(first.requests().len(), 3);
+    // Open: `first` is skipped without being called.
+    let resp = chat(&gw, "chain", json!({}), false).await;
+    let id = rid(&resp);
+    assert_eq!(resp.status(), 200);
+    assert_eq!(first.requests().len(), 3);
+    assert_eq!(
+        outcomes(&gw.usage_for(&id).await),
+        pairs(&[("first", "breaker_open"), ("second", "ok")])
+    );
+    let detail = readyz_detail(&gw).await;
+    assert!(detail.contains("\"state\":\"open\""), "{detail}");
+    // After the cool-down one probe goes through; it fails, so the breaker reopens.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let resp = chat(&gw, "chain", on_first(json!({"status": 500})), false).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(first.requests().len(), 4);
+    let resp = chat(&gw, "chain", json!({}), false).await;
+    assert_eq!(
+        outcomes(&gw.usage_for(&rid(&resp)).await)[0].1,
+        "breaker_open"
+    );
+    // Next probe succeeds: closed again.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let resp = chat(&gw, "chain", json!({}), false).await;
+    assert_eq!(
+        outcomes(&gw.usage_for(&rid(&resp)).await),
+        pairs(&[("first", "ok")])
+    );
+    let resp = chat(&gw, "chain", json!({}), false).await;
+    assert_eq!(
+        outcomes(&gw.usage_for(&rid(&resp)).await),
+        pairs(&[("first", "ok")])
+    );
+    assert!(readyz_detail(&gw).await.contains("\"state\":\"closed\""));
+    let _ = second;
+}
+
+async fn readyz_detail(gw: &TestGateway) -> String {
+    let resp = client()
+        .get(gw.url("/readyz?detail=1"))
+        .bearer_auth(OPERATOR_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn readyz_detail_is_for_operators_only() {
+    let (gw, _first, _second) = fallback_gateway(NO_RETRY).await;
+    for key in [None, Some(ACME_DENTAL.2), Some("wrong")] {
+        let mut rb = client().get(gw.url("/readyz?detail=1"));
+        if let Some(k) = key {
+            rb = rb.bearer_auth(k);
+        }
+        let text = rb.send().await.unwrap().text().await.unwrap();
+        assert!(!text.contains("breakers"), "{key:?}: {text}");
+    }
+    assert!(readyz_detail(&gw).await.contains("breakers"));
+}
+
+#[tokio::test]
+async fn weights_spread_load_among_routes_of_equal_priority() {
+    let a = MockProvider::start().await;
+    let b = MockProvider::start().await;
+    let extra = format!(
+        "[[providers]]\nname = \"a\"\nkind = \"openai\"\nbase_url = \"{}\"\n\n[[providers]]\nname = \"b\"\nkind = \"openai\"\nbase_url = \"{}\"\n\n[[models]]\nname = \"spread\"\nroutes = [{{ provider = \"a\", weight = 3 }}, {{ provider = \"b\", weight = 1 }}]\n",
+        a.base_url(),
+        b.base_url()
+    );
+    let config = standard_config(&a.base_url(), &extra).replace(
+        "models = [\"gpt-4o-mini\", \"embed\", \"premium\", \"demo\"]",
+        "models = [\"gpt-4o-mini\", \"embed\", \"premium\", \"demo\", \"spread\"]",
+    );
+    let gw = TestGateway::start(&config).await;
+    for _ in 0..200 {
+        let resp = post(
+            &gw,
+            "/v1/chat/completions",
+            Some(ACME_HOST),
+            Some(ACME_DENTAL.2),
+            &chat_body("spread"),
+        )
+        .await;
+        assert_eq!(resp.status(), 200);
+    }
+    let (na, nb) = (a.requests().len(), b.requests().len());
+    assert_eq!(na + nb, 200);
+    // Expected 150/50; allow generous noise (p < 1e-6 to fail by chance).
+    assert!((110..=185).contains(&na), "a={na} b={nb}");
+}
+
+#[tokio::test]
+async fn a_plan_can_downgrade_instead_of_rejecting() {
+    let mock = MockProvider::start().await;
+    let config = standard_config(&mock.base_url(), "").replace(
+        "name = \"basic\"\n",
+        "name = \"basic\"\ndisallowed_model = \"downgrade\"\ndowngrade_to = \"gpt-4o-mini\"\n",
+    );
+    let gw = TestGateway::start(&config).await;
+    let resp = post(
+        &gw,
+        "/v1/chat/completions",
+        Some(ACME_HOST),
+        Some(ACME_REALTY.2),
+        &chat_body("premium"),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-livery-model"], "gpt-4o-mini");
+    assert_eq!(resp.headers()["x-livery-downgraded-from"], "premium");
+    let id = rid(&resp);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(
+        v["model"], "gpt-4o-mini-2024-07-18",
+        "the response tells the truth"
+    );
+    assert_eq!(mock.last_request().body["model"], "gpt-4o-mini-2024-07-18");
+    let record = gw.usage_for(&id).await;
+    assert_eq!(record["requested_model"], "premium");
+    assert_eq!(record["served_model"], "gpt-4o-mini-2024-07-18");
+    // Plan pro keeps premium.
+    let resp = post(
+        &gw,
+        "/v1/chat/completions",
+        Some(ACME_HOST),
+        Some(ACME_DENTAL.2),
+        &chat_body("premium"),
+    )
+    .await;
+    assert_eq!(resp.headers()["x-livery-model"], "premium");
+    assert!(resp.headers().get("x-livery-downgraded-from").is_none());
+}
