@@ -476,3 +476,56 @@ async fn a_plan_can_downgrade_instead_of_rejecting() {
     assert_eq!(resp.headers()["x-livery-model"], "premium");
     assert!(resp.headers().get("x-livery-downgraded-from").is_none());
 }
+
+#[tokio::test]
+async fn azure_openai_routes_use_deployment_urls_api_version_and_the_api_key_header() {
+    let mock = MockProvider::start().await;
+    let extra = format!(
+        "[[providers]]\nname = \"azure\"\nkind = \"azure_openai\"\nbase_url = \"http://{}\"\napi_key_env = \"{PROVIDER_KEY_ENV}\"\napi_version = \"2024-10-21\"\n\n[[models]]\nname = \"az\"\nprovider = \"azure\"\nupstream_model = \"gpt-4o-prod\"\n",
+        mock.addr
+    );
+    let config = standard_config(&mock.base_url(), &extra).replace(
+        "models = [\"gpt-4o-mini\", \"embed\", \"premium\", \"demo\"]",
+        "models = [\"gpt-4o-mini\", \"embed\", \"premium\", \"demo\", \"az\"]",
+    );
+    let gw = TestGateway::start(&config).await;
+    for stream in [false, true] {
+        let mut body = chat_body("az");
+        body["stream"] = json!(stream);
+        let resp = post(
+            &gw,
+            "/v1/chat/completions",
+            Some(ACME_HOST),
+            Some(ACME_DENTAL.2),
+            &body,
+        )
+        .await;
+        assert_eq!(resp.status(), 200);
+        let text = resp.text().await.unwrap();
+        assert!(!stream || text.ends_with("data: [DONE]\n\n"), "{text}");
+        let seen = mock.last_request();
+        assert_eq!(
+            seen.path,
+            "/openai/deployments/gpt-4o-prod/chat/completions"
+        );
+        assert_eq!(seen.query.as_deref(), Some("api-version=2024-10-21"));
+        assert_eq!(seen.headers["api-key"], PROVIDER_KEY);
+        assert!(
+            seen.headers.get("authorization").is_none(),
+            "Azure takes the key in api-key only"
+        );
+    }
+    let resp = post(
+        &gw,
+        "/v1/embeddings",
+        Some(ACME_HOST),
+        Some(ACME_DENTAL.2),
+        &json!({"model": "az", "input": "hi"}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        mock.last_request().path,
+        "/openai/deployments/gpt-4o-prod/embeddings"
+    );
+}

@@ -120,7 +120,13 @@ pub enum ProviderKind {
     /// The built-in, offline, deterministic provider.
     Mock,
     /// OpenAI or any server speaking its API (`base_url`).
+    #[serde(alias = "openai_compatible")]
     Openai,
+    /// Azure OpenAI: deployment URLs, `api-version`, `api-key` header. The route's
+    /// model is the deployment name.
+    AzureOpenai,
+    /// Anthropic's Messages API, translated to and from OpenAI's format.
+    Anthropic,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -143,6 +149,10 @@ pub struct ProviderConfig {
     /// with an error instead of hanging the client.
     #[serde(default = "default_stream_idle_timeout_ms")]
     pub stream_idle_timeout_ms: u64,
+    /// Azure OpenAI's `api-version` (default `2024-10-21`); Anthropic's
+    /// `anthropic-version` (default `2023-06-01`).
+    #[serde(default)]
+    pub api_version: Option<String>,
 }
 
 fn default_connect_timeout_ms() -> u64 {

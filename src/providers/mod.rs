@@ -84,6 +84,8 @@ pub struct UpstreamResponse {
 /// A request ready to go upstream: the body already carries the upstream model.
 pub struct UpstreamRequest {
     pub endpoint: Endpoint,
+    /// The upstream model (Azure puts it, as the deployment, in the URL).
+    pub model: String,
     pub body: Bytes,
     pub stream: bool,
     pub request_id: String,
@@ -108,7 +110,13 @@ impl Provider {
             ProviderKind::Mock => Ok(Provider::Mock {
                 name: cfg.name.as_str().into(),
             }),
-            ProviderKind::Openai => OpenAiProvider::from_config(cfg).map(Provider::OpenAi),
+            ProviderKind::Openai | ProviderKind::AzureOpenai => {
+                OpenAiProvider::from_config(cfg).map(Provider::OpenAi)
+            }
+            ProviderKind::Anthropic => Err(format!(
+                "provider `{}`: kind anthropic is not available yet",
+                cfg.name
+            )),
         }
     }
 
@@ -122,7 +130,7 @@ impl Provider {
     pub fn kind(&self) -> &'static str {
         match self {
             Provider::Mock { .. } => "mock",
-            Provider::OpenAi(_) => "openai",
+            Provider::OpenAi(p) => p.kind(),
         }
     }
 

@@ -6,15 +6,25 @@
 use super::{
     ByteStream, IdleTimeout, ProviderError, UpstreamBody, UpstreamRequest, UpstreamResponse,
 };
-use crate::config::ProviderConfig;
+use crate::config::{ProviderConfig, ProviderKind};
 use crate::vault::{platform_key_from_env, Secret};
 use futures_util::TryStreamExt;
 use http::HeaderValue;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Where requests go and how the key is sent.
+#[derive(Debug, Clone)]
+enum Flavor {
+    /// `{base_url}/chat/completions`, `Authorization: Bearer`.
+    OpenAi,
+    /// `{base_url}/openai/deployments/{model}/chat/completions?api-version=…`, `api-key`.
+    Azure { api_version: String },
+}
+
 pub struct OpenAiProvider {
     name: Arc<str>,
+    flavor: Flavor,
     base_url: String,
     key: Option<Secret>,
     client: reqwest::Client,
@@ -55,8 +65,18 @@ impl OpenAiProvider {
             .user_agent(concat!("livery/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("provider `{}`: {e}", cfg.name))?;
+        let flavor = match cfg.kind {
+            ProviderKind::AzureOpenai => Flavor::Azure {
+                api_version: cfg
+                    .api_version
+                    .clone()
+                    .unwrap_or_else(|| "2024-10-21".into()),
+            },
+            _ => Flavor::OpenAi,
+        };
         Ok(Self {
             name: cfg.name.as_str().into(),
+            flavor,
             base_url,
             key,
             client,
@@ -67,6 +87,13 @@ impl OpenAiProvider {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self.flavor {
+            Flavor::OpenAi => "openai",
+            Flavor::Azure { .. } => "azure_openai",
+        }
     }
 
     /// The platform's own key for this provider, if configured.
@@ -81,7 +108,16 @@ impl OpenAiProvider {
         req: UpstreamRequest,
         key: Option<&Secret>,
     ) -> Result<UpstreamResponse, ProviderError> {
-        let url = format!("{}{}", self.base_url, req.endpoint.path());
+        let url = match &self.flavor {
+            Flavor::OpenAi => format!("{}{}", self.base_url, req.endpoint.path()),
+            Flavor::Azure { api_version } => format!(
+                "{}/openai/deployments/{}{}?api-version={}",
+                self.base_url,
+                utf8_percent_encode_path(&req.model),
+                req.endpoint.path(),
+                api_version
+            ),
+        };
         let accept = if req.stream {
             "text/event-stream"
         } else {
@@ -95,7 +131,16 @@ impl OpenAiProvider {
             .header("x-request-id", req.request_id.as_str())
             .body(req.body);
         if let Some(key) = key {
-            let value = zeroize::Zeroizing::new(format!("Bearer {}", key.expose()));
+            let (header, value) = match self.flavor {
+                Flavor::OpenAi => (
+                    http::header::AUTHORIZATION,
+                    zeroize::Zeroizing::new(format!("Bearer {}", key.expose())),
+                ),
+                Flavor::Azure { .. } => (
+                    http::HeaderName::from_static("api-key"),
+                    zeroize::Zeroizing::new(key.expose().to_owned()),
+                ),
+            };
             let mut hv = HeaderValue::from_str(&value).map_err(|_| {
                 ProviderError::Misconfigured(format!(
                     "provider `{}`: key is not a valid header value",
@@ -103,7 +148,7 @@ impl OpenAiProvider {
                 ))
             })?;
             hv.set_sensitive(true);
-            builder = builder.header(http::header::AUTHORIZATION, hv);
+            builder = builder.header(header, hv);
         }
         let timeout_ms = u64::try_from(self.first_byte_timeout.as_millis()).unwrap_or(u64::MAX);
         let resp = match tokio::time::timeout(self.first_byte_timeout, builder.send()).await {
@@ -146,4 +191,18 @@ fn without_url(e: reqwest::Error) -> String {
         src = s.source();
     }
     msg
+}
+
+/// Deployment names are DNS-ish, but a route's model is configuration, not
+/// trusted input: anything outside the unreserved set is percent-encoded.
+fn utf8_percent_encode_path(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

@@ -95,6 +95,7 @@ pub async fn serve(
             };
             let req = UpstreamRequest {
                 endpoint,
+                model: route.upstream_model.to_string(),
                 body,
                 stream: prepared.stream,
                 request_id: ctx.request_id.clone(),

@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 pub struct Recorded {
     pub method: String,
     pub path: String,
+    pub query: Option<String>,
     pub headers: HeaderMap,
     pub body: Value,
     pub raw_body: Bytes,
@@ -150,16 +151,21 @@ async fn serve(state: Arc<MockState>, req: Request<Incoming>) -> Response<MockBo
     state.requests.lock().unwrap().push(Recorded {
         method: parts.method.to_string(),
         path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
         headers: parts.headers.clone(),
         body: json.clone(),
         raw_body: raw,
     });
-    let endpoint = match parts
-        .uri
-        .path()
-        .strip_prefix("/v1")
-        .and_then(Endpoint::from_path)
-    {
+    // OpenAI's `/v1/chat/completions`, or Azure's
+    // `/openai/deployments/{deployment}/chat/completions?api-version=…`.
+    let path = parts.uri.path();
+    let openai_path = path.strip_prefix("/v1").or_else(|| {
+        path.strip_prefix("/openai/deployments/")
+            .and_then(|rest| rest.split_once('/'))
+            // Keep the leading slash of what follows the deployment name.
+            .map(|(_, p)| &path[path.len() - p.len() - 1..])
+    });
+    let endpoint = match openai_path.and_then(Endpoint::from_path) {
         Some(e) => e,
         None => {
             let mut r = Response::new(full(Bytes::from_static(b"{\"error\":{\"message\":\"Invalid URL\",\"type\":\"invalid_request_error\",\"param\":null,\"code\":null}}")));
