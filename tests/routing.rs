@@ -529,3 +529,48 @@ async fn azure_openai_routes_use_deployment_urls_api_version_and_the_api_key_hea
         "/openai/deployments/gpt-4o-prod/embeddings"
     );
 }
+
+#[tokio::test]
+async fn metrics_count_attempts_and_breakers_for_operators_only() {
+    let (gw, _first, _second) = fallback_gateway(
+        "[routing]\nretries_per_route = 0\nbreaker_failures = 1\nbreaker_cooldown_ms = 60000\n",
+    )
+    .await;
+    let resp = chat(&gw, "chain", on_first(json!({"status": 500})), false).await;
+    assert_eq!(resp.status(), 200);
+    let resp = client()
+        .get(gw.url("/metrics"))
+        .bearer_auth(ACME_DENTAL.2)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404, "tenants do not see metrics");
+    let text = client()
+        .get(gw.url("/metrics"))
+        .bearer_auth(OPERATOR_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(
+            "livery_upstream_attempts_total{provider=\"first\",outcome=\"server_error\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("livery_upstream_attempts_total{provider=\"second\",outcome=\"ok\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("livery_breaker_open{provider=\"first\",owner=\"platform\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("livery_responses_total{class=\"2xx\"}"),
+        "{text}"
+    );
+    assert!(!text.contains("dental"), "tenant ids stay out of metrics");
+}

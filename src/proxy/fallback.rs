@@ -64,7 +64,14 @@ pub async fn serve(
         let credential = match credential_for(ctx, route) {
             Ok(c) => c,
             Err(e) => {
-                push_attempt(&mut record, route, "no_credential", None, Instant::now());
+                push_attempt(
+                    app,
+                    &mut record,
+                    route,
+                    "no_credential",
+                    None,
+                    Instant::now(),
+                );
                 last = Some((
                     gateway_failure("no_credential", e),
                     None,
@@ -77,7 +84,14 @@ pub async fn serve(
         for try_no in 0..=settings.retries_per_route {
             match app.breakers.admit(&key, breaker) {
                 Admission::Open => {
-                    push_attempt(&mut record, route, "breaker_open", None, Instant::now());
+                    push_attempt(
+                        app,
+                        &mut record,
+                        route,
+                        "breaker_open",
+                        None,
+                        Instant::now(),
+                    );
                     skipped_open += 1;
                     continue 'routes;
                 }
@@ -123,7 +137,7 @@ pub async fn serve(
             match result {
                 AttemptResult::Commit(committed) => {
                     app.breakers.on_success(&key);
-                    push_attempt(&mut record, route, "ok", None, started);
+                    push_attempt(app, &mut record, route, "ok", None, started);
                     record.update(|r| {
                         r.provider = Some(provider_name.clone());
                         r.served_model = Some(route.upstream_model.to_string());
@@ -150,7 +164,14 @@ pub async fn serve(
                 AttemptResult::Final(failure) => {
                     // The client's own error (or the tenant's key refused): the
                     // provider is healthy, so the breaker does not count it.
-                    push_attempt(&mut record, route, failure.cause, failure.status(), started);
+                    push_attempt(
+                        app,
+                        &mut record,
+                        route,
+                        failure.cause,
+                        failure.status(),
+                        started,
+                    );
                     record.update(|r| {
                         r.provider = Some(provider_name.clone());
                         r.key_owner = Some(credential.owner);
@@ -159,7 +180,14 @@ pub async fn serve(
                 }
                 AttemptResult::Retry(failure) => {
                     app.breakers.on_failure(&key, breaker);
-                    push_attempt(&mut record, route, failure.cause, failure.status(), started);
+                    push_attempt(
+                        app,
+                        &mut record,
+                        route,
+                        failure.cause,
+                        failure.status(),
+                        started,
+                    );
                     tracing::info!(provider = %provider_name, model = %route.upstream_model, cause = failure.cause, "attempt failed");
                     let retry_after = failure.retry_after;
                     last = Some((failure, Some(credential.owner), provider_name.clone()));
@@ -240,12 +268,14 @@ fn body_for(body: &mut Value, route: &Route) -> Result<Bytes, GatewayError> {
 }
 
 fn push_attempt(
+    app: &App,
     record: &mut PendingRecord,
     route: &Route,
     outcome: &'static str,
     status: Option<u16>,
     started: Instant,
 ) {
+    app.metrics.attempt(route.provider.name(), outcome);
     let latency_ms = (started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
     let a = AttemptRecord {
         provider: route.provider.name().to_owned(),

@@ -57,6 +57,7 @@ where
     if let Ok(v) = HeaderValue::from_str(&rid) {
         resp.headers_mut().insert("x-request-id", v);
     }
+    app.metrics.response(resp.status().as_u16());
     resp
 }
 
@@ -81,6 +82,15 @@ where
                     .is_some_and(|q| q.split('&').any(|p| p == "detail=1"))
                 && is_operator(app, req.headers());
             return Ok(health(app, path == "/readyz", detail));
+        }
+        "/metrics" if method == Method::GET => {
+            if !is_operator(app, req.headers()) {
+                return Err(GatewayError::UnknownEndpoint(
+                    method.to_string(),
+                    path.to_owned(),
+                ));
+            }
+            return Ok(metrics(app));
         }
         "/v1/models" if method == Method::GET => Api::Models,
         _ => match path.strip_prefix("/v1").and_then(Endpoint::from_path) {
@@ -175,6 +185,27 @@ fn health(app: &App, ready: bool, detail: bool) -> Response<ProxyBody> {
         );
     }
     json_response(status, &json!({"status": word}))
+}
+
+fn metrics(app: &App) -> Response<ProxyBody> {
+    let breakers = app.breakers.view();
+    let text =
+        app.metrics.render(
+            breakers
+                .iter()
+                .map(|b| crate::telemetry::metrics::BreakerSample {
+                    provider: &b.provider,
+                    owner: &b.owner,
+                    open: b.state == "open",
+                    opened_total: b.opened_total,
+                }),
+        );
+    let mut resp = Response::new(super::body::full(text));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    resp
 }
 
 /// True if the request carries one of the configured operator keys.

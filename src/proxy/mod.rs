@@ -18,6 +18,7 @@ pub use ctx::RequestCtx;
 use crate::config::{ConfigError, GatewayConfig};
 use crate::routing::breaker::Breakers;
 use crate::snapshot::Snapshot;
+use crate::telemetry::metrics::Metrics;
 use crate::usage::{UsageError, UsageSink};
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
@@ -36,6 +37,7 @@ pub struct App {
     pub snapshot: ArcSwap<Snapshot>,
     pub usage: UsageSink,
     pub breakers: Breakers,
+    pub metrics: Metrics,
     draining: AtomicBool,
 }
 
@@ -94,6 +96,7 @@ impl Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             usage,
             breakers: Breakers::default(),
+            metrics: Metrics::default(),
             draining: AtomicBool::new(false),
         });
         let (stop, stop_rx) = watch::channel(false);
