@@ -2,6 +2,7 @@
 //! [`UpstreamRequest`] into an [`UpstreamResponse`] whose body is a byte stream;
 //! interpreting that body (usage, SSE events, errors) is the proxy's business.
 
+pub mod anthropic;
 mod idle;
 pub mod mock;
 mod openai;
