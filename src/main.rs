@@ -41,6 +41,28 @@ enum Command {
     /// Seal, rotate and verify bring-your-own provider keys.
     #[command(subcommand)]
     Vault(VaultCommand),
+    /// Usage ledger reports.
+    #[command(subcommand)]
+    Usage(UsageCommand),
+}
+
+#[derive(Subcommand)]
+enum UsageCommand {
+    /// A reseller's month from the ledger: per-tenant requests, tokens and cost,
+    /// and the invoice preview under its billing model.
+    Report {
+        #[arg(long)]
+        reseller: String,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// `YYYY-MM` (UTC).
+        #[arg(long)]
+        month: String,
+        #[arg(long, default_value = "table", value_parser = ["table", "csv", "json"])]
+        format: String,
+        #[arg(long, env = "LIVERY_CONFIG", default_value = "gateway.toml")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -78,6 +100,13 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => check_config(config),
         Command::HashKey => hash_key(),
         Command::Vault(cmd) => vault(cmd),
+        Command::Usage(UsageCommand::Report {
+            reseller,
+            tenant,
+            month,
+            format,
+            config,
+        }) => usage_report(&config, &reseller, tenant.as_deref(), &month, &format),
     }
 }
 
@@ -347,6 +376,35 @@ fn vault(cmd: VaultCommand) -> ExitCode {
             println!("{} credential(s) unseal", reports.len());
             ExitCode::SUCCESS
         }
+    }
+}
+
+fn usage_report(
+    path: &std::path::Path,
+    reseller: &str,
+    tenant: Option<&str>,
+    month: &str,
+    format: &str,
+) -> ExitCode {
+    use livery::usage::{report, LedgerPaths};
+    let config = match GatewayConfig::load(path) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let Some(db) = LedgerPaths::of(&config).and_then(|p| p.sqlite) else {
+        return fail(
+            "no sqlite usage ledger is configured ([usage] ledger = false or no `sqlite` sink)",
+        );
+    };
+    let built = report::build(&db, &config, reseller, tenant, month)
+        .map_err(|e| e.to_string())
+        .and_then(|r| report::render(&r, format));
+    match built {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
     }
 }
 

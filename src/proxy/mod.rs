@@ -91,7 +91,7 @@ impl Gateway {
                 });
             }
         }
-        let usage = UsageSink::open(config.usage.jsonl_path.as_deref())?;
+        let usage = UsageSink::start(&config)?;
         let app = Arc::new(App {
             snapshot: ArcSwap::from_pointee(snapshot),
             usage,

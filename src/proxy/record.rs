@@ -1,10 +1,22 @@
 //! [`PendingRecord`]: the usage record of a request in flight. It is written exactly
 //! once: by `finish` on every normal exit, or by `Drop` when the request is
 //! abandoned (the client went away while the gateway was waiting or streaming).
+//!
+//! `finish` runs before the response's last byte is released (the relay calls it
+//! before emitting `[DONE]` or its final error event; JSON answers before they
+//! are returned), and [`UsageSink::record`] appends the event to the spool
+//! synchronously, so a client never holds a complete answer whose event is not
+//! in the kernel.
+//!
+//! When the upstream reported no usage, `finish` counts tokens itself with
+//! OpenAI's tokenizer (`crate::usage::estimate`) from the request body given to
+//! [`PendingRecord::set_request_body`] and the completion text given to
+//! [`PendingRecord::add_completion_text`], and marks the event `estimated`.
 
 use super::ctx::RequestCtx;
 use crate::providers::Endpoint;
-use crate::usage::{now_rfc3339, Outcome, UsageRecord, UsageSink};
+use crate::usage::{estimate, now_rfc3339, Outcome, UsageRecord, UsageSink, SCHEMA_VERSION};
+use bytes::Bytes;
 use serde_json::Value;
 use std::time::Instant;
 
@@ -14,6 +26,8 @@ pub struct TokenUsage {
     pub prompt: Option<u64>,
     pub completion: Option<u64>,
     pub total: Option<u64>,
+    /// `prompt_tokens_details.cached_tokens`.
+    pub cached: Option<u64>,
 }
 
 impl TokenUsage {
@@ -25,6 +39,10 @@ impl TokenUsage {
             prompt: n("prompt_tokens"),
             completion: n("completion_tokens"),
             total: n("total_tokens"),
+            cached: o
+                .get("prompt_tokens_details")
+                .and_then(|d| d.get("cached_tokens"))
+                .and_then(Value::as_u64),
         })
     }
 }
@@ -35,7 +53,16 @@ pub struct PendingRecord {
     started: Instant,
     pub first_byte: Option<Instant>,
     pub tokens: TokenUsage,
+    /// The client's request body, for estimating prompt tokens if need be.
+    request_body: Option<Bytes>,
+    /// Completion text seen so far (capped), for estimating completion tokens.
+    completion_text: String,
+    /// Bytes of completion text beyond the cap.
+    completion_overflow: usize,
 }
+
+/// Completion text kept for estimation; beyond it, counts scale by length.
+const COMPLETION_TEXT_CAP: usize = 4 << 20;
 
 impl PendingRecord {
     pub fn new(ctx: &RequestCtx, sink: UsageSink, endpoint: Endpoint) -> Self {
@@ -44,8 +71,14 @@ impl PendingRecord {
             started: ctx.started,
             first_byte: None,
             tokens: TokenUsage::default(),
+            request_body: None,
+            completion_text: String::new(),
+            completion_overflow: 0,
             record: Some(UsageRecord {
+                v: SCHEMA_VERSION,
+                event_id: String::new(),
                 ts: now_rfc3339(),
+                ended_at: String::new(),
                 request_id: ctx.request_id.clone(),
                 reseller: ctx.reseller.to_string(),
                 tenant: ctx.tenant.id.to_string(),
@@ -59,12 +92,15 @@ impl PendingRecord {
                 error_code: None,
                 prompt_tokens: None,
                 completion_tokens: None,
+                cached_tokens: None,
                 total_tokens: None,
+                estimated: false,
                 stream: false,
                 client_disconnected: false,
                 latency_ms: 0.0,
                 ttfb_ms: None,
                 attempts: Vec::new(),
+                cost_micros: None,
             }),
         }
     }
@@ -82,6 +118,79 @@ impl PendingRecord {
         }
     }
 
+    /// Keeps the client's request body (a cheap reference-counted clone) so
+    /// that prompt tokens can be estimated if the upstream reports none.
+    // Called by the request path once wired (handler/fallback, relay, forward).
+    #[allow(dead_code)]
+    pub fn set_request_body(&mut self, body: Bytes) {
+        self.request_body = Some(body);
+    }
+
+    /// Adds completion text as it streams (delta `content`, `refusal`, tool
+    /// call arguments...), for estimating completion tokens if the upstream
+    /// reports none.
+    // Called by the request path once wired (handler/fallback, relay, forward).
+    #[allow(dead_code)]
+    pub fn add_completion_text(&mut self, text: &str) {
+        if self.completion_text.len() + text.len() <= COMPLETION_TEXT_CAP {
+            self.completion_text.push_str(text);
+        } else {
+            self.completion_overflow += text.len();
+        }
+    }
+
+    /// Takes the completion text of a whole (non-streamed) answer.
+    // Called by the request path once wired (handler/fallback, relay, forward).
+    #[allow(dead_code)]
+    pub fn add_completion_from_response(&mut self, response: &Value) {
+        let text = estimate::completion_text(response);
+        self.add_completion_text(&text);
+    }
+
+    /// Fills in counts the upstream did not report. Only for calls an upstream
+    /// served (or was serving): refused and failed calls are not estimated.
+    fn estimate_missing(&mut self, r: &mut UsageRecord, outcome: Outcome) {
+        let served = matches!(
+            outcome,
+            Outcome::Ok | Outcome::Truncated | Outcome::ClientDisconnected
+        ) && r.provider.is_some();
+        // Embeddings have no completion tokens.
+        let has_completion = r.endpoint != "embeddings";
+        let complete =
+            self.tokens.prompt.is_some() && (self.tokens.completion.is_some() || !has_completion);
+        if !served || complete {
+            return;
+        }
+        let model = r
+            .served_model
+            .as_deref()
+            .or(r.requested_model.as_deref())
+            .unwrap_or("")
+            .to_owned();
+        if self.tokens.prompt.is_none() {
+            if let Some(body) = &self.request_body {
+                if let Ok(v) = serde_json::from_slice::<Value>(body) {
+                    self.tokens.prompt = Some(estimate::estimate_prompt_tokens(&model, &v));
+                    r.estimated = true;
+                }
+            }
+        }
+        if self.tokens.completion.is_none() && has_completion {
+            let counted = estimate::estimate_text_tokens(&model, &self.completion_text);
+            let extra = if self.completion_overflow > 0 && !self.completion_text.is_empty() {
+                (counted as u128 * self.completion_overflow as u128
+                    / self.completion_text.len() as u128) as u64
+            } else {
+                0
+            };
+            self.tokens.completion = Some(counted + extra);
+            r.estimated = true;
+        }
+        if r.estimated {
+            self.tokens.total = None;
+        }
+    }
+
     /// Writes the record with its final status and outcome.
     pub fn finish(&mut self, status: u16, outcome: Outcome, error_code: Option<&str>) {
         let Some(mut r) = self.record.take() else {
@@ -91,6 +200,7 @@ impl PendingRecord {
         r.outcome = outcome;
         r.error_code = error_code.map(str::to_owned);
         r.client_disconnected = outcome == Outcome::ClientDisconnected;
+        self.estimate_missing(&mut r, outcome);
         r.prompt_tokens = self.tokens.prompt;
         r.completion_tokens = self.tokens.completion;
         r.total_tokens = self
@@ -102,6 +212,9 @@ impl PendingRecord {
             });
         r.latency_ms = ms(self.started.elapsed());
         r.ttfb_ms = self.first_byte.map(|t| ms(t.duration_since(self.started)));
+        r.cached_tokens = self.tokens.cached;
+        r.event_id = uuid::Uuid::now_v7().to_string();
+        r.ended_at = now_rfc3339();
         self.sink.record(r);
     }
 }

@@ -1,72 +1,47 @@
-//! Usage records, first cut: one [`UsageRecord`] per finished tenant request,
-//! emitted as a `tracing` event and appended to a JSONL file by a dedicated writer
-//! thread. The channel is bounded; when it is full the record is appended
-//! synchronously instead of being dropped. Issue 6 replaces this with a durable,
-//! spooled ledger.
+//! Usage: one event per finished tenant request, made durable and shipped.
+//!
+//! * [`event`]: the versioned event (schema v1) and the view sinks read back.
+//! * [`spool`]: the write-ahead spool the event is appended to, synchronously,
+//!   before the request's last byte is released (see its docs for guarantees).
+//! * [`ledger`]: group-commit fsync thread and one shipping thread per sink.
+//! * [`sinks`]: `sqlite` (the embedded ledger with daily/monthly rollups) and
+//!   `webhook` (batched, HMAC-signed POSTs).
+//! * [`price`]: integer micro-unit money and the platform's price table.
+//! * [`report`]: `livery usage report` and invoices under each billing model.
+//! * [`estimate`]: token counts with OpenAI's tokenizer when upstreams report none.
+//!
+//! [`UsageSink`] is the request path's handle: [`UsageSink::record`] prices
+//! the event, appends it to the spool (a `write(2)`, no fsync), mirrors it to
+//! the optional JSONL file through a bounded channel and a writer thread
+//! (appended synchronously if the channel is full, never dropped), and emits a
+//! `tracing` event (target `livery::usage`).
 
-use serde::Serialize;
+pub mod estimate;
+pub mod event;
+pub mod ledger;
+pub mod price;
+pub mod report;
+pub mod sinks;
+pub mod spool;
+
+pub use event::{AttemptRecord, LedgerEvent, Outcome, UsageRecord, SCHEMA_VERSION};
+pub use ledger::{LedgerStats, SinkStats};
+
+use crate::config::GatewayConfig;
+use arc_swap::ArcSwap;
+use ledger::Ledger;
+use price::PriceTable;
+use spool::{Spool, SpoolOptions};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 const CHANNEL_CAPACITY: usize = 8192;
-
-/// How a request ended, from the billing point of view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Ok,
-    /// The upstream answered with an error status.
-    UpstreamError,
-    /// The upstream could not be reached or timed out.
-    UpstreamUnavailable,
-    /// A stream broke off or ended without its proper end.
-    Truncated,
-    /// The client went away before the answer was complete.
-    ClientDisconnected,
-    /// The gateway refused the request (bad input, unknown model...).
-    Rejected,
-}
-
-/// One try of one route.
-#[derive(Debug, Clone, Serialize)]
-pub struct AttemptRecord {
-    pub provider: String,
-    pub model: String,
-    /// `ok`, `rate_limited`, `server_error`, `timeout`, `connect_error`,
-    /// `upstream_reset`, `first_event_timeout`, `stream_failed_before_content`,
-    /// `client_error`, `breaker_open`, `no_credential`...
-    pub outcome: &'static str,
-    pub status: Option<u16>,
-    pub latency_ms: f64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct UsageRecord {
-    pub ts: String,
-    pub request_id: String,
-    pub reseller: String,
-    pub tenant: String,
-    pub endpoint: &'static str,
-    pub requested_model: Option<String>,
-    pub served_model: Option<String>,
-    pub provider: Option<String>,
-    /// Whose provider key paid for the call (never the key).
-    pub key_owner: Option<crate::vault::KeyOwner>,
-    pub status: u16,
-    pub outcome: Outcome,
-    pub error_code: Option<String>,
-    pub prompt_tokens: Option<u64>,
-    pub completion_tokens: Option<u64>,
-    pub total_tokens: Option<u64>,
-    pub stream: bool,
-    pub client_disconnected: bool,
-    pub latency_ms: f64,
-    pub ttfb_ms: Option<f64>,
-    pub attempts: Vec<AttemptRecord>,
-}
+/// How long `close` lets shippers deliver what is spooled.
+const CLOSE_DRAIN: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum UsageError {
@@ -75,6 +50,55 @@ pub enum UsageError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Spool(#[from] spool::SpoolError),
+    #[error("cannot open the usage ledger {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("usage sink: {0}")]
+    Sink(String),
+}
+
+/// Where the ledger's files are, resolved from `[usage]`.
+#[derive(Debug, Clone)]
+pub struct LedgerPaths {
+    pub spool_dir: PathBuf,
+    /// `None` when the `sqlite` sink is not configured.
+    pub sqlite: Option<PathBuf>,
+}
+
+impl LedgerPaths {
+    /// The ledger's paths, or `None` when the ledger is off (see
+    /// `UsageConfig::ledger`). Relative paths are relative to the working
+    /// directory; the defaults (`usage-spool/`, `usage.db`) sit beside
+    /// `jsonl_path` when it is set (where the operator already keeps usage
+    /// data), else in the working directory.
+    pub fn of(config: &GatewayConfig) -> Option<Self> {
+        let u = &config.usage;
+        let on = u.ledger.unwrap_or(u.spool_dir.is_some());
+        if !on {
+            return None;
+        }
+        let base = u
+            .jsonl_path
+            .as_deref()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        Some(Self {
+            spool_dir: u
+                .spool_dir
+                .clone()
+                .unwrap_or_else(|| base.join("usage-spool")),
+            sqlite: u.sinks.iter().any(|s| s == "sqlite").then(|| {
+                u.sqlite_path
+                    .clone()
+                    .unwrap_or_else(|| base.join("usage.db"))
+            }),
+        })
+    }
 }
 
 /// Where usage records go. Cheap to clone.
@@ -84,16 +108,108 @@ pub struct UsageSink {
 }
 
 struct SinkInner {
-    tx: Mutex<Option<mpsc::Sender<UsageRecord>>>,
+    tx: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
     /// Used when the channel is full or closed, so that no record is dropped.
     overflow: Option<Mutex<File>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    ledger: Option<Ledger>,
+    prices: ArcSwap<PriceTable>,
+    /// Read connection for quotas (`monthly_tokens`), opened on first use.
+    sqlite_path: Option<PathBuf>,
+    reader: Mutex<Option<rusqlite::Connection>>,
 }
 
 impl UsageSink {
-    /// Opens (creating if needed) the JSONL file and starts the writer thread.
+    /// The JSONL mirror only, without ledger or prices (what the gateway used
+    /// before the ledger; kept for embedders).
     pub fn open(path: Option<&Path>) -> Result<Self, UsageError> {
-        let (tx, mut rx) = mpsc::channel::<UsageRecord>(CHANNEL_CAPACITY);
+        Self::build(path, None, PriceTable::default(), None)
+    }
+
+    /// Everything `[usage]`, `[prices]` configure: the JSONL mirror, and the
+    /// durable ledger (spool + sinks) unless it is off. Unacknowledged events
+    /// left in the spool by a previous run are shipped from here on.
+    pub fn start(config: &GatewayConfig) -> Result<Self, UsageError> {
+        let u = &config.usage;
+        let (ledger, sqlite_path) = match LedgerPaths::of(config) {
+            None => (None, None),
+            Some(paths) => {
+                let spool = Spool::open(SpoolOptions {
+                    dir: paths.spool_dir.clone(),
+                    segment_bytes: u.segment_bytes.max(4096),
+                    max_bytes: u.spool_max_bytes,
+                    fsync_interval: Duration::from_millis(u.fsync_interval_ms.max(1)),
+                })?;
+                // Names first: a sink built and then dropped here (inside the
+                // async runtime) must not own a runtime of its own.
+                if let Some(bad) = u
+                    .sinks
+                    .iter()
+                    .find(|s| !matches!(s.as_str(), "sqlite" | "webhook"))
+                {
+                    return Err(UsageError::Sink(format!(
+                        "unknown sink `{bad}` (sqlite, webhook)"
+                    )));
+                }
+                let mut sinks: Vec<Box<dyn sinks::Sink>> = Vec::new();
+                for name in &u.sinks {
+                    match name.as_str() {
+                        "sqlite" => {
+                            let path = paths.sqlite.clone().unwrap_or_default();
+                            let sink = sinks::sqlite::SqliteSink::open(&path)
+                                .map_err(|source| UsageError::Sqlite { path, source })?;
+                            sinks.push(Box::new(sink));
+                        }
+                        "webhook" => {
+                            let w = u.webhook.as_ref().ok_or_else(|| {
+                                UsageError::Sink("sink `webhook` needs [usage.webhook]".into())
+                            })?;
+                            let secret = std::env::var(&w.secret_env).map_err(|_| {
+                                UsageError::Sink(format!(
+                                    "webhook secret: environment variable {} is not set",
+                                    w.secret_env
+                                ))
+                            })?;
+                            let sink = sinks::webhook::WebhookSink::new(
+                                &w.url,
+                                secret.as_bytes(),
+                                Duration::from_millis(w.timeout_ms),
+                                w.batch_max_events,
+                            )
+                            .map_err(UsageError::Sink)?;
+                            sinks.push(Box::new(sink));
+                        }
+                        other => {
+                            return Err(UsageError::Sink(format!(
+                                "unknown sink `{other}` (sqlite, webhook)"
+                            )))
+                        }
+                    }
+                }
+                if sinks.is_empty() {
+                    tracing::warn!("usage ledger without sinks: events stay in the spool (up to spool_max_bytes)");
+                }
+                let ledger = Ledger::start(spool, sinks).map_err(|e| {
+                    UsageError::Sink(format!("cannot start the usage ledger threads: {e}"))
+                })?;
+                (Some(ledger), paths.sqlite)
+            }
+        };
+        Self::build(
+            u.jsonl_path.as_deref(),
+            ledger,
+            PriceTable::from_config(config),
+            sqlite_path,
+        )
+    }
+
+    fn build(
+        path: Option<&Path>,
+        ledger: Option<Ledger>,
+        prices: PriceTable,
+        sqlite_path: Option<PathBuf>,
+    ) -> Result<Self, UsageError> {
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(CHANNEL_CAPACITY);
         let (file, overflow) = match path {
             Some(p) => {
                 let open = || {
@@ -120,8 +236,10 @@ impl UsageSink {
                         batch.push(more);
                     }
                     if let Some(f) = file.as_mut() {
-                        for rec in &batch {
-                            write_line(f, rec);
+                        for line in &batch {
+                            if let Err(e) = f.write_all(line) {
+                                tracing::error!(error = %e, "usage file write failed");
+                            }
                         }
                         if let Err(e) = f.flush() {
                             tracing::error!(error = %e, "usage file write failed");
@@ -135,14 +253,42 @@ impl UsageSink {
                 tx: Mutex::new(Some(tx)),
                 overflow,
                 writer: Mutex::new(handle),
+                ledger,
+                prices: ArcSwap::from_pointee(prices),
+                sqlite_path,
+                reader: Mutex::new(None),
             }),
         })
     }
 
-    /// Records one finished request.
-    pub fn record(&self, rec: UsageRecord) {
+    /// Replaces the price table (on configuration reload).
+    pub fn set_prices(&self, config: &GatewayConfig) {
+        self.inner
+            .prices
+            .store(Arc::new(PriceTable::from_config(config)));
+    }
+
+    /// Records one finished request: prices it, appends it to the spool
+    /// (synchronously: the event is in the kernel when this returns), mirrors
+    /// it to the JSONL file. Never blocks on a sink; never fsyncs.
+    pub fn record(&self, mut rec: UsageRecord) {
+        if rec.cost_micros.is_none() {
+            let last_attempt = rec.attempts.last().map(|a| a.model.as_str());
+            rec.cost_micros = self.inner.prices.load().cost(
+                rec.provider.as_deref(),
+                &[
+                    rec.served_model.as_deref(),
+                    last_attempt,
+                    rec.requested_model.as_deref(),
+                ],
+                rec.prompt_tokens.unwrap_or(0),
+                rec.cached_tokens.unwrap_or(0),
+                rec.completion_tokens.unwrap_or(0),
+            );
+        }
         tracing::info!(
             target: "livery::usage",
+            event_id = %rec.event_id,
             request_id = %rec.request_id,
             reseller = %rec.reseller,
             tenant = %rec.tenant,
@@ -153,30 +299,86 @@ impl UsageSink {
             outcome = ?rec.outcome,
             prompt_tokens = rec.prompt_tokens,
             completion_tokens = rec.completion_tokens,
+            estimated = rec.estimated,
+            cost_micros = rec.cost_micros,
             stream = rec.stream,
             latency_ms = rec.latency_ms,
             "usage"
         );
-        let rec = {
+        let mut line = match serde_json::to_vec(&rec) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, request_id = %rec.request_id, "usage record serialisation failed");
+                return;
+            }
+        };
+        line.push(b'\n');
+        if let Some(ledger) = &self.inner.ledger {
+            if let Err(e) = ledger.append(&line) {
+                tracing::error!(error = %e, event_id = %rec.event_id, request_id = %rec.request_id, "usage event NOT spooled");
+            }
+        }
+        let line = {
             let guard = self.inner.tx.lock().unwrap_or_else(|p| p.into_inner());
             match guard.as_ref() {
-                Some(tx) => match tx.try_send(rec) {
+                Some(tx) if self.inner.overflow.is_some() => match tx.try_send(line) {
                     Ok(()) => return,
                     Err(
-                        mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r),
-                    ) => r,
+                        mpsc::error::TrySendError::Full(l) | mpsc::error::TrySendError::Closed(l),
+                    ) => l,
                 },
-                None => rec,
+                _ => line,
             }
         };
         if let Some(f) = &self.inner.overflow {
             let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
-            write_line(&mut *f, &rec);
+            if let Err(e) = f.write_all(&line) {
+                tracing::error!(error = %e, request_id = %rec.request_id, "usage record write failed");
+            }
         }
     }
 
+    /// The ledger's counters and every sink's lag (`None` without a ledger).
+    pub fn stats(&self) -> Option<LedgerStats> {
+        self.inner.ledger.as_ref().map(Ledger::stats)
+    }
+
+    /// Waits until every sink acknowledged what is spooled (tests, shutdown).
+    pub fn flush(&self, timeout: Duration) -> bool {
+        self.inner.ledger.as_ref().is_none_or(|l| l.flush(timeout))
+    }
+
+    /// Tokens of `tenant` at `reseller` in `month` (`YYYY-MM`, UTC, by request
+    /// start) as acknowledged by the SQLite ledger: events still in the spool
+    /// (normally milliseconds' worth) are not counted yet. 0 without a SQLite
+    /// ledger or on a read error (logged).
+    pub fn monthly_tokens(&self, reseller: &str, tenant: &str, month: &str) -> u64 {
+        let Some(path) = &self.inner.sqlite_path else {
+            return 0;
+        };
+        let mut reader = self.inner.reader.lock().unwrap_or_else(|p| p.into_inner());
+        if reader.is_none() {
+            match sinks::sqlite::open_read(path) {
+                Ok(c) => *reader = Some(c),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot open the usage ledger for reading");
+                    return 0;
+                }
+            }
+        }
+        let Some(conn) = reader.as_ref() else {
+            return 0;
+        };
+        sinks::sqlite::monthly_tokens(conn, reseller, Some(tenant), month).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "usage ledger read failed");
+            0
+        })
+    }
+
     /// Stops accepting records through the channel and waits for the writer to
-    /// flush what it holds. Records arriving later are appended synchronously.
+    /// flush what it holds; lets the ledger's sinks catch up (up to 5 s) and
+    /// fsyncs the spool. Records arriving later are still spooled (and fsynced
+    /// at once) and appended to the JSONL file synchronously.
     pub fn close(&self) {
         drop(
             self.inner
@@ -194,18 +396,9 @@ impl UsageSink {
         if let Some(h) = handle {
             let _ = h.join();
         }
-    }
-}
-
-fn write_line(w: &mut impl Write, rec: &UsageRecord) {
-    match serde_json::to_vec(rec) {
-        Ok(mut line) => {
-            line.push(b'\n');
-            if let Err(e) = w.write_all(&line) {
-                tracing::error!(error = %e, request_id = %rec.request_id, "usage record write failed");
-            }
+        if let Some(l) = &self.inner.ledger {
+            l.close(CLOSE_DRAIN);
         }
-        Err(e) => tracing::error!(error = %e, "usage record serialisation failed"),
     }
 }
 
@@ -214,4 +407,10 @@ pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+/// `YYYY-MM` of now (UTC), for [`UsageSink::monthly_tokens`].
+pub fn current_month() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    format!("{:04}-{:02}", now.year(), u8::from(now.month()))
 }

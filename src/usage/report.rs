@@ -1,0 +1,317 @@
+//! `livery usage report`: a reseller's month from the SQLite ledger, per tenant,
+//! and the invoice preview under the reseller's billing model. Every amount is
+//! integer micro-units; each invoice line rounds once (half up) on exact
+//! integer products.
+//!
+//! Billing models (`[billing.RESELLER]`):
+//! * `wholesale`: per tenant, prompt tokens × `input_per_million` + completion
+//!   tokens × `output_per_million` + billable requests × `per_request`.
+//! * `revenue_share`: per tenant, what the reseller charges (tokens at
+//!   `retail_input_per_million` / `retail_output_per_million`), and the
+//!   platform's `share` of it, which is the line amount.
+//! * `platform_fee`: one line, the fee of the tier the reseller's total tokens
+//!   of the month fall in (first tier with `up_to_tokens` ≥ total; else the last).
+//!
+//! A reseller without `[billing]` gets the usage table and no invoice lines.
+
+use super::price::{format_micros, mul_div_round, token_cost, Amount, MICROS};
+use super::sinks::sqlite::{self, Rollup};
+use crate::config::{BillingConfig, BillingModel, GatewayConfig};
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::path::Path;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InvoiceLine {
+    /// The tenant the line is for (`None`: the reseller as a whole).
+    pub tenant: Option<String>,
+    pub description: String,
+    pub amount_micros: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub reseller: String,
+    pub month: String,
+    pub currency: String,
+    pub billing_model: Option<BillingModel>,
+    pub tenants: Vec<Rollup>,
+    pub lines: Vec<InvoiceLine>,
+    pub invoice_total_micros: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("--month must be YYYY-MM, not `{0}`")]
+    Month(String),
+    #[error("cannot read the usage ledger {path}: {source}")]
+    Db {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("billing of reseller `{0}`: {1}")]
+    Billing(String, String),
+}
+
+/// Checks `YYYY-MM`.
+pub fn valid_month(month: &str) -> bool {
+    let b = month.as_bytes();
+    b.len() == 7
+        && b[4] == b'-'
+        && b[..4].iter().chain(&b[5..]).all(u8::is_ascii_digit)
+        && matches!(month[5..].parse::<u8>(), Ok(1..=12))
+}
+
+/// Reads `month` of `reseller` (optionally one tenant) from the ledger at `db`
+/// and prices it under the reseller's billing configuration.
+pub fn build(
+    db: &Path,
+    config: &GatewayConfig,
+    reseller: &str,
+    tenant: Option<&str>,
+    month: &str,
+) -> Result<Report, ReportError> {
+    if !valid_month(month) {
+        return Err(ReportError::Month(month.to_owned()));
+    }
+    let db_err = |source| ReportError::Db {
+        path: db.display().to_string(),
+        source,
+    };
+    let conn = sqlite::open_read(db).map_err(db_err)?;
+    let tenants = sqlite::monthly_rollups(&conn, reseller, month, tenant).map_err(db_err)?;
+    let billing = config.billing.get(reseller);
+    let lines = match billing {
+        Some(b) => {
+            invoice_lines(b, &tenants).map_err(|e| ReportError::Billing(reseller.into(), e))?
+        }
+        None => Vec::new(),
+    };
+    Ok(Report {
+        reseller: reseller.to_owned(),
+        month: month.to_owned(),
+        currency: config.prices.currency.clone(),
+        billing_model: billing.map(|b| b.model),
+        invoice_total_micros: lines.iter().map(|l| l.amount_micros).sum(),
+        tenants,
+        lines,
+    })
+}
+
+fn need(v: Option<Amount>, what: &str) -> Result<Amount, String> {
+    v.ok_or_else(|| format!("`{what}` is required by this billing model"))
+}
+
+/// The invoice lines of a month's per-tenant rollups under `billing`.
+pub fn invoice_lines(
+    billing: &BillingConfig,
+    tenants: &[Rollup],
+) -> Result<Vec<InvoiceLine>, String> {
+    let mut lines = Vec::new();
+    match billing.model {
+        BillingModel::Wholesale => {
+            let input = billing.input_per_million.unwrap_or_default();
+            let output = billing.output_per_million.unwrap_or_default();
+            let per_request = billing.per_request.unwrap_or_default();
+            if billing.input_per_million.is_none()
+                && billing.output_per_million.is_none()
+                && billing.per_request.is_none()
+            {
+                return Err(
+                    "wholesale needs input_per_million, output_per_million or per_request".into(),
+                );
+            }
+            for t in tenants {
+                let amount = token_cost(t.prompt_tokens, input)
+                    + token_cost(t.completion_tokens, output)
+                    + t.billable_requests * per_request.micros();
+                lines.push(InvoiceLine {
+                    tenant: Some(t.tenant.clone()),
+                    description: format!(
+                        "wholesale: {} prompt + {} completion tokens, {} requests",
+                        t.prompt_tokens, t.completion_tokens, t.billable_requests
+                    ),
+                    amount_micros: amount,
+                });
+            }
+        }
+        BillingModel::RevenueShare => {
+            let share = billing
+                .share
+                .ok_or_else(|| "`share` is required by revenue_share".to_owned())?;
+            let input = need(billing.retail_input_per_million, "retail_input_per_million")?;
+            let output = need(
+                billing.retail_output_per_million,
+                "retail_output_per_million",
+            )?;
+            for t in tenants {
+                let revenue =
+                    token_cost(t.prompt_tokens, input) + token_cost(t.completion_tokens, output);
+                let amount = mul_div_round(revenue, share.ppm(), MICROS);
+                lines.push(InvoiceLine {
+                    tenant: Some(t.tenant.clone()),
+                    description: format!(
+                        "revenue share {}% of {} charged",
+                        format_ppm_percent(share.ppm()),
+                        format_micros(revenue)
+                    ),
+                    amount_micros: amount,
+                });
+            }
+        }
+        BillingModel::PlatformFee => {
+            if billing.tiers.is_empty() {
+                return Err("platform_fee needs at least one [[billing.RESELLER.tiers]]".into());
+            }
+            let total: u64 = tenants.iter().map(|t| t.total_tokens).sum();
+            let tier = billing
+                .tiers
+                .iter()
+                .find(|t| t.up_to_tokens.is_none_or(|u| total <= u))
+                .or(billing.tiers.last());
+            if let Some(tier) = tier {
+                let bound = tier
+                    .up_to_tokens
+                    .map_or("unbounded".to_owned(), |u| format!("up to {u} tokens"));
+                lines.push(InvoiceLine {
+                    tenant: None,
+                    description: format!("platform fee, tier {bound} ({total} tokens used)"),
+                    amount_micros: tier.fee.micros(),
+                });
+            }
+        }
+    }
+    Ok(lines)
+}
+
+fn format_ppm_percent(ppm: u64) -> String {
+    // ppm / 10_000 = percent, with 4 decimals trimmed.
+    let s = format!("{}.{:04}", ppm / 10_000, ppm % 10_000);
+    s.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+/// Renders a report as `table`, `csv` or `json`.
+pub fn render(report: &Report, format: &str) -> Result<String, String> {
+    match format {
+        "json" => serde_json::to_string_pretty(report).map_err(|e| e.to_string()),
+        "csv" => Ok(render_csv(report)),
+        "table" => Ok(render_table(report)),
+        other => Err(format!("unknown format `{other}` (table, csv, json)")),
+    }
+}
+
+fn render_csv(r: &Report) -> String {
+    let mut out = String::from(
+        "kind,reseller,month,tenant,requests,billable_requests,prompt_tokens,completion_tokens,cached_tokens,total_tokens,estimated_events,platform_cost,description,amount\n",
+    );
+    for t in &r.tenants {
+        let _ = writeln!(
+            out,
+            "usage,{},{},{},{},{},{},{},{},{},{},{},,",
+            r.reseller,
+            r.month,
+            t.tenant,
+            t.requests,
+            t.billable_requests,
+            t.prompt_tokens,
+            t.completion_tokens,
+            t.cached_tokens,
+            t.total_tokens,
+            t.estimated_events,
+            format_micros(t.cost_micros)
+        );
+    }
+    for l in &r.lines {
+        let _ = writeln!(
+            out,
+            "invoice,{},{},{},,,,,,,,,\"{}\",{}",
+            r.reseller,
+            r.month,
+            l.tenant.as_deref().unwrap_or(""),
+            l.description.replace('"', "\"\""),
+            format_micros(l.amount_micros)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "total,{},{},,,,,,,,,,,{}",
+        r.reseller,
+        r.month,
+        format_micros(r.invoice_total_micros)
+    );
+    out
+}
+
+fn render_table(r: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Usage of reseller {} in {} ({})",
+        r.reseller, r.month, r.currency
+    );
+    let _ = writeln!(
+        out,
+        "{:<20} {:>10} {:>14} {:>14} {:>14} {:>16}",
+        "tenant", "requests", "prompt", "completion", "total", "platform cost"
+    );
+    for t in &r.tenants {
+        let _ = writeln!(
+            out,
+            "{:<20} {:>10} {:>14} {:>14} {:>14} {:>16}",
+            t.tenant,
+            t.requests,
+            t.prompt_tokens,
+            t.completion_tokens,
+            t.total_tokens,
+            format_micros(t.cost_micros)
+        );
+    }
+    if r.tenants.is_empty() {
+        let _ = writeln!(out, "(no usage)");
+    }
+    match r.billing_model {
+        None => {
+            let _ = writeln!(out, "\nNo [billing.{}] configured: no invoice.", r.reseller);
+        }
+        Some(m) => {
+            let _ = writeln!(out, "\nInvoice preview ({m:?}):");
+            for l in &r.lines {
+                let _ = writeln!(
+                    out,
+                    "  {:<20} {:<60} {:>16}",
+                    l.tenant.as_deref().unwrap_or("-"),
+                    l.description,
+                    format_micros(l.amount_micros)
+                );
+            }
+            let _ = writeln!(
+                out,
+                "  {:<20} {:<60} {:>16}",
+                "TOTAL",
+                "",
+                format_micros(r.invoice_total_micros)
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn months_are_checked() {
+        assert!(valid_month("2025-01"));
+        assert!(valid_month("2025-12"));
+        assert!(!valid_month("2025-13"));
+        assert!(!valid_month("2025-1"));
+        assert!(!valid_month("25-01-01"));
+    }
+
+    #[test]
+    fn percent_formatting() {
+        assert_eq!(format_ppm_percent(200_000), "20");
+        assert_eq!(format_ppm_percent(125_000), "12.5");
+    }
+}

@@ -1,0 +1,269 @@
+//! The embedded ledger: SQLite in WAL mode (`synchronous = FULL`, so an
+//! acknowledged batch survives a power cut before the spool is trimmed).
+//!
+//! * `events`: one row per event, `event_id` its primary key; a replayed event
+//!   is ignored (`INSERT ... ON CONFLICT DO NOTHING`).
+//! * `rollup_daily` / `rollup_monthly`: per `(period, reseller, tenant)` sums;
+//!   the reseller's total is the row with `tenant = ''`. They are updated in the
+//!   same transaction as the insert and only when the insert added a row, so a
+//!   replay never counts twice.
+
+use super::Sink;
+use crate::usage::event::LedgerEvent;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use std::path::Path;
+use std::time::Duration;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS events (
+    event_id TEXT PRIMARY KEY,
+    v INTEGER NOT NULL,
+    ts TEXT NOT NULL,
+    day TEXT NOT NULL,
+    month TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    reseller TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    key_owner TEXT,
+    endpoint TEXT NOT NULL,
+    requested_model TEXT,
+    served_model TEXT,
+    provider TEXT,
+    attempts INTEGER NOT NULL,
+    status INTEGER NOT NULL,
+    outcome TEXT,
+    error_code TEXT,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cached_tokens INTEGER NOT NULL,
+    total_tokens INTEGER NOT NULL,
+    estimated INTEGER NOT NULL,
+    stream INTEGER NOT NULL,
+    client_disconnected INTEGER NOT NULL,
+    latency_ms REAL NOT NULL,
+    ttfb_ms REAL,
+    cost_micros INTEGER,
+    raw TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_month ON events (reseller, month, tenant);
+CREATE TABLE IF NOT EXISTS rollup_daily (
+    period TEXT NOT NULL, reseller TEXT NOT NULL, tenant TEXT NOT NULL,
+    requests INTEGER NOT NULL, billable_requests INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
+    cached_tokens INTEGER NOT NULL, total_tokens INTEGER NOT NULL,
+    estimated_events INTEGER NOT NULL, cost_micros INTEGER NOT NULL,
+    PRIMARY KEY (period, reseller, tenant)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rollup_monthly (
+    period TEXT NOT NULL, reseller TEXT NOT NULL, tenant TEXT NOT NULL,
+    requests INTEGER NOT NULL, billable_requests INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
+    cached_tokens INTEGER NOT NULL, total_tokens INTEGER NOT NULL,
+    estimated_events INTEGER NOT NULL, cost_micros INTEGER NOT NULL,
+    PRIMARY KEY (period, reseller, tenant)
+) WITHOUT ROWID;
+"#;
+
+fn rollup_sql(table: &str) -> String {
+    format!(
+        "INSERT INTO {table} (period, reseller, tenant, requests, billable_requests, prompt_tokens, \
+         completion_tokens, cached_tokens, total_tokens, estimated_events, cost_micros) \
+         VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+         ON CONFLICT (period, reseller, tenant) DO UPDATE SET \
+         requests = requests + 1, billable_requests = billable_requests + excluded.billable_requests, \
+         prompt_tokens = prompt_tokens + excluded.prompt_tokens, \
+         completion_tokens = completion_tokens + excluded.completion_tokens, \
+         cached_tokens = cached_tokens + excluded.cached_tokens, \
+         total_tokens = total_tokens + excluded.total_tokens, \
+         estimated_events = estimated_events + excluded.estimated_events, \
+         cost_micros = cost_micros + excluded.cost_micros"
+    )
+}
+
+const INSERT_EVENT: &str = "INSERT INTO events (event_id, v, ts, day, month, request_id, reseller, \
+    tenant, key_owner, endpoint, requested_model, served_model, provider, attempts, status, outcome, \
+    error_code, prompt_tokens, completion_tokens, cached_tokens, total_tokens, estimated, stream, \
+    client_disconnected, latency_ms, ttfb_ms, cost_micros, raw) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, \
+    ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, \
+    ?27, ?28) ON CONFLICT (event_id) DO NOTHING";
+
+/// Opens (creating) the ledger database with its schema.
+pub fn open(path: &Path) -> rusqlite::Result<Connection> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
+/// A read-only connection for reports and quotas (WAL: never blocks the writer).
+pub fn open_read(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+pub struct SqliteSink {
+    conn: Connection,
+}
+
+impl SqliteSink {
+    pub fn open(path: &Path) -> rusqlite::Result<Self> {
+        Ok(Self { conn: open(path)? })
+    }
+
+    /// Inserts the batch in one transaction; returns how many events were new.
+    pub fn insert(&mut self, events: &[LedgerEvent]) -> rusqlite::Result<usize> {
+        let tx = self.conn.transaction()?;
+        let mut added = 0;
+        {
+            let mut insert = tx.prepare_cached(INSERT_EVENT)?;
+            let mut daily = tx.prepare_cached(&rollup_sql("rollup_daily"))?;
+            let mut monthly = tx.prepare_cached(&rollup_sql("rollup_monthly"))?;
+            for e in events {
+                let prompt = e.prompt_tokens.unwrap_or(0);
+                let completion = e.completion_tokens.unwrap_or(0);
+                let cached = e.cached_tokens.unwrap_or(0);
+                let total = e.total();
+                let n = insert.execute(params![
+                    e.event_id,
+                    e.v,
+                    e.ts,
+                    e.day(),
+                    e.month(),
+                    e.request_id,
+                    e.reseller,
+                    e.tenant,
+                    e.key_owner,
+                    e.endpoint,
+                    e.requested_model,
+                    e.served_model,
+                    e.provider,
+                    e.attempts.len() as i64,
+                    e.status,
+                    e.outcome,
+                    e.error_code,
+                    prompt as i64,
+                    completion as i64,
+                    cached as i64,
+                    total as i64,
+                    e.estimated,
+                    e.stream,
+                    e.client_disconnected,
+                    e.latency_ms,
+                    e.ttfb_ms,
+                    e.cost_micros.map(|c| c as i64),
+                    e.raw,
+                ])?;
+                if n == 0 {
+                    continue;
+                }
+                added += 1;
+                let cost = e.cost_micros.unwrap_or(0) as i64;
+                for (stmt, period) in [(&mut daily, e.day()), (&mut monthly, e.month())] {
+                    for tenant in [e.tenant.as_str(), ""] {
+                        stmt.execute(params![
+                            period,
+                            e.reseller,
+                            tenant,
+                            e.billable(),
+                            prompt as i64,
+                            completion as i64,
+                            cached as i64,
+                            total as i64,
+                            e.estimated,
+                            cost,
+                        ])?;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(added)
+    }
+}
+
+impl Sink for SqliteSink {
+    fn name(&self) -> &str {
+        "sqlite"
+    }
+
+    fn deliver(&mut self, events: &[LedgerEvent]) -> Result<(), String> {
+        self.insert(events).map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
+/// One row of a rollup.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Rollup {
+    pub tenant: String,
+    pub requests: u64,
+    pub billable_requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cached_tokens: u64,
+    pub total_tokens: u64,
+    pub estimated_events: u64,
+    pub cost_micros: u64,
+}
+
+/// The monthly rollups of `reseller`'s tenants (`tenant = ''`, the reseller's
+/// total, excluded), optionally of one tenant, sorted by tenant.
+pub fn monthly_rollups(
+    conn: &Connection,
+    reseller: &str,
+    month: &str,
+    tenant: Option<&str>,
+) -> rusqlite::Result<Vec<Rollup>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT tenant, requests, billable_requests, prompt_tokens, completion_tokens, cached_tokens, \
+         total_tokens, estimated_events, cost_micros FROM rollup_monthly \
+         WHERE period = ?1 AND reseller = ?2 AND tenant != '' AND (?3 IS NULL OR tenant = ?3) \
+         ORDER BY tenant",
+    )?;
+    let rows = stmt.query_map(params![month, reseller, tenant], |r| {
+        let n = |i: usize| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
+        Ok(Rollup {
+            tenant: r.get(0)?,
+            requests: n(1)?,
+            billable_requests: n(2)?,
+            prompt_tokens: n(3)?,
+            completion_tokens: n(4)?,
+            cached_tokens: n(5)?,
+            total_tokens: n(6)?,
+            estimated_events: n(7)?,
+            cost_micros: n(8)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Total tokens of one tenant in `month` (`YYYY-MM`); the reseller's total with
+/// `tenant = None`.
+pub fn monthly_tokens(
+    conn: &Connection,
+    reseller: &str,
+    tenant: Option<&str>,
+    month: &str,
+) -> rusqlite::Result<u64> {
+    let v: Option<i64> = conn
+        .prepare_cached(
+            "SELECT total_tokens FROM rollup_monthly WHERE period = ?1 AND reseller = ?2 AND tenant = ?3",
+        )?
+        .query_row(params![month, reseller, tenant.unwrap_or("")], |r| r.get(0))
+        .optional()?;
+    Ok(v.unwrap_or(0).max(0) as u64)
+}
+
+/// Number of event rows with `event_id` (0 or 1), for tests and audits.
+pub fn count_events(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get::<_, i64>(0))
+        .map(|n| n.max(0) as u64)
+}

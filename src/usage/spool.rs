@@ -1,0 +1,655 @@
+//! The write-ahead spool: usage events are appended here, synchronously, before
+//! anything else happens to them; sinks read them back from here.
+//!
+//! # Layout
+//!
+//! A directory of segment files `seg-<id>.jsonl` (ids increase, zero-padded so
+//! names sort), one JSON event per line, plus one `cursor-<sink>` file per sink
+//! (`{"segment":ID,"offset":BYTES}`: everything before it is acknowledged by
+//! that sink) and a `lock` file naming the process that owns the directory.
+//!
+//! # Guarantees
+//!
+//! * **Ordering.** [`Spool::append`] hands the whole line to the kernel with
+//!   `write(2)` on an `O_APPEND` descriptor under a mutex before it returns. The
+//!   request path calls it before the last byte of the response is released, so
+//!   once a client has its complete answer the event is in the operating
+//!   system's page cache: a crash of the *process* (`kill -9`, panic, OOM) never
+//!   loses it.
+//! * **Group commit.** A background thread calls `fdatasync` every
+//!   `fsync_interval` when something was appended, so a crash of the *machine*
+//!   loses at most that window. No fsync ever happens on the request path.
+//! * **Restarts.** A new process never appends to an old segment: it starts a
+//!   new one, so every older segment is final. A line torn by a crash (no
+//!   trailing newline, or not JSON) is skipped and counted, never merged with
+//!   the next event. A failed write also closes the segment for the same reason.
+//! * **At-least-once shipping.** Readers consume complete lines only, deliver
+//!   them to their sink, and move their cursor only after the sink acknowledged.
+//!   A crash between the acknowledgement and the cursor write replays the batch;
+//!   sinks deduplicate by `event_id`.
+//! * **Trimming.** Segments wholly before every sink's cursor (and not the one
+//!   being written) are deleted.
+//! * **Bounded.** Appends that would take the spool above `max_bytes` are
+//!   refused (and counted in [`SpoolStats::refused_events`]); the gateway keeps
+//!   serving. With a dead sink the spool grows up to the cap and no further.
+
+use super::event::LedgerEvent;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+/// How the spool is set up (from `[usage]`).
+#[derive(Debug, Clone)]
+pub struct SpoolOptions {
+    pub dir: PathBuf,
+    /// A segment is closed and a new one started above this size.
+    pub segment_bytes: u64,
+    /// Appends beyond this total size on disk are refused.
+    pub max_bytes: u64,
+    /// Group-commit interval of the fsync thread.
+    pub fsync_interval: Duration,
+}
+
+/// A place in the spool: a segment and a byte offset in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
+pub struct Position {
+    pub segment: u64,
+    pub offset: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error("the usage spool is full ({0} bytes); event refused")]
+    Full(u64),
+    #[error("usage spool write failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("usage spool {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("usage spool {path} is in use by {owner}")]
+    Locked { path: PathBuf, owner: String },
+}
+
+/// Counters of the spool, for metrics.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SpoolStats {
+    pub bytes_on_disk: u64,
+    pub max_bytes: u64,
+    pub segments: u64,
+    pub appended_events: u64,
+    pub refused_events: u64,
+    pub write_errors: u64,
+    pub fsync_errors: u64,
+    /// Lines skipped while reading (torn by a crash, or not JSON).
+    pub skipped_lines: u64,
+    pub head: Position,
+}
+
+struct Writer {
+    /// The segment being appended to; created on the first append.
+    file: Option<Arc<File>>,
+    id: u64,
+    len: u64,
+    /// Set after a failed write: the next append starts a new segment so a torn
+    /// line never merges with a good one.
+    broken: bool,
+}
+
+#[derive(Default)]
+struct SyncState {
+    current: Option<Arc<File>>,
+    /// Segments closed since the last sync, synced once more then dropped.
+    retired: Vec<Arc<File>>,
+}
+
+pub struct Spool {
+    opts: SpoolOptions,
+    writer: Mutex<Writer>,
+    sync: Mutex<SyncState>,
+    dirty: AtomicBool,
+    /// Bumped on every append; readers wait on it.
+    generation: Mutex<u64>,
+    changed: Condvar,
+    bytes_on_disk: AtomicU64,
+    appended: AtomicU64,
+    refused: AtomicU64,
+    write_errors: AtomicU64,
+    fsync_errors: AtomicU64,
+    skipped_lines: AtomicU64,
+    canonical: PathBuf,
+}
+
+/// Spool directories open in this process (a second gateway on the same
+/// directory would interleave segments).
+static OPEN_DIRS: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn segment_name(id: u64) -> String {
+    format!("seg-{id:020}.jsonl")
+}
+
+fn segment_id(name: &str) -> Option<u64> {
+    name.strip_prefix("seg-")?
+        .strip_suffix(".jsonl")?
+        .parse()
+        .ok()
+}
+
+impl Spool {
+    /// Opens (creating) the directory, takes ownership of it, and prepares a new
+    /// segment id after every existing one.
+    pub fn open(opts: SpoolOptions) -> Result<Arc<Self>, SpoolError> {
+        let dir = opts.dir.clone();
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let canonical = dir.canonicalize().map_err(io_err(&dir))?;
+        {
+            let mut open = OPEN_DIRS.lock().unwrap_or_else(|p| p.into_inner());
+            let set = open.get_or_insert_with(HashSet::new);
+            if !set.insert(canonical.clone()) {
+                return Err(SpoolError::Locked {
+                    path: dir,
+                    owner: "another gateway in this process".into(),
+                });
+            }
+        }
+        let release = |e: SpoolError| {
+            let mut open = OPEN_DIRS.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(set) = open.as_mut() {
+                set.remove(&canonical);
+            }
+            e
+        };
+        take_lock(&dir).map_err(release)?;
+        let segments = list_segments(&dir).map_err(|e| release(io_err(&dir)(e)))?;
+        let mut bytes = 0;
+        for (_, path) in &segments {
+            bytes += std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        }
+        let next = segments.last().map_or(1, |(id, _)| id + 1);
+        Ok(Arc::new(Self {
+            writer: Mutex::new(Writer {
+                file: None,
+                id: next,
+                len: 0,
+                broken: false,
+            }),
+            sync: Mutex::new(SyncState::default()),
+            dirty: AtomicBool::new(false),
+            generation: Mutex::new(0),
+            changed: Condvar::new(),
+            bytes_on_disk: AtomicU64::new(bytes),
+            appended: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            write_errors: AtomicU64::new(0),
+            fsync_errors: AtomicU64::new(0),
+            skipped_lines: AtomicU64::new(0),
+            canonical,
+            opts,
+        }))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.opts.dir
+    }
+
+    /// Appends one event line (a trailing newline is added if missing). The
+    /// line is in the kernel when this returns `Ok`; see the module docs.
+    pub fn append(&self, line: &[u8]) -> Result<(), AppendError> {
+        let mut buf;
+        let line = if line.ends_with(b"\n") {
+            line
+        } else {
+            buf = Vec::with_capacity(line.len() + 1);
+            buf.extend_from_slice(line);
+            buf.push(b'\n');
+            &buf[..]
+        };
+        let len = line.len() as u64;
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let on_disk = self.bytes_on_disk.load(Ordering::Relaxed);
+        if on_disk + len > self.opts.max_bytes {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(AppendError::Full(on_disk));
+        }
+        if w.broken || (w.file.is_some() && w.len + len > self.opts.segment_bytes) {
+            self.rotate(&mut w);
+        }
+        let file = match &w.file {
+            Some(f) => f.clone(),
+            None => {
+                let path = self.opts.dir.join(segment_name(w.id));
+                let f = Arc::new(
+                    OpenOptions::new()
+                        .create_new(true)
+                        .append(true)
+                        .open(&path)
+                        .inspect_err(|_| {
+                            self.write_errors.fetch_add(1, Ordering::Relaxed);
+                            // Try the next id next time.
+                            w.id += 1;
+                        })?,
+                );
+                w.file = Some(f.clone());
+                w.len = 0;
+                self.sync.lock().unwrap_or_else(|p| p.into_inner()).current = Some(f.clone());
+                f
+            }
+        };
+        if let Err(e) = (&*file).write_all(line) {
+            self.write_errors.fetch_add(1, Ordering::Relaxed);
+            w.broken = true;
+            return Err(e.into());
+        }
+        w.len += len;
+        self.bytes_on_disk.fetch_add(len, Ordering::Relaxed);
+        drop(w);
+        self.appended.fetch_add(1, Ordering::Relaxed);
+        self.dirty.store(true, Ordering::Release);
+        let mut g = self.generation.lock().unwrap_or_else(|p| p.into_inner());
+        *g = g.wrapping_add(1);
+        drop(g);
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// Closes the current segment (it is synced once more by the fsync thread)
+    /// so that the next append starts a new one.
+    fn rotate(&self, w: &mut Writer) {
+        if let Some(f) = w.file.take() {
+            let mut s = self.sync.lock().unwrap_or_else(|p| p.into_inner());
+            s.retired.push(f);
+            s.current = None;
+            w.id += 1;
+        } else if w.broken {
+            w.id += 1;
+        }
+        w.len = 0;
+        w.broken = false;
+    }
+
+    /// Syncs what was appended since the last call (the group commit).
+    pub fn sync_now(&self) {
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            let s = self.sync.lock().unwrap_or_else(|p| p.into_inner());
+            if s.retired.is_empty() {
+                return;
+            }
+        }
+        let (current, retired) = {
+            let mut s = self.sync.lock().unwrap_or_else(|p| p.into_inner());
+            (s.current.clone(), std::mem::take(&mut s.retired))
+        };
+        for f in retired.iter().chain(current.iter()) {
+            if let Err(e) = f.sync_data() {
+                self.fsync_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "usage spool fsync failed");
+                self.dirty.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    /// The fsync thread's loop: group commit every `fsync_interval` until `stop`.
+    pub fn run_syncer(self: Arc<Self>, stop: Arc<AtomicBool>) {
+        while !stop.load(Ordering::Acquire) {
+            std::thread::sleep(self.opts.fsync_interval);
+            self.sync_now();
+        }
+        self.sync_now();
+    }
+
+    /// Where the next append goes.
+    pub fn head(&self) -> Position {
+        let w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        Position {
+            segment: w.id,
+            offset: w.len,
+        }
+    }
+
+    pub fn generation(&self) -> u64 {
+        *self.generation.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until something is appended after `seen`, or `timeout`.
+    pub fn wait_for_append(&self, seen: u64, timeout: Duration) {
+        let g = self.generation.lock().unwrap_or_else(|p| p.into_inner());
+        if *g != seen {
+            return;
+        }
+        let _ = self
+            .changed
+            .wait_timeout_while(g, timeout, |g| *g == seen)
+            .map_err(|p| p.into_inner());
+    }
+
+    /// Wakes every waiting reader (on shutdown).
+    pub fn wake_readers(&self) {
+        self.changed.notify_all();
+    }
+
+    /// The oldest position still in the spool.
+    pub fn start(&self) -> Position {
+        let first = list_segments(&self.opts.dir)
+            .ok()
+            .and_then(|s| s.first().map(|(id, _)| *id));
+        Position {
+            segment: first.unwrap_or_else(|| self.head().segment),
+            offset: 0,
+        }
+    }
+
+    /// Reads up to `max_events` complete events after `from`. Returns them and
+    /// the position after the last line consumed (which may be past `from` with
+    /// no events when only torn or corrupt lines were skipped).
+    pub fn read_batch(
+        &self,
+        from: Position,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> std::io::Result<(Vec<LedgerEvent>, Position)> {
+        let mut pos = from;
+        loop {
+            // Read the head first: a segment older than the head is final.
+            let head = self.head();
+            let segments = list_segments(&self.opts.dir)?;
+            let Some((id, path)) = segments.into_iter().find(|(id, _)| *id >= pos.segment) else {
+                return Ok((Vec::new(), pos));
+            };
+            if id > pos.segment {
+                pos = Position {
+                    segment: id,
+                    offset: 0,
+                };
+            }
+            let is_final = id < head.segment;
+            let mut f = match File::open(&path) {
+                Ok(f) => f,
+                // Trimmed under us: look again.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            f.seek(SeekFrom::Start(pos.offset))?;
+            let mut buf = Vec::new();
+            (&mut f).take(max_bytes as u64).read_to_end(&mut buf)?;
+            if buf.len() == max_bytes && !buf.contains(&b'\n') {
+                // One line longer than a batch: read it whole.
+                f.read_to_end(&mut buf)?;
+            }
+            let Some(last_nl) = buf.iter().rposition(|&b| b == b'\n') else {
+                if is_final {
+                    if !buf.is_empty() {
+                        self.skipped_lines.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            segment = id,
+                            offset = pos.offset,
+                            bytes = buf.len(),
+                            "usage spool: skipping a torn line at the end of a segment"
+                        );
+                    }
+                    pos = Position {
+                        segment: id + 1,
+                        offset: 0,
+                    };
+                    continue;
+                }
+                return Ok((Vec::new(), pos));
+            };
+            let mut events = Vec::new();
+            let mut consumed = 0usize;
+            for line in buf[..=last_nl].split_inclusive(|&b| b == b'\n') {
+                if events.len() >= max_events {
+                    break;
+                }
+                consumed += line.len();
+                let body = &line[..line.len() - 1];
+                if body.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                match LedgerEvent::from_line(body) {
+                    Ok(ev) => events.push(ev),
+                    Err(e) => {
+                        self.skipped_lines.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(segment = id, offset = pos.offset + (consumed - line.len()) as u64, error = %e, "usage spool: skipping a line that is not an event");
+                    }
+                }
+            }
+            pos.offset += consumed as u64;
+            return Ok((events, pos));
+        }
+    }
+
+    /// Deletes segments wholly before `upto` (never the one being written).
+    pub fn trim(&self, upto: Position) {
+        let head = self.head().segment;
+        let Ok(segments) = list_segments(&self.opts.dir) else {
+            return;
+        };
+        for (id, path) in segments {
+            if id >= upto.segment || id >= head {
+                break;
+            }
+            let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    let _ = self.bytes_on_disk.fetch_update(
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                        |b| Some(b.saturating_sub(len)),
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, path = %path.display(), "usage spool: cannot delete a shipped segment")
+                }
+            }
+        }
+    }
+
+    /// The cursor of sink `name`, if it has one.
+    pub fn load_cursor(&self, name: &str) -> Option<Position> {
+        let text = std::fs::read(self.opts.dir.join(format!("cursor-{name}"))).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    /// Records that sink `name` acknowledged everything before `pos`. Not
+    /// fsynced: a lost cursor only replays events, which sinks deduplicate.
+    pub fn save_cursor(&self, name: &str, pos: Position) -> std::io::Result<()> {
+        let path = self.opts.dir.join(format!("cursor-{name}"));
+        let tmp = self.opts.dir.join(format!(".cursor-{name}.tmp"));
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec(&pos).map_err(std::io::Error::other)?,
+        )?;
+        std::fs::rename(&tmp, &path)
+    }
+
+    /// Bytes between `from` and the head (what a sink has yet to acknowledge).
+    pub fn lag_bytes(&self, from: Position) -> u64 {
+        let head = self.head();
+        if from >= head {
+            return 0;
+        }
+        let Ok(segments) = list_segments(&self.opts.dir) else {
+            return 0;
+        };
+        let mut lag = 0;
+        for (id, path) in segments {
+            if id < from.segment {
+                continue;
+            }
+            let len = if id == head.segment {
+                head.offset
+            } else {
+                std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0)
+            };
+            lag += if id == from.segment {
+                len.saturating_sub(from.offset)
+            } else {
+                len
+            };
+        }
+        lag
+    }
+
+    pub fn stats(&self) -> SpoolStats {
+        SpoolStats {
+            bytes_on_disk: self.bytes_on_disk.load(Ordering::Relaxed),
+            max_bytes: self.opts.max_bytes,
+            segments: list_segments(&self.opts.dir).map_or(0, |s| s.len() as u64),
+            appended_events: self.appended.load(Ordering::Relaxed),
+            refused_events: self.refused.load(Ordering::Relaxed),
+            write_errors: self.write_errors.load(Ordering::Relaxed),
+            fsync_errors: self.fsync_errors.load(Ordering::Relaxed),
+            skipped_lines: self.skipped_lines.load(Ordering::Relaxed),
+            head: self.head(),
+        }
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        self.sync_now();
+        let _ = std::fs::remove_file(self.opts.dir.join("lock"));
+        let mut open = OPEN_DIRS.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(set) = open.as_mut() {
+            set.remove(&self.canonical);
+        }
+    }
+}
+
+/// Segment files of `dir`, sorted by id.
+fn list_segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if let Some(id) = entry.file_name().to_str().and_then(segment_id) {
+            out.push((id, entry.path()));
+        }
+    }
+    out.sort_unstable_by_key(|(id, _)| *id);
+    Ok(out)
+}
+
+/// Takes the directory's `lock` file: refused while another live process (same
+/// program name, per `/proc`) holds it; a dead owner's lock (after `kill -9`) is
+/// taken over.
+fn take_lock(dir: &Path) -> Result<(), SpoolError> {
+    let path = dir.join("lock");
+    let me = std::process::id();
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Ok(pid) = text.trim().parse::<u32>() {
+            if pid != me && process_alive_same_program(pid) {
+                return Err(SpoolError::Locked {
+                    path: dir.to_path_buf(),
+                    owner: format!("process {pid}"),
+                });
+            }
+        }
+    }
+    std::fs::write(&path, format!("{me}\n")).map_err(io_err(&path))
+}
+
+fn process_alive_same_program(pid: u32) -> bool {
+    let comm = |p: &str| std::fs::read_to_string(format!("/proc/{p}/comm")).ok();
+    match (comm(&pid.to_string()), comm("self")) {
+        (Some(theirs), Some(mine)) => theirs == mine,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(dir: &Path) -> SpoolOptions {
+        SpoolOptions {
+            dir: dir.to_path_buf(),
+            segment_bytes: 300,
+            max_bytes: 10_000,
+            fsync_interval: Duration::from_millis(5),
+        }
+    }
+
+    fn line(i: u32) -> Vec<u8> {
+        format!(r#"{{"event_id":"e{i}","ts":"2025-01-01T00:00:00Z","request_id":"r{i}","reseller":"a","tenant":"t"}}"#).into_bytes()
+    }
+
+    fn drain(spool: &Spool, mut pos: Position) -> (Vec<String>, Position) {
+        let mut ids = Vec::new();
+        loop {
+            let (evs, next) = spool.read_batch(pos, 3, 1 << 20).unwrap();
+            if evs.is_empty() && next == pos {
+                return (ids, pos);
+            }
+            ids.extend(evs.into_iter().map(|e| e.event_id));
+            pos = next;
+        }
+    }
+
+    #[test]
+    fn segments_rotate_are_read_in_order_and_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(opts(dir.path())).unwrap();
+        for i in 0..20 {
+            spool.append(&line(i)).unwrap();
+        }
+        assert!(spool.stats().segments > 3);
+        let (ids, end) = drain(&spool, spool.start());
+        let want: Vec<String> = (0..20).map(|i| format!("e{i}")).collect();
+        assert_eq!(ids, want);
+        spool.trim(end);
+        assert_eq!(spool.stats().segments, 1);
+        assert_eq!(spool.lag_bytes(end), 0);
+    }
+
+    #[test]
+    fn a_torn_line_is_skipped_and_a_restart_starts_a_new_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let spool = Spool::open(opts(dir.path())).unwrap();
+            spool.append(&line(1)).unwrap();
+        }
+        // A crash mid-write: half a line at the end of the segment.
+        let seg = list_segments(dir.path()).unwrap()[0].1.clone();
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&line(2)[..20]).unwrap();
+        let spool = Spool::open(opts(dir.path())).unwrap();
+        spool.append(&line(3)).unwrap();
+        let (ids, _) = drain(&spool, spool.start());
+        assert_eq!(ids, vec!["e1", "e3"]);
+        assert_eq!(spool.stats().skipped_lines, 1);
+    }
+
+    #[test]
+    fn the_cap_refuses_appends_and_a_second_open_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = opts(dir.path());
+        o.max_bytes = 500;
+        let spool = Spool::open(o.clone()).unwrap();
+        let mut refused = 0;
+        for i in 0..20 {
+            if spool.append(&line(i)).is_err() {
+                refused += 1;
+            }
+        }
+        assert!(refused > 10);
+        assert!(spool.stats().bytes_on_disk <= 500);
+        assert!(matches!(Spool::open(o), Err(SpoolError::Locked { .. })));
+    }
+}

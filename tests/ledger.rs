@@ -1,0 +1,925 @@
+//! Issue 6, the usage ledger: counts in the SQLite ledger equal the upstream's
+//! reported usage (streamed and not); a replayed spool adds nothing; `kill -9`
+//! under load loses no completed request's event and duplicates none; a webhook
+//! sink down under load receives every event once back; a fixture month gives
+//! the expected invoice lines under each billing model, to the micro-unit.
+
+use crate::support::*;
+use livery::config::GatewayConfig;
+use livery::usage::ledger::Ledger;
+use livery::usage::sinks::sqlite::{self, SqliteSink};
+use livery::usage::sinks::Sink;
+use livery::usage::spool::{Spool, SpoolOptions};
+use livery::usage::{report, LedgerEvent};
+use rusqlite::Connection;
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// `[usage]` with the ledger in `dir`, plus a price for the mock's model.
+fn ledger_usage_toml(dir: &Path, extra: &str) -> String {
+    format!(
+        r#"
+[usage]
+spool_dir = "{spool}"
+sqlite_path = "{db}"
+fsync_interval_ms = 2
+{extra}
+
+[prices]
+currency = "USD"
+
+[[prices.models]]
+model = "gpt-4o-mini-2024-07-18"
+input_per_million = "0.15"
+output_per_million = 0.6
+"#,
+        spool = dir.join("spool").display(),
+        db = dir.join("usage.db").display(),
+    )
+}
+
+fn db(dir: &Path) -> Connection {
+    Connection::open(dir.join("usage.db")).unwrap()
+}
+
+/// Rows of the events table by request id: (prompt, completion, total,
+/// estimated, cost, count of rows with that request id).
+fn event_row(conn: &Connection, rid: &str) -> (i64, i64, i64, bool, Option<i64>, i64) {
+    let n: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM events WHERE request_id = ?1",
+            [rid],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let (p, c, t, e, cost) = conn
+        .query_row(
+            "SELECT prompt_tokens, completion_tokens, total_tokens, estimated, cost_micros FROM events WHERE request_id = ?1",
+            [rid],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .unwrap();
+    (p, c, t, e, cost, n)
+}
+
+async fn post_acme(gw: &TestGateway, body: &Value) -> reqwest::Response {
+    client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("host", ACME_HOST)
+        .bearer_auth(ACME_DENTAL.2)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn rid(resp: &reqwest::Response) -> String {
+    resp.headers()["x-request-id"].to_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_in_the_ledger_equal_the_upstreams_usage_streamed_or_not() {
+    let mock = MockProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "{}{}",
+        ledger_usage_toml(dir.path(), ""),
+        standard_config(&mock.base_url(), "")
+    );
+    let gw = TestGateway::start(&toml).await;
+
+    // Non-streamed.
+    let mut body = chat_body("gpt-4o-mini");
+    body["mock"] = json!({"chunks": 7});
+    let resp = post_acme(&gw, &body).await;
+    assert_eq!(resp.status(), 200);
+    let plain_id = rid(&resp);
+    let v: Value = resp.json().await.unwrap();
+    let plain_usage = v["usage"].clone();
+
+    // Streamed, with the usage chunk shown to the client.
+    let mut body = chat_body("gpt-4o-mini");
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    body["mock"] = json!({"chunks": 12});
+    let resp = post_acme(&gw, &body).await;
+    let stream_id = rid(&resp);
+    let text = resp.text().await.unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    let stream_usage = sse_data(&text)
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .find(|v| v["usage"].is_object())
+        .map(|v| v["usage"].clone())
+        .expect("a usage chunk");
+
+    // Streamed, the client not asking for usage (the gateway still counts it).
+    let mut body = chat_body("gpt-4o-mini");
+    body["stream"] = json!(true);
+    body["mock"] = json!({"chunks": 5});
+    let resp = post_acme(&gw, &body).await;
+    let hidden_id = rid(&resp);
+    let _ = resp.text().await.unwrap();
+
+    let usage = gw.gateway.as_ref().unwrap().app().usage.clone();
+    assert!(usage.flush(Duration::from_secs(5)), "{:?}", usage.stats());
+
+    let conn = db(dir.path());
+    for (id, u) in [(&plain_id, &plain_usage), (&stream_id, &stream_usage)] {
+        let (p, c, t, estimated, cost, n) = event_row(&conn, id);
+        assert_eq!(n, 1, "{id}");
+        assert_eq!(p, u["prompt_tokens"].as_i64().unwrap(), "{id}");
+        assert_eq!(c, u["completion_tokens"].as_i64().unwrap(), "{id}");
+        assert_eq!(t, u["total_tokens"].as_i64().unwrap(), "{id}");
+        assert!(!estimated);
+        // 0.15 / 0.60 per million, rounded half up once.
+        let want = (p * 150_000 + c * 600_000 + 500_000) / 1_000_000;
+        assert_eq!(cost, Some(want), "{id}");
+    }
+    let (_, c, _, _, _, n) = event_row(&conn, &hidden_id);
+    assert_eq!((n, c), (1, 5));
+
+    // Rollups agree with the events, and the quota function reads them.
+    let (sum_total, sum_cost): (i64, i64) = conn
+        .query_row(
+            "SELECT SUM(total_tokens), SUM(cost_micros) FROM events WHERE reseller='acme' AND tenant='dental'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let month: String = conn
+        .query_row("SELECT month FROM events LIMIT 1", [], |r| r.get(0))
+        .unwrap();
+    let (m_total, m_cost, m_requests): (i64, i64, i64) = conn
+        .query_row(
+            "SELECT total_tokens, cost_micros, requests FROM rollup_monthly WHERE period=?1 AND reseller='acme' AND tenant='dental'",
+            [&month],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!((m_total, m_cost, m_requests), (sum_total, sum_cost, 3));
+    let reseller_total: i64 = conn
+        .query_row(
+            "SELECT total_tokens FROM rollup_daily WHERE reseller='acme' AND tenant=''",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(reseller_total, sum_total);
+    assert_eq!(
+        usage.monthly_tokens("acme", "dental", &month),
+        sum_total as u64
+    );
+    assert_eq!(usage.monthly_tokens("acme", "realty", &month), 0);
+
+    // The JSONL mirror carries the same event (schema v1, event id, cost).
+    let rec = gw.usage_for(&plain_id).await;
+    assert_eq!(rec["v"], 1);
+    assert!(rec["event_id"].as_str().is_some_and(|e| e.len() == 36));
+    assert_eq!(rec["estimated"], false);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_usage_less_upstream_is_marked_estimated() {
+    let mock = MockProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "{}{}",
+        ledger_usage_toml(dir.path(), ""),
+        standard_config(&mock.base_url(), "")
+    );
+    let gw = TestGateway::start(&toml).await;
+    let mut body = chat_body("gpt-4o-mini");
+    body["mock"] = json!({"no_usage": true});
+    let resp = post_acme(&gw, &body).await;
+    assert_eq!(resp.status(), 200);
+    let id = rid(&resp);
+    let _ = resp.text().await.unwrap();
+    let usage = gw.gateway.as_ref().unwrap().app().usage.clone();
+    assert!(usage.flush(Duration::from_secs(5)));
+    let (_, _, _, estimated, _, n) = event_row(&db(dir.path()), &id);
+    assert_eq!(n, 1);
+    assert!(estimated, "no upstream usage: the event is estimated");
+    gw.shutdown().await;
+}
+
+// ------------------------------------------------------------------ dedup
+
+fn fixture_event(i: u32, reseller: &str, tenant: &str, ts: &str, p: u64, c: u64) -> String {
+    json!({
+        "v": 1, "event_id": format!("00000000-0000-7000-8000-{i:012}"),
+        "ts": ts, "ended_at": ts, "request_id": format!("req-{i}"),
+        "reseller": reseller, "tenant": tenant, "endpoint": "chat.completions",
+        "requested_model": "gpt-4o-mini", "served_model": "gpt-4o-mini-2024-07-18",
+        "provider": "upstream", "key_owner": "platform", "status": 200, "outcome": "ok",
+        "error_code": null, "prompt_tokens": p, "completion_tokens": c, "cached_tokens": null,
+        "total_tokens": p + c, "estimated": false, "stream": false,
+        "client_disconnected": false, "latency_ms": 1.5, "ttfb_ms": 1.0, "attempts": [],
+        "cost_micros": (p * 150_000 + c * 600_000 + 500_000) / 1_000_000,
+    })
+    .to_string()
+}
+
+fn spool_opts(dir: &Path) -> SpoolOptions {
+    SpoolOptions {
+        dir: dir.to_path_buf(),
+        segment_bytes: 4096,
+        max_bytes: 1 << 30,
+        fsync_interval: Duration::from_millis(2),
+    }
+}
+
+fn snapshot_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name();
+        if name.to_string_lossy().starts_with("seg-") {
+            std::fs::copy(e.path(), to.join(name)).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_spool_replayed_twice_stores_each_event_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool_dir = dir.path().join("spool");
+    let db_path = dir.path().join("usage.db");
+    let saved = dir.path().join("saved");
+    {
+        let spool = Spool::open(spool_opts(&spool_dir)).unwrap();
+        for i in 0..300 {
+            let line = fixture_event(i, "acme", "dental", "2025-03-04T10:00:00Z", 100, 20);
+            spool.append(line.as_bytes()).unwrap();
+        }
+        spool.sync_now();
+    }
+    snapshot_dir(&spool_dir, &saved);
+    for round in 0..2 {
+        if round == 1 {
+            // The same segments again, and no cursor: everything is replayed.
+            snapshot_dir(&saved, &spool_dir);
+            std::fs::remove_file(spool_dir.join("cursor-sqlite")).unwrap();
+        }
+        let spool = Spool::open(spool_opts(&spool_dir)).unwrap();
+        let sink: Box<dyn Sink> = Box::new(SqliteSink::open(&db_path).unwrap());
+        let ledger = Ledger::start(spool, vec![sink]).unwrap();
+        assert!(
+            ledger.flush(Duration::from_secs(10)),
+            "{:?}",
+            ledger.stats()
+        );
+        let stats = ledger.stats();
+        assert_eq!(stats.sinks[0].delivered_events, 300, "round {round}");
+        ledger.close(Duration::from_secs(1));
+        drop(ledger);
+        let conn = Connection::open(&db_path).unwrap();
+        assert_eq!(sqlite::count_events(&conn).unwrap(), 300, "round {round}");
+        let (requests, total): (i64, i64) = conn
+            .query_row(
+                "SELECT requests, total_tokens FROM rollup_monthly WHERE period='2025-03' AND reseller='acme' AND tenant='dental'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((requests, total), (300, 300 * 120), "round {round}");
+    }
+    // Shipped segments were trimmed.
+    let left = std::fs::read_dir(&spool_dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("seg-")
+        })
+        .count();
+    assert!(left <= 1, "{left} segments left");
+}
+
+// ------------------------------------------------------------- crash safety
+
+const LISTENING: &str = "livery listening on http://";
+
+/// `livery serve` as a real process in `dir` (its working directory).
+struct Serve {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Serve {
+    fn start(dir: &Path, config: &Path) -> Self {
+        let stderr = std::fs::File::create(dir.join("livery.stderr")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_livery"))
+            .env_remove("LIVERY_CONFIG")
+            .env("RUST_LOG", "warn")
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .args(["--listen", "127.0.0.1:0"])
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        // Owned (and so killed and reaped on drop) before anything can fail.
+        let mut me = Self {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        let mut lines = BufReader::new(me.child.stdout.take().unwrap()).lines();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            assert!(Instant::now() < deadline, "serve did not start");
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(a) = line.trim().strip_prefix(LISTENING) {
+                        me.addr = a.parse().unwrap();
+                        // Keep draining stdout.
+                        std::thread::spawn(move || for _ in lines {});
+                        return me;
+                    }
+                }
+                _ => panic!(
+                    "serve exited: {}",
+                    std::fs::read_to_string(dir.join("livery.stderr")).unwrap_or_default()
+                ),
+            }
+        }
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+
+    fn terminate(mut self) {
+        let pid = self.child.id();
+        Command::new("sh")
+            .args(["-c", &format!("kill -TERM {pid}")])
+            .status()
+            .unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn binary_config(dir: &Path) -> PathBuf {
+    let toml = format!(
+        r#"
+[server]
+listen = ["127.0.0.1:0"]
+
+[usage]
+jsonl_path = "usage.jsonl"
+spool_dir = "spool"
+sqlite_path = "usage.db"
+
+[[providers]]
+name = "builtin"
+kind = "mock"
+
+[[models]]
+name = "demo"
+provider = "builtin"
+upstream_model = "mock-1"
+
+[[plans]]
+name = "pro"
+models = ["demo"]
+
+[[resellers]]
+id = "acme"
+domains = ["{ACME_HOST}"]
+
+[[resellers.tenants]]
+id = "dental"
+plan = "pro"
+key_hashes = ["{key}"]
+"#,
+        key = hash(ACME_DENTAL.2)
+    );
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+/// Sends requests from `workers` tasks until `stop`; returns the request ids
+/// whose response the client received complete.
+async fn load(addr: SocketAddr, workers: usize, stop: Arc<AtomicBool>, tag: String) -> Vec<String> {
+    let done = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let (stop, done, tag) = (stop.clone(), done.clone(), tag.clone());
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            let mut i = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let id = format!("{tag}-{w}-{i}");
+                let stream = i % 2 == 0;
+                let body = json!({
+                    "model": "demo", "stream": stream,
+                    "messages": [{"role": "user", "content": "hello"}],
+                    "mock": {"chunks": 4, "gap_ms": 3, "delay_ms": 2},
+                });
+                let sent = c
+                    .post(format!("http://{addr}/v1/chat/completions"))
+                    .header("host", ACME_HOST)
+                    .header("x-request-id", &id)
+                    .bearer_auth(ACME_DENTAL.2)
+                    .json(&body)
+                    .send()
+                    .await;
+                let Ok(resp) = sent else { continue };
+                if resp.status() != 200 {
+                    continue;
+                }
+                let Ok(text) = resp.text().await else {
+                    continue;
+                };
+                let complete = if stream {
+                    text.ends_with("data: [DONE]\n\n") && !text.contains("\"error\"")
+                } else {
+                    serde_json::from_str::<Value>(&text).is_ok_and(|v| v["usage"].is_object())
+                };
+                if complete {
+                    done.lock().unwrap().push(id);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let v = done.lock().unwrap().clone();
+    v
+}
+
+fn request_counts(db: &Path) -> HashMap<String, i64> {
+    let Ok(conn) = Connection::open(db) else {
+        return HashMap::new();
+    };
+    let Ok(mut stmt) = conn.prepare("SELECT request_id, COUNT(*) FROM events GROUP BY request_id")
+    else {
+        return HashMap::new();
+    };
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_no_completed_request_and_duplicates_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = binary_config(dir.path());
+    let mut completed = Vec::new();
+    for round in 0..2 {
+        let d = dir.path().to_path_buf();
+        let c = config.clone();
+        let serve = tokio::task::spawn_blocking(move || Serve::start(&d, &c))
+            .await
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let loader = tokio::spawn(load(serve.addr, 6, stop.clone(), format!("r{round}")));
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        // Killed while requests are in flight.
+        serve.kill9();
+        stop.store(true, Ordering::Relaxed);
+        let ids = loader.await.unwrap();
+        assert!(ids.len() > 20, "round {round}: only {} requests", ids.len());
+        // The ordering guarantee itself: right after the kill, before any
+        // restart, every completed request's event is already on disk (in
+        // the spool, or already shipped to the ledger).
+        let mut on_disk: HashSet<String> = request_counts(&dir.path().join("usage.db"))
+            .into_keys()
+            .collect();
+        let mut in_spool = 0;
+        for e in std::fs::read_dir(dir.path().join("spool")).unwrap() {
+            let e = e.unwrap();
+            if !e.file_name().to_string_lossy().starts_with("seg-") {
+                continue;
+            }
+            for line in std::fs::read_to_string(e.path()).unwrap().lines() {
+                if let Ok(v) = serde_json::from_str::<Value>(line) {
+                    in_spool += 1;
+                    on_disk.insert(v["request_id"].as_str().unwrap().to_owned());
+                }
+            }
+        }
+        let lost: Vec<_> = ids.iter().filter(|id| !on_disk.contains(*id)).collect();
+        assert!(
+            lost.is_empty(),
+            "round {round}: not on disk after kill -9: {lost:?}"
+        );
+        eprintln!(
+            "round {round}: {} completed, {in_spool} events in the spool at the kill",
+            ids.len()
+        );
+        completed.extend(ids);
+    }
+    // A third start ships whatever the killed processes left in the spool.
+    let d = dir.path().to_path_buf();
+    let c = config.clone();
+    let serve = tokio::task::spawn_blocking(move || Serve::start(&d, &c))
+        .await
+        .unwrap();
+    let db_path = dir.path().join("usage.db");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let counts = loop {
+        let counts = request_counts(&db_path);
+        if completed.iter().all(|id| counts.contains_key(id)) || Instant::now() > deadline {
+            break counts;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let missing: Vec<_> = completed
+        .iter()
+        .filter(|id| !counts.contains_key(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} completed requests have no event: {missing:?}",
+        missing.len(),
+        completed.len()
+    );
+    let dups: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dups.is_empty(), "duplicated events: {dups:?}");
+    tokio::task::spawn_blocking(move || serve.terminate())
+        .await
+        .unwrap();
+}
+
+// ------------------------------------------------------------ webhook outage
+
+struct Receiver {
+    addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    events: Arc<Mutex<Vec<String>>>,
+    bad_signatures: Arc<Mutex<u32>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn webhook_receiver(secret: &'static [u8]) -> Receiver {
+    use http_body_util::{BodyExt, Full};
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let up = Arc::new(AtomicBool::new(true));
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let bad = Arc::new(Mutex::new(0));
+    let (u, e, b) = (up.clone(), events.clone(), bad.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (u, e, b) = (u.clone(), e.clone(), b.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let (u, e, b) = (u.clone(), e.clone(), b.clone());
+                    async move {
+                        let ts = req.headers()["x-livery-timestamp"]
+                            .to_str()
+                            .unwrap()
+                            .to_owned();
+                        let sig = req.headers()["x-livery-signature"]
+                            .to_str()
+                            .unwrap()
+                            .to_owned();
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        if !u.load(Ordering::SeqCst) {
+                            let mut r = http::Response::new(Full::new(bytes::Bytes::new()));
+                            *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                            return Ok::<_, std::convert::Infallible>(r);
+                        }
+                        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+                        let mut msg = ts.into_bytes();
+                        msg.push(b'.');
+                        msg.extend_from_slice(&body);
+                        let want = format!("sha256={}", hex::encode(ring::hmac::sign(&key, &msg)));
+                        if want != sig {
+                            *b.lock().unwrap() += 1;
+                        }
+                        let v: Value = serde_json::from_slice(&body).unwrap();
+                        for ev in v["events"].as_array().unwrap() {
+                            e.lock()
+                                .unwrap()
+                                .push(ev["event_id"].as_str().unwrap().to_owned());
+                        }
+                        Ok(http::Response::new(Full::new(bytes::Bytes::new())))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Receiver {
+        addr,
+        up,
+        events,
+        bad_signatures: bad,
+        task,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_down_under_load_gets_every_event_once_back() {
+    const SECRET: &[u8] = b"ledger-webhook-test-secret";
+    std::env::set_var("LIVERY_TEST_WEBHOOK_SECRET", "ledger-webhook-test-secret");
+    let receiver = webhook_receiver(SECRET).await;
+    let mock = MockProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "sinks = [\"sqlite\", \"webhook\"]\n\n[usage.webhook]\nurl = \"http://{}/hook\"\nsecret_env = \"LIVERY_TEST_WEBHOOK_SECRET\"\nbatch_max_events = 50\ntimeout_ms = 2000\n",
+        receiver.addr
+    );
+    let toml = format!(
+        "{}{}",
+        ledger_usage_toml(dir.path(), &extra),
+        standard_config(&mock.base_url(), "")
+    );
+    let gw = TestGateway::start(&toml).await;
+    let usage = gw.gateway.as_ref().unwrap().app().usage.clone();
+
+    let mut sent = Vec::new();
+    for phase in 0..3 {
+        // Down in the middle phase.
+        receiver.up.store(phase != 1, Ordering::SeqCst);
+        let mut tasks = Vec::new();
+        for w in 0..4 {
+            let url = gw.url("/v1/chat/completions");
+            tasks.push(tokio::spawn(async move {
+                let c = client();
+                let mut ids = Vec::new();
+                for i in 0..15 {
+                    let id = format!("p{phase}-{w}-{i}");
+                    let resp = c
+                        .post(&url)
+                        .header("host", ACME_HOST)
+                        .header("x-request-id", &id)
+                        .bearer_auth(ACME_DENTAL.2)
+                        .json(&chat_body("gpt-4o-mini"))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(resp.status(), 200);
+                    let _ = resp.bytes().await.unwrap();
+                    ids.push(id);
+                }
+                ids
+            }));
+        }
+        for t in tasks {
+            sent.extend(t.await.unwrap());
+        }
+        if phase == 1 {
+            // The webhook is down: its lag is visible, requests were not slowed
+            // into failure, and SQLite kept up.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let stats = usage.stats().unwrap();
+            let hook = stats.sinks.iter().find(|s| s.name == "webhook").unwrap();
+            assert!(hook.lag_bytes > 0, "{stats:?}");
+            assert!(hook.last_error.is_some(), "{stats:?}");
+        }
+    }
+    assert!(usage.flush(Duration::from_secs(15)), "{:?}", usage.stats());
+
+    let events = receiver.events.lock().unwrap().clone();
+    let unique: HashSet<&String> = events.iter().collect();
+    let conn = db(dir.path());
+    let ledger_ids: HashSet<String> = conn
+        .prepare("SELECT event_id FROM events")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(ledger_ids.len(), sent.len());
+    assert_eq!(
+        unique.len(),
+        sent.len(),
+        "webhook events after dedup ({} deliveries)",
+        events.len()
+    );
+    assert!(unique.iter().all(|id| ledger_ids.contains(*id)));
+    assert_eq!(*receiver.bad_signatures.lock().unwrap(), 0);
+    gw.shutdown().await;
+}
+
+// ------------------------------------------------------------------ billing
+
+/// A fixture month at acme: dental 3 calls, realty 2; plus noise that must
+/// not count (another month, another reseller).
+fn fixture_db(dir: &Path) -> PathBuf {
+    let path = dir.join("usage.db");
+    let mut sink = SqliteSink::open(&path).unwrap();
+    let rows = [
+        (
+            1,
+            "acme",
+            "dental",
+            "2025-02-01T00:00:00Z",
+            1_000_000,
+            250_000,
+        ),
+        (2, "acme", "dental", "2025-02-14T12:00:00Z", 333_333, 1),
+        (3, "acme", "dental", "2025-02-28T23:59:59Z", 7, 3),
+        (
+            4,
+            "acme",
+            "realty",
+            "2025-02-10T08:00:00Z",
+            2_500_000,
+            1_000_000,
+        ),
+        (5, "acme", "realty", "2025-02-11T08:00:00Z", 0, 0),
+        (6, "acme", "dental", "2025-03-01T00:00:00Z", 9_999, 9_999),
+        (7, "globex", "clinic", "2025-02-05T00:00:00Z", 5_000, 5_000),
+    ];
+    let events: Vec<LedgerEvent> = rows
+        .iter()
+        .map(|(i, r, t, ts, p, c)| {
+            let mut line = fixture_event(*i, r, t, ts, *p, *c);
+            if *i == 5 {
+                // A failed call: a request, not billable.
+                line = line.replace("\"outcome\":\"ok\"", "\"outcome\":\"upstream_error\"");
+            }
+            LedgerEvent::from_line(line.as_bytes()).unwrap()
+        })
+        .collect();
+    assert_eq!(sink.insert(&events).unwrap(), 7);
+    // A replay of the same month changes nothing.
+    assert_eq!(sink.insert(&events).unwrap(), 0);
+    path
+}
+
+fn billing_config(billing: &str) -> GatewayConfig {
+    GatewayConfig::parse(&format!("[billing.acme]\n{billing}")).unwrap()
+}
+
+fn lines(db: &Path, billing: &str) -> Vec<(Option<String>, u64)> {
+    let r = report::build(db, &billing_config(billing), "acme", None, "2025-02").unwrap();
+    assert_eq!(
+        r.invoice_total_micros,
+        r.lines.iter().map(|l| l.amount_micros).sum::<u64>()
+    );
+    r.lines
+        .into_iter()
+        .map(|l| (l.tenant, l.amount_micros))
+        .collect()
+}
+
+#[test]
+fn a_fixture_month_gives_the_expected_invoice_under_each_billing_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fixture_db(dir.path());
+    // dental: prompt 1_333_340, completion 250_004, 3 billable requests.
+    // realty: prompt 2_500_000, completion 1_000_000, 1 billable of 2 requests.
+    let r = report::build(
+        &db,
+        &billing_config("model = \"wholesale\"\ninput_per_million = 1"),
+        "acme",
+        None,
+        "2025-02",
+    )
+    .unwrap();
+    let dental = &r.tenants[0];
+    assert_eq!(dental.tenant, "dental");
+    assert_eq!(
+        (
+            dental.requests,
+            dental.prompt_tokens,
+            dental.completion_tokens
+        ),
+        (3, 1_333_340, 250_004)
+    );
+    let realty = &r.tenants[1];
+    assert_eq!((realty.requests, realty.billable_requests), (2, 1));
+    assert_eq!(r.tenants.len(), 2);
+    // Platform cost: the per-event costs at 0.15/0.60, summed.
+    assert_eq!(dental.cost_micros, 300_000 + 50_001 + 3);
+    assert_eq!(realty.cost_micros, 975_000);
+
+    // wholesale: 0.50 in / 1.50 out per million, 0.0001 per billable request.
+    // dental: 1_333_340×0.5 = 666_670; 250_004×1.5 = 375_006; 3×100 = 300.
+    // realty: 1_250_000 + 1_500_000 + 100.
+    assert_eq!(
+        lines(
+            &db,
+            "model = \"wholesale\"\ninput_per_million = \"0.50\"\noutput_per_million = \"1.50\"\nper_request = \"0.0001\""
+        ),
+        vec![
+            (Some("dental".into()), 666_670 + 375_006 + 300),
+            (Some("realty".into()), 1_250_000 + 1_500_000 + 100)
+        ]
+    );
+    // revenue_share: the reseller charges 2.00 in / 6.00 out; 12.5% of it.
+    // dental revenue: 2_666_680 + 1_500_024 = 4_166_704 → 520_838 (520_838.0).
+    // realty revenue: 5_000_000 + 6_000_000 = 11_000_000 → 1_375_000.
+    assert_eq!(
+        lines(
+            &db,
+            "model = \"revenue_share\"\nshare = \"12.5%\"\nretail_input_per_million = 2\nretail_output_per_million = \"6\""
+        ),
+        vec![
+            (Some("dental".into()), 520_838),
+            (Some("realty".into()), 1_375_000)
+        ]
+    );
+    // platform_fee: 5_083_344 tokens in the month → the second tier.
+    let tiers = "model = \"platform_fee\"\n\
+        [[billing.acme.tiers]]\nup_to_tokens = 1000000\nfee = 49\n\
+        [[billing.acme.tiers]]\nup_to_tokens = 10000000\nfee = \"199.99\"\n\
+        [[billing.acme.tiers]]\nfee = 999";
+    assert_eq!(lines(&db, tiers), vec![(None, 199_990_000)]);
+
+    // The CLI prints the same invoice.
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[usage]\nsqlite_path = \"{}\"\n[billing.acme]\n{tiers}",
+            db.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_livery"))
+        .env_remove("LIVERY_CONFIG")
+        .args([
+            "usage",
+            "report",
+            "--reseller",
+            "acme",
+            "--month",
+            "2025-02",
+            "--format",
+            "json",
+            "--config",
+        ])
+        .arg(&cfg)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["invoice_total_micros"], 199_990_000);
+    assert_eq!(v["tenants"].as_array().unwrap().len(), 2);
+    for format in ["table", "csv"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_livery"))
+            .env_remove("LIVERY_CONFIG")
+            .args([
+                "usage",
+                "report",
+                "--reseller",
+                "acme",
+                "--tenant",
+                "dental",
+                "--month",
+                "2025-02",
+                "--format",
+                format,
+                "--config",
+            ])
+            .arg(&cfg)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{format}");
+        assert!(
+            text.contains("dental") && !text.contains("realty"),
+            "{text}"
+        );
+    }
+}
