@@ -11,6 +11,7 @@ pub use host::normalize_host;
 pub use key::{presented_key, KeyDigest, PresentedKey};
 
 use crate::config::{DisallowedModel, GatewayConfig, TenantStatus};
+use crate::limits::PlanLimits;
 use crate::vault::{ByokPolicy, CredentialOwner, SealedKey};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -39,6 +40,8 @@ pub struct Plan {
     pub byok: ByokPolicy,
     pub disallowed_model: DisallowedModel,
     pub downgrade_to: Option<Arc<str>>,
+    /// Rate limits and quotas of the plan (absent fields: unlimited).
+    pub limits: PlanLimits,
 }
 
 impl Plan {
@@ -56,6 +59,8 @@ pub struct Tenant {
     pub key_count: usize,
     /// Sealed provider keys by provider name (never plaintext).
     pub credentials: HashMap<String, SealedKey>,
+    /// The plan's limits with the tenant's overrides applied.
+    pub limits: PlanLimits,
 }
 
 #[derive(Debug)]
@@ -66,6 +71,10 @@ pub struct Reseller {
     pub tenants: Vec<Arc<Tenant>>,
     /// Sealed provider keys by provider name (never plaintext).
     pub credentials: HashMap<String, SealedKey>,
+    /// The reseller's own plan, whose limits cap the sum of its tenants.
+    pub plan: Option<Arc<Plan>>,
+    /// Limits on the sum of all tenants (all unlimited without a plan).
+    pub limits: PlanLimits,
 }
 
 /// Index of a reseller inside one [`Tenancy`] snapshot.
@@ -115,7 +124,9 @@ impl Tenancy {
                     return Err(format!("plan `{}` lists unknown model `{m}`", p.name));
                 }
             }
+            let limits = PlanLimits::from_plan(p).map_err(|e| format!("plan `{}`: {e}", p.name))?;
             let plan = Arc::new(Plan {
+                limits,
                 name: p.name.as_str().into(),
                 models: p.models.iter().map(|m| Arc::from(m.as_str())).collect(),
                 byok: p.byok,
@@ -156,6 +167,15 @@ impl Tenancy {
                 }
                 domains.push(n);
             }
+            let reseller_plan =
+                r.plan
+                    .as_ref()
+                    .map(|name| {
+                        plans.get(name).cloned().ok_or_else(|| {
+                            format!("reseller `{}` uses unknown plan `{name}`", r.id)
+                        })
+                    })
+                    .transpose()?;
             let mut tenants = Vec::new();
             let mut tenant_ids = HashSet::new();
             for (ti, tc) in r.tenants.iter().enumerate() {
@@ -171,6 +191,10 @@ impl Tenancy {
                         r.id, tc.id, tc.plan
                     )
                 })?;
+                let limits = plan
+                    .limits
+                    .overridden_by(&tc.limits)
+                    .map_err(|e| format!("tenant `{}/{}`: limits: {e}", r.id, tc.id))?;
                 for kh in &tc.key_hashes {
                     let digest = KeyDigest::parse(kh).ok_or_else(|| {
                         format!(
@@ -190,6 +214,7 @@ impl Tenancy {
                     }
                 }
                 tenants.push(Arc::new(Tenant {
+                    limits,
                     id: tc.id.as_str().into(),
                     name: tc.name.clone(),
                     plan,
@@ -203,6 +228,8 @@ impl Tenancy {
                 }));
             }
             t.resellers.push(Reseller {
+                limits: reseller_plan.as_ref().map(|p| p.limits).unwrap_or_default(),
+                plan: reseller_plan,
                 id: r.id.as_str().into(),
                 name: r.name.clone(),
                 domains,

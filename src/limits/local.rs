@@ -1,0 +1,379 @@
+//! The in-process backend: one small state per tenant and per reseller in a
+//! `DashMap`, each behind its own mutex.
+//!
+//! Why a mutex and not `governor`'s lock-free GCRA: an admission must check
+//! and charge *both* levels (tenant and reseller) and *all* buckets (requests,
+//! tokens, concurrency, month) all-or-nothing, and the token bucket must take
+//! refunds after the call. A GCRA cell, once taken, cannot be given back, so a
+//! request refused by the reseller's cap (or by its token bucket) would still
+//! have spent a request cell, and a tenant hammering while over its own limit
+//! would drain its reseller's shared bucket, hurting its neighbours. Here the
+//! tenant's and the reseller's states are locked together (always tenant first,
+//! and a reseller lock is never held while waiting for a tenant lock, so no
+//! cycle), checked, and charged only if everything passes: the same semantics
+//! as the Redis script. The critical section is a few float operations; the
+//! map lookups take only a shard read lock.
+
+use super::headers::{BucketView, LevelView, RateHeaders};
+use super::month::{Month, MonthlyUsageSource};
+use super::plan::{EffectiveLimits, Level, PlanLimits};
+use super::{Check, LimitKey};
+use crate::limits::error::LimitRejection;
+use dashmap::DashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+/// A refilling bucket: `level` units at `at_ms`, refilling `cap` per window
+/// up to `cap`. The token bucket's level goes below zero when the real usage
+/// exceeded the estimate (a debt paid back by refill).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bucket {
+    level: f64,
+    at_ms: f64,
+}
+
+impl Bucket {
+    fn full(cap: f64, now: f64) -> Self {
+        Self {
+            level: cap,
+            at_ms: now,
+        }
+    }
+
+    fn refill(&mut self, cap: f64, window_ms: f64, now: f64) {
+        if now > self.at_ms {
+            self.level += (now - self.at_ms) * cap / window_ms;
+            self.at_ms = now;
+        }
+        self.level = self.level.min(cap);
+    }
+
+    fn view(&self, cap: f64, window_ms: f64) -> BucketView {
+        BucketView {
+            limit: cap as u64,
+            level: self.level,
+            reset_ms: wait_ms(cap, self.level, cap, window_ms),
+        }
+    }
+}
+
+/// Time until a bucket of `cap` per `window_ms` at `level` holds `need`.
+pub(crate) fn wait_ms(need: f64, level: f64, cap: f64, window_ms: f64) -> f64 {
+    ((need - level).max(0.0) * window_ms / cap).ceil()
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    requests: Option<Bucket>,
+    tokens: Option<Bucket>,
+    in_flight: u64,
+    /// Tokens counted in the month (real usage, plus in-flight estimates).
+    month: Option<(Month, u64)>,
+}
+
+impl State {
+    fn refill(&mut self, plan: &PlanLimits, window_ms: f64, now: f64) {
+        match plan.requests_per_minute {
+            Some(cap) => self
+                .requests
+                .get_or_insert_with(|| Bucket::full(cap as f64, now))
+                .refill(cap as f64, window_ms, now),
+            None => self.requests = None,
+        }
+        match plan.tokens_per_minute {
+            Some(cap) => self
+                .tokens
+                .get_or_insert_with(|| Bucket::full(cap as f64, now))
+                .refill(cap as f64, window_ms, now),
+            None => self.tokens = None,
+        }
+    }
+
+    fn month_used(&self, month: Month) -> u64 {
+        match self.month {
+            Some((m, used)) if m == month => used,
+            _ => 0,
+        }
+    }
+
+    fn view(&self, plan: &PlanLimits, window_ms: f64) -> LevelView {
+        LevelView {
+            requests: plan
+                .requests_per_minute
+                .zip(self.requests)
+                .map(|(cap, b)| b.view(cap as f64, window_ms)),
+            tokens: plan
+                .tokens_per_minute
+                .zip(self.tokens)
+                .map(|(cap, b)| b.view(cap as f64, window_ms)),
+        }
+    }
+
+    /// The first limit of `check` this state fails, with the wait in ms.
+    fn fails(&self, check: Check, plan: &PlanLimits, c: &Ctx) -> Option<(u64, f64)> {
+        match check {
+            Check::Month => plan
+                .tokens_per_month
+                .filter(|&q| self.month_used(c.month) >= q)
+                .map(|q| (q, 0.0)),
+            Check::Requests => {
+                let (cap, b) = plan.requests_per_minute.zip(self.requests)?;
+                (b.level < 1.0).then(|| (cap, wait_ms(1.0, b.level, cap as f64, c.window_ms)))
+            }
+            Check::Tokens => {
+                let (cap, b) = plan.tokens_per_minute.zip(self.tokens)?;
+                let need = (c.estimate as f64).min(cap as f64);
+                (b.level < need).then(|| (cap, wait_ms(need, b.level, cap as f64, c.window_ms)))
+            }
+            Check::Concurrency => plan
+                .max_concurrent
+                .filter(|&m| self.in_flight >= m)
+                .map(|m| (m, 1000.0)),
+        }
+    }
+
+    fn charge(&mut self, plan: &PlanLimits, c: &Ctx) -> bool {
+        if let Some(b) = self.requests.as_mut() {
+            b.level -= 1.0;
+        }
+        if let Some(b) = self.tokens.as_mut() {
+            b.level -= c.estimate as f64;
+        }
+        if plan.tokens_per_month.is_some() {
+            let used = self.month_used(c.month).saturating_add(c.estimate);
+            self.month = Some((c.month, used));
+        }
+        let slot = plan.max_concurrent.is_some();
+        if slot {
+            self.in_flight += 1;
+        }
+        slot
+    }
+}
+
+struct Ctx {
+    estimate: u64,
+    month: Month,
+    window_ms: f64,
+}
+
+/// One tenant's or reseller's counters.
+#[derive(Debug, Default)]
+pub(crate) struct Entry {
+    state: Mutex<State>,
+}
+
+impl Entry {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The critical sections cannot panic; a poisoned lock still holds valid numbers.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Seeds the month's count from the durable source the first time it is
+    /// needed (read outside the lock: it may be a database query).
+    fn seed_month(&self, month: Month, read: impl FnOnce() -> u64) {
+        if matches!(self.lock().month, Some((m, _)) if m == month) {
+            return;
+        }
+        let total = read();
+        self.observe_month(month, total);
+    }
+
+    /// Raises the month's count to `total` if it is lower (counts only grow).
+    pub(crate) fn observe_month(&self, month: Month, total: u64) {
+        let mut s = self.lock();
+        match &mut s.month {
+            Some((m, used)) if *m == month => *used = (*used).max(total),
+            Some((m, _)) if *m > month => {}
+            other => *other = Some((month, total)),
+        }
+    }
+
+    pub(crate) fn month_used(&self, month: Month) -> u64 {
+        self.lock().month_used(month)
+    }
+
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.lock().in_flight
+    }
+
+    pub(crate) fn release(&self) {
+        let mut s = self.lock();
+        s.in_flight = s.in_flight.saturating_sub(1);
+    }
+
+    /// Corrects an admission's estimate by `diff` (real − estimate) tokens.
+    pub(crate) fn settle(
+        &self,
+        plan: &PlanLimits,
+        diff: i64,
+        month: Month,
+        window_ms: f64,
+        now: f64,
+        buckets: bool,
+    ) {
+        let mut s = self.lock();
+        if buckets {
+            if let (Some(cap), Some(b)) = (plan.tokens_per_minute, s.tokens.as_mut()) {
+                b.refill(cap as f64, window_ms, now);
+                b.level = (b.level - diff as f64).min(cap as f64);
+            }
+        }
+        if let Some((m, used)) = s.month.as_mut() {
+            if *m == month {
+                *used = used.saturating_add_signed(diff);
+            }
+        }
+    }
+}
+
+/// What a local admission holds: the entries whose slots it took.
+pub(crate) struct LocalGrant {
+    pub tenant: Option<Arc<Entry>>,
+    pub reseller: Option<Arc<Entry>>,
+    pub slots: [bool; 2],
+    pub headers: RateHeaders,
+}
+
+#[derive(Debug)]
+pub(crate) struct LocalBackend {
+    base: Instant,
+    window_ms: f64,
+    tenants: DashMap<LimitKey, Arc<Entry>>,
+    resellers: DashMap<Arc<str>, Arc<Entry>>,
+}
+
+impl LocalBackend {
+    pub fn new(window: std::time::Duration) -> Self {
+        Self {
+            base: Instant::now(),
+            window_ms: (window.as_secs_f64() * 1000.0).max(1.0),
+            tenants: DashMap::new(),
+            resellers: DashMap::new(),
+        }
+    }
+
+    pub fn window_ms(&self) -> f64 {
+        self.window_ms
+    }
+
+    pub fn now_ms(&self) -> f64 {
+        self.base.elapsed().as_secs_f64() * 1000.0
+    }
+
+    pub fn tenant(&self, key: &LimitKey) -> Arc<Entry> {
+        if let Some(e) = self.tenants.get(key) {
+            return e.clone();
+        }
+        self.tenants.entry(key.clone()).or_default().clone()
+    }
+
+    pub fn reseller(&self, reseller: &Arc<str>) -> Arc<Entry> {
+        if let Some(e) = self.resellers.get(reseller) {
+            return e.clone();
+        }
+        self.resellers.entry(reseller.clone()).or_default().clone()
+    }
+
+    pub fn existing(&self, key: &LimitKey, level: Level) -> Option<Arc<Entry>> {
+        match level {
+            Level::Tenant => self.tenants.get(key).map(|e| e.clone()),
+            Level::Reseller => self.resellers.get(&key.reseller).map(|e| e.clone()),
+        }
+    }
+
+    /// Makes sure the month counts of the limited levels are seeded.
+    pub fn seed_months(
+        &self,
+        key: &LimitKey,
+        limits: &EffectiveLimits,
+        month: Month,
+        source: &dyn MonthlyUsageSource,
+    ) {
+        if limits.tenant.tokens_per_month.is_some() {
+            self.tenant(key).seed_month(month, || {
+                source.month_tokens(&key.reseller, Some(&key.tenant), month)
+            });
+        }
+        if limits.reseller.tokens_per_month.is_some() {
+            self.reseller(&key.reseller)
+                .seed_month(month, || source.month_tokens(&key.reseller, None, month));
+        }
+    }
+
+    /// Checks every limit of both levels and charges them all, or none.
+    pub fn admit(
+        &self,
+        key: &LimitKey,
+        limits: &EffectiveLimits,
+        estimate: u64,
+        month: Month,
+        source: &dyn MonthlyUsageSource,
+    ) -> Result<LocalGrant, LimitRejection> {
+        self.seed_months(key, limits, month, source);
+        let tenant = (!limits.tenant.is_unlimited()).then(|| self.tenant(key));
+        let reseller = (!limits.reseller.is_unlimited()).then(|| self.reseller(&key.reseller));
+        let c = Ctx {
+            estimate,
+            month,
+            window_ms: self.window_ms,
+        };
+        let now = self.now_ms();
+        // Lock order: tenant, then reseller (see the module comment).
+        let mut tg = tenant.as_deref().map(Entry::lock);
+        let mut rg = reseller.as_deref().map(Entry::lock);
+        if let Some(s) = tg.as_deref_mut() {
+            s.refill(&limits.tenant, self.window_ms, now);
+        }
+        if let Some(s) = rg.as_deref_mut() {
+            s.refill(&limits.reseller, self.window_ms, now);
+        }
+        let views = |tg: &Option<MutexGuard<'_, State>>, rg: &Option<MutexGuard<'_, State>>| {
+            let tv = tg
+                .as_deref()
+                .map(|s| s.view(&limits.tenant, self.window_ms))
+                .unwrap_or_default();
+            let rv = rg
+                .as_deref()
+                .map(|s| s.view(&limits.reseller, self.window_ms))
+                .unwrap_or_default();
+            RateHeaders::combine(&tv, &rv)
+        };
+        for check in Check::ORDER {
+            for level in Level::BOTH {
+                let state = match level {
+                    Level::Tenant => tg.as_deref(),
+                    Level::Reseller => rg.as_deref(),
+                };
+                let Some(state) = state else { continue };
+                if let Some((limit, wait)) = state.fails(check, limits.level(level), &c) {
+                    let used = state.month_used(month);
+                    return Err(check.rejection(
+                        level,
+                        limit,
+                        estimate,
+                        used,
+                        wait,
+                        month,
+                        views(&tg, &rg),
+                    ));
+                }
+            }
+        }
+        let t_slot = tg
+            .as_deref_mut()
+            .is_some_and(|s| s.charge(&limits.tenant, &c));
+        let r_slot = rg
+            .as_deref_mut()
+            .is_some_and(|s| s.charge(&limits.reseller, &c));
+        let headers = views(&tg, &rg);
+        drop(rg);
+        drop(tg);
+        Ok(LocalGrant {
+            tenant,
+            reseller,
+            slots: [t_slot, r_slot],
+            headers,
+        })
+    }
+}

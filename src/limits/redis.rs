@@ -1,0 +1,604 @@
+//! The shared backend: every gateway instance counts in one Redis.
+//!
+//! - **Admission** is one Lua script (`lua/admit.lua`, `EVALSHA`), one round
+//!   trip: it reads, checks and charges the tenant's and the reseller's request
+//!   and token buckets, concurrency slots and month counters atomically, using
+//!   Redis's clock so instances with skewed clocks agree. Nothing is read first
+//!   and written later from the gateway, so there is no check-then-consume race.
+//! - **Settle** is a second script (`lua/settle.lua`), idempotent: admission
+//!   stores its estimate under the admission's unique id and the first settle
+//!   consumes it. Settles and slot releases are sent by a background worker
+//!   (the request path only queues them), batched on the multiplexed connection.
+//! - **Concurrency** is counted in Redis, not per instance (a per-instance count
+//!   multiplies the limit by the replicas): a sorted set of admission ids
+//!   scored by lease expiry. The worker renews the leases of this instance's
+//!   live admissions every third of a lease; a crashed instance's slots expire
+//!   after one lease (30 s) instead of leaking.
+//! - **Month counters** live in Redis too, seeded (raised, never lowered) from
+//!   each instance's view of the durable ledger.
+//!
+//! The connection is one `MultiplexedConnection` shared by all requests (it
+//! pipelines concurrent commands), re-created after an error. A pool would add
+//! nothing but a health-check round trip per checkout.
+
+use super::headers::{BucketView, LevelView, RateHeaders};
+use super::month::Month;
+use super::plan::{EffectiveLimits, Level, PlanLimits};
+use super::{Check, LimitKey};
+use crate::limits::error::LimitRejection;
+use arc_swap::ArcSwapOption;
+use dashmap::DashMap;
+use redis::aio::MultiplexedConnection;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+const ADMIT: &str = include_str!("lua/admit.lua");
+const SETTLE: &str = include_str!("lua/settle.lua");
+const RENEW: &str = include_str!("lua/renew.lua");
+
+/// Queued settle and release jobs; beyond this they are dropped (counted): a
+/// lost settle leaves the estimate charged, a lost release expires with its lease.
+const QUEUE: usize = 16_384;
+/// A reservation outlives any request (the request deadline is 10 minutes).
+const RESERVATION_TTL_MS: u64 = 3_600_000;
+/// Month counters are kept a little over a month.
+const MONTH_TTL_S: u64 = 40 * 24 * 3600;
+
+/// The keys of one admission. All share the reseller's hash tag, so one script
+/// touches one cluster slot.
+#[derive(Debug)]
+pub(crate) struct Keys {
+    t_hash: String,
+    t_slots: String,
+    t_month: String,
+    r_hash: String,
+    r_slots: String,
+    r_month: String,
+    reservation: String,
+}
+
+impl Keys {
+    fn new(prefix: &str, key: &LimitKey, month: Month, id: &str) -> Self {
+        let r = format!("{prefix}{{{}}}", escape(&key.reseller));
+        let t = format!("{r}:t:{}", escape(&key.tenant));
+        Self {
+            t_hash: t.clone(),
+            t_slots: format!("{t}:c"),
+            t_month: format!("{t}:m:{month}"),
+            r_hash: format!("{r}:r"),
+            r_slots: format!("{r}:r:c"),
+            r_month: format!("{r}:r:m:{month}"),
+            reservation: format!("{r}:a:{id}"),
+        }
+    }
+}
+
+/// Ids are escaped so that no tenant id can forge another key (`:`, `{`...).
+fn escape(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// Live admissions holding slots (id → keys, which levels), for lease renewal.
+type Held = DashMap<Arc<str>, (Arc<Keys>, [bool; 2])>;
+
+enum Job {
+    Settle {
+        keys: Arc<Keys>,
+        actual: u64,
+        window_ms: u64,
+        tpm: [u64; 2],
+        quota: [bool; 2],
+    },
+    Release {
+        keys: Arc<Keys>,
+        id: Arc<str>,
+        slots: [bool; 2],
+    },
+}
+
+/// What a Redis admission holds.
+pub(crate) struct RedisGrant {
+    pub keys: Arc<Keys>,
+    pub id: Arc<str>,
+    pub slots: [bool; 2],
+    pub headers: RateHeaders,
+    pub month_used: [u64; 2],
+}
+
+/// The result of one admission script.
+pub(crate) type Verdict = Result<RedisGrant, LimitRejection>;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RedisFailure {
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+    #[error("unexpected script reply: {0}")]
+    Reply(String),
+}
+
+struct Conn {
+    client: redis::Client,
+    current: ArcSwapOption<MultiplexedConnection>,
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl Conn {
+    async fn get(&self) -> Result<MultiplexedConnection, redis::RedisError> {
+        if let Some(c) = self.current.load_full() {
+            return Ok((*c).clone());
+        }
+        let _one = self.connecting.lock().await;
+        if let Some(c) = self.current.load_full() {
+            return Ok((*c).clone());
+        }
+        let c = self.client.get_multiplexed_async_connection().await?;
+        self.current.store(Some(Arc::new(c.clone())));
+        Ok(c)
+    }
+
+    fn reset(&self) {
+        self.current.store(None);
+    }
+}
+
+/// Health of the shared backend: the switch to the fallback is logged once
+/// and counted; while down, one admission per probe interval tries Redis again.
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    down: AtomicBool,
+    next_probe_ms: AtomicU64,
+    pub fallbacks_total: AtomicU64,
+    pub recoveries_total: AtomicU64,
+    pub errors_total: AtomicU64,
+    pub dropped_jobs_total: AtomicU64,
+}
+
+pub(crate) struct RedisBackend {
+    conn: Arc<Conn>,
+    admit: redis::Script,
+    prefix: String,
+    timeout: Duration,
+    lease: Duration,
+    probe_interval: Duration,
+    base: Instant,
+    pub health: Arc<Health>,
+    jobs: mpsc::Sender<Job>,
+    /// Live admissions holding slots, for lease renewal.
+    held: Arc<Held>,
+}
+
+impl RedisBackend {
+    /// Builds the backend and starts its worker (needs a Tokio runtime).
+    pub fn new(
+        url: &str,
+        prefix: String,
+        timeout: Duration,
+        lease: Duration,
+        probe_interval: Duration,
+    ) -> Result<Self, String> {
+        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| "the redis backend must be built inside a Tokio runtime".to_owned())?;
+        let conn = Arc::new(Conn {
+            client,
+            current: ArcSwapOption::empty(),
+            connecting: tokio::sync::Mutex::new(()),
+        });
+        let health = Arc::new(Health::default());
+        let held = Arc::new(DashMap::new());
+        let (jobs, rx) = mpsc::channel(QUEUE);
+        handle.spawn(worker(
+            rx,
+            conn.clone(),
+            held.clone(),
+            health.clone(),
+            timeout.max(Duration::from_millis(250)),
+            lease,
+        ));
+        Ok(Self {
+            conn,
+            admit: redis::Script::new(ADMIT),
+            prefix,
+            timeout,
+            lease,
+            probe_interval,
+            base: Instant::now(),
+            health,
+            jobs,
+            held,
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    pub fn is_down(&self) -> bool {
+        self.health.down.load(Ordering::Relaxed)
+    }
+
+    /// True if this admission should go to Redis: always while it is up; while
+    /// it is down, for one admission per probe interval.
+    pub fn should_try(&self) -> bool {
+        if !self.is_down() {
+            return true;
+        }
+        let now = self.now_ms();
+        let due = self.health.next_probe_ms.load(Ordering::Relaxed);
+        now >= due
+            && self
+                .health
+                .next_probe_ms
+                .compare_exchange(
+                    due,
+                    now + self.probe_ms(),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
+    fn probe_ms(&self) -> u64 {
+        u64::try_from(self.probe_interval.as_millis()).unwrap_or(1000)
+    }
+
+    pub fn on_success(&self) {
+        if self.health.down.swap(false, Ordering::AcqRel) {
+            self.health.recoveries_total.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("rate limiter: redis answers again; shared limiting resumed");
+        }
+    }
+
+    pub fn on_failure(&self, e: &RedisFailure, fail_open: bool) {
+        self.health.errors_total.fetch_add(1, Ordering::Relaxed);
+        self.conn.reset();
+        self.health
+            .next_probe_ms
+            .store(self.now_ms() + self.probe_ms(), Ordering::Relaxed);
+        if !self.health.down.swap(true, Ordering::AcqRel) {
+            self.health.fallbacks_total.fetch_add(1, Ordering::Relaxed);
+            if fail_open {
+                tracing::error!(error = %e, "rate limiter: redis unavailable; counting locally, each instance taking its share of every limit (fail_open)");
+            } else {
+                tracing::error!(error = %e, "rate limiter: redis unavailable; refusing requests with 503 until it answers (fail_closed)");
+            }
+        }
+    }
+
+    /// Runs the admission script within the timeout.
+    pub async fn admit(
+        &self,
+        key: &LimitKey,
+        limits: &EffectiveLimits,
+        estimate: u64,
+        month: Month,
+        seeds: [u64; 2],
+        window: Duration,
+    ) -> Result<Verdict, RedisFailure> {
+        let id: Arc<str> = uuid::Uuid::now_v7().simple().to_string().into();
+        let keys = Arc::new(Keys::new(&self.prefix, key, month, &id));
+        let window_ms = window_ms(window);
+        let mut inv = self.admit.prepare_invoke();
+        inv.key(&keys.t_hash)
+            .key(&keys.t_slots)
+            .key(&keys.t_month)
+            .key(&keys.r_hash)
+            .key(&keys.r_slots)
+            .key(&keys.r_month)
+            .key(&keys.reservation)
+            .arg(window_ms)
+            .arg(estimate)
+            .arg(&*id)
+            .arg(window_ms_of(self.lease))
+            .arg(if settles(limits) {
+                RESERVATION_TTL_MS
+            } else {
+                0
+            })
+            .arg(MONTH_TTL_S);
+        for (level, seed) in Level::BOTH.into_iter().zip(seeds) {
+            let p = limits.level(level);
+            inv.arg(p.requests_per_minute.unwrap_or(0))
+                .arg(p.tokens_per_minute.unwrap_or(0))
+                .arg(p.max_concurrent.unwrap_or(0))
+                .arg(p.tokens_per_month.unwrap_or(0))
+                .arg(seed);
+        }
+        let reply: Vec<String> = tokio::time::timeout(self.timeout, async {
+            let mut c = self.conn.get().await?;
+            inv.invoke_async(&mut c).await
+        })
+        .await
+        .map_err(|_| RedisFailure::Timeout(self.timeout))??;
+        let verdict = parse_reply(&reply, limits, estimate, month)
+            .ok_or_else(|| RedisFailure::Reply(reply.join(",")))?;
+        Ok(match verdict {
+            Ok((slots, headers, month_used)) => {
+                if slots.iter().any(|s| *s) {
+                    self.held.insert(id.clone(), (keys.clone(), slots));
+                }
+                Ok(RedisGrant {
+                    keys,
+                    id,
+                    slots,
+                    headers,
+                    month_used,
+                })
+            }
+            Err(rejection) => Err(rejection),
+        })
+    }
+
+    pub fn settle(
+        &self,
+        keys: &Arc<Keys>,
+        limits: &EffectiveLimits,
+        actual: u64,
+        window: Duration,
+    ) {
+        if !settles(limits) {
+            return;
+        }
+        self.send(Job::Settle {
+            keys: keys.clone(),
+            actual,
+            window_ms: window_ms(window),
+            tpm: [
+                limits.tenant.tokens_per_minute.unwrap_or(0),
+                limits.reseller.tokens_per_minute.unwrap_or(0),
+            ],
+            quota: [
+                limits.tenant.tokens_per_month.is_some(),
+                limits.reseller.tokens_per_month.is_some(),
+            ],
+        });
+    }
+
+    pub fn release(&self, keys: &Arc<Keys>, id: &Arc<str>, slots: [bool; 2]) {
+        if !slots.iter().any(|s| *s) {
+            return;
+        }
+        self.held.remove(id);
+        self.send(Job::Release {
+            keys: keys.clone(),
+            id: id.clone(),
+            slots,
+        });
+    }
+
+    fn send(&self, job: Job) {
+        if self.jobs.try_send(job).is_err() {
+            self.health
+                .dropped_jobs_total
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// True if some token limit needs the real usage: without one there is no
+/// reservation to write and no settle to send.
+fn settles(limits: &EffectiveLimits) -> bool {
+    [limits.tenant, limits.reseller]
+        .iter()
+        .any(|p| p.tokens_per_minute.is_some() || p.tokens_per_month.is_some())
+}
+
+fn window_ms(window: Duration) -> u64 {
+    window_ms_of(window).max(1)
+}
+
+fn window_ms_of(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+type Parsed = Result<([bool; 2], RateHeaders, [u64; 2]), LimitRejection>;
+
+fn parse_reply(
+    r: &[String],
+    limits: &EffectiveLimits,
+    estimate: u64,
+    month: Month,
+) -> Option<Parsed> {
+    if r.len() != 14 {
+        return None;
+    }
+    let f = |i: usize| r[i].parse::<f64>().ok();
+    let mut views = [LevelView::default(); 2];
+    let mut used = [0u64; 2];
+    for (n, level) in Level::BOTH.into_iter().enumerate() {
+        let b = 4 + n * 5;
+        let p = limits.level(level);
+        views[n] = LevelView {
+            requests: match p.requests_per_minute {
+                Some(cap) => Some(BucketView {
+                    limit: cap,
+                    level: f(b)?,
+                    reset_ms: f(b + 1)?,
+                }),
+                None => None,
+            },
+            tokens: match p.tokens_per_minute {
+                Some(cap) => Some(BucketView {
+                    limit: cap,
+                    level: f(b + 2)?,
+                    reset_ms: f(b + 3)?,
+                }),
+                None => None,
+            },
+        };
+        used[n] = r[b + 4].parse().ok()?;
+    }
+    let headers = RateHeaders::combine(&views[0], &views[1]);
+    if r[0] == "1" {
+        let slots = [
+            limits.tenant.max_concurrent.is_some(),
+            limits.reseller.max_concurrent.is_some(),
+        ];
+        return Some(Ok((slots, headers, used)));
+    }
+    let check = match r[1].as_str() {
+        "1" => Check::Month,
+        "2" => Check::Requests,
+        "3" => Check::Tokens,
+        "4" => Check::Concurrency,
+        _ => return None,
+    };
+    let level = if r[2] == "2" {
+        Level::Reseller
+    } else {
+        Level::Tenant
+    };
+    let p: &PlanLimits = limits.level(level);
+    let limit = match check {
+        Check::Month => p.tokens_per_month,
+        Check::Requests => p.requests_per_minute,
+        Check::Tokens => p.tokens_per_minute,
+        Check::Concurrency => p.max_concurrent,
+    }?;
+    let n = usize::from(level == Level::Reseller);
+    Some(Err(check.rejection(
+        level,
+        limit,
+        estimate,
+        used[n],
+        f(3)?,
+        month,
+        headers,
+    )))
+}
+
+/// Runs queued settles and releases (batched, concurrently on the multiplexed
+/// connection) and renews the leases of live slots. Ends when the limiter and
+/// every admission are gone.
+async fn worker(
+    mut rx: mpsc::Receiver<Job>,
+    conn: Arc<Conn>,
+    held: Arc<Held>,
+    health: Arc<Health>,
+    timeout: Duration,
+    lease: Duration,
+) {
+    let settle = redis::Script::new(SETTLE);
+    let renew = redis::Script::new(RENEW);
+    let mut tick = tokio::time::interval((lease / 3).max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch = Vec::with_capacity(256);
+    loop {
+        tokio::select! {
+            n = rx.recv_many(&mut batch, 256) => {
+                if n == 0 {
+                    return;
+                }
+                let jobs = std::mem::take(&mut batch);
+                let ok = tokio::time::timeout(timeout, run_jobs(&conn, &settle, jobs)).await;
+                if !matches!(ok, Ok(Ok(()))) {
+                    health.errors_total.fetch_add(1, Ordering::Relaxed);
+                    conn.reset();
+                }
+            }
+            _ = tick.tick() => {
+                let live: Vec<(Arc<str>, Arc<Keys>, [bool; 2])> = held
+                    .iter()
+                    .map(|e| (e.key().clone(), e.value().0.clone(), e.value().1))
+                    .collect();
+                if live.is_empty() {
+                    continue;
+                }
+                let ok = tokio::time::timeout(timeout, renew_all(&conn, &renew, live, lease)).await;
+                if !matches!(ok, Ok(Ok(()))) {
+                    health.errors_total.fetch_add(1, Ordering::Relaxed);
+                    conn.reset();
+                }
+            }
+        }
+    }
+}
+
+async fn run_jobs(
+    conn: &Conn,
+    settle: &redis::Script,
+    jobs: Vec<Job>,
+) -> Result<(), redis::RedisError> {
+    let c = conn.get().await?;
+    let calls = jobs.into_iter().map(|job| {
+        let mut c = c.clone();
+        async move {
+            match job {
+                Job::Settle {
+                    keys,
+                    actual,
+                    window_ms,
+                    tpm,
+                    quota,
+                } => {
+                    let mut inv = settle.prepare_invoke();
+                    inv.key(&keys.t_hash)
+                        .key(&keys.t_month)
+                        .key(&keys.r_hash)
+                        .key(&keys.r_month)
+                        .key(&keys.reservation)
+                        .arg(actual)
+                        .arg(window_ms)
+                        .arg(tpm[0])
+                        .arg(tpm[1])
+                        .arg(u8::from(quota[0]))
+                        .arg(u8::from(quota[1]));
+                    inv.invoke_async::<i64>(&mut c).await.map(|_| ())
+                }
+                Job::Release { keys, id, slots } => {
+                    let mut p = redis::pipe();
+                    if slots[0] {
+                        p.zrem(&keys.t_slots, &*id).ignore();
+                    }
+                    if slots[1] {
+                        p.zrem(&keys.r_slots, &*id).ignore();
+                    }
+                    p.query_async::<()>(&mut c).await
+                }
+            }
+        }
+    });
+    let results = futures_util::future::join_all(calls).await;
+    results.into_iter().collect()
+}
+
+async fn renew_all(
+    conn: &Conn,
+    renew: &redis::Script,
+    live: Vec<(Arc<str>, Arc<Keys>, [bool; 2])>,
+    lease: Duration,
+) -> Result<(), redis::RedisError> {
+    let c = conn.get().await?;
+    let lease_ms = window_ms_of(lease);
+    let calls = live.into_iter().map(|(id, keys, slots)| {
+        let mut c = c.clone();
+        async move {
+            let mut inv = renew.prepare_invoke();
+            if slots[0] {
+                inv.key(&keys.t_slots);
+            }
+            if slots[1] {
+                inv.key(&keys.r_slots);
+            }
+            inv.arg(lease_ms).arg(&*id);
+            inv.invoke_async::<i64>(&mut c).await.map(|_| ())
+        }
+    });
+    futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .collect()
+}

@@ -1,0 +1,275 @@
+//! Unit tests: plan resolution, estimates, header formats, rejection answers,
+//! bucket arithmetic and settlement. The scenario tests (exact counts,
+//! neighbours, reseller caps, Redis) are in `tests/limits.rs`.
+
+use super::headers::{BucketView, LevelView};
+use super::*;
+use crate::config::LimitOverrides;
+use serde_json::json;
+
+fn limiter() -> Limiter {
+    Limiter::new(LimiterSettings::default(), Arc::new(NoMonthlyUsage)).unwrap()
+}
+
+fn key() -> LimitKey {
+    LimitKey::new("acme", "dental")
+}
+
+#[test]
+fn overrides_replace_single_fields_and_zero_is_refused() {
+    let plan = PlanLimits {
+        requests_per_minute: Some(60),
+        tokens_per_minute: Some(1000),
+        ..PlanLimits::default()
+    };
+    let o = LimitOverrides {
+        tokens_per_minute: Some(5000),
+        max_concurrent: Some(2),
+        ..LimitOverrides::default()
+    };
+    let t = plan.overridden_by(&o).unwrap();
+    assert_eq!(t.requests_per_minute, Some(60));
+    assert_eq!(t.tokens_per_minute, Some(5000));
+    assert_eq!(t.max_concurrent, Some(2));
+    assert!(t.tokens_per_month.is_none());
+    let zero = LimitOverrides {
+        max_concurrent: Some(0),
+        ..LimitOverrides::default()
+    };
+    assert!(plan
+        .overridden_by(&zero)
+        .unwrap_err()
+        .contains("max_concurrent"));
+}
+
+#[test]
+fn the_fail_open_share_rounds_up_and_keeps_the_month_whole() {
+    let p = PlanLimits {
+        requests_per_minute: Some(10),
+        tokens_per_minute: Some(1),
+        tokens_per_month: Some(1000),
+        max_concurrent: Some(5),
+        default_completion_tokens: None,
+    };
+    let s = p.share(3);
+    assert_eq!(s.requests_per_minute, Some(4));
+    assert_eq!(s.tokens_per_minute, Some(1));
+    assert_eq!(s.max_concurrent, Some(2));
+    assert_eq!(s.tokens_per_month, Some(1000));
+    assert_eq!(p.share(0), p);
+}
+
+#[test]
+fn go_durations_look_like_openais() {
+    let d = |ms| go_duration(Duration::from_millis(ms));
+    assert_eq!(d(0), "0s");
+    assert_eq!(d(120), "120ms");
+    assert_eq!(d(1000), "1s");
+    assert_eq!(d(6596), "6.596s");
+    assert_eq!(d(1500), "1.5s");
+    assert_eq!(d(360_000), "6m0s");
+    assert_eq!(d(3_723_000), "1h2m3s");
+    assert_eq!(go_duration(Duration::from_micros(1)), "1ms");
+}
+
+#[test]
+fn estimates_count_text_and_reserve_the_completion() {
+    let limits = EffectiveLimits::default();
+    let chat = json!({"messages": [
+        {"role": "system", "content": "abcd".repeat(10)},
+        {"role": "user", "content": [{"type": "text", "text": "abcd".repeat(5)}]},
+    ]});
+    // 60 characters / 4 + 3 + 2 × 4.
+    assert_eq!(estimate_prompt_tokens(&chat), 15 + 11);
+    assert_eq!(
+        estimate_request_tokens(&chat, &limits),
+        26 + DEFAULT_COMPLETION_TOKENS
+    );
+    let mut capped = chat.clone();
+    capped["max_tokens"] = json!(100);
+    capped["n"] = json!(2);
+    assert_eq!(estimate_request_tokens(&capped, &limits), 26 + 200);
+    capped["max_completion_tokens"] = json!(10);
+    assert_eq!(estimate_request_tokens(&capped, &limits), 26 + 20);
+    let embed = json!({"model": "e", "input": ["abcdabcd", "abcd"]});
+    assert_eq!(estimate_request_tokens(&embed, &limits), 3);
+    let completion = json!({"prompt": "abcdabcd", "max_tokens": 5});
+    assert_eq!(estimate_request_tokens(&completion, &limits), 2 + 5);
+    assert_eq!(estimate_prompt_tokens(&json!({})), 0);
+}
+
+#[test]
+fn headers_show_the_tenants_limit_and_the_binding_remaining() {
+    let tenant = LevelView {
+        requests: Some(BucketView {
+            limit: 60,
+            level: 40.5,
+            reset_ms: 20_000.0,
+        }),
+        tokens: None,
+    };
+    let reseller = LevelView {
+        requests: Some(BucketView {
+            limit: 1000,
+            level: 3.2,
+            reset_ms: 59_000.0,
+        }),
+        tokens: Some(BucketView {
+            limit: 5000,
+            level: -20.0,
+            reset_ms: 61_000.0,
+        }),
+    };
+    let h = RateHeaders::combine(&tenant, &reseller);
+    let r = h.requests.unwrap();
+    assert_eq!((r.limit, r.remaining), (60, 3));
+    assert_eq!(r.reset, Duration::from_secs(59));
+    let t = h.tokens.unwrap();
+    assert_eq!((t.limit, t.remaining), (5000, 0));
+    let names: Vec<String> = h
+        .to_headers()
+        .into_iter()
+        .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "x-ratelimit-limit-requests: 60",
+            "x-ratelimit-remaining-requests: 3",
+            "x-ratelimit-reset-requests: 59s",
+            "x-ratelimit-limit-tokens: 5000",
+            "x-ratelimit-remaining-tokens: 0",
+            "x-ratelimit-reset-tokens: 1m1s",
+        ]
+    );
+}
+
+#[test]
+fn rejections_answer_in_openais_terms() {
+    let r = LimitRejection::Tokens {
+        level: Level::Reseller,
+        limit: 1000,
+        requested: 1500,
+        retry_after: Duration::from_millis(1500),
+        headers: RateHeaders::default(),
+    };
+    assert_eq!(r.status(), http::StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        (r.error_type(), r.code()),
+        ("tokens", "rate_limit_exceeded")
+    );
+    assert!(r.message().contains("shared by this service's accounts"));
+    assert!(r.message().contains("Limit 1000, Requested 1500"));
+    let h: Vec<(String, String)> = r
+        .headers()
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
+        .collect();
+    assert!(h.contains(&("retry-after".into(), "2".into())));
+    assert!(h.contains(&("retry-after-ms".into(), "1500".into())));
+
+    let q = LimitRejection::MonthlyQuota {
+        level: Level::Tenant,
+        limit: 10,
+        used: 12,
+        retry_after: Duration::from_secs(86_400),
+        headers: RateHeaders::default(),
+    };
+    assert_eq!(
+        (q.error_type(), q.code()),
+        ("tokens_per_month", "quota_exceeded")
+    );
+    assert!(!q.message().contains("shared"));
+    let b = LimitRejection::BackendUnavailable;
+    assert_eq!(b.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(b.code(), "rate_limiter_unavailable");
+}
+
+#[tokio::test]
+async fn settle_is_idempotent_and_an_unsettled_drop_keeps_the_estimate() {
+    let l = limiter();
+    let limits = EffectiveLimits::new(
+        &PlanLimits {
+            tokens_per_minute: Some(1000),
+            tokens_per_month: Some(1_000_000),
+            ..PlanLimits::default()
+        },
+        &PlanLimits::default(),
+    );
+    let month = Month::current();
+    let remaining = |a: &Admission| a.rate_headers().tokens.unwrap().remaining;
+
+    let mut a = l.admit(&key(), &limits, 300).await.unwrap();
+    assert_eq!(remaining(&a), 700);
+    a.settle(100);
+    a.settle(900);
+    drop(a);
+    assert_eq!(l.month_used(&key(), Level::Tenant, month), 100);
+
+    // Dropped unsettled (say, a stream that lost its usage): 300 stay charged.
+    drop(l.admit(&key(), &limits, 300).await.unwrap());
+    assert_eq!(l.month_used(&key(), Level::Tenant, month), 400);
+    let probe = l.admit(&key(), &limits, 0).await.unwrap();
+    assert!((599..=601).contains(&remaining(&probe)));
+}
+
+#[tokio::test]
+async fn a_request_larger_than_the_bucket_passes_when_it_is_full() {
+    let l = limiter();
+    let limits = EffectiveLimits::new(
+        &PlanLimits {
+            tokens_per_minute: Some(100),
+            ..PlanLimits::default()
+        },
+        &PlanLimits::default(),
+    );
+    // Needs only a full bucket, then leaves it in debt.
+    assert!(l.admit(&key(), &limits, 500).await.is_ok());
+    let e = l.admit(&key(), &limits, 1).await.unwrap_err();
+    let LimitRejection::Tokens { retry_after, .. } = e else {
+        panic!("{e:?}")
+    };
+    // 400 in debt + 1 needed, at 100 per minute: about four minutes.
+    assert!(retry_after > Duration::from_secs(240) && retry_after < Duration::from_secs(242));
+}
+
+#[tokio::test]
+async fn buckets_refill_over_the_window() {
+    let settings = LimiterSettings {
+        window: Duration::from_millis(200),
+        ..LimiterSettings::default()
+    };
+    let l = Limiter::new(settings, Arc::new(NoMonthlyUsage)).unwrap();
+    let limits = EffectiveLimits::new(
+        &PlanLimits {
+            requests_per_minute: Some(2),
+            ..PlanLimits::default()
+        },
+        &PlanLimits::default(),
+    );
+    assert!(l.admit(&key(), &limits, 0).await.is_ok());
+    assert!(l.admit(&key(), &limits, 0).await.is_ok());
+    let e = l.admit(&key(), &limits, 0).await.unwrap_err();
+    let wait = e.retry_after().unwrap();
+    assert!(wait <= Duration::from_millis(101), "{wait:?}");
+    tokio::time::sleep(wait + Duration::from_millis(5)).await;
+    assert!(l.admit(&key(), &limits, 0).await.is_ok());
+}
+
+#[test]
+fn months_roll_over_in_utc() {
+    let m = Month {
+        year: 2025,
+        month: 12,
+    };
+    assert_eq!(
+        m.next(),
+        Month {
+            year: 2026,
+            month: 1
+        }
+    );
+    assert_eq!(m.to_string(), "2025-12");
+    assert_eq!(m.remaining(), Duration::ZERO);
+    assert!(Month::current().remaining() <= Duration::from_secs(31 * 86_400));
+}

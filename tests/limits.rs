@@ -1,0 +1,810 @@
+//! Rate limits and quotas, through the `Limiter` API: local buckets (exact
+//! request counts, neighbours, reseller caps, token settlement, concurrency
+//! slots, monthly quota across a restart) and shared limiting on a real
+//! `redis-server` started on a free loopback port (two limiters standing for two
+//! gateways; Redis killed and restarted under `fail_open` and `fail_closed`).
+//!
+//! The Redis tests need `redis-server` (`LIVERY_REDIS_SERVER`, else `PATH`);
+//! without it they print why and pass, unless `LIVERY_REQUIRE_REDIS=1`
+//! (tests/run.sh), which makes them fail.
+
+use livery::config::{GatewayConfig, OnRedisError};
+use livery::limits::{
+    estimate_request_tokens, Backend, EffectiveLimits, Level, LimitKey, LimitRejection, Limiter,
+    LimiterSettings, MemoryMonthlyUsage, Month, MonthlyUsageSource, NoMonthlyUsage, PlanLimits,
+};
+use livery::Snapshot;
+use serde_json::json;
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn local() -> Limiter {
+    Limiter::new(LimiterSettings::default(), Arc::new(NoMonthlyUsage)).unwrap()
+}
+
+fn tenant(limits: PlanLimits) -> EffectiveLimits {
+    EffectiveLimits::new(&limits, &PlanLimits::default())
+}
+
+fn rpm(n: u64) -> PlanLimits {
+    PlanLimits {
+        requests_per_minute: Some(n),
+        ..PlanLimits::default()
+    }
+}
+
+fn header<'a>(h: &'a [(http::HeaderName, http::HeaderValue)], name: &str) -> Option<&'a str> {
+    h.iter()
+        .find(|(n, _)| n.as_str() == name)
+        .and_then(|(_, v)| v.to_str().ok())
+}
+
+// ------------------------------------------------------------------ local
+
+#[tokio::test]
+async fn tenant_at_60_rpm_gets_exactly_60_of_100_and_its_neighbour_is_unaffected() {
+    let limiter = local();
+    let dental = LimitKey::new("acme", "dental");
+    let realty = LimitKey::new("acme", "realty");
+    let limits = tenant(rpm(60));
+    let mut admitted = 0;
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        match limiter.admit(&dental, &limits, 0).await {
+            Ok(a) => {
+                admitted += 1;
+                held.push(a);
+            }
+            Err(e) => {
+                assert!(
+                    matches!(
+                        e,
+                        LimitRejection::Requests {
+                            level: Level::Tenant,
+                            limit: 60,
+                            ..
+                        }
+                    ),
+                    "{e:?}"
+                );
+                assert_eq!(e.status(), 429);
+                assert_eq!(
+                    (e.error_type(), e.code()),
+                    ("requests", "rate_limit_exceeded")
+                );
+                let h = e.headers();
+                assert_eq!(header(&h, "x-ratelimit-limit-requests"), Some("60"));
+                assert_eq!(header(&h, "x-ratelimit-remaining-requests"), Some("0"));
+                assert_eq!(header(&h, "retry-after"), Some("1"));
+                assert!(header(&h, "retry-after-ms").is_some());
+            }
+        }
+    }
+    assert_eq!(admitted, 60, "exactly the limit gets through");
+    let first = held[0].headers();
+    assert_eq!(header(&first, "x-ratelimit-limit-requests"), Some("60"));
+    assert_eq!(header(&first, "x-ratelimit-remaining-requests"), Some("59"));
+    assert!(header(&first, "x-ratelimit-reset-requests").is_some());
+
+    // The neighbour has its own bucket, untouched by the burst.
+    let mut neighbour = 0;
+    for _ in 0..60 {
+        if limiter.admit(&realty, &limits, 0).await.is_ok() {
+            neighbour += 1;
+        }
+    }
+    assert_eq!(neighbour, 60);
+}
+
+#[tokio::test]
+async fn the_resellers_cap_binds_across_its_tenants() {
+    let limiter = local();
+    let limits = EffectiveLimits::new(&rpm(60), &rpm(100));
+    let mut per_tenant = [0; 3];
+    let mut reseller_refusals = 0;
+    for round in 0..60 {
+        for (i, t) in ["a", "b", "c"].iter().enumerate() {
+            match limiter.admit(&LimitKey::new("acme", *t), &limits, 0).await {
+                Ok(_) => per_tenant[i] += 1,
+                Err(LimitRejection::Requests {
+                    level: Level::Reseller,
+                    ..
+                }) => reseller_refusals += 1,
+                Err(e) => panic!("round {round}: {e:?}"),
+            }
+        }
+    }
+    assert_eq!(per_tenant.iter().sum::<i32>(), 100, "{per_tenant:?}");
+    assert_eq!(reseller_refusals, 80);
+    // Another reseller's tenants are not affected.
+    assert!(limiter
+        .admit(&LimitKey::new("globex", "a"), &limits, 0)
+        .await
+        .is_ok());
+}
+
+#[tokio::test]
+async fn a_refusal_at_one_level_charges_nothing_at_the_other() {
+    let limiter = local();
+    // The reseller allows 2 concurrent requests; tenant `a` fills them.
+    let reseller = PlanLimits {
+        max_concurrent: Some(2),
+        ..PlanLimits::default()
+    };
+    let limits = EffectiveLimits::new(&rpm(5), &reseller);
+    let a = LimitKey::new("acme", "a");
+    let held = [
+        limiter.admit(&a, &limits, 0).await.unwrap(),
+        limiter.admit(&a, &limits, 0).await.unwrap(),
+    ];
+    for _ in 0..10 {
+        let e = limiter.admit(&a, &limits, 0).await.unwrap_err();
+        assert!(matches!(
+            e,
+            LimitRejection::Concurrency {
+                level: Level::Reseller,
+                limit: 2,
+                ..
+            }
+        ));
+    }
+    drop(held);
+    // The ten refusals did not spend `a`'s request bucket: 3 of 5 remain.
+    for _ in 0..3 {
+        drop(limiter.admit(&a, &limits, 0).await.unwrap());
+    }
+    assert!(matches!(
+        limiter.admit(&a, &limits, 0).await,
+        Err(LimitRejection::Requests { .. })
+    ));
+}
+
+#[tokio::test]
+async fn the_token_bucket_converges_on_real_usage_after_settlement() {
+    let limiter = local();
+    let key = LimitKey::new("acme", "dental");
+    let limits = tenant(PlanLimits {
+        tokens_per_minute: Some(1_000),
+        ..PlanLimits::default()
+    });
+    // Each request reserves 200 and really uses 50: without the correction the
+    // bucket would be empty after five; with it, ten fit and 500 remain.
+    for i in 0..10 {
+        let mut a = limiter
+            .admit(&key, &limits, 200)
+            .await
+            .unwrap_or_else(|e| panic!("request {i}: {e:?}"));
+        a.settle(50);
+        a.settle(50_000); // settling again changes nothing
+    }
+    let probe = limiter.admit(&key, &limits, 1).await.unwrap();
+    let remaining: u64 = header(&probe.headers(), "x-ratelimit-remaining-tokens")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((499..=501).contains(&remaining), "remaining {remaining}");
+
+    // Usage above the estimate is charged too: a debt refused until refilled.
+    let mut big = limiter.admit(&key, &limits, 10).await.unwrap();
+    big.settle(2_000);
+    let e = limiter.admit(&key, &limits, 10).await.unwrap_err();
+    assert!(
+        matches!(e, LimitRejection::Tokens { limit: 1_000, .. }),
+        "{e:?}"
+    );
+    assert_eq!(e.error_type(), "tokens");
+    assert!(e.retry_after().unwrap() > Duration::from_secs(20));
+}
+
+#[tokio::test]
+async fn concurrency_slots_come_back_after_every_drop() {
+    let limiter = local();
+    let key = LimitKey::new("acme", "dental");
+    let limits = EffectiveLimits::new(
+        &PlanLimits {
+            max_concurrent: Some(4),
+            ..PlanLimits::default()
+        },
+        &PlanLimits {
+            max_concurrent: Some(100),
+            ..PlanLimits::default()
+        },
+    );
+    for i in 0..1_000 {
+        let held: Vec<_> =
+            futures_util::future::join_all((0..4).map(|_| limiter.admit(&key, &limits, 0)))
+                .await
+                .into_iter()
+                .map(|r| r.unwrap_or_else(|e| panic!("iteration {i}: {e:?}")))
+                .collect();
+        let e = limiter.admit(&key, &limits, 0).await.unwrap_err();
+        assert_eq!(
+            (e.status().as_u16(), e.error_type()),
+            (429, "concurrent_requests")
+        );
+        assert_eq!(limiter.local_in_flight(&key), [4, 4]);
+        match i % 2 {
+            // A finished request.
+            0 if i % 250 != 0 => drop(held),
+            // A client gone mid-stream: the task serving it is cancelled.
+            1 => {
+                let task = tokio::spawn(async move {
+                    let _held = held;
+                    std::future::pending::<()>().await;
+                });
+                tokio::task::yield_now().await;
+                task.abort();
+                let _ = task.await;
+            }
+            // A panic while serving (a few times: each one prints).
+            _ => {
+                let r = tokio::spawn(async move {
+                    let _held = held;
+                    panic!("deliberate panic while holding concurrency slots (tests/limits.rs)");
+                })
+                .await;
+                assert!(r.is_err());
+            }
+        }
+        assert_eq!(limiter.local_in_flight(&key), [0, 0], "iteration {i}");
+    }
+}
+
+#[tokio::test]
+async fn monthly_quota_blocks_at_the_limit_and_survives_a_restart() {
+    let month = Month::current();
+    let ledger = Arc::new(MemoryMonthlyUsage::default());
+    ledger.set("acme", Some("dental"), month, 9_900);
+    let key = LimitKey::new("acme", "dental");
+    let limits = tenant(PlanLimits {
+        tokens_per_month: Some(10_000),
+        ..PlanLimits::default()
+    });
+
+    let limiter = Limiter::new(LimiterSettings::default(), ledger.clone()).unwrap();
+    let mut a = limiter.admit(&key, &limits, 50).await.unwrap();
+    a.settle(150);
+    ledger.add("acme", Some("dental"), month, 150); // what the usage ledger records
+    drop(a);
+    assert_eq!(limiter.month_used(&key, Level::Tenant, month), 10_050);
+    let e = limiter.admit(&key, &limits, 1).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            LimitRejection::MonthlyQuota {
+                limit: 10_000,
+                used: 10_050,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!((e.status().as_u16(), e.code()), (429, "quota_exceeded"));
+    assert_eq!(header(&e.headers(), "x-should-retry"), Some("false"));
+    // Another tenant's month is its own.
+    assert!(limiter
+        .admit(&LimitKey::new("acme", "realty"), &limits, 1)
+        .await
+        .is_ok());
+
+    // A restart: a new limiter reads the month from the ledger.
+    drop(limiter);
+    let restarted = Limiter::new(LimiterSettings::default(), ledger.clone()).unwrap();
+    let e = restarted.admit(&key, &limits, 1).await.unwrap_err();
+    assert!(
+        matches!(e, LimitRejection::MonthlyQuota { used: 10_050, .. }),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn unlimited_requests_carry_no_headers_and_hold_nothing() {
+    let limiter = local();
+    let a = limiter
+        .admit(
+            &LimitKey::new("acme", "x"),
+            &EffectiveLimits::default(),
+            100,
+        )
+        .await
+        .unwrap();
+    assert!(a.headers().is_empty());
+    assert_eq!(a.estimate(), 0);
+}
+
+#[test]
+fn gateway_toml_plans_reseller_caps_and_tenant_overrides_resolve() {
+    let toml = r#"
+[limits]
+backend = "redis"
+redis_url = "redis://127.0.0.1:6379/0"
+redis_timeout_ms = 30
+on_redis_error = "fail_closed"
+instances = 3
+
+[[providers]]
+name = "builtin"
+kind = "mock"
+
+[[models]]
+name = "demo"
+provider = "builtin"
+
+[[plans]]
+name = "free"
+models = ["demo"]
+requests_per_minute = 60
+tokens_per_minute = 10000
+tokens_per_month = 1000000
+max_concurrent = 2
+default_completion_tokens = 256
+
+[[plans]]
+name = "wholesale"
+models = []
+requests_per_minute = 1000
+
+[[resellers]]
+id = "acme"
+plan = "wholesale"
+
+[[resellers.tenants]]
+id = "dental"
+plan = "free"
+key_hashes = []
+limits = { requests_per_minute = 120, max_concurrent = 5 }
+
+[[resellers]]
+id = "globex"
+
+[[resellers.tenants]]
+id = "clinic"
+plan = "free"
+key_hashes = []
+"#;
+    let config = GatewayConfig::parse(toml).unwrap();
+    assert_eq!(config.limits.on_redis_error, OnRedisError::FailClosed);
+    let settings = LimiterSettings::from_config(&config.limits).unwrap();
+    assert_eq!(
+        settings.backend,
+        Backend::Redis {
+            url: "redis://127.0.0.1:6379/0".into()
+        }
+    );
+    assert_eq!(
+        (settings.redis_timeout, settings.instances),
+        (Duration::from_millis(30), 3)
+    );
+
+    let snapshot = Snapshot::prepare(&config).unwrap();
+    let acme = &snapshot.tenancy.resellers()[0];
+    let limits = EffectiveLimits::of(acme, &acme.tenants[0]);
+    assert_eq!(
+        limits.tenant,
+        PlanLimits {
+            requests_per_minute: Some(120),
+            tokens_per_minute: Some(10_000),
+            tokens_per_month: Some(1_000_000),
+            max_concurrent: Some(5),
+            default_completion_tokens: Some(256),
+        }
+    );
+    assert_eq!(limits.reseller, rpm(1_000));
+    assert_eq!(limits.default_completion_tokens(), 256);
+    let globex = &snapshot.tenancy.resellers()[1];
+    assert!(EffectiveLimits::of(globex, &globex.tenants[0])
+        .reseller
+        .is_unlimited());
+
+    // The estimate: prompt characters / 4 plus overhead, plus the plan's default
+    // completion when the request sets no max_tokens.
+    let body = json!({"model": "demo", "messages": [{"role": "user", "content": "x".repeat(400)}]});
+    assert_eq!(estimate_request_tokens(&body, &limits), 100 + 7 + 256);
+
+    for (from, to, why) in [
+        ("plan = \"wholesale\"", "plan = \"nope\"", "unknown plan"),
+        (
+            "requests_per_minute = 120,",
+            "requests_per_minute = 0,",
+            "must be positive",
+        ),
+    ] {
+        let t = toml.replace(from, to);
+        let err = Snapshot::prepare(&GatewayConfig::parse(&t).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(why), "{err}");
+    }
+    assert!(GatewayConfig::parse(&toml.replace("instances = 3", "instance = 3")).is_err());
+    let mut no_url = config.limits.clone();
+    no_url.redis_url = None;
+    assert!(LimiterSettings::from_config(&no_url).is_err());
+}
+
+// ------------------------------------------------------------------ Redis
+
+/// A `redis-server` on a free loopback port, killed on drop.
+struct RedisServer {
+    bin: String,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts one, or returns `None` (after saying why) when the binary is
+    /// missing and `LIVERY_REQUIRE_REDIS` is not set.
+    fn start(test: &str) -> Option<Self> {
+        let bin = std::env::var("LIVERY_REDIS_SERVER")
+            .ok()
+            .filter(|b| !b.is_empty())
+            .or_else(|| {
+                std::env::var_os("PATH").and_then(|paths| {
+                    std::env::split_paths(&paths)
+                        .map(|d| d.join("redis-server"))
+                        .find(|p| p.is_file())
+                        .map(|p| p.to_string_lossy().into_owned())
+                })
+            });
+        let Some(bin) = bin else {
+            if std::env::var("LIVERY_REQUIRE_REDIS").as_deref() == Ok("1") {
+                panic!("{test}: redis-server not found (LIVERY_REQUIRE_REDIS=1)");
+            }
+            eprintln!("SKIPPED {test}: redis-server not found (set LIVERY_REDIS_SERVER or install redis-server)");
+            return None;
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = Self {
+            bin,
+            port,
+            child: None,
+        };
+        server.restart();
+        Some(server)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn restart(&mut self) {
+        assert!(self.child.is_none());
+        let child = Command::new(&self.bin)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(["--enable-debug-command", "local"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "redis-server did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn shared(redis: &RedisServer, on_error: OnRedisError, instances: u32) -> Limiter {
+    shared_with(redis, on_error, instances, Arc::new(NoMonthlyUsage))
+}
+
+fn shared_with(
+    redis: &RedisServer,
+    on_error: OnRedisError,
+    instances: u32,
+    months: Arc<dyn MonthlyUsageSource>,
+) -> Limiter {
+    let settings = LimiterSettings {
+        backend: Backend::Redis { url: redis.url() },
+        // Generous: the 2-core test machine runs other tests alongside.
+        redis_timeout: Duration::from_millis(500),
+        on_redis_error: on_error,
+        instances,
+        probe_interval: Duration::from_millis(100),
+        concurrency_lease: Duration::from_secs(3),
+        ..LimiterSettings::default()
+    };
+    Limiter::new(settings, months).unwrap()
+}
+
+/// Runs `n` admissions alternately on `limiters`, all at once; returns how many
+/// were admitted (their admissions are kept until the end).
+async fn burst(limiters: &[&Limiter], key: &LimitKey, limits: &EffectiveLimits, n: usize) -> usize {
+    let results = futures_util::future::join_all(
+        (0..n).map(|i| limiters[i % limiters.len()].admit(key, limits, 0)),
+    )
+    .await;
+    results
+        .iter()
+        .filter(|r| match r {
+            Ok(a) => {
+                assert!(a.is_shared(), "counted in Redis");
+                true
+            }
+            Err(LimitRejection::Requests { .. }) => false,
+            Err(e) => panic!("unexpected refusal: {e:?}"),
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn two_gateways_on_one_redis_admit_the_limit_together_and_not_more() {
+    let Some(redis) = RedisServer::start("two_gateways_on_one_redis") else {
+        return;
+    };
+    let a = shared(&redis, OnRedisError::FailOpen, 2);
+    let b = shared(&redis, OnRedisError::FailOpen, 2);
+
+    let key = LimitKey::new("acme", "dental");
+    let admitted = burst(&[&a, &b], &key, &tenant(rpm(50)), 120).await;
+    eprintln!(
+        "shared requests: limit 50, admitted {admitted}, excess {}",
+        admitted as i64 - 50
+    );
+    assert_eq!(admitted, 50);
+
+    // The reseller's cap, across tenants and gateways.
+    let limits = EffectiveLimits::new(&rpm(50), &rpm(80));
+    let mut total = 0;
+    for t in ["x", "y", "z"] {
+        total += burst(&[&a, &b], &LimitKey::new("acme", t), &limits, 40).await;
+    }
+    assert_eq!(total, 80);
+
+    // Tokens: reserved by one gateway, settled through the other's view.
+    let tkey = LimitKey::new("globex", "clinic");
+    let tlimits = tenant(PlanLimits {
+        tokens_per_minute: Some(1_000),
+        ..PlanLimits::default()
+    });
+    for i in 0..10 {
+        let l = if i % 2 == 0 { &a } else { &b };
+        let mut adm = l
+            .admit(&tkey, &tlimits, 200)
+            .await
+            .unwrap_or_else(|e| panic!("request {i}: {e:?}"));
+        adm.settle(50);
+        // Settles are sent in the background: wait until this one landed.
+        wait_for(|| async {
+            let p = a.admit(&tkey, &tlimits, 0).await.unwrap();
+            let r: u64 = header(&p.headers(), "x-ratelimit-remaining-tokens")
+                .unwrap()
+                .parse()
+                .unwrap();
+            r >= 1_000 - 50 * (i + 1) - 1
+        })
+        .await;
+    }
+
+    // Concurrency slots are shared too, and come back when dropped.
+    let ckey = LimitKey::new("globex", "office");
+    let climits = tenant(PlanLimits {
+        max_concurrent: Some(3),
+        ..PlanLimits::default()
+    });
+    let held = vec![
+        a.admit(&ckey, &climits, 0).await.unwrap(),
+        b.admit(&ckey, &climits, 0).await.unwrap(),
+        a.admit(&ckey, &climits, 0).await.unwrap(),
+    ];
+    let e = b.admit(&ckey, &climits, 0).await.unwrap_err();
+    assert!(
+        matches!(e, LimitRejection::Concurrency { limit: 3, .. }),
+        "{e:?}"
+    );
+    drop(held);
+    wait_for(|| async { b.admit(&ckey, &climits, 0).await.is_ok() }).await;
+}
+
+async fn wait_for<F, Fut>(mut ok: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !ok().await {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "condition not reached"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn redis_down_fails_open_on_local_shares_and_resumes_shared_limiting() {
+    let Some(mut redis) = RedisServer::start("redis_down_fails_open") else {
+        return;
+    };
+    let a = shared(&redis, OnRedisError::FailOpen, 2);
+    let b = shared(&redis, OnRedisError::FailOpen, 2);
+    let key = LimitKey::new("acme", "dental");
+    let limits = tenant(rpm(10_000_000));
+    assert!(a.admit(&key, &limits, 0).await.unwrap().is_shared());
+
+    // Both gateways admit without pause while Redis is killed and restarted.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (a, b, key, stop) = (a.clone(), b.clone(), key.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut admitted, mut local, mut failed) = (0u64, 0u64, Vec::new());
+            for i in 0.. {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let l = if i % 2 == 0 { &a } else { &b };
+                match l.admit(&key, &limits, 0).await {
+                    Ok(adm) => {
+                        admitted += 1;
+                        local += u64::from(!adm.is_shared());
+                    }
+                    Err(e) => failed.push(e),
+                }
+                tokio::task::yield_now().await;
+            }
+            (admitted, local, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    redis.kill();
+    wait_for(|| async { a.stats().redis_down && b.stats().redis_down }).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let s = a.stats();
+    assert_eq!(s.fallbacks_total, 1, "the switch is counted once");
+    // The local share is the limit divided by the instances.
+    let small = tenant(rpm(10));
+    let other = LimitKey::new("acme", "realty");
+    let mut n = 0;
+    for _ in 0..20 {
+        n += usize::from(a.admit(&other, &small, 0).await.is_ok());
+    }
+    assert_eq!(n, 5);
+
+    redis.restart();
+    wait_for(|| async { !a.stats().redis_down && !b.stats().redis_down }).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (admitted, local, failed) = load.await.unwrap();
+    eprintln!(
+        "fail_open: {admitted} admitted during the outage test, {local} of them locally, {} failed",
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(local > 0 && admitted > local);
+    assert_eq!(a.stats().recoveries_total, 1);
+    // Shared limiting again: together, exactly the limit.
+    let fresh = LimitKey::new("acme", "fresh");
+    assert_eq!(burst(&[&a, &b], &fresh, &tenant(rpm(30)), 80).await, 30);
+}
+
+#[tokio::test]
+async fn a_slow_redis_times_out_into_the_fallback() {
+    let Some(redis) = RedisServer::start("slow_redis") else {
+        return;
+    };
+    let settings = LimiterSettings {
+        backend: Backend::Redis { url: redis.url() },
+        redis_timeout: Duration::from_millis(50),
+        probe_interval: Duration::from_millis(100),
+        ..LimiterSettings::default()
+    };
+    let l = Limiter::new(settings, Arc::new(NoMonthlyUsage)).unwrap();
+    let key = LimitKey::new("acme", "dental");
+    let limits = tenant(rpm(1_000));
+    assert!(l.admit(&key, &limits, 0).await.unwrap().is_shared());
+
+    // Block the server for a second from another connection.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let sleeper = tokio::spawn(async move {
+        redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(1)
+            .query_async::<()>(&mut conn)
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    let adm = l.admit(&key, &limits, 0).await.unwrap();
+    assert!(!adm.is_shared());
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(l.stats().redis_down);
+    sleeper.await.unwrap().unwrap();
+    wait_for(|| async { l.admit(&key, &limits, 0).await.unwrap().is_shared() }).await;
+}
+
+#[tokio::test]
+async fn redis_down_fails_closed_with_503_and_recovers() {
+    let Some(mut redis) = RedisServer::start("redis_down_fails_closed") else {
+        return;
+    };
+    let l = shared(&redis, OnRedisError::FailClosed, 2);
+    let key = LimitKey::new("acme", "dental");
+    let limits = tenant(rpm(1_000));
+    assert!(l.admit(&key, &limits, 0).await.is_ok());
+
+    redis.kill();
+    let started = Instant::now();
+    for _ in 0..50 {
+        let e = l.admit(&key, &limits, 0).await.unwrap_err();
+        assert_eq!(e, LimitRejection::BackendUnavailable);
+        assert_eq!(
+            (e.status().as_u16(), e.code()),
+            (503, "rate_limiter_unavailable")
+        );
+        assert_eq!(header(&e.headers(), "retry-after"), Some("1"));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "refusals are quick"
+    );
+    assert_eq!(l.stats().fallbacks_total, 1);
+
+    redis.restart();
+    wait_for(|| async { l.admit(&key, &limits, 0).await.is_ok() }).await;
+    assert!(!l.stats().redis_down);
+}
+
+#[tokio::test]
+async fn the_monthly_quota_is_shared_and_seeded_from_the_ledger() {
+    let Some(redis) = RedisServer::start("monthly_quota_shared") else {
+        return;
+    };
+    let month = Month::current();
+    let ledger = Arc::new(MemoryMonthlyUsage::default());
+    ledger.set("acme", Some("dental"), month, 900);
+    let a = shared_with(&redis, OnRedisError::FailOpen, 2, ledger.clone());
+    let b = shared_with(&redis, OnRedisError::FailOpen, 2, Arc::new(NoMonthlyUsage));
+    let key = LimitKey::new("acme", "dental");
+    let limits = tenant(PlanLimits {
+        tokens_per_month: Some(1_000),
+        ..PlanLimits::default()
+    });
+    let mut adm = a.admit(&key, &limits, 10).await.unwrap();
+    adm.settle(200);
+    drop(adm);
+    // Gateway b knows nothing of the ledger, but Redis does: 900 + 200 (plus
+    // b's own probes of 1 token each until the settle lands).
+    wait_for(|| async {
+        matches!(
+            b.admit(&key, &limits, 1).await,
+            Err(LimitRejection::MonthlyQuota { used, .. }) if (1_100..1_200).contains(&used)
+        )
+    })
+    .await;
+    // A restarted gateway gets the same answer.
+    drop(a);
+    let c = shared_with(&redis, OnRedisError::FailOpen, 2, ledger);
+    assert!(matches!(
+        c.admit(&key, &limits, 1).await,
+        Err(LimitRejection::MonthlyQuota { .. })
+    ));
+}
