@@ -9,6 +9,8 @@ mod support;
 mod cli;
 mod endpoints;
 mod isolation;
+mod ledger;
+mod limits;
 mod routing;
 mod sdk;
 mod streaming;

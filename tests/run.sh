@@ -13,10 +13,29 @@ ROOT="$(pwd)"
 step() { printf '\n==> %s\n' "$*"; }
 
 # ------------------------------------------------------------ system packages
-# Later issues install their services here (e.g. redis-server, pebble) with an
-# `ensure_apt_package` helper: run `apt-get update` once, then
-# `apt-get install -y --no-install-recommends PKG` when `command -v` does not
-# find the program.
+# Services the tests start themselves. `ensure_apt_package PROGRAM PACKAGE`
+# installs PACKAGE when `command -v PROGRAM` finds nothing, running
+# `apt-get update` once for all of them.
+APT_UPDATED=0
+ensure_apt_package() {
+    local program="$1" package="$2"
+    if command -v "$program" >/dev/null 2>&1; then
+        return 0
+    fi
+    step "installing $package (for $program)"
+    if [ "$APT_UPDATED" = 0 ]; then
+        apt-get update -qq
+        APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$package"
+}
+
+# Shared rate limits (tests/limits.rs) start their own redis-server on a free
+# loopback port; with LIVERY_REQUIRE_REDIS=1 they fail instead of skipping.
+ensure_apt_package redis-server redis-server
+LIVERY_REDIS_SERVER="$(command -v redis-server)"
+export LIVERY_REDIS_SERVER
+export LIVERY_REQUIRE_REDIS=1
 
 # ------------------------------------------------------- Python + openai SDK
 OPENAI_SPEC='openai>=1.50,<3'

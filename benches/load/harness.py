@@ -61,7 +61,10 @@ class Procs:
 
     def start(self, name, argv, env=None, stdout=subprocess.PIPE):
         err = open(os.path.join(self.tmp, f"{name}.stderr"), "wb")
-        p = subprocess.Popen(argv, stdout=stdout, stderr=err, env=env, stdin=subprocess.DEVNULL)
+        # Run in the temporary directory: relative paths (a usage spool, a
+        # ledger database) land there, never in the repository.
+        p = subprocess.Popen(argv, stdout=stdout, stderr=err, env=env, stdin=subprocess.DEVNULL,
+                             cwd=self.tmp)
         self.procs.append((name, p))
         with open(os.path.join(self.tmp, "pids"), "a") as f:
             f.write(f"{p.pid}\n")
@@ -136,6 +139,14 @@ def cpu_seconds(pids):
         except OSError:
             pass
     return total / CLK_TCK
+
+
+def machine_busy_s():
+    """CPU seconds all CPUs spent busy since boot (/proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
 def mem_kb(pids):
@@ -255,14 +266,23 @@ class SseReader:
 STAMP = re.compile(rb'"t_us":(\d+)')
 
 
+CONTENT = re.compile(rb'"delta":\{[^}]*"content":"[^"]')
+
+
 def one_stream(port):
-    """One streamed request over a fresh connection. Returns (ttfb_us, [event
-    delays in µs: arrival − mock send stamp], events, done)."""
+    """One streamed request over a fresh connection. Returns (time to the first
+    event in µs, time to the first content event in µs, [delays in µs of the
+    events after the first: arrival − mock send stamp], events, done).
+
+    The first event of an OpenAI chat stream is a role-only chunk; a proxy may hold
+    it back until content arrives (Livery does, so that it can still fall back to
+    another route), so it is left out of the per-event delays and measured by the
+    two times instead."""
     s = socket.create_connection(("127.0.0.1", port))
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     req = stream_request(port, {"chunks": STREAM_CHUNKS, "gap_ms": STREAM_GAP_MS, "stamp": True})
     reader = SseReader()
-    delays, ttfb, n, done = [], None, 0, False
+    delays, ttfb, ttft, n, done = [], None, None, 0, False
     t0 = time.perf_counter_ns()
     s.sendall(req)
     try:
@@ -278,8 +298,10 @@ def one_stream(port):
                 n += 1
                 if ttfb is None:
                     ttfb = (now_pc - t0) / 1000
+                if ttft is None and CONTENT.search(ev):
+                    ttft = (now_pc - t0) / 1000
                 m = STAMP.search(ev)
-                if m:
+                if m and n > 1:
                     delays.append(now_us - int(m.group(1)))
                 if ev.strip() == b"data: [DONE]":
                     done = True
@@ -289,7 +311,7 @@ def one_stream(port):
         s.close()
     if reader.status != 200:
         raise RuntimeError(f"stream through port {port}: HTTP {reader.status}")
-    return ttfb, delays, n, done
+    return ttfb, ttft, delays, n, done
 
 
 def open_streams(port, count, timeout=60):
@@ -409,7 +431,7 @@ def seal_credential(args, env):
     """Seals a tenant provider key under a throw-away KEK; None if the build has
     no vault commands."""
     livery = os.path.join(args.root, "target/release/livery")
-    kg = subprocess.run([livery, "vault", "keygen"], capture_output=True, text=True)
+    kg = subprocess.run([livery, "vault", "keygen"], capture_output=True, text=True, cwd=args.tmp)
     if kg.returncode != 0:
         return None
     env["LIVERY_MASTER_KEY"] = kg.stdout.strip()
@@ -417,6 +439,7 @@ def seal_credential(args, env):
         [livery, "vault", "seal", "--owner", "tenant:bench/bench-tenant", "--provider", "upstream",
          "--config", os.path.join(args.tmp, "no-such-config.toml")],
         input="sk-proj-bench-tenant-own-key-0123456789abcdef", capture_output=True, text=True, env=env,
+        cwd=args.tmp,
     )
     if seal.returncode != 0:
         log(f"vault seal failed, running without a sealed credential: {seal.stderr.strip()}")
@@ -533,6 +556,7 @@ def main():
         rss, hwm = mem_kb([livery_p.pid])
         rss_samples.append((time.time() - started_at, rss / 1024, tag))
 
+    busy0 = machine_busy_s()
     try:
         info = machine_info(args)
         info["cpu_split"] = {"load_generator_cpu": load_cpu, "servers_cpu": server_cpu}
@@ -549,7 +573,8 @@ def main():
         credential = seal_credential(args, env)
         cfg = render_config(args, mock_url, os.path.join(args.tmp, "usage.jsonl"), credential)
         livery_bin = os.path.join(args.root, "target/release/livery")
-        chk = subprocess.run([livery_bin, "check-config", "--config", cfg], capture_output=True, text=True, env=env)
+        chk = subprocess.run([livery_bin, "check-config", "--config", cfg], capture_output=True, text=True,
+                             env=env, cwd=args.tmp)
         if chk.returncode != 0:
             raise RuntimeError(f"livery check-config failed: {chk.stderr}")
         livery_p = procs.start("livery", pinned(server_cpu, [
@@ -583,8 +608,8 @@ def main():
             status, body = http_post(ports[t], "/v1/chat/completions", BODY)
             if status != 200 or b'"choices"' not in body:
                 raise RuntimeError(f"{t}: unexpected answer {status} {body[:200]!r}")
-            ttfb, delays, n, done = one_stream(ports[t])
-            if not done or len(delays) < STREAM_CHUNKS:
+            ttfb, ttft, delays, n, done = one_stream(ports[t])
+            if not done or ttft is None or len(delays) < STREAM_CHUNKS:
                 raise RuntimeError(f"{t}: stream incomplete ({n} events, done={done})")
         usage_path = os.path.join(args.tmp, "usage.jsonl")
         time.sleep(0.3)
@@ -597,7 +622,8 @@ def main():
         time.sleep(1)
         idle_rss, idle_hwm = mem_kb([livery_p.pid])
         sample_rss("idle")
-        memory = {"livery_idle_rss_kib": idle_rss, "livery_idle_hwm_kib": idle_hwm}
+        memory = {"livery_idle_rss_kib": idle_rss, "livery_idle_hwm_kib": idle_hwm,
+                  "mock_idle_rss_kib": mem_kb([mock_p.pid])[0]}
         for t in ("livery", "nginx"):
             proxy_pids, _ = pids_of(t)
             before = mem_kb(proxy_pids)[0]
@@ -634,15 +660,16 @@ def main():
                     proxy_pids, mock_pids = pids_of(t)
                     c0, m0, w0 = cpu_seconds(proxy_pids), cpu_seconds(mock_pids), time.time()
                     if phase == "stream":
-                        ttfbs, delays, events = [], [], 0
+                        ttfbs, ttfts, delays, events = [], [], [], 0
                         for _ in range(n_streams):
-                            tt, dl, n, done = one_stream(ports[t])
+                            tt, tc, dl, n, done = one_stream(ports[t])
                             if not done:
                                 raise RuntimeError(f"{t}: a stream did not end with [DONE]")
                             ttfbs.append(tt)
+                            ttfts.append(tc)
                             delays += dl
                             events += n
-                        m = {"ttfb_us": ttfbs, "event_delay_us": delays, "events": events}
+                        m = {"ttfb_us": ttfbs, "ttft_us": ttfts, "event_delay_us": delays, "events": events}
                     else:
                         rate = int(phase[4:]) if phase.startswith("rate") else None
                         m = oha(args, ports[t], duration, rate=rate)
@@ -656,7 +683,8 @@ def main():
                         log(f"  {phase:>8} {t:>6}: {m['rps']:>9.0f} req/s  p50 {m['p50_us']} µs  p99 {m['p99_us']} µs"
                             f"  (proxy cpu {m['proxy_cpu_s']} s, mock cpu {m['mock_cpu_s']} s)")
                     else:
-                        log(f"  {phase:>8} {t:>6}: ttfb p50 {pct(m['ttfb_us'], .5):.0f} µs, "
+                        log(f"  {phase:>8} {t:>6}: first event p50 {pct(m['ttfb_us'], .5):.0f} µs, "
+                            f"first content p50 {pct(m['ttft_us'], .5):.0f} µs, "
                             f"event delay p50 {pct(m['event_delay_us'], .5):.0f} µs")
                     sample_rss(f"r{r + 1}-{phase}-{t}")
 
@@ -669,7 +697,7 @@ def main():
                     "-z", f"{int(args.soak_min * 60)}s", "-c", "64", "-m", "POST", "-T", "application/json",
                     "-H", f"Authorization: Bearer {TENANT_KEY}", "-d", BODY, "-q", "2000",
                     "--latency-correction", f"http://127.0.0.1:{livery_port}/v1/chat/completions"]
-            p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            p = procs.start("soak-oha", pinned(load_cpu, argv), stdout=subprocess.DEVNULL)
             t0 = time.time()
             while p.poll() is None:
                 samples.append((time.time() - t0, mem_kb([livery_p.pid])[0] / 1024))
@@ -688,8 +716,17 @@ def main():
         memory["livery_rss_slope_mib_per_min_during_rounds"] = slope_per_min(load_samples)
         memory["livery_rss_samples"] = [{"t_s": round(a, 1), "rss_mib": round(b, 2), "at": c} for a, b, c in rss_samples]
         stats_mock = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{mock_port}/stats", timeout=5).read())
+        servers_cpu = cpu_seconds([mock_p.pid, livery_p.pid, nginx_p.pid] + children(nginx_p.pid))
     finally:
         procs.stop_all()
+    # Other people's work on this machine during the run (the rest of the busy time).
+    t = os.times()
+    ours = servers_cpu + t.user + t.system + t.children_user + t.children_system
+    elapsed = time.time() - started_at
+    foreign = max(0.0, machine_busy_s() - busy0 - ours)
+    info["loadavg_at_end"] = open("/proc/loadavg").read().split()[:3]
+    info["foreign_cpu_s_during_run"] = round(foreign, 1)
+    info["foreign_cpu_share_of_machine"] = round(foreign / (elapsed * (os.cpu_count() or 1)), 3)
 
     summary = summarise(per, rates, memory, duration, rounds, n_streams)
     summary["soak"] = soak
@@ -707,7 +744,7 @@ def main():
         },
         "mock_stats": stats_mock,
         "summary": summary,
-        "raw": {p: {t: [{k: v for k, v in m.items() if k not in ("ttfb_us", "event_delay_us")} for m in ms]
+        "raw": {p: {t: [{k: v for k, v in m.items() if k not in ("ttfb_us", "ttft_us", "event_delay_us")} for m in ms]
                     for t, ms in per[p].items()} for p in per},
         "elapsed_s": round(time.time() - started_at, 1),
     }
@@ -744,9 +781,12 @@ def summarise(per, rates, memory, duration, rounds, n_streams):
             row[f"rate{r}_proxy_cpu_s_per_10k"] = med([m["proxy_cpu_s"] / m["ok"] * 1e4 for m in ms if m["ok"]])
             row[f"rate{r}_mock_cpu_s_per_10k"] = med([m["mock_cpu_s"] / m["ok"] * 1e4 for m in ms if m["ok"]])
         ttfb = [x for m in per["stream"][t] for x in m["ttfb_us"]]
+        ttft = [x for m in per["stream"][t] for x in m["ttft_us"]]
         ev = [x for m in per["stream"][t] for x in m["event_delay_us"]]
         row["stream_ttfb_p50_us"] = pct(ttfb, .5)
         row["stream_ttfb_p99_us"] = pct(ttfb, .99)
+        row["stream_ttft_p50_us"] = pct(ttft, .5)
+        row["stream_ttft_p99_us"] = pct(ttft, .99)
         row["stream_event_delay_p50_us"] = pct(ev, .5)
         row["stream_event_delay_p99_us"] = pct(ev, .99)
         row["stream_samples"] = len(ttfb)
@@ -769,8 +809,13 @@ def summarise(per, rates, memory, duration, rounds, n_streams):
     ra["throughput_livery_over_nginx"] = ratio(lv["max_rps"], n["max_rps"])
     ra["throughput_livery_over_direct"] = ratio(lv["max_rps"], d["max_rps"])
     ra["mock_headroom_direct_over_livery"] = ratio(d["max_rps"], lv["max_rps"])
+    ra["mock_headroom_direct_over_nginx"] = ratio(d["max_rps"], n["max_rps"])
+    for t in ("nginx", "livery"):
+        ra[f"mock_cpu_share_during_{t}_max"] = med([m["mock_cpu_s"] / m["wall_s"] for m in per["max"][t] if m["wall_s"]])
     ra["stream_ttfb_p50_added_us"] = {"livery": sub(lv["stream_ttfb_p50_us"], d["stream_ttfb_p50_us"]),
                                       "nginx": sub(n["stream_ttfb_p50_us"], d["stream_ttfb_p50_us"])}
+    ra["stream_ttft_p50_added_us"] = {"livery": sub(lv["stream_ttft_p50_us"], d["stream_ttft_p50_us"]),
+                                      "nginx": sub(n["stream_ttft_p50_us"], d["stream_ttft_p50_us"])}
     ra["stream_event_delay_p50_added_us"] = {"livery": sub(lv["stream_event_delay_p50_us"], d["stream_event_delay_p50_us"]),
                                              "nginx": sub(n["stream_event_delay_p50_us"], d["stream_event_delay_p50_us"])}
     ra["stream_event_delay_p99_added_us"] = {"livery": sub(lv["stream_event_delay_p99_us"], d["stream_event_delay_p99_us"]),
@@ -789,7 +834,9 @@ def summarise(per, rates, memory, duration, rounds, n_streams):
     tr = ra["throughput_livery_over_nginx"]
     check("max throughput >= 80% of nginx's", tr, 0.8, tr is not None and tr >= 0.8, "x")
     tt = ra["stream_ttfb_p50_added_us"]["livery"]
-    check("stream TTFB added < 200 µs (p50)", tt, 200, tt is not None and tt < 200, "µs")
+    check("stream TTFB (first event) added < 200 µs (p50)", tt, 200, tt is not None and tt < 200, "µs")
+    tt = ra["stream_ttft_p50_added_us"]["livery"]
+    check("stream first content event added < 200 µs (p50)", tt, 200, tt is not None and tt < 200, "µs")
     rs = memory.get("livery_rss_with_streams_kib")
     ok_streams = memory.get("livery_streams_open") == OPEN_STREAMS
     check(f"RSS < 40 MB with {OPEN_STREAMS} open streams", rs and rs / 1024, 40 * 1e6 / 2**20,
@@ -816,7 +863,9 @@ def markdown(doc):
     L.append(f"`{doc['command']}` on {m['nproc']} × {m['cpu_model']}, {m['memory_gib']} GiB, Linux {m['kernel']}; "
              f"load generator (oha, stream client) on CPU {m['cpu_split']['load_generator_cpu']}, "
              f"mock + nginx + Livery on CPU {m['cpu_split']['servers_cpu']}. "
-             f"Commit {m['git_commit']}; {m['nginx']}; {m['oha']}. Load average at start {' '.join(m['loadavg_at_start'])}.\n")
+             f"Commit {m['git_commit']}; {m['nginx']}; {m['oha']}. Load average at start {' '.join(m['loadavg_at_start'])}, "
+             f"at end {' '.join(m['loadavg_at_end'])}; CPU time used by other processes during the run: "
+             f"{m['foreign_cpu_s_during_run']} s ({100 * m['foreign_cpu_share_of_machine']:.0f}% of the machine).\n")
     L.append(f"{st['rounds']} round(s), target order rotated; {st['phase_seconds']} s per oha phase, 64 connections; "
              f"medians over rounds. Latencies in µs.\n")
     L.append("| | direct mock | nginx hop | Livery |")
@@ -828,16 +877,22 @@ def markdown(doc):
         L.append(f"| {r:,} req/s: p50 / p90 / p99 / p99.9 | " + " | ".join(
             " / ".join(fmt(t[x][f"rate{r}_{q}_us"]) for q in ("p50", "p90", "p99", "p99_9"))
             + ("" if t[x][f"rate{r}_sustained"] else " (not sustained)") for x in TARGETS) + " |")
-    row("stream time to first event p50", "stream_ttfb_p50_us")
-    row("stream time to first event p99", "stream_ttfb_p99_us")
-    row("stream event delay after mock send, p50", "stream_event_delay_p50_us")
-    row("stream event delay after mock send, p99", "stream_event_delay_p99_us")
+    row("stream: time to first event (TTFB) p50", "stream_ttfb_p50_us")
+    row("stream: time to first event (TTFB) p99", "stream_ttfb_p99_us")
+    row(f"stream: time to first content event p50 (mock: +{STREAM_GAP_MS} ms gap)", "stream_ttft_p50_us")
+    row("stream: time to first content event p99", "stream_ttft_p99_us")
+    row("stream: event delay after the mock sent it, p50", "stream_event_delay_p50_us")
+    row("stream: event delay after the mock sent it, p99", "stream_event_delay_p99_us")
     ref = 2000 if 2000 in st["rates"] else st["rates"][0]
     row(f"proxy CPU s / 10k req @{ref:,} req/s", f"rate{ref}_proxy_cpu_s_per_10k", 2)
     row(f"mock CPU s / 10k req @{ref:,} req/s", f"rate{ref}_mock_cpu_s_per_10k", 2)
     row("proxy CPU s / 10k req at max", "max_proxy_cpu_s_per_10k", 2)
-    L.append(f"| RSS idle / with {st['open_streams']:,} open streams, MiB | – | – / {fmt(mem.get('nginx_rss_with_streams_kib', 0) / 1024, 1)} "
-             f"| {fmt(mem['livery_idle_rss_kib'] / 1024, 1)} / {fmt(mem.get('livery_rss_with_streams_kib', 0) / 1024, 1)} |")
+    mib = lambda k: fmt(mem[k] / 1024, 1) if mem.get(k) is not None else "–"
+    L.append(f"| RSS idle / with {st['open_streams']:,} open streams, MiB (nginx: master + worker) | "
+             f"{mib('mock_idle_rss_kib')} / {mib('mock_rss_with_livery_streams_kib')} "
+             f"| {mib('nginx_rss_before_streams_kib')} / {mib('nginx_rss_with_streams_kib')} "
+             f"| {mib('livery_idle_rss_kib')} / {mib('livery_rss_with_streams_kib')} |")
+    L.append(f"| RSS after the rounds, MiB | {mib('mock_final_rss_kib')} | {mib('nginx_final_rss_kib')} | {mib('livery_final_rss_kib')} |")
     L.append("")
     ra = s["ratios"]
     L.append("| ratio (one run) | value |")
@@ -847,8 +902,12 @@ def markdown(doc):
             a = ra[f"rate{r}_{q}_added_us"]
             L.append(f"| added {q} @{r:,} req/s: Livery / nginx (µs) | {fmt(a['livery'])} / {fmt(a['nginx'])} = {fmt(a['livery_over_nginx'], 2)}× |")
     L.append(f"| max throughput Livery / nginx | {fmt(ra['throughput_livery_over_nginx'], 2)} |")
-    L.append(f"| mock headroom: direct / Livery max throughput | {fmt(ra['mock_headroom_direct_over_livery'], 1)}× |")
-    L.append(f"| stream TTFB added p50, Livery / nginx (µs) | {fmt(ra['stream_ttfb_p50_added_us']['livery'])} / {fmt(ra['stream_ttfb_p50_added_us']['nginx'])} |")
+    L.append(f"| mock headroom: its own max / what it served at nginx's, Livery's max | "
+             f"{fmt(ra['mock_headroom_direct_over_nginx'], 1)}×, {fmt(ra['mock_headroom_direct_over_livery'], 1)}× |")
+    L.append(f"| mock CPU share of the server core at nginx's, Livery's max | "
+             f"{fmt(100 * (ra['mock_cpu_share_during_nginx_max'] or 0))}%, {fmt(100 * (ra['mock_cpu_share_during_livery_max'] or 0))}% |")
+    L.append(f"| stream TTFB (first event) added p50, Livery / nginx (µs) | {fmt(ra['stream_ttfb_p50_added_us']['livery'])} / {fmt(ra['stream_ttfb_p50_added_us']['nginx'])} |")
+    L.append(f"| stream first content event added p50, Livery / nginx (µs) | {fmt(ra['stream_ttft_p50_added_us']['livery'])} / {fmt(ra['stream_ttft_p50_added_us']['nginx'])} |")
     L.append(f"| stream per-event delay added p50, Livery / nginx (µs) | {fmt(ra['stream_event_delay_p50_added_us']['livery'])} / {fmt(ra['stream_event_delay_p50_added_us']['nginx'])} |")
     L.append(f"| stream per-event delay added p99, Livery / nginx (µs) | {fmt(ra['stream_event_delay_p99_added_us']['livery'])} / {fmt(ra['stream_event_delay_p99_added_us']['nginx'])} |")
     sl = mem.get("livery_rss_slope_mib_per_min_during_rounds")

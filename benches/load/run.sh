@@ -29,6 +29,7 @@ apt_install() {
 }
 
 # ---------------------------------------------------------------- tools
+PATH="$PATH:/usr/sbin:/sbin"
 command -v python3 >/dev/null || apt_install python3
 command -v taskset >/dev/null || apt_install util-linux
 command -v nginx >/dev/null || apt_install nginx-light || apt_install nginx

@@ -25,6 +25,15 @@ pub struct GatewayConfig {
     pub vault: VaultConfig,
     #[serde(default)]
     pub routing: RoutingConfig,
+    /// Where rate limits and quotas are counted (`[limits]`).
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Platform cost per model (`[prices]`, `[[prices.models]]`).
+    #[serde(default)]
+    pub prices: PricesConfig,
+    /// How each reseller is billed (`[billing.RESELLER_ID]`).
+    #[serde(default)]
+    pub billing: BTreeMap<String, BillingConfig>,
 }
 
 /// Key-encryption keys for sealed provider credentials.
@@ -97,17 +106,172 @@ fn default_max_upstream_body_bytes() -> usize {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UsageConfig {
-    /// Append-only JSONL file receiving one record per finished request.
+    /// Append-only JSONL file receiving one record per finished request (a
+    /// plain mirror; the ledger below is the durable record).
     #[serde(default = "default_usage_path")]
     pub jsonl_path: Option<PathBuf>,
+    /// The durable ledger (spool + sinks). Default: on when the configuration
+    /// was loaded from a file (`livery serve`), off for configurations parsed
+    /// in memory unless `spool_dir` is set.
+    #[serde(default)]
+    pub ledger: Option<bool>,
+    /// Write-ahead spool directory (default `usage-spool` beside `jsonl_path`,
+    /// else in the working directory; relative paths are relative to the
+    /// working directory, like `jsonl_path`).
+    #[serde(default)]
+    pub spool_dir: Option<PathBuf>,
+    /// Cap on the spool's size on disk; beyond it new events are refused
+    /// (counted in the spool's stats and logged) rather than filling the disk.
+    #[serde(default = "default_spool_max_bytes")]
+    pub spool_max_bytes: u64,
+    /// A segment file is closed and a new one started above this size.
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: u64,
+    /// Group-commit interval: appended events are fsynced this often.
+    #[serde(default = "default_fsync_interval_ms")]
+    pub fsync_interval_ms: u64,
+    /// Sinks the spool ships to: `sqlite` (default), `webhook`.
+    #[serde(default = "default_sinks")]
+    pub sinks: Vec<String>,
+    /// The SQLite ledger (default `usage.db`, placed like `spool_dir`).
+    #[serde(default)]
+    pub sqlite_path: Option<PathBuf>,
+    #[serde(default)]
+    pub webhook: Option<WebhookSinkConfig>,
+}
+
+/// `[usage.webhook]`: batched POSTs of events, signed with HMAC-SHA256.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSinkConfig {
+    pub url: String,
+    /// Environment variable holding the HMAC secret.
+    pub secret_env: String,
+    #[serde(default = "default_webhook_batch")]
+    pub batch_max_events: usize,
+    #[serde(default = "default_webhook_timeout_ms")]
+    pub timeout_ms: u64,
 }
 
 impl Default for UsageConfig {
     fn default() -> Self {
         Self {
             jsonl_path: default_usage_path(),
+            ledger: None,
+            spool_dir: None,
+            spool_max_bytes: default_spool_max_bytes(),
+            segment_bytes: default_segment_bytes(),
+            fsync_interval_ms: default_fsync_interval_ms(),
+            sinks: default_sinks(),
+            sqlite_path: None,
+            webhook: None,
         }
     }
+}
+
+fn default_spool_max_bytes() -> u64 {
+    1 << 30
+}
+fn default_segment_bytes() -> u64 {
+    8 << 20
+}
+fn default_fsync_interval_ms() -> u64 {
+    5
+}
+fn default_sinks() -> Vec<String> {
+    vec!["sqlite".to_owned()]
+}
+fn default_webhook_batch() -> usize {
+    500
+}
+fn default_webhook_timeout_ms() -> u64 {
+    10_000
+}
+
+/// `[prices]`: what the platform pays per model. Amounts are decimal strings
+/// (`"0.15"`) or numbers, read exactly into integer micro-units.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PricesConfig {
+    #[serde(default = "default_currency")]
+    pub currency: String,
+    #[serde(default)]
+    pub models: Vec<ModelPriceConfig>,
+}
+
+impl Default for PricesConfig {
+    fn default() -> Self {
+        Self {
+            currency: default_currency(),
+            models: Vec::new(),
+        }
+    }
+}
+
+fn default_currency() -> String {
+    "USD".to_owned()
+}
+
+/// One `[[prices.models]]` entry: matched against the served model, then the
+/// route's upstream model, then the requested model.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPriceConfig {
+    pub model: String,
+    /// Only for calls served by this provider (default: any).
+    #[serde(default)]
+    pub provider: Option<String>,
+    pub input_per_million: crate::usage::price::Amount,
+    pub output_per_million: crate::usage::price::Amount,
+    /// Cached prompt tokens (default: the input price).
+    #[serde(default)]
+    pub cached_input_per_million: Option<crate::usage::price::Amount>,
+}
+
+/// How a reseller is billed by the platform (`[billing.RESELLER_ID]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BillingConfig {
+    pub model: BillingModel,
+    /// `wholesale`: the reseller's price per million prompt tokens...
+    #[serde(default)]
+    pub input_per_million: Option<crate::usage::price::Amount>,
+    /// ...per million completion tokens...
+    #[serde(default)]
+    pub output_per_million: Option<crate::usage::price::Amount>,
+    /// ...and per billable request.
+    #[serde(default)]
+    pub per_request: Option<crate::usage::price::Amount>,
+    /// `revenue_share`: the platform's share of what the reseller charges
+    /// (`"0.2"` or `"20%"`)...
+    #[serde(default)]
+    pub share: Option<crate::usage::price::Ratio>,
+    /// ...where the reseller charges its tenants these per million tokens.
+    #[serde(default)]
+    pub retail_input_per_million: Option<crate::usage::price::Amount>,
+    #[serde(default)]
+    pub retail_output_per_million: Option<crate::usage::price::Amount>,
+    /// `platform_fee`: a monthly fee chosen by the month's total tokens; the
+    /// first tier whose `up_to_tokens` is not exceeded (none: the last tier).
+    #[serde(default)]
+    pub tiers: Vec<FeeTier>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BillingModel {
+    Wholesale,
+    RevenueShare,
+    PlatformFee,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeeTier {
+    /// Inclusive upper bound of the month's total tokens; absent: unbounded.
+    #[serde(default)]
+    pub up_to_tokens: Option<u64>,
+    pub fee: crate::usage::price::Amount,
 }
 
 fn default_usage_path() -> Option<PathBuf> {
@@ -263,6 +427,85 @@ pub struct PlanConfig {
     /// The model that serves downgraded requests (must be in `models`).
     #[serde(default)]
     pub downgrade_to: Option<String>,
+    /// Requests per minute (absent: unlimited).
+    #[serde(default)]
+    pub requests_per_minute: Option<u64>,
+    /// Tokens per minute, prompt and completion (absent: unlimited).
+    #[serde(default)]
+    pub tokens_per_minute: Option<u64>,
+    /// Tokens per calendar month, UTC (absent: unlimited).
+    #[serde(default)]
+    pub tokens_per_month: Option<u64>,
+    /// Requests in flight at once, streams included (absent: unlimited).
+    #[serde(default)]
+    pub max_concurrent: Option<u64>,
+    /// Completion tokens assumed for a request without `max_tokens` when its
+    /// cost is estimated before the call (default 1024).
+    #[serde(default)]
+    pub default_completion_tokens: Option<u64>,
+}
+
+/// A tenant's `limits = { ... }`: single fields that replace its plan's.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitOverrides {
+    #[serde(default)]
+    pub requests_per_minute: Option<u64>,
+    #[serde(default)]
+    pub tokens_per_minute: Option<u64>,
+    #[serde(default)]
+    pub tokens_per_month: Option<u64>,
+    #[serde(default)]
+    pub max_concurrent: Option<u64>,
+    #[serde(default)]
+    pub default_completion_tokens: Option<u64>,
+}
+
+/// Where limits are counted: in this process, or shared through Redis.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitsBackend {
+    #[default]
+    Local,
+    Redis,
+}
+
+/// What admission does while Redis is slow or down.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRedisError {
+    /// Count locally, each instance taking `1 / instances` of every limit.
+    #[default]
+    FailOpen,
+    /// Refuse with 503 `rate_limiter_unavailable`.
+    FailClosed,
+}
+
+/// `[limits]`: the counting backend of rate limits and quotas.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub backend: LimitsBackend,
+    /// e.g. `redis://127.0.0.1:6379/0`; required for `backend = "redis"`.
+    pub redis_url: Option<String>,
+    /// Budget of one Redis round trip; beyond it Redis counts as down.
+    pub redis_timeout_ms: u64,
+    pub on_redis_error: OnRedisError,
+    /// Gateway instances sharing the limits: under `fail_open` each one takes
+    /// this share of every per-minute and concurrency limit.
+    pub instances: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            backend: LimitsBackend::Local,
+            redis_url: None,
+            redis_timeout_ms: 25,
+            on_redis_error: OnRedisError::FailOpen,
+            instances: 1,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -275,6 +518,10 @@ pub struct ResellerConfig {
     /// Exact custom domains (`ai.brand.com`).
     #[serde(default)]
     pub domains: Vec<String>,
+    /// A plan whose limits cap the sum of all the reseller's tenants (its
+    /// `models` are not used); absent: no reseller-wide cap.
+    #[serde(default)]
+    pub plan: Option<String>,
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
     /// Sealed provider keys of the reseller (`livery vault seal`), by provider name.
@@ -304,4 +551,7 @@ pub struct TenantConfig {
     /// Sealed provider keys of the tenant (`livery vault seal`), by provider name.
     #[serde(default)]
     pub credentials: BTreeMap<String, String>,
+    /// Single limit fields that replace the plan's for this tenant.
+    #[serde(default)]
+    pub limits: LimitOverrides,
 }

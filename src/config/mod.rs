@@ -6,10 +6,15 @@
 mod file;
 
 pub use file::{
+    BillingConfig, BillingModel, FeeTier, ModelPriceConfig, PricesConfig, WebhookSinkConfig,
+};
+pub use file::{
     DisallowedModel, GatewayConfig, KekConfig, ModelConfig, PlanConfig, ProviderConfig,
     ProviderKind, ResellerConfig, RouteConfig, RoutingConfig, ServerConfig, TenantConfig,
     TenantStatus, UsageConfig, VaultConfig,
 };
+
+pub use file::{LimitOverrides, LimitsBackend, LimitsConfig, OnRedisError};
 
 use std::path::{Path, PathBuf};
 
@@ -34,13 +39,17 @@ impl GatewayConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text).map_err(|e| match e {
+        let mut config = Self::parse(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: path.to_path_buf(),
                 message,
             },
             other => other,
-        })
+        })?;
+        // A gateway run from a configuration file keeps a durable usage ledger
+        // unless the file says `ledger = false` (in-memory configurations opt in).
+        config.usage.ledger.get_or_insert(true);
+        Ok(config)
     }
 
     /// Parses TOML text (used by tests, which build configurations inline).
