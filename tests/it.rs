@@ -11,6 +11,7 @@ mod endpoints;
 mod isolation;
 mod ledger;
 mod limits;
+mod limits_gateway;
 mod routing;
 mod sdk;
 mod streaming;

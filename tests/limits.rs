@@ -427,7 +427,7 @@ key_hashes = []
 // ------------------------------------------------------------------ Redis
 
 /// A `redis-server` on a free loopback port, killed on drop.
-struct RedisServer {
+pub(crate) struct RedisServer {
     bin: String,
     port: u16,
     child: Option<Child>,
@@ -436,7 +436,7 @@ struct RedisServer {
 impl RedisServer {
     /// Starts one, or returns `None` (after saying why) when the binary is
     /// missing and `LIVERY_REQUIRE_REDIS` is not set.
-    fn start(test: &str) -> Option<Self> {
+    pub(crate) fn start(test: &str) -> Option<Self> {
         let bin = std::env::var("LIVERY_REDIS_SERVER")
             .ok()
             .filter(|b| !b.is_empty())
@@ -469,11 +469,11 @@ impl RedisServer {
         Some(server)
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
-    fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         assert!(self.child.is_none());
         let child = Command::new(&self.bin)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
@@ -494,7 +494,7 @@ impl RedisServer {
         }
     }
 
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();

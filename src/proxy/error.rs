@@ -4,6 +4,7 @@
 //! `code` values are stable and listed in the README.
 
 use super::body::{json_response, ProxyBody};
+use crate::limits::LimitRejection;
 use crate::providers::ProviderError;
 use crate::routing::RoutingError;
 use crate::tenancy::TenancyError;
@@ -21,6 +22,8 @@ pub enum GatewayError {
     Provider(#[from] ProviderError),
     #[error(transparent)]
     Vault(#[from] VaultError),
+    #[error(transparent)]
+    Limit(#[from] LimitRejection),
     #[error("request body is larger than the limit of {0} bytes")]
     BodyTooLarge(usize),
     #[error("could not read the request body: {0}")]
@@ -58,6 +61,7 @@ impl GatewayError {
             },
             GatewayError::Routing(RoutingError::ModelNotFound(_)) => StatusCode::NOT_FOUND,
             GatewayError::Routing(RoutingError::ModelNotAllowed { .. }) => StatusCode::FORBIDDEN,
+            GatewayError::Limit(l) => l.status(),
             GatewayError::Routing(RoutingError::AllRoutesOpen(_)) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -94,6 +98,7 @@ impl GatewayError {
             GatewayError::Provider(_) => "upstream_error",
             GatewayError::Vault(VaultError::ProviderKeyNotConfigured(_)) => "invalid_request_error",
             GatewayError::Vault(_) => "server_error",
+            GatewayError::Limit(l) => l.error_type(),
             GatewayError::Routing(RoutingError::ModelNotAllowed { .. }) => "permission_error",
             GatewayError::Routing(RoutingError::AllRoutesOpen(_)) => "server_error",
             GatewayError::Routing(RoutingError::ModelNotFound(_))
@@ -121,6 +126,7 @@ impl GatewayError {
             GatewayError::Routing(RoutingError::ModelNotFound(_)) => "model_not_found",
             GatewayError::Routing(RoutingError::ModelNotAllowed { .. }) => "model_not_allowed",
             GatewayError::Routing(RoutingError::AllRoutesOpen(_)) => "routes_unavailable",
+            GatewayError::Limit(l) => l.code(),
             GatewayError::Provider(e) => match e {
                 ProviderError::Connect(_) => "upstream_unreachable",
                 ProviderError::FirstByteTimeout(_) => "upstream_timeout",
@@ -149,6 +155,7 @@ impl GatewayError {
             GatewayError::Provider(_) => Fault::Upstream,
             GatewayError::Vault(VaultError::ProviderKeyNotConfigured(_)) => Fault::Client,
             GatewayError::Vault(_) => Fault::Gateway,
+            GatewayError::Limit(LimitRejection::BackendUnavailable) => Fault::Gateway,
             _ => Fault::Client,
         }
     }
@@ -174,6 +181,7 @@ impl GatewayError {
                 "The upstream provider's response broke off.".into()
             }
             GatewayError::Vault(VaultError::ProviderKeyNotConfigured(_)) => self.to_string(),
+            GatewayError::Limit(l) => l.message(),
             GatewayError::Vault(_) => {
                 "The provider credential for this request is unavailable; the operator has been notified.".into()
             }
@@ -196,6 +204,11 @@ impl GatewayError {
             "code": self.code(),
         }});
         let mut resp = json_response(self.status(), &body);
+        if let GatewayError::Limit(l) = self {
+            for (name, value) in l.headers() {
+                resp.headers_mut().insert(name, value);
+            }
+        }
         if let GatewayError::MethodNotAllowed(_, path) = self {
             let allow = match path.as_str() {
                 "/v1/models" => "GET",

@@ -278,8 +278,9 @@ pub fn json_answer(
     record: &mut PendingRecord,
 ) -> Response<ProxyBody> {
     if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
-        if let Some(u) = v.get("usage").and_then(TokenUsage::from_json) {
-            record.tokens = u;
+        match v.get("usage").and_then(TokenUsage::from_json) {
+            Some(u) => record.tokens = u,
+            None => record.add_completion_from_response(&v),
         }
         if let Some(m) = v.get("model").and_then(Value::as_str) {
             let m = m.to_owned();

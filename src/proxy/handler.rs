@@ -7,6 +7,7 @@
 //! 5. tenant: from the presented key, constant-time (→ `RequestCtx::tenant`);
 //! 6. body: size-limited read, JSON object with a string `model`;
 //! 7. route: plan check and model table (→ provider + upstream model);
+//!    then limits: tenant and reseller buckets, concurrency, monthly quota;
 //! 8. upstream: body rewritten (`model`, `stream_options.include_usage`), sent;
 //! 9. answer: buffered JSON or the SSE relay; usage recorded exactly once.
 
@@ -16,6 +17,7 @@ use super::error::GatewayError;
 use super::fallback::{self, Prepared};
 use super::record::PendingRecord;
 use super::App;
+use crate::limits::{estimate_request_tokens, Admission, EffectiveLimits, LimitKey};
 use crate::providers::Endpoint;
 use crate::tenancy::{normalize_host, presented_key, PresentedKey, ResellerIdx, TenancyError};
 use crate::usage::Outcome;
@@ -200,6 +202,8 @@ fn metrics(app: &App) -> Response<ProxyBody> {
                     opened_total: b.opened_total,
                 }),
         );
+    let mut text = text;
+    app.limiter.render_prometheus(&mut text);
     let mut resp = Response::new(super::body::full(text));
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -267,10 +271,28 @@ where
             return Err(reject(&mut record, err));
         }
     };
+    record.set_request_body(body.clone());
     let prepared = match prepare_body(ctx, endpoint, &body, &mut record) {
         Ok(p) => p,
         Err(e) => return Err(reject(&mut record, e)),
     };
+    let limits = EffectiveLimits::of(ctx.snapshot.tenancy.reseller(ctx.reseller_idx), &ctx.tenant);
+    let admission = if limits.is_unlimited() {
+        None
+    } else {
+        let key = LimitKey::new(ctx.reseller.clone(), ctx.tenant.id.clone());
+        let estimate = estimate_request_tokens(&prepared.body, &limits);
+        match app.limiter.admit(&key, &limits, estimate).await {
+            Ok(a) => Some(a),
+            Err(e) => return Err(reject(&mut record, GatewayError::Limit(e))),
+        }
+    };
+    // The rate-limit headers go on every answer of an admitted request, as
+    // OpenAI sends them.
+    let rate_headers = admission.as_ref().map(Admission::headers);
+    if let Some(a) = admission {
+        record.hold_admission(a);
+    }
     record.update(|r| {
         r.requested_model = Some(prepared.model.clone());
         if let Some(from) = &prepared.downgraded_from {
@@ -278,7 +300,11 @@ where
         }
         r.stream = prepared.stream;
     });
-    Ok(fallback::serve(app, ctx, endpoint, prepared, record).await)
+    let mut resp = fallback::serve(app, ctx, endpoint, prepared, record).await;
+    for (name, value) in rate_headers.into_iter().flatten() {
+        resp.headers_mut().insert(name, value);
+    }
+    Ok(resp)
 }
 
 fn reject(record: &mut PendingRecord, err: GatewayError) -> GatewayError {

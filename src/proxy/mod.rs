@@ -16,6 +16,7 @@ pub use body::ProxyBody;
 pub use ctx::RequestCtx;
 
 use crate::config::{ConfigError, GatewayConfig};
+use crate::limits::{Limiter, LimitsError, Month, MonthlyUsageSource};
 use crate::routing::breaker::Breakers;
 use crate::snapshot::Snapshot;
 use crate::telemetry::metrics::Metrics;
@@ -36,6 +37,7 @@ use tokio::task::JoinSet;
 pub struct App {
     pub snapshot: ArcSwap<Snapshot>,
     pub usage: UsageSink,
+    pub limiter: Limiter,
     pub breakers: Breakers,
     pub metrics: Metrics,
     draining: AtomicBool,
@@ -47,6 +49,16 @@ impl App {
     }
 }
 
+/// The monthly quota's history: the month's real tokens as counted by the
+/// usage ledger, read once per tenant (and reseller) and month.
+struct LedgerMonths(UsageSink);
+
+impl MonthlyUsageSource for LedgerMonths {
+    fn month_tokens(&self, reseller: &str, tenant: Option<&str>, month: Month) -> u64 {
+        self.0.monthly_tokens(reseller, tenant, &month.to_string())
+    }
+}
+
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -54,6 +66,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Usage(#[from] UsageError),
+    #[error(transparent)]
+    Limits(#[from] LimitsError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -92,9 +106,11 @@ impl Gateway {
             }
         }
         let usage = UsageSink::start(&config)?;
+        let limiter = Limiter::from_config(&config.limits, Arc::new(LedgerMonths(usage.clone())))?;
         let app = Arc::new(App {
             snapshot: ArcSwap::from_pointee(snapshot),
             usage,
+            limiter,
             breakers: Breakers::default(),
             metrics: Metrics::default(),
             draining: AtomicBool::new(false),

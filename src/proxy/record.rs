@@ -14,6 +14,7 @@
 //! [`PendingRecord::add_completion_text`], and marks the event `estimated`.
 
 use super::ctx::RequestCtx;
+use crate::limits::Admission;
 use crate::providers::Endpoint;
 use crate::usage::{estimate, now_rfc3339, Outcome, UsageRecord, UsageSink, SCHEMA_VERSION};
 use bytes::Bytes;
@@ -59,6 +60,10 @@ pub struct PendingRecord {
     completion_text: String,
     /// Bytes of completion text beyond the cap.
     completion_overflow: usize,
+    /// The request's limit admission: settled with the real tokens and
+    /// released (concurrency slot) when the record is written, which happens on
+    /// every exit path, `Drop` included.
+    admission: Option<Admission>,
 }
 
 /// Completion text kept for estimation; beyond it, counts scale by length.
@@ -74,6 +79,7 @@ impl PendingRecord {
             request_body: None,
             completion_text: String::new(),
             completion_overflow: 0,
+            admission: None,
             record: Some(UsageRecord {
                 v: SCHEMA_VERSION,
                 event_id: String::new(),
@@ -105,6 +111,11 @@ impl PendingRecord {
         }
     }
 
+    /// Holds the request's admission until the record is written.
+    pub fn hold_admission(&mut self, admission: Admission) {
+        self.admission = Some(admission);
+    }
+
     /// Edits the record before it is written.
     pub fn update(&mut self, f: impl FnOnce(&mut UsageRecord)) {
         if let Some(r) = self.record.as_mut() {
@@ -120,8 +131,6 @@ impl PendingRecord {
 
     /// Keeps the client's request body (a cheap reference-counted clone) so
     /// that prompt tokens can be estimated if the upstream reports none.
-    // Called by the request path once wired (handler/fallback, relay, forward).
-    #[allow(dead_code)]
     pub fn set_request_body(&mut self, body: Bytes) {
         self.request_body = Some(body);
     }
@@ -129,8 +138,6 @@ impl PendingRecord {
     /// Adds completion text as it streams (delta `content`, `refusal`, tool
     /// call arguments...), for estimating completion tokens if the upstream
     /// reports none.
-    // Called by the request path once wired (handler/fallback, relay, forward).
-    #[allow(dead_code)]
     pub fn add_completion_text(&mut self, text: &str) {
         if self.completion_text.len() + text.len() <= COMPLETION_TEXT_CAP {
             self.completion_text.push_str(text);
@@ -140,8 +147,6 @@ impl PendingRecord {
     }
 
     /// Takes the completion text of a whole (non-streamed) answer.
-    // Called by the request path once wired (handler/fallback, relay, forward).
-    #[allow(dead_code)]
     pub fn add_completion_from_response(&mut self, response: &Value) {
         let text = estimate::completion_text(response);
         self.add_completion_text(&text);
@@ -215,6 +220,20 @@ impl PendingRecord {
         r.cached_tokens = self.tokens.cached;
         r.event_id = uuid::Uuid::now_v7().to_string();
         r.ended_at = now_rfc3339();
+        if let Some(mut admission) = self.admission.take() {
+            // Refund the estimate of a call no upstream served; keep it charged
+            // for one served without a count (usage may have happened).
+            let served = r.provider.is_some()
+                && matches!(
+                    outcome,
+                    Outcome::Ok | Outcome::Truncated | Outcome::ClientDisconnected
+                );
+            match (r.total_tokens, served) {
+                (Some(total), _) => admission.settle(total),
+                (None, false) => admission.settle(0),
+                (None, true) => {}
+            }
+        }
         self.sink.record(r);
     }
 }

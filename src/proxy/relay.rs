@@ -16,6 +16,7 @@ use eventsource_stream::{Event, EventStream};
 use futures_util::Stream;
 use http_body::Frame;
 use serde::Deserialize;
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -23,22 +24,52 @@ use std::task::{Context, Poll};
 
 /// The parts of a streamed chunk the gateway looks at; everything else is
 /// forwarded untouched.
+/// Strings are borrowed where the JSON has no escapes, so that a typical
+/// chunk is read without allocating.
 #[derive(Deserialize)]
-struct ChunkPeek {
-    #[serde(default)]
-    choices: Option<Vec<ChoicePeek>>,
+struct ChunkPeek<'a> {
+    #[serde(default, borrow)]
+    choices: Option<Vec<ChoicePeek<'a>>>,
     #[serde(default)]
     usage: Option<serde_json::Value>,
-    #[serde(default)]
-    model: Option<String>,
+    #[serde(default, borrow)]
+    model: Option<Cow<'a, str>>,
     #[serde(default)]
     error: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
-struct ChoicePeek {
-    #[serde(default)]
-    finish_reason: Option<String>,
+struct ChoicePeek<'a> {
+    #[serde(default, borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    delta: Option<DeltaPeek<'a>>,
+}
+
+/// The text of a delta, kept for estimating completion tokens when the
+/// upstream reports no usage.
+#[derive(Deserialize)]
+struct DeltaPeek<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    refusal: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    tool_calls: Option<Vec<ToolCallPeek<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallPeek<'a> {
+    #[serde(default, borrow)]
+    function: Option<FunctionPeek<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FunctionPeek<'a> {
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    arguments: Option<Cow<'a, str>>,
 }
 
 pub struct SseRelay {
@@ -106,11 +137,29 @@ impl SseRelay {
         if let Ok(peek) = serde_json::from_str::<ChunkPeek>(data) {
             if let (Some(model), false) = (peek.model, self.model_seen) {
                 self.model_seen = true;
+                let model = model.into_owned();
                 self.record.update(|r| r.served_model = Some(model));
             }
             let choices = peek.choices.unwrap_or_default();
-            if choices.iter().any(|c| c.finish_reason.is_some()) {
-                self.saw_finish = true;
+            for c in &choices {
+                if c.finish_reason.is_some() {
+                    self.saw_finish = true;
+                }
+                if let Some(d) = &c.delta {
+                    for text in [&d.content, &d.refusal].into_iter().flatten() {
+                        self.record.add_completion_text(text);
+                    }
+                    for f in d
+                        .tool_calls
+                        .iter()
+                        .flatten()
+                        .filter_map(|t| t.function.as_ref())
+                    {
+                        for text in [&f.name, &f.arguments].into_iter().flatten() {
+                            self.record.add_completion_text(text);
+                        }
+                    }
+                }
             }
             if let Some(u) = peek.usage.as_ref().and_then(TokenUsage::from_json) {
                 self.record.tokens = u;

@@ -352,7 +352,7 @@ impl UsageSink {
     /// start) as acknowledged by the SQLite ledger: events still in the spool
     /// (normally milliseconds' worth) are not counted yet. 0 without a SQLite
     /// ledger or on a read error (logged).
-    pub fn monthly_tokens(&self, reseller: &str, tenant: &str, month: &str) -> u64 {
+    pub fn monthly_tokens(&self, reseller: &str, tenant: Option<&str>, month: &str) -> u64 {
         let Some(path) = &self.inner.sqlite_path else {
             return 0;
         };
@@ -369,7 +369,7 @@ impl UsageSink {
         let Some(conn) = reader.as_ref() else {
             return 0;
         };
-        sinks::sqlite::monthly_tokens(conn, reseller, Some(tenant), month).unwrap_or_else(|e| {
+        sinks::sqlite::monthly_tokens(conn, reseller, tenant, month).unwrap_or_else(|e| {
             tracing::error!(error = %e, "usage ledger read failed");
             0
         })
