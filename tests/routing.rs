@@ -153,7 +153,10 @@ async fn every_fallback_cause_ends_in_one_clean_success_on_the_next_route() {
 
 #[tokio::test]
 async fn connect_failures_and_streams_that_fail_before_content_fall_back() {
-    let (gw, first, _second) = fallback_gateway(NO_RETRY).await;
+    let (gw, first, _second) = fallback_gateway(&format!(
+        "{NO_RETRY}stream_commit = \"first_content\"\n"
+    ))
+    .await;
     let resp = chat(&gw, "dead-first", json!({}), false).await;
     let id = rid(&resp);
     assert_eq!(resp.status(), 200);
@@ -186,6 +189,24 @@ async fn connect_failures_and_streams_that_fail_before_content_fall_back() {
             pairs(&[("first", cause), ("second", "ok")])
         );
     }
+}
+
+#[tokio::test]
+async fn by_default_a_stream_is_committed_at_its_first_event() {
+    let (gw, _first, second) = fallback_gateway(NO_RETRY).await;
+    // The role chunk went to the client at once; the break after it is shown
+    // as an error event, and nothing is retried.
+    let resp = chat(&gw, "chain", on_first(json!({"drop_after": 1, "gap_ms": 30})), true).await;
+    let id = rid(&resp);
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    assert_eq!(text.matches("\"role\":\"assistant\"").count(), 1, "{text}");
+    assert!(text.contains("\"code\":\"stream_interrupted\""), "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    let record = gw.usage_for(&id).await;
+    assert_eq!(outcomes(&record), pairs(&[("first", "ok")]));
+    assert_eq!(record["outcome"], "truncated");
+    assert!(second.requests().is_empty());
 }
 
 #[tokio::test]

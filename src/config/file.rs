@@ -382,6 +382,23 @@ pub struct RoutingConfig {
     pub breaker_window_ms: u64,
     /// How long an open breaker skips its route before letting one probe through.
     pub breaker_cooldown_ms: u64,
+    /// When a stream is committed to its route (no fallback after that).
+    pub stream_commit: StreamCommit,
+}
+
+/// The point from which a streamed answer belongs to its route.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamCommit {
+    /// At the first event: it goes to the client as it arrives (lowest time
+    /// to first byte); a stream failing after it ends with an error event.
+    #[default]
+    FirstEvent,
+    /// At the first event carrying content, a finish or usage: lifecycle
+    /// frames (OpenAI's role-only first chunk, Anthropic's `message_start`,
+    /// pings) are held, so a route that fails before producing anything still
+    /// falls back. Costs time to first byte, not time to first token.
+    FirstContent,
 }
 
 impl Default for RoutingConfig {
@@ -396,6 +413,7 @@ impl Default for RoutingConfig {
             breaker_failures: 5,
             breaker_window_ms: 30_000,
             breaker_cooldown_ms: 30_000,
+            stream_commit: StreamCommit::FirstEvent,
         }
     }
 }

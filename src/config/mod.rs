@@ -14,7 +14,7 @@ pub use file::{
     TenantStatus, UsageConfig, VaultConfig,
 };
 
-pub use file::{LimitOverrides, LimitsBackend, LimitsConfig, OnRedisError};
+pub use file::{LimitOverrides, LimitsBackend, LimitsConfig, OnRedisError, StreamCommit};
 
 use std::path::{Path, PathBuf};
 

@@ -124,6 +124,7 @@ pub async fn serve(
                     credential.key.as_ref(),
                     ctx.snapshot.limits.max_upstream_bytes,
                     first_event,
+                    settings.stream_commit,
                     &mut record,
                 ),
             )

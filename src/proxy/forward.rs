@@ -7,6 +7,7 @@ use super::body::{full, ProxyBody};
 use super::error::GatewayError;
 use super::record::{PendingRecord, TokenUsage};
 use super::relay::SseRelay;
+use crate::config::StreamCommit;
 use crate::providers::{ByteStream, Provider, ProviderError, UpstreamBody, UpstreamRequest};
 use crate::usage::Outcome;
 use crate::vault::{KeyOwner, Secret};
@@ -93,6 +94,7 @@ pub async fn attempt(
     key: Option<&Secret>,
     max_body: usize,
     first_event_timeout: Duration,
+    commit: StreamCommit,
     record: &mut PendingRecord,
 ) -> AttemptResult {
     let stream = req.stream;
@@ -155,7 +157,10 @@ pub async fn attempt(
                     EventStreamError::Transport(p) => p,
                     other => ProviderError::Body(other.to_string()),
                 })?;
-                let verdict = first_content_verdict(&ev);
+                let verdict = match commit {
+                    StreamCommit::FirstContent => first_content_verdict(&ev),
+                    StreamCommit::FirstEvent => first_event_verdict(&ev),
+                };
                 held.push(ev);
                 match verdict {
                     Verdict::Hold => {}
@@ -215,6 +220,19 @@ enum Verdict {
     Hold,
     Content,
     InBandError,
+}
+
+/// Any event commits, except an in-band error (the client has seen nothing
+/// yet, so another route may still serve it).
+fn first_event_verdict(ev: &Event) -> Verdict {
+    // Cheap pre-check: only an event mentioning "error" is parsed.
+    if !ev.data.contains("\"error\"") {
+        return Verdict::Content;
+    }
+    match serde_json::from_str::<Value>(ev.data.trim()) {
+        Ok(v) if v.get("error").is_some_and(|e| !e.is_null()) => Verdict::InBandError,
+        _ => Verdict::Content,
+    }
 }
 
 /// Lifecycle frames (an OpenAI role-only first chunk, a keep-alive) are held back;
