@@ -295,13 +295,26 @@ pub fn json_answer(
     bytes: Bytes,
     record: &mut PendingRecord,
 ) -> Response<ProxyBody> {
-    if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
-        match v.get("usage").and_then(TokenUsage::from_json) {
+    // Only `usage` and `model` are read (borrowed, no tree built); the whole
+    // body is parsed only when usage is missing and must be estimated.
+    #[derive(serde::Deserialize)]
+    struct AnswerPeek<'a> {
+        #[serde(default)]
+        usage: Option<Value>,
+        #[serde(default, borrow)]
+        model: Option<std::borrow::Cow<'a, str>>,
+    }
+    if let Ok(peek) = serde_json::from_slice::<AnswerPeek>(&bytes) {
+        match peek.usage.as_ref().and_then(TokenUsage::from_json) {
             Some(u) => record.tokens = u,
-            None => record.add_completion_from_response(&v),
+            None => {
+                if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
+                    record.add_completion_from_response(&v);
+                }
+            }
         }
-        if let Some(m) = v.get("model").and_then(Value::as_str) {
-            let m = m.to_owned();
+        if let Some(m) = peek.model {
+            let m = m.into_owned();
             record.update(|r| r.served_model = Some(m));
         }
     }
