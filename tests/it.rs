@@ -14,6 +14,7 @@ mod limits;
 mod routing;
 mod sdk;
 mod streaming;
+mod tls;
 mod upstream;
 mod usage;
 mod vault;
