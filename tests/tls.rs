@@ -416,3 +416,58 @@ async fn openai_sdk_over_https() {
     .await;
     s.gw.shutdown().await;
 }
+
+/// `livery tls status` as operators run it: the binary on a configuration file.
+#[test]
+fn tls_status_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let (cert, key) = ca.leaf(dir.path(), "wild", &["*.livery.test"]);
+    let cache = dir.path().join("acme");
+    std::fs::create_dir_all(cache.join("certs")).unwrap();
+    std::fs::write(
+        cache.join("state.json"),
+        r#"{"ai.globex.test":{"phase":"failed","last_error":"connection refused","failures":1,"next_retry":4102444800,"updated":0}}"#,
+    )
+    .unwrap();
+    let config_path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "{standard}\n[tls]\nlisten = [\"127.0.0.1:0\"]\n\n[[tls.certs]]\ncert = \"{cert}\"\nkey = \"{key}\"\n\n[tls.acme]\ncache_dir = \"{cache}\"\n",
+            standard = support::standard_config("http://127.0.0.1:9", ""),
+            cert = cert.display(),
+            key = key.display(),
+            cache = cache.display(),
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(crate::cli::BIN)
+        .args(["tls", "status", "--config"])
+        .arg(&config_path)
+        .env_remove("LIVERY_CONFIG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = |d: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{d} ")))
+            .unwrap_or_else(|| panic!("no line for {d}:\n{stdout}"))
+            .to_owned()
+    };
+    assert!(line("acme.livery.test").contains("static"), "{stdout}");
+    assert!(
+        line(ACME_HOST).contains("ordered on first handshake"),
+        "{stdout}"
+    );
+    let globex = line(support::GLOBEX_HOST);
+    assert!(globex.contains("failed"), "{stdout}");
+    assert!(globex.contains("connection refused"), "{stdout}");
+    assert!(globex.contains("2100-01-01"), "{stdout}");
+}

@@ -35,6 +35,8 @@ pub enum Accepted {
 }
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// The rest of the handshake, once the certificate is known.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 impl Tls {
@@ -53,7 +55,12 @@ impl Tls {
                 (&self.acme, &sni, &self.challenge_config)
             {
                 if acme.challenge(name).is_some() {
-                    let mut s = start.into_stream(config.clone()).await?;
+                    let mut s =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, start.into_stream(config.clone()))
+                            .await
+                            .map_err(|_| {
+                                std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake")
+                            })??;
                     let _ = tokio::io::AsyncWriteExt::shutdown(&mut s).await;
                     tracing::debug!(name, "answered a tls-alpn-01 validation");
                     return Ok(Accepted::Challenge);
@@ -71,7 +78,12 @@ impl Tls {
                 }
             }
         }
-        let stream = start.into_stream(self.config.clone()).await?;
+        let stream =
+            tokio::time::timeout(HANDSHAKE_TIMEOUT, start.into_stream(self.config.clone()))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake")
+                })??;
         let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
         let info = TlsInfo {
             sni: sni.map(Arc::from),
