@@ -44,6 +44,19 @@ enum Command {
     /// Usage ledger reports.
     #[command(subcommand)]
     Usage(UsageCommand),
+    /// HTTPS certificates of reseller domains.
+    #[command(subcommand)]
+    Tls(TlsCommand),
+}
+
+#[derive(Subcommand)]
+enum TlsCommand {
+    /// Each registered domain with its certificate: static, issued (expiry),
+    /// pending, or failed (last error, next retry).
+    Status {
+        #[arg(long, env = "LIVERY_CONFIG", default_value = "gateway.toml")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -95,6 +108,7 @@ enum VaultCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    livery::tls::install_crypto_provider();
     match cli.command {
         Command::Serve { config, listen } => serve(config, listen),
         Command::CheckConfig { config } => check_config(config),
@@ -107,6 +121,21 @@ fn main() -> ExitCode {
             format,
             config,
         }) => usage_report(&config, &reseller, tenant.as_deref(), &month, &format),
+        Command::Tls(TlsCommand::Status { config }) => tls_status(&config),
+    }
+}
+
+fn tls_status(path: &std::path::Path) -> ExitCode {
+    let config = match GatewayConfig::load(path) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    match livery::tls::status::report(&config) {
+        Ok(rows) => {
+            print!("{}", livery::tls::status::render(&rows));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
     }
 }
 
@@ -140,6 +169,10 @@ fn serve(path: PathBuf, listen: Vec<SocketAddr>) -> ExitCode {
             tracing::info!(%addr, "listening");
             // A stable line on stdout that scripts and tests can wait for.
             println!("livery listening on http://{addr}");
+        }
+        for addr in gateway.tls_addrs() {
+            tracing::info!(%addr, "listening (HTTPS)");
+            println!("livery listening on https://{addr}");
         }
         wait_for_signal().await;
         tracing::info!("shutting down");

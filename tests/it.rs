@@ -15,6 +15,7 @@ mod limits_gateway;
 mod routing;
 mod sdk;
 mod streaming;
+mod tls;
 mod upstream;
 mod usage;
 mod vault;

@@ -37,6 +37,13 @@ LIVERY_REDIS_SERVER="$(command -v redis-server)"
 export LIVERY_REDIS_SERVER
 export LIVERY_REQUIRE_REDIS=1
 
+# On-demand ACME (tests/tls/pebble.rs) runs Debian's pebble ACME test server on
+# loopback; with LIVERY_REQUIRE_PEBBLE=1 the test fails instead of skipping.
+ensure_apt_package pebble pebble
+LIVERY_PEBBLE="$(command -v pebble)"
+export LIVERY_PEBBLE
+export LIVERY_REQUIRE_PEBBLE=1
+
 # ------------------------------------------------------- Python + openai SDK
 OPENAI_SPEC='openai>=1.50,<3'
 VENV="$ROOT/.venv"

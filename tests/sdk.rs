@@ -17,7 +17,7 @@ const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_e2e.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The Python interpreter that has the `openai` SDK, or `None` to skip.
-async fn sdk_python() -> Option<PathBuf> {
+pub(crate) async fn sdk_python() -> Option<PathBuf> {
     let required = std::env::var("LIVERY_REQUIRE_SDK").is_ok_and(|v| v == "1");
     let unavailable = |why: String| {
         assert!(
@@ -96,6 +96,52 @@ async fn run_sdk_script(python: &Path, base_url: &str, key: &str, model: &str, e
         out.status
     );
     assert!(stdout.contains("SDK checks passed"), "{stdout}");
+}
+
+/// Runs tests/sdk/openai_tls.py: a chat completion and a streamed one over
+/// HTTPS at `base_url`, whose `host` the script resolves to 127.0.0.1, trusting
+/// only the CA in `ca_file`.
+pub(crate) async fn run_sdk_tls_script(
+    python: &Path,
+    base_url: &str,
+    key: &str,
+    model: &str,
+    ca_file: &Path,
+    host: &str,
+) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_tls.py");
+    let mut cmd = tokio::process::Command::new(python);
+    cmd.arg(script)
+        .args([base_url, key, model])
+        .arg(ca_file)
+        .arg(host)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("NO_PROXY", "*")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    for var in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+        "SSL_CERT_FILE",
+        "OPENAI_BASE_URL",
+    ] {
+        cmd.env_remove(var);
+    }
+    let out = tokio::time::timeout(SCRIPT_TIMEOUT, cmd.output())
+        .await
+        .expect("openai_tls.py finishes")
+        .expect("the python interpreter runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("SDK over HTTPS passed"),
+        "openai_tls.py against {base_url} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A usage record of a chat completion or an embedding (the SDK script sends 3

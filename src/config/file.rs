@@ -34,6 +34,119 @@ pub struct GatewayConfig {
     /// How each reseller is billed (`[billing.RESELLER_ID]`).
     #[serde(default)]
     pub billing: BTreeMap<String, BillingConfig>,
+    /// HTTPS for reseller domains (`[tls]`); absent: plain listeners only.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[tls]`: HTTPS listeners, static certificates, on-demand ACME and what the
+/// plain listeners do.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// HTTPS listeners (ALPN `h2` and `http/1.1`).
+    #[serde(default)]
+    pub listen: Vec<SocketAddr>,
+    /// Certificates read from PEM files, tried first.
+    #[serde(default)]
+    pub certs: Vec<StaticCertConfig>,
+    /// On-demand certificates for registered domains (`[tls.acme]`).
+    #[serde(default)]
+    pub acme: Option<AcmeConfig>,
+    /// The plain listeners: `serve` (behind a TLS-terminating load balancer)
+    /// or `redirect` (308 to HTTPS).
+    #[serde(default)]
+    pub plain: PlainPolicy,
+    /// Peers (IP addresses or CIDR blocks) whose `X-Forwarded-Proto` /
+    /// `Forwarded: proto=` is believed on the plain listeners.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+}
+
+/// What a plain-HTTP listener does with a request when `[tls]` is configured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlainPolicy {
+    /// Serve it (TLS is terminated in front of the gateway).
+    #[default]
+    Serve,
+    /// Answer 308 to the same URL over HTTPS, unless a trusted proxy says the
+    /// client already spoke HTTPS. Health checks are always served.
+    Redirect,
+}
+
+/// `[[tls.certs]]`: one certificate chain and key in PEM files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticCertConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Names it serves (`ai.brand.com`, `*.{platform_domain}`); default: the
+    /// DNS names in the certificate.
+    #[serde(default)]
+    pub names: Vec<String>,
+}
+
+/// `[tls.acme]`: an RFC 8555 CA, its limits and the on-disk cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeConfig {
+    /// Let's Encrypt production by default; staging is
+    /// `https://acme-staging-v02.api.letsencrypt.org/directory`.
+    #[serde(default = "default_acme_directory")]
+    pub directory_url: String,
+    /// Account contacts (`mailto:ops@example.com`).
+    #[serde(default)]
+    pub contact: Vec<String>,
+    /// Account and certificates (default `certs/acme`).
+    #[serde(default = "default_acme_cache_dir")]
+    pub cache_dir: PathBuf,
+    /// Orders any one reseller's domains may place per rolling hour.
+    #[serde(default = "default_orders_per_reseller")]
+    pub orders_per_hour_per_reseller: u32,
+    /// Orders the whole gateway may place per rolling hour.
+    #[serde(default = "default_orders_per_hour")]
+    pub orders_per_hour: u32,
+    /// A PEM root to trust for the directory (a test CA such as pebble's);
+    /// default: the system's roots.
+    #[serde(default)]
+    pub directory_root_ca: Option<PathBuf>,
+    /// Renew a certificate this long before it expires.
+    #[serde(default = "default_renew_before_days")]
+    pub renew_before_days: u32,
+    /// First wait after a failed order; doubles per failure up to `backoff_max_secs`.
+    #[serde(default = "default_backoff_base_secs")]
+    pub backoff_base_secs: u64,
+    #[serde(default = "default_backoff_max_secs")]
+    pub backoff_max_secs: u64,
+    /// How long a handshake waits for an on-demand order before failing.
+    #[serde(default = "default_issue_wait_secs")]
+    pub handshake_wait_secs: u64,
+}
+
+fn default_acme_directory() -> String {
+    "https://acme-v02.api.letsencrypt.org/directory".to_owned()
+}
+fn default_acme_cache_dir() -> PathBuf {
+    PathBuf::from("certs/acme")
+}
+fn default_orders_per_reseller() -> u32 {
+    10
+}
+fn default_orders_per_hour() -> u32 {
+    100
+}
+fn default_renew_before_days() -> u32 {
+    30
+}
+fn default_backoff_base_secs() -> u64 {
+    60
+}
+fn default_backoff_max_secs() -> u64 {
+    6 * 3600
+}
+fn default_issue_wait_secs() -> u64 {
+    20
 }
 
 /// Key-encryption keys for sealed provider credentials.

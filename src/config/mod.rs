@@ -14,6 +14,7 @@ pub use file::{
     TenantStatus, UsageConfig, VaultConfig,
 };
 
+pub use file::{AcmeConfig, PlainPolicy, StaticCertConfig, TlsConfig};
 pub use file::{LimitOverrides, LimitsBackend, LimitsConfig, OnRedisError, StreamCommit};
 
 use std::path::{Path, PathBuf};

@@ -4,8 +4,18 @@
 use crate::snapshot::Snapshot;
 use crate::tenancy::{ResellerIdx, Tenant};
 use http::HeaderMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
+
+/// What is known about the connection a request arrived on, put in each
+/// request's extensions by the listener.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// `None` on a plain listener.
+    pub tls: Option<crate::tls::TlsInfo>,
+}
 
 pub struct RequestCtx {
     pub request_id: String,
@@ -16,6 +26,8 @@ pub struct RequestCtx {
     pub reseller: Arc<str>,
     pub reseller_idx: ResellerIdx,
     pub tenant: Arc<Tenant>,
+    /// The TLS SNI of the connection (already checked against the Host).
+    pub sni: Option<Arc<str>>,
 }
 
 /// The client's `x-request-id` if it is sane (1–128 visible ASCII characters

@@ -40,6 +40,8 @@ pub enum GatewayError {
     UnknownEndpoint(String, String),
     #[error("method {0} is not allowed on {1}")]
     MethodNotAllowed(String, String),
+    #[error("This connection is for another host: its TLS server name and the Host header name different resellers. Open a new connection to this host.")]
+    MisdirectedRequest,
 }
 
 /// Who caused an error: drives the status family and log level.
@@ -82,6 +84,7 @@ impl GatewayError {
             | GatewayError::InvalidField(..) => StatusCode::BAD_REQUEST,
             GatewayError::UnknownEndpoint(..) => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed(..) => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
         }
     }
 
@@ -109,7 +112,8 @@ impl GatewayError {
             | GatewayError::MissingModel
             | GatewayError::InvalidField(..)
             | GatewayError::UnknownEndpoint(..)
-            | GatewayError::MethodNotAllowed(..) => "invalid_request_error",
+            | GatewayError::MethodNotAllowed(..)
+            | GatewayError::MisdirectedRequest => "invalid_request_error",
         }
     }
 
@@ -146,6 +150,7 @@ impl GatewayError {
             GatewayError::InvalidField(..) => "invalid_field",
             GatewayError::UnknownEndpoint(..) => "unknown_url",
             GatewayError::MethodNotAllowed(..) => "method_not_allowed",
+            GatewayError::MisdirectedRequest => "misdirected_request",
         }
     }
 

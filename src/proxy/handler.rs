@@ -3,7 +3,8 @@
 //! 1. request id: the client's sane `x-request-id` or a new UUIDv7 (added to every response);
 //! 2. endpoint: path and method, 404/405 in OpenAI's error shape for anything else;
 //! 3. snapshot: one `ArcSwap` load, held for the whole request;
-//! 4. reseller: from the Host / `:authority` (→ `RequestCtx::reseller`);
+//! 4. reseller: from the Host / `:authority` (→ `RequestCtx::reseller`); over
+//!    TLS the SNI must name the same reseller, else 421 (→ `RequestCtx::sni`);
 //! 5. tenant: from the presented key, constant-time (→ `RequestCtx::tenant`);
 //! 6. body: size-limited read, JSON object with a string `model`;
 //! 7. route: plan check and model table (→ provider + upstream model);
@@ -12,7 +13,7 @@
 //! 9. answer: buffered JSON or the SSE relay; usage recorded exactly once.
 
 use super::body::{json_response, ProxyBody};
-use super::ctx::{request_id, RequestCtx};
+use super::ctx::{request_id, ConnInfo, RequestCtx};
 use super::error::GatewayError;
 use super::fallback::{self, Prepared};
 use super::record::PendingRecord;
@@ -120,6 +121,18 @@ where
 
     let snapshot = app.snapshot.load_full();
     let reseller_idx = resolve_reseller(&snapshot.tenancy, &req)?;
+    let sni = req
+        .extensions()
+        .get::<ConnInfo>()
+        .and_then(|c| c.tls.as_ref())
+        .and_then(|t| t.sni.clone());
+    if let Some(sni) = &sni {
+        // One reseller's certificate must not reach another's tenants (HTTP/2
+        // connection coalescing, or a client sending any Host it likes).
+        if snapshot.tenancy.resolve_host(sni) != Ok(reseller_idx) {
+            return Err(GatewayError::MisdirectedRequest);
+        }
+    }
     let reseller = snapshot.tenancy.reseller(reseller_idx).id.clone();
     tracing::Span::current().record("reseller", &*reseller);
     let tenant = match presented_key(req.headers()) {
@@ -135,6 +148,7 @@ where
         reseller,
         reseller_idx,
         tenant,
+        sni,
     };
     match api {
         Api::Models => Ok(list_models(&ctx)),

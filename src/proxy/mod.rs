@@ -13,13 +13,14 @@ mod record;
 mod relay;
 
 pub use body::ProxyBody;
-pub use ctx::RequestCtx;
+pub use ctx::{ConnInfo, RequestCtx};
 
 use crate::config::{ConfigError, GatewayConfig};
 use crate::limits::{Limiter, LimitsError, Month, MonthlyUsageSource};
 use crate::routing::breaker::Breakers;
 use crate::snapshot::Snapshot;
 use crate::telemetry::metrics::Metrics;
+use crate::tls::{Accepted, PlainAction, Tls, TlsError};
 use crate::usage::{UsageError, UsageSink};
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
@@ -80,12 +81,16 @@ pub enum StartError {
     DemoTenantExposed { addr: SocketAddr, key: &'static str },
     #[error("no listener is configured (server.listen is empty)")]
     NoListener,
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// A running gateway: its bound addresses and a handle to stop it.
 pub struct Gateway {
     app: Arc<App>,
     addrs: Vec<SocketAddr>,
+    tls_addrs: Vec<SocketAddr>,
+    tls: Option<Arc<Tls>>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -97,8 +102,14 @@ impl Gateway {
         if config.server.listen.is_empty() {
             return Err(StartError::NoListener);
         }
+        let tls_listen = config
+            .tls
+            .as_ref()
+            .map(|t| t.listen.clone())
+            .unwrap_or_default();
         if snapshot.tenancy.has_demo_tenant() {
-            if let Some(addr) = config.server.listen.iter().find(|a| !a.ip().is_loopback()) {
+            let mut all = config.server.listen.iter().chain(&tls_listen);
+            if let Some(addr) = all.find(|a| !a.ip().is_loopback()) {
                 return Err(StartError::DemoTenantExposed {
                     addr: *addr,
                     key: crate::DEMO_KEY,
@@ -117,27 +128,74 @@ impl Gateway {
         });
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        // HTTPS first, so that redirects from the plain listeners know its port.
+        let mut tls_listeners = Vec::new();
+        let mut tls_addrs = Vec::new();
+        for addr in &tls_listen {
+            let (listener, local) = bind(addr).await?;
+            tls_listeners.push(listener);
+            tls_addrs.push(local);
+        }
+        let tls = match &config.tls {
+            Some(t) => {
+                let mut tls = Tls::build(
+                    t,
+                    snapshot_platform_domain(&config).as_deref(),
+                    eligibility(&app),
+                )?;
+                if let Some(a) = tls_addrs.first() {
+                    tls.set_https_port(a.port());
+                }
+                Some(Arc::new(tls))
+            }
+            None => None,
+        };
+        if let Some(tls) = &tls {
+            for listener in tls_listeners {
+                tasks.spawn(accept_loop(
+                    listener,
+                    app.clone(),
+                    stop_rx.clone(),
+                    Listener::Https(tls.clone()),
+                ));
+            }
+            if let Some(acme) = tls.acme() {
+                tasks.spawn(acme.clone().renewal_loop(
+                    tls.eligibility(),
+                    Duration::from_secs(3600),
+                    stop_rx.clone(),
+                ));
+            }
+        }
         let mut addrs = Vec::new();
         for addr in &config.server.listen {
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: *addr,
-                    source,
-                })?;
-            let local = listener.local_addr().map_err(|source| StartError::Bind {
-                addr: *addr,
-                source,
-            })?;
+            let (listener, local) = bind(addr).await?;
             addrs.push(local);
-            tasks.spawn(accept_loop(listener, app.clone(), stop_rx.clone()));
+            tasks.spawn(accept_loop(
+                listener,
+                app.clone(),
+                stop_rx.clone(),
+                Listener::Plain(tls.clone()),
+            ));
         }
         Ok(Self {
             app,
             addrs,
+            tls_addrs,
+            tls,
             stop,
             tasks,
         })
+    }
+
+    /// The bound HTTPS addresses (`[tls] listen`, port 0 resolved).
+    pub fn tls_addrs(&self) -> &[SocketAddr] {
+        &self.tls_addrs
+    }
+
+    /// The TLS side, if `[tls]` is configured.
+    pub fn tls(&self) -> Option<&Arc<Tls>> {
+        self.tls.as_ref()
     }
 
     /// The addresses actually bound (port 0 resolved).
@@ -176,7 +234,50 @@ impl Gateway {
     }
 }
 
-async fn accept_loop(listener: TcpListener, app: Arc<App>, mut stop: watch::Receiver<bool>) {
+async fn bind(addr: &SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let err = |source| StartError::Bind {
+        addr: *addr,
+        source,
+    };
+    let listener = TcpListener::bind(addr).await.map_err(err)?;
+    let local = listener.local_addr().map_err(err)?;
+    Ok((listener, local))
+}
+
+fn snapshot_platform_domain(config: &GatewayConfig) -> Option<String> {
+    config
+        .server
+        .platform_domain
+        .as_deref()
+        .and_then(crate::tenancy::normalize_host)
+}
+
+/// A name may get an on-demand certificate if it is a registered domain of the
+/// snapshot in force (an in-memory lookup); the answer is its reseller.
+fn eligibility(app: &Arc<App>) -> crate::tls::Eligibility {
+    let app = Arc::downgrade(app);
+    Arc::new(move |name: &str| {
+        let app = app.upgrade()?;
+        let snapshot = app.snapshot.load();
+        let idx = snapshot.tenancy.resolve_host(name).ok()?;
+        Some(snapshot.tenancy.reseller(idx).id.clone())
+    })
+}
+
+/// What a listener speaks: plain HTTP (with the `[tls]` plain policy, if any)
+/// or HTTPS.
+#[derive(Clone)]
+enum Listener {
+    Plain(Option<Arc<Tls>>),
+    Https(Arc<Tls>),
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    app: Arc<App>,
+    mut stop: watch::Receiver<bool>,
+    kind: Listener,
+) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -184,6 +285,7 @@ async fn accept_loop(listener: TcpListener, app: Arc<App>, mut stop: watch::Rece
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30));
     builder.http2().timer(hyper_util::rt::TokioTimer::new());
+    let builder = Arc::new(builder);
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.changed() => break,
@@ -199,19 +301,71 @@ async fn accept_loop(listener: TcpListener, app: Arc<App>, mut stop: watch::Rece
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let service = service_fn(move |req| {
-            let app = app.clone();
-            async move { Ok::<_, std::convert::Infallible>(handler::handle(app, req).await) }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let kind = kind.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            match kind {
+                Listener::Plain(tls) => {
+                    let conn = ConnInfo { peer, tls: None };
+                    serve(&builder, watcher, TokioIo::new(stream), app, conn, tls).await;
+                }
+                Listener::Https(tls) => match tls.accept(stream).await {
+                    Ok(Accepted::Stream(stream, info)) => {
+                        let conn = ConnInfo {
+                            peer,
+                            tls: Some(info),
+                        };
+                        serve(&builder, watcher, TokioIo::new(stream), app, conn, None).await;
+                    }
+                    Ok(Accepted::Challenge) => {}
+                    Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                },
             }
         });
     }
     graceful.shutdown().await;
+}
+
+/// Serves HTTP/1.1 or HTTP/2 on one accepted connection. Each request carries
+/// the connection's [`ConnInfo`]; on a plain listener under `[tls]`, the plain
+/// policy may answer with a redirect first.
+async fn serve<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    io: I,
+    app: Arc<App>,
+    conn: ConnInfo,
+    plain_tls: Option<Arc<Tls>>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let peer = conn.peer;
+    let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        let app = app.clone();
+        let conn = conn.clone();
+        let plain_tls = plain_tls.clone();
+        async move {
+            if let Some(tls) = &plain_tls {
+                if let PlainAction::Redirect(url) = tls.plain_action(conn.peer.ip(), &req) {
+                    return Ok::<_, std::convert::Infallible>(redirect(&url));
+                }
+            }
+            req.extensions_mut().insert(conn);
+            Ok(handler::handle(app, req).await)
+        }
+    });
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+fn redirect(url: &str) -> http::Response<ProxyBody> {
+    let mut resp = http::Response::new(body::full(bytes::Bytes::new()));
+    *resp.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
+    if let Ok(v) = http::HeaderValue::from_str(url) {
+        resp.headers_mut().insert(http::header::LOCATION, v);
+    }
+    resp
 }
