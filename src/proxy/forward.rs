@@ -1,12 +1,14 @@
 //! One attempt on one route ([`attempt`]), classified as commit, retry or final,
 //! and the client's answer built from the outcome: buffered JSON for plain
-//! requests, [`SseRelay`] for streams, and provider errors reshaped into OpenAI's error JSON with provider-identifying
-//! details (account ids, request ids, key fragments, provider URLs) scrubbed.
+//! requests, [`SseRelay`](super::relay::SseRelay) for streams, and provider errors reshaped into OpenAI's error JSON with provider-identifying
+//! details (account ids, request ids, key fragments, provider URLs) scrubbed. For
+//! `/v1/messages` clients ([`Dialect::Anthropic`]) the same steps read and write
+//! Anthropic's formats through [`super::messages`].
 
 use super::body::{full, ProxyBody};
+use super::ctx::Dialect;
 use super::error::GatewayError;
 use super::record::{PendingRecord, TokenUsage};
-use super::relay::SseRelay;
 use crate::providers::{ByteStream, Provider, ProviderError, UpstreamBody, UpstreamRequest};
 use crate::usage::Outcome;
 use crate::vault::{KeyOwner, Secret};
@@ -94,6 +96,7 @@ pub async fn attempt(
     max_body: usize,
     first_event_timeout: Duration,
     record: &mut PendingRecord,
+    dialect: Dialect,
 ) -> AttemptResult {
     let stream = req.stream;
     let upstream = match provider.send(req, key).await {
@@ -126,6 +129,7 @@ pub async fn attempt(
             cause: match status.as_u16() {
                 429 => "rate_limited",
                 408 => "timeout",
+                529 => "overloaded",
                 500..=599 => "server_error",
                 _ => "client_error",
             },
@@ -155,7 +159,10 @@ pub async fn attempt(
                     EventStreamError::Transport(p) => p,
                     other => ProviderError::Body(other.to_string()),
                 })?;
-                let verdict = first_content_verdict(&ev);
+                let verdict = match dialect {
+                    Dialect::OpenAi => first_content_verdict(&ev),
+                    Dialect::Anthropic => super::messages::verdict(&ev.event, &ev.data),
+                };
                 held.push(ev);
                 match verdict {
                     Verdict::Hold => {}
@@ -211,7 +218,7 @@ pub async fn attempt(
     }
 }
 
-enum Verdict {
+pub enum Verdict {
     Hold,
     Content,
     InBandError,
@@ -276,9 +283,14 @@ pub fn json_answer(
     content_type: HeaderValue,
     bytes: Bytes,
     record: &mut PendingRecord,
+    dialect: Dialect,
 ) -> Response<ProxyBody> {
     if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
-        if let Some(u) = v.get("usage").and_then(TokenUsage::from_json) {
+        let usage = match dialect {
+            Dialect::OpenAi => v.get("usage").and_then(TokenUsage::from_json),
+            Dialect::Anthropic => super::messages::usage_of_message(&v),
+        };
+        if let Some(u) = usage {
             record.tokens = u;
         }
         if let Some(m) = v.get("model").and_then(Value::as_str) {
@@ -294,8 +306,14 @@ pub fn json_answer(
     resp
 }
 
-/// The client's answer for a committed stream.
-pub fn stream_answer(relay: SseRelay) -> Response<ProxyBody> {
+/// The client's answer for a committed stream ([`SseRelay`](super::relay::SseRelay) or
+/// [`MessagesRelay`](super::messages_relay::MessagesRelay)).
+pub fn stream_answer<R>(relay: R) -> Response<ProxyBody>
+where
+    R: futures_util::Stream<Item = Result<http_body::Frame<Bytes>, std::convert::Infallible>>
+        + Send
+        + 'static,
+{
     let mut resp = Response::new(BodyExt::boxed_unsync(StreamBody::new(relay)));
     let h = resp.headers_mut();
     h.insert(
@@ -316,11 +334,15 @@ pub fn failure_answer(
     failure: Failure,
     key_owner: Option<KeyOwner>,
     record: &mut PendingRecord,
+    dialect: Dialect,
 ) -> Response<ProxyBody> {
     match failure.kind {
         FailureKind::Upstream { status, body } => {
-            let (client_status, payload, code) =
-                reshape_error(status, &body, key_owner.unwrap_or(KeyOwner::Platform));
+            let owner = key_owner.unwrap_or(KeyOwner::Platform);
+            let (client_status, payload, code) = match dialect {
+                Dialect::OpenAi => reshape_error(status, &body, owner),
+                Dialect::Anthropic => super::messages::reshape_error(status, &body, owner),
+            };
             record.finish(client_status.as_u16(), Outcome::UpstreamError, Some(&code));
             let mut resp = Response::new(full(payload));
             *resp.status_mut() = client_status;
@@ -342,7 +364,7 @@ pub fn failure_answer(
                 _ => Outcome::Rejected,
             };
             record.finish(err.status().as_u16(), outcome, Some(err.code()));
-            err.to_response()
+            err.to_response_for(dialect)
         }
     }
 }
@@ -370,7 +392,8 @@ async fn collect(
 /// A 401/403 from the provider is never passed on as such: it would tell the
 /// tenant its *gateway* key is wrong. If the tenant's own provider key was refused
 /// it becomes 400 `provider_key_rejected`; a reseller's or the platform's key,
-/// 502 `upstream_auth_failed`.
+/// 502 `upstream_auth_failed`. Anthropic's non-standard 529 (overloaded) becomes
+/// 503, the status OpenAI clients know (and retry).
 pub fn reshape_error(
     status: StatusCode,
     body: &[u8],
@@ -401,7 +424,11 @@ pub fn reshape_error(
             None,
         ),
     };
-    let mut client_status = status;
+    let mut client_status = if status.as_u16() == 529 {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        status
+    };
     if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
         if key_owner == KeyOwner::Tenant {
             // The tenant's own provider key: the tenant can and must fix it.
