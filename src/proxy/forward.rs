@@ -468,7 +468,8 @@ fn default_type(status: StatusCode) -> &'static str {
 }
 
 /// Removes words that identify the provider or the platform's account there:
-/// key fragments, organisation/project/request ids and provider URLs.
+/// key fragments, organisation/project/request ids (Anthropic names its
+/// organisation by a bare UUID: `(org: a22cf6e6-…,`) and provider URLs.
 pub fn scrub(message: &str) -> String {
     const PREFIXES: &[&str] = &[
         "sk-", "sk_", "org-", "org_", "proj_", "req_", "user-", "http://", "https://",
@@ -485,6 +486,7 @@ pub fn scrub(message: &str) -> String {
         if PREFIXES.iter().any(|p| lower.starts_with(p))
             || HOSTS.iter().any(|h| lower.contains(h))
             || lower.contains("***")
+            || is_uuid(core.trim_end_matches(['.', ',', ')', ']', ';', ':']))
         {
             let trailing: String = word
                 .chars()
@@ -500,6 +502,16 @@ pub fn scrub(message: &str) -> String {
     out
 }
 
+/// `8-4-4-4-12` hex digits.
+fn is_uuid(word: &str) -> bool {
+    let groups: Vec<&str> = word.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -511,6 +523,8 @@ mod tests {
         assert!(!s.contains("org-uV"), "{s}");
         assert!(!s.contains("openai.com"), "{s}");
         assert!(!s.contains("req_0123"), "{s}");
+        let anthropic = scrub("rate limit (org: a22cf6e6-a940-4fff-8c4c-1580816ac7be, model: x).");
+        assert_eq!(anthropic, "rate limit (org: [redacted], model: x).");
         let masked = scrub("Invalid key 0123abcd****************wxyz given.");
         assert_eq!(masked, "Invalid key [redacted] given.");
         assert!(s.starts_with(
