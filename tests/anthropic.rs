@@ -17,8 +17,8 @@ struct Setup {
 
 /// The standard gateway plus provider `claude` (kind `anthropic`, the mock) and
 /// models `claude-sonnet` (claude only) and `smart` (claude, then the OpenAI
-/// mock), both in plan `pro`.
-fn anthropic_config(openai_base: &str, claude_base: &str, key_line: &str) -> String {
+/// mock), both in plan `pro`. `key_line` is the provider's `api_key_env` line, or empty.
+pub(crate) fn anthropic_config(openai_base: &str, claude_base: &str, key_line: &str) -> String {
     let extra = format!(
         r#"
 [[providers]]

@@ -118,7 +118,7 @@ async fn every_fallback_cause_ends_in_one_clean_success_on_the_next_route() {
         (json!({"status": 408}), "timeout"),
         (json!({"status": 500}), "server_error"),
         (json!({"status": 503}), "server_error"),
-        (json!({"status": 529}), "server_error"),
+        (json!({"status": 529}), "overloaded"),
         (json!({"delay_ms": 1000}), "timeout"),
     ] {
         for stream in [false, true] {
