@@ -589,6 +589,13 @@ async fn messages_on_an_openai_route_are_translated() {
     assert_eq!(r["prompt_tokens"], input);
     assert_eq!(r["completion_tokens"], output);
     assert_eq!(r["outcome"], "ok");
+
+    // The built-in `mock` provider is bridged the same way.
+    let resp = messages(&s.gw, Some(ACME_DENTAL.2), &messages_body("demo")).await;
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["type"], "message");
+    assert_eq!(v["content"][0]["type"], "text");
     s.gw.shutdown().await;
 }
 
