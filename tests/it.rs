@@ -6,6 +6,7 @@
 
 mod support;
 
+mod anthropic;
 mod cli;
 mod endpoints;
 mod isolation;

@@ -118,7 +118,7 @@ async fn every_fallback_cause_ends_in_one_clean_success_on_the_next_route() {
         (json!({"status": 408}), "timeout"),
         (json!({"status": 500}), "server_error"),
         (json!({"status": 503}), "server_error"),
-        (json!({"status": 529}), "server_error"),
+        (json!({"status": 529}), "overloaded"),
         (json!({"delay_ms": 1000}), "timeout"),
     ] {
         for stream in [false, true] {
@@ -153,10 +153,8 @@ async fn every_fallback_cause_ends_in_one_clean_success_on_the_next_route() {
 
 #[tokio::test]
 async fn connect_failures_and_streams_that_fail_before_content_fall_back() {
-    let (gw, first, _second) = fallback_gateway(&format!(
-        "{NO_RETRY}stream_commit = \"first_content\"\n"
-    ))
-    .await;
+    let (gw, first, _second) =
+        fallback_gateway(&format!("{NO_RETRY}stream_commit = \"first_content\"\n")).await;
     let resp = chat(&gw, "dead-first", json!({}), false).await;
     let id = rid(&resp);
     assert_eq!(resp.status(), 200);
@@ -196,7 +194,13 @@ async fn by_default_a_stream_is_committed_at_its_first_event() {
     let (gw, _first, second) = fallback_gateway(NO_RETRY).await;
     // The role chunk went to the client at once; the break after it is shown
     // as an error event, and nothing is retried.
-    let resp = chat(&gw, "chain", on_first(json!({"drop_after": 1, "gap_ms": 30})), true).await;
+    let resp = chat(
+        &gw,
+        "chain",
+        on_first(json!({"drop_after": 1, "gap_ms": 30})),
+        true,
+    )
+    .await;
     let id = rid(&resp);
     assert_eq!(resp.status(), 200);
     let text = resp.text().await.unwrap();

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Livery's test command: the whole suite on a fresh machine with the Rust
 # toolchain and python3 (3.11+ with venv and pip). It installs what the tests
-# need (the `openai` Python SDK into .venv), then runs formatting, lints, and
+# need (the `openai` and `anthropic` Python SDKs into .venv), then runs formatting, lints, and
 # every unit and integration test. `.ci/run` runs exactly this.
 #
 #   tests/run.sh
@@ -44,12 +44,13 @@ LIVERY_PEBBLE="$(command -v pebble)"
 export LIVERY_PEBBLE
 export LIVERY_REQUIRE_PEBBLE=1
 
-# ------------------------------------------------------- Python + openai SDK
+# ------------------------------------------- Python + openai and anthropic SDKs
 OPENAI_SPEC='openai>=1.50,<3'
+ANTHROPIC_SPEC='anthropic>=0.40,<3'
 VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
 
-step "Python venv with the openai SDK ($VENV)"
+step "Python venv with the openai and anthropic SDKs ($VENV)"
 if ! "$PY" -m pip --version >/dev/null 2>&1; then
     rm -rf "$VENV"
     if ! python3 -m venv "$VENV"; then
@@ -61,8 +62,8 @@ if ! "$PY" -m pip --version >/dev/null 2>&1; then
     fi
 fi
 # A no-op (no download) when a matching version is already installed.
-"$PY" -m pip install --quiet --disable-pip-version-check "$OPENAI_SPEC"
-"$PY" -c 'import sys, openai; print(f"python {sys.version.split()[0]}, openai {openai.__version__}")'
+"$PY" -m pip install --quiet --disable-pip-version-check "$OPENAI_SPEC" "$ANTHROPIC_SPEC"
+"$PY" -c 'import sys, openai, anthropic; print(f"python {sys.version.split()[0]}, openai {openai.__version__}, anthropic {anthropic.__version__}")'
 
 export LIVERY_PYTHON="$PY"
 # The SDK tests fail, instead of skipping, when the SDK is missing.

@@ -1,31 +1,41 @@
 //! End to end with the real `openai` Python SDK (tests/sdk/openai_e2e.py): a chat
 //! completion, streamed ones (with and without usage), an embedding (base64, as
 //! the SDK asks by default, and float), `models.list()`, and a wrong key raising
-//! `AuthenticationError`.
+//! `AuthenticationError`; also through an Anthropic route. And with the real
+//! `anthropic` SDK (tests/sdk/anthropic_e2e.py) on `/v1/messages` through an
+//! OpenAI route: a message, streams (the SDK's helper and raw events), a wrong
+//! key and an unknown model raising the SDK's errors.
 //!
 //! The interpreter comes from `LIVERY_PYTHON` (tests/run.sh creates .venv with the
-//! SDK and sets it). Without it these tests are skipped with a message, unless
+//! SDKs and sets it). Without it these tests are skipped with a message, unless
 //! `LIVERY_REQUIRE_SDK=1` (set by tests/run.sh), where they fail instead.
 
 use crate::cli::{default_config, ServeProcess};
+use crate::support::anthropic_mock::AnthropicMock;
 use crate::support::{self, MockProvider, TestGateway};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_e2e.py");
+const ANTHROPIC_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/anthropic_e2e.py");
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The Python interpreter that has the `openai` SDK, or `None` to skip.
 pub(crate) async fn sdk_python() -> Option<PathBuf> {
+    sdk_python_with("openai").await
+}
+
+/// The Python interpreter that can `import {module}`, or `None` to skip.
+async fn sdk_python_with(module: &str) -> Option<PathBuf> {
     let required = std::env::var("LIVERY_REQUIRE_SDK").is_ok_and(|v| v == "1");
     let unavailable = |why: String| {
         assert!(
             !required,
-            "{why}: run tests/run.sh, which installs the openai SDK (LIVERY_REQUIRE_SDK=1)"
+            "{why}: run tests/run.sh, which installs the openai and anthropic SDKs (LIVERY_REQUIRE_SDK=1)"
         );
         eprintln!(
-            "SKIPPED: {why}; run tests/run.sh, which installs the openai SDK and sets LIVERY_PYTHON"
+            "SKIPPED: {why}; run tests/run.sh, which installs the SDKs and sets LIVERY_PYTHON"
         );
         None
     };
@@ -34,7 +44,7 @@ pub(crate) async fn sdk_python() -> Option<PathBuf> {
     };
     let python = PathBuf::from(python);
     let probe = tokio::process::Command::new(&python)
-        .args(["-c", "import openai"])
+        .args(["-c", &format!("import {module}")])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -44,7 +54,7 @@ pub(crate) async fn sdk_python() -> Option<PathBuf> {
     match probe {
         Ok(out) if out.status.success() => Some(python),
         Ok(out) => unavailable(format!(
-            "{} cannot `import openai`: {}",
+            "{} cannot `import {module}`: {}",
             python.display(),
             String::from_utf8_lossy(&out.stderr).trim()
         )),
@@ -55,9 +65,19 @@ pub(crate) async fn sdk_python() -> Option<PathBuf> {
 /// Runs the SDK script against `base_url` and fails the test (with its output)
 /// unless every check passed.
 async fn run_sdk_script(python: &Path, base_url: &str, key: &str, model: &str, embed_model: &str) {
+    run_script(python, SCRIPT, &[base_url, key, model, embed_model]).await;
+}
+
+/// Runs `script` with `args` (the first is the base URL) under `python`.
+async fn run_script(python: &Path, script: &str, args: &[&str]) {
+    let base_url = args.first().copied().unwrap_or_default();
+    let name = Path::new(script)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let mut cmd = tokio::process::Command::new(python);
-    cmd.arg(SCRIPT)
-        .args([base_url, key, model, embed_model])
+    cmd.arg(script)
+        .args(args)
         .env("PYTHONUNBUFFERED", "1")
         .env("PYTHONDONTWRITEBYTECODE", "1")
         // httpx honours proxy variables; the gateway is on loopback.
@@ -78,13 +98,16 @@ async fn run_sdk_script(python: &Path, base_url: &str, key: &str, model: &str, e
         "OPENAI_API_KEY",
         "OPENAI_ORG_ID",
         "OPENAI_PROJECT_ID",
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_AUTH_TOKEN",
+        "ANTHROPIC_BASE_URL",
     ] {
         cmd.env_remove(var);
     }
     let out = match tokio::time::timeout(SCRIPT_TIMEOUT, cmd.output()).await {
         Ok(out) => out.expect("the python interpreter runs"),
         Err(_) => {
-            panic!("openai_e2e.py against {base_url} did not finish within {SCRIPT_TIMEOUT:?}")
+            panic!("{name} against {base_url} did not finish within {SCRIPT_TIMEOUT:?}")
         }
     };
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -92,7 +115,7 @@ async fn run_sdk_script(python: &Path, base_url: &str, key: &str, model: &str, e
     println!("{stdout}");
     assert!(
         out.status.success(),
-        "openai_e2e.py against {base_url} failed ({}):\n{stdout}\n{stderr}",
+        "{name} against {base_url} failed ({}):\n{stdout}\n{stderr}",
         out.status
     );
     assert!(stdout.contains("SDK checks passed"), "{stdout}");
@@ -274,5 +297,84 @@ async fn sdk_against_http_mock_upstream() {
         })
         .collect();
     assert_eq!(dental.len(), 5, "usage records: {records:#?}");
+    gw.shutdown().await;
+}
+
+/// The standard tenancy plus the Anthropic provider and models of
+/// tests/anthropic.rs, with acme also reachable at Host 127.0.0.1 (the SDKs set
+/// Host from their base URL).
+async fn anthropic_gateway() -> (TestGateway, MockProvider, AnthropicMock) {
+    let openai = MockProvider::start().await;
+    let claude = AnthropicMock::start(support::PROVIDER_KEY).await;
+    let key_line = format!("api_key_env = \"{}\"", support::PROVIDER_KEY_ENV);
+    let acme_domains = format!("domains = [\"{}\"]", support::ACME_HOST);
+    let config =
+        crate::anthropic::anthropic_config(&openai.base_url(), &claude.base_url(), &key_line);
+    assert!(config.contains(&acme_domains), "standard config changed");
+    let config = config.replace(
+        &acme_domains,
+        &format!("domains = [\"{}\", \"127.0.0.1\"]", support::ACME_HOST),
+    );
+    (TestGateway::start(&config).await, openai, claude)
+}
+
+/// The `openai` SDK, streamed and not, through an Anthropic route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_sdk_through_an_anthropic_route() {
+    let Some(python) = sdk_python().await else {
+        return;
+    };
+    let (gw, _openai, claude) = anthropic_gateway().await;
+    let base_url = format!("http://127.0.0.1:{}/v1", gw.addr.port());
+    run_script(
+        &python,
+        SCRIPT,
+        &[&base_url, support::ACME_DENTAL.2, "claude-sonnet", "-"],
+    )
+    .await;
+    let requests = claude.requests();
+    assert_eq!(requests.len(), 3, "requests the Anthropic mock saw");
+    assert!(requests
+        .iter()
+        .all(|r| r.body["model"] == "claude-sonnet-4-5"));
+    let records = wait_usage(&gw.usage_path, 3).await;
+    let served: Vec<_> = records
+        .iter()
+        .filter(|r| r["provider"] == "claude" && r["status"] == 200)
+        .collect();
+    assert_eq!(served.len(), 3, "usage records: {records:#?}");
+    assert!(served
+        .iter()
+        .all(|r| r["completion_tokens"].as_u64() > Some(0)));
+    gw.shutdown().await;
+}
+
+/// The `anthropic` SDK on `/v1/messages` through an OpenAI route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_sdk_through_an_openai_route() {
+    let Some(python) = sdk_python_with("anthropic").await else {
+        return;
+    };
+    let (gw, openai, _claude) = anthropic_gateway().await;
+    let base_url = format!("http://127.0.0.1:{}", gw.addr.port());
+    run_script(
+        &python,
+        ANTHROPIC_SCRIPT,
+        &[&base_url, support::ACME_DENTAL.2, "gpt-4o-mini"],
+    )
+    .await;
+    let chats = openai
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/v1/chat/completions")
+        .count();
+    assert_eq!(chats, 3, "chat requests the OpenAI mock saw");
+    let records = wait_usage(&gw.usage_path, 4).await;
+    let served: Vec<_> = records
+        .iter()
+        .filter(|r| r["endpoint"] == "messages" && r["status"] == 200)
+        .collect();
+    assert_eq!(served.len(), 3, "usage records: {records:#?}");
+    assert!(served.iter().all(|r| r["provider"] == "upstream"));
     gw.shutdown().await;
 }

@@ -411,7 +411,9 @@ pub enum ProviderKind {
 pub struct ProviderConfig {
     pub name: String,
     pub kind: ProviderKind,
-    /// e.g. `https://api.openai.com/v1`; required for `openai`.
+    /// e.g. `https://api.openai.com/v1`; required for `openai` and `azure_openai`.
+    /// For `anthropic` the default is `https://api.anthropic.com` (requests go to
+    /// `{base_url}/v1/messages`; a trailing `/v1` is accepted too).
     #[serde(default)]
     pub base_url: Option<String>,
     /// Environment variable holding the platform key for this provider.
@@ -430,6 +432,11 @@ pub struct ProviderConfig {
     /// `anthropic-version` (default `2023-06-01`).
     #[serde(default)]
     pub api_version: Option<String>,
+    /// Anthropic only: the `max_tokens` sent (the Messages API requires it) when
+    /// a chat-completions request sets neither `max_completion_tokens` nor
+    /// `max_tokens` (default 4096).
+    #[serde(default)]
+    pub default_max_tokens: Option<u64>,
 }
 
 fn default_connect_timeout_ms() -> u64 {

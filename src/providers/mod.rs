@@ -1,14 +1,23 @@
 //! Speaking to upstream LLM providers. Each provider kind turns an
-//! [`UpstreamRequest`] into an [`UpstreamResponse`] whose body is a byte stream;
-//! interpreting that body (usage, SSE events, errors) is the proxy's business.
+//! [`UpstreamRequest`] into an [`UpstreamResponse`] whose body is a byte stream in
+//! the wire format of the request's [`Endpoint`], whatever the provider speaks:
+//! OpenAI's for the OpenAI endpoints, Anthropic's for [`Endpoint::Messages`].
+//! Where the two differ, the body is translated on the way
+//! ([`anthropic_http`] for Anthropic routes, [`messages_bridge`] for `/v1/messages`
+//! on OpenAI-speaking routes). Interpreting that body (usage, SSE events, errors)
+//! is the proxy's business.
 
 pub mod anthropic;
+mod anthropic_http;
 mod idle;
+mod messages_bridge;
 pub mod mock;
 mod openai;
+mod translate;
 
 pub use idle::IdleTimeout;
 
+pub use anthropic_http::AnthropicProvider;
 pub use openai::OpenAiProvider;
 
 use crate::config::{ProviderConfig, ProviderKind};
@@ -19,12 +28,14 @@ use http::{HeaderMap, StatusCode};
 use std::pin::Pin;
 use std::sync::Arc;
 
-/// The OpenAI-compatible endpoints the gateway forwards.
+/// The endpoints the gateway forwards: OpenAI's, and Anthropic's Messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
     ChatCompletions,
     Completions,
     Embeddings,
+    /// Anthropic's `POST /v1/messages`.
+    Messages,
 }
 
 impl Endpoint {
@@ -34,6 +45,7 @@ impl Endpoint {
             Endpoint::ChatCompletions => "/chat/completions",
             Endpoint::Completions => "/completions",
             Endpoint::Embeddings => "/embeddings",
+            Endpoint::Messages => "/messages",
         }
     }
 
@@ -42,6 +54,7 @@ impl Endpoint {
             Endpoint::ChatCompletions => "chat.completions",
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
+            Endpoint::Messages => "messages",
         }
     }
 
@@ -50,6 +63,7 @@ impl Endpoint {
             "/chat/completions" => Some(Endpoint::ChatCompletions),
             "/completions" => Some(Endpoint::Completions),
             "/embeddings" => Some(Endpoint::Embeddings),
+            "/messages" => Some(Endpoint::Messages),
             _ => None,
         }
     }
@@ -96,6 +110,7 @@ pub struct UpstreamRequest {
 pub enum Provider {
     Mock { name: Arc<str> },
     OpenAi(OpenAiProvider),
+    Anthropic(AnthropicProvider),
 }
 
 impl std::fmt::Debug for Provider {
@@ -114,10 +129,7 @@ impl Provider {
             ProviderKind::Openai | ProviderKind::AzureOpenai => {
                 OpenAiProvider::from_config(cfg).map(Provider::OpenAi)
             }
-            ProviderKind::Anthropic => Err(format!(
-                "provider `{}`: kind anthropic is not available yet",
-                cfg.name
-            )),
+            ProviderKind::Anthropic => AnthropicProvider::from_config(cfg).map(Provider::Anthropic),
         }
     }
 
@@ -125,6 +137,7 @@ impl Provider {
         match self {
             Provider::Mock { name } => name,
             Provider::OpenAi(p) => p.name(),
+            Provider::Anthropic(p) => p.name(),
         }
     }
 
@@ -132,6 +145,7 @@ impl Provider {
         match self {
             Provider::Mock { .. } => "mock",
             Provider::OpenAi(p) => p.kind(),
+            Provider::Anthropic(_) => "anthropic",
         }
     }
 
@@ -140,11 +154,28 @@ impl Provider {
         match self {
             Provider::Mock { .. } => None,
             Provider::OpenAi(p) => p.platform_key(),
+            Provider::Anthropic(p) => p.platform_key(),
         }
     }
 
-    /// Sends `req` upstream, authenticated with `key` in the provider's own header.
+    /// Sends `req` upstream, authenticated with `key` in the provider's own
+    /// header, and answers in the wire format of `req.endpoint`.
     pub async fn send(
+        &self,
+        req: UpstreamRequest,
+        key: Option<&Secret>,
+    ) -> Result<UpstreamResponse, ProviderError> {
+        match (self, req.endpoint) {
+            (Provider::Anthropic(p), _) => p.send(req, key).await,
+            (_, Endpoint::Messages) => {
+                messages_bridge::send_via_chat(req, |chat| self.send_openai_wire(chat, key)).await
+            }
+            _ => self.send_openai_wire(req, key).await,
+        }
+    }
+
+    /// An OpenAI endpoint on a provider that speaks OpenAI's API.
+    async fn send_openai_wire(
         &self,
         req: UpstreamRequest,
         key: Option<&Secret>,
@@ -158,6 +189,7 @@ impl Provider {
                     .await
             }
             Provider::OpenAi(p) => p.send(req, key).await,
+            Provider::Anthropic(p) => p.send(req, key).await,
         }
     }
 }

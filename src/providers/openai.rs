@@ -181,7 +181,7 @@ impl OpenAiProvider {
 
 /// reqwest errors name the URL; the base URL can identify the platform's upstream
 /// account (Azure resource names), so it stays out of client-visible messages.
-fn without_url(e: reqwest::Error) -> String {
+pub(super) fn without_url(e: reqwest::Error) -> String {
     let e = e.without_url();
     let mut msg = e.to_string();
     let mut src = std::error::Error::source(&e);

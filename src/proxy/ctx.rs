@@ -1,5 +1,6 @@
 //! [`RequestCtx`]: what is known about a request once it has been resolved, carried
-//! through every later stage instead of re-reading headers; and request ids.
+//! through every later stage instead of re-reading headers; the client's
+//! [`Dialect`]; and request ids.
 
 use crate::snapshot::Snapshot;
 use crate::tenancy::{ResellerIdx, Tenant};
@@ -28,6 +29,30 @@ pub struct RequestCtx {
     pub tenant: Arc<Tenant>,
     /// The TLS SNI of the connection (already checked against the Host).
     pub sni: Option<Arc<str>>,
+    /// The API the client speaks: the shape of its errors and stream events.
+    pub dialect: Dialect,
+}
+
+/// The API a client speaks, known from the path alone (so even a request refused
+/// before tenancy gets its errors in the right shape).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Dialect {
+    /// OpenAI's: `{"error":{"message","type","param","code"}}`, `data:` chunks.
+    #[default]
+    OpenAi,
+    /// Anthropic's (`POST /v1/messages`): `{"type":"error","error":{"type","message"}}`,
+    /// `event:` + `data:` events.
+    Anthropic,
+}
+
+impl Dialect {
+    pub fn of_path(path: &str) -> Self {
+        if path == "/v1/messages" {
+            Dialect::Anthropic
+        } else {
+            Dialect::OpenAi
+        }
+    }
 }
 
 /// The client's `x-request-id` if it is sane (1–128 visible ASCII characters

@@ -1,9 +1,12 @@
 //! [`GatewayError`]: every way a request can fail, gathered from the stages'
 //! own error enums, and the one exhaustive mapping from an error to an HTTP status
-//! and OpenAI's error JSON (`{"error":{"message","type","param","code"}}`). The
-//! `code` values are stable and listed in the README.
+//! and OpenAI's error JSON (`{"error":{"message","type","param","code"}}`), or,
+//! for clients of `/v1/messages`, Anthropic's
+//! (`{"type":"error","error":{"type","message"}}`, the type following the status:
+//! [`anthropic_error_type`]). The `code` values are stable and listed in the README.
 
 use super::body::{json_response, ProxyBody};
+use super::ctx::Dialect;
 use crate::limits::LimitRejection;
 use crate::providers::ProviderError;
 use crate::routing::RoutingError;
@@ -195,6 +198,11 @@ impl GatewayError {
     }
 
     pub fn to_response(&self) -> http::Response<ProxyBody> {
+        self.to_response_for(Dialect::OpenAi)
+    }
+
+    /// The response in the client's dialect (same status and headers).
+    pub fn to_response_for(&self, dialect: Dialect) -> http::Response<ProxyBody> {
         match self.fault() {
             Fault::Client => tracing::debug!(code = self.code(), error = %self, "request refused"),
             Fault::Upstream => {
@@ -202,12 +210,23 @@ impl GatewayError {
             }
             Fault::Gateway => tracing::error!(code = self.code(), error = %self, "gateway failure"),
         }
-        let body = json!({"error": {
-            "message": self.message(),
-            "type": self.error_type(),
-            "param": match self { GatewayError::MissingModel => json!("model"), _ => json!(null) },
-            "code": self.code(),
-        }});
+        let body = match dialect {
+            Dialect::OpenAi => json!({"error": {
+                "message": self.message(),
+                "type": self.error_type(),
+                "param": match self { GatewayError::MissingModel => json!("model"), _ => json!(null) },
+                "code": self.code(),
+            }}),
+            Dialect::Anthropic => json!({"type": "error", "error": {
+                "type": anthropic_error_type(self.status()),
+                "message": match self {
+                    GatewayError::Tenancy(TenancyError::MissingKey) => {
+                        "x-api-key header is required".to_owned()
+                    }
+                    other => other.message(),
+                },
+            }}),
+        };
         let mut resp = json_response(self.status(), &body);
         if let GatewayError::Limit(l) = self {
             for (name, value) in l.headers() {
@@ -233,5 +252,22 @@ impl GatewayError {
             );
         }
         resp
+    }
+}
+
+/// Anthropic's `error.type` for a status, as its API documents them (a status it
+/// does not list gets `invalid_request_error` below 500, `api_error` above).
+pub fn anthropic_error_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "authentication_error",
+        402 => "billing_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        504 => "timeout_error",
+        s if s >= 500 => "api_error",
+        _ => "invalid_request_error",
     }
 }

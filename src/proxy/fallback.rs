@@ -5,12 +5,13 @@
 //! stream: its first content event), so a failure before that never reaches the
 //! client; after it, no retry happens. Every attempt is listed in the usage record.
 
-use super::ctx::RequestCtx;
+use super::ctx::{Dialect, RequestCtx};
 use super::error::GatewayError;
 use super::forward::{
     attempt, failure_answer, json_answer, stream_answer, AttemptResult, Committed, Failure,
-    FailureKind,
+    FailureKind, StreamPolicy,
 };
+use super::messages_relay::MessagesRelay;
 use super::record::PendingRecord;
 use super::relay::SseRelay;
 use super::{App, ProxyBody};
@@ -54,7 +55,14 @@ pub async fn serve(
     };
     let routes = match ctx.snapshot.models.routes(&prepared.model) {
         Ok(r) => r,
-        Err(e) => return failure_answer(gateway_failure("no_route", e), None, &mut record),
+        Err(e) => {
+            return failure_answer(
+                gateway_failure("no_route", e),
+                None,
+                &mut record,
+                ctx.dialect,
+            )
+        }
     };
     let mut last: Option<(Failure, Option<KeyOwner>, String)> = None;
     let mut skipped_open = 0usize;
@@ -104,7 +112,12 @@ pub async fn serve(
             let body = match body_for(&mut prepared.body, route) {
                 Ok(b) => b,
                 Err(e) => {
-                    return failure_answer(gateway_failure("invalid_body", e), None, &mut record)
+                    return failure_answer(
+                        gateway_failure("invalid_body", e),
+                        None,
+                        &mut record,
+                        ctx.dialect,
+                    )
                 }
             };
             let req = UpstreamRequest {
@@ -123,9 +136,12 @@ pub async fn serve(
                     req,
                     credential.key.as_ref(),
                     ctx.snapshot.limits.max_upstream_bytes,
-                    first_event,
-                    settings.stream_commit,
+                    StreamPolicy {
+                        first_event_timeout: first_event,
+                        commit: settings.stream_commit,
+                    },
                     &mut record,
+                    ctx.dialect,
                 ),
             )
             .await
@@ -150,14 +166,22 @@ pub async fn serve(
                             status,
                             content_type,
                             bytes,
-                        } => json_answer(status, content_type, bytes, &mut record),
-                        Committed::Stream { events, held } => stream_answer(SseRelay::new(
-                            events,
-                            held,
-                            record,
-                            prepared.client_wants_usage,
-                            tokio::time::Instant::from_std(deadline),
-                        )),
+                        } => json_answer(status, content_type, bytes, &mut record, ctx.dialect),
+                        Committed::Stream { events, held } => {
+                            let deadline = tokio::time::Instant::from_std(deadline);
+                            match ctx.dialect {
+                                Dialect::OpenAi => stream_answer(SseRelay::new(
+                                    events,
+                                    held,
+                                    record,
+                                    prepared.client_wants_usage,
+                                    deadline,
+                                )),
+                                Dialect::Anthropic => stream_answer(MessagesRelay::new(
+                                    events, held, record, deadline,
+                                )),
+                            }
+                        }
                     };
                     served_headers(&mut resp, &prepared);
                     return resp;
@@ -177,7 +201,12 @@ pub async fn serve(
                         r.provider = Some(provider_name.clone());
                         r.key_owner = Some(credential.owner);
                     });
-                    return failure_answer(failure, Some(credential.owner), &mut record);
+                    return failure_answer(
+                        failure,
+                        Some(credential.owner),
+                        &mut record,
+                        ctx.dialect,
+                    );
                 }
                 AttemptResult::Retry(failure) => {
                     app.breakers.on_failure(&key, breaker);
@@ -221,7 +250,7 @@ pub async fn serve(
                 r.provider = Some(provider);
                 r.key_owner = owner;
             });
-            failure_answer(failure, owner, &mut record)
+            failure_answer(failure, owner, &mut record, ctx.dialect)
         }
         None if skipped_open > 0 => failure_answer(
             gateway_failure(
@@ -230,6 +259,7 @@ pub async fn serve(
             ),
             None,
             &mut record,
+            ctx.dialect,
         ),
         None => failure_answer(
             gateway_failure(
@@ -238,6 +268,7 @@ pub async fn serve(
             ),
             None,
             &mut record,
+            ctx.dialect,
         ),
     }
 }

@@ -1,12 +1,14 @@
 //! One attempt on one route ([`attempt`]), classified as commit, retry or final,
 //! and the client's answer built from the outcome: buffered JSON for plain
-//! requests, [`SseRelay`] for streams, and provider errors reshaped into OpenAI's error JSON with provider-identifying
-//! details (account ids, request ids, key fragments, provider URLs) scrubbed.
+//! requests, [`SseRelay`](super::relay::SseRelay) for streams, and provider errors reshaped into OpenAI's error JSON with provider-identifying
+//! details (account ids, request ids, key fragments, provider URLs) scrubbed. For
+//! `/v1/messages` clients ([`Dialect::Anthropic`]) the same steps read and write
+//! Anthropic's formats through [`super::messages`].
 
 use super::body::{full, ProxyBody};
+use super::ctx::Dialect;
 use super::error::GatewayError;
 use super::record::{PendingRecord, TokenUsage};
-use super::relay::SseRelay;
 use crate::config::StreamCommit;
 use crate::providers::{ByteStream, Provider, ProviderError, UpstreamBody, UpstreamRequest};
 use crate::usage::Outcome;
@@ -86,6 +88,15 @@ pub fn retryable_status(status: StatusCode) -> bool {
     matches!(status.as_u16(), 408 | 409 | 425 | 429 | 500..=599)
 }
 
+/// How a streamed attempt is judged before it is committed to.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamPolicy {
+    /// The first event (or, under `first_content`, the first content) must
+    /// arrive within this.
+    pub first_event_timeout: Duration,
+    pub commit: StreamCommit,
+}
+
 /// Sends one attempt and reads enough of the answer to decide: the whole body for
 /// plain requests, the first content event for streams.
 pub async fn attempt(
@@ -93,10 +104,14 @@ pub async fn attempt(
     req: UpstreamRequest,
     key: Option<&Secret>,
     max_body: usize,
-    first_event_timeout: Duration,
-    commit: StreamCommit,
+    policy: StreamPolicy,
     record: &mut PendingRecord,
+    dialect: Dialect,
 ) -> AttemptResult {
+    let StreamPolicy {
+        first_event_timeout,
+        commit,
+    } = policy;
     let stream = req.stream;
     let upstream = match provider.send(req, key).await {
         Ok(u) => u,
@@ -128,6 +143,7 @@ pub async fn attempt(
             cause: match status.as_u16() {
                 429 => "rate_limited",
                 408 => "timeout",
+                529 => "overloaded",
                 500..=599 => "server_error",
                 _ => "client_error",
             },
@@ -157,9 +173,12 @@ pub async fn attempt(
                     EventStreamError::Transport(p) => p,
                     other => ProviderError::Body(other.to_string()),
                 })?;
-                let verdict = match commit {
-                    StreamCommit::FirstContent => first_content_verdict(&ev),
-                    StreamCommit::FirstEvent => first_event_verdict(&ev),
+                let verdict = match (commit, dialect) {
+                    (StreamCommit::FirstEvent, _) => first_event_verdict(&ev),
+                    (StreamCommit::FirstContent, Dialect::OpenAi) => first_content_verdict(&ev),
+                    (StreamCommit::FirstContent, Dialect::Anthropic) => {
+                        super::messages::verdict(&ev.event, &ev.data)
+                    }
                 };
                 held.push(ev);
                 match verdict {
@@ -216,7 +235,7 @@ pub async fn attempt(
     }
 }
 
-enum Verdict {
+pub enum Verdict {
     Hold,
     Content,
     InBandError,
@@ -294,28 +313,41 @@ pub fn json_answer(
     content_type: HeaderValue,
     bytes: Bytes,
     record: &mut PendingRecord,
+    dialect: Dialect,
 ) -> Response<ProxyBody> {
-    // Only `usage` and `model` are read (borrowed, no tree built); the whole
-    // body is parsed only when usage is missing and must be estimated.
-    #[derive(serde::Deserialize)]
-    struct AnswerPeek<'a> {
-        #[serde(default)]
-        usage: Option<Value>,
-        #[serde(default, borrow)]
-        model: Option<std::borrow::Cow<'a, str>>,
-    }
-    if let Ok(peek) = serde_json::from_slice::<AnswerPeek>(&bytes) {
-        match peek.usage.as_ref().and_then(TokenUsage::from_json) {
-            Some(u) => record.tokens = u,
-            None => {
-                if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
-                    record.add_completion_from_response(&v);
-                }
+    if dialect == Dialect::Anthropic {
+        if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
+            if let Some(u) = super::messages::usage_of_message(&v) {
+                record.tokens = u;
+            }
+            if let Some(m) = v.get("model").and_then(Value::as_str) {
+                let m = m.to_owned();
+                record.update(|r| r.served_model = Some(m));
             }
         }
-        if let Some(m) = peek.model {
-            let m = m.into_owned();
-            record.update(|r| r.served_model = Some(m));
+    } else {
+        // Only `usage` and `model` are read (borrowed, no tree built); the
+        // whole body is parsed only when usage is missing and must be estimated.
+        #[derive(serde::Deserialize)]
+        struct AnswerPeek<'a> {
+            #[serde(default)]
+            usage: Option<Value>,
+            #[serde(default, borrow)]
+            model: Option<std::borrow::Cow<'a, str>>,
+        }
+        if let Ok(peek) = serde_json::from_slice::<AnswerPeek>(&bytes) {
+            match peek.usage.as_ref().and_then(TokenUsage::from_json) {
+                Some(u) => record.tokens = u,
+                None => {
+                    if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
+                        record.add_completion_from_response(&v);
+                    }
+                }
+            }
+            if let Some(m) = peek.model {
+                let m = m.into_owned();
+                record.update(|r| r.served_model = Some(m));
+            }
         }
     }
     record.finish(committed_status.as_u16(), Outcome::Ok, None);
@@ -326,8 +358,14 @@ pub fn json_answer(
     resp
 }
 
-/// The client's answer for a committed stream.
-pub fn stream_answer(relay: SseRelay) -> Response<ProxyBody> {
+/// The client's answer for a committed stream ([`SseRelay`](super::relay::SseRelay) or
+/// [`MessagesRelay`](super::messages_relay::MessagesRelay)).
+pub fn stream_answer<R>(relay: R) -> Response<ProxyBody>
+where
+    R: futures_util::Stream<Item = Result<http_body::Frame<Bytes>, std::convert::Infallible>>
+        + Send
+        + 'static,
+{
     let mut resp = Response::new(BodyExt::boxed_unsync(StreamBody::new(relay)));
     let h = resp.headers_mut();
     h.insert(
@@ -348,11 +386,15 @@ pub fn failure_answer(
     failure: Failure,
     key_owner: Option<KeyOwner>,
     record: &mut PendingRecord,
+    dialect: Dialect,
 ) -> Response<ProxyBody> {
     match failure.kind {
         FailureKind::Upstream { status, body } => {
-            let (client_status, payload, code) =
-                reshape_error(status, &body, key_owner.unwrap_or(KeyOwner::Platform));
+            let owner = key_owner.unwrap_or(KeyOwner::Platform);
+            let (client_status, payload, code) = match dialect {
+                Dialect::OpenAi => reshape_error(status, &body, owner),
+                Dialect::Anthropic => super::messages::reshape_error(status, &body, owner),
+            };
             record.finish(client_status.as_u16(), Outcome::UpstreamError, Some(&code));
             let mut resp = Response::new(full(payload));
             *resp.status_mut() = client_status;
@@ -374,7 +416,7 @@ pub fn failure_answer(
                 _ => Outcome::Rejected,
             };
             record.finish(err.status().as_u16(), outcome, Some(err.code()));
-            err.to_response()
+            err.to_response_for(dialect)
         }
     }
 }
@@ -402,7 +444,8 @@ async fn collect(
 /// A 401/403 from the provider is never passed on as such: it would tell the
 /// tenant its *gateway* key is wrong. If the tenant's own provider key was refused
 /// it becomes 400 `provider_key_rejected`; a reseller's or the platform's key,
-/// 502 `upstream_auth_failed`.
+/// 502 `upstream_auth_failed`. Anthropic's non-standard 529 (overloaded) becomes
+/// 503, the status OpenAI clients know (and retry).
 pub fn reshape_error(
     status: StatusCode,
     body: &[u8],
@@ -433,7 +476,11 @@ pub fn reshape_error(
             None,
         ),
     };
-    let mut client_status = status;
+    let mut client_status = if status.as_u16() == 529 {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        status
+    };
     if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
         if key_owner == KeyOwner::Tenant {
             // The tenant's own provider key: the tenant can and must fix it.
@@ -473,7 +520,8 @@ fn default_type(status: StatusCode) -> &'static str {
 }
 
 /// Removes words that identify the provider or the platform's account there:
-/// key fragments, organisation/project/request ids and provider URLs.
+/// key fragments, organisation/project/request ids (Anthropic names its
+/// organisation by a bare UUID: `(org: a22cf6e6-…,`) and provider URLs.
 pub fn scrub(message: &str) -> String {
     const PREFIXES: &[&str] = &[
         "sk-", "sk_", "org-", "org_", "proj_", "req_", "user-", "http://", "https://",
@@ -490,6 +538,7 @@ pub fn scrub(message: &str) -> String {
         if PREFIXES.iter().any(|p| lower.starts_with(p))
             || HOSTS.iter().any(|h| lower.contains(h))
             || lower.contains("***")
+            || is_uuid(core.trim_end_matches(['.', ',', ')', ']', ';', ':']))
         {
             let trailing: String = word
                 .chars()
@@ -505,6 +554,16 @@ pub fn scrub(message: &str) -> String {
     out
 }
 
+/// `8-4-4-4-12` hex digits.
+fn is_uuid(word: &str) -> bool {
+    let groups: Vec<&str> = word.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -516,6 +575,8 @@ mod tests {
         assert!(!s.contains("org-uV"), "{s}");
         assert!(!s.contains("openai.com"), "{s}");
         assert!(!s.contains("req_0123"), "{s}");
+        let anthropic = scrub("rate limit (org: a22cf6e6-a940-4fff-8c4c-1580816ac7be, model: x).");
+        assert_eq!(anthropic, "rate limit (org: [redacted], model: x).");
         let masked = scrub("Invalid key 0123abcd****************wxyz given.");
         assert_eq!(masked, "Invalid key [redacted] given.");
         assert!(s.starts_with(

@@ -1,19 +1,21 @@
 //! The request pipeline. [`handle`] runs these stages in order:
 //!
 //! 1. request id: the client's sane `x-request-id` or a new UUIDv7 (added to every response);
-//! 2. endpoint: path and method, 404/405 in OpenAI's error shape for anything else;
+//! 2. endpoint: path and method (`/v1/messages` sets the Anthropic dialect: its
+//!    errors and events take Anthropic's shapes), 404/405 for anything else;
 //! 3. snapshot: one `ArcSwap` load, held for the whole request;
 //! 4. reseller: from the Host / `:authority` (→ `RequestCtx::reseller`); over
 //!    TLS the SNI must name the same reseller, else 421 (→ `RequestCtx::sni`);
 //! 5. tenant: from the presented key, constant-time (→ `RequestCtx::tenant`);
-//! 6. body: size-limited read, JSON object with a string `model`;
+//! 6. body: size-limited read, JSON object with a string `model`
+//!    (`/v1/messages`: [`super::messages::prepare_body`]);
 //! 7. route: plan check and model table (→ provider + upstream model);
 //!    then limits: tenant and reseller buckets, concurrency, monthly quota;
 //! 8. upstream: body rewritten (`model`, `stream_options.include_usage`), sent;
 //! 9. answer: buffered JSON or the SSE relay; usage recorded exactly once.
 
 use super::body::{json_response, ProxyBody};
-use super::ctx::{request_id, ConnInfo, RequestCtx};
+use super::ctx::{request_id, ConnInfo, Dialect, RequestCtx};
 use super::error::GatewayError;
 use super::fallback::{self, Prepared};
 use super::record::PendingRecord;
@@ -42,6 +44,7 @@ where
 {
     let started = Instant::now();
     let rid = request_id(req.headers());
+    let dialect = Dialect::of_path(req.uri().path());
     let span = tracing::info_span!(
         "request",
         request_id = %rid,
@@ -55,7 +58,7 @@ where
         .await
     {
         Ok(r) => r,
-        Err(e) => span.in_scope(|| e.to_response()),
+        Err(e) => span.in_scope(|| e.to_response_for(dialect)),
     };
     if let Ok(v) = HeaderValue::from_str(&rid) {
         resp.headers_mut().insert("x-request-id", v);
@@ -149,6 +152,7 @@ where
         reseller_idx,
         tenant,
         sni,
+        dialect: Dialect::of_path(path),
     };
     match api {
         Api::Models => Ok(list_models(&ctx)),
@@ -286,7 +290,11 @@ where
         }
     };
     record.set_request_body(body.clone());
-    let prepared = match prepare_body(ctx, endpoint, &body, &mut record) {
+    let prepared = match endpoint {
+        Endpoint::Messages => super::messages::prepare_body(ctx, &body, &mut record),
+        _ => prepare_body(ctx, endpoint, &body, &mut record),
+    };
+    let prepared = match prepared {
         Ok(p) => p,
         Err(e) => return Err(reject(&mut record, e)),
     };

@@ -9,11 +9,13 @@ pub mod error;
 mod fallback;
 mod forward;
 mod handler;
+mod messages;
+mod messages_relay;
 mod record;
 mod relay;
 
 pub use body::ProxyBody;
-pub use ctx::{ConnInfo, RequestCtx};
+pub use ctx::{ConnInfo, Dialect, RequestCtx};
 
 use crate::config::{ConfigError, GatewayConfig};
 use crate::limits::{Limiter, LimitsError, Month, MonthlyUsageSource};

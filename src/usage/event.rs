@@ -48,7 +48,7 @@ impl Outcome {
 pub struct AttemptRecord {
     pub provider: String,
     pub model: String,
-    /// `ok`, `rate_limited`, `server_error`, `timeout`, `connect_error`,
+    /// `ok`, `rate_limited`, `server_error`, `overloaded` (529), `timeout`, `connect_error`,
     /// `upstream_reset`, `first_event_timeout`, `stream_failed_before_content`,
     /// `client_error`, `breaker_open`, `no_credential`...
     pub outcome: &'static str,

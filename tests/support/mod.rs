@@ -3,6 +3,7 @@
 //! well-behaved clients cannot send, and usage-file readers.
 #![allow(dead_code)]
 
+pub mod anthropic_mock;
 pub mod mock;
 
 pub use mock::MockProvider;

@@ -1,0 +1,248 @@
+//! The `anthropic` provider kind: `POST {base_url}/v1/messages` with `x-api-key`
+//! and `anthropic-version`. It answers in the wire format of the endpoint asked
+//! for: a chat-completions request is translated to a Messages request
+//! ([`chat_to_messages`]) and the answer, streamed or not, back to OpenAI's format,
+//! errors included (status kept, so the proxy still sees a 529 as "overloaded");
+//! a `/v1/messages` request goes through natively, body and answer untouched.
+//! One pooled keep-alive client per provider, as for `openai`.
+
+use super::anthropic::{
+    anthropic_error_to_openai, chat_to_messages, message_to_chat, MessagesStreamToChat,
+    ANTHROPIC_VERSION,
+};
+use super::openai::without_url;
+use super::translate::{
+    synthetic, translate_json, translate_sse, translated_headers, unix_now, AnthropicToChat,
+    MAX_ERROR_BODY, MAX_TRANSLATED_BODY,
+};
+use super::{
+    ByteStream, Endpoint, IdleTimeout, ProviderError, UpstreamBody, UpstreamRequest,
+    UpstreamResponse,
+};
+use crate::config::ProviderConfig;
+use crate::vault::{platform_key_from_env, Secret};
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use http::{HeaderValue, StatusCode};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `max_tokens` for chat requests that set none (`default_max_tokens`).
+const DEFAULT_MAX_TOKENS: u64 = 4096;
+
+pub struct AnthropicProvider {
+    name: Arc<str>,
+    /// `{base_url}/v1/messages`.
+    url: String,
+    version: HeaderValue,
+    default_max_tokens: u64,
+    key: Option<Secret>,
+    client: reqwest::Client,
+    first_byte_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl AnthropicProvider {
+    pub fn from_config(cfg: &ProviderConfig) -> Result<Self, String> {
+        let base = cfg
+            .base_url
+            .as_deref()
+            .unwrap_or("https://api.anthropic.com")
+            .trim_end_matches('/');
+        let base = base.strip_suffix("/v1").unwrap_or(base);
+        let parsed = reqwest::Url::parse(base)
+            .map_err(|e| format!("provider `{}`: base_url `{base}`: {e}", cfg.name))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(format!(
+                "provider `{}`: base_url must be http or https",
+                cfg.name
+            ));
+        }
+        let version = cfg.api_version.as_deref().unwrap_or(ANTHROPIC_VERSION);
+        let version = HeaderValue::from_str(version)
+            .map_err(|_| format!("provider `{}`: api_version is not a header value", cfg.name))?;
+        let key = match &cfg.api_key_env {
+            Some(var) => Some(platform_key_from_env(&cfg.name, var).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let default_max_tokens = cfg.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
+        if default_max_tokens == 0 {
+            return Err(format!(
+                "provider `{}`: default_max_tokens must be at least 1",
+                cfg.name
+            ));
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("livery/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("provider `{}`: {e}", cfg.name))?;
+        Ok(Self {
+            name: cfg.name.as_str().into(),
+            url: format!("{base}/v1/messages"),
+            version,
+            default_max_tokens,
+            key,
+            client,
+            first_byte_timeout: Duration::from_millis(cfg.first_byte_timeout_ms),
+            idle_timeout: Duration::from_millis(cfg.stream_idle_timeout_ms),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The platform's own key for this provider, if configured.
+    pub fn platform_key(&self) -> Option<&Secret> {
+        self.key.as_ref()
+    }
+
+    /// Sends `req`, authenticated with `key` in `x-api-key`, and answers in the
+    /// wire format of `req.endpoint`.
+    pub async fn send(
+        &self,
+        req: UpstreamRequest,
+        key: Option<&Secret>,
+    ) -> Result<UpstreamResponse, ProviderError> {
+        match req.endpoint {
+            Endpoint::Messages => self.post(req.body, req.stream, &req.request_id, key).await,
+            Endpoint::ChatCompletions => self.send_chat(req, key).await,
+            Endpoint::Completions | Endpoint::Embeddings => Ok(synthetic(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": {
+                    "message": format!(
+                        "The model `{}` does not support /v1{}.",
+                        req.model,
+                        req.endpoint.path()
+                    ),
+                    "type": "invalid_request_error",
+                    "param": null,
+                    "code": "unsupported_endpoint",
+                }}),
+            )),
+        }
+    }
+
+    /// A chat-completions request, translated both ways.
+    async fn send_chat(
+        &self,
+        req: UpstreamRequest,
+        key: Option<&Secret>,
+    ) -> Result<UpstreamResponse, ProviderError> {
+        let chat: Value = serde_json::from_slice(&req.body)
+            .map_err(|e| ProviderError::Misconfigured(e.to_string()))?;
+        let messages = match chat_to_messages(&chat, &req.model, self.default_max_tokens) {
+            Ok(m) => m,
+            Err(e) => return Ok(synthetic(StatusCode::BAD_REQUEST, &e.to_openai_error())),
+        };
+        let body = Bytes::from(
+            serde_json::to_vec(&messages)
+                .map_err(|e| ProviderError::Misconfigured(e.to_string()))?,
+        );
+        let resp = self.post(body, req.stream, &req.request_id, key).await?;
+        let UpstreamBody::Stream(body) = resp.body;
+        let status = resp.status;
+        let created = unix_now();
+        if !status.is_success() {
+            // The status stays (a 529 is still "overloaded" to the proxy); the
+            // body becomes OpenAI's error JSON.
+            let body = translate_json(body, MAX_ERROR_BODY, move |bytes| {
+                let (_, err) = anthropic_error_to_openai(status.as_u16(), bytes);
+                Ok(serde_json::to_vec(&err).unwrap_or_default())
+            });
+            return Ok(UpstreamResponse {
+                status,
+                headers: translated_headers(resp.headers, "application/json"),
+                body: UpstreamBody::Stream(body),
+            });
+        }
+        let is_sse = resp
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("text/event-stream"));
+        if req.stream && is_sse {
+            let conv = AnthropicToChat(MessagesStreamToChat::new(&req.model, created, true));
+            return Ok(UpstreamResponse {
+                status,
+                headers: translated_headers(resp.headers, "text/event-stream; charset=utf-8"),
+                body: UpstreamBody::Stream(translate_sse(body, conv)),
+            });
+        }
+        let model = req.model;
+        let body = translate_json(body, MAX_TRANSLATED_BODY, move |bytes| {
+            let v: Value = serde_json::from_slice(bytes).map_err(|e| {
+                ProviderError::Body(format!("the provider's answer is not JSON: {e}"))
+            })?;
+            let served = v.get("model").and_then(Value::as_str).unwrap_or(&model);
+            Ok(serde_json::to_vec(&message_to_chat(&v, served, created)).unwrap_or_default())
+        });
+        Ok(UpstreamResponse {
+            status,
+            headers: translated_headers(resp.headers, "application/json"),
+            body: UpstreamBody::Stream(body),
+        })
+    }
+
+    /// `POST /v1/messages` with `body` as is.
+    async fn post(
+        &self,
+        body: Bytes,
+        stream: bool,
+        request_id: &str,
+        key: Option<&Secret>,
+    ) -> Result<UpstreamResponse, ProviderError> {
+        let accept = if stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        };
+        let mut builder = self
+            .client
+            .post(&self.url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::ACCEPT, accept)
+            .header("anthropic-version", self.version.clone())
+            .header("x-request-id", request_id)
+            .body(body);
+        if let Some(key) = key {
+            let mut hv = HeaderValue::from_str(key.expose()).map_err(|_| {
+                ProviderError::Misconfigured(format!(
+                    "provider `{}`: key is not a valid header value",
+                    self.name
+                ))
+            })?;
+            hv.set_sensitive(true);
+            builder = builder.header("x-api-key", hv);
+        }
+        let timeout_ms = u64::try_from(self.first_byte_timeout.as_millis()).unwrap_or(u64::MAX);
+        let resp = match tokio::time::timeout(self.first_byte_timeout, builder.send()).await {
+            Err(_) => return Err(ProviderError::FirstByteTimeout(timeout_ms)),
+            Ok(Err(e)) if e.is_timeout() && e.is_connect() => {
+                return Err(ProviderError::Connect("connect timed out".into()))
+            }
+            Ok(Err(e)) if e.is_timeout() => {
+                return Err(ProviderError::FirstByteTimeout(timeout_ms))
+            }
+            Ok(Err(e)) if e.is_connect() => return Err(ProviderError::Connect(without_url(e))),
+            Ok(Err(e)) => return Err(ProviderError::Body(without_url(e))),
+            Ok(Ok(r)) => r,
+        };
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body: ByteStream = Box::pin(
+            resp.bytes_stream()
+                .map_err(|e| ProviderError::Body(without_url(e))),
+        );
+        Ok(UpstreamResponse {
+            status,
+            headers,
+            body: UpstreamBody::Stream(IdleTimeout::wrap(body, self.idle_timeout)),
+        })
+    }
+}

@@ -1,0 +1,153 @@
+//! [`MessagesRelay`]: the SSE relay for `/v1/messages` clients. It forwards an
+//! Anthropic event stream event by event, as it arrives, reading each event on
+//! the fly for the usage (`message_start` and the cumulative `message_delta`),
+//! the served model and the stream's proper end (`message_stop`).
+//!
+//! An `event: error` from the provider is passed on and ends the stream. Anything
+//! else that ends the stream early (a broken connection, an end without
+//! `message_stop`, the request's deadline) is finished with a well-formed
+//! `event: error` (`api_error`), which Anthropic's SDKs raise, so no client
+//! mistakes a truncated answer for a success.
+
+use super::messages::{event_name, token_usage};
+use super::record::PendingRecord;
+use crate::providers::anthropic::{anthropic_sse_frame, Tokens};
+use crate::providers::{ByteStream, ProviderError};
+use crate::usage::Outcome;
+use bytes::Bytes;
+use eventsource_stream::{Event, EventStream};
+use futures_util::Stream;
+use http_body::Frame;
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+pub struct MessagesRelay {
+    events: EventStream<ByteStream>,
+    /// Events read while deciding to commit to this route, sent first.
+    held: std::collections::VecDeque<Event>,
+    /// The request's total deadline: the stream ends with an error event there.
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    record: PendingRecord,
+    tokens: Option<Tokens>,
+    done: bool,
+}
+
+impl MessagesRelay {
+    pub fn new(
+        events: EventStream<ByteStream>,
+        held: Vec<Event>,
+        record: PendingRecord,
+        deadline: tokio::time::Instant,
+    ) -> Self {
+        Self {
+            events,
+            held: held.into(),
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            record,
+            tokens: None,
+            done: false,
+        }
+    }
+
+    /// Writes the record with the usage seen so far.
+    fn finish(&mut self, outcome: Outcome, code: Option<&str>) {
+        self.done = true;
+        if let Some(t) = self.tokens {
+            self.record.tokens = token_usage(t);
+        }
+        self.record.finish(200, outcome, code);
+    }
+
+    /// Ends the stream with the gateway's own error event.
+    fn fail(&mut self, code: &'static str, message: &str) -> Bytes {
+        self.finish(Outcome::Truncated, Some(code));
+        let data = json!({"type": "error", "error": {"type": "api_error", "message": message}});
+        Bytes::from(anthropic_sse_frame("error", &data.to_string()))
+    }
+
+    /// Looks at one upstream event; returns what to send to the client.
+    fn on_event(&mut self, event: &str, data: &str) -> Bytes {
+        let parsed: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+        let name = event_name(event, &parsed).to_owned();
+        match name.as_str() {
+            "message_start" => {
+                let msg = parsed.get("message");
+                if let Some(m) = msg.and_then(|m| m.get("model")).and_then(Value::as_str) {
+                    let m = m.to_owned();
+                    self.record.update(|r| r.served_model = Some(m));
+                }
+                self.tokens = Some(Tokens::from_anthropic(msg.and_then(|m| m.get("usage"))));
+            }
+            "message_delta" => self
+                .tokens
+                .get_or_insert_with(Tokens::default)
+                .update_from_anthropic(parsed.get("usage")),
+            "message_stop" => self.finish(Outcome::Ok, None),
+            "error" => {
+                let code = parsed
+                    .pointer("/error/type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("upstream_stream_error")
+                    .to_owned();
+                self.finish(Outcome::UpstreamError, Some(&code));
+            }
+            _ => {}
+        }
+        self.record.mark_first_byte();
+        let name = if name.is_empty() { "message" } else { &name };
+        Bytes::from(anthropic_sse_frame(name, data))
+    }
+}
+
+impl Stream for MessagesRelay {
+    type Item = Result<Frame<Bytes>, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(ev) = this.held.pop_front() {
+            let bytes = this.on_event(&ev.event, &ev.data);
+            return Poll::Ready(Some(Ok(Frame::data(bytes))));
+        }
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            let bytes = this.fail(
+                "request_deadline_exceeded",
+                "The request reached its total deadline before the answer was complete.",
+            );
+            return Poll::Ready(Some(Ok(Frame::data(bytes))));
+        }
+        match Pin::new(&mut this.events).poll_next(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(ev))) => {
+                let bytes = this.on_event(&ev.event, &ev.data);
+                Poll::Ready(Some(Ok(Frame::data(bytes))))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let detail = match &e {
+                    eventsource_stream::EventStreamError::Transport(ProviderError::Body(m)) => {
+                        m.clone()
+                    }
+                    other => other.to_string(),
+                };
+                tracing::warn!(error = %detail, "upstream stream broke off");
+                let bytes = this.fail(
+                    "stream_interrupted",
+                    "The upstream stream broke off before the answer was complete.",
+                );
+                Poll::Ready(Some(Ok(Frame::data(bytes))))
+            }
+            Poll::Ready(None) => {
+                let bytes = this.fail(
+                    "stream_truncated",
+                    "The upstream stream ended before the answer was complete.",
+                );
+                Poll::Ready(Some(Ok(Frame::data(bytes))))
+            }
+        }
+    }
+}

@@ -1,0 +1,805 @@
+//! Issue 5, Anthropic: OpenAI clients on Anthropic routes (translated both ways,
+//! streamed and not, system prompts and tools, usage with cache tokens), fallback
+//! from Anthropic's 529 and 429, mid-stream failures, and the `/v1/messages`
+//! front door on OpenAI routes (translated) and Anthropic routes (native), with
+//! errors in Anthropic's shape. The Anthropic upstream is
+//! `support::anthropic_mock`, which checks the headers the real API requires.
+
+use crate::support::anthropic_mock::{self, AnthropicMock, Fault};
+use crate::support::*;
+use serde_json::{json, Value};
+
+struct Setup {
+    gw: TestGateway,
+    openai: MockProvider,
+    claude: AnthropicMock,
+}
+
+/// The standard gateway plus provider `claude` (kind `anthropic`, the mock) and
+/// models `claude-sonnet` (claude only) and `smart` (claude, then the OpenAI
+/// mock), both in plan `pro`. `key_line` is the provider's `api_key_env` line, or empty.
+pub(crate) fn anthropic_config(openai_base: &str, claude_base: &str, key_line: &str) -> String {
+    let extra = format!(
+        r#"
+[[providers]]
+name = "claude"
+kind = "anthropic"
+base_url = "{claude_base}"
+{key_line}
+connect_timeout_ms = 1000
+first_byte_timeout_ms = 1500
+stream_idle_timeout_ms = 3000
+default_max_tokens = 1000
+
+[[models]]
+name = "claude-sonnet"
+provider = "claude"
+upstream_model = "claude-sonnet-4-5"
+
+[[models]]
+name = "smart"
+routes = [{{ provider = "claude", model = "claude-sonnet-4-5" }}, {{ provider = "upstream", model = "gpt-4o-mini-2024-07-18", priority = 1 }}]
+"#
+    );
+    let pro = r#"models = ["gpt-4o-mini", "embed", "premium", "demo"]"#;
+    let config = standard_config(openai_base, &extra);
+    assert!(config.contains(pro), "standard config changed");
+    config.replace(
+        pro,
+        r#"models = ["gpt-4o-mini", "embed", "premium", "demo", "claude-sonnet", "smart"]"#,
+    )
+}
+
+async fn setup() -> Setup {
+    setup_with("").await
+}
+
+/// `routing` is appended to the standard `[routing]` table.
+async fn setup_with(routing: &str) -> Setup {
+    let openai = MockProvider::start().await;
+    let claude = AnthropicMock::start(PROVIDER_KEY).await;
+    let key_line = format!("api_key_env = \"{PROVIDER_KEY_ENV}\"");
+    let config = anthropic_config(&openai.base_url(), &claude.base_url(), &key_line);
+    let config = config.replacen("[routing]\n", &format!("[routing]\n{routing}"), 1);
+    assert!(config.contains(routing));
+    let gw = TestGateway::start(&config).await;
+    Setup { gw, openai, claude }
+}
+
+fn rid(resp: &reqwest::Response) -> String {
+    resp.headers()["x-request-id"].to_str().unwrap().to_owned()
+}
+
+async fn chat(gw: &TestGateway, body: &Value) -> reqwest::Response {
+    post(
+        gw,
+        "/v1/chat/completions",
+        Some(ACME_HOST),
+        Some(ACME_DENTAL.2),
+        body,
+    )
+    .await
+}
+
+/// POSTs to `/v1/messages` the way Anthropic's SDK does: `x-api-key` and
+/// `anthropic-version`.
+async fn messages(gw: &TestGateway, key: Option<&str>, body: &Value) -> reqwest::Response {
+    let mut rb = client()
+        .post(gw.url("/v1/messages"))
+        .header("host", ACME_HOST)
+        .header("anthropic-version", "2023-06-01")
+        .json(body);
+    if let Some(k) = key {
+        rb = rb.header("x-api-key", k);
+    }
+    rb.send().await.unwrap()
+}
+
+fn tools() -> Value {
+    json!([{"type": "function", "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    }}])
+}
+
+/// Anthropic SSE events: `(event name, data)`, checking the framing.
+fn anthropic_events(body: &str) -> Vec<(String, Value)> {
+    assert!(body.ends_with("\n\n"), "unterminated stream: {body:?}");
+    body.split_inclusive("\n\n")
+        .map(|ev| {
+            let mut lines = ev.trim_end().lines();
+            let name = lines
+                .next()
+                .and_then(|l| l.strip_prefix("event: "))
+                .unwrap_or_else(|| panic!("no event line: {ev:?}"));
+            let data = lines
+                .next()
+                .and_then(|l| l.strip_prefix("data: "))
+                .unwrap_or_else(|| panic!("no data line: {ev:?}"));
+            (name.to_owned(), serde_json::from_str(data).unwrap())
+        })
+        .collect()
+}
+
+/// The Anthropic error shape; returns `error.type`.
+async fn anthropic_error(resp: reqwest::Response, status: u16) -> String {
+    assert_eq!(resp.status().as_u16(), status);
+    assert!(resp.headers().contains_key("x-request-id"));
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["type"], "error", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{v}"
+    );
+    assert!(v.get("request_id").is_none(), "{v}");
+    v["error"]["type"].as_str().unwrap().to_owned()
+}
+
+fn outcomes(record: &Value) -> Vec<(String, String, Option<u64>)> {
+    record["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["provider"].as_str().unwrap().to_owned(),
+                a["outcome"].as_str().unwrap().to_owned(),
+                a["status"].as_u64(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn chat_with_system_and_tools_is_translated_to_messages_and_back() {
+    let s = setup().await;
+    let body = json!({
+        "model": "claude-sonnet",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Weather in Paris?"},
+        ],
+        "tools": tools(),
+        "tool_choice": "auto",
+        "max_completion_tokens": 300,
+        "temperature": 1.5,
+        "stop": ["END"],
+    });
+    let resp = chat(&s.gw, &body).await;
+    assert_eq!(resp.status(), 200);
+    let id = rid(&resp);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["id"], "chatcmpl-019Q1hrJbZG26Fb9BQhrkHEr");
+    assert_eq!(v["model"], "claude-sonnet-4-5-20250929");
+    let choice = &v["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls");
+    assert_eq!(
+        choice["message"]["content"],
+        "I'll check the current weather in Paris for you."
+    );
+    let call = &choice["message"]["tool_calls"][0];
+    assert_eq!(call["id"], "toolu_01NRLabsLyVHZPKxbKvkfSMn");
+    assert_eq!(call["type"], "function");
+    assert_eq!(call["function"]["name"], "get_weather");
+    let args: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(args, json!({"city": "Paris", "unit": "celsius"}));
+    assert_eq!(v["usage"]["prompt_tokens"], 377);
+    assert_eq!(v["usage"]["completion_tokens"], 65);
+    assert_eq!(v["usage"]["total_tokens"], 442);
+
+    // What went upstream: Anthropic's headers and the translated body.
+    let up = s.claude.last_request();
+    assert_eq!(
+        (up.method.as_str(), up.path.as_str()),
+        ("POST", "/v1/messages")
+    );
+    assert_eq!(up.headers["x-api-key"], PROVIDER_KEY);
+    assert_eq!(up.headers["anthropic-version"], "2023-06-01");
+    assert_eq!(up.headers["content-type"], "application/json");
+    assert!(!up.headers.contains_key("authorization"));
+    let b = &up.body;
+    assert_eq!(b["model"], "claude-sonnet-4-5");
+    assert_eq!(b["system"], json!([{"type": "text", "text": "Be brief."}]));
+    let msgs = b["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 1);
+    assert_eq!(msgs[0]["role"], "user");
+    assert_eq!(b["max_tokens"], 300);
+    assert_eq!(b["temperature"], 1.0);
+    assert_eq!(b["stop_sequences"], json!(["END"]));
+    assert_eq!(
+        b["tools"],
+        json!([{
+            "name": "get_weather",
+            "description": "Current weather in a city",
+            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        }])
+    );
+    assert_eq!(b["tool_choice"], json!({"type": "auto"}));
+    assert!(b.get("stream_options").is_none() && b.get("tool_calls").is_none());
+
+    let r = s.gw.usage_for(&id).await;
+    assert_eq!(r["provider"], "claude");
+    assert_eq!(r["served_model"], "claude-sonnet-4-5-20250929");
+    assert_eq!(r["requested_model"], "claude-sonnet");
+    assert_eq!(r["endpoint"], "chat.completions");
+    assert_eq!(r["outcome"], "ok");
+    assert_eq!(r["prompt_tokens"], 377);
+    assert_eq!(r["completion_tokens"], 65);
+    assert_eq!(r["total_tokens"], 442);
+    assert_eq!(r["estimated"], false);
+    assert_eq!(outcomes(&r), vec![("claude".into(), "ok".into(), None)]);
+    s.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn default_max_tokens_and_cache_tokens_are_exact() {
+    let s = setup().await;
+    let resp = chat(&s.gw, &chat_body("claude-sonnet")).await;
+    assert_eq!(resp.status(), 200);
+    let id = rid(&resp);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        "It's 18 °C with light rain in Paris right now, so pack an umbrella and a light jacket."
+    );
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    // input 187 + cache writes 418 + cache reads 1111.
+    assert_eq!(v["usage"]["prompt_tokens"], 1716);
+    assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 1111);
+    assert_eq!(
+        v["usage"]["prompt_tokens_details"]["cache_write_tokens"],
+        418
+    );
+    assert_eq!(v["usage"]["completion_tokens"], 33);
+    assert_eq!(s.claude.last_request().body["max_tokens"], 1000);
+    let r = s.gw.usage_for(&id).await;
+    assert_eq!(r["prompt_tokens"], 1716);
+    assert_eq!(r["cached_tokens"], 1111);
+    assert_eq!(r["completion_tokens"], 33);
+    assert_eq!(r["total_tokens"], 1749);
+    assert_eq!(r["key_owner"], "platform");
+    s.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn streamed_chat_becomes_openai_chunks_with_usage_and_done() {
+    let s = setup().await;
+    let mut body = chat_body("claude-sonnet");
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let resp = chat(&s.gw, &body).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let id = rid(&resp);
+    let text = resp.text().await.unwrap();
+    assert!(!text.contains("event:"), "{text}");
+    let data = sse_data(&text);
+    assert_eq!(data.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk"));
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, "2");
+    assert!(chunks
+        .iter()
+        .any(|c| c["choices"][0]["finish_reason"] == "stop"));
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["prompt_tokens"], 20);
+    assert_eq!(usage["usage"]["completion_tokens"], 5);
+
+    let up = s.claude.last_request();
+    assert_eq!(up.body["stream"], true);
+    assert!(up.body.get("stream_options").is_none());
+    let r = s.gw.usage_for(&id).await;
+    assert_eq!(r["stream"], true);
+    assert_eq!(r["outcome"], "ok");
+    assert_eq!(r["prompt_tokens"], 20);
+    assert_eq!(r["completion_tokens"], 5);
+    assert_eq!(r["estimated"], false);
+    s.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn streamed_tool_calls_without_include_usage() {
+    let s = setup().await;
+    let mut body = chat_body("claude-sonnet");
+    body["stream"] = json!(true);
+    body["tools"] = tools();
+    let resp = chat(&s.gw, &body).await;
+    assert_eq!(resp.status(), 200);
+    let id = rid(&resp);
+    let text = resp.text().await.unwrap();
+    let data = sse_data(&text);
+    assert_eq!(data.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    // The client did not ask for usage: no usage chunk, but the record has it.
+    assert!(chunks.iter().all(|c| c["usage"].is_null()), "{text}");
+    let calls: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["tool_calls"][0]
+                .as_object()
+                .map(|_| &c["choices"][0]["delta"]["tool_calls"][0])
+        })
+        .collect();
+    assert_eq!(calls[0]["id"], "toolu_01A09q90qw90lq917835lq9");
+    assert_eq!(calls[0]["index"], 0);
+    assert_eq!(calls[0]["function"]["name"], "get_weather");
+    let args: String = calls
+        .iter()
+        .filter_map(|c| c["function"]["arguments"].as_str())
+        .collect();
+    assert_eq!(args, r#"{"city": "Paris", "unit": "celsius"}"#);
+    assert!(chunks
+        .iter()
+        .any(|c| c["choices"][0]["finish_reason"] == "tool_calls"));
+    let r = s.gw.usage_for(&id).await;
+    assert_eq!(r["prompt_tokens"], 412);
+    assert_eq!(r["completion_tokens"], 71);
+    s.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn overloaded_anthropic_falls_back_to_the_next_route() {
+    let s = setup().await;
+    // Plain request.
+    s.claude.push_fault(Fault::Status {
+        status: 529,
+        retry_after: None,
+    });
+    let resp = chat(&s.gw, &chat_body("smart")).await;
+    assert_eq!(resp.status(), 200);
+    let id = rid(&resp);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    let r = s.gw.usage_for(&id).await;
+    assert_eq!(r["provider"], "upstream");
+    assert_eq!(
+        outcomes(&r),
+        vec![
+            ("claude".into(), "overloaded".into(), Some(529)),
+            ("upstream".into(), "ok".into(), None)
+        ]
+    );
+
+    // A stream, after a 429 with retry-after.
+    s.claude.push_fault(Fault::Status {
+        status: 429,
+        retry_after: Some(1),
+    });
+    let mut body = chat_body("smart");
+    body["stream"] = json!(true);
+    let resp = chat(&s.gw, &body).await;
+    assert_eq!(resp.status(), 200);
+    let id = rid(&resp);
+    let text = resp.text().await.unwrap();
+    assert!(!text.contains("error"), "{text}");
+    assert_eq!(sse_data(&text).last().unwrap(), "[DONE]");
+    let r = s.gw.usage_for(&id).await;
+    assert_eq!(
+        outcomes(&r),
+        vec![
+            ("claude".into(), "rate_limited".into(), Some(429)),
+            ("upstream".into(), "ok".into(), None)
+        ]
+    );
+    assert_eq!(s.openai.requests().len(), 2);
+    s.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stream_that_breaks_before_content_falls_back() {
+    let s = setup_with("stream_commit = \"first_content\"\n").await;
+    // message_start and the empty text block's start are held back.
+    s.claude.push_fault(Fault::DropAfter(2));
+    let mut body = chat_body("smart");
+    body["stream"] = json!(true);
+    let resp = chat(&s.gw, &body).await;
+    assert_eq!(resp.status(), 200);
+    let id = rid(&resp);
+    let text = resp.text().await.unwrap();
+    assert!(!text.contains("\"error\""), "{text}");
+    assert_eq!(sse_data(&text).last().unwrap(), "[DONE]");
+    let r = s.gw.usage_for(&id).await;
+    assert_eq!(r["provider"], "upstream");
+    assert_eq!(
+        outcomes(&r)[0],
+        ("claude".into(), "stream_failed_before_content".into(), None)
+    );
+    s.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn mid_stream_failures_end_with_a_well_formed_error() {
+    let s = setup().await;
+    let mut body = chat_body("claude-sonnet");
+    body["stream"] = json!(true);
+
+    // The connection drops after the first text delta: no retry, an error chunk.
+    s.claude.push_fault(Fault::DropAfter(4));
+    let resp = chat(&s.gw, &body).await;
+    let id = rid(&resp);
+    let text = resp.text().await.unwrap();
+    let data = sse_data(&text);
+    assert_eq!(data.last().unwrap(), "[DONE]");
+    let err: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+    assert_eq!(err["error"]["code"], "stream_interrupted", "{text}");
+    assert!(text.contains("\"content\":\"2\""), "{text}");
+    let r = s.gw.usage_for(&id).await;
+    assert_eq!(r["outcome"], "truncated");
+    assert_eq!(s.claude.requests().len(), 1);
+
+    // Anthropic's `event: error` after content: passed on in OpenAI's shape.
+    s.claude.push_fault(Fault::StreamError);
+    let resp = chat(&s.gw, &body).await;
+    let id = rid(&resp);
+    let text = resp.text().await.unwrap();
+    let data = sse_data(&text);
+    assert_eq!(data.last().unwrap(), "[DONE]");
+    assert!(text.contains("Paris in late"), "{text}");
+    let err: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+    assert_eq!(err["error"]["type"], "server_error");
+    assert_eq!(err["error"]["code"], "overloaded");
+    let r = s.gw.usage_for(&id).await;
+    assert_eq!(r["outcome"], "upstream_error");
+    assert_eq!(r["error_code"], "overloaded");
+    s.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn anthropic_errors_reach_openai_clients_in_openai_shape() {
+    let s = setup().await;
+    s.claude.push_fault(Fault::Status {
+        status: 529,
+        retry_after: None,
+    });
+    let resp = chat(&s.gw, &chat_body("claude-sonnet")).await;
+    assert_eq!(error_code(resp, 503).await, "overloaded");
+
+    s.claude.push_fault(Fault::Status {
+        status: 429,
+        retry_after: Some(2),
+    });
+    let resp = chat(&s.gw, &chat_body("claude-sonnet")).await;
+    assert_eq!(resp.headers()["retry-after"], "2");
+    let id = rid(&resp);
+    assert_eq!(resp.status(), 429);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "rate_limit_error");
+    assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+    let m = v["error"]["message"].as_str().unwrap();
+    assert!(m.starts_with("This request would exceed"), "{m}");
+    assert!(!m.contains("claude.com") && !m.contains("a22cf6e6"), "{m}");
+    let r = s.gw.usage_for(&id).await;
+    assert_eq!(r["outcome"], "upstream_error");
+    assert_eq!(r["status"], 429);
+
+    // A request Messages cannot express is the client's error, not retried.
+    let mut body = chat_body("smart");
+    body["n"] = json!(2);
+    let before = s.claude.requests().len();
+    let resp = chat(&s.gw, &body).await;
+    assert_eq!(error_code(resp, 400).await, "unsupported_value");
+    assert_eq!(s.claude.requests().len(), before);
+    assert!(s.openai.requests().is_empty());
+    s.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_mock_requires_anthropic_headers() {
+    let claude = AnthropicMock::start(PROVIDER_KEY).await;
+    let url = format!("{}/v1/messages", claude.base_url());
+    let body = json!({"model": "m", "max_tokens": 10, "messages": []});
+    let r = client()
+        .post(&url)
+        .header("anthropic-version", "2023-06-01")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "authentication_error");
+    let r = client()
+        .post(&url)
+        .header("x-api-key", PROVIDER_KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+
+    // A provider configured without a key: the mock refuses, and the gateway
+    // does not pass a provider 401 on as the client's.
+    let openai = MockProvider::start().await;
+    let gw = TestGateway::start(&anthropic_config(
+        &openai.base_url(),
+        &claude.base_url(),
+        "",
+    ))
+    .await;
+    let resp = chat(&gw, &chat_body("claude-sonnet")).await;
+    assert_eq!(error_code(resp, 502).await, "upstream_auth_failed");
+    assert!(!claude.last_request().headers.contains_key("x-api-key"));
+    gw.shutdown().await;
+}
+
+fn messages_body(model: &str) -> Value {
+    json!({
+        "model": model,
+        "max_tokens": 200,
+        "system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
+        "messages": [{"role": "user", "content": "Say hello to the tests."}],
+    })
+}
+
+#[tokio::test]
+async fn messages_on_an_openai_route_are_translated() {
+    let s = setup().await;
+    let resp = messages(&s.gw, Some(ACME_DENTAL.2), &messages_body("gpt-4o-mini")).await;
+    assert_eq!(resp.status(), 200);
+    let id = rid(&resp);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["type"], "message");
+    assert_eq!(v["role"], "assistant");
+    assert!(v["id"].as_str().unwrap().starts_with("msg_"), "{v}");
+    assert_eq!(v["content"][0]["type"], "text");
+    assert!(!v["content"][0]["text"].as_str().unwrap().is_empty());
+    assert_eq!(v["stop_reason"], "end_turn");
+    let input = v["usage"]["input_tokens"].as_u64().unwrap();
+    let output = v["usage"]["output_tokens"].as_u64().unwrap();
+    assert!(input > 0 && output > 0, "{v}");
+
+    let up = s.openai.last_request();
+    assert_eq!(up.path, "/v1/chat/completions");
+    assert_eq!(
+        up.headers["authorization"],
+        format!("Bearer {PROVIDER_KEY}").as_str()
+    );
+    assert_eq!(up.body["model"], "gpt-4o-mini-2024-07-18");
+    assert_eq!(
+        up.body["messages"][0],
+        json!({"role": "system", "content": "Be brief."})
+    );
+    assert_eq!(up.body["max_tokens"], 200);
+
+    let r = s.gw.usage_for(&id).await;
+    assert_eq!(r["endpoint"], "messages");
+    assert_eq!(r["provider"], "upstream");
+    assert_eq!(r["requested_model"], "gpt-4o-mini");
+    assert_eq!(r["prompt_tokens"], input);
+    assert_eq!(r["completion_tokens"], output);
+    assert_eq!(r["outcome"], "ok");
+
+    // The built-in `mock` provider is bridged the same way.
+    let resp = messages(&s.gw, Some(ACME_DENTAL.2), &messages_body("demo")).await;
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["type"], "message");
+    assert_eq!(v["content"][0]["type"], "text");
+    s.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn streamed_messages_on_an_openai_route_are_translated() {
+    let s = setup().await;
+    let mut body = messages_body("gpt-4o-mini");
+    body["stream"] = json!(true);
+    let resp = messages(&s.gw, Some(ACME_DENTAL.2), &body).await;
+    assert_eq!(resp.status(), 200);
+    let id = rid(&resp);
+    let text = resp.text().await.unwrap();
+    let events = anthropic_events(&text);
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names[..2], ["message_start", "content_block_start"]);
+    assert_eq!(
+        names[names.len() - 3..],
+        ["content_block_stop", "message_delta", "message_stop"]
+    );
+    assert!(
+        names
+            .iter()
+            .filter(|n| **n == "content_block_delta")
+            .count()
+            > 1
+    );
+    for (name, data) in &events {
+        assert_eq!(data["type"], name.as_str());
+    }
+    let delta = &events[events.len() - 2].1;
+    assert_eq!(delta["delta"]["stop_reason"], "end_turn");
+    let output = delta["usage"]["output_tokens"].as_u64().unwrap();
+    assert!(output > 0);
+    // The upstream was asked for the usage chunk.
+    let up = s.openai.last_request();
+    assert_eq!(up.body["stream_options"]["include_usage"], true);
+    let r = s.gw.usage_for(&id).await;
+    assert_eq!(r["endpoint"], "messages");
+    assert_eq!(r["outcome"], "ok");
+    assert_eq!(r["completion_tokens"], output);
+    assert_eq!(r["prompt_tokens"], delta["usage"]["input_tokens"]);
+    s.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn messages_on_an_anthropic_route_pass_through() {
+    let s = setup().await;
+    let mut body = messages_body("claude-sonnet");
+    body["top_k"] = json!(5);
+    body["metadata"] = json!({"user_id": "u-1"});
+    let resp = messages(&s.gw, Some(ACME_DENTAL.2), &body).await;
+    assert_eq!(resp.status(), 200);
+    let id = rid(&resp);
+    assert_eq!(resp.text().await.unwrap(), anthropic_mock::MESSAGE_JSON);
+    let up = s.claude.last_request();
+    let mut expected = body.clone();
+    expected["model"] = json!("claude-sonnet-4-5");
+    assert_eq!(up.body, expected);
+    // The platform's key upstream, never the tenant's gateway key.
+    assert_eq!(up.headers["x-api-key"], PROVIDER_KEY);
+    assert_eq!(up.headers["anthropic-version"], "2023-06-01");
+    let r = s.gw.usage_for(&id).await;
+    assert_eq!(r["endpoint"], "messages");
+    assert_eq!(r["served_model"], "claude-sonnet-4-5-20250929");
+    assert_eq!(r["prompt_tokens"], 1716);
+    assert_eq!(r["cached_tokens"], 1111);
+    assert_eq!(r["completion_tokens"], 33);
+
+    // Streamed: the capture comes through byte for byte.
+    body["stream"] = json!(true);
+    let resp = messages(&s.gw, Some(ACME_DENTAL.2), &body).await;
+    assert_eq!(resp.status(), 200);
+    let id = rid(&resp);
+    assert_eq!(resp.text().await.unwrap(), anthropic_mock::STREAM_SSE);
+    let r = s.gw.usage_for(&id).await;
+    assert_eq!(r["outcome"], "ok");
+    assert_eq!(r["stream"], true);
+    assert_eq!(r["prompt_tokens"], 20);
+    assert_eq!(r["completion_tokens"], 5);
+    s.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn messages_errors_are_in_anthropic_shape() {
+    let s = setup().await;
+    let gw = &s.gw;
+    let body = messages_body("claude-sonnet");
+    assert_eq!(
+        anthropic_error(messages(gw, None, &body).await, 401).await,
+        "authentication_error"
+    );
+    assert_eq!(
+        anthropic_error(messages(gw, Some("sk-wrong"), &body).await, 401).await,
+        "authentication_error"
+    );
+    assert_eq!(
+        anthropic_error(
+            messages(gw, Some(ACME_DENTAL.2), &messages_body("nope")).await,
+            404
+        )
+        .await,
+        "not_found_error"
+    );
+    assert_eq!(
+        anthropic_error(
+            messages(gw, Some(ACME_REALTY.2), &messages_body("premium")).await,
+            403
+        )
+        .await,
+        "permission_error"
+    );
+    let resp = client()
+        .post(gw.url("/v1/messages"))
+        .header("host", ACME_HOST)
+        .header("x-api-key", ACME_DENTAL.2)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anthropic_error(resp, 400).await, "invalid_request_error");
+    let resp = client()
+        .get(gw.url("/v1/messages"))
+        .header("host", ACME_HOST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["allow"], "POST");
+    assert_eq!(anthropic_error(resp, 405).await, "invalid_request_error");
+
+    // Upstream errors: Anthropic's own statuses, scrubbed.
+    s.claude.push_fault(Fault::Status {
+        status: 529,
+        retry_after: None,
+    });
+    let resp = messages(gw, Some(ACME_DENTAL.2), &body).await;
+    assert_eq!(anthropic_error(resp, 529).await, "overloaded_error");
+    s.claude.push_fault(Fault::Status {
+        status: 429,
+        retry_after: Some(3),
+    });
+    let resp = messages(gw, Some(ACME_DENTAL.2), &body).await;
+    assert_eq!(resp.headers()["retry-after"], "3");
+    assert_eq!(anthropic_error(resp, 429).await, "rate_limit_error");
+
+    // An Anthropic-only tool cannot go to an OpenAI route.
+    let mut web = messages_body("gpt-4o-mini");
+    web["tools"] = json!([{"type": "web_search_20250305", "name": "web_search"}]);
+    let resp = messages(gw, Some(ACME_DENTAL.2), &web).await;
+    assert_eq!(anthropic_error(resp, 400).await, "invalid_request_error");
+    assert!(s.openai.requests().is_empty());
+
+    // Mid-stream: the provider's error event is passed on; a broken stream ends
+    // with the gateway's own.
+    let mut stream = body.clone();
+    stream["stream"] = json!(true);
+    s.claude.push_fault(Fault::StreamError);
+    let resp = messages(gw, Some(ACME_DENTAL.2), &stream).await;
+    let id = rid(&resp);
+    let events = anthropic_events(&resp.text().await.unwrap());
+    let (name, data) = events.last().unwrap();
+    assert_eq!(name, "error");
+    assert_eq!(data["error"]["type"], "overloaded_error");
+    let r = gw.usage_for(&id).await;
+    assert_eq!(r["outcome"], "upstream_error");
+    assert_eq!(r["error_code"], "overloaded_error");
+
+    s.claude.push_fault(Fault::DropAfter(4));
+    let resp = messages(gw, Some(ACME_DENTAL.2), &stream).await;
+    let id = rid(&resp);
+    let events = anthropic_events(&resp.text().await.unwrap());
+    assert_eq!(events[3].0, "content_block_delta");
+    let (name, data) = events.last().unwrap();
+    assert_eq!(name, "error");
+    assert_eq!(data["error"]["type"], "api_error");
+    let r = gw.usage_for(&id).await;
+    assert_eq!(r["outcome"], "truncated");
+    assert_eq!(r["error_code"], "stream_interrupted");
+    s.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn messages_fall_back_from_anthropic_to_an_openai_route() {
+    let s = setup().await;
+    s.claude.push_fault(Fault::Status {
+        status: 529,
+        retry_after: None,
+    });
+    let mut body = messages_body("smart");
+    body["stream"] = json!(true);
+    let resp = messages(&s.gw, Some(ACME_DENTAL.2), &body).await;
+    assert_eq!(resp.status(), 200);
+    let id = rid(&resp);
+    let events = anthropic_events(&resp.text().await.unwrap());
+    assert_eq!(events.last().unwrap().0, "message_stop");
+    let r = s.gw.usage_for(&id).await;
+    assert_eq!(
+        outcomes(&r),
+        vec![
+            ("claude".into(), "overloaded".into(), Some(529)),
+            ("upstream".into(), "ok".into(), None)
+        ]
+    );
+    s.gw.shutdown().await;
+}

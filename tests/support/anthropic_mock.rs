@@ -1,0 +1,271 @@
+//! A mock Anthropic Messages API over real HTTP for the integration tests. It
+//! checks what the real API requires (`POST /v1/messages`, `x-api-key` equal to
+//! the key it was started with: 401 `authentication_error`; `anthropic-version`:
+//! 400 `invalid_request_error`; `model` and `max_tokens` in the body), always in
+//! Anthropic's error shape, and answers by replaying the wire captures in
+//! `tests/fixtures/wire/anthropic/` byte for byte: the text answer, or the
+//! `tool_use` one when the request has tools, as JSON or as an event stream.
+//!
+//! Faults are queued with [`AnthropicMock::push_fault`]; each request takes the
+//! next one, if any (the gateway's translated body cannot carry directives).
+//! Every request is recorded, headers and body, refused ones included.
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+pub const MESSAGE_JSON: &str = include_str!("../fixtures/wire/anthropic/messages_response.json");
+pub const TOOL_USE_JSON: &str =
+    include_str!("../fixtures/wire/anthropic/messages_response_tool_use.json");
+pub const STREAM_SSE: &str = include_str!("../fixtures/wire/anthropic/messages_stream.sse");
+pub const TOOL_USE_SSE: &str =
+    include_str!("../fixtures/wire/anthropic/messages_stream_tool_use.sse");
+pub const STREAM_ERROR_SSE: &str = include_str!("../fixtures/wire/anthropic/stream_error.sse");
+const ERROR_429: &str = include_str!("../fixtures/wire/anthropic/error_429.json");
+const ERROR_529: &str = include_str!("../fixtures/wire/anthropic/error_overloaded.json");
+const ERROR_401: &str = include_str!("../fixtures/wire/anthropic/error_401.json");
+
+/// A fault for one request.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// Answer `status` with Anthropic's error body for it (429 and 529 from the
+    /// captures), and `retry-after` if given.
+    Status {
+        status: u16,
+        retry_after: Option<u64>,
+    },
+    /// Stream: send this many events, then reset the connection.
+    DropAfter(usize),
+    /// Stream: replay `stream_error.sse` (two text deltas, then `event: error`).
+    StreamError,
+}
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+#[derive(Default)]
+pub struct State {
+    key: String,
+    pub requests: Mutex<Vec<Recorded>>,
+    faults: Mutex<VecDeque<Fault>>,
+}
+
+pub struct AnthropicMock {
+    pub addr: SocketAddr,
+    pub state: Arc<State>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for AnthropicMock {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
+impl AnthropicMock {
+    /// Starts the mock; requests must carry `x-api-key: {key}`.
+    pub async fn start(key: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(State {
+            key: key.to_owned(),
+            ..State::default()
+        });
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let st = st.clone();
+                        async move { Ok::<_, std::convert::Infallible>(serve(st, req).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self { addr, state, task }
+    }
+
+    /// `http://127.0.0.1:PORT`, the provider's `base_url`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn push_fault(&self, fault: Fault) {
+        self.state.faults.lock().unwrap().push_back(fault);
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    pub fn last_request(&self) -> Recorded {
+        self.requests()
+            .pop()
+            .expect("the Anthropic mock received no request")
+    }
+}
+
+/// Anthropic's error response: compact JSON, `{"type":"error","error":{...}}`.
+fn error(status: u16, typ: &str, message: &str) -> Response<Body> {
+    let body = json!({"type": "error", "error": {"type": typ, "message": message}, "request_id": "req_011CMockMockMockMockMock01"});
+    respond(status, "application/json", body.to_string(), None)
+}
+
+fn respond(
+    status: u16,
+    content_type: &'static str,
+    body: String,
+    retry_after: Option<u64>,
+) -> Response<Body> {
+    let mut r = Response::new(full(Bytes::from(body)));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap();
+    let h = r.headers_mut();
+    h.insert("content-type", HeaderValue::from_static(content_type));
+    h.insert(
+        "request-id",
+        HeaderValue::from_static("req_011CMockMockMockMockMock01"),
+    );
+    if let Some(ra) = retry_after {
+        h.insert("retry-after", HeaderValue::from(ra));
+    }
+    if status == 529 {
+        h.insert("x-should-retry", HeaderValue::from_static("true"));
+    }
+    r
+}
+
+async fn serve(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let raw = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let json: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+    state.requests.lock().unwrap().push(Recorded {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        headers: parts.headers.clone(),
+        body: json.clone(),
+    });
+    if parts.uri.path() != "/v1/messages" || parts.method != http::Method::POST {
+        return error(404, "not_found_error", "Not found");
+    }
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    match header("x-api-key") {
+        None => return error(401, "authentication_error", "x-api-key header is required"),
+        Some(k) if k != state.key => {
+            return respond(401, "application/json", ERROR_401.to_owned(), None)
+        }
+        Some(_) => {}
+    }
+    if header("anthropic-version").is_none() {
+        return error(
+            400,
+            "invalid_request_error",
+            "anthropic-version: header is required",
+        );
+    }
+    if !json.is_object() {
+        return error(
+            400,
+            "invalid_request_error",
+            "There was an error parsing the body of your request",
+        );
+    }
+    if !json["model"].is_string() {
+        return error(400, "invalid_request_error", "model: Field required");
+    }
+    if !json["max_tokens"].is_u64() {
+        return error(400, "invalid_request_error", "max_tokens: Field required");
+    }
+    if json.get("messages").and_then(Value::as_array).is_none() {
+        return error(400, "invalid_request_error", "messages: Field required");
+    }
+    let fault = state.faults.lock().unwrap().pop_front();
+    if let Some(Fault::Status {
+        status,
+        retry_after,
+    }) = fault
+    {
+        let body = match status {
+            429 => ERROR_429.to_owned(),
+            529 => ERROR_529.to_owned(),
+            _ => json!({"type": "error", "error": {"type": "api_error", "message": "Internal server error"}}).to_string(),
+        };
+        return respond(status, "application/json", body, retry_after);
+    }
+    let tools = json
+        .get("tools")
+        .and_then(Value::as_array)
+        .is_some_and(|t| !t.is_empty());
+    let stream = json["stream"].as_bool().unwrap_or(false);
+    if !stream {
+        let body = if tools { TOOL_USE_JSON } else { MESSAGE_JSON };
+        return respond(200, "application/json", body.to_owned(), None);
+    }
+    let sse = match fault {
+        Some(Fault::StreamError) => STREAM_ERROR_SSE,
+        _ if tools => TOOL_USE_SSE,
+        _ => STREAM_SSE,
+    };
+    let drop_after = match fault {
+        Some(Fault::DropAfter(n)) => Some(n),
+        _ => None,
+    };
+    let events = sse_events(sse);
+    let pieces = futures_util::stream::iter(events.into_iter().enumerate()).then(
+        move |(i, ev)| async move {
+            if drop_after.is_some_and(|n| i >= n) {
+                // Let hyper flush what it holds first, so the drop is mid-body.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "mock drop",
+                ));
+            }
+            Ok(Frame::data(Bytes::from(ev)))
+        },
+    );
+    let mut r = Response::new(BodyExt::boxed_unsync(StreamBody::new(pieces)));
+    let h = r.headers_mut();
+    h.insert(
+        "content-type",
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    h.insert("cache-control", HeaderValue::from_static("no-cache"));
+    r
+}
+
+/// The events of an SSE capture, each with its `\n\n`.
+pub fn sse_events(sse: &str) -> Vec<String> {
+    sse.split_inclusive("\n\n").map(str::to_owned).collect()
+}
+
+fn full(b: Bytes) -> Body {
+    Full::new(b).map_err(|never| match never {}).boxed_unsync()
+}
