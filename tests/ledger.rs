@@ -265,9 +265,16 @@ fn a_spool_replayed_twice_stores_each_event_once() {
     snapshot_dir(&spool_dir, &saved);
     for round in 0..2 {
         if round == 1 {
-            // The same segments again, and no cursor: everything is replayed.
+            // The same segments again, and no cursor (neither the spool's file
+            // nor the one SQLite keeps): everything is replayed.
             snapshot_dir(&saved, &spool_dir);
-            std::fs::remove_file(spool_dir.join("cursor-sqlite")).unwrap();
+            let _ = std::fs::remove_file(spool_dir.join("cursor-sqlite"));
+            let conn = Connection::open(&db_path).unwrap();
+            assert_eq!(
+                conn.execute("DELETE FROM spool_cursor", []).unwrap(),
+                1,
+                "the SQLite sink keeps the spool's cursor"
+            );
         }
         let spool = Spool::open(spool_opts(&spool_dir)).unwrap();
         let sink: Box<dyn Sink> = Box::new(SqliteSink::open(&db_path).unwrap());

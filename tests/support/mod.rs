@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod mock;
+pub mod redis_server;
 
 pub use mock::MockProvider;
 
