@@ -4,9 +4,11 @@
 //! # Layout
 //!
 //! A directory of segment files `seg-<id>.jsonl` (ids increase, zero-padded so
-//! names sort), one JSON event per line, plus one `cursor-<sink>` file per sink
+//! names sort), one JSON event per line, plus a `cursor-<sink>` file per sink
 //! (`{"segment":ID,"offset":BYTES}`: everything before it is acknowledged by
-//! that sink) and a `lock` file naming the process that owns the directory.
+//! that sink; rewritten at most once a second, and only on close for sinks
+//! that keep the cursor in their own transaction, like SQLite) and a `lock`
+//! file naming the process that owns the directory.
 //!
 //! # Guarantees
 //!
@@ -23,6 +25,9 @@
 //!   new one, so every older segment is final. A line torn by a crash (no
 //!   trailing newline, or not JSON) is skipped and counted, never merged with
 //!   the next event. A failed write also closes the segment for the same reason.
+//! * **Cheap appends.** The request path's cost is one `write(2)` under a
+//!   mutex and a few atomics; readers are woken only when one is waiting for
+//!   the generation just reached (see [`Spool::wait_for_generation`]).
 //! * **At-least-once shipping.** Readers consume complete lines only, deliver
 //!   them to their sink, and move their cursor only after the sink acknowledged.
 //!   A crash between the acknowledgement and the cursor write replays the batch;
