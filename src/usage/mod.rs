@@ -363,8 +363,8 @@ impl UsageSink {
 
     /// Tokens of `tenant` at `reseller` in `month` (`YYYY-MM`, UTC, by request
     /// start) as acknowledged by the SQLite ledger: events still in the spool
-    /// (normally milliseconds' worth) are not counted yet. 0 without a SQLite
-    /// ledger or on a read error (logged).
+    /// (at most ~50 ms worth, the shipper's linger, while the sink is up) are
+    /// not counted yet. 0 without a SQLite ledger or on a read error (logged).
     pub fn monthly_tokens(&self, reseller: &str, tenant: &str, month: &str) -> u64 {
         let Some(path) = &self.inner.sqlite_path else {
             return 0;
