@@ -265,9 +265,16 @@ fn a_spool_replayed_twice_stores_each_event_once() {
     snapshot_dir(&spool_dir, &saved);
     for round in 0..2 {
         if round == 1 {
-            // The same segments again, and no cursor: everything is replayed.
+            // The same segments again, and no cursor (neither the spool's file
+            // nor the one SQLite keeps): everything is replayed.
             snapshot_dir(&saved, &spool_dir);
-            std::fs::remove_file(spool_dir.join("cursor-sqlite")).unwrap();
+            let _ = std::fs::remove_file(spool_dir.join("cursor-sqlite"));
+            let conn = Connection::open(&db_path).unwrap();
+            assert_eq!(
+                conn.execute("DELETE FROM spool_cursor", []).unwrap(),
+                1,
+                "the SQLite sink keeps the spool's cursor"
+            );
         }
         let spool = Spool::open(spool_opts(&spool_dir)).unwrap();
         let sink: Box<dyn Sink> = Box::new(SqliteSink::open(&db_path).unwrap());
@@ -922,4 +929,298 @@ fn a_fixture_month_gives_the_expected_invoice_under_each_billing_model() {
             "{text}"
         );
     }
+}
+
+// -------------------------------------------------------------- redis outage
+
+/// Sends `per_worker` requests from each of 4 tasks; returns their request ids.
+async fn burst(gw: &TestGateway, tag: &str, per_worker: usize) -> Vec<String> {
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let url = gw.url("/v1/chat/completions");
+        let tag = tag.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            let mut ids = Vec::new();
+            for i in 0..per_worker {
+                let id = format!("{tag}-{w}-{i}");
+                let mut body = chat_body("gpt-4o-mini");
+                body["stream"] = json!(i % 2 == 0);
+                let resp = c
+                    .post(&url)
+                    .header("host", ACME_HOST)
+                    .header("x-request-id", &id)
+                    .bearer_auth(ACME_DENTAL.2)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), 200);
+                let _ = resp.bytes().await.unwrap();
+                ids.push(id);
+            }
+            ids
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.extend(t.await.unwrap());
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_under_load_gets_every_event_once_back() {
+    use crate::support::redis_server::RedisServer;
+    use livery::usage::sinks::redis::{RedisSink, RedisSinkOptions};
+    let Some(mut server) = RedisServer::start("redis_down_under_load") else {
+        return;
+    };
+    let mock = MockProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = "{test}:usage";
+    let extra = format!(
+        "sinks = [\"sqlite\", \"redis\"]\n\n[usage.redis]\nurl = \"{}\"\nkey_prefix = \"{prefix}\"\ntimeout_ms = 300\nbatch_max_events = 40\n",
+        server.url()
+    );
+    let toml = format!(
+        "{}{}",
+        ledger_usage_toml(dir.path(), &extra),
+        standard_config(&mock.base_url(), "")
+    );
+    let gw = TestGateway::start(&toml).await;
+    let usage = gw.gateway.as_ref().unwrap().app().usage.clone();
+
+    let mut sent = burst(&gw, "up", 10).await;
+    // Down (kill -9) under load: requests are not slowed into failure, SQLite
+    // keeps up, the Redis sink's lag and failure show in the metrics.
+    let loader = {
+        let (addr, stop) = (gw.addr, Arc::new(AtomicBool::new(false)));
+        let s = stop.clone();
+        (
+            stop,
+            tokio::spawn(async move { load_mock_model(addr, s).await }),
+        )
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    server.kill();
+    sent.extend(burst(&gw, "down", 10).await);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let stats = usage.stats().unwrap();
+    let r = stats.sinks.iter().find(|s| s.name == "redis").unwrap();
+    assert!(r.lag_bytes > 0 && r.lag_events > 0, "{stats:?}");
+    assert!(r.last_error.is_some(), "{stats:?}");
+    let sq = stats.sinks.iter().find(|s| s.name == "sqlite").unwrap();
+    assert!(sq.last_error.is_none(), "{stats:?}");
+    let mut metrics = String::new();
+    usage.render_prometheus(&mut metrics);
+    assert!(
+        metrics.contains("livery_usage_sink_up{sink=\"redis\"} 0\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("livery_usage_sink_up{sink=\"sqlite\"} 1\n"));
+    // Back, still under load.
+    server.restart();
+    sent.extend(burst(&gw, "back", 10).await);
+    loader.0.store(true, Ordering::Relaxed);
+    sent.extend(loader.1.await.unwrap());
+    assert!(usage.flush(Duration::from_secs(20)), "{:?}", usage.stats());
+
+    let conn = db(dir.path());
+    let ledger: HashMap<String, String> = conn
+        .prepare("SELECT event_id, request_id FROM events")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let rids: HashSet<&String> = ledger.values().collect();
+    assert!(sent.iter().all(|id| rids.contains(id)));
+    assert_eq!(ledger.len(), sent.len());
+
+    let mut con = server.client();
+    let stream_key = format!("{prefix}:events");
+    let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg(&stream_key)
+        .arg("-")
+        .arg("+")
+        .query(&mut con)
+        .unwrap();
+    let ids: Vec<String> = entries
+        .iter()
+        .map(|(_, f)| {
+            let ev: Value = serde_json::from_str(&f["event"]).unwrap();
+            assert_eq!(ev["event_id"].as_str(), Some(f["event_id"].as_str()));
+            f["event_id"].clone()
+        })
+        .collect();
+    let unique: HashSet<&String> = ids.iter().collect();
+    assert_eq!(ids.len(), unique.len(), "duplicates in the stream");
+    assert_eq!(ids.len(), ledger.len(), "every event exactly once in Redis");
+    assert!(ids.iter().all(|id| ledger.contains_key(id)));
+
+    // Daily rollups agree with the SQLite ledger, per tenant and per reseller.
+    let (day, requests, total, cost): (String, i64, i64, i64) = conn
+        .query_row(
+            "SELECT period, requests, total_tokens, cost_micros FROM rollup_daily WHERE reseller='acme' AND tenant='dental'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
+    let hash = hgetall(&mut con, &format!("{prefix}:daily:{day}:acme:dental"));
+    assert_eq!(hash["requests"], requests);
+    assert_eq!(hash["total_tokens"], total);
+    assert_eq!(hash["cost_micros"], cost);
+    let reseller = hgetall(&mut con, &format!("{prefix}:daily:{day}:acme"));
+    assert_eq!(reseller["requests"], requests);
+
+    // A replay (the spool's cursor lost) adds nothing: dedup by event_id.
+    let raws: Vec<String> = conn
+        .prepare("SELECT raw FROM events")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let events: Vec<LedgerEvent> = raws
+        .iter()
+        .map(|r| LedgerEvent::from_line(r.as_bytes()).unwrap())
+        .collect();
+    let url = server.url();
+    let prefix_owned = prefix.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut sink = RedisSink::new(RedisSinkOptions {
+            url,
+            key_prefix: prefix_owned,
+            dedup_ttl: Duration::from_secs(3600),
+            stream_maxlen: 0,
+            timeout: Duration::from_secs(2),
+            batch_max: 100,
+        })
+        .unwrap();
+        sink.deliver(&events, Default::default()).unwrap();
+    })
+    .await
+    .unwrap();
+    let len: usize = redis::cmd("XLEN").arg(&stream_key).query(&mut con).unwrap();
+    assert_eq!(len, ledger.len(), "a replay adds nothing");
+    let hash = hgetall(&mut con, &format!("{prefix}:daily:{day}:acme:dental"));
+    assert_eq!(hash["requests"], requests);
+    gw.shutdown().await;
+}
+
+/// Background load on the mock model until `stop`; returns the request ids
+/// that got a complete 200.
+async fn load_mock_model(addr: SocketAddr, stop: Arc<AtomicBool>) -> Vec<String> {
+    let c = client();
+    let mut ids = Vec::new();
+    let mut i = 0;
+    while !stop.load(Ordering::Relaxed) {
+        i += 1;
+        let id = format!("bg-{i}");
+        let resp = c
+            .post(format!("http://{addr}/v1/chat/completions"))
+            .header("host", ACME_HOST)
+            .header("x-request-id", &id)
+            .bearer_auth(ACME_DENTAL.2)
+            .json(&chat_body("gpt-4o-mini"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let _ = resp.bytes().await.unwrap();
+        ids.push(id);
+    }
+    ids
+}
+
+fn hgetall(con: &mut redis::Connection, key: &str) -> HashMap<String, i64> {
+    redis::cmd("HGETALL").arg(key).query(con).unwrap()
+}
+
+// -------------------------------------------------------------- estimates
+
+/// tiktoken's own count (o200k_base, gpt-4o-mini's encoding) of a chat
+/// request's prompt, framed as OpenAI's cookbook counts it, and of a text.
+fn tiktoken_prompt(body: &Value) -> u64 {
+    let bpe = tiktoken_rs::o200k_base_singleton();
+    let mut n = 3;
+    for m in body["messages"].as_array().unwrap() {
+        n += 3;
+        n += bpe.count_ordinary(m["role"].as_str().unwrap()) as u64;
+        n += bpe.count_ordinary(m["content"].as_str().unwrap()) as u64;
+    }
+    n
+}
+
+fn within_2_percent(got: i64, want: u64) -> bool {
+    got.unsigned_abs().abs_diff(want) * 50 <= want
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn estimates_for_a_usage_less_upstream_are_within_2_percent_of_tiktoken() {
+    let mock = MockProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "{}{}",
+        ledger_usage_toml(dir.path(), ""),
+        standard_config(&mock.base_url(), "")
+    );
+    let gw = TestGateway::start(&toml).await;
+    let bpe = tiktoken_rs::o200k_base_singleton();
+
+    // Non-streamed.
+    let mut body = chat_body("gpt-4o-mini");
+    body["mock"] = json!({"no_usage": true, "chunks": 40});
+    let resp = post_acme(&gw, &body).await;
+    assert_eq!(resp.status(), 200);
+    let plain_id = rid(&resp);
+    let v: Value = resp.json().await.unwrap();
+    assert!(v.get("usage").is_none_or(Value::is_null), "{v}");
+    let plain_text = v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Streamed.
+    let mut sbody = chat_body("gpt-4o-mini");
+    sbody["stream"] = json!(true);
+    sbody["mock"] = json!({"no_usage": true, "chunks": 40});
+    let resp = post_acme(&gw, &sbody).await;
+    let stream_id = rid(&resp);
+    let text = resp.text().await.unwrap();
+    let stream_text: String = sse_data(&text)
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert!(!stream_text.is_empty());
+
+    let usage = gw.gateway.as_ref().unwrap().app().usage.clone();
+    assert!(usage.flush(Duration::from_secs(5)));
+    let conn = db(dir.path());
+    for (id, req, completion) in [
+        (&plain_id, &body, &plain_text),
+        (&stream_id, &sbody, &stream_text),
+    ] {
+        let (p, c, t, estimated, _, n) = event_row(&conn, id);
+        assert_eq!(n, 1);
+        assert!(estimated, "{id}");
+        let want_p = tiktoken_prompt(req);
+        let want_c = bpe.count_ordinary(completion) as u64;
+        assert!(
+            within_2_percent(p, want_p),
+            "{id}: prompt {p} vs tiktoken {want_p}"
+        );
+        assert!(
+            within_2_percent(c, want_c),
+            "{id}: completion {c} vs tiktoken {want_c}"
+        );
+        assert_eq!(t, p + c);
+    }
+    gw.shutdown().await;
 }

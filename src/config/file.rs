@@ -243,7 +243,7 @@ pub struct UsageConfig {
     /// Group-commit interval: appended events are fsynced this often.
     #[serde(default = "default_fsync_interval_ms")]
     pub fsync_interval_ms: u64,
-    /// Sinks the spool ships to: `sqlite` (default), `webhook`.
+    /// Sinks the spool ships to: `sqlite` (default), `redis`, `webhook`.
     #[serde(default = "default_sinks")]
     pub sinks: Vec<String>,
     /// The SQLite ledger (default `usage.db`, placed like `spool_dir`).
@@ -251,6 +251,34 @@ pub struct UsageConfig {
     pub sqlite_path: Option<PathBuf>,
     #[serde(default)]
     pub webhook: Option<WebhookSinkConfig>,
+    #[serde(default)]
+    pub redis: Option<RedisSinkConfig>,
+}
+
+/// `[usage.redis]`: events appended to a stream plus daily rollup hashes,
+/// deduplicated by `event_id` (see `usage::sinks::redis`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSinkConfig {
+    /// `redis://[user:password@]host:port/db` (or `rediss://`).
+    pub url: Option<String>,
+    /// Environment variable holding the URL instead (when it carries a
+    /// password); one of `url` and `url_env` is required.
+    pub url_env: Option<String>,
+    /// Prefix of every key; the default's braces are a cluster hash tag.
+    #[serde(default = "default_redis_key_prefix")]
+    pub key_prefix: String,
+    /// How long an `event_id`'s dedup marker lives; keep it above the longest
+    /// outage the spool can absorb.
+    #[serde(default = "default_redis_dedup_ttl_secs")]
+    pub dedup_ttl_secs: u64,
+    /// Approximate cap of the stream (`XADD MAXLEN ~`); 0 leaves it uncapped.
+    #[serde(default)]
+    pub stream_maxlen: u64,
+    #[serde(default = "default_redis_sink_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_webhook_batch")]
+    pub batch_max_events: usize,
 }
 
 /// `[usage.webhook]`: batched POSTs of events, signed with HMAC-SHA256.
@@ -278,6 +306,7 @@ impl Default for UsageConfig {
             sinks: default_sinks(),
             sqlite_path: None,
             webhook: None,
+            redis: None,
         }
     }
 }
@@ -299,6 +328,15 @@ fn default_webhook_batch() -> usize {
 }
 fn default_webhook_timeout_ms() -> u64 {
     10_000
+}
+fn default_redis_key_prefix() -> String {
+    "{livery}:usage".to_owned()
+}
+fn default_redis_dedup_ttl_secs() -> u64 {
+    7 * 24 * 3600
+}
+fn default_redis_sink_timeout_ms() -> u64 {
+    2_000
 }
 
 /// `[prices]`: what the platform pays per model. Amounts are decimal strings

@@ -222,6 +222,7 @@ fn metrics(app: &App) -> Response<ProxyBody> {
         );
     let mut text = text;
     app.limiter.render_prometheus(&mut text);
+    app.usage.render_prometheus(&mut text);
     let mut resp = Response::new(super::body::full(text));
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,

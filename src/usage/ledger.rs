@@ -2,20 +2,31 @@
 //!
 //! ```text
 //! request path ──append (write(2), no fsync)──▶ spool segments ──▶ shipper[sqlite]  ──▶ usage.db
-//!                                                 │   ▲            shipper[webhook] ──▶ HTTPS
-//!                                  fsync thread ──┘   └── trim below every sink's cursor
+//!                                                 │   ▲            shipper[redis]   ──▶ XADD + HINCRBY
+//!                                  fsync thread ──┘   │            shipper[webhook] ──▶ HTTPS
+//!                                                     └── trim below every sink's durable cursor
 //! ```
 //!
-//! Each shipper reads complete events after its cursor, delivers them, and only
-//! then saves its cursor; on failure it retries the same batch with exponential
-//! backoff (50 ms doubling to 5 s). At start each shipper resumes from its saved
-//! cursor, so events spooled but not acknowledged before a crash are delivered
-//! then (and deduplicated by `event_id` if they had been). On close, shippers
-//! drain what is spooled for up to `drain` before giving up; what is left stays
-//! in the spool for the next start.
+//! Each shipper reads complete events after its cursor and delivers them in
+//! batches: when it has caught up it waits for the next append, then lingers
+//! up to [`LINGER`] (or until [`SHIP_EVENTS`] more events are spooled) so that
+//! one delivery (one SQLite transaction) carries many events; behind, it ships
+//! full batches back to back. On failure it retries the same batch with
+//! exponential backoff (50 ms doubling to 5 s). Only after the sink
+//! acknowledged does the cursor move: inside the sink's own transaction when it
+//! stores cursors (SQLite), else in a `cursor-<sink>` file rewritten at most
+//! every [`CURSOR_FILE_EVERY`]. At start each shipper resumes from the later
+//! of the two, so events spooled but not acknowledged before a crash are
+//! delivered then (and deduplicated by `event_id` if they had been). Segments
+//! are trimmed only below what every sink acknowledged *durably* (see
+//! [`super::sinks::Ack`]); a sink whose acks are not durable is synced at
+//! least every [`SYNC_EVERY`] while it has some. On close, shippers drain what
+//! is spooled for up to `drain` before giving up; what is left stays in the
+//! spool for the next start.
 
-use super::sinks::Sink;
+use super::sinks::{Ack, Sink};
 use super::spool::{AppendError, Position, Spool, SpoolStats};
+use super::LedgerEvent;
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,6 +37,16 @@ const BATCH_EVENTS: usize = 1000;
 const BATCH_BYTES: usize = 4 << 20;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long a caught-up shipper waits for more events before delivering.
+pub const LINGER: Duration = Duration::from_millis(50);
+/// Spooled events that end the linger early.
+pub const SHIP_EVENTS: u64 = 500;
+/// Longest time acknowledged events stay non-durable in a sink.
+pub const SYNC_EVERY: Duration = Duration::from_secs(1);
+/// Least time between two rewrites of a `cursor-<sink>` file.
+pub const CURSOR_FILE_EVERY: Duration = Duration::from_secs(1);
+/// Longest idle wait (shutdown is also signalled, this bounds a missed one).
+const IDLE_WAIT: Duration = Duration::from_millis(200);
 
 /// Shipping state of one sink, for metrics.
 #[derive(Debug, Clone, Serialize)]
@@ -34,7 +55,11 @@ pub struct SinkStats {
     pub cursor: Position,
     /// Spooled bytes this sink has not acknowledged yet.
     pub lag_bytes: u64,
+    /// Spooled events this sink has not acknowledged yet (lines skipped as
+    /// torn are counted until the shipper passes them).
+    pub lag_events: u64,
     pub delivered_events: u64,
+    /// Deliveries that failed (each retried).
     pub failed_deliveries: u64,
     /// The last delivery error, while the sink is failing.
     pub last_error: Option<String>,
@@ -58,7 +83,12 @@ impl LedgerStats {
 
 struct SinkState {
     name: String,
+    /// Everything before it is acknowledged.
     cursor: Mutex<Position>,
+    /// Everything before it is acknowledged durably (trimming stops here).
+    durable: Mutex<Position>,
+    /// Events after the cursor in segments of earlier processes, at start.
+    backlog: AtomicU64,
     delivered: AtomicU64,
     failed: AtomicU64,
     error: Mutex<Option<(String, Instant)>>,
@@ -72,13 +102,13 @@ struct Shared {
     drain_until: Mutex<Option<Instant>>,
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Shared {
     fn trim(&self) {
-        let min = self
-            .sinks
-            .iter()
-            .map(|s| *s.cursor.lock().unwrap_or_else(|p| p.into_inner()))
-            .min();
+        let min = self.sinks.iter().map(|s| *lock(&s.durable)).min();
         if let Some(min) = min {
             self.spool.trim(min);
         }
@@ -89,10 +119,7 @@ impl Shared {
     }
 
     fn past_drain(&self) -> bool {
-        self.drain_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|d| Instant::now() >= d)
+        lock(&self.drain_until).is_some_and(|d| Instant::now() >= d)
     }
 }
 
@@ -103,22 +130,33 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    /// Starts the fsync thread and one shipper per sink.
-    pub fn start(spool: Arc<Spool>, sinks: Vec<Box<dyn Sink>>) -> std::io::Result<Self> {
+    /// Resumes every sink's cursor, then starts the fsync thread and one
+    /// shipper per sink.
+    pub fn start(spool: Arc<Spool>, mut sinks: Vec<Box<dyn Sink>>) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
-        let states: Vec<Arc<SinkState>> = sinks
-            .iter()
-            .map(|s| {
-                let cursor = spool.load_cursor(s.name()).unwrap_or_else(|| spool.start());
-                Arc::new(SinkState {
-                    name: s.name().to_owned(),
-                    cursor: Mutex::new(cursor),
-                    delivered: AtomicU64::new(0),
-                    failed: AtomicU64::new(0),
-                    error: Mutex::new(None),
-                })
-            })
-            .collect();
+        let key = spool.key();
+        let mut states = Vec::new();
+        for s in &mut sinks {
+            let stored = s.resume(&key).unwrap_or_else(|e| {
+                tracing::warn!(sink = s.name(), error = %e, "cannot read the usage sink's stored cursor; using the spool's");
+                None
+            });
+            let cursor = stored
+                .into_iter()
+                .chain(spool.load_cursor(s.name()))
+                .max()
+                .unwrap_or_else(|| spool.start());
+            spool.reserve_after(cursor);
+            states.push(Arc::new(SinkState {
+                name: s.name().to_owned(),
+                cursor: Mutex::new(cursor),
+                durable: Mutex::new(cursor),
+                backlog: AtomicU64::new(0),
+                delivered: AtomicU64::new(0),
+                failed: AtomicU64::new(0),
+                error: Mutex::new(None),
+            }));
+        }
         let shared = Arc::new(Shared {
             spool: spool.clone(),
             sinks: states.clone(),
@@ -138,7 +176,7 @@ impl Ledger {
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("livery-ship-{}", state.name))
-                    .spawn(move || ship(shared, state, sink))?,
+                    .spawn(move || Shipper::new(shared, state, sink).run())?,
             );
         }
         Ok(Self {
@@ -165,6 +203,7 @@ impl Ledger {
 
     pub fn stats(&self) -> LedgerStats {
         let spool = &self.shared.spool;
+        let appended = spool.generation();
         LedgerStats {
             spool: spool.stats(),
             sinks: self
@@ -172,13 +211,23 @@ impl Ledger {
                 .sinks
                 .iter()
                 .map(|s| {
-                    let cursor = *s.cursor.lock().unwrap_or_else(|p| p.into_inner());
-                    let err = s.error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    let cursor = *lock(&s.cursor);
+                    let err = lock(&s.error).clone();
+                    let lag_bytes = spool.lag_bytes(cursor);
+                    let delivered = s.delivered.load(Ordering::Relaxed);
+                    let lag_events = if lag_bytes == 0 {
+                        0
+                    } else {
+                        (s.backlog.load(Ordering::Relaxed) + appended)
+                            .saturating_sub(delivered)
+                            .max(1)
+                    };
                     SinkStats {
                         name: s.name.clone(),
                         cursor,
-                        lag_bytes: spool.lag_bytes(cursor),
-                        delivered_events: s.delivered.load(Ordering::Relaxed),
+                        lag_bytes,
+                        lag_events,
+                        delivered_events: delivered,
                         failed_deliveries: s.failed.load(Ordering::Relaxed),
                         failing_for_secs: err
                             .as_ref()
@@ -195,7 +244,10 @@ impl Ledger {
     pub fn flush(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.stats().max_lag_bytes() == 0 {
+            let head = self.shared.spool.head();
+            if self.shared.sinks.iter().all(|s| *lock(&s.cursor) >= head)
+                || self.stats().max_lag_bytes() == 0
+            {
                 return true;
             }
             if Instant::now() >= deadline {
@@ -211,14 +263,10 @@ impl Ledger {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        *self
-            .shared
-            .drain_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + drain);
+        *lock(&self.shared.drain_until) = Some(Instant::now() + drain);
         self.shared.stop.store(true, Ordering::Release);
         self.shared.spool.wake_readers();
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        let threads = std::mem::take(&mut *lock(&self.threads));
         for t in threads {
             let _ = t.join();
         }
@@ -229,88 +277,222 @@ impl Ledger {
 impl Drop for Ledger {
     fn drop(&mut self) {
         // Without `close`, the threads stop at once (the spool keeps the rest).
-        *self
-            .shared
-            .drain_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        *lock(&self.shared.drain_until) = Some(Instant::now());
         self.shared.stop.store(true, Ordering::Release);
         self.shared.spool.wake_readers();
     }
 }
 
-/// One sink's shipping loop.
-fn ship(shared: Arc<Shared>, state: Arc<SinkState>, mut sink: Box<dyn Sink>) {
-    let spool = shared.spool.clone();
-    let mut pos = *state.cursor.lock().unwrap_or_else(|p| p.into_inner());
-    loop {
-        let seen = spool.generation();
-        let (events, next) = match spool.read_batch(pos, BATCH_EVENTS, BATCH_BYTES) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(sink = %state.name, error = %e, "usage spool read failed");
-                if shared.stopping() {
-                    return;
-                }
-                std::thread::sleep(BACKOFF_MAX);
-                continue;
-            }
-        };
-        if events.is_empty() {
-            if next != pos {
-                // Only skipped lines: move past them.
-                pos = next;
-                advance(&shared, &state, pos);
-                continue;
-            }
-            if shared.stopping() {
-                return;
-            }
-            spool.wait_for_append(seen, Duration::from_millis(200));
-            continue;
+/// One sink's shipping loop and what it remembers between batches.
+struct Shipper {
+    shared: Arc<Shared>,
+    state: Arc<SinkState>,
+    sink: Box<dyn Sink>,
+    spool: Arc<Spool>,
+    /// Acknowledged through here.
+    pos: Position,
+    /// Acknowledged durably through here.
+    durable: Position,
+    /// When `durable` last caught up with `pos` (or the shipper started).
+    durable_at: Instant,
+    /// What the cursor file says, and when it was written.
+    file_pos: Position,
+    file_at: Instant,
+    /// Whether the last ack stored the cursor in the sink.
+    cursor_in_sink: bool,
+}
+
+impl Shipper {
+    fn new(shared: Arc<Shared>, state: Arc<SinkState>, sink: Box<dyn Sink>) -> Self {
+        let spool = shared.spool.clone();
+        let pos = *lock(&state.cursor);
+        Self {
+            shared,
+            state,
+            sink,
+            spool,
+            pos,
+            durable: pos,
+            durable_at: Instant::now(),
+            file_pos: pos,
+            file_at: Instant::now(),
+            cursor_in_sink: false,
         }
+    }
+
+    fn run(mut self) {
+        self.state
+            .backlog
+            .store(self.spool.count_backlog(self.pos), Ordering::Relaxed);
+        loop {
+            let seen = self.spool.generation();
+            let (events, next) = match self.spool.read_batch(self.pos, BATCH_EVENTS, BATCH_BYTES) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(sink = %self.state.name, error = %e, "usage spool read failed");
+                    if self.shared.stopping() {
+                        return self.finish();
+                    }
+                    std::thread::sleep(BACKOFF_MAX);
+                    continue;
+                }
+            };
+            if events.is_empty() {
+                if next != self.pos {
+                    // Only skipped lines: move past them (nothing to deliver,
+                    // so nothing to make durable either).
+                    self.acked(
+                        next,
+                        Ack {
+                            durable: self.durable == self.pos,
+                            cursor_stored: false,
+                        },
+                    );
+                    continue;
+                }
+                self.idle();
+                if self.shared.stopping() {
+                    return self.finish();
+                }
+                self.spool.wait_for_append(seen, self.idle_wait());
+                self.linger(seen);
+                continue;
+            }
+            let Some(ack) = self.deliver(&events, next) else {
+                return self.finish();
+            };
+            self.acked(next, ack);
+        }
+    }
+
+    /// Delivers with backoff until acknowledged; `None` when giving up on close.
+    fn deliver(&mut self, events: &[LedgerEvent], through: Position) -> Option<Ack> {
         let mut backoff = BACKOFF_MIN;
         loop {
-            match sink.deliver(&events) {
-                Ok(()) => {
-                    state
+            match self.sink.deliver(events, through) {
+                Ok(ack) => {
+                    self.state
                         .delivered
                         .fetch_add(events.len() as u64, Ordering::Relaxed);
-                    let mut err = state.error.lock().unwrap_or_else(|p| p.into_inner());
-                    if err.take().is_some() {
-                        tracing::info!(sink = %state.name, "usage sink recovered");
+                    if lock(&self.state.error).take().is_some() {
+                        tracing::info!(sink = %self.state.name, "usage sink recovered");
                     }
-                    break;
+                    return Some(ack);
                 }
                 Err(e) => {
-                    state.failed.fetch_add(1, Ordering::Relaxed);
-                    {
-                        let mut err = state.error.lock().unwrap_or_else(|p| p.into_inner());
-                        if err.is_none() {
-                            tracing::warn!(sink = %state.name, error = %e, "usage sink delivery failed; retrying with backoff");
-                        }
-                        let since = err.as_ref().map_or_else(Instant::now, |(_, s)| *s);
-                        *err = Some((e, since));
+                    self.failed(e);
+                    if self.shared.stopping() && self.shared.past_drain() {
+                        return None;
                     }
-                    if shared.stopping() && shared.past_drain() {
-                        return;
-                    }
-                    sleep_unless_stopping(&shared, backoff);
+                    sleep_unless_stopping(&self.shared, backoff);
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
             }
         }
-        pos = next;
-        advance(&shared, &state, pos);
     }
-}
 
-fn advance(shared: &Shared, state: &SinkState, pos: Position) {
-    *state.cursor.lock().unwrap_or_else(|p| p.into_inner()) = pos;
-    if let Err(e) = shared.spool.save_cursor(&state.name, pos) {
-        tracing::warn!(sink = %state.name, error = %e, "cannot save the usage sink's cursor (events will be replayed and deduplicated)");
+    fn failed(&self, e: String) {
+        self.state.failed.fetch_add(1, Ordering::Relaxed);
+        let mut err = lock(&self.state.error);
+        if err.is_none() {
+            tracing::warn!(sink = %self.state.name, error = %e, "usage sink delivery failed; retrying with backoff");
+        }
+        let since = err.as_ref().map_or_else(Instant::now, |(_, s)| *s);
+        *err = Some((e, since));
     }
-    shared.trim();
+
+    /// Moves the cursor after an acknowledgement.
+    fn acked(&mut self, next: Position, ack: Ack) {
+        self.pos = next;
+        self.cursor_in_sink = ack.cursor_stored;
+        *lock(&self.state.cursor) = next;
+        if ack.durable {
+            self.made_durable();
+        } else if self.durable_at.elapsed() >= SYNC_EVERY {
+            self.sync();
+        }
+        if !ack.cursor_stored && self.file_at.elapsed() >= CURSOR_FILE_EVERY {
+            self.save_file();
+        }
+    }
+
+    fn made_durable(&mut self) {
+        let moved_segment = self.pos.segment > self.durable.segment;
+        self.durable = self.pos;
+        self.durable_at = Instant::now();
+        *lock(&self.state.durable) = self.pos;
+        if moved_segment {
+            self.shared.trim();
+        }
+    }
+
+    fn sync(&mut self) {
+        match self.sink.sync(self.pos) {
+            Ok(()) => self.made_durable(),
+            Err(e) => self.failed(e),
+        }
+    }
+
+    /// Caught up: make what was acknowledged durable and the cursor file
+    /// current, each at most at its own pace.
+    fn idle(&mut self) {
+        if self.durable != self.pos && self.durable_at.elapsed() >= SYNC_EVERY {
+            self.sync();
+        }
+        if !self.cursor_in_sink
+            && self.file_pos != self.pos
+            && self.file_at.elapsed() >= CURSOR_FILE_EVERY
+        {
+            self.save_file();
+        }
+    }
+
+    /// How long to sleep when idle: until the next sync or cursor write is due.
+    fn idle_wait(&self) -> Duration {
+        let mut wait = IDLE_WAIT;
+        if self.durable != self.pos {
+            wait = wait.min(SYNC_EVERY.saturating_sub(self.durable_at.elapsed()));
+        }
+        if !self.cursor_in_sink && self.file_pos != self.pos {
+            wait = wait.min(CURSOR_FILE_EVERY.saturating_sub(self.file_at.elapsed()));
+        }
+        wait.max(Duration::from_millis(1))
+    }
+
+    /// After the first append following `seen`: wait for more, up to [`LINGER`]
+    /// or [`SHIP_EVENTS`] events, unless stopping.
+    fn linger(&self, seen: u64) {
+        if self.spool.generation() == seen {
+            return;
+        }
+        let deadline = Instant::now() + LINGER;
+        let target = seen.saturating_add(SHIP_EVENTS);
+        while !self.shared.stopping() && self.spool.generation() < target {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            self.spool.wait_for_generation(target, deadline - now);
+        }
+    }
+
+    fn save_file(&mut self) {
+        if let Err(e) = self.spool.save_cursor(&self.state.name, self.pos) {
+            tracing::warn!(sink = %self.state.name, error = %e, "cannot save the usage sink's cursor (events will be replayed and deduplicated)");
+        }
+        self.file_pos = self.pos;
+        self.file_at = Instant::now();
+    }
+
+    /// On the way out: make everything acknowledged durable and saved.
+    fn finish(mut self) {
+        if self.durable != self.pos {
+            self.sync();
+        }
+        if self.file_pos != self.pos {
+            self.save_file();
+        }
+    }
 }
 
 fn sleep_unless_stopping(shared: &Shared, d: Duration) {

@@ -4,8 +4,10 @@
 //! * [`spool`]: the write-ahead spool the event is appended to, synchronously,
 //!   before the request's last byte is released (see its docs for guarantees).
 //! * [`ledger`]: group-commit fsync thread and one shipping thread per sink.
-//! * [`sinks`]: `sqlite` (the embedded ledger with daily/monthly rollups) and
-//!   `webhook` (batched, HMAC-signed POSTs).
+//! * [`sinks`]: `sqlite` (the embedded ledger with daily/monthly rollups),
+//!   `redis` (a stream plus daily rollup hashes, shared by several instances)
+//!   and `webhook` (batched, HMAC-signed POSTs).
+//! * [`metrics`]: spool lag and sink counters in Prometheus text.
 //! * [`price`]: integer micro-unit money and the platform's price table.
 //! * [`report`]: `livery usage report` and invoices under each billing model.
 //! * [`estimate`]: token counts with OpenAI's tokenizer when upstreams report none.
@@ -14,11 +16,13 @@
 //! the event, appends it to the spool (a `write(2)`, no fsync), mirrors it to
 //! the optional JSONL file through a bounded channel and a writer thread
 //! (appended synchronously if the channel is full, never dropped), and emits a
-//! `tracing` event (target `livery::usage`).
+//! `debug` `tracing` event (target `livery::usage`; the spool and the JSONL
+//! mirror are the record, so the per-request log line is off at `info`).
 
 pub mod estimate;
 pub mod event;
 pub mod ledger;
+pub mod metrics;
 pub mod price;
 pub mod report;
 pub mod sinks;
@@ -145,10 +149,10 @@ impl UsageSink {
                 if let Some(bad) = u
                     .sinks
                     .iter()
-                    .find(|s| !matches!(s.as_str(), "sqlite" | "webhook"))
+                    .find(|s| !matches!(s.as_str(), "sqlite" | "redis" | "webhook"))
                 {
                     return Err(UsageError::Sink(format!(
-                        "unknown sink `{bad}` (sqlite, webhook)"
+                        "unknown sink `{bad}` (sqlite, redis, webhook)"
                     )));
                 }
                 let mut sinks: Vec<Box<dyn sinks::Sink>> = Vec::new();
@@ -179,9 +183,10 @@ impl UsageSink {
                             .map_err(UsageError::Sink)?;
                             sinks.push(Box::new(sink));
                         }
+                        "redis" => sinks.push(Box::new(redis_sink(u)?)),
                         other => {
                             return Err(UsageError::Sink(format!(
-                                "unknown sink `{other}` (sqlite, webhook)"
+                                "unknown sink `{other}` (sqlite, redis, webhook)"
                             )))
                         }
                     }
@@ -286,7 +291,7 @@ impl UsageSink {
                 rec.completion_tokens.unwrap_or(0),
             );
         }
-        tracing::info!(
+        tracing::debug!(
             target: "livery::usage",
             event_id = %rec.event_id,
             request_id = %rec.request_id,
@@ -343,6 +348,14 @@ impl UsageSink {
         self.inner.ledger.as_ref().map(Ledger::stats)
     }
 
+    /// Spool lag and sink counters in Prometheus text format, for `/metrics`
+    /// (nothing without a ledger). See [`metrics`] for the series.
+    pub fn render_prometheus(&self, out: &mut String) {
+        if let Some(stats) = self.stats() {
+            metrics::render(&stats, out);
+        }
+    }
+
     /// Waits until every sink acknowledged what is spooled (tests, shutdown).
     pub fn flush(&self, timeout: Duration) -> bool {
         self.inner.ledger.as_ref().is_none_or(|l| l.flush(timeout))
@@ -350,8 +363,8 @@ impl UsageSink {
 
     /// Tokens of `tenant` at `reseller` in `month` (`YYYY-MM`, UTC, by request
     /// start) as acknowledged by the SQLite ledger: events still in the spool
-    /// (normally milliseconds' worth) are not counted yet. 0 without a SQLite
-    /// ledger or on a read error (logged).
+    /// (at most ~50 ms worth, the shipper's linger, while the sink is up) are
+    /// not counted yet. 0 without a SQLite ledger or on a read error (logged).
     pub fn monthly_tokens(&self, reseller: &str, tenant: Option<&str>, month: &str) -> u64 {
         let Some(path) = &self.inner.sqlite_path else {
             return 0;
@@ -400,6 +413,34 @@ impl UsageSink {
             l.close(CLOSE_DRAIN);
         }
     }
+}
+
+/// The `redis` sink from `[usage.redis]`.
+fn redis_sink(u: &crate::config::UsageConfig) -> Result<sinks::redis::RedisSink, UsageError> {
+    let r = u
+        .redis
+        .as_ref()
+        .ok_or_else(|| UsageError::Sink("sink `redis` needs [usage.redis]".into()))?;
+    let url = match (&r.url, &r.url_env) {
+        (Some(url), None) => url.clone(),
+        (None, Some(var)) => std::env::var(var).map_err(|_| {
+            UsageError::Sink(format!("redis sink: environment variable {var} is not set"))
+        })?,
+        _ => {
+            return Err(UsageError::Sink(
+                "[usage.redis] needs exactly one of `url` and `url_env`".into(),
+            ))
+        }
+    };
+    sinks::redis::RedisSink::new(sinks::redis::RedisSinkOptions {
+        url,
+        key_prefix: r.key_prefix.clone(),
+        dedup_ttl: Duration::from_secs(r.dedup_ttl_secs),
+        stream_maxlen: r.stream_maxlen,
+        timeout: Duration::from_millis(r.timeout_ms.max(1)),
+        batch_max: r.batch_max_events,
+    })
+    .map_err(UsageError::Sink)
 }
 
 /// Current UTC time as RFC 3339.

@@ -4,9 +4,11 @@
 //! # Layout
 //!
 //! A directory of segment files `seg-<id>.jsonl` (ids increase, zero-padded so
-//! names sort), one JSON event per line, plus one `cursor-<sink>` file per sink
+//! names sort), one JSON event per line, plus a `cursor-<sink>` file per sink
 //! (`{"segment":ID,"offset":BYTES}`: everything before it is acknowledged by
-//! that sink) and a `lock` file naming the process that owns the directory.
+//! that sink; rewritten at most once a second, and only on close for sinks
+//! that keep the cursor in their own transaction, like SQLite) and a `lock`
+//! file naming the process that owns the directory.
 //!
 //! # Guarantees
 //!
@@ -23,6 +25,9 @@
 //!   new one, so every older segment is final. A line torn by a crash (no
 //!   trailing newline, or not JSON) is skipped and counted, never merged with
 //!   the next event. A failed write also closes the segment for the same reason.
+//! * **Cheap appends.** The request path's cost is one `write(2)` under a
+//!   mutex and a few atomics; readers are woken only when one is waiting for
+//!   the generation just reached (see [`Spool::wait_for_generation`]).
 //! * **At-least-once shipping.** Readers consume complete lines only, deliver
 //!   them to their sink, and move their cursor only after the sink acknowledged.
 //!   A crash between the acknowledgement and the cursor write replays the batch;
@@ -119,8 +124,15 @@ pub struct Spool {
     sync: Mutex<SyncState>,
     dirty: AtomicBool,
     /// Bumped on every append; readers wait on it.
-    generation: Mutex<u64>,
+    generation: AtomicU64,
+    /// The smallest generation a waiting reader wants to be woken at
+    /// (`u64::MAX`: nobody waits). Appends below it skip the wake-up, so the
+    /// request path pays for a notification only when a reader asked for one.
+    wake_at: AtomicU64,
+    wait_lock: Mutex<()>,
     changed: Condvar,
+    /// The first segment id of this process: every segment before it is final.
+    first_own_segment: u64,
     bytes_on_disk: AtomicU64,
     appended: AtomicU64,
     refused: AtomicU64,
@@ -192,8 +204,11 @@ impl Spool {
             }),
             sync: Mutex::new(SyncState::default()),
             dirty: AtomicBool::new(false),
-            generation: Mutex::new(0),
+            generation: AtomicU64::new(0),
+            wake_at: AtomicU64::new(u64::MAX),
+            wait_lock: Mutex::new(()),
             changed: Condvar::new(),
+            first_own_segment: next,
             bytes_on_disk: AtomicU64::new(bytes),
             appended: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -262,10 +277,12 @@ impl Spool {
         drop(w);
         self.appended.fetch_add(1, Ordering::Relaxed);
         self.dirty.store(true, Ordering::Release);
-        let mut g = self.generation.lock().unwrap_or_else(|p| p.into_inner());
-        *g = g.wrapping_add(1);
-        drop(g);
-        self.changed.notify_all();
+        let g = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        if g >= self.wake_at.load(Ordering::SeqCst) {
+            self.wake_at.store(u64::MAX, Ordering::SeqCst);
+            let _guard = self.wait_lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.changed.notify_all();
+        }
         Ok(())
     }
 
@@ -323,25 +340,79 @@ impl Spool {
         }
     }
 
+    /// How many events were appended by this process (readers wait on it).
     pub fn generation(&self) -> u64 {
-        *self.generation.lock().unwrap_or_else(|p| p.into_inner())
+        self.generation.load(Ordering::SeqCst)
     }
 
     /// Waits until something is appended after `seen`, or `timeout`.
     pub fn wait_for_append(&self, seen: u64, timeout: Duration) {
-        let g = self.generation.lock().unwrap_or_else(|p| p.into_inner());
-        if *g != seen {
+        self.wait_for_generation(seen.saturating_add(1), timeout);
+    }
+
+    /// Waits until the generation reaches `target`, or `timeout`, or any
+    /// wake-up (callers loop on their own condition).
+    pub fn wait_for_generation(&self, target: u64, timeout: Duration) {
+        let guard = self.wait_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.wake_at.fetch_min(target, Ordering::SeqCst);
+        if self.generation.load(Ordering::SeqCst) >= target {
             return;
         }
         let _ = self
             .changed
-            .wait_timeout_while(g, timeout, |g| *g == seen)
+            .wait_timeout(guard, timeout)
             .map_err(|p| p.into_inner());
     }
 
     /// Wakes every waiting reader (on shutdown).
     pub fn wake_readers(&self) {
+        let _guard = self.wait_lock.lock().unwrap_or_else(|p| p.into_inner());
         self.changed.notify_all();
+    }
+
+    /// The spool's identity for sinks that keep its cursor (its canonical
+    /// directory).
+    pub fn key(&self) -> String {
+        self.canonical.to_string_lossy().into_owned()
+    }
+
+    /// Makes sure this process appends after `pos` (a cursor a sink kept for
+    /// this spool): when the directory was emptied while the sink kept its
+    /// cursor, new segments must still sort after it or they would be skipped.
+    pub fn reserve_after(&self, pos: Position) {
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if w.file.is_none() && w.id <= pos.segment {
+            w.id = pos.segment + 1;
+            w.len = 0;
+        }
+    }
+
+    /// Complete lines from `from` in the segments written by earlier processes
+    /// (all final): a sink's backlog at start.
+    pub fn count_backlog(&self, from: Position) -> u64 {
+        let Ok(segments) = list_segments(&self.opts.dir) else {
+            return 0;
+        };
+        let mut n = 0u64;
+        for (id, path) in segments {
+            if id < from.segment || id >= self.first_own_segment {
+                continue;
+            }
+            let Ok(mut f) = File::open(&path) else {
+                continue;
+            };
+            if id == from.segment && f.seek(SeekFrom::Start(from.offset)).is_err() {
+                continue;
+            }
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                match f.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => n += buf[..k].iter().filter(|&&b| b == b'\n').count() as u64,
+                }
+            }
+        }
+        n
     }
 
     /// The oldest position still in the spool.

@@ -5,6 +5,7 @@
 
 pub mod anthropic_mock;
 pub mod mock;
+pub mod redis_server;
 
 pub use mock::MockProvider;
 

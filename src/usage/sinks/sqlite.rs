@@ -1,18 +1,32 @@
-//! The embedded ledger: SQLite in WAL mode (`synchronous = FULL`, so an
-//! acknowledged batch survives a power cut before the spool is trimmed).
+//! The embedded ledger: SQLite in WAL mode.
 //!
 //! * `events`: one row per event, `event_id` its primary key; a replayed event
 //!   is ignored (`INSERT ... ON CONFLICT DO NOTHING`).
 //! * `rollup_daily` / `rollup_monthly`: per `(period, reseller, tenant)` sums;
 //!   the reseller's total is the row with `tenant = ''`. They are updated in the
 //!   same transaction as the insert and only when the insert added a row, so a
-//!   replay never counts twice.
+//!   replay never counts twice. A batch's rollup rows are summed in memory
+//!   first: one upsert per (period, reseller, tenant) per batch.
+//! * `spool_cursor`: per spool directory, the position through which its
+//!   events are stored, written in the same transaction as the batch (so the
+//!   shipper writes no cursor file).
+//!
+//! Durability: commits run with `synchronous = NORMAL` (no fsync per batch; a
+//! crash of the process loses nothing, a power cut may lose the last commits).
+//! At most every [`DURABLE_EVERY`] one commit runs with `synchronous = FULL`,
+//! which fsyncs the WAL and with it every earlier commit; only then is the
+//! acknowledgement `durable` and may the spool drop those events.
 
-use super::Sink;
+use super::{Ack, Sink};
 use crate::usage::event::LedgerEvent;
+use crate::usage::spool::Position;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Longest time between two fsynced (`synchronous = FULL`) commits.
+pub const DURABLE_EVERY: Duration = Duration::from_secs(1);
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS events (
@@ -62,15 +76,21 @@ CREATE TABLE IF NOT EXISTS rollup_monthly (
     estimated_events INTEGER NOT NULL, cost_micros INTEGER NOT NULL,
     PRIMARY KEY (period, reseller, tenant)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS spool_cursor (
+    spool TEXT PRIMARY KEY, segment INTEGER NOT NULL, offset INTEGER NOT NULL
+) WITHOUT ROWID;
 "#;
+
+const SAVE_CURSOR: &str = "INSERT INTO spool_cursor (spool, segment, offset) VALUES (?1, ?2, ?3) \
+    ON CONFLICT (spool) DO UPDATE SET segment = excluded.segment, offset = excluded.offset";
 
 fn rollup_sql(table: &str) -> String {
     format!(
         "INSERT INTO {table} (period, reseller, tenant, requests, billable_requests, prompt_tokens, \
          completion_tokens, cached_tokens, total_tokens, estimated_events, cost_micros) \
-         VALUES (?1, ?2, ?3, 1, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
          ON CONFLICT (period, reseller, tenant) DO UPDATE SET \
-         requests = requests + 1, billable_requests = billable_requests + excluded.billable_requests, \
+         requests = requests + excluded.requests, billable_requests = billable_requests + excluded.billable_requests, \
          prompt_tokens = prompt_tokens + excluded.prompt_tokens, \
          completion_tokens = completion_tokens + excluded.completion_tokens, \
          cached_tokens = cached_tokens + excluded.cached_tokens, \
@@ -95,7 +115,7 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.execute_batch(SCHEMA)?;
     Ok(conn)
 }
@@ -110,28 +130,80 @@ pub fn open_read(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// Sums of one rollup row within a batch.
+#[derive(Default)]
+struct Sums {
+    requests: i64,
+    billable: i64,
+    prompt: i64,
+    completion: i64,
+    cached: i64,
+    total: i64,
+    estimated: i64,
+    cost: i64,
+}
+
 pub struct SqliteSink {
     conn: Connection,
+    daily_sql: String,
+    monthly_sql: String,
+    /// The spool whose cursor this sink keeps (set by `resume`).
+    spool: Option<String>,
+    last_full: Instant,
 }
 
 impl SqliteSink {
     pub fn open(path: &Path) -> rusqlite::Result<Self> {
-        Ok(Self { conn: open(path)? })
+        Ok(Self {
+            conn: open(path)?,
+            daily_sql: rollup_sql("rollup_daily"),
+            monthly_sql: rollup_sql("rollup_monthly"),
+            spool: None,
+            last_full: Instant::now(),
+        })
     }
 
     /// Inserts the batch in one transaction; returns how many events were new.
     pub fn insert(&mut self, events: &[LedgerEvent]) -> rusqlite::Result<usize> {
+        self.commit(events, None, false)
+    }
+
+    /// The batch, the rollups and (with a spool) the cursor in one
+    /// transaction; `full` fsyncs the commit.
+    fn commit(
+        &mut self,
+        events: &[LedgerEvent],
+        through: Option<Position>,
+        full: bool,
+    ) -> rusqlite::Result<usize> {
+        if full {
+            self.conn.pragma_update(None, "synchronous", "FULL")?;
+        }
+        let result = self.transaction(events, through);
+        if full {
+            self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+            if result.is_ok() {
+                self.last_full = Instant::now();
+            }
+        }
+        result
+    }
+
+    fn transaction(
+        &mut self,
+        events: &[LedgerEvent],
+        through: Option<Position>,
+    ) -> rusqlite::Result<usize> {
         let tx = self.conn.transaction()?;
         let mut added = 0;
+        let mut rollups: BTreeMap<(bool, &str, &str, &str), Sums> = BTreeMap::new();
         {
             let mut insert = tx.prepare_cached(INSERT_EVENT)?;
-            let mut daily = tx.prepare_cached(&rollup_sql("rollup_daily"))?;
-            let mut monthly = tx.prepare_cached(&rollup_sql("rollup_monthly"))?;
             for e in events {
-                let prompt = e.prompt_tokens.unwrap_or(0);
-                let completion = e.completion_tokens.unwrap_or(0);
-                let cached = e.cached_tokens.unwrap_or(0);
-                let total = e.total();
+                let prompt = e.prompt_tokens.unwrap_or(0) as i64;
+                let completion = e.completion_tokens.unwrap_or(0) as i64;
+                let cached = e.cached_tokens.unwrap_or(0) as i64;
+                let total = e.total() as i64;
                 let n = insert.execute(params![
                     e.event_id,
                     e.v,
@@ -150,10 +222,10 @@ impl SqliteSink {
                     e.status,
                     e.outcome,
                     e.error_code,
-                    prompt as i64,
-                    completion as i64,
-                    cached as i64,
-                    total as i64,
+                    prompt,
+                    completion,
+                    cached,
+                    total,
                     e.estimated,
                     e.stream,
                     e.client_disconnected,
@@ -166,23 +238,46 @@ impl SqliteSink {
                     continue;
                 }
                 added += 1;
-                let cost = e.cost_micros.unwrap_or(0) as i64;
-                for (stmt, period) in [(&mut daily, e.day()), (&mut monthly, e.month())] {
+                for (daily, period) in [(true, e.day()), (false, e.month())] {
                     for tenant in [e.tenant.as_str(), ""] {
-                        stmt.execute(params![
-                            period,
-                            e.reseller,
-                            tenant,
-                            e.billable(),
-                            prompt as i64,
-                            completion as i64,
-                            cached as i64,
-                            total as i64,
-                            e.estimated,
-                            cost,
-                        ])?;
+                        let r = rollups
+                            .entry((daily, period, &e.reseller, tenant))
+                            .or_default();
+                        r.requests += 1;
+                        r.billable += i64::from(e.billable());
+                        r.prompt += prompt;
+                        r.completion += completion;
+                        r.cached += cached;
+                        r.total += total;
+                        r.estimated += i64::from(e.estimated);
+                        r.cost += e.cost_micros.unwrap_or(0) as i64;
                     }
                 }
+            }
+            let mut daily = tx.prepare_cached(&self.daily_sql)?;
+            let mut monthly = tx.prepare_cached(&self.monthly_sql)?;
+            for ((is_daily, period, reseller, tenant), r) in &rollups {
+                let stmt = if *is_daily { &mut daily } else { &mut monthly };
+                stmt.execute(params![
+                    period,
+                    reseller,
+                    tenant,
+                    r.requests,
+                    r.billable,
+                    r.prompt,
+                    r.completion,
+                    r.cached,
+                    r.total,
+                    r.estimated,
+                    r.cost,
+                ])?;
+            }
+            if let (Some(spool), Some(pos)) = (&self.spool, through) {
+                tx.prepare_cached(SAVE_CURSOR)?.execute(params![
+                    spool,
+                    pos.segment as i64,
+                    pos.offset as i64
+                ])?;
             }
         }
         tx.commit()?;
@@ -195,8 +290,37 @@ impl Sink for SqliteSink {
         "sqlite"
     }
 
-    fn deliver(&mut self, events: &[LedgerEvent]) -> Result<(), String> {
-        self.insert(events).map(|_| ()).map_err(|e| e.to_string())
+    fn resume(&mut self, spool: &str) -> Result<Option<Position>, String> {
+        self.spool = Some(spool.to_owned());
+        self.conn
+            .query_row(
+                "SELECT segment, offset FROM spool_cursor WHERE spool = ?1",
+                [spool],
+                |r| {
+                    Ok(Position {
+                        segment: r.get::<_, i64>(0)?.max(0) as u64,
+                        offset: r.get::<_, i64>(1)?.max(0) as u64,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| e.to_string())
+    }
+
+    fn deliver(&mut self, events: &[LedgerEvent], through: Position) -> Result<Ack, String> {
+        let full = self.last_full.elapsed() >= DURABLE_EVERY;
+        self.commit(events, Some(through), full)
+            .map_err(|e| e.to_string())?;
+        Ok(Ack {
+            durable: full,
+            cursor_stored: self.spool.is_some(),
+        })
+    }
+
+    fn sync(&mut self, through: Position) -> Result<(), String> {
+        self.commit(&[], Some(through), true)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }
 

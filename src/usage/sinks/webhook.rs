@@ -7,8 +7,9 @@
 //! spool reader with exponential backoff, the same batch again. Receivers must
 //! deduplicate by `event_id` (delivery is at least once).
 
-use super::Sink;
+use super::{Ack, Sink};
 use crate::usage::event::LedgerEvent;
+use crate::usage::spool::Position;
 use std::time::Duration;
 
 pub struct WebhookSink {
@@ -100,10 +101,13 @@ impl Sink for WebhookSink {
         "webhook"
     }
 
-    fn deliver(&mut self, events: &[LedgerEvent]) -> Result<(), String> {
+    fn deliver(&mut self, events: &[LedgerEvent], _through: Position) -> Result<Ack, String> {
         for chunk in events.chunks(self.batch_max) {
             self.post(chunk)?;
         }
-        Ok(())
+        Ok(Ack {
+            durable: true,
+            cursor_stored: false,
+        })
     }
 }
