@@ -288,7 +288,7 @@ impl RedisBackend {
         seeds: [u64; 2],
         window: Duration,
     ) -> Result<Verdict, RedisFailure> {
-        let id: Arc<str> = uuid::Uuid::now_v7().simple().to_string().into();
+        let id: Arc<str> = crate::telemetry::ids::uuid_v7().simple().to_string().into();
         let keys = Arc::new(Keys::new(&self.prefix, key, month, &id));
         let window_ms = window_ms(window);
         let mut inv = self.admit.prepare_invoke();

@@ -67,5 +67,5 @@ pub fn request_id(headers: &HeaderMap) -> String {
             return v.to_owned();
         }
     }
-    uuid::Uuid::now_v7().to_string()
+    crate::telemetry::ids::uuid_v7().to_string()
 }

@@ -1,6 +1,7 @@
 //! Logging set-up: `tracing` with an env filter (`RUST_LOG`, default `info`),
 //! human-readable by default or JSON lines with `LIVERY_LOG_FORMAT=json`.
 
+pub mod ids;
 pub mod metrics;
 
 use tracing_subscriber::EnvFilter;

@@ -43,6 +43,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// How long the JSONL mirror's writer waits between batches.
+const MIRROR_LINGER: Duration = Duration::from_millis(10);
+
 const CHANNEL_CAPACITY: usize = 8192;
 /// How long `close` lets shippers deliver what is spooled.
 const CLOSE_DRAIN: Duration = Duration::from_secs(5);
@@ -250,6 +253,10 @@ impl UsageSink {
                             tracing::error!(error = %e, "usage file write failed");
                         }
                     }
+                    // Linger: while this thread sleeps no receiver is parked, so
+                    // senders enqueue without a futex wake-up per record; what
+                    // arrives meanwhile is written as one batch.
+                    std::thread::sleep(MIRROR_LINGER);
                 }
             })
             .ok();
