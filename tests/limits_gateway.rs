@@ -320,24 +320,26 @@ async fn the_monthly_quota_answers_quota_exceeded_and_survives_a_restart() {
     gw.shutdown().await;
 }
 
-#[tokio::test]
-async fn two_gateways_on_one_redis_admit_the_limit_together_and_not_more() {
-    let Some(redis) = RedisServer::start("two_gateways_on_one_redis") else {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateway_processes_on_one_redis_admit_the_limit_together_and_not_more() {
+    let Some(redis) = RedisServer::start("two_gateway_processes_on_one_redis") else {
         return;
     };
     let limits = format!(
         "[limits]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_timeout_ms = 500\non_redis_error = \"fail_closed\"\n",
         redis.url()
     );
-    let toml = config("requests_per_minute = 50", None, &limits);
-    let a = TestGateway::start(&toml).await;
-    let b = TestGateway::start(&toml).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, config("requests_per_minute = 50", None, &limits)).unwrap();
+    let a = crate::cli::ServeProcess::start(&path, "127.0.0.1:0");
+    let b = crate::cli::ServeProcess::start(&path, "127.0.0.1:0");
     let mut handles = Vec::new();
     for i in 0..100 {
-        let url = if i % 2 == 0 { a.url("") } else { b.url("") };
+        let addr = if i % 2 == 0 { a.addr } else { b.addr };
         handles.push(tokio::spawn(async move {
             client()
-                .post(format!("{url}/v1/chat/completions"))
+                .post(format!("http://{addr}/v1/chat/completions"))
                 .header("host", HOST)
                 .bearer_auth(KEYS[0])
                 .json(&body())
@@ -356,6 +358,79 @@ async fn two_gateways_on_one_redis_admit_the_limit_together_and_not_more() {
     let refused = statuses.iter().filter(|s| **s == 429).count();
     // Measured excess over the shared limit: must be 0.
     assert_eq!((ok, refused), (50, 50), "{statuses:?}");
-    a.shutdown().await;
-    b.shutdown().await;
+}
+
+/// Sends `n` requests one after the other; returns their statuses and the
+/// error codes of the refusals.
+async fn statuses(gw: &TestGateway, n: usize) -> Vec<(u16, String)> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let resp = send(gw, KEYS[2], &body()).await;
+        let status = resp.status().as_u16();
+        let code = if status == 200 {
+            String::new()
+        } else {
+            error_of(resp).await["code"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned()
+        };
+        out.push((status, code));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_dying_under_a_gateway_fails_open_or_closed_as_configured_and_recovers() {
+    let Some(mut redis) = RedisServer::start("redis_dying_under_a_gateway") else {
+        return;
+    };
+    let limits = |mode: &str| {
+        format!(
+            "[limits]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_timeout_ms = 200\non_redis_error = \"{mode}\"\n",
+            redis.url()
+        )
+    };
+    let open = TestGateway::start(&config("", None, &limits("fail_open"))).await;
+    let closed = TestGateway::start(&config("", None, &limits("fail_closed"))).await;
+    assert!(statuses(&open, 3).await.iter().all(|(s, _)| *s == 200));
+    assert!(statuses(&closed, 3).await.iter().all(|(s, _)| *s == 200));
+
+    redis.kill();
+    // fail_open: not one failed request; fail_closed: clean 503s.
+    let during = statuses(&open, 10).await;
+    assert!(during.iter().all(|(s, _)| *s == 200), "{during:?}");
+    let during = statuses(&closed, 10).await;
+    assert!(
+        during
+            .iter()
+            .all(|(s, c)| *s == 503 && c == "rate_limiter_unavailable"),
+        "{during:?}"
+    );
+    let app = open.gateway.as_ref().unwrap().app().clone();
+    assert!(app.limiter.stats().fallbacks_total >= 1);
+
+    redis.restart();
+    // Both go back to Redis once it answers (probed every few hundred ms).
+    let start = Instant::now();
+    loop {
+        let now = statuses(&closed, 1).await;
+        if now[0].0 == 200 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{now:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let start = Instant::now();
+    while app.limiter.stats().recoveries_total == 0 {
+        let _ = statuses(&open, 1).await;
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "fail_open never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(app);
+    open.shutdown().await;
+    closed.shutdown().await;
 }
