@@ -208,6 +208,18 @@ fn version_prints_name_and_version() {
 // --------------------------------------------------------------- check-config
 
 #[test]
+fn the_deploy_example_configuration_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/gateway.example.toml");
+    let (out, stdout, stderr) = run(livery()
+        .arg("check-config")
+        .arg("--config")
+        .arg(&path)
+        .env("OPENAI_API_KEY", "sk-example"));
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains("dental-clinic"), "{stdout}");
+}
+
+#[test]
 fn check_config_lists_the_default_tenancy_without_secrets() {
     let (out, stdout, stderr) = run(livery()
         .arg("check-config")
