@@ -4,9 +4,13 @@ installs the tools, builds the binaries, pins this script to the load generator'
 core and stops whatever is left at exit. Standard library only.
 
 Targets, all on 127.0.0.1:
-  direct  livery-mock itself;
-  nginx   a bare nginx hop in front of the mock (keep-alive upstream, no buffering);
-  livery  `livery serve` with every implemented feature on, provider = the mock.
+  direct        livery-mock itself;
+  nginx         a bare nginx hop in front of the mock (keep-alive upstream, no buffering);
+  livery        `livery serve` with every implemented feature on, provider = the mock
+                (local limits, usage ledger spool + SQLite, JSONL mirror);
+  livery-redis  a second `livery serve` on the same configuration plus
+                `[limits] backend = "redis"`, against a redis-server this script
+                starts on a free loopback port (no persistence).
 
 Phases, run in alternating rounds (target order rotated each round):
   max       closed loop, 64 connections, non-streamed chat completion (oha);
@@ -14,8 +18,8 @@ Phases, run in alternating rounds (target order rotated each round):
   stream    sequential streamed requests (20 chunks, 5 ms apart) by a raw-socket
             client: time to first event and, from the mock's send stamps, the
             delay of every event.
-Then Livery's RSS idle and with 1,000 open streams, CPU seconds per 10,000
-requests, and the issue's target ratios. Writes results/latest.{md,json}.
+Then each Livery's RSS idle and with 1,000 open streams, CPU seconds per 10,000
+requests, and the issue's target ratios (each Livery against nginx). Writes results/latest.{md,json}.
 """
 
 import argparse
@@ -39,7 +43,9 @@ BODY = '{"model":"demo","messages":[{"role":"user","content":"Hello"}]}'
 STREAM_CHUNKS = 20
 STREAM_GAP_MS = 5
 OPEN_STREAMS = 1000
-TARGETS = ["direct", "nginx", "livery"]
+TARGETS = ["direct", "nginx", "livery", "livery-redis"]
+LIVERIES = ["livery", "livery-redis"]
+LABELS = {"direct": "direct mock", "nginx": "nginx hop", "livery": "Livery", "livery-redis": "Livery + Redis limits"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -59,12 +65,12 @@ class Procs:
         self.tmp = tmp
         self.procs = []
 
-    def start(self, name, argv, env=None, stdout=subprocess.PIPE):
+    def start(self, name, argv, env=None, stdout=subprocess.PIPE, cwd=None):
         err = open(os.path.join(self.tmp, f"{name}.stderr"), "wb")
         # Run in the temporary directory: relative paths (a usage spool, a
         # ledger database) land there, never in the repository.
         p = subprocess.Popen(argv, stdout=stdout, stderr=err, env=env, stdin=subprocess.DEVNULL,
-                             cwd=self.tmp)
+                             cwd=cwd or self.tmp)
         self.procs.append((name, p))
         with open(os.path.join(self.tmp, "pids"), "a") as f:
             f.write(f"{p.pid}\n")
@@ -189,6 +195,70 @@ def wait_http(port, path="/healthz", timeout=20):
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"nothing answers on port {port}")
+
+
+def redis_cmd(port, *args, timeout=2):
+    """One RESP command to the redis-server on `port`; returns the raw reply."""
+    req = f"*{len(args)}\r\n".encode() + b"".join(
+        f"${len(a.encode())}\r\n{a}\r\n".encode() for a in args)
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(req)
+        buf = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+            if buf[:1] in (b"+", b"-", b":") and buf.endswith(b"\r\n"):
+                break
+            if buf[:1] == b"$":
+                n = int(buf[1:buf.find(b"\r\n")])
+                if n < 0 or len(buf) >= buf.find(b"\r\n") + 2 + n + 2:
+                    break
+    return buf
+
+
+def wait_redis(port, timeout=20):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            if redis_cmd(port, "PING").startswith(b"+PONG"):
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"redis-server does not answer on port {port}")
+
+
+def redis_stats(port):
+    """Keys and the scripting calls served (INFO commandstats) by the bench Redis."""
+    out = {}
+    try:
+        out["dbsize"] = int(redis_cmd(port, "DBSIZE")[1:].strip())
+        info = redis_cmd(port, "INFO", "commandstats").decode(errors="replace")
+        calls = {}
+        for line in info.splitlines():
+            m = re.match(r"cmdstat_([a-z|_]+):calls=(\d+)", line)
+            if m:
+                calls[m.group(1)] = int(m.group(2))
+        out["calls"] = calls
+        out["script_calls"] = sum(v for k, v in calls.items() if k.startswith(("eval", "fcall")))
+    except (OSError, ValueError) as e:
+        out["error"] = str(e)
+    return out
+
+
+def ledger_rows(db):
+    """Rows of the SQLite ledger's events table (None if unreadable)."""
+    try:
+        import sqlite3
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return con.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        finally:
+            con.close()
+    except Exception:  # noqa: BLE001 - a report, not a failure
+        return None
 
 
 def stream_request(port, mock):
@@ -415,13 +485,13 @@ def machine_info(args):
     }
 
 
-def render_config(args, mock_url, usage_path, credential):
+def render_config(args, mock_url, usage_path, credential, extra="", name="gateway.toml"):
     with open(os.path.join(args.root, "benches/load/gateway.bench.toml")) as f:
         text = f.read()
     creds = f'credentials = {{ upstream = "{credential}" }}' if credential else "# (no sealed credential: vault unavailable)"
     text = (text.replace("@MOCK_URL@", mock_url).replace("@USAGE_PATH@", usage_path)
-            .replace("@CREDENTIALS@", creds))
-    path = os.path.join(args.tmp, "gateway.toml")
+            .replace("@CREDENTIALS@", creds)) + extra
+    path = os.path.join(args.tmp, name)
     with open(path, "w") as f:
         f.write(text)
     return path
@@ -529,6 +599,7 @@ def main():
     ap.add_argument("--server-cpu", type=int)
     ap.add_argument("--load-cpu", type=int)
     ap.add_argument("--oha", default="oha")
+    ap.add_argument("--redis-server", default=os.environ.get("LIVERY_REDIS_SERVER") or "redis-server")
     ap.add_argument("--out", help="results directory (default benches/load/results)")
     args = ap.parse_args()
     rounds = args.rounds or (1 if args.quick else 3)
@@ -553,8 +624,9 @@ def main():
     rss_samples = []
 
     def sample_rss(tag):
-        rss, hwm = mem_kb([livery_p.pid])
-        rss_samples.append((time.time() - started_at, rss / 1024, tag))
+        for t in LIVERIES:
+            rss, hwm = mem_kb([livery_ps[t].pid])
+            rss_samples.append((time.time() - started_at, rss / 1024, tag, t))
 
     busy0 = machine_busy_s()
     try:
@@ -582,6 +654,33 @@ def main():
         livery_url = wait_line(livery_p, "livery listening on")
         livery_port = int(livery_url.rsplit(":", 1)[1])
 
+        # Redis (no persistence), then a second Livery with Redis-backed limits. It
+        # runs in its own directory so that its usage mirror, spool and SQLite
+        # ledger (placed beside jsonl_path) are its own.
+        redis_port = free_port()
+        redis_dir = os.path.join(args.tmp, "redis")
+        os.makedirs(redis_dir, exist_ok=True)
+        redis_p = procs.start("redis", pinned(server_cpu, [
+            args.redis_server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--daemonize", "no", "--dir", redis_dir, "--logfile", ""]),
+            stdout=subprocess.DEVNULL, cwd=redis_dir)
+        wait_redis(redis_port)
+        lr_dir = os.path.join(args.tmp, "livery-redis")
+        os.makedirs(lr_dir, exist_ok=True)
+        lr_usage = os.path.join(lr_dir, "usage.jsonl")
+        cfg_r = render_config(args, mock_url, lr_usage, credential,
+                              extra=f'\n[limits]\nbackend = "redis"\nredis_url = "redis://127.0.0.1:{redis_port}/0"\n',
+                              name="gateway-redis.toml")
+        chk = subprocess.run([livery_bin, "check-config", "--config", cfg_r], capture_output=True, text=True,
+                             env=env, cwd=lr_dir)
+        if chk.returncode != 0:
+            raise RuntimeError(f"livery check-config (redis) failed: {chk.stderr}")
+        livery_r_p = procs.start("livery-redis", pinned(server_cpu, [
+            livery_bin, "serve", "--config", cfg_r, "--listen", "127.0.0.1:0"]), env=env, cwd=lr_dir)
+        livery_r_port = int(wait_line(livery_r_p, "livery listening on").rsplit(":", 1)[1])
+        livery_ps = {"livery": livery_p, "livery-redis": livery_r_p}
+        usage_paths = {"livery": os.path.join(args.tmp, "usage.jsonl"), "livery-redis": lr_usage}
+
         # nginx.
         nginx_port = free_port()
         for d in ("nginx-body", "nginx-proxy", "nginx-fastcgi", "nginx-uwsgi", "nginx-scgi"):
@@ -593,7 +692,7 @@ def main():
                               stdout=subprocess.DEVNULL)
         wait_http(nginx_port)
 
-        ports = {"direct": mock_port, "nginx": nginx_port, "livery": livery_port}
+        ports = {"direct": mock_port, "nginx": nginx_port, "livery": livery_port, "livery-redis": livery_r_port}
 
         def pids_of(target):
             """(proxy pids, mock pids) of a target."""
@@ -601,7 +700,11 @@ def main():
                 return [], [mock_p.pid]
             if target == "nginx":
                 return [nginx_p.pid] + children(nginx_p.pid), [mock_p.pid]
-            return [livery_p.pid], [mock_p.pid]
+            return [livery_ps[target].pid], [mock_p.pid]
+
+        def aux_pids_of(target):
+            """Helper processes a target relies on (Redis for livery-redis)."""
+            return [redis_p.pid] if target == "livery-redis" else []
 
         # Sanity: every target answers the benchmark request and a stream properly.
         for t in TARGETS:
@@ -611,20 +714,27 @@ def main():
             ttfb, ttft, delays, n, done = one_stream(ports[t])
             if not done or ttft is None or len(delays) < STREAM_CHUNKS:
                 raise RuntimeError(f"{t}: stream incomplete ({n} events, done={done})")
-        usage_path = os.path.join(args.tmp, "usage.jsonl")
-        time.sleep(0.3)
-        if not os.path.exists(usage_path) or os.path.getsize(usage_path) == 0:
-            raise RuntimeError("Livery wrote no usage record")
-        log(f"targets up: direct :{mock_port}, nginx :{nginx_port}, livery :{livery_port}"
+        time.sleep(0.5)
+        for t, usage_path in usage_paths.items():
+            if not os.path.exists(usage_path) or os.path.getsize(usage_path) == 0:
+                raise RuntimeError(f"{t} wrote no usage record")
+        rs0 = redis_stats(redis_port)
+        if not rs0.get("script_calls"):
+            raise RuntimeError(f"livery-redis did not run its admission script in Redis: {rs0}")
+        log(f"targets up: direct :{mock_port}, nginx :{nginx_port}, livery :{livery_port}, "
+            f"livery-redis :{livery_r_port} (redis :{redis_port}, {rs0['script_calls']} script calls so far)"
             f" (sealed credential: {'yes' if credential else 'no'})")
 
         # Memory: idle, then 1,000 open streams (before any load, so VmHWM is theirs).
         time.sleep(1)
-        idle_rss, idle_hwm = mem_kb([livery_p.pid])
         sample_rss("idle")
-        memory = {"livery_idle_rss_kib": idle_rss, "livery_idle_hwm_kib": idle_hwm,
-                  "mock_idle_rss_kib": mem_kb([mock_p.pid])[0]}
-        for t in ("livery", "nginx"):
+        memory = {"mock_idle_rss_kib": mem_kb([mock_p.pid])[0],
+                  "redis_idle_rss_kib": mem_kb([redis_p.pid])[0]}
+        for t in LIVERIES:
+            idle_rss, idle_hwm = mem_kb([livery_ps[t].pid])
+            memory[f"{t}_idle_rss_kib"] = idle_rss
+            memory[f"{t}_idle_hwm_kib"] = idle_hwm
+        for t in LIVERIES + ["nginx"]:
             proxy_pids, _ = pids_of(t)
             before = mem_kb(proxy_pids)[0]
             socks, started = open_streams(ports[t], OPEN_STREAMS)
@@ -635,6 +745,7 @@ def main():
                 time.sleep(0.2)
             hwm = mem_kb(proxy_pids)[1]
             mock_rss = mem_kb([mock_p.pid])[0]
+            aux_rss = mem_kb(aux_pids_of(t))[0] if aux_pids_of(t) else None
             for s in socks:
                 s.close()
             memory[f"{t}_streams_open"] = started
@@ -642,6 +753,8 @@ def main():
             memory[f"{t}_rss_with_streams_kib"] = peak
             memory[f"{t}_hwm_with_streams_kib"] = hwm
             memory[f"mock_rss_with_{t}_streams_kib"] = mock_rss
+            if aux_rss is not None:
+                memory[f"redis_rss_with_{t}_streams_kib"] = aux_rss
             log(f"{t}: {started}/{OPEN_STREAMS} streams open, RSS {peak / 1024:.1f} MiB (before {before / 1024:.1f})")
             time.sleep(2)  # let the proxies notice the closed clients
         sample_rss("after-streams")
@@ -658,7 +771,8 @@ def main():
             for phase in phases:
                 for t in order:
                     proxy_pids, mock_pids = pids_of(t)
-                    c0, m0, w0 = cpu_seconds(proxy_pids), cpu_seconds(mock_pids), time.time()
+                    aux = aux_pids_of(t)
+                    c0, m0, a0, w0 = cpu_seconds(proxy_pids), cpu_seconds(mock_pids), cpu_seconds(aux), time.time()
                     if phase == "stream":
                         ttfbs, ttfts, delays, events = [], [], [], 0
                         for _ in range(n_streams):
@@ -676,14 +790,16 @@ def main():
                     wall = time.time() - w0
                     m["proxy_cpu_s"] = round(cpu_seconds(proxy_pids) - c0, 3)
                     m["mock_cpu_s"] = round(cpu_seconds(mock_pids) - m0, 3)
+                    m["redis_cpu_s"] = round(cpu_seconds(aux) - a0, 3)
                     m["wall_s"] = round(wall, 3)
                     m["round"] = r + 1
                     per[phase][t].append(m)
                     if phase != "stream":
-                        log(f"  {phase:>8} {t:>6}: {m['rps']:>9.0f} req/s  p50 {m['p50_us']} µs  p99 {m['p99_us']} µs"
-                            f"  (proxy cpu {m['proxy_cpu_s']} s, mock cpu {m['mock_cpu_s']} s)")
+                        log(f"  {phase:>8} {t:>12}: {m['rps']:>9.0f} req/s  p50 {m['p50_us']} µs  p99 {m['p99_us']} µs"
+                            f"  (proxy cpu {m['proxy_cpu_s']} s, mock cpu {m['mock_cpu_s']} s"
+                            + (f", redis cpu {m['redis_cpu_s']} s" if aux else "") + ")")
                     else:
-                        log(f"  {phase:>8} {t:>6}: first event p50 {pct(m['ttfb_us'], .5):.0f} µs, "
+                        log(f"  {phase:>8} {t:>12}: first event p50 {pct(m['ttfb_us'], .5):.0f} µs, "
                             f"first content p50 {pct(m['ttft_us'], .5):.0f} µs, "
                             f"event delay p50 {pct(m['event_delay_us'], .5):.0f} µs")
                     sample_rss(f"r{r + 1}-{phase}-{t}")
@@ -707,18 +823,39 @@ def main():
                     "rss_slope_mib_per_min": slope_per_min(samples), "samples": len(samples)}
             log(f"soak: RSS slope {soak['rss_slope_mib_per_min']} MiB/min")
 
-        final_rss, final_hwm = mem_kb([livery_p.pid])
-        memory["livery_final_rss_kib"] = final_rss
-        memory["livery_final_hwm_kib"] = final_hwm
+        for t in LIVERIES:
+            final_rss, final_hwm = mem_kb([livery_ps[t].pid])
+            memory[f"{t}_final_rss_kib"] = final_rss
+            memory[f"{t}_final_hwm_kib"] = final_hwm
+            load_samples = [(x[0], x[1]) for x in rss_samples if x[2].startswith("r") and x[3] == t]
+            memory[f"{t}_rss_slope_mib_per_min_during_rounds"] = slope_per_min(load_samples)
+            memory[f"{t}_rss_samples"] = [{"t_s": round(a, 1), "rss_mib": round(b, 2), "at": c}
+                                          for a, b, c, x in rss_samples if x == t]
         memory["mock_final_rss_kib"] = mem_kb([mock_p.pid])[0]
         memory["nginx_final_rss_kib"] = mem_kb([nginx_p.pid] + children(nginx_p.pid))[0]
-        load_samples = [(s[0], s[1]) for s in rss_samples if s[2].startswith("r")]
-        memory["livery_rss_slope_mib_per_min_during_rounds"] = slope_per_min(load_samples)
-        memory["livery_rss_samples"] = [{"t_s": round(a, 1), "rss_mib": round(b, 2), "at": c} for a, b, c in rss_samples]
+        memory["redis_final_rss_kib"] = mem_kb([redis_p.pid])[0]
         stats_mock = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{mock_port}/stats", timeout=5).read())
-        servers_cpu = cpu_seconds([mock_p.pid, livery_p.pid, nginx_p.pid] + children(nginx_p.pid))
+        stats_redis = redis_stats(redis_port)
+        stats_redis["port"] = redis_port
+        stats_redis["version"] = (subprocess.run([args.redis_server, "--version"], capture_output=True, text=True)
+                                  .stdout.strip().split(" sha=")[0])
+        # Livery logs each switch to its local fallback ("redis unavailable") once.
+        with open(os.path.join(args.tmp, "livery-redis.stderr"), errors="replace") as f:
+            stats_redis["livery_log_lines_about_redis_fallback"] = sum(
+                1 for line in f if "redis unavailable" in line)
+        servers_cpu = cpu_seconds([mock_p.pid, livery_p.pid, livery_r_p.pid, redis_p.pid, nginx_p.pid]
+                                  + children(nginx_p.pid))
     finally:
         procs.stop_all()
+    # The durable ledger of each Livery (read after they stopped and flushed).
+    ledger = {}
+    for t, up in usage_paths.items():
+        base = os.path.dirname(up)
+        ledger[t] = {"spool_dir_exists": os.path.isdir(os.path.join(base, "usage-spool")),
+                     "sqlite_events": ledger_rows(os.path.join(base, "usage.db")),
+                     "jsonl_records": sum(1 for _ in open(up, "rb")) if os.path.exists(up) else None}
+    log(f"ledger: {ledger}; redis: {stats_redis.get('script_calls')} script calls, "
+        f"{stats_redis.get('dbsize')} keys, fallback log lines {stats_redis['livery_log_lines_about_redis_fallback']}")
     # Other people's work on this machine during the run (the rest of the busy time).
     t = os.times()
     ours = servers_cpu + t.user + t.system + t.children_user + t.children_system
@@ -738,11 +875,18 @@ def main():
             "rounds": rounds, "phase_seconds": duration, "connections": 64, "rates": rates,
             "streams_per_target_per_round": n_streams, "stream_chunks": STREAM_CHUNKS,
             "stream_gap_ms": STREAM_GAP_MS, "open_streams": OPEN_STREAMS, "body": BODY,
-            "livery_features": ["host+key auth", "sealed tenant credential unsealed per request" if credential else "no sealed credential (vault unavailable)",
-                                "usage JSONL + tracing line per request (RUST_LOG default info, stderr to a file)"],
+            "livery_features": ["host+key auth", "platform key header",
+                                "sealed tenant credential unsealed per request" if credential else "no sealed credential (vault unavailable)",
+                                "limits on the bench plan (requests/min, tokens/min, tokens/month, concurrency), never refusing",
+                                "usage ledger: spool + SQLite sink (serve defaults)", "usage JSONL mirror",
+                                "RUST_LOG unset (default info; the per-request usage line is at debug), stderr to a file"],
+            "livery_limits": {"livery": "local", "livery-redis": "redis on loopback, redis_timeout_ms 25 (default), fail_open"},
+            "redis": "redis-server, --save '' --appendonly no, pinned with the servers",
             "nginx": "1 worker, upstream keepalive 64, proxy_http_version 1.1, proxy_buffering off, access_log on",
         },
         "mock_stats": stats_mock,
+        "redis_stats": stats_redis,
+        "ledger": ledger,
         "summary": summary,
         "raw": {p: {t: [{k: v for k, v in m.items() if k not in ("ttfb_us", "ttft_us", "event_delay_us")} for m in ms]
                     for t, ms in per[p].items()} for p in per},
@@ -762,14 +906,16 @@ def main():
 
 def summarise(per, rates, memory, duration, rounds, n_streams):
     s = {"targets": {}, "ratios": {}, "checks": []}
+    per10k = lambda ms, k: med([m[k] / m["ok"] * 1e4 for m in ms if m["ok"] and k in m])
     for t in TARGETS:
         row = {}
         mx = per["max"][t]
         row["max_rps"] = med([m["rps"] for m in mx])
         row["max_p50_us"] = med([m["p50_us"] for m in mx])
         row["max_p99_us"] = med([m["p99_us"] for m in mx])
-        row["max_proxy_cpu_s_per_10k"] = med([m["proxy_cpu_s"] / m["ok"] * 1e4 for m in mx if m["ok"]])
-        row["max_mock_cpu_s_per_10k"] = med([m["mock_cpu_s"] / m["ok"] * 1e4 for m in mx if m["ok"]])
+        row["max_proxy_cpu_s_per_10k"] = per10k(mx, "proxy_cpu_s")
+        row["max_mock_cpu_s_per_10k"] = per10k(mx, "mock_cpu_s")
+        row["max_redis_cpu_s_per_10k"] = per10k(mx, "redis_cpu_s")
         row["max_non_200"] = sum(m["non_200"] for m in mx)
         for r in rates:
             ms = per[f"rate{r}"][t]
@@ -778,8 +924,9 @@ def summarise(per, rates, memory, duration, rounds, n_streams):
             row[f"rate{r}_rps"] = med([m["rps"] for m in ms])
             row[f"rate{r}_non_200"] = sum(m["non_200"] for m in ms)
             row[f"rate{r}_sustained"] = all(m["rps"] >= 0.95 * r and not m["non_200"] for m in ms)
-            row[f"rate{r}_proxy_cpu_s_per_10k"] = med([m["proxy_cpu_s"] / m["ok"] * 1e4 for m in ms if m["ok"]])
-            row[f"rate{r}_mock_cpu_s_per_10k"] = med([m["mock_cpu_s"] / m["ok"] * 1e4 for m in ms if m["ok"]])
+            row[f"rate{r}_proxy_cpu_s_per_10k"] = per10k(ms, "proxy_cpu_s")
+            row[f"rate{r}_mock_cpu_s_per_10k"] = per10k(ms, "mock_cpu_s")
+            row[f"rate{r}_redis_cpu_s_per_10k"] = per10k(ms, "redis_cpu_s")
         ttfb = [x for m in per["stream"][t] for x in m["ttfb_us"]]
         ttft = [x for m in per["stream"][t] for x in m["ttft_us"]]
         ev = [x for m in per["stream"][t] for x in m["event_delay_us"]]
@@ -793,7 +940,7 @@ def summarise(per, rates, memory, duration, rounds, n_streams):
         row["stream_event_samples"] = len(ev)
         s["targets"][t] = row
 
-    d, n, lv = s["targets"]["direct"], s["targets"]["nginx"], s["targets"]["livery"]
+    d, n = s["targets"]["direct"], s["targets"]["nginx"]
 
     def sub(a, b):
         return None if a is None or b is None else a - b
@@ -804,43 +951,45 @@ def summarise(per, rates, memory, duration, rounds, n_streams):
     ra = s["ratios"]
     for r in rates:
         for q in ("p50", "p99"):
-            la, na = sub(lv[f"rate{r}_{q}_us"], d[f"rate{r}_{q}_us"]), sub(n[f"rate{r}_{q}_us"], d[f"rate{r}_{q}_us"])
-            ra[f"rate{r}_{q}_added_us"] = {"livery": la, "nginx": na, "livery_over_nginx": ratio(la, na)}
-    ra["throughput_livery_over_nginx"] = ratio(lv["max_rps"], n["max_rps"])
-    ra["throughput_livery_over_direct"] = ratio(lv["max_rps"], d["max_rps"])
-    ra["mock_headroom_direct_over_livery"] = ratio(d["max_rps"], lv["max_rps"])
+            na = sub(n[f"rate{r}_{q}_us"], d[f"rate{r}_{q}_us"])
+            e = {"nginx": na}
+            for lv in LIVERIES:
+                la = sub(s["targets"][lv][f"rate{r}_{q}_us"], d[f"rate{r}_{q}_us"])
+                e[lv] = la
+                e[f"{lv}_over_nginx"] = ratio(la, na)
+            ra[f"rate{r}_{q}_added_us"] = e
     ra["mock_headroom_direct_over_nginx"] = ratio(d["max_rps"], n["max_rps"])
-    for t in ("nginx", "livery"):
-        ra[f"mock_cpu_share_during_{t}_max"] = med([m["mock_cpu_s"] / m["wall_s"] for m in per["max"][t] if m["wall_s"]])
-    ra["stream_ttfb_p50_added_us"] = {"livery": sub(lv["stream_ttfb_p50_us"], d["stream_ttfb_p50_us"]),
-                                      "nginx": sub(n["stream_ttfb_p50_us"], d["stream_ttfb_p50_us"])}
-    ra["stream_ttft_p50_added_us"] = {"livery": sub(lv["stream_ttft_p50_us"], d["stream_ttft_p50_us"]),
-                                      "nginx": sub(n["stream_ttft_p50_us"], d["stream_ttft_p50_us"])}
-    ra["stream_event_delay_p50_added_us"] = {"livery": sub(lv["stream_event_delay_p50_us"], d["stream_event_delay_p50_us"]),
-                                             "nginx": sub(n["stream_event_delay_p50_us"], d["stream_event_delay_p50_us"])}
-    ra["stream_event_delay_p99_added_us"] = {"livery": sub(lv["stream_event_delay_p99_us"], d["stream_event_delay_p99_us"]),
-                                             "nginx": sub(n["stream_event_delay_p99_us"], d["stream_event_delay_p99_us"])}
+    ra["mock_cpu_share_during_nginx_max"] = med([m["mock_cpu_s"] / m["wall_s"] for m in per["max"]["nginx"] if m["wall_s"]])
+    for lv in LIVERIES:
+        row = s["targets"][lv]
+        ra[f"throughput_{lv}_over_nginx"] = ratio(row["max_rps"], n["max_rps"])
+        ra[f"throughput_{lv}_over_direct"] = ratio(row["max_rps"], d["max_rps"])
+        ra[f"mock_headroom_direct_over_{lv}"] = ratio(d["max_rps"], row["max_rps"])
+        ra[f"mock_cpu_share_during_{lv}_max"] = med([m["mock_cpu_s"] / m["wall_s"] for m in per["max"][lv] if m["wall_s"]])
+    for k in ("ttfb_p50", "ttft_p50", "event_delay_p50", "event_delay_p99"):
+        ra[f"stream_{k}_added_us"] = {t: sub(s["targets"][t][f"stream_{k}_us"], d[f"stream_{k}_us"])
+                                      for t in ["nginx"] + LIVERIES}
     s["memory"] = memory
 
-    def check(name, value, limit, ok, unit=""):
-        s["checks"].append({"target": name, "measured": value, "limit": limit, "met": ok, "unit": unit})
+    def check(target, name, value, limit, ok, unit=""):
+        s["checks"].append({"gateway": target, "target": name, "measured": value, "limit": limit, "met": ok,
+                            "unit": unit})
 
     ref = 2000 if 2000 in rates else rates[0]
-    a50, a99 = ra[f"rate{ref}_p50_added_us"], ra[f"rate{ref}_p99_added_us"]
-    check(f"added p50 @{ref} req/s <= 1.5x nginx's", a50["livery_over_nginx"], 1.5,
-          a50["livery_over_nginx"] is not None and a50["livery_over_nginx"] <= 1.5, "x")
-    check(f"added p99 @{ref} req/s <= 2x nginx's", a99["livery_over_nginx"], 2.0,
-          a99["livery_over_nginx"] is not None and a99["livery_over_nginx"] <= 2.0, "x")
-    tr = ra["throughput_livery_over_nginx"]
-    check("max throughput >= 80% of nginx's", tr, 0.8, tr is not None and tr >= 0.8, "x")
-    tt = ra["stream_ttfb_p50_added_us"]["livery"]
-    check("stream TTFB (first event) added < 200 µs (p50)", tt, 200, tt is not None and tt < 200, "µs")
-    tt = ra["stream_ttft_p50_added_us"]["livery"]
-    check("stream first content event added < 200 µs (p50)", tt, 200, tt is not None and tt < 200, "µs")
-    rs = memory.get("livery_rss_with_streams_kib")
-    ok_streams = memory.get("livery_streams_open") == OPEN_STREAMS
-    check(f"RSS < 40 MB with {OPEN_STREAMS} open streams", rs and rs / 1024, 40 * 1e6 / 2**20,
-          bool(rs) and ok_streams and rs * 1024 < 40e6, "MiB")
+    for lv in LIVERIES:
+        a50, a99 = ra[f"rate{ref}_p50_added_us"][f"{lv}_over_nginx"], ra[f"rate{ref}_p99_added_us"][f"{lv}_over_nginx"]
+        check(lv, f"added p50 @{ref} req/s <= 1.5x nginx's", a50, 1.5, a50 is not None and a50 <= 1.5, "x")
+        check(lv, f"added p99 @{ref} req/s <= 2x nginx's", a99, 2.0, a99 is not None and a99 <= 2.0, "x")
+        tr = ra[f"throughput_{lv}_over_nginx"]
+        check(lv, "max throughput >= 80% of nginx's", tr, 0.8, tr is not None and tr >= 0.8, "x")
+        tt = ra["stream_ttfb_p50_added_us"][lv]
+        check(lv, "stream TTFB (first event) added < 200 µs (p50)", tt, 200, tt is not None and tt < 200, "µs")
+        tt = ra["stream_ttft_p50_added_us"][lv]
+        check(lv, "stream first content event added < 200 µs (p50)", tt, 200, tt is not None and tt < 200, "µs")
+        rs = memory.get(f"{lv}_rss_with_streams_kib")
+        ok_streams = memory.get(f"{lv}_streams_open") == OPEN_STREAMS
+        check(lv, f"RSS < 40 MB with {OPEN_STREAMS} open streams", rs and rs / 1024, 40 * 1e6 / 2**20,
+              bool(rs) and ok_streams and rs * 1024 < 40e6, "MiB")
     return s
 
 
@@ -862,14 +1011,18 @@ def markdown(doc):
     L.append(f"# Livery load benchmark — {doc['date']}\n")
     L.append(f"`{doc['command']}` on {m['nproc']} × {m['cpu_model']}, {m['memory_gib']} GiB, Linux {m['kernel']}; "
              f"load generator (oha, stream client) on CPU {m['cpu_split']['load_generator_cpu']}, "
-             f"mock + nginx + Livery on CPU {m['cpu_split']['servers_cpu']}. "
-             f"Commit {m['git_commit']}; {m['nginx']}; {m['oha']}. Load average at start {' '.join(m['loadavg_at_start'])}, "
+             f"mock + nginx + both Livery instances + Redis on CPU {m['cpu_split']['servers_cpu']}. "
+             f"Commit {m['git_commit']}; {m['nginx']}; {m['oha']}; {doc.get('redis_stats', {}).get('version', 'redis')}. "
+             f"Load average at start {' '.join(m['loadavg_at_start'])}, "
              f"at end {' '.join(m['loadavg_at_end'])}; CPU time used by other processes during the run: "
-             f"{m['foreign_cpu_s_during_run']} s ({100 * m['foreign_cpu_share_of_machine']:.0f}% of the machine).\n")
+             f"{m['foreign_cpu_s_during_run']} s ({100 * m['foreign_cpu_share_of_machine']:.0f}% of the machine). "
+             f"Run time {doc['elapsed_s']:.0f} s.\n")
     L.append(f"{st['rounds']} round(s), target order rotated; {st['phase_seconds']} s per oha phase, 64 connections; "
-             f"medians over rounds. Latencies in µs.\n")
-    L.append("| | direct mock | nginx hop | Livery |")
-    L.append("|---|---:|---:|---:|")
+             f"medians over rounds. Latencies in µs. Livery: {'; '.join(st['livery_features'])}. "
+             f"\"Livery + Redis limits\": the same configuration with `[limits] backend = \"redis\"` "
+             f"(a redis-server on loopback, no persistence).\n")
+    L.append("| | " + " | ".join(LABELS[x] for x in TARGETS) + " |")
+    L.append("|---|" + "---:|" * len(TARGETS))
     row = lambda label, key, digits=0: L.append(
         f"| {label} | " + " | ".join(fmt(t[x].get(key), digits) for x in TARGETS) + " |")
     row("max throughput, req/s (closed loop)", "max_rps")
@@ -885,40 +1038,70 @@ def markdown(doc):
     row("stream: event delay after the mock sent it, p99", "stream_event_delay_p99_us")
     ref = 2000 if 2000 in st["rates"] else st["rates"][0]
     row(f"proxy CPU s / 10k req @{ref:,} req/s", f"rate{ref}_proxy_cpu_s_per_10k", 2)
+    row(f"Redis CPU s / 10k req @{ref:,} req/s", f"rate{ref}_redis_cpu_s_per_10k", 2)
     row(f"mock CPU s / 10k req @{ref:,} req/s", f"rate{ref}_mock_cpu_s_per_10k", 2)
     row("proxy CPU s / 10k req at max", "max_proxy_cpu_s_per_10k", 2)
+    row("Redis CPU s / 10k req at max", "max_redis_cpu_s_per_10k", 2)
     mib = lambda k: fmt(mem[k] / 1024, 1) if mem.get(k) is not None else "–"
-    L.append(f"| RSS idle / with {st['open_streams']:,} open streams, MiB (nginx: master + worker) | "
+    L.append(f"| RSS idle / with {st['open_streams']:,} open streams, MiB (nginx: master + worker; "
+             f"mock: while Livery's streams are open) | "
              f"{mib('mock_idle_rss_kib')} / {mib('mock_rss_with_livery_streams_kib')} "
              f"| {mib('nginx_rss_before_streams_kib')} / {mib('nginx_rss_with_streams_kib')} "
-             f"| {mib('livery_idle_rss_kib')} / {mib('livery_rss_with_streams_kib')} |")
-    L.append(f"| RSS after the rounds, MiB | {mib('mock_final_rss_kib')} | {mib('nginx_final_rss_kib')} | {mib('livery_final_rss_kib')} |")
+             f"| {mib('livery_idle_rss_kib')} / {mib('livery_rss_with_streams_kib')} "
+             f"| {mib('livery-redis_idle_rss_kib')} / {mib('livery-redis_rss_with_streams_kib')} "
+             f"(Redis {mib('redis_idle_rss_kib')} / {mib('redis_rss_with_livery-redis_streams_kib')}) |")
+    L.append(f"| RSS after the rounds, MiB | {mib('mock_final_rss_kib')} | {mib('nginx_final_rss_kib')} "
+             f"| {mib('livery_final_rss_kib')} | {mib('livery-redis_final_rss_kib')} (Redis {mib('redis_final_rss_kib')}) |")
     L.append("")
     ra = s["ratios"]
-    L.append("| ratio (one run) | value |")
-    L.append("|---|---:|")
+    L.append("| ratio (one run; \"added\" = target minus direct) | Livery | Livery + Redis limits |")
+    L.append("|---|---:|---:|")
     for r in st["rates"]:
         for q in ("p50", "p99"):
             a = ra[f"rate{r}_{q}_added_us"]
-            L.append(f"| added {q} @{r:,} req/s: Livery / nginx (µs) | {fmt(a['livery'])} / {fmt(a['nginx'])} = {fmt(a['livery_over_nginx'], 2)}× |")
-    L.append(f"| max throughput Livery / nginx | {fmt(ra['throughput_livery_over_nginx'], 2)} |")
-    L.append(f"| mock headroom: its own max / what it served at nginx's, Livery's max | "
-             f"{fmt(ra['mock_headroom_direct_over_nginx'], 1)}×, {fmt(ra['mock_headroom_direct_over_livery'], 1)}× |")
-    L.append(f"| mock CPU share of the server core at nginx's, Livery's max | "
-             f"{fmt(100 * (ra['mock_cpu_share_during_nginx_max'] or 0))}%, {fmt(100 * (ra['mock_cpu_share_during_livery_max'] or 0))}% |")
-    L.append(f"| stream TTFB (first event) added p50, Livery / nginx (µs) | {fmt(ra['stream_ttfb_p50_added_us']['livery'])} / {fmt(ra['stream_ttfb_p50_added_us']['nginx'])} |")
-    L.append(f"| stream first content event added p50, Livery / nginx (µs) | {fmt(ra['stream_ttft_p50_added_us']['livery'])} / {fmt(ra['stream_ttft_p50_added_us']['nginx'])} |")
-    L.append(f"| stream per-event delay added p50, Livery / nginx (µs) | {fmt(ra['stream_event_delay_p50_added_us']['livery'])} / {fmt(ra['stream_event_delay_p50_added_us']['nginx'])} |")
-    L.append(f"| stream per-event delay added p99, Livery / nginx (µs) | {fmt(ra['stream_event_delay_p99_added_us']['livery'])} / {fmt(ra['stream_event_delay_p99_added_us']['nginx'])} |")
-    sl = mem.get("livery_rss_slope_mib_per_min_during_rounds")
-    L.append(f"| Livery RSS slope during the rounds (MiB/min; not a 10-min soak) | {fmt(sl, 3)} |")
+            L.append(f"| added {q} @{r:,} req/s: Livery / nginx (µs) | " + " | ".join(
+                f"{fmt(a[lv])} / {fmt(a['nginx'])} = {fmt(a[f'{lv}_over_nginx'], 2)}×" for lv in LIVERIES) + " |")
+    L.append("| max throughput Livery / nginx | " + " | ".join(
+        fmt(ra[f"throughput_{lv}_over_nginx"], 2) for lv in LIVERIES) + " |")
+    L.append(f"| mock headroom: its own max / what it served at Livery's max (at nginx's: "
+             f"{fmt(ra['mock_headroom_direct_over_nginx'], 1)}×) | " + " | ".join(
+                 f"{fmt(ra[f'mock_headroom_direct_over_{lv}'], 1)}×" for lv in LIVERIES) + " |")
+    L.append(f"| mock CPU share of the server core at Livery's max (at nginx's: "
+             f"{fmt(100 * (ra['mock_cpu_share_during_nginx_max'] or 0))}%) | " + " | ".join(
+                 f"{fmt(100 * (ra[f'mock_cpu_share_during_{lv}_max'] or 0))}%" for lv in LIVERIES) + " |")
+    for k, label in (("ttfb_p50", "stream TTFB (first event) added p50"),
+                     ("ttft_p50", "stream first content event added p50"),
+                     ("event_delay_p50", "stream per-event delay added p50"),
+                     ("event_delay_p99", "stream per-event delay added p99")):
+        a = ra[f"stream_{k}_added_us"]
+        L.append(f"| {label}, Livery / nginx (µs) | " + " | ".join(
+            f"{fmt(a[lv])} / {fmt(a['nginx'])}" for lv in LIVERIES) + " |")
+    L.append("| Livery RSS slope during the rounds (MiB/min; not a 10-min soak) | " + " | ".join(
+        fmt(mem.get(f"{lv}_rss_slope_mib_per_min_during_rounds"), 3) for lv in LIVERIES) + " |")
     if s.get("soak"):
-        L.append(f"| Livery RSS slope, {s['soak']['minutes']}-min soak at 2,000 req/s (MiB/min) | {fmt(s['soak']['rss_slope_mib_per_min'], 3)} |")
+        L.append(f"| Livery RSS slope, {s['soak']['minutes']}-min soak at 2,000 req/s (MiB/min) | "
+                 f"{fmt(s['soak']['rss_slope_mib_per_min'], 3)} | – |")
     L.append("")
-    L.append("| issue-7 target | measured | met |")
-    L.append("|---|---:|:---:|")
+    rs = doc.get("redis_stats") or {}
+    lg = doc.get("ledger") or {}
+    L.append("Features checked after the run: " + "; ".join(
+        f"{LABELS[lv]}: {fmt(lg.get(lv, {}).get('sqlite_events'))} events in the SQLite ledger, "
+        f"{fmt(lg.get(lv, {}).get('jsonl_records'))} JSONL records, spool "
+        f"{'present' if lg.get(lv, {}).get('spool_dir_exists') else 'missing'}" for lv in LIVERIES)
+        + f"; Redis served {fmt(rs.get('script_calls'))} admission script calls ({fmt(rs.get('dbsize'))} keys at the end), "
+        f"Livery logged {fmt(rs.get('livery_log_lines_about_redis_fallback'))} switch(es) to its local fallback.\n")
+    L.append("| issue-7 target | Livery | met | Livery + Redis limits | met |")
+    L.append("|---|---:|:---:|---:|:---:|")
+    names = []
     for c in s["checks"]:
-        L.append(f"| {c['target']} | {fmt(c['measured'], 2)} {c['unit']} | {'yes' if c['met'] else '**no**'} |")
+        if c["target"] not in names:
+            names.append(c["target"])
+    for name in names:
+        cells = []
+        for lv in LIVERIES:
+            c = next((c for c in s["checks"] if c["target"] == name and c["gateway"] == lv), None)
+            cells += [f"{fmt(c['measured'], 2)} {c['unit']}", "yes" if c["met"] else "**no**"] if c else ["–", "–"]
+        L.append(f"| {name} | " + " | ".join(cells) + " |")
     L.append("")
     return "\n".join(L) + "\n"
 

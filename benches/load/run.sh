@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Livery's load benchmarks (issue 7): the mock directly, a bare nginx hop and
-# Livery with every implemented feature on, measured side by side in alternating
-# rounds on loopback. See benches/README.md.
+# Livery's load benchmarks (issue 7): the mock directly, a bare nginx hop,
+# Livery with every implemented feature on, and the same Livery with Redis-backed
+# limits (a redis-server the harness starts on loopback), measured side by side in
+# alternating rounds on loopback. See benches/README.md.
 #
-#   benches/load/run.sh            # full run, < 10 minutes -> benches/load/results/latest.{md,json}
+#   benches/load/run.sh            # full run, about 8 minutes -> benches/load/results/latest.{md,json}
 #   benches/load/run.sh --quick    # one short round, < 2 minutes -> results/latest-quick.{md,json}
 #
 # Extra options are passed to harness.py (--rounds N, --duration S, --rates 500,2000,
-# --streams N, --soak-min M, --load-cpu C, --server-cpu C, --out DIR).
-# Installs what is missing (nginx from apt, oha from crates.io), builds Livery and
+# --streams N, --soak-min M, --load-cpu C, --server-cpu C, --out DIR, --redis-server PATH).
+# Installs what is missing (nginx and redis-server from apt, oha from crates.io), builds Livery and
 # livery-mock in release, pins the load generator to one CPU and the servers to
 # another, and stops everything it started (by PID) on exit.
 set -euo pipefail
@@ -33,6 +34,11 @@ PATH="$PATH:/usr/sbin:/sbin"
 command -v python3 >/dev/null || apt_install python3
 command -v taskset >/dev/null || apt_install util-linux
 command -v nginx >/dev/null || apt_install nginx-light || apt_install nginx
+REDIS_SERVER=${LIVERY_REDIS_SERVER:-$(command -v redis-server || true)}
+if [ -z "$REDIS_SERVER" ]; then
+    apt_install redis-server
+    REDIS_SERVER=$(command -v redis-server)
+fi
 PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v oha >/dev/null; then
     log "installing oha (cargo install oha --locked; about 5 minutes on 2 cores)"
@@ -77,4 +83,4 @@ else
 fi
 
 "${PIN[@]}" python3 "$ROOT/benches/load/harness.py" --root "$ROOT" --tmp "$TMP" \
-    --oha "$(command -v oha)" "${SPLIT[@]}" "$@"
+    --oha "$(command -v oha)" --redis-server "$REDIS_SERVER" "${SPLIT[@]}" "$@"
