@@ -248,6 +248,14 @@ def redis_stats(port):
     return out
 
 
+def count_lines(path, needle):
+    try:
+        with open(path, errors="replace") as f:
+            return sum(1 for line in f if needle in line)
+    except OSError:
+        return 0
+
+
 def ledger_rows(db):
     """Rows of the SQLite ledger's events table (None if unreadable)."""
     try:
@@ -679,6 +687,7 @@ def main():
             livery_bin, "serve", "--config", cfg_r, "--listen", "127.0.0.1:0"]), env=env, cwd=lr_dir)
         livery_r_port = int(wait_line(livery_r_p, "livery listening on").rsplit(":", 1)[1])
         livery_ps = {"livery": livery_p, "livery-redis": livery_r_p}
+        lr_log = os.path.join(args.tmp, "livery-redis.stderr")
         usage_paths = {"livery": os.path.join(args.tmp, "usage.jsonl"), "livery-redis": lr_usage}
 
         # nginx.
@@ -737,6 +746,7 @@ def main():
         for t in LIVERIES + ["nginx"]:
             proxy_pids, _ = pids_of(t)
             before = mem_kb(proxy_pids)[0]
+            fb0 = count_lines(lr_log, "redis unavailable")
             socks, started = open_streams(ports[t], OPEN_STREAMS)
             time.sleep(0.5)
             peak = 0
@@ -749,6 +759,9 @@ def main():
             for s in socks:
                 s.close()
             memory[f"{t}_streams_open"] = started
+            if t == "livery-redis":
+                time.sleep(0.2)
+                memory["livery-redis_fallbacks_while_opening_streams"] = count_lines(lr_log, "redis unavailable") - fb0
             memory[f"{t}_rss_before_streams_kib"] = before
             memory[f"{t}_rss_with_streams_kib"] = peak
             memory[f"{t}_hwm_with_streams_kib"] = hwm
@@ -773,6 +786,7 @@ def main():
                     proxy_pids, mock_pids = pids_of(t)
                     aux = aux_pids_of(t)
                     c0, m0, a0, w0 = cpu_seconds(proxy_pids), cpu_seconds(mock_pids), cpu_seconds(aux), time.time()
+                    fb0 = count_lines(lr_log, "redis unavailable") if aux else 0
                     if phase == "stream":
                         ttfbs, ttfts, delays, events = [], [], [], 0
                         for _ in range(n_streams):
@@ -791,13 +805,16 @@ def main():
                     m["proxy_cpu_s"] = round(cpu_seconds(proxy_pids) - c0, 3)
                     m["mock_cpu_s"] = round(cpu_seconds(mock_pids) - m0, 3)
                     m["redis_cpu_s"] = round(cpu_seconds(aux) - a0, 3)
+                    if aux:
+                        # Switches to the local fallback (Redis slower than redis_timeout_ms).
+                        m["redis_fallbacks"] = count_lines(lr_log, "redis unavailable") - fb0
                     m["wall_s"] = round(wall, 3)
                     m["round"] = r + 1
                     per[phase][t].append(m)
                     if phase != "stream":
                         log(f"  {phase:>8} {t:>12}: {m['rps']:>9.0f} req/s  p50 {m['p50_us']} µs  p99 {m['p99_us']} µs"
                             f"  (proxy cpu {m['proxy_cpu_s']} s, mock cpu {m['mock_cpu_s']} s"
-                            + (f", redis cpu {m['redis_cpu_s']} s" if aux else "") + ")")
+                            + (f", redis cpu {m['redis_cpu_s']} s, fallbacks {m['redis_fallbacks']}" if aux else "") + ")")
                     else:
                         log(f"  {phase:>8} {t:>12}: first event p50 {pct(m['ttfb_us'], .5):.0f} µs, "
                             f"first content p50 {pct(m['ttft_us'], .5):.0f} µs, "
@@ -840,9 +857,10 @@ def main():
         stats_redis["version"] = (subprocess.run([args.redis_server, "--version"], capture_output=True, text=True)
                                   .stdout.strip().split(" sha=")[0])
         # Livery logs each switch to its local fallback ("redis unavailable") once.
-        with open(os.path.join(args.tmp, "livery-redis.stderr"), errors="replace") as f:
-            stats_redis["livery_log_lines_about_redis_fallback"] = sum(
-                1 for line in f if "redis unavailable" in line)
+        stats_redis["livery_log_lines_about_redis_fallback"] = count_lines(lr_log, "redis unavailable")
+        stats_redis["fallbacks_by_phase"] = {
+            "open streams": memory.get("livery-redis_fallbacks_while_opening_streams", 0),
+            **{p: sum(m.get("redis_fallbacks", 0) for m in per[p]["livery-redis"]) for p in per}}
         servers_cpu = cpu_seconds([mock_p.pid, livery_p.pid, livery_r_p.pid, redis_p.pid, nginx_p.pid]
                                   + children(nginx_p.pid))
     finally:
@@ -1089,7 +1107,10 @@ def markdown(doc):
         f"{fmt(lg.get(lv, {}).get('jsonl_records'))} JSONL records, spool "
         f"{'present' if lg.get(lv, {}).get('spool_dir_exists') else 'missing'}" for lv in LIVERIES)
         + f"; Redis served {fmt(rs.get('script_calls'))} admission script calls ({fmt(rs.get('dbsize'))} keys at the end), "
-        f"Livery logged {fmt(rs.get('livery_log_lines_about_redis_fallback'))} switch(es) to its local fallback.\n")
+        f"Livery logged {fmt(rs.get('livery_log_lines_about_redis_fallback'))} switch(es) to its local fallback "
+        f"(Redis slower than redis_timeout_ms = 25 on the shared core"
+        + (": " + ", ".join(f"{k} {v}" for k, v in (rs.get("fallbacks_by_phase") or {}).items() if v) if any(
+            (rs.get("fallbacks_by_phase") or {}).values()) else "") + ").\n")
     L.append("| issue-7 target | Livery | met | Livery + Redis limits | met |")
     L.append("|---|---:|:---:|---:|:---:|")
     names = []
