@@ -53,7 +53,10 @@ where
         reseller = tracing::field::Empty,
         tenant = tracing::field::Empty,
     );
-    let mut resp = match dispatch(&app, req, &rid, started)
+    // Boxed: hyper keeps the connection's in-flight future allocation for the
+    // connection's whole life, streams included; boxing the pipeline keeps
+    // that small and frees the pipeline's state as soon as the answer starts.
+    let mut resp = match Box::pin(dispatch(&app, req, &rid, started))
         .instrument(span.clone())
         .await
     {
