@@ -15,8 +15,6 @@ use livery::limits::{
 };
 use livery::Snapshot;
 use serde_json::json;
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -426,87 +424,7 @@ key_hashes = []
 
 // ------------------------------------------------------------------ Redis
 
-/// A `redis-server` on a free loopback port, killed on drop.
-pub(crate) struct RedisServer {
-    bin: String,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl RedisServer {
-    /// Starts one, or returns `None` (after saying why) when the binary is
-    /// missing and `LIVERY_REQUIRE_REDIS` is not set.
-    pub(crate) fn start(test: &str) -> Option<Self> {
-        let bin = std::env::var("LIVERY_REDIS_SERVER")
-            .ok()
-            .filter(|b| !b.is_empty())
-            .or_else(|| {
-                std::env::var_os("PATH").and_then(|paths| {
-                    std::env::split_paths(&paths)
-                        .map(|d| d.join("redis-server"))
-                        .find(|p| p.is_file())
-                        .map(|p| p.to_string_lossy().into_owned())
-                })
-            });
-        let Some(bin) = bin else {
-            if std::env::var("LIVERY_REQUIRE_REDIS").as_deref() == Ok("1") {
-                panic!("{test}: redis-server not found (LIVERY_REQUIRE_REDIS=1)");
-            }
-            eprintln!("SKIPPED {test}: redis-server not found (set LIVERY_REDIS_SERVER or install redis-server)");
-            return None;
-        };
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut server = Self {
-            bin,
-            port,
-            child: None,
-        };
-        server.restart();
-        Some(server)
-    }
-
-    pub(crate) fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    pub(crate) fn restart(&mut self) {
-        assert!(self.child.is_none());
-        let child = Command::new(&self.bin)
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-            .args(["--enable-debug-command", "local"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        self.child = Some(child);
-        let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "redis-server did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    pub(crate) fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+pub(crate) use crate::support::redis_server::RedisServer;
 
 fn shared(redis: &RedisServer, on_error: OnRedisError, instances: u32) -> Limiter {
     shared_with(redis, on_error, instances, Arc::new(NoMonthlyUsage))
