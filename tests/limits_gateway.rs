@@ -32,6 +32,7 @@ fn config(small: &str, reseller_plan: Option<&str>, extra: &str) -> String {
 [server]
 listen = ["127.0.0.1:0"]
 platform_domain = "livery.test"
+operator_key_hashes = ["{op}"]
 
 [[providers]]
 name = "builtin"
@@ -79,6 +80,7 @@ key_hashes = ["{h3}"]
         h1 = hash(KEYS[0]),
         h2 = hash(KEYS[1]),
         h3 = hash(KEYS[2]),
+        op = hash(OPERATOR_TOKEN),
     )
 }
 
@@ -306,6 +308,19 @@ async fn the_monthly_quota_answers_quota_exceeded_and_survives_a_restart() {
     assert!(served >= 2, "served {served}");
     // The neighbour's month is its own.
     assert_eq!(send(&gw, KEYS[1], &body()).await.status(), 200);
+    // Operators see refusals and the ledger's lag in /metrics.
+    let metrics = get(&gw, "/metrics", Some(HOST), Some(OPERATOR_TOKEN))
+        .await
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        "livery_limits_rejected_total{limit=\"monthly_quota\"} 1",
+        "livery_usage_spool_bytes",
+        "livery_usage_sink_lag_events{sink=\"sqlite\"}",
+    ] {
+        assert!(metrics.contains(series), "{series} missing:\n{metrics}");
+    }
     let app = gw.gateway.as_ref().unwrap().app().clone();
     assert!(app.usage.flush(Duration::from_secs(5)));
     drop(app);
