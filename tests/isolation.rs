@@ -609,3 +609,83 @@ async fn suspended_tenant_is_403_at_home_and_an_unknown_key_elsewhere() {
     }
     assert_no_upstream(&mock, before, "suspended tenant");
 }
+
+/// `POST /v1/messages` (Anthropic's API, keys in `x-api-key` as its SDK sends
+/// them) is held to the same isolation as the OpenAI endpoints; its errors come
+/// in Anthropic's shape.
+#[tokio::test]
+async fn the_messages_endpoint_is_isolated_like_the_others() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    let body = json!({"model": "gpt-4o-mini", "max_tokens": 16,
+                      "messages": [{"role": "user", "content": "Say hello"}]});
+    let send = |host: Option<&'static str>, key: Option<&'static str>| {
+        let mut rb = client()
+            .post(gw.url("/v1/messages"))
+            .header("anthropic-version", "2023-06-01")
+            .json(&body);
+        if let Some(h) = host {
+            rb = rb.header("host", h);
+        }
+        if let Some(k) = key {
+            rb = rb.header("x-api-key", k);
+        }
+        rb.send()
+    };
+    let anthropic_error = |o: &Observed| -> String {
+        let v: Value = serde_json::from_str(&o.body).unwrap();
+        assert_eq!(v["type"], "error", "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{v}"
+        );
+        v["error"]["type"].as_str().unwrap().to_owned()
+    };
+
+    // Each tenant at its own reseller's Host, attributed to itself.
+    for (tenant, host) in [
+        (ACME_DENTAL, ACME_HOST),
+        (ACME_REALTY, ACME_HOST),
+        (GLOBEX_CLINIC, GLOBEX_HOST),
+        (GLOBEX_OFFICE, GLOBEX_HOST),
+    ] {
+        let resp = send(Some(host), Some(tenant.2)).await.unwrap();
+        assert_eq!(resp.status(), 200, "{tenant:?}");
+        let rid = request_id(&resp);
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["type"], "message", "{v}");
+        let record = gw.usage_for(&rid).await;
+        assert_eq!(
+            (record["reseller"].as_str(), record["tenant"].as_str()),
+            (Some(tenant.0), Some(tenant.1))
+        );
+    }
+
+    let before = mock.requests().len();
+    // Another reseller's key: exactly the answer an unknown key gets.
+    let unknown = observe(send(Some(ACME_HOST), Some(UNKNOWN_KEY)).await.unwrap()).await;
+    assert_eq!(unknown.status, 401);
+    assert_eq!(anthropic_error(&unknown), "authentication_error");
+    for (host, key) in [(ACME_HOST, GLOBEX_CLINIC.2), (GLOBEX_HOST, ACME_DENTAL.2)] {
+        let o = observe(send(Some(host), Some(key)).await.unwrap()).await;
+        assert_eq!(o, unknown, "{key} at {host}");
+    }
+    // No key at all.
+    let o = observe(send(Some(ACME_HOST), None).await.unwrap()).await;
+    assert_eq!(o.status, 401);
+    assert_eq!(anthropic_error(&o), "authentication_error");
+    // A spoofed Host, whatever the key: a neutral 404.
+    for key in [Some(ACME_DENTAL.2), Some(UNKNOWN_KEY), None] {
+        let o = observe(send(Some("evil.example"), key).await.unwrap()).await;
+        assert_eq!(o.status, 404, "{key:?}: {}", o.body);
+        anthropic_error(&o);
+        assert!(
+            !o.body.contains("acme") && !o.body.contains("globex"),
+            "{}",
+            o.body
+        );
+    }
+    assert_no_upstream(&mock, before, "a refused /v1/messages request");
+}
