@@ -174,11 +174,65 @@ fn serve(path: PathBuf, listen: Vec<SocketAddr>) -> ExitCode {
             tracing::info!(%addr, "listening (HTTPS)");
             println!("livery listening on https://{addr}");
         }
-        wait_for_signal().await;
+        let stop = wait_for_signal();
+        tokio::pin!(stop);
+        let mut hangups = Hangups::new();
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = hangups.next() => reload(&gateway, &path),
+            }
+        }
         tracing::info!("shutting down");
         gateway.shutdown(Duration::from_secs(30)).await;
         ExitCode::SUCCESS
     })
+}
+
+/// `SIGHUP`: re-read the configuration file and swap its tenancy, models,
+/// plans and prices in whole; a configuration that does not validate is
+/// refused and the running one stays. Listeners, limits backend and ledger
+/// paths are fixed at start.
+fn reload(gateway: &Gateway, path: &std::path::Path) {
+    let config = match GatewayConfig::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused; the running configuration stays");
+            return;
+        }
+    };
+    match gateway.reload(&config) {
+        Ok(()) => {
+            gateway.app().usage.set_prices(&config);
+            tracing::info!(path = %path.display(), "configuration reloaded");
+        }
+        Err(e) => tracing::error!(error = %e, "reload refused; the running configuration stays"),
+    }
+}
+
+/// The stream of `SIGHUP`s (never ends where there are none).
+struct Hangups {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangups {
+    fn new() -> Self {
+        Self {
+            #[cfg(unix)]
+            signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok(),
+        }
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(s) = self.signal.as_mut() {
+            if s.recv().await.is_some() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await
+    }
 }
 
 async fn wait_for_signal() {

@@ -148,6 +148,16 @@ impl ServeProcess {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// Sends a signal (`HUP`, `TERM`...) with the shell's builtin `kill`.
+    pub(crate) fn signal(&self, name: &str) {
+        let pid = self.child.id();
+        let sent = Command::new("sh")
+            .args(["-c", &format!("kill -{name} {pid}")])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{name} {pid} failed");
+    }
+
     /// Sends SIGTERM and waits (up to 20 s) for the process to exit.
     pub(crate) fn terminate(&mut self) -> ExitStatus {
         let pid = self.child.id();
@@ -443,6 +453,67 @@ fn serve_refuses_a_public_listener_with_the_demo_tenant() {
             "{listen:?}: a refused start created the usage file"
         );
     }
+}
+
+/// `GET /v1/models` with a bearer key: the status.
+fn models_status(addr: SocketAddr, key: &str) -> u16 {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /v1/models HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    buf.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn sighup_reloads_the_configuration_and_refuses_a_broken_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    let original = std::fs::read_to_string(default_config()).unwrap();
+    std::fs::write(&path, &original).unwrap();
+    let serve = ServeProcess::start(&path, "127.0.0.1:0");
+    let new_key = "sk-livery-added-by-reload";
+    assert_eq!(models_status(serve.addr, new_key), 401);
+    assert_eq!(models_status(serve.addr, "sk-livery-demo"), 200);
+
+    // A tenant added to the file serves after SIGHUP, without a restart.
+    let added = format!(
+        "{original}\n[[resellers.tenants]]\nid = \"added\"\nplan = \"demo\"\nkey_hashes = [\"{}\"]\n",
+        crate::support::hash(new_key)
+    );
+    std::fs::write(&path, added).unwrap();
+    serve.signal("HUP");
+    let start = Instant::now();
+    while models_status(serve.addr, new_key) != 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the reload never took; stderr:\n{}",
+            serve.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // A broken file is refused; the running configuration stays.
+    std::fs::write(&path, "this is not toml [").unwrap();
+    serve.signal("HUP");
+    let start = Instant::now();
+    while !serve.stderr().contains("reload refused") {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{}",
+            serve.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(models_status(serve.addr, new_key), 200);
+    assert_eq!(models_status(serve.addr, "sk-livery-demo"), 200);
 }
 
 #[test]
