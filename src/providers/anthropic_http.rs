@@ -10,19 +10,15 @@ use super::anthropic::{
     anthropic_error_to_openai, chat_to_messages, message_to_chat, MessagesStreamToChat,
     ANTHROPIC_VERSION,
 };
-use super::openai::without_url;
+use super::openai::{key_header_value, send_timed};
 use super::translate::{
     synthetic, translate_json, translate_sse, translated_headers, unix_now, AnthropicToChat,
     MAX_ERROR_BODY, MAX_TRANSLATED_BODY,
 };
-use super::{
-    ByteStream, Endpoint, IdleTimeout, ProviderError, UpstreamBody, UpstreamRequest,
-    UpstreamResponse,
-};
+use super::{Endpoint, ProviderError, UpstreamBody, UpstreamRequest, UpstreamResponse};
 use crate::config::ProviderConfig;
 use crate::vault::{platform_key_from_env, Secret};
 use bytes::Bytes;
-use futures_util::TryStreamExt;
 use http::{HeaderValue, StatusCode};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -211,38 +207,8 @@ impl AnthropicProvider {
             .header("x-request-id", request_id)
             .body(body);
         if let Some(key) = key {
-            let mut hv = HeaderValue::from_str(key.expose()).map_err(|_| {
-                ProviderError::Misconfigured(format!(
-                    "provider `{}`: key is not a valid header value",
-                    self.name
-                ))
-            })?;
-            hv.set_sensitive(true);
-            builder = builder.header("x-api-key", hv);
+            builder = builder.header("x-api-key", key_header_value(&self.name, key.expose())?);
         }
-        let timeout_ms = u64::try_from(self.first_byte_timeout.as_millis()).unwrap_or(u64::MAX);
-        let resp = match tokio::time::timeout(self.first_byte_timeout, builder.send()).await {
-            Err(_) => return Err(ProviderError::FirstByteTimeout(timeout_ms)),
-            Ok(Err(e)) if e.is_timeout() && e.is_connect() => {
-                return Err(ProviderError::Connect("connect timed out".into()))
-            }
-            Ok(Err(e)) if e.is_timeout() => {
-                return Err(ProviderError::FirstByteTimeout(timeout_ms))
-            }
-            Ok(Err(e)) if e.is_connect() => return Err(ProviderError::Connect(without_url(e))),
-            Ok(Err(e)) => return Err(ProviderError::Body(without_url(e))),
-            Ok(Ok(r)) => r,
-        };
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body: ByteStream = Box::pin(
-            resp.bytes_stream()
-                .map_err(|e| ProviderError::Body(without_url(e))),
-        );
-        Ok(UpstreamResponse {
-            status,
-            headers,
-            body: UpstreamBody::Stream(IdleTimeout::wrap(body, self.idle_timeout)),
-        })
+        send_timed(builder, self.first_byte_timeout, self.idle_timeout).await
     }
 }

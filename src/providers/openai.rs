@@ -141,42 +141,55 @@ impl OpenAiProvider {
                     zeroize::Zeroizing::new(key.expose().to_owned()),
                 ),
             };
-            let mut hv = HeaderValue::from_str(&value).map_err(|_| {
-                ProviderError::Misconfigured(format!(
-                    "provider `{}`: key is not a valid header value",
-                    self.name
-                ))
-            })?;
-            hv.set_sensitive(true);
-            builder = builder.header(header, hv);
+            builder = builder.header(header, key_header_value(&self.name, &value)?);
         }
-        let timeout_ms = u64::try_from(self.first_byte_timeout.as_millis()).unwrap_or(u64::MAX);
-        let resp = match tokio::time::timeout(self.first_byte_timeout, builder.send()).await {
-            Err(_) => return Err(ProviderError::FirstByteTimeout(timeout_ms)),
-            Ok(Err(e)) if e.is_timeout() && e.is_connect() => {
-                return Err(ProviderError::Connect("connect timed out".into()))
-            }
-            Ok(Err(e)) if e.is_timeout() => {
-                return Err(ProviderError::FirstByteTimeout(timeout_ms))
-            }
-            Ok(Err(e)) if e.is_connect() => return Err(ProviderError::Connect(without_url(e))),
-            // Connected, then the connection closed or broke before a response.
-            Ok(Err(e)) => return Err(ProviderError::Body(without_url(e))),
-            Ok(Ok(r)) => r,
-        };
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body: ByteStream = Box::pin(
-            resp.bytes_stream()
-                .map_err(|e| ProviderError::Body(without_url(e))),
-        );
-        let body = IdleTimeout::wrap(body, self.idle_timeout);
-        Ok(UpstreamResponse {
-            status,
-            headers,
-            body: UpstreamBody::Stream(body),
-        })
+        send_timed(builder, self.first_byte_timeout, self.idle_timeout).await
     }
+}
+
+/// A credential as a header value, marked sensitive (kept out of `Debug`
+/// output and HPACK tables).
+pub(super) fn key_header_value(provider: &str, value: &str) -> Result<HeaderValue, ProviderError> {
+    let mut hv = HeaderValue::from_str(value).map_err(|_| {
+        ProviderError::Misconfigured(format!(
+            "provider `{provider}`: key is not a valid header value"
+        ))
+    })?;
+    hv.set_sensitive(true);
+    Ok(hv)
+}
+
+/// Sends a request, waiting at most `first_byte_timeout` for the response
+/// head, and classifies reqwest's failures; the body streams with
+/// `idle_timeout` between chunks.
+pub(super) async fn send_timed(
+    builder: reqwest::RequestBuilder,
+    first_byte_timeout: Duration,
+    idle_timeout: Duration,
+) -> Result<UpstreamResponse, ProviderError> {
+    let timeout_ms = u64::try_from(first_byte_timeout.as_millis()).unwrap_or(u64::MAX);
+    let resp = match tokio::time::timeout(first_byte_timeout, builder.send()).await {
+        Err(_) => return Err(ProviderError::FirstByteTimeout(timeout_ms)),
+        Ok(Err(e)) if e.is_timeout() && e.is_connect() => {
+            return Err(ProviderError::Connect("connect timed out".into()))
+        }
+        Ok(Err(e)) if e.is_timeout() => return Err(ProviderError::FirstByteTimeout(timeout_ms)),
+        Ok(Err(e)) if e.is_connect() => return Err(ProviderError::Connect(without_url(e))),
+        // Connected, then the connection closed or broke before a response.
+        Ok(Err(e)) => return Err(ProviderError::Body(without_url(e))),
+        Ok(Ok(r)) => r,
+    };
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body: ByteStream = Box::pin(
+        resp.bytes_stream()
+            .map_err(|e| ProviderError::Body(without_url(e))),
+    );
+    Ok(UpstreamResponse {
+        status,
+        headers,
+        body: UpstreamBody::Stream(IdleTimeout::wrap(body, idle_timeout)),
+    })
 }
 
 /// reqwest errors name the URL; the base URL can identify the platform's upstream

@@ -438,6 +438,12 @@ async fn collect(
     Ok(buf.freeze())
 }
 
+/// What the client is told when the provider refused the tenant's own key.
+pub const TENANT_KEY_REJECTED: &str = "The provider rejected your own API key for this model; update the provider key configured for your account.";
+/// What the client is told when the provider refused a reseller's or the
+/// platform's key.
+pub const GATEWAY_KEY_REJECTED: &str = "The upstream provider refused the gateway's credentials for this model; the operator must fix the provider key.";
+
 /// Reshapes a provider error body into OpenAI's error JSON. Returns the status for
 /// the client, the body and the error code for the usage record.
 ///
@@ -485,12 +491,12 @@ pub fn reshape_error(
         if key_owner == KeyOwner::Tenant {
             // The tenant's own provider key: the tenant can and must fix it.
             client_status = StatusCode::BAD_REQUEST;
-            message = Some("The provider rejected your own API key for this model; update the provider key configured for your account.".into());
+            message = Some(TENANT_KEY_REJECTED.into());
             typ = Some("invalid_request_error".into());
             code = Some("provider_key_rejected".into());
         } else {
             client_status = StatusCode::BAD_GATEWAY;
-            message = Some("The upstream provider refused the gateway's credentials for this model; the operator must fix the provider key.".into());
+            message = Some(GATEWAY_KEY_REJECTED.into());
             typ = Some("upstream_error".into());
             code = Some("upstream_auth_failed".into());
         }

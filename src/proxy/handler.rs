@@ -22,6 +22,7 @@ use super::record::PendingRecord;
 use super::App;
 use crate::limits::{estimate_request_tokens, Admission, EffectiveLimits, LimitKey};
 use crate::providers::Endpoint;
+use crate::routing::ModelChoice;
 use crate::tenancy::{normalize_host, presented_key, PresentedKey, ResellerIdx, TenancyError};
 use crate::usage::Outcome;
 use bytes::Bytes;
@@ -56,7 +57,7 @@ where
     // Boxed: hyper keeps the connection's in-flight future allocation for the
     // connection's whole life, streams included; boxing the pipeline keeps
     // that small and frees the pipeline's state as soon as the answer starts.
-    let mut resp = match Box::pin(dispatch(&app, req, &rid, started))
+    let mut resp = match Box::pin(dispatch(&app, req, &rid, started, dialect))
         .instrument(span.clone())
         .await
     {
@@ -75,6 +76,7 @@ async fn dispatch<B>(
     req: Request<B>,
     rid: &str,
     started: Instant,
+    dialect: Dialect,
 ) -> Result<Response<ProxyBody>, GatewayError>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
@@ -155,7 +157,7 @@ where
         reseller_idx,
         tenant,
         sni,
-        dialect: Dialect::of_path(path),
+        dialect,
     };
     match api {
         Api::Models => Ok(list_models(&ctx)),
@@ -212,7 +214,7 @@ fn health(app: &App, ready: bool, detail: bool) -> Response<ProxyBody> {
 
 fn metrics(app: &App) -> Response<ProxyBody> {
     let breakers = app.breakers.view();
-    let text =
+    let mut text =
         app.metrics.render(
             breakers
                 .iter()
@@ -223,7 +225,6 @@ fn metrics(app: &App) -> Response<ProxyBody> {
                     opened_total: b.opened_total,
                 }),
         );
-    let mut text = text;
     app.limiter.render_prometheus(&mut text);
     app.usage.render_prometheus(&mut text);
     let mut resp = Response::new(super::body::full(text));
@@ -338,18 +339,17 @@ fn reject(record: &mut PendingRecord, err: GatewayError) -> GatewayError {
     err
 }
 
-/// Validates the body and prepares what the gateway owns: the model (after the
-/// plan's policy) and, for streams, `stream_options.include_usage` (so usage is
-/// always counted). The upstream `model` is written per route.
-fn prepare_body(
+/// What every forwarded body must be, whatever its API: a JSON object with a
+/// non-empty string `model` (chosen here under the plan's policy) and an
+/// optional boolean `stream`. Returns the parsed body, the choice and `stream`.
+pub(super) fn read_body(
     ctx: &RequestCtx,
-    endpoint: Endpoint,
     body: &[u8],
     record: &mut PendingRecord,
-) -> Result<Prepared, GatewayError> {
-    let mut value: Value =
+) -> Result<(Value, ModelChoice, bool), GatewayError> {
+    let value: Value =
         serde_json::from_slice(body).map_err(|e| GatewayError::BadJson(e.to_string()))?;
-    let obj = value.as_object_mut().ok_or(GatewayError::NotAnObject)?;
+    let obj = value.as_object().ok_or(GatewayError::NotAnObject)?;
     let requested_model = match obj.get("model") {
         None | Some(Value::Null) => return Err(GatewayError::MissingModel),
         Some(Value::String(s)) if s.is_empty() => return Err(GatewayError::MissingModel),
@@ -365,7 +365,22 @@ fn prepare_body(
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(GatewayError::InvalidField("stream", "a boolean")),
-    } && endpoint != Endpoint::Embeddings;
+    };
+    Ok((value, choice, stream))
+}
+
+/// Validates the body and prepares what the gateway owns: the model (after the
+/// plan's policy) and, for streams, `stream_options.include_usage` (so usage is
+/// always counted). The upstream `model` is written per route.
+fn prepare_body(
+    ctx: &RequestCtx,
+    endpoint: Endpoint,
+    body: &[u8],
+    record: &mut PendingRecord,
+) -> Result<Prepared, GatewayError> {
+    let (mut value, choice, stream) = read_body(ctx, body, record)?;
+    let stream = stream && endpoint != Endpoint::Embeddings;
+    let obj = value.as_object_mut().ok_or(GatewayError::NotAnObject)?;
     let mut client_wants_usage = false;
     if stream {
         let opts = obj.entry("stream_options").or_insert_with(|| json!({}));

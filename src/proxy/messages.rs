@@ -11,7 +11,7 @@
 use super::ctx::RequestCtx;
 use super::error::{anthropic_error_type, GatewayError};
 use super::fallback::Prepared;
-use super::forward::{scrub, Verdict};
+use super::forward::{scrub, Verdict, GATEWAY_KEY_REJECTED, TENANT_KEY_REJECTED};
 use super::record::{PendingRecord, TokenUsage};
 use crate::providers::anthropic::Tokens;
 use crate::vault::KeyOwner;
@@ -27,25 +27,7 @@ pub fn prepare_body(
     body: &[u8],
     record: &mut PendingRecord,
 ) -> Result<Prepared, GatewayError> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| GatewayError::BadJson(e.to_string()))?;
-    let obj = value.as_object().ok_or(GatewayError::NotAnObject)?;
-    let requested_model = match obj.get("model") {
-        None | Some(Value::Null) => return Err(GatewayError::MissingModel),
-        Some(Value::String(s)) if s.is_empty() => return Err(GatewayError::MissingModel),
-        Some(Value::String(s)) => s.clone(),
-        Some(_) => return Err(GatewayError::InvalidField("model", "a string")),
-    };
-    record.update(|r| r.requested_model = Some(requested_model.clone()));
-    let choice = ctx
-        .snapshot
-        .models
-        .choose(&ctx.tenant.plan, &requested_model)?;
-    let stream = match obj.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(GatewayError::InvalidField("stream", "a boolean")),
-    };
+    let (value, choice, stream) = super::handler::read_body(ctx, body, record)?;
     Ok(Prepared {
         model: choice.model,
         downgraded_from: choice.downgraded_from,
@@ -131,31 +113,30 @@ pub fn reshape_error(
         .and_then(Value::as_str)
         .filter(|m| !m.is_empty())
         .map(scrub);
-    let (client_status, typ, message, code) = if matches!(
-        status,
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
-    ) {
-        if key_owner == KeyOwner::Tenant {
-            (
+    let (client_status, typ, message, code) =
+        if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            if key_owner == KeyOwner::Tenant {
+                (
                     StatusCode::BAD_REQUEST,
                     "invalid_request_error".to_owned(),
-                    "The provider rejected your own API key for this model; update the provider key configured for your account.".to_owned(),
+                    TENANT_KEY_REJECTED.to_owned(),
                     "provider_key_rejected".to_owned(),
                 )
-        } else {
-            (
+            } else {
+                (
                     StatusCode::BAD_GATEWAY,
                     "api_error".to_owned(),
-                    "The upstream provider refused the gateway's credentials for this model; the operator must fix the provider key.".to_owned(),
+                    GATEWAY_KEY_REJECTED.to_owned(),
                     "upstream_auth_failed".to_owned(),
                 )
-        }
-    } else {
-        let typ = typ.unwrap_or_else(|| anthropic_error_type(status).to_owned());
-        let message = message
-            .unwrap_or_else(|| format!("The upstream provider returned HTTP {}.", status.as_u16()));
-        (status, typ.clone(), message, typ)
-    };
+            }
+        } else {
+            let typ = typ.unwrap_or_else(|| anthropic_error_type(status).to_owned());
+            let message = message.unwrap_or_else(|| {
+                format!("The upstream provider returned HTTP {}.", status.as_u16())
+            });
+            (status, typ.clone(), message, typ)
+        };
     let payload = json!({"type": "error", "error": {"type": typ, "message": message}});
     let bytes = Bytes::from(serde_json::to_vec(&payload).unwrap_or_default());
     (client_status, bytes, code)

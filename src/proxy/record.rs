@@ -66,8 +66,9 @@ pub struct PendingRecord {
     admission: Option<Admission>,
 }
 
-/// Completion text kept for estimation; beyond it, counts scale by length.
-const COMPLETION_TEXT_CAP: usize = 4 << 20;
+/// Completion text kept for estimation; beyond it, counts scale by length
+/// (kept small: every open stream holds up to this much).
+const COMPLETION_TEXT_CAP: usize = 64 << 10;
 
 impl PendingRecord {
     pub fn new(ctx: &RequestCtx, sink: UsageSink, endpoint: Endpoint) -> Self {
@@ -155,10 +156,7 @@ impl PendingRecord {
     /// Fills in counts the upstream did not report. Only for calls an upstream
     /// served (or was serving): refused and failed calls are not estimated.
     fn estimate_missing(&mut self, r: &mut UsageRecord, outcome: Outcome) {
-        let served = matches!(
-            outcome,
-            Outcome::Ok | Outcome::Truncated | Outcome::ClientDisconnected
-        ) && r.provider.is_some();
+        let served = served_by_upstream(r, outcome);
         // Embeddings have no completion tokens.
         let has_completion = r.endpoint != "embeddings";
         let complete =
@@ -223,12 +221,7 @@ impl PendingRecord {
         if let Some(mut admission) = self.admission.take() {
             // Refund the estimate of a call no upstream served; keep it charged
             // for one served without a count (usage may have happened).
-            let served = r.provider.is_some()
-                && matches!(
-                    outcome,
-                    Outcome::Ok | Outcome::Truncated | Outcome::ClientDisconnected
-                );
-            match (r.total_tokens, served) {
+            match (r.total_tokens, served_by_upstream(&r, outcome)) {
                 (Some(total), _) => admission.settle(total),
                 (None, false) => admission.settle(0),
                 (None, true) => {}
@@ -249,6 +242,16 @@ impl Drop for PendingRecord {
             );
         }
     }
+}
+
+/// True if an upstream served the call, or was serving it when it ended:
+/// tokens may have been spent even when none were reported.
+fn served_by_upstream(r: &UsageRecord, outcome: Outcome) -> bool {
+    r.provider.is_some()
+        && matches!(
+            outcome,
+            Outcome::Ok | Outcome::Truncated | Outcome::ClientDisconnected
+        )
 }
 
 fn ms(d: std::time::Duration) -> f64 {

@@ -23,8 +23,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 /// The parts of a streamed chunk the gateway looks at; everything else is
-/// forwarded untouched.
-/// Strings are borrowed where the JSON has no escapes, so that a typical
+/// forwarded untouched. Strings are borrowed where the JSON has no escapes, so that a typical
 /// chunk is read without allocating.
 #[derive(Deserialize)]
 struct ChunkPeek<'a> {

@@ -32,7 +32,7 @@ pub use event::{AttemptRecord, LedgerEvent, Outcome, UsageRecord, SCHEMA_VERSION
 pub use ledger::{LedgerStats, SinkStats};
 
 use crate::config::GatewayConfig;
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use ledger::Ledger;
 use price::PriceTable;
 use spool::{Spool, SpoolOptions};
@@ -115,7 +115,8 @@ pub struct UsageSink {
 }
 
 struct SinkInner {
-    tx: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
+    /// Taken away by `close`; read without a lock on the request path.
+    tx: ArcSwapOption<mpsc::Sender<Vec<u8>>>,
     /// Used when the channel is full or closed, so that no record is dropped.
     overflow: Option<Mutex<File>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -262,7 +263,7 @@ impl UsageSink {
             .ok();
         Ok(Self {
             inner: Arc::new(SinkInner {
-                tx: Mutex::new(Some(tx)),
+                tx: ArcSwapOption::from_pointee(tx),
                 overflow,
                 writer: Mutex::new(handle),
                 ledger,
@@ -331,8 +332,8 @@ impl UsageSink {
             }
         }
         let line = {
-            let guard = self.inner.tx.lock().unwrap_or_else(|p| p.into_inner());
-            match guard.as_ref() {
+            let tx = self.inner.tx.load();
+            match tx.as_deref() {
                 Some(tx) if self.inner.overflow.is_some() => match tx.try_send(line) {
                     Ok(()) => return,
                     Err(
@@ -400,13 +401,7 @@ impl UsageSink {
     /// fsyncs the spool. Records arriving later are still spooled (and fsynced
     /// at once) and appended to the JSONL file synchronously.
     pub fn close(&self) {
-        drop(
-            self.inner
-                .tx
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take(),
-        );
+        self.inner.tx.store(None);
         let handle = self
             .inner
             .writer
