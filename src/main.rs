@@ -161,6 +161,11 @@ fn serve(path: PathBuf, listen: Vec<SocketAddr>) -> ExitCode {
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };
     runtime.block_on(async move {
+        // Handlers go in before anything is announced: a signal that arrives
+        // between "listening" and registration would otherwise take the
+        // default action (SIGTERM kills without draining, SIGHUP kills).
+        let stop = wait_for_signal();
+        let mut hangups = Hangups::new();
         let gateway = match Gateway::start(config).await {
             Ok(g) => g,
             Err(e) => return fail(e),
@@ -174,9 +179,7 @@ fn serve(path: PathBuf, listen: Vec<SocketAddr>) -> ExitCode {
             tracing::info!(%addr, "listening (HTTPS)");
             println!("livery listening on https://{addr}");
         }
-        let stop = wait_for_signal();
         tokio::pin!(stop);
-        let mut hangups = Hangups::new();
         loop {
             tokio::select! {
                 _ = &mut stop => break,
@@ -235,24 +238,20 @@ impl Hangups {
     }
 }
 
-async fn wait_for_signal() {
+/// Registers the SIGTERM handler now (not at the first poll) and returns a
+/// future that resolves on SIGTERM or Ctrl-C.
+fn wait_for_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        #[cfg(unix)]
+        if let Some(mut term) = term {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            return;
         }
-    }
-    #[cfg(not(unix))]
-    {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
