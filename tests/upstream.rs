@@ -274,3 +274,47 @@ async fn a_stream_that_stalls_is_cut_with_an_error_event_after_the_idle_timeout(
     mock.wait_cancelled(1, std::time::Duration::from_secs(6))
         .await;
 }
+
+/// `http2_prior_knowledge`: requests and streams to a plain-HTTP provider go
+/// over HTTP/2 (h2c) and share a connection instead of holding one each.
+#[tokio::test]
+async fn http2_prior_knowledge_multiplexes_upstream_requests_over_h2c() {
+    let mock = MockProvider::start().await;
+    let toml = standard_config(&mock.base_url(), "").replace(
+        "first_byte_timeout_ms = 1500",
+        "first_byte_timeout_ms = 1500\nhttp2_prior_knowledge = true",
+    );
+    assert!(toml.contains("http2_prior_knowledge = true"));
+    let gw = TestGateway::start(&toml).await;
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let url = gw.url("/v1/chat/completions");
+        tasks.push(tokio::spawn(async move {
+            let mut body = chat_body("gpt-4o-mini");
+            body["stream"] = json!(i % 2 == 0);
+            body["mock"] = json!({"gap_ms": 20, "chunks": 4});
+            let resp = client()
+                .post(url)
+                .header("host", ACME_HOST)
+                .bearer_auth(ACME_DENTAL.2)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.text().await.unwrap()
+        }));
+    }
+    for t in tasks {
+        let text = t.await.unwrap();
+        assert!(text.contains("chat.completion"), "{text}");
+    }
+    let seen = mock.requests();
+    assert_eq!(seen.len(), 20);
+    assert!(seen.iter().all(|r| r.version == http::Version::HTTP_2));
+    let connections = mock
+        .state
+        .connections
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(connections, 1, "20 concurrent requests, one h2c connection");
+}

@@ -206,9 +206,11 @@ async fn accept_loop(listener: TcpListener, mock: Arc<Mock>) {
                 let mock = mock.clone();
                 async move { Ok::<_, std::convert::Infallible>(serve(&mock, req).await) }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // A gateway multiplexing every stream over one HTTP/2 connection
+            // must not be held to hyper's default of 200 concurrent streams.
+            builder.http2().max_concurrent_streams(100_000);
+            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
         });
     }
 }

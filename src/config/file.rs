@@ -475,6 +475,12 @@ pub struct ProviderConfig {
     /// `max_tokens` (default 4096).
     #[serde(default)]
     pub default_max_tokens: Option<u64>,
+    /// Speak HTTP/2 to this provider without negotiation (h2c over plain
+    /// HTTP, e.g. to an inference server or a mesh sidecar that accepts it):
+    /// concurrent requests and streams share a few connections. Over https,
+    /// HTTP/2 is already chosen by ALPN when the provider offers it.
+    #[serde(default)]
+    pub http2_prior_knowledge: bool,
 }
 
 fn default_connect_timeout_ms() -> u64 {

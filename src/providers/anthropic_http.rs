@@ -69,14 +69,7 @@ impl AnthropicProvider {
                 cfg.name
             ));
         }
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("livery/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("provider `{}`: {e}", cfg.name))?;
+        let client = super::openai::upstream_client(cfg)?;
         Ok(Self {
             name: cfg.name.as_str().into(),
             url: format!("{base}/v1/messages"),

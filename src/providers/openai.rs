@@ -32,6 +32,24 @@ pub struct OpenAiProvider {
     idle_timeout: Duration,
 }
 
+/// The HTTP client of one provider: pooled keep-alive connections, no
+/// redirects (a redirect would carry the key elsewhere), Nagle off for
+/// streams, and HTTP/2 without negotiation when configured.
+pub(super) fn upstream_client(cfg: &ProviderConfig) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("livery/", env!("CARGO_PKG_VERSION")));
+    if cfg.http2_prior_knowledge {
+        builder = builder.http2_prior_knowledge();
+    }
+    builder
+        .build()
+        .map_err(|e| format!("provider `{}`: {e}", cfg.name))
+}
+
 impl OpenAiProvider {
     pub fn from_config(cfg: &ProviderConfig) -> Result<Self, String> {
         let base_url = cfg
@@ -57,14 +75,7 @@ impl OpenAiProvider {
             Some(var) => Some(platform_key_from_env(&cfg.name, var).map_err(|e| e.to_string())?),
             None => None,
         };
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("livery/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("provider `{}`: {e}", cfg.name))?;
+        let client = upstream_client(cfg)?;
         let flavor = match cfg.kind {
             ProviderKind::AzureOpenai => Flavor::Azure {
                 api_version: cfg

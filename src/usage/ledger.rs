@@ -358,10 +358,17 @@ impl Shipper {
                 self.linger(seen);
                 continue;
             }
+            let caught_up = events.len() < BATCH_EVENTS;
             let Some(ack) = self.deliver(&events, next) else {
                 return self.finish();
             };
             self.acked(next, ack);
+            // Under steady load something has always arrived during the
+            // delivery; shipping it at once would cost a sink transaction per
+            // handful of events. Linger as an idle shipper would.
+            if caught_up && !self.shared.stopping() {
+                self.linger(seen);
+            }
         }
     }
 

@@ -30,6 +30,7 @@ pub struct Recorded {
     pub headers: HeaderMap,
     pub body: Value,
     pub raw_body: Bytes,
+    pub version: http::Version,
 }
 
 #[derive(Default)]
@@ -40,6 +41,8 @@ pub struct MockState {
     /// Pieces (SSE events) actually handed to hyper for sending.
     pub pieces_sent: AtomicUsize,
     pub completed: AtomicUsize,
+    /// TCP connections accepted.
+    pub connections: AtomicUsize,
 }
 
 pub struct MockProvider {
@@ -67,6 +70,7 @@ impl MockProvider {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                st.connections.fetch_add(1, Ordering::SeqCst);
                 let st = st.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
@@ -153,6 +157,7 @@ async fn serve(state: Arc<MockState>, req: Request<Incoming>) -> Response<MockBo
         path: parts.uri.path().to_owned(),
         query: parts.uri.query().map(str::to_owned),
         headers: parts.headers.clone(),
+        version: parts.version,
         body: json.clone(),
         raw_body: raw,
     });
