@@ -141,8 +141,10 @@ pub struct LedgerEvent {
     pub latency_ms: f64,
     #[serde(default)]
     pub ttfb_ms: Option<f64>,
+    /// Only counted by the sinks (the full attempts stay in `raw`): skipped
+    /// without building a JSON tree per attempt.
     #[serde(default)]
-    pub attempts: Vec<serde_json::Value>,
+    pub attempts: Vec<serde::de::IgnoredAny>,
     #[serde(default)]
     pub cost_micros: Option<u64>,
     /// The event's JSON line as written (without the newline).
