@@ -100,6 +100,57 @@ fn local(c: &mut Criterion) {
     bench(c, "local", &limiter, &rt, 1);
 }
 
+/// Admission cost against the number of tenants (issue 7: flat from 10 to
+/// 100,000): every tenant (spread over 100 resellers) admitted once first so
+/// that its buckets exist, then admissions of tenants in a scattered order.
+fn local_tenants(c: &mut Criterion) {
+    let Ok(rt) = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    let big = all_limits(1_000_000_000_000);
+    let limits = EffectiveLimits::new(&big, &big);
+    let mut g = c.benchmark_group("limits/local_tenants");
+    g.measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_millis(500));
+    for n in [10usize, 1_000, 10_000, 100_000] {
+        let Ok(limiter) = Limiter::new(LimiterSettings::default(), Arc::new(NoMonthlyUsage)) else {
+            return;
+        };
+        let keys: Vec<LimitKey> = (0..n)
+            .map(|i| LimitKey::new(format!("reseller-{}", i % 100), format!("tenant-{i}")))
+            .collect();
+        rt.block_on(async {
+            for key in &keys {
+                if let Ok(mut a) = limiter.admit(key, &limits, 300).await {
+                    a.settle(120);
+                }
+            }
+        });
+        let mut i = 0usize;
+        g.bench_function(format!("{n}_tenants"), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                rt.block_on(async {
+                    for _ in 0..iters {
+                        // A multiplicative step scatters consecutive admissions
+                        // over the whole table (no cache-friendly walk).
+                        i = (i.wrapping_mul(2_654_435_761).wrapping_add(1)) % n;
+                        if let Ok(mut a) = limiter.admit(&keys[i], &limits, 300).await {
+                            a.settle(120);
+                            black_box(a.headers().len());
+                        }
+                    }
+                });
+                start.elapsed()
+            })
+        });
+    }
+    g.finish();
+}
+
 struct Server(Child);
 
 impl Drop for Server {
@@ -185,5 +236,5 @@ fn redis(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, local, redis);
+criterion_group!(benches, local, local_tenants, redis);
 criterion_main!(benches);

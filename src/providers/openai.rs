@@ -4,7 +4,8 @@
 //! keep its own connect timeout.
 
 use super::{
-    ByteStream, IdleTimeout, ProviderError, UpstreamBody, UpstreamRequest, UpstreamResponse,
+    ByteStream, Endpoint, IdleTimeout, ProviderError, UpstreamBody, UpstreamRequest,
+    UpstreamResponse,
 };
 use crate::config::{ProviderConfig, ProviderKind};
 use crate::vault::{platform_key_from_env, Secret};
@@ -26,10 +27,23 @@ pub struct OpenAiProvider {
     name: Arc<str>,
     flavor: Flavor,
     base_url: String,
+    /// `{base_url}{path}` per endpoint, parsed once (OpenAI flavour; Azure's
+    /// URLs name the deployment and are built per request).
+    endpoint_urls: Box<[reqwest::Url; 4]>,
     key: Option<Secret>,
     client: reqwest::Client,
     first_byte_timeout: Duration,
     idle_timeout: Duration,
+}
+
+/// Where `endpoint`'s URL sits in `OpenAiProvider::endpoint_urls`.
+fn url_slot(endpoint: Endpoint) -> usize {
+    match endpoint {
+        Endpoint::ChatCompletions => 0,
+        Endpoint::Completions => 1,
+        Endpoint::Embeddings => 2,
+        Endpoint::Messages => 3,
+    }
 }
 
 /// The HTTP client of one provider: pooled keep-alive connections, no
@@ -85,9 +99,23 @@ impl OpenAiProvider {
             },
             _ => Flavor::OpenAi,
         };
+        let endpoint_url = |e: Endpoint| {
+            reqwest::Url::parse(&format!("{base_url}{}", e.path()))
+                .map_err(|err| format!("provider `{}`: base_url `{base_url}`: {err}", cfg.name))
+        };
+        let endpoint_urls = [
+            Endpoint::ChatCompletions,
+            Endpoint::Completions,
+            Endpoint::Embeddings,
+            Endpoint::Messages,
+        ]
+        .map(endpoint_url);
+        let [a, b, c, d] = endpoint_urls;
+        let endpoint_urls = Box::new([a?, b?, c?, d?]);
         Ok(Self {
             name: cfg.name.as_str().into(),
             flavor,
+            endpoint_urls,
             base_url,
             key,
             client,
@@ -120,14 +148,15 @@ impl OpenAiProvider {
         key: Option<&Secret>,
     ) -> Result<UpstreamResponse, ProviderError> {
         let url = match &self.flavor {
-            Flavor::OpenAi => format!("{}{}", self.base_url, req.endpoint.path()),
-            Flavor::Azure { api_version } => format!(
+            Flavor::OpenAi => self.endpoint_urls[url_slot(req.endpoint)].clone(),
+            Flavor::Azure { api_version } => reqwest::Url::parse(&format!(
                 "{}/openai/deployments/{}{}?api-version={}",
                 self.base_url,
                 utf8_percent_encode_path(&req.model),
                 req.endpoint.path(),
                 api_version
-            ),
+            ))
+            .map_err(|e| ProviderError::Misconfigured(e.to_string()))?,
         };
         let accept = if req.stream {
             "text/event-stream"
