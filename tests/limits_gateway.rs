@@ -109,6 +109,7 @@ async fn a_tenant_at_60_rpm_gets_exactly_60_of_100_and_its_neighbour_is_unaffect
     let gw = TestGateway::start(&config("requests_per_minute = 60", None, "")).await;
     let mut ok = 0;
     let mut refused = Vec::new();
+    let started = std::time::Instant::now();
     for _ in 0..100 {
         let resp = send(&gw, KEYS[0], &body()).await;
         match resp.status().as_u16() {
@@ -125,8 +126,15 @@ async fn a_tenant_at_60_rpm_gets_exactly_60_of_100_and_its_neighbour_is_unaffect
             s => panic!("unexpected status {s}"),
         }
     }
-    assert_eq!(ok, 60);
-    assert_eq!(refused.len(), 40);
+    // The bucket refills one request per second: on a slow machine the loop
+    // may outlast a second, and the refill is then rightly admitted. Anything
+    // beyond the burst plus the refill is an excess.
+    let refill = started.elapsed().as_secs() as usize;
+    assert!(
+        (60..=60 + refill).contains(&ok),
+        "{ok} admitted (refill {refill})"
+    );
+    assert_eq!(ok + refused.len(), 100);
     let resp = refused.pop().unwrap();
     let retry_after: u64 = header(&resp, "retry-after").unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry_after), "retry-after {retry_after}");
@@ -350,6 +358,7 @@ async fn two_gateway_processes_on_one_redis_admit_the_limit_together_and_not_mor
     let a = crate::cli::ServeProcess::start(&path, "127.0.0.1:0");
     let b = crate::cli::ServeProcess::start(&path, "127.0.0.1:0");
     let mut handles = Vec::new();
+    let started = std::time::Instant::now();
     for i in 0..100 {
         let addr = if i % 2 == 0 { a.addr } else { b.addr };
         handles.push(tokio::spawn(async move {
@@ -371,8 +380,14 @@ async fn two_gateway_processes_on_one_redis_admit_the_limit_together_and_not_mor
     }
     let ok = statuses.iter().filter(|s| **s == 200).count();
     let refused = statuses.iter().filter(|s| **s == 429).count();
-    // Measured excess over the shared limit: must be 0.
-    assert_eq!((ok, refused), (50, 50), "{statuses:?}");
+    // Measured excess over the shared limit (the burst plus what refilled at
+    // 50 a minute while the requests ran): must be 0.
+    let refill = (started.elapsed().as_secs_f64() * 50.0 / 60.0).floor() as usize;
+    assert!(
+        (50..=50 + refill).contains(&ok),
+        "{ok} admitted (refill {refill}): {statuses:?}"
+    );
+    assert_eq!(ok + refused, 100, "{statuses:?}");
 }
 
 /// Sends `n` requests one after the other; returns their statuses and the
