@@ -316,7 +316,12 @@ fn push_attempt(
         status,
         latency_ms,
     };
-    record.update(|r| r.attempts.push(a));
+    record.update(|r| {
+        // Most requests make one attempt; the default growth would reserve
+        // room for four in every open stream's record.
+        r.attempts.reserve_exact(1);
+        r.attempts.push(a);
+    });
 }
 
 /// Tells the client which tenant-facing model served it, and that it was

@@ -329,6 +329,14 @@ async fn accept_loop(
     graceful.shutdown().await;
 }
 
+type ServiceFuture = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<http::Response<ProxyBody>, std::convert::Infallible>,
+            > + Send,
+    >,
+>;
+
 /// Serves HTTP/1.1 or HTTP/2 on one accepted connection. Each request carries
 /// the connection's [`ConnInfo`]; on a plain listener under `[tls]`, the plain
 /// policy may answer with a redirect first.
@@ -347,7 +355,11 @@ async fn serve<I>(
         let app = app.clone();
         let conn = conn.clone();
         let plain_tls = plain_tls.clone();
-        async move {
+        // Boxed: hyper's HTTP/1 dispatcher keeps a slot the size of this
+        // future for the connection's whole life (streams included); boxed,
+        // the slot is a pointer and the request's state is freed as soon as
+        // the answer starts (about 1 KiB per open stream).
+        let answer: ServiceFuture = Box::pin(async move {
             if let Some(tls) = &plain_tls {
                 if let PlainAction::Redirect(url) = tls.plain_action(conn.peer.ip(), &req) {
                     return Ok::<_, std::convert::Infallible>(redirect(&url));
@@ -355,7 +367,8 @@ async fn serve<I>(
             }
             req.extensions_mut().insert(conn);
             Ok(handler::handle(app, req).await)
-        }
+        });
+        answer
     });
     let conn = builder.serve_connection_with_upgrades(io, service);
     if let Err(e) = watcher.watch(conn.into_owned()).await {
