@@ -48,9 +48,12 @@ impl TokenUsage {
     }
 }
 
+/// The record and the admission are boxed: a `PendingRecord` is moved through
+/// several nested request futures (each keeping its own slot for it) and
+/// lives in every open stream, so it is kept small.
 pub struct PendingRecord {
     sink: UsageSink,
-    record: Option<UsageRecord>,
+    record: Option<Box<UsageRecord>>,
     started: Instant,
     pub first_byte: Option<Instant>,
     pub tokens: TokenUsage,
@@ -63,7 +66,7 @@ pub struct PendingRecord {
     /// The request's limit admission: settled with the real tokens and
     /// released (concurrency slot) when the record is written, which happens on
     /// every exit path, `Drop` included.
-    admission: Option<Admission>,
+    admission: Option<Box<Admission>>,
 }
 
 /// Completion text kept for estimation; beyond it, counts scale by length
@@ -81,7 +84,7 @@ impl PendingRecord {
             completion_text: String::new(),
             completion_overflow: 0,
             admission: None,
-            record: Some(UsageRecord {
+            record: Some(Box::new(UsageRecord {
                 v: SCHEMA_VERSION,
                 event_id: String::new(),
                 ts: now_rfc3339(),
@@ -108,13 +111,13 @@ impl PendingRecord {
                 ttfb_ms: None,
                 attempts: Vec::new(),
                 cost_micros: None,
-            }),
+            })),
         }
     }
 
     /// Holds the request's admission until the record is written.
     pub fn hold_admission(&mut self, admission: Admission) {
-        self.admission = Some(admission);
+        self.admission = Some(Box::new(admission));
     }
 
     /// Edits the record before it is written.
@@ -227,7 +230,7 @@ impl PendingRecord {
                 (None, true) => {}
             }
         }
-        self.sink.record(r);
+        self.sink.record(*r);
     }
 }
 
