@@ -305,26 +305,34 @@ async fn accept_loop(
         let app = app.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
-        let kind = kind.clone();
-        tokio::spawn(async move {
-            match kind {
-                Listener::Plain(tls) => {
+        // One task per connection, spawned per listener kind: a task is the
+        // size of its largest state for the connection's whole life, so a
+        // plain connection must not carry room for a TLS handshake.
+        match &kind {
+            Listener::Plain(tls) => {
+                let tls = tls.clone();
+                tokio::spawn(async move {
                     let conn = ConnInfo { peer, tls: None };
                     serve(&builder, watcher, TokioIo::new(stream), app, conn, tls).await;
-                }
-                Listener::Https(tls) => match tls.accept(stream).await {
-                    Ok(Accepted::Stream(stream, info)) => {
-                        let conn = ConnInfo {
-                            peer,
-                            tls: Some(info),
-                        };
-                        serve(&builder, watcher, TokioIo::new(stream), app, conn, None).await;
-                    }
-                    Ok(Accepted::Challenge) => {}
-                    Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                },
+                });
             }
-        });
+            Listener::Https(tls) => {
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    match tls.accept(stream).await {
+                        Ok(Accepted::Stream(stream, info)) => {
+                            let conn = ConnInfo {
+                                peer,
+                                tls: Some(info),
+                            };
+                            serve(&builder, watcher, TokioIo::new(stream), app, conn, None).await;
+                        }
+                        Ok(Accepted::Challenge) => {}
+                        Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    }
+                });
+            }
+        }
     }
     graceful.shutdown().await;
 }
