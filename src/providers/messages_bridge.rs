@@ -63,11 +63,7 @@ where
             body: UpstreamBody::Stream(body),
         });
     }
-    let is_sse = resp
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    let is_sse = super::is_event_stream(&resp.headers);
     if stream && is_sse {
         let conv = ChatToAnthropic(ChatStreamToMessages::new(&model));
         return Ok(UpstreamResponse {

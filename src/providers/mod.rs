@@ -90,6 +90,14 @@ pub enum UpstreamBody {
     Stream(ByteStream),
 }
 
+/// True if a response's headers declare a server-sent event stream.
+pub fn is_event_stream(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"))
+}
+
 pub struct UpstreamResponse {
     pub status: StatusCode,
     pub headers: HeaderMap,

@@ -103,15 +103,13 @@ impl OpenAiProvider {
             reqwest::Url::parse(&format!("{base_url}{}", e.path()))
                 .map_err(|err| format!("provider `{}`: base_url `{base_url}`: {err}", cfg.name))
         };
-        let endpoint_urls = [
-            Endpoint::ChatCompletions,
-            Endpoint::Completions,
-            Endpoint::Embeddings,
-            Endpoint::Messages,
-        ]
-        .map(endpoint_url);
-        let [a, b, c, d] = endpoint_urls;
-        let endpoint_urls = Box::new([a?, b?, c?, d?]);
+        // In `url_slot` order.
+        let endpoint_urls = Box::new([
+            endpoint_url(Endpoint::ChatCompletions)?,
+            endpoint_url(Endpoint::Completions)?,
+            endpoint_url(Endpoint::Embeddings)?,
+            endpoint_url(Endpoint::Messages)?,
+        ]);
         Ok(Self {
             name: cfg.name.as_str().into(),
             flavor,

@@ -159,11 +159,7 @@ pub async fn attempt(
             AttemptResult::Final(failure)
         };
     }
-    let is_sse = upstream
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    let is_sse = crate::providers::is_event_stream(&upstream.headers);
     if stream && is_sse {
         let mut events = body.eventsource();
         let mut held = Vec::new();

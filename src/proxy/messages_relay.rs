@@ -11,8 +11,9 @@
 
 use super::messages::{event_name, token_usage};
 use super::record::PendingRecord;
+use super::relay::{poll_upstream, Upstream};
 use crate::providers::anthropic::{anthropic_sse_frame, Tokens};
-use crate::providers::{ByteStream, ProviderError};
+use crate::providers::ByteStream;
 use crate::usage::Outcome;
 use bytes::Bytes;
 use eventsource_stream::{Event, EventStream};
@@ -20,7 +21,6 @@ use futures_util::Stream;
 use http_body::Frame;
 use serde_json::{json, Value};
 use std::convert::Infallible;
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -114,38 +114,14 @@ impl Stream for MessagesRelay {
             let bytes = this.on_event(&ev.event, &ev.data);
             return Poll::Ready(Some(Ok(Frame::data(bytes))));
         }
-        if this.deadline.as_mut().poll(cx).is_ready() {
-            let bytes = this.fail(
-                "request_deadline_exceeded",
-                "The request reached its total deadline before the answer was complete.",
-            );
-            return Poll::Ready(Some(Ok(Frame::data(bytes))));
-        }
-        match Pin::new(&mut this.events).poll_next(cx) {
+        match poll_upstream(&mut this.events, this.deadline.as_mut(), cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(ev))) => {
+            Poll::Ready(Upstream::Event(ev)) => {
                 let bytes = this.on_event(&ev.event, &ev.data);
                 Poll::Ready(Some(Ok(Frame::data(bytes))))
             }
-            Poll::Ready(Some(Err(e))) => {
-                let detail = match &e {
-                    eventsource_stream::EventStreamError::Transport(ProviderError::Body(m)) => {
-                        m.clone()
-                    }
-                    other => other.to_string(),
-                };
-                tracing::warn!(error = %detail, "upstream stream broke off");
-                let bytes = this.fail(
-                    "stream_interrupted",
-                    "The upstream stream broke off before the answer was complete.",
-                );
-                Poll::Ready(Some(Ok(Frame::data(bytes))))
-            }
-            Poll::Ready(None) => {
-                let bytes = this.fail(
-                    "stream_truncated",
-                    "The upstream stream ended before the answer was complete.",
-                );
+            Poll::Ready(Upstream::End(code, message)) => {
+                let bytes = this.fail(code, message);
                 Poll::Ready(Some(Ok(Frame::data(bytes))))
             }
         }

@@ -209,42 +209,64 @@ impl Stream for SseRelay {
                 }
                 continue;
             }
-            if this.deadline.as_mut().poll(cx).is_ready() {
-                let bytes = this.fail(
-                    "request_deadline_exceeded",
-                    "The request reached its total deadline before the answer was complete.",
-                );
-                return Poll::Ready(Some(Ok(Frame::data(bytes))));
-            }
-            match Pin::new(&mut this.events).poll_next(cx) {
+            match poll_upstream(&mut this.events, this.deadline.as_mut(), cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Ok(ev))) => {
+                Poll::Ready(Upstream::Event(ev)) => {
                     if let Some(bytes) = this.on_event(&ev.event, &ev.data) {
                         return Poll::Ready(Some(Ok(Frame::data(bytes))));
                     }
                 }
-                Poll::Ready(Some(Err(e))) => {
-                    let detail = match &e {
-                        eventsource_stream::EventStreamError::Transport(ProviderError::Body(m)) => {
-                            m.clone()
-                        }
-                        other => other.to_string(),
-                    };
-                    tracing::warn!(error = %detail, "upstream stream broke off");
-                    let bytes = this.fail(
-                        "stream_interrupted",
-                        "The upstream stream broke off before the answer was complete.",
-                    );
-                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
-                }
-                Poll::Ready(None) => {
-                    let bytes = this.fail(
-                        "stream_truncated",
-                        "The upstream stream ended before the answer was complete.",
-                    );
+                Poll::Ready(Upstream::End(code, message)) => {
+                    let bytes = this.fail(code, message);
                     return Poll::Ready(Some(Ok(Frame::data(bytes))));
                 }
             }
         }
+    }
+}
+
+/// What a relay reads next from the upstream.
+pub(super) enum Upstream {
+    Event(Event),
+    /// The answer cannot go on: the error code and message of the client's
+    /// final event.
+    End(&'static str, &'static str),
+}
+
+/// The upstream's next event, or why the stream ends first: the request's
+/// total deadline, a stream that broke off, or one that stopped early. Shared
+/// by the OpenAI and the Anthropic relays, which differ only in how they
+/// frame what they send.
+pub(super) fn poll_upstream(
+    events: &mut EventStream<ByteStream>,
+    deadline: Pin<&mut tokio::time::Sleep>,
+    cx: &mut Context<'_>,
+) -> Poll<Upstream> {
+    if deadline.poll(cx).is_ready() {
+        return Poll::Ready(Upstream::End(
+            "request_deadline_exceeded",
+            "The request reached its total deadline before the answer was complete.",
+        ));
+    }
+    match Pin::new(events).poll_next(cx) {
+        Poll::Pending => Poll::Pending,
+        Poll::Ready(Some(Ok(ev))) => Poll::Ready(Upstream::Event(ev)),
+        Poll::Ready(Some(Err(e))) => {
+            let detail = match &e {
+                eventsource_stream::EventStreamError::Transport(ProviderError::Body(m)) => {
+                    m.clone()
+                }
+                other => other.to_string(),
+            };
+            tracing::warn!(error = %detail, "upstream stream broke off");
+            Poll::Ready(Upstream::End(
+                "stream_interrupted",
+                "The upstream stream broke off before the answer was complete.",
+            ))
+        }
+        Poll::Ready(None) => Poll::Ready(Upstream::End(
+            "stream_truncated",
+            "The upstream stream ended before the answer was complete.",
+        )),
     }
 }
