@@ -10,7 +10,8 @@ use super::anthropic::{
     anthropic_error_to_openai, chat_to_messages, message_to_chat, MessagesStreamToChat,
     ANTHROPIC_VERSION,
 };
-use super::openai::{key_header_value, send_timed};
+use super::client::UpstreamClient;
+use super::openai::key_header_value;
 use super::translate::{
     synthetic, translate_json, translate_sse, translated_headers, unix_now, AnthropicToChat,
     MAX_ERROR_BODY, MAX_TRANSLATED_BODY,
@@ -22,7 +23,6 @@ use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use serde_json::{json, Value};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// `max_tokens` for chat requests that set none (`default_max_tokens`).
 const DEFAULT_MAX_TOKENS: u64 = 4096;
@@ -30,13 +30,11 @@ const DEFAULT_MAX_TOKENS: u64 = 4096;
 pub struct AnthropicProvider {
     name: Arc<str>,
     /// `{base_url}/v1/messages`.
-    url: String,
+    url: http::Uri,
     version: HeaderValue,
     default_max_tokens: u64,
     key: Option<Secret>,
-    client: reqwest::Client,
-    first_byte_timeout: Duration,
-    idle_timeout: Duration,
+    client: UpstreamClient,
 }
 
 impl AnthropicProvider {
@@ -47,9 +45,10 @@ impl AnthropicProvider {
             .unwrap_or("https://api.anthropic.com")
             .trim_end_matches('/');
         let base = base.strip_suffix("/v1").unwrap_or(base);
-        let parsed = reqwest::Url::parse(base)
+        let url: http::Uri = format!("{base}/v1/messages")
+            .parse()
             .map_err(|e| format!("provider `{}`: base_url `{base}`: {e}", cfg.name))?;
-        if !matches!(parsed.scheme(), "http" | "https") {
+        if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
             return Err(format!(
                 "provider `{}`: base_url must be http or https",
                 cfg.name
@@ -69,16 +68,14 @@ impl AnthropicProvider {
                 cfg.name
             ));
         }
-        let client = super::openai::upstream_client(cfg)?;
+        let client = UpstreamClient::from_config(cfg)?;
         Ok(Self {
             name: cfg.name.as_str().into(),
-            url: format!("{base}/v1/messages"),
+            url,
             version,
             default_max_tokens,
             key,
             client,
-            first_byte_timeout: Duration::from_millis(cfg.first_byte_timeout_ms),
-            idle_timeout: Duration::from_millis(cfg.stream_idle_timeout_ms),
         })
     }
 
@@ -187,17 +184,12 @@ impl AnthropicProvider {
         } else {
             "application/json"
         };
-        let mut builder = self
-            .client
-            .post(&self.url)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(http::header::ACCEPT, accept)
-            .header("anthropic-version", self.version.clone())
-            .header("x-request-id", request_id)
-            .body(body);
+        let mut upstream = self.client.post(self.url.clone(), body, accept, request_id);
+        let headers = upstream.headers_mut();
+        headers.insert("anthropic-version", self.version.clone());
         if let Some(key) = key {
-            builder = builder.header("x-api-key", key_header_value(&self.name, key.expose())?);
+            headers.insert("x-api-key", key_header_value(&self.name, key.expose())?);
         }
-        send_timed(builder, self.first_byte_timeout, self.idle_timeout).await
+        self.client.send(upstream).await
     }
 }

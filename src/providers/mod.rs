@@ -9,6 +9,7 @@
 
 pub mod anthropic;
 mod anthropic_http;
+mod client;
 mod idle;
 mod messages_bridge;
 pub mod mock;

@@ -3,16 +3,12 @@
 //! since connections are per upstream host anyway; this also lets each provider
 //! keep its own connect timeout.
 
-use super::{
-    ByteStream, Endpoint, IdleTimeout, ProviderError, UpstreamBody, UpstreamRequest,
-    UpstreamResponse,
-};
+use super::client::UpstreamClient;
+use super::{Endpoint, ProviderError, UpstreamRequest, UpstreamResponse};
 use crate::config::{ProviderConfig, ProviderKind};
 use crate::vault::{platform_key_from_env, Secret};
-use futures_util::TryStreamExt;
-use http::HeaderValue;
+use http::{HeaderValue, Uri};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Where requests go and how the key is sent.
 #[derive(Debug, Clone)]
@@ -29,11 +25,9 @@ pub struct OpenAiProvider {
     base_url: String,
     /// `{base_url}{path}` per endpoint, parsed once (OpenAI flavour; Azure's
     /// URLs name the deployment and are built per request).
-    endpoint_urls: Box<[reqwest::Url; 4]>,
+    endpoint_urls: Box<[Uri; 4]>,
     key: Option<Secret>,
-    client: reqwest::Client,
-    first_byte_timeout: Duration,
-    idle_timeout: Duration,
+    client: UpstreamClient,
 }
 
 /// Where `endpoint`'s URL sits in `OpenAiProvider::endpoint_urls`.
@@ -44,24 +38,6 @@ fn url_slot(endpoint: Endpoint) -> usize {
         Endpoint::Embeddings => 2,
         Endpoint::Messages => 3,
     }
-}
-
-/// The HTTP client of one provider: pooled keep-alive connections, no
-/// redirects (a redirect would carry the key elsewhere), Nagle off for
-/// streams, and HTTP/2 without negotiation when configured.
-pub(super) fn upstream_client(cfg: &ProviderConfig) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder()
-        .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
-        .pool_idle_timeout(Duration::from_secs(90))
-        .tcp_nodelay(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("livery/", env!("CARGO_PKG_VERSION")));
-    if cfg.http2_prior_knowledge {
-        builder = builder.http2_prior_knowledge();
-    }
-    builder
-        .build()
-        .map_err(|e| format!("provider `{}`: {e}", cfg.name))
 }
 
 impl OpenAiProvider {
@@ -77,9 +53,10 @@ impl OpenAiProvider {
             })?
             .trim_end_matches('/')
             .to_owned();
-        let parsed = reqwest::Url::parse(&base_url)
+        let parsed: Uri = base_url
+            .parse()
             .map_err(|e| format!("provider `{}`: base_url `{base_url}`: {e}", cfg.name))?;
-        if !matches!(parsed.scheme(), "http" | "https") {
+        if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.host().is_none() {
             return Err(format!(
                 "provider `{}`: base_url must be http or https",
                 cfg.name
@@ -89,7 +66,7 @@ impl OpenAiProvider {
             Some(var) => Some(platform_key_from_env(&cfg.name, var).map_err(|e| e.to_string())?),
             None => None,
         };
-        let client = upstream_client(cfg)?;
+        let client = UpstreamClient::from_config(cfg)?;
         let flavor = match cfg.kind {
             ProviderKind::AzureOpenai => Flavor::Azure {
                 api_version: cfg
@@ -100,7 +77,8 @@ impl OpenAiProvider {
             _ => Flavor::OpenAi,
         };
         let endpoint_url = |e: Endpoint| {
-            reqwest::Url::parse(&format!("{base_url}{}", e.path()))
+            format!("{base_url}{}", e.path())
+                .parse::<Uri>()
                 .map_err(|err| format!("provider `{}`: base_url `{base_url}`: {err}", cfg.name))
         };
         // In `url_slot` order.
@@ -117,8 +95,6 @@ impl OpenAiProvider {
             base_url,
             key,
             client,
-            first_byte_timeout: Duration::from_millis(cfg.first_byte_timeout_ms),
-            idle_timeout: Duration::from_millis(cfg.stream_idle_timeout_ms),
         })
     }
 
@@ -147,13 +123,14 @@ impl OpenAiProvider {
     ) -> Result<UpstreamResponse, ProviderError> {
         let url = match &self.flavor {
             Flavor::OpenAi => self.endpoint_urls[url_slot(req.endpoint)].clone(),
-            Flavor::Azure { api_version } => reqwest::Url::parse(&format!(
+            Flavor::Azure { api_version } => format!(
                 "{}/openai/deployments/{}{}?api-version={}",
                 self.base_url,
                 utf8_percent_encode_path(&req.model),
                 req.endpoint.path(),
                 api_version
-            ))
+            )
+            .parse::<Uri>()
             .map_err(|e| ProviderError::Misconfigured(e.to_string()))?,
         };
         let accept = if req.stream {
@@ -161,13 +138,7 @@ impl OpenAiProvider {
         } else {
             "application/json"
         };
-        let mut builder = self
-            .client
-            .post(url)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(http::header::ACCEPT, accept)
-            .header("x-request-id", req.request_id.as_str())
-            .body(req.body);
+        let mut upstream = self.client.post(url, req.body, accept, &req.request_id);
         if let Some(key) = key {
             let (header, value) = match self.flavor {
                 Flavor::OpenAi => (
@@ -179,9 +150,11 @@ impl OpenAiProvider {
                     zeroize::Zeroizing::new(key.expose().to_owned()),
                 ),
             };
-            builder = builder.header(header, key_header_value(&self.name, &value)?);
+            upstream
+                .headers_mut()
+                .insert(header, key_header_value(&self.name, &value)?);
         }
-        send_timed(builder, self.first_byte_timeout, self.idle_timeout).await
+        self.client.send(upstream).await
     }
 }
 
@@ -195,53 +168,6 @@ pub(super) fn key_header_value(provider: &str, value: &str) -> Result<HeaderValu
     })?;
     hv.set_sensitive(true);
     Ok(hv)
-}
-
-/// Sends a request, waiting at most `first_byte_timeout` for the response
-/// head, and classifies reqwest's failures; the body streams with
-/// `idle_timeout` between chunks.
-pub(super) async fn send_timed(
-    builder: reqwest::RequestBuilder,
-    first_byte_timeout: Duration,
-    idle_timeout: Duration,
-) -> Result<UpstreamResponse, ProviderError> {
-    let timeout_ms = u64::try_from(first_byte_timeout.as_millis()).unwrap_or(u64::MAX);
-    let resp = match tokio::time::timeout(first_byte_timeout, builder.send()).await {
-        Err(_) => return Err(ProviderError::FirstByteTimeout(timeout_ms)),
-        Ok(Err(e)) if e.is_timeout() && e.is_connect() => {
-            return Err(ProviderError::Connect("connect timed out".into()))
-        }
-        Ok(Err(e)) if e.is_timeout() => return Err(ProviderError::FirstByteTimeout(timeout_ms)),
-        Ok(Err(e)) if e.is_connect() => return Err(ProviderError::Connect(without_url(e))),
-        // Connected, then the connection closed or broke before a response.
-        Ok(Err(e)) => return Err(ProviderError::Body(without_url(e))),
-        Ok(Ok(r)) => r,
-    };
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body: ByteStream = Box::pin(
-        resp.bytes_stream()
-            .map_err(|e| ProviderError::Body(without_url(e))),
-    );
-    Ok(UpstreamResponse {
-        status,
-        headers,
-        body: UpstreamBody::Stream(IdleTimeout::wrap(body, idle_timeout)),
-    })
-}
-
-/// reqwest errors name the URL; the base URL can identify the platform's upstream
-/// account (Azure resource names), so it stays out of client-visible messages.
-pub(super) fn without_url(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut msg = e.to_string();
-    let mut src = std::error::Error::source(&e);
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    msg
 }
 
 /// Deployment names are DNS-ish, but a route's model is configuration, not

@@ -1,0 +1,140 @@
+//! [`UpstreamClient`]: the HTTP client one provider sends through. hyper's
+//! pooled client over an HTTPS-or-HTTP connector (rustls with the ring provider
+//! and the webpki roots), HTTP/2 by ALPN over TLS or by prior knowledge (h2c)
+//! when configured, Nagle off for streams, no redirects (a redirect would carry
+//! the key elsewhere).
+//!
+//! Not reqwest: its redirect and retry layers parse the URL back from the `Uri`
+//! twice per request and wrap the call in two more futures, about 25k
+//! instructions per request (callgrind) for features a gateway must not use.
+
+use super::{ByteStream, IdleTimeout, ProviderError, UpstreamBody, UpstreamResponse};
+use crate::config::ProviderConfig;
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use http::{header, HeaderValue, Request, Uri};
+use http_body_util::{BodyDataStream, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::sync::Arc;
+use std::time::Duration;
+
+const USER_AGENT: &str = concat!("livery/", env!("CARGO_PKG_VERSION"));
+
+/// One provider's pooled client.
+#[derive(Clone)]
+pub struct UpstreamClient {
+    inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    first_byte_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl UpstreamClient {
+    pub fn from_config(cfg: &ProviderConfig) -> Result<Self, String> {
+        let mut http = HttpConnector::new();
+        // https URLs are handed to the TLS layer, which needs them let through.
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()))
+            .map_err(|e| format!("provider `{}`: TLS set-up: {e}", cfg.name))?
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new());
+        if cfg.http2_prior_knowledge {
+            builder.http2_only(true);
+        }
+        Ok(Self {
+            inner: builder.build(https),
+            first_byte_timeout: Duration::from_millis(cfg.first_byte_timeout_ms),
+            idle_timeout: Duration::from_millis(cfg.stream_idle_timeout_ms),
+        })
+    }
+
+    /// A JSON `POST` to `uri` with `accept` and the request id; the caller adds
+    /// the provider's own headers (key, version).
+    pub fn post(
+        &self,
+        uri: Uri,
+        body: Bytes,
+        accept: &'static str,
+        request_id: &str,
+    ) -> Request<Full<Bytes>> {
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = http::Method::POST;
+        *req.uri_mut() = uri;
+        let headers = req.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::ACCEPT, HeaderValue::from_static(accept));
+        headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            headers.insert("x-request-id", v);
+        }
+        req
+    }
+
+    /// Sends `req`, waiting at most the first-byte timeout for the response
+    /// head; the body streams with the idle timeout between chunks.
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<UpstreamResponse, ProviderError> {
+        let timeout_ms = u64::try_from(self.first_byte_timeout.as_millis()).unwrap_or(u64::MAX);
+        let resp = match tokio::time::timeout(self.first_byte_timeout, self.inner.request(req))
+            .await
+        {
+            Err(_) => return Err(ProviderError::FirstByteTimeout(timeout_ms)),
+            Ok(Err(e)) if e.is_connect() && timed_out(&e) => {
+                return Err(ProviderError::Connect("connect timed out".into()))
+            }
+            Ok(Err(e)) if e.is_connect() => return Err(ProviderError::Connect(error_chain(&e))),
+            // Connected, then the connection closed or broke before a response.
+            Ok(Err(e)) => return Err(ProviderError::Body(error_chain(&e))),
+            Ok(Ok(r)) => r,
+        };
+        let (parts, body) = resp.into_parts();
+        let body: ByteStream =
+            Box::pin(BodyDataStream::new(body).map_err(|e| ProviderError::Body(error_chain(&e))));
+        Ok(UpstreamResponse {
+            status: parts.status,
+            headers: parts.headers,
+            body: UpstreamBody::Stream(IdleTimeout::wrap(body, self.idle_timeout)),
+        })
+    }
+}
+
+/// The error and its causes, one line (hyper's own message is only the top).
+/// No URL is part of it: the base URL can identify the platform's upstream
+/// account (Azure resource names) and must stay out of client-visible text.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if s.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        src = s.source();
+    }
+    false
+}
