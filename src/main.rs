@@ -153,10 +153,16 @@ fn serve(path: PathBuf, listen: Vec<SocketAddr>) -> ExitCode {
     if !listen.is_empty() {
         config.server.listen = listen;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // One CPU (a container limit, `taskset`): a single-threaded scheduler, as
+    // work stealing has no one to steal from and only costs atomics and
+    // wake-ups; more CPUs: one worker per CPU.
+    let one_cpu = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+    let mut builder = if one_cpu {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };

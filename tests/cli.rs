@@ -86,10 +86,24 @@ impl ServeProcess {
     /// Starts `livery serve --config CONFIG --listen LISTEN` and waits (up to
     /// 20 s) for its `livery listening on http://ADDR` line.
     pub(crate) fn start(config: &Path, listen: &str) -> Self {
+        Self::start_with(livery(), config, listen)
+    }
+
+    /// The same, restricted to one CPU with `taskset -c CPU` (which execs
+    /// livery: the PID is livery's).
+    pub(crate) fn start_on_cpu(cpu: &str, config: &Path, listen: &str) -> Self {
+        let mut cmd = Command::new("taskset");
+        cmd.args(["-c", cpu, BIN])
+            .env_remove("LIVERY_CONFIG")
+            .stdin(Stdio::null());
+        Self::start_with(cmd, config, listen)
+    }
+
+    fn start_with(mut cmd: Command, config: &Path, listen: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let stderr_path = dir.path().join("livery.stderr");
         let stderr = std::fs::File::create(&stderr_path).unwrap();
-        let mut child = livery()
+        let mut child = cmd
             .arg("serve")
             .arg("--config")
             .arg(config)
@@ -514,6 +528,42 @@ fn sighup_reloads_the_configuration_and_refuses_a_broken_one() {
     }
     assert_eq!(models_status(serve.addr, new_key), 200);
     assert_eq!(models_status(serve.addr, "sk-livery-demo"), 200);
+}
+
+#[test]
+fn on_one_cpu_serve_runs_single_threaded_answers_and_drains() {
+    let mut serve = ServeProcess::start_on_cpu("0", &default_config(), "127.0.0.1:0");
+    // No worker threads: the scheduler is the main thread's own.
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", serve.child.id())).unwrap();
+    let names: Vec<String> = tasks
+        .map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).unwrap())
+        .map(|n| n.trim().to_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with("tokio-rt-worker")),
+        "threads on one CPU: {names:?}"
+    );
+    let mut s = TcpStream::connect(serve.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = r#"{"model":"demo","messages":[{"role":"user","content":"Hello"}]}"#;
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer sk-livery-demo\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("chat.completion"), "{answer}");
+
+    let exit = serve.terminate();
+    assert!(
+        exit.success(),
+        "serve exited with {exit} on SIGTERM; stderr:\n{}",
+        serve.stderr()
+    );
 }
 
 #[test]

@@ -8,7 +8,7 @@
 use super::body::{full, ProxyBody};
 use super::ctx::Dialect;
 use super::error::GatewayError;
-use super::record::{PendingRecord, TokenUsage};
+use super::record::{PendingRecord, TokenUsage, UsagePeek};
 use crate::config::StreamCommit;
 use crate::providers::{ByteStream, Provider, ProviderError, UpstreamBody, UpstreamRequest};
 use crate::usage::Outcome;
@@ -303,6 +303,10 @@ fn parse_retry_after(v: &str) -> Option<Duration> {
         .map(Duration::from_secs_f64)
 }
 
+/// Headers an answer ends up with (content type, served model, six rate-limit
+/// headers, request id, a few more): reserved at once, not grown twice.
+const ANSWER_HEADERS: usize = 16;
+
 /// The client's answer for a committed plain (non-streamed) response.
 pub fn json_answer(
     committed_status: StatusCode,
@@ -327,28 +331,42 @@ pub fn json_answer(
         #[derive(serde::Deserialize)]
         struct AnswerPeek<'a> {
             #[serde(default)]
-            usage: Option<Value>,
+            usage: Option<UsagePeek>,
             #[serde(default, borrow)]
             model: Option<std::borrow::Cow<'a, str>>,
         }
-        if let Ok(peek) = serde_json::from_slice::<AnswerPeek>(&bytes) {
-            match peek.usage.as_ref().and_then(TokenUsage::from_json) {
-                Some(u) => record.tokens = u,
-                None => {
-                    if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
-                        record.add_completion_from_response(&v);
-                    }
+        let (usage, model) = match serde_json::from_slice::<AnswerPeek>(&bytes) {
+            Ok(peek) => (peek.usage.map(TokenUsage::from), peek.model),
+            // An odd shape (`usage` or `model` of another type): the tree.
+            Err(_) => match serde_json::from_slice::<Value>(&bytes) {
+                Ok(v) => {
+                    let usage = v.get("usage").and_then(TokenUsage::from_json);
+                    let model = v
+                        .get("model")
+                        .and_then(Value::as_str)
+                        .map(|m| m.to_owned().into());
+                    (usage, model)
+                }
+                Err(_) => (None, None),
+            },
+        };
+        match usage {
+            Some(u) => record.tokens = u,
+            None => {
+                if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
+                    record.add_completion_from_response(&v);
                 }
             }
-            if let Some(m) = peek.model {
-                let m = m.into_owned();
-                record.update(|r| r.served_model = Some(m));
-            }
+        }
+        if let Some(m) = model {
+            let m = m.into_owned();
+            record.update(|r| r.served_model = Some(m));
         }
     }
     record.finish(committed_status.as_u16(), Outcome::Ok, None);
     let mut resp = Response::new(full(bytes));
     *resp.status_mut() = committed_status;
+    resp.headers_mut().reserve(ANSWER_HEADERS);
     resp.headers_mut()
         .insert(http::header::CONTENT_TYPE, content_type);
     resp
@@ -364,6 +382,7 @@ where
 {
     let mut resp = Response::new(BodyExt::boxed_unsync(StreamBody::new(relay)));
     let h = resp.headers_mut();
+    h.reserve(ANSWER_HEADERS);
     h.insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream; charset=utf-8"),

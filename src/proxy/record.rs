@@ -48,6 +48,83 @@ impl TokenUsage {
     }
 }
 
+/// OpenAI's `usage` object read straight from the answer's bytes, without a
+/// JSON tree (the tree of a ~1 KB answer cost ~20k instructions per request).
+/// A count that is not a non-negative integer reads as absent, like
+/// [`TokenUsage::from_json`].
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct UsagePeek {
+    #[serde(default)]
+    prompt_tokens: LenientCount,
+    #[serde(default)]
+    completion_tokens: LenientCount,
+    #[serde(default)]
+    total_tokens: LenientCount,
+    #[serde(default)]
+    prompt_tokens_details: Option<DetailsPeek>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct DetailsPeek {
+    #[serde(default)]
+    cached_tokens: LenientCount,
+}
+
+impl From<UsagePeek> for TokenUsage {
+    fn from(u: UsagePeek) -> Self {
+        Self {
+            prompt: u.prompt_tokens.0,
+            completion: u.completion_tokens.0,
+            total: u.total_tokens.0,
+            cached: u.prompt_tokens_details.and_then(|d| d.cached_tokens.0),
+        }
+    }
+}
+
+/// A token count, or `None` for any other JSON value (which is skipped).
+#[derive(Debug, Default)]
+struct LenientCount(Option<u64>);
+
+impl<'de> serde::Deserialize<'de> for LenientCount {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = LenientCount;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a token count")
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<LenientCount, E> {
+                Ok(LenientCount(Some(v)))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<LenientCount, E> {
+                Ok(LenientCount(u64::try_from(v).ok()))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<LenientCount, E> {
+                Ok(LenientCount(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<LenientCount, E> {
+                Ok(LenientCount(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<LenientCount, E> {
+                Ok(LenientCount(None))
+            }
+            fn visit_unit<E>(self) -> Result<LenientCount, E> {
+                Ok(LenientCount(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<LenientCount, A::Error> {
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(LenientCount(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<LenientCount, A::Error> {
+                while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(LenientCount(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// The record and the admission are boxed: a `PendingRecord` is moved through
 /// several nested request futures (each keeping its own slot for it) and
 /// lives in every open stream, so it is kept small.

@@ -318,8 +318,11 @@ impl UsageSink {
             latency_ms = rec.latency_ms,
             "usage"
         );
-        let mut line = match serde_json::to_vec(&rec) {
-            Ok(l) => l,
+        // A typical event is 600-900 bytes: one allocation instead of a
+        // doubling series of reallocations while serialising.
+        let mut line = Vec::with_capacity(1024);
+        let mut line = match serde_json::to_writer(&mut line, &rec) {
+            Ok(()) => line,
             Err(e) => {
                 tracing::error!(error = %e, request_id = %rec.request_id, "usage record serialisation failed");
                 return;
