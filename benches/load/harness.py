@@ -155,6 +155,14 @@ def machine_busy_s():
     return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
+def machine_steal_s():
+    """CPU seconds the hypervisor gave to other guests since boot (/proc/stat
+    `steal`): on a shared VM, the noise no pinning avoids."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return (fields + [0] * 8)[7] / CLK_TCK
+
+
 def mem_kb(pids):
     """(VmRSS, VmHWM) summed over pids, in KiB."""
     rss = hwm = 0
@@ -637,6 +645,7 @@ def main():
             rss_samples.append((time.time() - started_at, rss / 1024, tag, t))
 
     busy0 = machine_busy_s()
+    steal0 = machine_steal_s()
     try:
         info = machine_info(args)
         info["cpu_split"] = {"load_generator_cpu": load_cpu, "servers_cpu": server_cpu}
@@ -882,6 +891,9 @@ def main():
     info["loadavg_at_end"] = open("/proc/loadavg").read().split()[:3]
     info["foreign_cpu_s_during_run"] = round(foreign, 1)
     info["foreign_cpu_share_of_machine"] = round(foreign / (elapsed * (os.cpu_count() or 1)), 3)
+    steal = machine_steal_s() - steal0
+    info["steal_cpu_s_during_run"] = round(steal, 1)
+    info["steal_share_of_machine"] = round(steal / (elapsed * (os.cpu_count() or 1)), 3)
 
     summary = summarise(per, rates, memory, duration, rounds, n_streams)
     summary["soak"] = soak
@@ -1033,7 +1045,9 @@ def markdown(doc):
              f"Commit {m['git_commit']}; {m['nginx']}; {m['oha']}; {doc.get('redis_stats', {}).get('version', 'redis')}. "
              f"Load average at start {' '.join(m['loadavg_at_start'])}, "
              f"at end {' '.join(m['loadavg_at_end'])}; CPU time used by other processes during the run: "
-             f"{m['foreign_cpu_s_during_run']} s ({100 * m['foreign_cpu_share_of_machine']:.0f}% of the machine). "
+             f"{m['foreign_cpu_s_during_run']} s ({100 * m['foreign_cpu_share_of_machine']:.0f}% of the machine); "
+             f"CPU time the hypervisor gave to other guests (steal): {m.get('steal_cpu_s_during_run', '?')} s "
+             f"({100 * m.get('steal_share_of_machine', 0):.0f}% of the machine). "
              f"Run time {doc['elapsed_s']:.0f} s.\n")
     L.append(f"{st['rounds']} round(s), target order rotated; {st['phase_seconds']} s per oha phase, 64 connections; "
              f"medians over rounds. Latencies in µs. Livery: {'; '.join(st['livery_features'])}. "
