@@ -318,3 +318,209 @@ async fn http2_prior_knowledge_multiplexes_upstream_requests_over_h2c() {
         .load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(connections, 1, "20 concurrent requests, one h2c connection");
 }
+
+/// An `https` upstream is verified against the webpki roots before anything is
+/// sent: a server with a self-signed certificate gets a TLS handshake and then
+/// the client's refusal, never the request (and so never the provider key),
+/// and the client gets a 502 `upstream_unreachable`.
+#[tokio::test]
+async fn an_https_upstream_whose_certificate_does_not_verify_is_sent_nothing() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::AsyncReadExt;
+
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let key_der = rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.der().clone()], key_der)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let request_bytes = Arc::new(AtomicUsize::new(0));
+    {
+        let (connections, handshakes, request_bytes) = (
+            connections.clone(),
+            handshakes.clone(),
+            request_bytes.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                connections.fetch_add(1, Ordering::SeqCst);
+                let acceptor = acceptor.clone();
+                let (handshakes, request_bytes) = (handshakes.clone(), request_bytes.clone());
+                tokio::spawn(async move {
+                    if let Ok(mut tls) = acceptor.accept(tcp).await {
+                        handshakes.fetch_add(1, Ordering::SeqCst);
+                        let mut buf = [0u8; 4096];
+                        while let Ok(n @ 1..) = tls.read(&mut buf).await {
+                            request_bytes.fetch_add(n, Ordering::SeqCst);
+                        }
+                    }
+                });
+            }
+        });
+    }
+
+    let gw = TestGateway::start(&standard_config(
+        &format!("https://localhost:{port}/v1"),
+        "",
+    ))
+    .await;
+    let resp = post(
+        &gw,
+        "/v1/chat/completions",
+        Some(ACME_HOST),
+        Some(ACME_DENTAL.2),
+        &chat_body("gpt-4o-mini"),
+    )
+    .await;
+    assert_eq!(error_code(resp, 502).await, "upstream_unreachable");
+    assert!(
+        connections.load(Ordering::SeqCst) >= 1,
+        "the gateway dialled the https upstream"
+    );
+    assert_eq!(
+        handshakes.load(Ordering::SeqCst),
+        0,
+        "the gateway refused the certificate before the handshake completed"
+    );
+    assert_eq!(request_bytes.load(Ordering::SeqCst), 0);
+    gw.shutdown().await;
+}
+
+/// A provider behind a private CA: with `ca_file` the gateway trusts it, agrees
+/// HTTP/2 by ALPN over TLS, and sends the provider key in the request.
+#[tokio::test]
+async fn an_https_upstream_behind_a_private_ca_is_trusted_with_ca_file_over_h2() {
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use std::sync::{Arc, Mutex};
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca = crate::tls::TestCa::new();
+    let ca_path = ca.write(dir.path());
+    let (cert_path, key_path) = ca.leaf(dir.path(), "upstream", &["localhost"]);
+    let certs = rustls_pki_types::pem::PemObject::pem_file_iter(&cert_path)
+        .unwrap()
+        .collect::<Result<Vec<rustls_pki_types::CertificateDer<'static>>, _>>()
+        .unwrap();
+    let key: rustls_pki_types::PrivateKeyDer<'static> =
+        rustls_pki_types::pem::PemObject::from_pem_file(&key_path).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // (HTTP version, Authorization) of every request the upstream served.
+    let seen: Arc<Mutex<Vec<(http::Version, String)>>> = Arc::default();
+    {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let auth = req
+                            .headers()
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned();
+                        seen.lock().unwrap().push((req.version(), auth));
+                        let body = json!({
+                            "id": "chatcmpl-tls", "object": "chat.completion", "created": 1,
+                            "model": "gpt-4o-mini-2024-07-18",
+                            "choices": [{"index": 0, "finish_reason": "stop",
+                                "message": {"role": "assistant", "content": "over TLS"}}],
+                            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+                        });
+                        async move {
+                            let mut resp = http::Response::new(Full::new(bytes::Bytes::from(
+                                serde_json::to_vec(&body).unwrap(),
+                            )));
+                            resp.headers_mut().insert(
+                                "content-type",
+                                http::HeaderValue::from_static("application/json"),
+                            );
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+    }
+
+    let toml = standard_config(&format!("https://localhost:{port}/v1"), "").replace(
+        "first_byte_timeout_ms = 1500",
+        &format!(
+            "first_byte_timeout_ms = 1500\nca_file = \"{}\"",
+            ca_path.display()
+        ),
+    );
+    assert!(toml.contains("ca_file"));
+    let gw = TestGateway::start(&toml).await;
+    let resp = post(
+        &gw,
+        "/v1/chat/completions",
+        Some(ACME_HOST),
+        Some(ACME_DENTAL.2),
+        &chat_body("gpt-4o-mini"),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "over TLS");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![(http::Version::HTTP_2, format!("Bearer {PROVIDER_KEY}"))]
+    );
+    gw.shutdown().await;
+
+    // Without `ca_file` the same server is refused.
+    let gw = TestGateway::start(&standard_config(
+        &format!("https://localhost:{port}/v1"),
+        "",
+    ))
+    .await;
+    let resp = post(
+        &gw,
+        "/v1/chat/completions",
+        Some(ACME_HOST),
+        Some(ACME_DENTAL.2),
+        &chat_body("gpt-4o-mini"),
+    )
+    .await;
+    assert_eq!(error_code(resp, 502).await, "upstream_unreachable");
+    gw.shutdown().await;
+}

@@ -481,6 +481,11 @@ pub struct ProviderConfig {
     /// HTTP/2 is already chosen by ALPN when the provider offers it.
     #[serde(default)]
     pub http2_prior_knowledge: bool,
+    /// PEM file of extra CA certificates to trust for this provider's `https`
+    /// URL (a private inference server behind an internal CA), on top of the
+    /// public web roots. Relative paths are relative to the working directory.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 fn default_connect_timeout_ms() -> u64 {

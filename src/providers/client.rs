@@ -38,9 +38,9 @@ impl UpstreamClient {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)));
+        let tls = tls_config(cfg)?;
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()))
-            .map_err(|e| format!("provider `{}`: TLS set-up: {e}", cfg.name))?
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -110,6 +110,39 @@ impl UpstreamClient {
             body: UpstreamBody::Stream(IdleTimeout::wrap(body, self.idle_timeout)),
         })
     }
+}
+
+/// rustls on `ring` with the public web roots (webpki-roots), plus the
+/// provider's own `ca_file` if it has one.
+fn tls_config(cfg: &ProviderConfig) -> Result<rustls::ClientConfig, String> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = &cfg.ca_file {
+        let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("provider `{}`: ca_file {}: {e}", cfg.name, path.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "provider `{}`: ca_file {} holds no certificate",
+                cfg.name,
+                path.display()
+            ));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("provider `{}`: ca_file {}: {e}", cfg.name, path.display()))?;
+        }
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("provider `{}`: TLS set-up: {e}", cfg.name))?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
 }
 
 /// The error and its causes, one line (hyper's own message is only the top).
