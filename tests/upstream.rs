@@ -335,15 +335,7 @@ async fn an_https_upstream_whose_certificate_does_not_verify_is_sent_nothing() {
         .self_signed(&key)
         .unwrap();
     let key_der = rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![cert.der().clone()], key_der)
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = tls_acceptor(vec![cert.der().clone()], key_der);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let connections = Arc::new(AtomicUsize::new(0));
@@ -422,16 +414,7 @@ async fn an_https_upstream_behind_a_private_ca_is_trusted_with_ca_file_over_h2()
         .unwrap();
     let key: rustls_pki_types::PrivateKeyDer<'static> =
         rustls_pki_types::pem::PemObject::from_pem_file(&key_path).unwrap();
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = tls_acceptor(certs, key);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     // (HTTP version, Authorization) of every request the upstream served.
@@ -506,21 +489,21 @@ async fn an_https_upstream_behind_a_private_ca_is_trusted_with_ca_file_over_h2()
         vec![(http::Version::HTTP_2, format!("Bearer {PROVIDER_KEY}"))]
     );
     gw.shutdown().await;
+}
 
-    // Without `ca_file` the same server is refused.
-    let gw = TestGateway::start(&standard_config(
-        &format!("https://localhost:{port}/v1"),
-        "",
+/// A TLS server side with `certs` and `key`, offering HTTP/2 and HTTP/1.1 by ALPN.
+fn tls_acceptor(
+    certs: Vec<rustls_pki_types::CertificateDer<'static>>,
+    key: rustls_pki_types::PrivateKeyDer<'static>,
+) -> tokio_rustls::TlsAcceptor {
+    let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
     ))
-    .await;
-    let resp = post(
-        &gw,
-        "/v1/chat/completions",
-        Some(ACME_HOST),
-        Some(ACME_DENTAL.2),
-        &chat_body("gpt-4o-mini"),
-    )
-    .await;
-    assert_eq!(error_code(resp, 502).await, "upstream_unreachable");
-    gw.shutdown().await;
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
 }
