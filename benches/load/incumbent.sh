@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Livery against LiteLLM's proxy, the incumbent (issue 7's optional target), with
+# the mock as the baseline, in one run: benches/load/incumbent.py.
+#
+#   benches/load/incumbent.sh            # 3 rounds, about 4 minutes -> benches/load/results/incumbent.{md,json}
+#
+# Installs LiteLLM's proxy (`litellm[proxy]` from PyPI) into benches/load/.venv-litellm
+# and oha if missing, builds Livery and livery-mock in release, pins the load
+# generator to CPU 0 and the servers to CPU 1, and stops what it started (by PID)
+# on exit. Extra options go to incumbent.py (--rounds N, --duration S, --rate R).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT"
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+VENV="$ROOT/benches/load/.venv-litellm"
+if ! "$VENV/bin/litellm" --version >/dev/null 2>&1; then
+    log "installing litellm[proxy] into $VENV (about 2 minutes)"
+    rm -rf "$VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check 'litellm[proxy]'
+fi
+PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v oha >/dev/null; then
+    log "installing oha (cargo install oha --locked; about 5 minutes on 2 cores)"
+    cargo install oha --locked --quiet
+fi
+command -v taskset >/dev/null || { log "taskset (util-linux) is required"; exit 1; }
+
+log "building livery and livery-mock (release)"
+cargo build --release --quiet --features mock-server --bin livery --bin livery-mock
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/livery-incumbent.XXXXXX")
+cleanup() {
+    local pid
+    if [ -f "$TMP/pids" ]; then
+        while read -r pid; do kill -TERM "$pid" 2>/dev/null || true; done <"$TMP/pids"
+        sleep 0.5
+        while read -r pid; do kill -KILL "$pid" 2>/dev/null || true; done <"$TMP/pids"
+    fi
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+taskset -c 0 python3 "$ROOT/benches/load/incumbent.py" --root "$ROOT" --tmp "$TMP" \
+    --litellm "$VENV/bin/litellm" --oha "$(command -v oha)" --load-cpu 0 --server-cpu 1 "$@"
