@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as H  # noqa: E402
@@ -38,19 +37,6 @@ LITELLM_YAML = """model_list:
 general_settings:
   master_key: {key}
 """
-
-
-def wait_litellm(port, timeout=120):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/liveliness", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError("LiteLLM did not come up")
 
 
 def pids_of(p):
@@ -98,7 +84,7 @@ def main():
         litellm = procs.start("litellm", H.pinned(args.server_cpu, [
             args.litellm, "--config", yaml, "--host", "127.0.0.1", "--port", str(litellm_port)]),
             stdout=subprocess.DEVNULL)
-        wait_litellm(litellm_port)
+        H.wait_http(litellm_port, "/health/liveliness", timeout=120)
         ports = {"direct": int(mock_url.rsplit(":", 1)[1]), "livery": livery_port,
                  "litellm": litellm_port}
         procs_of = {"direct": mock, "livery": livery, "litellm": litellm}

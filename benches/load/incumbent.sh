@@ -12,7 +12,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+# shellcheck source=benches/load/lib.sh
+. "$ROOT/benches/load/lib.sh"
 
 VENV="$ROOT/benches/load/.venv-litellm"
 if ! "$VENV/bin/litellm" --version >/dev/null 2>&1; then
@@ -21,27 +22,13 @@ if ! "$VENV/bin/litellm" --version >/dev/null 2>&1; then
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check 'litellm[proxy]'
 fi
-PATH="$HOME/.cargo/bin:$PATH"
-if ! command -v oha >/dev/null; then
-    log "installing oha (cargo install oha --locked; about 5 minutes on 2 cores)"
-    cargo install oha --locked --quiet
-fi
+ensure_oha
 command -v taskset >/dev/null || { log "taskset (util-linux) is required"; exit 1; }
 
 log "building livery and livery-mock (release)"
 cargo build --release --quiet --features mock-server --bin livery --bin livery-mock
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/livery-incumbent.XXXXXX")
-cleanup() {
-    local pid
-    if [ -f "$TMP/pids" ]; then
-        while read -r pid; do kill -TERM "$pid" 2>/dev/null || true; done <"$TMP/pids"
-        sleep 0.5
-        while read -r pid; do kill -KILL "$pid" 2>/dev/null || true; done <"$TMP/pids"
-    fi
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
+make_run_dir livery-incumbent
 
 taskset -c 0 python3 "$ROOT/benches/load/incumbent.py" --root "$ROOT" --tmp "$TMP" \
     --litellm "$VENV/bin/litellm" --oha "$(command -v oha)" --load-cpu 0 --server-cpu 1 "$@"

@@ -16,7 +16,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
-log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+# shellcheck source=benches/load/lib.sh
+. "$ROOT/benches/load/lib.sh"
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -39,33 +40,14 @@ if [ -z "$REDIS_SERVER" ]; then
     apt_install redis-server
     REDIS_SERVER=$(command -v redis-server)
 fi
-PATH="$HOME/.cargo/bin:$PATH"
-if ! command -v oha >/dev/null; then
-    log "installing oha (cargo install oha --locked; about 5 minutes on 2 cores)"
-    cargo install oha --locked --quiet
-fi
+ensure_oha
 
 # ---------------------------------------------------------------- build
 log "building livery and livery-mock (release, fat LTO: about 5 minutes from scratch on 2 cores)"
 cargo build --release --quiet --features mock-server --bin livery --bin livery-mock
 
 # ---------------------------------------------------------------- run
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/livery-bench.XXXXXX")
-cleanup() {
-    local pid
-    if [ -f "$TMP/pids" ]; then
-        while read -r pid; do
-            kill -TERM "$pid" 2>/dev/null || true
-        done <"$TMP/pids"
-        sleep 0.5
-        while read -r pid; do
-            kill -KILL "$pid" 2>/dev/null || true
-        done <"$TMP/pids"
-    fi
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+make_run_dir livery-bench
 
 # 1,000 open streams need about 2,000 descriptors in the proxy.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

@@ -216,8 +216,11 @@ impl TestGateway {
 }
 
 pub fn read_usage(path: &std::path::Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    // The file is being appended to: a read can end inside a line whose write
+    // has reached only some of its pages. That line is not a record yet.
+    let complete = text.rfind('\n').map_or("", |end| &text[..=end]);
+    complete
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).expect("usage lines are JSON"))
