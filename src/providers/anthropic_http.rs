@@ -10,7 +10,7 @@ use super::anthropic::{
     anthropic_error_to_openai, chat_to_messages, message_to_chat, MessagesStreamToChat,
     ANTHROPIC_VERSION,
 };
-use super::client::UpstreamClient;
+use super::client::{upstream_uri, UpstreamClient};
 use super::openai::key_header_value;
 use super::translate::{
     synthetic, translate_json, translate_sse, translated_headers, unix_now, AnthropicToChat,
@@ -45,15 +45,7 @@ impl AnthropicProvider {
             .unwrap_or("https://api.anthropic.com")
             .trim_end_matches('/');
         let base = base.strip_suffix("/v1").unwrap_or(base);
-        let url: http::Uri = format!("{base}/v1/messages")
-            .parse()
-            .map_err(|e| format!("provider `{}`: base_url `{base}`: {e}", cfg.name))?;
-        if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
-            return Err(format!(
-                "provider `{}`: base_url must be http or https",
-                cfg.name
-            ));
-        }
+        let url = upstream_uri(&cfg.name, base, &format!("{base}/v1/messages"))?;
         let version = cfg.api_version.as_deref().unwrap_or(ANTHROPIC_VERSION);
         let version = HeaderValue::from_str(version)
             .map_err(|_| format!("provider `{}`: api_version is not a header value", cfg.name))?;

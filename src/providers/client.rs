@@ -145,29 +145,39 @@ fn tls_config(cfg: &ProviderConfig) -> Result<rustls::ClientConfig, String> {
     .with_no_client_auth())
 }
 
+/// `url` (the provider's `base_url` plus a path) as an absolute http(s) `Uri`.
+pub(super) fn upstream_uri(provider: &str, base_url: &str, url: &str) -> Result<Uri, String> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| format!("provider `{provider}`: base_url `{base_url}`: {e}"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        return Err(format!(
+            "provider `{provider}`: base_url must be http or https"
+        ));
+    }
+    Ok(uri)
+}
+
+/// `e` and its causes, outermost first.
+fn causes<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |e| e.source())
+}
+
 /// The error and its causes, one line (hyper's own message is only the top).
 /// No URL is part of it: the base URL can identify the platform's upstream
 /// account (Azure resource names) and must stay out of client-visible text.
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    msg
+    causes(e)
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = src {
-        if s.downcast_ref::<std::io::Error>()
+    causes(e).any(|c| {
+        c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        {
-            return true;
-        }
-        src = s.source();
-    }
-    false
+    })
 }

@@ -3,7 +3,7 @@
 //! since connections are per upstream host anyway; this also lets each provider
 //! keep its own connect timeout.
 
-use super::client::UpstreamClient;
+use super::client::{upstream_uri, UpstreamClient};
 use super::{Endpoint, ProviderError, UpstreamRequest, UpstreamResponse};
 use crate::config::{ProviderConfig, ProviderKind};
 use crate::vault::{platform_key_from_env, Secret};
@@ -53,15 +53,15 @@ impl OpenAiProvider {
             })?
             .trim_end_matches('/')
             .to_owned();
-        let parsed: Uri = base_url
-            .parse()
-            .map_err(|e| format!("provider `{}`: base_url `{base_url}`: {e}", cfg.name))?;
-        if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.host().is_none() {
-            return Err(format!(
-                "provider `{}`: base_url must be http or https",
-                cfg.name
-            ));
-        }
+        let endpoint_url =
+            |e: Endpoint| upstream_uri(&cfg.name, &base_url, &format!("{base_url}{}", e.path()));
+        // In `url_slot` order.
+        let endpoint_urls = Box::new([
+            endpoint_url(Endpoint::ChatCompletions)?,
+            endpoint_url(Endpoint::Completions)?,
+            endpoint_url(Endpoint::Embeddings)?,
+            endpoint_url(Endpoint::Messages)?,
+        ]);
         let key = match &cfg.api_key_env {
             Some(var) => Some(platform_key_from_env(&cfg.name, var).map_err(|e| e.to_string())?),
             None => None,
@@ -76,18 +76,6 @@ impl OpenAiProvider {
             },
             _ => Flavor::OpenAi,
         };
-        let endpoint_url = |e: Endpoint| {
-            format!("{base_url}{}", e.path())
-                .parse::<Uri>()
-                .map_err(|err| format!("provider `{}`: base_url `{base_url}`: {err}", cfg.name))
-        };
-        // In `url_slot` order.
-        let endpoint_urls = Box::new([
-            endpoint_url(Endpoint::ChatCompletions)?,
-            endpoint_url(Endpoint::Completions)?,
-            endpoint_url(Endpoint::Embeddings)?,
-            endpoint_url(Endpoint::Messages)?,
-        ]);
         Ok(Self {
             name: cfg.name.as_str().into(),
             flavor,

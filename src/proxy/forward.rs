@@ -19,6 +19,7 @@ use futures_util::StreamExt;
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use serde_json::{json, Value};
+use std::borrow::Cow;
 use std::time::Duration;
 
 /// Upstream error bodies are small; read at most this much of one.
@@ -333,33 +334,35 @@ pub fn json_answer(
             #[serde(default)]
             usage: Option<UsagePeek>,
             #[serde(default, borrow)]
-            model: Option<std::borrow::Cow<'a, str>>,
+            model: Option<Cow<'a, str>>,
         }
-        let (usage, model) = match serde_json::from_slice::<AnswerPeek>(&bytes) {
-            Ok(peek) => (peek.usage.map(TokenUsage::from), peek.model),
-            // An odd shape (`usage` or `model` of another type): the tree.
-            Err(_) => match serde_json::from_slice::<Value>(&bytes) {
-                Ok(v) => {
-                    let usage = v.get("usage").and_then(TokenUsage::from_json);
-                    let model = v
-                        .get("model")
-                        .and_then(Value::as_str)
-                        .map(|m| m.to_owned().into());
-                    (usage, model)
-                }
-                Err(_) => (None, None),
-            },
+        // The tree is parsed only for an odd shape (`usage` or `model` of
+        // another type) or to estimate missing usage, and then only once:
+        // `tree` is `Some` once a parse was tried.
+        let (usage, model, tree) = match serde_json::from_slice::<AnswerPeek>(&bytes) {
+            Ok(peek) => (
+                peek.usage.map(TokenUsage::from),
+                peek.model.map(Cow::into_owned),
+                None,
+            ),
+            Err(_) => {
+                let tree = serde_json::from_slice::<Value>(&bytes).ok();
+                let field = |k: &str| tree.as_ref().and_then(|v| v.get(k));
+                let usage = field("usage").and_then(TokenUsage::from_json);
+                let model = field("model").and_then(Value::as_str).map(str::to_owned);
+                (usage, model, Some(tree))
+            }
         };
         match usage {
             Some(u) => record.tokens = u,
             None => {
-                if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
+                let tree = tree.unwrap_or_else(|| serde_json::from_slice::<Value>(&bytes).ok());
+                if let Some(v) = tree {
                     record.add_completion_from_response(&v);
                 }
             }
         }
         if let Some(m) = model {
-            let m = m.into_owned();
             record.update(|r| r.served_model = Some(m));
         }
     }

@@ -156,8 +156,9 @@ impl LedgerEvent {
     /// Parses one spool line.
     pub fn from_line(line: &[u8]) -> Result<Self, serde_json::Error> {
         let mut ev: LedgerEvent = serde_json::from_slice(line)?;
-        // The parse succeeded, so the line is UTF-8: `from_utf8`'s ASCII fast
-        // path is a fraction of `from_utf8_lossy`'s chunk walk.
+        // After a successful parse the line is UTF-8 (serde_json checks
+        // strings, and everything else must be ASCII), so `from_utf8`'s ASCII
+        // fast path does it; the lossy copy is only a guard.
         ev.raw = match std::str::from_utf8(line) {
             Ok(s) => s.to_owned(),
             Err(_) => String::from_utf8_lossy(line).into_owned(),
