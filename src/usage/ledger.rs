@@ -266,6 +266,7 @@ impl Ledger {
         *lock(&self.shared.drain_until) = Some(Instant::now() + drain);
         self.shared.stop.store(true, Ordering::Release);
         self.shared.spool.wake_readers();
+        self.shared.spool.stop_syncer();
         let threads = std::mem::take(&mut *lock(&self.threads));
         for t in threads {
             let _ = t.join();
@@ -280,6 +281,7 @@ impl Drop for Ledger {
         *lock(&self.shared.drain_until) = Some(Instant::now());
         self.shared.stop.store(true, Ordering::Release);
         self.shared.spool.wake_readers();
+        self.shared.spool.stop_syncer();
     }
 }
 

@@ -45,7 +45,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 /// How the spool is set up (from `[usage]`).
@@ -96,6 +96,8 @@ pub struct SpoolStats {
     pub refused_events: u64,
     pub write_errors: u64,
     pub fsync_errors: u64,
+    /// Group commits that synced something.
+    pub syncs: u64,
     /// Lines skipped while reading (torn by a crash, or not JSON).
     pub skipped_lines: u64,
     pub head: Position,
@@ -123,6 +125,9 @@ pub struct Spool {
     writer: Mutex<Writer>,
     sync: Mutex<SyncState>,
     dirty: AtomicBool,
+    /// The fsync thread, once it runs: an append that dirties a clean spool
+    /// unparks it, so an idle gateway's syncer sleeps instead of polling.
+    syncer: OnceLock<std::thread::Thread>,
     /// Bumped on every append; readers wait on it.
     generation: AtomicU64,
     /// The smallest generation a waiting reader wants to be woken at
@@ -138,6 +143,7 @@ pub struct Spool {
     refused: AtomicU64,
     write_errors: AtomicU64,
     fsync_errors: AtomicU64,
+    syncs: AtomicU64,
     skipped_lines: AtomicU64,
     canonical: PathBuf,
 }
@@ -204,6 +210,7 @@ impl Spool {
             }),
             sync: Mutex::new(SyncState::default()),
             dirty: AtomicBool::new(false),
+            syncer: OnceLock::new(),
             generation: AtomicU64::new(0),
             wake_at: AtomicU64::new(u64::MAX),
             wait_lock: Mutex::new(()),
@@ -214,6 +221,7 @@ impl Spool {
             refused: AtomicU64::new(0),
             write_errors: AtomicU64::new(0),
             fsync_errors: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
             skipped_lines: AtomicU64::new(0),
             canonical,
             opts,
@@ -276,7 +284,13 @@ impl Spool {
         self.bytes_on_disk.fetch_add(len, Ordering::Relaxed);
         drop(w);
         self.appended.fetch_add(1, Ordering::Relaxed);
-        self.dirty.store(true, Ordering::Release);
+        // Only the first append of a group commit wakes the syncer; `unpark`
+        // of a thread that is not parked is one atomic swap, no system call.
+        if !self.dirty.swap(true, Ordering::AcqRel) {
+            if let Some(t) = self.syncer.get() {
+                t.unpark();
+            }
+        }
         let g = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         if g >= self.wake_at.load(Ordering::SeqCst) {
             self.wake_at.store(u64::MAX, Ordering::SeqCst);
@@ -320,15 +334,42 @@ impl Spool {
                 self.dirty.store(true, Ordering::Release);
             }
         }
+        self.syncs.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The fsync thread's loop: group commit every `fsync_interval` until `stop`.
+    /// The fsync thread's loop until `stop`: parked while nothing is appended;
+    /// once an append dirties the spool, it waits `fsync_interval` (the group
+    /// commit window) and syncs everything appended meanwhile. Polling instead
+    /// would wake an idle gateway 200 times a second.
     pub fn run_syncer(self: Arc<Self>, stop: Arc<AtomicBool>) {
+        let _ = self.syncer.set(std::thread::current());
         while !stop.load(Ordering::Acquire) {
+            if !self.dirty.load(Ordering::Acquire) && !self.has_retired() {
+                // Woken by the first append (see `append`) or by `stop_syncer`;
+                // the timeout only bounds a missed wake-up.
+                std::thread::park_timeout(Duration::from_secs(1));
+                continue;
+            }
             std::thread::sleep(self.opts.fsync_interval);
             self.sync_now();
         }
         self.sync_now();
+    }
+
+    /// Wakes a parked syncer so that it sees `stop`.
+    pub fn stop_syncer(&self) {
+        if let Some(t) = self.syncer.get() {
+            t.unpark();
+        }
+    }
+
+    fn has_retired(&self) -> bool {
+        !self
+            .sync
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retired
+            .is_empty()
     }
 
     /// Where the next append goes.
@@ -587,6 +628,7 @@ impl Spool {
             refused_events: self.refused.load(Ordering::Relaxed),
             write_errors: self.write_errors.load(Ordering::Relaxed),
             fsync_errors: self.fsync_errors.load(Ordering::Relaxed),
+            syncs: self.syncs.load(Ordering::Relaxed),
             skipped_lines: self.skipped_lines.load(Ordering::Relaxed),
             head: self.head(),
         }
@@ -671,6 +713,64 @@ mod tests {
             ids.extend(evs.into_iter().map(|e| e.event_id));
             pos = next;
         }
+    }
+
+    /// Voluntary context switches of this process's thread named `name`.
+    fn switches_of(name: &str) -> u64 {
+        for task in std::fs::read_dir("/proc/self/task").unwrap() {
+            let dir = task.unwrap().path();
+            if std::fs::read_to_string(dir.join("comm")).unwrap().trim() == name {
+                let status = std::fs::read_to_string(dir.join("status")).unwrap();
+                let line = status
+                    .lines()
+                    .find(|l| l.starts_with("voluntary_ctxt_switches:"))
+                    .unwrap();
+                return line.split_whitespace().nth(1).unwrap().parse().unwrap();
+            }
+        }
+        panic!("no thread named {name}");
+    }
+
+    fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < end,
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn the_syncer_sleeps_while_nothing_is_appended_and_wakes_on_the_first_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(opts(dir.path())).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let syncer = std::thread::Builder::new()
+            .name("spool-sync-test".into())
+            .spawn({
+                let (spool, stop) = (spool.clone(), stop.clone());
+                move || spool.run_syncer(stop)
+            })
+            .unwrap();
+        wait_for("the syncer to start", || spool.syncer.get().is_some());
+        spool.append(&line(1)).unwrap();
+        wait_for("the first group commit", || spool.stats().syncs == 1);
+
+        // Idle: a polling syncer would wake every 5 ms (about 60 times here).
+        let before = switches_of("spool-sync-test");
+        std::thread::sleep(Duration::from_millis(300));
+        let woke = switches_of("spool-sync-test") - before;
+        assert!(woke <= 2, "an idle syncer woke {woke} times in 300 ms");
+        assert_eq!(spool.stats().syncs, 1);
+
+        // The next append is synced without waiting out the park timeout.
+        spool.append(&line(2)).unwrap();
+        wait_for("the second group commit", || spool.stats().syncs == 2);
+        stop.store(true, Ordering::Release);
+        spool.stop_syncer();
+        syncer.join().unwrap();
     }
 
     #[test]
