@@ -498,6 +498,7 @@ def machine_info(args):
         "nginx": cmd(["nginx", "-v"]),
         "oha": cmd([args.oha, "--version"]),
         "python": platform.python_version(),
+        "livery_build": "profile-guided (benches/load/pgo.sh)" if "/pgo/" in args.livery_bin else "release",
     }
 
 
@@ -516,7 +517,7 @@ def render_config(args, mock_url, usage_path, credential, extra="", name="gatewa
 def seal_credential(args, env):
     """Seals a tenant provider key under a throw-away KEK; None if the build has
     no vault commands."""
-    livery = os.path.join(args.root, "target/release/livery")
+    livery = args.livery_bin
     kg = subprocess.run([livery, "vault", "keygen"], capture_output=True, text=True, cwd=args.tmp)
     if kg.returncode != 0:
         return None
@@ -616,8 +617,11 @@ def main():
     ap.add_argument("--load-cpu", type=int)
     ap.add_argument("--oha", default="oha")
     ap.add_argument("--redis-server", default=os.environ.get("LIVERY_REDIS_SERVER") or "redis-server")
+    ap.add_argument("--livery-bin", help="the livery binary to measure (default target/release/livery; "
+                    "run.sh --pgo passes the profile-guided build)")
     ap.add_argument("--out", help="results directory (default benches/load/results)")
     args = ap.parse_args()
+    args.livery_bin = os.path.abspath(args.livery_bin or os.path.join(args.root, "target/release/livery"))
     rounds = args.rounds or (1 if args.quick else 3)
     duration = args.duration or (3 if args.quick else 8)
     n_streams = args.streams or (10 if args.quick else 25)
@@ -661,7 +665,7 @@ def main():
         # Livery.
         credential = seal_credential(args, env)
         cfg = render_config(args, mock_url, os.path.join(args.tmp, "usage.jsonl"), credential)
-        livery_bin = os.path.join(args.root, "target/release/livery")
+        livery_bin = args.livery_bin
         chk = subprocess.run([livery_bin, "check-config", "--config", cfg], capture_output=True, text=True,
                              env=env, cwd=args.tmp)
         if chk.returncode != 0:
@@ -899,7 +903,8 @@ def main():
     summary["soak"] = soak
     doc = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": "benches/load/run.sh" + (" --quick" if args.quick else ""),
+        "command": "benches/load/run.sh" + (" --pgo" if "/pgo/" in args.livery_bin else "")
+                   + (" --quick" if args.quick else ""),
         "machine": info,
         "settings": {
             "rounds": rounds, "phase_seconds": duration, "connections": 64, "rates": rates,
@@ -1042,7 +1047,7 @@ def markdown(doc):
     L.append(f"`{doc['command']}` on {m['nproc']} × {m['cpu_model']}, {m['memory_gib']} GiB, Linux {m['kernel']}; "
              f"load generator (oha, stream client) on CPU {m['cpu_split']['load_generator_cpu']}, "
              f"mock + nginx + both Livery instances + Redis on CPU {m['cpu_split']['servers_cpu']}. "
-             f"Commit {m['git_commit']}; {m['nginx']}; {m['oha']}; {doc.get('redis_stats', {}).get('version', 'redis')}. "
+             f"Commit {m['git_commit']} (Livery build: {m.get('livery_build', 'release')}); {m['nginx']}; {m['oha']}; {doc.get('redis_stats', {}).get('version', 'redis')}. "
              f"Load average at start {' '.join(m['loadavg_at_start'])}, "
              f"at end {' '.join(m['loadavg_at_end'])}; CPU time used by other processes during the run: "
              f"{m['foreign_cpu_s_during_run']} s ({100 * m['foreign_cpu_share_of_machine']:.0f}% of the machine); "

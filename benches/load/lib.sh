@@ -32,3 +32,14 @@ stop_run_dir() {
     fi
     rm -rf "$TMP"
 }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_install() {
+    log "installing $* from apt"
+    export DEBIAN_FRONTEND=noninteractive
+    as_root apt-get install -y --no-install-recommends "$@" >/dev/null ||
+        { as_root apt-get update >/dev/null && as_root apt-get install -y --no-install-recommends "$@" >/dev/null; }
+}

@@ -6,6 +6,7 @@
 #
 #   benches/load/run.sh            # full run, about 8 minutes -> benches/load/results/latest.{md,json}
 #   benches/load/run.sh --quick    # one short round, < 2 minutes -> results/latest-quick.{md,json}
+#   benches/load/run.sh --pgo      # Livery built profile-guided first (benches/load/pgo.sh, ~12 minutes)
 #
 # Extra options are passed to harness.py (--rounds N, --duration S, --rates 500,2000,
 # --streams N, --soak-min M, --load-cpu C, --server-cpu C, --out DIR, --redis-server PATH).
@@ -18,17 +19,6 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$ROOT"
 # shellcheck source=benches/load/lib.sh
 . "$ROOT/benches/load/lib.sh"
-
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
-}
-
-apt_install() {
-    log "installing $* from apt"
-    export DEBIAN_FRONTEND=noninteractive
-    as_root apt-get install -y --no-install-recommends "$@" >/dev/null ||
-        { as_root apt-get update >/dev/null && as_root apt-get install -y --no-install-recommends "$@" >/dev/null; }
-}
 
 # ---------------------------------------------------------------- tools
 PATH="$PATH:/usr/sbin:/sbin"
@@ -43,6 +33,12 @@ fi
 ensure_oha
 
 # ---------------------------------------------------------------- build
+LIVERY_BIN=()
+if [ "${1:-}" = "--pgo" ]; then
+    shift
+    "$ROOT/benches/load/pgo.sh"
+    LIVERY_BIN=(--livery-bin "$ROOT/target/pgo/release/livery")
+fi
 log "building livery and livery-mock (release, fat LTO: about 5 minutes from scratch on 2 cores)"
 cargo build --release --quiet --features mock-server --bin livery --bin livery-mock
 
@@ -65,4 +61,4 @@ else
 fi
 
 "${PIN[@]}" python3 "$ROOT/benches/load/harness.py" --root "$ROOT" --tmp "$TMP" \
-    --oha "$(command -v oha)" --redis-server "$REDIS_SERVER" "${SPLIT[@]}" "$@"
+    --oha "$(command -v oha)" --redis-server "$REDIS_SERVER" "${SPLIT[@]}" "${LIVERY_BIN[@]}" "$@"

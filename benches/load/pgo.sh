@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# A profile-guided build of Livery (issue 7): build it instrumented, run the
+# training workload (benches/load/pgo_train.py: the load harness's configuration,
+# local and Redis-backed limits, plain and streamed completions, dropped streams,
+# refusals), merge the profiles, and build again with them.
+#
+#   benches/load/pgo.sh              # -> target/pgo/release/livery (about 12 minutes on 2 cores)
+#   benches/load/run.sh --pgo        # builds it if needed, then benchmarks it
+#
+# Needs llvm-profdata of rustc's LLVM version (Debian's llvm-N, installed from
+# apt when missing). The training runs pinned like the harness: load on one CPU,
+# servers on the other.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT"
+# shellcheck source=benches/load/lib.sh
+. "$ROOT/benches/load/lib.sh"
+
+LLVM=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+PROFDATA=$(command -v "llvm-profdata-$LLVM" || true)
+if [ -z "$PROFDATA" ]; then
+    apt_install "llvm-$LLVM"
+    PROFDATA=$(command -v "llvm-profdata-$LLVM")
+fi
+REDIS_SERVER=${LIVERY_REDIS_SERVER:-$(command -v redis-server || true)}
+[ -n "$REDIS_SERVER" ] || { apt_install redis-server; REDIS_SERVER=$(command -v redis-server); }
+ensure_oha
+
+make_run_dir livery-pgo
+RAW="$TMP/profraw"
+PROFILE="$ROOT/target/pgo/livery.profdata"
+
+log "building the mock (release) and an instrumented livery (target/pgo-gen)"
+cargo build --release --quiet --features mock-server --bin livery-mock
+RUSTFLAGS="-Cprofile-generate=$RAW" cargo build --release --quiet --bin livery --target-dir target/pgo-gen
+# Build scripts are instrumented too and leave profiles of their own: only the
+# training's count.
+rm -rf "$RAW"
+
+log "training"
+PIN=()
+[ "$(nproc)" -ge 2 ] && PIN=(taskset -c 0)
+# The load on CPU 0; pgo_train.py pins the servers to CPU 1, as the harness does.
+"${PIN[@]}" python3 "$ROOT/benches/load/pgo_train.py" --root "$ROOT" --tmp "$TMP" \
+    --livery-bin "$ROOT/target/pgo-gen/release/livery" --oha "$(command -v oha)" --redis-server "$REDIS_SERVER"
+
+mkdir -p "$(dirname "$PROFILE")"
+"$PROFDATA" merge -o "$PROFILE" "$RAW"
+log "merged $(find "$RAW" -name '*.profraw' | wc -l) profiles into $PROFILE"
+
+log "building livery with the profile (target/pgo)"
+RUSTFLAGS="-Cprofile-use=$PROFILE" cargo build --release --quiet --bin livery --target-dir target/pgo
+log "done: target/pgo/release/livery"
