@@ -39,6 +39,9 @@ import time
 import urllib.request
 
 TENANT_KEY = "sk-livery-bench-0123456789"
+# Keys the mock is sent and the vault seals: obviously fake (the mock accepts any).
+PLATFORM_KEY = "fake-bench-platform-key-not-a-secret"
+TENANT_PROVIDER_KEY = "fake-bench-tenant-provider-key-not-a-secret"
 BODY = '{"model":"demo","messages":[{"role":"user","content":"Hello"}]}'
 STREAM_CHUNKS = 20
 STREAM_GAP_MS = 5
@@ -502,6 +505,41 @@ def machine_info(args):
     }
 
 
+def bench_env():
+    """The environment Livery runs with: the platform key, default logging."""
+    env = dict(os.environ)
+    env["LIVERY_BENCH_PLATFORM_KEY"] = PLATFORM_KEY
+    env.pop("RUST_LOG", None)  # Livery's default: info, one usage line per request
+    return env
+
+
+def start_mock(procs, args, cpu):
+    """The mock on a free port; returns (process, base URL)."""
+    p = procs.start("mock", pinned(cpu, [
+        os.path.join(args.root, "target/release/livery-mock"), "--listen", "127.0.0.1:0",
+        "--delay-ms", "0", "--chunks", "12", "--gap-ms", "0"]))
+    return p, wait_line(p, "livery-mock listening on")
+
+
+def start_redis(procs, args, cpu, directory):
+    """A redis-server without persistence on a free port; returns (process, port)."""
+    port = free_port()
+    os.makedirs(directory, exist_ok=True)
+    p = procs.start("redis", pinned(cpu, [
+        args.redis_server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+        "--appendonly", "no", "--daemonize", "no", "--dir", directory, "--logfile", ""]),
+        stdout=subprocess.DEVNULL, cwd=directory)
+    wait_redis(port)
+    return p, port
+
+
+def start_livery(procs, args, cpu, name, cfg, env, cwd=None):
+    """`livery serve` (args.livery_bin) on a free port; returns (process, port)."""
+    p = procs.start(name, pinned(cpu, [args.livery_bin, "serve", "--config", cfg, "--listen", "127.0.0.1:0"]),
+                    env=env, cwd=cwd)
+    return p, int(wait_line(p, "livery listening on").rsplit(":", 1)[1])
+
+
 def render_config(args, mock_url, usage_path, credential, extra="", name="gateway.toml"):
     with open(os.path.join(args.root, "benches/load/gateway.bench.toml")) as f:
         text = f.read()
@@ -525,7 +563,7 @@ def seal_credential(args, env):
     seal = subprocess.run(
         [livery, "vault", "seal", "--owner", "tenant:bench/bench-tenant", "--provider", "upstream",
          "--config", os.path.join(args.tmp, "no-such-config.toml")],
-        input="sk-proj-bench-tenant-own-key-0123456789abcdef", capture_output=True, text=True, env=env,
+        input=TENANT_PROVIDER_KEY, capture_output=True, text=True, env=env,
         cwd=args.tmp,
     )
     if seal.returncode != 0:
@@ -637,9 +675,7 @@ def main():
         server_cpu = next((c for c in all_cpus if c != load_cpu), None) if len(all_cpus) >= 2 else None
 
     procs = Procs(args.tmp)
-    env = dict(os.environ)
-    env["LIVERY_BENCH_PLATFORM_KEY"] = "sk-proj-bench-platform-key-0123456789"
-    env.pop("RUST_LOG", None)  # Livery's default: info, one usage line per request
+    env = bench_env()
     results = {"rounds": [], "phases": {}}
     rss_samples = []
 
@@ -656,10 +692,7 @@ def main():
         log(f"machine: {info['nproc']} x {info['cpu_model']}; load on cpu {load_cpu}, servers on cpu {server_cpu}")
 
         # The mock.
-        mock_p = procs.start("mock", pinned(server_cpu, [
-            os.path.join(args.root, "target/release/livery-mock"), "--listen", "127.0.0.1:0",
-            "--delay-ms", "0", "--chunks", "12", "--gap-ms", "0"]))
-        mock_url = wait_line(mock_p, "livery-mock listening on")
+        mock_p, mock_url = start_mock(procs, args, server_cpu)
         mock_port = int(mock_url.rsplit(":", 1)[1])
 
         # Livery.
@@ -670,22 +703,12 @@ def main():
                              env=env, cwd=args.tmp)
         if chk.returncode != 0:
             raise RuntimeError(f"livery check-config failed: {chk.stderr}")
-        livery_p = procs.start("livery", pinned(server_cpu, [
-            livery_bin, "serve", "--config", cfg, "--listen", "127.0.0.1:0"]), env=env)
-        livery_url = wait_line(livery_p, "livery listening on")
-        livery_port = int(livery_url.rsplit(":", 1)[1])
+        livery_p, livery_port = start_livery(procs, args, server_cpu, "livery", cfg, env)
 
         # Redis (no persistence), then a second Livery with Redis-backed limits. It
         # runs in its own directory so that its usage mirror, spool and SQLite
         # ledger (placed beside jsonl_path) are its own.
-        redis_port = free_port()
-        redis_dir = os.path.join(args.tmp, "redis")
-        os.makedirs(redis_dir, exist_ok=True)
-        redis_p = procs.start("redis", pinned(server_cpu, [
-            args.redis_server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--daemonize", "no", "--dir", redis_dir, "--logfile", ""]),
-            stdout=subprocess.DEVNULL, cwd=redis_dir)
-        wait_redis(redis_port)
+        redis_p, redis_port = start_redis(procs, args, server_cpu, os.path.join(args.tmp, "redis"))
         lr_dir = os.path.join(args.tmp, "livery-redis")
         os.makedirs(lr_dir, exist_ok=True)
         lr_usage = os.path.join(lr_dir, "usage.jsonl")
@@ -696,9 +719,7 @@ def main():
                              env=env, cwd=lr_dir)
         if chk.returncode != 0:
             raise RuntimeError(f"livery check-config (redis) failed: {chk.stderr}")
-        livery_r_p = procs.start("livery-redis", pinned(server_cpu, [
-            livery_bin, "serve", "--config", cfg_r, "--listen", "127.0.0.1:0"]), env=env, cwd=lr_dir)
-        livery_r_port = int(wait_line(livery_r_p, "livery listening on").rsplit(":", 1)[1])
+        livery_r_p, livery_r_port = start_livery(procs, args, server_cpu, "livery-redis", cfg_r, env, cwd=lr_dir)
         livery_ps = {"livery": livery_p, "livery-redis": livery_r_p}
         lr_log = os.path.join(args.tmp, "livery-redis.stderr")
         usage_paths = {"livery": os.path.join(args.tmp, "usage.jsonl"), "livery-redis": lr_usage}

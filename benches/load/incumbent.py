@@ -33,7 +33,7 @@ LITELLM_YAML = """model_list:
     litellm_params:
       model: openai/mock-1
       api_base: {mock_url}/v1
-      api_key: sk-platform-bench
+      api_key: {platform_key}
 general_settings:
   master_key: {key}
 """
@@ -59,27 +59,21 @@ def main():
     args = ap.parse_args()
     args.out = args.out or os.path.join(args.root, "benches/load/results")
     args.tmp = args.tmp or tempfile.mkdtemp(prefix="livery-incumbent.")
+    args.livery_bin = os.path.join(args.root, "target/release/livery")
     # The load generator and this driver on the load CPU, like the harness.
     os.sched_setaffinity(0, {args.load_cpu})
     procs = H.Procs(args.tmp)
     started = time.time()
     steal0 = H.machine_steal_s()
     try:
-        mock = procs.start("mock", H.pinned(args.server_cpu, [
-            os.path.join(args.root, "target/release/livery-mock"), "--listen", "127.0.0.1:0",
-            "--delay-ms", "0", "--chunks", "12", "--gap-ms", "0"]))
-        mock_url = H.wait_line(mock, "livery-mock listening on")
-        env = dict(os.environ)
-        env["LIVERY_BENCH_PLATFORM_KEY"] = "sk-platform-bench"
+        mock, mock_url = H.start_mock(procs, args, args.server_cpu)
+        env = H.bench_env()
         credential = H.seal_credential(args, env)
         cfg = H.render_config(args, mock_url, os.path.join(args.tmp, "usage.jsonl"), credential)
-        livery = procs.start("livery", H.pinned(args.server_cpu, [
-            os.path.join(args.root, "target/release/livery"), "serve", "--config", cfg,
-            "--listen", "127.0.0.1:0"]), env=env)
-        livery_port = int(H.wait_line(livery, "livery listening on").rsplit(":", 1)[1])
+        livery, livery_port = H.start_livery(procs, args, args.server_cpu, "livery", cfg, env)
         yaml = os.path.join(args.tmp, "litellm.yaml")
         with open(yaml, "w") as f:
-            f.write(LITELLM_YAML.format(mock_url=mock_url, key=H.TENANT_KEY))
+            f.write(LITELLM_YAML.format(mock_url=mock_url, key=H.TENANT_KEY, platform_key=H.PLATFORM_KEY))
         litellm_port = H.free_port()
         litellm = procs.start("litellm", H.pinned(args.server_cpu, [
             args.litellm, "--config", yaml, "--host", "127.0.0.1", "--port", str(litellm_port)]),

@@ -28,7 +28,7 @@ import harness  # noqa: E402
 def refusals(port, n):
     """A wrong key, an unknown model and bad JSON, `n` times each."""
     cases = [
-        ({"Authorization": "Bearer sk-livery-not-a-key"}, harness.BODY),
+        ({"Authorization": "Bearer wrong-key-for-training"}, harness.BODY),
         ({"Authorization": f"Bearer {harness.TENANT_KEY}"}, '{"model":"no-such-model","messages":[]}'),
         ({"Authorization": f"Bearer {harness.TENANT_KEY}"}, '{"model":'),
     ]
@@ -83,25 +83,13 @@ def main():
     args = ap.parse_args()
 
     procs = harness.Procs(args.tmp)
-    env = dict(os.environ)
-    env["LIVERY_BENCH_PLATFORM_KEY"] = "sk-proj-bench-platform-key-0123456789"
-    env.pop("RUST_LOG", None)
+    env = harness.bench_env()
     try:
-        mock = procs.start("mock", harness.pinned(args.server_cpu, [os.path.join(args.root, "target/release/livery-mock"), "--listen",
-                                    "127.0.0.1:0", "--delay-ms", "0", "--chunks", "12", "--gap-ms", "0"]))
-        mock_url = harness.wait_line(mock, "livery-mock listening on")
+        _, mock_url = harness.start_mock(procs, args, args.server_cpu)
         credential = harness.seal_credential(args, env)
         if not credential:
             raise RuntimeError("could not seal the bench credential")
-
-        redis_port = harness.free_port()
-        redis_dir = os.path.join(args.tmp, "redis")
-        os.makedirs(redis_dir, exist_ok=True)
-        procs.start("redis", harness.pinned(args.server_cpu, [
-            args.redis_server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", redis_dir, "--logfile", ""]),
-                    stdout=subprocess.DEVNULL, cwd=redis_dir)
-        harness.wait_redis(redis_port)
+        _, redis_port = harness.start_redis(procs, args, args.server_cpu, os.path.join(args.tmp, "redis"))
 
         variants = [("local", ""), ("redis", f'\n[limits]\nbackend = "redis"\n'
                                              f'redis_url = "redis://127.0.0.1:{redis_port}/0"\n')]
@@ -110,9 +98,7 @@ def main():
             os.makedirs(d, exist_ok=True)
             cfg = harness.render_config(args, mock_url, os.path.join(d, "usage.jsonl"), credential, extra=extra,
                                         name=f"gateway-{name}.toml")
-            livery = procs.start(f"livery-{name}", harness.pinned(args.server_cpu, [
-                args.livery_bin, "serve", "--config", cfg, "--listen", "127.0.0.1:0"]), env=env, cwd=d)
-            port = int(harness.wait_line(livery, "livery listening on").rsplit(":", 1)[1])
+            livery, port = harness.start_livery(procs, args, args.server_cpu, f"livery-{name}", cfg, env, cwd=d)
             t0 = time.time()
             harness.oha(args, port, args.seconds, conns=16)
             harness.oha(args, port, args.seconds, rate=2000)

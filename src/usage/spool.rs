@@ -317,11 +317,8 @@ impl Spool {
 
     /// Syncs what was appended since the last call (the group commit).
     pub fn sync_now(&self) {
-        if !self.dirty.swap(false, Ordering::AcqRel) {
-            let s = self.sync.lock().unwrap_or_else(|p| p.into_inner());
-            if s.retired.is_empty() {
-                return;
-            }
+        if !self.dirty.swap(false, Ordering::AcqRel) && !self.has_retired() {
+            return;
         }
         let (current, retired) = {
             let mut s = self.sync.lock().unwrap_or_else(|p| p.into_inner());
