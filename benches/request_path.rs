@@ -10,9 +10,11 @@
 //!   per-event work of `src/proxy/relay.rs` (peek at `choices[].finish_reason`,
 //!   `usage`, `model`, `error`; re-frame the event), mirrored here because the relay
 //!   is private.
-//! - `body/*`: the model rewrite of `prepare_body` in `src/proxy/handler.rs`
-//!   (parse, replace `model`, force `stream_options.include_usage`, serialise) on a
-//!   realistic 2 KB chat body.
+//! - `body/*`: what `prepare_body` in `src/proxy/handler.rs` does to a realistic
+//!   2 KB chat body with `RequestBody` (locate the members, read `model` and
+//!   `stream`, force `stream_options.include_usage`, estimate the tokens, splice
+//!   the upstream body), next to the `serde_json::Value` tree it replaced (parse,
+//!   replace `model`, serialise), measured in the same run.
 //!
 //! Vault unseal has its own bench (`benches/vault.rs`); limit admission does not
 //! exist yet (issue 4). Run with `cargo bench --bench request_path`.
@@ -27,8 +29,10 @@ use eventsource_stream::Eventsource;
 use futures_util::{FutureExt, StreamExt};
 use http::{HeaderMap, HeaderValue};
 use livery::config::GatewayConfig;
+use livery::limits::{estimate_request_tokens, EffectiveLimits};
 use livery::providers::mock::MockReply;
 use livery::providers::Endpoint;
+use livery::proxy::RequestBody;
 use livery::tenancy::{normalize_host, presented_key, KeyDigest, PresentedKey};
 use livery::Snapshot;
 use serde::Deserialize;
@@ -422,8 +426,8 @@ fn chat_body(stream: bool) -> Vec<u8> {
     serde_json::to_vec(&body).unwrap()
 }
 
-/// Mirror of the rewrite in `prepare_body`.
-fn rewrite(body: &[u8], upstream_model: &str) -> Option<Vec<u8>> {
+/// The tree rewrite `prepare_body` did before `RequestBody`, as the baseline.
+fn tree_rewrite(body: &[u8], upstream_model: &str) -> Option<Vec<u8>> {
     let mut value: Value = serde_json::from_slice(body).ok()?;
     let obj = value.as_object_mut()?;
     let _requested = obj.get("model")?.as_str()?.to_owned();
@@ -440,6 +444,17 @@ fn rewrite(body: &[u8], upstream_model: &str) -> Option<Vec<u8>> {
     serde_json::to_vec(&value).ok()
 }
 
+/// What `prepare_body` and the admission's estimate do now.
+fn splice(body: &Bytes, upstream_model: &str, limits: &EffectiveLimits) -> Option<(Bytes, u64)> {
+    let mut parsed = RequestBody::parse(body.clone()).ok()?;
+    let _requested = parsed.model().ok()?;
+    if parsed.stream().ok()? {
+        parsed.require_stream_usage().ok()?;
+    }
+    let estimate = estimate_request_tokens(&parsed, limits);
+    Some((parsed.upstream(upstream_model), estimate))
+}
+
 fn body(c: &mut Criterion) {
     let mut g = c.benchmark_group("body");
     group_timing(&mut g);
@@ -447,13 +462,20 @@ fn body(c: &mut Criterion) {
         let raw = chat_body(stream);
         assert!((1800..2600).contains(&raw.len()), "{} bytes", raw.len());
         g.throughput(Throughput::Bytes(raw.len() as u64));
-        let name = if stream {
-            "model_rewrite_2kb_stream"
-        } else {
-            "model_rewrite_2kb"
-        };
-        g.bench_function(name, |b| {
-            b.iter(|| black_box(rewrite(black_box(&raw), "gpt-4o-mini-2024-07-18")))
+        let suffix = if stream { "_stream" } else { "" };
+        g.bench_function(format!("tree_rewrite_2kb{suffix}"), |b| {
+            b.iter(|| black_box(tree_rewrite(black_box(&raw), "gpt-4o-mini-2024-07-18")))
+        });
+        let bytes = Bytes::from(raw.clone());
+        let limits = EffectiveLimits::default();
+        let (spliced, _) = splice(&bytes, "gpt-4o-mini-2024-07-18", &limits).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&spliced).unwrap(),
+            serde_json::from_slice::<Value>(&tree_rewrite(&raw, "gpt-4o-mini-2024-07-18").unwrap())
+                .unwrap()
+        );
+        g.bench_function(format!("splice_and_estimate_2kb{suffix}"), |b| {
+            b.iter(|| black_box(splice(black_box(&bytes), "gpt-4o-mini-2024-07-18", &limits)))
         });
     }
     g.finish();

@@ -400,6 +400,8 @@ key_hashes = []
     // The estimate: prompt characters / 4 plus overhead, plus the plan's default
     // completion when the request sets no max_tokens.
     let body = json!({"model": "demo", "messages": [{"role": "user", "content": "x".repeat(400)}]});
+    let body =
+        livery::proxy::RequestBody::parse(serde_json::to_vec(&body).unwrap().into()).unwrap();
     assert_eq!(estimate_request_tokens(&body, &limits), 100 + 7 + 256);
 
     for (from, to, why) in [

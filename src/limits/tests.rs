@@ -7,6 +7,29 @@ use super::*;
 use crate::config::LimitOverrides;
 use serde_json::json;
 
+/// A JSON object's members as text, for the estimator.
+struct Fields(Vec<(String, Box<serde_json::value::RawValue>)>);
+
+impl RequestFields for Fields {
+    fn field(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.get())
+    }
+}
+
+fn fields(v: &serde_json::Value) -> Fields {
+    let map: serde_json::Map<String, serde_json::Value> =
+        v.as_object().cloned().unwrap_or_default();
+    Fields(
+        map.into_iter()
+            .map(|(k, v)| (k, serde_json::value::to_raw_value(&v).unwrap()))
+            .collect(),
+    )
+}
+
 fn limiter() -> Limiter {
     Limiter::new(LimiterSettings::default(), Arc::new(NoMonthlyUsage)).unwrap()
 }
@@ -73,6 +96,33 @@ fn go_durations_look_like_openais() {
 }
 
 #[test]
+fn estimates_read_escaped_text_odd_messages_and_tool_calls() {
+    let limits = EffectiveLimits::default();
+    // "é\"x" is 3 characters however it is escaped; a message that is not an
+    // object still costs its overhead; tool calls count their compact JSON.
+    let chat = json!({"messages": [
+        {"role": "user", "content": "\u{e9}\"x", "name": "abcd"},
+        "not a message",
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "a"}]},
+    ], "max_tokens": 7, "n": -1});
+    let tool_json = r#"[{"id":"a"}]"#.len() as u64;
+    assert_eq!(
+        estimate_prompt_tokens(&fields(&chat)),
+        (3 + 4 + tool_json).div_ceil(4) + 3 + 3 * 4
+    );
+    // A negative `n` is not a count: one choice.
+    assert_eq!(
+        estimate_request_tokens(&fields(&chat), &limits),
+        (3 + 4 + tool_json).div_ceil(4) + 15 + 7
+    );
+    let escaped = Fields(vec![(
+        "messages".into(),
+        serde_json::value::RawValue::from_string(r#"[{"content":"\u00e9\"x"}]"#.into()).unwrap(),
+    )]);
+    assert_eq!(estimate_prompt_tokens(&escaped), 1 + 3 + 4);
+}
+
+#[test]
 fn estimates_count_text_and_reserve_the_completion() {
     let limits = EffectiveLimits::default();
     let chat = json!({"messages": [
@@ -80,22 +130,25 @@ fn estimates_count_text_and_reserve_the_completion() {
         {"role": "user", "content": [{"type": "text", "text": "abcd".repeat(5)}]},
     ]});
     // 60 characters / 4 + 3 + 2 × 4.
-    assert_eq!(estimate_prompt_tokens(&chat), 15 + 11);
+    assert_eq!(estimate_prompt_tokens(&fields(&chat)), 15 + 11);
     assert_eq!(
-        estimate_request_tokens(&chat, &limits),
+        estimate_request_tokens(&fields(&chat), &limits),
         26 + DEFAULT_COMPLETION_TOKENS
     );
     let mut capped = chat.clone();
     capped["max_tokens"] = json!(100);
     capped["n"] = json!(2);
-    assert_eq!(estimate_request_tokens(&capped, &limits), 26 + 200);
+    assert_eq!(estimate_request_tokens(&fields(&capped), &limits), 26 + 200);
     capped["max_completion_tokens"] = json!(10);
-    assert_eq!(estimate_request_tokens(&capped, &limits), 26 + 20);
+    assert_eq!(estimate_request_tokens(&fields(&capped), &limits), 26 + 20);
     let embed = json!({"model": "e", "input": ["abcdabcd", "abcd"]});
-    assert_eq!(estimate_request_tokens(&embed, &limits), 3);
+    assert_eq!(estimate_request_tokens(&fields(&embed), &limits), 3);
     let completion = json!({"prompt": "abcdabcd", "max_tokens": 5});
-    assert_eq!(estimate_request_tokens(&completion, &limits), 2 + 5);
-    assert_eq!(estimate_prompt_tokens(&json!({})), 0);
+    assert_eq!(
+        estimate_request_tokens(&fields(&completion), &limits),
+        2 + 5
+    );
+    assert_eq!(estimate_prompt_tokens(&fields(&json!({}))), 0);
 }
 
 #[test]

@@ -14,6 +14,7 @@ use super::forward::{
 use super::messages_relay::MessagesRelay;
 use super::record::PendingRecord;
 use super::relay::SseRelay;
+use super::request_body::RequestBody;
 use super::{App, ProxyBody};
 use crate::providers::{Endpoint, UpstreamRequest};
 use crate::routing::breaker::{Admission, BreakerKey, BreakerSettings};
@@ -22,9 +23,7 @@ use crate::usage::AttemptRecord;
 use crate::vault::{
     select_credential, CredentialOwner, KeyOwner, ProviderCredential, StoredCredential, VaultError,
 };
-use bytes::Bytes;
 use http::{HeaderValue, Response};
-use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,8 +32,8 @@ pub struct Prepared {
     /// The tenant-facing model that serves the request (after a downgrade).
     pub model: String,
     pub downgraded_from: Option<String>,
-    /// The request body; its `model` is rewritten per route.
-    pub body: Value,
+    /// The request body; its `model` is written per route.
+    pub body: RequestBody,
     pub stream: bool,
     pub client_wants_usage: bool,
 }
@@ -43,7 +42,7 @@ pub async fn serve(
     app: &Arc<App>,
     ctx: &RequestCtx,
     endpoint: Endpoint,
-    mut prepared: Prepared,
+    prepared: Prepared,
     mut record: PendingRecord,
 ) -> Response<ProxyBody> {
     let settings = &ctx.snapshot.routing;
@@ -109,17 +108,7 @@ pub async fn serve(
             if now >= deadline {
                 break 'routes;
             }
-            let body = match body_for(&mut prepared.body, route) {
-                Ok(b) => b,
-                Err(e) => {
-                    return failure_answer(
-                        gateway_failure("invalid_body", e),
-                        None,
-                        &mut record,
-                        ctx.dialect,
-                    )
-                }
-            };
+            let body = prepared.body.upstream(&route.upstream_model);
             let req = UpstreamRequest {
                 endpoint,
                 model: route.upstream_model.to_string(),
@@ -285,18 +274,6 @@ fn gateway_failure(cause: &'static str, e: impl Into<GatewayError>) -> Failure {
 fn backoff(base_ms: u64, max_ms: u64, try_no: u32) -> Duration {
     let cap = base_ms.saturating_mul(1u64 << try_no.min(20)).min(max_ms);
     Duration::from_millis(fastrand::u64(0..=cap))
-}
-
-fn body_for(body: &mut Value, route: &Route) -> Result<Bytes, GatewayError> {
-    if let Some(obj) = body.as_object_mut() {
-        obj.insert(
-            "model".into(),
-            Value::String(route.upstream_model.to_string()),
-        );
-    }
-    serde_json::to_vec(body)
-        .map(Bytes::from)
-        .map_err(|e| GatewayError::BadJson(e.to_string()))
 }
 
 fn push_attempt(

@@ -19,6 +19,7 @@ use super::ctx::{request_id, ConnInfo, Dialect, RequestCtx};
 use super::error::GatewayError;
 use super::fallback::{self, Prepared};
 use super::record::PendingRecord;
+use super::request_body::RequestBody;
 use super::App;
 use crate::limits::{estimate_request_tokens, Admission, EffectiveLimits, LimitKey};
 use crate::providers::Endpoint;
@@ -296,8 +297,8 @@ where
     };
     record.set_request_body(body.clone());
     let prepared = match endpoint {
-        Endpoint::Messages => super::messages::prepare_body(ctx, &body, &mut record),
-        _ => prepare_body(ctx, endpoint, &body, &mut record),
+        Endpoint::Messages => super::messages::prepare_body(ctx, body, &mut record),
+        _ => prepare_body(ctx, endpoint, body, &mut record),
     };
     let prepared = match prepared {
         Ok(p) => p,
@@ -341,32 +342,21 @@ fn reject(record: &mut PendingRecord, err: GatewayError) -> GatewayError {
 
 /// What every forwarded body must be, whatever its API: a JSON object with a
 /// non-empty string `model` (chosen here under the plan's policy) and an
-/// optional boolean `stream`. Returns the parsed body, the choice and `stream`.
+/// optional boolean `stream`. Returns the body, the choice and `stream`.
 pub(super) fn read_body(
     ctx: &RequestCtx,
-    body: &[u8],
+    body: Bytes,
     record: &mut PendingRecord,
-) -> Result<(Value, ModelChoice, bool), GatewayError> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| GatewayError::BadJson(e.to_string()))?;
-    let obj = value.as_object().ok_or(GatewayError::NotAnObject)?;
-    let requested_model = match obj.get("model") {
-        None | Some(Value::Null) => return Err(GatewayError::MissingModel),
-        Some(Value::String(s)) if s.is_empty() => return Err(GatewayError::MissingModel),
-        Some(Value::String(s)) => s.clone(),
-        Some(_) => return Err(GatewayError::InvalidField("model", "a string")),
-    };
+) -> Result<(RequestBody, ModelChoice, bool), GatewayError> {
+    let body = RequestBody::parse(body)?;
+    let requested_model = body.model()?;
     record.update(|r| r.requested_model = Some(requested_model.clone()));
     let choice = ctx
         .snapshot
         .models
         .choose(&ctx.tenant.plan, &requested_model)?;
-    let stream = match obj.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(GatewayError::InvalidField("stream", "a boolean")),
-    };
-    Ok((value, choice, stream))
+    let stream = body.stream()?;
+    Ok((body, choice, stream))
 }
 
 /// Validates the body and prepares what the gateway owns: the model (after the
@@ -375,31 +365,20 @@ pub(super) fn read_body(
 fn prepare_body(
     ctx: &RequestCtx,
     endpoint: Endpoint,
-    body: &[u8],
+    body: Bytes,
     record: &mut PendingRecord,
 ) -> Result<Prepared, GatewayError> {
-    let (mut value, choice, stream) = read_body(ctx, body, record)?;
+    let (mut body, choice, stream) = read_body(ctx, body, record)?;
     let stream = stream && endpoint != Endpoint::Embeddings;
-    let obj = value.as_object_mut().ok_or(GatewayError::NotAnObject)?;
-    let mut client_wants_usage = false;
-    if stream {
-        let opts = obj.entry("stream_options").or_insert_with(|| json!({}));
-        if opts.is_null() {
-            *opts = json!({});
-        }
-        let opts = opts
-            .as_object_mut()
-            .ok_or(GatewayError::InvalidField("stream_options", "an object"))?;
-        client_wants_usage = opts
-            .get("include_usage")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        opts.insert("include_usage".into(), Value::Bool(true));
-    }
+    let client_wants_usage = if stream {
+        body.require_stream_usage()?
+    } else {
+        false
+    };
     Ok(Prepared {
         model: choice.model,
         downgraded_from: choice.downgraded_from,
-        body: value,
+        body,
         stream,
         client_wants_usage,
     })

@@ -24,14 +24,14 @@ use serde_json::{json, Value};
 /// provider's to judge (Anthropic) or the translator's (OpenAI routes).
 pub fn prepare_body(
     ctx: &RequestCtx,
-    body: &[u8],
+    body: bytes::Bytes,
     record: &mut PendingRecord,
 ) -> Result<Prepared, GatewayError> {
-    let (value, choice, stream) = super::handler::read_body(ctx, body, record)?;
+    let (body, choice, stream) = super::handler::read_body(ctx, body, record)?;
     Ok(Prepared {
         model: choice.model,
         downgraded_from: choice.downgraded_from,
-        body: value,
+        body,
         stream,
         // Anthropic streams always carry their usage.
         client_wants_usage: true,

@@ -13,9 +13,11 @@ mod messages;
 mod messages_relay;
 mod record;
 mod relay;
+mod request_body;
 
 pub use body::ProxyBody;
 pub use ctx::{ConnInfo, Dialect, RequestCtx};
+pub use request_body::RequestBody;
 
 use crate::config::{ConfigError, GatewayConfig};
 use crate::limits::{Limiter, LimitsError, Month, MonthlyUsageSource};
