@@ -770,16 +770,20 @@ fn fixture_db(dir: &Path) -> PathBuf {
         (6, "acme", "dental", "2025-03-01T00:00:00Z", 9_999, 9_999),
         (7, "globex", "clinic", "2025-02-05T00:00:00Z", 5_000, 5_000),
     ];
-    let events: Vec<LedgerEvent> = rows
+    let lines: Vec<String> = rows
         .iter()
         .map(|(i, r, t, ts, p, c)| {
-            let mut line = fixture_event(*i, r, t, ts, *p, *c);
+            let line = fixture_event(*i, r, t, ts, *p, *c);
             if *i == 5 {
                 // A failed call: a request, not billable.
-                line = line.replace("\"outcome\":\"ok\"", "\"outcome\":\"upstream_error\"");
+                return line.replace("\"outcome\":\"ok\"", "\"outcome\":\"upstream_error\"");
             }
-            LedgerEvent::from_line(line.as_bytes()).unwrap()
+            line
         })
+        .collect();
+    let events: Vec<LedgerEvent> = lines
+        .iter()
+        .map(|line| LedgerEvent::from_line(line.as_bytes()).unwrap())
         .collect();
     assert_eq!(sink.insert(&events).unwrap(), 7);
     // A replay of the same month changes nothing.
@@ -1082,13 +1086,13 @@ async fn redis_down_under_load_gets_every_event_once_back() {
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    let events: Vec<LedgerEvent> = raws
-        .iter()
-        .map(|r| LedgerEvent::from_line(r.as_bytes()).unwrap())
-        .collect();
     let url = server.url();
     let prefix_owned = prefix.to_owned();
     tokio::task::spawn_blocking(move || {
+        let events: Vec<LedgerEvent> = raws
+            .iter()
+            .map(|r| LedgerEvent::from_line(r.as_bytes()).unwrap())
+            .collect();
         let mut sink = RedisSink::new(RedisSinkOptions {
             url,
             key_prefix: prefix_owned,

@@ -35,6 +35,8 @@ use std::time::{Duration, Instant};
 
 const BATCH_EVENTS: usize = 1000;
 const BATCH_BYTES: usize = 4 << 20;
+/// A read buffer larger than this after a batch (a backlog's) is not kept.
+const KEEP_READ_BUFFER: usize = 256 << 10;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long a caught-up shipper waits for more events before delivering.
@@ -326,52 +328,67 @@ impl Shipper {
         self.state
             .backlog
             .store(self.spool.count_backlog(self.pos), Ordering::Relaxed);
-        loop {
-            let seen = self.spool.generation();
-            let (events, next) = match self.spool.read_batch(self.pos, BATCH_EVENTS, BATCH_BYTES) {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!(sink = %self.state.name, error = %e, "usage spool read failed");
-                    if self.shared.stopping() {
-                        return self.finish();
-                    }
-                    std::thread::sleep(BACKOFF_MAX);
-                    continue;
-                }
-            };
-            if events.is_empty() {
-                if next != self.pos {
-                    // Only skipped lines: move past them (nothing to deliver,
-                    // so nothing to make durable either).
-                    self.acked(
-                        next,
-                        Ack {
-                            durable: self.durable == self.pos,
-                            cursor_stored: false,
-                        },
-                    );
-                    continue;
-                }
-                self.idle();
-                if self.shared.stopping() {
-                    return self.finish();
-                }
-                self.spool.wait_for_append(seen, self.idle_wait());
-                self.linger(seen);
-                continue;
-            }
-            let caught_up = events.len() < BATCH_EVENTS;
-            let Some(ack) = self.deliver(&events, next) else {
-                return self.finish();
-            };
-            self.acked(next, ack);
-            // Under steady load something has always arrived during the
-            // delivery; shipping it at once would cost a sink transaction per
-            // handful of events. Linger as an idle shipper would.
-            if caught_up && !self.shared.stopping() {
-                self.linger(seen);
+        // The events of a batch borrow this buffer, which the next batch
+        // reuses; one that grew for a backlog is let go.
+        let mut buf = Vec::new();
+        while self.step(&mut buf) {
+            if buf.capacity() > KEEP_READ_BUFFER {
+                buf = Vec::new();
             }
         }
+        self.finish();
+    }
+
+    /// Reads and delivers one batch, or waits for one; `false` to finish.
+    fn step(&mut self, buf: &mut Vec<u8>) -> bool {
+        let seen = self.spool.generation();
+        let (events, next) = match self
+            .spool
+            .read_batch(self.pos, BATCH_EVENTS, BATCH_BYTES, buf)
+        {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(sink = %self.state.name, error = %e, "usage spool read failed");
+                if self.shared.stopping() {
+                    return false;
+                }
+                std::thread::sleep(BACKOFF_MAX);
+                return true;
+            }
+        };
+        if events.is_empty() {
+            if next != self.pos {
+                // Only skipped lines: move past them (nothing to deliver,
+                // so nothing to make durable either).
+                self.acked(
+                    next,
+                    Ack {
+                        durable: self.durable == self.pos,
+                        cursor_stored: false,
+                    },
+                );
+                return true;
+            }
+            self.idle();
+            if self.shared.stopping() {
+                return false;
+            }
+            self.spool.wait_for_append(seen, self.idle_wait());
+            self.linger(seen);
+            return true;
+        }
+        let caught_up = events.len() < BATCH_EVENTS;
+        let Some(ack) = self.deliver(&events, next) else {
+            return false;
+        };
+        self.acked(next, ack);
+        // Under steady load something has always arrived during the
+        // delivery; shipping it at once would cost a sink transaction per
+        // handful of events. Linger as an idle shipper would.
+        if caught_up && !self.shared.stopping() {
+            self.linger(seen);
+        }
+        true
     }
 
     /// Delivers with backoff until acknowledged; `None` when giving up on close.

@@ -464,15 +464,17 @@ impl Spool {
         }
     }
 
-    /// Reads up to `max_events` complete events after `from`. Returns them and
-    /// the position after the last line consumed (which may be past `from` with
-    /// no events when only torn or corrupt lines were skipped).
-    pub fn read_batch(
+    /// Reads up to `max_events` complete events after `from` into `buf` (the
+    /// caller's, reused from batch to batch). Returns the events, borrowed from
+    /// `buf`, and the position after the last line consumed (which may be past
+    /// `from` with no events when only torn or corrupt lines were skipped).
+    pub fn read_batch<'b>(
         &self,
         from: Position,
         max_events: usize,
         max_bytes: usize,
-    ) -> std::io::Result<(Vec<LedgerEvent>, Position)> {
+        buf: &'b mut Vec<u8>,
+    ) -> std::io::Result<(Vec<LedgerEvent<'b>>, Position)> {
         let mut pos = from;
         loop {
             // Read the head first: a segment older than the head is final.
@@ -495,11 +497,11 @@ impl Spool {
                 Err(e) => return Err(e),
             };
             f.seek(SeekFrom::Start(pos.offset))?;
-            let mut buf = Vec::new();
-            (&mut f).take(max_bytes as u64).read_to_end(&mut buf)?;
+            buf.clear();
+            (&mut f).take(max_bytes as u64).read_to_end(buf)?;
             if buf.len() == max_bytes && !buf.contains(&b'\n') {
                 // One line longer than a batch: read it whole.
-                f.read_to_end(&mut buf)?;
+                f.read_to_end(buf)?;
             }
             let Some(last_nl) = buf.iter().rposition(|&b| b == b'\n') else {
                 if is_final {
@@ -702,12 +704,13 @@ mod tests {
 
     fn drain(spool: &Spool, mut pos: Position) -> (Vec<String>, Position) {
         let mut ids = Vec::new();
+        let mut buf = Vec::new();
         loop {
-            let (evs, next) = spool.read_batch(pos, 3, 1 << 20).unwrap();
+            let (evs, next) = spool.read_batch(pos, 3, 1 << 20, &mut buf).unwrap();
             if evs.is_empty() && next == pos {
                 return (ids, pos);
             }
-            ids.extend(evs.into_iter().map(|e| e.event_id));
+            ids.extend(evs.into_iter().map(|e| e.event_id.into_owned()));
             pos = next;
         }
     }

@@ -101,11 +101,11 @@ impl RedisSink {
             .arg(self.opts.stream_maxlen);
         for e in events {
             let billable = e.billable();
-            inv.arg(&e.event_id)
+            inv.arg(&*e.event_id)
                 .arg(e.day())
-                .arg(&e.reseller)
-                .arg(&e.tenant)
-                .arg(&e.raw)
+                .arg(&*e.reseller)
+                .arg(&*e.tenant)
+                .arg(e.raw)
                 .arg(1u64)
                 .arg(u64::from(billable))
                 .arg(e.prompt_tokens.unwrap_or(0))

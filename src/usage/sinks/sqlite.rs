@@ -242,9 +242,9 @@ impl SqliteSink {
                 }
                 added += 1;
                 for (daily, period) in [(true, e.day()), (false, e.month())] {
-                    for tenant in [e.tenant.as_str(), ""] {
+                    for tenant in [&*e.tenant, ""] {
                         let r = rollups
-                            .entry((daily, period, &e.reseller, tenant))
+                            .entry((daily, period, &*e.reseller, tenant))
                             .or_default();
                         r.requests += 1;
                         r.billable += i64::from(e.billable());
