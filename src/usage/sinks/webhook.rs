@@ -49,7 +49,7 @@ impl WebhookSink {
             if i > 0 {
                 body.push(',');
             }
-            body.push_str(&e.raw);
+            body.push_str(e.raw);
         }
         body.push_str("]}");
         let ts = std::time::SystemTime::now()
