@@ -321,10 +321,7 @@ impl UsageSink {
         // A typical event is 600-900 bytes: one allocation instead of a
         // doubling series of reallocations while serialising.
         let mut line = Vec::with_capacity(1024);
-        if let Err(e) = serde_json::to_writer(&mut line, &rec) {
-            tracing::error!(error = %e, request_id = %rec.request_id, "usage record serialisation failed");
-            return;
-        }
+        rec.write_json(&mut line);
         line.push(b'\n');
         if let Some(ledger) = &self.inner.ledger {
             if let Err(e) = ledger.append(&line) {
