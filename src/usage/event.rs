@@ -106,83 +106,55 @@ impl UsageRecord {
     pub fn write_json(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"v\":");
         json(out, &self.v);
-        key(out, "event_id");
-        json(out, &self.event_id);
-        key(out, "ts");
-        json(out, &self.ts);
-        key(out, "ended_at");
-        json(out, &self.ended_at);
-        key(out, "request_id");
-        json(out, &self.request_id);
-        key(out, "reseller");
-        json(out, &self.reseller);
-        key(out, "tenant");
-        json(out, &self.tenant);
-        key(out, "endpoint");
-        json(out, self.endpoint);
-        key(out, "requested_model");
-        json(out, &self.requested_model);
-        key(out, "served_model");
-        json(out, &self.served_model);
-        key(out, "provider");
-        json(out, &self.provider);
-        key(out, "key_owner");
-        json(out, &self.key_owner);
-        key(out, "status");
-        json(out, &self.status);
-        key(out, "outcome");
-        json(out, &self.outcome);
-        key(out, "error_code");
-        json(out, &self.error_code);
-        key(out, "prompt_tokens");
-        json(out, &self.prompt_tokens);
-        key(out, "completion_tokens");
-        json(out, &self.completion_tokens);
-        key(out, "cached_tokens");
-        json(out, &self.cached_tokens);
-        key(out, "total_tokens");
-        json(out, &self.total_tokens);
-        key(out, "estimated");
-        json(out, &self.estimated);
-        key(out, "stream");
-        json(out, &self.stream);
-        key(out, "client_disconnected");
-        json(out, &self.client_disconnected);
-        key(out, "latency_ms");
-        json(out, &self.latency_ms);
-        key(out, "ttfb_ms");
-        json(out, &self.ttfb_ms);
-        key(out, "attempts");
-        out.push(b'[');
+        member(out, "event_id", &self.event_id);
+        member(out, "ts", &self.ts);
+        member(out, "ended_at", &self.ended_at);
+        member(out, "request_id", &self.request_id);
+        member(out, "reseller", &self.reseller);
+        member(out, "tenant", &self.tenant);
+        member(out, "endpoint", self.endpoint);
+        member(out, "requested_model", &self.requested_model);
+        member(out, "served_model", &self.served_model);
+        member(out, "provider", &self.provider);
+        member(out, "key_owner", &self.key_owner);
+        member(out, "status", &self.status);
+        member(out, "outcome", &self.outcome);
+        member(out, "error_code", &self.error_code);
+        member(out, "prompt_tokens", &self.prompt_tokens);
+        member(out, "completion_tokens", &self.completion_tokens);
+        member(out, "cached_tokens", &self.cached_tokens);
+        member(out, "total_tokens", &self.total_tokens);
+        member(out, "estimated", &self.estimated);
+        member(out, "stream", &self.stream);
+        member(out, "client_disconnected", &self.client_disconnected);
+        member(out, "latency_ms", &self.latency_ms);
+        member(out, "ttfb_ms", &self.ttfb_ms);
+        out.extend_from_slice(b",\"attempts\":[");
         for (i, a) in self.attempts.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
             out.extend_from_slice(b"{\"provider\":");
             json(out, &a.provider);
-            key(out, "model");
-            json(out, &a.model);
-            key(out, "outcome");
-            json(out, a.outcome);
-            key(out, "status");
-            json(out, &a.status);
-            key(out, "latency_ms");
-            json(out, &a.latency_ms);
+            member(out, "model", &a.model);
+            member(out, "outcome", a.outcome);
+            member(out, "status", &a.status);
+            member(out, "latency_ms", &a.latency_ms);
             out.push(b'}');
         }
         out.push(b']');
-        key(out, "cost_micros");
-        json(out, &self.cost_micros);
+        member(out, "cost_micros", &self.cost_micros);
         out.push(b'}');
     }
 }
 
-/// `,"name":` for a key that needs no escaping.
-fn key(out: &mut Vec<u8>, name: &str) {
+/// `,"name":value` for a key that needs no escaping.
+fn member<T: Serialize + ?Sized>(out: &mut Vec<u8>, name: &str, value: &T) {
     out.push(b',');
     out.push(b'"');
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b"\":");
+    json(out, value);
 }
 
 /// One value, as serde_json writes it (escaped strings, `null` for `None` and
