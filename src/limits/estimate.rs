@@ -24,12 +24,52 @@ pub trait RequestFields {
 /// every text it carries (message contents, names, tool definitions and calls,
 /// `prompt`, `input`), plus a small overhead per message.
 pub fn estimate_prompt_tokens(request: &impl RequestFields) -> u64 {
+    prompt_tokens(request, &TextMembers::of(request))
+}
+
+/// The whole reservation for a request: the prompt estimate plus what it may
+/// generate: `max_completion_tokens`, else `max_tokens`, else the plan's default
+/// completion cap, times `n` choices. Embeddings generate nothing.
+pub fn estimate_request_tokens(request: &impl RequestFields, limits: &EffectiveLimits) -> u64 {
+    let text = TextMembers::of(request);
+    let prompt = prompt_tokens(request, &text);
+    if text.input.is_some() && text.messages.is_none() && text.prompt.is_none() {
+        // An embeddings request.
+        return prompt;
+    }
+    let whole = |k: &str| {
+        request
+            .field(k)
+            .and_then(|raw| serde_json::from_str::<u64>(raw).ok())
+    };
+    let completion = whole("max_completion_tokens")
+        .or_else(|| whole("max_tokens"))
+        .unwrap_or_else(|| limits.default_completion_tokens());
+    let n = whole("n").unwrap_or(1).clamp(1, 128);
+    prompt.saturating_add(completion.saturating_mul(n))
+}
+
+/// The members that carry the prompt's text, each looked up once.
+struct TextMembers<'a> {
+    messages: Option<&'a str>,
+    prompt: Option<&'a str>,
+    input: Option<&'a str>,
+}
+
+impl<'a> TextMembers<'a> {
+    fn of(request: &'a impl RequestFields) -> Self {
+        Self {
+            messages: request.field("messages"),
+            prompt: request.field("prompt"),
+            input: request.field("input"),
+        }
+    }
+}
+
+fn prompt_tokens(request: &impl RequestFields, text: &TextMembers) -> u64 {
     let mut chars = 0u64;
     let mut overhead = 0u64;
-    if let Some(Ok(messages)) = request
-        .field("messages")
-        .map(serde_json::from_str::<Vec<MessagePeek>>)
-    {
+    if let Some(Ok(messages)) = text.messages.map(serde_json::from_str::<Vec<MessagePeek>>) {
         overhead += PER_REQUEST + PER_MESSAGE * messages.len() as u64;
         for m in &messages {
             chars += raw_text_chars(m.content);
@@ -44,32 +84,9 @@ pub fn estimate_prompt_tokens(request: &impl RequestFields) -> u64 {
             chars += raw_json_chars(v);
         }
     }
-    chars += raw_text_chars(request.field("prompt"));
-    chars += raw_text_chars(request.field("input"));
+    chars += raw_text_chars(text.prompt);
+    chars += raw_text_chars(text.input);
     chars.div_ceil(CHARS_PER_TOKEN) + overhead
-}
-
-/// The whole reservation for a request: the prompt estimate plus what it may
-/// generate: `max_completion_tokens`, else `max_tokens`, else the plan's default
-/// completion cap, times `n` choices. Embeddings generate nothing.
-pub fn estimate_request_tokens(request: &impl RequestFields, limits: &EffectiveLimits) -> u64 {
-    let prompt = estimate_prompt_tokens(request);
-    let is_embedding = request.field("input").is_some()
-        && request.field("messages").is_none()
-        && request.field("prompt").is_none();
-    if is_embedding {
-        return prompt;
-    }
-    let whole = |k: &str| {
-        request
-            .field(k)
-            .and_then(|raw| serde_json::from_str::<u64>(raw).ok())
-    };
-    let completion = whole("max_completion_tokens")
-        .or_else(|| whole("max_tokens"))
-        .unwrap_or_else(|| limits.default_completion_tokens());
-    let n = whole("n").unwrap_or(1).clamp(1, 128);
-    prompt.saturating_add(completion.saturating_mul(n))
 }
 
 /// The members of a chat message the estimate reads, borrowed from the body.

@@ -7,27 +7,9 @@ use super::*;
 use crate::config::LimitOverrides;
 use serde_json::json;
 
-/// A JSON object's members as text, for the estimator.
-struct Fields(Vec<(String, Box<serde_json::value::RawValue>)>);
-
-impl RequestFields for Fields {
-    fn field(&self, key: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.get())
-    }
-}
-
-fn fields(v: &serde_json::Value) -> Fields {
-    let map: serde_json::Map<String, serde_json::Value> =
-        v.as_object().cloned().unwrap_or_default();
-    Fields(
-        map.into_iter()
-            .map(|(k, v)| (k, serde_json::value::to_raw_value(&v).unwrap()))
-            .collect(),
-    )
+/// A body as the estimator sees it on the request path.
+fn fields(v: &serde_json::Value) -> crate::proxy::RequestBody {
+    crate::proxy::RequestBody::parse(serde_json::to_vec(v).unwrap().into()).unwrap()
 }
 
 fn limiter() -> Limiter {
@@ -115,10 +97,10 @@ fn estimates_read_escaped_text_odd_messages_and_tool_calls() {
         estimate_request_tokens(&fields(&chat), &limits),
         (3 + 4 + tool_json).div_ceil(4) + 15 + 7
     );
-    let escaped = Fields(vec![(
-        "messages".into(),
-        serde_json::value::RawValue::from_string(r#"[{"content":"\u00e9\"x"}]"#.into()).unwrap(),
-    )]);
+    let escaped = crate::proxy::RequestBody::parse(bytes::Bytes::from_static(
+        br#"{"messages":[{"content":"\u00e9\"x"}]}"#,
+    ))
+    .unwrap();
     assert_eq!(estimate_prompt_tokens(&escaped), 1 + 3 + 4);
 }
 

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use serde::de::{self, DeserializeSeed, Deserializer as _, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::Value;
+use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 
@@ -23,7 +24,7 @@ pub struct RequestBody {
     bytes: Bytes,
     members: Vec<Member>,
     /// The `stream_options` sent upstream instead of the client's.
-    stream_options: Option<String>,
+    stream_options: Option<Cow<'static, str>>,
 }
 
 struct Member {
@@ -88,7 +89,7 @@ impl RequestBody {
         let not_object = GatewayError::InvalidField("stream_options", "an object");
         let mut opts = match self.field("stream_options") {
             None | Some("null") => {
-                self.stream_options = Some(r#"{"include_usage":true}"#.to_owned());
+                self.stream_options = Some(Cow::Borrowed(r#"{"include_usage":true}"#));
                 return Ok(false);
             }
             Some(raw) => match serde_json::from_str::<Value>(raw) {
@@ -101,7 +102,7 @@ impl RequestBody {
             .and_then(Value::as_bool)
             .unwrap_or(false);
         opts.insert("include_usage".into(), Value::Bool(true));
-        self.stream_options = Some(Value::Object(opts).to_string());
+        self.stream_options = Some(Cow::Owned(Value::Object(opts).to_string()));
         Ok(wanted)
     }
 

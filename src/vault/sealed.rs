@@ -45,13 +45,22 @@ impl CredentialOwner {
     }
 }
 
+impl CredentialOwner {
+    /// The owner's text, `tenant:RESELLER/TENANT`, `reseller:RESELLER` or
+    /// `platform`, in pieces: what `Display` writes and what the associated
+    /// data binds in.
+    fn text_parts(&self) -> [&str; 4] {
+        match self {
+            Self::Tenant { reseller, tenant } => ["tenant:", reseller, "/", tenant],
+            Self::Reseller(r) => ["reseller:", r, "", ""],
+            Self::Platform => ["platform", "", "", ""],
+        }
+    }
+}
+
 impl fmt::Display for CredentialOwner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Tenant { reseller, tenant } => write!(f, "tenant:{reseller}/{tenant}"),
-            Self::Reseller(r) => write!(f, "reseller:{r}"),
-            Self::Platform => f.write_str("platform"),
-        }
+        self.text_parts().iter().try_for_each(|p| f.write_str(p))
     }
 }
 
@@ -124,53 +133,27 @@ pub fn valid_kek_id(id: &str) -> bool {
 
 /// Associated data of the wrapped data key.
 pub(super) fn dek_aad(kek_id: &str, owner: &CredentialOwner, provider: &str) -> Vec<u8> {
-    aad(
-        &[b"livery/dek/", VERSION.as_bytes()],
-        &[kek_id],
-        owner,
-        provider,
-    )
+    aad("dek", Some(kek_id), owner, provider)
 }
 
 /// Associated data of the credential ciphertext.
 pub(super) fn credential_aad(owner: &CredentialOwner, provider: &str) -> Vec<u8> {
-    aad(
-        &[b"livery/credential/", VERSION.as_bytes()],
-        &[],
-        owner,
-        provider,
-    )
+    aad("credential", None, owner, provider)
 }
 
-/// `PREFIX\0[ID\0]OWNER\0PROVIDER`, built by hand: both are made on every
-/// request that unseals a key, and `format!` with the owner's `Display` cost
-/// three times as many instructions as the bytes themselves.
-fn aad(prefix: &[&[u8]], ids: &[&str], owner: &CredentialOwner, provider: &str) -> Vec<u8> {
-    let mut out =
-        Vec::with_capacity(64 + provider.len() + ids.iter().map(|i| i.len()).sum::<usize>());
-    for p in prefix {
-        out.extend_from_slice(p);
-    }
-    for id in ids {
-        out.push(0);
-        out.extend_from_slice(id.as_bytes());
-    }
-    out.push(0);
-    match owner {
-        CredentialOwner::Tenant { reseller, tenant } => {
-            out.extend_from_slice(b"tenant:");
-            out.extend_from_slice(reseller.as_bytes());
-            out.push(b'/');
-            out.extend_from_slice(tenant.as_bytes());
-        }
-        CredentialOwner::Reseller(r) => {
-            out.extend_from_slice(b"reseller:");
-            out.extend_from_slice(r.as_bytes());
-        }
-        CredentialOwner::Platform => out.extend_from_slice(b"platform"),
-    }
-    out.push(0);
-    out.extend_from_slice(provider.as_bytes());
+/// `livery/KIND/VERSION\0[KEK-ID\0]OWNER\0PROVIDER`, built by hand: both are
+/// made on every request that unseals a key, and `format!` with the owner's
+/// `Display` cost three times as many instructions as the bytes themselves.
+fn aad(kind: &str, kek_id: Option<&str>, owner: &CredentialOwner, provider: &str) -> Vec<u8> {
+    let kek_id = kek_id.map(|id| ["\0", id]).unwrap_or_default();
+    let parts = ["livery/", kind, "/", VERSION]
+        .into_iter()
+        .chain(kek_id)
+        .chain(["\0"])
+        .chain(owner.text_parts())
+        .chain(["\0", provider]);
+    let mut out = Vec::with_capacity(96 + provider.len());
+    parts.for_each(|p| out.extend_from_slice(p.as_bytes()));
     out
 }
 
