@@ -399,102 +399,296 @@ async fn an_https_upstream_whose_certificate_does_not_verify_is_sent_nothing() {
 /// HTTP/2 by ALPN over TLS, and sends the provider key in the request.
 #[tokio::test]
 async fn an_https_upstream_behind_a_private_ca_is_trusted_with_ca_file_over_h2() {
-    use http_body_util::Full;
-    use hyper::service::service_fn;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    use std::sync::{Arc, Mutex};
+    let up = TlsUpstream::start(&[b"h2", b"http/1.1"]).await;
+    let gw = TestGateway::start(&up.config()).await;
+    for _ in 0..2 {
+        let resp = post(
+            &gw,
+            "/v1/chat/completions",
+            Some(ACME_HOST),
+            Some(ACME_DENTAL.2),
+            &chat_body("gpt-4o-mini"),
+        )
+        .await;
+        assert_eq!(resp.status(), 200);
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["choices"][0]["message"]["content"], "over TLS");
+    }
+    let seen = up.seen.lock().unwrap().clone();
+    let expected = (http::Version::HTTP_2, format!("Bearer {PROVIDER_KEY}"));
+    assert_eq!(seen, vec![expected.clone(), expected]);
+    assert_eq!(
+        up.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "both requests on one HTTP/2 connection"
+    );
+    gw.shutdown().await;
+}
 
-    let dir = tempfile::tempdir().unwrap();
-    let ca = crate::tls::TestCa::new();
-    let ca_path = ca.write(dir.path());
-    let (cert_path, key_path) = ca.leaf(dir.path(), "upstream", &["localhost"]);
-    let certs = rustls_pki_types::pem::PemObject::pem_file_iter(&cert_path)
-        .unwrap()
-        .collect::<Result<Vec<rustls_pki_types::CertificateDer<'static>>, _>>()
-        .unwrap();
-    let key: rustls_pki_types::PrivateKeyDer<'static> =
-        rustls_pki_types::pem::PemObject::from_pem_file(&key_path).unwrap();
-    let acceptor = tls_acceptor(certs, key);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    // (HTTP version, Authorization) of every request the upstream served.
-    let seen: Arc<Mutex<Vec<(http::Version, String)>>> = Arc::default();
-    {
-        let seen = seen.clone();
+/// A TLS provider that does not offer HTTP/2 by ALPN is spoken to in
+/// HTTP/1.1, on every request (the gateway remembers).
+#[tokio::test]
+async fn an_https_upstream_without_h2_by_alpn_is_spoken_to_in_http1() {
+    let up = TlsUpstream::start(&[b"http/1.1"]).await;
+    let gw = TestGateway::start(&up.config()).await;
+    for _ in 0..3 {
+        let resp = post(
+            &gw,
+            "/v1/chat/completions",
+            Some(ACME_HOST),
+            Some(ACME_DENTAL.2),
+            &chat_body("gpt-4o-mini"),
+        )
+        .await;
+        assert_eq!(resp.status(), 200);
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["choices"][0]["message"]["content"], "over TLS");
+    }
+    let seen = up.seen.lock().unwrap().clone();
+    let expected = (http::Version::HTTP_11, format!("Bearer {PROVIDER_KEY}"));
+    assert_eq!(seen, vec![expected.clone(), expected.clone(), expected]);
+    gw.shutdown().await;
+}
+
+/// An HTTP/2 provider that closes its connection after every request, with
+/// GOAWAY or by dropping it: each next request dials a new connection and
+/// succeeds, none is failed for the closed one.
+#[tokio::test]
+async fn an_http2_upstream_that_closes_its_connections_is_dialled_again() {
+    for graceful in [true, false] {
+        let up = OneRequestH2Upstream::start(graceful).await;
+        let toml = standard_config(&format!("http://127.0.0.1:{}/v1", up.port), "").replace(
+            "first_byte_timeout_ms = 1500",
+            "first_byte_timeout_ms = 1500\nhttp2_prior_knowledge = true",
+        );
+        let gw = TestGateway::start(&toml).await;
+        for i in 0..4 {
+            let mut body = chat_body("gpt-4o-mini");
+            body["stream"] = json!(i % 2 == 1);
+            let resp = post(
+                &gw,
+                "/v1/chat/completions",
+                Some(ACME_HOST),
+                Some(ACME_DENTAL.2),
+                &body,
+            )
+            .await;
+            assert_eq!(resp.status(), 200, "graceful={graceful} request {i}");
+            let text = resp.text().await.unwrap();
+            assert!(text.contains("over h2c"), "{text}");
+            // Let the connection's end reach the gateway before the next
+            // request, as an idle connection's would.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            up.connections.load(std::sync::atomic::Ordering::SeqCst),
+            4,
+            "graceful={graceful}: one connection per request"
+        );
+        gw.shutdown().await;
+    }
+}
+
+/// An h2c server that answers one request per connection, then ends it:
+/// with a GOAWAY (`graceful`) or by dropping the socket.
+struct OneRequestH2Upstream {
+    port: u16,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl OneRequestH2Upstream {
+    async fn start(graceful: bool) -> Self {
+        use http_body_util::Full;
+        use hyper::service::service_fn;
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let acceptor = acceptor.clone();
-                let seen = seen.clone();
+                counter.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
+                    let (served_tx, served_rx) = tokio::sync::oneshot::channel::<()>();
+                    let served_tx = std::sync::Mutex::new(Some(served_tx));
                     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let auth = req
+                        let stream = req
                             .headers()
-                            .get("authorization")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("")
-                            .to_owned();
-                        seen.lock().unwrap().push((req.version(), auth));
-                        let body = json!({
-                            "id": "chatcmpl-tls", "object": "chat.completion", "created": 1,
-                            "model": "gpt-4o-mini-2024-07-18",
-                            "choices": [{"index": 0, "finish_reason": "stop",
-                                "message": {"role": "assistant", "content": "over TLS"}}],
-                            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
-                        });
+                            .get("accept")
+                            .is_some_and(|v| v.to_str().unwrap_or("").contains("event-stream"));
+                        if let Some(tx) = served_tx.lock().unwrap().take() {
+                            let _ = tx.send(());
+                        }
                         async move {
-                            let mut resp = http::Response::new(Full::new(bytes::Bytes::from(
-                                serde_json::to_vec(&body).unwrap(),
-                            )));
-                            resp.headers_mut().insert(
-                                "content-type",
-                                http::HeaderValue::from_static("application/json"),
-                            );
+                            let (body, ct) = if stream {
+                                let chunk = json!({"id": "c", "object": "chat.completion.chunk",
+                                    "created": 1, "model": "gpt-4o-mini-2024-07-18",
+                                    "choices": [{"index": 0, "delta": {"content": "over h2c"}}]});
+                                let usage = json!({"id": "c", "object": "chat.completion.chunk",
+                                    "created": 1, "model": "gpt-4o-mini-2024-07-18", "choices": [],
+                                    "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}});
+                                (
+                                    format!("data: {chunk}\n\ndata: {usage}\n\ndata: [DONE]\n\n"),
+                                    "text/event-stream",
+                                )
+                            } else {
+                                let body = json!({
+                                    "id": "chatcmpl-h2c", "object": "chat.completion", "created": 1,
+                                    "model": "gpt-4o-mini-2024-07-18",
+                                    "choices": [{"index": 0, "finish_reason": "stop",
+                                        "message": {"role": "assistant", "content": "over h2c"}}],
+                                    "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+                                });
+                                (body.to_string(), "application/json")
+                            };
+                            let mut resp = http::Response::new(Full::new(bytes::Bytes::from(body)));
+                            resp.headers_mut()
+                                .insert("content-type", http::HeaderValue::from_static(ct));
                             Ok::<_, std::convert::Infallible>(resp)
                         }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
+                    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), svc);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => return,
+                        _ = served_rx => {}
+                    }
+                    // Let the answer leave (the connection must be polled
+                    // for that), then end.
+                    tokio::select! {
+                        _ = conn.as_mut() => return,
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
+                    }
+                    if graceful {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                    // Not graceful: the connection (and its socket) is dropped.
                 });
             }
         });
+        Self { port, connections }
+    }
+}
+
+/// A TLS provider behind a private CA offering `alpn`, recording the HTTP
+/// version and `Authorization` of every request it serves.
+struct TlsUpstream {
+    _dir: tempfile::TempDir,
+    ca_path: std::path::PathBuf,
+    port: u16,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(http::Version, String)>>>,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl TlsUpstream {
+    async fn start(alpn: &[&[u8]]) -> Self {
+        use http_body_util::Full;
+        use hyper::service::service_fn;
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::tls::TestCa::new();
+        let ca_path = ca.write(dir.path());
+        let (cert_path, key_path) = ca.leaf(dir.path(), "upstream", &["localhost"]);
+        let certs = rustls_pki_types::pem::PemObject::pem_file_iter(&cert_path)
+            .unwrap()
+            .collect::<Result<Vec<rustls_pki_types::CertificateDer<'static>>, _>>()
+            .unwrap();
+        let key: rustls_pki_types::PrivateKeyDer<'static> =
+            rustls_pki_types::pem::PemObject::from_pem_file(&key_path).unwrap();
+        let acceptor = tls_acceptor_offering(certs, key, alpn);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen: Arc<Mutex<Vec<(http::Version, String)>>> = Arc::default();
+        let connections = Arc::new(AtomicUsize::new(0));
+        {
+            let seen = seen.clone();
+            let connections = connections.clone();
+            tokio::spawn(async move {
+                while let Ok((tcp, _)) = listener.accept().await {
+                    connections.fetch_add(1, Ordering::SeqCst);
+                    let acceptor = acceptor.clone();
+                    let seen = seen.clone();
+                    tokio::spawn(async move {
+                        let Ok(tls) = acceptor.accept(tcp).await else {
+                            return;
+                        };
+                        let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                            let auth = req
+                                .headers()
+                                .get("authorization")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_owned();
+                            seen.lock().unwrap().push((req.version(), auth));
+                            let body = json!({
+                                "id": "chatcmpl-tls", "object": "chat.completion", "created": 1,
+                                "model": "gpt-4o-mini-2024-07-18",
+                                "choices": [{"index": 0, "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": "over TLS"}}],
+                                "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+                            });
+                            async move {
+                                let mut resp = http::Response::new(Full::new(bytes::Bytes::from(
+                                    serde_json::to_vec(&body).unwrap(),
+                                )));
+                                resp.headers_mut().insert(
+                                    "content-type",
+                                    http::HeaderValue::from_static("application/json"),
+                                );
+                                Ok::<_, std::convert::Infallible>(resp)
+                            }
+                        });
+                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(tls), svc)
+                            .await;
+                    });
+                }
+            });
+        }
+        Self {
+            _dir: dir,
+            ca_path,
+            port,
+            seen,
+            connections,
+        }
     }
 
-    let toml = standard_config(&format!("https://localhost:{port}/v1"), "").replace(
-        "first_byte_timeout_ms = 1500",
-        &format!(
-            "first_byte_timeout_ms = 1500\nca_file = \"{}\"",
-            ca_path.display()
-        ),
-    );
-    assert!(toml.contains("ca_file"));
-    let gw = TestGateway::start(&toml).await;
-    let resp = post(
-        &gw,
-        "/v1/chat/completions",
-        Some(ACME_HOST),
-        Some(ACME_DENTAL.2),
-        &chat_body("gpt-4o-mini"),
-    )
-    .await;
-    assert_eq!(resp.status(), 200);
-    let v: Value = resp.json().await.unwrap();
-    assert_eq!(v["choices"][0]["message"]["content"], "over TLS");
-    let seen = seen.lock().unwrap().clone();
-    assert_eq!(
-        seen,
-        vec![(http::Version::HTTP_2, format!("Bearer {PROVIDER_KEY}"))]
-    );
-    gw.shutdown().await;
+    /// The standard configuration with this server as the HTTP provider.
+    fn config(&self) -> String {
+        let toml = standard_config(&format!("https://localhost:{}/v1", self.port), "").replace(
+            "first_byte_timeout_ms = 1500",
+            &format!(
+                "first_byte_timeout_ms = 1500\nca_file = \"{}\"",
+                self.ca_path.display()
+            ),
+        );
+        assert!(toml.contains("ca_file"));
+        toml
+    }
 }
 
 /// A TLS server side with `certs` and `key`, offering HTTP/2 and HTTP/1.1 by ALPN.
 fn tls_acceptor(
     certs: Vec<rustls_pki_types::CertificateDer<'static>>,
     key: rustls_pki_types::PrivateKeyDer<'static>,
+) -> tokio_rustls::TlsAcceptor {
+    tls_acceptor_offering(certs, key, &[b"h2", b"http/1.1"])
+}
+
+/// A TLS server side with `certs` and `key`, offering `alpn`.
+fn tls_acceptor_offering(
+    certs: Vec<rustls_pki_types::CertificateDer<'static>>,
+    key: rustls_pki_types::PrivateKeyDer<'static>,
+    alpn: &[&[u8]],
 ) -> tokio_rustls::TlsAcceptor {
     let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -504,6 +698,6 @@ fn tls_acceptor(
     .with_no_client_auth()
     .with_single_cert(certs, key)
     .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
 }

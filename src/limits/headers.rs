@@ -3,6 +3,7 @@
 //! set: its own plan's limit, and the remaining and reset of whichever level
 //! (its own or its reseller's) leaves it less.
 
+use bytes::BytesMut;
 use http::{HeaderName, HeaderValue};
 use std::time::Duration;
 
@@ -28,8 +29,14 @@ impl RateHeaders {
     }
 
     /// The headers, in OpenAI's names and formats (reset as a Go-style duration).
+    ///
+    /// Every value is written into one buffer and each header holds a slice
+    /// of it: one allocation for all of them instead of one per value.
     pub fn to_headers(&self) -> Vec<(HeaderName, HeaderValue)> {
         let mut out = Vec::with_capacity(6);
+        let mut text = BytesMut::with_capacity(64);
+        let mut names = Vec::with_capacity(6);
+        let mut ends = [0usize; 6];
         for (w, [limit, remaining, reset]) in [
             (
                 self.requests,
@@ -49,14 +56,24 @@ impl RateHeaders {
             ),
         ] {
             let Some(w) = w else { continue };
-            out.push((HeaderName::from_static(limit), HeaderValue::from(w.limit)));
-            out.push((
-                HeaderName::from_static(remaining),
-                HeaderValue::from(w.remaining),
-            ));
-            if let Ok(v) = HeaderValue::from_str(&go_duration(w.reset)) {
-                out.push((HeaderName::from_static(reset), v));
+            text.extend_from_slice(itoa::Buffer::new().format(w.limit).as_bytes());
+            ends[names.len()] = text.len();
+            names.push(limit);
+            text.extend_from_slice(itoa::Buffer::new().format(w.remaining).as_bytes());
+            ends[names.len()] = text.len();
+            names.push(remaining);
+            write_go_duration(&mut text, w.reset);
+            ends[names.len()] = text.len();
+            names.push(reset);
+        }
+        let text = text.freeze();
+        let mut start = 0;
+        for (name, &end) in names.into_iter().zip(&ends) {
+            // Digits, letters and a dot: always a valid header value.
+            if let Ok(v) = HeaderValue::from_maybe_shared(text.slice(start..end)) {
+                out.push((HeaderName::from_static(name), v));
             }
+            start = end;
         }
         out
     }
@@ -105,23 +122,44 @@ fn pick(tenant: Option<BucketView>, reseller: Option<BucketView>) -> Option<Rate
 
 /// Go's `time.Duration` text, as OpenAI sends it: `0s`, `120ms`, `6.596s`, `6m0s`, `1h2m3s`.
 pub fn go_duration(d: Duration) -> String {
+    let mut out = BytesMut::with_capacity(16);
+    write_go_duration(&mut out, d);
+    // Only ASCII digits and unit letters are written.
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// [`go_duration`] appended to `out`, without `format!`.
+fn write_go_duration(out: &mut BytesMut, d: Duration) {
+    let num = |out: &mut BytesMut, n: u128| {
+        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    };
     let ms = d.as_micros().div_ceil(1000);
     if ms == 0 {
-        return "0s".into();
-    }
-    if ms < 1000 {
-        return format!("{ms}ms");
-    }
-    if ms < 60_000 {
-        let s = format!("{}.{:03}", ms / 1000, ms % 1000);
-        let s = s.trim_end_matches('0').trim_end_matches('.');
-        return format!("{s}s");
-    }
-    let secs = ms.div_ceil(1000);
-    let (h, m, s) = (secs / 3600, (secs / 60) % 60, secs % 60);
-    if h > 0 {
-        format!("{h}h{m}m{s}s")
+        out.extend_from_slice(b"0s");
+    } else if ms < 1000 {
+        num(out, ms);
+        out.extend_from_slice(b"ms");
+    } else if ms < 60_000 {
+        num(out, ms / 1000);
+        let frac = ms % 1000;
+        if frac != 0 {
+            // Three digits with the trailing zeros dropped: 6.5s, 6.05s, 6.596s.
+            let digits = [frac / 100, (frac / 10) % 10, frac % 10].map(|d| b'0' + d as u8);
+            let keep = 3 - digits.iter().rev().take_while(|&&d| d == b'0').count();
+            out.extend_from_slice(b".");
+            out.extend_from_slice(&digits[..keep]);
+        }
+        out.extend_from_slice(b"s");
     } else {
-        format!("{m}m{s}s")
+        let secs = ms.div_ceil(1000);
+        let (h, m, s) = (secs / 3600, (secs / 60) % 60, secs % 60);
+        if h > 0 {
+            num(out, h);
+            out.extend_from_slice(b"h");
+        }
+        num(out, m);
+        out.extend_from_slice(b"m");
+        num(out, s);
+        out.extend_from_slice(b"s");
     }
 }

@@ -77,6 +77,49 @@ fn go_durations_look_like_openais() {
     assert_eq!(go_duration(Duration::from_micros(1)), "1ms");
 }
 
+/// The formatting `go_duration` had before it stopped using `format!`: the
+/// headers must not change by a byte.
+fn go_duration_by_format(d: Duration) -> String {
+    let ms = d.as_micros().div_ceil(1000);
+    if ms == 0 {
+        return "0s".into();
+    }
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    if ms < 60_000 {
+        let s = format!("{}.{:03}", ms / 1000, ms % 1000);
+        let s = s.trim_end_matches('0').trim_end_matches('.');
+        return format!("{s}s");
+    }
+    let secs = ms.div_ceil(1000);
+    let (h, m, s) = (secs / 3600, (secs / 60) % 60, secs % 60);
+    if h > 0 {
+        format!("{h}h{m}m{s}s")
+    } else {
+        format!("{m}m{s}s")
+    }
+}
+
+#[test]
+fn go_durations_are_what_format_wrote() {
+    let mut micros: Vec<u64> = (0..70_000u64).map(|ms| ms * 1000).collect();
+    micros.extend((0..5000u64).map(|i| i * 997_001));
+    micros.extend([
+        1,
+        999,
+        1001,
+        59_999_001,
+        3_599_999_999,
+        86_400_000_000,
+        u64::MAX / 2,
+    ]);
+    for us in micros {
+        let d = Duration::from_micros(us);
+        assert_eq!(go_duration(d), go_duration_by_format(d), "{us} us");
+    }
+}
+
 #[test]
 fn estimates_read_escaped_text_odd_messages_and_tool_calls() {
     let limits = EffectiveLimits::default();

@@ -60,7 +60,7 @@ impl AnthropicProvider {
                 cfg.name
             ));
         }
-        let client = UpstreamClient::from_config(cfg)?;
+        let client = UpstreamClient::from_config(cfg, &url)?;
         Ok(Self {
             name: cfg.name.as_str().into(),
             url,

@@ -8,6 +8,7 @@
 //! twice per request and wrap the call in two more futures, about 25k
 //! instructions per request (callgrind) for features a gateway must not use.
 
+use super::http2::{Dialled, Http2Body, Http2Upstream};
 use super::{ByteStream, IdleTimeout, ProviderError, UpstreamBody, UpstreamResponse};
 use crate::config::ProviderConfig;
 use bytes::Bytes;
@@ -23,16 +24,22 @@ use std::time::Duration;
 
 const USER_AGENT: &str = concat!("livery/", env!("CARGO_PKG_VERSION"));
 
-/// One provider's pooled client.
+/// One provider's client.
 #[derive(Clone)]
 pub struct UpstreamClient {
+    /// HTTP/1.1, pooled: plain-HTTP providers without prior knowledge, and
+    /// TLS providers that do not agree HTTP/2.
     inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// HTTP/2 on one shared connection: h2c by prior knowledge, or any https
+    /// provider (HTTP/2 if ALPN agrees it).
+    http2: Option<Arc<Http2Upstream>>,
     first_byte_timeout: Duration,
     idle_timeout: Duration,
 }
 
 impl UpstreamClient {
-    pub fn from_config(cfg: &ProviderConfig) -> Result<Self, String> {
+    /// The client for `cfg`, whose URLs are all on the origin of `url`.
+    pub fn from_config(cfg: &ProviderConfig, url: &Uri) -> Result<Self, String> {
         let mut http = HttpConnector::new();
         // https URLs are handed to the TLS layer, which needs them let through.
         http.enforce_http(false);
@@ -45,6 +52,15 @@ impl UpstreamClient {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
+        let http2 = if cfg.http2_prior_knowledge || url.scheme_str() == Some("https") {
+            let mut origin = url.clone().into_parts();
+            origin.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+            let origin = Uri::from_parts(origin)
+                .map_err(|e| format!("provider `{}`: base_url: {e}", cfg.name))?;
+            Some(Arc::new(Http2Upstream::new(https.clone(), origin)))
+        } else {
+            None
+        };
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .pool_idle_timeout(Duration::from_secs(90))
@@ -55,6 +71,7 @@ impl UpstreamClient {
         }
         Ok(Self {
             inner: builder.build(https),
+            http2,
             first_byte_timeout: Duration::from_millis(cfg.first_byte_timeout_ms),
             idle_timeout: Duration::from_millis(cfg.stream_idle_timeout_ms),
         })
@@ -68,8 +85,9 @@ impl UpstreamClient {
         body: Bytes,
         accept: &'static str,
         request_id: &str,
-    ) -> Request<Full<Bytes>> {
-        let mut req = Request::new(Full::new(body));
+    ) -> Request<Bytes> {
+        let length = HeaderValue::from(body.len());
+        let mut req = Request::new(body);
         *req.method_mut() = http::Method::POST;
         *req.uri_mut() = uri;
         let headers = req.headers_mut();
@@ -79,6 +97,8 @@ impl UpstreamClient {
         );
         headers.insert(header::ACCEPT, HeaderValue::from_static(accept));
         headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+        // hyper adds it for HTTP/1.1; the HTTP/2 path writes headers as given.
+        headers.insert(header::CONTENT_LENGTH, length);
         if let Ok(v) = HeaderValue::from_str(request_id) {
             headers.insert("x-request-id", v);
         }
@@ -87,28 +107,47 @@ impl UpstreamClient {
 
     /// Sends `req`, waiting at most the first-byte timeout for the response
     /// head; the body streams with the idle timeout between chunks.
-    pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<UpstreamResponse, ProviderError> {
+    pub async fn send(&self, req: Request<Bytes>) -> Result<UpstreamResponse, ProviderError> {
         let timeout_ms = u64::try_from(self.first_byte_timeout.as_millis()).unwrap_or(u64::MAX);
-        let resp = match tokio::time::timeout(self.first_byte_timeout, self.inner.request(req))
-            .await
-        {
-            Err(_) => return Err(ProviderError::FirstByteTimeout(timeout_ms)),
-            Ok(Err(e)) if e.is_connect() && timed_out(&e) => {
+        match tokio::time::timeout(self.first_byte_timeout, self.send_head(req)).await {
+            Err(_) => Err(ProviderError::FirstByteTimeout(timeout_ms)),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok((status, headers, body))) => Ok(UpstreamResponse {
+                status,
+                headers,
+                body: UpstreamBody::Stream(IdleTimeout::wrap(body, self.idle_timeout)),
+            }),
+        }
+    }
+
+    /// Sends `req` and waits for the response head.
+    async fn send_head(
+        &self,
+        req: Request<Bytes>,
+    ) -> Result<(http::StatusCode, http::HeaderMap, ByteStream), ProviderError> {
+        let req = match &self.http2 {
+            Some(http2) => match http2.send(req).await? {
+                Dialled::Http2(resp) => {
+                    let (parts, body) = resp.into_parts();
+                    return Ok((parts.status, parts.headers, Box::pin(Http2Body(body))));
+                }
+                Dialled::Http1(req) => req,
+            },
+            None => req,
+        };
+        let resp = match self.inner.request(req.map(Full::new)).await {
+            Err(e) if e.is_connect() && timed_out(&e) => {
                 return Err(ProviderError::Connect("connect timed out".into()))
             }
-            Ok(Err(e)) if e.is_connect() => return Err(ProviderError::Connect(error_chain(&e))),
+            Err(e) if e.is_connect() => return Err(ProviderError::Connect(error_chain(&e))),
             // Connected, then the connection closed or broke before a response.
-            Ok(Err(e)) => return Err(ProviderError::Body(error_chain(&e))),
-            Ok(Ok(r)) => r,
+            Err(e) => return Err(ProviderError::Body(error_chain(&e))),
+            Ok(r) => r,
         };
         let (parts, body) = resp.into_parts();
         let body: ByteStream =
             Box::pin(BodyDataStream::new(body).map_err(|e| ProviderError::Body(error_chain(&e))));
-        Ok(UpstreamResponse {
-            status: parts.status,
-            headers: parts.headers,
-            body: UpstreamBody::Stream(IdleTimeout::wrap(body, self.idle_timeout)),
-        })
+        Ok((parts.status, parts.headers, body))
     }
 }
 
@@ -168,14 +207,14 @@ fn causes<'a>(
 /// The error and its causes, one line (hyper's own message is only the top).
 /// No URL is part of it: the base URL can identify the platform's upstream
 /// account (Azure resource names) and must stay out of client-visible text.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     causes(e)
         .map(|c| c.to_string())
         .collect::<Vec<_>>()
         .join(": ")
 }
 
-fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+pub(super) fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
     causes(e).any(|c| {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)

@@ -10,6 +10,7 @@
 pub mod anthropic;
 mod anthropic_http;
 mod client;
+mod http2;
 mod idle;
 mod messages_bridge;
 pub mod mock;

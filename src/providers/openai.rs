@@ -66,7 +66,7 @@ impl OpenAiProvider {
             Some(var) => Some(platform_key_from_env(&cfg.name, var).map_err(|e| e.to_string())?),
             None => None,
         };
-        let client = UpstreamClient::from_config(cfg)?;
+        let client = UpstreamClient::from_config(cfg, &endpoint_urls[0])?;
         let flavor = match cfg.kind {
             ProviderKind::AzureOpenai => Flavor::Azure {
                 api_version: cfg

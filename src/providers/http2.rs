@@ -1,0 +1,249 @@
+//! [`Http2Upstream`]: requests to a provider that speaks HTTP/2, sent on one
+//! shared connection through the `h2` crate directly.
+//!
+//! hyper's pooled client does the same job with a pool checkout (a lock and a
+//! map lookup keyed by the URI), a dispatch channel into the connection task,
+//! and a separate task or poll that pipes the body after the headers; that is
+//! about 10k instructions per request (callgrind), and the HEADERS and DATA
+//! frames leave in two writes. Here the request's HEADERS and DATA are queued
+//! together on the connection, which writes them in one go.
+//!
+//! The connection is found by prior knowledge (h2c over plain HTTP, when the
+//! provider is configured so) or by ALPN over TLS. A TLS server that does not
+//! agree HTTP/2 is remembered, and its requests go through hyper's pooled
+//! HTTP/1.1 client instead ([`Dialled::Http1`]).
+//!
+//! One connection serves all requests, as hyper's pool does for HTTP/2: the
+//! server's `max_concurrent_streams` makes the rest wait for a stream. When the
+//! connection ends (the server closed it, sent GOAWAY, or it failed), the next
+//! request dials again; a connection idle for longer than [`IDLE`] is not
+//! trusted (a NAT or a load balancer may have dropped it silently) and is
+//! replaced. A request whose connection turns out closed before it could be
+//! sent is sent on a new connection; once sent, a failure is the route's
+//! (its fallback decides).
+
+use super::ProviderError;
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use futures_util::Stream;
+use h2::client::SendRequest;
+use h2::RecvStream;
+use http::{Request, Response, Uri};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
+use hyper_util::rt::TokioIo;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tower_service::Service;
+
+/// A connection unused for this long is replaced rather than reused (hyper's
+/// pool drops idle connections after the same time).
+pub const IDLE: Duration = Duration::from_secs(90);
+
+// As hyper's HTTP/2 client: windows large enough that a long completion is
+// never held up by flow control on a fast link.
+const CONN_WINDOW: u32 = 5 * 1024 * 1024;
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const MAX_SEND_BUF: usize = 1024 * 1024;
+const MAX_HEADER_LIST: u32 = 16 * 1024;
+
+/// What dialling the provider gave.
+pub enum Dialled {
+    /// An HTTP/2 response head and its body.
+    Http2(Response<RecvStream>),
+    /// The provider does not speak HTTP/2 (TLS without `h2` by ALPN): the
+    /// request back, unsent, for the HTTP/1.1 client.
+    Http1(Request<Bytes>),
+}
+
+/// One provider's shared HTTP/2 connection.
+pub struct Http2Upstream {
+    connector: HttpsConnector<HttpConnector>,
+    /// The provider's scheme and authority, what is dialled.
+    origin: Uri,
+    current: ArcSwapOption<Live>,
+    /// Held while dialling, so that concurrent first requests share one
+    /// connection instead of each opening its own.
+    dialling: tokio::sync::Mutex<()>,
+    /// The server answered ALPN without `h2`.
+    http1_only: AtomicBool,
+    epoch: Instant,
+}
+
+/// A connection in use: its request handle and when it was last used.
+struct Live {
+    send: SendRequest<Bytes>,
+    /// Milliseconds since [`Http2Upstream::epoch`].
+    last_used: AtomicU64,
+}
+
+impl Http2Upstream {
+    pub fn new(connector: HttpsConnector<HttpConnector>, origin: Uri) -> Self {
+        Self {
+            connector,
+            origin,
+            current: ArcSwapOption::empty(),
+            dialling: tokio::sync::Mutex::new(()),
+            http1_only: AtomicBool::new(false),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Sends `req` with `body` and waits for the response head.
+    pub async fn send(&self, req: Request<Bytes>) -> Result<Dialled, ProviderError> {
+        if self.http1_only.load(Ordering::Relaxed) {
+            return Ok(Dialled::Http1(req));
+        }
+        let mut retried = false;
+        let ready = loop {
+            let Some(live) = self.live().await? else {
+                return Ok(Dialled::Http1(req));
+            };
+            match live.send.clone().ready().await {
+                Ok(ready) => break ready,
+                // The connection ended while idle (closed, GOAWAY, broken):
+                // nothing was sent, so forget it and dial once more.
+                Err(e) => {
+                    self.forget(&live);
+                    if retried {
+                        return Err(ProviderError::Connect(super::client::error_chain(&e)));
+                    }
+                    retried = true;
+                }
+            }
+        };
+        let (head, body) = req.into_parts();
+        send_on(ready, Request::from_parts(head, ()), body)
+            .await
+            .map(Dialled::Http2)
+    }
+
+    /// The connection to use: the current one if it is fresh enough, else a
+    /// new one. `None` if the server does not speak HTTP/2.
+    async fn live(&self) -> Result<Option<Arc<Live>>, ProviderError> {
+        let now = self.now_ms();
+        if let Some(live) = self.usable(now) {
+            return Ok(Some(live));
+        }
+        let _dialling = self.dialling.lock().await;
+        // Another request may have dialled while this one waited.
+        if let Some(live) = self.usable(now) {
+            return Ok(Some(live));
+        }
+        if self.http1_only.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let Some(send) = self.dial().await? else {
+            self.http1_only.store(true, Ordering::Relaxed);
+            return Ok(None);
+        };
+        let live = Arc::new(Live {
+            send,
+            last_used: AtomicU64::new(now),
+        });
+        self.current.store(Some(live.clone()));
+        Ok(Some(live))
+    }
+
+    fn usable(&self, now: u64) -> Option<Arc<Live>> {
+        let live = self.current.load_full()?;
+        let last = live.last_used.swap(now, Ordering::Relaxed);
+        if now.saturating_sub(last) > IDLE.as_millis() as u64 {
+            self.forget(&live);
+            return None;
+        }
+        Some(live)
+    }
+
+    /// Drops `live` as the current connection, unless another already
+    /// replaced it.
+    fn forget(&self, live: &Arc<Live>) {
+        let _ = self
+            .current
+            .compare_and_swap(&Some(live.clone()), None::<Arc<Live>>);
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Dials the provider and does the HTTP/2 handshake; `None` if TLS agreed
+    /// on another protocol.
+    async fn dial(&self) -> Result<Option<SendRequest<Bytes>>, ProviderError> {
+        let mut connector = self.connector.clone();
+        let io = connector
+            .call(self.origin.clone())
+            .await
+            .map_err(|e| connect_error(&*e))?;
+        let tls = self.origin.scheme_str() == Some("https");
+        if tls && !io.connected().is_negotiated_h2() {
+            return Ok(None);
+        }
+        let (send, conn) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONN_WINDOW)
+            .max_send_buffer_size(MAX_SEND_BUF)
+            .max_header_list_size(MAX_HEADER_LIST)
+            .enable_push(false)
+            .handshake::<_, Bytes>(TokioIo::new(io))
+            .await
+            .map_err(|e| ProviderError::Connect(super::client::error_chain(&e)))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        Ok(Some(send))
+    }
+}
+
+/// Sends on a connection ready for a new stream. A failure from here on is
+/// not retried on another connection: the request may have reached the
+/// provider (the route's fallback decides what happens next).
+async fn send_on(
+    mut send: SendRequest<Bytes>,
+    req: Request<()>,
+    body: Bytes,
+) -> Result<Response<RecvStream>, ProviderError> {
+    let broken = |e: h2::Error| ProviderError::Body(super::client::error_chain(&e));
+    let (response, mut stream) = send.send_request(req, body.is_empty()).map_err(broken)?;
+    if !body.is_empty() {
+        // Queued behind the HEADERS frame; the connection task writes both
+        // in one go.
+        stream.send_data(body, true).map_err(broken)?;
+    }
+    response.await.map_err(broken)
+}
+
+fn connect_error(e: &(dyn std::error::Error + Send + Sync + 'static)) -> ProviderError {
+    if super::client::timed_out(e) {
+        ProviderError::Connect("connect timed out".into())
+    } else {
+        ProviderError::Connect(super::client::error_chain(e))
+    }
+}
+
+/// A response body from an HTTP/2 stream, handing the flow-control window
+/// back as each chunk is taken.
+pub struct Http2Body(pub RecvStream);
+
+impl Stream for Http2Body {
+    type Item = Result<Bytes, ProviderError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.0.poll_data(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                let _ = self.0.flow_control().release_capacity(chunk.len());
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ProviderError::Body(
+                super::client::error_chain(&e),
+            )))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
