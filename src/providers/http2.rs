@@ -70,6 +70,8 @@ pub struct Http2Upstream {
     dialling: tokio::sync::Mutex<()>,
     /// The server answered ALPN without `h2`.
     http1_only: AtomicBool,
+    /// [`IDLE`], but for tests.
+    idle_ms: u64,
     epoch: Instant,
 }
 
@@ -82,7 +84,12 @@ struct Live {
 
 impl Http2Upstream {
     pub fn new(connector: HttpsConnector<HttpConnector>, origin: Uri) -> Self {
+        Self::with_idle(connector, origin, IDLE)
+    }
+
+    fn with_idle(connector: HttpsConnector<HttpConnector>, origin: Uri, idle: Duration) -> Self {
         Self {
+            idle_ms: u64::try_from(idle.as_millis()).unwrap_or(u64::MAX),
             connector,
             origin,
             current: ArcSwapOption::empty(),
@@ -151,7 +158,7 @@ impl Http2Upstream {
     fn usable(&self, now: u64) -> Option<Arc<Live>> {
         let live = self.current.load_full()?;
         let last = live.last_used.swap(now, Ordering::Relaxed);
-        if now.saturating_sub(last) > IDLE.as_millis() as u64 {
+        if now.saturating_sub(last) > self.idle_ms {
             self.forget(&live);
             return None;
         }
@@ -245,5 +252,97 @@ impl Stream for Http2Body {
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// An h2c server answering 200 with `ok`; counts its connections.
+    async fn h2c_server() -> (Uri, Arc<AtomicUsize>) {
+        use hyper::service::service_fn;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin: Uri = format!("http://{}/", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let svc = service_fn(|_req: Request<hyper::body::Incoming>| async {
+                        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+                            Bytes::from_static(b"ok"),
+                        )))
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+                });
+            }
+        });
+        (origin, connections)
+    }
+
+    fn connector() -> HttpsConnector<HttpConnector> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http2()
+            .wrap_connector(http)
+    }
+
+    async fn post(up: &Http2Upstream, origin: &Uri) -> Bytes {
+        let uri: Uri = format!("{origin}v1/chat/completions").parse().unwrap();
+        let mut req = Request::new(Bytes::from_static(b"{}"));
+        *req.method_mut() = http::Method::POST;
+        *req.uri_mut() = uri;
+        let Ok(Dialled::Http2(resp)) = up.send(req).await else {
+            panic!("not sent over HTTP/2");
+        };
+        assert_eq!(resp.status(), 200);
+        let mut body = Http2Body(resp.into_body());
+        let mut out = Vec::new();
+        while let Some(chunk) = futures_util::StreamExt::next(&mut body).await {
+            out.extend_from_slice(&chunk.unwrap());
+        }
+        Bytes::from(out)
+    }
+
+    #[tokio::test]
+    async fn requests_share_one_connection_until_it_has_been_idle_too_long() {
+        let (origin, connections) = h2c_server().await;
+        let up = Http2Upstream::with_idle(connector(), origin.clone(), Duration::from_millis(300));
+        for _ in 0..3 {
+            assert_eq!(post(&up, &origin).await, "ok");
+        }
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            1,
+            "one shared connection"
+        );
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        assert_eq!(post(&up, &origin).await, "ok");
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            2,
+            "idle past the limit: replaced by a new connection"
+        );
+        assert_eq!(post(&up, &origin).await, "ok");
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
     }
 }

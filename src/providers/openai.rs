@@ -131,7 +131,12 @@ impl OpenAiProvider {
             let (header, value) = match self.flavor {
                 Flavor::OpenAi => (
                     http::header::AUTHORIZATION,
-                    zeroize::Zeroizing::new(format!("Bearer {}", key.expose())),
+                    zeroize::Zeroizing::new({
+                        let mut v = String::with_capacity(7 + key.expose().len());
+                        v.push_str("Bearer ");
+                        v.push_str(key.expose());
+                        v
+                    }),
                 ),
                 Flavor::Azure { .. } => (
                     http::HeaderName::from_static("api-key"),

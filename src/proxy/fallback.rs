@@ -87,9 +87,18 @@ pub async fn serve(
                 continue;
             }
         };
-        let key = breaker_key(&provider_name, credential.owner, ctx);
+        // Built only once some breaker has seen a failure (two allocations
+        // and a map lookup per request otherwise).
+        let mut key = app
+            .breakers
+            .tracking()
+            .then(|| breaker_key(&provider_name, credential.owner, ctx));
         for try_no in 0..=settings.retries_per_route {
-            match app.breakers.admit(&key, breaker) {
+            let admission = match &key {
+                Some(key) => app.breakers.admit(key, breaker),
+                None => Admission::Closed,
+            };
+            match admission {
                 Admission::Open => {
                     push_attempt(
                         app,
@@ -142,7 +151,9 @@ pub async fn serve(
             });
             match result {
                 AttemptResult::Commit(committed) => {
-                    app.breakers.on_success(&key);
+                    if let Some(key) = &key {
+                        app.breakers.on_success(key);
+                    }
                     push_attempt(app, &mut record, route, "ok", None, started);
                     record.update(|r| {
                         r.provider = Some(provider_name.clone());
@@ -198,7 +209,9 @@ pub async fn serve(
                     );
                 }
                 AttemptResult::Retry(failure) => {
-                    app.breakers.on_failure(&key, breaker);
+                    let key = key
+                        .get_or_insert_with(|| breaker_key(&provider_name, credential.owner, ctx));
+                    app.breakers.on_failure(key, breaker);
                     push_attempt(
                         app,
                         &mut record,

@@ -339,7 +339,13 @@ pub fn json_answer(
         // The tree is parsed only for an odd shape (`usage` or `model` of
         // another type) or to estimate missing usage, and then only once:
         // `tree` is `Some` once a parse was tried.
-        let (usage, model, tree) = match serde_json::from_slice::<AnswerPeek>(&bytes) {
+        // From a `str` when the body is UTF-8 (JSON must be): serde_json then
+        // skips its UTF-8 check of every key and string it reads.
+        let peek = match std::str::from_utf8(&bytes) {
+            Ok(text) => serde_json::from_str::<AnswerPeek>(text),
+            Err(_) => serde_json::from_slice::<AnswerPeek>(&bytes),
+        };
+        let (usage, model, tree) = match peek {
             Ok(peek) => (
                 peek.usage.map(TokenUsage::from),
                 peek.model.map(Cow::into_owned),

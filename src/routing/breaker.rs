@@ -6,6 +6,7 @@
 
 use dashmap::DashMap;
 use serde::Serialize;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy)]
@@ -49,9 +50,19 @@ pub struct BreakerView {
 #[derive(Debug, Default)]
 pub struct Breakers {
     states: DashMap<BreakerKey, State>,
+    /// Set by the first failure ever recorded: until then every breaker is
+    /// closed, and a request need not build its key or look it up.
+    tracking: AtomicBool,
 }
 
 impl Breakers {
+    /// False while no failure was ever recorded: [`admit`](Self::admit)
+    /// would answer `Closed` and [`on_success`](Self::on_success) do nothing
+    /// for every key.
+    pub fn tracking(&self) -> bool {
+        self.tracking.load(Ordering::Relaxed)
+    }
+
     pub fn admit(&self, key: &BreakerKey, s: BreakerSettings) -> Admission {
         let Some(mut st) = self.states.get_mut(key) else {
             return Admission::Closed;
@@ -85,6 +96,7 @@ impl Breakers {
     }
 
     pub fn on_failure(&self, key: &BreakerKey, s: BreakerSettings) {
+        self.tracking.store(true, Ordering::Relaxed);
         let now = Instant::now();
         let mut st = self.states.entry(key.clone()).or_insert_with(|| State {
             failures: 0,
@@ -156,9 +168,16 @@ mod tests {
         let b = Breakers::default();
         let k: BreakerKey = ("openai".into(), "platform".into());
         let s = settings();
+        assert!(
+            !b.tracking(),
+            "nothing failed yet: requests skip the breakers"
+        );
         assert_eq!(b.admit(&k, s), Admission::Closed);
+        b.on_success(&k);
+        assert!(!b.tracking(), "a success starts no tracking");
         for _ in 0..2 {
             b.on_failure(&k, s);
+            assert!(b.tracking());
             assert_eq!(b.admit(&k, s), Admission::Closed);
         }
         b.on_failure(&k, s);

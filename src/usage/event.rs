@@ -247,11 +247,12 @@ fn null_as_zero<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error>
 impl<'a> LedgerEvent<'a> {
     /// Parses one spool line, borrowing from it.
     pub fn from_line(line: &'a [u8]) -> Result<Self, serde_json::Error> {
-        let mut ev: LedgerEvent<'a> = serde_json::from_slice(line)?;
-        // After a successful parse the line is UTF-8 (serde_json checks
-        // strings, and everything else must be ASCII).
-        ev.raw = std::str::from_utf8(line)
+        // One UTF-8 check of the whole line; parsing from a `str` then skips
+        // serde_json's check of every string (about 40 per event).
+        let raw = std::str::from_utf8(line)
             .map_err(|_| <serde_json::Error as serde::de::Error>::custom("line is not UTF-8"))?;
+        let mut ev: LedgerEvent<'a> = serde_json::from_str(raw)?;
+        ev.raw = raw;
         Ok(ev)
     }
 
