@@ -7,6 +7,18 @@ use bytes::BytesMut;
 use http::{HeaderName, HeaderValue};
 use std::time::Duration;
 
+// Built at compile time: `from_static` checks the name byte by byte.
+const REQUEST_HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static("x-ratelimit-limit-requests"),
+    HeaderName::from_static("x-ratelimit-remaining-requests"),
+    HeaderName::from_static("x-ratelimit-reset-requests"),
+];
+const TOKEN_HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static("x-ratelimit-limit-tokens"),
+    HeaderName::from_static("x-ratelimit-remaining-tokens"),
+    HeaderName::from_static("x-ratelimit-reset-tokens"),
+];
+
 /// One bucket as the headers show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateWindow {
@@ -33,45 +45,30 @@ impl RateHeaders {
     /// Every value is written into one buffer and each header holds a slice
     /// of it: one allocation for all of them instead of one per value.
     pub fn to_headers(&self) -> Vec<(HeaderName, HeaderValue)> {
-        let mut out = Vec::with_capacity(6);
         let mut text = BytesMut::with_capacity(64);
-        let mut names = Vec::with_capacity(6);
-        let mut ends = [0usize; 6];
+        // (name, end of its value in `text`), in order.
+        let mut values: [Option<(HeaderName, usize)>; 6] = Default::default();
+        let mut n = 0;
         for (w, [limit, remaining, reset]) in [
-            (
-                self.requests,
-                [
-                    "x-ratelimit-limit-requests",
-                    "x-ratelimit-remaining-requests",
-                    "x-ratelimit-reset-requests",
-                ],
-            ),
-            (
-                self.tokens,
-                [
-                    "x-ratelimit-limit-tokens",
-                    "x-ratelimit-remaining-tokens",
-                    "x-ratelimit-reset-tokens",
-                ],
-            ),
+            (self.requests, REQUEST_HEADERS),
+            (self.tokens, TOKEN_HEADERS),
         ] {
             let Some(w) = w else { continue };
             text.extend_from_slice(itoa::Buffer::new().format(w.limit).as_bytes());
-            ends[names.len()] = text.len();
-            names.push(limit);
+            values[n] = Some((limit, text.len()));
             text.extend_from_slice(itoa::Buffer::new().format(w.remaining).as_bytes());
-            ends[names.len()] = text.len();
-            names.push(remaining);
+            values[n + 1] = Some((remaining, text.len()));
             write_go_duration(&mut text, w.reset);
-            ends[names.len()] = text.len();
-            names.push(reset);
+            values[n + 2] = Some((reset, text.len()));
+            n += 3;
         }
         let text = text.freeze();
+        let mut out = Vec::with_capacity(n);
         let mut start = 0;
-        for (name, &end) in names.into_iter().zip(&ends) {
+        for (name, end) in values.into_iter().flatten() {
             // Digits, letters and a dot: always a valid header value.
             if let Ok(v) = HeaderValue::from_maybe_shared(text.slice(start..end)) {
-                out.push((HeaderName::from_static(name), v));
+                out.push((name, v));
             }
             start = end;
         }
