@@ -401,19 +401,7 @@ async fn an_https_upstream_whose_certificate_does_not_verify_is_sent_nothing() {
 async fn an_https_upstream_behind_a_private_ca_is_trusted_with_ca_file_over_h2() {
     let up = TlsUpstream::start(&[b"h2", b"http/1.1"]).await;
     let gw = TestGateway::start(&up.config()).await;
-    for _ in 0..2 {
-        let resp = post(
-            &gw,
-            "/v1/chat/completions",
-            Some(ACME_HOST),
-            Some(ACME_DENTAL.2),
-            &chat_body("gpt-4o-mini"),
-        )
-        .await;
-        assert_eq!(resp.status(), 200);
-        let v: Value = resp.json().await.unwrap();
-        assert_eq!(v["choices"][0]["message"]["content"], "over TLS");
-    }
+    chat_over_tls(&gw, 2).await;
     let seen = up.seen.lock().unwrap().clone();
     let expected = (http::Version::HTTP_2, format!("Bearer {PROVIDER_KEY}"));
     assert_eq!(seen, vec![expected.clone(), expected]);
@@ -431,9 +419,19 @@ async fn an_https_upstream_behind_a_private_ca_is_trusted_with_ca_file_over_h2()
 async fn an_https_upstream_without_h2_by_alpn_is_spoken_to_in_http1() {
     let up = TlsUpstream::start(&[b"http/1.1"]).await;
     let gw = TestGateway::start(&up.config()).await;
-    for _ in 0..3 {
+    chat_over_tls(&gw, 3).await;
+    let seen = up.seen.lock().unwrap().clone();
+    let expected = (http::Version::HTTP_11, format!("Bearer {PROVIDER_KEY}"));
+    assert_eq!(seen, vec![expected.clone(), expected.clone(), expected]);
+    gw.shutdown().await;
+}
+
+/// Sends `n` chat completions through `gw`, one after the other, and checks
+/// each got [`TlsUpstream`]'s answer.
+async fn chat_over_tls(gw: &TestGateway, n: usize) {
+    for _ in 0..n {
         let resp = post(
-            &gw,
+            gw,
             "/v1/chat/completions",
             Some(ACME_HOST),
             Some(ACME_DENTAL.2),
@@ -444,10 +442,6 @@ async fn an_https_upstream_without_h2_by_alpn_is_spoken_to_in_http1() {
         let v: Value = resp.json().await.unwrap();
         assert_eq!(v["choices"][0]["message"]["content"], "over TLS");
     }
-    let seen = up.seen.lock().unwrap().clone();
-    let expected = (http::Version::HTTP_11, format!("Bearer {PROVIDER_KEY}"));
-    assert_eq!(seen, vec![expected.clone(), expected.clone(), expected]);
-    gw.shutdown().await;
 }
 
 /// An HTTP/2 provider that closes its connection after every request, with
