@@ -49,6 +49,8 @@ const CONN_WINDOW: u32 = 5 * 1024 * 1024;
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 const MAX_SEND_BUF: usize = 1024 * 1024;
 const MAX_HEADER_LIST: u32 = 16 * 1024;
+/// The fewest concurrent streams a server should allow (RFC 9113 6.5.2).
+const INITIAL_MAX_STREAMS: usize = 100;
 
 /// What dialling the provider gave.
 pub enum Dialled {
@@ -190,6 +192,10 @@ impl Http2Upstream {
             return Ok(None);
         }
         let (send, conn) = h2::client::Builder::new()
+            // Until the server's SETTINGS arrive, as hyper does: h2's default
+            // is unlimited, and a burst on a new connection would have the
+            // streams above the server's limit refused.
+            .initial_max_send_streams(INITIAL_MAX_STREAMS)
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONN_WINDOW)
             .max_send_buffer_size(MAX_SEND_BUF)
