@@ -42,35 +42,28 @@ impl RateHeaders {
 
     /// The headers, in OpenAI's names and formats (reset as a Go-style duration).
     ///
-    /// Every value is written into one buffer and each header holds a slice
-    /// of it: one allocation for all of them instead of one per value.
+    /// Every value is written into one buffer and split off it: the headers
+    /// share that buffer instead of allocating one value each.
     pub fn to_headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+        let mut out = Vec::with_capacity(6);
         let mut text = BytesMut::with_capacity(64);
-        // (name, end of its value in `text`), in order.
-        let mut values: [Option<(HeaderName, usize)>; 6] = Default::default();
-        let mut n = 0;
+        let mut push = |name: HeaderName, text: &mut BytesMut| {
+            // Digits, letters and a dot: always a valid header value.
+            if let Ok(v) = HeaderValue::from_maybe_shared(text.split().freeze()) {
+                out.push((name, v));
+            }
+        };
         for (w, [limit, remaining, reset]) in [
             (self.requests, REQUEST_HEADERS),
             (self.tokens, TOKEN_HEADERS),
         ] {
             let Some(w) = w else { continue };
             text.extend_from_slice(itoa::Buffer::new().format(w.limit).as_bytes());
-            values[n] = Some((limit, text.len()));
+            push(limit, &mut text);
             text.extend_from_slice(itoa::Buffer::new().format(w.remaining).as_bytes());
-            values[n + 1] = Some((remaining, text.len()));
+            push(remaining, &mut text);
             write_go_duration(&mut text, w.reset);
-            values[n + 2] = Some((reset, text.len()));
-            n += 3;
-        }
-        let text = text.freeze();
-        let mut out = Vec::with_capacity(n);
-        let mut start = 0;
-        for (name, end) in values.into_iter().flatten() {
-            // Digits, letters and a dot: always a valid header value.
-            if let Ok(v) = HeaderValue::from_maybe_shared(text.slice(start..end)) {
-                out.push((name, v));
-            }
-            start = end;
+            push(reset, &mut text);
         }
         out
     }

@@ -141,10 +141,7 @@ impl UpstreamClient {
             None => req,
         };
         let resp = match self.inner.request(req.map(Full::new)).await {
-            Err(e) if e.is_connect() && timed_out(&e) => {
-                return Err(ProviderError::Connect("connect timed out".into()))
-            }
-            Err(e) if e.is_connect() => return Err(ProviderError::Connect(error_chain(&e))),
+            Err(e) if e.is_connect() => return Err(connect_failure(&e)),
             // Connected, then the connection closed or broke before a response.
             Err(e) => return Err(ProviderError::Body(error_chain(&e))),
             Ok(r) => r,
@@ -202,6 +199,15 @@ pub(super) fn upstream_uri(provider: &str, base_url: &str, url: &str) -> Result<
     Ok(uri)
 }
 
+/// A failure to connect: a timeout says so, anything else gives its causes.
+pub(super) fn connect_failure(e: &(dyn std::error::Error + 'static)) -> ProviderError {
+    if timed_out(e) {
+        ProviderError::Connect("connect timed out".into())
+    } else {
+        ProviderError::Connect(error_chain(e))
+    }
+}
+
 /// `e` and its causes, outermost first.
 fn causes<'a>(
     e: &'a (dyn std::error::Error + 'static),
@@ -219,7 +225,7 @@ pub(super) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         .join(": ")
 }
 
-pub(super) fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
     causes(e).any(|c| {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)

@@ -186,7 +186,7 @@ impl Http2Upstream {
         let io = connector
             .call(self.origin.clone())
             .await
-            .map_err(|e| connect_error(&*e))?;
+            .map_err(|e| super::client::connect_failure(&*e))?;
         let tls = self.origin.scheme_str() == Some("https");
         if tls && !io.connected().is_negotiated_h2() {
             return Ok(None);
@@ -231,14 +231,6 @@ async fn send_on(
     response.await.map_err(broken)
 }
 
-fn connect_error(e: &(dyn std::error::Error + Send + Sync + 'static)) -> ProviderError {
-    if super::client::timed_out(e) {
-        ProviderError::Connect("connect timed out".into())
-    } else {
-        ProviderError::Connect(super::client::error_chain(e))
-    }
-}
-
 /// A response body from an HTTP/2 stream, handing the flow-control window
 /// back as each chunk is taken.
 pub struct Http2Body(pub RecvStream);
@@ -247,17 +239,12 @@ impl Stream for Http2Body {
     type Item = Result<Bytes, ProviderError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        match self.0.poll_data(cx) {
-            Poll::Ready(Some(Ok(chunk))) => {
-                let _ = self.0.flow_control().release_capacity(chunk.len());
-                Poll::Ready(Some(Ok(chunk)))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ProviderError::Body(
-                super::client::error_chain(&e),
-            )))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
+        let item = std::task::ready!(self.0.poll_data(cx));
+        Poll::Ready(item.map(|chunk| {
+            let chunk = chunk.map_err(|e| ProviderError::Body(super::client::error_chain(&e)))?;
+            let _ = self.0.flow_control().release_capacity(chunk.len());
+            Ok(chunk)
+        }))
     }
 }
 

@@ -29,15 +29,19 @@ use std::time::{Duration, Instant};
 /// Longest time between two fsynced (`synchronous = FULL`) commits.
 pub const DURABLE_EVERY: Duration = Duration::from_secs(1);
 
-/// The `events` view's columns other than `event_id` and `raw`: each event is
-/// stored as its id and its line (`event_lines`), and the view reads the
-/// columns out of the line when queried. Binding and storing 26 more values
-/// per event cost about 10k instructions (callgrind), a third of the
-/// ledger's insert, for columns only ad-hoc queries read. (Not generated
-/// columns: SQLite computes even virtual ones on every insert.) Absent or
-/// `null` values read as the stored columns held them (0, `''`, or NULL for
-/// the optional ones).
-const EVENT_COLUMNS: &str = "    event_id,
+/// The table of events: each stored as its id and its JSON line.
+const EVENT_LINES: &str =
+    "CREATE TABLE IF NOT EXISTS event_lines (event_id TEXT PRIMARY KEY, raw TEXT NOT NULL)";
+
+const SCHEMA: &str = r#"
+-- `events`: one column per field of the event, read out of its line when
+-- queried. Binding and storing 26 more values per event cost about 10k
+-- instructions (callgrind), a third of the ledger's insert, for columns only
+-- ad-hoc queries read. (Not generated columns: SQLite computes even virtual
+-- ones on every insert.) Absent or `null` values read as the stored columns
+-- of earlier ledgers held them (0, '', or NULL for the optional ones).
+CREATE VIEW IF NOT EXISTS events AS SELECT
+    event_id,
     coalesce(json_extract(raw, '$.v'), 0) AS v,
     json_extract(raw, '$.ts') AS ts,
     substr(json_extract(raw, '$.ts'), 1, 10) AS day,
@@ -64,15 +68,7 @@ const EVENT_COLUMNS: &str = "    event_id,
     CAST(coalesce(json_extract(raw, '$.latency_ms'), 0.0) AS REAL) AS latency_ms,
     CAST(json_extract(raw, '$.ttfb_ms') AS REAL) AS ttfb_ms,
     json_extract(raw, '$.cost_micros') AS cost_micros,
-";
-
-const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS event_lines (
-    event_id TEXT PRIMARY KEY,
-    raw TEXT NOT NULL
-);
-CREATE VIEW IF NOT EXISTS events AS SELECT
-@EVENT_COLUMNS@    raw
+    raw
 FROM event_lines;
 -- Reports and quotas read the rollups, never `events` by month: an index on
 -- (reseller, month, tenant) cost a third b-tree insert per event (about 8k
@@ -130,8 +126,9 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.execute(EVENT_LINES, [])?;
     migrate_stored_events(&conn)?;
-    conn.execute_batch(&SCHEMA.replace("@EVENT_COLUMNS@", EVENT_COLUMNS))?;
+    conn.execute_batch(SCHEMA)?;
     Ok(conn)
 }
 
@@ -150,7 +147,6 @@ fn migrate_stored_events(conn: &Connection) -> rusqlite::Result<()> {
     let started = Instant::now();
     conn.execute_batch(
         "BEGIN IMMEDIATE;
-         CREATE TABLE IF NOT EXISTS event_lines (event_id TEXT PRIMARY KEY, raw TEXT NOT NULL);
          INSERT INTO event_lines (event_id, raw) SELECT event_id, raw FROM events ORDER BY rowid
              ON CONFLICT (event_id) DO NOTHING;
          DROP TABLE events;
