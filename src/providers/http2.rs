@@ -137,6 +137,14 @@ impl Http2Upstream {
         if let Some(live) = self.usable(now) {
             return Ok(Some(live));
         }
+        // Boxed: the dial (TCP, TLS, HTTP/2 handshake) is a 4 KiB future that
+        // runs once per connection; inline, every request's future would carry
+        // its space, and moving that future costs a copy of it.
+        Box::pin(self.redial(now)).await
+    }
+
+    /// Dials a new connection unless another request did meanwhile.
+    async fn redial(&self, now: u64) -> Result<Option<Arc<Live>>, ProviderError> {
         let _dialling = self.dialling.lock().await;
         // Another request may have dialled while this one waited.
         if let Some(live) = self.usable(now) {
