@@ -168,7 +168,7 @@ fn json<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
 /// spool batch they were read from (copied only when they hold a JSON escape),
 /// since the shipper reads every event back and copying a dozen strings and
 /// the line itself cost about a quarter of that.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct LedgerEvent<'a> {
     #[serde(default)]
     pub v: u32,
@@ -251,6 +251,9 @@ impl<'a> LedgerEvent<'a> {
         // serde_json's check of every string (about 40 per event).
         let raw = std::str::from_utf8(line)
             .map_err(|_| <serde_json::Error as serde::de::Error>::custom("line is not UTF-8"))?;
+        if let Some(ev) = super::line::parse(raw) {
+            return Ok(ev);
+        }
         let mut ev: LedgerEvent<'a> = serde_json::from_str(raw)?;
         ev.raw = raw;
         Ok(ev)

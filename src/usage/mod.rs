@@ -3,6 +3,7 @@
 //! * [`event`]: the versioned event (schema v1) and the view sinks read back.
 //! * [`spool`]: the write-ahead spool the event is appended to, synchronously,
 //!   before the request's last byte is released (see its docs for guarantees).
+//! * `line`: the event lines this gateway writes, read back without serde.
 //! * [`ledger`]: group-commit fsync thread and one shipping thread per sink.
 //! * [`sinks`]: `sqlite` (the embedded ledger with daily/monthly rollups),
 //!   `redis` (a stream plus daily rollup hashes, shared by several instances)
@@ -22,6 +23,7 @@
 pub mod estimate;
 pub mod event;
 pub mod ledger;
+mod line;
 pub mod metrics;
 pub mod price;
 pub mod report;
