@@ -120,7 +120,7 @@ pub async fn serve(
             let body = prepared.body.upstream(&route.upstream_model);
             let req = UpstreamRequest {
                 endpoint,
-                model: route.upstream_model.to_string(),
+                model: String::from(&*route.upstream_model),
                 body,
                 stream: prepared.stream,
                 request_id: ctx.request_id.clone(),
@@ -157,7 +157,7 @@ pub async fn serve(
                     push_attempt(app, &mut record, route, "ok", None, started);
                     record.update(|r| {
                         r.provider = Some(provider_name.clone());
-                        r.served_model = Some(route.upstream_model.to_string());
+                        r.served_model = Some(String::from(&*route.upstream_model));
                         r.key_owner = Some(credential.owner);
                     });
                     drop(credential);
@@ -301,7 +301,7 @@ fn push_attempt(
     let latency_ms = (started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
     let a = AttemptRecord {
         provider: route.provider.name().to_owned(),
-        model: route.upstream_model.to_string(),
+        model: String::from(&*route.upstream_model),
         outcome,
         status,
         latency_ms,
@@ -346,8 +346,8 @@ fn credential_for(ctx: &RequestCtx, route: &Route) -> Result<ProviderCredential,
         .get(provider)
         .map(|sealed| StoredCredential {
             owner: CredentialOwner::Tenant {
-                reseller: ctx.reseller.to_string(),
-                tenant: ctx.tenant.id.to_string(),
+                reseller: ctx.reseller.clone(),
+                tenant: ctx.tenant.id.clone(),
             },
             sealed,
         });
@@ -358,7 +358,7 @@ fn credential_for(ctx: &RequestCtx, route: &Route) -> Result<ProviderCredential,
         .credentials
         .get(provider)
         .map(|sealed| StoredCredential {
-            owner: CredentialOwner::Reseller(ctx.reseller.to_string()),
+            owner: CredentialOwner::Reseller(ctx.reseller.clone()),
             sealed,
         });
     select_credential(

@@ -264,13 +264,13 @@ impl Tenancy {
         let mut out = Vec::new();
         for r in &self.resellers {
             for (p, k) in &r.credentials {
-                out.push((CredentialOwner::Reseller(r.id.to_string()), p.as_str(), k));
+                out.push((CredentialOwner::Reseller(r.id.clone()), p.as_str(), k));
             }
             for t in &r.tenants {
                 for (p, k) in &t.credentials {
                     let owner = CredentialOwner::Tenant {
-                        reseller: r.id.to_string(),
-                        tenant: t.id.to_string(),
+                        reseller: r.id.clone(),
+                        tenant: t.id.clone(),
                     };
                     out.push((owner, p.as_str(), k));
                 }

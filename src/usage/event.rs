@@ -69,8 +69,9 @@ pub struct UsageRecord {
     /// When the event was finished (RFC 3339, UTC).
     pub ended_at: String,
     pub request_id: String,
-    pub reseller: String,
-    pub tenant: String,
+    /// Shared with the request's context (no copy per request).
+    pub reseller: std::sync::Arc<str>,
+    pub tenant: std::sync::Arc<str>,
     pub endpoint: &'static str,
     pub requested_model: Option<String>,
     pub served_model: Option<String>,

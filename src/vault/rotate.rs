@@ -4,6 +4,7 @@
 //! ever decrypted to disk or printed.
 
 use super::{CredentialOwner, Keyring, SealedKey, VaultError};
+use std::sync::Arc;
 use toml_edit::{DocumentMut, Item, Value};
 
 /// The outcome for one credential.
@@ -26,7 +27,11 @@ fn for_each_credential(
         return;
     };
     for reseller in resellers.iter_mut() {
-        let Some(rid) = reseller.get("id").and_then(Item::as_str).map(str::to_owned) else {
+        let Some(rid) = reseller
+            .get("id")
+            .and_then(Item::as_str)
+            .map(Arc::<str>::from)
+        else {
             continue;
         };
         let owner = CredentialOwner::Reseller(rid.clone());
@@ -36,7 +41,11 @@ fn for_each_credential(
             .and_then(Item::as_array_of_tables_mut)
         {
             for tenant in tenants.iter_mut() {
-                let Some(tid) = tenant.get("id").and_then(Item::as_str).map(str::to_owned) else {
+                let Some(tid) = tenant
+                    .get("id")
+                    .and_then(Item::as_str)
+                    .map(Arc::<str>::from)
+                else {
                     continue;
                 };
                 let owner = CredentialOwner::Tenant {

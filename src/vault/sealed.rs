@@ -7,6 +7,7 @@ use super::VaultError;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use std::fmt;
+use std::sync::Arc;
 
 const VERSION: &str = "lvk1";
 
@@ -14,9 +15,12 @@ const VERSION: &str = "lvk1";
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum CredentialOwner {
     /// `tenant:RESELLER/TENANT`
-    Tenant { reseller: String, tenant: String },
+    Tenant {
+        reseller: Arc<str>,
+        tenant: Arc<str>,
+    },
     /// `reseller:RESELLER`
-    Reseller(String),
+    Reseller(Arc<str>),
     /// `platform`
     Platform,
 }
@@ -31,7 +35,7 @@ impl CredentialOwner {
             if r.is_empty() || r.contains('/') {
                 return Err(bad());
             }
-            return Ok(Self::Reseller(r.to_owned()));
+            return Ok(Self::Reseller(r.into()));
         }
         let rest = text.strip_prefix("tenant:").ok_or_else(bad)?;
         let (reseller, tenant) = rest.split_once('/').ok_or_else(bad)?;
@@ -39,8 +43,8 @@ impl CredentialOwner {
             return Err(bad());
         }
         Ok(Self::Tenant {
-            reseller: reseller.to_owned(),
-            tenant: tenant.to_owned(),
+            reseller: reseller.into(),
+            tenant: tenant.into(),
         })
     }
 }
