@@ -360,6 +360,15 @@ async fn no_plaintext_key_in_logs_responses_or_usage_at_trace_level() {
         "RUST_LOG=trace produced no trace output"
     );
     assert_eq!(records.lines().count(), 5, "{records}");
+    // Lines logged during a request carry its span: the id, the endpoint and,
+    // once resolved, the reseller and the tenant.
+    assert!(
+        log.lines().any(|l| l.contains("request{request_id=")
+            && l.contains(
+                " method=POST path=/v1/chat/completions reseller=\"acme\" tenant=\"dental\"}"
+            )),
+        "no log line carries the request span's fields:\n{log}"
+    );
     for (what, text) in [
         ("log", &log),
         ("responses", &seen),

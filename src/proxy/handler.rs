@@ -58,7 +58,7 @@ where
     // Boxed: hyper keeps the connection's in-flight future allocation for the
     // connection's whole life, streams included; boxing the pipeline keeps
     // that small and frees the pipeline's state as soon as the answer starts.
-    let mut resp = match Box::pin(dispatch(&app, req, &rid, started, dialect))
+    let mut resp = match Box::pin(dispatch(&app, req, &rid, started, dialect, &span))
         .instrument(span.clone())
         .await
     {
@@ -78,6 +78,9 @@ async fn dispatch<B>(
     rid: &str,
     started: Instant,
     dialect: Dialect,
+    // The request's span, passed down: `Span::current()` would look it up
+    // in the subscriber's per-thread stack.
+    span: &tracing::Span,
 ) -> Result<Response<ProxyBody>, GatewayError>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
@@ -143,13 +146,13 @@ where
         }
     }
     let reseller = snapshot.tenancy.reseller(reseller_idx).id.clone();
-    tracing::Span::current().record("reseller", &*reseller);
+    span.record("reseller", &*reseller);
     let tenant = match presented_key(req.headers()) {
         PresentedKey::Missing => return Err(TenancyError::MissingKey.into()),
         PresentedKey::Malformed => return Err(TenancyError::InvalidKey.into()),
         PresentedKey::Key(k) => snapshot.tenancy.authenticate(reseller_idx, k)?,
     };
-    tracing::Span::current().record("tenant", &*tenant.id);
+    span.record("tenant", &*tenant.id);
     let ctx = RequestCtx {
         request_id: rid.to_owned(),
         started,

@@ -107,20 +107,20 @@ impl UsageRecord {
     pub fn write_json(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"v\":");
         json(out, &self.v);
-        member(out, "event_id", &self.event_id);
-        member(out, "ts", &self.ts);
-        member(out, "ended_at", &self.ended_at);
-        member(out, "request_id", &self.request_id);
-        member(out, "reseller", &self.reseller);
-        member(out, "tenant", &self.tenant);
-        member(out, "endpoint", self.endpoint);
-        member(out, "requested_model", &self.requested_model);
-        member(out, "served_model", &self.served_model);
-        member(out, "provider", &self.provider);
+        member_str(out, "event_id", &self.event_id);
+        member_str(out, "ts", &self.ts);
+        member_str(out, "ended_at", &self.ended_at);
+        member_str(out, "request_id", &self.request_id);
+        member_str(out, "reseller", &self.reseller);
+        member_str(out, "tenant", &self.tenant);
+        member_str(out, "endpoint", self.endpoint);
+        member_opt_str(out, "requested_model", self.requested_model.as_deref());
+        member_opt_str(out, "served_model", self.served_model.as_deref());
+        member_opt_str(out, "provider", self.provider.as_deref());
         member(out, "key_owner", &self.key_owner);
         member(out, "status", &self.status);
         member(out, "outcome", &self.outcome);
-        member(out, "error_code", &self.error_code);
+        member_opt_str(out, "error_code", self.error_code.as_deref());
         member(out, "prompt_tokens", &self.prompt_tokens);
         member(out, "completion_tokens", &self.completion_tokens);
         member(out, "cached_tokens", &self.cached_tokens);
@@ -136,9 +136,9 @@ impl UsageRecord {
                 out.push(b',');
             }
             out.extend_from_slice(b"{\"provider\":");
-            json(out, &a.provider);
-            member(out, "model", &a.model);
-            member(out, "outcome", a.outcome);
+            text(out, &a.provider);
+            member_str(out, "model", &a.model);
+            member_str(out, "outcome", a.outcome);
             member(out, "status", &a.status);
             member(out, "latency_ms", &a.latency_ms);
             out.push(b'}');
@@ -156,6 +156,40 @@ fn member<T: Serialize + ?Sized>(out: &mut Vec<u8>, name: &str, value: &T) {
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b"\":");
     json(out, value);
+}
+
+/// `,"name":"value"`.
+fn member_str(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.push(b',');
+    out.push(b'"');
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+    text(out, value);
+}
+
+/// `,"name":"value"` or `,"name":null`.
+fn member_opt_str(out: &mut Vec<u8>, name: &str, value: Option<&str>) {
+    match value {
+        Some(v) => member_str(out, name, v),
+        None => member(out, name, &()),
+    }
+}
+
+/// A string as serde_json writes it. Most need no escape (ids, timestamps,
+/// names): those are copied as they are, after one pass that checks for the
+/// only bytes serde_json escapes (control characters, `"` and `\\`), written
+/// without an early exit so that it vectorises.
+fn text(out: &mut Vec<u8>, value: &str) {
+    let escape = value
+        .bytes()
+        .fold(false, |e, b| e | (b < 0x20) | (b == b'"') | (b == b'\\'));
+    if escape {
+        json(out, value);
+    } else {
+        out.push(b'"');
+        out.extend_from_slice(value.as_bytes());
+        out.push(b'"');
+    }
 }
 
 /// One value, as serde_json writes it (escaped strings, `null` for `None` and
