@@ -8,7 +8,10 @@
 //! Anything else (keys in another order or added by a newer gateway, a
 //! backslash anywhere, whitespace, a value of an unexpected shape) returns
 //! `None`, and [`LedgerEvent::from_line`] reads the line with serde as before:
-//! this path only ever accepts lines serde reads the same way.
+//! this path only ever accepts lines serde reads the same way. (One nuance: a
+//! latency with more than 15 significant digits is read to the nearest double,
+//! where serde_json's default float parser may land one bit away; no sink reads
+//! latencies from the parsed event, only from its raw line.)
 
 use super::event::LedgerEvent;
 use std::borrow::Cow;
