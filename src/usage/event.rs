@@ -318,10 +318,11 @@ impl<'a> LedgerEvent<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn record() -> UsageRecord {
+    /// A typical event (also the base of `usage::line`'s tests).
+    pub(in crate::usage) fn record() -> UsageRecord {
         UsageRecord {
             v: SCHEMA_VERSION,
             event_id: "0193b5f0-7c1e-7000-8000-000000000001".into(),
