@@ -53,9 +53,8 @@ impl Visit for PlainVisitor {
             // What `{:?}` writes for such a string, without going through
             // its per-character escaping.
             self.separate();
-            let name = field.name();
             let w = &mut self.writer;
-            w.push_str(name.strip_prefix("r#").unwrap_or(name));
+            w.push_str(plain_name(field));
             w.push_str("=\"");
             w.push_str(value);
             w.push('"');
@@ -95,13 +94,17 @@ impl Visit for PlainVisitor {
             // A message can carry client text; escape what a terminal acts on.
             write!(Escaping(&mut self.writer), "{value:?}")
         } else {
-            let name = name.strip_prefix("r#").unwrap_or(name);
-            self.writer
-                .write_str(name)
-                .and_then(|()| self.writer.write_char('='))
-                .and_then(|()| write!(self.writer, "{value:?}"))
+            self.writer.push_str(plain_name(field));
+            self.writer.push('=');
+            write!(self.writer, "{value:?}")
         };
     }
+}
+
+/// A field's name as written: a raw identifier (`r#type`) without its `r#`.
+fn plain_name(field: &Field) -> &'static str {
+    let name = field.name();
+    name.strip_prefix("r#").unwrap_or(name)
 }
 
 impl PlainVisitor {

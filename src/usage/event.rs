@@ -149,21 +149,22 @@ impl UsageRecord {
     }
 }
 
-/// `,"name":value` for a key that needs no escaping.
-fn member<T: Serialize + ?Sized>(out: &mut Vec<u8>, name: &str, value: &T) {
-    out.push(b',');
-    out.push(b'"');
+/// `,"name":` for a key that needs no escaping.
+fn key(out: &mut Vec<u8>, name: &str) {
+    out.extend_from_slice(b",\"");
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b"\":");
+}
+
+/// `,"name":value`.
+fn member<T: Serialize + ?Sized>(out: &mut Vec<u8>, name: &str, value: &T) {
+    key(out, name);
     json(out, value);
 }
 
 /// `,"name":"value"`.
 fn member_str(out: &mut Vec<u8>, name: &str, value: &str) {
-    out.push(b',');
-    out.push(b'"');
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\":");
+    key(out, name);
     text(out, value);
 }
 
@@ -171,7 +172,10 @@ fn member_str(out: &mut Vec<u8>, name: &str, value: &str) {
 fn member_opt_str(out: &mut Vec<u8>, name: &str, value: Option<&str>) {
     match value {
         Some(v) => member_str(out, name, v),
-        None => member(out, name, &()),
+        None => {
+            key(out, name);
+            out.extend_from_slice(b"null");
+        }
     }
 }
 

@@ -39,22 +39,25 @@ pub(super) fn parse(raw: &str) -> Option<LedgerEvent<'_>> {
     let reseller = c.key("reseller")?.string()?;
     let tenant = c.key("tenant")?.string()?;
     let endpoint = c.key("endpoint")?.string()?;
-    let requested_model = c.key("requested_model")?.opt_string()?;
-    let served_model = c.key("served_model")?.opt_string()?;
-    let provider = c.key("provider")?.opt_string()?;
-    let key_owner = c.key("key_owner")?.opt_string()?;
+    let requested_model = c.key("requested_model")?.nullable(Cursor::string)?;
+    let served_model = c.key("served_model")?.nullable(Cursor::string)?;
+    let provider = c.key("provider")?.nullable(Cursor::string)?;
+    let key_owner = c.key("key_owner")?.nullable(Cursor::string)?;
     let status = u16::try_from(c.key("status")?.uint()?).ok()?;
-    let outcome = c.key("outcome")?.opt_string()?;
-    let error_code = c.key("error_code")?.opt_string()?;
-    let prompt_tokens = c.key("prompt_tokens")?.opt_uint()?;
-    let completion_tokens = c.key("completion_tokens")?.opt_uint()?;
-    let cached_tokens = c.key("cached_tokens")?.opt_uint()?;
-    let total_tokens = c.key("total_tokens")?.opt_uint()?;
+    let outcome = c.key("outcome")?.nullable(Cursor::string)?;
+    let error_code = c.key("error_code")?.nullable(Cursor::string)?;
+    let prompt_tokens = c.key("prompt_tokens")?.nullable(Cursor::uint)?;
+    let completion_tokens = c.key("completion_tokens")?.nullable(Cursor::uint)?;
+    let cached_tokens = c.key("cached_tokens")?.nullable(Cursor::uint)?;
+    let total_tokens = c.key("total_tokens")?.nullable(Cursor::uint)?;
     let estimated = c.key("estimated")?.boolean()?;
     let stream = c.key("stream")?.boolean()?;
     let client_disconnected = c.key("client_disconnected")?.boolean()?;
-    let latency_ms = c.key("latency_ms")?.opt_float()?.unwrap_or_default();
-    let ttfb_ms = c.key("ttfb_ms")?.opt_float()?;
+    let latency_ms = c
+        .key("latency_ms")?
+        .nullable(Cursor::float)?
+        .unwrap_or_default();
+    let ttfb_ms = c.key("ttfb_ms")?.nullable(Cursor::float)?;
     c.lit(",\"attempts\":[")?;
     let mut attempts = 0;
     if !c.eat(b']') {
@@ -63,8 +66,8 @@ pub(super) fn parse(raw: &str) -> Option<LedgerEvent<'_>> {
             c.string()?;
             c.key("model")?.string()?;
             c.key("outcome")?.string()?;
-            c.key("status")?.opt_uint()?;
-            c.key("latency_ms")?.opt_float()?;
+            c.key("status")?.nullable(Cursor::uint)?;
+            c.key("latency_ms")?.nullable(Cursor::float)?;
             c.lit("}")?;
             attempts += 1;
             if c.eat(b']') {
@@ -73,7 +76,7 @@ pub(super) fn parse(raw: &str) -> Option<LedgerEvent<'_>> {
             c.lit(",")?;
         }
     }
-    let cost_micros = c.key("cost_micros")?.opt_uint()?;
+    let cost_micros = c.key("cost_micros")?.nullable(Cursor::uint)?;
     c.lit("}")?;
     if c.at != raw.len() {
         return None;
@@ -157,15 +160,12 @@ impl<'a> Cursor<'a> {
         Some(&self.s[start..start + len])
     }
 
-    fn null(&mut self) -> bool {
-        self.lit("null").is_some()
-    }
-
-    fn opt_string(&mut self) -> Option<Option<&'a str>> {
-        if self.null() {
+    /// `null`, or what `read` reads.
+    fn nullable<T>(&mut self, read: impl FnOnce(&mut Self) -> Option<T>) -> Option<Option<T>> {
+        if self.lit("null").is_some() {
             return Some(None);
         }
-        self.string().map(Some)
+        read(self).map(Some)
     }
 
     fn boolean(&mut self) -> Option<bool> {
@@ -179,11 +179,7 @@ impl<'a> Cursor<'a> {
     /// A non-negative integer as JSON writes it (no leading zero, no sign,
     /// no fraction), within `u64`.
     fn uint(&mut self) -> Option<u64> {
-        let digits = self
-            .rest()
-            .iter()
-            .take_while(|b| b.is_ascii_digit())
-            .count();
+        let digits = digits(self.rest());
         let text = &self.s[self.at..self.at + digits];
         if digits == 0 || (digits > 1 && text.starts_with('0')) {
             return None;
@@ -196,29 +192,18 @@ impl<'a> Cursor<'a> {
         text.parse().ok()
     }
 
-    fn opt_uint(&mut self) -> Option<Option<u64>> {
-        if self.null() {
-            return Some(None);
-        }
-        self.uint().map(Some)
-    }
-
     /// A finite number in JSON's grammar:
     /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
-    fn opt_float(&mut self) -> Option<Option<f64>> {
-        if self.null() {
-            return Some(None);
-        }
+    fn float(&mut self) -> Option<f64> {
         let b = self.rest();
         let mut i = usize::from(b.first() == Some(&b'-'));
-        let digits = |from: usize| b[from..].iter().take_while(|b| b.is_ascii_digit()).count();
-        let int = digits(i);
+        let int = digits(&b[i..]);
         if int == 0 || (int > 1 && b[i] == b'0') {
             return None;
         }
         i += int;
         if b.get(i) == Some(&b'.') {
-            let frac = digits(i + 1);
+            let frac = digits(&b[i + 1..]);
             if frac == 0 {
                 return None;
             }
@@ -229,7 +214,7 @@ impl<'a> Cursor<'a> {
             if matches!(b.get(i), Some(b'+' | b'-')) {
                 i += 1;
             }
-            let exp = digits(i);
+            let exp = digits(&b[i..]);
             if exp == 0 {
                 return None;
             }
@@ -237,8 +222,13 @@ impl<'a> Cursor<'a> {
         }
         let value: f64 = self.s[self.at..self.at + i].parse().ok()?;
         self.at += i;
-        value.is_finite().then_some(Some(value))
+        value.is_finite().then_some(value)
     }
+}
+
+/// How many ASCII digits `b` starts with.
+fn digits(b: &[u8]) -> usize {
+    b.iter().take_while(|b| b.is_ascii_digit()).count()
 }
 
 #[cfg(test)]
