@@ -19,6 +19,7 @@ use super::month::{Month, MonthlyUsageSource};
 use super::plan::{EffectiveLimits, Level, PlanLimits};
 use super::{Check, LimitKey};
 use crate::limits::error::LimitRejection;
+use crate::FastHash;
 use dashmap::DashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -239,8 +240,8 @@ pub(crate) struct LocalGrant {
 pub(crate) struct LocalBackend {
     base: Instant,
     window_ms: f64,
-    tenants: DashMap<LimitKey, Arc<Entry>>,
-    resellers: DashMap<Arc<str>, Arc<Entry>>,
+    tenants: DashMap<LimitKey, Arc<Entry>, FastHash>,
+    resellers: DashMap<Arc<str>, Arc<Entry>, FastHash>,
 }
 
 impl LocalBackend {
@@ -248,8 +249,8 @@ impl LocalBackend {
         Self {
             base: Instant::now(),
             window_ms: (window.as_secs_f64() * 1000.0).max(1.0),
-            tenants: DashMap::new(),
-            resellers: DashMap::new(),
+            tenants: DashMap::default(),
+            resellers: DashMap::default(),
         }
     }
 

@@ -49,7 +49,7 @@ pub struct BreakerView {
 
 #[derive(Debug, Default)]
 pub struct Breakers {
-    states: DashMap<BreakerKey, State>,
+    states: DashMap<BreakerKey, State, crate::FastHash>,
     /// Set by the first failure ever recorded: until then every breaker is
     /// closed, and a request need not build its key or look it up.
     tracking: AtomicBool,

@@ -10,6 +10,7 @@ pub mod breaker;
 use crate::config::{DisallowedModel, GatewayConfig};
 use crate::providers::Provider;
 use crate::tenancy::Plan;
+use crate::FastMap;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -24,7 +25,7 @@ pub struct Route {
 
 #[derive(Debug)]
 pub struct ModelTable {
-    models: HashMap<String, Vec<Route>>,
+    models: FastMap<String, Vec<Route>>,
 }
 
 /// Why no route could be chosen.
@@ -56,7 +57,7 @@ impl ModelTable {
                 return Err(format!("provider `{}` is declared twice", p.name));
             }
         }
-        let mut models = HashMap::new();
+        let mut models = FastMap::default();
         for m in &config.models {
             let mut routes = Vec::new();
             let mut add = |provider: &str,

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Debug, Default)]
 pub struct Metrics {
     responses: [AtomicU64; 5],
-    attempts: DashMap<(String, &'static str), AtomicU64>,
+    attempts: DashMap<(String, &'static str), AtomicU64, crate::FastHash>,
 }
 
 /// A breaker as the metrics see it: provider, owner kind, state, times opened.

@@ -13,6 +13,7 @@ pub use key::{presented_key, KeyDigest, PresentedKey};
 use crate::config::{DisallowedModel, GatewayConfig, TenantStatus};
 use crate::limits::PlanLimits;
 use crate::vault::{ByokPolicy, CredentialOwner, SealedKey};
+use crate::FastMap;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
@@ -58,7 +59,7 @@ pub struct Tenant {
     pub status: TenantStatus,
     pub key_count: usize,
     /// Sealed provider keys by provider name (never plaintext).
-    pub credentials: HashMap<String, SealedKey>,
+    pub credentials: FastMap<String, SealedKey>,
     /// The plan's limits with the tenant's overrides applied.
     pub limits: PlanLimits,
 }
@@ -70,7 +71,7 @@ pub struct Reseller {
     pub domains: Vec<String>,
     pub tenants: Vec<Arc<Tenant>>,
     /// Sealed provider keys by provider name (never plaintext).
-    pub credentials: HashMap<String, SealedKey>,
+    pub credentials: FastMap<String, SealedKey>,
     /// The reseller's own plan, whose limits cap the sum of its tenants.
     pub plan: Option<Arc<Plan>>,
     /// Limits on the sum of all tenants (all unlimited without a plan).
@@ -91,10 +92,10 @@ struct KeyOwner {
 #[derive(Debug)]
 pub struct Tenancy {
     platform_domain: Option<String>,
-    domains: HashMap<String, usize>,
-    reseller_ids: HashMap<String, usize>,
+    domains: FastMap<String, usize>,
+    reseller_ids: FastMap<String, usize>,
     resellers: Vec<Reseller>,
-    keys: HashMap<KeyDigest, KeyOwner>,
+    keys: FastMap<KeyDigest, KeyOwner>,
 }
 
 /// Key digest of the published demo key; tenants holding it only work on loopback.
@@ -140,10 +141,10 @@ impl Tenancy {
 
         let mut t = Tenancy {
             platform_domain,
-            domains: HashMap::new(),
-            reseller_ids: HashMap::new(),
+            domains: FastMap::default(),
+            reseller_ids: FastMap::default(),
             resellers: Vec::new(),
-            keys: HashMap::new(),
+            keys: FastMap::default(),
         };
         for (ri, r) in config.resellers.iter().enumerate() {
             if !is_dns_label(&r.id) {
@@ -334,8 +335,8 @@ fn parse_credentials(
     who: &str,
     raw: &std::collections::BTreeMap<String, String>,
     known_providers: &HashSet<String>,
-) -> Result<HashMap<String, SealedKey>, String> {
-    let mut out = HashMap::new();
+) -> Result<FastMap<String, SealedKey>, String> {
+    let mut out = FastMap::default();
     for (provider, sealed) in raw {
         if !known_providers.contains(provider) {
             return Err(format!(
