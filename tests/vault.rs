@@ -325,6 +325,16 @@ async fn no_plaintext_key_in_logs_responses_or_usage_at_trace_level() {
         seen.push_str(&format!("{:?}\n", resp.headers()));
         seen.push_str(&resp.text().await.unwrap());
     }
+    // A key the reseller does not know: refused once the reseller is known.
+    let resp = client()
+        .post(&url)
+        .header("host", ACME_HOST)
+        .bearer_auth("sk-livery-not-a-known-key")
+        .json(&chat_body("gpt-4o-mini"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
     // A client that disconnects mid-stream.
     let mut body = chat_body("gpt-4o-mini");
     body["stream"] = json!(true);
@@ -368,6 +378,13 @@ async fn no_plaintext_key_in_logs_responses_or_usage_at_trace_level() {
                 " method=POST path=/v1/chat/completions reseller=\"acme\" tenant=\"dental\"}"
             )),
         "no log line carries the request span's fields:\n{log}"
+    );
+    // A refused key's line carries the reseller it was refused at, no tenant.
+    assert!(
+        log.lines().any(|l| l.contains("request refused")
+            && l.contains(" path=/v1/chat/completions reseller=\"acme\"}")
+            && l.contains("code=\"invalid_api_key\"")),
+        "no refusal line carries the reseller:\n{log}"
     );
     for (what, text) in [
         ("log", &log),

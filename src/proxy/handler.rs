@@ -146,13 +146,23 @@ where
         }
     }
     let reseller = snapshot.tenancy.reseller(reseller_idx).id.clone();
-    span.record("reseller", &*reseller);
     let tenant = match presented_key(req.headers()) {
-        PresentedKey::Missing => return Err(TenancyError::MissingKey.into()),
-        PresentedKey::Malformed => return Err(TenancyError::InvalidKey.into()),
-        PresentedKey::Key(k) => snapshot.tenancy.authenticate(reseller_idx, k)?,
+        PresentedKey::Missing => Err(TenancyError::MissingKey),
+        PresentedKey::Malformed => Err(TenancyError::InvalidKey),
+        PresentedKey::Key(k) => snapshot.tenancy.authenticate(reseller_idx, k),
     };
-    span.record("tenant", &*tenant.id);
+    // Both fields in one record (each record is a subscriber round trip,
+    // about 900 instructions); nothing logs in between.
+    let tenant = match tenant {
+        Ok(t) => {
+            tracing::record_all!(span, reseller = &*reseller, tenant = &*t.id);
+            t
+        }
+        Err(e) => {
+            span.record("reseller", &*reseller);
+            return Err(e.into());
+        }
+    };
     let ctx = RequestCtx {
         request_id: rid.to_owned(),
         started,
