@@ -55,14 +55,15 @@ const CHANNEL_CAPACITY: usize = 8192;
 /// chunks from its per-thread cache.
 const LINE_CAPACITY: usize = 1008;
 
-/// Line buffers the JSONL mirror's thread hands back for reuse. Each line is
-/// written on a request's thread and freed on the mirror's; glibc then never
-/// refills the request thread's cache for that size, and every new line cost
-/// about 1,300 instructions in `malloc` (callgrind). A line that grew past this
-/// is not kept.
+/// How many line buffers wait for reuse at most (see [`SpareLines`]).
 const SPARE_LINES: usize = 256;
+/// A buffer that grew past this (an unusually long event) is freed, not kept.
 const SPARE_MAX_CAPACITY: usize = 16 * 1024;
 
+/// Line buffers handed back for reuse. Each line is written on a request's
+/// thread and freed on the mirror's; glibc then never refills the request
+/// thread's cache for that size, and every new line cost about 1,300
+/// instructions in `malloc` (callgrind). Lock-free, as the request path is.
 type SpareLines = Arc<crossbeam_queue::ArrayQueue<Vec<u8>>>;
 
 fn recycle(spare: &SpareLines, mut line: Vec<u8>) {
@@ -72,6 +73,7 @@ fn recycle(spare: &SpareLines, mut line: Vec<u8>) {
         let _ = spare.push(line);
     }
 }
+
 /// How long `close` lets shippers deliver what is spooled.
 const CLOSE_DRAIN: Duration = Duration::from_secs(5);
 
