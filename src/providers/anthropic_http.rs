@@ -75,6 +75,10 @@ impl AnthropicProvider {
         &self.name
     }
 
+    pub fn shared_name(&self) -> &Arc<str> {
+        &self.name
+    }
+
     /// The platform's own key for this provider, if configured.
     pub fn platform_key(&self) -> Option<&Secret> {
         self.key.as_ref()

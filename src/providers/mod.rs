@@ -144,10 +144,16 @@ impl Provider {
     }
 
     pub fn name(&self) -> &str {
+        self.shared_name()
+    }
+
+    /// The name as the snapshot holds it, for records that keep it (a clone
+    /// is a reference count, not a copy).
+    pub fn shared_name(&self) -> &Arc<str> {
         match self {
             Provider::Mock { name } => name,
-            Provider::OpenAi(p) => p.name(),
-            Provider::Anthropic(p) => p.name(),
+            Provider::OpenAi(p) => p.shared_name(),
+            Provider::Anthropic(p) => p.shared_name(),
         }
     }
 

@@ -90,6 +90,10 @@ impl OpenAiProvider {
         &self.name
     }
 
+    pub fn shared_name(&self) -> &Arc<str> {
+        &self.name
+    }
+
     pub fn kind(&self) -> &'static str {
         match self.flavor {
             Flavor::OpenAi => "openai",

@@ -63,11 +63,11 @@ pub async fn serve(
             )
         }
     };
-    let mut last: Option<(Failure, Option<KeyOwner>, String)> = None;
+    let mut last: Option<(Failure, Option<KeyOwner>, Arc<str>)> = None;
     let mut skipped_open = 0usize;
 
     'routes: for route in &routes {
-        let provider_name = route.provider.name().to_owned();
+        let provider_name = Arc::clone(route.provider.shared_name());
         let credential = match credential_for(ctx, route) {
             Ok(c) => c,
             Err(e) => {
@@ -300,8 +300,8 @@ fn push_attempt(
     app.metrics.attempt(route.provider.name(), outcome);
     let latency_ms = (started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
     let a = AttemptRecord {
-        provider: route.provider.name().to_owned(),
-        model: String::from(&*route.upstream_model),
+        provider: Arc::clone(route.provider.shared_name()),
+        model: Arc::clone(&route.upstream_model),
         outcome,
         status,
         latency_ms,

@@ -47,8 +47,9 @@ impl Outcome {
 /// One try of one route.
 #[derive(Debug, Clone, Serialize)]
 pub struct AttemptRecord {
-    pub provider: String,
-    pub model: String,
+    /// Shared with the snapshot's provider and route (no copy per request).
+    pub provider: std::sync::Arc<str>,
+    pub model: std::sync::Arc<str>,
     /// `ok`, `rate_limited`, `server_error`, `overloaded` (529), `timeout`, `connect_error`,
     /// `upstream_reset`, `first_event_timeout`, `stream_failed_before_content`,
     /// `client_error`, `breaker_open`, `no_credential`...
@@ -75,7 +76,7 @@ pub struct UsageRecord {
     pub endpoint: &'static str,
     pub requested_model: Option<String>,
     pub served_model: Option<String>,
-    pub provider: Option<String>,
+    pub provider: Option<std::sync::Arc<str>>,
     /// Whose provider key paid for the call (never the key).
     pub key_owner: Option<crate::vault::KeyOwner>,
     pub status: u16,

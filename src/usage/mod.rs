@@ -322,7 +322,7 @@ impl UsageSink {
     /// it to the JSONL file. Never blocks on a sink; never fsyncs.
     pub fn record(&self, mut rec: UsageRecord) {
         if rec.cost_micros.is_none() {
-            let last_attempt = rec.attempts.last().map(|a| a.model.as_str());
+            let last_attempt = rec.attempts.last().map(|a| &*a.model);
             rec.cost_micros = self.inner.prices.load().cost(
                 rec.provider.as_deref(),
                 &[
