@@ -152,8 +152,8 @@ impl Provider {
     pub fn shared_name(&self) -> &Arc<str> {
         match self {
             Provider::Mock { name } => name,
-            Provider::OpenAi(p) => p.shared_name(),
-            Provider::Anthropic(p) => p.shared_name(),
+            Provider::OpenAi(p) => p.name(),
+            Provider::Anthropic(p) => p.name(),
         }
     }
 

@@ -297,7 +297,7 @@ fn push_attempt(
     status: Option<u16>,
     started: Instant,
 ) {
-    app.metrics.attempt(route.provider.name(), outcome);
+    app.metrics.attempt(route.provider.shared_name(), outcome);
     let latency_ms = (started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
     let a = AttemptRecord {
         provider: Arc::clone(route.provider.shared_name()),

@@ -150,19 +150,14 @@ where
         PresentedKey::Missing => Err(TenancyError::MissingKey),
         PresentedKey::Malformed => Err(TenancyError::InvalidKey),
         PresentedKey::Key(k) => snapshot.tenancy.authenticate(reseller_idx, k),
-    };
+    }
+    // A refusal's log line still names the reseller.
+    .inspect_err(|_| {
+        span.record("reseller", &*reseller);
+    })?;
     // Both fields in one record (each record is a subscriber round trip,
     // about 900 instructions); nothing logs in between.
-    let tenant = match tenant {
-        Ok(t) => {
-            tracing::record_all!(span, reseller = &*reseller, tenant = &*t.id);
-            t
-        }
-        Err(e) => {
-            span.record("reseller", &*reseller);
-            return Err(e.into());
-        }
-    };
+    tracing::record_all!(span, reseller = &*reseller, tenant = &*tenant.id);
     let ctx = RequestCtx {
         request_id: rid.to_owned(),
         started,

@@ -6,11 +6,14 @@
 use dashmap::DashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 #[derive(Debug, Default)]
 pub struct Metrics {
     responses: [AtomicU64; 5],
-    attempts: DashMap<(String, &'static str), AtomicU64, crate::FastHash>,
+    /// Keyed by the provider's shared name: a lookup clones an `Arc`, never
+    /// copies the name.
+    attempts: DashMap<(Arc<str>, &'static str), AtomicU64, crate::FastHash>,
 }
 
 /// A breaker as the metrics see it: provider, owner kind, state, times opened.
@@ -27,13 +30,14 @@ impl Metrics {
         self.responses[class].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn attempt(&self, provider: &str, outcome: &'static str) {
-        if let Some(c) = self.attempts.get(&(provider.to_owned(), outcome)) {
+    pub fn attempt(&self, provider: &Arc<str>, outcome: &'static str) {
+        let key = (Arc::clone(provider), outcome);
+        if let Some(c) = self.attempts.get(&key) {
             c.fetch_add(1, Ordering::Relaxed);
             return;
         }
         self.attempts
-            .entry((provider.to_owned(), outcome))
+            .entry(key)
             .or_default()
             .fetch_add(1, Ordering::Relaxed);
     }
@@ -51,7 +55,7 @@ impl Metrics {
             );
         }
         out.push_str("# HELP livery_upstream_attempts_total Upstream attempts, by provider and outcome.\n# TYPE livery_upstream_attempts_total counter\n");
-        let mut rows: Vec<(String, &'static str, u64)> = self
+        let mut rows: Vec<(Arc<str>, &'static str, u64)> = self
             .attempts
             .iter()
             .map(|e| {
