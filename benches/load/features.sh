@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# What each Livery feature costs, measured the way ab.sh compares binaries:
+# alternating runs at maximum throughput (closed loop, 64 connections), oha on
+# the first CPU, the mock and the proxy on the second, each run's proxy CPU per
+# request divided by the mock's in that run (steady on a shared VM where req/s
+# moves by ±20%). Variants of gateway.bench.toml, each with one feature off,
+# then all of them off, and the nginx hop of run.sh as the reference:
+#
+#   all           the bench configuration (everything on)
+#   no-mirror     without the JSONL usage mirror
+#   no-ledger     without the durable ledger (spool, SQLite), mirror kept
+#   no-limits     the plan without limits (no admission buckets)
+#   platform-key  no sealed tenant credential: nothing unsealed per request
+#   bare          all four off: authentication, routing, HTTP/2 upstream and
+#                 the usage record remain
+#   nginx         the bare nginx hop (proxy_pass, keep-alive upstream)
+#
+# With the proxy and the mock sharing one saturated CPU, throughput is
+# 1 / (proxy + mock CPU per request), so a variant's modelled throughput
+# relative to nginx is (1 + nginx ratio) / (1 + variant ratio).
+#
+#   benches/load/features.sh [LIVERY_BIN] [ROUNDS] [REQUESTS]
+#
+# LIVERY_BIN defaults to target/release/livery, ROUNDS to 3, REQUESTS (per run,
+# after 20,000 warm-up) to 60,000. Prints a markdown table.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+. "$ROOT/benches/load/lib.sh"
+
+BIN=$(realpath "${1:-$ROOT/target/release/livery}")
+ROUNDS=${2:-3}
+REQUESTS=${3:-60000}
+VARIANTS=(all no-mirror no-ledger no-limits platform-key bare nginx)
+[ "$(nproc)" -ge 2 ] || { log "needs two CPUs (load generator and servers apart)"; exit 1; }
+command -v taskset >/dev/null || apt_install util-linux
+command -v nginx >/dev/null || apt_install nginx
+ensure_oha
+MOCK_BIN="$ROOT/target/release/livery-mock"
+[ -x "$MOCK_BIN" ] || cargo build --release --quiet --features mock-server --bin livery-mock
+
+make_run_dir livery-features
+KEY=sk-livery-bench-0123456789
+BODY='{"model":"demo","messages":[{"role":"user","content":"Hello"}]}'
+
+ticks() { # CPU ticks (user + system) of processes so far
+    local t=0 p
+    for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+    echo "$t"
+}
+
+wait_for() { # file pattern
+    for _ in $(seq 300); do
+        grep -q "$2" "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    log "timed out waiting for '$2' in $1"
+    cat "$1" >&2
+    return 1
+}
+
+# The bench configuration with variant $1 applied, rendered for mock $2 into dir $3.
+render() {
+    local variant=$1 mock_url=$2 dir=$3 cred=$4
+    local creds="credentials = { upstream = \"$cred\" }" cfg
+    cfg=$(sed -e "s#@MOCK_URL@#$mock_url#" -e "s#@USAGE_PATH@#$dir/usage.jsonl#" \
+        "$ROOT/benches/load/gateway.bench.toml")
+    no_mirror() { grep -v '^jsonl_path = '; }
+    no_ledger() { sed 's/^\[usage\]$/[usage]\nledger = false/'; }
+    no_limits() { grep -Ev '^(requests_per_minute|tokens_per_minute|tokens_per_month|max_concurrent) = '; }
+    case $variant in
+        all) ;;
+        no-mirror) cfg=$(no_mirror <<<"$cfg") ;;
+        no-ledger) cfg=$(no_ledger <<<"$cfg") ;;
+        no-limits) cfg=$(no_limits <<<"$cfg") ;;
+        platform-key) creds="" ;;
+        bare) cfg=$(no_mirror <<<"$cfg" | no_ledger | no_limits) creds="" ;;
+    esac
+    sed -e "s#@CREDENTIALS@#$creds#" <<<"$cfg" >"$dir/gateway.toml"
+}
+
+# One run of variant $1; prints "req/s proxy_us mock_us".
+run_once() {
+    local variant=$1 dir="$TMP/run.$RANDOM"
+    mkdir -p "$dir"
+    taskset -c 1 "$MOCK_BIN" --listen 127.0.0.1:0 --delay-ms 0 --chunks 12 --gap-ms 0 >"$dir/mock.log" 2>&1 &
+    local mock=$!
+    echo "$mock" >>"$TMP/pids"
+    wait_for "$dir/mock.log" "listening on"
+    local mock_url
+    mock_url=$(grep -o "listening on [^ ]*" "$dir/mock.log" | head -1 | awk '{print $3}')
+    case "$mock_url" in http*) ;; *) mock_url="http://$mock_url" ;; esac
+    local port proxies
+    if [ "$variant" = nginx ]; then
+        port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+        python3 - "$ROOT" "$dir" "${mock_url##*:}" "$port" <<'PY'
+import sys
+sys.path.insert(0, sys.argv[1] + "/benches/load")
+import harness
+open(sys.argv[2] + "/nginx.conf", "w").write(
+    harness.NGINX_CONF.format(tmp=sys.argv[2], mock_port=sys.argv[3], port=sys.argv[4]))
+PY
+        taskset -c 1 nginx -p "$dir" -c "$dir/nginx.conf" >"$dir/nginx.log" 2>&1 &
+        echo $! >>"$TMP/pids"
+        for _ in $(seq 50); do [ -s "$dir/nginx.pid" ] && break; sleep 0.1; done
+        sleep 0.3
+        proxies="$(cat "$dir/nginx.pid") $(pgrep -P "$(cat "$dir/nginx.pid")" | tr '\n' ' ')"
+    else
+        local kek cred
+        kek=$("$BIN" vault keygen)
+        cred=$(printf %s fake-bench-tenant-provider-key-not-a-secret |
+            LIVERY_MASTER_KEY=$kek "$BIN" vault seal --owner tenant:bench/bench-tenant \
+                --provider upstream --config "$dir/none.toml")
+        render "$variant" "$mock_url" "$dir" "$cred"
+        (cd "$dir" && LIVERY_MASTER_KEY=$kek LIVERY_BENCH_PLATFORM_KEY=fake-bench-platform-key-not-a-secret \
+            exec taskset -c 1 "$BIN" serve --config "$dir/gateway.toml" --listen 127.0.0.1:0 >"$dir/livery.log" 2>&1) &
+        proxies=$!
+        echo "$proxies" >>"$TMP/pids"
+        wait_for "$dir/livery.log" "livery listening on"
+        port=$(grep -o "livery listening on [^ ]*" "$dir/livery.log" | head -1 | rev | cut -d: -f1 | rev)
+    fi
+    local url="http://127.0.0.1:$port/v1/chat/completions"
+    load() {
+        taskset -c 0 oha --no-tui -m POST -T application/json -H "Authorization: Bearer $KEY" \
+            -d "$BODY" -c 64 "$@" "$url"
+    }
+    local warm
+    warm=$(load -n 20000 | awk '/\[200\]/ {print $2}')
+    [ "${warm:-0}" -eq 20000 ] || { log "$variant: not every warm-up request succeeded"; exit 1; }
+    local p0 m0 p1 m1 rps
+    # shellcheck disable=SC2086
+    p0=$(ticks $proxies)
+    m0=$(ticks "$mock")
+    rps=$(load -n "$REQUESTS" | awk '/Requests\/sec/ {print $2}')
+    # shellcheck disable=SC2086
+    p1=$(ticks $proxies)
+    m1=$(ticks "$mock")
+    if [ "$variant" = nginx ]; then
+        kill -QUIT "$(cat "$dir/nginx.pid")" 2>/dev/null || true
+    else
+        kill -TERM "$proxies" 2>/dev/null || true
+    fi
+    kill -TERM "$mock" 2>/dev/null || true
+    wait 2>/dev/null || true
+    local hz
+    hz=$(getconf CLK_TCK)
+    awk -v r="$rps" -v p=$((p1 - p0)) -v m=$((m1 - m0)) -v n="$REQUESTS" -v hz="$hz" \
+        'BEGIN { printf "%.0f %.1f %.1f\n", r, p * 1e6 / hz / n, m * 1e6 / hz / n }'
+}
+
+median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+
+log "livery: $BIN"
+log "$ROUNDS rounds of ${#VARIANTS[@]} variants, $REQUESTS requests each, order rotated per round"
+for r in $(seq "$ROUNDS"); do
+    n=${#VARIANTS[@]}
+    for j in $(seq 0 $((n - 1))); do
+        v=${VARIANTS[$(((j + r - 1) % n))]}
+        read -r rps proxy mock < <(run_once "$v")
+        ratio=$(awk -v p="$proxy" -v m="$mock" 'BEGIN { printf "%.3f", (m > 0) ? p / m : 0 }')
+        log "round $r $v: $rps req/s, proxy $proxy µs, mock $mock µs per request, ratio $ratio"
+        echo "$ratio" >>"$TMP/ratio.$v"
+        echo "$rps" >>"$TMP/rps.$v"
+        echo "$proxy" >>"$TMP/proxy.$v"
+    done
+done
+
+ng=$(median <"$TMP/ratio.nginx")
+all=$(median <"$TMP/ratio.all")
+printf '| variant | req/s (median) | proxy CPU µs/request (median) | proxy / mock CPU (median) | vs all on | modelled throughput / nginx |\n'
+printf '|---|---:|---:|---:|---:|---:|\n'
+for v in "${VARIANTS[@]}"; do
+    r=$(median <"$TMP/ratio.$v")
+    awk -v v="$v" -v rps="$(median <"$TMP/rps.$v")" -v us="$(median <"$TMP/proxy.$v")" \
+        -v r="$r" -v all="$all" -v ng="$ng" \
+        'BEGIN { printf "| %s | %.0f | %.1f | %.2f | %+.0f%% | %.2f |\n", v, rps, us, r, (r / all - 1) * 100, (1 + ng) / (1 + r) }'
+done
