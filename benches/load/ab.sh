@@ -28,69 +28,23 @@ MOCK_BIN="$ROOT/target/release/livery-mock"
 [ -x "$MOCK_BIN" ] || cargo build --release --quiet --features mock-server --bin livery-mock
 
 make_run_dir livery-ab
-KEY=sk-livery-bench-0123456789
-BODY='{"model":"demo","messages":[{"role":"user","content":"Hello"}]}'
-
-# CPU ticks (user + system) of a process so far.
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-
-wait_for() { # file pattern
-    for _ in $(seq 300); do
-        grep -q "$2" "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    log "timed out waiting for '$2' in $1"
-    cat "$1" >&2
-    return 1
-}
 
 # One run of binary $1; prints "req/s livery_us mock_us".
 run_once() {
     local bin=$1 dir="$TMP/run.$RANDOM"
     mkdir -p "$dir"
-    taskset -c 1 "$MOCK_BIN" --listen 127.0.0.1:0 --delay-ms 0 --chunks 12 --gap-ms 0 >"$dir/mock.log" 2>&1 &
-    local mock=$!
-    echo "$mock" >>"$TMP/pids"
-    wait_for "$dir/mock.log" "listening on"
-    local mock_url
-    mock_url=$(grep -o "listening on [^ ]*" "$dir/mock.log" | head -1 | awk '{print $3}')
-    case "$mock_url" in http*) ;; *) mock_url="http://$mock_url" ;; esac
-    local kek cred
-    kek=$("$bin" vault keygen)
-    cred=$(printf %s fake-bench-tenant-provider-key-not-a-secret |
-        LIVERY_MASTER_KEY=$kek "$bin" vault seal --owner tenant:bench/bench-tenant \
-            --provider upstream --config "$dir/none.toml")
-    sed -e "s#@MOCK_URL@#$mock_url#" -e "s#@USAGE_PATH@#$dir/usage.jsonl#" \
-        -e "s#@CREDENTIALS@#credentials = { upstream = \"$cred\" }#" \
+    start_pinned_mock "$dir"
+    seal_bench_key "$bin" "$dir"
+    sed -e "s#@MOCK_URL@#$MOCK_URL#" -e "s#@USAGE_PATH@#$dir/usage.jsonl#" \
+        -e "s#@CREDENTIALS@#credentials = { upstream = \"$BENCH_CREDENTIAL\" }#" \
         "$ROOT/benches/load/gateway.bench.toml" >"$dir/gateway.toml"
-    (cd "$dir" && LIVERY_MASTER_KEY=$kek LIVERY_BENCH_PLATFORM_KEY=fake-bench-platform-key-not-a-secret \
-        exec taskset -c 1 "$bin" serve --config "$dir/gateway.toml" --listen 127.0.0.1:0 >"$dir/livery.log" 2>&1) &
-    local livery=$!
-    echo "$livery" >>"$TMP/pids"
-    wait_for "$dir/livery.log" "livery listening on"
-    local port
-    port=$(grep -o "livery listening on [^ ]*" "$dir/livery.log" | head -1 | rev | cut -d: -f1 | rev)
-    local url="http://127.0.0.1:$port/v1/chat/completions"
-    load() {
-        taskset -c 0 oha --no-tui -m POST -T application/json -H "Authorization: Bearer $KEY" \
-            -d "$BODY" -c 64 "$@" "$url"
-    }
-    load -n 20000 >/dev/null
-    local l0 m0 l1 m1 rps
-    l0=$(ticks "$livery")
-    m0=$(ticks "$mock")
-    rps=$(load -n "$REQUESTS" | awk '/Requests\/sec/ {print $2}')
-    l1=$(ticks "$livery")
-    m1=$(ticks "$mock")
-    kill -TERM "$livery" "$mock" 2>/dev/null || true
-    wait "$livery" "$mock" 2>/dev/null || true
-    local hz
-    hz=$(getconf CLK_TCK)
-    awk -v r="$rps" -v l=$((l1 - l0)) -v m=$((m1 - m0)) -v n="$REQUESTS" -v hz="$hz" \
-        'BEGIN { printf "%.0f %.1f %.1f\n", r, l * 1e6 / hz / n, m * 1e6 / hz / n }'
+    start_pinned_livery "$bin" "$dir"
+    local result
+    result=$(measure_at_max "http://127.0.0.1:$LIVERY_PORT/v1/chat/completions" "$MOCK_PID" "$LIVERY_PID")
+    kill -TERM "$LIVERY_PID" "$MOCK_PID" 2>/dev/null || true
+    wait "$LIVERY_PID" "$MOCK_PID" 2>/dev/null || true
+    echo "$result"
 }
-
-median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 
 log "old: $OLD"
 log "new: $NEW"

@@ -40,24 +40,6 @@ MOCK_BIN="$ROOT/target/release/livery-mock"
 [ -x "$MOCK_BIN" ] || cargo build --release --quiet --features mock-server --bin livery-mock
 
 make_run_dir livery-features
-KEY=sk-livery-bench-0123456789
-BODY='{"model":"demo","messages":[{"role":"user","content":"Hello"}]}'
-
-ticks() { # CPU ticks (user + system) of processes so far
-    local t=0 p
-    for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
-    echo "$t"
-}
-
-wait_for() { # file pattern
-    for _ in $(seq 300); do
-        grep -q "$2" "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    log "timed out waiting for '$2' in $1"
-    cat "$1" >&2
-    return 1
-}
 
 # The bench configuration with variant $1 applied, rendered for mock $2 into dir $3.
 render() {
@@ -83,17 +65,11 @@ render() {
 run_once() {
     local variant=$1 dir="$TMP/run.$RANDOM"
     mkdir -p "$dir"
-    taskset -c 1 "$MOCK_BIN" --listen 127.0.0.1:0 --delay-ms 0 --chunks 12 --gap-ms 0 >"$dir/mock.log" 2>&1 &
-    local mock=$!
-    echo "$mock" >>"$TMP/pids"
-    wait_for "$dir/mock.log" "listening on"
-    local mock_url
-    mock_url=$(grep -o "listening on [^ ]*" "$dir/mock.log" | head -1 | awk '{print $3}')
-    case "$mock_url" in http*) ;; *) mock_url="http://$mock_url" ;; esac
+    start_pinned_mock "$dir"
     local port proxies
     if [ "$variant" = nginx ]; then
         port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-        python3 - "$ROOT" "$dir" "${mock_url##*:}" "$port" <<'PY'
+        python3 - "$ROOT" "$dir" "${MOCK_URL##*:}" "$port" <<'PY'
 import sys
 sys.path.insert(0, sys.argv[1] + "/benches/load")
 import harness
@@ -106,49 +82,23 @@ PY
         sleep 0.3
         proxies="$(cat "$dir/nginx.pid") $(pgrep -P "$(cat "$dir/nginx.pid")" | tr '\n' ' ')"
     else
-        local kek cred
-        kek=$("$BIN" vault keygen)
-        cred=$(printf %s fake-bench-tenant-provider-key-not-a-secret |
-            LIVERY_MASTER_KEY=$kek "$BIN" vault seal --owner tenant:bench/bench-tenant \
-                --provider upstream --config "$dir/none.toml")
-        render "$variant" "$mock_url" "$dir" "$cred"
-        (cd "$dir" && LIVERY_MASTER_KEY=$kek LIVERY_BENCH_PLATFORM_KEY=fake-bench-platform-key-not-a-secret \
-            exec taskset -c 1 "$BIN" serve --config "$dir/gateway.toml" --listen 127.0.0.1:0 >"$dir/livery.log" 2>&1) &
-        proxies=$!
-        echo "$proxies" >>"$TMP/pids"
-        wait_for "$dir/livery.log" "livery listening on"
-        port=$(grep -o "livery listening on [^ ]*" "$dir/livery.log" | head -1 | rev | cut -d: -f1 | rev)
+        seal_bench_key "$BIN" "$dir"
+        render "$variant" "$MOCK_URL" "$dir" "$BENCH_CREDENTIAL"
+        start_pinned_livery "$BIN" "$dir"
+        port=$LIVERY_PORT proxies=$LIVERY_PID
     fi
-    local url="http://127.0.0.1:$port/v1/chat/completions"
-    load() {
-        taskset -c 0 oha --no-tui -m POST -T application/json -H "Authorization: Bearer $KEY" \
-            -d "$BODY" -c 64 "$@" "$url"
-    }
-    local warm
-    warm=$(load -n 20000 | awk '/\[200\]/ {print $2}')
-    [ "${warm:-0}" -eq 20000 ] || { log "$variant: not every warm-up request succeeded"; exit 1; }
-    local p0 m0 p1 m1 rps
+    local result
     # shellcheck disable=SC2086
-    p0=$(ticks $proxies)
-    m0=$(ticks "$mock")
-    rps=$(load -n "$REQUESTS" | awk '/Requests\/sec/ {print $2}')
-    # shellcheck disable=SC2086
-    p1=$(ticks $proxies)
-    m1=$(ticks "$mock")
+    result=$(measure_at_max "http://127.0.0.1:$port/v1/chat/completions" "$MOCK_PID" $proxies)
     if [ "$variant" = nginx ]; then
         kill -QUIT "$(cat "$dir/nginx.pid")" 2>/dev/null || true
     else
         kill -TERM "$proxies" 2>/dev/null || true
     fi
-    kill -TERM "$mock" 2>/dev/null || true
+    kill -TERM "$MOCK_PID" 2>/dev/null || true
     wait 2>/dev/null || true
-    local hz
-    hz=$(getconf CLK_TCK)
-    awk -v r="$rps" -v p=$((p1 - p0)) -v m=$((m1 - m0)) -v n="$REQUESTS" -v hz="$hz" \
-        'BEGIN { printf "%.0f %.1f %.1f\n", r, p * 1e6 / hz / n, m * 1e6 / hz / n }'
+    echo "$result"
 }
-
-median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 
 log "livery: $BIN"
 log "$ROUNDS rounds of ${#VARIANTS[@]} variants, $REQUESTS requests each, order rotated per round"

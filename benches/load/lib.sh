@@ -43,3 +43,86 @@ apt_install() {
     as_root apt-get install -y --no-install-recommends "$@" >/dev/null ||
         { as_root apt-get update >/dev/null && as_root apt-get install -y --no-install-recommends "$@" >/dev/null; }
 }
+
+# ab.sh and features.sh: pinned runs at maximum throughput (the mock and the
+# proxy on CPU 1, oha on CPU 0), each in its own directory under $TMP.
+
+# Waits (30 s at most) until file $1 holds pattern $2.
+wait_for() {
+    for _ in $(seq 300); do
+        grep -q "$2" "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    log "timed out waiting for '$2' in $1"
+    cat "$1" >&2
+    return 1
+}
+
+# The median of the numbers on standard input, one a line.
+median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+
+# Starts $MOCK_BIN pinned to CPU 1 as run.sh starts it, logging in directory $1;
+# sets MOCK_PID and MOCK_URL.
+start_pinned_mock() {
+    taskset -c 1 "$MOCK_BIN" --listen 127.0.0.1:0 --delay-ms 0 --chunks 12 --gap-ms 0 >"$1/mock.log" 2>&1 &
+    MOCK_PID=$!
+    echo "$MOCK_PID" >>"$TMP/pids"
+    wait_for "$1/mock.log" "listening on"
+    MOCK_URL=$(grep -o "listening on [^ ]*" "$1/mock.log" | head -1 | awk '{print $3}')
+    case "$MOCK_URL" in http*) ;; *) MOCK_URL="http://$MOCK_URL" ;; esac
+}
+
+# Seals the bench tenant's provider key with Livery binary $1 under a new KEK
+# (a scratch config in directory $2); sets BENCH_KEK and BENCH_CREDENTIAL.
+seal_bench_key() {
+    BENCH_KEK=$("$1" vault keygen)
+    BENCH_CREDENTIAL=$(printf %s fake-bench-tenant-provider-key-not-a-secret |
+        LIVERY_MASTER_KEY=$BENCH_KEK "$1" vault seal --owner tenant:bench/bench-tenant \
+            --provider upstream --config "$2/none.toml")
+}
+
+# Starts Livery binary $1 pinned to CPU 1 on $2/gateway.toml (working directory
+# $2, the KEK of seal_bench_key); sets LIVERY_PID and LIVERY_PORT.
+start_pinned_livery() {
+    (cd "$2" && LIVERY_MASTER_KEY=$BENCH_KEK LIVERY_BENCH_PLATFORM_KEY=fake-bench-platform-key-not-a-secret \
+        exec taskset -c 1 "$1" serve --config "$2/gateway.toml" --listen 127.0.0.1:0 >"$2/livery.log" 2>&1) &
+    LIVERY_PID=$!
+    echo "$LIVERY_PID" >>"$TMP/pids"
+    wait_for "$2/livery.log" "livery listening on"
+    LIVERY_PORT=$(grep -o "livery listening on [^ ]*" "$2/livery.log" | head -1 | rev | cut -d: -f1 | rev)
+}
+
+# CPU ticks (user + system) of the given processes so far.
+ticks() {
+    local t=0 p
+    for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+    echo "$t"
+}
+
+# oha pinned to CPU 0 against URL $1 with the bench tenant's request, 64
+# connections; the remaining arguments go to oha.
+bench_load() {
+    local url=$1
+    shift
+    taskset -c 0 oha --no-tui -m POST -T application/json \
+        -H "Authorization: Bearer sk-livery-bench-0123456789" \
+        -d '{"model":"demo","messages":[{"role":"user","content":"Hello"}]}' -c 64 "$@" "$url"
+}
+
+# Sends a 20,000-request warm-up, then $REQUESTS requests, to URL $1 and prints
+# "req/s proxy_us mock_us": the CPU per request of the processes named after the
+# mock's PID ($2) and of the mock itself.
+measure_at_max() {
+    local url=$1 mock=$2
+    shift 2
+    local warm p0 m0 p1 m1 rps
+    warm=$(bench_load "$url" -n 20000 | awk '/\[200\]/ {print $2}')
+    [ "${warm:-0}" -eq 20000 ] || { log "$url: not every warm-up request succeeded"; return 1; }
+    p0=$(ticks "$@")
+    m0=$(ticks "$mock")
+    rps=$(bench_load "$url" -n "$REQUESTS" | awk '/Requests\/sec/ {print $2}')
+    p1=$(ticks "$@")
+    m1=$(ticks "$mock")
+    awk -v r="$rps" -v p=$((p1 - p0)) -v m=$((m1 - m0)) -v n="$REQUESTS" -v hz="$(getconf CLK_TCK)" \
+        'BEGIN { printf "%.0f %.1f %.1f\n", r, p * 1e6 / hz / n, m * 1e6 / hz / n }'
+}

@@ -532,10 +532,7 @@ mod tests {
     fn the_view_reads_what_the_stored_columns_held_and_old_ledgers_move_over() {
         let dir = tempfile::tempdir().unwrap();
         let lines = lines();
-        let events: Vec<LedgerEvent> = lines
-            .iter()
-            .map(|l| LedgerEvent::from_line(l.as_bytes()).unwrap())
-            .collect();
+        let events = parsed(&lines);
 
         // A ledger of the stored layout, written as that code wrote it.
         let old_path = dir.path().join("old.db");
@@ -591,6 +588,13 @@ mod tests {
         assert_eq!(rows(&reopened.conn).len(), 5);
     }
 
+    fn parsed(lines: &[String]) -> Vec<LedgerEvent<'_>> {
+        lines
+            .iter()
+            .map(|l| LedgerEvent::from_line(l.as_bytes()).unwrap())
+            .collect()
+    }
+
     fn page_size(conn: &Connection) -> u32 {
         conn.query_row("PRAGMA page_size", [], |r| r.get(0))
             .unwrap()
@@ -600,10 +604,7 @@ mod tests {
     fn a_new_ledger_has_large_pages_and_an_existing_one_keeps_its_own() {
         let dir = tempfile::tempdir().unwrap();
         let lines = lines();
-        let events: Vec<LedgerEvent> = lines
-            .iter()
-            .map(|l| LedgerEvent::from_line(l.as_bytes()).unwrap())
-            .collect();
+        let events = parsed(&lines);
 
         let mut sink = SqliteSink::open(&dir.path().join("new.db")).unwrap();
         assert_eq!(page_size(&sink.conn), PAGE_SIZE);
