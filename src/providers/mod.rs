@@ -143,13 +143,9 @@ impl Provider {
         }
     }
 
-    pub fn name(&self) -> &str {
-        self.shared_name()
-    }
-
-    /// The name as the snapshot holds it, for records that keep it (a clone
-    /// is a reference count, not a copy).
-    pub fn shared_name(&self) -> &Arc<str> {
+    /// The name as the snapshot holds it: records that keep it clone a
+    /// reference count, not the text.
+    pub fn name(&self) -> &Arc<str> {
         match self {
             Provider::Mock { name } => name,
             Provider::OpenAi(p) => p.name(),

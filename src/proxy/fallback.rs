@@ -67,7 +67,7 @@ pub async fn serve(
     let mut skipped_open = 0usize;
 
     'routes: for route in &routes {
-        let provider_name = Arc::clone(route.provider.shared_name());
+        let provider_name = Arc::clone(route.provider.name());
         let credential = match credential_for(ctx, route) {
             Ok(c) => c,
             Err(e) => {
@@ -297,10 +297,10 @@ fn push_attempt(
     status: Option<u16>,
     started: Instant,
 ) {
-    app.metrics.attempt(route.provider.shared_name(), outcome);
+    app.metrics.attempt(route.provider.name(), outcome);
     let latency_ms = (started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
     let a = AttemptRecord {
-        provider: Arc::clone(route.provider.shared_name()),
+        provider: Arc::clone(route.provider.name()),
         model: Arc::clone(&route.upstream_model),
         outcome,
         status,
@@ -339,7 +339,7 @@ fn breaker_key(provider: &str, owner: KeyOwner, ctx: &RequestCtx) -> BreakerKey 
 
 /// Picks and unseals the provider key for `route` under the plan's policy.
 fn credential_for(ctx: &RequestCtx, route: &Route) -> Result<ProviderCredential, VaultError> {
-    let provider = route.provider.name();
+    let provider: &str = route.provider.name();
     let tenant = ctx
         .tenant
         .credentials

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 pub const DURABLE_EVERY: Duration = Duration::from_secs(1);
 
 /// The page size of a new ledger, in bytes.
-pub const PAGE_SIZE: u32 = 16 << 10;
+const PAGE_SIZE: u32 = 16 << 10;
 
 /// The table of events: each stored as its id and its JSON line.
 const EVENT_LINES: &str =
