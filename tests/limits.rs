@@ -728,3 +728,80 @@ async fn the_monthly_quota_is_shared_and_seeded_from_the_ledger() {
         Err(LimitRejection::MonthlyQuota { .. })
     ));
 }
+
+/// What the admission script leaves in Redis: a dead gateway's slots stop
+/// counting once their lease has expired (and are trimmed by a live gateway's
+/// renewal), and every month counter gets an expiry, whether admission created
+/// it or a settle re-created it after it vanished.
+#[tokio::test]
+async fn expired_slots_do_not_count_and_month_counters_always_expire() {
+    use redis::Commands;
+    let Some(redis) = RedisServer::start("expired_slots_and_month_expiry") else {
+        return;
+    };
+    let mut r = redis.client();
+    let a = shared(&redis, OnRedisError::FailOpen, 1);
+
+    // A gateway that died holding three slots whose leases ran out a second
+    // ago, and one whose lease still runs.
+    let slots = "livery:rl:{acme}:t:dental:c";
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query(&mut r).unwrap();
+    let now_ms = (secs * 1000 + micros / 1000) as f64;
+    for dead in ["dead-1", "dead-2", "dead-3"] {
+        let _: () = r.zadd(slots, dead, now_ms - 1000.0).unwrap();
+    }
+    let _: () = r.zadd(slots, "live-elsewhere", now_ms + 60_000.0).unwrap();
+    let key = LimitKey::new("acme", "dental");
+    let limits = tenant(PlanLimits {
+        max_concurrent: Some(3),
+        ..PlanLimits::default()
+    });
+    let held = [
+        a.admit(&key, &limits, 0).await.unwrap(),
+        a.admit(&key, &limits, 0).await.unwrap(),
+    ];
+    let e = a.admit(&key, &limits, 0).await.unwrap_err();
+    assert!(
+        matches!(e, LimitRejection::Concurrency { limit: 3, .. }),
+        "{e:?}"
+    );
+    // The renewal (every third of the 3 s lease) trims the expired slots.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let members: Vec<String> = r.zrange(slots, 0, -1).unwrap();
+        if !members.iter().any(|m| m.starts_with("dead-")) {
+            assert_eq!(members.len(), 3, "{members:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still there: {members:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(held);
+
+    // Month counters: created by admission with an expiry.
+    let mkey = LimitKey::new("acme", "realty");
+    let quota = tenant(PlanLimits {
+        tokens_per_month: Some(1_000_000),
+        ..PlanLimits::default()
+    });
+    let month = format!("livery:rl:{{acme}}:t:realty:m:{}", Month::current());
+    let mut adm = a.admit(&mkey, &quota, 100).await.unwrap();
+    let ttl: i64 = r.ttl(&month).unwrap();
+    assert!(ttl > 86_400, "ttl {ttl}");
+    // The counter vanishes (evicted, or Redis restarted empty) before the
+    // settle: the settle re-creates it, with an expiry too.
+    let _: () = r.del(&month).unwrap();
+    adm.settle(150);
+    drop(adm);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let used: Option<i64> = r.get(&month).unwrap();
+        if used == Some(50) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "month counter {used:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ttl: i64 = r.ttl(&month).unwrap();
+    assert!(ttl > 86_400, "ttl {ttl}");
+}

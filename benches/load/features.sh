@@ -23,6 +23,13 @@
 #
 # LIVERY_BIN defaults to target/release/livery, ROUNDS to 3, REQUESTS (per run,
 # after 20,000 warm-up) to 60,000. Prints a markdown table.
+#
+# With RATE=N in the environment it measures latency instead: each run sends
+# N req/s open loop (oha -q N --latency-correction, 64 connections) for
+# DURATION seconds (default 10) straight to the mock, then through the proxy,
+# and the table gives the added p50 and p99 (proxy minus direct, medians over
+# rounds) and each against nginx's. VARIANTS="all bare nginx" picks variants
+# (nginx is needed for the comparison).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -31,7 +38,10 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BIN=$(realpath "${1:-$ROOT/target/release/livery}")
 ROUNDS=${2:-3}
 REQUESTS=${3:-60000}
-VARIANTS=(all no-mirror no-ledger no-limits platform-key bare nginx)
+RATE=${RATE:-}
+DURATION=${DURATION:-10}
+# shellcheck disable=SC2206
+VARIANTS=(${VARIANTS:-all no-mirror no-ledger no-limits platform-key bare nginx})
 [ "$(nproc)" -ge 2 ] || { log "needs two CPUs (load generator and servers apart)"; exit 1; }
 command -v taskset >/dev/null || apt_install util-linux
 command -v nginx >/dev/null || apt_install nginx
@@ -87,9 +97,13 @@ PY
         start_pinned_livery "$BIN" "$dir"
         port=$LIVERY_PORT proxies=$LIVERY_PID
     fi
-    local result
-    # shellcheck disable=SC2086
-    result=$(measure_at_max "http://127.0.0.1:$port/v1/chat/completions" "$MOCK_PID" $proxies)
+    local result url="http://127.0.0.1:$port/v1/chat/completions"
+    if [ -n "$RATE" ]; then
+        result=$(measure_at_rate "$url" "$MOCK_URL/v1/chat/completions")
+    else
+        # shellcheck disable=SC2086
+        result=$(measure_at_max "$url" "$MOCK_PID" $proxies)
+    fi
     if [ "$variant" = nginx ]; then
         kill -QUIT "$(cat "$dir/nginx.pid")" 2>/dev/null || true
     else
@@ -101,11 +115,22 @@ PY
 }
 
 log "livery: $BIN"
-log "$ROUNDS rounds of ${#VARIANTS[@]} variants, $REQUESTS requests each, order rotated per round"
+if [ -n "$RATE" ]; then
+    log "$ROUNDS rounds of ${#VARIANTS[@]} variants, $RATE req/s for ${DURATION} s each, order rotated per round"
+else
+    log "$ROUNDS rounds of ${#VARIANTS[@]} variants, $REQUESTS requests each, order rotated per round"
+fi
 for r in $(seq "$ROUNDS"); do
     n=${#VARIANTS[@]}
     for j in $(seq 0 $((n - 1))); do
         v=${VARIANTS[$(((j + r - 1) % n))]}
+        if [ -n "$RATE" ]; then
+            read -r p50 p99 < <(run_once "$v")
+            log "round $r $v: added p50 $p50 µs, p99 $p99 µs at $RATE req/s"
+            echo "$p50" >>"$TMP/p50.$v"
+            echo "$p99" >>"$TMP/p99.$v"
+            continue
+        fi
         read -r rps proxy mock < <(run_once "$v")
         ratio=$(awk -v p="$proxy" -v m="$mock" 'BEGIN { printf "%.3f", (m > 0) ? p / m : 0 }')
         log "round $r $v: $rps req/s, proxy $proxy µs, mock $mock µs per request, ratio $ratio"
@@ -115,6 +140,19 @@ for r in $(seq "$ROUNDS"); do
     done
 done
 
+if [ -n "$RATE" ]; then
+    ng50=$(median <"$TMP/p50.nginx")
+    ng99=$(median <"$TMP/p99.nginx")
+    printf '| variant | added p50 µs (median) | / nginx | added p99 µs (median) | / nginx |\n'
+    printf '|---|---:|---:|---:|---:|\n'
+    for v in "${VARIANTS[@]}"; do
+        awk -v v="$v" -v a="$(median <"$TMP/p50.$v")" -v b="$(median <"$TMP/p99.$v")" \
+            -v n50="$ng50" -v n99="$ng99" \
+            'function r(x, y) { return (y > 0) ? sprintf("%.2f", x / y) : "n/a" }
+             BEGIN { printf "| %s | %.0f | %s | %.0f | %s |\n", v, a, r(a, n50), b, r(b, n99) }'
+    done
+    exit 0
+fi
 ng=$(median <"$TMP/ratio.nginx")
 all=$(median <"$TMP/ratio.all")
 printf '| variant | req/s (median) | proxy CPU µs/request (median) | proxy / mock CPU (median) | vs all on | modelled throughput / nginx |\n'

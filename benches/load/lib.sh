@@ -99,14 +99,14 @@ ticks() {
     echo "$t"
 }
 
-# oha pinned to CPU 0 against URL $1 with the bench tenant's request, 64
+# oha pinned to CPU 0 against URL $1 with the bench tenant's request, $CONNS (64)
 # connections; the remaining arguments go to oha.
 bench_load() {
     local url=$1
     shift
     taskset -c 0 oha --no-tui -m POST -T application/json \
         -H "Authorization: Bearer sk-livery-bench-0123456789" \
-        -d '{"model":"demo","messages":[{"role":"user","content":"Hello"}]}' -c 64 "$@" "$url"
+        -d '{"model":"demo","messages":[{"role":"user","content":"Hello"}]}' -c "${CONNS:-64}" "$@" "$url"
 }
 
 # Sends a 20,000-request warm-up, then $REQUESTS requests, to URL $1 and prints
@@ -125,4 +125,26 @@ measure_at_max() {
     m1=$(ticks "$mock")
     awk -v r="$rps" -v p=$((p1 - p0)) -v m=$((m1 - m0)) -v n="$REQUESTS" -v hz="$(getconf CLK_TCK)" \
         'BEGIN { printf "%.0f %.1f %.1f\n", r, p * 1e6 / hz / n, m * 1e6 / hz / n }'
+}
+
+# Latency at a fixed rate: $RATE req/s open loop (oha -q with latency
+# correction, 64 connections) for $DURATION s, first straight to the mock at
+# URL $2 and then through the proxy at URL $1, after a 20,000-request warm-up
+# of the proxy; prints "p50_added_us p99_added_us" (proxy minus direct).
+measure_at_rate() {
+    local url=$1 direct=$2 warm d p
+    warm=$(bench_load "$url" -n 20000 | awk '/\[200\]/ {print $2}')
+    [ "${warm:-0}" -eq 20000 ] || { log "$url: not every warm-up request succeeded"; return 1; }
+    d=$(bench_load "$direct" -z "${DURATION}s" -q "$RATE" --latency-correction --output-format json)
+    p=$(bench_load "$url" -z "${DURATION}s" -q "$RATE" --latency-correction --output-format json)
+    python3 - "$d" "$p" <<'PY'
+import json, sys
+d, p = (json.loads(a) for a in sys.argv[1:3])
+for r in (d, p):
+    codes = r.get("statusCodeDistribution") or {}
+    if set(codes) - {"200"}:
+        sys.exit(f"answers other than 200: {codes}")
+pct = lambda r, k: r["latencyPercentiles"][k] * 1e6
+print(f'{pct(p, "p50") - pct(d, "p50"):.0f} {pct(p, "p99") - pct(d, "p99"):.0f}')
+PY
 }

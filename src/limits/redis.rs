@@ -555,7 +555,8 @@ async fn run_jobs(
                         .arg(tpm[0])
                         .arg(tpm[1])
                         .arg(u8::from(quota[0]))
-                        .arg(u8::from(quota[1]));
+                        .arg(u8::from(quota[1]))
+                        .arg(MONTH_TTL_S);
                     inv.invoke_async::<i64>(&mut c).await.map(|_| ())
                 }
                 Job::Release { keys, id, slots } => {

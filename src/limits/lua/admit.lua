@@ -12,8 +12,15 @@
 -- 3 tokens, 4 concurrency), failed level (1 tenant, 2 reseller), wait ms,
 -- then per level: requests level, requests reset ms, tokens level,
 -- tokens reset ms, month used.
-pcall(redis.replicate_commands)
-local t = redis.call('TIME')
+--
+-- Cost: Redis spends about 10k instructions on each redis.call and glibc's
+-- exact "%.17g" formatting and parsing of a fractional number costs several
+-- thousand, so the script makes as few calls as the limits need and formats
+-- integral values as integers (benches/README.md, "Redis admission").
+-- Needs Redis 6.2 or later (scripts replicate their effects by default).
+local call, fmt, floor, ceil, max, min, insert, tonumber, tostring, unpack =
+  redis.call, string.format, math.floor, math.ceil, math.max, math.min, table.insert, tonumber, tostring, unpack
+local t = call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local window = tonumber(ARGV[1])
 local est = tonumber(ARGV[2])
@@ -26,14 +33,19 @@ local function refill(level, at, cap)
   at = tonumber(at)
   if level == nil or at == nil then return cap end
   if now > at then level = level + (now - at) * cap / window end
-  return math.min(level, cap)
+  return min(level, cap)
 end
 
 local function wait(need, level, cap)
-  return math.ceil(math.max(need - level, 0) * window / cap)
+  return ceil(max(need - level, 0) * window / cap)
 end
 
-local function num(x) return string.format('%.17g', x) end
+-- Integral values print as integers ('%d' is a fraction of the cost of '%.17g').
+local function num(x)
+  if x == floor(x) and x > -2^53 and x < 2^53 then return fmt('%d', x) end
+  return fmt('%.17g', x)
+end
+local now_s = num(now)
 
 local levels = {}
 for i = 1, 2 do
@@ -45,19 +57,23 @@ for i = 1, 2 do
     rq = 0, tq = 0, inflight = 0, used = 0,
   }
   if L.rpm > 0 or L.tpm > 0 then
-    local f = redis.call('HMGET', L.hash, 'rq', 'rt', 'tq', 'tt')
+    local f = call('HMGET', L.hash, 'rq', 'rt', 'tq', 'tt')
     if L.rpm > 0 then L.rq = refill(f[1], f[2], L.rpm) end
     if L.tpm > 0 then L.tq = refill(f[3], f[4], L.tpm) end
   end
   if L.conc > 0 then
-    redis.call('ZREMRANGEBYSCORE', L.slots, '-inf', now)
-    L.inflight = redis.call('ZCARD', L.slots)
+    -- Live slots only (leases not yet expired); renew.lua trims the expired.
+    L.inflight = call('ZCOUNT', L.slots, '(' .. now_s, '+inf')
   end
   if L.quota > 0 then
-    L.used = tonumber(redis.call('GET', L.month) or '0')
+    local stored = call('GET', L.month)
+    L.used = tonumber(stored or '0')
     if L.seed > L.used then
-      redis.call('SET', L.month, L.seed, 'EX', month_ttl)
+      call('SET', L.month, L.seed, 'EX', month_ttl)
       L.used = L.seed
+    elseif not stored then
+      -- INCRBY below creates the counter: it needs its expiry then.
+      L.fresh_month = true
     end
   end
   levels[i] = L
@@ -72,8 +88,8 @@ for check = 1, 4 do
         failed, failed_level = 1, i
       elseif check == 2 and L.rpm > 0 and L.rq < 1 then
         failed, failed_level, wait_ms = 2, i, wait(1, L.rq, L.rpm)
-      elseif check == 3 and L.tpm > 0 and L.tq < math.min(est, L.tpm) then
-        failed, failed_level, wait_ms = 3, i, wait(math.min(est, L.tpm), L.tq, L.tpm)
+      elseif check == 3 and L.tpm > 0 and L.tq < min(est, L.tpm) then
+        failed, failed_level, wait_ms = 3, i, wait(min(est, L.tpm), L.tq, L.tpm)
       elseif check == 4 and L.conc > 0 and L.inflight >= L.conc then
         failed, failed_level, wait_ms = 4, i, 1000
       end
@@ -87,41 +103,41 @@ if failed == 0 then
     local fields, ttl = {}, 0
     if L.rpm > 0 then
       L.rq = L.rq - 1
-      ttl = math.max(ttl, wait(L.rpm, L.rq, L.rpm))
-      table.insert(fields, 'rq'); table.insert(fields, num(L.rq))
-      table.insert(fields, 'rt'); table.insert(fields, num(now))
+      ttl = max(ttl, wait(L.rpm, L.rq, L.rpm))
+      insert(fields, 'rq'); insert(fields, num(L.rq))
+      insert(fields, 'rt'); insert(fields, now_s)
     end
     if L.tpm > 0 then
       L.tq = L.tq - est
-      ttl = math.max(ttl, wait(L.tpm, L.tq, L.tpm))
-      table.insert(fields, 'tq'); table.insert(fields, num(L.tq))
-      table.insert(fields, 'tt'); table.insert(fields, num(now))
+      ttl = max(ttl, wait(L.tpm, L.tq, L.tpm))
+      insert(fields, 'tq'); insert(fields, num(L.tq))
+      insert(fields, 'tt'); insert(fields, now_s)
     end
     if #fields > 0 then
-      redis.call('HSET', L.hash, unpack(fields))
-      redis.call('PEXPIRE', L.hash, ttl + 1000)
+      call('HSET', L.hash, unpack(fields))
+      call('PEXPIRE', L.hash, ttl + 1000)
     end
     if L.conc > 0 then
-      redis.call('ZADD', L.slots, now + lease, id)
-      redis.call('PEXPIRE', L.slots, lease * 2)
+      call('ZADD', L.slots, now + lease, id)
+      call('PEXPIRE', L.slots, lease * 2)
     end
     if L.quota > 0 then
-      L.used = redis.call('INCRBY', L.month, est)
-      if redis.call('TTL', L.month) < 0 then redis.call('EXPIRE', L.month, month_ttl) end
+      L.used = call('INCRBY', L.month, est)
+      if L.fresh_month then call('EXPIRE', L.month, month_ttl) end
     end
   end
   if est > 0 and tonumber(ARGV[5]) > 0 then
-    redis.call('SET', KEYS[7], est, 'PX', tonumber(ARGV[5]))
+    call('SET', KEYS[7], est, 'PX', tonumber(ARGV[5]))
   end
 end
 
 local out = { failed == 0 and '1' or '0', tostring(failed), tostring(failed_level), num(wait_ms) }
 for i = 1, 2 do
   local L = levels[i]
-  table.insert(out, num(L.rq))
-  table.insert(out, num(L.rpm > 0 and wait(L.rpm, L.rq, L.rpm) or 0))
-  table.insert(out, num(L.tq))
-  table.insert(out, num(L.tpm > 0 and wait(L.tpm, L.tq, L.tpm) or 0))
-  table.insert(out, tostring(L.used))
+  insert(out, num(L.rq))
+  insert(out, num(L.rpm > 0 and wait(L.rpm, L.rq, L.rpm) or 0))
+  insert(out, num(L.tq))
+  insert(out, num(L.tpm > 0 and wait(L.tpm, L.tq, L.tpm) or 0))
+  insert(out, tostring(L.used))
 end
 return out
