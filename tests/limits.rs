@@ -731,8 +731,9 @@ async fn the_monthly_quota_is_shared_and_seeded_from_the_ledger() {
 
 /// What the admission script leaves in Redis: a dead gateway's slots stop
 /// counting once their lease has expired (and are trimmed by a live gateway's
-/// renewal), and every month counter gets an expiry, whether admission created
-/// it or a settle re-created it after it vanished.
+/// renewal), every month counter gets an expiry, whether admission created it
+/// or a settle re-created it after it vanished, and a request that both settles
+/// tokens and holds a slot gets both done at its end.
 #[tokio::test]
 async fn expired_slots_do_not_count_and_month_counters_always_expire() {
     use redis::Commands;
@@ -804,4 +805,36 @@ async fn expired_slots_do_not_count_and_month_counters_always_expire() {
     }
     let ttl: i64 = r.ttl(&month).unwrap();
     assert!(ttl > 86_400, "ttl {ttl}");
+
+    // A request that settles tokens and holds a slot: the slot comes back at
+    // once, not when its 3 s lease expires, and the settle lands too.
+    let bkey = LimitKey::new("acme", "both");
+    let both = tenant(PlanLimits {
+        tokens_per_minute: Some(10_000),
+        max_concurrent: Some(1),
+        ..PlanLimits::default()
+    });
+    let bslots = "livery:rl:{acme}:t:both:c";
+    let mut adm = a.admit(&bkey, &both, 100).await.unwrap();
+    assert_eq!(r.zcard::<_, u64>(bslots).unwrap(), 1);
+    adm.settle(40);
+    drop(adm);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while r.zcard::<_, u64>(bslots).unwrap() != 0 {
+        assert!(Instant::now() < deadline, "slot not released");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The settle ran too: 100 reserved, 40 used, 60 given back.
+    loop {
+        let level: f64 = r.hget("livery:rl:{acme}:t:both", "tq").unwrap();
+        assert!(level <= 10_000.0, "tokens level {level}");
+        if level >= 9_960.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not settled: tokens level {level}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
