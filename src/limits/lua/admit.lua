@@ -8,7 +8,7 @@
 --       5 reservation_ttl_ms (0: no token limit, nothing to settle), 6 month_ttl_s,
 --       7..11  tenant:   requests cap, tokens cap, max concurrent, month quota, month seed
 --       12..16 reseller: the same (0: no such limit)
--- Returns strings: admitted (1/0), failed check (0 none, 1 month, 2 requests,
+-- Returns one string of space-separated fields: admitted (1/0), failed check (0 none, 1 month, 2 requests,
 -- 3 tokens, 4 concurrency), failed level (1 tenant, 2 reseller), wait ms,
 -- then per level: requests level, requests reset ms, tokens level,
 -- tokens reset ms, month used.
@@ -140,4 +140,4 @@ for i = 1, 2 do
   insert(out, num(L.tpm > 0 and wait(L.tpm, L.tq, L.tpm) or 0))
   insert(out, tostring(L.used))
 end
-return out
+return table.concat(out, ' ')
