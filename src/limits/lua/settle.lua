@@ -3,11 +3,13 @@
 -- takes it (GETDEL), so a repeated settle changes nothing. Needs Redis 6.2.
 --
 -- KEYS: 1 tenant buckets, 2 tenant month, 3 reseller buckets, 4 reseller month,
---       5 reservation
+--       5 reservation, 6.. the admission's slot sets to release (optional)
 -- ARGV: 1 real tokens, 2 window_ms, 3 tenant tokens cap, 4 reseller tokens cap,
 --       5 tenant has a month quota (1/0), 6 reseller has a month quota (1/0),
---       7 month_ttl_s
+--       7 month_ttl_s, 8 the admission id (with KEYS 6..)
 local call, fmt, tonumber = redis.call, string.format, tonumber
+-- The release first: it does not depend on the reservation.
+for k = 6, #KEYS do call('ZREM', KEYS[k], ARGV[8]) end
 local est = call('GETDEL', KEYS[5])
 if not est then return 0 end
 local diff = tonumber(ARGV[1]) - tonumber(est)
