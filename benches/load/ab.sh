@@ -35,9 +35,7 @@ run_once() {
     mkdir -p "$dir"
     start_pinned_mock "$dir"
     seal_bench_key "$bin" "$dir"
-    sed -e "s#@MOCK_URL@#$MOCK_URL#" -e "s#@USAGE_PATH@#$dir/usage.jsonl#" \
-        -e "s#@CREDENTIALS@#credentials = { upstream = \"$BENCH_CREDENTIAL\" }#" \
-        "$ROOT/benches/load/gateway.bench.toml" >"$dir/gateway.toml"
+    render_bench_config "$dir" >"$dir/gateway.toml"
     start_pinned_livery "$bin" "$dir"
     local result
     result=$(measure_at_max "http://127.0.0.1:$LIVERY_PORT/v1/chat/completions" "$MOCK_PID" "$LIVERY_PID")

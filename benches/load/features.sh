@@ -28,8 +28,10 @@
 # N req/s open loop (oha -q N --latency-correction, 64 connections) for
 # DURATION seconds (default 10) straight to the mock, then through the proxy,
 # and the table gives the added p50 and p99 (proxy minus direct, medians over
-# rounds) and each against nginx's. VARIANTS="all bare nginx" picks variants
-# (nginx is needed for the comparison).
+# rounds) and each against nginx's.
+#
+# VARIANTS="all bare nginx" picks variants; the table's references must be
+# among them (nginx always, and all unless RATE is set).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -42,6 +44,11 @@ RATE=${RATE:-}
 DURATION=${DURATION:-10}
 # shellcheck disable=SC2206
 VARIANTS=(${VARIANTS:-all no-mirror no-ledger no-limits platform-key bare nginx})
+needed=(nginx)
+[ -n "$RATE" ] || needed+=(all)
+for v in "${needed[@]}"; do
+    [[ " ${VARIANTS[*]} " == *" $v "* ]] || { log "VARIANTS must include $v (the table's reference)"; exit 2; }
+done
 [ "$(nproc)" -ge 2 ] || { log "needs two CPUs (load generator and servers apart)"; exit 1; }
 command -v taskset >/dev/null || apt_install util-linux
 command -v nginx >/dev/null || apt_install nginx
@@ -51,24 +58,23 @@ MOCK_BIN="$ROOT/target/release/livery-mock"
 
 make_run_dir livery-features
 
-# The bench configuration with variant $1 applied, rendered for mock $2 into dir $3.
+# The bench configuration with variant $1 applied, rendered into directory $2.
 render() {
-    local variant=$1 mock_url=$2 dir=$3 cred=$4
-    local creds="credentials = { upstream = \"$cred\" }" cfg
-    cfg=$(sed -e "s#@MOCK_URL@#$mock_url#" -e "s#@USAGE_PATH@#$dir/usage.jsonl#" \
-        "$ROOT/benches/load/gateway.bench.toml")
+    local variant=$1 dir=$2 cfg
     no_mirror() { grep -v '^jsonl_path = '; }
     no_ledger() { sed 's/^\[usage\]$/[usage]\nledger = false/'; }
     no_limits() { grep -Ev '^(requests_per_minute|tokens_per_minute|tokens_per_month|max_concurrent) = '; }
     case $variant in
-        all) ;;
-        no-mirror) cfg=$(no_mirror <<<"$cfg") ;;
-        no-ledger) cfg=$(no_ledger <<<"$cfg") ;;
-        no-limits) cfg=$(no_limits <<<"$cfg") ;;
-        platform-key) creds="" ;;
-        bare) cfg=$(no_mirror <<<"$cfg" | no_ledger | no_limits) creds="" ;;
+        platform-key | bare) cfg=$(render_bench_config "$dir" "") ;;
+        *) cfg=$(render_bench_config "$dir") ;;
     esac
-    sed -e "s#@CREDENTIALS@#$creds#" <<<"$cfg" >"$dir/gateway.toml"
+    case $variant in
+        no-mirror) no_mirror ;;
+        no-ledger) no_ledger ;;
+        no-limits) no_limits ;;
+        bare) no_mirror | no_ledger | no_limits ;;
+        *) cat ;;
+    esac <<<"$cfg" >"$dir/gateway.toml"
 }
 
 # One run of variant $1; prints "req/s proxy_us mock_us".
@@ -93,7 +99,7 @@ PY
         proxies="$(cat "$dir/nginx.pid") $(pgrep -P "$(cat "$dir/nginx.pid")" | tr '\n' ' ')"
     else
         seal_bench_key "$BIN" "$dir"
-        render "$variant" "$MOCK_URL" "$dir" "$BENCH_CREDENTIAL"
+        render "$variant" "$dir"
         start_pinned_livery "$BIN" "$dir"
         port=$LIVERY_PORT proxies=$LIVERY_PID
     fi

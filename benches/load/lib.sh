@@ -81,6 +81,16 @@ seal_bench_key() {
             --provider upstream --config "$2/none.toml")
 }
 
+# gateway.bench.toml rendered for the mock at $MOCK_URL, with its usage file in
+# directory $1, on standard output. The tenant's credential line is $2 when
+# given ("" for none), else the one sealed by seal_bench_key.
+render_bench_config() {
+    local creds="credentials = { upstream = \"$BENCH_CREDENTIAL\" }"
+    [ $# -ge 2 ] && creds=$2
+    sed -e "s#@MOCK_URL@#$MOCK_URL#" -e "s#@USAGE_PATH@#$1/usage.jsonl#" \
+        -e "s#@CREDENTIALS@#$creds#" "$ROOT/benches/load/gateway.bench.toml"
+}
+
 # Starts Livery binary $1 pinned to CPU 1 on $2/gateway.toml (working directory
 # $2, the KEK of seal_bench_key); sets LIVERY_PID and LIVERY_PORT.
 start_pinned_livery() {

@@ -35,10 +35,9 @@ for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; slee
 
 start_pinned_mock "$TMP"
 seal_bench_key "$BIN" "$TMP"
-sed -e "s#@MOCK_URL@#$MOCK_URL#" -e "s#@USAGE_PATH@#$TMP/usage.jsonl#" \
-    -e "s#@CREDENTIALS@#credentials = { upstream = \"$BENCH_CREDENTIAL\" }#" \
-    -e "s#^\[server\]\$#[limits]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:$port/0\"\nredis_timeout_ms = 10000\n\n[server]#" \
-    "$ROOT/benches/load/gateway.bench.toml" >"$TMP/gateway.toml"
+render_bench_config "$TMP" |
+    sed "s#^\[server\]\$#[limits]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:$port/0\"\nredis_timeout_ms = 10000\n\n[server]#" \
+        >"$TMP/gateway.toml"
 start_pinned_livery "$BIN" "$TMP"
 url="http://127.0.0.1:$LIVERY_PORT/v1/chat/completions"
 

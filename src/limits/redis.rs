@@ -81,6 +81,13 @@ impl Keys {
             t_hash: t,
         }
     }
+
+    /// The slot sets of the levels whose slots are `held` (tenant, reseller).
+    fn slots(&self, held: [bool; 2]) -> impl Iterator<Item = &String> {
+        [(&self.t_slots, held[0]), (&self.r_slots, held[1])]
+            .into_iter()
+            .filter_map(|(k, h)| h.then_some(k))
+    }
 }
 
 /// Ids are escaped so that no tenant id can forge another key (`:`, `{`...).
@@ -119,7 +126,6 @@ async fn evalsha<T: redis::FromRedisValue>(
 /// Live admissions holding slots (id → keys, which levels), for lease renewal.
 type Held = DashMap<Arc<str>, (Arc<Keys>, [bool; 2])>;
 
-#[derive(Debug)]
 enum Job {
     Settle {
         keys: Arc<Keys>,
@@ -385,8 +391,8 @@ impl RedisBackend {
         })
         .await
         .map_err(|_| RedisFailure::Timeout(self.timeout))??;
-        let fields: Vec<&str> = reply.split(' ').collect();
-        let verdict = parse_reply(&fields, limits, estimate, month)
+        let verdict = reply_fields(&reply)
+            .and_then(|fields| parse_reply(&fields, limits, estimate, month))
             .ok_or_else(|| RedisFailure::Reply(reply.clone()))?;
         Ok(match verdict {
             Ok((slots, headers, month_used)) => {
@@ -470,15 +476,26 @@ fn window_ms_of(d: Duration) -> u64 {
 
 type Parsed = Result<([bool; 2], RateHeaders, [u64; 2]), LimitRejection>;
 
+/// Fields in admit.lua's reply.
+const REPLY_FIELDS: usize = 14;
+
+/// The reply's space-separated fields, without collecting them; `None` unless
+/// there are exactly [`REPLY_FIELDS`].
+fn reply_fields(reply: &str) -> Option<[&str; REPLY_FIELDS]> {
+    let mut it = reply.split(' ');
+    let mut out = [""; REPLY_FIELDS];
+    for f in &mut out {
+        *f = it.next()?;
+    }
+    it.next().is_none().then_some(out)
+}
+
 fn parse_reply(
-    r: &[&str],
+    r: &[&str; REPLY_FIELDS],
     limits: &EffectiveLimits,
     estimate: u64,
     month: Month,
 ) -> Option<Parsed> {
-    if r.len() != 14 {
-        return None;
-    }
     let f = |i: usize| r[i].parse::<f64>().ok();
     let mut views = [LevelView::default(); 2];
     let mut used = [0u64; 2];
@@ -609,24 +626,17 @@ async fn run_jobs(
                     quota,
                     release,
                 } => {
+                    let released = release.as_ref().map_or([false; 2], |(_, held)| *held);
                     let mut cmd = redis::cmd("EVALSHA");
-                    let released = release
-                        .as_ref()
-                        .map_or(0, |(_, s)| usize::from(s[0]) + usize::from(s[1]));
                     cmd.arg(settle.get_hash())
-                        .arg(5 + released)
+                        .arg(5 + keys.slots(released).count())
                         .arg(&keys.t_hash)
                         .arg(&keys.t_month)
                         .arg(&keys.r_hash)
                         .arg(&keys.r_month)
                         .arg(&keys.reservation);
-                    if let Some((_, slots)) = &release {
-                        if slots[0] {
-                            cmd.arg(&keys.t_slots);
-                        }
-                        if slots[1] {
-                            cmd.arg(&keys.r_slots);
-                        }
+                    for k in keys.slots(released) {
+                        cmd.arg(k);
                     }
                     cmd.arg(actual)
                         .arg(window_ms)
@@ -642,11 +652,8 @@ async fn run_jobs(
                 }
                 Job::Release { keys, id, slots } => {
                     let mut p = redis::pipe();
-                    if slots[0] {
-                        p.zrem(&keys.t_slots, &*id).ignore();
-                    }
-                    if slots[1] {
-                        p.zrem(&keys.r_slots, &*id).ignore();
+                    for k in keys.slots(slots) {
+                        p.zrem(k, &*id).ignore();
                     }
                     p.query_async::<()>(&mut c).await
                 }
@@ -668,15 +675,13 @@ async fn renew_all(
     let calls = live.into_iter().map(|(id, keys, slots)| {
         let mut c = c.clone();
         async move {
-            let mut inv = renew.prepare_invoke();
-            if slots[0] {
-                inv.key(&keys.t_slots);
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(renew.get_hash()).arg(keys.slots(slots).count());
+            for k in keys.slots(slots) {
+                cmd.arg(k);
             }
-            if slots[1] {
-                inv.key(&keys.r_slots);
-            }
-            inv.arg(lease_ms).arg(&*id);
-            inv.invoke_async::<i64>(&mut c).await.map(|_| ())
+            cmd.arg(lease_ms).arg(&*id);
+            evalsha::<i64>(&mut c, renew, &cmd).await.map(|_| ())
         }
     });
     futures_util::future::join_all(calls)
@@ -754,5 +759,14 @@ mod tests {
                 "release livery:rl:{acme}:t:dental:c a-again".to_string(),
             ]
         );
+    }
+
+    #[test]
+    fn the_reply_has_exactly_its_fourteen_fields() {
+        let ok = "1 0 0 0 99 600 970 1800 30 0 0 0 0 0";
+        assert_eq!(reply_fields(ok).map(|f| f[13]), Some("0"));
+        assert_eq!(reply_fields(ok).map(|f| f[4]), Some("99"));
+        assert!(reply_fields("1 0 0 0 99 600 970 1800 30 0 0 0 0").is_none());
+        assert!(reply_fields(&format!("{ok} 7")).is_none());
     }
 }
