@@ -826,7 +826,10 @@ async fn expired_slots_do_not_count_and_month_counters_always_expire() {
     }
     // The settle ran too: 100 reserved, 40 used, 60 given back.
     loop {
-        let level: f64 = r.hget("livery:rl:{acme}:t:both", "tq").unwrap();
+        // The buckets are packed doubles: requests level and time, tokens level and time.
+        let b: Vec<u8> = r.hget("livery:rl:{acme}:t:both", "b").unwrap();
+        assert_eq!(b.len(), 32, "bucket field {b:?}");
+        let level = f64::from_le_bytes(b[16..24].try_into().unwrap());
         assert!(level <= 10_000.0, "tokens level {level}");
         if level >= 9_960.0 {
             break;
@@ -837,4 +840,55 @@ async fn expired_slots_do_not_count_and_month_counters_always_expire() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+#[tokio::test]
+async fn a_redis_admission_reports_its_buckets_in_the_rate_limit_headers() {
+    let Some(redis) = RedisServer::start("redis_headers") else {
+        return;
+    };
+    let limiter = shared(&redis, OnRedisError::FailClosed, 1);
+    let key = LimitKey::new("acme", "dental");
+    let limits = tenant(PlanLimits {
+        requests_per_minute: Some(60),
+        tokens_per_minute: Some(1_000),
+        ..PlanLimits::default()
+    });
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(limiter.admit(&key, &limits, 100).await.unwrap());
+    }
+    let h = held[2].headers();
+    assert!(held[2].is_shared(), "counted in Redis");
+    assert_eq!(header(&h, "x-ratelimit-limit-requests"), Some("60"));
+    assert_eq!(header(&h, "x-ratelimit-remaining-requests"), Some("57"));
+    assert_eq!(header(&h, "x-ratelimit-limit-tokens"), Some("1000"));
+    assert_eq!(header(&h, "x-ratelimit-remaining-tokens"), Some("700"));
+    // Full again after 3 requests at one a second, and 300 tokens at 1000 a minute.
+    let secs = |name: &str| -> f64 {
+        let v = header(&h, name).unwrap();
+        v.strip_suffix('s')
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{name}: {v}"))
+    };
+    assert!(
+        (2.5..=3.0).contains(&secs("x-ratelimit-reset-requests")),
+        "{h:?}"
+    );
+    assert!(
+        (17.5..=18.0).contains(&secs("x-ratelimit-reset-tokens")),
+        "{h:?}"
+    );
+
+    // A refusal carries the binding bucket and how long to wait for it.
+    let e = limiter.admit(&key, &limits, 800).await.unwrap_err();
+    assert!(
+        matches!(e, LimitRejection::Tokens { limit: 1_000, .. }),
+        "{e:?}"
+    );
+    let h = e.headers();
+    assert_eq!(header(&h, "x-ratelimit-remaining-tokens"), Some("700"));
+    let wait: u64 = header(&h, "retry-after-ms").unwrap().parse().unwrap();
+    // 100 more tokens at 1000 a minute: about 6 s.
+    assert!((5_500..=6_000).contains(&wait), "retry-after-ms {wait}");
 }

@@ -11,12 +11,15 @@
 # e.g. build the old commit into another target directory, then
 #   benches/load/ab.sh /tmp/old/livery target/release/livery 5 60000
 # PAIRS defaults to 5 and REQUESTS (per run, after 20,000 warm-up) to 60,000.
+# With REDIS=1 both run with Redis-backed limits (a redis-server of their own,
+# pinned with them, 1 s timeout so that no run falls back to local limits) and
+# the CPU column counts Livery and Redis together.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 . "$ROOT/benches/load/lib.sh"
 
-[ $# -ge 2 ] || { sed -n 2,13p "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n 2,16p "$0"; exit 2; }
 OLD=$(realpath "$1")
 NEW=$(realpath "$2")
 PAIRS=${3:-5}
@@ -35,19 +38,40 @@ run_once() {
     mkdir -p "$dir"
     start_pinned_mock "$dir"
     seal_bench_key "$bin" "$dir"
-    render_bench_config "$dir" >"$dir/gateway.toml"
+    local redis_pid="" port
+    if [ -n "${REDIS:-}" ]; then
+        port=$(free_port)
+        taskset -c 1 redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no >"$dir/redis.log" 2>&1 &
+        redis_pid=$!
+        echo "$redis_pid" >>"$TMP/pids"
+        wait_for "$dir/redis.log" "Ready to accept connections"
+        render_bench_config "$dir" | with_redis_limits "$port" 1000 >"$dir/gateway.toml"
+    else
+        render_bench_config "$dir" >"$dir/gateway.toml"
+    fi
     start_pinned_livery "$bin" "$dir"
     local result
-    result=$(measure_at_max "http://127.0.0.1:$LIVERY_PORT/v1/chat/completions" "$MOCK_PID" "$LIVERY_PID")
-    kill -TERM "$LIVERY_PID" "$MOCK_PID" 2>/dev/null || true
-    wait "$LIVERY_PID" "$MOCK_PID" 2>/dev/null || true
+    # shellcheck disable=SC2086 # no Redis: no PID
+    result=$(measure_at_max "http://127.0.0.1:$LIVERY_PORT/v1/chat/completions" "$MOCK_PID" "$LIVERY_PID" $redis_pid)
+    if grep -q "redis unavailable" "$dir/livery.log"; then
+        log "$bin fell back to local limits during the run"
+    fi
+    # shellcheck disable=SC2086
+    kill -TERM "$LIVERY_PID" "$MOCK_PID" $redis_pid 2>/dev/null || true
+    # shellcheck disable=SC2086
+    wait "$LIVERY_PID" "$MOCK_PID" $redis_pid 2>/dev/null || true
     echo "$result"
 }
 
 log "old: $OLD"
 log "new: $NEW"
 log "$PAIRS pairs of $REQUESTS requests each, alternating"
-printf '| pair | binary | req/s | Livery CPU µs/request | mock CPU µs/request | Livery / mock |\n|---:|---|---:|---:|---:|---:|\n'
+proxy="Livery"
+if [ -n "${REDIS:-}" ]; then
+    command -v redis-server >/dev/null || apt_install redis-server
+    proxy="Livery + Redis"
+fi
+printf '| pair | binary | req/s | %s CPU µs/request | mock CPU µs/request | %s / mock |\n|---:|---|---:|---:|---:|---:|\n' "$proxy" "$proxy"
 for i in $(seq "$PAIRS"); do
     for which in old new; do
         bin=$OLD
@@ -60,6 +84,6 @@ for i in $(seq "$PAIRS"); do
     done
 done
 for which in old new; do
-    printf 'median %s: Livery / mock CPU per request %s, %s req/s\n' "$which" \
+    printf 'median %s: %s / mock CPU per request %s, %s req/s\n' "$which" "$proxy" \
         "$(median <"$TMP/ratio.$which")" "$(median <"$TMP/rps.$which")"
 done

@@ -91,6 +91,17 @@ render_bench_config() {
         -e "s#@CREDENTIALS@#$creds#" "$ROOT/benches/load/gateway.bench.toml"
 }
 
+# Standard input with a `[limits]` table for the Redis backend at 127.0.0.1:$1
+# (timeout $2 ms) put before `[server]`: the bench configuration in Redis mode.
+with_redis_limits() {
+    sed "s#^\[server\]\$#[limits]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:$1/0\"\nredis_timeout_ms = $2\n\n[server]#"
+}
+
+# A free loopback TCP port.
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
 # Starts Livery binary $1 pinned to CPU 1 on $2/gateway.toml (working directory
 # $2, the KEK of seal_bench_key); sets LIVERY_PID and LIVERY_PORT.
 start_pinned_livery() {

@@ -26,7 +26,7 @@ MOCK_BIN="$ROOT/target/release/livery-mock"
 [ -x "$MOCK_BIN" ] || cargo build --release --quiet --features mock-server --bin livery-mock
 
 make_run_dir livery-redis-cost
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind.out" \
     redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no >"$TMP/redis.log" 2>&1 &
 REDIS_PID=$!
@@ -35,9 +35,7 @@ for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; slee
 
 start_pinned_mock "$TMP"
 seal_bench_key "$BIN" "$TMP"
-render_bench_config "$TMP" |
-    sed "s#^\[server\]\$#[limits]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:$port/0\"\nredis_timeout_ms = 10000\n\n[server]#" \
-        >"$TMP/gateway.toml"
+render_bench_config "$TMP" | with_redis_limits "$port" 10000 >"$TMP/gateway.toml"
 start_pinned_livery "$BIN" "$TMP"
 url="http://127.0.0.1:$LIVERY_PORT/v1/chat/completions"
 

@@ -354,6 +354,18 @@ impl RedisBackend {
         let id: Arc<str> = crate::telemetry::ids::uuid_v7().simple().to_string().into();
         let keys = Arc::new(Keys::new(&self.prefix, key, month, &id));
         let window_ms = window_ms(window);
+        let lease_ms = window_ms_of(self.lease);
+        let mut numbers = Packed::new();
+        numbers.push(window_ms).push(lease_ms).push(estimate);
+        for (level, seed) in Level::BOTH.into_iter().zip(seeds) {
+            let p = limits.level(level);
+            numbers
+                .push(p.requests_per_minute.unwrap_or(0))
+                .push(p.tokens_per_minute.unwrap_or(0))
+                .push(p.max_concurrent.unwrap_or(0))
+                .push(p.tokens_per_month.unwrap_or(0))
+                .push(seed);
+        }
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.admit.get_hash())
             .arg(7)
@@ -364,28 +376,20 @@ impl RedisBackend {
             .arg(&keys.r_slots)
             .arg(&keys.r_month)
             .arg(&keys.reservation)
-            .arg(window_ms)
-            .arg(estimate)
             .arg(&*id)
-            .arg(window_ms_of(self.lease))
+            .arg(estimate)
             .arg(if settles(limits) {
                 RESERVATION_TTL_MS
             } else {
                 0
             })
-            .arg(MONTH_TTL_S);
-        for (level, seed) in Level::BOTH.into_iter().zip(seeds) {
-            let p = limits.level(level);
-            cmd.arg(p.requests_per_minute.unwrap_or(0))
-                .arg(p.tokens_per_minute.unwrap_or(0))
-                .arg(p.max_concurrent.unwrap_or(0))
-                .arg(p.tokens_per_month.unwrap_or(0))
-                .arg(seed);
-        }
-        // One space-separated bulk string, not an array of 14: reading the
-        // array through the client's RESP parser (`combine`) cost about 16k
-        // more instructions per admission (callgrind).
-        let reply: String = tokio::time::timeout(self.timeout, async {
+            .arg(MONTH_TTL_S)
+            .arg(lease_ms.saturating_mul(2))
+            .arg(numbers.bytes());
+        // Packed doubles, not text: Redis's Lua would format each number with
+        // sprintf, and reading an array through the client's RESP parser
+        // (`combine`) costs about 1.2k instructions per element (callgrind).
+        let reply: Vec<u8> = tokio::time::timeout(self.timeout, async {
             let mut c = self.conn.get().await?;
             evalsha(&mut c, &self.admit, &cmd).await
         })
@@ -393,7 +397,7 @@ impl RedisBackend {
         .map_err(|_| RedisFailure::Timeout(self.timeout))??;
         let verdict = reply_fields(&reply)
             .and_then(|fields| parse_reply(&fields, limits, estimate, month))
-            .ok_or_else(|| RedisFailure::Reply(reply.clone()))?;
+            .ok_or_else(|| RedisFailure::Reply(format!("{reply:02x?}")))?;
         Ok(match verdict {
             Ok((slots, headers, month_used)) => {
                 if slots.iter().any(|s| *s) {
@@ -479,24 +483,57 @@ type Parsed = Result<([bool; 2], RateHeaders, [u64; 2]), LimitRejection>;
 /// Fields in admit.lua's reply.
 const REPLY_FIELDS: usize = 14;
 
-/// The reply's space-separated fields, without collecting them; `None` unless
-/// there are exactly [`REPLY_FIELDS`].
-fn reply_fields(reply: &str) -> Option<[&str; REPLY_FIELDS]> {
-    let mut it = reply.split(' ');
-    let mut out = [""; REPLY_FIELDS];
-    for f in &mut out {
-        *f = it.next()?;
+/// Numbers for a script, packed as little-endian doubles (what `struct.unpack`
+/// reads with `'<d'`): exact for integers below 2^53, which every limit,
+/// count and duration here is.
+struct Packed {
+    buf: [u8; 8 * PACKED_MAX],
+    len: usize,
+}
+
+/// The most numbers a script takes packed (admit.lua's 13).
+const PACKED_MAX: usize = 13;
+
+impl Packed {
+    fn new() -> Self {
+        Self {
+            buf: [0; 8 * PACKED_MAX],
+            len: 0,
+        }
     }
-    it.next().is_none().then_some(out)
+
+    fn push(&mut self, n: u64) -> &mut Self {
+        if let Some(slot) = self.buf.get_mut(self.len..self.len + 8) {
+            slot.copy_from_slice(&(n as f64).to_le_bytes());
+            self.len += 8;
+        }
+        self
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// The reply's packed doubles; `None` unless there are exactly [`REPLY_FIELDS`].
+fn reply_fields(reply: &[u8]) -> Option<[f64; REPLY_FIELDS]> {
+    if reply.len() != 8 * REPLY_FIELDS {
+        return None;
+    }
+    let mut out = [0f64; REPLY_FIELDS];
+    for (f, b) in out.iter_mut().zip(reply.chunks_exact(8)) {
+        *f = f64::from_le_bytes(b.try_into().ok()?);
+    }
+    Some(out)
 }
 
 fn parse_reply(
-    r: &[&str; REPLY_FIELDS],
+    r: &[f64; REPLY_FIELDS],
     limits: &EffectiveLimits,
     estimate: u64,
     month: Month,
 ) -> Option<Parsed> {
-    let f = |i: usize| r[i].parse::<f64>().ok();
+    let f = |i: usize| Some(r[i]).filter(|x| x.is_finite());
     let mut views = [LevelView::default(); 2];
     let mut used = [0u64; 2];
     for (n, level) in Level::BOTH.into_iter().enumerate() {
@@ -520,24 +557,25 @@ fn parse_reply(
                 None => None,
             },
         };
-        used[n] = r[b + 4].parse().ok()?;
+        // A count: integral and non-negative (the cast saturates otherwise).
+        used[n] = f(b + 4)? as u64;
     }
     let headers = RateHeaders::combine(&views[0], &views[1]);
-    if r[0] == "1" {
+    if r[0] == 1.0 {
         let slots = [
             limits.tenant.max_concurrent.is_some(),
             limits.reseller.max_concurrent.is_some(),
         ];
         return Some(Ok((slots, headers, used)));
     }
-    let check = match r[1] {
-        "1" => Check::Month,
-        "2" => Check::Requests,
-        "3" => Check::Tokens,
-        "4" => Check::Concurrency,
+    let check = match r[1] as u8 {
+        1 => Check::Month,
+        2 => Check::Requests,
+        3 => Check::Tokens,
+        4 => Check::Concurrency,
         _ => return None,
     };
-    let level = if r[2] == "2" {
+    let level = if r[2] == 2.0 {
         Level::Reseller
     } else {
         Level::Tenant
@@ -638,13 +676,15 @@ async fn run_jobs(
                     for k in keys.slots(released) {
                         cmd.arg(k);
                     }
-                    cmd.arg(actual)
-                        .arg(window_ms)
-                        .arg(tpm[0])
-                        .arg(tpm[1])
-                        .arg(u8::from(quota[0]))
-                        .arg(u8::from(quota[1]))
-                        .arg(MONTH_TTL_S);
+                    let mut numbers = Packed::new();
+                    numbers
+                        .push(actual)
+                        .push(window_ms)
+                        .push(tpm[0])
+                        .push(tpm[1])
+                        .push(u64::from(quota[0]))
+                        .push(u64::from(quota[1]));
+                    cmd.arg(MONTH_TTL_S).arg(numbers.bytes());
                     if let Some((id, _)) = &release {
                         cmd.arg(&**id);
                     }
@@ -763,10 +803,18 @@ mod tests {
 
     #[test]
     fn the_reply_has_exactly_its_fourteen_fields() {
-        let ok = "1 0 0 0 99 600 970 1800 30 0 0 0 0 0";
-        assert_eq!(reply_fields(ok).map(|f| f[13]), Some("0"));
-        assert_eq!(reply_fields(ok).map(|f| f[4]), Some("99"));
-        assert!(reply_fields("1 0 0 0 99 600 970 1800 30 0 0 0 0").is_none());
-        assert!(reply_fields(&format!("{ok} 7")).is_none());
+        let fields: [f64; REPLY_FIELDS] = [
+            1., 0., 0., 0., 99.5, 600., 970., 1800., 30., 0., 0., 0., 0., 7.,
+        ];
+        let mut packed = Packed::new();
+        let ok: Vec<u8> = fields.iter().flat_map(|f| f.to_le_bytes()).collect();
+        assert_eq!(reply_fields(&ok), Some(fields));
+        assert!(reply_fields(&ok[..8 * 13]).is_none());
+        assert!(reply_fields(&[ok.as_slice(), &[0; 8]].concat()).is_none());
+        // What the scripts read: 8 little-endian bytes a number, in order.
+        packed.push(3).push(1 << 40);
+        assert_eq!(packed.bytes().len(), 16);
+        assert_eq!(packed.bytes()[..8], 3f64.to_le_bytes());
+        assert_eq!(packed.bytes()[8..], ((1u64 << 40) as f64).to_le_bytes());
     }
 }

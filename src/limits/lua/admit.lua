@@ -4,34 +4,35 @@
 -- KEYS: 1 tenant buckets (hash), 2 tenant slots (zset), 3 tenant month (counter),
 --       4 reseller buckets,      5 reseller slots,      6 reseller month,
 --       7 reservation (the estimate, for the idempotent settle)
--- ARGV: 1 window_ms, 2 estimate, 3 admission id, 4 lease_ms,
---       5 reservation_ttl_ms (0: no token limit, nothing to settle), 6 month_ttl_s,
---       7..11  tenant:   requests cap, tokens cap, max concurrent, month quota, month seed
---       12..16 reseller: the same (0: no such limit)
--- Returns one string of space-separated fields: admitted (1/0), failed check (0 none, 1 month, 2 requests,
--- 3 tokens, 4 concurrency), failed level (1 tenant, 2 reseller), wait ms,
--- then per level: requests level, requests reset ms, tokens level,
+-- ARGV: 1 admission id, 2 the estimate (decimal), 3 reservation_ttl_ms (decimal;
+--       0: no token limit, nothing to settle), 4 month_ttl_s (decimal),
+--       5 lease_ms * 2 (decimal), 6 the numbers below packed as little-endian
+--       doubles ('<' .. 13 'd'): window_ms, lease_ms, the estimate, then per
+--       level (tenant, reseller): requests cap, tokens cap, max concurrent,
+--       month quota, month seed (0: no such limit).
+-- A level's buckets are one hash field `b`: four packed doubles (requests level,
+-- its time, tokens level, its time; a time of 0 reads as a full bucket).
+-- Returns 14 packed doubles: admitted (1/0), failed check (0 none, 1 month,
+-- 2 requests, 3 tokens, 4 concurrency), failed level (1 tenant, 2 reseller),
+-- wait ms, then per level: requests level, requests reset ms, tokens level,
 -- tokens reset ms, month used.
 --
--- Cost: Redis spends about 10k instructions on each redis.call and glibc's
--- exact "%.17g" formatting and parsing of a fractional number costs several
--- thousand, so the script makes as few calls as the limits need and formats
--- integral values as integers (benches/README.md, "Redis admission").
+-- Cost: Redis spends about 10k instructions on each redis.call. Lua 5.1 reads
+-- a number from a string with glibc's strtod (twice per tonumber) and writes
+-- one with sprintf, a thousand or more instructions each, so numbers travel
+-- packed (the bundled `struct` library) and decimal arguments are passed
+-- through as the client formatted them (benches/README.md, "Redis admission").
 -- Needs Redis 6.2 or later (scripts replicate their effects by default).
-local call, fmt, floor, ceil, max, min, insert, tonumber, tostring, unpack =
-  redis.call, string.format, math.floor, math.ceil, math.max, math.min, table.insert, tonumber, tostring, unpack
+local call, ceil, max, min, spack, sunpack, tonumber =
+  redis.call, math.ceil, math.max, math.min, struct.pack, struct.unpack, tonumber
 local t = call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local window = tonumber(ARGV[1])
-local est = tonumber(ARGV[2])
-local id = ARGV[3]
-local lease = tonumber(ARGV[4])
-local month_ttl = tonumber(ARGV[6])
+local id, est_s, reservation_ttl, month_ttl, slots_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local n = { sunpack('<ddddddddddddd', ARGV[6]) }
+local window, lease, est = n[1], n[2], n[3]
 
 local function refill(level, at, cap)
-  level = tonumber(level)
-  at = tonumber(at)
-  if level == nil or at == nil then return cap end
+  if at == 0 then return cap end
   if now > at then level = level + (now - at) * cap / window end
   return min(level, cap)
 end
@@ -40,30 +41,24 @@ local function wait(need, level, cap)
   return ceil(max(need - level, 0) * window / cap)
 end
 
--- Integral values print as integers ('%d' is a fraction of the cost of '%.17g').
-local function num(x)
-  if x == floor(x) and x > -2^53 and x < 2^53 then return fmt('%d', x) end
-  return fmt('%.17g', x)
-end
-local now_s = num(now)
-
 local levels = {}
 for i = 1, 2 do
-  local k, a = (i - 1) * 3, 7 + (i - 1) * 5
+  local k, a = (i - 1) * 3, 4 + (i - 1) * 5
   local L = {
     hash = KEYS[k + 1], slots = KEYS[k + 2], month = KEYS[k + 3],
-    rpm = tonumber(ARGV[a]), tpm = tonumber(ARGV[a + 1]), conc = tonumber(ARGV[a + 2]),
-    quota = tonumber(ARGV[a + 3]), seed = tonumber(ARGV[a + 4]),
+    rpm = n[a], tpm = n[a + 1], conc = n[a + 2], quota = n[a + 3], seed = n[a + 4],
     rq = 0, tq = 0, inflight = 0, used = 0,
   }
   if L.rpm > 0 or L.tpm > 0 then
-    local f = call('HMGET', L.hash, 'rq', 'rt', 'tq', 'tt')
-    if L.rpm > 0 then L.rq = refill(f[1], f[2], L.rpm) end
-    if L.tpm > 0 then L.tq = refill(f[3], f[4], L.tpm) end
+    local b = call('HGET', L.hash, 'b')
+    local rq, rt, tq, tt = 0, 0, 0, 0
+    if b and #b == 32 then rq, rt, tq, tt = sunpack('<dddd', b) end
+    if L.rpm > 0 then L.rq = refill(rq, rt, L.rpm) end
+    if L.tpm > 0 then L.tq = refill(tq, tt, L.tpm) end
   end
   if L.conc > 0 then
     -- Live slots only (leases not yet expired); renew.lua trims the expired.
-    L.inflight = call('ZCOUNT', L.slots, '(' .. now_s, '+inf')
+    L.inflight = call('ZCOUNT', L.slots, '(' .. now, '+inf')
   end
   if L.quota > 0 then
     local stored = call('GET', L.month)
@@ -100,44 +95,38 @@ end
 if failed == 0 then
   for i = 1, 2 do
     local L = levels[i]
-    local fields, ttl = {}, 0
-    if L.rpm > 0 then
-      L.rq = L.rq - 1
-      ttl = max(ttl, wait(L.rpm, L.rq, L.rpm))
-      insert(fields, 'rq'); insert(fields, num(L.rq))
-      insert(fields, 'rt'); insert(fields, now_s)
-    end
-    if L.tpm > 0 then
-      L.tq = L.tq - est
-      ttl = max(ttl, wait(L.tpm, L.tq, L.tpm))
-      insert(fields, 'tq'); insert(fields, num(L.tq))
-      insert(fields, 'tt'); insert(fields, now_s)
-    end
-    if #fields > 0 then
-      call('HSET', L.hash, unpack(fields))
+    if L.rpm > 0 or L.tpm > 0 then
+      local ttl, rt, tt = 0, 0, 0
+      if L.rpm > 0 then
+        L.rq, rt = L.rq - 1, now
+        ttl = max(ttl, wait(L.rpm, L.rq, L.rpm))
+      end
+      if L.tpm > 0 then
+        L.tq, tt = L.tq - est, now
+        ttl = max(ttl, wait(L.tpm, L.tq, L.tpm))
+      end
+      call('HSET', L.hash, 'b', spack('<dddd', L.rq, rt, L.tq, tt))
       call('PEXPIRE', L.hash, ttl + 1000)
     end
     if L.conc > 0 then
       call('ZADD', L.slots, now + lease, id)
-      call('PEXPIRE', L.slots, lease * 2)
+      call('PEXPIRE', L.slots, slots_ttl)
     end
     if L.quota > 0 then
-      L.used = call('INCRBY', L.month, est)
+      L.used = call('INCRBY', L.month, est_s)
       if L.fresh_month then call('EXPIRE', L.month, month_ttl) end
     end
   end
-  if est > 0 and tonumber(ARGV[5]) > 0 then
-    call('SET', KEYS[7], est, 'PX', tonumber(ARGV[5]))
+  if est > 0 and reservation_ttl ~= '0' then
+    call('SET', KEYS[7], est_s, 'PX', reservation_ttl)
   end
 end
 
-local out = { failed == 0 and '1' or '0', tostring(failed), tostring(failed_level), num(wait_ms) }
-for i = 1, 2 do
-  local L = levels[i]
-  insert(out, num(L.rq))
-  insert(out, num(L.rpm > 0 and wait(L.rpm, L.rq, L.rpm) or 0))
-  insert(out, num(L.tq))
-  insert(out, num(L.tpm > 0 and wait(L.tpm, L.tq, L.tpm) or 0))
-  insert(out, tostring(L.used))
+local T, R = levels[1], levels[2]
+local function resets(L)
+  return L.rpm > 0 and wait(L.rpm, L.rq, L.rpm) or 0, L.tpm > 0 and wait(L.tpm, L.tq, L.tpm) or 0
 end
-return table.concat(out, ' ')
+local t_rr, t_tr = resets(T)
+local r_rr, r_tr = resets(R)
+return spack('<dddddddddddddd', failed == 0 and 1 or 0, failed, failed_level, wait_ms,
+  T.rq, t_rr, T.tq, t_tr, T.used, R.rq, r_rr, R.tq, r_tr, R.used)
