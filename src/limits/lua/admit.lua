@@ -23,8 +23,8 @@
 -- packed (the bundled `struct` library) and decimal arguments are passed
 -- through as the client formatted them (benches/README.md, "Redis admission").
 -- Needs Redis 6.2 or later (scripts replicate their effects by default).
-local call, ceil, max, min, spack, sunpack, tonumber =
-  redis.call, math.ceil, math.max, math.min, struct.pack, struct.unpack, tonumber
+local call, ceil, floor, max, min, spack, sunpack, tonumber =
+  redis.call, math.ceil, math.floor, math.max, math.min, struct.pack, struct.unpack, tonumber
 local t = call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local id, est_s, reservation_ttl, month_ttl, slots_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -109,7 +109,9 @@ if failed == 0 then
       call('PEXPIRE', L.hash, ttl + 1000)
     end
     if L.conc > 0 then
-      call('ZADD', L.slots, now + lease, id)
+      -- Whole milliseconds: Redis stores an integral score in its compact
+      -- encoding as an integer, which ZCOUNT then reads without strtod.
+      call('ZADD', L.slots, floor(now) + lease, id)
       call('PEXPIRE', L.slots, slots_ttl)
     end
     if L.quota > 0 then

@@ -7,7 +7,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local lease = tonumber(ARGV[1])
 for _, k in ipairs(KEYS) do
-  redis.call('ZADD', k, 'XX', now + lease, ARGV[2])
+  -- Whole milliseconds, as admit.lua scores slots.
+  redis.call('ZADD', k, 'XX', math.floor(now) + lease, ARGV[2])
   redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
   redis.call('PEXPIRE', k, lease * 2)
 end
