@@ -863,7 +863,14 @@ async fn a_redis_admission_reports_its_buckets_in_the_rate_limit_headers() {
     assert_eq!(header(&h, "x-ratelimit-limit-requests"), Some("60"));
     assert_eq!(header(&h, "x-ratelimit-remaining-requests"), Some("57"));
     assert_eq!(header(&h, "x-ratelimit-limit-tokens"), Some("1000"));
-    assert_eq!(header(&h, "x-ratelimit-remaining-tokens"), Some("700"));
+    // 300 charged; the bucket refills 1 token per 60 ms meanwhile.
+    let tokens = |h: &[(http::HeaderName, http::HeaderValue)]| -> u64 {
+        header(h, "x-ratelimit-remaining-tokens")
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!((700..=705).contains(&tokens(&h)), "{h:?}");
     // Full again after 3 requests at one a second, and 300 tokens at 1000 a minute.
     let secs = |name: &str| -> f64 {
         let v = header(&h, name).unwrap();
@@ -887,7 +894,7 @@ async fn a_redis_admission_reports_its_buckets_in_the_rate_limit_headers() {
         "{e:?}"
     );
     let h = e.headers();
-    assert_eq!(header(&h, "x-ratelimit-remaining-tokens"), Some("700"));
+    assert!((700..=710).contains(&tokens(&h)), "{h:?}");
     let wait: u64 = header(&h, "retry-after-ms").unwrap().parse().unwrap();
     // 100 more tokens at 1000 a minute: about 6 s.
     assert!((5_500..=6_000).contains(&wait), "retry-after-ms {wait}");

@@ -20,7 +20,7 @@ make_run_dir() {
 }
 
 stop_run_dir() {
-    local pid
+    local rc=$? pid keep
     if [ -f "$TMP/pids" ]; then
         while read -r pid; do
             kill -TERM "$pid" 2>/dev/null || true
@@ -29,6 +29,14 @@ stop_run_dir() {
         while read -r pid; do
             kill -KILL "$pid" 2>/dev/null || true
         done <"$TMP/pids"
+    fi
+    if [ "$rc" -ne 0 ] && [ "$rc" -ne 130 ]; then
+        # A failed run's logs (Livery's, the mock's, nginx's, Redis's) are kept
+        # for the post-mortem; the bulky data (spools, ledgers) is not.
+        keep=$(mktemp -d "${TMPDIR:-/tmp}/livery-failed-run.XXXXXX")
+        (cd "$TMP" && find . -maxdepth 2 -type f \( -name '*.log' -o -name '*.stderr' -o -name '*.toml' \) \
+            -exec cp --parents {} "$keep" \;) 2>/dev/null || true
+        log "the run failed (exit $rc): its logs are in $keep"
     fi
     rm -rf "$TMP"
 }
