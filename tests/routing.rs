@@ -599,3 +599,73 @@ async fn metrics_count_attempts_and_breakers_for_operators_only() {
     );
     assert!(!text.contains("dental"), "tenant ids stay out of metrics");
 }
+
+/// An h2c server that sheds each connection at its first request, as a server
+/// does after a burst of stream resets: GOAWAY `ENHANCE_YOUR_CALM`, then closed.
+async fn shedding_h2c_server() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                    return;
+                };
+                if let Some(Ok((_request, _respond))) = conn.accept().await {
+                    conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+                    while conn.accept().await.is_some() {}
+                }
+            });
+        }
+    });
+    format!("http://{addr}/v1")
+}
+
+#[tokio::test]
+async fn a_provider_connection_that_goes_away_does_not_open_the_breaker() {
+    let first = MockProvider::start().await;
+    let shedding = shedding_h2c_server().await;
+    let extra = format!(
+        r#"
+[[providers]]
+name = "first"
+kind = "openai"
+base_url = "{}"
+api_key_env = "{PROVIDER_KEY_ENV}"
+
+[[providers]]
+name = "shedding"
+kind = "openai"
+base_url = "{shedding}"
+api_key_env = "{PROVIDER_KEY_ENV}"
+http2_prior_knowledge = true
+
+[[models]]
+name = "shed-first"
+routes = [{{ provider = "shedding", model = "x" }}, {{ provider = "first", model = "first-model", priority = 1 }}]
+"#,
+        first.base_url()
+    );
+    let config = standard_config(&first.base_url(), &extra)
+        .replace(
+            "[routing]\nretries_per_route = 0\nbackoff_base_ms = 10\n",
+            "[routing]\nretries_per_route = 0\nbreaker_failures = 2\nbreaker_cooldown_ms = 60000\n",
+        )
+        .replace(
+            "models = [\"gpt-4o-mini\", \"embed\", \"premium\", \"demo\"]",
+            "models = [\"gpt-4o-mini\", \"embed\", \"premium\", \"demo\", \"shed-first\"]",
+        );
+    let gw = TestGateway::start(&config).await;
+    // Twice the breaker's threshold: every request still tries `shedding`
+    // (its GOAWAY says nothing about its health) and falls back to `first`.
+    for _ in 0..4 {
+        let resp = chat(&gw, "shed-first", json!({}), false).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            outcomes(&gw.usage_for(&rid(&resp)).await),
+            pairs(&[("shedding", "upstream_goaway"), ("first", "ok")])
+        );
+    }
+    let detail = readyz_detail(&gw).await;
+    assert!(!detail.contains("\"state\":\"open\""), "{detail}");
+}

@@ -229,14 +229,37 @@ async fn send_on(
     req: Request<()>,
     body: Bytes,
 ) -> Result<Response<RecvStream>, ProviderError> {
-    let broken = |e: h2::Error| ProviderError::Body(super::client::error_chain(&e));
+    let broken = provider_error;
     let (response, mut stream) = send.send_request(req, body.is_empty()).map_err(broken)?;
     if !body.is_empty() {
         // Queued behind the HEADERS frame; the connection task writes both
         // in one go.
         stream.send_data(body, true).map_err(broken)?;
     }
-    response.await.map_err(broken)
+    match response.await.map_err(broken) {
+        // A stream the server had taken fails as a broken pipe when the
+        // connection closes after its GOAWAY; the connection remembers why.
+        Err(ProviderError::Body(text)) if gone_away(send) => Err(ProviderError::GoneAway(text)),
+        r => r,
+    }
+}
+
+/// Whether the server ended this connection with a GOAWAY (h2 keeps it as the
+/// connection's error, which a readiness check returns at once).
+fn gone_away(send: SendRequest<Bytes>) -> bool {
+    use futures_util::FutureExt;
+    matches!(send.ready().now_or_never(), Some(Err(e)) if e.is_go_away() && e.is_remote())
+}
+
+/// An HTTP/2 stream's failure: [`ProviderError::GoneAway`] when the server's
+/// GOAWAY ended it, else a broken response.
+fn provider_error(e: h2::Error) -> ProviderError {
+    let text = super::client::error_chain(&e);
+    if e.is_go_away() && e.is_remote() {
+        ProviderError::GoneAway(text)
+    } else {
+        ProviderError::Body(text)
+    }
 }
 
 /// A response body from an HTTP/2 stream, handing the flow-control window
@@ -249,7 +272,7 @@ impl Stream for Http2Body {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let item = std::task::ready!(self.0.poll_data(cx));
         Poll::Ready(item.map(|chunk| {
-            let chunk = chunk.map_err(|e| ProviderError::Body(super::client::error_chain(&e)))?;
+            let chunk = chunk.map_err(provider_error)?;
             let _ = self.0.flow_control().release_capacity(chunk.len());
             Ok(chunk)
         }))
@@ -345,5 +368,32 @@ mod tests {
         );
         assert_eq!(post(&up, &origin).await, "ok");
         assert_eq!(connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_goaway_under_a_request_is_reported_as_gone_away() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut conn = h2::server::handshake(tcp).await.unwrap();
+            // The request arrives and the server sheds the connection, as a
+            // server does after a burst of stream resets. The response handle
+            // stays alive: dropping it would reset the stream first.
+            if let Some(Ok((_request, _respond))) = conn.accept().await {
+                conn.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+                while conn.accept().await.is_some() {}
+            }
+        });
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(conn);
+        let req = Request::post("http://127.0.0.1/v1/chat/completions")
+            .body(())
+            .unwrap();
+        let err = send_on(send, req, Bytes::from_static(b"{}"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProviderError::GoneAway(_)), "{err:?}");
     }
 }

@@ -80,6 +80,13 @@ pub enum ProviderError {
     FirstByteTimeout(u64),
     #[error("the provider's response broke off: {0}")]
     Body(String),
+    /// The provider's HTTP/2 connection went away (GOAWAY) under the request:
+    /// the server closing gracefully, or protecting itself (`ENHANCE_YOUR_CALM`
+    /// after a burst of stream resets, which this gateway's own cancelled
+    /// requests can cause). Retried like any broken response, but not held
+    /// against the route's breaker: it says nothing about the provider's health.
+    #[error("the provider's connection went away: {0}")]
+    GoneAway(String),
     #[error("the provider's response is larger than {0} bytes")]
     BodyTooLarge(usize),
     #[error("provider misconfigured: {0}")]

@@ -73,6 +73,7 @@ impl GatewayError {
             GatewayError::Provider(e) => match e {
                 ProviderError::Connect(_)
                 | ProviderError::Body(_)
+                | ProviderError::GoneAway(_)
                 | ProviderError::BodyTooLarge(_) => StatusCode::BAD_GATEWAY,
                 ProviderError::FirstByteTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
                 ProviderError::Misconfigured(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -137,7 +138,7 @@ impl GatewayError {
             GatewayError::Provider(e) => match e {
                 ProviderError::Connect(_) => "upstream_unreachable",
                 ProviderError::FirstByteTimeout(_) => "upstream_timeout",
-                ProviderError::Body(_) => "upstream_incomplete",
+                ProviderError::Body(_) | ProviderError::GoneAway(_) => "upstream_incomplete",
                 ProviderError::BodyTooLarge(_) => "upstream_response_too_large",
                 ProviderError::Misconfigured(_) => "provider_misconfigured",
             },

@@ -211,7 +211,9 @@ pub async fn serve(
                 AttemptResult::Retry(failure) => {
                     let key = key
                         .get_or_insert_with(|| breaker_key(&provider_name, credential.owner, ctx));
-                    app.breakers.on_failure(key, breaker);
+                    if failure.counts_against_breaker() {
+                        app.breakers.on_failure(key, breaker);
+                    }
                     push_attempt(
                         app,
                         &mut record,

@@ -66,7 +66,22 @@ pub enum FailureKind {
     Gateway(GatewayError),
 }
 
+/// The cause label of an attempt whose HTTP/2 connection went away under it.
+const GONE_AWAY: &str = "upstream_goaway";
+
 impl Failure {
+    /// Whether this failure says the route is unhealthy. A GOAWAY does not: a
+    /// server closes connections to restart or to shed a burst of resets (which
+    /// a gateway's own cancelled requests can be), and counting the requests
+    /// that were in flight on it opened the breaker for everyone (issue 7's
+    /// load runs).
+    pub fn counts_against_breaker(&self) -> bool {
+        !matches!(
+            self.kind,
+            FailureKind::Gateway(GatewayError::Provider(ProviderError::GoneAway(_)))
+        )
+    }
+
     fn gateway(cause: &'static str, e: impl Into<GatewayError>) -> Self {
         Self {
             cause,
@@ -120,6 +135,7 @@ pub async fn attempt(
             let cause = match e {
                 ProviderError::Connect(_) => "connect_error",
                 ProviderError::FirstByteTimeout(_) => "timeout",
+                ProviderError::GoneAway(_) => GONE_AWAY,
                 ProviderError::Misconfigured(_) => {
                     return AttemptResult::Final(Failure::gateway("misconfigured", e))
                 }
@@ -596,6 +612,20 @@ fn is_uuid(word: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn only_a_gone_away_connection_is_not_held_against_the_breaker() {
+        use crate::providers::ProviderError as P;
+        let gone = Failure::gateway(GONE_AWAY, P::GoneAway("GOAWAY ENHANCE_YOUR_CALM".into()));
+        assert!(!gone.counts_against_breaker());
+        for e in [
+            P::Body("reset".into()),
+            P::Connect("refused".into()),
+            P::FirstByteTimeout(1),
+        ] {
+            assert!(Failure::gateway("x", e).counts_against_breaker());
+        }
+    }
     use super::*;
 
     #[test]
