@@ -15,20 +15,10 @@ async fn fallback_gateway(routing: &str) -> (TestGateway, MockProvider, MockProv
     };
     let extra = format!(
         r#"
-[[providers]]
-name = "first"
-kind = "openai"
-base_url = "{}"
-api_key_env = "{PROVIDER_KEY_ENV}"
-first_byte_timeout_ms = 400
+{}first_byte_timeout_ms = 400
 stream_idle_timeout_ms = 400
 
-[[providers]]
-name = "second"
-kind = "openai"
-base_url = "{}"
-api_key_env = "{PROVIDER_KEY_ENV}"
-
+{}
 [[providers]]
 name = "dead"
 kind = "openai"
@@ -43,13 +33,33 @@ routes = [{{ provider = "first", model = "first-model" }}, {{ provider = "second
 name = "dead-first"
 routes = [{{ provider = "dead", model = "x" }}, {{ provider = "first", model = "first-model", priority = 1 }}]
 "#,
-        first.base_url(),
-        second.base_url()
+        openai_provider("first", &first.base_url()),
+        openai_provider("second", &second.base_url())
     );
-    let config = standard_config(&first.base_url(), &extra)
-        .replace("[routing]\nretries_per_route = 0\nbackoff_base_ms = 10\n", routing)
-        .replace("models = [\"gpt-4o-mini\", \"embed\", \"premium\", \"demo\"]", "models = [\"gpt-4o-mini\", \"embed\", \"premium\", \"demo\", \"chain\", \"dead-first\"]");
-    (TestGateway::start(&config).await, first, second)
+    let gw = gateway_with(&first.base_url(), &extra, routing, &["chain", "dead-first"]).await;
+    (gw, first, second)
+}
+
+/// The standard configuration against `mock_url` plus `extra` (providers and
+/// models), with `routing` as its `[routing]` table and `models` added to the
+/// plan.
+async fn gateway_with(mock_url: &str, extra: &str, routing: &str, models: &[&str]) -> TestGateway {
+    let plan = "models = [\"gpt-4o-mini\", \"embed\", \"premium\", \"demo\"";
+    let added: String = models.iter().map(|m| format!(", \"{m}\"")).collect();
+    let config = standard_config(mock_url, extra)
+        .replace(
+            "[routing]\nretries_per_route = 0\nbackoff_base_ms = 10\n",
+            routing,
+        )
+        .replace(&format!("{plan}]"), &format!("{plan}{added}]"));
+    TestGateway::start(&config).await
+}
+
+/// An OpenAI provider table for `name` at `base_url`, with the test key.
+fn openai_provider(name: &str, base_url: &str) -> String {
+    format!(
+        "[[providers]]\nname = \"{name}\"\nkind = \"openai\"\nbase_url = \"{base_url}\"\napi_key_env = \"{PROVIDER_KEY_ENV}\"\n"
+    )
 }
 
 const NO_RETRY: &str = "[routing]\nretries_per_route = 0\nbackoff_base_ms = 10\n";
@@ -627,35 +637,23 @@ async fn a_provider_connection_that_goes_away_does_not_open_the_breaker() {
     let shedding = shedding_h2c_server().await;
     let extra = format!(
         r#"
-[[providers]]
-name = "first"
-kind = "openai"
-base_url = "{}"
-api_key_env = "{PROVIDER_KEY_ENV}"
-
-[[providers]]
-name = "shedding"
-kind = "openai"
-base_url = "{shedding}"
-api_key_env = "{PROVIDER_KEY_ENV}"
-http2_prior_knowledge = true
+{}
+{}http2_prior_knowledge = true
 
 [[models]]
 name = "shed-first"
 routes = [{{ provider = "shedding", model = "x" }}, {{ provider = "first", model = "first-model", priority = 1 }}]
 "#,
-        first.base_url()
+        openai_provider("first", &first.base_url()),
+        openai_provider("shedding", &shedding)
     );
-    let config = standard_config(&first.base_url(), &extra)
-        .replace(
-            "[routing]\nretries_per_route = 0\nbackoff_base_ms = 10\n",
-            "[routing]\nretries_per_route = 0\nbreaker_failures = 2\nbreaker_cooldown_ms = 60000\n",
-        )
-        .replace(
-            "models = [\"gpt-4o-mini\", \"embed\", \"premium\", \"demo\"]",
-            "models = [\"gpt-4o-mini\", \"embed\", \"premium\", \"demo\", \"shed-first\"]",
-        );
-    let gw = TestGateway::start(&config).await;
+    let gw = gateway_with(
+        &first.base_url(),
+        &extra,
+        "[routing]\nretries_per_route = 0\nbreaker_failures = 2\nbreaker_cooldown_ms = 60000\n",
+        &["shed-first"],
+    )
+    .await;
     // Twice the breaker's threshold: every request still tries `shedding`
     // (its GOAWAY says nothing about its health) and falls back to `first`.
     for _ in 0..4 {
