@@ -6,10 +6,11 @@
 //!   built through `GatewayConfig` and `Snapshot::prepare` exactly as at start-up;
 //!   the keys looked up are spread over the whole tenant set, so large tables pay
 //!   their cache misses.
-//! - `sse/*`: `eventsource_stream` over a recorded 20-chunk mock stream, plus the
-//!   per-event work of `src/proxy/relay.rs` (peek at `choices[].finish_reason`,
-//!   `usage`, `model`, `error`; re-frame the event), mirrored here because the relay
-//!   is private.
+//! - `sse/*`: `providers::sse` (sse-core) over a recorded 20-chunk mock stream,
+//!   next to `eventsource-stream`, the parser it replaced, plus the per-event work
+//!   of `src/proxy/relay.rs` (peek at `choices[].finish_reason`, the delta's
+//!   text, `usage`, `model`, `error`; re-frame the event with `sse::frame`),
+//!   mirrored here because the relay is private.
 //! - `body/*`: what `prepare_body` in `src/proxy/handler.rs` does to a realistic
 //!   2 KB chat body with `RequestBody` (locate the members, read `model` and
 //!   `stream`, force `stream_options.include_usage`, estimate the tokens, splice
@@ -31,12 +32,13 @@ use http::{HeaderMap, HeaderValue};
 use livery::config::GatewayConfig;
 use livery::limits::{estimate_request_tokens, EffectiveLimits};
 use livery::providers::mock::MockReply;
-use livery::providers::Endpoint;
+use livery::providers::{sse, ByteStream, Endpoint, ProviderError};
 use livery::proxy::RequestBody;
 use livery::tenancy::{normalize_host, presented_key, KeyDigest, PresentedKey};
 use livery::Snapshot;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::borrow::Cow;
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -208,21 +210,39 @@ fn tenancy(c: &mut Criterion) {
 
 /// The fields of a streamed chunk the relay reads (mirror of `relay::ChunkPeek`).
 #[derive(Deserialize)]
-struct ChunkPeek {
-    #[serde(default)]
-    choices: Option<Vec<ChoicePeek>>,
+struct ChunkPeek<'a> {
+    #[serde(default, borrow)]
+    choices: Option<Vec<ChoicePeek<'a>>>,
     #[serde(default)]
     usage: Option<Value>,
-    #[serde(default)]
-    model: Option<String>,
+    #[serde(default, borrow, deserialize_with = "borrowed")]
+    model: Option<Cow<'a, str>>,
     #[serde(default)]
     error: Option<Value>,
 }
 
 #[derive(Deserialize)]
-struct ChoicePeek {
-    #[serde(default)]
-    finish_reason: Option<String>,
+struct ChoicePeek<'a> {
+    #[serde(default, borrow, deserialize_with = "borrowed")]
+    finish_reason: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    delta: Option<DeltaPeek<'a>>,
+}
+
+#[derive(Deserialize)]
+struct DeltaPeek<'a> {
+    #[serde(default, borrow, deserialize_with = "borrowed")]
+    content: Option<Cow<'a, str>>,
+}
+
+/// Mirror of `relay::borrowed`.
+fn borrowed<'de: 'a, 'a, D>(d: D) -> Result<Option<Cow<'a, str>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Text<'a>>::deserialize(d)?.map(|t| t.0))
 }
 
 /// Mirror of `record::TokenUsage::from_json`.
@@ -240,6 +260,7 @@ fn token_usage(usage: &Value) -> Option<(Option<u64>, Option<u64>, Option<u64>)>
 struct RelayState {
     saw_finish: bool,
     model: Option<String>,
+    text: String,
     tokens: Option<(Option<u64>, Option<u64>, Option<u64>)>,
     errored: bool,
     done: bool,
@@ -259,11 +280,14 @@ fn on_event(
     let mut forward = true;
     if let Ok(peek) = serde_json::from_str::<ChunkPeek>(data) {
         if let (Some(model), None) = (peek.model, &st.model) {
-            st.model = Some(model);
+            st.model = Some(model.into_owned());
         }
         let choices = peek.choices.unwrap_or_default();
-        if choices.iter().any(|c| c.finish_reason.is_some()) {
-            st.saw_finish = true;
+        for c in &choices {
+            st.saw_finish |= c.finish_reason.is_some();
+            if let Some(text) = c.delta.as_ref().and_then(|d| d.content.as_ref()) {
+                st.text.push_str(text);
+            }
         }
         if let Some(u) = peek.usage.as_ref().and_then(token_usage) {
             st.tokens = Some(u);
@@ -276,12 +300,13 @@ fn on_event(
     if !forward {
         return None;
     }
-    let out = if event.is_empty() || event == "message" {
-        format!("data: {data}\n\n")
-    } else {
-        format!("event: {event}\ndata: {data}\n\n")
-    };
-    Some(Bytes::from(out))
+    Some(sse::frame(event, data, b""))
+}
+
+/// `pieces` as an upstream body.
+fn byte_stream(pieces: &[Bytes]) -> ByteStream {
+    let items: Vec<Result<Bytes, ProviderError>> = pieces.iter().cloned().map(Ok).collect();
+    Box::pin(futures_util::stream::iter(items))
 }
 
 fn recorded_stream(chunks: u64) -> Vec<Bytes> {
@@ -305,6 +330,17 @@ fn sse(c: &mut Criterion) {
     g.throughput(Throughput::Elements(events));
     g.bench_function("parse_stream_20_chunks", |b| {
         b.iter(|| {
+            let n = sse::events(byte_stream(&pieces))
+                .fold(
+                    0usize,
+                    |n, ev| async move { n + ev.map_or(0, |e| e.data.len()) },
+                )
+                .now_or_never();
+            black_box(n)
+        })
+    });
+    g.bench_function("parse_stream_20_chunks_eventsource_stream", |b| {
+        b.iter(|| {
             let upstream = futures_util::stream::iter(
                 pieces
                     .iter()
@@ -323,15 +359,8 @@ fn sse(c: &mut Criterion) {
     });
     g.bench_function("relay_stream_20_chunks", |b| {
         b.iter(|| {
-            let upstream = futures_util::stream::iter(
-                pieces
-                    .iter()
-                    .cloned()
-                    .map(Ok::<_, std::convert::Infallible>),
-            );
             let mut st = RelayState::default();
-            let sent = upstream
-                .eventsource()
+            let sent = sse::events(byte_stream(&pieces))
                 .fold(0usize, |n, ev| {
                     let out = ev
                         .ok()
@@ -346,13 +375,10 @@ fn sse(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(bytes as u64));
     g.bench_function("relay_stream_20_chunks_one_buffer", |b| {
         // The whole stream in one TCP read, as on a fast loopback upstream.
-        let joined: Bytes = pieces.concat().into();
+        let joined = [Bytes::from(pieces.concat())];
         b.iter(|| {
-            let upstream =
-                futures_util::stream::iter([Ok::<_, std::convert::Infallible>(joined.clone())]);
             let mut st = RelayState::default();
-            let sent = upstream
-                .eventsource()
+            let sent = sse::events(byte_stream(&joined))
                 .fold(0usize, |n, ev| {
                     let out = ev
                         .ok()

@@ -15,6 +15,7 @@ mod idle;
 mod messages_bridge;
 pub mod mock;
 mod openai;
+pub mod sse;
 mod translate;
 
 pub use idle::IdleTimeout;

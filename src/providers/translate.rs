@@ -10,9 +10,9 @@
 //! the proxy's relay ends the client's stream the way it ends any broken one.
 
 use super::anthropic::{anthropic_sse_frame, ChatStreamToMessages, MessagesStreamToChat};
+use super::sse;
 use super::{ByteStream, ProviderError, UpstreamBody, UpstreamResponse};
 use bytes::{Bytes, BytesMut};
-use eventsource_stream::{EventStreamError, Eventsource};
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::Value;
@@ -38,7 +38,7 @@ pub(crate) trait SseConverter: Send + 'static {
 
 /// Applies `conv` to every event of `body`, as the events arrive.
 pub(crate) fn translate_sse<C: SseConverter>(body: ByteStream, conv: C) -> ByteStream {
-    let events = body.eventsource();
+    let events = sse::events(body);
     Box::pin(futures_util::stream::unfold(
         (events, conv, false),
         |(mut events, mut conv, done)| async move {
@@ -58,11 +58,7 @@ pub(crate) fn translate_sse<C: SseConverter>(body: ByteStream, conv: C) -> ByteS
                         }
                     }
                     Some(Err(e)) => {
-                        let err = match e {
-                            EventStreamError::Transport(p) => p,
-                            other => ProviderError::Body(other.to_string()),
-                        };
-                        return Some((Err(err), (events, conv, true)));
+                        return Some((Err(e.into_provider()), (events, conv, true)));
                     }
                     None => {
                         let out = conv.on_end();

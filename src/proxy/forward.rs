@@ -10,11 +10,11 @@ use super::ctx::Dialect;
 use super::error::GatewayError;
 use super::record::{PendingRecord, TokenUsage, UsagePeek};
 use crate::config::StreamCommit;
+use crate::providers::sse::{self, Event, EventStream};
 use crate::providers::{ByteStream, Provider, ProviderError, UpstreamBody, UpstreamRequest};
 use crate::usage::Outcome;
 use crate::vault::{KeyOwner, Secret};
 use bytes::{Bytes, BytesMut};
-use eventsource_stream::{Event, EventStream, EventStreamError, Eventsource};
 use futures_util::StreamExt;
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
@@ -44,7 +44,7 @@ pub enum Committed {
     /// A stream whose first content event has arrived; `held` are the events
     /// read so far (lifecycle frames included), to be sent first.
     Stream {
-        events: EventStream<ByteStream>,
+        events: EventStream,
         held: Vec<Event>,
     },
 }
@@ -178,14 +178,11 @@ pub async fn attempt(
     }
     let is_sse = crate::providers::is_event_stream(&upstream.headers);
     if stream && is_sse {
-        let mut events = body.eventsource();
+        let mut events = sse::events(body);
         let mut held = Vec::new();
         let peek = async {
             while let Some(ev) = events.next().await {
-                let ev = ev.map_err(|e| match e {
-                    EventStreamError::Transport(p) => p,
-                    other => ProviderError::Body(other.to_string()),
-                })?;
+                let ev = ev.map_err(sse::EventError::into_provider)?;
                 let verdict = match (commit, dialect) {
                     (StreamCommit::FirstEvent, _) => first_event_verdict(&ev),
                     (StreamCommit::FirstContent, Dialect::OpenAi) => first_content_verdict(&ev),

@@ -13,10 +13,9 @@ use super::messages::{event_name, token_usage};
 use super::record::PendingRecord;
 use super::relay::{poll_upstream, Upstream};
 use crate::providers::anthropic::{anthropic_sse_frame, Tokens};
-use crate::providers::ByteStream;
+use crate::providers::sse::{Event, EventStream};
 use crate::usage::Outcome;
 use bytes::Bytes;
-use eventsource_stream::{Event, EventStream};
 use futures_util::Stream;
 use http_body::Frame;
 use serde_json::{json, Value};
@@ -25,7 +24,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 pub struct MessagesRelay {
-    events: EventStream<ByteStream>,
+    events: EventStream,
     /// Events read while deciding to commit to this route, sent first.
     held: std::collections::VecDeque<Event>,
     /// The request's total deadline: the stream ends with an error event there.
@@ -37,7 +36,7 @@ pub struct MessagesRelay {
 
 impl MessagesRelay {
     pub fn new(
-        events: EventStream<ByteStream>,
+        events: EventStream,
         held: Vec<Event>,
         record: PendingRecord,
         deadline: tokio::time::Instant,

@@ -9,6 +9,7 @@ pub mod error;
 mod fallback;
 mod forward;
 mod handler;
+mod horizon;
 mod messages;
 mod messages_relay;
 mod record;
@@ -132,6 +133,7 @@ impl Gateway {
         });
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        tasks.spawn(horizon::keep(stop_rx.clone()));
         // HTTPS first, so that redirects from the plain listeners know its port.
         let mut tls_listeners = Vec::new();
         let mut tls_addrs = Vec::new();

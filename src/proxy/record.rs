@@ -81,6 +81,54 @@ impl From<UsagePeek> for TokenUsage {
     }
 }
 
+/// A `usage` member read as [`UsagePeek`] when it is an object, and as absent
+/// when it is anything else (`null` in every chunk but the last, in OpenAI's
+/// streams), without building a JSON tree of it.
+#[derive(Debug, Default)]
+pub struct UsageField(pub Option<TokenUsage>);
+
+impl<'de> serde::Deserialize<'de> for UsageField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::value::MapAccessDeserializer;
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        use serde::Deserialize;
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = UsageField;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a usage object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, a: A) -> Result<UsageField, A::Error> {
+                let u = UsagePeek::deserialize(MapAccessDeserializer::new(a))?;
+                Ok(UsageField(Some(u.into())))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<UsageField, A::Error> {
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(UsageField(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<UsageField, E> {
+                Ok(UsageField(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<UsageField, E> {
+                Ok(UsageField(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<UsageField, E> {
+                Ok(UsageField(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<UsageField, E> {
+                Ok(UsageField(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<UsageField, E> {
+                Ok(UsageField(None))
+            }
+            fn visit_unit<E>(self) -> Result<UsageField, E> {
+                Ok(UsageField(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// A token count, or `None` for any other JSON value (which is skipped).
 #[derive(Debug, Default)]
 struct LenientCount(Option<u64>);

@@ -8,11 +8,11 @@
 //! mistakes a truncated answer for a success. The usage chunk that the gateway
 //! asked for on the client's behalf is removed from what the client sees.
 
-use super::record::{PendingRecord, TokenUsage};
-use crate::providers::{ByteStream, ProviderError};
+use super::record::{PendingRecord, UsageField};
+use crate::providers::sse::{self, Event, EventError, EventStream};
+use crate::providers::ProviderError;
 use crate::usage::Outcome;
 use bytes::Bytes;
-use eventsource_stream::{Event, EventStream};
 use futures_util::Stream;
 use http_body::Frame;
 use serde::Deserialize;
@@ -24,14 +24,16 @@ use std::task::{Context, Poll};
 
 /// The parts of a streamed chunk the gateway looks at; everything else is
 /// forwarded untouched. Strings are borrowed where the JSON has no escapes, so that a typical
-/// chunk is read without allocating.
+/// chunk is read without allocating. (`#[serde(borrow)]` alone does not borrow
+/// an `Option<Cow<str>>`: serde's borrowed `Cow` applies to a bare `Cow` field,
+/// hence [`borrowed`].)
 #[derive(Deserialize)]
 struct ChunkPeek<'a> {
     #[serde(default, borrow)]
     choices: Option<Vec<ChoicePeek<'a>>>,
     #[serde(default)]
-    usage: Option<serde_json::Value>,
-    #[serde(default, borrow)]
+    usage: UsageField,
+    #[serde(default, borrow, deserialize_with = "borrowed")]
     model: Option<Cow<'a, str>>,
     #[serde(default)]
     error: Option<serde_json::Value>,
@@ -39,7 +41,7 @@ struct ChunkPeek<'a> {
 
 #[derive(Deserialize)]
 struct ChoicePeek<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed")]
     finish_reason: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     delta: Option<DeltaPeek<'a>>,
@@ -49,9 +51,9 @@ struct ChoicePeek<'a> {
 /// upstream reports no usage.
 #[derive(Deserialize)]
 struct DeltaPeek<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed")]
     content: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed")]
     refusal: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     tool_calls: Option<Vec<ToolCallPeek<'a>>>,
@@ -65,14 +67,24 @@ struct ToolCallPeek<'a> {
 
 #[derive(Deserialize)]
 struct FunctionPeek<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed")]
     name: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "borrowed")]
     arguments: Option<Cow<'a, str>>,
 }
 
+/// An optional string, borrowed from the input unless it has escapes.
+fn borrowed<'de: 'a, 'a, D>(d: D) -> Result<Option<Cow<'a, str>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
+    Ok(Option::<Text<'a>>::deserialize(d)?.map(|t| t.0))
+}
+
 pub struct SseRelay {
-    events: EventStream<ByteStream>,
+    events: EventStream,
     /// Events read while deciding to commit to this route, sent first.
     held: std::collections::VecDeque<Event>,
     /// The request's total deadline: the stream ends with an error event there.
@@ -86,7 +98,7 @@ pub struct SseRelay {
 
 impl SseRelay {
     pub fn new(
-        events: EventStream<ByteStream>,
+        events: EventStream,
         held: Vec<Event>,
         record: PendingRecord,
         client_wants_usage: bool,
@@ -160,7 +172,7 @@ impl SseRelay {
                     }
                 }
             }
-            if let Some(u) = peek.usage.as_ref().and_then(TokenUsage::from_json) {
+            if let UsageField(Some(u)) = peek.usage {
                 self.record.tokens = u;
                 if choices.is_empty() && !self.client_wants_usage {
                     forward = false;
@@ -182,15 +194,8 @@ impl SseRelay {
             return None;
         }
         self.record.mark_first_byte();
-        let mut out = if event.is_empty() || event == "message" {
-            format!("data: {data}\n\n")
-        } else {
-            format!("event: {event}\ndata: {data}\n\n")
-        };
-        if end_after {
-            out.push_str("data: [DONE]\n\n");
-        }
-        Some(Bytes::from(out))
+        let tail: &[u8] = if end_after { b"data: [DONE]\n\n" } else { b"" };
+        Some(sse::frame(event, data, tail))
     }
 }
 
@@ -238,7 +243,7 @@ pub(super) enum Upstream {
 /// by the OpenAI and the Anthropic relays, which differ only in how they
 /// frame what they send.
 pub(super) fn poll_upstream(
-    events: &mut EventStream<ByteStream>,
+    events: &mut EventStream,
     deadline: Pin<&mut tokio::time::Sleep>,
     cx: &mut Context<'_>,
 ) -> Poll<Upstream> {
@@ -253,9 +258,7 @@ pub(super) fn poll_upstream(
         Poll::Ready(Some(Ok(ev))) => Poll::Ready(Upstream::Event(ev)),
         Poll::Ready(Some(Err(e))) => {
             let detail = match &e {
-                eventsource_stream::EventStreamError::Transport(ProviderError::Body(m)) => {
-                    m.clone()
-                }
+                EventError::Transport(ProviderError::Body(m)) => m.clone(),
                 other => other.to_string(),
             };
             tracing::warn!(error = %detail, "upstream stream broke off");
@@ -268,5 +271,44 @@ pub(super) fn poll_upstream(
             "stream_truncated",
             "The upstream stream ended before the answer was complete.",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_is_peeked_without_copying_its_strings() {
+        let data = r#"{"model":"gpt-4o","choices":[{"delta":{"content":"Hi"},"finish_reason":null}],"usage":null}"#;
+        let peek: ChunkPeek = serde_json::from_str(data).unwrap();
+        assert!(matches!(peek.model, Some(Cow::Borrowed("gpt-4o"))));
+        let choice = &peek.choices.as_ref().unwrap()[0];
+        let content = &choice.delta.as_ref().unwrap().content;
+        assert!(matches!(content, Some(Cow::Borrowed("Hi"))));
+        assert!(choice.finish_reason.is_none() && peek.usage.0.is_none());
+        // Escapes still read correctly, into an owned string.
+        let peek: ChunkPeek =
+            serde_json::from_str(r#"{"choices":[{"delta":{"content":"a\nb"}}]}"#).unwrap();
+        let choices = peek.choices.unwrap();
+        let content = &choices[0].delta.as_ref().unwrap().content;
+        assert!(matches!(content, Some(Cow::Owned(s)) if s == "a\nb"));
+    }
+
+    #[test]
+    fn the_usage_chunk_is_read_and_an_odd_usage_does_not_hide_the_rest() {
+        let data = r#"{"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":12,"total_tokens":21,"prompt_tokens_details":{"cached_tokens":4,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}}"#;
+        let peek: ChunkPeek = serde_json::from_str(data).unwrap();
+        let u = peek.usage.0.expect("usage");
+        assert_eq!(
+            (u.prompt, u.completion, u.total, u.cached),
+            (Some(9), Some(12), Some(21), Some(4))
+        );
+        for odd in ["5", "\"x\"", "[1,{}]", "true", "null"] {
+            let data = format!(r#"{{"usage":{odd},"choices":[{{"finish_reason":"stop"}}]}}"#);
+            let peek: ChunkPeek = serde_json::from_str(&data).unwrap();
+            assert!(peek.usage.0.is_none(), "{odd}");
+            assert!(peek.choices.unwrap()[0].finish_reason.is_some(), "{odd}");
+        }
     }
 }
