@@ -34,3 +34,22 @@ pub async fn keep(mut stop: watch::Receiver<bool>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_horizon_timer_is_always_pending_until_stop() {
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(keep(rx));
+        // Hours of (paused, auto-advanced) idle time: the task keeps ticking.
+        tokio::time::sleep(Duration::from_secs(3 * 3600)).await;
+        assert!(!task.is_finished());
+        stop.send_replace(true);
+        tokio::time::timeout(Duration::from_millis(10), task)
+            .await
+            .expect("the horizon stops with the gateway")
+            .expect("no panic");
+    }
+}
