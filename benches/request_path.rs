@@ -214,7 +214,7 @@ struct ChunkPeek<'a> {
     #[serde(default, borrow)]
     choices: Option<Vec<ChoicePeek<'a>>>,
     #[serde(default)]
-    usage: Option<Value>,
+    usage: Option<UsageMirror>,
     #[serde(default, borrow, deserialize_with = "borrowed")]
     model: Option<Cow<'a, str>>,
     #[serde(default)]
@@ -245,15 +245,29 @@ where
     Ok(Option::<Text<'a>>::deserialize(d)?.map(|t| t.0))
 }
 
-/// Mirror of `record::TokenUsage::from_json`.
-fn token_usage(usage: &Value) -> Option<(Option<u64>, Option<u64>, Option<u64>)> {
-    let o = usage.as_object()?;
-    let n = |k: &str| o.get(k).and_then(Value::as_u64);
-    Some((
-        n("prompt_tokens"),
-        n("completion_tokens"),
-        n("total_tokens"),
-    ))
+/// Mirror of `record::UsageField` (read straight into counts, no JSON tree;
+/// the real one also reads any non-object `usage` as absent).
+#[derive(Deserialize)]
+struct UsageMirror {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+    #[serde(default)]
+    total_tokens: Option<u64>,
+    #[serde(default)]
+    prompt_tokens_details: Option<DetailsMirror>,
+}
+
+#[derive(Deserialize)]
+struct DetailsMirror {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+fn token_usage(u: &UsageMirror) -> Option<(Option<u64>, Option<u64>, Option<u64>)> {
+    let _cached = u.prompt_tokens_details.as_ref().map(|d| d.cached_tokens);
+    Some((u.prompt_tokens, u.completion_tokens, u.total_tokens))
 }
 
 #[derive(Default)]
