@@ -179,6 +179,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_event_over_the_cap_ends_the_stream_with_too_large() {
+        let mut big = b"data: ".to_vec();
+        big.resize(MAX_EVENT_BYTES + 16, b'x');
+        big.extend_from_slice(b"\n\ndata: after\n\n");
+        let big: &'static [u8] = Box::leak(big.into_boxed_slice());
+        let mut s = events(body(&[b"data: first\n\n", big]));
+        assert_eq!(s.next().await.unwrap().unwrap().data, "first");
+        assert!(matches!(s.next().await, Some(Err(EventError::TooLarge))));
+        // A large tool call's arguments in one event (1 MiB) still pass.
+        let mut large = b"data: ".to_vec();
+        large.resize(1 << 20, b'y');
+        large.extend_from_slice(b"\n\n");
+        let large: &'static [u8] = Box::leak(large.into_boxed_slice());
+        let mut s = events(body(&[large]));
+        assert_eq!(s.next().await.unwrap().unwrap().data.len(), (1 << 20) - 6);
+        let e = EventError::TooLarge.into_provider();
+        assert!(matches!(e, ProviderError::Body(m) if m.contains("exceeded")));
+    }
+
+    #[tokio::test]
     async fn a_transport_error_is_passed_on() {
         let items: Vec<Result<Bytes, ProviderError>> = vec![
             Ok(Bytes::from_static(b"data: a\n\n")),
