@@ -35,6 +35,7 @@ use livery::providers::mock::MockReply;
 use livery::providers::{sse, ByteStream, Endpoint, ProviderError};
 use livery::proxy::RequestBody;
 use livery::tenancy::{normalize_host, presented_key, KeyDigest, PresentedKey};
+use livery::usage::event::opt_text;
 use livery::Snapshot;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -215,7 +216,7 @@ struct ChunkPeek<'a> {
     choices: Option<Vec<ChoicePeek<'a>>>,
     #[serde(default)]
     usage: Option<UsageMirror>,
-    #[serde(default, borrow, deserialize_with = "borrowed")]
+    #[serde(default, borrow, deserialize_with = "opt_text")]
     model: Option<Cow<'a, str>>,
     #[serde(default)]
     error: Option<Value>,
@@ -223,7 +224,7 @@ struct ChunkPeek<'a> {
 
 #[derive(Deserialize)]
 struct ChoicePeek<'a> {
-    #[serde(default, borrow, deserialize_with = "borrowed")]
+    #[serde(default, borrow, deserialize_with = "opt_text")]
     finish_reason: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     delta: Option<DeltaPeek<'a>>,
@@ -231,18 +232,8 @@ struct ChoicePeek<'a> {
 
 #[derive(Deserialize)]
 struct DeltaPeek<'a> {
-    #[serde(default, borrow, deserialize_with = "borrowed")]
+    #[serde(default, borrow, deserialize_with = "opt_text")]
     content: Option<Cow<'a, str>>,
-}
-
-/// Mirror of `relay::borrowed`.
-fn borrowed<'de: 'a, 'a, D>(d: D) -> Result<Option<Cow<'a, str>>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    #[derive(Deserialize)]
-    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
-    Ok(Option::<Text<'a>>::deserialize(d)?.map(|t| t.0))
 }
 
 /// Mirror of `record::UsageField` (read straight into counts, no JSON tree;

@@ -24,6 +24,10 @@ pub use sse_core::MessageEvent as Event;
 /// of a streamed answer is a few hundred bytes; a whole tool call's arguments
 /// sent in one event can reach hundreds of kilobytes.
 pub const MAX_EVENT_BYTES: usize = 8 << 20;
+const EVENT_LIMIT: NonZeroUsize = match NonZeroUsize::new(MAX_EVENT_BYTES) {
+    Some(n) => n,
+    None => panic!("MAX_EVENT_BYTES is not zero"),
+};
 
 /// Why an event stream stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -51,8 +55,7 @@ pub struct EventStream {
 
 /// Reads `body` as server-sent events.
 pub fn events(body: ByteStream) -> EventStream {
-    let limit = NonZeroUsize::new(MAX_EVENT_BYTES).unwrap_or(NonZeroUsize::MIN);
-    let mut inner = SseStream::with_decoder(SseDecoder::with_limit(limit));
+    let mut inner = SseStream::with_decoder(SseDecoder::with_limit(EVENT_LIMIT));
     inner.attach(body);
     EventStream { inner }
 }
@@ -62,18 +65,14 @@ impl Stream for EventStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         loop {
-            return match Pin::new(&mut self.inner).poll_next(cx) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Ready(Some(Ok(SseEvent::Message(ev)))) => Poll::Ready(Some(Ok(ev))),
-                Poll::Ready(Some(Ok(SseEvent::Retry(_)))) => continue,
-                Poll::Ready(Some(Err(SseStreamError::Inner(e)))) => {
-                    Poll::Ready(Some(Err(EventError::Transport(e))))
-                }
-                Poll::Ready(Some(Err(SseStreamError::PayloadTooLarge(_)))) => {
-                    Poll::Ready(Some(Err(EventError::TooLarge)))
-                }
+            let item = match std::task::ready!(Pin::new(&mut self.inner).poll_next(cx)) {
+                None => None,
+                Some(Ok(SseEvent::Message(ev))) => Some(Ok(ev)),
+                Some(Ok(SseEvent::Retry(_))) => continue,
+                Some(Err(SseStreamError::Inner(e))) => Some(Err(EventError::Transport(e))),
+                Some(Err(SseStreamError::PayloadTooLarge(_))) => Some(Err(EventError::TooLarge)),
             };
+            return Poll::Ready(item);
         }
     }
 }

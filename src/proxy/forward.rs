@@ -346,7 +346,7 @@ pub fn json_answer(
         struct AnswerPeek<'a> {
             #[serde(default)]
             usage: Option<UsagePeek>,
-            #[serde(default, borrow)]
+            #[serde(default, borrow, deserialize_with = "crate::usage::event::opt_text")]
             model: Option<Cow<'a, str>>,
         }
         // The tree is parsed only for an odd shape (`usage` or `model` of
@@ -609,6 +609,7 @@ fn is_uuid(word: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn only_a_gone_away_connection_is_not_held_against_the_breaker() {
@@ -623,7 +624,6 @@ mod tests {
             assert!(Failure::gateway("x", e).counts_against_breaker());
         }
     }
-    use super::*;
 
     #[test]
     fn scrubs_provider_identifiers() {

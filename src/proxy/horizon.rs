@@ -27,10 +27,7 @@ pub async fn keep(mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            r = stop.wait_for(|s| *s) => {
-                let _ = r;
-                return;
-            }
+            _ = stop.wait_for(|s| *s) => return,
         }
     }
 }

@@ -11,6 +11,7 @@
 use super::record::{PendingRecord, UsageField};
 use crate::providers::sse::{self, Event, EventError, EventStream};
 use crate::providers::ProviderError;
+use crate::usage::event::opt_text;
 use crate::usage::Outcome;
 use bytes::Bytes;
 use futures_util::Stream;
@@ -24,16 +25,15 @@ use std::task::{Context, Poll};
 
 /// The parts of a streamed chunk the gateway looks at; everything else is
 /// forwarded untouched. Strings are borrowed where the JSON has no escapes, so that a typical
-/// chunk is read without allocating. (`#[serde(borrow)]` alone does not borrow
-/// an `Option<Cow<str>>`: serde's borrowed `Cow` applies to a bare `Cow` field,
-/// hence [`borrowed`].)
+/// chunk is read without allocating (`#[serde(borrow)]` alone does not borrow
+/// an `Option<Cow<str>>`, hence [`opt_text`]).
 #[derive(Deserialize)]
 struct ChunkPeek<'a> {
     #[serde(default, borrow)]
     choices: Option<Vec<ChoicePeek<'a>>>,
     #[serde(default)]
     usage: UsageField,
-    #[serde(default, borrow, deserialize_with = "borrowed")]
+    #[serde(default, borrow, deserialize_with = "opt_text")]
     model: Option<Cow<'a, str>>,
     #[serde(default)]
     error: Option<serde_json::Value>,
@@ -41,7 +41,7 @@ struct ChunkPeek<'a> {
 
 #[derive(Deserialize)]
 struct ChoicePeek<'a> {
-    #[serde(default, borrow, deserialize_with = "borrowed")]
+    #[serde(default, borrow, deserialize_with = "opt_text")]
     finish_reason: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     delta: Option<DeltaPeek<'a>>,
@@ -51,9 +51,9 @@ struct ChoicePeek<'a> {
 /// upstream reports no usage.
 #[derive(Deserialize)]
 struct DeltaPeek<'a> {
-    #[serde(default, borrow, deserialize_with = "borrowed")]
+    #[serde(default, borrow, deserialize_with = "opt_text")]
     content: Option<Cow<'a, str>>,
-    #[serde(default, borrow, deserialize_with = "borrowed")]
+    #[serde(default, borrow, deserialize_with = "opt_text")]
     refusal: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     tool_calls: Option<Vec<ToolCallPeek<'a>>>,
@@ -67,20 +67,10 @@ struct ToolCallPeek<'a> {
 
 #[derive(Deserialize)]
 struct FunctionPeek<'a> {
-    #[serde(default, borrow, deserialize_with = "borrowed")]
+    #[serde(default, borrow, deserialize_with = "opt_text")]
     name: Option<Cow<'a, str>>,
-    #[serde(default, borrow, deserialize_with = "borrowed")]
+    #[serde(default, borrow, deserialize_with = "opt_text")]
     arguments: Option<Cow<'a, str>>,
-}
-
-/// An optional string, borrowed from the input unless it has escapes.
-fn borrowed<'de: 'a, 'a, D>(d: D) -> Result<Option<Cow<'a, str>>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    #[derive(Deserialize)]
-    struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
-    Ok(Option::<Text<'a>>::deserialize(d)?.map(|t| t.0))
 }
 
 pub struct SseRelay {

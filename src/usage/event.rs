@@ -270,8 +270,10 @@ pub struct LedgerEvent<'a> {
 }
 
 /// An optional string, borrowed when it holds no escape. (`#[serde(borrow)]`
-/// alone borrows a `Cow<str>` but not one inside an `Option`.)
-fn opt_text<'de: 'a, 'a, D: serde::Deserializer<'de>>(
+/// alone borrows a `Cow<str>` but not one inside an `Option`.) Shared by every
+/// peek that reads JSON strings it may keep: `#[serde(borrow, default,
+/// deserialize_with = "opt_text")]`.
+pub fn opt_text<'de: 'a, 'a, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<Cow<'a, str>>, D::Error> {
     #[derive(Deserialize)]
