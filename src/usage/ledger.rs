@@ -1,4 +1,8 @@
-//! [`Ledger`]: the spool plus one shipping thread per sink and the fsync thread.
+//! [`Ledger`]: the spool plus one shipper per sink and the fsync thread.
+//!
+//! A shipper runs under `SCHED_IDLE` while it keeps up, so that its batches
+//! never hold up a request, and on a normal-priority thread while it is a full
+//! batch behind (a backlog at start, a saturated core): see [`super::lanes`].
 //!
 //! ```text
 //! request path ──append (write(2), no fsync)──▶ spool segments ──▶ shipper[sqlite]  ──▶ usage.db
@@ -24,6 +28,7 @@
 //! is spooled for up to `drain` before giving up; what is left stays in the
 //! spool for the next start.
 
+use super::lanes::{self, Shift, Step};
 use super::sinks::{Ack, Sink};
 use super::spool::{AppendError, Position, Spool, SpoolStats};
 use super::LedgerEvent;
@@ -174,12 +179,13 @@ impl Ledger {
                 .spawn(move || syncer.run_syncer(syncer_stop))?,
         );
         for (sink, state) in sinks.into_iter().zip(states) {
-            let shared = shared.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("livery-ship-{}", state.name))
-                    .spawn(move || Shipper::new(shared, state, sink).run())?,
-            );
+            // Shipping runs under SCHED_IDLE while it keeps up, so that a
+            // batch never delays a request; behind, on a normal thread.
+            threads.extend(lanes::spawn(
+                format!("livery-ship-{}", state.name),
+                format!("livery-lag-{}", state.name),
+                Shipper::new(shared.clone(), state, sink),
+            )?);
         }
         Ok(Self {
             shared,
@@ -304,6 +310,10 @@ struct Shipper {
     file_at: Instant,
     /// Whether the last ack stored the cursor in the sink.
     cursor_in_sink: bool,
+    /// Read buffer: the events of a batch borrow it, the next batch reuses it.
+    buf: Vec<u8>,
+    /// Whether the backlog left by earlier processes has been counted.
+    counted: bool,
 }
 
 impl Shipper {
@@ -321,26 +331,29 @@ impl Shipper {
             file_pos: pos,
             file_at: Instant::now(),
             cursor_in_sink: false,
+            buf: Vec::new(),
+            counted: false,
         }
     }
 
-    fn run(mut self) {
-        self.state
-            .backlog
-            .store(self.spool.count_backlog(self.pos), Ordering::Relaxed);
-        // The events of a batch borrow this buffer, which the next batch
-        // reuses; one that grew for a backlog is let go.
-        let mut buf = Vec::new();
-        while self.step(&mut buf) {
-            if buf.capacity() > KEEP_READ_BUFFER {
-                buf = Vec::new();
-            }
+    /// Reads and delivers one batch, or waits for one (see [`Shift`]).
+    fn ship(&mut self) -> Step {
+        if !self.counted {
+            self.counted = true;
+            self.state
+                .backlog
+                .store(self.spool.count_backlog(self.pos), Ordering::Relaxed);
         }
-        self.finish();
+        let mut buf = std::mem::take(&mut self.buf);
+        let step = self.step(&mut buf);
+        // A buffer that grew for a backlog is let go.
+        if buf.capacity() <= KEEP_READ_BUFFER {
+            self.buf = buf;
+        }
+        step
     }
 
-    /// Reads and delivers one batch, or waits for one; `false` to finish.
-    fn step(&mut self, buf: &mut Vec<u8>) -> bool {
+    fn step(&mut self, buf: &mut Vec<u8>) -> Step {
         let seen = self.spool.generation();
         let (events, next) = match self
             .spool
@@ -350,10 +363,10 @@ impl Shipper {
             Err(e) => {
                 tracing::error!(sink = %self.state.name, error = %e, "usage spool read failed");
                 if self.shared.stopping() {
-                    return false;
+                    return Step::Finished;
                 }
                 std::thread::sleep(BACKOFF_MAX);
-                return true;
+                return Step::KeepingUp;
             }
         };
         if events.is_empty() {
@@ -367,28 +380,31 @@ impl Shipper {
                         cursor_stored: false,
                     },
                 );
-                return true;
+                return Step::KeepingUp;
             }
             self.idle();
             if self.shared.stopping() {
-                return false;
+                return Step::Finished;
             }
             self.spool.wait_for_append(seen, self.idle_wait());
             self.linger(seen);
-            return true;
+            return Step::KeepingUp;
         }
         let caught_up = events.len() < BATCH_EVENTS;
         let Some(ack) = self.deliver(&events, next) else {
-            return false;
+            return Step::Finished;
         };
         self.acked(next, ack);
         // Under steady load something has always arrived during the
         // delivery; shipping it at once would cost a sink transaction per
         // handful of events. Linger as an idle shipper would.
-        if caught_up && !self.shared.stopping() {
+        if !caught_up {
+            return Step::Behind;
+        }
+        if !self.shared.stopping() {
             self.linger(seen);
         }
-        true
+        Step::KeepingUp
     }
 
     /// Delivers with backoff until acknowledged; `None` when giving up on close.
@@ -508,6 +524,12 @@ impl Shipper {
         }
         self.file_pos = self.pos;
         self.file_at = Instant::now();
+    }
+}
+
+impl Shift for Shipper {
+    fn step(&mut self) -> Step {
+        self.ship()
     }
 
     /// On the way out: make everything acknowledged durable and saved.

@@ -22,6 +22,7 @@
 
 pub mod estimate;
 pub mod event;
+pub mod lanes;
 pub mod ledger;
 mod line;
 pub mod metrics;
@@ -273,6 +274,9 @@ impl UsageSink {
         let handle = std::thread::Builder::new()
             .name("livery-usage".into())
             .spawn(move || {
+                // Never ahead of a request on a busy core; starved, the
+                // channel fills and records are appended synchronously.
+                lanes::background();
                 let mut file = file.map(|f| std::io::BufWriter::with_capacity(MIRROR_BUFFER, f));
                 let mut batch = Vec::new();
                 while let Some(first) = rx.blocking_recv() {
