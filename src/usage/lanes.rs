@@ -37,9 +37,19 @@ pub enum Step {
     Finished,
 }
 
+/// The lane a step runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// `SCHED_IDLE`: a step here should be short, for under saturation it
+    /// runs at a fraction of a percent of the core until it hands over.
+    Idle,
+    /// Normal priority.
+    CatchUp,
+}
+
 /// Work that runs step by step on a pair of lanes.
 pub trait Shift: Send + 'static {
-    fn step(&mut self) -> Step;
+    fn step(&mut self, lane: Lane) -> Step;
     /// Runs once, on the lane that saw [`Step::Finished`].
     fn finish(self);
 }
@@ -90,7 +100,12 @@ impl<W: Shift> Pair<W> {
             let Some(w) = work.as_mut() else {
                 return;
             };
-            match w.step() {
+            let lane = if mine == IDLE {
+                Lane::Idle
+            } else {
+                Lane::CatchUp
+            };
+            match w.step(lane) {
                 Step::Finished => {
                     if let Some(w) = work.take() {
                         w.finish();
@@ -188,8 +203,9 @@ mod tests {
     }
 
     impl Shift for Script {
-        fn step(&mut self) -> Step {
+        fn step(&mut self, lane: Lane) -> Step {
             let _ = self.seen.send((here(), idle_policy()));
+            assert_eq!(lane == Lane::Idle, idle_policy());
             self.steps.next().unwrap_or(Step::Finished)
         }
         fn finish(self) {

@@ -28,7 +28,7 @@
 //! is spooled for up to `drain` before giving up; what is left stays in the
 //! spool for the next start.
 
-use super::lanes::{self, Shift, Step};
+use super::lanes::{self, Lane, Shift, Step};
 use super::sinks::{Ack, Sink};
 use super::spool::{AppendError, Position, Spool, SpoolStats};
 use super::LedgerEvent;
@@ -39,6 +39,15 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 const BATCH_EVENTS: usize = 1000;
+/// The largest batch shipped on the idle lane, and the backlog at which a
+/// shipper moves to its catch-up lane and back. A full idle batch is about
+/// 1 ms of the SQLite sink's CPU, which a saturated core gives a `SCHED_IDLE`
+/// thread over about a second; so under saturation the shipper moves within
+/// a batch and stays at normal priority until the load eases, its backlog
+/// bounded by that (a larger cap, 1,000, left 0.3 s of CPU to ship after a
+/// 6 s burst at maximum throughput). 256 covers the 50 ms linger up to about
+/// 5,000 events a second.
+const IDLE_BATCH_EVENTS: usize = 256;
 const BATCH_BYTES: usize = 4 << 20;
 /// A read buffer larger than this after a batch (a backlog's) is not kept.
 const KEEP_READ_BUFFER: usize = 256 << 10;
@@ -337,7 +346,7 @@ impl Shipper {
     }
 
     /// Reads and delivers one batch, or waits for one (see [`Shift`]).
-    fn ship(&mut self) -> Step {
+    fn ship(&mut self, lane: Lane) -> Step {
         if !self.counted {
             self.counted = true;
             self.state
@@ -345,7 +354,7 @@ impl Shipper {
                 .store(self.spool.count_backlog(self.pos), Ordering::Relaxed);
         }
         let mut buf = std::mem::take(&mut self.buf);
-        let step = self.step(&mut buf);
+        let step = self.step(lane, &mut buf);
         // A buffer that grew for a backlog is let go.
         if buf.capacity() <= KEEP_READ_BUFFER {
             self.buf = buf;
@@ -353,11 +362,15 @@ impl Shipper {
         step
     }
 
-    fn step(&mut self, buf: &mut Vec<u8>) -> Step {
+    fn step(&mut self, lane: Lane, buf: &mut Vec<u8>) -> Step {
+        let max_events = match lane {
+            Lane::Idle => IDLE_BATCH_EVENTS,
+            Lane::CatchUp => BATCH_EVENTS,
+        };
         let seen = self.spool.generation();
         let (events, next) = match self
             .spool
-            .read_batch(self.pos, BATCH_EVENTS, BATCH_BYTES, buf)
+            .read_batch(self.pos, max_events, BATCH_BYTES, buf)
         {
             Ok(b) => b,
             Err(e) => {
@@ -387,10 +400,13 @@ impl Shipper {
                 return Step::Finished;
             }
             self.spool.wait_for_append(seen, self.idle_wait());
-            self.linger(seen);
-            return Step::KeepingUp;
+            return if self.linger(seen) {
+                Step::Behind
+            } else {
+                Step::KeepingUp
+            };
         }
-        let caught_up = events.len() < BATCH_EVENTS;
+        let caught_up = events.len() < max_events;
         let Some(ack) = self.deliver(&events, next) else {
             return Step::Finished;
         };
@@ -398,13 +414,19 @@ impl Shipper {
         // Under steady load something has always arrived during the
         // delivery; shipping it at once would cost a sink transaction per
         // handful of events. Linger as an idle shipper would.
-        if !caught_up {
-            return Step::Behind;
+        // Behind: a batch as large as the idle lane takes, or a linger cut
+        // short by [`SHIP_EVENTS`] arriving (more than 10,000 a second). A
+        // batch ends at its segment's end too, so one cut short there says
+        // nothing about what the next segment holds.
+        let mut behind = events.len() >= IDLE_BATCH_EVENTS;
+        if caught_up && !self.shared.stopping() {
+            behind |= self.linger(seen);
         }
-        if !self.shared.stopping() {
-            self.linger(seen);
+        if behind || next.segment < self.spool.head().segment {
+            Step::Behind
+        } else {
+            Step::KeepingUp
         }
-        Step::KeepingUp
     }
 
     /// Delivers with backoff until acknowledged; `None` when giving up on close.
@@ -502,10 +524,11 @@ impl Shipper {
     }
 
     /// After the first append following `seen`: wait for more, up to [`LINGER`]
-    /// or [`SHIP_EVENTS`] events, unless stopping.
-    fn linger(&self, seen: u64) {
+    /// or [`SHIP_EVENTS`] events, unless stopping. `true` when the events
+    /// ended it.
+    fn linger(&self, seen: u64) -> bool {
         if self.spool.generation() == seen {
-            return;
+            return false;
         }
         let deadline = Instant::now() + LINGER;
         let target = seen.saturating_add(SHIP_EVENTS);
@@ -516,6 +539,7 @@ impl Shipper {
             }
             self.spool.wait_for_generation(target, deadline - now);
         }
+        self.spool.generation() >= target
     }
 
     fn save_file(&mut self) {
@@ -528,8 +552,8 @@ impl Shipper {
 }
 
 impl Shift for Shipper {
-    fn step(&mut self) -> Step {
-        self.ship()
+    fn step(&mut self, lane: Lane) -> Step {
+        self.ship(lane)
     }
 
     /// On the way out: make everything acknowledged durable and saved.
@@ -550,5 +574,101 @@ fn sleep_unless_stopping(shared: &Shared, d: Duration) {
             return;
         }
         std::thread::sleep(Duration::from_millis(10).min(until - Instant::now()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::usage::spool::SpoolOptions;
+    use std::sync::mpsc;
+
+    /// Reports, per delivery, its size, its thread's name and whether that
+    /// thread ran under `SCHED_IDLE`.
+    struct Recorder(mpsc::Sender<(usize, String, bool)>);
+
+    impl Sink for Recorder {
+        fn name(&self) -> &str {
+            "rec"
+        }
+        fn deliver(&mut self, events: &[LedgerEvent], _: Position) -> Result<Ack, String> {
+            use thread_priority::{NormalThreadSchedulePolicy, ThreadSchedulePolicy};
+            let idle = thread_priority::thread_schedule_policy().unwrap()
+                == ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+            let thread = std::thread::current().name().unwrap_or("").to_owned();
+            let _ = self.0.send((events.len(), thread, idle));
+            Ok(Ack {
+                durable: true,
+                cursor_stored: false,
+            })
+        }
+    }
+
+    fn line(i: usize) -> Vec<u8> {
+        format!(r#"{{"event_id":"e{i}","ts":"2025-01-01T00:00:00Z","request_id":"r{i}","reseller":"a","tenant":"t"}}"#).into_bytes()
+    }
+
+    /// Collects deliveries until `n` events arrived in all.
+    fn deliveries(
+        rx: &mpsc::Receiver<(usize, String, bool)>,
+        n: usize,
+    ) -> Vec<(usize, String, bool)> {
+        let mut got = Vec::new();
+        while got
+            .iter()
+            .map(|d: &(usize, String, bool)| d.0)
+            .sum::<usize>()
+            < n
+        {
+            got.push(
+                rx.recv_timeout(Duration::from_secs(10))
+                    .expect("a delivery"),
+            );
+        }
+        got
+    }
+
+    #[test]
+    fn a_backlog_ships_at_normal_priority_and_a_trickle_under_sched_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(SpoolOptions {
+            dir: dir.path().to_path_buf(),
+            segment_bytes: 64 << 20,
+            max_bytes: 1 << 30,
+            fsync_interval: Duration::from_millis(5),
+        })
+        .unwrap();
+        // A backlog left by an earlier process: more than the idle lane takes.
+        let backlog = IDLE_BATCH_EVENTS * 3;
+        for i in 0..backlog {
+            spool.append(&line(i)).unwrap();
+        }
+        let (tx, rx) = mpsc::channel();
+        let ledger = Ledger::start(spool.clone(), vec![Box::new(Recorder(tx))]).unwrap();
+        let first = deliveries(&rx, backlog);
+        // One idle batch finds the backlog; the catch-up lane ships the rest.
+        assert_eq!(
+            first[0],
+            (IDLE_BATCH_EVENTS, "livery-ship-rec".to_owned(), true),
+            "{first:?}"
+        );
+        assert!(
+            first[1..]
+                .iter()
+                .all(|(_, t, idle)| t == "livery-lag-rec" && !*idle),
+            "{first:?}"
+        );
+        // Then a trickle, well under the idle lane's batch and SHIP_EVENTS.
+        for i in backlog..backlog + 10 {
+            spool.append(&line(i)).unwrap();
+        }
+        let trickle = deliveries(&rx, 10);
+        assert!(
+            trickle
+                .iter()
+                .all(|(_, t, idle)| t == "livery-ship-rec" && *idle),
+            "{trickle:?}"
+        );
+        ledger.close(Duration::from_secs(5));
     }
 }
