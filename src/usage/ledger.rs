@@ -658,8 +658,16 @@ mod tests {
                 .all(|(_, t, idle)| t == "livery-lag-rec" && !*idle),
             "{first:?}"
         );
-        // Then a trickle, well under the idle lane's batch and SHIP_EVENTS.
+        // Then a trickle, well under the idle lane's batch and SHIP_EVENTS. The
+        // catch-up lane may still be waiting when its first events arrive (its
+        // last batch was a full one), so the first wave may ship from either
+        // lane; a batch that keeps up hands over to the idle lane, which then
+        // ships the second wave.
         for i in backlog..backlog + 10 {
+            spool.append(&line(i)).unwrap();
+        }
+        deliveries(&rx, 10);
+        for i in backlog + 10..backlog + 20 {
             spool.append(&line(i)).unwrap();
         }
         let trickle = deliveries(&rx, 10);
