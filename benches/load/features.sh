@@ -9,11 +9,15 @@
 #   all           the bench configuration (everything on)
 #   no-mirror     without the JSONL usage mirror
 #   no-ledger     without the durable ledger (spool, SQLite), mirror kept
+#   no-sqlite     the spool without its SQLite sink (`sinks = []`; not in the
+#                 default set, pick it with VARIANTS)
 #   no-limits     the plan without limits (no admission buckets)
 #   platform-key  no sealed tenant credential: nothing unsealed per request
 #   bare          all four off: authentication, routing, HTTP/2 upstream and
 #                 the usage record remain
 #   nginx         the bare nginx hop (proxy_pass, keep-alive upstream)
+#   alt           everything on, as `all`, with the binary $ALT_BIN (another
+#                 build of the same code, e.g. BOLT's against profile-guided)
 #
 # With the proxy and the mock sharing one saturated CPU, throughput is
 # 1 / (proxy + mock CPU per request), so a variant's modelled throughput
@@ -63,6 +67,7 @@ render() {
     local variant=$1 dir=$2 cfg
     no_mirror() { grep -v '^jsonl_path = '; }
     no_ledger() { sed 's/^\[usage\]$/[usage]\nledger = false/'; }
+    no_sqlite() { sed 's/^\[usage\]$/[usage]\nsinks = []/'; }
     no_limits() { grep -Ev '^(requests_per_minute|tokens_per_minute|tokens_per_month|max_concurrent) = '; }
     case $variant in
         platform-key | bare) cfg=$(render_bench_config "$dir" "") ;;
@@ -71,6 +76,7 @@ render() {
     case $variant in
         no-mirror) no_mirror ;;
         no-ledger) no_ledger ;;
+        no-sqlite) no_sqlite ;;
         no-limits) no_limits ;;
         bare) no_mirror | no_ledger | no_limits ;;
         *) cat ;;
@@ -98,9 +104,11 @@ PY
         sleep 0.3
         proxies="$(cat "$dir/nginx.pid") $(pgrep -P "$(cat "$dir/nginx.pid")" | tr '\n' ' ')"
     else
-        seal_bench_key "$BIN" "$dir"
+        local bin=$BIN
+        [ "$variant" = alt ] && bin=$(realpath "${ALT_BIN:?alt needs ALT_BIN}")
+        seal_bench_key "$bin" "$dir"
         render "$variant" "$dir"
-        start_pinned_livery "$BIN" "$dir"
+        start_pinned_livery "$bin" "$dir"
         port=$LIVERY_PORT proxies=$LIVERY_PID
     fi
     local result url="http://127.0.0.1:$port/v1/chat/completions"
