@@ -11,8 +11,8 @@
 #   no-ledger     without the durable ledger (spool, SQLite), mirror kept
 #   no-sqlite     the spool without its SQLite sink (`sinks = []`; not in the
 #                 default set, pick it with VARIANTS)
-#   no-fsync      the ledger without the spool's group commit (an `fdatasync`
-#                 once an hour; not in the default set either)
+#   fsync-1s      the spool's group commit once a second instead of every
+#                 5 ms (`fsync_interval_ms = 1000`; not in the default set)
 #   no-limits     the plan without limits (no admission buckets)
 #   platform-key  no sealed tenant credential: nothing unsealed per request
 #   bare          all four off: authentication, routing, HTTP/2 upstream and
@@ -70,7 +70,7 @@ render() {
     no_mirror() { grep -v '^jsonl_path = '; }
     no_ledger() { sed 's/^\[usage\]$/[usage]\nledger = false/'; }
     no_sqlite() { sed 's/^\[usage\]$/[usage]\nsinks = []/'; }
-    no_fsync() { sed 's/^\[usage\]$/[usage]\nfsync_interval_ms = 3600000/'; }
+    fsync_1s() { sed 's/^\[usage\]$/[usage]\nfsync_interval_ms = 1000/'; }
     no_limits() { grep -Ev '^(requests_per_minute|tokens_per_minute|tokens_per_month|max_concurrent) = '; }
     case $variant in
         platform-key | bare) cfg=$(render_bench_config "$dir" "") ;;
@@ -80,7 +80,7 @@ render() {
         no-mirror) no_mirror ;;
         no-ledger) no_ledger ;;
         no-sqlite) no_sqlite ;;
-        no-fsync) no_fsync ;;
+        fsync-1s) fsync_1s ;;
         no-limits) no_limits ;;
         bare) no_mirror | no_ledger | no_limits ;;
         *) cat ;;
