@@ -68,9 +68,11 @@ make_run_dir livery-features
 render() {
     local variant=$1 dir=$2 cfg
     no_mirror() { grep -v '^jsonl_path = '; }
-    no_ledger() { sed 's/^\[usage\]$/[usage]\nledger = false/'; }
-    no_sqlite() { sed 's/^\[usage\]$/[usage]\nsinks = []/'; }
-    fsync_1s() { sed 's/^\[usage\]$/[usage]\nfsync_interval_ms = 1000/'; }
+    # Standard input with the line $1 put first in `[usage]`.
+    usage_setting() { sed "s/^\[usage\]\$/[usage]\n$1/"; }
+    no_ledger() { usage_setting 'ledger = false'; }
+    no_sqlite() { usage_setting 'sinks = []'; }
+    fsync_1s() { usage_setting 'fsync_interval_ms = 1000'; }
     no_limits() { grep -Ev '^(requests_per_minute|tokens_per_minute|tokens_per_month|max_concurrent) = '; }
     case $variant in
         platform-key | bare) cfg=$(render_bench_config "$dir" "") ;;

@@ -805,9 +805,8 @@ mod tests {
         spool.stop_syncer();
         // A liveness bound, not a timing claim: asleep for the window, the
         // syncer would hold shutdown for the hour.
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || done_tx.send(syncer.join().is_ok()));
-        assert_eq!(done_rx.recv_timeout(Duration::from_secs(30)), Ok(true));
+        wait_for("the syncer to stop", || syncer.is_finished());
+        syncer.join().unwrap();
         assert!(spool.stats().syncs >= 1, "the window's events were synced");
     }
 
