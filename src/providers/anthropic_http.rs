@@ -20,12 +20,16 @@ use super::{Endpoint, ProviderError, UpstreamBody, UpstreamRequest, UpstreamResp
 use crate::config::ProviderConfig;
 use crate::vault::{platform_key_from_env, Secret};
 use bytes::Bytes;
-use http::{HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, StatusCode};
 use serde_json::{json, Value};
 use std::sync::Arc;
 
 /// `max_tokens` for chat requests that set none (`default_max_tokens`).
 const DEFAULT_MAX_TOKENS: u64 = 4096;
+// Header names as constants, not `&str`: http copies a string key into a new
+// allocation on every insert.
+const ANTHROPIC_VERSION_HEADER: HeaderName = HeaderName::from_static("anthropic-version");
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 pub struct AnthropicProvider {
     name: Arc<str>,
@@ -178,9 +182,9 @@ impl AnthropicProvider {
         };
         let mut upstream = self.client.post(self.url.clone(), body, accept, request_id);
         let headers = upstream.headers_mut();
-        headers.insert("anthropic-version", self.version.clone());
+        headers.insert(ANTHROPIC_VERSION_HEADER, self.version.clone());
         if let Some(key) = key {
-            headers.insert("x-api-key", key_header_value(&self.name, key.expose())?);
+            headers.insert(X_API_KEY, key_header_value(&self.name, key.expose())?);
         }
         self.client.send(upstream).await
     }

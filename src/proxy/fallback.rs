@@ -23,7 +23,7 @@ use crate::usage::AttemptRecord;
 use crate::vault::{
     select_credential, CredentialOwner, KeyOwner, ProviderCredential, StoredCredential, VaultError,
 };
-use http::{HeaderValue, Response};
+use http::{HeaderName, HeaderValue, Response};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -164,22 +164,30 @@ pub async fn serve(
                     let mut resp = match committed {
                         Committed::Json {
                             status,
-                            content_type,
+                            headers,
                             bytes,
-                        } => json_answer(status, content_type, bytes, &mut record, ctx.dialect),
-                        Committed::Stream { events, held } => {
+                        } => json_answer(status, headers, bytes, &mut record, ctx.dialect),
+                        Committed::Stream {
+                            events,
+                            held,
+                            headers,
+                        } => {
                             let deadline = tokio::time::Instant::from_std(deadline);
                             match ctx.dialect {
-                                Dialect::OpenAi => stream_answer(SseRelay::new(
-                                    events,
-                                    held,
-                                    record,
-                                    prepared.client_wants_usage,
-                                    deadline,
-                                )),
-                                Dialect::Anthropic => stream_answer(MessagesRelay::new(
-                                    events, held, record, deadline,
-                                )),
+                                Dialect::OpenAi => stream_answer(
+                                    SseRelay::new(
+                                        events,
+                                        held,
+                                        record,
+                                        prepared.client_wants_usage,
+                                        deadline,
+                                    ),
+                                    headers,
+                                ),
+                                Dialect::Anthropic => stream_answer(
+                                    MessagesRelay::new(events, held, record, deadline),
+                                    headers,
+                                ),
                             }
                         }
                     };
@@ -316,15 +324,20 @@ fn push_attempt(
     });
 }
 
+// Header names as constants, not `&str`: http copies a string key into a new
+// allocation on every insert.
+const X_LIVERY_MODEL: HeaderName = HeaderName::from_static("x-livery-model");
+const X_LIVERY_DOWNGRADED_FROM: HeaderName = HeaderName::from_static("x-livery-downgraded-from");
+
 /// Tells the client which tenant-facing model served it, and that it was
 /// downgraded if so.
 fn served_headers(resp: &mut Response<ProxyBody>, prepared: &Prepared) {
     if let Ok(v) = HeaderValue::from_str(&prepared.model) {
-        resp.headers_mut().insert("x-livery-model", v);
+        resp.headers_mut().insert(X_LIVERY_MODEL, v);
     }
     if let Some(from) = &prepared.downgraded_from {
         if let Ok(v) = HeaderValue::from_str(from) {
-            resp.headers_mut().insert("x-livery-downgraded-from", v);
+            resp.headers_mut().insert(X_LIVERY_DOWNGRADED_FROM, v);
         }
     }
 }

@@ -27,12 +27,15 @@ use crate::routing::ModelChoice;
 use crate::tenancy::{normalize_host, presented_key, PresentedKey, ResellerIdx, TenancyError};
 use crate::usage::Outcome;
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
+
+/// A constant, not a `&str`: http copies a string key on every insert.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 enum Api {
     Models,
@@ -66,7 +69,7 @@ where
         Err(e) => span.in_scope(|| e.to_response_for(dialect)),
     };
     if let Ok(v) = HeaderValue::from_str(&rid) {
-        resp.headers_mut().insert("x-request-id", v);
+        resp.headers_mut().insert(X_REQUEST_ID, v);
     }
     app.metrics.response(resp.status().as_u16());
     resp
