@@ -21,12 +21,8 @@ pub(super) fn parse(raw: &str) -> Option<LedgerEvent<'_>> {
     // Without a backslash no string holds an escape, so each ends at the next
     // quote and is borrowed as it stands; without a control character none
     // holds one raw (JSON forbids it), and there is no whitespace between
-    // tokens. One pass over the line, without an early exit so that it
-    // vectorises.
-    let odd = raw
-        .bytes()
-        .fold(false, |odd, b| odd | (b < 0x20) | (b == b'\\'));
-    if odd {
+    // tokens.
+    if has_escape_or_control(raw.as_bytes()) {
         return None;
     }
     let mut c = Cursor { s: raw, at: 0 };
@@ -121,12 +117,14 @@ impl<'a> Cursor<'a> {
         &self.s.as_bytes()[self.at..]
     }
 
+    #[inline(always)]
     fn lit(&mut self, lit: &str) -> Option<()> {
         self.rest()
             .starts_with(lit.as_bytes())
             .then(|| self.at += lit.len())
     }
 
+    #[inline(always)]
     fn eat(&mut self, b: u8) -> bool {
         let hit = self.rest().first() == Some(&b);
         if hit {
@@ -136,6 +134,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// `,"name":`
+    #[inline(always)]
     fn key(&mut self, name: &str) -> Option<&mut Self> {
         let rest = self.rest();
         let n = name.len();
@@ -226,6 +225,28 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// Whether `b` holds a backslash or a control character (below 0x20), eight
+/// bytes at a time: the byte-by-byte fold did not vectorise and cost about 2.7
+/// instructions a byte, 2,000 an event (callgrind).
+fn has_escape_or_control(b: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // A byte's high bit in the result is set where the byte is below `n`
+    // (`n` <= 0x80), or zero (the classic "has less than" and "has zero").
+    let below = |w: u64, n: u64| w.wrapping_sub(ONES * n) & !w & HIGHS;
+    let words = b.chunks_exact(8);
+    let tail = words.remainder();
+    let mut hit = 0u64;
+    for w in words {
+        let Ok(w) = <[u8; 8]>::try_from(w) else {
+            continue; // never: every chunk is eight bytes
+        };
+        let w = u64::from_le_bytes(w);
+        hit |= below(w, 0x20) | below(w ^ (ONES * u64::from(b'\\')), 1);
+    }
+    hit != 0 || tail.iter().any(|&c| c < 0x20 || c == b'\\')
+}
+
 /// How many ASCII digits `b` starts with.
 fn digits(b: &[u8]) -> usize {
     b.iter().take_while(|b| b.is_ascii_digit()).count()
@@ -247,6 +268,33 @@ mod tests {
         let mut ev: LedgerEvent = serde_json::from_str(raw).ok()?;
         ev.raw = raw;
         Some(ev)
+    }
+
+    /// The word-at-a-time check agrees with the byte-by-byte one for every
+    /// byte value at every place (in a word, across words, in the tail).
+    #[test]
+    fn the_escape_check_finds_every_backslash_and_control_character() {
+        for len in [1usize, 7, 8, 9, 23, 40] {
+            for at in 0..len {
+                for value in 0..=255u8 {
+                    let mut b = vec![b'a'; len];
+                    b[at] = value;
+                    let expected = value < 0x20 || value == b'\\';
+                    assert_eq!(
+                        has_escape_or_control(&b),
+                        expected,
+                        "byte {value:#04x} at {at} of {len}"
+                    );
+                }
+            }
+        }
+        // Bytes just around the bounds (0x1f/0x20, 0x5b/0x5c/0x5d, 0x7f/0x80
+        // and 0xff next to each other), where a borrow between bytes of
+        // one word could hide one or invent one.
+        assert!(!has_escape_or_control(b" [][]\x7f\xffaaaa ]]  ".as_slice()));
+        assert!(has_escape_or_control(b"\xff\x1f\x80\x20aaaa".as_slice()));
+        assert!(has_escape_or_control(b"\xff\x80\x7f[\\]aaa".as_slice()));
+        assert!(!has_escape_or_control(b""));
     }
 
     /// Records of every shape the request path writes: each line is read by
