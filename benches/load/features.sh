@@ -13,6 +13,8 @@
 #                 default set, pick it with VARIANTS)
 #   fsync-1s      the spool's group commit once a second instead of every
 #                 5 ms (`fsync_interval_ms = 1000`; not in the default set)
+#   http1-upstream  HTTP/1.1 to the mock (pooled keep-alive connections, as
+#                 nginx's) instead of HTTP/2 (not in the default set)
 #   no-limits     the plan without limits (no admission buckets)
 #   platform-key  no sealed tenant credential: nothing unsealed per request
 #   bare          all four off: authentication, routing, HTTP/2 upstream and
@@ -74,6 +76,7 @@ render() {
     no_sqlite() { usage_setting 'sinks = []'; }
     fsync_1s() { usage_setting 'fsync_interval_ms = 1000'; }
     no_limits() { grep -Ev '^(requests_per_minute|tokens_per_minute|tokens_per_month|max_concurrent) = '; }
+    http1_upstream() { sed 's/^http2_prior_knowledge = true$/http2_prior_knowledge = false/'; }
     case $variant in
         platform-key | bare) cfg=$(render_bench_config "$dir" "") ;;
         *) cfg=$(render_bench_config "$dir") ;;
@@ -84,6 +87,7 @@ render() {
         no-sqlite) no_sqlite ;;
         fsync-1s) fsync_1s ;;
         no-limits) no_limits ;;
+        http1-upstream) http1_upstream ;;
         bare) no_mirror | no_ledger | no_limits ;;
         *) cat ;;
     esac <<<"$cfg" >"$dir/gateway.toml"

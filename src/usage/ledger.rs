@@ -49,8 +49,12 @@ const BATCH_EVENTS: usize = 1000;
 /// 5,000 events a second.
 const IDLE_BATCH_EVENTS: usize = 256;
 const BATCH_BYTES: usize = 4 << 20;
-/// A read buffer larger than this after a batch (a backlog's) is not kept.
-const KEEP_READ_BUFFER: usize = 256 << 10;
+/// A read buffer larger than this after a batch is not kept. A catch-up
+/// batch reads about 1 KiB per event (1 MiB for [`BATCH_EVENTS`]); let go
+/// after each batch, that megabyte was mapped and faulted in anew every
+/// 1,000 events while the shipper was behind. A larger one (longer lines)
+/// is let go.
+const KEEP_READ_BUFFER: usize = BATCH_EVENTS << 10;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long a caught-up shipper waits for more events before delivering.
