@@ -211,7 +211,7 @@ pub async fn attempt(
             Ok(Ok(true)) => AttemptResult::Commit(Committed::Stream {
                 events,
                 held,
-                headers: answer_headers(upstream.headers, None),
+                headers: answer_headers(upstream.headers, false),
             }),
             Ok(Ok(false)) => {
                 // An error event before any content: the client has seen nothing
@@ -239,18 +239,11 @@ pub async fn attempt(
         };
     }
     match collect(body, max_body, record).await {
-        Ok(bytes) => {
-            let content_type = upstream
-                .headers
-                .get(http::header::CONTENT_TYPE)
-                .cloned()
-                .unwrap_or(HeaderValue::from_static("application/json"));
-            AttemptResult::Commit(Committed::Json {
-                status,
-                headers: answer_headers(upstream.headers, Some(content_type)),
-                bytes,
-            })
-        }
+        Ok(bytes) => AttemptResult::Commit(Committed::Json {
+            status,
+            headers: answer_headers(upstream.headers, true),
+            bytes,
+        }),
         Err(e @ ProviderError::BodyTooLarge(_)) => {
             AttemptResult::Final(Failure::gateway("response_too_large", e))
         }
@@ -337,13 +330,21 @@ fn parse_retry_after(v: &str) -> Option<Duration> {
 /// headers from OpenAI) already has, so a recycled map does not grow.
 const ANSWER_HEADERS: usize = 12;
 
-/// The upstream's header map, emptied (none of its headers reach the client),
-/// to carry the client's answer: its table already fits an answer's headers.
-/// A new map of that size is over 1 KiB, which glibc serves outside its
-/// per-thread cache (merging its fast bins first): allocating and freeing one
-/// per request was 3% of the request thread's CPU at maximum throughput.
-fn answer_headers(mut upstream: HeaderMap, content_type: Option<HeaderValue>) -> HeaderMap {
+/// The upstream's header map, emptied (none of its headers reach the client;
+/// a JSON answer keeps its content type, `application/json` if it had none)
+/// and sized for [`ANSWER_HEADERS`], to carry the client's answer: its table
+/// already fits them. A new map of that size is over 1 KiB, which glibc
+/// serves outside its per-thread cache (merging its fast bins first):
+/// allocating and freeing one per request was 3% of the request thread's CPU
+/// at maximum throughput.
+fn answer_headers(mut upstream: HeaderMap, keep_content_type: bool) -> HeaderMap {
+    let content_type = keep_content_type.then(|| {
+        upstream
+            .remove(http::header::CONTENT_TYPE)
+            .unwrap_or(HeaderValue::from_static("application/json"))
+    });
     upstream.clear();
+    upstream.reserve(ANSWER_HEADERS);
     if let Some(ct) = content_type {
         upstream.insert(http::header::CONTENT_TYPE, ct);
     }
@@ -418,9 +419,6 @@ pub fn json_answer(
     let mut resp = Response::new(full(bytes));
     *resp.status_mut() = committed_status;
     *resp.headers_mut() = headers;
-    // `reserve` counts from the headers already in (the content type).
-    let more = ANSWER_HEADERS.saturating_sub(resp.headers().len());
-    resp.headers_mut().reserve(more);
     resp
 }
 
@@ -435,7 +433,6 @@ where
     let mut resp = Response::new(BodyExt::boxed_unsync(StreamBody::new(relay)));
     *resp.headers_mut() = headers;
     let h = resp.headers_mut();
-    h.reserve(ANSWER_HEADERS);
     h.insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream; charset=utf-8"),

@@ -671,7 +671,8 @@ fn read_lines(
     let mut lines = 0usize;
     let chunk = max_events
         .saturating_mul(READ_PER_EVENT)
-        .clamp(1, max_bytes.max(1));
+        .min(max_bytes)
+        .max(1);
     loop {
         let start = buf.len();
         let want = chunk.min(max_bytes.saturating_sub(start));
