@@ -300,7 +300,14 @@ impl Limiter {
             return Ok(Admission::unlimited());
         }
         let month = Month::current();
-        let result = self.admit_in(key, limits, estimate_tokens, month).await;
+        let result = if self.shared.redis.is_some() {
+            // Boxed: the Redis round trip's future is about 2.5 KiB, and
+            // inline it would size (and be copied with) every admission's
+            // future, local ones included, and every future that awaits one.
+            Box::pin(self.admit_in(key, limits, estimate_tokens, month)).await
+        } else {
+            self.admit_local(key, limits, estimate_tokens, month)
+        };
         let c = &self.shared.counters;
         match &result {
             Ok(_) => c.admitted.fetch_add(1, Ordering::Relaxed),

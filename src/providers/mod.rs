@@ -185,10 +185,17 @@ impl Provider {
         req: UpstreamRequest,
         key: Option<&Secret>,
     ) -> Result<UpstreamResponse, ProviderError> {
+        // The Anthropic API and the Messages bridge are boxed: inline, their
+        // futures (2.4 and 2.9 KiB) would size every request's future, and a
+        // future is copied whole each time it is moved into the one that
+        // awaits it, up the whole request path.
         match (self, req.endpoint) {
-            (Provider::Anthropic(p), _) => p.send(req, key).await,
+            (Provider::Anthropic(p), _) => Box::pin(p.send(req, key)).await,
             (_, Endpoint::Messages) => {
-                messages_bridge::send_via_chat(req, |chat| self.send_openai_wire(chat, key)).await
+                Box::pin(messages_bridge::send_via_chat(req, |chat| {
+                    self.send_openai_wire(chat, key)
+                }))
+                .await
             }
             _ => self.send_openai_wire(req, key).await,
         }
@@ -209,7 +216,9 @@ impl Provider {
                     .await
             }
             Provider::OpenAi(p) => p.send(req, key).await,
-            Provider::Anthropic(p) => p.send(req, key).await,
+            // Not reached through `send`, which takes Anthropic first; boxed
+            // so that it does not size the OpenAI path's future.
+            Provider::Anthropic(p) => Box::pin(p.send(req, key)).await,
         }
     }
 }
