@@ -492,7 +492,6 @@ struct OneRequestH2Upstream {
 
 impl OneRequestH2Upstream {
     async fn start(graceful: bool) -> Self {
-        use http_body_util::Full;
         use hyper::service::service_fn;
         use hyper_util::rt::{TokioExecutor, TokioIo};
         use std::sync::atomic::{AtomicUsize, Ordering};
@@ -516,33 +515,7 @@ impl OneRequestH2Upstream {
                         if let Some(tx) = served_tx.lock().unwrap().take() {
                             let _ = tx.send(());
                         }
-                        async move {
-                            let (body, ct) = if stream {
-                                let chunk = json!({"id": "c", "object": "chat.completion.chunk",
-                                    "created": 1, "model": "gpt-4o-mini-2024-07-18",
-                                    "choices": [{"index": 0, "delta": {"content": "over h2c"}}]});
-                                let usage = json!({"id": "c", "object": "chat.completion.chunk",
-                                    "created": 1, "model": "gpt-4o-mini-2024-07-18", "choices": [],
-                                    "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}});
-                                (
-                                    format!("data: {chunk}\n\ndata: {usage}\n\ndata: [DONE]\n\n"),
-                                    "text/event-stream",
-                                )
-                            } else {
-                                let body = json!({
-                                    "id": "chatcmpl-h2c", "object": "chat.completion", "created": 1,
-                                    "model": "gpt-4o-mini-2024-07-18",
-                                    "choices": [{"index": 0, "finish_reason": "stop",
-                                        "message": {"role": "assistant", "content": "over h2c"}}],
-                                    "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
-                                });
-                                (body.to_string(), "application/json")
-                            };
-                            let mut resp = http::Response::new(Full::new(bytes::Bytes::from(body)));
-                            resp.headers_mut()
-                                .insert("content-type", http::HeaderValue::from_static(ct));
-                            Ok::<_, std::convert::Infallible>(resp)
-                        }
+                        async move { Ok::<_, std::convert::Infallible>(h2c_answer(stream, "over h2c")) }
                     });
                     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(tcp), svc);
@@ -566,6 +539,149 @@ impl OneRequestH2Upstream {
             }
         });
         Self { port, connections }
+    }
+}
+
+/// A chat completion saying `content`, as JSON or (`stream`) as SSE events.
+fn h2c_answer(stream: bool, content: &str) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    let (body, ct) = if stream {
+        let chunk = json!({"id": "c", "object": "chat.completion.chunk",
+            "created": 1, "model": "gpt-4o-mini-2024-07-18",
+            "choices": [{"index": 0, "delta": {"content": content}}]});
+        let usage = json!({"id": "c", "object": "chat.completion.chunk",
+            "created": 1, "model": "gpt-4o-mini-2024-07-18", "choices": [],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}});
+        (
+            format!("data: {chunk}\n\ndata: {usage}\n\ndata: [DONE]\n\n"),
+            "text/event-stream",
+        )
+    } else {
+        let body = json!({
+            "id": "chatcmpl-h2c", "object": "chat.completion", "created": 1,
+            "model": "gpt-4o-mini-2024-07-18",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                "message": {"role": "assistant", "content": content}}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+        });
+        (body.to_string(), "application/json")
+    };
+    let mut resp = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+    resp.headers_mut()
+        .insert("content-type", http::HeaderValue::from_static(ct));
+    resp
+}
+
+/// An HTTP/2 provider that refuses every other stream (`REFUSED_STREAM`: by
+/// RFC 9113 section 8.7 the request was not processed). Each refused request
+/// is sent again at once and answered, although the suite allows no retries,
+/// and the refusals do not open the route's breaker, which one failure would.
+#[tokio::test]
+async fn a_refused_http2_stream_is_sent_again_and_not_held_against_the_route() {
+    let up = RefusingH2Upstream::start(|n| n % 2 == 0).await;
+    let toml = h2c_config(up.port).replacen("[routing]\n", "[routing]\nbreaker_failures = 1\n", 1);
+    let gw = TestGateway::start(&toml).await;
+    for i in 0..4 {
+        let mut body = chat_body("gpt-4o-mini");
+        body["stream"] = json!(i % 2 == 1);
+        let resp = post(
+            &gw,
+            "/v1/chat/completions",
+            Some(ACME_HOST),
+            Some(ACME_DENTAL.2),
+            &body,
+        )
+        .await;
+        assert_eq!(resp.status(), 200, "request {i}");
+        let text = resp.text().await.unwrap();
+        assert!(text.contains("after a refusal"), "request {i}: {text}");
+    }
+    assert_eq!(up.refused.load(std::sync::atomic::Ordering::SeqCst), 4);
+    assert_eq!(up.answered.load(std::sync::atomic::Ordering::SeqCst), 4);
+    gw.shutdown().await;
+}
+
+/// A provider that refuses every stream: the request is sent three times in
+/// all (two refusals are sent again), then fails as unreachable, in OpenAI's
+/// error shape.
+#[tokio::test]
+async fn a_provider_that_keeps_refusing_streams_answers_502_after_three_sends() {
+    let up = RefusingH2Upstream::start(|_| true).await;
+    let gw = TestGateway::start(&h2c_config(up.port)).await;
+    let resp = post(
+        &gw,
+        "/v1/chat/completions",
+        Some(ACME_HOST),
+        Some(ACME_DENTAL.2),
+        &chat_body("gpt-4o-mini"),
+    )
+    .await;
+    assert_eq!(resp.status(), 502);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "upstream_unreachable", "{v}");
+    assert_eq!(up.refused.load(std::sync::atomic::Ordering::SeqCst), 3);
+    gw.shutdown().await;
+}
+
+/// The suite's configuration with the upstream an h2c server on `port`.
+fn h2c_config(port: u16) -> String {
+    standard_config(&format!("http://127.0.0.1:{port}/v1"), "").replace(
+        "first_byte_timeout_ms = 1500",
+        "first_byte_timeout_ms = 1500\nhttp2_prior_knowledge = true",
+    )
+}
+
+/// An h2c server that refuses the `n`th stream it receives (from 0) when
+/// `refuse(n)`, and answers the others "after a refusal".
+struct RefusingH2Upstream {
+    port: u16,
+    refused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    answered: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl RefusingH2Upstream {
+    async fn start(refuse: fn(usize) -> bool) -> Self {
+        use hyper::service::service_fn;
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (refused, answered) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let seen = Arc::new(AtomicUsize::new(0));
+        let (r, a) = (refused.clone(), answered.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (r, a, seen) = (r.clone(), a.clone(), seen.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let stream = req
+                            .headers()
+                            .get("accept")
+                            .is_some_and(|v| v.to_str().unwrap_or("").contains("event-stream"));
+                        let refusing = refuse(seen.fetch_add(1, Ordering::SeqCst));
+                        let (r, a) = (r.clone(), a.clone());
+                        async move {
+                            if refusing {
+                                r.fetch_add(1, Ordering::SeqCst);
+                                // hyper resets the stream with the h2 reason it finds.
+                                return Err(h2::Error::from(h2::Reason::REFUSED_STREAM));
+                            }
+                            a.fetch_add(1, Ordering::SeqCst);
+                            Ok(h2c_answer(stream, "after a refusal"))
+                        }
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        Self {
+            port,
+            refused,
+            answered,
+        }
     }
 }
 

@@ -252,11 +252,14 @@ fn gone_away(send: SendRequest<Bytes>) -> bool {
 }
 
 /// An HTTP/2 stream's failure: [`ProviderError::GoneAway`] when the server's
-/// GOAWAY ended it, else a broken response.
+/// GOAWAY ended it, [`ProviderError::Refused`] when the server refused the
+/// stream unprocessed, else a broken response.
 fn provider_error(e: h2::Error) -> ProviderError {
     let text = super::client::error_chain(&e);
     if e.is_go_away() && e.is_remote() {
         ProviderError::GoneAway(text)
+    } else if e.is_remote() && e.reason() == Some(h2::Reason::REFUSED_STREAM) {
+        ProviderError::Refused(text)
     } else {
         ProviderError::Body(text)
     }

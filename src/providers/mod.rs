@@ -88,6 +88,12 @@ pub enum ProviderError {
     /// against the route's breaker: it says nothing about the provider's health.
     #[error("the provider's connection went away: {0}")]
     GoneAway(String),
+    /// The provider refused the HTTP/2 stream (`REFUSED_STREAM`): by RFC 9113
+    /// section 8.7 it did not process the request, so sending it again is
+    /// safe. Sent again at once on the same route, and not held against the
+    /// route's breaker (a server refuses streams while it starts or sheds load).
+    #[error("the provider refused the request's stream: {0}")]
+    Refused(String),
     #[error("the provider's response is larger than {0} bytes")]
     BodyTooLarge(usize),
     #[error("provider misconfigured: {0}")]

@@ -72,6 +72,7 @@ impl GatewayError {
             }
             GatewayError::Provider(e) => match e {
                 ProviderError::Connect(_)
+                | ProviderError::Refused(_)
                 | ProviderError::Body(_)
                 | ProviderError::GoneAway(_)
                 | ProviderError::BodyTooLarge(_) => StatusCode::BAD_GATEWAY,
@@ -136,7 +137,7 @@ impl GatewayError {
             GatewayError::Routing(RoutingError::AllRoutesOpen(_)) => "routes_unavailable",
             GatewayError::Limit(l) => l.code(),
             GatewayError::Provider(e) => match e {
-                ProviderError::Connect(_) => "upstream_unreachable",
+                ProviderError::Connect(_) | ProviderError::Refused(_) => "upstream_unreachable",
                 ProviderError::FirstByteTimeout(_) => "upstream_timeout",
                 ProviderError::Body(_) | ProviderError::GoneAway(_) => "upstream_incomplete",
                 ProviderError::BodyTooLarge(_) => "upstream_response_too_large",

@@ -65,6 +65,7 @@ pub async fn serve(
     };
     let mut last: Option<(Failure, Option<KeyOwner>, Arc<str>)> = None;
     let mut skipped_open = 0usize;
+    let mut refusals = 0u32;
 
     'routes: for route in &routes {
         let provider_name = Arc::clone(route.provider.name());
@@ -93,7 +94,8 @@ pub async fn serve(
             .breakers
             .tracking()
             .then(|| breaker_key(&provider_name, credential.owner, ctx));
-        for try_no in 0..=settings.retries_per_route {
+        let mut try_no = 0;
+        loop {
             let admission = match &key {
                 Some(key) => app.breakers.admit(key, breaker),
                 None => Admission::Closed,
@@ -232,7 +234,14 @@ pub async fn serve(
                     );
                     tracing::info!(provider = %provider_name, model = %route.upstream_model, cause = failure.cause, "attempt failed");
                     let retry_after = failure.retry_after;
+                    let refused = failure.was_refused();
                     last = Some((failure, Some(credential.owner), provider_name.clone()));
+                    if refused && refusals < MAX_REFUSALS {
+                        // Not processed (RFC 9113 section 8.7): sent again at
+                        // once, without spending one of the route's retries.
+                        refusals += 1;
+                        continue;
+                    }
                     if try_no == settings.retries_per_route {
                         break;
                     }
@@ -252,6 +261,7 @@ pub async fn serve(
                         break 'routes;
                     }
                     tokio::time::sleep(wait).await;
+                    try_no += 1;
                 }
             }
         }
@@ -326,6 +336,11 @@ fn push_attempt(
 
 // Header names as constants, not `&str`: http copies a string key into a new
 // allocation on every insert.
+/// How many refused streams (`REFUSED_STREAM`) one request sends again before
+/// a refusal counts as a failed attempt: a server that keeps refusing is
+/// overloaded, and the route's retries and the next routes take over.
+const MAX_REFUSALS: u32 = 2;
+
 const X_LIVERY_MODEL: HeaderName = HeaderName::from_static("x-livery-model");
 const X_LIVERY_DOWNGRADED_FROM: HeaderName = HeaderName::from_static("x-livery-downgraded-from");
 

@@ -72,11 +72,15 @@ pub enum FailureKind {
 /// The cause label of an attempt whose HTTP/2 connection went away under it.
 const GONE_AWAY: &str = "upstream_goaway";
 
+/// The cause label of an attempt whose HTTP/2 stream the provider refused.
+const REFUSED: &str = "upstream_refused";
+
 /// A constant, not a `&str`: http copies a string key on every insert.
 const X_ACCEL_BUFFERING: http::HeaderName = http::HeaderName::from_static("x-accel-buffering");
 
 impl Failure {
-    /// Whether this failure says the route is unhealthy. A GOAWAY does not: a
+    /// Whether this failure says the route is unhealthy. A refused stream
+    /// does not (see [`ProviderError::Refused`]), nor does a GOAWAY: a
     /// server closes connections to restart or to shed a burst of resets (which
     /// a gateway's own cancelled requests can be), and counting the requests
     /// that were in flight on it opened the breaker for everyone (issue 7's
@@ -84,7 +88,18 @@ impl Failure {
     pub fn counts_against_breaker(&self) -> bool {
         !matches!(
             self.kind,
-            FailureKind::Gateway(GatewayError::Provider(ProviderError::GoneAway(_)))
+            FailureKind::Gateway(GatewayError::Provider(
+                ProviderError::GoneAway(_) | ProviderError::Refused(_)
+            ))
+        )
+    }
+
+    /// Whether the provider refused the request unprocessed (see
+    /// [`ProviderError::Refused`]): safe to send again at once.
+    pub fn was_refused(&self) -> bool {
+        matches!(
+            self.kind,
+            FailureKind::Gateway(GatewayError::Provider(ProviderError::Refused(_)))
         )
     }
 
@@ -142,6 +157,7 @@ pub async fn attempt(
                 ProviderError::Connect(_) => "connect_error",
                 ProviderError::FirstByteTimeout(_) => "timeout",
                 ProviderError::GoneAway(_) => GONE_AWAY,
+                ProviderError::Refused(_) => REFUSED,
                 ProviderError::Misconfigured(_) => {
                     return AttemptResult::Final(Failure::gateway("misconfigured", e))
                 }
