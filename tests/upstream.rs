@@ -451,25 +451,10 @@ async fn chat_over_tls(gw: &TestGateway, n: usize) {
 async fn an_http2_upstream_that_closes_its_connections_is_dialled_again() {
     for graceful in [true, false] {
         let up = OneRequestH2Upstream::start(graceful).await;
-        let toml = standard_config(&format!("http://127.0.0.1:{}/v1", up.port), "").replace(
-            "first_byte_timeout_ms = 1500",
-            "first_byte_timeout_ms = 1500\nhttp2_prior_knowledge = true",
-        );
-        let gw = TestGateway::start(&toml).await;
+        let gw = TestGateway::start(&h2c_config(up.port)).await;
         for i in 0..4 {
-            let mut body = chat_body("gpt-4o-mini");
-            body["stream"] = json!(i % 2 == 1);
-            let resp = post(
-                &gw,
-                "/v1/chat/completions",
-                Some(ACME_HOST),
-                Some(ACME_DENTAL.2),
-                &body,
-            )
-            .await;
-            assert_eq!(resp.status(), 200, "graceful={graceful} request {i}");
-            let text = resp.text().await.unwrap();
-            assert!(text.contains("over h2c"), "{text}");
+            let text = chat_numbered(&gw, i).await;
+            assert!(text.contains("over h2c"), "graceful={graceful}: {text}");
             // Let the connection's end reach the gateway before the next
             // request, as an idle connection's would.
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -581,18 +566,7 @@ async fn a_refused_http2_stream_is_sent_again_and_not_held_against_the_route() {
     let toml = h2c_config(up.port).replacen("[routing]\n", "[routing]\nbreaker_failures = 1\n", 1);
     let gw = TestGateway::start(&toml).await;
     for i in 0..4 {
-        let mut body = chat_body("gpt-4o-mini");
-        body["stream"] = json!(i % 2 == 1);
-        let resp = post(
-            &gw,
-            "/v1/chat/completions",
-            Some(ACME_HOST),
-            Some(ACME_DENTAL.2),
-            &body,
-        )
-        .await;
-        assert_eq!(resp.status(), 200, "request {i}");
-        let text = resp.text().await.unwrap();
+        let text = chat_numbered(&gw, i).await;
         assert!(text.contains("after a refusal"), "request {i}: {text}");
     }
     assert_eq!(up.refused.load(std::sync::atomic::Ordering::SeqCst), 4);
@@ -620,6 +594,23 @@ async fn a_provider_that_keeps_refusing_streams_answers_502_after_three_sends() 
     assert_eq!(v["error"]["code"], "upstream_unreachable", "{v}");
     assert_eq!(up.refused.load(std::sync::atomic::Ordering::SeqCst), 3);
     gw.shutdown().await;
+}
+
+/// Chat request `i` of a series (streamed when `i` is odd) as acme's dental
+/// tenant; asserts a 200 and returns the body.
+async fn chat_numbered(gw: &TestGateway, i: usize) -> String {
+    let mut body = chat_body("gpt-4o-mini");
+    body["stream"] = json!(i % 2 == 1);
+    let resp = post(
+        gw,
+        "/v1/chat/completions",
+        Some(ACME_HOST),
+        Some(ACME_DENTAL.2),
+        &body,
+    )
+    .await;
+    assert_eq!(resp.status(), 200, "request {i}");
+    resp.text().await.unwrap()
 }
 
 /// The suite's configuration with the upstream an h2c server on `port`.
