@@ -21,7 +21,7 @@ use super::fallback::{self, Prepared};
 use super::record::PendingRecord;
 use super::request_body::RequestBody;
 use super::App;
-use crate::limits::{estimate_request_tokens, Admission, EffectiveLimits, LimitKey};
+use crate::limits::{estimate_request_tokens, EffectiveLimits, LimitKey};
 use crate::providers::Endpoint;
 use crate::routing::ModelChoice;
 use crate::tenancy::{normalize_host, presented_key, PresentedKey, ResellerIdx, TenancyError};
@@ -173,7 +173,10 @@ where
     };
     match api {
         Api::Models => Ok(list_models(&ctx)),
-        Api::Forward(endpoint) => forward(app, &ctx, endpoint, req).await,
+        Api::Forward(endpoint) => {
+            let declared = declared_length(req.headers());
+            forward(app, &ctx, endpoint, req.into_body(), declared).await
+        }
     }
 }
 
@@ -276,23 +279,22 @@ async fn forward<B>(
     app: &Arc<App>,
     ctx: &RequestCtx,
     endpoint: Endpoint,
-    req: Request<B>,
+    // The body and its declared length, not the request: an async fn keeps
+    // its arguments for its whole life (twice, as upvar and local), and the
+    // head is 264 bytes.
+    body: B,
+    declared: Option<u64>,
 ) -> Result<Response<ProxyBody>, GatewayError>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let limit = ctx.snapshot.limits.max_request_bytes;
-    let declared = req
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
     let mut record = PendingRecord::new(ctx, app.usage.clone(), endpoint);
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(reject(&mut record, GatewayError::BodyTooLarge(limit)));
     }
-    let body = match Limited::new(req.into_body(), limit).collect().await {
+    let body = match Limited::new(body, limit).collect().await {
         Ok(c) => c.to_bytes(),
         Err(e) => {
             let err = if e
@@ -328,10 +330,14 @@ where
     };
     // The rate-limit headers go on every answer of an admitted request, as
     // OpenAI sends them.
-    let rate_headers = admission.as_ref().map(Admission::headers);
-    if let Some(a) = admission {
+    // The admission moves into the record whole (not out of an `Option`
+    // that would stay in this future's state, 320 bytes, across the upstream
+    // call).
+    let rate_headers = admission.map(|a| {
+        let headers = a.headers();
         record.hold_admission(a);
-    }
+        headers
+    });
     record.update(|r| {
         r.requested_model = Some(prepared.model.clone());
         if let Some(from) = &prepared.downgraded_from {
@@ -344,6 +350,14 @@ where
         resp.headers_mut().insert(name, value);
     }
     Ok(resp)
+}
+
+/// The request's `Content-Length`, if it has a valid one.
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
 }
 
 fn reject(record: &mut PendingRecord, err: GatewayError) -> GatewayError {
