@@ -102,32 +102,41 @@ impl Http2Upstream {
     }
 
     /// Sends `req` with `body` and waits for the response head.
-    pub async fn send(&self, req: Request<Bytes>) -> Result<Dialled, ProviderError> {
-        if self.http1_only.load(Ordering::Relaxed) {
-            return Ok(Dialled::Http1(req));
-        }
-        let mut retried = false;
-        let ready = loop {
-            let Some(live) = self.live().await? else {
+    #[allow(clippy::manual_async_fn)] // see the comment on the async block
+    pub fn send(
+        &self,
+        req: Request<Bytes>,
+    ) -> impl std::future::Future<Output = Result<Dialled, ProviderError>> + Send + '_ {
+        // An async block, not an async fn: an async fn copies its arguments
+        // into locals and keeps both in its state (rust-lang/rust#62958), and
+        // this future is nested in every one of the request path above it.
+        async move {
+            if self.http1_only.load(Ordering::Relaxed) {
                 return Ok(Dialled::Http1(req));
-            };
-            match live.send.clone().ready().await {
-                Ok(ready) => break ready,
-                // The connection ended while idle (closed, GOAWAY, broken):
-                // nothing was sent, so forget it and dial once more.
-                Err(e) => {
-                    self.forget(&live);
-                    if retried {
-                        return Err(ProviderError::Connect(super::client::error_chain(&e)));
-                    }
-                    retried = true;
-                }
             }
-        };
-        let (head, body) = req.into_parts();
-        send_on(ready, Request::from_parts(head, ()), body)
-            .await
-            .map(Dialled::Http2)
+            let mut retried = false;
+            let ready = loop {
+                let Some(live) = self.live().await? else {
+                    return Ok(Dialled::Http1(req));
+                };
+                match live.send.clone().ready().await {
+                    Ok(ready) => break ready,
+                    // The connection ended while idle (closed, GOAWAY, broken):
+                    // nothing was sent, so forget it and dial once more.
+                    Err(e) => {
+                        self.forget(&live);
+                        if retried {
+                            return Err(ProviderError::Connect(super::client::error_chain(&e)));
+                        }
+                        retried = true;
+                    }
+                }
+            };
+            let (head, body) = req.into_parts();
+            send_on(ready, Request::from_parts(head, ()), body)
+                .await
+                .map(Dialled::Http2)
+        }
     }
 
     /// The connection to use: the current one if it is fresh enough, else a

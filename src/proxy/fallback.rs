@@ -38,260 +38,271 @@ pub struct Prepared {
     pub client_wants_usage: bool,
 }
 
-pub async fn serve(
-    app: &Arc<App>,
-    ctx: &RequestCtx,
+#[allow(clippy::manual_async_fn)] // see the comment on the async block
+pub fn serve<'a>(
+    app: &'a Arc<App>,
+    ctx: &'a RequestCtx,
     endpoint: Endpoint,
     prepared: Prepared,
     mut record: PendingRecord,
-) -> Response<ProxyBody> {
-    let settings = &ctx.snapshot.routing;
-    let deadline = ctx.started + Duration::from_millis(settings.request_deadline_ms);
-    let breaker = BreakerSettings {
-        failures: settings.breaker_failures.max(1),
-        window: Duration::from_millis(settings.breaker_window_ms),
-        cooldown: Duration::from_millis(settings.breaker_cooldown_ms),
-    };
-    let routes = match ctx.snapshot.models.routes(&prepared.model) {
-        Ok(r) => r,
-        Err(e) => {
-            return failure_answer(
-                gateway_failure("no_route", e),
-                None,
-                &mut record,
-                ctx.dialect,
-            )
-        }
-    };
-    let mut last: Option<(Failure, Option<KeyOwner>, Arc<str>)> = None;
-    let mut skipped_open = 0usize;
-    let mut refusals = 0u32;
-
-    'routes: for route in &routes {
-        let provider_name = Arc::clone(route.provider.name());
-        let credential = match credential_for(ctx, route) {
-            Ok(c) => c,
+) -> impl std::future::Future<Output = Response<ProxyBody>> + Send + 'a {
+    // An async block, not an async fn: an async fn copies its arguments into
+    // locals and keeps both in its state (rust-lang/rust#62958), and this
+    // future is nested in every one above it.
+    async move {
+        let settings = &ctx.snapshot.routing;
+        let deadline = ctx.started + Duration::from_millis(settings.request_deadline_ms);
+        let breaker = BreakerSettings {
+            failures: settings.breaker_failures.max(1),
+            window: Duration::from_millis(settings.breaker_window_ms),
+            cooldown: Duration::from_millis(settings.breaker_cooldown_ms),
+        };
+        let routes = match ctx.snapshot.models.routes(&prepared.model) {
+            Ok(r) => r,
             Err(e) => {
-                push_attempt(
-                    app,
+                return failure_answer(
+                    gateway_failure("no_route", e),
+                    None,
                     &mut record,
-                    route,
-                    "no_credential",
-                    None,
-                    Instant::now(),
-                );
-                last = Some((
-                    gateway_failure("no_credential", e),
-                    None,
-                    provider_name.clone(),
-                ));
-                continue;
+                    ctx.dialect,
+                )
             }
         };
-        // Built only once some breaker has seen a failure (two allocations
-        // and a map lookup per request otherwise).
-        let mut key = app
-            .breakers
-            .tracking()
-            .then(|| breaker_key(&provider_name, credential.owner, ctx));
-        let mut try_no = 0;
-        loop {
-            let admission = match &key {
-                Some(key) => app.breakers.admit(key, breaker),
-                None => Admission::Closed,
-            };
-            match admission {
-                Admission::Open => {
+        let mut last: Option<(Failure, Option<KeyOwner>, Arc<str>)> = None;
+        let mut skipped_open = 0usize;
+        let mut refusals = 0u32;
+
+        'routes: for route in &routes {
+            let provider_name = Arc::clone(route.provider.name());
+            let credential = match credential_for(ctx, route) {
+                Ok(c) => c,
+                Err(e) => {
                     push_attempt(
                         app,
                         &mut record,
                         route,
-                        "breaker_open",
+                        "no_credential",
                         None,
                         Instant::now(),
                     );
-                    skipped_open += 1;
-                    continue 'routes;
+                    last = Some((
+                        gateway_failure("no_credential", e),
+                        None,
+                        provider_name.clone(),
+                    ));
+                    continue;
                 }
-                Admission::Closed | Admission::Probe => {}
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                break 'routes;
-            }
-            let body = prepared.body.upstream(&route.upstream_model);
-            let req = UpstreamRequest {
-                endpoint,
-                model: String::from(&*route.upstream_model),
-                body,
-                stream: prepared.stream,
-                request_id: ctx.request_id.clone(),
             };
-            let started = Instant::now();
-            let first_event = Duration::from_millis(settings.first_event_timeout_ms);
-            let result = tokio::time::timeout(
-                deadline.saturating_duration_since(started),
-                attempt(
-                    &route.provider,
-                    req,
-                    credential.key.as_ref(),
-                    ctx.snapshot.limits.max_upstream_bytes,
-                    StreamPolicy {
-                        first_event_timeout: first_event,
-                        commit: settings.stream_commit,
-                    },
-                    &mut record,
-                    ctx.dialect,
-                ),
-            )
-            .await
-            .unwrap_or_else(|_| {
-                AttemptResult::Retry(gateway_failure(
-                    "deadline",
-                    crate::providers::ProviderError::FirstByteTimeout(settings.request_deadline_ms),
-                ))
-            });
-            match result {
-                AttemptResult::Commit(committed) => {
-                    if let Some(key) = &key {
-                        app.breakers.on_success(key);
+            // Built only once some breaker has seen a failure (two allocations
+            // and a map lookup per request otherwise).
+            let mut key = app
+                .breakers
+                .tracking()
+                .then(|| breaker_key(&provider_name, credential.owner, ctx));
+            let mut try_no = 0;
+            loop {
+                let admission = match &key {
+                    Some(key) => app.breakers.admit(key, breaker),
+                    None => Admission::Closed,
+                };
+                match admission {
+                    Admission::Open => {
+                        push_attempt(
+                            app,
+                            &mut record,
+                            route,
+                            "breaker_open",
+                            None,
+                            Instant::now(),
+                        );
+                        skipped_open += 1;
+                        continue 'routes;
                     }
-                    push_attempt(app, &mut record, route, "ok", None, started);
-                    record.update(|r| {
-                        r.provider = Some(provider_name.clone());
-                        r.served_model = Some(String::from(&*route.upstream_model));
-                        r.key_owner = Some(credential.owner);
-                    });
-                    drop(credential);
-                    let mut resp = match committed {
-                        Committed::Json {
-                            status,
-                            headers,
-                            bytes,
-                        } => json_answer(status, headers, bytes, &mut record, ctx.dialect),
-                        Committed::Stream {
-                            events,
-                            held,
-                            headers,
-                        } => {
-                            let deadline = tokio::time::Instant::from_std(deadline);
-                            match ctx.dialect {
-                                Dialect::OpenAi => stream_answer(
-                                    SseRelay::new(
-                                        events,
-                                        held,
-                                        record,
-                                        prepared.client_wants_usage,
-                                        deadline,
-                                    ),
-                                    headers,
-                                ),
-                                Dialect::Anthropic => stream_answer(
-                                    MessagesRelay::new(events, held, record, deadline),
-                                    headers,
-                                ),
-                            }
-                        }
-                    };
-                    served_headers(&mut resp, &prepared);
-                    return resp;
+                    Admission::Closed | Admission::Probe => {}
                 }
-                AttemptResult::Final(failure) => {
-                    // The client's own error (or the tenant's key refused): the
-                    // provider is healthy, so the breaker does not count it.
-                    push_attempt(
-                        app,
-                        &mut record,
-                        route,
-                        failure.cause,
-                        failure.status(),
-                        started,
-                    );
-                    record.update(|r| {
-                        r.provider = Some(provider_name.clone());
-                        r.key_owner = Some(credential.owner);
-                    });
-                    return failure_answer(
-                        failure,
-                        Some(credential.owner),
+                let now = Instant::now();
+                if now >= deadline {
+                    break 'routes;
+                }
+                let body = prepared.body.upstream(&route.upstream_model);
+                let req = UpstreamRequest {
+                    endpoint,
+                    model: String::from(&*route.upstream_model),
+                    body,
+                    stream: prepared.stream,
+                    request_id: ctx.request_id.clone(),
+                };
+                let started = Instant::now();
+                let first_event = Duration::from_millis(settings.first_event_timeout_ms);
+                let result = tokio::time::timeout(
+                    deadline.saturating_duration_since(started),
+                    attempt(
+                        &route.provider,
+                        req,
+                        credential.key.as_ref(),
+                        ctx.snapshot.limits.max_upstream_bytes,
+                        StreamPolicy {
+                            first_event_timeout: first_event,
+                            commit: settings.stream_commit,
+                        },
                         &mut record,
                         ctx.dialect,
-                    );
-                }
-                AttemptResult::Retry(failure) => {
-                    let key = key
-                        .get_or_insert_with(|| breaker_key(&provider_name, credential.owner, ctx));
-                    if failure.counts_against_breaker() {
-                        app.breakers.on_failure(key, breaker);
+                    ),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    AttemptResult::Retry(gateway_failure(
+                        "deadline",
+                        crate::providers::ProviderError::FirstByteTimeout(
+                            settings.request_deadline_ms,
+                        ),
+                    ))
+                });
+                match result {
+                    AttemptResult::Commit(committed) => {
+                        if let Some(key) = &key {
+                            app.breakers.on_success(key);
+                        }
+                        push_attempt(app, &mut record, route, "ok", None, started);
+                        record.update(|r| {
+                            r.provider = Some(provider_name.clone());
+                            r.served_model = Some(String::from(&*route.upstream_model));
+                            r.key_owner = Some(credential.owner);
+                        });
+                        drop(credential);
+                        let mut resp = match committed {
+                            Committed::Json {
+                                status,
+                                headers,
+                                bytes,
+                            } => json_answer(status, headers, bytes, &mut record, ctx.dialect),
+                            Committed::Stream {
+                                events,
+                                held,
+                                headers,
+                            } => {
+                                let deadline = tokio::time::Instant::from_std(deadline);
+                                match ctx.dialect {
+                                    Dialect::OpenAi => stream_answer(
+                                        SseRelay::new(
+                                            events,
+                                            held,
+                                            record,
+                                            prepared.client_wants_usage,
+                                            deadline,
+                                        ),
+                                        headers,
+                                    ),
+                                    Dialect::Anthropic => stream_answer(
+                                        MessagesRelay::new(events, held, record, deadline),
+                                        headers,
+                                    ),
+                                }
+                            }
+                        };
+                        served_headers(&mut resp, &prepared);
+                        return resp;
                     }
-                    push_attempt(
-                        app,
-                        &mut record,
-                        route,
-                        failure.cause,
-                        failure.status(),
-                        started,
-                    );
-                    tracing::info!(provider = %provider_name, model = %route.upstream_model, cause = failure.cause, "attempt failed");
-                    let retry_after = failure.retry_after;
-                    let refused = failure.was_refused();
-                    last = Some((failure, Some(credential.owner), provider_name.clone()));
-                    if refused && refusals < MAX_REFUSALS {
-                        // Not processed (RFC 9113 section 8.7): sent again at
-                        // once, without spending one of the route's retries.
-                        refusals += 1;
-                        continue;
+                    AttemptResult::Final(failure) => {
+                        // The client's own error (or the tenant's key refused): the
+                        // provider is healthy, so the breaker does not count it.
+                        push_attempt(
+                            app,
+                            &mut record,
+                            route,
+                            failure.cause,
+                            failure.status(),
+                            started,
+                        );
+                        record.update(|r| {
+                            r.provider = Some(provider_name.clone());
+                            r.key_owner = Some(credential.owner);
+                        });
+                        return failure_answer(
+                            failure,
+                            Some(credential.owner),
+                            &mut record,
+                            ctx.dialect,
+                        );
                     }
-                    if try_no == settings.retries_per_route {
-                        break;
-                    }
-                    let wait = match retry_after {
-                        Some(ra) if ra > Duration::from_millis(settings.retry_after_cap_ms) => {
-                            // The provider asks for longer than we may wait: next route.
+                    AttemptResult::Retry(failure) => {
+                        let key = key.get_or_insert_with(|| {
+                            breaker_key(&provider_name, credential.owner, ctx)
+                        });
+                        if failure.counts_against_breaker() {
+                            app.breakers.on_failure(key, breaker);
+                        }
+                        push_attempt(
+                            app,
+                            &mut record,
+                            route,
+                            failure.cause,
+                            failure.status(),
+                            started,
+                        );
+                        tracing::info!(provider = %provider_name, model = %route.upstream_model, cause = failure.cause, "attempt failed");
+                        let retry_after = failure.retry_after;
+                        let refused = failure.was_refused();
+                        last = Some((failure, Some(credential.owner), provider_name.clone()));
+                        if refused && refusals < MAX_REFUSALS {
+                            // Not processed (RFC 9113 section 8.7): sent again at
+                            // once, without spending one of the route's retries.
+                            refusals += 1;
+                            continue;
+                        }
+                        if try_no == settings.retries_per_route {
                             break;
                         }
-                        Some(ra) => ra.max(backoff(
-                            settings.backoff_base_ms,
-                            settings.backoff_max_ms,
-                            try_no,
-                        )),
-                        None => backoff(settings.backoff_base_ms, settings.backoff_max_ms, try_no),
-                    };
-                    if Instant::now() + wait >= deadline {
-                        break 'routes;
+                        let wait = match retry_after {
+                            Some(ra) if ra > Duration::from_millis(settings.retry_after_cap_ms) => {
+                                // The provider asks for longer than we may wait: next route.
+                                break;
+                            }
+                            Some(ra) => ra.max(backoff(
+                                settings.backoff_base_ms,
+                                settings.backoff_max_ms,
+                                try_no,
+                            )),
+                            None => {
+                                backoff(settings.backoff_base_ms, settings.backoff_max_ms, try_no)
+                            }
+                        };
+                        if Instant::now() + wait >= deadline {
+                            break 'routes;
+                        }
+                        tokio::time::sleep(wait).await;
+                        try_no += 1;
                     }
-                    tokio::time::sleep(wait).await;
-                    try_no += 1;
                 }
             }
         }
-    }
-    match last {
-        Some((failure, owner, provider)) => {
-            record.update(|r| {
-                r.provider = Some(provider);
-                r.key_owner = owner;
-            });
-            failure_answer(failure, owner, &mut record, ctx.dialect)
+        match last {
+            Some((failure, owner, provider)) => {
+                record.update(|r| {
+                    r.provider = Some(provider);
+                    r.key_owner = owner;
+                });
+                failure_answer(failure, owner, &mut record, ctx.dialect)
+            }
+            None if skipped_open > 0 => failure_answer(
+                gateway_failure(
+                    "breaker_open",
+                    RoutingError::AllRoutesOpen(prepared.model.clone()),
+                ),
+                None,
+                &mut record,
+                ctx.dialect,
+            ),
+            None => failure_answer(
+                gateway_failure(
+                    "deadline",
+                    crate::providers::ProviderError::FirstByteTimeout(settings.request_deadline_ms),
+                ),
+                None,
+                &mut record,
+                ctx.dialect,
+            ),
         }
-        None if skipped_open > 0 => failure_answer(
-            gateway_failure(
-                "breaker_open",
-                RoutingError::AllRoutesOpen(prepared.model.clone()),
-            ),
-            None,
-            &mut record,
-            ctx.dialect,
-        ),
-        None => failure_answer(
-            gateway_failure(
-                "deadline",
-                crate::providers::ProviderError::FirstByteTimeout(settings.request_deadline_ms),
-            ),
-            None,
-            &mut record,
-            ctx.dialect,
-        ),
     }
 }
 

@@ -75,107 +75,113 @@ where
     resp
 }
 
-async fn dispatch<B>(
-    app: &Arc<App>,
+#[allow(clippy::manual_async_fn)] // see the comment on the async block
+fn dispatch<'a, B>(
+    app: &'a Arc<App>,
     req: Request<B>,
-    rid: &str,
+    rid: &'a str,
     started: Instant,
     dialect: Dialect,
     // The request's span, passed down: `Span::current()` would look it up
     // in the subscriber's per-thread stack.
-    span: &tracing::Span,
-) -> Result<Response<ProxyBody>, GatewayError>
+    span: &'a tracing::Span,
+) -> impl std::future::Future<Output = Result<Response<ProxyBody>, GatewayError>> + Send + 'a
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let path = req.uri().path();
-    let method = req.method();
-    let api = match path {
-        "/healthz" | "/readyz" if method == Method::GET || method == Method::HEAD => {
-            let detail = path == "/readyz"
-                && req
-                    .uri()
-                    .query()
-                    .is_some_and(|q| q.split('&').any(|p| p == "detail=1"))
-                && is_operator(app, req.headers());
-            return Ok(health(app, path == "/readyz", detail));
-        }
-        "/metrics" if method == Method::GET => {
-            if !is_operator(app, req.headers()) {
-                return Err(GatewayError::UnknownEndpoint(
-                    method.to_string(),
-                    path.to_owned(),
-                ));
+    // An async block, not an async fn: an async fn copies its arguments into
+    // locals and keeps both in its state (rust-lang/rust#62958); this future
+    // is boxed for every request.
+    async move {
+        let path = req.uri().path();
+        let method = req.method();
+        let api = match path {
+            "/healthz" | "/readyz" if method == Method::GET || method == Method::HEAD => {
+                let detail = path == "/readyz"
+                    && req
+                        .uri()
+                        .query()
+                        .is_some_and(|q| q.split('&').any(|p| p == "detail=1"))
+                    && is_operator(app, req.headers());
+                return Ok(health(app, path == "/readyz", detail));
             }
-            return Ok(metrics(app));
-        }
-        "/v1/models" if method == Method::GET => Api::Models,
-        _ => match path.strip_prefix("/v1").and_then(Endpoint::from_path) {
-            Some(e) if method == Method::POST => Api::Forward(e),
-            Some(_) => {
-                return Err(GatewayError::MethodNotAllowed(
-                    method.to_string(),
-                    path.to_owned(),
-                ))
+            "/metrics" if method == Method::GET => {
+                if !is_operator(app, req.headers()) {
+                    return Err(GatewayError::UnknownEndpoint(
+                        method.to_string(),
+                        path.to_owned(),
+                    ));
+                }
+                return Ok(metrics(app));
             }
-            None if matches!(path, "/v1/models" | "/healthz" | "/readyz") => {
-                return Err(GatewayError::MethodNotAllowed(
-                    method.to_string(),
-                    path.to_owned(),
-                ))
-            }
-            None => {
-                return Err(GatewayError::UnknownEndpoint(
-                    method.to_string(),
-                    path.to_owned(),
-                ))
-            }
-        },
-    };
+            "/v1/models" if method == Method::GET => Api::Models,
+            _ => match path.strip_prefix("/v1").and_then(Endpoint::from_path) {
+                Some(e) if method == Method::POST => Api::Forward(e),
+                Some(_) => {
+                    return Err(GatewayError::MethodNotAllowed(
+                        method.to_string(),
+                        path.to_owned(),
+                    ))
+                }
+                None if matches!(path, "/v1/models" | "/healthz" | "/readyz") => {
+                    return Err(GatewayError::MethodNotAllowed(
+                        method.to_string(),
+                        path.to_owned(),
+                    ))
+                }
+                None => {
+                    return Err(GatewayError::UnknownEndpoint(
+                        method.to_string(),
+                        path.to_owned(),
+                    ))
+                }
+            },
+        };
 
-    let snapshot = app.snapshot.load_full();
-    let reseller_idx = resolve_reseller(&snapshot.tenancy, &req)?;
-    let sni = req
-        .extensions()
-        .get::<ConnInfo>()
-        .and_then(|c| c.tls.as_ref())
-        .and_then(|t| t.sni.clone());
-    if let Some(sni) = &sni {
-        // One reseller's certificate must not reach another's tenants (HTTP/2
-        // connection coalescing, or a client sending any Host it likes).
-        if snapshot.tenancy.resolve_host(sni) != Ok(reseller_idx) {
-            return Err(GatewayError::MisdirectedRequest);
+        let snapshot = app.snapshot.load_full();
+        let reseller_idx = resolve_reseller(&snapshot.tenancy, &req)?;
+        let sni = req
+            .extensions()
+            .get::<ConnInfo>()
+            .and_then(|c| c.tls.as_ref())
+            .and_then(|t| t.sni.clone());
+        if let Some(sni) = &sni {
+            // One reseller's certificate must not reach another's tenants (HTTP/2
+            // connection coalescing, or a client sending any Host it likes).
+            if snapshot.tenancy.resolve_host(sni) != Ok(reseller_idx) {
+                return Err(GatewayError::MisdirectedRequest);
+            }
         }
-    }
-    let reseller = snapshot.tenancy.reseller(reseller_idx).id.clone();
-    let tenant = match presented_key(req.headers()) {
-        PresentedKey::Missing => Err(TenancyError::MissingKey),
-        PresentedKey::Malformed => Err(TenancyError::InvalidKey),
-        PresentedKey::Key(k) => snapshot.tenancy.authenticate(reseller_idx, k),
-    }
-    // A refusal's log line still names the reseller.
-    .inspect_err(|_| {
-        span.record("reseller", &*reseller);
-    })?;
-    // Both fields in one record (each record is a subscriber round trip,
-    // about 900 instructions); nothing logs in between.
-    tracing::record_all!(span, reseller = &*reseller, tenant = &*tenant.id);
-    let ctx = RequestCtx {
-        request_id: rid.to_owned(),
-        started,
-        snapshot,
-        reseller,
-        reseller_idx,
-        tenant,
-        sni,
-        dialect,
-    };
-    match api {
-        Api::Models => Ok(list_models(&ctx)),
-        Api::Forward(endpoint) => {
-            let declared = declared_length(req.headers());
-            forward(app, &ctx, endpoint, req.into_body(), declared).await
+        let reseller = snapshot.tenancy.reseller(reseller_idx).id.clone();
+        let tenant = match presented_key(req.headers()) {
+            PresentedKey::Missing => Err(TenancyError::MissingKey),
+            PresentedKey::Malformed => Err(TenancyError::InvalidKey),
+            PresentedKey::Key(k) => snapshot.tenancy.authenticate(reseller_idx, k),
+        }
+        // A refusal's log line still names the reseller.
+        .inspect_err(|_| {
+            span.record("reseller", &*reseller);
+        })?;
+        // Both fields in one record (each record is a subscriber round trip,
+        // about 900 instructions); nothing logs in between.
+        tracing::record_all!(span, reseller = &*reseller, tenant = &*tenant.id);
+        let ctx = RequestCtx {
+            request_id: rid.to_owned(),
+            started,
+            snapshot,
+            reseller,
+            reseller_idx,
+            tenant,
+            sni,
+            dialect,
+        };
+        match api {
+            Api::Models => Ok(list_models(&ctx)),
+            Api::Forward(endpoint) => {
+                let declared = declared_length(req.headers());
+                forward(app, &ctx, endpoint, req.into_body(), declared).await
+            }
         }
     }
 }
@@ -289,6 +295,33 @@ where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    // Two futures in turn: what reading and admitting the request keep
+    // across their awaits (the record, the limits, the body) would otherwise
+    // stay in this future's state, about 700 bytes, while the upstream answers.
+    let (prepared, record, rate_headers) = admit(app, ctx, endpoint, body, declared).await?;
+    let mut resp = fallback::serve(app, ctx, endpoint, prepared, record).await;
+    for (name, value) in rate_headers.into_iter().flatten() {
+        resp.headers_mut().insert(name, value);
+    }
+    Ok(resp)
+}
+
+/// The rate-limit headers of an admitted request.
+type RateHeaderList = Option<Vec<(HeaderName, HeaderValue)>>;
+
+/// Reads the body, prepares it under the tenant's plan and admits it under
+/// the limits; a refusal is recorded and returned.
+async fn admit<B>(
+    app: &Arc<App>,
+    ctx: &RequestCtx,
+    endpoint: Endpoint,
+    body: B,
+    declared: Option<u64>,
+) -> Result<(Prepared, PendingRecord, RateHeaderList), GatewayError>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let limit = ctx.snapshot.limits.max_request_bytes;
     let mut record = PendingRecord::new(ctx, app.usage.clone(), endpoint);
     if declared.is_some_and(|n| n > limit as u64) {
@@ -345,11 +378,7 @@ where
         }
         r.stream = prepared.stream;
     });
-    let mut resp = fallback::serve(app, ctx, endpoint, prepared, record).await;
-    for (name, value) in rate_headers.into_iter().flatten() {
-        resp.headers_mut().insert(name, value);
-    }
-    Ok(resp)
+    Ok((prepared, record, rate_headers))
 }
 
 /// The request's `Content-Length`, if it has a valid one.
