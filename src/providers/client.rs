@@ -13,7 +13,7 @@ use super::{ByteStream, IdleTimeout, ProviderError, UpstreamBody, UpstreamRespon
 use crate::config::ProviderConfig;
 use bytes::Bytes;
 use futures_util::TryStreamExt;
-use http::{header, HeaderName, HeaderValue, Request, Uri};
+use http::{header, HeaderValue, Request, Uri};
 use http_body_util::{BodyDataStream, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -23,9 +23,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const USER_AGENT: &str = concat!("livery/", env!("CARGO_PKG_VERSION"));
-// Header names as constants, not `&str`: http copies a string key into a new
-// allocation on every insert.
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// One provider's client.
 #[derive(Clone)]
@@ -108,7 +105,7 @@ impl UpstreamClient {
             // entry, and in turn the headers that repeat (type, accept,
             // agent, authority, path) would be sent as literals again.
             v.set_sensitive(true);
-            headers.insert(X_REQUEST_ID, v);
+            headers.insert(crate::telemetry::ids::REQUEST_ID_HEADER, v);
         }
         req
     }

@@ -58,7 +58,10 @@ impl Dialect {
 /// The client's `x-request-id` if it is sane (1–128 visible ASCII characters
 /// from a conservative set), else a fresh UUIDv7.
 pub fn request_id(headers: &HeaderMap) -> String {
-    if let Some(v) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+    if let Some(v) = headers
+        .get(crate::telemetry::ids::REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
         let ok = !v.is_empty()
             && v.len() <= 128
             && v.bytes()

@@ -345,13 +345,13 @@ fn push_attempt(
     });
 }
 
-// Header names as constants, not `&str`: http copies a string key into a new
-// allocation on every insert.
 /// How many refused streams (`REFUSED_STREAM`) one request sends again before
 /// a refusal counts as a failed attempt: a server that keeps refusing is
 /// overloaded, and the route's retries and the next routes take over.
 const MAX_REFUSALS: u32 = 2;
 
+// Header names as constants, not `&str`: http copies a string key into a new
+// allocation on every insert.
 const X_LIVERY_MODEL: HeaderName = HeaderName::from_static("x-livery-model");
 const X_LIVERY_DOWNGRADED_FROM: HeaderName = HeaderName::from_static("x-livery-downgraded-from");
 

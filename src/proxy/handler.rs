@@ -34,9 +34,6 @@ use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
 
-/// A constant, not a `&str`: http copies a string key on every insert.
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
 enum Api {
     Models,
     Forward(Endpoint),
@@ -69,7 +66,8 @@ where
         Err(e) => span.in_scope(|| e.to_response_for(dialect)),
     };
     if let Ok(v) = HeaderValue::from_str(&rid) {
-        resp.headers_mut().insert(X_REQUEST_ID, v);
+        resp.headers_mut()
+            .insert(crate::telemetry::ids::REQUEST_ID_HEADER, v);
     }
     app.metrics.response(resp.status().as_u16());
     resp
@@ -178,10 +176,7 @@ where
         };
         match api {
             Api::Models => Ok(list_models(&ctx)),
-            Api::Forward(endpoint) => {
-                let declared = declared_length(req.headers());
-                forward(app, &ctx, endpoint, req.into_body(), declared).await
-            }
+            Api::Forward(endpoint) => forward(app, &ctx, endpoint, req.into_body()).await,
         }
     }
 }
@@ -285,11 +280,9 @@ async fn forward<B>(
     app: &Arc<App>,
     ctx: &RequestCtx,
     endpoint: Endpoint,
-    // The body and its declared length, not the request: an async fn keeps
-    // its arguments for its whole life (twice, as upvar and local), and the
-    // head is 264 bytes.
+    // The body, not the request: an async fn keeps its arguments for its
+    // whole life (twice, as upvar and local), and the head is 264 bytes.
     body: B,
-    declared: Option<u64>,
 ) -> Result<Response<ProxyBody>, GatewayError>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
@@ -298,7 +291,7 @@ where
     // Two futures in turn: what reading and admitting the request keep
     // across their awaits (the record, the limits, the body) would otherwise
     // stay in this future's state, about 700 bytes, while the upstream answers.
-    let (prepared, record, rate_headers) = admit(app, ctx, endpoint, body, declared).await?;
+    let (prepared, record, rate_headers) = admit(app, ctx, endpoint, body).await?;
     let mut resp = fallback::serve(app, ctx, endpoint, prepared, record).await;
     for (name, value) in rate_headers.into_iter().flatten() {
         resp.headers_mut().insert(name, value);
@@ -316,7 +309,6 @@ async fn admit<B>(
     ctx: &RequestCtx,
     endpoint: Endpoint,
     body: B,
-    declared: Option<u64>,
 ) -> Result<(Prepared, PendingRecord, RateHeaderList), GatewayError>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
@@ -324,7 +316,11 @@ where
 {
     let limit = ctx.snapshot.limits.max_request_bytes;
     let mut record = PendingRecord::new(ctx, app.usage.clone(), endpoint);
-    if declared.is_some_and(|n| n > limit as u64) {
+    // The declared `Content-Length`, as hyper parsed it to frame the body.
+    if http_body::Body::size_hint(&body)
+        .exact()
+        .is_some_and(|n| n > limit as u64)
+    {
         return Err(reject(&mut record, GatewayError::BodyTooLarge(limit)));
     }
     let body = match Limited::new(body, limit).collect().await {
@@ -379,14 +375,6 @@ where
         r.stream = prepared.stream;
     });
     Ok((prepared, record, rate_headers))
-}
-
-/// The request's `Content-Length`, if it has a valid one.
-fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
 }
 
 fn reject(record: &mut PendingRecord, err: GatewayError) -> GatewayError {

@@ -5,6 +5,10 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// The header that carries a request's id, to the client and to the provider.
+/// A constant, not a `&str`: http copies a string key on every insert.
+pub const REQUEST_ID_HEADER: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 /// A new UUIDv7.
 pub fn uuid_v7() -> uuid::Uuid {
     let millis = SystemTime::now()

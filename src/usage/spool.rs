@@ -653,7 +653,6 @@ impl Drop for Spool {
     }
 }
 
-/// Segment files of `dir`, sorted by id.
 /// What a batch reads at first per event it may take: lines are 600-900
 /// bytes. Reading the whole byte budget (4 MiB) for a batch of 256 events
 /// copied a backlog's tail from the page cache again and again.
@@ -692,6 +691,7 @@ fn read_lines(
     Ok(())
 }
 
+/// Segment files of `dir`, sorted by id.
 fn list_segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {
