@@ -211,6 +211,66 @@ async fn a_usage_less_upstream_is_marked_estimated() {
     gw.shutdown().await;
 }
 
+/// Request ids in the spool's segment files right now (what a `kill -9`
+/// would leave).
+fn spooled_request_ids(spool: &Path) -> HashSet<String> {
+    let mut ids = HashSet::new();
+    for e in std::fs::read_dir(spool).unwrap() {
+        let path = e.unwrap().path();
+        if !path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("seg-")
+        {
+            continue;
+        }
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            if let Ok(v) = serde_json::from_str::<Value>(line) {
+                ids.insert(v["request_id"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    ids
+}
+
+/// The ordering guarantee, without the timing luck of `kill -9`: with an
+/// hour-long group commit, only the request path itself writes the spool, and
+/// a plain answer's event (staged, so that the requests finishing together
+/// share one `write(2)`) is in the segment file before the answer arrives,
+/// requests in parallel or one at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_answers_event_is_in_the_spool_before_the_answer_arrives() {
+    let mock = MockProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let usage = ledger_usage_toml(dir.path(), "")
+        .replace("fsync_interval_ms = 2", "fsync_interval_ms = 3600000");
+    let toml = format!("{usage}{}", standard_config(&mock.base_url(), ""));
+    let gw = TestGateway::start(&toml).await;
+    let spool = dir.path().join("spool");
+    for round in 0..3 {
+        let answers = futures_util::future::join_all((0..12).map(|_| async {
+            let resp = post_acme(&gw, &chat_body("gpt-4o-mini")).await;
+            assert_eq!(resp.status(), 200);
+            let id = rid(&resp);
+            let _ = resp.bytes().await.unwrap();
+            // Read as soon as this answer is complete, others still in flight.
+            (spooled_request_ids(&spool).contains(&id), id)
+        }))
+        .await;
+        let late: Vec<_> = answers.iter().filter(|(found, _)| !found).collect();
+        assert!(
+            late.is_empty(),
+            "round {round}: answered before spooled: {late:?}"
+        );
+    }
+    let resp = post_acme(&gw, &chat_body("gpt-4o-mini")).await;
+    let id = rid(&resp);
+    let _ = resp.bytes().await.unwrap();
+    assert!(spooled_request_ids(&spool).contains(&id), "a lone request");
+    gw.shutdown().await;
+}
+
 // ------------------------------------------------------------------ dedup
 
 fn fixture_event(i: u32, reseller: &str, tenant: &str, ts: &str, p: u64, c: u64) -> String {

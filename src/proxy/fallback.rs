@@ -175,7 +175,15 @@ pub fn serve<'a>(
                                 status,
                                 headers,
                                 bytes,
-                            } => json_answer(status, headers, bytes, &mut record, ctx.dialect),
+                            } => {
+                                let mut resp =
+                                    json_answer(status, headers, bytes, &mut record, ctx.dialect);
+                                served_headers(&mut resp, &prepared);
+                                // The usage line is staged; it must be in the
+                                // kernel before the answer leaves.
+                                record.spooled().await;
+                                return resp;
+                            }
                             Committed::Stream {
                                 events,
                                 held,

@@ -367,7 +367,8 @@ fn answer_headers(mut upstream: HeaderMap, keep_content_type: bool) -> HeaderMap
     upstream
 }
 
-/// The client's answer for a committed plain (non-streamed) response.
+/// The client's answer for a committed plain (non-streamed) response. Its
+/// usage line is only staged: await [`PendingRecord::spooled`] before it leaves.
 pub fn json_answer(
     committed_status: StatusCode,
     headers: HeaderMap,
@@ -431,7 +432,8 @@ pub fn json_answer(
             record.update(|r| r.served_model = Some(m));
         }
     }
-    record.finish(committed_status.as_u16(), Outcome::Ok, None);
+    // Staged: the caller awaits `record.spooled()` before answering.
+    record.finish_staged(committed_status.as_u16(), Outcome::Ok, None);
     let mut resp = Response::new(full(bytes));
     *resp.status_mut() = committed_status;
     *resp.headers_mut() = headers;

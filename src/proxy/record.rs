@@ -16,6 +16,7 @@
 use super::ctx::RequestCtx;
 use crate::limits::Admission;
 use crate::providers::Endpoint;
+use crate::usage::spool::Ticket;
 use crate::usage::{estimate, now_rfc3339, Outcome, UsageRecord, UsageSink, SCHEMA_VERSION};
 use bytes::Bytes;
 use serde_json::Value;
@@ -192,6 +193,8 @@ pub struct PendingRecord {
     /// released (concurrency slot) when the record is written, which happens on
     /// every exit path, `Drop` included.
     admission: Option<Box<Admission>>,
+    /// The spool line staged by `finish_staged`, until `spooled` saw it written.
+    staged: Option<Ticket>,
 }
 
 /// Completion text kept for estimation; beyond it, counts scale by length
@@ -209,6 +212,7 @@ impl PendingRecord {
             completion_text: String::new(),
             completion_overflow: 0,
             admission: None,
+            staged: None,
             record: Some(Box::new(UsageRecord {
                 v: SCHEMA_VERSION,
                 event_id: String::new(),
@@ -324,9 +328,35 @@ impl PendingRecord {
 
     /// Writes the record with its final status and outcome.
     pub fn finish(&mut self, status: u16, outcome: Outcome, error_code: Option<&str>) {
-        let Some(mut r) = self.record.take() else {
-            return;
-        };
+        if let Some(r) = self.complete(status, outcome, error_code) {
+            self.sink.record(*r);
+        }
+    }
+
+    /// Like [`PendingRecord::finish`], but the spool line is only staged:
+    /// await [`PendingRecord::spooled`] before the answer leaves.
+    pub fn finish_staged(&mut self, status: u16, outcome: Outcome, error_code: Option<&str>) {
+        if let Some(r) = self.complete(status, outcome, error_code) {
+            self.staged = self.sink.record_staged(*r);
+        }
+    }
+
+    /// Waits until the line staged by [`PendingRecord::finish_staged`] is in
+    /// the kernel (written with those of the other requests finishing now).
+    pub async fn spooled(&mut self) {
+        if let Some(ticket) = self.staged.take() {
+            self.sink.spooled(ticket).await;
+        }
+    }
+
+    /// The finished record, once (`None` after the first call).
+    fn complete(
+        &mut self,
+        status: u16,
+        outcome: Outcome,
+        error_code: Option<&str>,
+    ) -> Option<Box<UsageRecord>> {
+        let mut r = self.record.take()?;
         r.status = status;
         r.outcome = outcome;
         r.error_code = error_code.map(str::to_owned);
@@ -355,7 +385,7 @@ impl PendingRecord {
                 (None, true) => {}
             }
         }
-        self.sink.record(*r);
+        Some(r)
     }
 }
 

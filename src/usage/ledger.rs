@@ -30,7 +30,7 @@
 
 use super::lanes::{self, Lane, Shift, Step};
 use super::sinks::{Ack, Sink};
-use super::spool::{AppendError, Position, Spool, SpoolStats};
+use super::spool::{AppendError, Position, Spool, SpoolStats, Ticket};
 use super::LedgerEvent;
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -216,6 +216,22 @@ impl Ledger {
             self.shared.spool.sync_now();
         }
         Ok(())
+    }
+
+    /// Stages one event line (see [`Spool::stage`]); [`Ledger::flush_staged`]
+    /// writes it. After [`Ledger::close`] it is written and fsynced at once.
+    pub fn stage(&self, line: &[u8]) -> Result<Ticket, AppendError> {
+        let ticket = self.shared.spool.stage(line)?;
+        if self.closed.load(Ordering::Acquire) {
+            self.shared.spool.flush(ticket)?;
+            self.shared.spool.sync_now();
+        }
+        Ok(ticket)
+    }
+
+    /// Makes sure a staged line is in the kernel (see [`Spool::flush`]).
+    pub fn flush_staged(&self, ticket: Ticket) -> Result<(), AppendError> {
+        self.shared.spool.flush(ticket)
     }
 
     pub fn spool(&self) -> &Arc<Spool> {

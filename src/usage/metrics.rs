@@ -7,6 +7,7 @@
 //! | `livery_usage_spool_max_bytes` | gauge | |
 //! | `livery_usage_spool_segments` | gauge | |
 //! | `livery_usage_spool_appended_events_total` | counter | |
+//! | `livery_usage_spool_writes_total` | counter | |
 //! | `livery_usage_spool_refused_events_total` | counter | |
 //! | `livery_usage_spool_write_errors_total` | counter | |
 //! | `livery_usage_spool_fsync_errors_total` | counter | |
@@ -74,6 +75,13 @@ pub fn render(stats: &LedgerStats, out: &mut String) {
         "counter",
         "Usage events appended to the spool.",
         sp.appended_events,
+    );
+    one(
+        out,
+        "livery_usage_spool_writes_total",
+        "counter",
+        "write(2) calls that carried usage events (events finishing together share one).",
+        sp.writes,
     );
     one(
         out,
@@ -167,6 +175,7 @@ mod tests {
             spool: SpoolStats {
                 bytes_on_disk: 1234,
                 appended_events: 7,
+                writes: 2,
                 ..SpoolStats::default()
             },
             sinks: vec![SinkStats {
@@ -185,6 +194,7 @@ mod tests {
         for want in [
             "livery_usage_spool_bytes 1234\n",
             "livery_usage_spool_appended_events_total 7\n",
+            "livery_usage_spool_writes_total 2\n",
             "# TYPE livery_usage_sink_lag_bytes gauge\nlivery_usage_sink_lag_bytes{sink=\"redis\"} 99\n",
             "livery_usage_sink_lag_events{sink=\"redis\"} 3\n",
             "livery_usage_sink_failed_deliveries_total{sink=\"redis\"} 2\n",

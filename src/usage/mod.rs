@@ -330,7 +330,33 @@ impl UsageSink {
     /// Records one finished request: prices it, appends it to the spool
     /// (synchronously: the event is in the kernel when this returns), mirrors
     /// it to the JSONL file. Never blocks on a sink; never fsyncs.
-    pub fn record(&self, mut rec: UsageRecord) {
+    pub fn record(&self, rec: UsageRecord) {
+        self.write(rec, false);
+    }
+
+    /// Records like [`UsageSink::record`], but only stages the spool line: the
+    /// caller must await [`UsageSink::spooled`] with the ticket before its
+    /// answer leaves (no ticket: nothing to wait for).
+    pub fn record_staged(&self, rec: UsageRecord) -> Option<spool::Ticket> {
+        self.write(rec, true)
+    }
+
+    /// Waits until a staged record is in the kernel. It first lets the other
+    /// requests that finish in this pass of the event loop stage theirs, so
+    /// that one `write(2)` carries them all (about 17 per write at maximum
+    /// throughput, instead of one each).
+    pub async fn spooled(&self, ticket: spool::Ticket) {
+        let Some(ledger) = &self.inner.ledger else {
+            return;
+        };
+        tokio::task::yield_now().await;
+        if let Err(e) = ledger.flush_staged(ticket) {
+            // The request's span names it.
+            tracing::error!(error = %e, "usage event NOT spooled");
+        }
+    }
+
+    fn write(&self, mut rec: UsageRecord, stage: bool) -> Option<spool::Ticket> {
         if rec.cost_micros.is_none() {
             let last_attempt = rec.attempts.last().map(|a| &*a.model);
             rec.cost_micros = self.inner.prices.load().cost(
@@ -371,16 +397,25 @@ impl UsageSink {
             .unwrap_or_else(|| Vec::with_capacity(LINE_CAPACITY));
         rec.write_json(&mut line);
         line.push(b'\n');
+        let mut ticket = None;
         if let Some(ledger) = &self.inner.ledger {
-            if let Err(e) = ledger.append(&line) {
-                tracing::error!(error = %e, event_id = %rec.event_id, request_id = %rec.request_id, "usage event NOT spooled");
+            let spooled = if stage {
+                ledger.stage(&line).map(Some)
+            } else {
+                ledger.append(&line).map(|()| None)
+            };
+            match spooled {
+                Ok(t) => ticket = t,
+                Err(e) => {
+                    tracing::error!(error = %e, event_id = %rec.event_id, request_id = %rec.request_id, "usage event NOT spooled");
+                }
             }
         }
         let line = {
             let tx = self.inner.tx.load();
             match tx.as_deref() {
                 Some(tx) if self.inner.overflow.is_some() => match tx.try_send(line) {
-                    Ok(()) => return,
+                    Ok(()) => return ticket,
                     Err(
                         mpsc::error::TrySendError::Full(l) | mpsc::error::TrySendError::Closed(l),
                     ) => l,
@@ -395,6 +430,7 @@ impl UsageSink {
             }
         }
         recycle(&self.inner.spare, line);
+        ticket
     }
 
     /// The ledger's counters and every sink's lag (`None` without a ledger).

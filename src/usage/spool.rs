@@ -17,7 +17,10 @@
 //!   request path calls it before the last byte of the response is released, so
 //!   once a client has its complete answer the event is in the operating
 //!   system's page cache: a crash of the *process* (`kill -9`, panic, OOM) never
-//!   loses it.
+//!   loses it. The plain-answer path [`Spool::stage`]s its line instead and
+//!   waits for [`Spool::flush`] before it answers: the lines staged by the
+//!   requests that finished in one pass of the event loop go to the kernel in
+//!   one `write(2)`, still before any of those answers leaves.
 //! * **Group commit.** A background thread calls `fdatasync` every
 //!   `fsync_interval` when something was appended, so a crash of the *machine*
 //!   loses at most that window. No fsync ever happens on the request path.
@@ -73,7 +76,21 @@ pub enum AppendError {
     Full(u64),
     #[error("usage spool write failed: {0}")]
     Io(#[from] std::io::Error),
+    /// The staged line was written by another request's flush, and that
+    /// `write(2)` failed (its error was logged with the batch).
+    #[error("usage spool write failed (in a batch; its error is logged)")]
+    Batch,
 }
+
+/// A line handed to [`Spool::stage`]: its place in the order of staged lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ticket(u64);
+
+/// Failed batches remembered for the requests still waiting on them; a
+/// waiter is back within one pass of the event loop, so a few are plenty.
+const FAILED_BATCHES: usize = 16;
+/// A staging buffer that grew beyond this (a burst of long lines) is let go.
+const KEEP_STAGED: usize = 256 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -93,6 +110,8 @@ pub struct SpoolStats {
     pub max_bytes: u64,
     pub segments: u64,
     pub appended_events: u64,
+    /// `write(2)`s that carried events (staged lines share one).
+    pub writes: u64,
     pub refused_events: u64,
     pub write_errors: u64,
     pub fsync_errors: u64,
@@ -111,6 +130,14 @@ struct Writer {
     /// Set after a failed write: the next append starts a new segment so a torn
     /// line never merges with a good one.
     broken: bool,
+    /// Lines staged and not yet written, in order.
+    staged: Vec<u8>,
+    /// Lines ever staged (the last ticket handed out) and ever flushed
+    /// (written or failed): tickets up to `flushed` are done.
+    staged_lines: u64,
+    flushed: u64,
+    /// Ticket ranges `(after, through]` whose batch failed, latest last.
+    failed: std::collections::VecDeque<(u64, u64)>,
 }
 
 #[derive(Default)]
@@ -141,6 +168,7 @@ pub struct Spool {
     bytes_on_disk: AtomicU64,
     appended: AtomicU64,
     refused: AtomicU64,
+    writes: AtomicU64,
     write_errors: AtomicU64,
     fsync_errors: AtomicU64,
     syncs: AtomicU64,
@@ -207,6 +235,10 @@ impl Spool {
                 id: next,
                 len: 0,
                 broken: false,
+                staged: Vec::new(),
+                staged_lines: 0,
+                flushed: 0,
+                failed: std::collections::VecDeque::new(),
             }),
             sync: Mutex::new(SyncState::default()),
             dirty: AtomicBool::new(false),
@@ -219,6 +251,7 @@ impl Spool {
             bytes_on_disk: AtomicU64::new(bytes),
             appended: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
             write_errors: AtomicU64::new(0),
             fsync_errors: AtomicU64::new(0),
             syncs: AtomicU64::new(0),
@@ -232,27 +265,105 @@ impl Spool {
         &self.opts.dir
     }
 
-    /// Appends one event line (a trailing newline is added if missing). The
-    /// line is in the kernel when this returns `Ok`; see the module docs.
+    /// Appends one event line (a trailing newline is added if missing), with
+    /// whatever other lines are staged before it, in one `write(2)`. The line
+    /// is in the kernel when this returns `Ok`; see the module docs.
     pub fn append(&self, line: &[u8]) -> Result<(), AppendError> {
-        let mut buf;
-        let line = if line.ends_with(b"\n") {
-            line
-        } else {
-            buf = Vec::with_capacity(line.len() + 1);
-            buf.extend_from_slice(line);
-            buf.push(b'\n');
-            &buf[..]
-        };
-        let len = line.len() as u64;
-        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut w = self.lock_writer();
+        self.stage_in(&mut w, line)?;
+        let (written, result) = self.write_staged(&mut w);
+        drop(w);
+        self.announce(written);
+        result
+    }
+
+    /// Stages one event line to be written by the next [`Spool::flush`] (of
+    /// this line or a later one), by an [`Spool::append`], or at the latest by
+    /// the fsync thread's next group commit. Refused like an append when the
+    /// spool is full.
+    pub fn stage(&self, line: &[u8]) -> Result<Ticket, AppendError> {
+        let ticket = self.stage_in(&mut self.lock_writer(), line)?;
+        // The syncer's next round writes the line even if nobody flushes it
+        // (its request was cancelled while waiting).
+        if !self.dirty.swap(true, Ordering::AcqRel) {
+            if let Some(t) = self.syncer.get() {
+                t.unpark();
+            }
+        }
+        Ok(ticket)
+    }
+
+    /// Makes sure the staged line of `ticket` is in the kernel: writes
+    /// everything staged in one `write(2)` unless an earlier flush already
+    /// took it. `Err` if the write that carried the line failed.
+    pub fn flush(&self, ticket: Ticket) -> Result<(), AppendError> {
+        let mut w = self.lock_writer();
+        if ticket.0 > w.flushed {
+            let (written, result) = self.write_staged(&mut w);
+            drop(w);
+            self.announce(written);
+            return result;
+        }
+        if w.failed
+            .iter()
+            .any(|&(after, through)| after < ticket.0 && ticket.0 <= through)
+        {
+            return Err(AppendError::Batch);
+        }
+        Ok(())
+    }
+
+    fn lock_writer(&self) -> std::sync::MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn stage_in(&self, w: &mut Writer, line: &[u8]) -> Result<Ticket, AppendError> {
+        let len = line.len() as u64 + u64::from(!line.ends_with(b"\n"));
         let on_disk = self.bytes_on_disk.load(Ordering::Relaxed);
-        if on_disk + len > self.opts.max_bytes {
+        if on_disk + w.staged.len() as u64 + len > self.opts.max_bytes {
             self.refused.fetch_add(1, Ordering::Relaxed);
             return Err(AppendError::Full(on_disk));
         }
+        w.staged.extend_from_slice(line);
+        if !line.ends_with(b"\n") {
+            w.staged.push(b'\n');
+        }
+        w.staged_lines += 1;
+        Ok(Ticket(w.staged_lines))
+    }
+
+    /// Writes every staged line; returns how many were written, and the
+    /// write's outcome (which every one of them shares).
+    fn write_staged(&self, w: &mut Writer) -> (u64, Result<(), AppendError>) {
+        let lines = w.staged_lines - w.flushed;
+        if lines == 0 {
+            return (0, Ok(()));
+        }
+        let result = self.write_batch(w);
+        if result.is_err() {
+            if w.failed.len() == FAILED_BATCHES {
+                w.failed.pop_front();
+            }
+            w.failed.push_back((w.flushed, w.staged_lines));
+            if lines > 1 {
+                tracing::error!(
+                    events = lines,
+                    "usage spool write failed for a batch of events"
+                );
+            }
+        }
+        w.flushed = w.staged_lines;
+        w.staged.clear();
+        if w.staged.capacity() > KEEP_STAGED {
+            w.staged = Vec::new();
+        }
+        (if result.is_ok() { lines } else { 0 }, result)
+    }
+
+    fn write_batch(&self, w: &mut Writer) -> Result<(), AppendError> {
+        let len = w.staged.len() as u64;
         if w.broken || (w.file.is_some() && w.len + len > self.opts.segment_bytes) {
-            self.rotate(&mut w);
+            self.rotate(w);
         }
         let file = match &w.file {
             Some(f) => f.clone(),
@@ -275,15 +386,24 @@ impl Spool {
                 f
             }
         };
-        if let Err(e) = (&*file).write_all(line) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = (&*file).write_all(&w.staged) {
             self.write_errors.fetch_add(1, Ordering::Relaxed);
             w.broken = true;
             return Err(e.into());
         }
         w.len += len;
         self.bytes_on_disk.fetch_add(len, Ordering::Relaxed);
-        drop(w);
-        self.appended.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// After `written` lines reached the kernel: counts them, and wakes the
+    /// syncer and any reader waiting for them.
+    fn announce(&self, written: u64) {
+        if written == 0 {
+            return;
+        }
+        self.appended.fetch_add(written, Ordering::Relaxed);
         // Only the first append of a group commit wakes the syncer; `unpark`
         // of a thread that is not parked is one atomic swap, no system call.
         if !self.dirty.swap(true, Ordering::AcqRel) {
@@ -291,13 +411,12 @@ impl Spool {
                 t.unpark();
             }
         }
-        let g = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let g = self.generation.fetch_add(written, Ordering::SeqCst) + written;
         if g >= self.wake_at.load(Ordering::SeqCst) {
             self.wake_at.store(u64::MAX, Ordering::SeqCst);
             let _guard = self.wait_lock.lock().unwrap_or_else(|p| p.into_inner());
             self.changed.notify_all();
         }
-        Ok(())
     }
 
     /// Closes the current segment (it is synced once more by the fsync thread)
@@ -315,8 +434,15 @@ impl Spool {
         w.broken = false;
     }
 
-    /// Syncs what was appended since the last call (the group commit).
+    /// Syncs what was appended since the last call (the group commit),
+    /// after writing what is staged and still unwritten.
     pub fn sync_now(&self) {
+        {
+            let mut w = self.lock_writer();
+            let (written, _) = self.write_staged(&mut w);
+            drop(w);
+            self.announce(written);
+        }
         if !self.dirty.swap(false, Ordering::AcqRel) && !self.has_retired() {
             return;
         }
@@ -633,6 +759,7 @@ impl Spool {
             segments: list_segments(&self.opts.dir).map_or(0, |s| s.len() as u64),
             appended_events: self.appended.load(Ordering::Relaxed),
             refused_events: self.refused.load(Ordering::Relaxed),
+            writes: self.writes.load(Ordering::Relaxed),
             write_errors: self.write_errors.load(Ordering::Relaxed),
             fsync_errors: self.fsync_errors.load(Ordering::Relaxed),
             syncs: self.syncs.load(Ordering::Relaxed),
@@ -962,5 +1089,88 @@ mod tests {
         assert!(refused > 10);
         assert!(spool.stats().bytes_on_disk <= 500);
         assert!(matches!(Spool::open(o), Err(SpoolError::Locked { .. })));
+    }
+
+    #[test]
+    fn staged_lines_wait_for_a_flush_which_writes_them_all_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(SpoolOptions {
+            segment_bytes: 1 << 20,
+            ..opts(dir.path())
+        })
+        .unwrap();
+        let tickets: Vec<Ticket> = (0..5).map(|i| spool.stage(&line(i)).unwrap()).collect();
+        // Staged is not written: no reader sees the lines yet.
+        assert_eq!(drain(&spool, spool.start()).0, Vec::<String>::new());
+        assert_eq!(spool.stats().appended_events, 0);
+        // The third request's flush writes all five, in order, in one write.
+        spool.flush(tickets[2]).unwrap();
+        let stats = spool.stats();
+        assert_eq!((stats.appended_events, stats.writes), (5, 1));
+        assert_eq!(spool.generation(), 5);
+        // The others find theirs written and write nothing more.
+        for t in &tickets {
+            spool.flush(*t).unwrap();
+        }
+        assert_eq!(spool.stats().writes, 1);
+        let want: Vec<String> = (0..5).map(|i| format!("e{i}")).collect();
+        assert_eq!(drain(&spool, spool.start()).0, want);
+        // An append takes what is staged before it along, in order.
+        spool.stage(&line(5)).unwrap();
+        spool.append(&line(6)).unwrap();
+        assert_eq!(spool.stats().writes, 2);
+        let want: Vec<String> = (0..7).map(|i| format!("e{i}")).collect();
+        assert_eq!(drain(&spool, spool.start()).0, want);
+    }
+
+    #[test]
+    fn a_staged_line_nobody_flushes_is_written_by_the_group_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(opts(dir.path())).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let syncer = std::thread::spawn({
+            let (spool, stop) = (spool.clone(), stop.clone());
+            move || spool.run_syncer(stop)
+        });
+        wait_for("the syncer to start", || spool.syncer.get().is_some());
+        // Its request was cancelled while waiting for the flush.
+        spool.stage(&line(1)).unwrap();
+        wait_for("the group commit", || spool.stats().syncs >= 1);
+        assert_eq!(drain(&spool, spool.start()).0, ["e1"]);
+        stop.store(true, Ordering::Release);
+        spool.stop_syncer();
+        syncer.join().unwrap();
+    }
+
+    #[test]
+    fn every_line_of_a_failed_batch_reports_the_failure_and_the_cap_counts_staged_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(SpoolOptions {
+            max_bytes: 500,
+            ..opts(dir.path())
+        })
+        .unwrap();
+        let first = spool.stage(&line(1)).unwrap();
+        spool.flush(first).unwrap();
+        // The directory is gone: the next segment cannot be created.
+        let a = spool.stage(&line(2)).unwrap();
+        let b = spool.stage(&line(3)).unwrap();
+        {
+            let mut w = spool.lock_writer();
+            spool.rotate(&mut w);
+        }
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        assert!(matches!(spool.flush(b), Err(AppendError::Io(_))));
+        assert!(matches!(spool.flush(a), Err(AppendError::Batch)));
+        assert!(spool.flush(first).is_ok());
+        assert_eq!(spool.stats().appended_events, 1);
+        // Staged bytes count against the cap before they are written.
+        let mut refused = 0;
+        for i in 0..10 {
+            if matches!(spool.stage(&line(i)), Err(AppendError::Full(_))) {
+                refused += 1;
+            }
+        }
+        assert!(refused >= 5, "only {refused} of 10 staged lines refused");
     }
 }
