@@ -144,9 +144,14 @@ bench_load() {
 measure_at_max() {
     local url=$1 mock=$2
     shift 2
-    local warm p0 m0 p1 m1 rps
-    warm=$(bench_load "$url" -n 20000 | awk '/\[200\]/ {print $2}')
-    [ "${warm:-0}" -eq 20000 ] || { log "$url: not every warm-up request succeeded"; return 1; }
+    local out warm p0 m0 p1 m1 rps
+    out=$(bench_load "$url" -n 20000)
+    warm=$(awk '/\[200\]/ {print $2}' <<<"$out")
+    if [ "${warm:-0}" -ne 20000 ]; then
+        log "$url: not every warm-up request succeeded:"
+        sed -n '/Status code distribution/,$p' <<<"$out" >&2
+        return 1
+    fi
     p0=$(ticks "$@")
     m0=$(ticks "$mock")
     rps=$(bench_load "$url" -n "$REQUESTS" | awk '/Requests\/sec/ {print $2}')

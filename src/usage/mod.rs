@@ -30,9 +30,11 @@ pub mod price;
 pub mod report;
 pub mod sinks;
 pub mod spool;
+mod timestamp;
 
 pub use event::{AttemptRecord, LedgerEvent, Outcome, UsageRecord, SCHEMA_VERSION};
 pub use ledger::{LedgerStats, SinkStats};
+pub use timestamp::now_rfc3339;
 
 use crate::config::GatewayConfig;
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -525,13 +527,6 @@ fn redis_sink(u: &crate::config::UsageConfig) -> Result<sinks::redis::RedisSink,
         batch_max: r.batch_max_events,
     })
     .map_err(UsageError::Sink)
-}
-
-/// Current UTC time as RFC 3339.
-pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 /// `YYYY-MM` of now (UTC), for [`UsageSink::monthly_tokens`].
