@@ -345,7 +345,7 @@ impl UsageSink {
 
     /// Waits until a staged record is in the kernel. It first lets the other
     /// requests that finish in this pass of the event loop stage theirs, so
-    /// that one `write(2)` carries them all (about 17 per write at maximum
+    /// that one `write(2)` carries them all (about 30 per write at maximum
     /// throughput, instead of one each).
     pub async fn spooled(&self, ticket: spool::Ticket) {
         let Some(ledger) = &self.inner.ledger else {
