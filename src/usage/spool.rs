@@ -28,9 +28,10 @@
 //!   new one, so every older segment is final. A line torn by a crash (no
 //!   trailing newline, or not JSON) is skipped and counted, never merged with
 //!   the next event. A failed write also closes the segment for the same reason.
-//! * **Cheap appends.** The request path's cost is one `write(2)` under a
-//!   mutex and a few atomics; readers are woken only when one is waiting for
-//!   the generation just reached (see [`Spool::wait_for_generation`]).
+//! * **Cheap appends.** The request path's cost is at most one `write(2)`
+//!   under a mutex (shared by the staged lines it carries) and a few atomics;
+//!   readers are woken only when one is waiting for the generation just
+//!   reached (see [`Spool::wait_for_generation`]).
 //! * **At-least-once shipping.** Readers consume complete lines only, deliver
 //!   them to their sink, and move their cursor only after the sink acknowledged.
 //!   A crash between the acknowledgement and the cursor write replays the batch;
