@@ -300,13 +300,14 @@ impl Limiter {
             return Ok(Admission::unlimited());
         }
         let month = Month::current();
-        let result = if self.shared.redis.is_some() {
+        let result = match &self.shared.redis {
             // Boxed: the Redis round trip's future is about 2.5 KiB, and
             // inline it would size (and be copied with) every admission's
             // future, local ones included, and every future that awaits one.
-            Box::pin(self.admit_in(key, limits, estimate_tokens, month)).await
-        } else {
-            self.admit_local(key, limits, estimate_tokens, month)
+            Some(redis) => {
+                Box::pin(self.admit_redis(redis, key, limits, estimate_tokens, month)).await
+            }
+            None => self.admit_local(key, limits, estimate_tokens, month),
         };
         let c = &self.shared.counters;
         match &result {
@@ -322,17 +323,15 @@ impl Limiter {
         result
     }
 
-    async fn admit_in(
+    async fn admit_redis(
         &self,
+        redis: &redis::RedisBackend,
         key: &LimitKey,
         limits: &EffectiveLimits,
         estimate: u64,
         month: Month,
     ) -> Result<Admission, LimitRejection> {
         let sh = &self.shared;
-        let Some(redis) = &sh.redis else {
-            return self.admit_local(key, limits, estimate, month);
-        };
         let fail_open = sh.settings.on_redis_error == OnRedisError::FailOpen;
         if redis.should_try() {
             sh.local.seed_months(key, limits, month, &*sh.months);

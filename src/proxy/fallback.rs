@@ -158,7 +158,7 @@ pub fn serve<'a>(
                         ),
                     ))
                 });
-                match result {
+                let (failure, retry) = match result {
                     AttemptResult::Commit(committed) => {
                         if let Some(key) = &key {
                             app.breakers.on_success(key);
@@ -170,27 +170,19 @@ pub fn serve<'a>(
                             r.key_owner = Some(credential.owner);
                         });
                         drop(credential);
-                        let mut resp = match committed {
+                        let (mut resp, staged) = match committed {
                             Committed::Json {
                                 status,
                                 headers,
                                 bytes,
-                            } => {
-                                let mut resp =
-                                    json_answer(status, headers, bytes, &mut record, ctx.dialect);
-                                served_headers(&mut resp, &prepared);
-                                // The usage line is staged; it must be in the
-                                // kernel before the answer leaves.
-                                record.spooled().await;
-                                return resp;
-                            }
+                            } => json_answer(status, headers, bytes, &mut record, ctx.dialect),
                             Committed::Stream {
                                 events,
                                 held,
                                 headers,
                             } => {
                                 let deadline = tokio::time::Instant::from_std(deadline);
-                                match ctx.dialect {
+                                let resp = match ctx.dialect {
                                     Dialect::OpenAi => stream_answer(
                                         SseRelay::new(
                                             events,
@@ -205,83 +197,78 @@ pub fn serve<'a>(
                                         MessagesRelay::new(events, held, record, deadline),
                                         headers,
                                     ),
-                                }
+                                };
+                                (resp, None)
                             }
                         };
                         served_headers(&mut resp, &prepared);
+                        if let Some(ticket) = staged {
+                            // A plain answer's usage line is staged; it must
+                            // be in the kernel before the answer leaves.
+                            app.usage.spooled(ticket).await;
+                        }
                         return resp;
                     }
-                    AttemptResult::Final(failure) => {
-                        // The client's own error (or the tenant's key refused): the
-                        // provider is healthy, so the breaker does not count it.
-                        push_attempt(
-                            app,
-                            &mut record,
-                            route,
-                            failure.cause,
-                            failure.status(),
-                            started,
-                        );
-                        record.update(|r| {
-                            r.provider = Some(provider_name.clone());
-                            r.key_owner = Some(credential.owner);
-                        });
-                        return failure_answer(
-                            failure,
-                            Some(credential.owner),
-                            &mut record,
-                            ctx.dialect,
-                        );
-                    }
-                    AttemptResult::Retry(failure) => {
-                        let key = key.get_or_insert_with(|| {
-                            breaker_key(&provider_name, credential.owner, ctx)
-                        });
-                        if failure.counts_against_breaker() {
-                            app.breakers.on_failure(key, breaker);
-                        }
-                        push_attempt(
-                            app,
-                            &mut record,
-                            route,
-                            failure.cause,
-                            failure.status(),
-                            started,
-                        );
-                        tracing::info!(provider = %provider_name, model = %route.upstream_model, cause = failure.cause, "attempt failed");
-                        let retry_after = failure.retry_after;
-                        let refused = failure.was_refused();
-                        last = Some((failure, Some(credential.owner), provider_name.clone()));
-                        if refused && refusals < MAX_REFUSALS {
-                            // Not processed (RFC 9113 section 8.7): sent again at
-                            // once, without spending one of the route's retries.
-                            refusals += 1;
-                            continue;
-                        }
-                        if try_no == settings.retries_per_route {
-                            break;
-                        }
-                        let wait = match retry_after {
-                            Some(ra) if ra > Duration::from_millis(settings.retry_after_cap_ms) => {
-                                // The provider asks for longer than we may wait: next route.
-                                break;
-                            }
-                            Some(ra) => ra.max(backoff(
-                                settings.backoff_base_ms,
-                                settings.backoff_max_ms,
-                                try_no,
-                            )),
-                            None => {
-                                backoff(settings.backoff_base_ms, settings.backoff_max_ms, try_no)
-                            }
-                        };
-                        if Instant::now() + wait >= deadline {
-                            break 'routes;
-                        }
-                        tokio::time::sleep(wait).await;
-                        try_no += 1;
-                    }
+                    AttemptResult::Final(failure) => (failure, false),
+                    AttemptResult::Retry(failure) => (failure, true),
+                };
+                push_attempt(
+                    app,
+                    &mut record,
+                    route,
+                    failure.cause,
+                    failure.status(),
+                    started,
+                );
+                if !retry {
+                    // The client's own error (or the tenant's key refused): the
+                    // provider is healthy, so the breaker does not count it.
+                    record.update(|r| {
+                        r.provider = Some(provider_name.clone());
+                        r.key_owner = Some(credential.owner);
+                    });
+                    return failure_answer(
+                        failure,
+                        Some(credential.owner),
+                        &mut record,
+                        ctx.dialect,
+                    );
                 }
+                let key =
+                    key.get_or_insert_with(|| breaker_key(&provider_name, credential.owner, ctx));
+                if failure.counts_against_breaker() {
+                    app.breakers.on_failure(key, breaker);
+                }
+                tracing::info!(provider = %provider_name, model = %route.upstream_model, cause = failure.cause, "attempt failed");
+                let retry_after = failure.retry_after;
+                let refused = failure.was_refused();
+                last = Some((failure, Some(credential.owner), provider_name.clone()));
+                if refused && refusals < MAX_REFUSALS {
+                    // Not processed (RFC 9113 section 8.7): sent again at
+                    // once, without spending one of the route's retries.
+                    refusals += 1;
+                    continue;
+                }
+                if try_no == settings.retries_per_route {
+                    break;
+                }
+                let wait = match retry_after {
+                    Some(ra) if ra > Duration::from_millis(settings.retry_after_cap_ms) => {
+                        // The provider asks for longer than we may wait: next route.
+                        break;
+                    }
+                    Some(ra) => ra.max(backoff(
+                        settings.backoff_base_ms,
+                        settings.backoff_max_ms,
+                        try_no,
+                    )),
+                    None => backoff(settings.backoff_base_ms, settings.backoff_max_ms, try_no),
+                };
+                if Instant::now() + wait >= deadline {
+                    break 'routes;
+                }
+                tokio::time::sleep(wait).await;
+                try_no += 1;
             }
         }
         match last {

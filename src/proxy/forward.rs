@@ -12,6 +12,7 @@ use super::record::{PendingRecord, TokenUsage, UsagePeek};
 use crate::config::StreamCommit;
 use crate::providers::sse::{self, Event, EventStream};
 use crate::providers::{ByteStream, Provider, ProviderError, UpstreamBody, UpstreamRequest};
+use crate::usage::spool::Ticket;
 use crate::usage::Outcome;
 use crate::vault::{KeyOwner, Secret};
 use bytes::{Bytes, BytesMut};
@@ -368,14 +369,15 @@ fn answer_headers(mut upstream: HeaderMap, keep_content_type: bool) -> HeaderMap
 }
 
 /// The client's answer for a committed plain (non-streamed) response. Its
-/// usage line is only staged: await [`PendingRecord::spooled`] before it leaves.
+/// usage line is only staged: await [`crate::usage::UsageSink::spooled`] with the ticket
+/// before the answer leaves.
 pub fn json_answer(
     committed_status: StatusCode,
     headers: HeaderMap,
     bytes: Bytes,
     record: &mut PendingRecord,
     dialect: Dialect,
-) -> Response<ProxyBody> {
+) -> (Response<ProxyBody>, Option<Ticket>) {
     if dialect == Dialect::Anthropic {
         if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
             if let Some(u) = super::messages::usage_of_message(&v) {
@@ -432,12 +434,11 @@ pub fn json_answer(
             record.update(|r| r.served_model = Some(m));
         }
     }
-    // Staged: the caller awaits `record.spooled()` before answering.
-    record.finish_staged(committed_status.as_u16(), Outcome::Ok, None);
+    let staged = record.finish_staged(committed_status.as_u16(), Outcome::Ok, None);
     let mut resp = Response::new(full(bytes));
     *resp.status_mut() = committed_status;
     *resp.headers_mut() = headers;
-    resp
+    (resp, staged)
 }
 
 /// The client's answer for a committed stream ([`SseRelay`](super::relay::SseRelay) or

@@ -193,8 +193,6 @@ pub struct PendingRecord {
     /// released (concurrency slot) when the record is written, which happens on
     /// every exit path, `Drop` included.
     admission: Option<Box<Admission>>,
-    /// The spool line staged by `finish_staged`, until `spooled` saw it written.
-    staged: Option<Ticket>,
 }
 
 /// Completion text kept for estimation; beyond it, counts scale by length
@@ -212,7 +210,6 @@ impl PendingRecord {
             completion_text: String::new(),
             completion_overflow: 0,
             admission: None,
-            staged: None,
             record: Some(Box::new(UsageRecord {
                 v: SCHEMA_VERSION,
                 event_id: String::new(),
@@ -334,19 +331,17 @@ impl PendingRecord {
     }
 
     /// Like [`PendingRecord::finish`], but the spool line is only staged:
-    /// await [`PendingRecord::spooled`] before the answer leaves.
-    pub fn finish_staged(&mut self, status: u16, outcome: Outcome, error_code: Option<&str>) {
-        if let Some(r) = self.complete(status, outcome, error_code) {
-            self.staged = self.sink.record_staged(*r);
-        }
-    }
-
-    /// Waits until the line staged by [`PendingRecord::finish_staged`] is in
-    /// the kernel (written with those of the other requests finishing now).
-    pub async fn spooled(&mut self) {
-        if let Some(ticket) = self.staged.take() {
-            self.sink.spooled(ticket).await;
-        }
+    /// await [`UsageSink::spooled`] with the ticket before the answer leaves
+    /// (it is written with those of the other requests finishing now).
+    #[must_use = "the answer must wait for its staged usage line"]
+    pub fn finish_staged(
+        &mut self,
+        status: u16,
+        outcome: Outcome,
+        error_code: Option<&str>,
+    ) -> Option<Ticket> {
+        let r = self.complete(status, outcome, error_code)?;
+        self.sink.record_staged(*r)
     }
 
     /// The finished record, once (`None` after the first call).

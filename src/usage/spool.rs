@@ -45,11 +45,12 @@
 use super::event::LedgerEvent;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How the spool is set up (from `[usage]`).
@@ -138,7 +139,7 @@ struct Writer {
     staged_lines: u64,
     flushed: u64,
     /// Ticket ranges `(after, through]` whose batch failed, latest last.
-    failed: std::collections::VecDeque<(u64, u64)>,
+    failed: VecDeque<(u64, u64)>,
 }
 
 #[derive(Default)]
@@ -239,7 +240,7 @@ impl Spool {
                 staged: Vec::new(),
                 staged_lines: 0,
                 flushed: 0,
-                failed: std::collections::VecDeque::new(),
+                failed: VecDeque::new(),
             }),
             sync: Mutex::new(SyncState::default()),
             dirty: AtomicBool::new(false),
@@ -272,10 +273,7 @@ impl Spool {
     pub fn append(&self, line: &[u8]) -> Result<(), AppendError> {
         let mut w = self.lock_writer();
         self.stage_in(&mut w, line)?;
-        let (written, result) = self.write_staged(&mut w);
-        drop(w);
-        self.announce(written);
-        result
+        self.write_out(w)
     }
 
     /// Stages one event line to be written by the next [`Spool::flush`] (of
@@ -286,11 +284,7 @@ impl Spool {
         let ticket = self.stage_in(&mut self.lock_writer(), line)?;
         // The syncer's next round writes the line even if nobody flushes it
         // (its request was cancelled while waiting).
-        if !self.dirty.swap(true, Ordering::AcqRel) {
-            if let Some(t) = self.syncer.get() {
-                t.unpark();
-            }
-        }
+        self.mark_dirty();
         Ok(ticket)
     }
 
@@ -298,12 +292,9 @@ impl Spool {
     /// everything staged in one `write(2)` unless an earlier flush already
     /// took it. `Err` if the write that carried the line failed.
     pub fn flush(&self, ticket: Ticket) -> Result<(), AppendError> {
-        let mut w = self.lock_writer();
+        let w = self.lock_writer();
         if ticket.0 > w.flushed {
-            let (written, result) = self.write_staged(&mut w);
-            drop(w);
-            self.announce(written);
-            return result;
+            return self.write_out(w);
         }
         if w.failed
             .iter()
@@ -314,31 +305,45 @@ impl Spool {
         Ok(())
     }
 
-    fn lock_writer(&self) -> std::sync::MutexGuard<'_, Writer> {
+    fn lock_writer(&self) -> MutexGuard<'_, Writer> {
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Something is in (or about to be in) the kernel unsynced. Only the
+    /// first mark of a group commit wakes the syncer; `unpark` of a thread
+    /// that is not parked is one atomic swap, no system call.
+    fn mark_dirty(&self) {
+        if !self.dirty.swap(true, Ordering::AcqRel) {
+            if let Some(t) = self.syncer.get() {
+                t.unpark();
+            }
+        }
+    }
+
     fn stage_in(&self, w: &mut Writer, line: &[u8]) -> Result<Ticket, AppendError> {
-        let len = line.len() as u64 + u64::from(!line.ends_with(b"\n"));
+        let newline = !line.ends_with(b"\n");
+        let len = line.len() as u64 + u64::from(newline);
         let on_disk = self.bytes_on_disk.load(Ordering::Relaxed);
         if on_disk + w.staged.len() as u64 + len > self.opts.max_bytes {
             self.refused.fetch_add(1, Ordering::Relaxed);
             return Err(AppendError::Full(on_disk));
         }
         w.staged.extend_from_slice(line);
-        if !line.ends_with(b"\n") {
+        if newline {
             w.staged.push(b'\n');
         }
         w.staged_lines += 1;
         Ok(Ticket(w.staged_lines))
     }
 
-    /// Writes every staged line; returns how many were written, and the
-    /// write's outcome (which every one of them shares).
-    fn write_staged(&self, w: &mut Writer) -> (u64, Result<(), AppendError>) {
+    /// Writes every staged line and releases the writer; then counts the
+    /// lines written and wakes whoever waits for them. Every staged line
+    /// shares the write's outcome.
+    fn write_out(&self, mut guard: MutexGuard<'_, Writer>) -> Result<(), AppendError> {
+        let w = &mut *guard;
         let lines = w.staged_lines - w.flushed;
         if lines == 0 {
-            return (0, Ok(()));
+            return Ok(());
         }
         let result = self.write_batch(w);
         if result.is_err() {
@@ -358,7 +363,11 @@ impl Spool {
         if w.staged.capacity() > KEEP_STAGED {
             w.staged = Vec::new();
         }
-        (if result.is_ok() { lines } else { 0 }, result)
+        drop(guard);
+        if result.is_ok() {
+            self.announce(lines);
+        }
+        result
     }
 
     fn write_batch(&self, w: &mut Writer) -> Result<(), AppendError> {
@@ -401,17 +410,8 @@ impl Spool {
     /// After `written` lines reached the kernel: counts them, and wakes the
     /// syncer and any reader waiting for them.
     fn announce(&self, written: u64) {
-        if written == 0 {
-            return;
-        }
         self.appended.fetch_add(written, Ordering::Relaxed);
-        // Only the first append of a group commit wakes the syncer; `unpark`
-        // of a thread that is not parked is one atomic swap, no system call.
-        if !self.dirty.swap(true, Ordering::AcqRel) {
-            if let Some(t) = self.syncer.get() {
-                t.unpark();
-            }
-        }
+        self.mark_dirty();
         let g = self.generation.fetch_add(written, Ordering::SeqCst) + written;
         if g >= self.wake_at.load(Ordering::SeqCst) {
             self.wake_at.store(u64::MAX, Ordering::SeqCst);
@@ -438,12 +438,9 @@ impl Spool {
     /// Syncs what was appended since the last call (the group commit),
     /// after writing what is staged and still unwritten.
     pub fn sync_now(&self) {
-        {
-            let mut w = self.lock_writer();
-            let (written, _) = self.write_staged(&mut w);
-            drop(w);
-            self.announce(written);
-        }
+        // A failure is counted and logged by the write, and reported to the
+        // lines' own flushes.
+        let _ = self.write_out(self.lock_writer());
         if !self.dirty.swap(false, Ordering::AcqRel) && !self.has_retired() {
             return;
         }
@@ -508,7 +505,7 @@ impl Spool {
 
     /// Where the next append goes.
     pub fn head(&self) -> Position {
-        let w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let w = self.lock_writer();
         Position {
             segment: w.id,
             offset: w.len,
@@ -555,7 +552,7 @@ impl Spool {
     /// this spool): when the directory was emptied while the sink kept its
     /// cursor, new segments must still sort after it or they would be skipped.
     pub fn reserve_after(&self, pos: Position) {
-        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut w = self.lock_writer();
         if w.file.is_none() && w.id <= pos.segment {
             w.id = pos.segment + 1;
             w.len = 0;
@@ -916,19 +913,34 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_syncer_sleeps_while_nothing_is_appended_and_wakes_on_the_first_append() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(opts(dir.path())).unwrap();
+    /// `spool`'s fsync thread, named `name`, once it runs; stop it with
+    /// [`stop_syncer`].
+    fn start_syncer(
+        spool: &Arc<Spool>,
+        name: &str,
+    ) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
         let stop = Arc::new(AtomicBool::new(false));
         let syncer = std::thread::Builder::new()
-            .name("spool-sync-test".into())
+            .name(name.into())
             .spawn({
                 let (spool, stop) = (spool.clone(), stop.clone());
                 move || spool.run_syncer(stop)
             })
             .unwrap();
         wait_for("the syncer to start", || spool.syncer.get().is_some());
+        (stop, syncer)
+    }
+
+    fn stop_syncer(spool: &Spool, stop: &AtomicBool) {
+        stop.store(true, Ordering::Release);
+        spool.stop_syncer();
+    }
+
+    #[test]
+    fn the_syncer_sleeps_while_nothing_is_appended_and_wakes_on_the_first_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(opts(dir.path())).unwrap();
+        let (stop, syncer) = start_syncer(&spool, "spool-sync-test");
         spool.append(&line(1)).unwrap();
         wait_for("the first group commit", || spool.stats().syncs == 1);
 
@@ -942,8 +954,7 @@ mod tests {
         // The next append is synced without waiting out the park timeout.
         spool.append(&line(2)).unwrap();
         wait_for("the second group commit", || spool.stats().syncs == 2);
-        stop.store(true, Ordering::Release);
-        spool.stop_syncer();
+        stop_syncer(&spool, &stop);
         syncer.join().unwrap();
     }
 
@@ -955,18 +966,12 @@ mod tests {
             ..opts(dir.path())
         })
         .unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let syncer = std::thread::spawn({
-            let (spool, stop) = (spool.clone(), stop.clone());
-            move || spool.run_syncer(stop)
-        });
-        wait_for("the syncer to start", || spool.syncer.get().is_some());
+        let (stop, syncer) = start_syncer(&spool, "spool-sync-hour");
         // The first append opens an hour-long window.
         spool.append(&line(1)).unwrap();
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(spool.stats().syncs, 0);
-        stop.store(true, Ordering::Release);
-        spool.stop_syncer();
+        stop_syncer(&spool, &stop);
         // A liveness bound, not a timing claim: asleep for the window, the
         // syncer would hold shutdown for the hour.
         wait_for("the syncer to stop", || syncer.is_finished());
@@ -1128,18 +1133,12 @@ mod tests {
     fn a_staged_line_nobody_flushes_is_written_by_the_group_commit() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(opts(dir.path())).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let syncer = std::thread::spawn({
-            let (spool, stop) = (spool.clone(), stop.clone());
-            move || spool.run_syncer(stop)
-        });
-        wait_for("the syncer to start", || spool.syncer.get().is_some());
+        let (stop, syncer) = start_syncer(&spool, "spool-sync-staged");
         // Its request was cancelled while waiting for the flush.
         spool.stage(&line(1)).unwrap();
         wait_for("the group commit", || spool.stats().syncs >= 1);
         assert_eq!(drain(&spool, spool.start()).0, ["e1"]);
-        stop.store(true, Ordering::Release);
-        spool.stop_syncer();
+        stop_syncer(&spool, &stop);
         syncer.join().unwrap();
     }
 
