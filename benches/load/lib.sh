@@ -146,7 +146,7 @@ measure_at_max() {
     shift 2
     local out warm p0 m0 p1 m1 rps
     out=$(bench_load "$url" -n 20000)
-    warm=$(awk '/\[200\]/ {print $2}' <<<"$out")
+    warm=$(awk '$1 == "[200]" && $3 == "responses" {print $2}' <<<"$out")
     if [ "${warm:-0}" -ne 20000 ]; then
         log "$url: not every warm-up request succeeded:"
         sed -n '/Status code distribution/,$p' <<<"$out" >&2
@@ -167,7 +167,7 @@ measure_at_max() {
 # of the proxy; prints "p50_added_us p99_added_us" (proxy minus direct).
 measure_at_rate() {
     local url=$1 direct=$2 warm d p
-    warm=$(bench_load "$url" -n 20000 | awk '/\[200\]/ {print $2}')
+    warm=$(bench_load "$url" -n 20000 | awk '$1 == "[200]" && $3 == "responses" {print $2}')
     [ "${warm:-0}" -eq 20000 ] || { log "$url: not every warm-up request succeeded"; return 1; }
     d=$(bench_load "$direct" -z "${DURATION}s" -q "$RATE" --latency-correction --output-format json)
     p=$(bench_load "$url" -z "${DURATION}s" -q "$RATE" --latency-correction --output-format json)

@@ -39,11 +39,11 @@ render_bench_config "$TMP" | with_redis_limits "$port" 10000 >"$TMP/gateway.toml
 start_pinned_livery "$BIN" "$TMP"
 url="http://127.0.0.1:$LIVERY_PORT/v1/chat/completions"
 
-ok=$(CONNS=4 bench_load "$url" -n 300 | awk '/\[200\]/ {print $2}')
+ok=$(CONNS=4 bench_load "$url" -n 300 | awk '$1 == "[200]" && $3 == "responses" {print $2}')
 [ "${ok:-0}" -eq 300 ] || { log "warm-up: not every request succeeded"; exit 1; }
 sleep 1
 callgrind_control -z "$REDIS_PID" >/dev/null 2>&1
-ok=$(CONNS=4 bench_load "$url" -n "$REQUESTS" | awk '/\[200\]/ {print $2}')
+ok=$(CONNS=4 bench_load "$url" -n "$REQUESTS" | awk '$1 == "[200]" && $3 == "responses" {print $2}')
 [ "${ok:-0}" -eq "$REQUESTS" ] || { log "not every request succeeded"; exit 1; }
 # Settles and releases are sent in the background: let the last ones land.
 sleep 2
