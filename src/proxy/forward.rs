@@ -368,6 +368,44 @@ fn answer_headers(mut upstream: HeaderMap, keep_content_type: bool) -> HeaderMap
     upstream
 }
 
+/// An answer's `usage` and `model` read with serde: for answers that
+/// [`super::answer_scan`] leaves alone. The third value is the answer's tree
+/// when one was parsed (`Some(None)`: it is not JSON), kept for estimating.
+pub(super) fn read_answer_with_serde(
+    bytes: &[u8],
+) -> (Option<TokenUsage>, Option<String>, Option<Option<Value>>) {
+    // Only `usage` and `model` are read (borrowed, no tree built).
+    #[derive(serde::Deserialize)]
+    struct AnswerPeek<'a> {
+        #[serde(default)]
+        usage: Option<UsagePeek>,
+        #[serde(default, borrow, deserialize_with = "crate::usage::event::opt_text")]
+        model: Option<Cow<'a, str>>,
+    }
+    // The tree is parsed only for an odd shape (`usage` or `model` of another
+    // type), and then only once.
+    // From a `str` when the body is UTF-8 (JSON must be): serde_json then
+    // skips its UTF-8 check of every key and string it reads.
+    let peek = match std::str::from_utf8(bytes) {
+        Ok(text) => serde_json::from_str::<AnswerPeek>(text),
+        Err(_) => serde_json::from_slice::<AnswerPeek>(bytes),
+    };
+    match peek {
+        Ok(peek) => (
+            peek.usage.map(TokenUsage::from),
+            peek.model.map(Cow::into_owned),
+            None,
+        ),
+        Err(_) => {
+            let tree = serde_json::from_slice::<Value>(bytes).ok();
+            let field = |k: &str| tree.as_ref().and_then(|v| v.get(k));
+            let usage = field("usage").and_then(TokenUsage::from_json);
+            let model = field("model").and_then(Value::as_str).map(str::to_owned);
+            (usage, model, Some(tree))
+        }
+    }
+}
+
 /// The client's answer for a committed plain (non-streamed) response. Its
 /// usage line is only staged: await [`crate::usage::UsageSink::spooled`] with the ticket
 /// before the answer leaves.
@@ -389,37 +427,11 @@ pub fn json_answer(
             }
         }
     } else {
-        // Only `usage` and `model` are read (borrowed, no tree built); the
+        // Only `usage` and `model` are read, in one pass over the bytes; the
         // whole body is parsed only when usage is missing and must be estimated.
-        #[derive(serde::Deserialize)]
-        struct AnswerPeek<'a> {
-            #[serde(default)]
-            usage: Option<UsagePeek>,
-            #[serde(default, borrow, deserialize_with = "crate::usage::event::opt_text")]
-            model: Option<Cow<'a, str>>,
-        }
-        // The tree is parsed only for an odd shape (`usage` or `model` of
-        // another type) or to estimate missing usage, and then only once:
-        // `tree` is `Some` once a parse was tried.
-        // From a `str` when the body is UTF-8 (JSON must be): serde_json then
-        // skips its UTF-8 check of every key and string it reads.
-        let peek = match std::str::from_utf8(&bytes) {
-            Ok(text) => serde_json::from_str::<AnswerPeek>(text),
-            Err(_) => serde_json::from_slice::<AnswerPeek>(&bytes),
-        };
-        let (usage, model, tree) = match peek {
-            Ok(peek) => (
-                peek.usage.map(TokenUsage::from),
-                peek.model.map(Cow::into_owned),
-                None,
-            ),
-            Err(_) => {
-                let tree = serde_json::from_slice::<Value>(&bytes).ok();
-                let field = |k: &str| tree.as_ref().and_then(|v| v.get(k));
-                let usage = field("usage").and_then(TokenUsage::from_json);
-                let model = field("model").and_then(Value::as_str).map(str::to_owned);
-                (usage, model, Some(tree))
-            }
+        let (usage, model, tree) = match super::answer_scan::scan(&bytes) {
+            Some(facts) => (facts.usage, facts.model.map(str::to_owned), None),
+            None => read_answer_with_serde(&bytes),
         };
         match usage {
             Some(u) => record.tokens = u,

@@ -3,6 +3,7 @@
 //! responses ([`error`]). [`Gateway`] is the embeddable server that `livery serve`
 //! and the tests start.
 
+mod answer_scan;
 mod body;
 mod ctx;
 pub mod error;
