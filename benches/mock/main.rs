@@ -117,10 +117,20 @@ type MockBody = Either<Full<Bytes>, StreamBody<EventStream>>;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = args.threads {
-        builder.worker_threads(n.max(1));
-    }
+    // One thread (asked for, or one CPU to run on, as the load harness pins
+    // it): a single-threaded scheduler, as Livery uses on one CPU; work
+    // stealing there has no one to steal from and only costs atomics and
+    // wake-ups (HTTP/2 spawns a task per stream).
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let mut builder = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
