@@ -21,7 +21,7 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use serde_json::{json, Value};
 use std::borrow::Cow;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Upstream error bodies are small; read at most this much of one.
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -175,7 +175,7 @@ pub async fn attempt(
             .get(http::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let bytes = match collect(body, MAX_ERROR_BODY, record).await {
+        let bytes = match collect(body, MAX_ERROR_BODY, &mut record.first_byte).await {
             Ok(b) => b,
             Err(e) => return AttemptResult::Retry(Failure::gateway("upstream_reset", e)),
         };
@@ -255,7 +255,7 @@ pub async fn attempt(
             )),
         };
     }
-    match collect(body, max_body, record).await {
+    match collect(body, max_body, &mut record.first_byte).await {
         Ok(bytes) => AttemptResult::Commit(Committed::Json {
             status,
             headers: answer_headers(upstream.headers, true),
@@ -520,18 +520,30 @@ pub fn failure_answer(
 async fn collect(
     mut body: ByteStream,
     cap: usize,
-    record: &mut PendingRecord,
+    first_byte: &mut Option<Instant>,
 ) -> Result<Bytes, ProviderError> {
+    // An answer that arrives in one chunk (one HTTP/2 DATA frame: most do) is
+    // passed on as that chunk, without a copy into a buffer of its own.
+    let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();
     while let Some(chunk) = body.next().await {
         let chunk = chunk?;
-        record.mark_first_byte();
-        if buf.len() + chunk.len() > cap {
+        first_byte.get_or_insert_with(Instant::now);
+        let held = first.as_ref().map_or(buf.len(), Bytes::len);
+        if held + chunk.len() > cap {
             return Err(ProviderError::BodyTooLarge(cap));
         }
-        buf.extend_from_slice(&chunk);
+        if let Some(f) = first.take() {
+            buf.reserve(f.len() + chunk.len());
+            buf.extend_from_slice(&f);
+            buf.extend_from_slice(&chunk);
+        } else if buf.is_empty() {
+            first = Some(chunk);
+        } else {
+            buf.extend_from_slice(&chunk);
+        }
     }
-    Ok(buf.freeze())
+    Ok(first.unwrap_or_else(|| buf.freeze()))
 }
 
 /// What the client is told when the provider refused the tenant's own key.
@@ -669,6 +681,41 @@ fn is_uuid(word: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn chunks(parts: &[&'static [u8]]) -> ByteStream {
+        let items: Vec<Result<Bytes, ProviderError>> =
+            parts.iter().map(|p| Ok(Bytes::from_static(p))).collect();
+        Box::pin(futures_util::stream::iter(items))
+    }
+
+    #[tokio::test]
+    async fn an_answer_is_collected_whole_and_held_to_its_cap() {
+        let mut first = None;
+        // One chunk is passed on as it is, not copied.
+        let one: &'static [u8] = b"{\"id\":1}";
+        let got = collect(chunks(&[one]), 64, &mut first).await.unwrap();
+        assert_eq!(got.as_ptr(), one.as_ptr());
+        assert!(first.is_some());
+        // Several are joined in order.
+        let got = collect(chunks(&[b"ab", b"", b"cd", b"e"]), 5, &mut None)
+            .await
+            .unwrap();
+        assert_eq!(&got[..], b"abcde");
+        let got = collect(chunks(&[]), 5, &mut None).await.unwrap();
+        assert!(got.is_empty());
+        // One byte over the cap, in the first chunk or in a later one.
+        for parts in [
+            &[&b"abcdef"[..]][..],
+            &[b"abc", b"def"],
+            &[b"ab", b"cd", b"ef"],
+        ] {
+            let err = collect(chunks(parts), 5, &mut None).await.unwrap_err();
+            assert!(
+                matches!(err, ProviderError::BodyTooLarge(5)),
+                "{parts:?}: {err}"
+            );
+        }
+    }
 
     #[test]
     fn only_a_gone_away_connection_is_not_held_against_the_breaker() {
