@@ -6,8 +6,8 @@
 //!
 //! The scan checks the whole body's structure as it goes (strings, numbers,
 //! literals, nesting, nothing after the top-level object) and returns `None`
-//! for anything it does not read exactly as serde does: a key with an escape,
-//! a repeated `usage` or `model`, a value of an unexpected type, a negative or
+//! for anything it does not read exactly as serde does: a key or model name
+//! with an escape or a non-ASCII byte, a repeated `usage` or `model`, a value of an unexpected type, a negative or
 //! oversized count, deep nesting, invalid JSON. The caller then reads the body
 //! with serde as before, so this path only ever accepts answers serde reads
 //! the same way (a test compares the two over samples and mutations of them).
