@@ -119,19 +119,22 @@ impl Scanner<'_> {
             self.expect(b':')?;
             self.ws();
             each(self, &b[start..end])?;
-            self.ws();
-            match self.peek()? {
-                b',' => {
-                    self.at += 1;
-                    self.ws();
-                }
-                b'}' => {
-                    self.at += 1;
-                    return Some(());
-                }
-                _ => return None,
+            if self.closes(b'}')? {
+                return Some(());
             }
         }
+    }
+
+    /// After a member or an element: `true` at the container's `close`,
+    /// `false` at a comma (and past the whitespace after it).
+    fn closes(&mut self, close: u8) -> Option<bool> {
+        self.ws();
+        let next = self.peek()?;
+        self.at += 1;
+        if next == close {
+            return Some(true);
+        }
+        (next == b',').then(|| self.ws()).map(|()| false)
     }
 
     /// An ASCII string without escapes (a key, a model name): the range of
@@ -237,17 +240,8 @@ impl Scanner<'_> {
                 }
                 loop {
                     self.value(depth)?;
-                    self.ws();
-                    match self.peek()? {
-                        b',' => {
-                            self.at += 1;
-                            self.ws();
-                        }
-                        b']' => {
-                            self.at += 1;
-                            return Some(());
-                        }
-                        _ => return None,
+                    if self.closes(b']')? {
+                        return Some(());
                     }
                 }
             }
@@ -286,25 +280,15 @@ impl Scanner<'_> {
         let mut seen = [false; 4];
         let mut once = |i: usize| (!std::mem::replace(&mut seen[i], true)).then_some(());
         self.members(|s, key| {
-            match key {
-                b"prompt_tokens" => {
-                    once(0)?;
-                    u.prompt = s.count()?;
-                }
-                b"completion_tokens" => {
-                    once(1)?;
-                    u.completion = s.count()?;
-                }
-                b"total_tokens" => {
-                    once(2)?;
-                    u.total = s.count()?;
-                }
-                b"prompt_tokens_details" => {
-                    once(3)?;
-                    u.cached = s.details()?;
-                }
-                _ => s.value(2)?,
-            }
+            let (i, slot, read): (usize, &mut Option<u64>, fn(&mut Self) -> _) = match key {
+                b"prompt_tokens" => (0, &mut u.prompt, Self::count),
+                b"completion_tokens" => (1, &mut u.completion, Self::count),
+                b"total_tokens" => (2, &mut u.total, Self::count),
+                b"prompt_tokens_details" => (3, &mut u.cached, Self::details),
+                _ => return s.value(2),
+            };
+            once(i)?;
+            *slot = read(s)?;
             Some(())
         })?;
         Some(Some(u))
