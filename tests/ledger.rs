@@ -578,19 +578,9 @@ async fn kill_9_under_load_loses_no_completed_request_and_duplicates_none() {
         let mut on_disk: HashSet<String> = request_counts(&dir.path().join("usage.db"))
             .into_keys()
             .collect();
-        let mut in_spool = 0;
-        for e in std::fs::read_dir(dir.path().join("spool")).unwrap() {
-            let e = e.unwrap();
-            if !e.file_name().to_string_lossy().starts_with("seg-") {
-                continue;
-            }
-            for line in std::fs::read_to_string(e.path()).unwrap().lines() {
-                if let Ok(v) = serde_json::from_str::<Value>(line) {
-                    in_spool += 1;
-                    on_disk.insert(v["request_id"].as_str().unwrap().to_owned());
-                }
-            }
-        }
+        let spooled = spooled_request_ids(&dir.path().join("spool"));
+        let in_spool = spooled.len();
+        on_disk.extend(spooled);
         let lost: Vec<_> = ids.iter().filter(|id| !on_disk.contains(*id)).collect();
         assert!(
             lost.is_empty(),

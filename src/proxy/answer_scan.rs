@@ -262,8 +262,13 @@ impl Scanner<'_> {
                 if !self.number()? {
                     return Some(None);
                 }
-                let digits = std::str::from_utf8(&self.b[start..self.at]).ok()?;
-                digits.parse::<u64>().ok().map(Some)
+                // Plain digits, checked by `number`; beyond `u64`, `None`.
+                self.b[start..self.at]
+                    .iter()
+                    .try_fold(0u64, |n, d| {
+                        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+                    })
+                    .map(Some)
             }
             b'-' => None,
             _ => self.value(2).map(|()| None),
