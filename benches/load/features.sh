@@ -61,7 +61,7 @@ done
 command -v taskset >/dev/null || apt_install util-linux
 command -v nginx >/dev/null || apt_install nginx
 ensure_oha
-MOCK_BIN="$ROOT/target/release/livery-mock"
+MOCK_BIN=${MOCK_BIN:-"$ROOT/target/release/livery-mock"}
 [ -x "$MOCK_BIN" ] || cargo build --release --quiet --features mock-server --bin livery-mock
 
 make_run_dir livery-features

@@ -44,6 +44,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 
+mod h2_server;
+
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "livery-mock",
@@ -112,6 +114,17 @@ struct Mock {
     stats: Stats,
 }
 
+impl Mock {
+    fn new(args: Args) -> Self {
+        Self {
+            args,
+            cache: RwLock::new(HashMap::new()),
+            cached: AtomicU64::new(0),
+            stats: Stats::default(),
+        }
+    }
+}
+
 type EventStream = Pin<Box<dyn Stream<Item = Result<Frame<Bytes>, std::io::Error>> + Send>>;
 type MockBody = Either<Full<Bytes>, StreamBody<EventStream>>;
 
@@ -156,12 +169,7 @@ async fn run(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mock = Arc::new(Mock {
-        args,
-        cache: RwLock::new(HashMap::new()),
-        cached: AtomicU64::new(0),
-        stats: Stats::default(),
-    });
+    let mock = Arc::new(Mock::new(args));
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "livery-mock listening on http://{addr}");
@@ -212,6 +220,10 @@ async fn accept_loop(listener: TcpListener, mock: Arc<Mock>) {
         let _ = stream.set_nodelay(true);
         let mock = mock.clone();
         tokio::spawn(async move {
+            if speaks_h2(&stream).await {
+                h2_server::serve_connection(stream, mock).await;
+                return;
+            }
             let svc = service_fn(move |req| {
                 let mock = mock.clone();
                 async move { Ok::<_, std::convert::Infallible>(serve(&mock, req).await) }
@@ -225,66 +237,102 @@ async fn accept_loop(listener: TcpListener, mock: Arc<Mock>) {
     }
 }
 
-async fn serve(mock: &Mock, req: Request<Incoming>) -> Response<MockBody> {
-    mock.stats.requests.fetch_add(1, Ordering::Relaxed);
-    let path = req.uri().path();
-    let endpoint = path
-        .strip_prefix("/v1")
-        .and_then(Endpoint::from_path)
-        .or_else(|| Endpoint::from_path(path));
-    let endpoint = match (req.method(), path, endpoint) {
-        (&Method::POST, _, Some(e)) => e,
-        (&Method::GET, "/healthz", _) => return plain(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/stats", _) => return stats(mock),
-        (_, _, Some(_)) => {
-            return error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "Only POST is supported here.",
-            )
+/// Whether a new connection opens with HTTP/2's preface (prior knowledge):
+/// its first bytes are looked at, not taken.
+async fn speaks_h2(stream: &tokio::net::TcpStream) -> bool {
+    let mut first = [0u8; h2_server::PREFACE.len()];
+    // The preface comes in one segment; a client that sends it in pieces
+    // gets a few milliseconds to finish it.
+    for _ in 0..100 {
+        match stream.peek(&mut first).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) if !h2_server::may_be_preface(&first[..n]) => return false,
+            Ok(n) if n == first.len() => return true,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(1)).await,
         }
-        _ => return error(StatusCode::NOT_FOUND, "Invalid URL"),
+    }
+    false
+}
+
+async fn serve(mock: &Mock, req: Request<Incoming>) -> Response<MockBody> {
+    let endpoint = match route(mock, req.method(), req.uri().path()) {
+        Ok(e) => e,
+        Err(resp) => return *resp,
     };
     let body = match Limited::new(req.into_body(), mock.args.max_body_bytes)
         .collect()
         .await
     {
         Ok(c) => c.to_bytes(),
-        Err(e) => {
-            mock.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
-            return error(
-                StatusCode::BAD_REQUEST,
-                &format!("Could not read the body: {e}"),
-            );
-        }
+        Err(e) => return unreadable_body(mock, &e.to_string()),
     };
-    let rendered = match lookup(mock, endpoint, &body) {
-        Some(r) => {
-            mock.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-            r
-        }
-        None => {
-            mock.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
-            match render(mock, endpoint, body) {
-                Ok(r) => r,
-                Err(message) => {
-                    mock.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
-                    return error(StatusCode::BAD_REQUEST, &message);
-                }
-            }
-        }
-    };
+    match rendered_for(mock, endpoint, body) {
+        Ok(rendered) => reply(mock, rendered).await,
+        Err(resp) => *resp,
+    }
+}
+
+/// An answer other than the reply to a request (boxed: it is the rare case).
+type Answer = Box<Response<MockBody>>;
+
+/// The endpoint a request names, or the answer to a request that names none
+/// (health, stats, 404, 405). Counts the request.
+fn route(mock: &Mock, method: &Method, path: &str) -> Result<Endpoint, Answer> {
+    mock.stats.requests.fetch_add(1, Ordering::Relaxed);
+    let endpoint = path
+        .strip_prefix("/v1")
+        .and_then(Endpoint::from_path)
+        .or_else(|| Endpoint::from_path(path));
+    match (method, path, endpoint) {
+        (&Method::POST, _, Some(e)) => Ok(e),
+        (&Method::GET, "/healthz", _) => Err(Box::new(plain(StatusCode::OK, "ok\n"))),
+        (&Method::GET, "/stats", _) => Err(Box::new(stats(mock))),
+        (_, _, Some(_)) => Err(Box::new(error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Only POST is supported here.",
+        ))),
+        _ => Err(Box::new(error(StatusCode::NOT_FOUND, "Invalid URL"))),
+    }
+}
+
+fn unreadable_body(mock: &Mock, why: &str) -> Response<MockBody> {
+    mock.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+    error(
+        StatusCode::BAD_REQUEST,
+        &format!("Could not read the body: {why}"),
+    )
+}
+
+/// The cached reply to `body`, rendered first if it is new; the 400 for a body
+/// that is not a JSON object.
+fn rendered_for(mock: &Mock, endpoint: Endpoint, body: Bytes) -> Result<Arc<Rendered>, Answer> {
+    if let Some(r) = lookup(mock, endpoint, &body) {
+        mock.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+        return Ok(r);
+    }
+    mock.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
+    render(mock, endpoint, body).map_err(|message| {
+        mock.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+        Box::new(error(StatusCode::BAD_REQUEST, &message))
+    })
+}
+
+/// The reply, after its delay: one buffer, or its events paced.
+async fn reply(mock: &Mock, rendered: Arc<Rendered>) -> Response<MockBody> {
     if !rendered.delay.is_zero() {
         tokio::time::sleep(rendered.delay).await;
     }
+    let status = rendered.status;
+    let headers = rendered.headers.clone();
     let body = if rendered.in_one_piece() {
         Either::Left(Full::new(rendered.joined.clone()))
     } else {
         mock.stats.streams.fetch_add(1, Ordering::Relaxed);
-        Either::Right(StreamBody::new(paced(rendered.clone())))
+        Either::Right(StreamBody::new(paced(rendered)))
     };
     let mut resp = Response::new(body);
-    *resp.status_mut() = rendered.status;
-    *resp.headers_mut() = rendered.headers.clone();
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
     resp
 }
 
