@@ -273,7 +273,7 @@ impl SqliteSink {
             let mut insert = tx.prepare_cached(&self.insert_sql[chunk.len()])?;
             for (i, e) in chunk.iter().enumerate() {
                 insert.raw_bind_parameter(2 * i + 1, &*e.event_id)?;
-                insert.raw_bind_parameter(2 * i + 2, &*e.raw)?;
+                insert.raw_bind_parameter(2 * i + 2, e.raw)?;
             }
             added += insert.raw_execute()?;
         }
