@@ -516,7 +516,7 @@ def bench_env():
 def start_mock(procs, args, cpu):
     """The mock on a free port; returns (process, base URL)."""
     p = procs.start("mock", pinned(cpu, [
-        os.path.join(args.root, "target/release/livery-mock"), "--listen", "127.0.0.1:0",
+        args.mock_bin or os.path.join(args.root, "target/release/livery-mock"), "--listen", "127.0.0.1:0",
         "--delay-ms", "0", "--chunks", "12", "--gap-ms", "0"]))
     return p, wait_line(p, "livery-mock listening on")
 
@@ -657,6 +657,8 @@ def main():
     ap.add_argument("--redis-server", default=os.environ.get("LIVERY_REDIS_SERVER") or "redis-server")
     ap.add_argument("--livery-bin", help="the livery binary to measure (default target/release/livery; "
                     "run.sh --pgo passes the profile-guided build)")
+    ap.add_argument("--mock-bin", help="the mock binary (default target/release/livery-mock; "
+                    "another build of it, to compare mocks)")
     ap.add_argument("--out", help="results directory (default benches/load/results)")
     args = ap.parse_args()
     args.livery_bin = os.path.abspath(args.livery_bin or os.path.join(args.root, "target/release/livery"))
