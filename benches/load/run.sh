@@ -9,7 +9,8 @@
 #   benches/load/run.sh --pgo      # Livery built profile-guided first (benches/load/pgo.sh, ~12 minutes)
 #
 # Extra options are passed to harness.py (--rounds N, --duration S, --rates 500,2000,
-# --streams N, --soak-min M, --load-cpu C, --server-cpu C, --out DIR, --redis-server PATH).
+# --streams N, --soak-min M, --load-cpu C, --server-cpu C, --out DIR, --redis-server PATH,
+# --mock-bin PATH).
 # Installs what is missing (nginx and redis-server from apt, oha from crates.io), builds Livery and
 # livery-mock in release, pins the load generator to one CPU and the servers to
 # another, and stops everything it started (by PID) on exit.

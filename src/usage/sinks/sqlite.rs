@@ -209,7 +209,7 @@ struct Sums {
 
 pub struct SqliteSink {
     conn: Connection,
-    /// `insert_sql[n]`: the insert of `n` events ([`insert_rows_sql`]).
+    /// `insert_sql[n - 1]`: the insert of `n` events ([`insert_rows_sql`]).
     insert_sql: Vec<String>,
     daily_sql: String,
     monthly_sql: String,
@@ -222,7 +222,7 @@ impl SqliteSink {
     pub fn open(path: &Path) -> rusqlite::Result<Self> {
         Ok(Self {
             conn: open(path)?,
-            insert_sql: (0..=ROWS_PER_INSERT).map(insert_rows_sql).collect(),
+            insert_sql: (1..=ROWS_PER_INSERT).map(insert_rows_sql).collect(),
             daily_sql: rollup_sql("rollup_daily"),
             monthly_sql: rollup_sql("rollup_monthly"),
             spool: None,
@@ -270,7 +270,7 @@ impl SqliteSink {
         let tx = self.conn.transaction()?;
         let mut added = 0;
         for chunk in events.chunks(ROWS_PER_INSERT) {
-            let mut insert = tx.prepare_cached(&self.insert_sql[chunk.len()])?;
+            let mut insert = tx.prepare_cached(&self.insert_sql[chunk.len() - 1])?;
             for (i, e) in chunk.iter().enumerate() {
                 insert.raw_bind_parameter(2 * i + 1, &*e.event_id)?;
                 insert.raw_bind_parameter(2 * i + 2, e.raw)?;
@@ -301,7 +301,7 @@ impl SqliteSink {
         let tx = self.conn.transaction()?;
         let mut new = Vec::with_capacity(events.len());
         {
-            let mut insert = tx.prepare_cached(&self.insert_sql[1])?;
+            let mut insert = tx.prepare_cached(&self.insert_sql[0])?;
             for e in events {
                 if insert.execute(params![e.event_id, e.raw])? > 0 {
                     new.push(e);
