@@ -16,7 +16,7 @@
 //! The answers are what hyper sent: the same status, the cached headers, a
 //! `date` and, for a reply in one piece, a `content-length`.
 
-use super::{rendered_for, reply, route, unreadable_body, Mock, MockBody};
+use super::{rendered_for, reply, response, route, unreadable_body, Mock, MockBody};
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use h2::server::SendResponse;
@@ -57,7 +57,7 @@ pub async fn serve_connection(stream: TcpStream, mock: Arc<Mock>) {
 }
 
 /// Answers one stream: inline when it can be, else from a task of its own.
-fn serve_stream(mock: &Arc<Mock>, req: Request<RecvStream>, mut respond: SendResponse<Bytes>) {
+fn serve_stream(mock: &Arc<Mock>, req: Request<RecvStream>, respond: SendResponse<Bytes>) {
     let (head, mut body) = req.into_parts();
     let endpoint = match route(mock, &head.method, head.uri.path()) {
         Ok(e) => e,
@@ -90,17 +90,10 @@ fn serve_stream(mock: &Arc<Mock>, req: Request<RecvStream>, mut respond: SendRes
     };
     match rendered_for(mock, endpoint, whole) {
         Ok(r) if r.delay.is_zero() && r.in_one_piece() => {
-            let mut headers = r.headers.clone();
-            stamp_head(&mut headers, Some(r.joined.len()));
-            let mut head = Response::new(());
-            *head.status_mut() = r.status;
-            *head.headers_mut() = headers;
-            let eos = r.joined.is_empty();
-            if let Ok(mut out) = respond.send_response(head, eos) {
-                if !eos {
-                    let _ = out.send_data(r.joined.clone(), true);
-                }
-            }
+            // A body in one buffer gives `send` nothing to wait for: it runs
+            // to the end here, in the connection's loop.
+            let sent = send(respond, response(mock, r)).now_or_never();
+            debug_assert!(sent.is_some(), "a reply in one piece is sent at once");
         }
         Ok(r) => {
             let mock = mock.clone();

@@ -317,11 +317,16 @@ fn rendered_for(mock: &Mock, endpoint: Endpoint, body: Bytes) -> Result<Arc<Rend
     })
 }
 
-/// The reply, after its delay: one buffer, or its events paced.
+/// The reply, after its delay.
 async fn reply(mock: &Mock, rendered: Arc<Rendered>) -> Response<MockBody> {
     if !rendered.delay.is_zero() {
         tokio::time::sleep(rendered.delay).await;
     }
+    response(mock, rendered)
+}
+
+/// The reply as it goes out: one buffer, or its events paced.
+fn response(mock: &Mock, rendered: Arc<Rendered>) -> Response<MockBody> {
     let status = rendered.status;
     let headers = rendered.headers.clone();
     let body = if rendered.in_one_piece() {
