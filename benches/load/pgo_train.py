@@ -76,6 +76,7 @@ def main():
     ap.add_argument("--livery-bin", required=True, help="the instrumented livery")
     ap.add_argument("--oha", default="oha")
     ap.add_argument("--redis-server", default="redis-server")
+    ap.add_argument("--mock-bin", help="the mock binary (default target/release/livery-mock)")
     ap.add_argument("--server-cpu", type=int, default=1 if (os.cpu_count() or 1) >= 2 else None,
                     help="CPU the servers are pinned to, as in the harness (Livery then runs its "
                          "single-threaded scheduler, the one measured)")
