@@ -474,7 +474,8 @@ mod tests {
 
     /// A reply in one piece goes out as one DATA frame carrying END_STREAM,
     /// as hyper's server sends it, not followed by an empty frame to end the
-    /// stream (which cost the mock 3.5 us per request, a third of its CPU);
+    /// stream (which cost the mock a third more CPU per request: 13.5 us
+    /// against 10.0 serving Livery);
     /// a paced stream ends with an empty one, its end not known before.
     #[tokio::test]
     async fn a_whole_reply_is_one_data_frame_that_ends_the_stream() {
