@@ -16,7 +16,7 @@
 //! The answers are what hyper sent: the same status, the cached headers, a
 //! `date` and, for a reply in one piece, a `content-length`.
 
-use super::{rendered_for, reply, response, route, unreadable_body, Mock, MockBody};
+use super::{answer, rendered_for, reply, response, route, unreadable_body, Mock, MockBody};
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use h2::server::SendResponse;
@@ -77,10 +77,7 @@ fn serve_stream(mock: &Arc<Mock>, req: Request<RecvStream>, respond: SendRespons
             let mock = mock.clone();
             tokio::spawn(async move {
                 let resp = match rest_of_body(body, got, mock.args.max_body_bytes).await {
-                    Ok(bytes) => match rendered_for(&mock, endpoint, bytes) {
-                        Ok(r) => reply(&mock, r).await,
-                        Err(resp) => *resp,
-                    },
+                    Ok(bytes) => answer(&mock, endpoint, bytes).await,
                     Err(why) => unreadable_body(&mock, &why),
                 };
                 send(respond, resp).await;
@@ -162,12 +159,10 @@ fn take_chunk(
 async fn send(mut respond: SendResponse<Bytes>, resp: Response<MockBody>) {
     let (parts, mut body) = resp.into_parts();
     let mut head = Response::from_parts(parts, ());
-    let length = match &body {
-        http_body_util::Either::Left(full) => http_body::Body::size_hint(full)
-            .exact()
-            .and_then(|n| usize::try_from(n).ok()),
-        http_body_util::Either::Right(_) => None,
-    };
+    // Known exactly for a reply in one piece only (a paced stream's is not).
+    let length = http_body::Body::size_hint(&body)
+        .exact()
+        .and_then(|n| usize::try_from(n).ok());
     stamp_head(head.headers_mut(), length);
     // END_STREAM rides on the last frame that carries something, as hyper
     // sends it: an empty DATA frame of its own after a whole reply cost the

@@ -266,6 +266,11 @@ async fn serve(mock: &Mock, req: Request<Incoming>) -> Response<MockBody> {
         Ok(c) => c.to_bytes(),
         Err(e) => return unreadable_body(mock, &e.to_string()),
     };
+    answer(mock, endpoint, body).await
+}
+
+/// The answer to a request's whole body: its reply, or the 400.
+async fn answer(mock: &Mock, endpoint: Endpoint, body: Bytes) -> Response<MockBody> {
     match rendered_for(mock, endpoint, body) {
         Ok(rendered) => reply(mock, rendered).await,
         Err(resp) => *resp,

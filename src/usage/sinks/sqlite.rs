@@ -24,6 +24,7 @@ use crate::usage::spool::Position;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 /// Longest time between two fsynced (`synchronous = FULL`) commits.
@@ -138,6 +139,20 @@ fn insert_rows_sql(rows: usize) -> String {
     sql
 }
 
+/// The text of the ledger's batch statements, built once.
+struct Statements {
+    /// `insert[n - 1]`: the insert of `n` events ([`insert_rows_sql`]).
+    insert: Vec<String>,
+    daily: String,
+    monthly: String,
+}
+
+static SQL: LazyLock<Statements> = LazyLock::new(|| Statements {
+    insert: (1..=ROWS_PER_INSERT).map(insert_rows_sql).collect(),
+    daily: rollup_sql("rollup_daily"),
+    monthly: rollup_sql("rollup_monthly"),
+});
+
 /// Opens (creating) the ledger database with its schema.
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -215,10 +230,6 @@ struct Sums {
 
 pub struct SqliteSink {
     conn: Connection,
-    /// `insert_sql[n - 1]`: the insert of `n` events ([`insert_rows_sql`]).
-    insert_sql: Vec<String>,
-    daily_sql: String,
-    monthly_sql: String,
     /// The spool whose cursor this sink keeps (set by `resume`).
     spool: Option<String>,
     last_full: Instant,
@@ -228,9 +239,6 @@ impl SqliteSink {
     pub fn open(path: &Path) -> rusqlite::Result<Self> {
         Ok(Self {
             conn: open(path)?,
-            insert_sql: (1..=ROWS_PER_INSERT).map(insert_rows_sql).collect(),
-            daily_sql: rollup_sql("rollup_daily"),
-            monthly_sql: rollup_sql("rollup_monthly"),
             spool: None,
             last_full: Instant::now(),
         })
@@ -276,7 +284,7 @@ impl SqliteSink {
         let tx = self.conn.transaction()?;
         let mut added = 0;
         for chunk in events.chunks(ROWS_PER_INSERT) {
-            let mut insert = tx.prepare_cached(&self.insert_sql[chunk.len() - 1])?;
+            let mut insert = tx.prepare_cached(&SQL.insert[chunk.len() - 1])?;
             for (i, e) in chunk.iter().enumerate() {
                 insert.raw_bind_parameter(2 * i + 1, &*e.event_id)?;
                 insert.raw_bind_parameter(2 * i + 2, e.raw)?;
@@ -287,14 +295,7 @@ impl SqliteSink {
             tx.rollback()?;
             return self.transaction_row_by_row(events, through);
         }
-        finish(
-            tx,
-            &self.daily_sql,
-            &self.monthly_sql,
-            self.spool.as_deref(),
-            events.iter(),
-            through,
-        )?;
+        finish(tx, self.spool.as_deref(), events.iter(), through)?;
         Ok(added)
     }
 
@@ -307,7 +308,7 @@ impl SqliteSink {
         let tx = self.conn.transaction()?;
         let mut new = Vec::with_capacity(events.len());
         {
-            let mut insert = tx.prepare_cached(&self.insert_sql[0])?;
+            let mut insert = tx.prepare_cached(&SQL.insert[0])?;
             for e in events {
                 if insert.execute(params![e.event_id, e.raw])? > 0 {
                     new.push(e);
@@ -315,14 +316,7 @@ impl SqliteSink {
             }
         }
         let added = new.len();
-        finish(
-            tx,
-            &self.daily_sql,
-            &self.monthly_sql,
-            self.spool.as_deref(),
-            new.into_iter(),
-            through,
-        )?;
+        finish(tx, self.spool.as_deref(), new.into_iter(), through)?;
         Ok(added)
     }
 }
@@ -331,8 +325,6 @@ impl SqliteSink {
 /// the commit.
 fn finish<'e, 'a: 'e>(
     tx: rusqlite::Transaction<'_>,
-    daily_sql: &str,
-    monthly_sql: &str,
     spool: Option<&str>,
     new: impl Iterator<Item = &'e LedgerEvent<'a>>,
     through: Option<Position>,
@@ -360,8 +352,8 @@ fn finish<'e, 'a: 'e>(
         }
     }
     {
-        let mut daily = tx.prepare_cached(daily_sql)?;
-        let mut monthly = tx.prepare_cached(monthly_sql)?;
+        let mut daily = tx.prepare_cached(&SQL.daily)?;
+        let mut monthly = tx.prepare_cached(&SQL.monthly)?;
         for ((is_daily, period, reseller, tenant), r) in &rollups {
             let stmt = if *is_daily { &mut daily } else { &mut monthly };
             stmt.execute(params![
