@@ -144,7 +144,7 @@ fn tenancy(c: &mut Criterion) {
         let t = &snap.tenancy;
         let hosts: Vec<String> = probes
             .iter()
-            .map(|(h, _)| normalize_host(h).unwrap())
+            .map(|(h, _)| normalize_host(h).unwrap().into_owned())
             .collect();
         let resolved: Vec<_> = hosts.iter().map(|h| t.resolve_host(h).unwrap()).collect();
         let keys: Vec<&str> = probes

@@ -47,21 +47,38 @@ where
     let started = Instant::now();
     let rid = request_id(req.headers());
     let dialect = Dialect::of_path(req.uri().path());
+    // Stages 2-5 are synchronous and log nothing, so they run first and the
+    // request's span is created once with every field: recording the reseller
+    // and tenant into an existing span cost a subscriber round trip that
+    // formats them again (about 1.6k instructions).
+    let resolved = resolve(&app, &req, &rid, started, dialect);
+    let (reseller, tenant) = match &resolved {
+        Ok(Resolved::Api(_, ctx)) => (Some(&*ctx.reseller), Some(&*ctx.tenant.id)),
+        Ok(Resolved::Answered(_)) => (None, None),
+        Err(refusal) => (refusal.reseller.as_deref(), None),
+    };
     let span = tracing::info_span!(
         "request",
         request_id = %rid,
         method = %req.method(),
         path = %req.uri().path(),
-        reseller = tracing::field::Empty,
-        tenant = tracing::field::Empty,
+        reseller,
+        tenant,
     );
-    // Boxed: hyper keeps the connection's in-flight future allocation for the
-    // connection's whole life, streams included; boxing the pipeline keeps
-    // that small and frees the pipeline's state as soon as the answer starts.
-    let mut resp = match Box::pin(dispatch(&app, req, &rid, started, dialect, &span))
-        .instrument(span.clone())
-        .await
-    {
+    let answer = match resolved {
+        Ok(Resolved::Answered(resp)) => Ok(resp),
+        Ok(Resolved::Api(Api::Models, ctx)) => Ok(list_models(&ctx)),
+        Ok(Resolved::Api(Api::Forward(endpoint), ctx)) => {
+            // Boxed apart from this future, which `proxy::serve` boxes too:
+            // built inline, the pipeline's state would be copied with it on
+            // every move (about 4 KiB), where this future is about 1 KiB.
+            Box::pin(forward(&app, &ctx, endpoint, req.into_body()))
+                .instrument(span.clone())
+                .await
+        }
+        Err(refusal) => Err(refusal.error),
+    };
+    let mut resp = match answer {
         Ok(r) => r,
         Err(e) => span.in_scope(|| e.to_response_for(dialect)),
     };
@@ -73,112 +90,119 @@ where
     resp
 }
 
-#[allow(clippy::manual_async_fn)] // see the comment on the async block
-fn dispatch<'a, B>(
-    app: &'a Arc<App>,
-    req: Request<B>,
-    rid: &'a str,
-    started: Instant,
-    dialect: Dialect,
-    // The request's span, passed down: `Span::current()` would look it up
-    // in the subscriber's per-thread stack.
-    span: &'a tracing::Span,
-) -> impl std::future::Future<Output = Result<Response<ProxyBody>, GatewayError>> + Send + 'a
-where
-    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    // An async block, not an async fn: an async fn copies its arguments into
-    // locals and keeps both in its state (rust-lang/rust#62958); this future
-    // is boxed for every request.
-    async move {
-        let path = req.uri().path();
-        let method = req.method();
-        let api = match path {
-            "/healthz" | "/readyz" if method == Method::GET || method == Method::HEAD => {
-                let detail = path == "/readyz"
-                    && req
-                        .uri()
-                        .query()
-                        .is_some_and(|q| q.split('&').any(|p| p == "detail=1"))
-                    && is_operator(app, req.headers());
-                return Ok(health(app, path == "/readyz", detail));
-            }
-            "/metrics" if method == Method::GET => {
-                if !is_operator(app, req.headers()) {
-                    return Err(GatewayError::UnknownEndpoint(
-                        method.to_string(),
-                        path.to_owned(),
-                    ));
-                }
-                return Ok(metrics(app));
-            }
-            "/v1/models" if method == Method::GET => Api::Models,
-            _ => match path.strip_prefix("/v1").and_then(Endpoint::from_path) {
-                Some(e) if method == Method::POST => Api::Forward(e),
-                Some(_) => {
-                    return Err(GatewayError::MethodNotAllowed(
-                        method.to_string(),
-                        path.to_owned(),
-                    ))
-                }
-                None if matches!(path, "/v1/models" | "/healthz" | "/readyz") => {
-                    return Err(GatewayError::MethodNotAllowed(
-                        method.to_string(),
-                        path.to_owned(),
-                    ))
-                }
-                None => {
-                    return Err(GatewayError::UnknownEndpoint(
-                        method.to_string(),
-                        path.to_owned(),
-                    ))
-                }
-            },
-        };
+/// What the synchronous stages made of a request.
+enum Resolved {
+    /// Answered without a tenant: health, readiness, metrics.
+    Answered(Response<ProxyBody>),
+    /// A tenant's call to an API endpoint.
+    Api(Api, RequestCtx),
+}
 
-        let snapshot = app.snapshot.load_full();
-        let reseller_idx = resolve_reseller(&snapshot.tenancy, &req)?;
-        let sni = req
-            .extensions()
-            .get::<ConnInfo>()
-            .and_then(|c| c.tls.as_ref())
-            .and_then(|t| t.sni.clone());
-        if let Some(sni) = &sni {
-            // One reseller's certificate must not reach another's tenants (HTTP/2
-            // connection coalescing, or a client sending any Host it likes).
-            if snapshot.tenancy.resolve_host(sni) != Ok(reseller_idx) {
-                return Err(GatewayError::MisdirectedRequest);
-            }
-        }
-        let reseller = snapshot.tenancy.reseller(reseller_idx).id.clone();
-        let tenant = match presented_key(req.headers()) {
-            PresentedKey::Missing => Err(TenancyError::MissingKey),
-            PresentedKey::Malformed => Err(TenancyError::InvalidKey),
-            PresentedKey::Key(k) => snapshot.tenancy.authenticate(reseller_idx, k),
-        }
-        // A refusal's log line still names the reseller.
-        .inspect_err(|_| {
-            span.record("reseller", &*reseller);
-        })?;
-        // Both fields in one record (each record is a subscriber round trip,
-        // about 900 instructions); nothing logs in between.
-        tracing::record_all!(span, reseller = &*reseller, tenant = &*tenant.id);
-        let ctx = RequestCtx {
-            request_id: rid.to_owned(),
-            started,
-            snapshot,
-            reseller,
-            reseller_idx,
-            tenant,
-            sni,
-            dialect,
-        };
-        match api {
-            Api::Models => Ok(list_models(&ctx)),
-            Api::Forward(endpoint) => forward(app, &ctx, endpoint, req.into_body()).await,
+/// A request refused before it reached a tenant; the reseller, when known,
+/// is named on its log line.
+struct Refusal {
+    error: GatewayError,
+    reseller: Option<Arc<str>>,
+}
+
+impl From<GatewayError> for Refusal {
+    fn from(error: GatewayError) -> Self {
+        Self {
+            error,
+            reseller: None,
         }
     }
+}
+
+/// Stages 2-5: the endpoint, the snapshot, the reseller and the tenant.
+fn resolve<B>(
+    app: &Arc<App>,
+    req: &Request<B>,
+    rid: &str,
+    started: Instant,
+    dialect: Dialect,
+) -> Result<Resolved, Refusal> {
+    let path = req.uri().path();
+    let method = req.method();
+    let api = match path {
+        "/healthz" | "/readyz" if method == Method::GET || method == Method::HEAD => {
+            let detail = path == "/readyz"
+                && req
+                    .uri()
+                    .query()
+                    .is_some_and(|q| q.split('&').any(|p| p == "detail=1"))
+                && is_operator(app, req.headers());
+            return Ok(Resolved::Answered(health(app, path == "/readyz", detail)));
+        }
+        "/metrics" if method == Method::GET => {
+            if !is_operator(app, req.headers()) {
+                return Err(
+                    GatewayError::UnknownEndpoint(method.to_string(), path.to_owned()).into(),
+                );
+            }
+            return Ok(Resolved::Answered(metrics(app)));
+        }
+        "/v1/models" if method == Method::GET => Api::Models,
+        _ => match path.strip_prefix("/v1").and_then(Endpoint::from_path) {
+            Some(e) if method == Method::POST => Api::Forward(e),
+            Some(_) => {
+                return Err(
+                    GatewayError::MethodNotAllowed(method.to_string(), path.to_owned()).into(),
+                )
+            }
+            None if matches!(path, "/v1/models" | "/healthz" | "/readyz") => {
+                return Err(
+                    GatewayError::MethodNotAllowed(method.to_string(), path.to_owned()).into(),
+                )
+            }
+            None => {
+                return Err(
+                    GatewayError::UnknownEndpoint(method.to_string(), path.to_owned()).into(),
+                )
+            }
+        },
+    };
+
+    let snapshot = app.snapshot.load_full();
+    let reseller_idx = resolve_reseller(&snapshot.tenancy, req).map_err(GatewayError::from)?;
+    let sni = req
+        .extensions()
+        .get::<ConnInfo>()
+        .and_then(|c| c.tls.as_ref())
+        .and_then(|t| t.sni.clone());
+    if let Some(sni) = &sni {
+        // One reseller's certificate must not reach another's tenants (HTTP/2
+        // connection coalescing, or a client sending any Host it likes).
+        if snapshot.tenancy.resolve_host(sni) != Ok(reseller_idx) {
+            return Err(GatewayError::MisdirectedRequest.into());
+        }
+    }
+    let reseller = snapshot.tenancy.reseller(reseller_idx).id.clone();
+    let tenant = match presented_key(req.headers()) {
+        PresentedKey::Missing => Err(TenancyError::MissingKey),
+        PresentedKey::Malformed => Err(TenancyError::InvalidKey),
+        PresentedKey::Key(k) => snapshot.tenancy.authenticate(reseller_idx, k),
+    };
+    let tenant = match tenant {
+        Ok(t) => t,
+        Err(e) => {
+            return Err(Refusal {
+                error: e.into(),
+                reseller: Some(reseller),
+            })
+        }
+    };
+    let ctx = RequestCtx {
+        request_id: rid.to_owned(),
+        started,
+        snapshot,
+        reseller,
+        reseller_idx,
+        tenant,
+        sni,
+        dialect,
+    };
+    Ok(Resolved::Api(api, ctx))
 }
 
 /// The reseller addressed by the request. HTTP/2 carries the authority in the

@@ -256,7 +256,7 @@ fn snapshot_platform_domain(config: &GatewayConfig) -> Option<String> {
         .server
         .platform_domain
         .as_deref()
-        .and_then(crate::tenancy::normalize_host)
+        .and_then(|d| crate::tenancy::normalize_host(d).map(|d| d.into_owned()))
 }
 
 /// A name may get an on-demand certificate if it is a registered domain of the

@@ -2,8 +2,12 @@
 //! `:authority`) into a lookup key: port stripped, case folded, trailing dot removed.
 //! Anything that is not a plausible host name yields `None`, never a guess.
 
+use std::borrow::Cow;
+
 /// Returns the normalised host name, or `None` if `raw` is not a valid authority.
-pub fn normalize_host(raw: &str) -> Option<String> {
+/// Borrowed from `raw` when it needs no change but the port's removal (every
+/// request resolves its Host through this).
+pub fn normalize_host(raw: &str) -> Option<Cow<'_, str>> {
     let raw = raw.trim();
     if raw.is_empty() || raw.contains('@') {
         return None;
@@ -15,7 +19,10 @@ pub fn normalize_host(raw: &str) -> Option<String> {
         if !(after.is_empty() || valid_port(after.strip_prefix(':')?)) {
             return None;
         }
-        return Some(format!("[{}]", rest[..end].to_ascii_lowercase()));
+        return Some(Cow::Owned(format!(
+            "[{}]",
+            rest[..end].to_ascii_lowercase()
+        )));
     } else {
         match raw.rsplit_once(':') {
             Some((h, port)) => {
@@ -31,13 +38,23 @@ pub fn normalize_host(raw: &str) -> Option<String> {
     if host.is_empty() || host.len() > 253 {
         return None;
     }
-    let ok = host
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
-    if !ok || host.starts_with('.') || host.contains("..") {
-        return None;
+    // One pass: the allowed bytes, no empty label (a leading dot or two in a
+    // row; `prev` starts as a dot), and whether any letter needs folding.
+    let (mut prev, mut upper) = (b'.', false);
+    for b in host.bytes() {
+        match b {
+            b'.' if prev == b'.' => return None,
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' => {}
+            b'A'..=b'Z' => upper = true,
+            _ => return None,
+        }
+        prev = b;
     }
-    Some(host.to_ascii_lowercase())
+    Some(if upper {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    })
 }
 
 fn valid_port(p: &str) -> bool {

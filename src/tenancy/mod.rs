@@ -114,7 +114,8 @@ impl Tenancy {
         let platform_domain = match &config.server.platform_domain {
             Some(d) => Some(
                 normalize_host(d)
-                    .ok_or_else(|| format!("platform_domain `{d}` is not a valid host name"))?,
+                    .ok_or_else(|| format!("platform_domain `{d}` is not a valid host name"))?
+                    .into_owned(),
             ),
             None => None,
         };
@@ -159,7 +160,8 @@ impl Tenancy {
             let mut domains = Vec::new();
             for d in &r.domains {
                 let n = normalize_host(d)
-                    .ok_or_else(|| format!("reseller `{}`: `{d}` is not a valid domain", r.id))?;
+                    .ok_or_else(|| format!("reseller `{}`: `{d}` is not a valid domain", r.id))?
+                    .into_owned();
                 if let Some(prev) = t.domains.insert(n.clone(), ri) {
                     return Err(format!(
                         "domain `{n}` is claimed by both `{}` and `{}`",

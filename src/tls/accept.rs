@@ -46,7 +46,10 @@ impl Tls {
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no ClientHello"))??;
         let hello = start.client_hello();
-        let sni = hello.server_name().and_then(normalize_host);
+        // Owned: the hello borrows the handshake, which is consumed below.
+        let sni = hello
+            .server_name()
+            .and_then(|n| normalize_host(n).map(|n| n.into_owned()));
         let wants_challenge = hello
             .alpn()
             .is_some_and(|mut protos| protos.any(|p| p == ACME_TLS_ALPN));

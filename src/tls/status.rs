@@ -53,7 +53,11 @@ pub fn report(config: &GatewayConfig) -> Result<Vec<DomainStatus>, TlsError> {
     let states = store.as_ref().map(Store::load_state).unwrap_or_default();
     let mut out = Vec::new();
     for r in &config.resellers {
-        let mut names: Vec<String> = r.domains.iter().filter_map(|d| normalize_host(d)).collect();
+        let mut names: Vec<String> = r
+            .domains
+            .iter()
+            .filter_map(|d| normalize_host(d).map(|n| n.into_owned()))
+            .collect();
         if let Some(pd) = &platform {
             names.push(format!("{}.{pd}", r.id));
         }
