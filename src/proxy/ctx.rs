@@ -70,5 +70,5 @@ pub fn request_id(headers: &HeaderMap) -> String {
             return v.to_owned();
         }
     }
-    crate::telemetry::ids::uuid_v7().to_string()
+    crate::telemetry::ids::uuid_v7_text()
 }

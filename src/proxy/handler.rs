@@ -15,7 +15,7 @@
 //! 9. answer: buffered JSON or the SSE relay; usage recorded exactly once.
 
 use super::body::{json_response, ProxyBody};
-use super::ctx::{request_id, ConnInfo, Dialect, RequestCtx};
+use super::ctx::{request_id, Dialect, RequestCtx};
 use super::error::GatewayError;
 use super::fallback::{self, Prepared};
 use super::record::PendingRecord;
@@ -39,7 +39,9 @@ enum Api {
     Forward(Endpoint),
 }
 
-pub async fn handle<B>(app: Arc<App>, req: Request<B>) -> Response<ProxyBody>
+/// Answers one request; `sni` is the connection's TLS server name, normalised
+/// (`None` on a plain listener).
+pub async fn handle<B>(app: Arc<App>, req: Request<B>, sni: Option<Arc<str>>) -> Response<ProxyBody>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -51,7 +53,7 @@ where
     // request's span is created once with every field: recording the reseller
     // and tenant into an existing span cost a subscriber round trip that
     // formats them again (about 1.6k instructions).
-    let resolved = resolve(&app, &req, &rid, started, dialect);
+    let resolved = resolve(&app, &req, sni, &rid, started, dialect);
     let (reseller, tenant) = match &resolved {
         Ok(Resolved::Api(_, ctx)) => (Some(&*ctx.reseller), Some(&*ctx.tenant.id)),
         Ok(Resolved::Answered(_)) => (None, None),
@@ -118,6 +120,7 @@ impl From<GatewayError> for Refusal {
 fn resolve<B>(
     app: &Arc<App>,
     req: &Request<B>,
+    sni: Option<Arc<str>>,
     rid: &str,
     started: Instant,
     dialect: Dialect,
@@ -165,11 +168,6 @@ fn resolve<B>(
 
     let snapshot = app.snapshot.load_full();
     let reseller_idx = resolve_reseller(&snapshot.tenancy, req).map_err(GatewayError::from)?;
-    let sni = req
-        .extensions()
-        .get::<ConnInfo>()
-        .and_then(|c| c.tls.as_ref())
-        .and_then(|t| t.sni.clone());
     if let Some(sni) = &sni {
         // One reseller's certificate must not reach another's tenants (HTTP/2
         // connection coalescing, or a client sending any Host it likes).

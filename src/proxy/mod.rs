@@ -350,9 +350,9 @@ type ServiceFuture = std::pin::Pin<
     >,
 >;
 
-/// Serves HTTP/1.1 or HTTP/2 on one accepted connection. Each request carries
-/// the connection's [`ConnInfo`]; on a plain listener under `[tls]`, the plain
-/// policy may answer with a redirect first.
+/// Serves HTTP/1.1 or HTTP/2 on one accepted connection. Each request gets the
+/// connection's SNI (all the pipeline reads of [`ConnInfo`]); on a plain
+/// listener under `[tls]`, the plain policy may answer with a redirect first.
 async fn serve<I>(
     builder: &auto::Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
@@ -364,9 +364,12 @@ async fn serve<I>(
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let peer = conn.peer;
-    let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+    // Passed as it is, not in the request's extensions: a type map per request
+    // cost three allocations and the `ConnInfo` a clone of its ALPN bytes.
+    let sni = conn.tls.as_ref().and_then(|t| t.sni.clone());
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let app = app.clone();
-        let conn = conn.clone();
+        let sni = sni.clone();
         let plain_tls = plain_tls.clone();
         // Boxed: hyper's HTTP/1 dispatcher keeps a slot the size of this
         // future for the connection's whole life (streams included); boxed,
@@ -374,12 +377,11 @@ async fn serve<I>(
         // the answer starts (about 1 KiB per open stream).
         let answer: ServiceFuture = Box::pin(async move {
             if let Some(tls) = &plain_tls {
-                if let PlainAction::Redirect(url) = tls.plain_action(conn.peer.ip(), &req) {
+                if let PlainAction::Redirect(url) = tls.plain_action(peer.ip(), &req) {
                     return Ok::<_, std::convert::Infallible>(redirect(&url));
                 }
             }
-            req.extensions_mut().insert(conn);
-            Ok(handler::handle(app, req).await)
+            Ok(handler::handle(app, req, sni).await)
         });
         answer
     });

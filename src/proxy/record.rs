@@ -369,7 +369,7 @@ impl PendingRecord {
         r.latency_ms = ms(self.started.elapsed());
         r.ttfb_ms = self.first_byte.map(|t| ms(t.duration_since(self.started)));
         r.cached_tokens = self.tokens.cached;
-        r.event_id = crate::telemetry::ids::uuid_v7().to_string();
+        r.event_id = crate::telemetry::ids::uuid_v7_text();
         r.ended_at = now_rfc3339();
         if let Some(mut admission) = self.admission.take() {
             // Refund the estimate of a call no upstream served; keep it charged

@@ -20,6 +20,14 @@ pub fn uuid_v7() -> uuid::Uuid {
     uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid()
 }
 
+/// A fresh UUIDv7 as text (lowercase, hyphenated) in one exact allocation:
+/// `to_string` goes through `Display` into a growing `String`, and every
+/// request makes two (its id, unless the client sent one, and its event's).
+pub fn uuid_v7_text() -> String {
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid_v7().hyphenated().encode_lower(&mut text).to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -33,5 +41,13 @@ mod tests {
         let first = ids[0].get_timestamp().unwrap().to_unix();
         let last = ids[ids.len() - 1].get_timestamp().unwrap().to_unix();
         assert!(last >= first);
+    }
+
+    #[test]
+    fn the_text_form_is_uuids_own() {
+        let text = uuid_v7_text();
+        let parsed = uuid::Uuid::parse_str(&text).unwrap();
+        assert_eq!(parsed.get_version_num(), 7);
+        assert_eq!(text, parsed.to_string());
     }
 }
