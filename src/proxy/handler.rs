@@ -67,22 +67,23 @@ where
         reseller,
         tenant,
     );
-    let answer = match resolved {
-        Ok(Resolved::Answered(resp)) => Ok(resp),
-        Ok(Resolved::Api(Api::Models, ctx)) => Ok(list_models(&ctx)),
+    let mut resp = match resolved {
+        Ok(Resolved::Answered(resp)) => resp,
+        Ok(Resolved::Api(Api::Models, ctx)) => list_models(&ctx),
         Ok(Resolved::Api(Api::Forward(endpoint), ctx)) => {
             // Boxed apart from this future, which `proxy::serve` boxes too:
             // built inline, the pipeline's state would be copied with it on
             // every move (about 4 KiB), where this future is about 1 KiB.
-            Box::pin(forward(&app, &ctx, endpoint, req.into_body()))
-                .instrument(span.clone())
-                .await
+            // A failure's answer is made inside the span, which it logs in.
+            Box::pin(async {
+                forward(&app, &ctx, endpoint, req.into_body())
+                    .await
+                    .unwrap_or_else(|e| e.to_response_for(dialect))
+            })
+            .instrument(span)
+            .await
         }
-        Err(refusal) => Err(refusal.error),
-    };
-    let mut resp = match answer {
-        Ok(r) => r,
-        Err(e) => span.in_scope(|| e.to_response_for(dialect)),
+        Err(refusal) => span.in_scope(|| refusal.error.to_response_for(dialect)),
     };
     if let Ok(v) = HeaderValue::from_str(&rid) {
         resp.headers_mut()
@@ -220,18 +221,19 @@ fn resolve_reseller<B>(
         None => None,
     };
     let authority = req.uri().authority().map(|a| a.as_str());
-    let raw = match (authority, header) {
+    let host = match (authority, header) {
         (Some(a), Some(h)) => {
-            if normalize_host(a) != normalize_host(h) {
+            let a = normalize_host(a);
+            if a != normalize_host(h) {
                 return Err(TenancyError::AmbiguousHost);
             }
             a
         }
-        (Some(a), None) => a,
-        (None, Some(h)) => h,
+        (Some(a), None) => normalize_host(a),
+        (None, Some(h)) => normalize_host(h),
         (None, None) => return Err(TenancyError::UnknownHost),
-    };
-    let host = normalize_host(raw).ok_or(TenancyError::UnknownHost)?;
+    }
+    .ok_or(TenancyError::UnknownHost)?;
     tenancy.resolve_host(&host)
 }
 
