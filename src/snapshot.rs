@@ -51,6 +51,11 @@ impl Snapshot {
                 "server.max_body_bytes must be positive".into(),
             ));
         }
+        if config.server.header_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "server.header_timeout_ms must be positive".into(),
+            ));
+        }
         Ok(Self {
             tenancy,
             keyring: Arc::new(keyring),

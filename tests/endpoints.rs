@@ -3,7 +3,8 @@
 //! unknown paths and wrong methods get OpenAI-shaped 404/405; oversized bodies
 //! (declared or chunked) are 413; bad bodies are 400 saying what is wrong; every
 //! response carries a sane `x-request-id`; health probes need no tenant; HTTP/2
-//! cleartext is served on the same listener.
+//! cleartext is served on the same listener; connections without a request are
+//! closed after `header_timeout_ms`.
 
 use crate::support::*;
 use serde_json::{json, Value};
@@ -829,4 +830,111 @@ async fn h2c_with_prior_knowledge_is_served_on_the_same_listener() {
         .unwrap();
     assert_eq!(resp.version(), reqwest::Version::HTTP_11);
     assert_eq!(resp.status(), 200);
+}
+
+/// Reads one HTTP/1.1 answer (head and `content-length` body) from `s`,
+/// leaving the connection open; returns the head.
+async fn read_answer(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before an answer");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            if body.len() >= length {
+                return head.to_owned();
+            }
+        }
+    }
+}
+
+/// Whether the server closes `s` within `within` (true) or leaves it open.
+async fn closed_within(s: &mut tokio::net::TcpStream, within: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(within, s.read(&mut byte)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => true,
+        Ok(Ok(_)) => panic!("unexpected bytes from the gateway"),
+        Err(_) => false,
+    }
+}
+
+/// `[server] header_timeout_ms`: a connection with no request in flight is
+/// closed when no complete request head arrives within the time: one that
+/// never sends anything, one sending its head too slowly, and a kept-alive one
+/// left idle after its answer. A kept-alive connection used again in time is
+/// served, and an answer that takes longer than the timeout is not cut.
+#[tokio::test]
+async fn connections_without_a_request_are_closed_after_header_timeout_ms() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    let mock = MockProvider::start().await;
+    let base = standard_config(&mock.base_url(), "");
+    let config = base.replace(
+        "max_body_bytes = 65536",
+        "max_body_bytes = 65536\nheader_timeout_ms = 400",
+    );
+    assert_ne!(config, base);
+    let gw = TestGateway::start(&config).await;
+    let health = b"GET /healthz HTTP/1.1\r\nHost: ai.acme.test\r\n\r\n";
+
+    let mut silent = TcpStream::connect(gw.addr).await.unwrap();
+    let mut slow = TcpStream::connect(gw.addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: ai.acme.test\r\n")
+        .await
+        .unwrap();
+    let mut idle = TcpStream::connect(gw.addr).await.unwrap();
+    idle.write_all(health).await.unwrap();
+    assert!(read_answer(&mut idle).await.starts_with("HTTP/1.1 200"));
+    let wait = std::time::Duration::from_secs(5);
+    assert!(
+        closed_within(&mut silent, wait).await,
+        "a silent connection stayed open"
+    );
+    assert!(
+        closed_within(&mut slow, wait).await,
+        "a half-sent head kept its connection"
+    );
+    assert!(
+        closed_within(&mut idle, wait).await,
+        "an idle kept-alive connection stayed open"
+    );
+
+    // Used again before the timeout, twice: served, and still open while the
+    // requests keep coming.
+    let mut kept = TcpStream::connect(gw.addr).await.unwrap();
+    for _ in 0..3 {
+        kept.write_all(health).await.unwrap();
+        assert!(read_answer(&mut kept).await.starts_with("HTTP/1.1 200"));
+        assert!(!closed_within(&mut kept, std::time::Duration::from_millis(150)).await);
+    }
+
+    // A stream of 1.2 s (6 gaps of 200 ms) on one connection: whole.
+    let mut body = chat_body("gpt-4o-mini");
+    body["stream"] = json!(true);
+    body["mock"] = json!({"chunks": 6, "gap_ms": 200});
+    let resp = post(
+        &gw,
+        "/v1/chat/completions",
+        Some(ACME_HOST),
+        Some(ACME_DENTAL.2),
+        &body,
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    let events = sse_data(&text);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{text}");
+    assert!(!text.contains("stream_interrupted"), "{text}");
 }

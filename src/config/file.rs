@@ -192,6 +192,12 @@ pub struct ServerConfig {
     /// circuit breakers (never to tenants).
     #[serde(default)]
     pub operator_key_hashes: Vec<String>,
+    /// A client connection waiting for a request's head (a new connection, or
+    /// a kept-alive one after its last answer) is closed when the head is not
+    /// complete within this time: idle keep-alive connections, slow clients and
+    /// silent ones. Read at start.
+    #[serde(default = "default_header_timeout_ms")]
+    pub header_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -202,8 +208,13 @@ impl Default for ServerConfig {
             max_body_bytes: default_max_body_bytes(),
             max_upstream_body_bytes: default_max_upstream_body_bytes(),
             operator_key_hashes: Vec::new(),
+            header_timeout_ms: default_header_timeout_ms(),
         }
     }
+}
+
+fn default_header_timeout_ms() -> u64 {
+    30_000
 }
 
 fn default_listen() -> Vec<SocketAddr> {

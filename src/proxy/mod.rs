@@ -11,6 +11,7 @@ mod fallback;
 mod forward;
 mod handler;
 mod horizon;
+mod idle;
 mod messages;
 mod messages_relay;
 mod record;
@@ -19,6 +20,7 @@ mod request_body;
 
 pub use body::ProxyBody;
 pub use ctx::{ConnInfo, Dialect, RequestCtx};
+use idle::{ConnIdle, Tracked};
 pub use request_body::RequestBody;
 
 use crate::config::{ConfigError, GatewayConfig};
@@ -132,6 +134,7 @@ impl Gateway {
             metrics: Metrics::default(),
             draining: AtomicBool::new(false),
         });
+        let header_timeout = Duration::from_millis(config.server.header_timeout_ms);
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tasks.spawn(horizon::keep(stop_rx.clone()));
@@ -164,6 +167,7 @@ impl Gateway {
                     app.clone(),
                     stop_rx.clone(),
                     Listener::Https(tls.clone()),
+                    header_timeout,
                 ));
             }
             if let Some(acme) = tls.acme() {
@@ -183,6 +187,7 @@ impl Gateway {
                 app.clone(),
                 stop_rx.clone(),
                 Listener::Plain(tls.clone()),
+                header_timeout,
             ));
         }
         Ok(Self {
@@ -284,13 +289,13 @@ async fn accept_loop(
     app: Arc<App>,
     mut stop: watch::Receiver<bool>,
     kind: Listener,
+    header_timeout: Duration,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+    // Slow and idle clients are closed per connection (`idle`), not by a
+    // timer hyper would make for every request.
+    builder.http1().header_read_timeout(None);
     builder.http2().timer(hyper_util::rt::TokioTimer::new());
     let builder = Arc::new(builder);
     loop {
@@ -318,7 +323,8 @@ async fn accept_loop(
                 let tls = tls.clone();
                 tokio::spawn(async move {
                     let conn = ConnInfo { peer, tls: None };
-                    serve(&builder, watcher, TokioIo::new(stream), app, conn, tls).await;
+                    let io = TokioIo::new(stream);
+                    serve(&builder, watcher, io, app, conn, tls, header_timeout).await;
                 });
             }
             Listener::Https(tls) => {
@@ -330,7 +336,8 @@ async fn accept_loop(
                                 peer,
                                 tls: Some(info),
                             };
-                            serve(&builder, watcher, TokioIo::new(stream), app, conn, None).await;
+                            let io = TokioIo::new(stream);
+                            serve(&builder, watcher, io, app, conn, None, header_timeout).await;
                         }
                         Ok(Accepted::Challenge) => {}
                         Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
@@ -345,7 +352,7 @@ async fn accept_loop(
 type ServiceFuture = std::pin::Pin<
     Box<
         dyn std::future::Future<
-                Output = Result<http::Response<ProxyBody>, std::convert::Infallible>,
+                Output = Result<http::Response<Tracked<ProxyBody>>, std::convert::Infallible>,
             > + Send,
     >,
 >;
@@ -360,6 +367,7 @@ async fn serve<I>(
     app: Arc<App>,
     conn: ConnInfo,
     plain_tls: Option<Arc<Tls>>,
+    header_timeout: Duration,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -367,7 +375,10 @@ async fn serve<I>(
     // Passed as it is, not in the request's extensions: a type map per request
     // cost three allocations and the `ConnInfo` a clone of its ALPN bytes.
     let sni = conn.tls.as_ref().and_then(|t| t.sni.clone());
+    let idle = ConnIdle::new();
+    let requests = idle.clone();
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let in_flight = requests.request(req.version());
         let app = app.clone();
         let sni = sni.clone();
         let plain_tls = plain_tls.clone();
@@ -376,18 +387,33 @@ async fn serve<I>(
         // the slot is a pointer and the request's state is freed as soon as
         // the answer starts (about 1 KiB per open stream).
         let answer: ServiceFuture = Box::pin(async move {
-            if let Some(tls) = &plain_tls {
-                if let PlainAction::Redirect(url) = tls.plain_action(peer.ip(), &req) {
-                    return Ok::<_, std::convert::Infallible>(redirect(&url));
-                }
-            }
-            Ok(handler::handle(app, req, sni).await)
+            let redirect_to =
+                plain_tls
+                    .as_ref()
+                    .and_then(|tls| match tls.plain_action(peer.ip(), &req) {
+                        PlainAction::Redirect(url) => Some(url),
+                        PlainAction::Serve => None,
+                    });
+            let resp = match redirect_to {
+                Some(url) => redirect(&url),
+                None => handler::handle(app, req, sni).await,
+            };
+            Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked::new(body, in_flight)))
         });
         answer
     });
     let conn = builder.serve_connection_with_upgrades(io, service);
-    if let Err(e) = watcher.watch(conn.into_owned()).await {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    tokio::select! {
+        biased;
+        ended = watcher.watch(conn.into_owned()) => {
+            if let Err(e) = ended {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        // Dropping the connection closes it: nothing is in flight on it.
+        () = idle.idle_for(header_timeout) => {
+            tracing::debug!(%peer, "closed a connection without a request for header_timeout_ms");
+        }
     }
 }
 
