@@ -3,11 +3,14 @@
 //! re-wrap a data key under the active KEK without touching the credential.
 
 use super::kek::{dek_key, generate_dek, open_with, seal_with, EnvKek, FileKek, KeyEncryptionKey};
-use super::sealed::{credential_aad, dek_aad, valid_kek_id, CredentialOwner, SealedKey};
+use super::sealed::{
+    credential_aad, credential_aad_into, dek_aad, valid_kek_id, CredentialOwner, SealedKey,
+};
 use super::{Secret, VaultError};
 use crate::config::VaultConfig;
 use std::collections::HashMap;
 use std::sync::Arc;
+use zeroize::Zeroizing;
 
 /// The environment variable of the implicit KEK used when `[vault]` names none.
 pub const DEFAULT_KEK_ENV: &str = "LIVERY_MASTER_KEY";
@@ -17,7 +20,7 @@ pub const DEFAULT_KEK_ID: &str = "default";
 #[derive(Default)]
 pub struct Keyring {
     active: Option<String>,
-    keks: HashMap<String, Arc<dyn KeyEncryptionKey>>,
+    keks: HashMap<String, Arc<dyn KeyEncryptionKey>, crate::FastHash>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -144,17 +147,19 @@ impl Keyring {
         provider: &str,
     ) -> Result<Secret, VaultError> {
         let kek = self.kek(&sealed.kek_id)?;
-        let dek = kek.unwrap(
-            &sealed.wrapped_dek,
-            &dek_aad(&sealed.kek_id, owner, provider),
-        )?;
-        let plain = open_with(
-            &dek_key(&dek)?,
-            &sealed.ciphertext,
-            &credential_aad(owner, provider),
-        )?;
-        let text = std::str::from_utf8(&plain).map_err(|_| VaultError::Corrupt)?;
-        Ok(Secret::new(text.to_owned()))
+        // One buffer for both associated data, the data key's and then the
+        // credential's; the opened plaintext becomes the secret without a copy.
+        let mut aad = dek_aad(&sealed.kek_id, owner, provider);
+        let dek = kek.unwrap(&sealed.wrapped_dek, &aad)?;
+        credential_aad_into(&mut aad, owner, provider);
+        let mut plain = open_with(&dek_key(&dek)?, &sealed.ciphertext, &aad)?;
+        match String::from_utf8(std::mem::take(&mut *plain)) {
+            Ok(text) => Ok(Secret::new(text)),
+            Err(e) => {
+                drop(Zeroizing::new(e.into_bytes()));
+                Err(VaultError::Corrupt)
+            }
+        }
     }
 
     /// Re-wraps the data key under the active KEK. The credential's ciphertext is

@@ -145,10 +145,29 @@ pub(super) fn credential_aad(owner: &CredentialOwner, provider: &str) -> Vec<u8>
     aad("credential", None, owner, provider)
 }
 
+/// [`credential_aad`] written over `out` (a request's unseal reuses the data
+/// key's buffer for it).
+pub(super) fn credential_aad_into(out: &mut Vec<u8>, owner: &CredentialOwner, provider: &str) {
+    out.clear();
+    aad_into(out, "credential", None, owner, provider);
+}
+
 /// `livery/KIND/VERSION\0[KEK-ID\0]OWNER\0PROVIDER`, built by hand: both are
 /// made on every request that unseals a key, and `format!` with the owner's
 /// `Display` cost three times as many instructions as the bytes themselves.
 fn aad(kind: &str, kek_id: Option<&str>, owner: &CredentialOwner, provider: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(96 + provider.len());
+    aad_into(&mut out, kind, kek_id, owner, provider);
+    out
+}
+
+fn aad_into(
+    out: &mut Vec<u8>,
+    kind: &str,
+    kek_id: Option<&str>,
+    owner: &CredentialOwner,
+    provider: &str,
+) {
     let kek_id = kek_id.map(|id| ["\0", id]).unwrap_or_default();
     let parts = ["livery/", kind, "/", VERSION]
         .into_iter()
@@ -156,9 +175,7 @@ fn aad(kind: &str, kek_id: Option<&str>, owner: &CredentialOwner, provider: &str
         .chain(["\0"])
         .chain(owner.text_parts())
         .chain(["\0", provider]);
-    let mut out = Vec::with_capacity(96 + provider.len());
     parts.for_each(|p| out.extend_from_slice(p.as_bytes()));
-    out
 }
 
 #[cfg(test)]
