@@ -921,19 +921,7 @@ async fn connections_without_a_request_are_closed_after_header_timeout_ms() {
     }
 
     // A stream of 1.2 s (6 gaps of 200 ms) on one connection: whole.
-    let mut body = chat_body("gpt-4o-mini");
-    body["stream"] = json!(true);
-    body["mock"] = json!({"chunks": 6, "gap_ms": 200});
-    let resp = post(
-        &gw,
-        "/v1/chat/completions",
-        Some(ACME_HOST),
-        Some(ACME_DENTAL.2),
-        &body,
-    )
-    .await;
-    assert_eq!(resp.status(), 200);
-    let text = resp.text().await.unwrap();
+    let text = dental_stream(&gw, json!({"chunks": 6, "gap_ms": 200})).await;
     let events = sse_data(&text);
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{text}");
     assert!(!text.contains("stream_interrupted"), "{text}");

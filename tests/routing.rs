@@ -527,16 +527,7 @@ async fn azure_openai_routes_use_deployment_urls_api_version_and_the_api_key_hea
     for stream in [false, true] {
         let mut body = chat_body("az");
         body["stream"] = json!(stream);
-        let resp = post(
-            &gw,
-            "/v1/chat/completions",
-            Some(ACME_HOST),
-            Some(ACME_DENTAL.2),
-            &body,
-        )
-        .await;
-        assert_eq!(resp.status(), 200);
-        let text = resp.text().await.unwrap();
+        let text = dental_chat(&gw, &body).await;
         assert!(!stream || text.ends_with("data: [DONE]\n\n"), "{text}");
         let seen = mock.last_request();
         assert_eq!(

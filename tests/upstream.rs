@@ -599,16 +599,7 @@ async fn a_provider_that_keeps_refusing_streams_answers_502_after_three_sends() 
 async fn chat_numbered(gw: &TestGateway, i: usize) -> String {
     let mut body = chat_body("gpt-4o-mini");
     body["stream"] = json!(i % 2 == 1);
-    let resp = post(
-        gw,
-        "/v1/chat/completions",
-        Some(ACME_HOST),
-        Some(ACME_DENTAL.2),
-        &body,
-    )
-    .await;
-    assert_eq!(resp.status(), 200, "request {i}");
-    resp.text().await.unwrap()
+    dental_chat(gw, &body).await
 }
 
 /// The suite's configuration with the upstream an h2c server on `port`.

@@ -101,17 +101,7 @@ run_once() {
     local port proxies
     if [ "$variant" = nginx ]; then
         port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-        python3 - "$ROOT" "$dir" "${MOCK_URL##*:}" "$port" <<'PY'
-import sys
-sys.path.insert(0, sys.argv[1] + "/benches/load")
-import harness
-open(sys.argv[2] + "/nginx.conf", "w").write(
-    harness.NGINX_CONF.format(tmp=sys.argv[2], mock_port=sys.argv[3], port=sys.argv[4]))
-PY
-        taskset -c 1 nginx -p "$dir" -c "$dir/nginx.conf" >"$dir/nginx.log" 2>&1 &
-        echo $! >>"$TMP/pids"
-        for _ in $(seq 50); do [ -s "$dir/nginx.pid" ] && break; sleep 0.1; done
-        sleep 0.3
+        start_pinned_nginx "$dir" "$port"
         proxies="$(cat "$dir/nginx.pid") $(pgrep -P "$(cat "$dir/nginx.pid")" | tr '\n' ' ')"
     else
         local bin=$BIN

@@ -105,6 +105,22 @@ with_redis_limits() {
     sed "s#^\[server\]\$#[limits]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:$1/0\"\nredis_timeout_ms = $2\n\n[server]#"
 }
 
+# Starts nginx pinned to CPU 1 as the harness's hop to the mock at $MOCK_URL,
+# listening on port $2, its files in directory $1; waits for its PID file.
+start_pinned_nginx() {
+    python3 - "$ROOT" "$1" "${MOCK_URL##*:}" "$2" <<'PY'
+import sys
+sys.path.insert(0, sys.argv[1] + "/benches/load")
+import harness
+open(sys.argv[2] + "/nginx.conf", "w").write(
+    harness.NGINX_CONF.format(tmp=sys.argv[2], mock_port=sys.argv[3], port=sys.argv[4]))
+PY
+    taskset -c 1 nginx -p "$1" -c "$1/nginx.conf" >"$1/nginx.log" 2>&1 &
+    echo $! >>"$TMP/pids"
+    for _ in $(seq 50); do [ -s "$1/nginx.pid" ] && break; sleep 0.1; done
+    sleep 0.3
+}
+
 # A free loopback TCP port.
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'

@@ -35,17 +35,7 @@ seal_bench_key "$BIN" "$TMP"
 render_bench_config "$TMP" >"$TMP/gateway.toml"
 start_pinned_livery "$BIN" "$TMP"
 NGINX_PORT=$(free_port)
-python3 - "$ROOT" "$TMP" "${MOCK_URL##*:}" "$NGINX_PORT" <<'PY'
-import sys
-sys.path.insert(0, sys.argv[1] + "/benches/load")
-import harness
-open(sys.argv[2] + "/nginx.conf", "w").write(
-    harness.NGINX_CONF.format(tmp=sys.argv[2], mock_port=sys.argv[3], port=sys.argv[4]))
-PY
-taskset -c 1 nginx -p "$TMP" -c "$TMP/nginx.conf" >"$TMP/nginx.log" 2>&1 &
-echo $! >>"$TMP/pids"
-for _ in $(seq 50); do [ -s "$TMP/nginx.pid" ] && break; sleep 0.1; done
-sleep 0.3
+start_pinned_nginx "$TMP" "$NGINX_PORT"
 
 percentiles() { awk '/50.00%/ {p50 = $3 * 1000} /99.00%/ {p99 = $3 * 1000} END {printf "p50 %.0f us, p99 %.0f us", p50, p99}'; }
 

@@ -258,6 +258,30 @@ pub async fn post(
     rb.send().await.unwrap()
 }
 
+/// POSTs `body` to `/v1/chat/completions` as acme's dental tenant; asserts a
+/// 200 and returns the body's text.
+pub async fn dental_chat(gw: &TestGateway, body: &Value) -> String {
+    let resp = post(
+        gw,
+        "/v1/chat/completions",
+        Some(ACME_HOST),
+        Some(ACME_DENTAL.2),
+        body,
+    )
+    .await;
+    assert_eq!(resp.status(), 200, "{body}");
+    resp.text().await.unwrap()
+}
+
+/// A streamed `gpt-4o-mini` chat as acme's dental tenant, the mock told
+/// `mock` (chunks, gaps, faults); returns the body's text.
+pub async fn dental_stream(gw: &TestGateway, mock: Value) -> String {
+    let mut body = chat_body("gpt-4o-mini");
+    body["stream"] = serde_json::json!(true);
+    body["mock"] = mock;
+    dental_chat(gw, &body).await
+}
+
 pub async fn get(
     gw: &TestGateway,
     path: &str,
