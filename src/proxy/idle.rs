@@ -19,38 +19,33 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// One client connection's idleness.
 #[derive(Debug)]
 pub struct ConnIdle {
+    accepted: Instant,
     in_flight: AtomicU32,
-    /// Milliseconds since [`epoch`] when the last request ended (or the
-    /// connection was accepted).
+    /// Milliseconds after `accepted` when the last request ended (0: none yet).
     idle_since: AtomicU64,
     http2: AtomicBool,
-}
-
-/// A process-wide origin for the millisecond clock.
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-fn now_ms() -> u64 {
-    u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 impl ConnIdle {
     /// A connection just accepted: idle from now.
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
+            accepted: Instant::now(),
             in_flight: AtomicU32::new(0),
-            idle_since: AtomicU64::new(now_ms()),
+            idle_since: AtomicU64::new(0),
             http2: AtomicBool::new(false),
         })
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.accepted.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// A request's head is complete: the connection is busy until the
@@ -81,7 +76,9 @@ impl ConnIdle {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return Some(limit_ms);
         }
-        let idle = now_ms().saturating_sub(self.idle_since.load(Ordering::Acquire));
+        let idle = self
+            .now_ms()
+            .saturating_sub(self.idle_since.load(Ordering::Acquire));
         Some(limit_ms.saturating_sub(idle))
     }
 }
@@ -138,7 +135,7 @@ pub struct InFlight(Arc<ConnIdle>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle_since.store(now_ms(), Ordering::Release);
+            self.0.idle_since.store(self.0.now_ms(), Ordering::Release);
         }
     }
 }

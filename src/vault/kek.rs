@@ -48,25 +48,12 @@ impl AesKek {
     }
 
     fn unwrap(&self, wrapped: &[u8], aad: &[u8]) -> Result<DataKey, VaultError> {
-        // What `wrap` makes (nonce, 32-byte key, tag) is opened on the stack:
-        // it is done on every request that unseals a key.
-        if let Some((nonce, rest)) = wrapped.split_first_chunk::<NONCE_LEN>() {
-            if let Ok(sealed) = <[u8; 48]>::try_from(rest) {
-                let nonce = Nonce::assume_unique_for_key(*nonce);
-                let mut buf = Zeroizing::new(sealed);
-                let plain = self
-                    .key
-                    .open_in_place(nonce, Aad::from(aad), &mut buf[..])
-                    .map_err(|_| VaultError::Unseal)?;
-                let arr: [u8; 32] = (&*plain).try_into().map_err(|_| VaultError::Corrupt)?;
-                return Ok(Zeroizing::new(arr));
-            }
-        }
-        let plain = open_with(&self.key, wrapped, aad)?;
-        let arr: [u8; 32] = plain
-            .as_slice()
-            .try_into()
-            .map_err(|_| VaultError::Corrupt)?;
+        let (nonce, rest) = split_sealed(wrapped)?;
+        // A wrapped key is 32 bytes and its tag, opened on the stack (every
+        // request that unseals a key does this); no other length authenticates.
+        let mut buf = Zeroizing::new(<[u8; 48]>::try_from(rest).map_err(|_| VaultError::Unseal)?);
+        let plain = open_in(&self.key, nonce, aad, &mut buf[..])?;
+        let arr: [u8; 32] = (&*plain).try_into().map_err(|_| VaultError::Corrupt)?;
         Ok(Zeroizing::new(arr))
     }
 }
@@ -203,18 +190,32 @@ pub(super) fn open_with(
     sealed: &[u8],
     aad: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+    let (nonce, rest) = split_sealed(sealed)?;
+    let mut buf = Zeroizing::new(rest.to_vec());
+    let plain_len = open_in(key, nonce, aad, &mut buf[..])?.len();
+    buf.truncate(plain_len);
+    Ok(buf)
+}
+
+/// The nonce and the ciphertext ‖ tag of a sealed value.
+fn split_sealed(sealed: &[u8]) -> Result<(Nonce, &[u8]), VaultError> {
     if sealed.len() < NONCE_LEN + 16 {
         return Err(VaultError::Corrupt);
     }
     let (nonce, rest) = sealed.split_at(NONCE_LEN);
     let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| VaultError::Corrupt)?;
-    let mut buf = Zeroizing::new(rest.to_vec());
-    let plain_len = key
-        .open_in_place(nonce, Aad::from(aad), &mut buf[..])
-        .map_err(|_| VaultError::Unseal)?
-        .len();
-    buf.truncate(plain_len);
-    Ok(buf)
+    Ok((nonce, rest))
+}
+
+/// Opens ciphertext ‖ tag in `buf` (a copy of it); returns the plaintext.
+fn open_in<'b>(
+    key: &LessSafeKey,
+    nonce: Nonce,
+    aad: &[u8],
+    buf: &'b mut [u8],
+) -> Result<&'b mut [u8], VaultError> {
+    key.open_in_place(nonce, Aad::from(aad), buf)
+        .map_err(|_| VaultError::Unseal)
 }
 
 /// A DEK as an AEAD key.
