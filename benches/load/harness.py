@@ -501,8 +501,17 @@ def machine_info(args):
         "nginx": cmd(["nginx", "-v"]),
         "oha": cmd([args.oha, "--version"]),
         "python": platform.python_version(),
-        "livery_build": "profile-guided (benches/load/pgo.sh)" if "/pgo/" in args.livery_bin else "release",
+        "livery_build": build_kind(args.livery_bin)[1],
     }
+
+
+def build_kind(livery_bin):
+    """(run.sh's option, a description) of the build at `livery_bin`."""
+    if "/bolt/" in livery_bin:
+        return " --bolt", "profile-guided and BOLT-optimised (benches/load/pgo.sh, bolt.sh)"
+    if "/pgo/" in livery_bin:
+        return " --pgo", "profile-guided (benches/load/pgo.sh)"
+    return "", "release"
 
 
 def bench_env():
@@ -926,7 +935,7 @@ def main():
     summary["soak"] = soak
     doc = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": "benches/load/run.sh" + (" --pgo" if "/pgo/" in args.livery_bin else "")
+        "command": "benches/load/run.sh" + build_kind(args.livery_bin)[0]
                    + (" --quick" if args.quick else ""),
         "machine": info,
         "settings": {

@@ -50,5 +50,7 @@ mkdir -p "$(dirname "$PROFILE")"
 log "merged $(find "$RAW" -name '*.profraw' | wc -l) profiles into $PROFILE"
 
 log "building livery with the profile (target/pgo)"
-RUSTFLAGS="-Cprofile-use=$PROFILE" cargo build --release --quiet --bin livery --target-dir target/pgo
+# With its relocations kept (`--emit-relocs`: sections that are not loaded, so
+# the program and its memory are the same), so that bolt.sh can move functions.
+RUSTFLAGS="-Cprofile-use=$PROFILE -Clink-arg=-Wl,--emit-relocs" cargo build --release --quiet --bin livery --target-dir target/pgo
 log "done: target/pgo/release/livery"

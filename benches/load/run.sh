@@ -7,6 +7,7 @@
 #   benches/load/run.sh            # full run, about 8 minutes -> benches/load/results/latest.{md,json}
 #   benches/load/run.sh --quick    # one short round, < 2 minutes -> results/latest-quick.{md,json}
 #   benches/load/run.sh --pgo      # Livery built profile-guided first (benches/load/pgo.sh, ~12 minutes)
+#   benches/load/run.sh --bolt     # the same, then BOLT on top (benches/load/bolt.sh, ~2 minutes more)
 #
 # Extra options are passed to harness.py (--rounds N, --duration S, --rates 500,2000,
 # --streams N, --soak-min M, --load-cpu C, --server-cpu C, --out DIR, --redis-server PATH,
@@ -39,6 +40,11 @@ if [ "${1:-}" = "--pgo" ]; then
     shift
     "$ROOT/benches/load/pgo.sh"
     LIVERY_BIN=(--livery-bin "$ROOT/target/pgo/release/livery")
+elif [ "${1:-}" = "--bolt" ]; then
+    shift
+    "$ROOT/benches/load/pgo.sh"
+    "$ROOT/benches/load/bolt.sh"
+    LIVERY_BIN=(--livery-bin "$ROOT/target/bolt/livery")
 fi
 log "building livery and livery-mock (release, fat LTO: about 5 minutes from scratch on 2 cores)"
 cargo build --release --quiet --features mock-server --bin livery --bin livery-mock
