@@ -13,6 +13,10 @@
 #                 default set, pick it with VARIANTS)
 #   fsync-1s      the spool's group commit once a second instead of every
 #                 5 ms (`fsync_interval_ms = 1000`; not in the default set)
+#   spool-tmpfs   the spool in /dev/shm (no block device, no journal behind
+#                 its writes and syncs; not in the default set)
+#   ledger-tmpfs  the spool and the SQLite ledger in /dev/shm (not in the
+#                 default set)
 #   http1-upstream  HTTP/1.1 to the mock (pooled keep-alive connections, as
 #                 nginx's) instead of HTTP/2 (not in the default set)
 #   no-limits     the plan without limits (no admission buckets)
@@ -65,16 +69,24 @@ MOCK_BIN=${MOCK_BIN:-"$ROOT/target/release/livery-mock"}
 [ -x "$MOCK_BIN" ] || cargo build --release --quiet --features mock-server --bin livery-mock
 
 make_run_dir livery-features
+SHM=""
+if [[ " ${VARIANTS[*]} " == *"-tmpfs "* ]]; then
+    SHM=$(mktemp -d /dev/shm/livery-features.XXXXXX)
+    trap 'stop_run_dir; rm -rf "$SHM"' EXIT
+fi
 
 # The bench configuration with variant $1 applied, rendered into directory $2.
 render() {
     local variant=$1 dir=$2 cfg
     no_mirror() { grep -v '^jsonl_path = '; }
     # Standard input with the line $1 put first in `[usage]`.
-    usage_setting() { sed "s/^\[usage\]\$/[usage]\n$1/"; }
+    usage_setting() { sed "s|^\[usage\]\$|[usage]\n$1|"; }
     no_ledger() { usage_setting 'ledger = false'; }
     no_sqlite() { usage_setting 'sinks = []'; }
     fsync_1s() { usage_setting 'fsync_interval_ms = 1000'; }
+    # The spool (and with ledger-tmpfs the SQLite ledger too) in memory.
+    spool_tmpfs() { mkdir -p "$SHM/$(basename "$dir")"; usage_setting "spool_dir = \"$SHM/$(basename "$dir")/spool\""; }
+    ledger_tmpfs() { spool_tmpfs | usage_setting "sqlite_path = \"$SHM/$(basename "$dir")/usage.db\""; }
     no_limits() { grep -Ev '^(requests_per_minute|tokens_per_minute|tokens_per_month|max_concurrent) = '; }
     http1_upstream() { sed 's/^http2_prior_knowledge = true$/http2_prior_knowledge = false/'; }
     case $variant in
@@ -86,6 +98,8 @@ render() {
         no-ledger) no_ledger ;;
         no-sqlite) no_sqlite ;;
         fsync-1s) fsync_1s ;;
+        spool-tmpfs) spool_tmpfs ;;
+        ledger-tmpfs) ledger_tmpfs ;;
         no-limits) no_limits ;;
         http1-upstream) http1_upstream ;;
         bare) no_mirror | no_ledger | no_limits ;;
