@@ -70,6 +70,6 @@ log "merged $(find "$TMP/fdata" -name '*.fdata' | wc -l) profiles"
 "$BOLT_BIN/llvm-bolt" "$TMP/livery.input" -o "$OUT/livery.new" -data="$TMP/livery.fdata" \
     -reorder-blocks=ext-tsp -reorder-functions=cdsort -split-functions -split-all-cold -split-eh \
     -icf=1 -use-gnu-stack -dyno-stats >"$TMP/optimize.log" 2>&1 || { tail -20 "$TMP/optimize.log" >&2; exit 1; }
-grep -E "taken branches|executed instructions" "$TMP/optimize.log" | tail -2 | sed 's/^ */  /' >&2
+grep -E "taken branches|executed instructions" "$TMP/optimize.log" | tail -2 | sed 's/^ */  /' >&2 || true
 mv "$OUT/livery.new" "$OUT/livery"
 log "done: target/bolt/livery"
