@@ -66,10 +66,13 @@ log "merged $(find "$TMP/fdata" -name '*.fdata' | wc -l) profiles"
 
 # The usual options for a large server binary (BOLT's docs, "Optimizing"):
 # blocks by ext-TSP, functions by their call graph (cdsort), cold code split
-# out of every function, identical functions folded.
+# out of every function, identical functions folded. `-hugify`: at start the
+# hot code (about 1.3 MiB) is remapped onto one 2 MiB transparent huge page
+# (where the kernel allows THP on `madvise`), so a request on a cold core takes
+# one instruction-TLB miss for it instead of one per 4 KiB page.
 "$BOLT_BIN/llvm-bolt" "$TMP/livery.input" -o "$OUT/livery.new" -data="$TMP/livery.fdata" \
     -reorder-blocks=ext-tsp -reorder-functions=cdsort -split-functions -split-all-cold -split-eh \
-    -icf=1 -use-gnu-stack -dyno-stats >"$TMP/optimize.log" 2>&1 || { tail -20 "$TMP/optimize.log" >&2; exit 1; }
+    -icf=1 -use-gnu-stack -hugify -dyno-stats >"$TMP/optimize.log" 2>&1 || { tail -20 "$TMP/optimize.log" >&2; exit 1; }
 grep -E "taken branches|executed instructions" "$TMP/optimize.log" | tail -2 | sed 's/^ */  /' >&2 || true
 mv "$OUT/livery.new" "$OUT/livery"
 log "done: target/bolt/livery"
