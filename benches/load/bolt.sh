@@ -22,12 +22,11 @@ cd "$ROOT"
 # shellcheck source=benches/load/lib.sh
 . "$ROOT/benches/load/lib.sh"
 
-LLVM=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+LLVM=$(rustc_llvm_major)
 BOLT_BIN=/usr/lib/llvm-$LLVM/bin
 [ -x "$BOLT_BIN/llvm-bolt" ] || apt_install "bolt-$LLVM"
 command -v objcopy >/dev/null || apt_install binutils
-REDIS_SERVER=${LIVERY_REDIS_SERVER:-$(command -v redis-server || true)}
-[ -n "$REDIS_SERVER" ] || { apt_install redis-server; REDIS_SERVER=$(command -v redis-server); }
+ensure_redis_server
 ensure_oha
 
 PGO_BIN="$ROOT/target/pgo/release/livery"
@@ -56,11 +55,8 @@ log "renamed $(wc -l <"$TMP/long-symbols") long symbols; instrumenting"
     >"$TMP/instrument.log" 2>&1 || { tail -20 "$TMP/instrument.log" >&2; exit 1; }
 
 log "training (the workload of pgo.sh)"
-PIN=()
-[ "$(nproc)" -ge 2 ] && PIN=(taskset -c 0)
 # The instrumented binary writes its profile when it exits (one file per process).
-"${PIN[@]}" python3 "$ROOT/benches/load/pgo_train.py" --root "$ROOT" --tmp "$TMP/train" \
-    --livery-bin "$TMP/livery.instrumented" --oha "$(command -v oha)" --redis-server "$REDIS_SERVER"
+run_training "$TMP/livery.instrumented" "$TMP/train"
 "$BOLT_BIN/merge-fdata" "$TMP"/fdata/*.fdata >"$TMP/livery.fdata" 2>"$TMP/merge.log"
 log "merged $(find "$TMP/fdata" -name '*.fdata' | wc -l) profiles"
 

@@ -1,4 +1,4 @@
-# Shared by benches/load/run.sh and benches/load/incumbent.sh (sourced, not run).
+# Shared by the scripts of benches/load/ (sourced, not run).
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -9,6 +9,28 @@ ensure_oha() {
         log "installing oha (cargo install oha --locked; about 5 minutes on 2 cores)"
         cargo install oha --locked --quiet
     fi
+}
+
+# REDIS_SERVER: $LIVERY_REDIS_SERVER, else redis-server on PATH, else from apt.
+ensure_redis_server() {
+    REDIS_SERVER=${LIVERY_REDIS_SERVER:-$(command -v redis-server || true)}
+    if [ -z "$REDIS_SERVER" ]; then
+        apt_install redis-server
+        REDIS_SERVER=$(command -v redis-server)
+    fi
+}
+
+# The major version of rustc's LLVM (its llvm-profdata and BOLT must match).
+rustc_llvm_major() { rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p'; }
+
+# pgo.sh's and bolt.sh's training workload (pgo_train.py) on the instrumented
+# binary $1, working in directory $2: the load on CPU 0, the servers on CPU 1
+# as the harness pins them. Needs REDIS_SERVER (ensure_redis_server) and oha.
+run_training() {
+    local pin=()
+    [ "$(nproc)" -ge 2 ] && pin=(taskset -c 0)
+    "${pin[@]}" python3 "$ROOT/benches/load/pgo_train.py" --root "$ROOT" --tmp "$2" \
+        --livery-bin "$1" --oha "$(command -v oha)" --redis-server "$REDIS_SERVER"
 }
 
 # A temporary directory in $TMP whose processes (one PID a line in $TMP/pids,

@@ -17,14 +17,13 @@ cd "$ROOT"
 # shellcheck source=benches/load/lib.sh
 . "$ROOT/benches/load/lib.sh"
 
-LLVM=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+LLVM=$(rustc_llvm_major)
 PROFDATA=$(command -v "llvm-profdata-$LLVM" || true)
 if [ -z "$PROFDATA" ]; then
     apt_install "llvm-$LLVM"
     PROFDATA=$(command -v "llvm-profdata-$LLVM")
 fi
-REDIS_SERVER=${LIVERY_REDIS_SERVER:-$(command -v redis-server || true)}
-[ -n "$REDIS_SERVER" ] || { apt_install redis-server; REDIS_SERVER=$(command -v redis-server); }
+ensure_redis_server
 ensure_oha
 
 make_run_dir livery-pgo
@@ -39,11 +38,7 @@ RUSTFLAGS="-Cprofile-generate=$RAW" cargo build --release --quiet --bin livery -
 rm -rf "$RAW"
 
 log "training"
-PIN=()
-[ "$(nproc)" -ge 2 ] && PIN=(taskset -c 0)
-# The load on CPU 0; pgo_train.py pins the servers to CPU 1, as the harness does.
-"${PIN[@]}" python3 "$ROOT/benches/load/pgo_train.py" --root "$ROOT" --tmp "$TMP" \
-    --livery-bin "$ROOT/target/pgo-gen/release/livery" --oha "$(command -v oha)" --redis-server "$REDIS_SERVER"
+run_training "$ROOT/target/pgo-gen/release/livery" "$TMP"
 
 mkdir -p "$(dirname "$PROFILE")"
 "$PROFDATA" merge -o "$PROFILE" "$RAW"

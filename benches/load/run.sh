@@ -27,11 +27,7 @@ PATH="$PATH:/usr/sbin:/sbin"
 command -v python3 >/dev/null || apt_install python3
 command -v taskset >/dev/null || apt_install util-linux
 command -v nginx >/dev/null || apt_install nginx-light || apt_install nginx
-REDIS_SERVER=${LIVERY_REDIS_SERVER:-$(command -v redis-server || true)}
-if [ -z "$REDIS_SERVER" ]; then
-    apt_install redis-server
-    REDIS_SERVER=$(command -v redis-server)
-fi
+ensure_redis_server
 ensure_oha
 
 # ---------------------------------------------------------------- build
