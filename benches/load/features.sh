@@ -75,38 +75,6 @@ if [[ " ${VARIANTS[*]} " == *"-tmpfs "* ]]; then
     trap 'stop_run_dir; rm -rf "$SHM"' EXIT
 fi
 
-# The bench configuration with variant $1 applied, rendered into directory $2.
-render() {
-    local variant=$1 dir=$2 cfg
-    no_mirror() { grep -v '^jsonl_path = '; }
-    # Standard input with the line $1 put first in `[usage]`.
-    usage_setting() { sed "s|^\[usage\]\$|[usage]\n$1|"; }
-    no_ledger() { usage_setting 'ledger = false'; }
-    no_sqlite() { usage_setting 'sinks = []'; }
-    fsync_1s() { usage_setting 'fsync_interval_ms = 1000'; }
-    # The spool (and with ledger-tmpfs the SQLite ledger too) in memory.
-    spool_tmpfs() { mkdir -p "$SHM/$(basename "$dir")"; usage_setting "spool_dir = \"$SHM/$(basename "$dir")/spool\""; }
-    ledger_tmpfs() { spool_tmpfs | usage_setting "sqlite_path = \"$SHM/$(basename "$dir")/usage.db\""; }
-    no_limits() { grep -Ev '^(requests_per_minute|tokens_per_minute|tokens_per_month|max_concurrent) = '; }
-    http1_upstream() { sed 's/^http2_prior_knowledge = true$/http2_prior_knowledge = false/'; }
-    case $variant in
-        platform-key | bare) cfg=$(render_bench_config "$dir" "") ;;
-        *) cfg=$(render_bench_config "$dir") ;;
-    esac
-    case $variant in
-        no-mirror) no_mirror ;;
-        no-ledger) no_ledger ;;
-        no-sqlite) no_sqlite ;;
-        fsync-1s) fsync_1s ;;
-        spool-tmpfs) spool_tmpfs ;;
-        ledger-tmpfs) ledger_tmpfs ;;
-        no-limits) no_limits ;;
-        http1-upstream) http1_upstream ;;
-        bare) no_mirror | no_ledger | no_limits ;;
-        *) cat ;;
-    esac <<<"$cfg" >"$dir/gateway.toml"
-}
-
 # One run of variant $1; prints "req/s proxy_us mock_us".
 run_once() {
     local variant=$1 dir="$TMP/run.$RANDOM"
@@ -121,7 +89,7 @@ run_once() {
         local bin=$BIN
         [ "$variant" = alt ] && bin=$(realpath "${ALT_BIN:?alt needs ALT_BIN}")
         seal_bench_key "$bin" "$dir"
-        render "$variant" "$dir"
+        render_variant "$variant" "$dir"
         start_pinned_livery "$bin" "$dir"
         port=$LIVERY_PORT proxies=$LIVERY_PID
     fi

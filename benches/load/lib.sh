@@ -121,6 +121,40 @@ render_bench_config() {
         -e "s#@CREDENTIALS@#$creds#" "$ROOT/benches/load/gateway.bench.toml"
 }
 
+# The bench configuration with variant $1 applied (features.sh lists them),
+# written to directory $2 as gateway.toml. The tmpfs variants need $SHM, a
+# directory in /dev/shm.
+render_variant() {
+    local variant=$1 dir=$2 cfg
+    no_mirror() { grep -v '^jsonl_path = '; }
+    # Standard input with the line $1 put first in `[usage]`.
+    usage_setting() { sed "s|^\[usage\]\$|[usage]\n$1|"; }
+    no_ledger() { usage_setting 'ledger = false'; }
+    no_sqlite() { usage_setting 'sinks = []'; }
+    fsync_1s() { usage_setting 'fsync_interval_ms = 1000'; }
+    # The spool (and with ledger-tmpfs the SQLite ledger too) in memory.
+    spool_tmpfs() { mkdir -p "$SHM/$(basename "$dir")"; usage_setting "spool_dir = \"$SHM/$(basename "$dir")/spool\""; }
+    ledger_tmpfs() { spool_tmpfs | usage_setting "sqlite_path = \"$SHM/$(basename "$dir")/usage.db\""; }
+    no_limits() { grep -Ev '^(requests_per_minute|tokens_per_minute|tokens_per_month|max_concurrent) = '; }
+    http1_upstream() { sed 's/^http2_prior_knowledge = true$/http2_prior_knowledge = false/'; }
+    case $variant in
+        platform-key | bare) cfg=$(render_bench_config "$dir" "") ;;
+        *) cfg=$(render_bench_config "$dir") ;;
+    esac
+    case $variant in
+        no-mirror) no_mirror ;;
+        no-ledger) no_ledger ;;
+        no-sqlite) no_sqlite ;;
+        fsync-1s) fsync_1s ;;
+        spool-tmpfs) spool_tmpfs ;;
+        ledger-tmpfs) ledger_tmpfs ;;
+        no-limits) no_limits ;;
+        http1-upstream) http1_upstream ;;
+        bare) no_mirror | no_ledger | no_limits ;;
+        *) cat ;;
+    esac <<<"$cfg" >"$dir/gateway.toml"
+}
+
 # Standard input with a `[limits]` table for the Redis backend at 127.0.0.1:$1
 # (timeout $2 ms) put before `[server]`: the bench configuration in Redis mode.
 with_redis_limits() {
