@@ -23,6 +23,9 @@
 #   platform-key  no sealed tenant credential: nothing unsealed per request
 #   bare          all four off: authentication, routing, HTTP/2 upstream and
 #                 the usage record remain
+#   bare-in-process  bare with the built-in mock provider answering in
+#                 process instead of the HTTP/2 upstream (not in the default
+#                 set; its direct baseline still counts the mock's answer)
 #   nginx         the bare nginx hop (proxy_pass, keep-alive upstream)
 #   alt           everything on, as `all`, with the binary $ALT_BIN (another
 #                 build of the same code, e.g. BOLT's against profile-guided)

@@ -137,6 +137,8 @@ render_variant() {
     ledger_tmpfs() { spool_tmpfs | usage_setting "sqlite_path = \"$SHM/$(basename "$dir")/usage.db\""; }
     no_limits() { grep -Ev '^(requests_per_minute|tokens_per_minute|tokens_per_month|max_concurrent) = '; }
     http1_upstream() { sed 's/^http2_prior_knowledge = true$/http2_prior_knowledge = false/'; }
+    # The built-in mock provider answers in process: no upstream leg at all.
+    in_process() { sed -e 's/^kind = "openai"$/kind = "mock"/' -e '/^base_url = /d' -e '/^http2_prior_knowledge = /d'; }
     case $variant in
         platform-key | bare) cfg=$(render_bench_config "$dir" "") ;;
         *) cfg=$(render_bench_config "$dir") ;;
@@ -151,6 +153,7 @@ render_variant() {
         no-limits) no_limits ;;
         http1-upstream) http1_upstream ;;
         bare) no_mirror | no_ledger | no_limits ;;
+        bare-in-process) no_mirror | no_ledger | no_limits | in_process ;;
         *) cat ;;
     esac <<<"$cfg" >"$dir/gateway.toml"
 }
