@@ -4,13 +4,14 @@
 //! `oha` runs (and the harness's rounds) load one target at a time, so two
 //! binaries are compared across different seconds of a shared machine, whose
 //! speed moves by tens of microseconds of added latency between bursts. Here
-//! request k goes to target k mod n at a fixed overall rate, so every target
-//! sees the same seconds, and the client spins (on its own CPU) instead of
+//! the requests go to every target in turn at a fixed overall rate, each round
+//! in a new random order, so every target sees the same seconds and follows
+//! every other as often; and the client spins (on its own CPU) instead of
 //! sleeping, so that its own wake-ups add no noise. One request is in flight
 //! at a time (at 2,000 req/s a request takes a fraction of the 500 us slot),
 //! each target over `--conns` keep-alive connections used in turn.
 //!
-//! Standard library only, built by `ab_rate.sh` with `rustc -O`:
+//! Standard library only, built by `interleave.sh` with `rustc -O`:
 //!
 //! ```text
 //! interleave --rate 2000 --seconds 60 [--conns 16] [--warmup 2000] NAME=HOST:PORT ...
@@ -148,14 +149,29 @@ fn main() {
     let total = (rate * seconds) as usize;
     let n = targets.len();
     let start = Instant::now();
+    // Each round of n requests visits every target once, in an order shuffled
+    // anew, so that no target always follows the same one (a request finds
+    // the caches as the one before it left them: in a fixed order the second
+    // of two Livery builds ran 3-6 us faster than the first, whichever it was).
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = 0x9E37_79B9_7F4A_7C15_u64;
     for k in 0..warmup + total {
+        if k % n == 0 {
+            for i in (1..n).rev() {
+                // xorshift64: enough for a shuffle, no dependency.
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                order.swap(i, (rng % (i as u64 + 1)) as usize);
+            }
+        }
         // Open loop: each request's latency counts from its scheduled time,
         // so a stall that delays the next ones is counted in them too.
         let due = start + slot * k as u32;
         while Instant::now() < due {
             std::hint::spin_loop();
         }
-        let t = &mut targets[k % n];
+        let t = &mut targets[order[k % n]];
         let c = t.next;
         t.next = (c + 1) % t.conns.len();
         if let Err(e) = exchange(&mut t.conns[c], &t.request, &mut buf) {
