@@ -24,11 +24,7 @@ OLD=$(realpath "$1")
 NEW=$(realpath "$2")
 PAIRS=${3:-5}
 REQUESTS=${4:-60000}
-[ "$(nproc)" -ge 2 ] || { log "needs two CPUs (load generator and servers apart)"; exit 1; }
-command -v taskset >/dev/null || apt_install util-linux
-ensure_oha
-MOCK_BIN=${MOCK_BIN:-"$ROOT/target/release/livery-mock"}
-[ -x "$MOCK_BIN" ] || cargo build --release --quiet --features mock-server --bin livery-mock
+prepare_pinned_bench
 
 make_run_dir livery-ab
 

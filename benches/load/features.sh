@@ -64,12 +64,7 @@ needed=(nginx)
 for v in "${needed[@]}"; do
     [[ " ${VARIANTS[*]} " == *" $v "* ]] || { log "VARIANTS must include $v (the table's reference)"; exit 2; }
 done
-[ "$(nproc)" -ge 2 ] || { log "needs two CPUs (load generator and servers apart)"; exit 1; }
-command -v taskset >/dev/null || apt_install util-linux
-command -v nginx >/dev/null || apt_install nginx
-ensure_oha
-MOCK_BIN=${MOCK_BIN:-"$ROOT/target/release/livery-mock"}
-[ -x "$MOCK_BIN" ] || cargo build --release --quiet --features mock-server --bin livery-mock
+prepare_pinned_bench nginx
 
 make_run_dir livery-features
 SHM=""

@@ -30,12 +30,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 RATE=${RATE:-2000}
 SECONDS_EACH=${DURATION:-30}
 REPEATS=${REPEATS:-3}
-[ "$(nproc)" -ge 2 ] || { log "needs two CPUs (load generator and servers apart)"; exit 1; }
-command -v taskset >/dev/null || apt_install util-linux
-command -v nginx >/dev/null || apt_install nginx
-ensure_oha
-MOCK_BIN=${MOCK_BIN:-"$ROOT/target/release/livery-mock"}
-[ -x "$MOCK_BIN" ] || cargo build --release --quiet --features mock-server --bin livery-mock
+prepare_pinned_bench nginx
 CLIENT="$ROOT/target/interleave"
 if [ ! -x "$CLIENT" ] || [ "$ROOT/benches/load/interleave.rs" -nt "$CLIENT" ]; then
     rustc -O --edition 2021 "$ROOT/benches/load/interleave.rs" -o "$CLIENT"

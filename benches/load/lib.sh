@@ -213,6 +213,20 @@ bench_load() {
         -d '{"model":"demo","messages":[{"role":"user","content":"Hello"}]}' -c "${CONNS:-64}" "$@" "$url"
 }
 
+# What the pinned comparisons (ab.sh, features.sh, interleave.sh) need: two
+# CPUs, taskset, oha, the release mock (built if missing; MOCK_BIN may name
+# another), and nginx too with the argument `nginx`.
+prepare_pinned_bench() {
+    [ "$(nproc)" -ge 2 ] || { log "needs two CPUs (load generator and servers apart)"; exit 1; }
+    command -v taskset >/dev/null || apt_install util-linux
+    if [ "${1:-}" = nginx ]; then
+        command -v nginx >/dev/null || apt_install nginx
+    fi
+    ensure_oha
+    MOCK_BIN=${MOCK_BIN:-"$ROOT/target/release/livery-mock"}
+    [ -x "$MOCK_BIN" ] || cargo build --release --quiet --features mock-server --bin livery-mock
+}
+
 # Sends a 20,000-request warm-up, then $REQUESTS requests, to URL $1 and prints
 # "req/s proxy_us mock_us": the CPU per request of the processes named after the
 # mock's PID ($2) and of the mock itself.
