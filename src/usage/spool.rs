@@ -162,7 +162,8 @@ pub struct Spool {
     sync: Mutex<SyncState>,
     dirty: AtomicBool,
     /// The fsync thread, once it runs: an append that dirties a clean spool
-    /// unparks it, so an idle gateway's syncer sleeps instead of polling.
+    /// while it sleeps unparks it, so an idle gateway's syncer sleeps instead
+    /// of polling.
     syncer: OnceLock<std::thread::Thread>,
     /// Set while the syncer sleeps until woken (nothing appended for
     /// [`STAY_AWAKE`]); only then does an append unpark it.
