@@ -67,11 +67,7 @@ done
 prepare_pinned_bench nginx
 
 make_run_dir livery-features
-SHM=""
-if [[ " ${VARIANTS[*]} " == *"-tmpfs "* ]]; then
-    SHM=$(mktemp -d /dev/shm/livery-features.XXXXXX)
-    trap 'stop_run_dir; rm -rf "$SHM"' EXIT
-fi
+prepare_tmpfs_variants "${VARIANTS[@]}"
 
 # One run of variant $1; prints "req/s proxy_us mock_us".
 run_once() {

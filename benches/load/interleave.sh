@@ -37,11 +37,7 @@ if [ ! -x "$CLIENT" ] || [ "$ROOT/benches/load/interleave.rs" -nt "$CLIENT" ]; t
 fi
 
 make_run_dir livery-interleave
-SHM=""
-if [[ " $* " == *"-tmpfs "* ]]; then
-    SHM=$(mktemp -d /dev/shm/livery-interleave.XXXXXX)
-    trap 'stop_run_dir; rm -rf "$SHM"' EXIT
-fi
+prepare_tmpfs_variants "$@"
 
 start_pinned_mock "$TMP"
 first=${1#*=}

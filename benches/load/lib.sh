@@ -158,6 +158,16 @@ render_variant() {
     esac <<<"$cfg" >"$dir/gateway.toml"
 }
 
+# Sets SHM for render_variant's tmpfs variants: a directory in /dev/shm,
+# removed on exit after the run directory, when any argument names one;
+# else empty. Call after make_run_dir.
+prepare_tmpfs_variants() {
+    SHM=""
+    [[ " $* " == *"-tmpfs "* ]] || return 0
+    SHM=$(mktemp -d /dev/shm/livery-bench.XXXXXX)
+    trap 'stop_run_dir; rm -rf "$SHM"' EXIT
+}
+
 # Standard input with a `[limits]` table for the Redis backend at 127.0.0.1:$1
 # (timeout $2 ms) put before `[server]`: the bench configuration in Redis mode.
 with_redis_limits() {

@@ -489,26 +489,10 @@ impl Spool {
         let _ = self.syncer.set(std::thread::current());
         let window = self.opts.fsync_interval;
         let awake_windows = (STAY_AWAKE.as_nanos() / window.as_nanos().max(1)).max(1);
+        // Windows left to look before sleeping until an append wakes it.
         let mut awake = 0;
-        // Whether a whole window passed since the last sync.
-        let mut waited = false;
         while !stop.load(Ordering::Acquire) {
-            if self.dirty.load(Ordering::Acquire) || self.has_retired() {
-                // An append right after a sync, or the first after a sleep,
-                // opens a window; one made during a window spent awake has
-                // waited long enough.
-                if !waited {
-                    self.wait_window(&stop);
-                }
-                self.sync_now();
-                awake = awake_windows;
-                waited = false;
-            } else if awake > 0 {
-                awake -= 1;
-                self.wait_window(&stop);
-                waited = true;
-            } else {
-                waited = false;
+            if awake == 0 {
                 self.syncer_parked.store(true, Ordering::SeqCst);
                 if !self.dirty.load(Ordering::SeqCst) && !self.has_retired() {
                     // Woken by the first append (see `mark_dirty`) or by
@@ -516,6 +500,18 @@ impl Spool {
                     std::thread::park_timeout(Duration::from_secs(1));
                 }
                 self.syncer_parked.store(false, Ordering::SeqCst);
+                if !self.dirty.load(Ordering::Acquire) && !self.has_retired() {
+                    continue;
+                }
+                awake = awake_windows;
+            }
+            // One window, then a group commit of whatever came during it.
+            self.wait_window(&stop);
+            if self.dirty.load(Ordering::Acquire) || self.has_retired() {
+                self.sync_now();
+                awake = awake_windows;
+            } else {
+                awake -= 1;
             }
         }
         self.sync_now();
