@@ -44,8 +44,9 @@ use spool::{Spool, SpoolOptions};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// The mirror's write buffer: a linger's batch (~700 bytes per event) goes out
@@ -54,6 +55,12 @@ use tokio::sync::mpsc;
 const MIRROR_BUFFER: usize = 64 << 10;
 /// How long the JSONL mirror's writer waits between batches.
 const MIRROR_LINGER: Duration = Duration::from_millis(10);
+/// How long the mirror's writer keeps looking every linger after its last
+/// batch before it sleeps until a record wakes it. While it looks, records are
+/// queued without a wake-up: a wake-up is a `futex` call on the request path,
+/// and on a shared core the writer may then run before the answer leaves (at
+/// 2,000 req/s it was one request in twenty; at a few per second, each).
+const MIRROR_STAY_AWAKE: Duration = Duration::from_millis(250);
 
 const CHANNEL_CAPACITY: usize = 8192;
 
@@ -142,6 +149,63 @@ impl LedgerPaths {
     }
 }
 
+/// The JSONL mirror's writer thread: batches what the request path queued and
+/// hands the line buffers back.
+struct Mirror {
+    file: Option<std::io::BufWriter<File>>,
+    returns: SpareLines,
+    sleeps: Arc<AtomicU64>,
+}
+
+impl Mirror {
+    fn run(mut self, mut rx: mpsc::Receiver<Vec<u8>>) {
+        let mut batch = Vec::new();
+        let mut last_batch = Instant::now();
+        loop {
+            match rx.try_recv() {
+                Ok(line) => batch.push(line),
+                Err(mpsc::error::TryRecvError::Disconnected) => return,
+                Err(mpsc::error::TryRecvError::Empty)
+                    if last_batch.elapsed() < MIRROR_STAY_AWAKE =>
+                {
+                    std::thread::sleep(MIRROR_LINGER);
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    self.sleeps.fetch_add(1, Ordering::Relaxed);
+                    match rx.blocking_recv() {
+                        Some(line) => batch.push(line),
+                        None => return,
+                    }
+                }
+            }
+            while let Ok(more) = rx.try_recv() {
+                batch.push(more);
+            }
+            self.write(&mut batch);
+            last_batch = Instant::now();
+            // Linger: what arrives meanwhile is written as one batch.
+            std::thread::sleep(MIRROR_LINGER);
+        }
+    }
+
+    fn write(&mut self, batch: &mut Vec<Vec<u8>>) {
+        if let Some(f) = self.file.as_mut() {
+            for line in batch.iter() {
+                if let Err(e) = f.write_all(line) {
+                    tracing::error!(error = %e, "usage file write failed");
+                }
+            }
+            if let Err(e) = f.flush() {
+                tracing::error!(error = %e, "usage file write failed");
+            }
+        }
+        for line in batch.drain(..) {
+            recycle(&self.returns, line);
+        }
+    }
+}
+
 /// Where usage records go. Cheap to clone.
 #[derive(Clone)]
 pub struct UsageSink {
@@ -156,6 +220,9 @@ struct SinkInner {
     /// Used when the channel is full or closed, so that no record is dropped.
     overflow: Option<Mutex<File>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// How often the mirror's thread went to sleep until a record wakes it.
+    #[cfg(test)]
+    mirror_sleeps: Arc<AtomicU64>,
     ledger: Option<Ledger>,
     prices: ArcSwap<PriceTable>,
     /// Read connection for quotas (`monthly_tokens`), opened on first use.
@@ -254,9 +321,8 @@ impl UsageSink {
         prices: PriceTable,
         sqlite_path: Option<PathBuf>,
     ) -> Result<Self, UsageError> {
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(CHANNEL_CAPACITY);
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(CHANNEL_CAPACITY);
         let spare: SpareLines = Arc::new(crossbeam_queue::ArrayQueue::new(SPARE_LINES));
-        let returns = Arc::clone(&spare);
         let (file, overflow) = match path {
             Some(p) => {
                 let open = || {
@@ -273,40 +339,21 @@ impl UsageSink {
             }
             None => (None, None),
         };
+        let mirror = Mirror {
+            file: file.map(|f| std::io::BufWriter::with_capacity(MIRROR_BUFFER, f)),
+            returns: Arc::clone(&spare),
+            sleeps: Arc::new(AtomicU64::new(0)),
+        };
+        #[cfg(test)]
+        let mirror_sleeps = Arc::clone(&mirror.sleeps);
         let handle = std::thread::Builder::new()
             .name("livery-usage".into())
-            .spawn(move || {
-                // Normal priority, unlike the shippers: under `SCHED_IDLE` a
-                // saturated core starved it, its channel filled, and the
-                // request path wrote each record itself (0.94 -> 1.40
-                // `write(2)` per request at maximum throughput). Its batches
-                // are short (35-80 us every 10 ms).
-                let mut file = file.map(|f| std::io::BufWriter::with_capacity(MIRROR_BUFFER, f));
-                let mut batch = Vec::new();
-                while let Some(first) = rx.blocking_recv() {
-                    batch.push(first);
-                    while let Ok(more) = rx.try_recv() {
-                        batch.push(more);
-                    }
-                    if let Some(f) = file.as_mut() {
-                        for line in &batch {
-                            if let Err(e) = f.write_all(line) {
-                                tracing::error!(error = %e, "usage file write failed");
-                            }
-                        }
-                        if let Err(e) = f.flush() {
-                            tracing::error!(error = %e, "usage file write failed");
-                        }
-                    }
-                    for line in batch.drain(..) {
-                        recycle(&returns, line);
-                    }
-                    // Linger: while this thread sleeps no receiver is parked, so
-                    // senders enqueue without a futex wake-up per record; what
-                    // arrives meanwhile is written as one batch.
-                    std::thread::sleep(MIRROR_LINGER);
-                }
-            })
+            // Normal priority, unlike the shippers: under `SCHED_IDLE` a
+            // saturated core starved it, its channel filled, and the request
+            // path wrote each record itself (0.94 -> 1.40 `write(2)` per
+            // request at maximum throughput). Its batches are short (35-80 us
+            // every 10 ms).
+            .spawn(move || mirror.run(rx))
             .ok();
         Ok(Self {
             inner: Arc::new(SinkInner {
@@ -314,6 +361,8 @@ impl UsageSink {
                 spare,
                 overflow,
                 writer: Mutex::new(handle),
+                #[cfg(test)]
+                mirror_sleeps,
                 ledger,
                 prices: ArcSwap::from_pointee(prices),
                 sqlite_path,
@@ -569,5 +618,50 @@ mod tests {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
             assert_eq!(v["event_id"], id.as_str(), "{line}");
         }
+    }
+
+    /// While records keep coming the mirror's writer looks for them itself,
+    /// so the request path never wakes it; it sleeps once they stop, and the
+    /// next record wakes it again.
+    #[test]
+    fn steady_records_never_wake_the_mirror_and_it_sleeps_when_they_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usage.jsonl");
+        let sink = UsageSink::open(Some(&path)).unwrap();
+        let sleeps = || sink.inner.mirror_sleeps.load(Ordering::Relaxed);
+        let wait_for_sleeps = |n: u64| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while sleeps() < n {
+                assert!(Instant::now() < deadline, "the mirror never went to sleep");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        wait_for_sleeps(1);
+        let lines_in_file = || std::fs::read_to_string(&path).unwrap().lines().count();
+        // 40 records 20 ms apart (well inside MIRROR_STAY_AWAKE): the first
+        // wakes the writer, the rest find it awake.
+        for i in 0..40 {
+            let mut rec = event::tests::record();
+            rec.event_id = format!("event-{i}");
+            sink.record(rec);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            sleeps(),
+            1,
+            "a record woke the mirror while records kept coming"
+        );
+        wait_for_sleeps(2);
+        assert_eq!(lines_in_file(), 40);
+        sink.record(event::tests::record());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lines_in_file() < 41 {
+            assert!(
+                Instant::now() < deadline,
+                "the sleeping mirror was not woken"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        sink.close();
     }
 }
