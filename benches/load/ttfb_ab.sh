@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A stream's first event through two Livery binaries side by side: N streams
 # each, one at a time on a fresh connection (as the harness measures TTFB),
-# alternating the direct mock, OLD and NEW, so that both see the same minutes
-# of this VM. Prints each build's TTFB p50 and what it adds to the direct one.
+# the direct mock, OLD and NEW in turn, each round in a new random order, so
+# that both see the same minutes of this VM. Prints each build's TTFB p50 and
+# what it adds to the direct one.
 #
 #   benches/load/ttfb_ab.sh OLD_BIN NEW_BIN [N]     # N defaults to 300 (about 1 minute)
 #
@@ -32,6 +33,7 @@ start_pinned_livery "$NEW" "$TMP/new"
 NEW_PORT=$LIVERY_PORT
 
 taskset -c 0 python3 - "$ROOT" "${MOCK_URL##*:}" "$OLD_PORT" "$NEW_PORT" "$N" <<'PY'
+import random
 import statistics
 import sys
 import time
@@ -41,8 +43,13 @@ import harness  # noqa: E402
 
 mock, old, new, n = map(int, sys.argv[2:6])
 first = {"direct": [], "old": [], "new": []}
+targets = [("direct", mock), ("old", old), ("new", new)]
 for _ in range(n):
-    for name, port in (("direct", mock), ("old", old), ("new", new)):
+    # A new order every round: in a fixed one the second build read 15-20 us
+    # faster than the first, whichever it was (a stream finds the caches as
+    # the one before it left them).
+    random.shuffle(targets)
+    for name, port in targets:
         first[name].append(harness.one_stream(port)[0])
     time.sleep(0.005)
 direct = statistics.median(first["direct"])
