@@ -639,19 +639,27 @@ mod tests {
         wait_for_sleeps(1);
         let lines_in_file = || std::fs::read_to_string(&path).unwrap().lines().count();
         // 40 records 20 ms apart (well inside MIRROR_STAY_AWAKE): the first
-        // wakes the writer, the rest find it awake.
+        // wakes the writer, the rest find it awake. Only a gap of 200 ms or
+        // more (this thread descheduled on a loaded machine) may let it sleep
+        // once more.
+        let mut long_gaps = 0;
+        let mut last = Instant::now();
         for i in 0..40 {
             let mut rec = event::tests::record();
             rec.event_id = format!("event-{i}");
             sink.record(rec);
             std::thread::sleep(Duration::from_millis(20));
+            if i > 0 && last.elapsed() >= Duration::from_millis(200) {
+                long_gaps += 1;
+            }
+            last = Instant::now();
         }
-        assert_eq!(
-            sleeps(),
-            1,
+        assert!(
+            (1..=1 + long_gaps).contains(&sleeps()),
             "a record woke the mirror while records kept coming"
         );
-        wait_for_sleeps(2);
+        // Asleep again once the records stop, with every one written.
+        wait_for_sleeps(sleeps() + 1);
         assert_eq!(lines_in_file(), 40);
         sink.record(event::tests::record());
         let deadline = Instant::now() + Duration::from_secs(10);
