@@ -56,11 +56,11 @@ const MIRROR_BUFFER: usize = 64 << 10;
 /// How long the JSONL mirror's writer waits between batches.
 const MIRROR_LINGER: Duration = Duration::from_millis(10);
 /// How long the mirror's writer keeps looking every linger after its last
-/// batch before it sleeps until a record wakes it. While it looks, records are
-/// queued without a wake-up: a wake-up is a `futex` call on the request path,
-/// and on a shared core the writer may then run before the answer leaves (at
-/// 2,000 req/s it was one request in twenty; at a few per second, each).
-const MIRROR_STAY_AWAKE: Duration = Duration::from_millis(250);
+/// batch before it sleeps until a record wakes it: as long as the spool's
+/// syncer, for the same reason (a wake-up is a `futex` call on the request
+/// path, after which the woken thread may run on a shared core before the
+/// answer leaves; for the mirror, one request in twenty at 2,000 req/s).
+const MIRROR_STAY_AWAKE: Duration = spool::STAY_AWAKE;
 
 const CHANNEL_CAPACITY: usize = 8192;
 

@@ -94,7 +94,7 @@ const FAILED_BATCHES: usize = 16;
 /// How long the syncer keeps looking every group-commit window after its last
 /// sync before it sleeps until an append wakes it (at 2,000 req/s one request
 /// in ten woke it, 1-4 us at the median; afterwards 50 looks at 5 ms).
-const STAY_AWAKE: Duration = Duration::from_millis(250);
+pub(super) const STAY_AWAKE: Duration = Duration::from_millis(250);
 /// A staging buffer that grew beyond this (a burst of long lines) is let go.
 const KEEP_STAGED: usize = 256 << 10;
 
@@ -977,6 +977,17 @@ mod tests {
         (stop, syncer)
     }
 
+    /// [`start_syncer`], then one line appended and group-committed.
+    fn after_first_group_commit(
+        spool: &Arc<Spool>,
+        name: &str,
+    ) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+        let started = start_syncer(spool, name);
+        spool.append(&line(0)).unwrap();
+        wait_for("the first group commit", || spool.stats().syncs == 1);
+        started
+    }
+
     fn stop_syncer(spool: &Spool, stop: &AtomicBool) {
         stop.store(true, Ordering::Release);
         spool.stop_syncer();
@@ -986,9 +997,7 @@ mod tests {
     fn the_syncer_sleeps_while_nothing_is_appended_and_wakes_on_the_first_append() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(opts(dir.path())).unwrap();
-        let (stop, syncer) = start_syncer(&spool, "spool-sync-test");
-        spool.append(&line(1)).unwrap();
-        wait_for("the first group commit", || spool.stats().syncs == 1);
+        let (stop, syncer) = after_first_group_commit(&spool, "spool-sync-test");
         // It looks again every window for STAY_AWAKE, then sleeps.
         wait_for("the syncer to sleep", || {
             spool.syncer_parked.load(Ordering::SeqCst)
@@ -1022,9 +1031,7 @@ mod tests {
             ..opts(dir.path())
         })
         .unwrap();
-        let (stop, syncer) = start_syncer(&spool, "spool-sync-busy");
-        spool.append(&line(0)).unwrap();
-        wait_for("the first group commit", || spool.stats().syncs == 1);
+        let (stop, syncer) = after_first_group_commit(&spool, "spool-sync-busy");
         let wakeups = spool.stats().syncer_wakeups;
         for i in 1..=40 {
             spool.append(&line(i)).unwrap();
