@@ -25,3 +25,100 @@ pub fn json_response(
     );
     resp
 }
+
+/// A stream answer's frames with one pause after the first. hyper writes every
+/// frame its body has ready before it flushes, so without the pause a stream
+/// whose events arrive together (a short answer, a fast model, a burst behind
+/// a slow network) would hold the headers and the first event back until the
+/// relay had read the last event and written the usage record. The pause (the
+/// task wakes itself and yields once) lets hyper flush the first event on its
+/// own; whatever is ready after it still leaves in one write.
+pub struct FirstFrameAlone<S> {
+    inner: S,
+    pause: FirstPause,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FirstPause {
+    BeforeFirst,
+    Due,
+    Taken,
+}
+
+impl<S> FirstFrameAlone<S> {
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            pause: FirstPause::BeforeFirst,
+        }
+    }
+}
+
+impl<S: futures_util::Stream + Unpin> futures_util::Stream for FirstFrameAlone<S> {
+    type Item = S::Item;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<S::Item>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.pause == FirstPause::Due {
+            this.pause = FirstPause::Taken;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let polled = std::pin::Pin::new(&mut this.inner).poll_next(cx);
+        if this.pause == FirstPause::BeforeFirst && matches!(polled, Poll::Ready(Some(_))) {
+            this.pause = FirstPause::Due;
+        }
+        polled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::{Stream, StreamExt};
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+
+    struct CountingWaker(AtomicUsize);
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn the_first_frame_leaves_alone_and_the_rest_together() {
+        let wakes = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut s = FirstFrameAlone::new(futures_util::stream::iter([1, 2, 3]));
+        let mut poll = |cx: &mut Context<'_>| Pin::new(&mut s).poll_next(cx);
+        assert_eq!(poll(&mut cx), Poll::Ready(Some(1)));
+        // All three were ready; the second waits one turn, and the task is
+        // woken so that the turn comes.
+        assert_eq!(poll(&mut cx), Poll::Pending);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        assert_eq!(poll(&mut cx), Poll::Ready(Some(2)));
+        assert_eq!(poll(&mut cx), Poll::Ready(Some(3)));
+        assert_eq!(poll(&mut cx), Poll::Ready(None));
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "one pause only");
+    }
+
+    #[tokio::test]
+    async fn nothing_is_lost_or_reordered() {
+        let s = FirstFrameAlone::new(futures_util::stream::iter(0..100));
+        assert_eq!(s.collect::<Vec<_>>().await, (0..100).collect::<Vec<_>>());
+        let empty = FirstFrameAlone::new(futures_util::stream::iter(Vec::<u8>::new()));
+        assert!(empty.collect::<Vec<_>>().await.is_empty());
+    }
+}

@@ -459,9 +459,12 @@ pub fn stream_answer<R>(relay: R, headers: HeaderMap) -> Response<ProxyBody>
 where
     R: futures_util::Stream<Item = Result<http_body::Frame<Bytes>, std::convert::Infallible>>
         + Send
+        + Unpin
         + 'static,
 {
-    let mut resp = Response::new(BodyExt::boxed_unsync(StreamBody::new(relay)));
+    let mut resp = Response::new(BodyExt::boxed_unsync(StreamBody::new(
+        super::body::FirstFrameAlone::new(relay),
+    )));
     *resp.headers_mut() = headers;
     let h = resp.headers_mut();
     h.insert(
@@ -686,6 +689,34 @@ mod tests {
         let items: Vec<Result<Bytes, ProviderError>> =
             parts.iter().map(|p| Ok(Bytes::from_static(p))).collect();
         Box::pin(futures_util::stream::iter(items))
+    }
+
+    #[test]
+    fn a_stream_answer_flushes_its_first_event_before_reading_on() {
+        use http_body::Body;
+        use std::pin::Pin;
+        use std::task::{Context, Poll, Waker};
+        let frames = (0..3).map(|i| {
+            Ok(http_body::Frame::data(Bytes::from(format!(
+                "data: {i}\n\n"
+            ))))
+        });
+        let resp = stream_answer(futures_util::stream::iter(frames), HeaderMap::new());
+        let mut body = resp.into_body();
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut next = || {
+            Pin::new(&mut body)
+                .poll_frame(&mut cx)
+                .map(|f| f.map(|f| f.map(|f| f.into_data().ok())))
+        };
+        // Every event is ready at once, as when a short answer arrives in one
+        // read; hyper would write them all in one go unless the body yields
+        // after the first (it flushes whenever the body is pending).
+        assert!(matches!(next(), Poll::Ready(Some(Ok(Some(b)))) if b == "data: 0\n\n"));
+        assert!(next().is_pending());
+        assert!(matches!(next(), Poll::Ready(Some(Ok(Some(b)))) if b == "data: 1\n\n"));
+        assert!(matches!(next(), Poll::Ready(Some(Ok(Some(_))))));
+        assert!(matches!(next(), Poll::Ready(None)));
     }
 
     #[tokio::test]
