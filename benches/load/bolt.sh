@@ -62,10 +62,13 @@ log "merged $(find "$TMP/fdata" -name '*.fdata' | wc -l) profiles"
 
 # The usual options for a large server binary (BOLT's docs, "Optimizing"):
 # blocks by ext-TSP, functions by their call graph (cdsort), cold code split
-# out of every function, identical functions folded. `-hugify`: at start the
-# hot code (about 1.3 MiB) is remapped onto one 2 MiB transparent huge page
-# (where the kernel allows THP on `madvise`), so a request on a cold core takes
-# one instruction-TLB miss for it instead of one per 4 KiB page.
+# out of every function, identical functions folded. `-hugify`: the hot code
+# (about 1.3 MiB) is laid out on one aligned 2 MiB range and, at start,
+# `madvise`d for a transparent huge page, so a request on a cold core takes one
+# instruction-TLB miss for it instead of one per 4 KiB page. On kernels from
+# 5.10 BOLT's runtime relies on the page cache's huge pages for that; where they
+# are missing (the twenty-sixth session's 6.18 VM: `FilePmdMapped` 0) the code
+# stays on 4 KiB pages, which measured the same as a forced anonymous huge page.
 "$BOLT_BIN/llvm-bolt" "$TMP/livery.input" -o "$OUT/livery.new" -data="$TMP/livery.fdata" \
     -reorder-blocks=ext-tsp -reorder-functions=cdsort -split-functions -split-all-cold -split-eh \
     -icf=1 -use-gnu-stack -hugify -dyno-stats >"$TMP/optimize.log" 2>&1 || { tail -20 "$TMP/optimize.log" >&2; exit 1; }
