@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Where a stream's added first event is: before the mock answers, or after.
+# The mock stamps each event with its send time (`"stamp": true`, µs since the
+# epoch, the clock the client reads too), so each stream's first event splits
+# into request -> the mock sends it (the proxy's request path, the upstream
+# hop, the mock's own work) and the mock's send -> the client has it (the
+# proxy's relay of the first event).
+#
+#   benches/load/stream_split.sh [ROUNDS] NAME=BIN[:VARIANT] ...
+#
+# Starts the mock, nginx (the bare hop of run.sh) and one Livery per argument
+# (features.sh variants, default all), all on the second CPU; each round sends
+# one stream of the harness's shape (20 events 5 ms apart, a fresh
+# connection, read to the end) to the direct mock, every Livery and nginx, in
+# a new random order, ROUNDS (200) times. Prints the p50 of each half and what
+# each target adds to it over the direct mock. Twenty-sixth session, BOLT build
+# of ee33c63: Livery added 118 + 58 us, nginx 71 + 41.
+#
+#   benches/load/stream_split.sh 200 all=target/bolt/livery bare=target/bolt/livery:bare
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+. "$ROOT/benches/load/lib.sh"
+
+ROUNDS=${1:-}
+[[ $ROUNDS =~ ^[0-9]+$ ]] && shift || ROUNDS=200
+[ $# -ge 1 ] || { sed -n 2,18p "$0"; exit 2; }
+prepare_pinned_bench nginx
+make_run_dir livery-stream-split
+start_pinned_mock "$TMP"
+first=${1#*=}
+seal_bench_key "$(realpath "${first%%:*}")" "$TMP"
+TARGETS=(direct="${MOCK_URL##*:}")
+for spec in "$@"; do
+    name=${spec%%=*} rest=${spec#*=}
+    bin=${rest%%:*} variant=all
+    [[ $rest == *:* ]] && variant=${rest#*:}
+    [[ $name =~ ^[a-z0-9_-]+$ ]] && [ "$name" != direct ] && [ "$name" != nginx ] ||
+        { log "bad target name: $name"; exit 2; }
+    mkdir -p "$TMP/$name"
+    render_variant "$variant" "$TMP/$name"
+    start_pinned_livery "$(realpath "$bin")" "$TMP/$name"
+    log "$name: $bin, $variant"
+    TARGETS+=("$name=$LIVERY_PORT")
+done
+NGINX_PORT=$(free_port)
+start_pinned_nginx "$TMP" "$NGINX_PORT"
+TARGETS+=("nginx=$NGINX_PORT")
+cd "$ROOT/benches/load"
+taskset -c 0 python3 stream_split.py "$ROUNDS" "${TARGETS[@]}"
