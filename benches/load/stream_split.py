@@ -12,12 +12,13 @@ import time
 
 import harness
 
-STAMP = re.compile(rb'"t_us":\s*(\d+)')
+STAMP = re.compile(rb'"rx_us":\s*(\d+),"t_us":\s*(\d+)')
 
 
 def one(port):
-    """(µs from sending the request to the mock's send of the first event,
-    µs from that send to the client having it)."""
+    """(µs from sending the request to its arrival at the mock's handler, µs
+    from there to the mock's send of the first event, µs from that send to the
+    client having it)."""
     s = socket.create_connection(("127.0.0.1", port))
     s.settimeout(5)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -34,14 +35,15 @@ def one(port):
             if stamp is None:
                 m = STAMP.search(raw)
                 if m:
-                    stamp, seen = int(m.group(1)), now
+                    stamp, seen = (int(m.group(1)), int(m.group(2))), now
             if not data or raw.endswith(b"0\r\n\r\n"):
                 break
     finally:
         s.close()
     if stamp is None:
         raise RuntimeError(f"no stamped event from port {port}")
-    return stamp - t0, seen - stamp
+    rx, sent = stamp
+    return rx - t0, sent - rx, seen - sent
 
 
 def main():
@@ -57,15 +59,15 @@ def main():
         for t in order:
             got[t].append(one(int(targets[t])))
             time.sleep(0.005)
-    p50 = {t: (statistics.median(a for a, _ in v), statistics.median(b for _, b in v),
-               statistics.median(a + b for a, b in v)) for t, v in got.items()}
-    d = p50["direct"]
-    print("| target | request -> mock's send p50 µs | mock's send -> client p50 µs | first event p50 µs | added µs |")
-    print("|---|---:|---:|---:|---:|")
-    for t, (a, b, tot) in p50.items():
-        added = "" if t == "direct" else f"{a - d[0]:.0f} + {b - d[1]:.0f} = {tot - d[2]:.0f}"
-        print(f"| {t} | {a:.0f} | {b:.0f} | {tot:.0f} | {added} |")
-
+    med = {t: [statistics.median(x[k] for x in v) for k in range(3)] + [statistics.median(sum(x) for x in v)]
+           for t, v in got.items()}
+    d = med["direct"]
+    print("| target | request -> mock's handler | handler -> mock's send | mock's send -> client "
+          "| first event | added (µs, p50) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for t, m in med.items():
+        added = "" if t == "direct" else " + ".join(f"{m[k] - d[k]:.0f}" for k in range(3)) + f" = {m[3] - d[3]:.0f}"
+        print(f"| {t} | {m[0]:.0f} | {m[1]:.0f} | {m[2]:.0f} | {m[3]:.0f} | {added} |")
 
 if __name__ == "__main__":
     main()

@@ -16,7 +16,9 @@
 //! The answers are what hyper sent: the same status, the cached headers, a
 //! `date` and, for a reply in one piece, a `content-length`.
 
-use super::{answer, rendered_for, reply, response, route, unreadable_body, Mock, MockBody};
+use super::{
+    answer, now_us, rendered_for, reply, response, route, unreadable_body, Mock, MockBody,
+};
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
 use h2::server::SendResponse;
@@ -58,6 +60,7 @@ pub async fn serve_connection(stream: TcpStream, mock: Arc<Mock>) {
 
 /// Answers one stream: inline when it can be, else from a task of its own.
 fn serve_stream(mock: &Arc<Mock>, req: Request<RecvStream>, respond: SendResponse<Bytes>) {
+    let received = now_us();
     let (head, mut body) = req.into_parts();
     let endpoint = match route(mock, &head.method, head.uri.path()) {
         Ok(e) => e,
@@ -77,7 +80,7 @@ fn serve_stream(mock: &Arc<Mock>, req: Request<RecvStream>, respond: SendRespons
             let mock = mock.clone();
             tokio::spawn(async move {
                 let resp = match rest_of_body(body, got, mock.args.max_body_bytes).await {
-                    Ok(bytes) => answer(&mock, endpoint, bytes).await,
+                    Ok(bytes) => answer(&mock, endpoint, bytes, received).await,
                     Err(why) => unreadable_body(&mock, &why),
                 };
                 send(respond, resp).await;
@@ -89,13 +92,13 @@ fn serve_stream(mock: &Arc<Mock>, req: Request<RecvStream>, respond: SendRespons
         Ok(r) if r.delay.is_zero() && r.in_one_piece() => {
             // A body in one buffer gives `send` nothing to wait for: it runs
             // to the end here, in the connection's loop.
-            let sent = send(respond, response(mock, r)).now_or_never();
+            let sent = send(respond, response(mock, r, received)).now_or_never();
             debug_assert!(sent.is_some(), "a reply in one piece is sent at once");
         }
         Ok(r) => {
             let mock = mock.clone();
             tokio::spawn(async move {
-                let resp = reply(&mock, r).await;
+                let resp = reply(&mock, r, received).await;
                 send(respond, resp).await;
             });
         }

@@ -8,9 +8,10 @@
 //! The command-line flags `--delay-ms`, `--chunks` and `--gap-ms` are the defaults
 //! for a request that carries no `"mock"` object, and for each of those fields a
 //! `"mock"` object leaves out. One benchmark-only directive is added:
-//! `"stamp": true` appends `"t_us": <send time, µs since the Unix epoch>` to every
-//! streamed chunk just as it is handed to hyper, so a client on the same machine
-//! can measure what each hop adds to every event.
+//! `"stamp": true` appends `"rx_us": <when the request reached the handler>` and
+//! `"t_us": <send time>` (µs since the Unix epoch) to every streamed chunk just as
+//! it is handed to hyper, so a client on the same machine can measure what each
+//! hop adds to every event.
 //!
 //! It must never be the bottleneck: a reply is rendered once per distinct
 //! (endpoint, request body) and cached (bounded), so the usual benchmark request
@@ -255,6 +256,7 @@ async fn speaks_h2(stream: &tokio::net::TcpStream) -> bool {
 }
 
 async fn serve(mock: &Mock, req: Request<Incoming>) -> Response<MockBody> {
+    let received = now_us();
     let endpoint = match route(mock, req.method(), req.uri().path()) {
         Ok(e) => e,
         Err(resp) => return *resp,
@@ -266,13 +268,18 @@ async fn serve(mock: &Mock, req: Request<Incoming>) -> Response<MockBody> {
         Ok(c) => c.to_bytes(),
         Err(e) => return unreadable_body(mock, &e.to_string()),
     };
-    answer(mock, endpoint, body).await
+    answer(mock, endpoint, body, received).await
 }
 
 /// The answer to a request's whole body: its reply, or the 400.
-async fn answer(mock: &Mock, endpoint: Endpoint, body: Bytes) -> Response<MockBody> {
+async fn answer(
+    mock: &Mock,
+    endpoint: Endpoint,
+    body: Bytes,
+    received: u128,
+) -> Response<MockBody> {
     match rendered_for(mock, endpoint, body) {
-        Ok(rendered) => reply(mock, rendered).await,
+        Ok(rendered) => reply(mock, rendered, received).await,
         Err(resp) => *resp,
     }
 }
@@ -323,22 +330,22 @@ fn rendered_for(mock: &Mock, endpoint: Endpoint, body: Bytes) -> Result<Arc<Rend
 }
 
 /// The reply, after its delay.
-async fn reply(mock: &Mock, rendered: Arc<Rendered>) -> Response<MockBody> {
+async fn reply(mock: &Mock, rendered: Arc<Rendered>, received: u128) -> Response<MockBody> {
     if !rendered.delay.is_zero() {
         tokio::time::sleep(rendered.delay).await;
     }
-    response(mock, rendered)
+    response(mock, rendered, received)
 }
 
 /// The reply as it goes out: one buffer, or its events paced.
-fn response(mock: &Mock, rendered: Arc<Rendered>) -> Response<MockBody> {
+fn response(mock: &Mock, rendered: Arc<Rendered>, received: u128) -> Response<MockBody> {
     let status = rendered.status;
     let headers = rendered.headers.clone();
     let body = if rendered.in_one_piece() {
         Either::Left(Full::new(rendered.joined.clone()))
     } else {
         mock.stats.streams.fetch_add(1, Ordering::Relaxed);
-        Either::Right(StreamBody::new(paced(rendered)))
+        Either::Right(StreamBody::new(paced(rendered, received)))
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
@@ -415,7 +422,7 @@ fn render(mock: &Mock, endpoint: Endpoint, body: Bytes) -> Result<Arc<Rendered>,
 }
 
 /// The reply's events, one frame each, `gap` apart; stamped and cut as directed.
-fn paced(r: Arc<Rendered>) -> EventStream {
+fn paced(r: Arc<Rendered>, received: u128) -> EventStream {
     let n = r.pieces.len();
     let stream = futures_util::stream::iter(0..n).then(move |i| {
         let r = r.clone();
@@ -432,7 +439,11 @@ fn paced(r: Arc<Rendered>) -> EventStream {
                 ));
             }
             let piece = r.pieces.get(i).cloned().unwrap_or_default();
-            Ok(Frame::data(if r.stamp { stamped(&piece) } else { piece }))
+            Ok(Frame::data(if r.stamp {
+                stamped(&piece, received)
+            } else {
+                piece
+            }))
         }
     });
     // Stop at the first error: hyper aborts the connection on it.
@@ -444,24 +455,30 @@ fn paced(r: Arc<Rendered>) -> EventStream {
     }))
 }
 
-/// `data: {…}\n\n` → `data: {…,"t_us":NOW}\n\n`; anything else unchanged.
-fn stamped(piece: &Bytes) -> Bytes {
+/// `data: {…}\n\n` → `data: {…,"rx_us":RECEIVED,"t_us":NOW}\n\n`; anything else
+/// unchanged. `rx_us` is when the request reached the mock's handler, so that a
+/// client can tell a proxy's request path from the mock's own time.
+fn stamped(piece: &Bytes, received: u128) -> Bytes {
     if !piece.starts_with(b"data: {") {
         return piece.clone();
     }
     let Some(end) = piece.iter().rposition(|&b| b == b'}') else {
         return piece.clone();
     };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros())
-        .unwrap_or(0);
-    let stamp = format!(",\"t_us\":{now}");
+    let stamp = format!(",\"rx_us\":{received},\"t_us\":{}", now_us());
     let mut out = BytesMut::with_capacity(piece.len() + stamp.len());
     out.extend_from_slice(&piece[..end]);
     out.extend_from_slice(stamp.as_bytes());
     out.extend_from_slice(&piece[end..]);
     out.freeze()
+}
+
+/// µs since the Unix epoch: the clock a client on the same machine reads too.
+fn now_us() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0)
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<MockBody> {
