@@ -45,11 +45,8 @@ seal_bench_key "$(realpath "${first%%:*}")" "$TMP"
 TARGETS=(direct="${MOCK_URL#http://}")
 NAMES=()
 for spec in "$@"; do
-    name=${spec%%=*} rest=${spec#*=}
-    bin=${rest%%:*} variant=all
-    [[ $rest == *:* ]] && variant=${rest#*:}
-    [[ $name =~ ^[a-z0-9_-]+$ ]] && [ "$name" != direct ] && [ "$name" != nginx ] ||
-        { log "bad target name: $name"; exit 2; }
+    split_target_spec "$spec"
+    name=$SPEC_NAME bin=$SPEC_BIN variant=$SPEC_VARIANT
     dir="$TMP/$name"
     mkdir -p "$dir"
     render_variant "$variant" "$dir"

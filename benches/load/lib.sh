@@ -161,6 +161,19 @@ render_variant() {
 # Sets SHM for render_variant's tmpfs variants: a directory in /dev/shm,
 # removed on exit after the run directory, when any argument names one;
 # else empty. Call after make_run_dir.
+# A target NAME=BIN[:VARIANT] of interleave.sh or stream_split.sh into
+# SPEC_NAME, SPEC_BIN and SPEC_VARIANT (all when none is given); exits on a
+# name that is not lower-case letters, digits, - and _, or that is taken.
+split_target_spec() {
+    SPEC_NAME=${1%%=*}
+    local rest=${1#*=}
+    SPEC_BIN=${rest%%:*}
+    SPEC_VARIANT=all
+    [[ $rest == *:* ]] && SPEC_VARIANT=${rest#*:}
+    [[ $SPEC_NAME =~ ^[a-z0-9_-]+$ ]] && [ "$SPEC_NAME" != direct ] && [ "$SPEC_NAME" != nginx ] ||
+        { log "bad target name: $SPEC_NAME"; exit 2; }
+}
+
 prepare_tmpfs_variants() {
     SHM=""
     [[ " $* " == *"-tmpfs "* ]] || return 0

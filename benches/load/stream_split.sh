@@ -28,16 +28,14 @@ ROUNDS=${1:-}
 [ $# -ge 1 ] || { sed -n 2,20p "$0"; exit 2; }
 prepare_pinned_bench nginx
 make_run_dir livery-stream-split
+prepare_tmpfs_variants "$@"
 start_pinned_mock "$TMP"
 first=${1#*=}
 seal_bench_key "$(realpath "${first%%:*}")" "$TMP"
 TARGETS=(direct="${MOCK_URL##*:}")
 for spec in "$@"; do
-    name=${spec%%=*} rest=${spec#*=}
-    bin=${rest%%:*} variant=all
-    [[ $rest == *:* ]] && variant=${rest#*:}
-    [[ $name =~ ^[a-z0-9_-]+$ ]] && [ "$name" != direct ] && [ "$name" != nginx ] ||
-        { log "bad target name: $name"; exit 2; }
+    split_target_spec "$spec"
+    name=$SPEC_NAME bin=$SPEC_BIN variant=$SPEC_VARIANT
     mkdir -p "$TMP/$name"
     render_variant "$variant" "$TMP/$name"
     start_pinned_livery "$(realpath "$bin")" "$TMP/$name"
