@@ -158,9 +158,6 @@ render_variant() {
     esac <<<"$cfg" >"$dir/gateway.toml"
 }
 
-# Sets SHM for render_variant's tmpfs variants: a directory in /dev/shm,
-# removed on exit after the run directory, when any argument names one;
-# else empty. Call after make_run_dir.
 # A target NAME=BIN[:VARIANT] of interleave.sh or stream_split.sh into
 # SPEC_NAME, SPEC_BIN and SPEC_VARIANT (all when none is given); exits on a
 # name that is not lower-case letters, digits, - and _, or that is taken.
@@ -174,6 +171,9 @@ split_target_spec() {
         { log "bad target name: $SPEC_NAME"; exit 2; }
 }
 
+# Sets SHM for render_variant's tmpfs variants: a directory in /dev/shm,
+# removed on exit after the run directory, when any argument names one;
+# else empty. Call after make_run_dir.
 prepare_tmpfs_variants() {
     SHM=""
     [[ " $* " == *"-tmpfs "* ]] || return 0

@@ -1,4 +1,5 @@
-"""A stream's first event split at the mock's send stamp (see stream_split.sh).
+"""A stream's first event split at the mock's two stamps, when its handler got
+the request and when it sent the event (see stream_split.sh).
 
     python3 stream_split.py ROUNDS NAME=PORT ...   (the first NAME is direct)
 """
@@ -68,6 +69,7 @@ def main():
     for t, m in med.items():
         added = "" if t == "direct" else " + ".join(f"{m[k] - d[k]:.0f}" for k in range(3)) + f" = {m[3] - d[3]:.0f}"
         print(f"| {t} | {m[0]:.0f} | {m[1]:.0f} | {m[2]:.0f} | {m[3]:.0f} | {added} |")
+
 
 if __name__ == "__main__":
     main()

@@ -1,8 +1,11 @@
 //! The response body type every handler returns, and small constructors for it.
 
 use bytes::Bytes;
+use futures_util::Stream;
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
 use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 /// Streams finish with a well-formed error event rather than a body error, so the
 /// body itself never fails.
@@ -54,21 +57,17 @@ impl<S> FirstFrameAlone<S> {
     }
 }
 
-impl<S: futures_util::Stream + Unpin> futures_util::Stream for FirstFrameAlone<S> {
+impl<S: Stream + Unpin> Stream for FirstFrameAlone<S> {
     type Item = S::Item;
 
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<S::Item>> {
-        use std::task::Poll;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
         let this = &mut *self;
         if this.pause == FirstPause::Due {
             this.pause = FirstPause::Taken;
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        let polled = std::pin::Pin::new(&mut this.inner).poll_next(cx);
+        let polled = Pin::new(&mut this.inner).poll_next(cx);
         if this.pause == FirstPause::BeforeFirst && matches!(polled, Poll::Ready(Some(_))) {
             this.pause = FirstPause::Due;
         }
@@ -79,11 +78,10 @@ impl<S: futures_util::Stream + Unpin> futures_util::Stream for FirstFrameAlone<S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures_util::{Stream, StreamExt};
-    use std::pin::Pin;
+    use futures_util::StreamExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    use std::task::{Context, Poll, Wake, Waker};
+    use std::task::{Wake, Waker};
 
     struct CountingWaker(AtomicUsize);
 
