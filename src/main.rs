@@ -106,6 +106,13 @@ enum VaultCommand {
     },
 }
 
+/// mimalloc instead of glibc's malloc: a request makes about 60 allocations, and
+/// glibc serves those its small per-thread cache cannot hold (more than seven of
+/// a size, or over 1 KiB, such as hyper's 8 KiB read buffer) through its locked
+/// bins. Callgrind: 131.9k -> 122.0k instructions per request.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     livery::tls::install_crypto_provider();
