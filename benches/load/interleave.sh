@@ -18,15 +18,20 @@
 # so compare them with each other, not with the harness's. BIN may be a
 # wrapper script that execs a binary with some environment.
 #
+# With FLOOR=1 it also measures `livery-floor` (benches/floor/main.rs), the
+# least proxy on Livery's stack (hyper in, h2 out, nothing else): what Livery
+# adds over it is its pipeline and features, what it adds over nginx the stack.
+#
 # e.g. BOLT's build against the profile-guided one, and a feature's cost:
 #   benches/load/interleave.sh pgo=target/pgo/release/livery bolt=target/bolt/livery
 #   benches/load/interleave.sh all=target/bolt/livery bare=target/bolt/livery:bare
+#   FLOOR=1 benches/load/interleave.sh all=target/bolt/livery bare=target/bolt/livery:bare
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 . "$ROOT/benches/load/lib.sh"
 
-[ $# -ge 1 ] || { sed -n 2,23p "$0"; exit 2; }
+[ $# -ge 1 ] || { sed -n 2,28p "$0"; exit 2; }
 RATE=${RATE:-2000}
 SECONDS_EACH=${DURATION:-30}
 REPEATS=${REPEATS:-3}
@@ -56,6 +61,18 @@ for spec in "$@"; do
     TARGETS+=("$name=127.0.0.1:$LIVERY_PORT")
     NAMES+=("$name")
 done
+if [ "${FLOOR:-0}" = 1 ]; then
+    FLOOR_BIN="$ROOT/target/release/livery-floor"
+    [ -x "$FLOOR_BIN" ] || cargo build --release --quiet --features mock-server --bin livery-floor
+    (exec taskset -c 1 "$FLOOR_BIN" "${MOCK_URL#http://}" >"$TMP/floor.log" 2>&1) &
+    echo $! >>"$TMP/pids"
+    wait_for "$TMP/floor.log" "livery listening on"
+    FLOOR_PORT=$(grep -o "livery listening on [^ ]*" "$TMP/floor.log" | head -1 | rev | cut -d: -f1 | rev)
+    bench_load "http://127.0.0.1:$FLOOR_PORT/v1/chat/completions" -n 20000 >/dev/null
+    log "floor: $FLOOR_BIN"
+    TARGETS+=("floor=127.0.0.1:$FLOOR_PORT")
+    NAMES+=(floor)
+fi
 NGINX_PORT=$(free_port)
 start_pinned_nginx "$TMP" "$NGINX_PORT"
 bench_load "http://127.0.0.1:$NGINX_PORT/v1/chat/completions" -n 20000 >/dev/null
