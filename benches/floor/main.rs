@@ -11,7 +11,8 @@
 //!     livery-floor UPSTREAM_HOST:PORT      (prints "livery listening on ADDR")
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::uri::{Authority, Parts, Scheme};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -34,6 +35,8 @@ fn main() -> Result<(), Error> {
 }
 
 async fn serve(upstream: String) -> Result<(), Error> {
+    // Parsed once: a request's URI is this and its own path, without a copy.
+    let authority: Authority = upstream.parse()?;
     let tcp = TcpStream::connect(&upstream).await?;
     tcp.set_nodelay(true)?;
     let (send, connection) = h2::client::handshake(tcp).await?;
@@ -48,13 +51,13 @@ async fn serve(upstream: String) -> Result<(), Error> {
         let (stream, _) = listener.accept().await?;
         stream.set_nodelay(true)?;
         let send = send.clone();
-        let authority = upstream.clone();
+        let authority = authority.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let send = send.clone();
                 let authority = authority.clone();
                 async move {
-                    Ok::<_, Infallible>(match forward(send, &authority, req).await {
+                    Ok::<_, Infallible>(match forward(send, authority, req).await {
                         Ok(resp) => resp,
                         Err(e) => {
                             let mut resp = Response::new(Full::new(Bytes::from(e.to_string())));
@@ -73,14 +76,17 @@ async fn serve(upstream: String) -> Result<(), Error> {
 
 async fn forward(
     send: h2::client::SendRequest<Bytes>,
-    authority: &str,
+    authority: Authority,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, Error> {
-    let path = req.uri().path().to_owned();
+    let mut uri = Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(authority);
+    uri.path_and_query = req.uri().path_and_query().cloned();
     let body = req.into_body().collect().await?.to_bytes();
     let upstream = Request::builder()
         .method(Method::POST)
-        .uri(format!("http://{authority}{path}"))
+        .uri(Uri::from_parts(uri)?)
         .header(http::header::CONTENT_TYPE, "application/json")
         .header(http::header::AUTHORIZATION, "Bearer livery-floor")
         .body(())?;

@@ -42,7 +42,7 @@ render_bench_config "$TMP" >"$TMP/gateway.toml"
 VG_PID=$!
 echo "$VG_PID" >>"$TMP/pids"
 wait_for "$TMP/livery.log" "livery listening on"
-PORT=$(grep -o "livery listening on [^ ]*" "$TMP/livery.log" | head -1 | rev | cut -d: -f1 | rev)
+PORT=$(listening_port "$TMP/livery.log")
 URL=http://127.0.0.1:$PORT/v1/chat/completions
 
 log "warming up (1,000 requests), then counting $REQUESTS"

@@ -62,14 +62,9 @@ for spec in "$@"; do
     NAMES+=("$name")
 done
 if [ "${FLOOR:-0}" = 1 ]; then
-    FLOOR_BIN="$ROOT/target/release/livery-floor"
-    [ -x "$FLOOR_BIN" ] || cargo build --release --quiet --features mock-server --bin livery-floor
-    (exec taskset -c 1 "$FLOOR_BIN" "${MOCK_URL#http://}" >"$TMP/floor.log" 2>&1) &
-    echo $! >>"$TMP/pids"
-    wait_for "$TMP/floor.log" "livery listening on"
-    FLOOR_PORT=$(grep -o "livery listening on [^ ]*" "$TMP/floor.log" | head -1 | rev | cut -d: -f1 | rev)
+    start_pinned_floor "$TMP"
     bench_load "http://127.0.0.1:$FLOOR_PORT/v1/chat/completions" -n 20000 >/dev/null
-    log "floor: $FLOOR_BIN"
+    log "floor: target/release/livery-floor"
     TARGETS+=("floor=127.0.0.1:$FLOOR_PORT")
     NAMES+=(floor)
 fi

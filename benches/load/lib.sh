@@ -216,7 +216,23 @@ start_pinned_livery() {
     LIVERY_PID=$!
     echo "$LIVERY_PID" >>"$TMP/pids"
     wait_for "$2/livery.log" "livery listening on"
-    LIVERY_PORT=$(grep -o "livery listening on [^ ]*" "$2/livery.log" | head -1 | rev | cut -d: -f1 | rev)
+    LIVERY_PORT=$(listening_port "$2/livery.log")
+}
+
+# The port in the first "livery listening on ADDR" line of log file $1.
+listening_port() {
+    grep -o "livery listening on [^ ]*" "$1" | head -1 | rev | cut -d: -f1 | rev
+}
+
+# Starts livery-floor (benches/floor/main.rs; built if missing) pinned to CPU 1
+# in front of the mock at $MOCK_URL, its log in directory $1; sets FLOOR_PORT.
+start_pinned_floor() {
+    local bin="$ROOT/target/release/livery-floor"
+    [ -x "$bin" ] || cargo build --release --quiet --features mock-server --bin livery-floor
+    (exec taskset -c 1 "$bin" "${MOCK_URL#http://}" >"$1/floor.log" 2>&1) &
+    echo $! >>"$TMP/pids"
+    wait_for "$1/floor.log" "livery listening on"
+    FLOOR_PORT=$(listening_port "$1/floor.log")
 }
 
 # CPU ticks (user + system) of the given processes so far.
