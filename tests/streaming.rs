@@ -450,6 +450,7 @@ async fn a_client_disconnect_cancels_the_upstream_at_once_and_is_recorded() {
     assert_eq!(record["status"], 499, "{record}");
     assert_eq!(record["stream"], true, "{record}");
     assert_eq!(record["tenant"], "dental", "{record}");
+    assert_eq!(gw.open_records(), 0, "the abandoned record stayed open");
     // Nothing more is sent once cancelled.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(mock.pieces_sent(), sent, "the upstream is still being read");
@@ -481,6 +482,7 @@ async fn a_client_that_leaves_before_the_upstream_answers_is_recorded() {
     assert_eq!(record["status"], 499, "{record}");
     assert_eq!(record["stream"], true, "{record}");
     assert_eq!(record["requested_model"], "gpt-4o-mini", "{record}");
+    assert_eq!(gw.open_records(), 0, "the abandoned record stayed open");
     // Written when the client left, not when the upstream eventually answered.
     assert!(
         record["latency_ms"].as_f64().unwrap() < 700.0,

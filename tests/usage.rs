@@ -538,6 +538,7 @@ async fn concurrent_mixed_requests_get_exactly_one_record_each() {
     for o in ["ok", "upstream_error", "truncated"] {
         assert!(outcomes.contains(o), "no `{o}` among {outcomes:?}");
     }
+    assert_eq!(gw.open_records(), 0, "a record stayed open");
 }
 
 #[tokio::test]

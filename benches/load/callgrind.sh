@@ -8,14 +8,14 @@
 #
 # Starts the mock (release build) and Livery under callgrind on the bench
 # configuration (everything on, as run.sh's "Livery"), both on CPU 1; sends
-# 1,000 requests at 16 connections to warm up, zeroes the counters, sends
-# REQUESTS (4,000) more, and dumps. Every thread of Livery is counted (the
-# ledger's shippers too), so the figure is the whole process's work per
-# request. Prints the total per request (and the main thread's, which runs
-# the request path), and the 25 functions with the most instructions of
-# their own, per request; OUT_DIR (target/callgrind) keeps
-# the dump (callgrind.out.1, for callgrind_annotate or kcachegrind) and
-# callgrind_annotate's inclusive listing (inclusive.txt).
+# 1,000 requests at 16 connections (CONNS; 1 sends one request at a time, as
+# at a low rate) to warm up, zeroes the counters, sends REQUESTS (4,000) more,
+# and dumps. Every thread of Livery is counted (the ledger's shippers too), so
+# the figure is the whole process's work per request. Prints the total per
+# request (and the main thread's, which runs the request path), and the 25
+# functions with the most instructions of their own, per request; OUT_DIR
+# (target/callgrind) keeps the dump (callgrind.out.1, for callgrind_annotate or
+# kcachegrind) and callgrind_annotate's inclusive listing (inclusive.txt).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -23,6 +23,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 
 BIN=$(realpath "${1:-$ROOT/target/release/livery}")
 REQUESTS=${2:-4000}
+CG_CONNS=${CONNS:-16}
 OUT=$(realpath -m "${3:-$ROOT/target/callgrind}")
 MOCK_BIN="$ROOT/target/release/livery-mock"
 [ "$(nproc)" -ge 2 ] || { log "needs two CPUs (load generator and servers apart)"; exit 1; }
@@ -46,9 +47,9 @@ PORT=$(listening_port "$TMP/livery.log")
 URL=http://127.0.0.1:$PORT/v1/chat/completions
 
 log "warming up (1,000 requests), then counting $REQUESTS"
-CONNS=16 bench_load "$URL" -n 1000 >/dev/null
+CONNS=$CG_CONNS bench_load "$URL" -n 1000 >/dev/null
 callgrind_control -z "$VG_PID" >/dev/null
-ok=$(CONNS=16 bench_load "$URL" -n "$REQUESTS" | awk '$1 == "[200]" {print $2}')
+ok=$(CONNS=$CG_CONNS bench_load "$URL" -n "$REQUESTS" | awk '$1 == "[200]" {print $2}')
 [ "${ok:-0}" -eq "$REQUESTS" ] || { log "only ${ok:-0} of $REQUESTS requests got a 200"; exit 1; }
 # The ledger's shippers finish the batch the requests left.
 sleep 1

@@ -201,6 +201,7 @@ const COMPLETION_TEXT_CAP: usize = 64 << 10;
 
 impl PendingRecord {
     pub fn new(ctx: &RequestCtx, sink: UsageSink, endpoint: Endpoint) -> Self {
+        sink.open_record();
         Self {
             sink,
             started: ctx.started,
@@ -352,6 +353,7 @@ impl PendingRecord {
         error_code: Option<&str>,
     ) -> Option<Box<UsageRecord>> {
         let mut r = self.record.take()?;
+        self.sink.close_record();
         r.status = status;
         r.outcome = outcome;
         r.error_code = error_code.map(str::to_owned);

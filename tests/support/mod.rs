@@ -183,6 +183,14 @@ impl TestGateway {
         format!("http://{}{path}", self.addr)
     }
 
+    /// Usage records of requests still in flight (each request's record is
+    /// opened once and completed once, whichever way it ends).
+    pub fn open_records(&self) -> usize {
+        self.gateway
+            .as_ref()
+            .map_or(0, |g| g.app().usage.open_records())
+    }
+
     /// Usage records written so far.
     pub fn usage(&self) -> Vec<Value> {
         read_usage(&self.usage_path)
