@@ -13,7 +13,8 @@
 # requests; then sends RATE (2000) req/s in all, round robin over the direct
 # mock, every Livery and nginx, for DURATION (30) s, REPEATS (3) times. Prints
 # each target's added p50/p90/p99 (minus the direct mock's) per repeat and a
-# markdown table of the medians. The client spins on the first CPU; its
+# markdown table of the medians. Each target gets CONNS (16) keep-alive
+# connections, used in turn. The client spins on the first CPU; its
 # absolute figures are lower than oha's (no wake-up of its own per answer),
 # so compare them with each other, not with the harness's. BIN may be a
 # wrapper script that execs a binary with some environment.
@@ -76,7 +77,8 @@ NAMES+=(nginx)
 
 log "$REPEATS x $SECONDS_EACH s at $RATE req/s in all, round robin over ${#TARGETS[@]} targets"
 for r in $(seq "$REPEATS"); do
-    taskset -c 0 "$CLIENT" --rate "$RATE" --seconds "$SECONDS_EACH" "${TARGETS[@]}" >"$TMP/repeat.$r"
+    taskset -c 0 "$CLIENT" --rate "$RATE" --seconds "$SECONDS_EACH" --conns "${CONNS:-16}" \
+        "${TARGETS[@]}" >"$TMP/repeat.$r"
     line="repeat $r:"
     for n in "${NAMES[@]}"; do
         read -r a50 a90 a99 < <(awk -v n="$n" '$1 == "direct" {d50 = $2; d90 = $3; d99 = $4}
