@@ -26,6 +26,9 @@
 #   bare-in-process  bare with the built-in mock provider answering in
 #                 process instead of the HTTP/2 upstream (not in the default
 #                 set; its direct baseline still counts the mock's answer)
+#   floor         livery-floor (benches/floor/main.rs), the least proxy on
+#                 Livery's stack: hyper in, h2 out, nothing else (not in the
+#                 default set)
 #   nginx         the bare nginx hop (proxy_pass, keep-alive upstream)
 #   alt           everything on, as `all`, with the binary $ALT_BIN (another
 #                 build of the same code, e.g. BOLT's against profile-guided)
@@ -79,6 +82,9 @@ run_once() {
         port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
         start_pinned_nginx "$dir" "$port"
         proxies="$(cat "$dir/nginx.pid") $(pgrep -P "$(cat "$dir/nginx.pid")" | tr '\n' ' ')"
+    elif [ "$variant" = floor ]; then
+        start_pinned_floor "$dir"
+        port=$FLOOR_PORT proxies=$FLOOR_PID
     else
         local bin=$BIN
         [ "$variant" = alt ] && bin=$(realpath "${ALT_BIN:?alt needs ALT_BIN}")

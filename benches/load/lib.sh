@@ -225,12 +225,14 @@ listening_port() {
 }
 
 # Starts livery-floor (benches/floor/main.rs; built if missing) pinned to CPU 1
-# in front of the mock at $MOCK_URL, its log in directory $1; sets FLOOR_PORT.
+# in front of the mock at $MOCK_URL, its log in directory $1; sets FLOOR_PORT
+# and FLOOR_PID.
 start_pinned_floor() {
     local bin="$ROOT/target/release/livery-floor"
     [ -x "$bin" ] || cargo build --release --quiet --features mock-server --bin livery-floor
     (exec taskset -c 1 "$bin" "${MOCK_URL#http://}" >"$1/floor.log" 2>&1) &
-    echo $! >>"$TMP/pids"
+    FLOOR_PID=$!
+    echo "$FLOOR_PID" >>"$TMP/pids"
     wait_for "$1/floor.log" "livery listening on"
     FLOOR_PORT=$(listening_port "$1/floor.log")
 }
