@@ -10,7 +10,7 @@
 //!
 //!     livery-floor UPSTREAM_HOST:PORT      (prints "livery listening on ADDR")
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::uri::{Authority, Parts, Scheme};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
@@ -94,13 +94,24 @@ async fn forward(
     let (response, mut stream) = send.send_request(upstream, false)?;
     stream.send_data(body, true)?;
     let (parts, mut body) = response.await?.into_parts();
-    let mut answer = Vec::new();
+    // One DATA frame (most answers) is passed on as it is, as Livery does
+    // (`proxy::forward::collect`); only a longer answer is copied together.
+    let mut first: Option<Bytes> = None;
+    let mut more = BytesMut::new();
     while let Some(chunk) = body.data().await {
         let chunk = chunk?;
         body.flow_control().release_capacity(chunk.len())?;
-        answer.extend_from_slice(&chunk);
+        if let Some(f) = first.take() {
+            more.extend_from_slice(&f);
+            more.extend_from_slice(&chunk);
+        } else if more.is_empty() {
+            first = Some(chunk);
+        } else {
+            more.extend_from_slice(&chunk);
+        }
     }
-    let mut resp = Response::new(Full::new(Bytes::from(answer)));
+    let answer = first.unwrap_or_else(|| more.freeze());
+    let mut resp = Response::new(Full::new(answer));
     *resp.status_mut() = parts.status;
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,

@@ -23,7 +23,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 
 BIN=$(realpath "${1:-$ROOT/target/release/livery}")
 REQUESTS=${2:-4000}
-CG_CONNS=${CONNS:-16}
+CONNS=${CONNS:-16}
 OUT=$(realpath -m "${3:-$ROOT/target/callgrind}")
 MOCK_BIN="$ROOT/target/release/livery-mock"
 [ "$(nproc)" -ge 2 ] || { log "needs two CPUs (load generator and servers apart)"; exit 1; }
@@ -47,9 +47,9 @@ PORT=$(listening_port "$TMP/livery.log")
 URL=http://127.0.0.1:$PORT/v1/chat/completions
 
 log "warming up (1,000 requests), then counting $REQUESTS"
-CONNS=$CG_CONNS bench_load "$URL" -n 1000 >/dev/null
+bench_load "$URL" -n 1000 >/dev/null
 callgrind_control -z "$VG_PID" >/dev/null
-ok=$(CONNS=$CG_CONNS bench_load "$URL" -n "$REQUESTS" | awk '$1 == "[200]" {print $2}')
+ok=$(bench_load "$URL" -n "$REQUESTS" | awk '$1 == "[200]" {print $2}')
 [ "${ok:-0}" -eq "$REQUESTS" ] || { log "only ${ok:-0} of $REQUESTS requests got a 200"; exit 1; }
 # The ledger's shippers finish the batch the requests left.
 sleep 1

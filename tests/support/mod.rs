@@ -188,7 +188,10 @@ impl TestGateway {
     pub fn open_records(&self) -> usize {
         self.gateway
             .as_ref()
-            .map_or(0, |g| g.app().usage.open_records())
+            .expect("the gateway is running")
+            .app()
+            .usage
+            .open_records()
     }
 
     /// Usage records written so far.
