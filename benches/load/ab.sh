@@ -72,7 +72,7 @@ for i in $(seq "$PAIRS"); do
     for which in old new; do
         bin=$OLD
         [ "$which" = new ] && bin=$NEW
-        read -r rps livery mock < <(run_once "$bin")
+        read -r rps livery mock _ < <(run_once "$bin")
         ratio=$(awk -v l="$livery" -v m="$mock" 'BEGIN { printf "%.2f", (m > 0) ? l / m : 0 }')
         printf '| %d | %s | %s | %s | %s | %s |\n' "$i" "$which" "$rps" "$livery" "$mock" "$ratio"
         echo "$ratio" >>"$TMP/ratio.$which"

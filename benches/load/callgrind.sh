@@ -16,6 +16,8 @@
 # functions with the most instructions of their own, per request; OUT_DIR
 # (target/callgrind) keeps the dump (callgrind.out.1, for callgrind_annotate or
 # kcachegrind) and callgrind_annotate's inclusive listing (inclusive.txt).
+# VARIANT picks another configuration of features.sh's (bare, no-ledger, ...),
+# or floor: livery-floor, the least proxy on Livery's stack, in Livery's place.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -34,12 +36,21 @@ ensure_oha
 mkdir -p "$OUT"
 rm -f "$OUT"/callgrind.out*
 make_run_dir livery-callgrind
+prepare_tmpfs_variants "${VARIANT:-all}"
 start_pinned_mock "$TMP"
-seal_bench_key "$BIN" "$TMP"
-render_bench_config "$TMP" >"$TMP/gateway.toml"
-(cd "$TMP" && LIVERY_MASTER_KEY=$BENCH_KEK LIVERY_BENCH_PLATFORM_KEY=fake-bench-platform-key-not-a-secret \
+VARIANT=${VARIANT:-all}
+if [ "$VARIANT" = floor ]; then
+    BIN="$ROOT/target/release/livery-floor"
+    [ -x "$BIN" ] || cargo build --release --quiet --features mock-server --bin livery-floor
+    COMMAND=("$BIN" "${MOCK_URL#http://}")
+else
+    seal_bench_key "$BIN" "$TMP"
+    render_variant "$VARIANT" "$TMP"
+    COMMAND=("$BIN" serve --config "$TMP/gateway.toml" --listen 127.0.0.1:0)
+fi
+(cd "$TMP" && LIVERY_MASTER_KEY=${BENCH_KEK:-} LIVERY_BENCH_PLATFORM_KEY=fake-bench-platform-key-not-a-secret \
     exec taskset -c 1 valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" --dump-instr=no --separate-threads=yes \
-    "$BIN" serve --config "$TMP/gateway.toml" --listen 127.0.0.1:0 >"$TMP/livery.log" 2>&1) &
+    "${COMMAND[@]}" >"$TMP/livery.log" 2>&1) &
 VG_PID=$!
 echo "$VG_PID" >>"$TMP/pids"
 wait_for "$TMP/livery.log" "livery listening on"

@@ -127,12 +127,14 @@ for r in $(seq "$ROUNDS"); do
             echo "$p99" >>"$TMP/p99.$v"
             continue
         fi
-        read -r rps proxy mock < <(run_once "$v")
+        read -r rps proxy mock sys < <(run_once "$v")
         ratio=$(awk -v p="$proxy" -v m="$mock" 'BEGIN { printf "%.3f", (m > 0) ? p / m : 0 }')
-        log "round $r $v: $rps req/s, proxy $proxy µs, mock $mock µs per request, ratio $ratio"
+        log "round $r $v: $rps req/s, proxy $proxy µs ($sys in the kernel), mock $mock µs per request, ratio $ratio"
         echo "$ratio" >>"$TMP/ratio.$v"
         echo "$rps" >>"$TMP/rps.$v"
         echo "$proxy" >>"$TMP/proxy.$v"
+        echo "$sys" >>"$TMP/sys.$v"
+        echo "$mock" >>"$TMP/mock.$v"
     done
 done
 
@@ -151,11 +153,12 @@ if [ -n "$RATE" ]; then
 fi
 ng=$(median <"$TMP/ratio.nginx")
 all=$(median <"$TMP/ratio.all")
-printf '| variant | req/s (median) | proxy CPU µs/request (median) | proxy / mock CPU (median) | vs all on | modelled throughput / nginx |\n'
-printf '|---|---:|---:|---:|---:|---:|\n'
+printf '| variant | req/s (median) | proxy CPU µs/request (median) | of it in the kernel | mock CPU µs/request | proxy / mock CPU (median) | vs all on | modelled throughput / nginx |\n'
+printf '|---|---:|---:|---:|---:|---:|---:|---:|\n'
 for v in "${VARIANTS[@]}"; do
     r=$(median <"$TMP/ratio.$v")
     awk -v v="$v" -v rps="$(median <"$TMP/rps.$v")" -v us="$(median <"$TMP/proxy.$v")" \
+        -v sys="$(median <"$TMP/sys.$v")" -v mock="$(median <"$TMP/mock.$v")" \
         -v r="$r" -v all="$all" -v ng="$ng" \
-        'BEGIN { printf "| %s | %.0f | %.1f | %.2f | %+.0f%% | %.2f |\n", v, rps, us, r, (r / all - 1) * 100, (1 + ng) / (1 + r) }'
+        'BEGIN { printf "| %s | %.0f | %.1f | %.1f | %.1f | %.2f | %+.0f%% | %.2f |\n", v, rps, us, sys, mock, r, (r / all - 1) * 100, (1 + ng) / (1 + r) }'
 done

@@ -126,7 +126,10 @@ render_bench_config() {
 # directory in /dev/shm.
 render_variant() {
     local variant=$1 dir=$2 cfg
-    no_mirror() { grep -v '^jsonl_path = '; }
+    # An empty path, not none: without the key the mirror is `usage.jsonl`
+    # (until the twenty-ninth session this variant left the key out, so its
+    # mirror, and bare's, stayed on).
+    no_mirror() { sed 's|^jsonl_path = .*|jsonl_path = ""|'; }
     # Standard input with the line $1 put first in `[usage]`.
     usage_setting() { sed "s|^\[usage\]\$|[usage]\n$1|"; }
     no_ledger() { usage_setting 'ledger = false'; }
@@ -244,6 +247,13 @@ ticks() {
     echo "$t"
 }
 
+# System (kernel) CPU ticks of the given processes so far.
+sys_ticks() {
+    local t=0 p
+    for p in "$@"; do t=$((t + $(awk '{print $15}' "/proc/$p/stat"))); done
+    echo "$t"
+}
+
 # oha pinned to CPU 0 against URL $1 with the bench tenant's request, $CONNS (64)
 # connections; the remaining arguments go to oha.
 bench_load() {
@@ -269,12 +279,14 @@ prepare_pinned_bench() {
 }
 
 # Sends a 20,000-request warm-up, then $REQUESTS requests, to URL $1 and prints
-# "req/s proxy_us mock_us": the CPU per request of the processes named after the
-# mock's PID ($2) and of the mock itself.
+# "req/s proxy_us mock_us proxy_sys_us": the CPU per request of the processes
+# named after the mock's PID ($2) and of the mock itself, and how much of the
+# former was spent in the kernel (nginx's path is mostly the kernel's, Livery's
+# mostly its own code: a host with a cheaper kernel path favours nginx).
 measure_at_max() {
     local url=$1 mock=$2
     shift 2
-    local out warm p0 m0 p1 m1 rps
+    local out warm p0 m0 s0 p1 m1 s1 rps
     out=$(bench_load "$url" -n 20000)
     warm=$(awk '$1 == "[200]" && $3 == "responses" {print $2}' <<<"$out")
     if [ "${warm:-0}" -ne 20000 ]; then
@@ -283,12 +295,14 @@ measure_at_max() {
         return 1
     fi
     p0=$(ticks "$@")
+    s0=$(sys_ticks "$@")
     m0=$(ticks "$mock")
     rps=$(bench_load "$url" -n "$REQUESTS" | awk '/Requests\/sec/ {print $2}')
     p1=$(ticks "$@")
+    s1=$(sys_ticks "$@")
     m1=$(ticks "$mock")
-    awk -v r="$rps" -v p=$((p1 - p0)) -v m=$((m1 - m0)) -v n="$REQUESTS" -v hz="$(getconf CLK_TCK)" \
-        'BEGIN { printf "%.0f %.1f %.1f\n", r, p * 1e6 / hz / n, m * 1e6 / hz / n }'
+    awk -v r="$rps" -v p=$((p1 - p0)) -v m=$((m1 - m0)) -v s=$((s1 - s0)) -v n="$REQUESTS" -v hz="$(getconf CLK_TCK)" \
+        'BEGIN { printf "%.0f %.1f %.1f %.1f\n", r, p * 1e6 / hz / n, m * 1e6 / hz / n, s * 1e6 / hz / n }'
 }
 
 # Latency at a fixed rate: $RATE req/s open loop (oha -q with latency

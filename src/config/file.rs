@@ -231,8 +231,12 @@ fn default_max_upstream_body_bytes() -> usize {
 #[serde(deny_unknown_fields)]
 pub struct UsageConfig {
     /// Append-only JSONL file receiving one record per finished request (a
-    /// plain mirror; the ledger below is the durable record).
-    #[serde(default = "default_usage_path")]
+    /// plain mirror; the ledger below is the durable record). Absent:
+    /// `usage.jsonl`; `""`: no mirror.
+    #[serde(
+        default = "default_usage_path",
+        deserialize_with = "deserialize_mirror_path"
+    )]
     pub jsonl_path: Option<PathBuf>,
     /// The durable ledger (spool + sinks). Default: on when the configuration
     /// was loaded from a file (`livery serve`), off for configurations parsed
@@ -438,6 +442,15 @@ pub struct FeeTier {
 
 fn default_usage_path() -> Option<PathBuf> {
     Some(PathBuf::from("usage.jsonl"))
+}
+
+/// `jsonl_path`: a path, or `""` for no mirror (TOML has no null, and leaving
+/// the key out means the default file).
+fn deserialize_mirror_path<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<PathBuf>, D::Error> {
+    let path = PathBuf::deserialize(d)?;
+    Ok((!path.as_os_str().is_empty()).then_some(path))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -467,6 +467,11 @@ impl UsageSink {
             latency_ms = rec.latency_ms,
             "usage"
         );
+        if self.inner.ledger.is_none() && self.inner.overflow.is_none() {
+            // Neither a ledger nor a mirror file: the line would be written
+            // for nobody (about 6k instructions per request).
+            return None;
+        }
         let mut line = self
             .inner
             .spare
@@ -654,9 +659,10 @@ mod tests {
         use std::future::Future;
         use std::task::{Context, Poll, Waker};
         let dir = tempfile::tempdir().unwrap();
-        // A long group-commit window: only the flushes below write.
+        // A long group-commit window: only the flushes below write. No
+        // mirror (it would default to `usage.jsonl` in the working directory).
         let config = GatewayConfig::parse(&format!(
-            "[usage]\nledger = true\nsinks = []\nfsync_interval_ms = 60000\nspool_dir = {:?}\n",
+            "[usage]\njsonl_path = \"\"\nledger = true\nsinks = []\nfsync_interval_ms = 60000\nspool_dir = {:?}\n",
             dir.path().join("spool")
         ))
         .unwrap();
@@ -685,6 +691,40 @@ mod tests {
         assert_eq!(done.as_mut().poll(&mut cx), Poll::Ready(()));
         assert_eq!(writes(), 2);
         sink.close();
+    }
+
+    /// `jsonl_path = ""` turns the mirror off (leaving the key out keeps the
+    /// default file): events go to the ledger alone. With neither a ledger
+    /// nor a mirror no line is written at all.
+    #[test]
+    fn an_empty_jsonl_path_means_no_mirror_and_no_line_for_nobody() {
+        let dir = tempfile::tempdir().unwrap();
+        let default = GatewayConfig::parse("[usage]\n").unwrap();
+        assert_eq!(
+            default.usage.jsonl_path.as_deref(),
+            Some(Path::new("usage.jsonl"))
+        );
+        let config = GatewayConfig::parse(&format!(
+            "[usage]\njsonl_path = \"\"\nledger = true\nsinks = []\nspool_dir = {:?}\n",
+            dir.path().join("spool")
+        ))
+        .unwrap();
+        assert_eq!(config.usage.jsonl_path, None);
+        let sink = UsageSink::start(&config).unwrap();
+        assert!(sink.inner.overflow.is_none(), "no mirror file opened");
+        sink.record(event::tests::record());
+        assert_eq!(sink.stats().unwrap().spool.writes, 1);
+        sink.close();
+
+        let nowhere = UsageSink::open(None).unwrap();
+        nowhere.record(event::tests::record());
+        // A written line's buffer would be back in the spare pool.
+        assert_eq!(
+            nowhere.inner.spare.len(),
+            0,
+            "a line was written for nobody"
+        );
+        nowhere.close();
     }
 
     /// While records keep coming the mirror's writer looks for them itself,
