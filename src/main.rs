@@ -109,7 +109,7 @@ enum VaultCommand {
 /// mimalloc instead of glibc's malloc: a request makes about 60 allocations, and
 /// glibc serves those its small per-thread cache cannot hold (more than seven of
 /// a size, or over 1 KiB, such as hyper's 8 KiB read buffer) from its arena's
-/// shared bins. Callgrind: 131.9k -> 121.7k instructions per request (README,
+/// shared bins. Callgrind: 131.9k -> 121.7k instructions per request (benches/HISTORY.md,
 /// "Twenty-seventh session").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Instructions per request, counted by valgrind's callgrind: the repeatable
-# figure (to a fraction of a percent) behind the README's "callgrind N -> M
+# figure (to a fraction of a percent) behind benches/HISTORY.md's "callgrind N -> M
 # instructions per request", where req/s and CPU time on this VM move by 10%
 # between rounds of the same binary.
 #
@@ -26,6 +26,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BIN=$(realpath "${1:-$ROOT/target/release/livery}")
 REQUESTS=${2:-4000}
 CONNS=${CONNS:-16}
+VARIANT=${VARIANT:-all}
 OUT=$(realpath -m "${3:-$ROOT/target/callgrind}")
 MOCK_BIN="$ROOT/target/release/livery-mock"
 [ "$(nproc)" -ge 2 ] || { log "needs two CPUs (load generator and servers apart)"; exit 1; }
@@ -36,9 +37,8 @@ ensure_oha
 mkdir -p "$OUT"
 rm -f "$OUT"/callgrind.out*
 make_run_dir livery-callgrind
-prepare_tmpfs_variants "${VARIANT:-all}"
+prepare_tmpfs_variants "$VARIANT"
 start_pinned_mock "$TMP"
-VARIANT=${VARIANT:-all}
 if [ "$VARIANT" = floor ]; then
     BIN="$ROOT/target/release/livery-floor"
     [ -x "$BIN" ] || cargo build --release --quiet --features mock-server --bin livery-floor

@@ -469,7 +469,7 @@ impl UsageSink {
         );
         if self.inner.ledger.is_none() && self.inner.overflow.is_none() {
             // Neither a ledger nor a mirror file: the line would be written
-            // for nobody (about 6k instructions per request).
+            // for nobody (about 5k instructions per request).
             return None;
         }
         let mut line = self
