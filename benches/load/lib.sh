@@ -240,17 +240,12 @@ start_pinned_floor() {
     FLOOR_PORT=$(listening_port "$1/floor.log")
 }
 
-# CPU ticks (user + system) of the given processes so far.
+# CPU ticks (user + system) of the given processes so far; with SYS=1 in the
+# environment, system (kernel) ticks only.
 ticks() {
-    local t=0 p
-    for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
-    echo "$t"
-}
-
-# System (kernel) CPU ticks of the given processes so far.
-sys_ticks() {
-    local t=0 p
-    for p in "$@"; do t=$((t + $(awk '{print $15}' "/proc/$p/stat"))); done
+    local t=0 p field='$14 + $15'
+    [ -n "${SYS:-}" ] && field='$15'
+    for p in "$@"; do t=$((t + $(awk "{print $field}" "/proc/$p/stat"))); done
     echo "$t"
 }
 
@@ -295,11 +290,11 @@ measure_at_max() {
         return 1
     fi
     p0=$(ticks "$@")
-    s0=$(sys_ticks "$@")
+    s0=$(SYS=1 ticks "$@")
     m0=$(ticks "$mock")
     rps=$(bench_load "$url" -n "$REQUESTS" | awk '/Requests\/sec/ {print $2}')
     p1=$(ticks "$@")
-    s1=$(sys_ticks "$@")
+    s1=$(SYS=1 ticks "$@")
     m1=$(ticks "$mock")
     awk -v r="$rps" -v p=$((p1 - p0)) -v m=$((m1 - m0)) -v s=$((s1 - s0)) -v n="$REQUESTS" -v hz="$(getconf CLK_TCK)" \
         'BEGIN { printf "%.0f %.1f %.1f %.1f\n", r, p * 1e6 / hz / n, m * 1e6 / hz / n, s * 1e6 / hz / n }'
