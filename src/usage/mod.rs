@@ -152,7 +152,7 @@ impl LedgerPaths {
 /// The JSONL mirror's writer thread: batches what the request path queued and
 /// hands the line buffers back.
 struct Mirror {
-    file: Option<std::io::BufWriter<File>>,
+    file: std::io::BufWriter<File>,
     returns: SpareLines,
     sleeps: Arc<AtomicU64>,
 }
@@ -190,15 +190,13 @@ impl Mirror {
     }
 
     fn write(&mut self, batch: &mut Vec<Vec<u8>>) {
-        if let Some(f) = self.file.as_mut() {
-            for line in batch.iter() {
-                if let Err(e) = f.write_all(line) {
-                    tracing::error!(error = %e, "usage file write failed");
-                }
-            }
-            if let Err(e) = f.flush() {
+        for line in batch.iter() {
+            if let Err(e) = self.file.write_all(line) {
                 tracing::error!(error = %e, "usage file write failed");
             }
+        }
+        if let Err(e) = self.file.flush() {
+            tracing::error!(error = %e, "usage file write failed");
         }
         for line in batch.drain(..) {
             recycle(&self.returns, line);
@@ -325,7 +323,6 @@ impl UsageSink {
         prices: PriceTable,
         sqlite_path: Option<PathBuf>,
     ) -> Result<Self, UsageError> {
-        let (tx, rx) = mpsc::channel::<Vec<u8>>(CHANNEL_CAPACITY);
         let spare: SpareLines = Arc::new(crossbeam_queue::ArrayQueue::new(SPARE_LINES));
         let (file, overflow) = match path {
             Some(p) => {
@@ -343,25 +340,34 @@ impl UsageSink {
             }
             None => (None, None),
         };
-        let mirror = Mirror {
-            file: file.map(|f| std::io::BufWriter::with_capacity(MIRROR_BUFFER, f)),
-            returns: Arc::clone(&spare),
-            sleeps: Arc::new(AtomicU64::new(0)),
-        };
+        let sleeps = Arc::new(AtomicU64::new(0));
         #[cfg(test)]
-        let mirror_sleeps = Arc::clone(&mirror.sleeps);
-        let handle = std::thread::Builder::new()
-            .name("livery-usage".into())
-            // Normal priority, unlike the shippers: under `SCHED_IDLE` a
-            // saturated core starved it, its channel filled, and the request
-            // path wrote each record itself (0.94 -> 1.40 `write(2)` per
-            // request at maximum throughput). Its batches are short (35-80 us
-            // every 10 ms).
-            .spawn(move || mirror.run(rx))
-            .ok();
+        let mirror_sleeps = Arc::clone(&sleeps);
+        // The mirror's writer thread and its channel, only with a mirror file.
+        let (tx, handle) = match file {
+            Some(f) => {
+                let (tx, rx) = mpsc::channel::<Vec<u8>>(CHANNEL_CAPACITY);
+                let mirror = Mirror {
+                    file: std::io::BufWriter::with_capacity(MIRROR_BUFFER, f),
+                    returns: Arc::clone(&spare),
+                    sleeps,
+                };
+                let handle = std::thread::Builder::new()
+                    .name("livery-usage".into())
+                    // Normal priority, unlike the shippers: under `SCHED_IDLE` a
+                    // saturated core starved it, its channel filled, and the request
+                    // path wrote each record itself (0.94 -> 1.40 `write(2)` per
+                    // request at maximum throughput). Its batches are short (35-80 us
+                    // every 10 ms).
+                    .spawn(move || mirror.run(rx))
+                    .ok();
+                (Some(Arc::new(tx)), handle)
+            }
+            None => (None, None),
+        };
         Ok(Self {
             inner: Arc::new(SinkInner {
-                tx: ArcSwapOption::from_pointee(tx),
+                tx: ArcSwapOption::new(tx),
                 spare,
                 overflow,
                 writer: Mutex::new(handle),
@@ -712,6 +718,8 @@ mod tests {
         assert_eq!(config.usage.jsonl_path, None);
         let sink = UsageSink::start(&config).unwrap();
         assert!(sink.inner.overflow.is_none(), "no mirror file opened");
+        let writer_thread = sink.inner.writer.lock().unwrap().is_some();
+        assert!(!writer_thread, "no mirror thread without a mirror");
         sink.record(event::tests::record());
         assert_eq!(sink.stats().unwrap().spool.writes, 1);
         sink.close();
