@@ -40,8 +40,7 @@ make_run_dir livery-callgrind
 prepare_tmpfs_variants "$VARIANT"
 start_pinned_mock "$TMP"
 if [ "$VARIANT" = floor ]; then
-    BIN="$ROOT/target/release/livery-floor"
-    [ -x "$BIN" ] || cargo build --release --quiet --features mock-server --bin livery-floor
+    BIN=$(floor_bin)
     COMMAND=("$BIN" "${MOCK_URL#http://}")
 else
     seal_bench_key "$BIN" "$TMP"

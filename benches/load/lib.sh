@@ -227,12 +227,19 @@ listening_port() {
     grep -o "livery listening on [^ ]*" "$1" | head -1 | rev | cut -d: -f1 | rev
 }
 
+# The path of livery-floor (benches/floor/main.rs), built if missing.
+floor_bin() {
+    local bin="$ROOT/target/release/livery-floor"
+    [ -x "$bin" ] || cargo build --release --quiet --features mock-server --bin livery-floor >&2
+    echo "$bin"
+}
+
 # Starts livery-floor (benches/floor/main.rs; built if missing) pinned to CPU 1
 # in front of the mock at $MOCK_URL, its log in directory $1; sets FLOOR_PORT
 # and FLOOR_PID.
 start_pinned_floor() {
-    local bin="$ROOT/target/release/livery-floor"
-    [ -x "$bin" ] || cargo build --release --quiet --features mock-server --bin livery-floor
+    local bin
+    bin=$(floor_bin)
     (exec taskset -c 1 "$bin" "${MOCK_URL#http://}" >"$1/floor.log" 2>&1) &
     FLOOR_PID=$!
     echo "$FLOOR_PID" >>"$TMP/pids"

@@ -502,7 +502,8 @@ impl UsageSink {
         let line = {
             let tx = self.inner.tx.load();
             match tx.as_deref() {
-                Some(tx) if self.inner.overflow.is_some() => match tx.try_send(line) {
+                // A channel exists only with a mirror file (see `build`).
+                Some(tx) => match tx.try_send(line) {
                     Ok(()) => return ticket,
                     Err(
                         mpsc::error::TrySendError::Full(l) | mpsc::error::TrySendError::Closed(l),
