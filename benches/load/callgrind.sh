@@ -18,6 +18,11 @@
 # kcachegrind) and callgrind_annotate's inclusive listing (inclusive.txt).
 # VARIANT picks another configuration of features.sh's (bare, no-ledger, ...),
 # or floor: livery-floor, the least proxy on Livery's stack, in Livery's place.
+# BY_FILE=1 also prints the main thread's instructions by the source file they
+# were written in (inlined code in its own file: hyper's, h2's, std's), and
+# with BASE=OUT_DIR of an earlier run (e.g. VARIANT=floor's) the difference by
+# file: what this configuration does that that one does not. Release builds
+# carry the line tables this needs (BOLT's output does not).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -74,46 +79,10 @@ DUMPS=$(ls "$OUT"/callgrind.out.1-* 2>/dev/null | sort -V || true)
 [ -n "$DUMPS" ] || { log "no callgrind dump in $OUT"; exit 1; }
 DUMP=$(echo "$DUMPS" | head -1)
 callgrind_annotate --inclusive=yes --threshold=100 "$DUMP" >"$OUT/inclusive.txt" 2>/dev/null || true
-# Own (self) instructions per function, read from the dump itself: a call
-# line's cost is the callee's, not the caller's own.
-python3 - "$REQUESTS" "$BIN" $DUMPS <<'PY'
-import collections, re, sys
-n, binary, paths = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
-own = collections.Counter()
-per_thread = []
-for path in paths:
-    names, mine = {}, collections.Counter()
-    def name(rest):
-        m = re.match(r"\((\d+)\)(?: (.*))?", rest)
-        if not m:
-            return rest
-        if m.group(2) is not None:
-            names[m.group(1)] = m.group(2)
-        return names.get(m.group(1), rest)
-    fn, callee_cost = None, False
-    for line in open(path, errors="replace"):
-        if line.startswith("fn="):
-            fn = name(line[3:].rstrip("\n"))
-        elif line.startswith("cfn="):
-            name(line[4:].rstrip("\n"))
-        elif line.startswith("calls="):
-            callee_cost = True
-        elif line[:1].isdigit() or line[:1] in "+-*":
-            parts = line.split()
-            if len(parts) >= 2:
-                if callee_cost:
-                    callee_cost = False
-                else:
-                    mine[fn] += int(parts[1])
-    per_thread.append(sum(mine.values()))
-    own.update(mine)
-total = sum(own.values())
-print(f"{binary}: {total / n:,.0f} instructions per request ({total:,} over {n:,} requests)")
-# The other threads' share moves between runs with the ledger's batch sizes;
-# the main thread's is the steadier figure for a change to the request path.
-print(f"  main thread (the request path) {per_thread[0] / n:,.0f}, other threads (usage ledger, mirror) {(total - per_thread[0]) / n:,.0f}")
-print("\ninstructions of their own per request, top 25:")
-for f, c in own.most_common(25):
-    print(f"{c / n:9,.0f}  {100 * c / total:5.1f}%  {f[:110]}")
-PY
+python3 "$ROOT/benches/load/callgrind_report.py" own "$REQUESTS" "$BIN" $DUMPS
+if [ -n "${BY_FILE:-}" ]; then
+    echo
+    python3 "$ROOT/benches/load/callgrind_report.py" files "$REQUESTS" "$DUMP" \
+        ${BASE:+"$(ls "$BASE"/callgrind.out.1-* | sort -V | head -1)"}
+fi
 log "callgrind output in $OUT ($(basename "$DUMP"), inclusive.txt)"
