@@ -20,8 +20,9 @@
 # or floor: livery-floor, the least proxy on Livery's stack, in Livery's place.
 # BY_FILE=1 also prints the main thread's instructions by the source file they
 # were written in (inlined code in its own file: hyper's, h2's, std's), and
-# with BASE=OUT_DIR of an earlier run (e.g. VARIANT=floor's) the difference by
-# file: what this configuration does that that one does not. Release builds
+# with BASE=OUT_DIR of an earlier run (e.g. VARIANT=floor's; each side per its
+# own request count) the difference by file: what this configuration does
+# that that one does not. Release builds
 # carry the line tables this needs (BOLT's output does not).
 set -euo pipefail
 
@@ -73,16 +74,25 @@ kill -TERM "$VG_PID"
 wait "$VG_PID" 2>/dev/null || true
 
 # The dump taken after zeroing (callgrind.out.1-NN, a file per thread, 01 the
-# main thread, which runs the request path); the final one at exit holds only
-# the shutdown.
-DUMPS=$(ls "$OUT"/callgrind.out.1-* 2>/dev/null | sort -V || true)
+# main thread, which runs the request path) in directory $1, in thread order;
+# the final one at exit holds only the shutdown.
+counted_dumps() { ls "$1"/callgrind.out.1-* 2>/dev/null | sort -V || true; }
+DUMPS=$(counted_dumps "$OUT")
+# What the counts are divided by, for a later run that compares with this one.
+echo "$REQUESTS" >"$OUT/requests"
 [ -n "$DUMPS" ] || { log "no callgrind dump in $OUT"; exit 1; }
 DUMP=$(echo "$DUMPS" | head -1)
 callgrind_annotate --inclusive=yes --threshold=100 "$DUMP" >"$OUT/inclusive.txt" 2>/dev/null || true
 python3 "$ROOT/benches/load/callgrind_report.py" own "$REQUESTS" "$BIN" $DUMPS
 if [ -n "${BY_FILE:-}" ]; then
+    BASE_ARGS=()
+    if [ -n "${BASE:-}" ]; then
+        BASE_DUMP=$(counted_dumps "$BASE" | head -1)
+        [ -n "$BASE_DUMP" ] && [ -s "$BASE/requests" ] ||
+            { log "no callgrind dump (or its request count) in $BASE"; exit 1; }
+        BASE_ARGS=("$BASE_DUMP" "$(cat "$BASE/requests")")
+    fi
     echo
-    python3 "$ROOT/benches/load/callgrind_report.py" files "$REQUESTS" "$DUMP" \
-        ${BASE:+"$(ls "$BASE"/callgrind.out.1-* | sort -V | head -1)"}
+    python3 "$ROOT/benches/load/callgrind_report.py" files "$REQUESTS" "$DUMP" "${BASE_ARGS[@]}"
 fi
 log "callgrind output in $OUT ($(basename "$DUMP"), inclusive.txt)"

@@ -4,13 +4,14 @@
     callgrind_report.py own REQUESTS BIN DUMP...
         the whole process per request, the main thread's share, and the 25
         functions with the most instructions of their own (every thread)
-    callgrind_report.py files REQUESTS DUMP [BASE_DUMP]
+    callgrind_report.py files REQUESTS DUMP [BASE_DUMP BASE_REQUESTS]
         one thread's instructions per request by the source file they were
         written in: inlined code counts in its own file (hyper's, h2's, the
         standard library's) rather than in the function it was inlined into,
         which is what a release build's profile otherwise shows. With
-        BASE_DUMP (e.g. livery-floor's), the difference per file, largest
-        first: what the first build does that the second does not.
+        BASE_DUMP (e.g. livery-floor's, counted over BASE_REQUESTS), the
+        difference per request and file, largest first: what the first build
+        does that the second does not.
 
 A cost line after a `calls=` line is the callee's inclusive cost, not the
 caller's own, so it is skipped.
@@ -88,7 +89,7 @@ def own(n, binary, paths):
         print(f"{c / n:9,.0f}  {100 * c / total:5.1f}%  {f[:110]}")
 
 
-def files(n, path, base=None):
+def files(n, path, base=None, base_n=None):
     _, mine = read(path)
     if base is None:
         print(f"{sum(mine.values()) / n:,.0f} instructions per request; by source file, top 40:")
@@ -96,11 +97,13 @@ def files(n, path, base=None):
             print(f"{c / n:9,.0f}  {f}")
         return
     _, theirs = read(base)
-    print(f"{sum(mine.values()) / n:,.0f} against {sum(theirs.values()) / n:,.0f} instructions per "
+    mine = {f: c / n for f, c in mine.items()}
+    theirs = {f: c / base_n for f, c in theirs.items()}
+    print(f"{sum(mine.values()):,.0f} against {sum(theirs.values()):,.0f} instructions per "
           "request; the difference by source file, top 40 (this / base):")
-    diff = {f: mine[f] - theirs[f] for f in set(mine) | set(theirs)}
+    diff = {f: mine.get(f, 0) - theirs.get(f, 0) for f in set(mine) | set(theirs)}
     for f, d in sorted(diff.items(), key=lambda kv: -abs(kv[1]))[:40]:
-        print(f"{d / n:+9,.0f}  {mine[f] / n:8,.0f} / {theirs[f] / n:8,.0f}  {f}")
+        print(f"{d:+9,.0f}  {mine.get(f, 0):8,.0f} / {theirs.get(f, 0):8,.0f}  {f}")
 
 
 if __name__ == "__main__":
@@ -108,6 +111,7 @@ if __name__ == "__main__":
     if mode == "own":
         own(n, sys.argv[3], sys.argv[4:])
     elif mode == "files":
-        files(n, sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else None)
+        base, base_n = (sys.argv[4], int(sys.argv[5])) if len(sys.argv) > 5 else (None, None)
+        files(n, sys.argv[3], base, base_n)
     else:
         sys.exit(__doc__)

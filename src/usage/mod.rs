@@ -509,7 +509,7 @@ impl UsageSink {
                         mpsc::error::TrySendError::Full(l) | mpsc::error::TrySendError::Closed(l),
                     ) => l,
                 },
-                _ => line,
+                None => line,
             }
         };
         if let Some(f) = &self.inner.overflow {
