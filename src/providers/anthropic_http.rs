@@ -172,7 +172,7 @@ impl AnthropicProvider {
         &self,
         body: Bytes,
         stream: bool,
-        request_id: &str,
+        request_id: &crate::telemetry::ids::RequestId,
         key: Option<&Secret>,
     ) -> Result<UpstreamResponse, ProviderError> {
         let accept = if stream {
@@ -184,7 +184,7 @@ impl AnthropicProvider {
         let headers = upstream.headers_mut();
         headers.insert(ANTHROPIC_VERSION_HEADER, self.version.clone());
         if let Some(key) = key {
-            headers.insert(X_API_KEY, key_header_value(&self.name, key.expose())?);
+            headers.insert(X_API_KEY, key_header_value(&self.name, "", key)?);
         }
         self.client.send(upstream).await
     }

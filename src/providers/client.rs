@@ -84,7 +84,7 @@ impl UpstreamClient {
         uri: Uri,
         body: Bytes,
         accept: &'static str,
-        request_id: &str,
+        request_id: &crate::telemetry::ids::RequestId,
     ) -> Request<Bytes> {
         let length = HeaderValue::from(body.len());
         let mut req = Request::new(body);
@@ -99,14 +99,13 @@ impl UpstreamClient {
         headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
         // hyper adds it for HTTP/1.1; the HTTP/2 path writes headers as given.
         headers.insert(header::CONTENT_LENGTH, length);
-        if let Ok(mut v) = HeaderValue::from_str(request_id) {
-            // A new value on every request: HTTP/2 sends it as a literal never
-            // put in the HPACK table. Indexed, each would evict the oldest
-            // entry, and in turn the headers that repeat (type, accept,
-            // agent, authority, path) would be sent as literals again.
-            v.set_sensitive(true);
-            headers.insert(crate::telemetry::ids::REQUEST_ID_HEADER, v);
-        }
+        let mut v = request_id.header_value();
+        // A new value on every request: HTTP/2 sends it as a literal never
+        // put in the HPACK table. Indexed, each would evict the oldest
+        // entry, and in turn the headers that repeat (type, accept,
+        // agent, authority, path) would be sent as literals again.
+        v.set_sensitive(true);
+        headers.insert(crate::telemetry::ids::REQUEST_ID_HEADER, v);
         req
     }
 

@@ -127,7 +127,7 @@ pub struct UpstreamRequest {
     pub model: String,
     pub body: Bytes,
     pub stream: bool,
-    pub request_id: String,
+    pub request_id: crate::telemetry::ids::RequestId,
 }
 
 /// One configured provider.

@@ -128,33 +128,31 @@ impl OpenAiProvider {
         };
         let mut upstream = self.client.post(url, req.body, accept, &req.request_id);
         if let Some(key) = key {
-            let (header, value) = match self.flavor {
-                Flavor::OpenAi => (
-                    http::header::AUTHORIZATION,
-                    zeroize::Zeroizing::new({
-                        let mut v = String::with_capacity(7 + key.expose().len());
-                        v.push_str("Bearer ");
-                        v.push_str(key.expose());
-                        v
-                    }),
-                ),
-                Flavor::Azure { .. } => (
-                    http::HeaderName::from_static("api-key"),
-                    zeroize::Zeroizing::new(key.expose().to_owned()),
-                ),
+            let (header, prefix) = match self.flavor {
+                Flavor::OpenAi => (http::header::AUTHORIZATION, "Bearer "),
+                Flavor::Azure { .. } => (http::HeaderName::from_static("api-key"), ""),
             };
             upstream
                 .headers_mut()
-                .insert(header, key_header_value(&self.name, &value)?);
+                .insert(header, key_header_value(&self.name, prefix, key)?);
         }
         self.client.send(upstream).await
     }
 }
 
-/// A credential as a header value, marked sensitive (kept out of `Debug`
-/// output and HPACK tables).
-pub(super) fn key_header_value(provider: &str, value: &str) -> Result<HeaderValue, ProviderError> {
-    let mut hv = HeaderValue::from_str(value).map_err(|_| {
+/// A credential (after `prefix`) as a header value, marked sensitive (kept
+/// out of `Debug` output and HPACK tables). Written straight into the value's
+/// own buffer: a `String` first would be one more copy of the key to wipe.
+pub(super) fn key_header_value(
+    provider: &str,
+    prefix: &str,
+    key: &Secret,
+) -> Result<HeaderValue, ProviderError> {
+    let key = key.expose();
+    let mut text = bytes::BytesMut::with_capacity(prefix.len() + key.len());
+    text.extend_from_slice(prefix.as_bytes());
+    text.extend_from_slice(key.as_bytes());
+    let mut hv = HeaderValue::from_maybe_shared(text.freeze()).map_err(|_| {
         ProviderError::Misconfigured(format!(
             "provider `{provider}`: key is not a valid header value"
         ))

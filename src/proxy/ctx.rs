@@ -1,10 +1,9 @@
 //! [`RequestCtx`]: what is known about a request once it has been resolved, carried
-//! through every later stage instead of re-reading headers; the client's
-//! [`Dialect`]; and request ids.
+//! through every later stage instead of re-reading headers; and the client's
+//! [`Dialect`].
 
 use crate::snapshot::Snapshot;
 use crate::tenancy::{ResellerIdx, Tenant};
-use http::HeaderMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,7 +18,7 @@ pub struct ConnInfo {
 }
 
 pub struct RequestCtx {
-    pub request_id: String,
+    pub request_id: crate::telemetry::ids::RequestId,
     pub started: Instant,
     /// The snapshot this request was resolved against, held for its whole life so a
     /// reload never changes the rules half-way through.
@@ -53,22 +52,4 @@ impl Dialect {
             Dialect::OpenAi
         }
     }
-}
-
-/// The client's `x-request-id` if it is sane (1–128 visible ASCII characters
-/// from a conservative set), else a fresh UUIDv7.
-pub fn request_id(headers: &HeaderMap) -> String {
-    if let Some(v) = headers
-        .get(crate::telemetry::ids::REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-    {
-        let ok = !v.is_empty()
-            && v.len() <= 128
-            && v.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
-        if ok {
-            return v.to_owned();
-        }
-    }
-    crate::telemetry::ids::uuid_v7_text()
 }

@@ -15,7 +15,7 @@
 //! 9. answer: buffered JSON or the SSE relay; usage recorded exactly once.
 
 use super::body::{json_response, ProxyBody};
-use super::ctx::{request_id, Dialect, RequestCtx};
+use super::ctx::{Dialect, RequestCtx};
 use super::error::GatewayError;
 use super::fallback::{self, Prepared};
 use super::record::PendingRecord;
@@ -24,6 +24,7 @@ use super::App;
 use crate::limits::{estimate_request_tokens, EffectiveLimits, LimitKey};
 use crate::providers::Endpoint;
 use crate::routing::ModelChoice;
+use crate::telemetry::ids::RequestId;
 use crate::tenancy::{normalize_host, presented_key, PresentedKey, ResellerIdx, TenancyError};
 use crate::usage::Outcome;
 use bytes::Bytes;
@@ -47,7 +48,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let started = Instant::now();
-    let rid = request_id(req.headers());
+    let rid = RequestId::of_request(req.headers());
     let dialect = Dialect::of_path(req.uri().path());
     // Stages 2-5 are synchronous and log nothing, so they run first and the
     // request's span is created once with every field: recording the reseller
@@ -85,10 +86,8 @@ where
         }
         Err(refusal) => span.in_scope(|| refusal.error.to_response_for(dialect)),
     };
-    if let Ok(v) = HeaderValue::from_str(&rid) {
-        resp.headers_mut()
-            .insert(crate::telemetry::ids::REQUEST_ID_HEADER, v);
-    }
+    resp.headers_mut()
+        .insert(crate::telemetry::ids::REQUEST_ID_HEADER, rid.header_value());
     app.metrics.response(resp.status().as_u16());
     resp
 }
@@ -122,7 +121,7 @@ fn resolve<B>(
     app: &Arc<App>,
     req: &Request<B>,
     sni: Option<Arc<str>>,
-    rid: &str,
+    rid: &RequestId,
     started: Instant,
     dialect: Dialect,
 ) -> Result<Resolved, Refusal> {
@@ -192,7 +191,7 @@ fn resolve<B>(
         }
     };
     let ctx = RequestCtx {
-        request_id: rid.to_owned(),
+        request_id: rid.clone(),
         started,
         snapshot,
         reseller,

@@ -20,6 +20,84 @@ pub fn uuid_v7() -> uuid::Uuid {
     uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid()
 }
 
+/// A request's id, checked once (1–128 characters from a conservative set)
+/// and held as the header value it travels in: the answer, the upstream
+/// request, the usage record and the log line share one buffer, where the id
+/// as a `String` was copied into six allocations per request.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RequestId(http::HeaderValue);
+
+impl RequestId {
+    /// The client's own id if it is sane, else a fresh UUIDv7.
+    pub fn of_request(headers: &http::HeaderMap) -> Self {
+        headers
+            .get(REQUEST_ID_HEADER)
+            .and_then(|v| Self::from_text(v.as_bytes()))
+            .unwrap_or_else(Self::fresh)
+    }
+
+    /// `text` as an id if every byte is from the id set. Copied: a slice of
+    /// the client's header would hold hyper's read buffer for the request's
+    /// whole life.
+    pub fn from_text(text: &[u8]) -> Option<Self> {
+        let ok = !text.is_empty()
+            && text.len() <= 128
+            && text
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+        ok.then(|| Self::from_checked(text))
+    }
+
+    /// A fresh UUIDv7.
+    pub fn fresh() -> Self {
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        Self::from_checked(uuid_v7().hyphenated().encode_lower(&mut text).as_bytes())
+    }
+
+    fn from_checked(text: &[u8]) -> Self {
+        match http::HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(text)) {
+            Ok(v) => Self(v),
+            // Unreachable: callers pass visible ASCII only.
+            Err(_) => Self(http::HeaderValue::from_static("invalid")),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Visible ASCII by construction, so `to_str` cannot fail.
+        self.0.to_str().unwrap_or_default()
+    }
+
+    /// The id as a header value: a shared reference, not a copy.
+    pub fn header_value(&self) -> http::HeaderValue {
+        self.0.clone()
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl serde::Serialize for RequestId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl From<&str> for RequestId {
+    /// For tests and tools: text outside the id set becomes a fresh id.
+    fn from(text: &str) -> Self {
+        Self::from_text(text.as_bytes()).unwrap_or_else(Self::fresh)
+    }
+}
+
 /// A fresh UUIDv7 as text (lowercase, hyphenated) in one exact allocation:
 /// `to_string` goes through `Display` into a growing `String`, and every
 /// request makes two (its id, unless the client sent one, and its event's).
@@ -41,6 +119,40 @@ mod tests {
         let first = ids[0].get_timestamp().unwrap().to_unix();
         let last = ids[ids.len() - 1].get_timestamp().unwrap().to_unix();
         assert!(last >= first);
+    }
+
+    #[test]
+    fn a_request_id_is_the_clients_when_sane_and_fresh_otherwise() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            REQUEST_ID_HEADER,
+            http::HeaderValue::from_static("abc-1.2:3_4"),
+        );
+        let id = RequestId::of_request(&h);
+        assert_eq!(id.as_str(), "abc-1.2:3_4");
+        assert_eq!(id.header_value(), "abc-1.2:3_4");
+        assert_eq!(id.to_string(), "abc-1.2:3_4");
+        for bad in ["", "a b", "a/b", "<script>", &"x".repeat(129)] {
+            h.insert(REQUEST_ID_HEADER, http::HeaderValue::from_str(bad).unwrap());
+            let id = RequestId::of_request(&h);
+            let parsed = uuid::Uuid::parse_str(id.as_str()).unwrap();
+            assert_eq!(parsed.get_version_num(), 7, "{bad:?}");
+        }
+        h.insert(
+            REQUEST_ID_HEADER,
+            http::HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+        );
+        assert_ne!(RequestId::of_request(&h).as_str(), "café");
+        assert_eq!(
+            RequestId::of_request(&http::HeaderMap::new())
+                .as_str()
+                .len(),
+            36
+        );
+        assert_eq!(
+            serde_json::to_string(&RequestId::from("r-1")).unwrap(),
+            "\"r-1\""
+        );
     }
 
     #[test]

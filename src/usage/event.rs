@@ -69,7 +69,7 @@ pub struct UsageRecord {
     pub ts: String,
     /// When the event was finished (RFC 3339, UTC).
     pub ended_at: String,
-    pub request_id: String,
+    pub request_id: crate::telemetry::ids::RequestId,
     /// Shared with the request's context (no copy per request).
     pub reseller: std::sync::Arc<str>,
     pub tenant: std::sync::Arc<str>,
@@ -111,7 +111,7 @@ impl UsageRecord {
         member_str(out, key!("event_id"), &self.event_id);
         member_str(out, key!("ts"), &self.ts);
         member_str(out, key!("ended_at"), &self.ended_at);
-        member_str(out, key!("request_id"), &self.request_id);
+        member_str(out, key!("request_id"), self.request_id.as_str());
         member_str(out, key!("reseller"), &self.reseller);
         member_str(out, key!("tenant"), &self.tenant);
         member_str(out, key!("endpoint"), self.endpoint);
