@@ -96,7 +96,27 @@ async fn a_successful_request_is_recorded_with_the_upstreams_numbers() {
 
     let r = one_record_of(&gw, &rid).await;
     assert_eq!(r["request_id"], rid.as_str());
-    assert!(r["ts"].as_str().is_some_and(|t| !t.is_empty()), "{r}");
+    // The request id (fresh, a UUIDv7) and `ts` come from one clock read,
+    // and the event id and `ended_at` from another.
+    let millis = |t: &Value| {
+        let t = time::OffsetDateTime::parse(
+            t.as_str().expect("a timestamp"),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        (t.unix_timestamp_nanos() / 1_000_000) as u64
+    };
+    let uuid_millis = |id: &Value| {
+        let (secs, nanos) = uuid::Uuid::parse_str(id.as_str().unwrap())
+            .unwrap()
+            .get_timestamp()
+            .expect("a UUIDv7")
+            .to_unix();
+        secs * 1000 + u64::from(nanos) / 1_000_000
+    };
+    assert_eq!(uuid_millis(&r["request_id"]), millis(&r["ts"]), "{r}");
+    assert_eq!(uuid_millis(&r["event_id"]), millis(&r["ended_at"]), "{r}");
+    assert!(millis(&r["ts"]) <= millis(&r["ended_at"]), "{r}");
     assert_eq!(r["reseller"], "acme", "{r}");
     assert_eq!(r["tenant"], "dental", "{r}");
     assert_eq!(r["endpoint"], "chat.completions", "{r}");

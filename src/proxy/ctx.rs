@@ -20,6 +20,9 @@ pub struct ConnInfo {
 pub struct RequestCtx {
     pub request_id: crate::telemetry::ids::RequestId,
     pub started: Instant,
+    /// The same moment by the wall clock: the usage event's `ts` and a fresh
+    /// request id's time, from one clock read.
+    pub started_at: std::time::SystemTime,
     /// The snapshot this request was resolved against, held for its whole life so a
     /// reload never changes the rules half-way through.
     pub snapshot: Arc<Snapshot>,

@@ -48,13 +48,14 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let started = Instant::now();
-    let rid = RequestId::of_request(req.headers());
+    let started_at = std::time::SystemTime::now();
+    let rid = RequestId::of_request(req.headers(), started_at);
     let dialect = Dialect::of_path(req.uri().path());
     // Stages 2-5 are synchronous and log nothing, so they run first and the
     // request's span is created once with every field: recording the reseller
     // and tenant into an existing span cost a subscriber round trip that
     // formats them again (about 1.6k instructions).
-    let resolved = resolve(&app, &req, sni, &rid, started, dialect);
+    let resolved = resolve(&app, &req, sni, &rid, (started, started_at), dialect);
     let (reseller, tenant) = match &resolved {
         Ok(Resolved::Api(_, ctx)) => (Some(&*ctx.reseller), Some(&*ctx.tenant.id)),
         Ok(Resolved::Answered(_)) => (None, None),
@@ -122,7 +123,7 @@ fn resolve<B>(
     req: &Request<B>,
     sni: Option<Arc<str>>,
     rid: &RequestId,
-    started: Instant,
+    (started, started_at): (Instant, std::time::SystemTime),
     dialect: Dialect,
 ) -> Result<Resolved, Refusal> {
     let path = req.uri().path();
@@ -193,6 +194,7 @@ fn resolve<B>(
     let ctx = RequestCtx {
         request_id: rid.clone(),
         started,
+        started_at,
         snapshot,
         reseller,
         reseller_idx,

@@ -17,7 +17,7 @@ use super::ctx::RequestCtx;
 use crate::limits::Admission;
 use crate::providers::Endpoint;
 use crate::usage::spool::Ticket;
-use crate::usage::{estimate, now_rfc3339, Outcome, UsageRecord, UsageSink, SCHEMA_VERSION};
+use crate::usage::{estimate, rfc3339, Outcome, UsageRecord, UsageSink, SCHEMA_VERSION};
 use bytes::Bytes;
 use serde_json::Value;
 use std::time::Instant;
@@ -214,7 +214,7 @@ impl PendingRecord {
             record: Some(Box::new(UsageRecord {
                 v: SCHEMA_VERSION,
                 event_id: String::new(),
-                ts: now_rfc3339(),
+                ts: rfc3339(ctx.started_at),
                 ended_at: String::new(),
                 request_id: ctx.request_id.clone(),
                 reseller: ctx.reseller.clone(),
@@ -371,8 +371,9 @@ impl PendingRecord {
         r.latency_ms = ms(self.started.elapsed());
         r.ttfb_ms = self.first_byte.map(|t| ms(t.duration_since(self.started)));
         r.cached_tokens = self.tokens.cached;
-        r.event_id = crate::telemetry::ids::uuid_v7_text();
-        r.ended_at = now_rfc3339();
+        let now = std::time::SystemTime::now();
+        r.event_id = crate::telemetry::ids::uuid_v7_text_at(now);
+        r.ended_at = rfc3339(now);
         if let Some(mut admission) = self.admission.take() {
             // Refund the estimate of a call no upstream served; keep it charged
             // for one served without a count (usage may have happened).

@@ -11,7 +11,13 @@ pub const REQUEST_ID_HEADER: http::HeaderName = http::HeaderName::from_static("x
 
 /// A new UUIDv7.
 pub fn uuid_v7() -> uuid::Uuid {
-    let millis = SystemTime::now()
+    uuid_v7_at(SystemTime::now())
+}
+
+/// A new UUIDv7 for the moment `t` (a clock read the caller shares with a
+/// timestamp: each read is ~20 ns, and a request made four).
+pub fn uuid_v7_at(t: SystemTime) -> uuid::Uuid {
+    let millis = t
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let mut random = [0u8; 10];
@@ -28,12 +34,12 @@ pub fn uuid_v7() -> uuid::Uuid {
 pub struct RequestId(http::HeaderValue);
 
 impl RequestId {
-    /// The client's own id if it is sane, else a fresh UUIDv7.
-    pub fn of_request(headers: &http::HeaderMap) -> Self {
+    /// The client's own id if it is sane, else a fresh UUIDv7 for `now`.
+    pub fn of_request(headers: &http::HeaderMap, now: SystemTime) -> Self {
         headers
             .get(REQUEST_ID_HEADER)
             .and_then(|v| Self::from_text(v.as_bytes()))
-            .unwrap_or_else(Self::fresh)
+            .unwrap_or_else(|| Self::fresh_at(now))
     }
 
     /// `text` as an id if every byte is from the id set. Copied: a slice of
@@ -50,8 +56,17 @@ impl RequestId {
 
     /// A fresh UUIDv7.
     pub fn fresh() -> Self {
+        Self::fresh_at(SystemTime::now())
+    }
+
+    fn fresh_at(now: SystemTime) -> Self {
         let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        Self::from_checked(uuid_v7().hyphenated().encode_lower(&mut text).as_bytes())
+        Self::from_checked(
+            uuid_v7_at(now)
+                .hyphenated()
+                .encode_lower(&mut text)
+                .as_bytes(),
+        )
     }
 
     fn from_checked(text: &[u8]) -> Self {
@@ -102,8 +117,16 @@ impl From<&str> for RequestId {
 /// `to_string` goes through `Display` into a growing `String`, and every
 /// request makes two (its id, unless the client sent one, and its event's).
 pub fn uuid_v7_text() -> String {
+    uuid_v7_text_at(SystemTime::now())
+}
+
+/// [`uuid_v7_text`] for the moment `t`.
+pub fn uuid_v7_text_at(t: SystemTime) -> String {
     let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    uuid_v7().hyphenated().encode_lower(&mut text).to_owned()
+    uuid_v7_at(t)
+        .hyphenated()
+        .encode_lower(&mut text)
+        .to_owned()
 }
 
 #[cfg(test)]
@@ -128,13 +151,13 @@ mod tests {
             REQUEST_ID_HEADER,
             http::HeaderValue::from_static("abc-1.2:3_4"),
         );
-        let id = RequestId::of_request(&h);
+        let id = RequestId::of_request(&h, SystemTime::now());
         assert_eq!(id.as_str(), "abc-1.2:3_4");
         assert_eq!(id.header_value(), "abc-1.2:3_4");
         assert_eq!(id.to_string(), "abc-1.2:3_4");
         for bad in ["", "a b", "a/b", "<script>", &"x".repeat(129)] {
             h.insert(REQUEST_ID_HEADER, http::HeaderValue::from_str(bad).unwrap());
-            let id = RequestId::of_request(&h);
+            let id = RequestId::of_request(&h, SystemTime::now());
             let parsed = uuid::Uuid::parse_str(id.as_str()).unwrap();
             assert_eq!(parsed.get_version_num(), 7, "{bad:?}");
         }
@@ -142,7 +165,10 @@ mod tests {
             REQUEST_ID_HEADER,
             http::HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
         );
-        assert_ne!(RequestId::of_request(&h).as_str(), "café");
+        assert_ne!(
+            RequestId::of_request(&h, SystemTime::now()).as_str(),
+            "café"
+        );
         assert_eq!(
             RequestId::of_request(&http::HeaderMap::new())
                 .as_str()

@@ -34,7 +34,7 @@ mod timestamp;
 
 pub use event::{AttemptRecord, LedgerEvent, Outcome, UsageRecord, SCHEMA_VERSION};
 pub use ledger::{LedgerStats, SinkStats};
-pub use timestamp::now_rfc3339;
+pub use timestamp::rfc3339;
 
 use crate::config::GatewayConfig;
 use arc_swap::{ArcSwap, ArcSwapOption};

@@ -7,11 +7,6 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 use time::format_description::well_known::Rfc3339;
 
-/// Now, in UTC, as RFC 3339.
-pub fn now_rfc3339() -> String {
-    rfc3339(SystemTime::now())
-}
-
 /// `t` in UTC as RFC 3339.
 pub fn rfc3339(t: SystemTime) -> String {
     let Ok(since) = t.duration_since(UNIX_EPOCH) else {
