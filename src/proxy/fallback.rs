@@ -132,10 +132,13 @@ pub fn serve<'a>(
                     stream: prepared.stream,
                     request_id: ctx.request_id.clone(),
                 };
-                let started = Instant::now();
+                // The clock was just read: each read is ~20 ns, and
+                // `timeout` would read it again to turn a duration back
+                // into the deadline.
+                let started = now;
                 let first_event = Duration::from_millis(settings.first_event_timeout_ms);
-                let result = tokio::time::timeout(
-                    deadline.saturating_duration_since(started),
+                let result = tokio::time::timeout_at(
+                    deadline.into(),
                     attempt(
                         &route.provider,
                         req,

@@ -170,7 +170,7 @@ mod tests {
             "café"
         );
         assert_eq!(
-            RequestId::of_request(&http::HeaderMap::new())
+            RequestId::of_request(&http::HeaderMap::new(), SystemTime::now())
                 .as_str()
                 .len(),
             36
