@@ -4,7 +4,7 @@
 //! (its own or its reseller's) leaves it less.
 
 use bytes::BytesMut;
-use http::{HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use std::time::Duration;
 
 // Built at compile time: `from_static` checks the name byte by byte.
@@ -41,16 +41,27 @@ impl RateHeaders {
     }
 
     /// The headers, in OpenAI's names and formats (reset as a Go-style duration).
-    ///
-    /// Every value is written into one buffer and split off it: the headers
-    /// share that buffer instead of allocating one value each.
     pub fn to_headers(&self) -> Vec<(HeaderName, HeaderValue)> {
         let mut out = Vec::with_capacity(6);
+        self.each(|name, value| out.push((name, value)));
+        out
+    }
+
+    /// The headers, set in `map` (an answer's): no list in between.
+    pub fn insert_into(&self, map: &mut HeaderMap) {
+        self.each(|name, value| {
+            map.insert(name, value);
+        });
+    }
+
+    /// Every value is written into one buffer and split off it: the headers
+    /// share that buffer instead of allocating one value each.
+    fn each(&self, mut f: impl FnMut(HeaderName, HeaderValue)) {
         let mut text = BytesMut::with_capacity(64);
         let mut push = |name: HeaderName, text: &mut BytesMut| {
             // Digits, letters and a dot: always a valid header value.
             if let Ok(v) = HeaderValue::from_maybe_shared(text.split().freeze()) {
-                out.push((name, v));
+                f(name, v);
             }
         };
         for (w, [limit, remaining, reset]) in [
@@ -65,7 +76,6 @@ impl RateHeaders {
             write_go_duration(&mut text, w.reset);
             push(reset, &mut text);
         }
-        out
     }
 
     /// Combines the views of the two levels.

@@ -38,7 +38,6 @@ pub use month::{MemoryMonthlyUsage, Month, MonthlyUsageSource, NoMonthlyUsage};
 pub use plan::{EffectiveLimits, Level, PlanLimits, DEFAULT_COMPLETION_TOKENS};
 
 use crate::config::{LimitsBackend, LimitsConfig, OnRedisError};
-use http::{HeaderName, HeaderValue};
 use local::{Entry, LocalBackend};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -514,10 +513,6 @@ impl Admission {
     }
 
     /// The rate-limit headers for the response (none if nothing is limited).
-    pub fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
-        self.headers.to_headers()
-    }
-
     pub fn rate_headers(&self) -> &RateHeaders {
         &self.headers
     }

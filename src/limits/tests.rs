@@ -220,6 +220,28 @@ fn headers_show_the_tenants_limit_and_the_binding_remaining() {
             "x-ratelimit-reset-tokens: 1m1s",
         ]
     );
+    // Set straight into an answer's headers: the same six, replacing any
+    // the upstream sent under those names.
+    let mut map = http::HeaderMap::new();
+    map.insert(
+        "x-ratelimit-remaining-tokens",
+        http::HeaderValue::from_static("999"),
+    );
+    map.insert(
+        "content-type",
+        http::HeaderValue::from_static("application/json"),
+    );
+    h.insert_into(&mut map);
+    let mut set: Vec<String> = map
+        .iter()
+        .filter(|(n, _)| n.as_str().starts_with("x-ratelimit-"))
+        .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap()))
+        .collect();
+    set.sort();
+    let mut listed = names.clone();
+    listed.sort();
+    assert_eq!(set, listed);
+    assert_eq!(map.len(), 7);
 }
 
 #[test]

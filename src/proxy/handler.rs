@@ -21,14 +21,14 @@ use super::fallback::{self, Prepared};
 use super::record::PendingRecord;
 use super::request_body::RequestBody;
 use super::App;
-use crate::limits::{estimate_request_tokens, EffectiveLimits, LimitKey};
+use crate::limits::{estimate_request_tokens, EffectiveLimits, LimitKey, RateHeaders};
 use crate::providers::Endpoint;
 use crate::routing::ModelChoice;
 use crate::telemetry::ids::RequestId;
 use crate::tenancy::{normalize_host, presented_key, PresentedKey, ResellerIdx, TenancyError};
 use crate::usage::Outcome;
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -318,14 +318,11 @@ where
     // stay in this future's state, about 700 bytes, while the upstream answers.
     let (prepared, record, rate_headers) = admit(app, ctx, endpoint, body).await?;
     let mut resp = fallback::serve(app, ctx, endpoint, prepared, record).await;
-    for (name, value) in rate_headers.into_iter().flatten() {
-        resp.headers_mut().insert(name, value);
+    if let Some(rate_headers) = rate_headers {
+        rate_headers.insert_into(resp.headers_mut());
     }
     Ok(resp)
 }
-
-/// The rate-limit headers of an admitted request.
-type RateHeaderList = Option<Vec<(HeaderName, HeaderValue)>>;
 
 /// Reads the body, prepares it under the tenant's plan and admits it under
 /// the limits; a refusal is recorded and returned.
@@ -334,7 +331,7 @@ async fn admit<B>(
     ctx: &RequestCtx,
     endpoint: Endpoint,
     body: B,
-) -> Result<(Prepared, PendingRecord, RateHeaderList), GatewayError>
+) -> Result<(Prepared, PendingRecord, Option<RateHeaders>), GatewayError>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -388,7 +385,7 @@ where
     // that would stay in this future's state, 320 bytes, across the upstream
     // call).
     let rate_headers = admission.map(|a| {
-        let headers = a.headers();
+        let headers = *a.rate_headers();
         record.hold_admission(a);
         headers
     });
