@@ -86,7 +86,10 @@ impl UpstreamClient {
         accept: &'static str,
         request_id: &crate::telemetry::ids::RequestId,
     ) -> Request<Bytes> {
-        let length = HeaderValue::from(body.len());
+        // From text: `HeaderValue::from(usize)` builds a 20-byte buffer and
+        // then a second allocation to share it.
+        let length = HeaderValue::from_str(itoa::Buffer::new().format(body.len()))
+            .unwrap_or_else(|_| HeaderValue::from(body.len()));
         let mut req = Request::new(body);
         *req.method_mut() = http::Method::POST;
         *req.uri_mut() = uri;
