@@ -677,7 +677,7 @@ impl Spool {
             };
             f.seek(SeekFrom::Start(pos.offset))?;
             buf.clear();
-            read_lines(&mut f, buf, max_events, max_bytes)?;
+            let lines = read_lines(&mut f, buf, max_events, max_bytes)?;
             let Some(last_nl) = memchr::memrchr(b'\n', buf) else {
                 if is_final {
                     if !buf.is_empty() {
@@ -699,8 +699,7 @@ impl Spool {
             };
             let whole = &buf[..=last_nl];
             // Sized once: a batch of a thousand events grown by doubling
-            // copied its ~100-byte events ten times over.
-            let lines = memchr::memchr_iter(b'\n', whole).count();
+            // copied its ~450-byte events ten times over.
             let mut events = Vec::with_capacity(lines.min(max_events));
             let mut consumed = 0usize;
             for nl in memchr::memchr_iter(b'\n', whole) {
@@ -835,12 +834,14 @@ const READ_PER_EVENT: usize = 1024;
 /// Reads `f` into `buf` until `buf` holds `max_events` complete lines, the
 /// file ends, or `max_bytes` are read; then, if not one line is complete, on
 /// to the end of the file (a line longer than a batch is read whole).
+/// Reads whole lines into `buf` (up to `max_events` of them or about
+/// `max_bytes`); returns how many newlines `buf` holds.
 fn read_lines(
     f: &mut File,
     buf: &mut Vec<u8>,
     max_events: usize,
     max_bytes: usize,
-) -> std::io::Result<()> {
+) -> std::io::Result<usize> {
     let mut lines = 0usize;
     let chunk = max_events
         .saturating_mul(READ_PER_EVENT)
@@ -856,13 +857,15 @@ fn read_lines(
         let n = f.take(want as u64).read_to_end(buf)?;
         lines += memchr::memchr_iter(b'\n', &buf[start..]).count();
         if n < want || lines >= max_events {
-            return Ok(());
+            return Ok(lines);
         }
     }
     if lines == 0 {
+        let start = buf.len();
         f.read_to_end(buf)?;
+        lines = memchr::memchr_iter(b'\n', &buf[start..]).count();
     }
-    Ok(())
+    Ok(lines)
 }
 
 /// Segment files of `dir`, sorted by id.
