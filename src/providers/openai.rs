@@ -141,18 +141,19 @@ impl OpenAiProvider {
 }
 
 /// A credential (after `prefix`) as a header value, marked sensitive (kept
-/// out of `Debug` output and HPACK tables). Written straight into the value's
-/// own buffer: a `String` first would be one more copy of the key to wipe.
+/// out of `Debug` output and HPACK tables). The value owns its bytes in a
+/// `Zeroizing` buffer, wiped when the last reference (h2's, once it has
+/// encoded the header) is dropped: the copy of the key outside `Secret`.
 pub(super) fn key_header_value(
     provider: &str,
     prefix: &str,
     key: &Secret,
 ) -> Result<HeaderValue, ProviderError> {
     let key = key.expose();
-    let mut text = bytes::BytesMut::with_capacity(prefix.len() + key.len());
+    let mut text = zeroize::Zeroizing::new(Vec::with_capacity(prefix.len() + key.len()));
     text.extend_from_slice(prefix.as_bytes());
     text.extend_from_slice(key.as_bytes());
-    let mut hv = HeaderValue::from_maybe_shared(text.freeze()).map_err(|_| {
+    let mut hv = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text)).map_err(|_| {
         ProviderError::Misconfigured(format!(
             "provider `{provider}`: key is not a valid header value"
         ))
@@ -173,4 +174,24 @@ fn utf8_percent_encode_path(segment: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_header_is_the_prefixed_key_marked_sensitive_and_a_bad_key_is_refused() {
+        let key = Secret::new("sk-test-123".into());
+        let v = key_header_value("openai", "Bearer ", &key).unwrap();
+        assert_eq!(v, "Bearer sk-test-123");
+        assert!(v.is_sensitive());
+        assert!(!format!("{v:?}").contains("sk-test"));
+        assert_eq!(key_header_value("azure", "", &key).unwrap(), "sk-test-123");
+        let bad = Secret::new("sk-\nx".into());
+        assert!(matches!(
+            key_header_value("openai", "Bearer ", &bad),
+            Err(ProviderError::Misconfigured(m)) if m.contains("openai") && !m.contains("sk-")
+        ));
+    }
 }
