@@ -124,7 +124,7 @@ pub struct UpstreamResponse {
 pub struct UpstreamRequest {
     pub endpoint: Endpoint,
     /// The upstream model (Azure puts it, as the deployment, in the URL).
-    pub model: String,
+    pub model: Arc<str>,
     pub body: Bytes,
     pub stream: bool,
     pub request_id: crate::telemetry::ids::RequestId,

@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 /// A validated request, ready to be sent to any route.
 pub struct Prepared {
     /// The tenant-facing model that serves the request (after a downgrade).
-    pub model: String,
-    pub downgraded_from: Option<String>,
+    pub model: Arc<str>,
+    pub downgraded_from: Option<Arc<str>>,
     /// The request body; its `model` is written per route.
     pub body: RequestBody,
     pub stream: bool,
@@ -127,7 +127,7 @@ pub fn serve<'a>(
                 let body = prepared.body.upstream(&route.upstream_model);
                 let req = UpstreamRequest {
                     endpoint,
-                    model: String::from(&*route.upstream_model),
+                    model: route.upstream_model.clone(),
                     body,
                     stream: prepared.stream,
                     request_id: ctx.request_id.clone(),
@@ -169,7 +169,7 @@ pub fn serve<'a>(
                         push_attempt(app, &mut record, route, "ok", None, started);
                         record.update(|r| {
                             r.provider = Some(provider_name.clone());
-                            r.served_model = Some(String::from(&*route.upstream_model));
+                            r.served_model = Some(route.upstream_model.clone());
                             r.key_owner = Some(credential.owner);
                         });
                         drop(credential);
@@ -285,7 +285,7 @@ pub fn serve<'a>(
             None if skipped_open > 0 => failure_answer(
                 gateway_failure(
                     "breaker_open",
-                    RoutingError::AllRoutesOpen(prepared.model.clone()),
+                    RoutingError::AllRoutesOpen(prepared.model.to_string()),
                 ),
                 None,
                 &mut record,

@@ -422,16 +422,18 @@ pub fn json_answer(
                 record.tokens = u;
             }
             if let Some(m) = v.get("model").and_then(Value::as_str) {
-                let m = m.to_owned();
-                record.update(|r| r.served_model = Some(m));
+                record.set_served_model(m);
             }
         }
     } else {
         // Only `usage` and `model` are read, in one pass over the bytes; the
         // whole body is parsed only when usage is missing and must be estimated.
         let (usage, model, tree) = match super::answer_scan::scan(&bytes) {
-            Some(facts) => (facts.usage, facts.model.map(str::to_owned), None),
-            None => read_answer_with_serde(&bytes),
+            Some(facts) => (facts.usage, facts.model.map(Cow::Borrowed), None),
+            None => {
+                let (usage, model, tree) = read_answer_with_serde(&bytes);
+                (usage, model.map(Cow::Owned), tree)
+            }
         };
         match usage {
             Some(u) => record.tokens = u,
@@ -443,7 +445,7 @@ pub fn json_answer(
             }
         }
         if let Some(m) = model {
-            record.update(|r| r.served_model = Some(m));
+            record.set_served_model(&m);
         }
     }
     let staged = record.finish_staged(committed_status.as_u16(), Outcome::Ok, None);

@@ -414,11 +414,20 @@ pub(super) fn read_body(
 ) -> Result<(RequestBody, ModelChoice, bool), GatewayError> {
     let body = RequestBody::parse(body)?;
     let requested_model = body.model()?;
-    record.update(|r| r.requested_model = Some(requested_model.clone()));
-    let choice = ctx
+    let choice = match ctx
         .snapshot
         .models
-        .choose(&ctx.tenant.plan, &requested_model)?;
+        .choose(&ctx.tenant.plan, &requested_model)
+    {
+        Ok(choice) => choice,
+        Err(e) => {
+            record.update(|r| r.requested_model = Some(Arc::from(&*requested_model)));
+            return Err(e.into());
+        }
+    };
+    // The table's own name for what the client asked for.
+    let requested = choice.downgraded_from.as_ref().unwrap_or(&choice.model);
+    record.update(|r| r.requested_model = Some(requested.clone()));
     let stream = body.stream()?;
     Ok((body, choice, stream))
 }

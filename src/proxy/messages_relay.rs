@@ -75,8 +75,7 @@ impl MessagesRelay {
             "message_start" => {
                 let msg = parsed.get("message");
                 if let Some(m) = msg.and_then(|m| m.get("model")).and_then(Value::as_str) {
-                    let m = m.to_owned();
-                    self.record.update(|r| r.served_model = Some(m));
+                    self.record.set_served_model(m);
                 }
                 self.tokens = Some(Tokens::from_anthropic(msg.and_then(|m| m.get("usage"))));
             }

@@ -254,6 +254,17 @@ impl PendingRecord {
         }
     }
 
+    /// The model the upstream says served the request. The route's own
+    /// name (already recorded) is kept when the answer names the same model:
+    /// no copy per request then.
+    pub fn set_served_model(&mut self, model: &str) {
+        self.update(|r| {
+            if r.served_model.as_deref() != Some(model) {
+                r.served_model = Some(std::sync::Arc::from(model));
+            }
+        });
+    }
+
     pub fn mark_first_byte(&mut self) {
         if self.first_byte.is_none() {
             self.first_byte = Some(Instant::now());

@@ -138,8 +138,7 @@ impl SseRelay {
         if let Ok(peek) = serde_json::from_str::<ChunkPeek>(data) {
             if let (Some(model), false) = (peek.model, self.model_seen) {
                 self.model_seen = true;
-                let model = model.into_owned();
-                self.record.update(|r| r.served_model = Some(model));
+                self.record.set_served_model(&model);
             }
             let choices = peek.choices.unwrap_or_default();
             for c in &choices {

@@ -62,15 +62,22 @@ impl RequestBody {
     }
 
     /// The client's `model`: a non-empty string.
-    pub fn model(&self) -> Result<String, GatewayError> {
-        match self.field("model") {
-            None | Some("null") => Err(GatewayError::MissingModel),
-            Some(raw) => match serde_json::from_str::<String>(raw) {
-                Ok(s) if s.is_empty() => Err(GatewayError::MissingModel),
-                Ok(s) => Ok(s),
-                Err(_) => Err(GatewayError::InvalidField("model", "a string")),
+    pub fn model(&self) -> Result<std::borrow::Cow<'_, str>, GatewayError> {
+        let model = match self.field("model") {
+            None | Some("null") => return Err(GatewayError::MissingModel),
+            // Borrowed from the body unless it has an escape to undo.
+            Some(raw) => match serde_json::from_str::<&str>(raw) {
+                Ok(s) => std::borrow::Cow::Borrowed(s),
+                Err(_) => std::borrow::Cow::Owned(
+                    serde_json::from_str::<String>(raw)
+                        .map_err(|_| GatewayError::InvalidField("model", "a string"))?,
+                ),
             },
+        };
+        if model.is_empty() {
+            return Err(GatewayError::MissingModel);
         }
+        Ok(model)
     }
 
     /// The client's `stream`: a boolean, `false` when absent or null.
@@ -277,6 +284,21 @@ mod tests {
         assert!(s.contains(r#""content":"h\u00e9 \"x\"""#), "{s}");
         // A model name is escaped as JSON.
         assert_eq!(upstream(&body, "a\"b")["model"], json!("a\"b"));
+    }
+
+    #[test]
+    fn a_plain_model_name_is_borrowed_and_an_escaped_one_unescaped() {
+        use std::borrow::Cow;
+        let body = parse(r#"{"model":"gpt-4o"}"#).unwrap();
+        assert!(matches!(body.model().unwrap(), Cow::Borrowed("gpt-4o")));
+        let body = parse(r#"{"model":"gpt-\u0034o"}"#).unwrap();
+        assert!(matches!(body.model().unwrap(), Cow::Owned(m) if m == "gpt-4o"));
+        let body = parse(r#"{"model":"\u0000"}"#).unwrap();
+        assert_eq!(body.model().unwrap(), "\0");
+        assert!(matches!(
+            parse(r#"{"model":""}"#).unwrap().model(),
+            Err(GatewayError::MissingModel)
+        ));
     }
 
     #[test]

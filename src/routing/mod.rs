@@ -25,7 +25,8 @@ pub struct Route {
 
 #[derive(Debug)]
 pub struct ModelTable {
-    models: FastMap<String, Vec<Route>>,
+    /// Keyed by the model's name, shared by every request that names it.
+    models: FastMap<Arc<str>, Vec<Route>>,
 }
 
 /// Why no route could be chosen.
@@ -42,10 +43,11 @@ pub enum RoutingError {
 /// The model a request will be served as, after the plan's policy.
 #[derive(Debug, Clone)]
 pub struct ModelChoice {
-    /// The tenant-facing model that will serve the request.
-    pub model: String,
+    /// The tenant-facing model that will serve the request (the table's own
+    /// name for it: no copy per request).
+    pub model: Arc<str>,
     /// Set when the plan downgraded the requested model.
-    pub downgraded_from: Option<String>,
+    pub downgraded_from: Option<Arc<str>>,
 }
 
 impl ModelTable {
@@ -97,7 +99,7 @@ impl ModelTable {
                 }
             }
             routes.sort_by_key(|r| r.priority);
-            if models.insert(m.name.clone(), routes).is_some() {
+            if models.insert(Arc::from(m.name.as_str()), routes).is_some() {
                 return Err(format!("model `{}` is declared twice", m.name));
             }
         }
@@ -119,7 +121,7 @@ impl ModelTable {
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.models.keys().map(String::as_str)
+        self.models.keys().map(|name| &**name)
     }
 
     pub fn contains(&self, model: &str) -> bool {
@@ -128,19 +130,19 @@ impl ModelTable {
 
     /// Applies the plan to the requested model.
     pub fn choose(&self, plan: &Plan, requested: &str) -> Result<ModelChoice, RoutingError> {
-        if !self.models.contains_key(requested) {
+        let Some((name, _)) = self.models.get_key_value(requested) else {
             return Err(RoutingError::ModelNotFound(requested.to_owned()));
-        }
+        };
         if plan.allows(requested) {
             return Ok(ModelChoice {
-                model: requested.to_owned(),
+                model: name.clone(),
                 downgraded_from: None,
             });
         }
         match (&plan.disallowed_model, &plan.downgrade_to) {
             (DisallowedModel::Downgrade, Some(to)) => Ok(ModelChoice {
-                model: to.to_string(),
-                downgraded_from: Some(requested.to_owned()),
+                model: to.clone(),
+                downgraded_from: Some(name.clone()),
             }),
             _ => Err(RoutingError::ModelNotAllowed {
                 model: requested.to_owned(),
@@ -206,7 +208,7 @@ mod tests {
             })
             .collect();
         let mut models = FastMap::default();
-        models.insert("m".to_owned(), routes);
+        models.insert(Arc::from("m"), routes);
         ModelTable { models }
     }
 
@@ -246,6 +248,43 @@ mod tests {
         }
         // Weight 3 against 1: first three times in four (±5 standard deviations).
         assert!((2_860..=3_140).contains(&first_a), "{first_a}");
+    }
+
+    #[test]
+    fn a_choice_names_the_model_by_the_tables_own_name() {
+        let mut t = table(&[("a", 0, 1)]);
+        let small = t.models[&*"m"].clone();
+        t.models.insert(Arc::from("small"), small);
+        let plan = |models: &[&str], downgrade_to: Option<&str>| crate::tenancy::Plan {
+            name: "p".into(),
+            models: models.iter().map(|&m| Arc::from(m)).collect(),
+            byok: Default::default(),
+            disallowed_model: if downgrade_to.is_some() {
+                DisallowedModel::Downgrade
+            } else {
+                DisallowedModel::Reject
+            },
+            downgrade_to: downgrade_to.map(Arc::from),
+            limits: Default::default(),
+        };
+        let open = plan(&["m", "small"], None);
+        let first = t.choose(&open, "m").unwrap();
+        let second = t.choose(&open, "m").unwrap();
+        assert_eq!(&*first.model, "m");
+        assert!(Arc::ptr_eq(&first.model, &second.model));
+        assert!(first.downgraded_from.is_none());
+        assert!(
+            matches!(t.choose(&open, "other"), Err(RoutingError::ModelNotFound(m)) if m == "other")
+        );
+        let down = plan(&["small"], Some("small"));
+        let choice = t.choose(&down, "m").unwrap();
+        assert_eq!(&*choice.model, "small");
+        let from = choice.downgraded_from.unwrap();
+        assert!(Arc::ptr_eq(&from, &first.model));
+        assert!(matches!(
+            t.choose(&plan(&["small"], None), "m"),
+            Err(RoutingError::ModelNotAllowed { .. })
+        ));
     }
 
     #[test]

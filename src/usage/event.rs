@@ -74,8 +74,9 @@ pub struct UsageRecord {
     pub reseller: std::sync::Arc<str>,
     pub tenant: std::sync::Arc<str>,
     pub endpoint: &'static str,
-    pub requested_model: Option<String>,
-    pub served_model: Option<String>,
+    /// Shared with the model table when the model is one of its own.
+    pub requested_model: Option<std::sync::Arc<str>>,
+    pub served_model: Option<std::sync::Arc<str>>,
     pub provider: Option<std::sync::Arc<str>>,
     /// Whose provider key paid for the call (never the key).
     pub key_owner: Option<crate::vault::KeyOwner>,
