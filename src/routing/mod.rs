@@ -253,7 +253,7 @@ mod tests {
     #[test]
     fn a_choice_names_the_model_by_the_tables_own_name() {
         let mut t = table(&[("a", 0, 1)]);
-        let small = t.models[&*"m"].clone();
+        let small = t.models["m"].clone();
         t.models.insert(Arc::from("small"), small);
         let plan = |models: &[&str], downgrade_to: Option<&str>| crate::tenancy::Plan {
             name: "p".into(),
