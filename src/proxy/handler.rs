@@ -389,13 +389,8 @@ where
         record.hold_admission(a);
         headers
     });
-    record.update(|r| {
-        r.requested_model = Some(prepared.model.clone());
-        if let Some(from) = &prepared.downgraded_from {
-            r.requested_model = Some(from.clone());
-        }
-        r.stream = prepared.stream;
-    });
+    // The requested model is recorded by `read_body`.
+    record.update(|r| r.stream = prepared.stream);
     Ok((prepared, record, rate_headers))
 }
 
