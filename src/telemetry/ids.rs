@@ -54,11 +54,7 @@ impl RequestId {
         ok.then(|| Self::from_checked(text))
     }
 
-    /// A fresh UUIDv7.
-    pub fn fresh() -> Self {
-        Self::fresh_at(SystemTime::now())
-    }
-
+    /// A fresh UUIDv7 for `now`.
     fn fresh_at(now: SystemTime) -> Self {
         let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
         Self::from_checked(
@@ -106,21 +102,9 @@ impl serde::Serialize for RequestId {
     }
 }
 
-impl From<&str> for RequestId {
-    /// For tests and tools: text outside the id set becomes a fresh id.
-    fn from(text: &str) -> Self {
-        Self::from_text(text.as_bytes()).unwrap_or_else(Self::fresh)
-    }
-}
-
-/// A fresh UUIDv7 as text (lowercase, hyphenated) in one exact allocation:
-/// `to_string` goes through `Display` into a growing `String`, and every
-/// request makes two (its id, unless the client sent one, and its event's).
-pub fn uuid_v7_text() -> String {
-    uuid_v7_text_at(SystemTime::now())
-}
-
-/// [`uuid_v7_text`] for the moment `t`.
+/// A fresh UUIDv7 for the moment `t` as text (lowercase, hyphenated) in one
+/// exact allocation: `to_string` goes through `Display` into a growing
+/// `String`, and every request makes one (its event's id).
 pub fn uuid_v7_text_at(t: SystemTime) -> String {
     let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
     uuid_v7_at(t)
@@ -176,14 +160,14 @@ mod tests {
             36
         );
         assert_eq!(
-            serde_json::to_string(&RequestId::from("r-1")).unwrap(),
+            serde_json::to_string(&RequestId::from_text(b"r-1").unwrap()).unwrap(),
             "\"r-1\""
         );
     }
 
     #[test]
     fn the_text_form_is_uuids_own() {
-        let text = uuid_v7_text();
+        let text = uuid_v7_text_at(SystemTime::now());
         let parsed = uuid::Uuid::parse_str(&text).unwrap();
         assert_eq!(parsed.get_version_num(), 7);
         assert_eq!(text, parsed.to_string());

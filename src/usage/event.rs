@@ -340,7 +340,7 @@ pub(super) mod tests {
             event_id: "0193b5f0-7c1e-7000-8000-000000000001".into(),
             ts: "2026-12-02T19:00:00.123Z".into(),
             ended_at: "2026-12-02T19:00:01.456Z".into(),
-            request_id: "req-1".into(),
+            request_id: crate::telemetry::ids::RequestId::from_text(b"req-1").unwrap(),
             reseller: "acme".into(),
             tenant: "dental".into(),
             endpoint: "chat",
