@@ -79,9 +79,10 @@ def own(n, binary, paths):
         total_by_fn.update(by_fn)
     total = sum(total_by_fn.values())
     print(f"{binary}: {total / n:,.0f} instructions per request ({total:,} over {n:,} requests)")
-    # The other threads' share moves between runs with the ledger's batch
-    # sizes; the main thread's is the steadier figure for a change to the
-    # request path.
+    # The other threads' share moves between runs with how many events the
+    # ledger shipped while the counters ran (the warm-up's tail included);
+    # the main thread's is the steadier figure for a change to the request
+    # path, and the shipper's per shipped event for one to the ledger.
     print(f"  main thread (the request path) {per_thread[0] / n:,.0f}, "
           f"other threads (usage ledger, mirror) {(total - per_thread[0]) / n:,.0f}")
     print("\ninstructions of their own per request, top 25:")

@@ -430,7 +430,7 @@ mod tests {
 
     fn serde_reads(body: &[u8]) -> (Option<TokenUsage>, Option<String>) {
         let (usage, model, _) = read_answer_with_serde(body);
-        (usage, model)
+        (usage, model.map(std::borrow::Cow::into_owned))
     }
 
     /// The scan either declines or agrees with serde.

@@ -373,7 +373,11 @@ fn answer_headers(mut upstream: HeaderMap, keep_content_type: bool) -> HeaderMap
 /// when one was parsed (`Some(None)`: it is not JSON), kept for estimating.
 pub(super) fn read_answer_with_serde(
     bytes: &[u8],
-) -> (Option<TokenUsage>, Option<String>, Option<Option<Value>>) {
+) -> (
+    Option<TokenUsage>,
+    Option<Cow<'_, str>>,
+    Option<Option<Value>>,
+) {
     // Only `usage` and `model` are read (borrowed, no tree built).
     #[derive(serde::Deserialize)]
     struct AnswerPeek<'a> {
@@ -391,16 +395,14 @@ pub(super) fn read_answer_with_serde(
         Err(_) => serde_json::from_slice::<AnswerPeek>(bytes),
     };
     match peek {
-        Ok(peek) => (
-            peek.usage.map(TokenUsage::from),
-            peek.model.map(Cow::into_owned),
-            None,
-        ),
+        Ok(peek) => (peek.usage.map(TokenUsage::from), peek.model, None),
         Err(_) => {
             let tree = serde_json::from_slice::<Value>(bytes).ok();
             let field = |k: &str| tree.as_ref().and_then(|v| v.get(k));
             let usage = field("usage").and_then(TokenUsage::from_json);
-            let model = field("model").and_then(Value::as_str).map(str::to_owned);
+            let model = field("model")
+                .and_then(Value::as_str)
+                .map(|m| Cow::Owned(m.to_owned()));
             (usage, model, Some(tree))
         }
     }
@@ -430,10 +432,7 @@ pub fn json_answer(
         // whole body is parsed only when usage is missing and must be estimated.
         let (usage, model, tree) = match super::answer_scan::scan(&bytes) {
             Some(facts) => (facts.usage, facts.model.map(Cow::Borrowed), None),
-            None => {
-                let (usage, model, tree) = read_answer_with_serde(&bytes);
-                (usage, model.map(Cow::Owned), tree)
-            }
+            None => read_answer_with_serde(&bytes),
         };
         match usage {
             Some(u) => record.tokens = u,

@@ -63,21 +63,19 @@ impl RequestBody {
 
     /// The client's `model`: a non-empty string.
     pub fn model(&self) -> Result<std::borrow::Cow<'_, str>, GatewayError> {
-        let model = match self.field("model") {
-            None | Some("null") => return Err(GatewayError::MissingModel),
-            // Borrowed from the body unless it has an escape to undo.
-            Some(raw) => match serde_json::from_str::<&str>(raw) {
-                Ok(s) => std::borrow::Cow::Borrowed(s),
-                Err(_) => std::borrow::Cow::Owned(
-                    serde_json::from_str::<String>(raw)
-                        .map_err(|_| GatewayError::InvalidField("model", "a string"))?,
-                ),
-            },
-        };
-        if model.is_empty() {
+        let Some(raw) = self.field("model") else {
             return Err(GatewayError::MissingModel);
+        };
+        // Borrowed from the body unless it has an escape to undo, in one
+        // parse; `null` reads as `None`.
+        let mut de = serde_json::Deserializer::from_str(raw);
+        let model = crate::usage::event::opt_text(&mut de)
+            .and_then(|m| de.end().map(|()| m))
+            .map_err(|_| GatewayError::InvalidField("model", "a string"))?;
+        match model {
+            Some(m) if !m.is_empty() => Ok(m),
+            _ => Err(GatewayError::MissingModel),
         }
-        Ok(model)
     }
 
     /// The client's `stream`: a boolean, `false` when absent or null.

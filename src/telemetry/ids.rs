@@ -56,17 +56,11 @@ impl RequestId {
 
     /// A fresh UUIDv7 for `now`.
     fn fresh_at(now: SystemTime) -> Self {
-        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        Self::from_checked(
-            uuid_v7_at(now)
-                .hyphenated()
-                .encode_lower(&mut text)
-                .as_bytes(),
-        )
+        Self::from_checked(&uuid_v7_text_bytes(now))
     }
 
     fn from_checked(text: &[u8]) -> Self {
-        match http::HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(text)) {
+        match http::HeaderValue::from_bytes(text) {
             Ok(v) => Self(v),
             // Unreachable: callers pass visible ASCII only.
             Err(_) => Self(http::HeaderValue::from_static("invalid")),
@@ -106,11 +100,15 @@ impl serde::Serialize for RequestId {
 /// exact allocation: `to_string` goes through `Display` into a growing
 /// `String`, and every request makes one (its event's id).
 pub fn uuid_v7_text_at(t: SystemTime) -> String {
+    // Lowercase hex and hyphens: always UTF-8.
+    String::from_utf8_lossy(&uuid_v7_text_bytes(t)).into_owned()
+}
+
+/// A fresh UUIDv7 for the moment `t` as text, on the stack.
+fn uuid_v7_text_bytes(t: SystemTime) -> [u8; uuid::fmt::Hyphenated::LENGTH] {
     let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    uuid_v7_at(t)
-        .hyphenated()
-        .encode_lower(&mut text)
-        .to_owned()
+    uuid_v7_at(t).hyphenated().encode_lower(&mut text);
+    text
 }
 
 #[cfg(test)]

@@ -324,7 +324,12 @@ impl UsageSink {
         sqlite_path: Option<PathBuf>,
     ) -> Result<Self, UsageError> {
         let spare: SpareLines = Arc::new(crossbeam_queue::ArrayQueue::new(SPARE_LINES));
-        let (file, overflow) = match path {
+        let sleeps = Arc::new(AtomicU64::new(0));
+        #[cfg(test)]
+        let mirror_sleeps = Arc::clone(&sleeps);
+        // With a mirror file: its writer thread and channel, and the file
+        // opened a second time for the request path when the channel is full.
+        let (tx, handle, overflow) = match path {
             Some(p) => {
                 let open = || {
                     OpenOptions::new()
@@ -336,22 +341,13 @@ impl UsageSink {
                             source,
                         })
                 };
-                (Some(open()?), Some(Mutex::new(open()?)))
-            }
-            None => (None, None),
-        };
-        let sleeps = Arc::new(AtomicU64::new(0));
-        #[cfg(test)]
-        let mirror_sleeps = Arc::clone(&sleeps);
-        // The mirror's writer thread and its channel, only with a mirror file.
-        let (tx, handle) = match file {
-            Some(f) => {
                 let (tx, rx) = mpsc::channel::<Vec<u8>>(CHANNEL_CAPACITY);
                 let mirror = Mirror {
-                    file: std::io::BufWriter::with_capacity(MIRROR_BUFFER, f),
+                    file: std::io::BufWriter::with_capacity(MIRROR_BUFFER, open()?),
                     returns: Arc::clone(&spare),
                     sleeps,
                 };
+                let overflow = Mutex::new(open()?);
                 let handle = std::thread::Builder::new()
                     .name("livery-usage".into())
                     // Normal priority, unlike the shippers: under `SCHED_IDLE` a
@@ -361,9 +357,9 @@ impl UsageSink {
                     // every 10 ms).
                     .spawn(move || mirror.run(rx))
                     .ok();
-                (Some(Arc::new(tx)), handle)
+                (Some(Arc::new(tx)), handle, Some(overflow))
             }
-            None => (None, None),
+            None => (None, None, None),
         };
         Ok(Self {
             inner: Arc::new(SinkInner {

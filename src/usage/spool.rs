@@ -834,8 +834,7 @@ const READ_PER_EVENT: usize = 1024;
 /// Reads `f` into `buf` until `buf` holds `max_events` complete lines, the
 /// file ends, or `max_bytes` are read; then, if not one line is complete, on
 /// to the end of the file (a line longer than a batch is read whole).
-/// Reads whole lines into `buf` (up to `max_events` of them or about
-/// `max_bytes`); returns how many newlines `buf` holds.
+/// Returns how many newlines `buf` holds.
 fn read_lines(
     f: &mut File,
     buf: &mut Vec<u8>,
