@@ -56,7 +56,8 @@ impl RequestId {
 
     /// A fresh UUIDv7 for `now`.
     fn fresh_at(now: SystemTime) -> Self {
-        Self::from_checked(&uuid_v7_text_bytes(now))
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        Self::from_checked(uuid_v7_text_in(now, &mut text).as_bytes())
     }
 
     fn from_checked(text: &[u8]) -> Self {
@@ -100,15 +101,14 @@ impl serde::Serialize for RequestId {
 /// exact allocation: `to_string` goes through `Display` into a growing
 /// `String`, and every request makes one (its event's id).
 pub fn uuid_v7_text_at(t: SystemTime) -> String {
-    // Lowercase hex and hyphens: always UTF-8.
-    String::from_utf8_lossy(&uuid_v7_text_bytes(t)).into_owned()
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid_v7_text_in(t, &mut text).to_owned()
 }
 
-/// A fresh UUIDv7 for the moment `t` as text, on the stack.
-fn uuid_v7_text_bytes(t: SystemTime) -> [u8; uuid::fmt::Hyphenated::LENGTH] {
-    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    uuid_v7_at(t).hyphenated().encode_lower(&mut text);
-    text
+/// A fresh UUIDv7 for the moment `t` as text in `buf` (on the caller's
+/// stack; `uuid` writes it as `str`, so nothing checks it again).
+fn uuid_v7_text_in(t: SystemTime, buf: &mut [u8; uuid::fmt::Hyphenated::LENGTH]) -> &str {
+    uuid_v7_at(t).hyphenated().encode_lower(buf)
 }
 
 #[cfg(test)]
