@@ -291,15 +291,12 @@ impl LocalBackend {
         month: Month,
         source: &dyn MonthlyUsageSource,
     ) {
-        if limits.tenant.tokens_per_month.is_some() {
-            self.tenant(key).seed_month(month, || {
-                source.month_tokens(&key.reseller, Some(&key.tenant), month)
-            });
-        }
-        if limits.reseller.tokens_per_month.is_some() {
-            self.reseller(&key.reseller)
-                .seed_month(month, || source.month_tokens(&key.reseller, None, month));
-        }
+        let tenant = limits.tenant.tokens_per_month.map(|_| self.tenant(key));
+        let reseller = limits
+            .reseller
+            .tokens_per_month
+            .map(|_| self.reseller(&key.reseller));
+        seed_entries(key, month, source, tenant.as_deref(), reseller.as_deref());
     }
 
     /// Checks every limit of both levels and charges them all, or none.
@@ -311,9 +308,21 @@ impl LocalBackend {
         month: Month,
         source: &dyn MonthlyUsageSource,
     ) -> Result<LocalGrant, LimitRejection> {
-        self.seed_months(key, limits, month, source);
+        // Each level's entry is looked up once, for seeding and admitting
+        // alike (a level with a monthly quota is never unlimited).
         let tenant = (!limits.tenant.is_unlimited()).then(|| self.tenant(key));
         let reseller = (!limits.reseller.is_unlimited()).then(|| self.reseller(&key.reseller));
+        seed_entries(
+            key,
+            month,
+            source,
+            tenant
+                .as_deref()
+                .filter(|_| limits.tenant.tokens_per_month.is_some()),
+            reseller
+                .as_deref()
+                .filter(|_| limits.reseller.tokens_per_month.is_some()),
+        );
         let c = Ctx {
             estimate,
             month,
@@ -376,5 +385,24 @@ impl LocalBackend {
             slots: [t_slot, r_slot],
             headers,
         })
+    }
+}
+
+/// Seeds the month counts of the given entries (the tenant's and the
+/// reseller's, where each has a monthly quota) from `source`, once a month.
+fn seed_entries(
+    key: &LimitKey,
+    month: Month,
+    source: &dyn MonthlyUsageSource,
+    tenant: Option<&Entry>,
+    reseller: Option<&Entry>,
+) {
+    if let Some(t) = tenant {
+        t.seed_month(month, || {
+            source.month_tokens(&key.reseller, Some(&key.tenant), month)
+        });
+    }
+    if let Some(r) = reseller {
+        r.seed_month(month, || source.month_tokens(&key.reseller, None, month));
     }
 }
