@@ -296,7 +296,14 @@ impl LocalBackend {
             .reseller
             .tokens_per_month
             .map(|_| self.reseller(&key.reseller));
-        seed_entries(key, month, source, tenant.as_deref(), reseller.as_deref());
+        seed_entries(
+            key,
+            limits,
+            month,
+            source,
+            tenant.as_deref(),
+            reseller.as_deref(),
+        );
     }
 
     /// Checks every limit of both levels and charges them all, or none.
@@ -314,14 +321,11 @@ impl LocalBackend {
         let reseller = (!limits.reseller.is_unlimited()).then(|| self.reseller(&key.reseller));
         seed_entries(
             key,
+            limits,
             month,
             source,
-            tenant
-                .as_deref()
-                .filter(|_| limits.tenant.tokens_per_month.is_some()),
-            reseller
-                .as_deref()
-                .filter(|_| limits.reseller.tokens_per_month.is_some()),
+            tenant.as_deref(),
+            reseller.as_deref(),
         );
         let c = Ctx {
             estimate,
@@ -389,20 +393,21 @@ impl LocalBackend {
 }
 
 /// Seeds the month counts of the given entries (the tenant's and the
-/// reseller's, where each has a monthly quota) from `source`, once a month.
+/// reseller's) from `source`, once a month, for the levels with a monthly quota.
 fn seed_entries(
     key: &LimitKey,
+    limits: &EffectiveLimits,
     month: Month,
     source: &dyn MonthlyUsageSource,
     tenant: Option<&Entry>,
     reseller: Option<&Entry>,
 ) {
-    if let Some(t) = tenant {
+    if let Some(t) = tenant.filter(|_| limits.tenant.tokens_per_month.is_some()) {
         t.seed_month(month, || {
             source.month_tokens(&key.reseller, Some(&key.tenant), month)
         });
     }
-    if let Some(r) = reseller {
+    if let Some(r) = reseller.filter(|_| limits.reseller.tokens_per_month.is_some()) {
         r.seed_month(month, || source.month_tokens(&key.reseller, None, month));
     }
 }
