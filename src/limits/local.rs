@@ -291,19 +291,37 @@ impl LocalBackend {
         month: Month,
         source: &dyn MonthlyUsageSource,
     ) {
-        let tenant = limits.tenant.tokens_per_month.map(|_| self.tenant(key));
-        let reseller = limits
-            .reseller
-            .tokens_per_month
-            .map(|_| self.reseller(&key.reseller));
-        seed_entries(
-            key,
-            limits,
-            month,
-            source,
-            tenant.as_deref(),
-            reseller.as_deref(),
-        );
+        // Only the levels with a quota: an entry looked up here for another
+        // level would be read as `existing` by the Redis path.
+        self.seeded_entries(key, limits, month, source, |l| l.tokens_per_month.is_some());
+    }
+
+    /// The tenant's and the reseller's entries, for the levels `wanted`
+    /// picks, each looked up once and its month count seeded from `source`
+    /// (once a month) if the level has a monthly quota.
+    fn seeded_entries(
+        &self,
+        key: &LimitKey,
+        limits: &EffectiveLimits,
+        month: Month,
+        source: &dyn MonthlyUsageSource,
+        wanted: impl Fn(&PlanLimits) -> bool,
+    ) -> (Option<Arc<Entry>>, Option<Arc<Entry>>) {
+        let tenant = wanted(&limits.tenant).then(|| self.tenant(key));
+        let reseller = wanted(&limits.reseller).then(|| self.reseller(&key.reseller));
+        if let Some(t) = tenant.as_deref() {
+            if limits.tenant.tokens_per_month.is_some() {
+                t.seed_month(month, || {
+                    source.month_tokens(&key.reseller, Some(&key.tenant), month)
+                });
+            }
+        }
+        if let Some(r) = reseller.as_deref() {
+            if limits.reseller.tokens_per_month.is_some() {
+                r.seed_month(month, || source.month_tokens(&key.reseller, None, month));
+            }
+        }
+        (tenant, reseller)
     }
 
     /// Checks every limit of both levels and charges them all, or none.
@@ -315,18 +333,10 @@ impl LocalBackend {
         month: Month,
         source: &dyn MonthlyUsageSource,
     ) -> Result<LocalGrant, LimitRejection> {
-        // Each level's entry is looked up once, for seeding and admitting
-        // alike (a level with a monthly quota is never unlimited).
-        let tenant = (!limits.tenant.is_unlimited()).then(|| self.tenant(key));
-        let reseller = (!limits.reseller.is_unlimited()).then(|| self.reseller(&key.reseller));
-        seed_entries(
-            key,
-            limits,
-            month,
-            source,
-            tenant.as_deref(),
-            reseller.as_deref(),
-        );
+        // Each limited level's entry, seeded and admitted alike (a level with
+        // a monthly quota is never unlimited).
+        let (tenant, reseller) =
+            self.seeded_entries(key, limits, month, source, |l| !l.is_unlimited());
         let c = Ctx {
             estimate,
             month,
@@ -389,25 +399,5 @@ impl LocalBackend {
             slots: [t_slot, r_slot],
             headers,
         })
-    }
-}
-
-/// Seeds the month counts of the given entries (the tenant's and the
-/// reseller's) from `source`, once a month, for the levels with a monthly quota.
-fn seed_entries(
-    key: &LimitKey,
-    limits: &EffectiveLimits,
-    month: Month,
-    source: &dyn MonthlyUsageSource,
-    tenant: Option<&Entry>,
-    reseller: Option<&Entry>,
-) {
-    if let Some(t) = tenant.filter(|_| limits.tenant.tokens_per_month.is_some()) {
-        t.seed_month(month, || {
-            source.month_tokens(&key.reseller, Some(&key.tenant), month)
-        });
-    }
-    if let Some(r) = reseller.filter(|_| limits.reseller.tokens_per_month.is_some()) {
-        r.seed_month(month, || source.month_tokens(&key.reseller, None, month));
     }
 }
