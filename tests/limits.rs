@@ -194,6 +194,47 @@ async fn the_token_bucket_converges_on_real_usage_after_settlement() {
     assert!(e.retry_after().unwrap() > Duration::from_secs(20));
 }
 
+/// A client's `max_tokens` is unbounded (`1e19` parses as a `u64`): its
+/// reservation drives the buckets far below zero while it is in flight, and the
+/// settlement must bring every level back, its month count included, rather
+/// than leave the reseller refused for good (the refund once overflowed into a
+/// charge).
+#[tokio::test]
+async fn a_huge_max_tokens_is_refunded_in_full_at_every_level() {
+    let limiter = local();
+    let plan = |tpm| PlanLimits {
+        tokens_per_minute: Some(tpm),
+        tokens_per_month: Some(1_000_000),
+        ..PlanLimits::default()
+    };
+    let limits = EffectiveLimits::new(&plan(10_000), &plan(100_000));
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                      "max_tokens": 10_000_000_000_000_000_000u64});
+    let body =
+        livery::proxy::RequestBody::parse(serde_json::to_vec(&body).unwrap().into()).unwrap();
+    let estimate = estimate_request_tokens(&body, &limits);
+    assert!(estimate > 1 << 60, "{estimate}");
+
+    let key = LimitKey::new("acme", "dental");
+    let mut huge = limiter.admit(&key, &limits, estimate).await.unwrap();
+    huge.settle(30);
+    drop(huge);
+    let month = Month::current();
+    assert_eq!(limiter.month_used(&key, Level::Tenant, month), 30);
+    assert_eq!(limiter.month_used(&key, Level::Reseller, month), 30);
+    // A neighbour with a larger plan than its reseller's: its headers show
+    // the reseller's bucket.
+    let office = EffectiveLimits::new(&plan(1_000_000), &plan(100_000));
+    let neighbour = limiter
+        .admit(&LimitKey::new("acme", "office"), &office, 10)
+        .await
+        .unwrap_or_else(|e| panic!("the reseller stayed refused: {e:?}"));
+    let reseller = neighbour.rate_headers().tokens.unwrap().remaining;
+    assert!((99_900..=100_000).contains(&reseller), "{reseller}");
+    // The tenant itself is back too.
+    assert!(limiter.admit(&key, &limits, 10).await.is_ok());
+}
+
 #[tokio::test]
 async fn concurrency_slots_come_back_after_every_drop() {
     let limiter = local();
@@ -685,6 +726,42 @@ async fn redis_down_fails_closed_with_503_and_recovers() {
     redis.restart();
     wait_for(|| async { l.admit(&key, &limits, 0).await.is_ok() }).await;
     assert!(!l.stats().redis_down);
+}
+
+/// The same huge reservation on Redis: the scripts take it (no error that
+/// would switch every tenant to the fallback), and the settlement refunds it.
+#[tokio::test]
+async fn a_huge_max_tokens_is_counted_in_redis_and_refunded() {
+    let Some(redis) = RedisServer::start("huge_max_tokens") else {
+        return;
+    };
+    let a = shared(&redis, OnRedisError::FailClosed, 1);
+    let plan = |tpm| PlanLimits {
+        tokens_per_minute: Some(tpm),
+        tokens_per_month: Some(1_000_000),
+        ..PlanLimits::default()
+    };
+    // A tokens-per-minute cap of 1 makes the bucket's refill time (and so its
+    // expiry) as long as it gets.
+    let limits = EffectiveLimits::new(&plan(1), &plan(100_000));
+    let key = LimitKey::new("acme", "dental");
+    let mut huge = a.admit(&key, &limits, u64::MAX).await.unwrap();
+    assert!(huge.is_shared(), "counted in Redis, not in the fallback");
+    huge.settle(0);
+    drop(huge);
+    let neighbour = LimitKey::new("acme", "office");
+    // A larger plan than its reseller's: its headers show the reseller's bucket.
+    let office = EffectiveLimits::new(&plan(1_000_000), &plan(100_000));
+    wait_for(|| async {
+        match a.admit(&neighbour, &office, 10).await {
+            Ok(adm) => {
+                assert!(adm.is_shared());
+                adm.rate_headers().tokens.unwrap().remaining > 99_000
+            }
+            Err(_) => false,
+        }
+    })
+    .await;
 }
 
 #[tokio::test]

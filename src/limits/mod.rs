@@ -197,6 +197,16 @@ struct Counters {
     rejected: [AtomicU64; 5],
 }
 
+/// The most tokens an admission reserves or a settlement counts. A client's
+/// `max_tokens` is its own to choose (`1e19` parses as a `u64`), and the
+/// provider's reported usage is not checked either; unbounded, one request
+/// drove its reseller's bucket and month count to values that never recovered
+/// (a refund beyond `i64` read as a charge), and Redis refused the scripts'
+/// numbers (`INCRBY` out of range), which switched every tenant to the
+/// fallback. 2^32 is far above any model's output, keeps every figure the
+/// scripts handle an exact integer and every difference within `i64`.
+pub const MAX_TOKENS: u64 = 1 << 32;
+
 const REJECTION_LABELS: [&str; 5] = [
     "requests",
     "tokens",
@@ -298,6 +308,7 @@ impl Limiter {
         if limits.is_unlimited() {
             return Ok(Admission::unlimited());
         }
+        let estimate_tokens = estimate_tokens.min(MAX_TOKENS);
         let month = Month::current();
         let result = match &self.shared.redis {
             // Boxed: the Redis round trip's future is about 2.5 KiB, and
@@ -539,8 +550,9 @@ impl Admission {
             return;
         }
         let sh = &g.shared;
-        let diff =
-            i64::try_from(i128::from(actual_tokens) - i128::from(g.estimate)).unwrap_or(i64::MAX);
+        let actual_tokens = actual_tokens.min(MAX_TOKENS);
+        // Both sides are at most MAX_TOKENS: the difference fits either way.
+        let diff = actual_tokens as i64 - g.estimate as i64;
         let (window, now) = (sh.local.window_ms(), sh.local.now_ms());
         match &g.hold {
             Hold::Local {
