@@ -320,6 +320,49 @@ async fn retries_back_off_and_honour_retry_after_within_the_cap() {
     let _ = second;
 }
 
+/// A retry-after the route may wait (under the cap) but the request's deadline
+/// may not: the next route is tried at once, not the first route's error
+/// returned.
+#[tokio::test]
+async fn a_wait_past_the_deadline_moves_on_to_the_next_route() {
+    let (gw, first, second) = fallback_gateway(
+        "[routing]\nretries_per_route = 1\nbackoff_base_ms = 10\nretry_after_cap_ms = 5000\nrequest_deadline_ms = 1500\n",
+    )
+    .await;
+    let started = Instant::now();
+    let resp = chat(
+        &gw,
+        "chain",
+        on_first(json!({"status": 503, "retry_after": 2})),
+        false,
+    )
+    .await;
+    let id = rid(&resp);
+    assert_eq!(resp.status(), 200);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(first.requests().len(), 1);
+    assert_eq!(second.requests().len(), 1);
+    assert_eq!(
+        outcomes(&gw.usage_for(&id).await),
+        pairs(&[("first", "server_error"), ("second", "ok")])
+    );
+    // A retry-after beyond any duration (it once panicked the request): too
+    // long to wait, so the next route at once.
+    let resp = chat(
+        &gw,
+        "chain",
+        on_first(json!({"status": 429, "retry_after": u64::MAX})),
+        false,
+    )
+    .await;
+    let id = rid(&resp);
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        outcomes(&gw.usage_for(&id).await),
+        pairs(&[("first", "rate_limited"), ("second", "ok")])
+    );
+}
+
 #[tokio::test]
 async fn when_every_route_fails_the_last_error_is_returned_with_all_attempts() {
     let (gw, _first, _second) = fallback_gateway(NO_RETRY).await;

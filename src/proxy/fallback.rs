@@ -268,7 +268,9 @@ pub fn serve<'a>(
                     None => backoff(settings.backoff_base_ms, settings.backoff_max_ms, try_no),
                 };
                 if Instant::now() + wait >= deadline {
-                    break 'routes;
+                    // Not this route again; the next may still answer in time
+                    // (each attempt checks the deadline before it starts).
+                    break;
                 }
                 tokio::time::sleep(wait).await;
                 try_no += 1;

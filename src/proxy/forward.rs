@@ -332,12 +332,14 @@ fn first_content_verdict(ev: &Event) -> Verdict {
 }
 
 /// `retry-after` as seconds (OpenAI, Anthropic) or an HTTP date (rare; ignored).
+/// A value beyond `Duration` (`1e20`) reads as 31 years, longer than any cap:
+/// `from_secs_f64` would panic on it.
 fn parse_retry_after(v: &str) -> Option<Duration> {
     v.trim()
         .parse::<f64>()
         .ok()
         .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(Duration::from_secs_f64)
+        .map(|s| Duration::from_secs_f64(s.min(1e9)))
 }
 
 /// Headers an answer ends up with at most (content type, served model, the
@@ -685,6 +687,17 @@ fn is_uuid(word: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_survives_any_number() {
+        assert_eq!(parse_retry_after(" 2 "), Some(Duration::from_secs(2)));
+        assert_eq!(parse_retry_after("0.5"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_retry_after("-1"), None);
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        for huge in ["1e20", "18446744073709551615", "1e308"] {
+            assert!(parse_retry_after(huge).unwrap() > Duration::from_secs(365 * 86_400));
+        }
+    }
 
     fn chunks(parts: &[&'static [u8]]) -> ByteStream {
         let items: Vec<Result<Bytes, ProviderError>> =
