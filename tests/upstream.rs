@@ -169,6 +169,45 @@ async fn upstream_errors_keep_their_status_in_openai_shape_without_provider_deta
     }
 }
 
+/// The demo tenant's key is public: a reload may not bring it in while a
+/// listener is reachable from other hosts, as start-up refuses it
+/// (`tests/cli.rs`). On loopback the same reload is taken.
+#[tokio::test]
+async fn a_reload_refuses_the_demo_tenant_while_a_listener_is_public() {
+    let mock = MockProvider::start().await;
+    let demo_tenant = format!(
+        "\n[[resellers.tenants]]\nid = \"demo\"\nplan = \"basic\"\nkey_hashes = [\"{}\"]\n",
+        hash(livery::DEMO_KEY)
+    );
+    for (listen, public) in [("127.0.0.1:0", false), ("0.0.0.0:0", true)] {
+        let base = standard_config(&mock.base_url(), "").replace(
+            "listen = [\"127.0.0.1:0\"]",
+            &format!("listen = [\"{listen}\"]"),
+        );
+        let gw = TestGateway::start(&base).await;
+        let mut config =
+            livery::config::GatewayConfig::parse(&format!("{base}{demo_tenant}")).unwrap();
+        config.usage.jsonl_path = Some(gw.usage_path.clone());
+        let reloaded = gw.gateway.as_ref().unwrap().reload(&config);
+        let resp = post(
+            &gw,
+            "/v1/chat/completions",
+            Some(GLOBEX_HOST),
+            Some(livery::DEMO_KEY),
+            &chat_body("gpt-4o-mini"),
+        )
+        .await;
+        if public {
+            let e = reloaded.unwrap_err().to_string();
+            assert!(e.contains("demo tenant"), "{e}");
+            assert_eq!(resp.status(), 401, "the demo key works on {listen}");
+        } else {
+            reloaded.unwrap();
+            assert_eq!(resp.status(), 200);
+        }
+    }
+}
+
 #[tokio::test]
 async fn reload_swaps_the_whole_snapshot_and_in_flight_streams_finish_on_the_old_one() {
     let mock = MockProvider::start().await;

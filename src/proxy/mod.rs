@@ -99,6 +99,9 @@ pub struct Gateway {
     addrs: Vec<SocketAddr>,
     tls_addrs: Vec<SocketAddr>,
     tls: Option<Arc<Tls>>,
+    /// A listener not bound to loopback, if any: no snapshot with the demo
+    /// tenant may serve then, at start or after a reload.
+    public_listener: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -115,14 +118,19 @@ impl Gateway {
             .as_ref()
             .map(|t| t.listen.clone())
             .unwrap_or_default();
-        if snapshot.tenancy.has_demo_tenant() {
-            let mut all = config.server.listen.iter().chain(&tls_listen);
-            if let Some(addr) = all.find(|a| !a.ip().is_loopback()) {
-                return Err(StartError::DemoTenantExposed {
-                    addr: *addr,
-                    key: crate::DEMO_KEY,
-                });
-            }
+        // Kept for reloads, which must refuse the demo tenant just as well.
+        let public_listener = config
+            .server
+            .listen
+            .iter()
+            .chain(&tls_listen)
+            .find(|a| !a.ip().is_loopback())
+            .copied();
+        if let (true, Some(addr)) = (snapshot.tenancy.has_demo_tenant(), public_listener) {
+            return Err(StartError::DemoTenantExposed {
+                addr,
+                key: crate::DEMO_KEY,
+            });
         }
         let usage = UsageSink::start(&config)?;
         let limiter = Limiter::from_config(&config.limits, Arc::new(LedgerMonths(usage.clone())))?;
@@ -195,6 +203,7 @@ impl Gateway {
             addrs,
             tls_addrs,
             tls,
+            public_listener,
             stop,
             tasks,
         })
@@ -227,6 +236,15 @@ impl Gateway {
     /// requests finish on the snapshot they started with.
     pub fn reload(&self, config: &GatewayConfig) -> Result<(), ConfigError> {
         let next = Snapshot::prepare(config)?;
+        if let (true, Some(addr)) = (next.tenancy.has_demo_tenant(), self.public_listener) {
+            return Err(ConfigError::Invalid(
+                StartError::DemoTenantExposed {
+                    addr,
+                    key: crate::DEMO_KEY,
+                }
+                .to_string(),
+            ));
+        }
         self.app.snapshot.store(Arc::new(next));
         Ok(())
     }
