@@ -364,6 +364,34 @@ fn check_config_rejects_a_domain_claimed_twice() {
     );
 }
 
+/// `{id}.{platform_domain}` is reseller `id`'s host: another reseller may not
+/// list it (it would take the host over, custom domains being looked up
+/// first), and a reseller may list its own.
+#[test]
+fn check_config_rejects_another_resellers_platform_host_as_a_custom_domain() {
+    assert_config_rejected(
+        "another reseller's platform host",
+        |t| format!("{t}\n[[resellers]]\nid = \"other\"\ndomains = [\"Demo.Livery.Localhost.\"]\n"),
+        &["domain `demo.livery.localhost`", "other", "platform host"],
+    );
+    // A name under the platform domain that no reseller has yet is refused
+    // too: the reseller of that id, added later, would find it taken.
+    assert_config_rejected(
+        "a future reseller's platform host",
+        |t| format!("{t}\n[[resellers]]\nid = \"other\"\ndomains = [\"later.livery.localhost\"]\n"),
+        &["domain `later.livery.localhost`", "other"],
+    );
+    let own = format!(
+        "{}\n[[resellers]]\nid = \"other\"\ndomains = [\"other.livery.localhost\", \"ai.other.livery.localhost\"]\n",
+        std::fs::read_to_string(default_config()).unwrap()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("own.toml");
+    std::fs::write(&path, own).unwrap();
+    let (out, stdout, stderr) = run(livery().arg("check-config").arg("--config").arg(&path));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+}
+
 #[test]
 fn check_config_rejects_a_malformed_key_hash() {
     assert_config_rejected(

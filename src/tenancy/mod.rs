@@ -162,6 +162,22 @@ impl Tenancy {
                 let n = normalize_host(d)
                     .ok_or_else(|| format!("reseller `{}`: `{d}` is not a valid domain", r.id))?
                     .into_owned();
+                // `{id}.{platform_domain}` is reseller `id`'s host, and custom
+                // domains are looked up first: another reseller listing it
+                // would take it over (or take the host of a reseller added later).
+                let platform_label = t
+                    .platform_domain
+                    .as_deref()
+                    .and_then(|pd| n.strip_suffix(pd))
+                    .and_then(|h| h.strip_suffix('.'))
+                    .filter(|label| is_dns_label(label));
+                if let Some(label) = platform_label.filter(|label| *label != r.id) {
+                    return Err(format!(
+                        "reseller `{}`: domain `{n}` is the platform host of reseller id `{label}`; \
+                         list custom domains outside the platform domain",
+                        r.id
+                    ));
+                }
                 if let Some(prev) = t.domains.insert(n.clone(), ri) {
                     return Err(format!(
                         "domain `{n}` is claimed by both `{}` and `{}`",
