@@ -463,6 +463,9 @@ async fn mid_stream_failures_end_with_a_well_formed_error() {
     let r = s.gw.usage_for(&id).await;
     assert_eq!(r["outcome"], "upstream_error");
     assert_eq!(r["error_code"], "overloaded");
+    // The answer was under way: its tokens are counted, not refunded.
+    assert!(r["prompt_tokens"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["completion_tokens"].as_u64().unwrap() > 0, "{r}");
     s.gw.shutdown().await;
 }
 

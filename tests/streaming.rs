@@ -496,6 +496,43 @@ async fn a_client_that_leaves_before_the_upstream_answers_is_recorded() {
     );
 }
 
+/// An error the provider sends inside a stream that was already answering:
+/// the client gets what came before it and the error in OpenAI's shape,
+/// scrubbed of the provider's help site and request id, then `[DONE]`; the
+/// record counts (estimates) the tokens the call spent instead of nothing,
+/// so the tenant's token limits are charged for them too.
+#[tokio::test]
+async fn an_error_inside_a_stream_is_passed_on_scrubbed_and_its_usage_counted() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    let body = stream_body("gpt-4o-mini", json!({"error_after": 3}));
+    let resp = send(&client(), &gw, "/v1/chat/completions", &body).await;
+    assert_eq!(resp.status(), 200);
+    let rid = request_id_of(&resp);
+    let text = resp.text().await.unwrap();
+    let data: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(data.last(), Some(&"[DONE]"), "{text}");
+    assert!(data.len() >= 4, "{text}");
+    let err: Value = serde_json::from_str(data[data.len() - 2]).unwrap();
+    assert_eq!(err["error"]["type"], "server_error", "{text}");
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("The server had an error"), "{message}");
+    for leak in ["openai.com", "req_0123"] {
+        assert!(!text.contains(leak), "{leak} reached the client: {text}");
+    }
+    let record = gw.usage_for(&rid).await;
+    assert_eq!(record["outcome"], "upstream_error", "{record}");
+    assert_eq!(record["estimated"], true, "{record}");
+    assert!(record["prompt_tokens"].as_u64().unwrap() > 0, "{record}");
+    assert!(
+        record["completion_tokens"].as_u64().unwrap() > 0,
+        "{record}"
+    );
+}
+
 #[tokio::test]
 async fn an_upstream_error_on_a_stream_is_a_plain_openai_error() {
     let mock = MockProvider::start().await;

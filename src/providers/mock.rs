@@ -5,7 +5,7 @@
 //! A request may carry a `"mock"` object to shape the answer or inject a fault:
 //! `{"status": 429, "retry_after": 2, "delay_ms": 50, "gap_ms": 10, "chunks": 20,
 //!   "drop_after": 3, "omit_done": true, "no_usage": true, "stall_after": 2,
-//!   "stall_ms": 60000, "only_for_model": "gpt-4o"}`. The same generator backs
+//!   "stall_ms": 60000, "error_after": 3, "only_for_model": "gpt-4o"}`. The same generator backs
 //! the `mock` provider kind, the test suite's HTTP mock and the benchmark mock.
 
 use super::{ByteStream, Endpoint, ProviderError, UpstreamBody, UpstreamResponse};
@@ -51,6 +51,10 @@ pub struct MockDirectives {
     /// After this many pieces, go silent for `stall_ms` (default 60 s).
     pub stall_after: Option<usize>,
     pub stall_ms: u64,
+    /// After this many SSE events, an in-band error event (OpenAI's
+    /// `data: {"error": …}`, a server error naming its help site and request
+    /// id) ends the stream.
+    pub error_after: Option<usize>,
 }
 
 impl MockDirectives {
@@ -81,6 +85,7 @@ impl MockDirectives {
             no_usage: b("no_usage"),
             stall_after: u("stall_after").and_then(|c| usize::try_from(c).ok()),
             stall_ms: u("stall_ms").unwrap_or(60_000),
+            error_after: u("error_after").and_then(|c| usize::try_from(c).ok()),
         }
     }
 }
@@ -144,7 +149,14 @@ impl MockReply {
         let pieces = match (endpoint, stream) {
             (Endpoint::Embeddings, _) => vec![pretty(&embeddings(body, &d))],
             (e, false) => vec![pretty(&completion(e, body, &d))],
-            (e, true) => completion_stream(e, body, &d, include_usage),
+            (e, true) => {
+                let mut pieces = completion_stream(e, body, &d, include_usage);
+                if let Some(n) = d.error_after.filter(|n| *n < pieces.len()) {
+                    pieces.truncate(n);
+                    pieces.push(Bytes::from_static(IN_BAND_ERROR));
+                }
+                pieces
+            }
         };
         let ct = if stream {
             "text/event-stream; charset=utf-8"
@@ -206,6 +218,9 @@ impl<I: Iterator> FuseEnd for std::iter::Enumerate<I> {
         self
     }
 }
+
+/// The error event OpenAI sends inside a stream that fails after it began.
+const IN_BAND_ERROR: &[u8] = b"data: {\"error\":{\"message\":\"The server had an error while processing your request. Sorry about that! You can retry your request, or contact us through our help center at help.openai.com if the error persists. (Please include the request ID req_0123456789abcdef0123456789abcdef in your message.)\",\"type\":\"server_error\",\"param\":null,\"code\":null}}\n\n";
 
 /// Headers a real OpenAI answer carries and which the gateway must not pass on.
 fn provider_headers() -> HeaderMap {

@@ -412,13 +412,17 @@ impl Drop for PendingRecord {
 }
 
 /// True if an upstream served the call, or was serving it when it ended:
-/// tokens may have been spent even when none were reported.
+/// tokens may have been spent even when none were reported. That includes an
+/// error the upstream sent inside an answer already under way (status 200; an
+/// error answered instead of the answer has the error's status): the client
+/// got what came before it.
 fn served_by_upstream(r: &UsageRecord, outcome: Outcome) -> bool {
     r.provider.is_some()
-        && matches!(
-            outcome,
-            Outcome::Ok | Outcome::Truncated | Outcome::ClientDisconnected
-        )
+        && match outcome {
+            Outcome::Ok | Outcome::Truncated | Outcome::ClientDisconnected => true,
+            Outcome::UpstreamError => r.status == 200,
+            _ => false,
+        }
 }
 
 fn ms(d: std::time::Duration) -> f64 {

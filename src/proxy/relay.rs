@@ -135,6 +135,7 @@ impl SseRelay {
         }
         let mut forward = true;
         let mut end_after = false;
+        let mut reshaped = None;
         if let Ok(peek) = serde_json::from_str::<ChunkPeek>(data) {
             if let (Some(model), false) = (peek.model, self.model_seen) {
                 self.model_seen = true;
@@ -177,6 +178,7 @@ impl SseRelay {
                     .unwrap_or("upstream_stream_error");
                 let code = code.to_owned();
                 self.record.finish(200, Outcome::UpstreamError, Some(&code));
+                reshaped = Some(in_band_error(&err));
             }
         }
         if !forward {
@@ -184,8 +186,27 @@ impl SseRelay {
         }
         self.record.mark_first_byte();
         let tail: &[u8] = if end_after { b"data: [DONE]\n\n" } else { b"" };
-        Some(sse::frame(event, data, tail))
+        Some(sse::frame(event, reshaped.as_deref().unwrap_or(data), tail))
     }
+}
+
+/// An error the upstream sent inside its stream, as the client gets it: in
+/// OpenAI's shape, its type and code kept, its message scrubbed of what names
+/// the provider or the platform's account there (as an error answered before
+/// the stream is), and nothing else of the provider's object.
+fn in_band_error(err: &serde_json::Value) -> String {
+    let text = |k: &str| err.get(k).and_then(serde_json::Value::as_str);
+    let message = text("message").map_or_else(
+        || "The upstream reported an error; the answer is incomplete.".to_owned(),
+        super::forward::scrub,
+    );
+    serde_json::json!({"error": {
+        "message": message,
+        "type": text("type").unwrap_or("upstream_error"),
+        "param": null,
+        "code": text("code"),
+    }})
+    .to_string()
 }
 
 impl Stream for SseRelay {

@@ -3,7 +3,7 @@
 //! wire format); faults are injected per request through the body's `"mock"`
 //! object (`status`, `retry_after`, `delay_ms`, `gap_ms`, `chunks`, `drop_after`,
 //! `stall_after`, `stall_ms`,
-//! `omit_done`, `no_usage`), which the gateway forwards untouched. The mock records
+//! `omit_done`, `no_usage`, `error_after`), which the gateway forwards untouched. The mock records
 //! every request it receives and counts streams abandoned by the client.
 
 use bytes::Bytes;
