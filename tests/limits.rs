@@ -800,6 +800,51 @@ async fn the_monthly_quota_is_shared_and_seeded_from_the_ledger() {
     ));
 }
 
+/// A settle's correction is applied to this instance's view of the month at
+/// once and sent to Redis by a queued job; an admission made before the job
+/// runs offers that view as its seed. The seed must leave the correction out,
+/// or Redis counts it twice (900 + 10 + 190 + 1 became 1,291).
+#[tokio::test]
+async fn a_settle_still_on_its_way_is_not_counted_twice_in_the_month() {
+    use redis::Commands;
+    let Some(redis) = RedisServer::start("settle_not_counted_twice") else {
+        return;
+    };
+    let mut r = redis.client();
+    let month = Month::current();
+    let ledger = Arc::new(MemoryMonthlyUsage::default());
+    ledger.set("acme", Some("dental"), month, 900);
+    let a = shared_with(&redis, OnRedisError::FailOpen, 1, ledger);
+    let key = LimitKey::new("acme", "dental");
+    let limits = tenant(PlanLimits {
+        tokens_per_month: Some(1_000_000),
+        ..PlanLimits::default()
+    });
+    let counter = format!("livery:rl:{{acme}}:t:dental:m:{month}");
+    for round in 0..20u64 {
+        let mut first = a.admit(&key, &limits, 10).await.unwrap();
+        first.settle(200);
+        drop(first);
+        // At once, before the settle's job has run (on this test's single
+        // thread the job's worker has not been polled yet).
+        let second = a.admit(&key, &limits, 1).await.unwrap();
+        drop(second);
+        let expected = 900 + (round + 1) * 201;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let used: Option<u64> = r.get(&counter).unwrap();
+            if used == Some(expected) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline && used.is_some_and(|u| u < expected),
+                "round {round}: Redis counts {used:?}, expected {expected}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
 /// What the admission script leaves in Redis: a dead gateway's slots stop
 /// counting once their lease has expired (and are trimmed by a live gateway's
 /// renewal), every month counter gets an expiry, whether admission created it

@@ -70,6 +70,10 @@ pub(crate) struct State {
     in_flight: u64,
     /// Tokens counted in the month (real usage, plus in-flight estimates).
     month: Option<(Month, u64)>,
+    /// Settle corrections in `month` that Redis has not been sent yet (their
+    /// jobs are queued): the count offered to seed Redis leaves them out, or
+    /// the job would add them a second time.
+    unsent: i64,
 }
 
 impl State {
@@ -194,6 +198,21 @@ impl Entry {
         self.lock().month_used(month)
     }
 
+    /// The month's count as a seed for Redis's counter: without the
+    /// corrections still on their way there.
+    pub(crate) fn month_seed(&self, month: Month) -> u64 {
+        let s = self.lock();
+        s.month_used(month)
+            .saturating_add_signed(s.unsent.saturating_neg())
+    }
+
+    /// A correction counted in [`Entry::settle`] with `for_redis` has reached
+    /// Redis, or will not: it is no longer left out of the seed.
+    pub(crate) fn correction_sent(&self, diff: i64) {
+        let mut s = self.lock();
+        s.unsent = s.unsent.saturating_sub(diff);
+    }
+
     pub(crate) fn in_flight(&self) -> u64 {
         self.lock().in_flight
     }
@@ -204,6 +223,10 @@ impl Entry {
     }
 
     /// Corrects an admission's estimate by `diff` (real − estimate) tokens.
+    /// `for_redis`: the admission was Redis's, which holds the buckets and
+    /// gets the correction through a queued job; this instance only keeps its
+    /// view of the month, and counts the correction as unsent until
+    /// [`Entry::correction_sent`].
     pub(crate) fn settle(
         &self,
         plan: &PlanLimits,
@@ -211,20 +234,57 @@ impl Entry {
         month: Month,
         window_ms: f64,
         now: f64,
-        buckets: bool,
+        for_redis: bool,
     ) {
         let mut s = self.lock();
-        if buckets {
+        if !for_redis {
             if let (Some(cap), Some(b)) = (plan.tokens_per_minute, s.tokens.as_mut()) {
                 b.refill(cap as f64, window_ms, now);
                 b.level = (b.level - diff as f64).min(cap as f64);
             }
         }
-        if let Some((m, used)) = s.month.as_mut() {
-            if *m == month {
+        let counted = match s.month.as_mut() {
+            Some((m, used)) if *m == month => {
                 *used = used.saturating_add_signed(diff);
+                true
             }
+            _ => false,
+        };
+        if counted && for_redis {
+            s.unsent = s.unsent.saturating_add(diff);
         }
+    }
+}
+
+/// A settle correction on its way to Redis, counted as unsent in the entries
+/// it was applied to until dropped: with the job that carries it, once the job
+/// is done or given up (a failed or dropped job's correction then reaches
+/// Redis through the next seed, as any count Redis lacks does).
+pub(crate) struct UnsentCorrection {
+    entries: [Option<Arc<Entry>>; 2],
+    diff: i64,
+}
+
+impl UnsentCorrection {
+    /// For `entries` that [`Entry::settle`] counted `diff` in, `for_redis`.
+    pub(crate) fn new(entries: [Option<Arc<Entry>>; 2], diff: i64) -> Self {
+        Self { entries, diff }
+    }
+}
+
+impl Drop for UnsentCorrection {
+    fn drop(&mut self) {
+        for e in self.entries.iter().flatten() {
+            e.correction_sent(self.diff);
+        }
+    }
+}
+
+impl std::fmt::Debug for UnsentCorrection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnsentCorrection")
+            .field("diff", &self.diff)
+            .finish()
     }
 }
 

@@ -348,7 +348,7 @@ impl Limiter {
             let seed = |level| {
                 sh.local
                     .existing(key, level)
-                    .map_or(0, |e| e.month_used(month))
+                    .map_or(0, |e| e.month_seed(month))
             };
             let seeds = [seed(Level::Tenant), seed(Level::Reseller)];
             match redis
@@ -560,19 +560,28 @@ impl Admission {
             } => {
                 for (entry, plan) in [(tenant, &g.limits.tenant), (reseller, &g.limits.reseller)] {
                     if let Some(e) = entry {
-                        e.settle(plan, diff, g.month, window, now, true);
+                        e.settle(plan, diff, g.month, window, now, false);
                     }
                 }
             }
             Hold::Redis { keys, .. } => {
+                // Keep this instance's view of the month current for the
+                // fallback; until the job below is done, the correction is
+                // left out of the seeds this instance offers Redis.
+                let entries = Level::BOTH.map(|level| {
+                    let e = sh.local.existing(&g.key, level)?;
+                    e.settle(g.limits.level(level), diff, g.month, window, now, true);
+                    Some(e)
+                });
+                let correction = local::UnsentCorrection::new(entries, diff);
                 if let Some(r) = &sh.redis {
-                    r.settle(keys, &g.limits, actual_tokens, sh.settings.window);
-                }
-                // Keep this instance's view of the month current for the fallback.
-                for level in Level::BOTH {
-                    if let Some(e) = sh.local.existing(&g.key, level) {
-                        e.settle(g.limits.level(level), diff, g.month, window, now, false);
-                    }
+                    r.settle(
+                        keys,
+                        &g.limits,
+                        actual_tokens,
+                        sh.settings.window,
+                        correction,
+                    );
                 }
             }
         }

@@ -22,6 +22,7 @@
 //! nothing but a health-check round trip per checkout.
 
 use super::headers::{BucketView, LevelView, RateHeaders};
+use super::local::UnsentCorrection;
 use super::month::Month;
 use super::plan::{EffectiveLimits, Level, PlanLimits};
 use super::{Check, LimitKey};
@@ -135,6 +136,8 @@ enum Job {
         quota: [bool; 2],
         /// The same admission's slot release, folded in by [`coalesce`].
         release: Option<(Arc<str>, [bool; 2])>,
+        /// Left out of this instance's seeds until the job is done.
+        _unsent: UnsentCorrection,
     },
     Release {
         keys: Arc<Keys>,
@@ -421,6 +424,7 @@ impl RedisBackend {
         limits: &EffectiveLimits,
         actual: u64,
         window: Duration,
+        unsent: UnsentCorrection,
     ) {
         if !settles(limits) {
             return;
@@ -438,6 +442,7 @@ impl RedisBackend {
                 limits.reseller.tokens_per_month.is_some(),
             ],
             release: None,
+            _unsent: unsent,
         });
     }
 
@@ -663,6 +668,7 @@ async fn run_jobs(
                     tpm,
                     quota,
                     release,
+                    _unsent,
                 } => {
                     let released = release.as_ref().map_or([false; 2], |(_, held)| *held);
                     let mut cmd = redis::cmd("EVALSHA");
@@ -751,6 +757,7 @@ mod tests {
             tpm: [1_000, 0],
             quota: [false, false],
             release: None,
+            _unsent: UnsentCorrection::new([None, None], 0),
         }
     }
 
