@@ -429,6 +429,34 @@ async fn a_stream_that_breaks_before_content_falls_back() {
     s.gw.shutdown().await;
 }
 
+/// An error event before any content (under `first_content`, nothing has
+/// been sent): the client gets it as the answer that error stands for,
+/// overloaded as 503 `overloaded` in OpenAI's shape and as Anthropic's 529
+/// `overloaded_error` on `/v1/messages`, not a 502 whatever its type.
+#[tokio::test]
+async fn an_error_event_before_content_keeps_the_status_of_its_type() {
+    let s = setup_with("stream_commit = \"first_content\"\n").await;
+    let mut body = chat_body("claude-sonnet");
+    body["stream"] = json!(true);
+    s.claude.push_fault(Fault::ErrorBeforeContent);
+    let resp = chat(&s.gw, &body).await;
+    let id = rid(&resp);
+    assert_eq!(error_code(resp, 503).await, "overloaded");
+    let r = s.gw.usage_for(&id).await;
+    assert_eq!(r["outcome"], "upstream_error");
+    assert_eq!(outcomes(&r)[0].1, "overloaded");
+
+    let mut body = messages_body("claude-sonnet");
+    body["stream"] = json!(true);
+    s.claude.push_fault(Fault::ErrorBeforeContent);
+    let resp = messages(&s.gw, Some(ACME_DENTAL.2), &body).await;
+    assert_eq!(resp.status(), 529);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["error"]["type"], "overloaded_error", "{v}");
+    s.gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn mid_stream_failures_end_with_a_well_formed_error() {
     let s = setup().await;

@@ -232,19 +232,28 @@ pub async fn attempt(
             }),
             Ok(Ok(false)) => {
                 // An error event before any content: the client has seen nothing
-                // yet, so another route may still serve it.
+                // yet, so it gets the error as an answer with the status the
+                // error stands for, and another route may still serve it.
                 let body = held
                     .last()
                     .map(|e| Bytes::from(e.data.clone()))
                     .unwrap_or_default();
-                AttemptResult::Retry(Failure {
-                    cause: "stream_error_before_content",
-                    kind: FailureKind::Upstream {
-                        status: StatusCode::BAD_GATEWAY,
-                        body,
+                let status = in_band_error_status(&body);
+                let failure = Failure {
+                    cause: match status.as_u16() {
+                        429 => "rate_limited",
+                        529 => "overloaded",
+                        500..=599 => "server_error",
+                        _ => "client_error",
                     },
+                    kind: FailureKind::Upstream { status, body },
                     retry_after: None,
-                })
+                };
+                if retryable_status(status) {
+                    AttemptResult::Retry(failure)
+                } else {
+                    AttemptResult::Final(failure)
+                }
             }
             Ok(Err(e)) => AttemptResult::Retry(Failure::gateway("stream_failed_before_content", e)),
             Err(_) => AttemptResult::Retry(Failure::gateway(
@@ -329,6 +338,32 @@ fn first_content_verdict(ev: &Event) -> Verdict {
     } else {
         Verdict::Hold
     }
+}
+
+/// The HTTP status an error event stands for (Anthropic's `error.type`, or
+/// OpenAI's `type` and `code`), as the provider answers that error outside a
+/// stream: an overloaded provider 529, a rate limit 429. Unknown: 502.
+fn in_band_error_status(data: &[u8]) -> StatusCode {
+    let v: serde_json::Value = serde_json::from_slice(data).unwrap_or_default();
+    let field = |k: &str| {
+        v.get("error")
+            .and_then(|e| e.get(k))
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("")
+    };
+    let status = match (field("type"), field("code")) {
+        ("overloaded_error", _) | (_, "overloaded") => 529,
+        ("rate_limit_error" | "tokens" | "requests", _) | (_, "rate_limit_exceeded") => 429,
+        ("timeout_error", _) | (_, "timeout") => 504,
+        ("api_error" | "server_error", _) => 500,
+        ("invalid_request_error", _) => 400,
+        ("authentication_error", _) => 401,
+        ("permission_error", _) => 403,
+        ("not_found_error", _) => 404,
+        ("request_too_large", _) => 413,
+        _ => 502,
+    };
+    StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY)
 }
 
 /// `retry-after` as seconds (OpenAI, Anthropic) or an HTTP date (rare; ignored).
@@ -687,6 +722,31 @@ fn is_uuid(word: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_event_stands_for_the_status_of_its_type() {
+        let status = |data: &str| in_band_error_status(data.as_bytes()).as_u16();
+        let anthropic =
+            |t: &str| format!(r#"{{"type":"error","error":{{"type":"{t}","message":"x"}}}}"#);
+        assert_eq!(status(&anthropic("overloaded_error")), 529);
+        assert_eq!(status(&anthropic("rate_limit_error")), 429);
+        assert_eq!(status(&anthropic("api_error")), 500);
+        assert_eq!(status(&anthropic("invalid_request_error")), 400);
+        // OpenAI's shape, and Anthropic's translated into it.
+        assert_eq!(
+            status(r#"{"error":{"message":"x","type":"server_error","code":"overloaded"}}"#),
+            529
+        );
+        assert_eq!(
+            status(r#"{"error":{"message":"x","type":"tokens","code":"rate_limit_exceeded"}}"#),
+            429
+        );
+        assert_eq!(
+            status(r#"{"error":{"message":"x","type":"server_error","code":null}}"#),
+            500
+        );
+        assert_eq!(status("not json"), 502);
+    }
 
     #[test]
     fn retry_after_reads_seconds_and_survives_any_number() {

@@ -48,6 +48,9 @@ pub enum Fault {
     DropAfter(usize),
     /// Stream: replay `stream_error.sse` (two text deltas, then `event: error`).
     StreamError,
+    /// Stream: `stream_error.sse` without its text deltas (`message_start`,
+    /// the empty text block, `ping`, then `event: error`, overloaded).
+    ErrorBeforeContent,
 }
 
 #[derive(Debug, Clone)]
@@ -237,7 +240,11 @@ async fn serve(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         Some(Fault::DropAfter(n)) => Some(n),
         _ => None,
     };
-    let events = sse_events(sse);
+    let mut events = sse_events(sse);
+    if matches!(fault, Some(Fault::ErrorBeforeContent)) {
+        events = sse_events(STREAM_ERROR_SSE);
+        events.retain(|e| !e.starts_with("event: content_block_delta"));
+    }
     let pieces = futures_util::stream::iter(events.into_iter().enumerate()).then(
         move |(i, ev)| async move {
             if drop_after.is_some_and(|n| i >= n) {
