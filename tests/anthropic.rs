@@ -795,6 +795,11 @@ async fn messages_errors_are_in_anthropic_shape() {
     let r = gw.usage_for(&id).await;
     assert_eq!(r["outcome"], "upstream_error");
     assert_eq!(r["error_code"], "overloaded_error");
+    // message_start's input count is the provider's; its output count (1)
+    // is a placeholder, so the output is estimated from the text streamed.
+    assert_eq!(r["prompt_tokens"], 25, "{r}");
+    assert_eq!(r["estimated"], true, "{r}");
+    assert!(r["completion_tokens"].as_u64().unwrap() > 1, "{r}");
 
     s.claude.push_fault(Fault::DropAfter(4));
     let resp = messages(gw, Some(ACME_DENTAL.2), &stream).await;

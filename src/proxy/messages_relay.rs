@@ -31,6 +31,9 @@ pub struct MessagesRelay {
     deadline: Pin<Box<tokio::time::Sleep>>,
     record: PendingRecord,
     tokens: Option<Tokens>,
+    /// A `message_delta` reported the output count: until then the count is
+    /// `message_start`'s placeholder (1), not the answer's.
+    output_reported: bool,
     done: bool,
 }
 
@@ -47,6 +50,7 @@ impl MessagesRelay {
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
             record,
             tokens: None,
+            output_reported: false,
             done: false,
         }
     }
@@ -55,7 +59,21 @@ impl MessagesRelay {
     fn finish(&mut self, outcome: Outcome, code: Option<&str>) {
         self.done = true;
         if let Some(t) = self.tokens {
-            self.record.tokens = token_usage(t);
+            let mut usage = token_usage(t);
+            // Counts that are not the answer's are left unknown, for the
+            // record to estimate: the output before a `message_delta` said
+            // it (a stream cut short), or zero beside text (a stream bridged
+            // from an upstream that reported no usage); the input as zero
+            // (the bridge's `message_start`, which cannot know it).
+            if !self.output_reported || (t.output == 0 && self.record.has_completion_text()) {
+                usage.completion = None;
+                usage.total = None;
+            }
+            if usage.prompt == Some(0) {
+                usage.prompt = None;
+                usage.total = None;
+            }
+            self.record.tokens = usage;
         }
         self.record.finish(200, outcome, code);
     }
@@ -79,10 +97,24 @@ impl MessagesRelay {
                 }
                 self.tokens = Some(Tokens::from_anthropic(msg.and_then(|m| m.get("usage"))));
             }
-            "message_delta" => self
-                .tokens
-                .get_or_insert_with(Tokens::default)
-                .update_from_anthropic(parsed.get("usage")),
+            "message_delta" => {
+                let usage = parsed.get("usage");
+                if usage.is_some_and(|u| u.get("output_tokens").is_some_and(Value::is_u64)) {
+                    self.output_reported = true;
+                }
+                self.tokens
+                    .get_or_insert_with(Tokens::default)
+                    .update_from_anthropic(usage);
+            }
+            "content_block_delta" => {
+                if let Some(delta) = parsed.get("delta") {
+                    for k in ["text", "partial_json", "thinking"] {
+                        if let Some(text) = delta.get(k).and_then(Value::as_str) {
+                            self.record.add_completion_text(text);
+                        }
+                    }
+                }
+            }
             "message_stop" => self.finish(Outcome::Ok, None),
             "error" => {
                 let code = parsed

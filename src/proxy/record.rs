@@ -288,6 +288,11 @@ impl PendingRecord {
         }
     }
 
+    /// True once some completion text was seen.
+    pub fn has_completion_text(&self) -> bool {
+        !self.completion_text.is_empty() || self.completion_overflow > 0
+    }
+
     /// Takes the completion text of a whole (non-streamed) answer.
     pub fn add_completion_from_response(&mut self, response: &Value) {
         let text = estimate::completion_text(response);
