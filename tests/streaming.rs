@@ -482,6 +482,11 @@ async fn a_client_that_leaves_before_the_upstream_answers_is_recorded() {
     assert_eq!(record["status"], 499, "{record}");
     assert_eq!(record["stream"], true, "{record}");
     assert_eq!(record["requested_model"], "gpt-4o-mini", "{record}");
+    // The provider had the request: the record names it and counts (at least)
+    // the prompt, which the tenant's limits are charged for.
+    assert_eq!(record["provider"], "upstream", "{record}");
+    assert_eq!(record["estimated"], true, "{record}");
+    assert!(record["prompt_tokens"].as_u64().unwrap() > 0, "{record}");
     assert_eq!(gw.open_records(), 0, "the abandoned record stayed open");
     // Written when the client left, not when the upstream eventually answered.
     assert!(

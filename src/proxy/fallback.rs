@@ -124,6 +124,10 @@ pub fn serve<'a>(
                 if now >= deadline {
                     break 'routes;
                 }
+                // The provider is named while the attempt is in flight: a
+                // client that leaves now leaves a call the provider may bill,
+                // so the record estimates it instead of refunding it all.
+                record.update(|r| r.provider = Some(provider_name.clone()));
                 let body = prepared.body.upstream(&route.upstream_model);
                 let req = UpstreamRequest {
                     endpoint,
@@ -223,6 +227,8 @@ pub fn serve<'a>(
                     failure.status(),
                     started,
                 );
+                // No call in flight until the next attempt.
+                record.update(|r| r.provider = None);
                 if !retry {
                     // The client's own error (or the tenant's key refused): the
                     // provider is healthy, so the breaker does not count it.
