@@ -220,7 +220,6 @@ fn reload(gateway: &Gateway, path: &std::path::Path) {
     };
     match gateway.reload(&config) {
         Ok(()) => {
-            gateway.app().usage.set_prices(&config);
             tracing::info!(path = %path.display(), "configuration reloaded");
         }
         Err(e) => tracing::error!(error = %e, "reload refused; the running configuration stays"),

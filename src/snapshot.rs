@@ -6,6 +6,7 @@ use crate::config::{ConfigError, GatewayConfig, RoutingConfig};
 use crate::routing::ModelTable;
 use crate::tenancy::KeyDigest;
 use crate::tenancy::Tenancy;
+use crate::usage::price::PriceTable;
 use crate::vault::Keyring;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -25,6 +26,9 @@ pub struct Snapshot {
     pub limits: BodyLimits,
     pub routing: RoutingConfig,
     pub operator_keys: Vec<KeyDigest>,
+    /// The platform's prices: a request's usage record is priced with the
+    /// table of the snapshot it started on, as its routes and plan were.
+    pub prices: Arc<PriceTable>,
     /// Unix time the snapshot was built; reported as `created` in `/v1/models`.
     pub created: u64,
 }
@@ -59,6 +63,7 @@ impl Snapshot {
         Ok(Self {
             tenancy,
             keyring: Arc::new(keyring),
+            prices: Arc::new(PriceTable::from_config(config)),
             models,
             routing: config.routing.clone(),
             operator_keys: config

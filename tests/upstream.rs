@@ -208,6 +208,62 @@ async fn a_reload_refuses_the_demo_tenant_while_a_listener_is_public() {
     }
 }
 
+/// Prices are part of the snapshot: a request is priced with the table it
+/// started under, even if a reload lands before it ends, and the requests
+/// after a reload (`Gateway::reload`, as the library's users call it) with
+/// the new one.
+#[tokio::test]
+async fn prices_swap_with_the_snapshot() {
+    let mock = MockProvider::start().await;
+    let priced = |per_token: u64| {
+        format!(
+            "{}\n[prices]\ncurrency = \"USD\"\n\n[[prices.models]]\nmodel = \"gpt-4o-mini-2024-07-18\"\ninput_per_million = \"{}\"\noutput_per_million = \"0\"\n",
+            standard_config(&mock.base_url(), ""),
+            per_token * 1_000_000
+        )
+    };
+    let gw = TestGateway::start(&priced(1)).await;
+    let mut slow = chat_body("gpt-4o-mini");
+    slow["stream"] = json!(true);
+    slow["stream_options"] = json!({"include_usage": true});
+    slow["mock"] = json!({"chunks": 10, "gap_ms": 60});
+    let in_flight = post(
+        &gw,
+        "/v1/chat/completions",
+        Some(ACME_HOST),
+        Some(ACME_DENTAL.2),
+        &slow,
+    )
+    .await;
+    assert_eq!(in_flight.status(), 200);
+    let old_id = in_flight.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+
+    let mut next = livery::config::GatewayConfig::parse(&priced(2)).unwrap();
+    next.usage.jsonl_path = Some(gw.usage_path.clone());
+    gw.gateway.as_ref().unwrap().reload(&next).unwrap();
+    let _ = in_flight.text().await.unwrap();
+    let old = gw.usage_for(&old_id).await;
+    let tokens = old["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(old["cost_micros"], tokens * 1_000_000, "{old}");
+
+    let after = post(
+        &gw,
+        "/v1/chat/completions",
+        Some(ACME_HOST),
+        Some(ACME_DENTAL.2),
+        &chat_body("gpt-4o-mini"),
+    )
+    .await;
+    let new_id = after.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let _ = after.text().await;
+    let new = gw.usage_for(&new_id).await;
+    let tokens = new["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(new["cost_micros"], tokens * 2_000_000, "{new}");
+}
+
 #[tokio::test]
 async fn reload_swaps_the_whole_snapshot_and_in_flight_streams_finish_on_the_old_one() {
     let mock = MockProvider::start().await;

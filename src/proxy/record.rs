@@ -16,10 +16,12 @@
 use super::ctx::RequestCtx;
 use crate::limits::Admission;
 use crate::providers::Endpoint;
+use crate::usage::price::PriceTable;
 use crate::usage::spool::Ticket;
 use crate::usage::{estimate, rfc3339, Outcome, UsageRecord, UsageSink, SCHEMA_VERSION};
 use bytes::Bytes;
 use serde_json::Value;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Token counts as reported by the upstream.
@@ -179,6 +181,8 @@ impl<'de> serde::Deserialize<'de> for LenientCount {
 /// lives in every open stream, so it is kept small.
 pub struct PendingRecord {
     sink: UsageSink,
+    /// The prices of the request's snapshot.
+    prices: Arc<PriceTable>,
     record: Option<Box<UsageRecord>>,
     started: Instant,
     pub first_byte: Option<Instant>,
@@ -204,6 +208,7 @@ impl PendingRecord {
         sink.open_record();
         Self {
             sink,
+            prices: ctx.snapshot.prices.clone(),
             started: ctx.started,
             first_byte: None,
             tokens: TokenUsage::default(),
@@ -387,6 +392,7 @@ impl PendingRecord {
         r.latency_ms = ms(self.started.elapsed());
         r.ttfb_ms = self.first_byte.map(|t| ms(t.duration_since(self.started)));
         r.cached_tokens = self.tokens.cached;
+        r.cost_micros = self.prices.cost_of(&r);
         let now = std::time::SystemTime::now();
         r.event_id = crate::telemetry::ids::uuid_v7_text_at(now);
         r.ended_at = rfc3339(now);

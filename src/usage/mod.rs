@@ -13,8 +13,9 @@
 //! * [`report`]: `livery usage report` and invoices under each billing model.
 //! * [`estimate`]: token counts with OpenAI's tokenizer when upstreams report none.
 //!
-//! [`UsageSink`] is the request path's handle: [`UsageSink::record`] prices
-//! the event, appends it to the spool (a `write(2)`, no fsync), mirrors it to
+//! [`UsageSink`] is the request path's handle: [`UsageSink::record`] takes
+//! the event (priced by the request's record, with its snapshot's prices),
+//! appends it to the spool (a `write(2)`, no fsync), mirrors it to
 //! the optional JSONL file through a bounded channel and a writer thread
 //! (appended synchronously if the channel is full, never dropped), and emits a
 //! `debug` `tracing` event (target `livery::usage`; the spool and the JSONL
@@ -37,9 +38,8 @@ pub use ledger::{LedgerStats, SinkStats};
 pub use timestamp::rfc3339;
 
 use crate::config::GatewayConfig;
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwapOption;
 use ledger::Ledger;
-use price::PriceTable;
 use spool::{Spool, SpoolOptions};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -226,7 +226,6 @@ struct SinkInner {
     /// [`UsageSink::open_record`]): while none is, no other request can stage
     /// a line for a staged one to wait for.
     open_records: AtomicUsize,
-    prices: ArcSwap<PriceTable>,
     /// Read connection for quotas (`monthly_tokens`), opened on first use.
     sqlite_path: Option<PathBuf>,
     reader: Mutex<Option<rusqlite::Connection>>,
@@ -236,7 +235,7 @@ impl UsageSink {
     /// The JSONL mirror only, without ledger or prices (what the gateway used
     /// before the ledger; kept for embedders).
     pub fn open(path: Option<&Path>) -> Result<Self, UsageError> {
-        Self::build(path, None, PriceTable::default(), None)
+        Self::build(path, None, None)
     }
 
     /// Everything `[usage]`, `[prices]` configure: the JSONL mirror, and the
@@ -309,18 +308,12 @@ impl UsageSink {
                 (Some(ledger), paths.sqlite)
             }
         };
-        Self::build(
-            u.jsonl_path.as_deref(),
-            ledger,
-            PriceTable::from_config(config),
-            sqlite_path,
-        )
+        Self::build(u.jsonl_path.as_deref(), ledger, sqlite_path)
     }
 
     fn build(
         path: Option<&Path>,
         ledger: Option<Ledger>,
-        prices: PriceTable,
         sqlite_path: Option<PathBuf>,
     ) -> Result<Self, UsageError> {
         let spare: SpareLines = Arc::new(crossbeam_queue::ArrayQueue::new(SPARE_LINES));
@@ -371,18 +364,10 @@ impl UsageSink {
                 mirror_sleeps,
                 ledger,
                 open_records: AtomicUsize::new(0),
-                prices: ArcSwap::from_pointee(prices),
                 sqlite_path,
                 reader: Mutex::new(None),
             }),
         })
-    }
-
-    /// Replaces the price table (on configuration reload).
-    pub fn set_prices(&self, config: &GatewayConfig) {
-        self.inner
-            .prices
-            .store(Arc::new(PriceTable::from_config(config)));
     }
 
     /// Records one finished request: prices it, appends it to the spool
@@ -435,21 +420,7 @@ impl UsageSink {
         }
     }
 
-    fn write(&self, mut rec: UsageRecord, stage: bool) -> Option<spool::Ticket> {
-        if rec.cost_micros.is_none() {
-            let last_attempt = rec.attempts.last().map(|a| &*a.model);
-            rec.cost_micros = self.inner.prices.load().cost(
-                rec.provider.as_deref(),
-                &[
-                    rec.served_model.as_deref(),
-                    last_attempt,
-                    rec.requested_model.as_deref(),
-                ],
-                rec.prompt_tokens.unwrap_or(0),
-                rec.cached_tokens.unwrap_or(0),
-                rec.completion_tokens.unwrap_or(0),
-            );
-        }
+    fn write(&self, rec: UsageRecord, stage: bool) -> Option<spool::Ticket> {
         tracing::debug!(
             target: "livery::usage",
             event_id = %rec.event_id,

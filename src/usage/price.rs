@@ -190,6 +190,24 @@ impl PriceTable {
     /// The platform's cost of a call in micro-units, or `None` when no price
     /// matches. `cached` tokens are part of `prompt` (OpenAI's convention) and
     /// billed at the cached price.
+    /// The cost of a finished request's record: its provider's price for the
+    /// model it was served as (else its last attempt's, else the one asked
+    /// for), or `None` without a price.
+    pub fn cost_of(&self, rec: &super::UsageRecord) -> Option<u64> {
+        let last_attempt = rec.attempts.last().map(|a| &*a.model);
+        self.cost(
+            rec.provider.as_deref(),
+            &[
+                rec.served_model.as_deref(),
+                last_attempt,
+                rec.requested_model.as_deref(),
+            ],
+            rec.prompt_tokens.unwrap_or(0),
+            rec.cached_tokens.unwrap_or(0),
+            rec.completion_tokens.unwrap_or(0),
+        )
+    }
+
     pub fn cost(
         &self,
         provider: Option<&str>,
