@@ -709,6 +709,29 @@ async fn messages_on_an_anthropic_route_pass_through() {
     assert_eq!(r["stream"], true);
     assert_eq!(r["prompt_tokens"], 20);
     assert_eq!(r["completion_tokens"], 5);
+    assert!(s
+        .claude
+        .last_request()
+        .headers
+        .get("anthropic-beta")
+        .is_none());
+
+    // The client's beta features go with its body (a body that uses one is
+    // refused without the header).
+    let beta = "context-1m-2025-08-07,token-efficient-tools-2025-02-19";
+    let resp = client()
+        .post(s.gw.url("/v1/messages"))
+        .header("host", ACME_HOST)
+        .header("anthropic-version", "2023-06-01")
+        .header("anthropic-beta", beta)
+        .header("x-api-key", ACME_DENTAL.2)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let _ = resp.text().await;
+    assert_eq!(s.claude.last_request().headers["anthropic-beta"], beta);
     s.gw.shutdown().await;
 }
 

@@ -29,6 +29,7 @@ const DEFAULT_MAX_TOKENS: u64 = 4096;
 // Header names as constants, not `&str`: http copies a string key into a new
 // allocation on every insert.
 const ANTHROPIC_VERSION_HEADER: HeaderName = HeaderName::from_static("anthropic-version");
+const ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 pub struct AnthropicProvider {
@@ -92,7 +93,11 @@ impl AnthropicProvider {
         key: Option<&Secret>,
     ) -> Result<UpstreamResponse, ProviderError> {
         match req.endpoint {
-            Endpoint::Messages => self.post(req.body, req.stream, &req.request_id, key).await,
+            Endpoint::Messages => {
+                let beta = req.anthropic_beta.as_ref();
+                self.post(req.body, req.stream, &req.request_id, key, beta)
+                    .await
+            }
             Endpoint::ChatCompletions => self.send_chat(req, key).await,
             Endpoint::Completions | Endpoint::Embeddings => Ok(synthetic(
                 StatusCode::BAD_REQUEST,
@@ -126,7 +131,9 @@ impl AnthropicProvider {
             serde_json::to_vec(&messages)
                 .map_err(|e| ProviderError::Misconfigured(e.to_string()))?,
         );
-        let resp = self.post(body, req.stream, &req.request_id, key).await?;
+        let resp = self
+            .post(body, req.stream, &req.request_id, key, None)
+            .await?;
         let UpstreamBody::Stream(body) = resp.body;
         let status = resp.status;
         let created = unix_now();
@@ -167,13 +174,15 @@ impl AnthropicProvider {
         })
     }
 
-    /// `POST /v1/messages` with `body` as is.
+    /// `POST /v1/messages` with `body` as is (and the client's beta features:
+    /// a body using one is refused without its header).
     async fn post(
         &self,
         body: Bytes,
         stream: bool,
         request_id: &crate::telemetry::ids::RequestId,
         key: Option<&Secret>,
+        beta: Option<&http::HeaderValue>,
     ) -> Result<UpstreamResponse, ProviderError> {
         let accept = if stream {
             "text/event-stream"
@@ -183,6 +192,9 @@ impl AnthropicProvider {
         let mut upstream = self.client.post(self.url.clone(), body, accept, request_id);
         let headers = upstream.headers_mut();
         headers.insert(ANTHROPIC_VERSION_HEADER, self.version.clone());
+        if let Some(beta) = beta {
+            headers.insert(ANTHROPIC_BETA, beta.clone());
+        }
         if let Some(key) = key {
             headers.insert(X_API_KEY, key_header_value(&self.name, "", key)?);
         }

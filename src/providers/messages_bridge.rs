@@ -45,6 +45,8 @@ where
         body,
         stream,
         request_id: req.request_id,
+        // The beta features are Anthropic's; an OpenAI route has none.
+        anthropic_beta: None,
     })
     .await?;
     let UpstreamBody::Stream(body) = resp.body;

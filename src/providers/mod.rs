@@ -128,6 +128,8 @@ pub struct UpstreamRequest {
     pub body: Bytes,
     pub stream: bool,
     pub request_id: crate::telemetry::ids::RequestId,
+    /// The client's `anthropic-beta` (`/v1/messages` on an Anthropic route).
+    pub anthropic_beta: Option<http::HeaderValue>,
 }
 
 /// One configured provider.

@@ -33,6 +33,9 @@ pub struct RequestCtx {
     pub sni: Option<Arc<str>>,
     /// The API the client speaks: the shape of its errors and stream events.
     pub dialect: Dialect,
+    /// A `/v1/messages` client's `anthropic-beta` header: the features it
+    /// opts into, passed on to an Anthropic route with its body.
+    pub anthropic_beta: Option<http::HeaderValue>,
 }
 
 /// The API a client speaks, known from the path alone (so even a request refused

@@ -135,6 +135,7 @@ pub fn serve<'a>(
                     body,
                     stream: prepared.stream,
                     request_id: ctx.request_id.clone(),
+                    anthropic_beta: ctx.anthropic_beta.clone(),
                 };
                 // The clock was just read: each read is ~20 ns, and
                 // `timeout` would read it again to turn a duration back

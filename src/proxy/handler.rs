@@ -35,6 +35,8 @@ use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
 
+const ANTHROPIC_BETA: http::HeaderName = http::HeaderName::from_static("anthropic-beta");
+
 enum Api {
     Models,
     Forward(Endpoint),
@@ -201,6 +203,10 @@ fn resolve<B>(
         tenant,
         sni,
         dialect,
+        anthropic_beta: match dialect {
+            Dialect::Anthropic => req.headers().get(ANTHROPIC_BETA).cloned(),
+            Dialect::OpenAi => None,
+        },
     };
     Ok(Resolved::Api(api, ctx))
 }
