@@ -55,9 +55,9 @@ impl Snapshot {
                 "server.max_body_bytes must be positive".into(),
             ));
         }
-        if config.server.header_timeout_ms == 0 {
+        if config.server.header_timeout_ms == 0 || config.server.send_timeout_ms == 0 {
             return Err(ConfigError::Invalid(
-                "server.header_timeout_ms must be positive".into(),
+                "server.header_timeout_ms and server.send_timeout_ms must be positive".into(),
             ));
         }
         Ok(Self {

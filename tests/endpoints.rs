@@ -926,3 +926,57 @@ async fn connections_without_a_request_are_closed_after_header_timeout_ms() {
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{text}");
     assert!(!text.contains("stream_interrupted"), "{text}");
 }
+
+/// `[server] send_timeout_ms`: a client that stops reading a long stream (its
+/// socket full) has its connection closed, and with it the stream's record,
+/// the upstream stream and everything else the request held, instead of
+/// keeping them for as long as it keeps the socket. A stream that waits on a
+/// slow upstream for longer than the timeout is not stalled.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_after_send_timeout_ms() {
+    use std::time::{Duration, Instant};
+    use tokio::io::AsyncWriteExt;
+    let mock = MockProvider::start().await;
+    let base = standard_config(&mock.base_url(), "");
+    let config = base.replace(
+        "max_body_bytes = 65536",
+        "max_body_bytes = 65536\nsend_timeout_ms = 400",
+    );
+    assert_ne!(config, base);
+    let gw = TestGateway::start(&config).await;
+
+    // Events 200 ms apart for 1.2 s, read as they come: whole.
+    let text = dental_stream(&gw, json!({"chunks": 6, "gap_ms": 200})).await;
+    let events = sse_data(&text);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{text}");
+
+    // Ten megabytes asked for and none of it read: more than the sockets'
+    // buffers, hyper's and the upstream stream's window hold.
+    let body = json!({"model": "gpt-4o-mini", "stream": true,
+        "messages": [{"role": "user", "content": "hi"}], "mock": {"chunks": 60_000}})
+    .to_string();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {ACME_HOST}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        ACME_DENTAL.2,
+        body.len()
+    );
+    // A small receive buffer (no autotuning up to tens of megabytes).
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut stalled = socket.connect(gw.addr).await.unwrap();
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    stalled.write_all(body.as_bytes()).await.unwrap();
+    mock.wait_cancelled(1, Duration::from_secs(10)).await;
+    let start = Instant::now();
+    while gw.open_records() > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the stalled stream's record stayed open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let record = gw.usage().into_iter().last().unwrap();
+    assert_eq!(record["outcome"], "client_disconnected", "{record}");
+    drop(stalled);
+}

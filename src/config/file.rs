@@ -198,6 +198,12 @@ pub struct ServerConfig {
     /// silent ones. Read at start.
     #[serde(default = "default_header_timeout_ms")]
     pub header_timeout_ms: u64,
+    /// An HTTP/1.1 client that takes no more of its answer for this long (it
+    /// stopped reading, its socket full) has its connection closed, as nginx's
+    /// `send_timeout`: its stream, record, slot and upstream stream would be
+    /// held for as long as it holds the socket. Read at start.
+    #[serde(default = "default_send_timeout_ms")]
+    pub send_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -209,8 +215,13 @@ impl Default for ServerConfig {
             max_upstream_body_bytes: default_max_upstream_body_bytes(),
             operator_key_hashes: Vec::new(),
             header_timeout_ms: default_header_timeout_ms(),
+            send_timeout_ms: default_send_timeout_ms(),
         }
     }
+}
+
+fn default_send_timeout_ms() -> u64 {
+    60_000
 }
 
 fn default_header_timeout_ms() -> u64 {

@@ -11,6 +11,16 @@
 //! callgrind). A request costs two atomic updates and, when it ends, a clock
 //! read.
 //!
+//! An HTTP/1.1 connection with a request in flight is closed when its client
+//! has taken none of the answer for `[server] send_timeout_ms` (nginx's
+//! `send_timeout`): the answer's body handed hyper a frame and hyper has not
+//! come back for the next one, because the client stopped reading and the
+//! socket is full. Without it the stream, its record, its concurrency slot and
+//! the upstream stream (with its flow-control window on the shared HTTP/2
+//! connection to the provider) stay held for as long as the client holds the
+//! socket: the relay's own deadline and idle timers only run when it is polled.
+//! An answer waiting on the upstream is not stalled (the body said Pending).
+//!
 //! HTTP/2 connections are left alone once their first request shows them to be
 //! HTTP/2, as before: their streams share the connection, and closing one
 //! without a GOAWAY would break a stream opening at that moment.
@@ -30,6 +40,10 @@ pub struct ConnIdle {
     in_flight: AtomicU32,
     /// Milliseconds after `accepted` when the last request ended (0: none yet).
     idle_since: AtomicU64,
+    /// Milliseconds after `accepted` (at least 1) when the answer's body last
+    /// handed hyper a frame that hyper has not followed with another poll: the
+    /// client's turn to take it. 0: not the client's turn.
+    handed_at: AtomicU64,
     http2: AtomicBool,
 }
 
@@ -40,6 +54,7 @@ impl ConnIdle {
             accepted: Instant::now(),
             in_flight: AtomicU32::new(0),
             idle_since: AtomicU64::new(0),
+            handed_at: AtomicU64::new(0),
             http2: AtomicBool::new(false),
         })
     }
@@ -58,23 +73,31 @@ impl ConnIdle {
         InFlight(self.clone())
     }
 
-    /// Resolves once the connection has had no request in flight for `limit`
-    /// (never for an HTTP/2 connection).
-    pub fn idle_for(&self, limit: Duration) -> IdleFor<'_> {
+    /// Resolves once the connection has had no request in flight for `limit`,
+    /// or its client has taken nothing of an answer for `send` (never for an
+    /// HTTP/2 connection).
+    pub fn idle_for(&self, limit: Duration, send: Duration) -> IdleFor<'_> {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
         IdleFor {
             conn: self,
-            limit_ms: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX).max(1),
+            limit_ms: ms(limit),
+            send_ms: ms(send),
             timer: None,
         }
     }
 
     /// Milliseconds to wait before looking again; 0 when the connection is due.
-    fn wait_ms(&self, limit_ms: u64) -> Option<u64> {
+    fn wait_ms(&self, limit_ms: u64, send_ms: u64) -> Option<u64> {
         if self.http2.load(Ordering::Relaxed) {
             return None;
         }
         if self.in_flight.load(Ordering::Acquire) > 0 {
-            return Some(limit_ms);
+            let handed = self.handed_at.load(Ordering::Acquire);
+            if handed == 0 {
+                return Some(limit_ms.min(send_ms));
+            }
+            let waited = self.now_ms().saturating_sub(handed);
+            return Some(send_ms.saturating_sub(waited));
         }
         let idle = self
             .now_ms()
@@ -90,6 +113,7 @@ impl ConnIdle {
 pub struct IdleFor<'a> {
     conn: &'a ConnIdle,
     limit_ms: u64,
+    send_ms: u64,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
@@ -101,7 +125,7 @@ impl std::future::Future for IdleFor<'_> {
             return Poll::Pending;
         }
         loop {
-            let wait = match self.conn.wait_ms(self.limit_ms) {
+            let wait = match self.conn.wait_ms(self.limit_ms, self.send_ms) {
                 None => {
                     // HTTP/2: never due, and nothing left to wake for.
                     self.timer = None;
@@ -134,6 +158,7 @@ pub struct InFlight(Arc<ConnIdle>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        self.0.handed_at.store(0, Ordering::Release);
         if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle_since.store(self.0.now_ms(), Ordering::Release);
         }
@@ -163,7 +188,17 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let conn = &self._in_flight.0;
+        // Polled: hyper took the last frame. A frame handed over now is the
+        // client's to take until the next poll.
+        conn.handed_at.store(0, Ordering::Release);
+        let frame = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &frame {
+            let conn = &self._in_flight.0;
+            conn.handed_at
+                .store(conn.now_ms().max(1), Ordering::Release);
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
@@ -185,7 +220,8 @@ mod tests {
         let limit = Duration::from_millis(60);
         // Busy for longer than the limit: not due while the request lasts.
         let busy = conn.request(http::Version::HTTP_11);
-        let due = tokio::time::timeout(Duration::from_millis(150), conn.idle_for(limit)).await;
+        let due =
+            tokio::time::timeout(Duration::from_millis(150), conn.idle_for(limit, limit)).await;
         assert!(
             due.is_err(),
             "a connection with a request in flight was due"
@@ -193,7 +229,7 @@ mod tests {
         drop(busy);
         // Idle from the moment the request ended.
         let ended = Instant::now();
-        conn.idle_for(limit).await;
+        conn.idle_for(limit, limit).await;
         assert!(ended.elapsed() >= Duration::from_millis(55));
     }
 
@@ -203,7 +239,7 @@ mod tests {
         drop(conn.request(http::Version::HTTP_2));
         let due = tokio::time::timeout(
             Duration::from_millis(150),
-            conn.idle_for(Duration::from_millis(20)),
+            conn.idle_for(Duration::from_millis(20), Duration::from_millis(20)),
         )
         .await;
         assert!(due.is_err());

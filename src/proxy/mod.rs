@@ -142,7 +142,10 @@ impl Gateway {
             metrics: Metrics::default(),
             draining: AtomicBool::new(false),
         });
-        let header_timeout = Duration::from_millis(config.server.header_timeout_ms);
+        let header_timeout = ConnTimeouts {
+            header: Duration::from_millis(config.server.header_timeout_ms),
+            send: Duration::from_millis(config.server.send_timeout_ms),
+        };
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tasks.spawn(horizon::keep(stop_rx.clone()));
@@ -294,6 +297,14 @@ fn eligibility(app: &Arc<App>) -> crate::tls::Eligibility {
     })
 }
 
+/// How long a client connection may wait for a request's head, and for its
+/// client to take more of an answer (see `idle`).
+#[derive(Debug, Clone, Copy)]
+struct ConnTimeouts {
+    header: Duration,
+    send: Duration,
+}
+
 /// What a listener speaks: plain HTTP (with the `[tls]` plain policy, if any)
 /// or HTTPS.
 #[derive(Clone)]
@@ -307,7 +318,7 @@ async fn accept_loop(
     app: Arc<App>,
     mut stop: watch::Receiver<bool>,
     kind: Listener,
-    header_timeout: Duration,
+    timeouts: ConnTimeouts,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -342,7 +353,7 @@ async fn accept_loop(
                 tokio::spawn(async move {
                     let conn = ConnInfo { peer, tls: None };
                     let io = TokioIo::new(stream);
-                    serve(&builder, watcher, io, app, conn, tls, header_timeout).await;
+                    serve(&builder, watcher, io, app, conn, tls, timeouts).await;
                 });
             }
             Listener::Https(tls) => {
@@ -355,7 +366,7 @@ async fn accept_loop(
                                 tls: Some(info),
                             };
                             let io = TokioIo::new(stream);
-                            serve(&builder, watcher, io, app, conn, None, header_timeout).await;
+                            serve(&builder, watcher, io, app, conn, None, timeouts).await;
                         }
                         Ok(Accepted::Challenge) => {}
                         Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
@@ -385,7 +396,7 @@ async fn serve<I>(
     app: Arc<App>,
     conn: ConnInfo,
     plain_tls: Option<Arc<Tls>>,
-    header_timeout: Duration,
+    timeouts: ConnTimeouts,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -429,8 +440,8 @@ async fn serve<I>(
             }
         }
         // Dropping the connection closes it: nothing is in flight on it.
-        () = idle.idle_for(header_timeout) => {
-            tracing::debug!(%peer, "closed a connection without a request for header_timeout_ms");
+        () = idle.idle_for(timeouts.header, timeouts.send) => {
+            tracing::debug!(%peer, "closed a connection idle for header_timeout_ms, or whose client took nothing of its answer for send_timeout_ms");
         }
     }
 }
