@@ -696,6 +696,75 @@ async fn a_slow_redis_times_out_into_the_fallback() {
     wait_for(|| async { l.admit(&key, &limits, 0).await.unwrap().is_shared() }).await;
 }
 
+/// An admission whose answer came too late (the timeout, and the request went
+/// on to the fallback) still ran in Redis once it woke: its estimate charged to
+/// the month and its slot taken. Both are undone, by a compensating settle
+/// queued when the answer was given up on and tried again until Redis takes it.
+#[tokio::test]
+async fn an_admission_answered_too_late_is_undone_in_redis() {
+    use redis::Commands;
+    let Some(redis) = RedisServer::start("late_admission") else {
+        return;
+    };
+    let settings = LimiterSettings {
+        backend: Backend::Redis { url: redis.url() },
+        redis_timeout: Duration::from_millis(50),
+        probe_interval: Duration::from_millis(100),
+        concurrency_lease: Duration::from_millis(600),
+        ..LimiterSettings::default()
+    };
+    let l = Limiter::new(settings, Arc::new(NoMonthlyUsage)).unwrap();
+    let key = LimitKey::new("acme", "dental");
+    let limits = tenant(PlanLimits {
+        tokens_per_month: Some(1_000_000),
+        max_concurrent: Some(5),
+        ..PlanLimits::default()
+    });
+    let mut r = redis.client();
+    let month = format!("livery:rl:{{acme}}:t:dental:m:{}", Month::current());
+    let slots = "livery:rl:{acme}:t:dental:c";
+    // Connected (a connection being made would time out before sending).
+    let first = l.admit(&key, &limits, 0).await.unwrap();
+    assert!(first.is_shared());
+    drop(first);
+    let start = Instant::now();
+    while r.zcard::<_, i64>(slots).unwrap() > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the first slot stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let sleeper = tokio::spawn(async move {
+        redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(1)
+            .query_async::<()>(&mut conn)
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let adm = l.admit(&key, &limits, 500).await.unwrap();
+    assert!(!adm.is_shared(), "answered by the fallback");
+    drop(adm);
+    sleeper.await.unwrap().unwrap();
+    let start = Instant::now();
+    loop {
+        let used: Option<i64> = r.get(&month).unwrap();
+        let held: i64 = r.zcard(slots).unwrap();
+        if used == Some(0) && held == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "still charged in Redis: month {used:?}, slots {held}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn redis_down_fails_closed_with_503_and_recovers() {
     let Some(mut redis) = RedisServer::start("redis_down_fails_closed") else {

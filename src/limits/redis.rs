@@ -389,6 +389,16 @@ impl RedisBackend {
             .arg(MONTH_TTL_S)
             .arg(lease_ms.saturating_mul(2))
             .arg(numbers.bytes());
+        // The script may run even if its answer never comes back (the
+        // timeout, or the request cancelled meanwhile): until it does, a
+        // compensating settle and release is due.
+        let mut unanswered = Unanswered {
+            backend: self,
+            keys: Some(keys.clone()),
+            id: id.clone(),
+            limits,
+            window,
+        };
         // Packed doubles, not text: Redis's Lua would format each number with
         // sprintf, and reading an array through the client's RESP parser
         // (`combine`) costs about 1.2k instructions per element (callgrind).
@@ -401,6 +411,7 @@ impl RedisBackend {
         let verdict = reply_fields(&reply)
             .and_then(|fields| parse_reply(&fields, limits, estimate, month))
             .ok_or_else(|| RedisFailure::Reply(format!("{reply:02x?}")))?;
+        unanswered.keys = None;
         Ok(match verdict {
             Ok((slots, headers, month_used)) => {
                 if slots.iter().any(|s| *s) {
@@ -464,6 +475,51 @@ impl RedisBackend {
                 .dropped_jobs_total
                 .fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// An admission script sent whose answer has not been read. Dropped before
+/// it is (a timeout, the request cancelled, an unreadable reply), it queues
+/// what undoes the script if it ran anyway: a settle with no usage (which
+/// refunds the reservation's estimate to the buckets and the month, once:
+/// `GETDEL`) and the release of any slot it took; both do nothing if the
+/// script never ran. Without it Redis kept the estimate charged for the month
+/// and the slot held for its lease, while the request went on to the fallback
+/// (counted twice) or was refused (charged for nothing).
+struct Unanswered<'a> {
+    backend: &'a RedisBackend,
+    /// `None` once the answer was read.
+    keys: Option<Arc<Keys>>,
+    id: Arc<str>,
+    limits: &'a EffectiveLimits,
+    window: Duration,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        let Some(keys) = self.keys.take() else { return };
+        let l = self.limits;
+        self.backend.send(Job::Settle {
+            keys,
+            actual: 0,
+            window_ms: window_ms(self.window),
+            tpm: [
+                l.tenant.tokens_per_minute.unwrap_or(0),
+                l.reseller.tokens_per_minute.unwrap_or(0),
+            ],
+            quota: [
+                l.tenant.tokens_per_month.is_some(),
+                l.reseller.tokens_per_month.is_some(),
+            ],
+            release: Some((
+                self.id.clone(),
+                [
+                    l.tenant.max_concurrent.is_some(),
+                    l.reseller.max_concurrent.is_some(),
+                ],
+            )),
+            _unsent: UnsentCorrection::new([None, None], 0),
+        });
     }
 }
 
@@ -604,9 +660,17 @@ fn parse_reply(
     )))
 }
 
+/// Jobs kept for another try after their batch failed, at most; beyond, the
+/// oldest are dropped (and counted).
+const RETRY_BACKLOG: usize = 8192;
+
 /// Runs queued settles and releases (batched, concurrently on the multiplexed
-/// connection) and renews the leases of live slots. Ends when the limiter and
-/// every admission are gone.
+/// connection) and renews the leases of live slots. A batch that fails (Redis
+/// down or slow) is tried again with the next batch or tick: every job is
+/// idempotent (a settle takes its reservation with `GETDEL`, a release is a
+/// `ZREM`), so a job that had run is harmless to run again, and one that had
+/// not is not lost with a passing hiccup. Ends when the limiter and every
+/// admission are gone.
 async fn worker(
     mut rx: mpsc::Receiver<Job>,
     conn: Arc<Conn>,
@@ -620,20 +684,22 @@ async fn worker(
     let mut tick = tokio::time::interval((lease / 3).max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(256);
+    let mut backlog: Vec<Job> = Vec::new();
     loop {
         tokio::select! {
             n = rx.recv_many(&mut batch, 256) => {
                 if n == 0 {
                     return;
                 }
-                let jobs = std::mem::take(&mut batch);
-                let ok = tokio::time::timeout(timeout, run_jobs(&conn, &settle, jobs)).await;
-                if !matches!(ok, Ok(Ok(()))) {
-                    health.errors_total.fetch_add(1, Ordering::Relaxed);
-                    conn.reset();
-                }
+                let mut jobs = std::mem::take(&mut backlog);
+                jobs.append(&mut batch);
+                backlog = run_or_keep(&conn, &settle, &health, timeout, jobs).await;
             }
             _ = tick.tick() => {
+                if !backlog.is_empty() {
+                    let jobs = std::mem::take(&mut backlog);
+                    backlog = run_or_keep(&conn, &settle, &health, timeout, jobs).await;
+                }
                 let live: Vec<(Arc<str>, Arc<Keys>, [bool; 2])> = held
                     .iter()
                     .map(|e| (e.key().clone(), e.value().0.clone(), e.value().1))
@@ -651,13 +717,39 @@ async fn worker(
     }
 }
 
+/// Runs `jobs`; returns them if they failed, for another try (at most
+/// [`RETRY_BACKLOG`], the newest).
+async fn run_or_keep(
+    conn: &Conn,
+    settle: &redis::Script,
+    health: &Health,
+    timeout: Duration,
+    jobs: Vec<Job>,
+) -> Vec<Job> {
+    let mut jobs = coalesce(jobs);
+    let ok = tokio::time::timeout(timeout, run_jobs(conn, settle, &jobs)).await;
+    if matches!(ok, Ok(Ok(()))) {
+        return Vec::new();
+    }
+    health.errors_total.fetch_add(1, Ordering::Relaxed);
+    conn.reset();
+    if jobs.len() > RETRY_BACKLOG {
+        let dropped = jobs.len() - RETRY_BACKLOG;
+        jobs.drain(..dropped);
+        health
+            .dropped_jobs_total
+            .fetch_add(dropped as u64, Ordering::Relaxed);
+    }
+    jobs
+}
+
 async fn run_jobs(
     conn: &Conn,
     settle: &redis::Script,
-    jobs: Vec<Job>,
+    jobs: &[Job],
 ) -> Result<(), redis::RedisError> {
     let c = conn.get().await?;
-    let calls = coalesce(jobs).into_iter().map(|job| {
+    let calls = jobs.iter().map(|job| {
         let mut c = c.clone();
         async move {
             match job {
@@ -668,7 +760,7 @@ async fn run_jobs(
                     tpm,
                     quota,
                     release,
-                    _unsent,
+                    ..
                 } => {
                     let released = release.as_ref().map_or([false; 2], |(_, held)| *held);
                     let mut cmd = redis::cmd("EVALSHA");
@@ -684,22 +776,22 @@ async fn run_jobs(
                     }
                     let mut numbers = Packed::new();
                     numbers
-                        .push(actual)
-                        .push(window_ms)
+                        .push(*actual)
+                        .push(*window_ms)
                         .push(tpm[0])
                         .push(tpm[1])
                         .push(u64::from(quota[0]))
                         .push(u64::from(quota[1]));
                     cmd.arg(MONTH_TTL_S).arg(numbers.bytes());
-                    if let Some((id, _)) = &release {
+                    if let Some((id, _)) = release {
                         cmd.arg(&**id);
                     }
                     evalsha::<i64>(&mut c, settle, &cmd).await.map(|_| ())
                 }
                 Job::Release { keys, id, slots } => {
                     let mut p = redis::pipe();
-                    for k in keys.slots(slots) {
-                        p.zrem(k, &*id).ignore();
+                    for k in keys.slots(*slots) {
+                        p.zrem(k, &**id).ignore();
                     }
                     p.query_async::<()>(&mut c).await
                 }
