@@ -633,6 +633,31 @@ async fn messages_on_an_openai_route_are_translated() {
     s.gw.shutdown().await;
 }
 
+/// `max_tokens_field = "max_completion_tokens"` on an OpenAI provider (its
+/// reasoning models refuse `max_tokens`): a `/v1/messages` request's required
+/// `max_tokens` goes there under OpenAI's current name.
+#[tokio::test]
+async fn messages_can_send_max_completion_tokens_to_an_openai_provider() {
+    let openai = MockProvider::start().await;
+    let claude = AnthropicMock::start(PROVIDER_KEY).await;
+    let key_line = format!("api_key_env = \"{PROVIDER_KEY_ENV}\"");
+    let config = anthropic_config(&openai.base_url(), &claude.base_url(), &key_line);
+    let upstream = "name = \"upstream\"\nkind = \"openai\"\n";
+    assert!(config.contains(upstream));
+    let config = config.replacen(
+        upstream,
+        &format!("{upstream}max_tokens_field = \"max_completion_tokens\"\n"),
+        1,
+    );
+    let gw = TestGateway::start(&config).await;
+    let resp = messages(&gw, Some(ACME_DENTAL.2), &messages_body("gpt-4o-mini")).await;
+    assert_eq!(resp.status(), 200);
+    let up = openai.last_request();
+    assert_eq!(up.body["max_completion_tokens"], 200, "{}", up.body);
+    assert!(up.body.get("max_tokens").is_none(), "{}", up.body);
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn streamed_messages_on_an_openai_route_are_translated() {
     let s = setup().await;

@@ -464,6 +464,15 @@ fn deserialize_mirror_path<'de, D: serde::Deserializer<'de>>(
     Ok((!path.as_os_str().is_empty()).then_some(path))
 }
 
+/// Which chat-completions field carries the completion cap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaxTokensField {
+    #[default]
+    MaxTokens,
+    MaxCompletionTokens,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProviderKind {
@@ -510,6 +519,13 @@ pub struct ProviderConfig {
     /// `max_tokens` (default 4096).
     #[serde(default)]
     pub default_max_tokens: Option<u64>,
+    /// OpenAI-speaking kinds: the field a `/v1/messages` request's required
+    /// `max_tokens` becomes in the chat completion sent here. `max_tokens`
+    /// (default) is what most OpenAI-compatible servers know; OpenAI's
+    /// reasoning models (o-series, gpt-5) refuse it and need
+    /// `max_completion_tokens`.
+    #[serde(default)]
+    pub max_tokens_field: MaxTokensField,
     /// Speak HTTP/2 to this provider without negotiation (h2c over plain
     /// HTTP, e.g. to an inference server or a mesh sidecar that accepts it):
     /// concurrent requests and streams share a few connections. Over https,

@@ -9,9 +9,9 @@ pub use file::{
     BillingConfig, BillingModel, FeeTier, ModelPriceConfig, PricesConfig, WebhookSinkConfig,
 };
 pub use file::{
-    DisallowedModel, GatewayConfig, KekConfig, ModelConfig, PlanConfig, ProviderConfig,
-    ProviderKind, ResellerConfig, RouteConfig, RoutingConfig, ServerConfig, TenantConfig,
-    TenantStatus, UsageConfig, VaultConfig,
+    DisallowedModel, GatewayConfig, KekConfig, MaxTokensField, ModelConfig, PlanConfig,
+    ProviderConfig, ProviderKind, ResellerConfig, RouteConfig, RoutingConfig, ServerConfig,
+    TenantConfig, TenantStatus, UsageConfig, VaultConfig,
 };
 
 pub use file::{AcmeConfig, PlainPolicy, StaticCertConfig, TlsConfig};

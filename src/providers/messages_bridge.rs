@@ -1,12 +1,13 @@
 //! Anthropic's `POST /v1/messages` on a provider that speaks OpenAI's chat
 //! completions (`openai`, `azure_openai`, `mock`): the request is translated with
-//! [`messages_to_chat`] (which also asks for the streamed usage chunk), sent as a
+//! [`messages_to_chat_with`] (which also asks for the streamed usage chunk), sent as a
 //! chat completion, and the answer translated back: [`chat_to_message`] for JSON,
 //! [`ChatStreamToMessages`] event by event for streams, and
 //! [`openai_error_to_anthropic`] for errors (status kept).
 
 use super::anthropic::{
-    chat_to_message, messages_to_chat, openai_error_to_anthropic, ChatStreamToMessages,
+    chat_to_message, messages_to_chat_with, openai_error_to_anthropic, ChatStreamToMessages,
+    MaxTokensField,
 };
 use super::translate::{
     synthetic, translate_json, translate_sse, translated_headers, ChatToAnthropic, MAX_ERROR_BODY,
@@ -22,6 +23,7 @@ use std::future::Future;
 /// chat-completions request to the provider.
 pub(crate) async fn send_via_chat<F, Fut>(
     req: UpstreamRequest,
+    max_tokens_field: MaxTokensField,
     send_chat: F,
 ) -> Result<UpstreamResponse, ProviderError>
 where
@@ -30,7 +32,7 @@ where
 {
     let messages: Value = serde_json::from_slice(&req.body)
         .map_err(|e| ProviderError::Misconfigured(e.to_string()))?;
-    let chat = match messages_to_chat(&messages, &req.model) {
+    let chat = match messages_to_chat_with(&messages, &req.model, max_tokens_field) {
         Ok(c) => c,
         Err(e) => return Ok(synthetic(StatusCode::BAD_REQUEST, &e.to_anthropic_error())),
     };

@@ -25,6 +25,7 @@ pub use openai::OpenAiProvider;
 
 use crate::config::{ProviderConfig, ProviderKind};
 use crate::vault::Secret;
+use anthropic::MaxTokensField;
 use bytes::Bytes;
 use futures_util::Stream;
 use http::{HeaderMap, StatusCode};
@@ -200,7 +201,11 @@ impl Provider {
         match (self, req.endpoint) {
             (Provider::Anthropic(p), _) => Box::pin(p.send(req, key)).await,
             (_, Endpoint::Messages) => {
-                Box::pin(messages_bridge::send_via_chat(req, |chat| {
+                let field = match self {
+                    Provider::OpenAi(p) => p.max_tokens_field,
+                    _ => MaxTokensField::MaxTokens,
+                };
+                Box::pin(messages_bridge::send_via_chat(req, field, |chat| {
                     self.send_openai_wire(chat, key)
                 }))
                 .await

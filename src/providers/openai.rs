@@ -3,6 +3,7 @@
 //! since connections are per upstream host anyway; this also lets each provider
 //! keep its own connect timeout.
 
+use super::anthropic::MaxTokensField;
 use super::client::{upstream_uri, UpstreamClient};
 use super::{Endpoint, ProviderError, UpstreamRequest, UpstreamResponse};
 use crate::config::{ProviderConfig, ProviderKind};
@@ -28,6 +29,8 @@ pub struct OpenAiProvider {
     endpoint_urls: Box<[Uri; 4]>,
     key: Option<Secret>,
     client: UpstreamClient,
+    /// What a `/v1/messages` request's `max_tokens` becomes here.
+    pub(crate) max_tokens_field: MaxTokensField,
 }
 
 /// Where `endpoint`'s URL sits in `OpenAiProvider::endpoint_urls`.
@@ -83,6 +86,12 @@ impl OpenAiProvider {
             base_url,
             key,
             client,
+            max_tokens_field: match cfg.max_tokens_field {
+                crate::config::MaxTokensField::MaxTokens => MaxTokensField::MaxTokens,
+                crate::config::MaxTokensField::MaxCompletionTokens => {
+                    MaxTokensField::MaxCompletionTokens
+                }
+            },
         })
     }
 
