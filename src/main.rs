@@ -527,9 +527,29 @@ fn replace_file(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("toml.rotating");
     let perms = std::fs::metadata(path)?.permissions();
-    let mut f = std::fs::File::create(&tmp)?;
-    f.set_permissions(perms)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    // Created new (never through a file or link already there) and with the
+    // original's mode from the start, not readable by others meanwhile.
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        options.mode(perms.mode() & 0o777);
+    }
+    let written = options.open(&tmp).and_then(|mut f| {
+        f.set_permissions(perms)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()
+    });
+    match written.and_then(|()| std::fs::rename(&tmp, path)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            // A leftover would make the next rotation fail (create_new);
+            // one that is not ours (it existed already) is left alone.
+            if e.kind() != std::io::ErrorKind::AlreadyExists {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            Err(e)
+        }
+    }
 }

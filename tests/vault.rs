@@ -517,6 +517,24 @@ fn cli_keygen_seal_rotate_verify() {
     );
     assert!(String::from_utf8_lossy(&verify.stdout).contains("2 credential(s) unseal"));
 
+    // A file only its owner may read stays so.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // A link planted where rotation writes its new text is not followed.
+    let planted = dir.path().join("planted.txt");
+    std::fs::write(&planted, "untouched").unwrap();
+    let tmp = path.with_extension("toml.rotating");
+    std::os::unix::fs::symlink(&planted, &tmp).unwrap();
+    let refused = livery_cmd(&envs)
+        .args(["vault", "rotate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert_eq!(std::fs::read_to_string(&planted).unwrap(), "untouched");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), config);
+    std::fs::remove_file(&tmp).unwrap();
+
     let rotate = livery_cmd(&envs)
         .args(["vault", "rotate", "--config"])
         .arg(&path)
@@ -527,6 +545,9 @@ fn cli_keygen_seal_rotate_verify() {
         "{}",
         String::from_utf8_lossy(&rotate.stderr)
     );
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(!tmp.exists());
     let rotated = std::fs::read_to_string(&path).unwrap();
     assert!(
         !rotated.contains("lvk1:default:"),

@@ -5,7 +5,7 @@
 
 use super::{CredentialOwner, Keyring, SealedKey, VaultError};
 use std::sync::Arc;
-use toml_edit::{DocumentMut, Item, Value};
+use toml_edit::{DocumentMut, Item, TableLike, Value};
 
 /// The outcome for one credential.
 #[derive(Debug)]
@@ -16,17 +16,15 @@ pub struct CredentialReport {
 }
 
 /// Visits every `credentials` string of the document with its owner.
+/// Resellers and tenants may be written as `[[resellers]]` tables or as inline
+/// arrays of inline tables (`tenants = [{ id = "dental", ... }]`): the
+/// configuration loads either, so both are visited (a credential skipped here
+/// would stay under the old KEK while rotation reported success).
 fn for_each_credential(
     doc: &mut DocumentMut,
     mut f: impl FnMut(&CredentialOwner, &str, &mut Value),
 ) {
-    let Some(resellers) = doc
-        .get_mut("resellers")
-        .and_then(Item::as_array_of_tables_mut)
-    else {
-        return;
-    };
-    for reseller in resellers.iter_mut() {
+    for reseller in tables_mut(doc.get_mut("resellers")) {
         let Some(rid) = reseller
             .get("id")
             .and_then(Item::as_str)
@@ -36,25 +34,35 @@ fn for_each_credential(
         };
         let owner = CredentialOwner::Reseller(rid.clone());
         visit_table(reseller.get_mut("credentials"), &owner, &mut f);
-        if let Some(tenants) = reseller
-            .get_mut("tenants")
-            .and_then(Item::as_array_of_tables_mut)
-        {
-            for tenant in tenants.iter_mut() {
-                let Some(tid) = tenant
-                    .get("id")
-                    .and_then(Item::as_str)
-                    .map(Arc::<str>::from)
-                else {
-                    continue;
-                };
-                let owner = CredentialOwner::Tenant {
-                    reseller: rid.clone(),
-                    tenant: tid,
-                };
-                visit_table(tenant.get_mut("credentials"), &owner, &mut f);
-            }
+        for tenant in tables_mut(reseller.get_mut("tenants")) {
+            let Some(tid) = tenant
+                .get("id")
+                .and_then(Item::as_str)
+                .map(Arc::<str>::from)
+            else {
+                continue;
+            };
+            let owner = CredentialOwner::Tenant {
+                reseller: rid.clone(),
+                tenant: tid,
+            };
+            visit_table(tenant.get_mut("credentials"), &owner, &mut f);
         }
+    }
+}
+
+/// The tables of an array, whichever way it is written.
+fn tables_mut(item: Option<&mut Item>) -> Vec<&mut dyn TableLike> {
+    match item {
+        Some(Item::ArrayOfTables(tables)) => {
+            tables.iter_mut().map(|t| t as &mut dyn TableLike).collect()
+        }
+        Some(Item::Value(Value::Array(values))) => values
+            .iter_mut()
+            .filter_map(Value::as_inline_table_mut)
+            .map(|t| t as &mut dyn TableLike)
+            .collect(),
+        _ => Vec::new(),
     }
 }
 

@@ -237,3 +237,41 @@ fn policy_cuts_the_lookup_order() {
         (KeyOwner::Platform, Some("sk-platform".into()))
     );
 }
+
+/// Resellers and tenants written as inline arrays load like `[[…]]` tables,
+/// so rotation and verification must find their credentials too (they were
+/// skipped: rotation reported success and left them under the old KEK).
+#[test]
+fn rotation_and_verification_find_credentials_in_inline_arrays() {
+    let mut r = ring(&["old", "new"]);
+    let tenant = r
+        .seal(&dental(), "openai", PLAIN)
+        .unwrap()
+        .to_sealed_string();
+    let reseller = r
+        .seal(
+            &CredentialOwner::parse("reseller:acme").unwrap(),
+            "openai",
+            PLAIN,
+        )
+        .unwrap()
+        .to_sealed_string();
+    r.set_active("new").unwrap();
+    for text in [
+        format!(
+            "[[resellers]]\nid = \"acme\"\ncredentials = {{ openai = \"{reseller}\" }}\n\
+             tenants = [{{ id = \"dental\", plan = \"p\", key_hashes = [], credentials = {{ openai = \"{tenant}\" }} }}]\n"
+        ),
+        format!(
+            "resellers = [{{ id = \"acme\", credentials = {{ openai = \"{reseller}\" }}, \
+             tenants = [{{ id = \"dental\", plan = \"p\", key_hashes = [], credentials = {{ openai = \"{tenant}\" }} }}] }}]\n"
+        ),
+    ] {
+        assert_eq!(verify_config_text(&text, &r).unwrap().len(), 2, "{text}");
+        let (out, reports) = rotate_config_text(&text, &r).unwrap();
+        assert_eq!(reports.len(), 2, "{text}");
+        assert!(reports.iter().all(|rep| rep.result.is_ok()));
+        assert!(!out.contains("lvk1:old:"), "{out}");
+        assert_eq!(out.matches("lvk1:new:").count(), 2, "{out}");
+    }
+}
