@@ -849,6 +849,26 @@ async fn messages_errors_are_in_anthropic_shape() {
     assert_eq!(r["estimated"], true, "{r}");
     assert!(r["completion_tokens"].as_u64().unwrap() > 1, "{r}");
 
+    // Its message scrubbed of the provider's account, its request id dropped,
+    // as an error answered before the stream is.
+    s.claude.push_fault(Fault::StreamErrorNamingTheAccount);
+    let resp = messages(gw, Some(ACME_DENTAL.2), &stream).await;
+    let text = resp.text().await.unwrap();
+    let events = anthropic_events(&text);
+    let (name, data) = events.last().unwrap();
+    assert_eq!(name, "error");
+    assert_eq!(data["error"]["type"], "overloaded_error");
+    assert!(
+        data["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Overloaded"),
+        "{data}"
+    );
+    for leak in ["a22cf6e6", "req_011"] {
+        assert!(!text.contains(leak), "{leak} reached the client: {text}");
+    }
+
     s.claude.push_fault(Fault::DropAfter(4));
     let resp = messages(gw, Some(ACME_DENTAL.2), &stream).await;
     let id = rid(&resp);

@@ -9,6 +9,7 @@
 //! `event: error` (`api_error`), which Anthropic's SDKs raise, so no client
 //! mistakes a truncated answer for a success.
 
+use super::forward::scrub;
 use super::messages::{event_name, token_usage};
 use super::record::PendingRecord;
 use super::relay::{poll_upstream, Upstream};
@@ -123,6 +124,15 @@ impl MessagesRelay {
                     .unwrap_or("upstream_stream_error")
                     .to_owned();
                 self.finish(Outcome::UpstreamError, Some(&code));
+                // As an error answered before the stream: its message scrubbed
+                // of what names the provider's account, its request id dropped.
+                let message = parsed
+                    .pointer("/error/message")
+                    .and_then(Value::as_str)
+                    .map_or_else(|| "The upstream reported an error.".to_owned(), scrub);
+                let data = json!({"type": "error", "error": {"type": code, "message": message}});
+                self.record.mark_first_byte();
+                return Bytes::from(anthropic_sse_frame("error", &data.to_string()));
             }
             _ => {}
         }

@@ -51,6 +51,9 @@ pub enum Fault {
     /// Stream: `stream_error.sse` without its text deltas (`message_start`,
     /// the empty text block, `ping`, then `event: error`, overloaded).
     ErrorBeforeContent,
+    /// Stream: `stream_error.sse` whose error names the account and carries a
+    /// request id, as Anthropic's error bodies do.
+    StreamErrorNamingTheAccount,
 }
 
 #[derive(Debug, Clone)]
@@ -244,6 +247,12 @@ async fn serve(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     if matches!(fault, Some(Fault::ErrorBeforeContent)) {
         events = sse_events(STREAM_ERROR_SSE);
         events.retain(|e| !e.starts_with("event: content_block_delta"));
+    }
+    if matches!(fault, Some(Fault::StreamErrorNamingTheAccount)) {
+        events = sse_events(STREAM_ERROR_SSE);
+        if let Some(last) = events.last_mut() {
+            *last = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded (org: a22cf6e6-a940-4fff-8c4c-1580816ac7be)\"},\"request_id\":\"req_011CSHoEeqs5C35K2UUqR7Fy\"}\n\n".to_owned();
+        }
     }
     let pieces = futures_util::stream::iter(events.into_iter().enumerate()).then(
         move |(i, ev)| async move {
