@@ -189,6 +189,10 @@ pub struct Spool {
     syncs: AtomicU64,
     skipped_lines: AtomicU64,
     canonical: PathBuf,
+    /// Run by the next group commit once it has written out what was staged
+    /// (a test's way into that window).
+    #[cfg(test)]
+    in_group_commit: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 /// Spool directories open in this process (a second gateway on the same
@@ -274,6 +278,8 @@ impl Spool {
             syncs: AtomicU64::new(0),
             skipped_lines: AtomicU64::new(0),
             canonical,
+            #[cfg(test)]
+            in_group_commit: Mutex::new(None),
             opts,
         }))
     }
@@ -458,10 +464,19 @@ impl Spool {
     /// Syncs what was appended since the last call (the group commit),
     /// after writing what is staged and still unwritten.
     pub fn sync_now(&self) {
+        // Cleared before the staged lines are written, not after: a line
+        // staged once they are written marks the spool dirty again for the
+        // next round (cleared after, its mark was lost with the others', and
+        // the line stayed unwritten until some later request's write).
+        let dirty = self.dirty.swap(false, Ordering::AcqRel);
         // A failure is counted and logged by the write, and reported to the
         // lines' own flushes.
         let _ = self.write_out(self.lock_writer());
-        if !self.dirty.swap(false, Ordering::AcqRel) && !self.has_retired() {
+        #[cfg(test)]
+        if let Some(f) = self.in_group_commit.lock().ok().and_then(|mut h| h.take()) {
+            f();
+        }
+        if !dirty && !self.has_retired() {
             return;
         }
         let (current, retired) = {
@@ -996,6 +1011,28 @@ mod tests {
     fn stop_syncer(spool: &Spool, stop: &AtomicBool) {
         stop.store(true, Ordering::Release);
         spool.stop_syncer();
+    }
+
+    /// A line staged while a group commit is under way, once it has written
+    /// the staged lines, leaves the spool dirty: the syncer's next round
+    /// writes it rather than sleeping with it unwritten (its request may have
+    /// been cancelled, and nobody else would flush it).
+    #[test]
+    fn a_line_staged_during_a_group_commit_keeps_the_spool_dirty() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(opts(dir.path())).unwrap();
+        spool.stage(&line(1)).unwrap();
+        let late = spool.clone();
+        *spool.in_group_commit.lock().unwrap() = Some(Box::new(move || {
+            late.stage(&line(2)).unwrap();
+        }));
+        spool.sync_now();
+        assert!(
+            spool.dirty.load(Ordering::SeqCst),
+            "the line staged during the group commit was left for nobody"
+        );
+        spool.sync_now();
+        assert_eq!(drain(&spool, spool.start()).0, ["e1", "e2"]);
     }
 
     #[test]
