@@ -193,6 +193,10 @@ pub struct Spool {
     /// (a test's way into that window).
     #[cfg(test)]
     in_group_commit: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    /// Writes still to fail (after writing half their bytes, as a disk that
+    /// fills up mid-write does).
+    #[cfg(test)]
+    failing_writes: AtomicU64,
 }
 
 /// Spool directories open in this process (a second gateway on the same
@@ -280,6 +284,8 @@ impl Spool {
             canonical,
             #[cfg(test)]
             in_group_commit: Mutex::new(None),
+            #[cfg(test)]
+            failing_writes: AtomicU64::new(0),
             opts,
         }))
     }
@@ -398,7 +404,20 @@ impl Spool {
 
     fn write_batch(&self, w: &mut Writer) -> Result<(), AppendError> {
         let len = w.staged.len() as u64;
-        if w.broken || (w.file.is_some() && w.len + len > self.opts.segment_bytes) {
+        if w.broken {
+            // A failed write may have left part of its batch: cut the segment
+            // back to its last whole line and go on in it. A new segment per
+            // failure instead left thousands of empty files behind a disk
+            // that was full for a minute (and readers listed them all to step
+            // over each one).
+            let cut = w.file.as_ref().is_some_and(|f| f.set_len(w.len).is_ok());
+            if cut {
+                w.broken = false;
+            } else {
+                self.rotate(w);
+            }
+        }
+        if w.file.is_some() && w.len + len > self.opts.segment_bytes {
             self.rotate(w);
         }
         let file = match &w.file {
@@ -423,6 +442,16 @@ impl Spool {
             }
         };
         self.writes.fetch_add(1, Ordering::Relaxed);
+        #[cfg(test)]
+        if self
+            .failing_writes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            let _ = (&*file).write_all(&w.staged[..w.staged.len() / 2]);
+            w.broken = true;
+            return Err(std::io::Error::other("injected: no space left").into());
+        }
         if let Err(e) = (&*file).write_all(&w.staged) {
             self.write_errors.fetch_add(1, Ordering::Relaxed);
             w.broken = true;
@@ -684,6 +713,19 @@ impl Spool {
                 };
             }
             let is_final = id < head.segment;
+            // In the head segment, only what was written whole: a write that
+            // failed may have left part of its batch, which the next write
+            // cuts off before going on (a reader that took whole lines of it
+            // would then stand past the cut).
+            let written = if id == head.segment {
+                let written = head.offset.saturating_sub(pos.offset);
+                if written == 0 {
+                    return Ok((Vec::new(), pos));
+                }
+                usize::try_from(written).unwrap_or(usize::MAX)
+            } else {
+                usize::MAX
+            };
             let mut f = match File::open(&path) {
                 Ok(f) => f,
                 // Trimmed under us: look again.
@@ -692,7 +734,13 @@ impl Spool {
             };
             f.seek(SeekFrom::Start(pos.offset))?;
             buf.clear();
-            let lines = read_lines(&mut f, buf, max_events, max_bytes)?;
+            let mut lines = read_lines(&mut f, buf, max_events, max_bytes.min(written))?;
+            if buf.len() > written {
+                // Read on past `max_bytes` for one long line: not past the
+                // written part either.
+                buf.truncate(written);
+                lines = memchr::memchr_iter(b'\n', buf).count();
+            }
             let Some(last_nl) = memchr::memrchr(b'\n', buf) else {
                 if is_final {
                     if !buf.is_empty() {
@@ -1011,6 +1059,34 @@ mod tests {
     fn stop_syncer(spool: &Spool, stop: &AtomicBool) {
         stop.store(true, Ordering::Release);
         spool.stop_syncer();
+    }
+
+    /// Writes that fail (a full disk) neither leave a torn line before the next
+    /// good one nor a new segment each: the segment is cut back to its last
+    /// whole line and used on.
+    #[test]
+    fn failed_writes_are_cut_back_and_do_not_multiply_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = opts(dir.path());
+        o.segment_bytes = 1 << 20;
+        let spool = Spool::open(o).unwrap();
+        spool.append(&line(1)).unwrap();
+        spool.failing_writes.store(50, Ordering::SeqCst);
+        // Batches of two lines, each write failing after the first whole one.
+        for i in 0..50 {
+            spool.stage(&line(100 + 2 * i)).unwrap();
+            let second = spool.stage(&line(101 + 2 * i)).unwrap();
+            assert!(spool.flush(second).is_err());
+        }
+        // A reader meanwhile sees the written lines only, not the failed
+        // write's part, which it would otherwise stand past once cut off.
+        let (ids, at) = drain(&spool, spool.start());
+        assert_eq!(ids, ["e1"]);
+        spool.append(&line(2)).unwrap();
+        assert_eq!(drain(&spool, at).0, ["e2"]);
+        assert_eq!(drain(&spool, spool.start()).0, ["e1", "e2"]);
+        assert_eq!(spool.stats().segments, 1);
+        assert_eq!(spool.skipped_lines.load(Ordering::Relaxed), 0);
     }
 
     /// A line staged while a group commit is under way, once it has written
