@@ -167,10 +167,21 @@ impl Ledger {
                 .max()
                 .unwrap_or_else(|| spool.start());
             spool.reserve_after(cursor);
+            // The last run's final batches may have been acknowledged without
+            // reaching the disk (a sink that syncs lazily, then a crash):
+            // synced now, before a segment holding them can be trimmed. Until
+            // a sync succeeds, nothing counts as durable.
+            let durable = match s.sync(cursor) {
+                Ok(()) => cursor,
+                Err(e) => {
+                    tracing::warn!(sink = s.name(), error = %e, "cannot sync the usage sink at start; the spool is kept until it can");
+                    spool.start()
+                }
+            };
             states.push(Arc::new(SinkState {
                 name: s.name().to_owned(),
                 cursor: Mutex::new(cursor),
-                durable: Mutex::new(cursor),
+                durable: Mutex::new(durable),
                 backlog: AtomicU64::new(0),
                 delivered: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
@@ -349,13 +360,14 @@ impl Shipper {
     fn new(shared: Arc<Shared>, state: Arc<SinkState>, sink: Box<dyn Sink>) -> Self {
         let spool = shared.spool.clone();
         let pos = *lock(&state.cursor);
+        let durable = *lock(&state.durable);
         Self {
             shared,
             state,
             sink,
             spool,
             pos,
-            durable: pos,
+            durable,
             durable_at: Instant::now(),
             file_pos: pos,
             file_at: Instant::now(),
@@ -562,11 +574,14 @@ impl Shipper {
         self.spool.generation() >= target
     }
 
+    /// Saves the durable cursor (never past it: resuming takes the larger of
+    /// this file and the sink's own cursor, and a sink that lost its last
+    /// unsynced batches must be sent them again).
     fn save_file(&mut self) {
-        if let Err(e) = self.spool.save_cursor(&self.state.name, self.pos) {
+        if let Err(e) = self.spool.save_cursor(&self.state.name, self.durable) {
             tracing::warn!(sink = %self.state.name, error = %e, "cannot save the usage sink's cursor (events will be replayed and deduplicated)");
         }
-        self.file_pos = self.pos;
+        self.file_pos = self.durable;
         self.file_at = Instant::now();
     }
 }
@@ -622,6 +637,64 @@ mod tests {
                 cursor_stored: false,
             })
         }
+    }
+
+    /// A sink that syncs lazily (its acks are not durable), resumed where
+    /// the last run left it.
+    struct Lazy {
+        resume_at: Position,
+        syncs: Arc<AtomicU64>,
+    }
+
+    impl Sink for Lazy {
+        fn name(&self) -> &str {
+            "lazy"
+        }
+        fn resume(&mut self, _: &str) -> Result<Option<Position>, String> {
+            Ok(Some(self.resume_at))
+        }
+        fn deliver(&mut self, _: &[LedgerEvent], _: Position) -> Result<Ack, String> {
+            Ok(Ack {
+                durable: false,
+                cursor_stored: true,
+            })
+        }
+        fn sync(&mut self, _: Position) -> Result<(), String> {
+            self.syncs.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    /// The last run's final batches may have been acknowledged and not yet
+    /// synced when it died: the ledger syncs the sink before anything can trim
+    /// the segments that hold them (it trimmed them at once, unsynced).
+    #[test]
+    fn a_resumed_sink_is_synced_before_its_segments_can_be_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = || SpoolOptions {
+            dir: dir.path().to_path_buf(),
+            segment_bytes: 64 << 20,
+            max_bytes: 1 << 30,
+            fsync_interval: Duration::from_millis(5),
+        };
+        let last_run = Spool::open(opts()).unwrap();
+        for i in 0..3 {
+            last_run.append(&line(i)).unwrap();
+        }
+        let shipped = last_run.head();
+        drop(last_run);
+        let spool = Spool::open(opts()).unwrap();
+        let syncs = Arc::new(AtomicU64::new(0));
+        let sink = Lazy {
+            resume_at: shipped,
+            syncs: syncs.clone(),
+        };
+        let ledger = Ledger::start(spool.clone(), vec![Box::new(sink)]).unwrap();
+        assert!(
+            syncs.load(Ordering::SeqCst) >= 1,
+            "started on an unsynced cursor"
+        );
+        ledger.close(Duration::from_secs(5));
     }
 
     fn line(i: usize) -> Vec<u8> {
