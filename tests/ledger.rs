@@ -920,6 +920,21 @@ fn a_fixture_month_gives_the_expected_invoice_under_each_billing_model() {
         [[billing.acme.tiers]]\nup_to_tokens = 10000000\nfee = \"199.99\"\n\
         [[billing.acme.tiers]]\nfee = 999";
     assert_eq!(lines(&db, tiers), vec![(None, 199_990_000)]);
+    // Filtered to one tenant (1_583_344 tokens), the tier is still the
+    // reseller's month's (5_083_344).
+    let split = "model = \"platform_fee\"\n\
+        [[billing.acme.tiers]]\nup_to_tokens = 2000000\nfee = 49\n\
+        [[billing.acme.tiers]]\nfee = \"199.99\"";
+    let r = report::build(
+        &db,
+        &billing_config(split),
+        "acme",
+        Some("dental"),
+        "2025-02",
+    )
+    .unwrap();
+    assert_eq!(r.tenants.len(), 1);
+    assert_eq!(r.invoice_total_micros, 199_990_000);
 
     // The CLI prints the same invoice.
     let cfg = dir.path().join("gateway.toml");

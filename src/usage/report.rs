@@ -81,10 +81,15 @@ pub fn build(
     let conn = sqlite::open_read(db).map_err(db_err)?;
     let tenants = sqlite::monthly_rollups(&conn, reseller, month, tenant).map_err(db_err)?;
     let billing = config.billing.get(reseller);
+    // The platform fee's tier is the reseller's whole month, not the one
+    // tenant a report may be filtered to.
+    let reseller_tokens = match tenant {
+        Some(_) => sqlite::monthly_tokens(&conn, reseller, None, month).map_err(db_err)?,
+        None => tenants.iter().map(|t| t.total_tokens).sum(),
+    };
     let lines = match billing {
-        Some(b) => {
-            invoice_lines(b, &tenants).map_err(|e| ReportError::Billing(reseller.into(), e))?
-        }
+        Some(b) => invoice_lines(b, &tenants, reseller_tokens)
+            .map_err(|e| ReportError::Billing(reseller.into(), e))?,
         None => Vec::new(),
     };
     Ok(Report {
@@ -103,9 +108,12 @@ fn need(v: Option<Amount>, what: &str) -> Result<Amount, String> {
 }
 
 /// The invoice lines of a month's per-tenant rollups under `billing`.
+/// `reseller_tokens`: the reseller's total tokens of the month, which picks
+/// the platform fee's tier.
 pub fn invoice_lines(
     billing: &BillingConfig,
     tenants: &[Rollup],
+    reseller_tokens: u64,
 ) -> Result<Vec<InvoiceLine>, String> {
     let mut lines = Vec::new();
     match billing.model {
@@ -163,7 +171,7 @@ pub fn invoice_lines(
             if billing.tiers.is_empty() {
                 return Err("platform_fee needs at least one [[billing.RESELLER.tiers]]".into());
             }
-            let total: u64 = tenants.iter().map(|t| t.total_tokens).sum();
+            let total = reseller_tokens;
             let tier = billing
                 .tiers
                 .iter()
