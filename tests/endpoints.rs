@@ -238,6 +238,53 @@ async fn a_refused_model_is_recorded_with_the_model_it_asked_for() {
     assert!(mock.requests().is_empty());
 }
 
+/// `GET /v1/models/{id}` (the SDK's `models.retrieve`): a model of the
+/// tenant's plan as the list gives it; one outside the plan, or unknown, 404
+/// `model_not_found`; another reseller's key, 401.
+#[tokio::test]
+async fn a_model_of_the_plan_is_retrieved_by_id() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    let get = |path: &'static str, key: &'static str| {
+        client()
+            .get(gw.url(path))
+            .header("host", ACME_HOST)
+            .bearer_auth(key)
+            .send()
+    };
+    let resp = get("/v1/models/gpt-4o-mini", ACME_DENTAL.2).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["id"], "gpt-4o-mini");
+    assert_eq!(v["object"], "model");
+    assert_eq!(v["owned_by"], "acme");
+    assert!(v["created"].as_u64().unwrap() > 0);
+    // Percent-encoded as a client may send it.
+    let resp = get("/v1/models/gpt%2D4o%2Dmini", ACME_DENTAL.2)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // `premium` is in dental's plan, not in realty's.
+    assert_eq!(
+        get("/v1/models/premium", ACME_DENTAL.2)
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    for (path, key) in [
+        ("/v1/models/premium", ACME_REALTY.2),
+        ("/v1/models/extra", ACME_DENTAL.2),
+    ] {
+        let v = error_json(get(path, key).await.unwrap(), 404).await;
+        assert_eq!(v["error"]["code"], "model_not_found", "{path}: {v}");
+    }
+    let resp = get("/v1/models/gpt-4o-mini", GLOBEX_CLINIC.2)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+}
+
 #[tokio::test]
 async fn unknown_paths_are_404_unknown_url_in_openai_error_shape() {
     let mock = MockProvider::start().await;
@@ -255,7 +302,6 @@ async fn unknown_paths_are_404_unknown_url_in_openai_error_shape() {
         "/v1/chat",
         "/chat/completions",
         "/V1/chat/completions",
-        "/v1/models/extra",
         "/v1/files",
         "/v1/audio/speech",
         "/healthz/x",

@@ -9,11 +9,12 @@ use crate::support::*;
 use serde_json::{json, Value};
 
 /// Every tenant endpoint: (method, path).
-const ENDPOINTS: [(&str, &str); 4] = [
+const ENDPOINTS: [(&str, &str); 5] = [
     ("POST", "/v1/chat/completions"),
     ("POST", "/v1/completions"),
     ("POST", "/v1/embeddings"),
     ("GET", "/v1/models"),
+    ("GET", "/v1/models/gpt-4o-mini"),
 ];
 
 /// A key no tenant holds.
@@ -28,7 +29,7 @@ fn body_for(path: &str) -> Option<Value> {
         "/v1/chat/completions" => Some(chat_body("gpt-4o-mini")),
         "/v1/completions" => Some(json!({"model": "gpt-4o-mini", "prompt": "Say hello"})),
         "/v1/embeddings" => Some(json!({"model": "embed", "input": "hello tests"})),
-        "/v1/models" => None,
+        "/v1/models" | "/v1/models/gpt-4o-mini" => None,
         other => panic!("not a tenant endpoint: {other}"),
     }
 }
@@ -145,7 +146,11 @@ async fn assert_served_as(
     assert_eq!(resp.status(), 200, "{what}");
     let rid = request_id(&resp);
     let v: Value = resp.json().await.unwrap();
-    if path == "/v1/models" {
+    if path == "/v1/models/gpt-4o-mini" {
+        assert_no_upstream(mock, before, &what);
+        assert_eq!(v["id"], "gpt-4o-mini", "{what}: {v}");
+        assert_eq!(v["owned_by"], tenant.0, "{what}: {v}");
+    } else if path == "/v1/models" {
         assert_no_upstream(mock, before, &what);
         let ids: Vec<&str> = v["data"]
             .as_array()

@@ -23,7 +23,7 @@ use super::request_body::RequestBody;
 use super::App;
 use crate::limits::{estimate_request_tokens, EffectiveLimits, LimitKey, RateHeaders};
 use crate::providers::Endpoint;
-use crate::routing::ModelChoice;
+use crate::routing::{ModelChoice, RoutingError};
 use crate::telemetry::ids::RequestId;
 use crate::tenancy::{normalize_host, presented_key, PresentedKey, ResellerIdx, TenancyError};
 use crate::usage::Outcome;
@@ -39,6 +39,8 @@ const ANTHROPIC_BETA: http::HeaderName = http::HeaderName::from_static("anthropi
 
 enum Api {
     Models,
+    /// `GET /v1/models/{id}` (the SDK's `models.retrieve`).
+    Model(String),
     Forward(Endpoint),
 }
 
@@ -74,6 +76,8 @@ where
     let mut resp = match resolved {
         Ok(Resolved::Answered(resp)) => resp,
         Ok(Resolved::Api(Api::Models, ctx)) => list_models(&ctx),
+        Ok(Resolved::Api(Api::Model(id), ctx)) => span
+            .in_scope(|| retrieve_model(&ctx, &id).unwrap_or_else(|e| e.to_response_for(dialect))),
         Ok(Resolved::Api(Api::Forward(endpoint), ctx)) => {
             // Boxed apart from this future, which `proxy::serve` boxes too:
             // built inline, the pipeline's state would be copied with it on
@@ -149,6 +153,12 @@ fn resolve<B>(
             return Ok(Resolved::Answered(metrics(app)));
         }
         "/v1/models" if method == Method::GET => Api::Models,
+        _ if method == Method::GET && path.starts_with("/v1/models/") => {
+            let id = percent_encoding::percent_decode_str(&path["/v1/models/".len()..])
+                .decode_utf8_lossy()
+                .into_owned();
+            Api::Model(id)
+        }
         _ => match path.strip_prefix("/v1").and_then(Endpoint::from_path) {
             Some(e) if method == Method::POST => Api::Forward(e),
             Some(_) => {
@@ -302,9 +312,26 @@ fn list_models(ctx: &RequestCtx) -> Response<ProxyBody> {
         .models
         .iter()
         .filter(|m| ctx.snapshot.models.contains(m))
-        .map(|m| json!({"id": &**m, "object": "model", "created": ctx.snapshot.created, "owned_by": &*ctx.reseller}))
+        .map(|m| model_object(ctx, m))
         .collect();
     json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
+}
+
+/// One model of the tenant's plan, as the list gives it; a model outside the
+/// plan (or unknown) is 404 `model_not_found`, as OpenAI answers.
+fn retrieve_model(ctx: &RequestCtx, id: &str) -> Result<Response<ProxyBody>, GatewayError> {
+    let known =
+        ctx.tenant.plan.models.iter().any(|m| &**m == id) && ctx.snapshot.models.contains(id);
+    if !known {
+        return Err(GatewayError::Routing(RoutingError::ModelNotFound(
+            id.to_owned(),
+        )));
+    }
+    Ok(json_response(StatusCode::OK, &model_object(ctx, id)))
+}
+
+fn model_object(ctx: &RequestCtx, id: &str) -> Value {
+    json!({"id": id, "object": "model", "created": ctx.snapshot.created, "owned_by": &*ctx.reseller})
 }
 
 async fn forward<B>(

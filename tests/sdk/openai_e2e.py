@@ -130,6 +130,14 @@ def check_embedding(client, model):
 def check_models(client, model):
     ids = [m.id for m in client.models.list()]
     ensure(model in ids, f"{model!r} not in {ids}")
+    one = client.models.retrieve(model)
+    ensure(one.id == model and one.object == "model", f"models.retrieve: {one!r}")
+    try:
+        client.models.retrieve("no-such-model")
+    except openai.NotFoundError as e:
+        ensure(e.body.get("code") == "model_not_found", f"models.retrieve unknown: {e.body!r}")
+    else:
+        raise AssertionError("models.retrieve of an unknown model did not raise NotFoundError")
     return ", ".join(ids)
 
 
