@@ -503,7 +503,8 @@ pub struct ProviderConfig {
     pub api_key_env: Option<String>,
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
-    /// Time allowed from sending the request to receiving the response headers.
+    /// Time allowed from sending the request to receiving the response headers
+    /// (default 600 s, as long as the OpenAI SDK waits).
     #[serde(default = "default_first_byte_timeout_ms")]
     pub first_byte_timeout_ms: u64,
     /// A response body (or stream) that sends nothing for this long is cut off
@@ -542,8 +543,12 @@ pub struct ProviderConfig {
 fn default_connect_timeout_ms() -> u64 {
     5_000
 }
+/// As long as the OpenAI SDK waits, and the request's default deadline: a
+/// non-streamed answer's headers come when it is complete (OpenAI's
+/// `openai-processing-ms` is the generation's time), and a long generation
+/// cut at 120 s was sent again, billed twice, and answered 504 anyway.
 fn default_first_byte_timeout_ms() -> u64 {
-    120_000
+    600_000
 }
 fn default_stream_idle_timeout_ms() -> u64 {
     60_000
@@ -792,4 +797,18 @@ pub struct TenantConfig {
     /// Single limit fields that replace the plan's for this tenant.
     #[serde(default)]
     pub limits: LimitOverrides,
+}
+
+#[cfg(test)]
+mod default_tests {
+    use super::*;
+
+    /// A provider without timeouts waits for a non-streamed answer as long
+    /// as the request's deadline and the OpenAI SDK do.
+    #[test]
+    fn a_provider_waits_for_response_headers_as_long_as_the_request_may_last() {
+        let p: ProviderConfig = toml::from_str("name = \"p\"\nkind = \"openai\"\n").unwrap();
+        assert_eq!(p.first_byte_timeout_ms, 600_000);
+        assert!(p.first_byte_timeout_ms >= RoutingConfig::default().request_deadline_ms);
+    }
 }
