@@ -243,6 +243,63 @@ fn the_deploy_example_configuration_is_valid() {
     assert!(stdout.contains("dental-clinic"), "{stdout}");
 }
 
+/// The container image builds from what its Dockerfile copies: Cargo reads
+/// every target the manifest names (a `[[bench]]` without a path is
+/// `benches/NAME.rs`) before it builds one, so their directories must be
+/// copied too (the image once failed with "can't find `request_path` bench").
+/// And the Kubernetes manifest runs one replica while the example configuration
+/// issues certificates, on a volume its user may write.
+#[test]
+fn the_deploy_files_agree_with_the_manifest_and_the_example() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    let dockerfile = read("deploy/Dockerfile");
+    let copied: Vec<&str> = dockerfile
+        .lines()
+        .filter_map(|l| l.strip_prefix("COPY "))
+        .filter(|l| !l.starts_with("--from"))
+        .flat_map(|l| {
+            let parts: Vec<&str> = l.split_whitespace().collect();
+            parts[..parts.len() - 1].to_vec()
+        })
+        .collect();
+    let manifest: toml::Value = toml::from_str(&read("Cargo.toml")).unwrap();
+    let mut paths = Vec::new();
+    for kind in ["bin", "bench", "test", "example"] {
+        for t in manifest
+            .get(kind)
+            .and_then(|v| v.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let path = match t.get("path").and_then(|p| p.as_str()) {
+                Some(p) => p.to_owned(),
+                None if kind == "bench" => format!("benches/{}.rs", t["name"].as_str().unwrap()),
+                None => continue,
+            };
+            paths.push(path);
+        }
+    }
+    for path in paths.iter().filter(|p| !p.starts_with("tests/")) {
+        let top = path.split('/').next().unwrap();
+        assert!(
+            copied.contains(&top),
+            "deploy/Dockerfile does not copy `{top}`, where Cargo looks for `{path}`"
+        );
+        assert!(root.join(path).exists(), "{path}");
+    }
+    let k8s = read("deploy/k8s/livery.yaml");
+    let example = read("deploy/gateway.example.toml");
+    if example.contains("[tls.acme]") {
+        assert!(
+            k8s.contains("replicas: 1"),
+            "one replica while it issues its own certificates"
+        );
+    }
+    assert!(k8s.contains("fsGroup: 10001"));
+    assert!(example.contains("redirect_port = 443"));
+}
+
 #[test]
 fn check_config_lists_the_default_tenancy_without_secrets() {
     let (out, stdout, stderr) = run(livery()

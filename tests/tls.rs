@@ -338,6 +338,26 @@ async fn plain_listener_redirects_unless_a_trusted_proxy_says_https() {
     s.gw.shutdown().await;
 }
 
+/// Behind a port mapping (the container's 8443 published as 443), redirects
+/// point at the port clients reach, `redirect_port`, not the bound one; 443
+/// is left out of the URL.
+#[tokio::test]
+async fn plain_listener_redirects_to_the_configured_public_port() {
+    for (public, authority) in [
+        (443, ACME_HOST.to_owned()),
+        (9443, format!("{ACME_HOST}:9443")),
+    ] {
+        let s = static_gateway(&format!("plain = \"redirect\"\nredirect_port = {public}")).await;
+        let resp = support::get(&s.gw, "/v1/models", Some(ACME_HOST), Some(ACME_DENTAL.2)).await;
+        assert_eq!(resp.status(), 308);
+        assert_eq!(
+            resp.headers()["location"],
+            format!("https://{authority}/v1/models").as_str()
+        );
+        s.gw.shutdown().await;
+    }
+}
+
 #[tokio::test]
 async fn plain_listener_untrusted_forwarded_proto_is_redirected() {
     let s = static_gateway("plain = \"redirect\"\ntrusted_proxies = [\"10.0.0.0/8\"]").await;

@@ -61,6 +61,12 @@ pub struct TlsConfig {
     /// `Forwarded: proto=` is believed on the plain listeners.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// The HTTPS port clients reach, which `plain = "redirect"` points them at
+    /// (default: the first HTTPS listener's). Behind a port mapping (a
+    /// container's 8443 published as 443, a Service's 443 to 8443) the bound
+    /// port is not the one clients can reach.
+    #[serde(default)]
+    pub redirect_port: Option<u16>,
 }
 
 /// What a plain-HTTP listener does with a request when `[tls]` is configured.

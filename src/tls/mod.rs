@@ -65,6 +65,8 @@ pub struct Tls {
     plain: PlainPolicy,
     trusted: TrustedProxies,
     https_port: Option<u16>,
+    /// `https_port` is the configured `redirect_port`, not a bound port.
+    redirect_port_set: bool,
 }
 
 /// What a plain listener does with one request.
@@ -161,13 +163,19 @@ impl Tls {
             eligible,
             plain: config.plain,
             trusted,
-            https_port: config.listen.first().map(|a| a.port()),
+            https_port: config
+                .redirect_port
+                .or_else(|| config.listen.first().map(|a| a.port())),
+            redirect_port_set: config.redirect_port.is_some(),
         })
     }
 
-    /// Sets the port redirects point at (once the HTTPS listener is bound).
+    /// Sets the port redirects point at (once the HTTPS listener is bound),
+    /// unless `redirect_port` names the one clients reach.
     pub fn set_https_port(&mut self, port: u16) {
-        self.https_port = Some(port);
+        if !self.redirect_port_set {
+            self.https_port = Some(port);
+        }
     }
 
     pub fn acme(&self) -> Option<&Arc<Acme>> {
