@@ -278,6 +278,17 @@ fn check_config(path: PathBuf) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
+    // What `serve` would refuse of `[tls]`, short of opening the ACME cache.
+    if let Some(tls) = &config.tls {
+        let platform_domain = config
+            .server
+            .platform_domain
+            .as_deref()
+            .and_then(livery::tenancy::normalize_host);
+        if let Err(e) = livery::tls::Tls::check(tls, platform_domain.as_deref()) {
+            return fail(e);
+        }
+    }
     println!("{}: ok", path.display());
     println!(
         "listen: {}",

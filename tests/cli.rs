@@ -449,6 +449,41 @@ fn check_config_rejects_another_resellers_platform_host_as_a_custom_domain() {
     assert!(out.status.success(), "{stdout}\n{stderr}");
 }
 
+/// `check-config` refuses what `serve` would refuse of `[tls]` (it said ok,
+/// and `serve` then exited 1), and ACME values that parse but cannot work.
+#[test]
+fn check_config_checks_the_tls_section_as_serve_does() {
+    for (what, tls, expected) in [
+        (
+            "a bad CIDR",
+            "[tls]\nlisten = [\"127.0.0.1:0\"]\ntrusted_proxies = [\"10.0.0.0/33\"]\n[tls.acme]\ncache_dir = \"x\"\n",
+            "10.0.0.0/33",
+        ),
+        (
+            "an HTTPS listener without certificates",
+            "[tls]\nlisten = [\"127.0.0.1:0\"]\n",
+            "need [[tls.certs]] or [tls.acme]",
+        ),
+        (
+            "a missing certificate file",
+            "[tls]\nlisten = [\"127.0.0.1:0\"]\n[[tls.certs]]\ncert = \"no-such.pem\"\nkey = \"no-such.key\"\n",
+            "no-such.pem",
+        ),
+        (
+            "a zero backoff",
+            "[tls]\nlisten = [\"127.0.0.1:0\"]\n[tls.acme]\ncache_dir = \"x\"\nbackoff_base_secs = 0\n",
+            "backoff_base_secs",
+        ),
+        (
+            "a zero renewal window",
+            "[tls]\nlisten = [\"127.0.0.1:0\"]\n[tls.acme]\ncache_dir = \"x\"\nrenew_before_days = 0\n",
+            "renew_before_days",
+        ),
+    ] {
+        assert_config_rejected(what, |t| format!("{t}\n{tls}"), &[expected]);
+    }
+}
+
 #[test]
 fn check_config_rejects_a_malformed_key_hash() {
     assert_config_rejected(

@@ -142,7 +142,7 @@ impl Acme {
         let lock = self.in_flight.entry(name.to_owned()).or_default().clone();
         let _guard = lock.lock().await;
         if let Some(c) = self.issued.get(name) {
-            let due = c.not_after - i64::from(self.config.renew_before_days) * 86_400;
+            let due = c.renewal_due(self.config.renew_before_days);
             if (!renewal && c.not_after > now()) || (renewal && now() < due) {
                 return Ok(());
             }
@@ -209,7 +209,9 @@ impl Acme {
                         phase: OrderPhase::Failed,
                         last_error: Some(e.clone()),
                         failures,
-                        next_retry: Some(now() + wait as i64),
+                        next_retry: Some(
+                            now().saturating_add(i64::try_from(wait).unwrap_or(i64::MAX)),
+                        ),
                         updated: now(),
                     }),
                 );
@@ -282,9 +284,7 @@ impl Acme {
             let due: Vec<String> = self
                 .issued
                 .iter()
-                .filter(|c| {
-                    c.not_after - i64::from(self.config.renew_before_days) * 86_400 <= now()
-                })
+                .filter(|c| c.renewal_due(self.config.renew_before_days) <= now())
                 .map(|c| c.key().clone())
                 .collect();
             for name in due {

@@ -18,8 +18,21 @@ pub struct LoadedCert {
     pub key: Arc<CertifiedKey>,
     /// DNS names of the leaf's subjectAltName, lowercase.
     pub names: Vec<String>,
-    /// The leaf's notAfter, Unix seconds.
+    /// The leaf's notBefore and notAfter, Unix seconds.
+    pub not_before: i64,
     pub not_after: i64,
+}
+
+impl LoadedCert {
+    /// When to renew it: `renew_before_days` ahead of expiry, but no earlier
+    /// than two thirds into its life (a window as long as the certificate
+    /// would make it due the moment it is issued, and ordered again every
+    /// renewal pass).
+    pub fn renewal_due(&self, renew_before_days: u32) -> i64 {
+        let lifetime = (self.not_after - self.not_before).max(0);
+        let before = (i64::from(renew_before_days) * 86_400).min(lifetime / 3);
+        self.not_after - before
+    }
 }
 
 /// Parses a PEM chain (leaf first) and a PEM private key.
@@ -30,7 +43,8 @@ pub fn parse_pem(chain_pem: &[u8], key_pem: &[u8], what: &str) -> Result<LoadedC
     let Some(leaf) = chain.first() else {
         return Err(TlsError::Cert(format!("{what}: no certificate in the PEM")));
     };
-    let (names, not_after) = leaf_info(leaf).map_err(|e| TlsError::Cert(format!("{what}: {e}")))?;
+    let (names, (not_before, not_after)) =
+        leaf_info(leaf).map_err(|e| TlsError::Cert(format!("{what}: {e}")))?;
     let key = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|e| TlsError::Cert(format!("{what}: private key PEM: {e}")))?;
     let signer = rustls::crypto::ring::sign::any_supported_type(&key)
@@ -42,6 +56,7 @@ pub fn parse_pem(chain_pem: &[u8], key_pem: &[u8], what: &str) -> Result<LoadedC
     Ok(LoadedCert {
         key: Arc::new(certified),
         names,
+        not_before,
         not_after,
     })
 }
@@ -57,8 +72,9 @@ pub fn load_pem_files(cert: &Path, key: &Path) -> Result<LoadedCert, TlsError> {
     parse_pem(&read(cert)?, &read(key)?, &cert.display().to_string())
 }
 
-/// The DNS names and notAfter (Unix seconds) of a DER certificate.
-pub fn leaf_info(der: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String> {
+/// The DNS names and validity (notBefore, notAfter; Unix seconds) of a DER
+/// certificate.
+pub fn leaf_info(der: &CertificateDer<'_>) -> Result<(Vec<String>, (i64, i64)), String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
         .map_err(|e| format!("cannot parse the certificate: {e}"))?;
     let mut names = Vec::new();
@@ -69,7 +85,8 @@ pub fn leaf_info(der: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String>
             }
         }
     }
-    Ok((names, cert.validity().not_after.timestamp()))
+    let v = cert.validity();
+    Ok((names, (v.not_before.timestamp(), v.not_after.timestamp())))
 }
 
 /// Static certificates by exact name and by wildcard parent.
@@ -120,6 +137,21 @@ mod tests {
                 .unwrap();
         let c = params.self_signed(&key).unwrap();
         parse_pem(c.pem().as_bytes(), key.serialize_pem().as_bytes(), "test").unwrap()
+    }
+
+    /// Renewal is due `renew_before_days` ahead of expiry, but never earlier
+    /// than two thirds into the certificate's life.
+    #[test]
+    fn renewal_is_due_ahead_of_expiry_but_not_at_issue() {
+        let c = |days: i64| LoadedCert {
+            not_before: 0,
+            not_after: days * 86_400,
+            ..cert(&["a.test"])
+        };
+        assert_eq!(c(90).renewal_due(30), 60 * 86_400);
+        // A 6-day certificate with a 30-day window: due after 4 days, not at once.
+        assert_eq!(c(6).renewal_due(30), 4 * 86_400);
+        assert_eq!(c(90).renewal_due(90), 60 * 86_400);
     }
 
     #[test]

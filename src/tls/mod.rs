@@ -117,7 +117,43 @@ pub fn load_static_certs(
     Ok(statics)
 }
 
+/// `[tls.acme]` values that parse but cannot work: a backoff of zero orders
+/// again at once after every failure (until the budget is spent and the CA's
+/// failed-validation limit is hit), a renewal window of zero renews nothing.
+fn check_acme(a: &crate::config::AcmeConfig) -> Result<(), TlsError> {
+    let bad = |m: &str| Err(TlsError::Config(format!("[tls.acme] {m}")));
+    if a.backoff_base_secs == 0 {
+        return bad("backoff_base_secs must be at least 1");
+    }
+    if a.backoff_max_secs < a.backoff_base_secs {
+        return bad("backoff_max_secs must be at least backoff_base_secs");
+    }
+    if a.renew_before_days == 0 {
+        return bad("renew_before_days must be at least 1");
+    }
+    Ok(())
+}
+
 impl Tls {
+    /// What [`Tls::build`] checks, without opening the ACME cache or binding
+    /// anything (`livery check-config`): certificates load, names resolve,
+    /// ACME values can work, trusted proxies parse, HTTPS listeners have a
+    /// certificate source.
+    pub fn check(config: &TlsConfig, platform_domain: Option<&str>) -> Result<(), TlsError> {
+        install_crypto_provider();
+        let statics = load_static_certs(config, platform_domain)?;
+        if let Some(a) = &config.acme {
+            check_acme(a)?;
+        }
+        if statics.is_empty() && config.acme.is_none() && !config.listen.is_empty() {
+            return Err(TlsError::Config(
+                "HTTPS listeners need [[tls.certs]] or [tls.acme]".into(),
+            ));
+        }
+        TrustedProxies::parse(&config.trusted_proxies).map_err(TlsError::Config)?;
+        Ok(())
+    }
+
     /// Builds the TLS side: certificates loaded, ACME cache opened. Nothing is
     /// ordered until a handshake asks.
     pub fn build(
@@ -125,17 +161,12 @@ impl Tls {
         platform_domain: Option<&str>,
         eligible: Eligibility,
     ) -> Result<Self, TlsError> {
-        install_crypto_provider();
+        Self::check(config, platform_domain)?;
         let statics = Arc::new(load_static_certs(config, platform_domain)?);
         let acme = match &config.acme {
             Some(a) => Some(Arc::new(Acme::open(a)?)),
             None => None,
         };
-        if statics.is_empty() && acme.is_none() && !config.listen.is_empty() {
-            return Err(TlsError::Config(
-                "HTTPS listeners need [[tls.certs]] or [tls.acme]".into(),
-            ));
-        }
         let trusted = TrustedProxies::parse(&config.trusted_proxies).map_err(TlsError::Config)?;
         let resolver = Arc::new(SniResolver {
             statics,
