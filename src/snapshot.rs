@@ -26,6 +26,8 @@ pub struct Snapshot {
     pub limits: BodyLimits,
     pub routing: RoutingConfig,
     pub operator_keys: Vec<KeyDigest>,
+    /// Which origins browsers may call from.
+    pub cors: crate::proxy::cors::CorsPolicy,
     /// The platform's prices: a request's usage record is priced with the
     /// table of the snapshot it started on, as its routes and plan were.
     pub prices: Arc<PriceTable>,
@@ -64,6 +66,8 @@ impl Snapshot {
             tenancy,
             keyring: Arc::new(keyring),
             prices: Arc::new(PriceTable::from_config(config)),
+            cors: crate::proxy::cors::CorsPolicy::from_origins(&config.server.cors_origins)
+                .map_err(ConfigError::Invalid)?,
             models,
             routing: config.routing.clone(),
             operator_keys: config

@@ -285,6 +285,111 @@ async fn a_model_of_the_plan_is_retrieved_by_id() {
     assert_eq!(resp.status(), 401);
 }
 
+/// CORS, for browser clients: a preflight is answered 204 without a key, and
+/// answers to an allowed `Origin` (errors too, so that the page can read them)
+/// say so and expose the request id and rate-limit headers. `cors_origins`
+/// narrows or turns it off; a request without `Origin` gets none of it.
+#[tokio::test]
+async fn browsers_get_cors_answers_from_allowed_origins() {
+    let mock = MockProvider::start().await;
+    let preflight = |gw: &TestGateway, origin: &'static str| {
+        client()
+            .request(reqwest::Method::OPTIONS, gw.url("/v1/chat/completions"))
+            .header("host", ACME_HOST)
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type,x-stainless-os",
+            )
+            .send()
+    };
+    let chat = |gw: &TestGateway, origin: Option<&'static str>, key: &'static str| {
+        let mut rb = client()
+            .post(gw.url("/v1/chat/completions"))
+            .header("host", ACME_HOST)
+            .bearer_auth(key)
+            .json(&chat_body("gpt-4o-mini"));
+        if let Some(o) = origin {
+            rb = rb.header("origin", o);
+        }
+        rb.send()
+    };
+    let acao = |r: &reqwest::Response| {
+        r.headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+
+    // Default: any origin, as OpenAI answers.
+    let gw = TestGateway::standard(&mock).await;
+    let pre = preflight(&gw, "https://app.example.com").await.unwrap();
+    assert_eq!(pre.status(), 204);
+    assert_eq!(acao(&pre).as_deref(), Some("*"));
+    assert!(pre.headers()["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .contains("POST"));
+    assert_eq!(
+        pre.headers()["access-control-allow-headers"],
+        "authorization,content-type,x-stainless-os"
+    );
+    let ok = chat(&gw, Some("https://app.example.com"), ACME_DENTAL.2)
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(acao(&ok).as_deref(), Some("*"));
+    let exposed = ok.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap();
+    assert!(
+        exposed.contains("x-request-id") && exposed.contains("x-ratelimit-remaining-tokens"),
+        "{exposed}"
+    );
+    let refused = chat(&gw, Some("https://app.example.com"), "sk-wrong")
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    assert_eq!(acao(&refused).as_deref(), Some("*"));
+    let server = chat(&gw, None, ACME_DENTAL.2).await.unwrap();
+    assert_eq!(acao(&server), None);
+    drop(gw);
+
+    // A list: the listed origin echoed (with Vary), another refused.
+    let listed = standard_config(&mock.base_url(), "").replace(
+        "max_body_bytes = 65536",
+        "max_body_bytes = 65536\ncors_origins = [\"https://app.example.com\"]",
+    );
+    let gw = TestGateway::start(&listed).await;
+    let pre = preflight(&gw, "https://app.example.com").await.unwrap();
+    assert_eq!(pre.status(), 204);
+    assert_eq!(acao(&pre).as_deref(), Some("https://app.example.com"));
+    assert_eq!(pre.headers()["vary"], "origin");
+    let other = preflight(&gw, "https://evil.example").await.unwrap();
+    assert_eq!(other.status(), 405);
+    assert_eq!(acao(&other), None);
+    let ok = chat(&gw, Some("https://evil.example"), ACME_DENTAL.2)
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(acao(&ok), None);
+    drop(gw);
+
+    // Off.
+    let off = standard_config(&mock.base_url(), "").replace(
+        "max_body_bytes = 65536",
+        "max_body_bytes = 65536\ncors_origins = []",
+    );
+    let gw = TestGateway::start(&off).await;
+    assert_eq!(
+        preflight(&gw, "https://app.example.com")
+            .await
+            .unwrap()
+            .status(),
+        405
+    );
+}
+
 #[tokio::test]
 async fn unknown_paths_are_404_unknown_url_in_openai_error_shape() {
     let mock = MockProvider::start().await;

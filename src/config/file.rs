@@ -210,6 +210,10 @@ pub struct ServerConfig {
     /// held for as long as it holds the socket. Read at start.
     #[serde(default = "default_send_timeout_ms")]
     pub send_timeout_ms: u64,
+    /// Origins browsers may call from (CORS): `["*"]` (default, as OpenAI),
+    /// a list such as `["https://app.example.com"]`, or `[]` for none.
+    #[serde(default = "default_cors_origins")]
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -222,8 +226,13 @@ impl Default for ServerConfig {
             operator_key_hashes: Vec::new(),
             header_timeout_ms: default_header_timeout_ms(),
             send_timeout_ms: default_send_timeout_ms(),
+            cors_origins: default_cors_origins(),
         }
     }
+}
+
+fn default_cors_origins() -> Vec<String> {
+    vec!["*".to_owned()]
 }
 
 fn default_send_timeout_ms() -> u64 {

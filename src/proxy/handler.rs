@@ -55,6 +55,23 @@ where
     let started_at = std::time::SystemTime::now();
     let rid = RequestId::of_request(req.headers(), started_at);
     let dialect = Dialect::of_path(req.uri().path());
+    // Browsers only (server-side clients send no `Origin`).
+    let origin = req.headers().get(http::header::ORIGIN).cloned();
+    if origin.is_some() {
+        if let Some(headers) = app
+            .snapshot
+            .load()
+            .cors
+            .preflight(req.method(), req.headers())
+        {
+            let mut resp = Response::new(super::body::full(Bytes::new()));
+            *resp.status_mut() = StatusCode::NO_CONTENT;
+            *resp.headers_mut() = headers;
+            resp.headers_mut()
+                .insert(crate::telemetry::ids::REQUEST_ID_HEADER, rid.header_value());
+            return resp;
+        }
+    }
     // Stages 2-5 are synchronous and log nothing, so they run first and the
     // request's span is created once with every field: recording the reseller
     // and tenant into an existing span cost a subscriber round trip that
@@ -95,6 +112,9 @@ where
     };
     resp.headers_mut()
         .insert(crate::telemetry::ids::REQUEST_ID_HEADER, rid.header_value());
+    if let Some(origin) = &origin {
+        app.snapshot.load().cors.mark(origin, resp.headers_mut());
+    }
     app.metrics.response(resp.status().as_u16());
     resp
 }

@@ -5,6 +5,7 @@
 
 mod answer_scan;
 mod body;
+pub mod cors;
 mod ctx;
 pub mod error;
 mod fallback;
