@@ -363,6 +363,32 @@ async fn a_wait_past_the_deadline_moves_on_to_the_next_route() {
     );
 }
 
+/// A breaker's probe that the provider answers with the client's error (a
+/// 400) shows the provider up: the breaker closes, and the next request goes to
+/// the route (the probe's slot stayed taken, and the route skipped, for
+/// another cool-down).
+#[tokio::test]
+async fn a_probe_answered_with_a_client_error_closes_the_breaker() {
+    let (gw, _first, _second) = fallback_gateway(
+        "[routing]\nretries_per_route = 0\nbackoff_base_ms = 10\nbreaker_failures = 1\nbreaker_cooldown_ms = 300\n",
+    )
+    .await;
+    let resp = chat(&gw, "chain", on_first(json!({"status": 500})), false).await;
+    assert_eq!(resp.status(), 200);
+    let _ = resp.text().await;
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let resp = chat(&gw, "chain", on_first(json!({"status": 400})), false).await;
+    assert_eq!(resp.status(), 400);
+    let _ = resp.text().await;
+    let resp = chat(&gw, "chain", json!({}), false).await;
+    let id = rid(&resp);
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        outcomes(&gw.usage_for(&id).await),
+        pairs(&[("first", "ok")])
+    );
+}
+
 #[tokio::test]
 async fn when_every_route_fails_the_last_error_is_returned_with_all_attempts() {
     let (gw, _first, _second) = fallback_gateway(NO_RETRY).await;

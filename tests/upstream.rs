@@ -687,6 +687,29 @@ async fn a_provider_that_keeps_refusing_streams_answers_502_after_three_sends() 
     assert_eq!(error_code(resp, 502).await, "upstream_unreachable");
     assert_eq!(up.refused.load(std::sync::atomic::Ordering::SeqCst), 3);
     gw.shutdown().await;
+
+    // The third refusal of one request is an ordinary failure: with a breaker
+    // that opens on one, the next request is not sent three times more.
+    let toml = h2c_config(up.port).replacen("[routing]\n", "[routing]\nbreaker_failures = 1\n", 1);
+    let gw = TestGateway::start(&toml).await;
+    let before = up.refused.load(std::sync::atomic::Ordering::SeqCst);
+    for status in [502, 503] {
+        let resp = post(
+            &gw,
+            "/v1/chat/completions",
+            Some(ACME_HOST),
+            Some(ACME_DENTAL.2),
+            &chat_body("gpt-4o-mini"),
+        )
+        .await;
+        assert_eq!(resp.status(), status, "the second finds the breaker open");
+    }
+    assert_eq!(
+        up.refused.load(std::sync::atomic::Ordering::SeqCst),
+        before + 3,
+        "the open breaker let the second request through"
+    );
+    gw.shutdown().await;
 }
 
 /// Chat request `i` of a series (streamed when `i` is odd) as acme's dental

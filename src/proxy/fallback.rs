@@ -232,7 +232,11 @@ pub fn serve<'a>(
                 record.update(|r| r.provider = None);
                 if !retry {
                     // The client's own error (or the tenant's key refused): the
-                    // provider is healthy, so the breaker does not count it.
+                    // provider answered, so it is healthy; a probe that got
+                    // this closes its breaker.
+                    if let Some(key) = &key {
+                        app.breakers.on_success(key);
+                    }
                     record.update(|r| {
                         r.provider = Some(provider_name.clone());
                         r.key_owner = Some(credential.owner);
@@ -246,8 +250,17 @@ pub fn serve<'a>(
                 }
                 let key =
                     key.get_or_insert_with(|| breaker_key(&provider_name, credential.owner, ctx));
-                if failure.counts_against_breaker() {
+                // A refusal is the server shedding load, not failing, until
+                // it has refused the same request MAX_REFUSALS times: then it
+                // is an ordinary failure, as the route's retries count it.
+                let refused_again = failure.was_refused() && refusals >= MAX_REFUSALS;
+                if failure.counts_against_breaker() || refused_again {
                     app.breakers.on_failure(key, breaker);
+                } else {
+                    // Nothing learned of the provider's health (a GOAWAY, a
+                    // refusal): a probe's slot is given back, or the breaker
+                    // stayed open another cool-down after this.
+                    app.breakers.probe_inconclusive(key);
                 }
                 tracing::info!(provider = %provider_name, model = %route.upstream_model, cause = failure.cause, "attempt failed");
                 let retry_after = failure.retry_after;

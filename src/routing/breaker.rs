@@ -95,6 +95,14 @@ impl Breakers {
         }
     }
 
+    /// A probe's request ended without saying whether the provider is
+    /// healthy: the next request may probe.
+    pub fn probe_inconclusive(&self, key: &BreakerKey) {
+        if let Some(mut st) = self.states.get_mut(key) {
+            st.probe_started = None;
+        }
+    }
+
     pub fn on_failure(&self, key: &BreakerKey, s: BreakerSettings) {
         self.tracking.store(true, Ordering::Relaxed);
         let now = Instant::now();
