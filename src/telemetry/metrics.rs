@@ -74,21 +74,30 @@ impl Metrics {
                 escape(&p)
             );
         }
-        out.push_str("# HELP livery_breaker_open Whether a circuit breaker is open (1) or not (0).\n# TYPE livery_breaker_open gauge\n");
-        let mut opened = String::from("# HELP livery_breaker_opened_total Times a circuit breaker opened.\n# TYPE livery_breaker_opened_total counter\n");
+        out.push_str("# HELP livery_breaker_open Circuit breakers open, per provider and owner kind.\n# TYPE livery_breaker_open gauge\n");
+        let mut opened = String::from("# HELP livery_breaker_opened_total Times circuit breakers opened, per provider and owner kind.\n# TYPE livery_breaker_opened_total counter\n");
+        // Owners are reported by kind only (tenant ids stay out of metrics),
+        // so the breakers of one provider and kind (each tenant's own key)
+        // are summed into one series: one line each, per series, and a
+        // counter that only grows (breakers are never forgotten).
+        let mut by_kind: std::collections::BTreeMap<(&str, &str), (u64, u64)> =
+            std::collections::BTreeMap::new();
         for b in breakers {
-            // Owners are reported by kind only: tenant ids stay out of metrics.
             let kind = b.owner.split(':').next().unwrap_or("none");
+            let sums = by_kind.entry((b.provider, kind)).or_default();
+            sums.0 += u64::from(b.open);
+            sums.1 += b.opened_total;
+        }
+        for ((provider, kind), (open, opened_total)) in by_kind {
             let labels = format!(
                 "provider=\"{}\",owner=\"{}\"",
-                escape(b.provider),
+                escape(provider),
                 escape(kind)
             );
-            let _ = writeln!(out, "livery_breaker_open{{{labels}}} {}", u8::from(b.open));
+            let _ = writeln!(out, "livery_breaker_open{{{labels}}} {open}");
             let _ = writeln!(
                 opened,
-                "livery_breaker_opened_total{{{labels}}} {}",
-                b.opened_total
+                "livery_breaker_opened_total{{{labels}}} {opened_total}"
             );
         }
         out.push_str(&opened);
@@ -100,4 +109,43 @@ fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each tenant's own key has its breaker, and the metrics name owners by
+    /// kind only: one series per provider and kind, summed (it came out once
+    /// per breaker, duplicate series that Prometheus rejects).
+    #[test]
+    fn breakers_of_one_provider_and_kind_are_one_series() {
+        let sample = |owner, open, opened_total| BreakerSample {
+            provider: "openai",
+            owner,
+            open,
+            opened_total,
+        };
+        let text = Metrics::default().render(
+            [
+                sample("tenant:acme/dental", true, 2),
+                sample("tenant:acme/realty", false, 3),
+                sample("platform", false, 1),
+            ]
+            .into_iter(),
+        );
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("livery_breaker"))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "livery_breaker_open{provider=\"openai\",owner=\"platform\"} 0",
+                "livery_breaker_open{provider=\"openai\",owner=\"tenant\"} 1",
+                "livery_breaker_opened_total{provider=\"openai\",owner=\"platform\"} 1",
+                "livery_breaker_opened_total{provider=\"openai\",owner=\"tenant\"} 5",
+            ]
+        );
+    }
 }
