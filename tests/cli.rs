@@ -300,6 +300,28 @@ fn the_deploy_files_agree_with_the_manifest_and_the_example() {
     assert!(example.contains("redirect_port = 443"));
 }
 
+/// Without a `gateway.toml` where it runs, the CLI uses the one built into
+/// the binary (the quick start works from any directory); a configuration
+/// named explicitly must exist.
+#[test]
+fn the_embedded_configuration_is_used_where_there_is_no_gateway_toml() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, stdout, stderr) = run(livery().arg("check-config").current_dir(dir.path()));
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains("demo-tenant"), "{stdout}");
+    assert_eq!(
+        livery::config::EMBEDDED,
+        std::fs::read_to_string(default_config()).unwrap()
+    );
+    let (out, _, stderr) = run(livery()
+        .arg("check-config")
+        .arg("--config")
+        .arg(dir.path().join("gateway.toml"))
+        .current_dir(dir.path()));
+    assert!(!out.status.success());
+    assert!(stderr.contains("cannot read"), "{stderr}");
+}
+
 #[test]
 fn check_config_lists_the_default_tenancy_without_secrets() {
     let (out, stdout, stderr) = run(livery()
@@ -362,10 +384,14 @@ fn check_config_reads_livery_config_env_and_defaults_to_gateway_toml() {
     assert!(out.status.success(), "stderr: {stderr}");
     assert!(stdout.starts_with("gateway.toml: ok"), "{stdout}");
 
-    // And a missing file is named in the error.
-    let (out, stdout, stderr) = run(livery().arg("check-config").current_dir(dir.path()));
+    // And a missing file named by LIVERY_CONFIG is named in the error (the
+    // default path falls back to the embedded configuration instead).
+    let (out, stdout, stderr) = run(livery()
+        .arg("check-config")
+        .env("LIVERY_CONFIG", dir.path().join("missing.toml"))
+        .current_dir(dir.path()));
     assert!(!out.status.success(), "stdout: {stdout}");
-    assert!(stderr.contains("gateway.toml"), "{stderr}");
+    assert!(stderr.contains("missing.toml"), "{stderr}");
 }
 
 /// `check-config` on gateway.toml edited by `edit`: must fail, print nothing on

@@ -33,13 +33,33 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// The configuration file the CLI reads unless told otherwise.
+pub const DEFAULT_PATH: &str = "gateway.toml";
+
+/// The repository's `gateway.toml`, built into the binary: the quick start's
+/// configuration (loopback only, the demo tenant) wherever the binary runs.
+pub const EMBEDDED: &str = include_str!("../../gateway.toml");
+
 impl GatewayConfig {
-    /// Reads and parses a TOML file; semantic checks happen when the snapshot is built.
+    /// Reads and parses a TOML file; semantic checks happen when the snapshot
+    /// is built. The default path ([`DEFAULT_PATH`]) falls back to the
+    /// embedded configuration when there is no such file; a path given
+    /// otherwise must exist.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound && path == Path::new(DEFAULT_PATH) =>
+            {
+                EMBEDDED.to_owned()
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
         let mut config = Self::parse(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: path.to_path_buf(),
