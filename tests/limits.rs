@@ -656,6 +656,24 @@ async fn redis_down_fails_open_on_local_shares_and_resumes_shared_limiting() {
     assert_eq!(burst(&[&a, &b], &fresh, &tenant(rpm(30)), 80).await, 30);
 }
 
+/// Blocks the Redis server for a second (`DEBUG SLEEP` from another
+/// connection), once the command has reached it; await the handle for its end.
+async fn block_redis_for_a_second(
+    redis: &RedisServer,
+) -> tokio::task::JoinHandle<redis::RedisResult<()>> {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let sleeper = tokio::spawn(async move {
+        redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(1)
+            .query_async::<()>(&mut conn)
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    sleeper
+}
+
 #[tokio::test]
 async fn a_slow_redis_times_out_into_the_fallback() {
     let Some(redis) = RedisServer::start("slow_redis") else {
@@ -672,17 +690,7 @@ async fn a_slow_redis_times_out_into_the_fallback() {
     let limits = tenant(rpm(1_000));
     assert!(l.admit(&key, &limits, 0).await.unwrap().is_shared());
 
-    // Block the server for a second from another connection.
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let sleeper = tokio::spawn(async move {
-        redis::cmd("DEBUG")
-            .arg("SLEEP")
-            .arg(1)
-            .query_async::<()>(&mut conn)
-            .await
-    });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let sleeper = block_redis_for_a_second(&redis).await;
     let started = Instant::now();
     let adm = l.admit(&key, &limits, 0).await.unwrap();
     assert!(!adm.is_shared());
@@ -736,16 +744,7 @@ async fn an_admission_answered_too_late_is_undone_in_redis() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let sleeper = tokio::spawn(async move {
-        redis::cmd("DEBUG")
-            .arg("SLEEP")
-            .arg(1)
-            .query_async::<()>(&mut conn)
-            .await
-    });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let sleeper = block_redis_for_a_second(&redis).await;
     let adm = l.admit(&key, &limits, 500).await.unwrap();
     assert!(!adm.is_shared(), "answered by the fallback");
     drop(adm);

@@ -71,14 +71,7 @@ fn assert_white_label(headers: &reqwest::header::HeaderMap) {
 async fn provider_identifying_headers_never_reach_the_client() {
     let mock = MockProvider::start().await;
     let gw = TestGateway::standard(&mock).await;
-    let resp = post(
-        &gw,
-        "/v1/chat/completions",
-        Some(ACME_HOST),
-        Some(ACME_DENTAL.2),
-        &chat_body("gpt-4o-mini"),
-    )
-    .await;
+    let resp = dental_post(&gw, &chat_body("gpt-4o-mini")).await;
     assert_eq!(resp.status(), 200);
     assert_white_label(resp.headers());
     // The gateway's request id is the one the provider was sent, for correlation.
@@ -87,14 +80,7 @@ async fn provider_identifying_headers_never_reach_the_client() {
 
     let mut stream = chat_body("gpt-4o-mini");
     stream["stream"] = json!(true);
-    let resp = post(
-        &gw,
-        "/v1/chat/completions",
-        Some(ACME_HOST),
-        Some(ACME_DENTAL.2),
-        &stream,
-    )
-    .await;
+    let resp = dental_post(&gw, &stream).await;
     assert_eq!(resp.status(), 200);
     assert_white_label(resp.headers());
     assert!(resp.headers()["content-type"]
@@ -105,14 +91,7 @@ async fn provider_identifying_headers_never_reach_the_client() {
 
     let mut failing = chat_body("gpt-4o-mini");
     failing["mock"] = json!({"status": 429});
-    let resp = post(
-        &gw,
-        "/v1/chat/completions",
-        Some(ACME_HOST),
-        Some(ACME_DENTAL.2),
-        &failing,
-    )
-    .await;
+    let resp = dental_post(&gw, &failing).await;
     assert_eq!(resp.status(), 429);
     assert_white_label(resp.headers());
 }
@@ -130,14 +109,7 @@ async fn upstream_errors_keep_their_status_in_openai_shape_without_provider_deta
     ] {
         let mut body = chat_body("gpt-4o-mini");
         body["mock"] = json!({"status": status, "retry_after": 3});
-        let resp = post(
-            &gw,
-            "/v1/chat/completions",
-            Some(ACME_HOST),
-            Some(ACME_DENTAL.2),
-            &body,
-        )
-        .await;
+        let resp = dental_post(&gw, &body).await;
         assert_eq!(resp.status().as_u16(), status);
         assert_eq!(
             resp.headers()
@@ -227,14 +199,7 @@ async fn prices_swap_with_the_snapshot() {
     slow["stream"] = json!(true);
     slow["stream_options"] = json!({"include_usage": true});
     slow["mock"] = json!({"chunks": 10, "gap_ms": 60});
-    let in_flight = post(
-        &gw,
-        "/v1/chat/completions",
-        Some(ACME_HOST),
-        Some(ACME_DENTAL.2),
-        &slow,
-    )
-    .await;
+    let in_flight = dental_post(&gw, &slow).await;
     assert_eq!(in_flight.status(), 200);
     let old_id = in_flight.headers()["x-request-id"]
         .to_str()
@@ -249,14 +214,7 @@ async fn prices_swap_with_the_snapshot() {
     let tokens = old["prompt_tokens"].as_u64().unwrap();
     assert_eq!(old["cost_micros"], tokens * 1_000_000, "{old}");
 
-    let after = post(
-        &gw,
-        "/v1/chat/completions",
-        Some(ACME_HOST),
-        Some(ACME_DENTAL.2),
-        &chat_body("gpt-4o-mini"),
-    )
-    .await;
+    let after = dental_post(&gw, &chat_body("gpt-4o-mini")).await;
     let new_id = after.headers()["x-request-id"].to_str().unwrap().to_owned();
     let _ = after.text().await;
     let new = gw.usage_for(&new_id).await;
@@ -271,14 +229,7 @@ async fn reload_swaps_the_whole_snapshot_and_in_flight_streams_finish_on_the_old
     let mut slow = chat_body("gpt-4o-mini");
     slow["stream"] = json!(true);
     slow["mock"] = json!({"chunks": 6, "gap_ms": 100});
-    let in_flight = post(
-        &gw,
-        "/v1/chat/completions",
-        Some(ACME_HOST),
-        Some(ACME_DENTAL.2),
-        &slow,
-    )
-    .await;
+    let in_flight = dental_post(&gw, &slow).await;
     assert_eq!(in_flight.status(), 200);
 
     // The new configuration drops tenant `dental` and adds a new key to `realty`.
@@ -290,14 +241,7 @@ async fn reload_swaps_the_whole_snapshot_and_in_flight_streams_finish_on_the_old
     config.usage.jsonl_path = Some(gw.usage_path.clone());
     gw.gateway.as_ref().unwrap().reload(&config).unwrap();
 
-    let old = post(
-        &gw,
-        "/v1/chat/completions",
-        Some(ACME_HOST),
-        Some(ACME_DENTAL.2),
-        &chat_body("gpt-4o-mini"),
-    )
-    .await;
+    let old = dental_post(&gw, &chat_body("gpt-4o-mini")).await;
     assert_eq!(old.status(), 401);
     let new = post(
         &gw,
@@ -344,14 +288,7 @@ async fn a_stream_that_stalls_is_cut_with_an_error_event_after_the_idle_timeout(
     // The role chunk and one word, then silence.
     body["mock"] = json!({"chunks": 3, "stall_after": 2});
     let started = std::time::Instant::now();
-    let resp = post(
-        &gw,
-        "/v1/chat/completions",
-        Some(ACME_HOST),
-        Some(ACME_DENTAL.2),
-        &body,
-    )
-    .await;
+    let resp = dental_post(&gw, &body).await;
     assert_eq!(resp.status(), 200);
     let rid = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
     let text = resp.text().await.unwrap();
@@ -468,14 +405,7 @@ async fn an_https_upstream_whose_certificate_does_not_verify_is_sent_nothing() {
         "",
     ))
     .await;
-    let resp = post(
-        &gw,
-        "/v1/chat/completions",
-        Some(ACME_HOST),
-        Some(ACME_DENTAL.2),
-        &chat_body("gpt-4o-mini"),
-    )
-    .await;
+    let resp = dental_post(&gw, &chat_body("gpt-4o-mini")).await;
     assert_eq!(error_code(resp, 502).await, "upstream_unreachable");
     assert!(
         connections.load(Ordering::SeqCst) >= 1,
@@ -676,14 +606,7 @@ async fn a_refused_http2_stream_is_sent_again_and_not_held_against_the_route() {
 async fn a_provider_that_keeps_refusing_streams_answers_502_after_three_sends() {
     let up = RefusingH2Upstream::start(|_| true).await;
     let gw = TestGateway::start(&h2c_config(up.port)).await;
-    let resp = post(
-        &gw,
-        "/v1/chat/completions",
-        Some(ACME_HOST),
-        Some(ACME_DENTAL.2),
-        &chat_body("gpt-4o-mini"),
-    )
-    .await;
+    let resp = dental_post(&gw, &chat_body("gpt-4o-mini")).await;
     assert_eq!(error_code(resp, 502).await, "upstream_unreachable");
     assert_eq!(up.refused.load(std::sync::atomic::Ordering::SeqCst), 3);
     gw.shutdown().await;
@@ -694,14 +617,7 @@ async fn a_provider_that_keeps_refusing_streams_answers_502_after_three_sends() 
     let gw = TestGateway::start(&toml).await;
     let before = up.refused.load(std::sync::atomic::Ordering::SeqCst);
     for status in [502, 503] {
-        let resp = post(
-            &gw,
-            "/v1/chat/completions",
-            Some(ACME_HOST),
-            Some(ACME_DENTAL.2),
-            &chat_body("gpt-4o-mini"),
-        )
-        .await;
+        let resp = dental_post(&gw, &chat_body("gpt-4o-mini")).await;
         assert_eq!(resp.status(), status, "the second finds the breaker open");
     }
     assert_eq!(
@@ -710,6 +626,18 @@ async fn a_provider_that_keeps_refusing_streams_answers_502_after_three_sends() 
         "the open breaker let the second request through"
     );
     gw.shutdown().await;
+}
+
+/// POSTs `body` to the chat endpoint as acme's dental tenant.
+async fn dental_post(gw: &TestGateway, body: &Value) -> reqwest::Response {
+    post(
+        gw,
+        "/v1/chat/completions",
+        Some(ACME_HOST),
+        Some(ACME_DENTAL.2),
+        body,
+    )
+    .await
 }
 
 /// Chat request `i` of a series (streamed when `i` is odd) as acme's dental

@@ -440,21 +440,14 @@ impl RedisBackend {
         if !settles(limits) {
             return;
         }
-        self.send(Job::Settle {
-            keys: keys.clone(),
+        self.send(settle_job(
+            keys.clone(),
+            limits,
             actual,
-            window_ms: window_ms(window),
-            tpm: [
-                limits.tenant.tokens_per_minute.unwrap_or(0),
-                limits.reseller.tokens_per_minute.unwrap_or(0),
-            ],
-            quota: [
-                limits.tenant.tokens_per_month.is_some(),
-                limits.reseller.tokens_per_month.is_some(),
-            ],
-            release: None,
-            _unsent: unsent,
-        });
+            window,
+            None,
+            unsent,
+        ));
     }
 
     pub fn release(&self, keys: &Arc<Keys>, id: &Arc<str>, slots: [bool; 2]) {
@@ -499,27 +492,45 @@ impl Drop for Unanswered<'_> {
     fn drop(&mut self) {
         let Some(keys) = self.keys.take() else { return };
         let l = self.limits;
-        self.backend.send(Job::Settle {
+        let slots = [
+            l.tenant.max_concurrent.is_some(),
+            l.reseller.max_concurrent.is_some(),
+        ];
+        self.backend.send(settle_job(
             keys,
-            actual: 0,
-            window_ms: window_ms(self.window),
-            tpm: [
-                l.tenant.tokens_per_minute.unwrap_or(0),
-                l.reseller.tokens_per_minute.unwrap_or(0),
-            ],
-            quota: [
-                l.tenant.tokens_per_month.is_some(),
-                l.reseller.tokens_per_month.is_some(),
-            ],
-            release: Some((
-                self.id.clone(),
-                [
-                    l.tenant.max_concurrent.is_some(),
-                    l.reseller.max_concurrent.is_some(),
-                ],
-            )),
-            _unsent: UnsentCorrection::new([None, None], 0),
-        });
+            l,
+            0,
+            self.window,
+            Some((self.id.clone(), slots)),
+            UnsentCorrection::new([None, None], 0),
+        ));
+    }
+}
+
+/// The settle of an admission with `actual` tokens, and the release of its
+/// slots if `release` names them.
+fn settle_job(
+    keys: Arc<Keys>,
+    limits: &EffectiveLimits,
+    actual: u64,
+    window: Duration,
+    release: Option<(Arc<str>, [bool; 2])>,
+    unsent: UnsentCorrection,
+) -> Job {
+    Job::Settle {
+        keys,
+        actual,
+        window_ms: window_ms(window),
+        tpm: [
+            limits.tenant.tokens_per_minute.unwrap_or(0),
+            limits.reseller.tokens_per_minute.unwrap_or(0),
+        ],
+        quota: [
+            limits.tenant.tokens_per_month.is_some(),
+            limits.reseller.tokens_per_month.is_some(),
+        ],
+        release,
+        _unsent: unsent,
     }
 }
 
