@@ -706,6 +706,32 @@ async fn webhook_receiver(secret: &'static [u8]) -> Receiver {
     }
 }
 
+/// A webhook signing secret that is empty or short (a blank Kubernetes
+/// secret) is refused at start: anybody could compute its signatures.
+#[test]
+fn a_short_webhook_secret_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    for (var, value) in [
+        ("LIVERY_TEST_EMPTY_WEBHOOK_SECRET", ""),
+        ("LIVERY_TEST_SHORT_WEBHOOK_SECRET", "short"),
+    ] {
+        std::env::set_var(var, value);
+        let extra = format!(
+            "sinks = [\"webhook\"]\n\n[usage.webhook]\nurl = \"http://127.0.0.1:9/hook\"\nsecret_env = \"{var}\"\n"
+        );
+        let toml = format!(
+            "{}{}",
+            ledger_usage_toml(dir.path(), &extra),
+            standard_config("http://127.0.0.1:9/v1", "")
+        );
+        let config = livery::config::GatewayConfig::parse(&toml).unwrap();
+        let e = livery::usage::UsageSink::start(&config)
+            .err()
+            .expect("refused");
+        assert!(e.to_string().contains(var), "{e}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_down_under_load_gets_every_event_once_back() {
     const SECRET: &[u8] = b"ledger-webhook-test-secret";

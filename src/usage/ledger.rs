@@ -395,6 +395,12 @@ impl Shipper {
     }
 
     fn step(&mut self, lane: Lane, buf: &mut Vec<u8>) -> Step {
+        // Closing and past the drain time: what is left stays in the spool
+        // for the next start (a sink working through a backlog, every batch
+        // succeeding, kept the process alive well past its grace period).
+        if self.shared.stopping() && self.shared.past_drain() {
+            return Step::Finished;
+        }
         let max_events = match lane {
             Lane::Idle => IDLE_BATCH_EVENTS,
             Lane::CatchUp => BATCH_EVENTS,
@@ -695,6 +701,51 @@ mod tests {
             "started on an unsynced cursor"
         );
         ledger.close(Duration::from_secs(5));
+    }
+
+    /// A sink that takes 50 ms per batch.
+    struct Slow;
+
+    impl Sink for Slow {
+        fn name(&self) -> &str {
+            "slow"
+        }
+        fn deliver(&mut self, _: &[LedgerEvent], _: Position) -> Result<Ack, String> {
+            std::thread::sleep(Duration::from_millis(50));
+            Ok(Ack {
+                durable: true,
+                cursor_stored: false,
+            })
+        }
+    }
+
+    /// Closing stops shipping once the drain time is over, even while every
+    /// batch succeeds: a backlog is left in the spool for the next start
+    /// (only a failing delivery looked at the drain time, and a sink working
+    /// through a backlog kept the process past its grace period).
+    #[test]
+    fn closing_stops_shipping_a_backlog_at_the_drain_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(SpoolOptions {
+            dir: dir.path().to_path_buf(),
+            segment_bytes: 64 << 20,
+            max_bytes: 1 << 30,
+            fsync_interval: Duration::from_millis(5),
+        })
+        .unwrap();
+        // 40 catch-up batches: about 2 s of deliveries.
+        for i in 0..BATCH_EVENTS * 40 {
+            spool.append(&line(i)).unwrap();
+        }
+        let ledger = Ledger::start(spool.clone(), vec![Box::new(Slow)]).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let started = Instant::now();
+        ledger.close(Duration::from_millis(200));
+        assert!(
+            started.elapsed() < Duration::from_millis(1_000),
+            "close took {:?}",
+            started.elapsed()
+        );
     }
 
     fn line(i: usize) -> Vec<u8> {

@@ -64,6 +64,9 @@ const MIRROR_STAY_AWAKE: Duration = spool::STAY_AWAKE;
 
 const CHANNEL_CAPACITY: usize = 8192;
 
+/// The shortest webhook signing secret accepted (bytes).
+const MIN_WEBHOOK_SECRET: usize = 16;
+
 /// A typical event line is 600-900 bytes: one allocation instead of a doubling
 /// series while serialising. Just under 1 KiB: glibc serves up to 1,032-byte
 /// chunks from its per-thread cache.
@@ -282,6 +285,16 @@ impl UsageSink {
                                     w.secret_env
                                 ))
                             })?;
+                            // An empty (or short) key makes the signature one
+                            // anybody can compute: a blank Kubernetes secret
+                            // would have signed forged usage events.
+                            if secret.len() < MIN_WEBHOOK_SECRET {
+                                return Err(UsageError::Sink(format!(
+                                    "webhook secret: {} holds {} bytes; at least {MIN_WEBHOOK_SECRET} are needed",
+                                    w.secret_env,
+                                    secret.len()
+                                )));
+                            }
                             let sink = sinks::webhook::WebhookSink::new(
                                 &w.url,
                                 secret.as_bytes(),
