@@ -134,9 +134,13 @@ impl UpstreamClient {
     ) -> Result<(http::StatusCode, http::HeaderMap, ByteStream), ProviderError> {
         let req = match &self.http2 {
             Some(http2) => match http2.send(req).await? {
-                Dialled::Http2(resp) => {
+                Dialled::Http2(resp, slot) => {
                     let (parts, body) = resp.into_parts();
-                    return Ok((parts.status, parts.headers, Box::pin(Http2Body(body))));
+                    return Ok((
+                        parts.status,
+                        parts.headers,
+                        Box::pin(Http2Body::new(body, slot)),
+                    ));
                 }
                 Dialled::Http1(req) => req,
             },

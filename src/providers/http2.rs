@@ -13,8 +13,16 @@
 //! agree HTTP/2 is remembered, and its requests go through hyper's pooled
 //! HTTP/1.1 client instead ([`Dialled::Http1`]).
 //!
-//! One connection serves all requests, as hyper's pool does for HTTP/2: the
-//! server's `max_concurrent_streams` makes the rest wait for a stream. When the
+//! One connection serves all requests while it carries fewer streams than the
+//! server's `max_concurrent_streams`. At that limit the next request opens a
+//! new connection, which serves the requests after it (the full one keeps its
+//! streams to their end, then closes): an LLM stream lasts seconds to
+//! minutes, and `h2` queues the streams above the limit (its readiness says
+//! nothing of it), so a gateway held to one connection's limit (often 100)
+//! made the rest wait until they timed out. Each connection counts its open
+//! streams itself, with a slot that the response body carries. At most
+//! [`MAX_CONNECTIONS`] are open per provider; beyond, streams queue as before.
+//! When the
 //! connection ends (the server closed it, sent GOAWAY, or it failed), the next
 //! request dials again; a connection idle for longer than [`IDLE`] is not
 //! trusted (a NAT or a load balancer may have dropped it silently) and is
@@ -33,7 +41,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -51,11 +59,15 @@ const MAX_SEND_BUF: usize = 1024 * 1024;
 const MAX_HEADER_LIST: u32 = 16 * 1024;
 /// The fewest concurrent streams a server should allow (RFC 9113 6.5.2).
 const INITIAL_MAX_STREAMS: usize = 100;
+/// Connections open at most to one provider (a full one is replaced for the
+/// next requests while it finishes its streams).
+const MAX_CONNECTIONS: usize = 16;
 
 /// What dialling the provider gave.
 pub enum Dialled {
-    /// An HTTP/2 response head and its body.
-    Http2(Response<RecvStream>),
+    /// An HTTP/2 response head and its body, and the stream's slot on its
+    /// connection (for [`Http2Body`] to hold).
+    Http2(Response<RecvStream>, StreamSlot),
     /// The provider does not speak HTTP/2 (TLS without `h2` by ALPN): the
     /// request back, unsent, for the HTTP/1.1 client.
     Http1(Request<Bytes>),
@@ -72,6 +84,9 @@ pub struct Http2Upstream {
     dialling: tokio::sync::Mutex<()>,
     /// The server answered ALPN without `h2`.
     http1_only: AtomicBool,
+    /// Connections whose task still runs (the current one and full ones
+    /// finishing their streams).
+    open: Arc<AtomicUsize>,
     /// [`IDLE`], but for tests.
     idle_ms: u64,
     epoch: Instant,
@@ -82,6 +97,50 @@ struct Live {
     send: SendRequest<Bytes>,
     /// Milliseconds since [`Http2Upstream::epoch`].
     last_used: AtomicU64,
+    /// Streams sent on it whose response body is still held.
+    streams: Arc<AtomicUsize>,
+    /// The server's limit as a connection before this one learnt it: until
+    /// this connection's SETTINGS arrive, `h2` assumes 100 streams, and the
+    /// streams above the server's limit would be refused.
+    known_limit: usize,
+}
+
+impl Live {
+    fn new(send: SendRequest<Bytes>, now: u64, known_limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            send,
+            last_used: AtomicU64::new(now),
+            streams: Arc::new(AtomicUsize::new(0)),
+            known_limit,
+        })
+    }
+
+    /// The server's limit of concurrent streams, as far as it is known.
+    fn limit(&self) -> usize {
+        self.send.current_max_send_streams().min(self.known_limit)
+    }
+
+    /// At the server's limit of concurrent streams.
+    fn full(&self) -> bool {
+        self.streams.load(Ordering::Relaxed) >= self.limit()
+    }
+}
+
+/// One open stream of a connection, released when the response body (or a
+/// failed send) lets it go.
+pub struct StreamSlot(Arc<AtomicUsize>);
+
+impl StreamSlot {
+    fn take(streams: &Arc<AtomicUsize>) -> Self {
+        streams.fetch_add(1, Ordering::Relaxed);
+        Self(streams.clone())
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Http2Upstream {
@@ -97,6 +156,7 @@ impl Http2Upstream {
             current: ArcSwapOption::empty(),
             dialling: tokio::sync::Mutex::new(()),
             http1_only: AtomicBool::new(false),
+            open: Arc::new(AtomicUsize::new(0)),
             epoch: Instant::now(),
         }
     }
@@ -115,12 +175,23 @@ impl Http2Upstream {
                 return Ok(Dialled::Http1(req));
             }
             let mut retried = false;
-            let ready = loop {
-                let Some(live) = self.live().await? else {
+            let (ready, slot) = loop {
+                let Some(mut live) = self.live().await? else {
                     return Ok(Dialled::Http1(req));
                 };
+                // At the limit: the next requests go to a new connection
+                // (another request may have filled that one meanwhile; and
+                // at MAX_CONNECTIONS, the stream queues on a full one).
+                let mut hops = 0;
+                while live.full() && hops < MAX_CONNECTIONS {
+                    match Box::pin(self.replace_full(&live)).await? {
+                        Some(next) => live = next,
+                        None => break,
+                    }
+                    hops += 1;
+                }
                 match live.send.clone().ready().await {
-                    Ok(ready) => break ready,
+                    Ok(ready) => break (ready, StreamSlot::take(&live.streams)),
                     // The connection ended while idle (closed, GOAWAY, broken):
                     // nothing was sent, so forget it and dial once more.
                     Err(e) => {
@@ -135,7 +206,7 @@ impl Http2Upstream {
             let (head, body) = req.into_parts();
             send_on(ready, Request::from_parts(head, ()), body)
                 .await
-                .map(Dialled::Http2)
+                .map(|resp| Dialled::Http2(resp, slot))
         }
     }
 
@@ -166,10 +237,28 @@ impl Http2Upstream {
             self.http1_only.store(true, Ordering::Relaxed);
             return Ok(None);
         };
-        let live = Arc::new(Live {
-            send,
-            last_used: AtomicU64::new(now),
-        });
+        let live = Live::new(send, now, usize::MAX);
+        self.current.store(Some(live.clone()));
+        Ok(Some(live))
+    }
+
+    /// A new current connection instead of `full`, unless another request
+    /// already replaced it (then that one) or [`MAX_CONNECTIONS`] are open
+    /// (then `None`: the stream queues on `full`).
+    async fn replace_full(&self, full: &Arc<Live>) -> Result<Option<Arc<Live>>, ProviderError> {
+        let _dialling = self.dialling.lock().await;
+        if let Some(current) = self.current.load_full() {
+            if !Arc::ptr_eq(&current, full) {
+                return Ok(Some(current));
+            }
+        }
+        if self.open.load(Ordering::Acquire) >= MAX_CONNECTIONS {
+            return Ok(None);
+        }
+        let Some(send) = self.dial().await? else {
+            return Ok(None);
+        };
+        let live = Live::new(send, self.now_ms(), full.limit());
         self.current.store(Some(live.clone()));
         Ok(Some(live))
     }
@@ -221,10 +310,13 @@ impl Http2Upstream {
             .handshake::<_, Bytes>(TokioIo::new(io))
             .await
             .map_err(|e| ProviderError::Connect(super::client::error_chain(&e)))?;
+        let open = self.open.clone();
+        open.fetch_add(1, Ordering::AcqRel);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
             }
+            open.fetch_sub(1, Ordering::AcqRel);
         });
         Ok(Some(send))
     }
@@ -276,16 +368,30 @@ fn provider_error(e: h2::Error) -> ProviderError {
 
 /// A response body from an HTTP/2 stream, handing the flow-control window
 /// back as each chunk is taken.
-pub struct Http2Body(pub RecvStream);
+pub struct Http2Body {
+    stream: RecvStream,
+    /// Held until the body is done with: its connection counts the stream
+    /// open until then.
+    _slot: StreamSlot,
+}
+
+impl Http2Body {
+    pub fn new(stream: RecvStream, slot: StreamSlot) -> Self {
+        Self {
+            stream,
+            _slot: slot,
+        }
+    }
+}
 
 impl Stream for Http2Body {
     type Item = Result<Bytes, ProviderError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let item = std::task::ready!(self.0.poll_data(cx));
+        let item = std::task::ready!(self.stream.poll_data(cx));
         Poll::Ready(item.map(|chunk| {
             let chunk = chunk.map_err(provider_error)?;
-            let _ = self.0.flow_control().release_capacity(chunk.len());
+            let _ = self.stream.flow_control().release_capacity(chunk.len());
             Ok(chunk)
         }))
     }
@@ -347,11 +453,13 @@ mod tests {
         let mut req = Request::new(Bytes::from_static(b"{}"));
         *req.method_mut() = http::Method::POST;
         *req.uri_mut() = uri;
-        let Ok(Dialled::Http2(resp)) = up.send(req).await else {
-            panic!("not sent over HTTP/2");
+        let (resp, slot) = match up.send(req).await {
+            Ok(Dialled::Http2(resp, slot)) => (resp, slot),
+            Ok(Dialled::Http1(_)) => panic!("not sent over HTTP/2"),
+            Err(e) => panic!("{e:?}"),
         };
         assert_eq!(resp.status(), 200);
-        let mut body = Http2Body(resp.into_body());
+        let mut body = Http2Body::new(resp.into_body(), slot);
         let mut out = Vec::new();
         while let Some(chunk) = futures_util::StreamExt::next(&mut body).await {
             out.extend_from_slice(&chunk.unwrap());
@@ -380,6 +488,59 @@ mod tests {
         );
         assert_eq!(post(&up, &origin).await, "ok");
         assert_eq!(connections.load(Ordering::SeqCst), 2);
+    }
+
+    /// A server that allows one stream per connection and answers after
+    /// 300 ms: three requests at once are answered together, a connection
+    /// each, instead of queueing behind one another in `h2` (an LLM stream
+    /// holds its stream for seconds to minutes).
+    #[tokio::test]
+    async fn requests_beyond_the_servers_stream_limit_open_another_connection() {
+        use hyper::service::service_fn;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin: Uri = format!("http://{}/", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let svc = service_fn(|_req: Request<hyper::body::Incoming>| async {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+                            Bytes::from_static(b"ok"),
+                        )))
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .max_concurrent_streams(1)
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+                });
+            }
+        });
+        let up = Http2Upstream::new(connector(), origin.clone());
+        // The first request learns the server's SETTINGS (until they come, h2
+        // assumes 100 streams).
+        assert_eq!(post(&up, &origin).await, "ok");
+        let started = Instant::now();
+        let answers = futures_util::future::join_all((0..3).map(|_| post(&up, &origin))).await;
+        assert!(answers.iter().all(|a| a == "ok"));
+        assert!(
+            started.elapsed() < Duration::from_millis(800),
+            "queued behind one another: {:?}",
+            started.elapsed()
+        );
+        assert!(connections.load(Ordering::SeqCst) >= 3);
+        // Sequential requests after that keep to the current connection.
+        let before = connections.load(Ordering::SeqCst);
+        for _ in 0..3 {
+            assert_eq!(post(&up, &origin).await, "ok");
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), before);
     }
 
     #[tokio::test]
