@@ -25,7 +25,7 @@ struct Cli {
 enum Command {
     /// Run the gateway.
     Serve {
-        #[arg(long, env = "LIVERY_CONFIG", default_value = "gateway.toml")]
+        #[arg(long, env = "LIVERY_CONFIG", default_value = livery::config::DEFAULT_PATH)]
         config: PathBuf,
         /// Listen on these addresses instead of `server.listen` (repeatable; port 0 picks a free port).
         #[arg(long)]
@@ -33,7 +33,7 @@ enum Command {
     },
     /// Validate a configuration and print the resolved tenancy (no secrets).
     CheckConfig {
-        #[arg(long, env = "LIVERY_CONFIG", default_value = "gateway.toml")]
+        #[arg(long, env = "LIVERY_CONFIG", default_value = livery::config::DEFAULT_PATH)]
         config: PathBuf,
     },
     /// Print the `sha256:` hash of a gateway key read from stdin, for gateway.toml.
@@ -54,7 +54,7 @@ enum TlsCommand {
     /// Each registered domain with its certificate: static, issued (expiry),
     /// pending, or failed (last error, next retry).
     Status {
-        #[arg(long, env = "LIVERY_CONFIG", default_value = "gateway.toml")]
+        #[arg(long, env = "LIVERY_CONFIG", default_value = livery::config::DEFAULT_PATH)]
         config: PathBuf,
     },
 }
@@ -73,7 +73,7 @@ enum UsageCommand {
         month: String,
         #[arg(long, default_value = "table", value_parser = ["table", "csv", "json"])]
         format: String,
-        #[arg(long, env = "LIVERY_CONFIG", default_value = "gateway.toml")]
+        #[arg(long, env = "LIVERY_CONFIG", default_value = livery::config::DEFAULT_PATH)]
         config: PathBuf,
     },
 }
@@ -91,17 +91,17 @@ enum VaultCommand {
         #[arg(long)]
         provider: String,
         /// Configuration whose `[vault]` KEKs to use (default: `LIVERY_MASTER_KEY`).
-        #[arg(long, env = "LIVERY_CONFIG", default_value = "gateway.toml")]
+        #[arg(long, env = "LIVERY_CONFIG", default_value = livery::config::DEFAULT_PATH)]
         config: PathBuf,
     },
     /// Re-wrap every sealed credential of the file under the active KEK, in place.
     Rotate {
-        #[arg(long, env = "LIVERY_CONFIG", default_value = "gateway.toml")]
+        #[arg(long, env = "LIVERY_CONFIG", default_value = livery::config::DEFAULT_PATH)]
         config: PathBuf,
     },
     /// Unseal every credential in memory and report which fail (never printing them).
     Verify {
-        #[arg(long, env = "LIVERY_CONFIG", default_value = "gateway.toml")]
+        #[arg(long, env = "LIVERY_CONFIG", default_value = livery::config::DEFAULT_PATH)]
         config: PathBuf,
     },
 }

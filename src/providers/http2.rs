@@ -404,6 +404,12 @@ mod tests {
 
     /// An h2c server answering 200 with `ok`; counts its connections.
     async fn h2c_server() -> (Uri, Arc<AtomicUsize>) {
+        h2c_server_with(Duration::ZERO, None).await
+    }
+
+    /// [`h2c_server`] answering after `delay`, allowing `max_streams` streams
+    /// per connection.
+    async fn h2c_server_with(delay: Duration, max_streams: Option<u32>) -> (Uri, Arc<AtomicUsize>) {
         use hyper::service::service_fn;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let origin: Uri = format!("http://{}/", listener.local_addr().unwrap())
@@ -415,7 +421,8 @@ mod tests {
             while let Ok((tcp, _)) = listener.accept().await {
                 counter.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
-                    let svc = service_fn(|_req: Request<hyper::body::Incoming>| async {
+                    let svc = service_fn(move |_req: Request<hyper::body::Incoming>| async move {
+                        tokio::time::sleep(delay).await;
                         Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
                             Bytes::from_static(b"ok"),
                         )))
@@ -423,6 +430,7 @@ mod tests {
                     let _ = hyper::server::conn::http2::Builder::new(
                         hyper_util::rt::TokioExecutor::new(),
                     )
+                    .max_concurrent_streams(max_streams)
                     .serve_connection(TokioIo::new(tcp), svc)
                     .await;
                 });
@@ -496,32 +504,7 @@ mod tests {
     /// holds its stream for seconds to minutes).
     #[tokio::test]
     async fn requests_beyond_the_servers_stream_limit_open_another_connection() {
-        use hyper::service::service_fn;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let origin: Uri = format!("http://{}/", listener.local_addr().unwrap())
-            .parse()
-            .unwrap();
-        let connections = Arc::new(AtomicUsize::new(0));
-        let counter = connections.clone();
-        tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let svc = service_fn(|_req: Request<hyper::body::Incoming>| async {
-                        tokio::time::sleep(Duration::from_millis(300)).await;
-                        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
-                            Bytes::from_static(b"ok"),
-                        )))
-                    });
-                    let _ = hyper::server::conn::http2::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .max_concurrent_streams(1)
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
-                });
-            }
-        });
+        let (origin, connections) = h2c_server_with(Duration::from_millis(300), Some(1)).await;
         let up = Http2Upstream::new(connector(), origin.clone());
         // The first request learns the server's SETTINGS (until they come, h2
         // assumes 100 streams).

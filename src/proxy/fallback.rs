@@ -172,8 +172,8 @@ pub fn serve<'a>(
                             app.breakers.on_success(key);
                         }
                         push_attempt(app, &mut record, route, "ok", None, started);
+                        // The provider was named when the attempt was sent.
                         record.update(|r| {
-                            r.provider = Some(provider_name.clone());
                             r.served_model = Some(route.upstream_model.clone());
                             r.key_owner = Some(credential.owner);
                         });
@@ -228,19 +228,14 @@ pub fn serve<'a>(
                     failure.status(),
                     started,
                 );
-                // No call in flight until the next attempt.
-                record.update(|r| r.provider = None);
                 if !retry {
                     // The client's own error (or the tenant's key refused): the
                     // provider answered, so it is healthy; a probe that got
-                    // this closes its breaker.
+                    // this closes its breaker. The provider stays named.
                     if let Some(key) = &key {
                         app.breakers.on_success(key);
                     }
-                    record.update(|r| {
-                        r.provider = Some(provider_name.clone());
-                        r.key_owner = Some(credential.owner);
-                    });
+                    record.update(|r| r.key_owner = Some(credential.owner));
                     return failure_answer(
                         failure,
                         Some(credential.owner),
@@ -248,6 +243,8 @@ pub fn serve<'a>(
                         ctx.dialect,
                     );
                 }
+                // No call in flight until the next attempt.
+                record.update(|r| r.provider = None);
                 let key =
                     key.get_or_insert_with(|| breaker_key(&provider_name, credential.owner, ctx));
                 // A refusal is the server shedding load, not failing, until

@@ -325,24 +325,25 @@ fn is_operator(app: &App, headers: &http::HeaderMap) -> bool {
         .any(|d| subtle::ConstantTimeEq::ct_eq(&d.0[..], &digest.0[..]).into())
 }
 
-fn list_models(ctx: &RequestCtx) -> Response<ProxyBody> {
-    let data: Vec<Value> = ctx
-        .tenant
+/// The models of the tenant's plan that the snapshot serves.
+fn plan_models(ctx: &RequestCtx) -> impl Iterator<Item = &str> {
+    ctx.tenant
         .plan
         .models
         .iter()
+        .map(|m| &**m)
         .filter(|m| ctx.snapshot.models.contains(m))
-        .map(|m| model_object(ctx, m))
-        .collect();
+}
+
+fn list_models(ctx: &RequestCtx) -> Response<ProxyBody> {
+    let data: Vec<Value> = plan_models(ctx).map(|m| model_object(ctx, m)).collect();
     json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
 }
 
 /// One model of the tenant's plan, as the list gives it; a model outside the
 /// plan (or unknown) is 404 `model_not_found`, as OpenAI answers.
 fn retrieve_model(ctx: &RequestCtx, id: &str) -> Result<Response<ProxyBody>, GatewayError> {
-    let known =
-        ctx.tenant.plan.models.iter().any(|m| &**m == id) && ctx.snapshot.models.contains(id);
-    if !known {
+    if !plan_models(ctx).any(|m| m == id) {
         return Err(GatewayError::Routing(RoutingError::ModelNotFound(
             id.to_owned(),
         )));

@@ -140,6 +140,14 @@ impl Tls {
     /// ACME values can work, trusted proxies parse, HTTPS listeners have a
     /// certificate source.
     pub fn check(config: &TlsConfig, platform_domain: Option<&str>) -> Result<(), TlsError> {
+        Self::checked_statics(config, platform_domain).map(drop)
+    }
+
+    /// [`Tls::check`]'s checks, and the static certificates they loaded.
+    fn checked_statics(
+        config: &TlsConfig,
+        platform_domain: Option<&str>,
+    ) -> Result<StaticCerts, TlsError> {
         install_crypto_provider();
         let statics = load_static_certs(config, platform_domain)?;
         if let Some(a) = &config.acme {
@@ -151,7 +159,7 @@ impl Tls {
             ));
         }
         TrustedProxies::parse(&config.trusted_proxies).map_err(TlsError::Config)?;
-        Ok(())
+        Ok(statics)
     }
 
     /// Builds the TLS side: certificates loaded, ACME cache opened. Nothing is
@@ -161,8 +169,7 @@ impl Tls {
         platform_domain: Option<&str>,
         eligible: Eligibility,
     ) -> Result<Self, TlsError> {
-        Self::check(config, platform_domain)?;
-        let statics = Arc::new(load_static_certs(config, platform_domain)?);
+        let statics = Arc::new(Self::checked_statics(config, platform_domain)?);
         let acme = match &config.acme {
             Some(a) => Some(Arc::new(Acme::open(a)?)),
             None => None,

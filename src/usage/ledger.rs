@@ -677,12 +677,7 @@ mod tests {
     #[test]
     fn a_resumed_sink_is_synced_before_its_segments_can_be_trimmed() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = || SpoolOptions {
-            dir: dir.path().to_path_buf(),
-            segment_bytes: 64 << 20,
-            max_bytes: 1 << 30,
-            fsync_interval: Duration::from_millis(5),
-        };
+        let opts = || spool_opts(dir.path());
         let last_run = Spool::open(opts()).unwrap();
         for i in 0..3 {
             last_run.append(&line(i)).unwrap();
@@ -726,13 +721,7 @@ mod tests {
     #[test]
     fn closing_stops_shipping_a_backlog_at_the_drain_time() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(SpoolOptions {
-            dir: dir.path().to_path_buf(),
-            segment_bytes: 64 << 20,
-            max_bytes: 1 << 30,
-            fsync_interval: Duration::from_millis(5),
-        })
-        .unwrap();
+        let spool = Spool::open(spool_opts(dir.path())).unwrap();
         // 40 catch-up batches: about 2 s of deliveries.
         for i in 0..BATCH_EVENTS * 40 {
             spool.append(&line(i)).unwrap();
@@ -746,6 +735,16 @@ mod tests {
             "close took {:?}",
             started.elapsed()
         );
+    }
+
+    /// A spool in `dir` with large segments and a 5 ms group commit.
+    fn spool_opts(dir: &std::path::Path) -> SpoolOptions {
+        SpoolOptions {
+            dir: dir.to_path_buf(),
+            segment_bytes: 64 << 20,
+            max_bytes: 1 << 30,
+            fsync_interval: Duration::from_millis(5),
+        }
     }
 
     fn line(i: usize) -> Vec<u8> {
@@ -775,13 +774,7 @@ mod tests {
     #[test]
     fn a_backlog_ships_at_normal_priority_and_a_trickle_under_sched_idle() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(SpoolOptions {
-            dir: dir.path().to_path_buf(),
-            segment_bytes: 64 << 20,
-            max_bytes: 1 << 30,
-            fsync_interval: Duration::from_millis(5),
-        })
-        .unwrap();
+        let spool = Spool::open(spool_opts(dir.path())).unwrap();
         // A backlog left by an earlier process: more than the idle lane takes.
         let backlog = IDLE_BATCH_EVENTS * 3;
         for i in 0..backlog {

@@ -25,21 +25,13 @@ fn for_each_credential(
     mut f: impl FnMut(&CredentialOwner, &str, &mut Value),
 ) {
     for reseller in tables_mut(doc.get_mut("resellers")) {
-        let Some(rid) = reseller
-            .get("id")
-            .and_then(Item::as_str)
-            .map(Arc::<str>::from)
-        else {
+        let Some(rid) = id_of(reseller) else {
             continue;
         };
         let owner = CredentialOwner::Reseller(rid.clone());
         visit_table(reseller.get_mut("credentials"), &owner, &mut f);
         for tenant in tables_mut(reseller.get_mut("tenants")) {
-            let Some(tid) = tenant
-                .get("id")
-                .and_then(Item::as_str)
-                .map(Arc::<str>::from)
-            else {
+            let Some(tid) = id_of(tenant) else {
                 continue;
             };
             let owner = CredentialOwner::Tenant {
@@ -49,6 +41,11 @@ fn for_each_credential(
             visit_table(tenant.get_mut("credentials"), &owner, &mut f);
         }
     }
+}
+
+/// A reseller's or tenant's `id`.
+fn id_of(table: &dyn TableLike) -> Option<Arc<str>> {
+    table.get("id").and_then(Item::as_str).map(Arc::from)
 }
 
 /// The tables of an array, whichever way it is written.
