@@ -26,9 +26,13 @@
 //! connection ends (the server closed it, sent GOAWAY, or it failed), the next
 //! request dials again; a connection idle for longer than [`IDLE`] is not
 //! trusted (a NAT or a load balancer may have dropped it silently) and is
-//! replaced. A request whose connection turns out closed before it could be
-//! sent is sent on a new connection; once sent, a failure is the route's
-//! (its fallback decides).
+//! replaced. Every connection is PINGed each [`PING_EVERY`]; one whose pong
+//! does not come back within [`PONG_WITHIN`] is dropped, failing its streams
+//! (a blackholed connection, silent while requests keep it from going idle,
+//! would otherwise hold every request sent on it until `first_byte_timeout`,
+//! ten minutes by default). A request whose connection turns out closed
+//! before it could be sent is sent on a new connection; once sent, a failure
+//! is the route's (its fallback decides).
 
 use super::ProviderError;
 use arc_swap::ArcSwapOption;
@@ -50,6 +54,12 @@ use tower_service::Service;
 /// A connection unused for this long is replaced rather than reused (hyper's
 /// pool drops idle connections after the same time).
 pub const IDLE: Duration = Duration::from_secs(90);
+/// How often a connection is PINGed (one PING frame per connection, not per
+/// request).
+pub const PING_EVERY: Duration = Duration::from_secs(10);
+/// How long a pong may take before the connection is taken for dead (as
+/// hyper's default `keep_alive_timeout`).
+pub const PONG_WITHIN: Duration = Duration::from_secs(20);
 
 // As hyper's HTTP/2 client: windows large enough that a long completion is
 // never held up by flow control on a fast link.
@@ -89,6 +99,8 @@ pub struct Http2Upstream {
     open: Arc<AtomicUsize>,
     /// [`IDLE`], but for tests.
     idle_ms: u64,
+    /// [`PING_EVERY`] and [`PONG_WITHIN`], but for tests.
+    keepalive: KeepAlive,
     epoch: Instant,
 }
 
@@ -143,14 +155,52 @@ impl Drop for StreamSlot {
     }
 }
 
+/// When a connection is PINGed, and how long its pong may take.
+#[derive(Debug, Clone, Copy)]
+struct KeepAlive {
+    every: Duration,
+    within: Duration,
+}
+
+impl KeepAlive {
+    /// Returns when a pong did not come back in time, or the connection
+    /// ended (its own future reports that).
+    async fn until_silent(self, mut pings: h2::PingPong) {
+        loop {
+            tokio::time::sleep(self.every).await;
+            match tokio::time::timeout(self.within, pings.ping(h2::Ping::opaque())).await {
+                Ok(Ok(_pong)) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    tracing::warn!(
+                        "upstream HTTP/2 connection answered no PING within {:?}; dropped",
+                        self.within
+                    );
+                    return;
+                }
+            }
+        }
+    }
+}
+
 impl Http2Upstream {
     pub fn new(connector: HttpsConnector<HttpConnector>, origin: Uri) -> Self {
-        Self::with_idle(connector, origin, IDLE)
+        let keepalive = KeepAlive {
+            every: PING_EVERY,
+            within: PONG_WITHIN,
+        };
+        Self::with_timers(connector, origin, IDLE, keepalive)
     }
 
-    fn with_idle(connector: HttpsConnector<HttpConnector>, origin: Uri, idle: Duration) -> Self {
+    fn with_timers(
+        connector: HttpsConnector<HttpConnector>,
+        origin: Uri,
+        idle: Duration,
+        keepalive: KeepAlive,
+    ) -> Self {
         Self {
             idle_ms: u64::try_from(idle.as_millis()).unwrap_or(u64::MAX),
+            keepalive,
             connector,
             origin,
             current: ArcSwapOption::empty(),
@@ -297,7 +347,7 @@ impl Http2Upstream {
         if tls && !io.connected().is_negotiated_h2() {
             return Ok(None);
         }
-        let (send, conn) = h2::client::Builder::new()
+        let (send, mut conn) = h2::client::Builder::new()
             // Until the server's SETTINGS arrive, as hyper does: h2's default
             // is unlimited, and a burst on a new connection would have the
             // streams above the server's limit refused.
@@ -312,10 +362,24 @@ impl Http2Upstream {
             .map_err(|e| ProviderError::Connect(super::client::error_chain(&e)))?;
         let open = self.open.clone();
         open.fetch_add(1, Ordering::AcqRel);
+        let pings = conn.ping_pong();
+        let keepalive = self.keepalive;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+            let silent = async {
+                match pings {
+                    Some(pings) => keepalive.until_silent(pings).await,
+                    None => std::future::pending().await,
+                }
+            };
+            // Dropping a silent connection fails its streams and its request
+            // handle, so the next request dials again.
+            tokio::select! {
+                ended = &mut conn => if let Err(e) = ended {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                },
+                () = silent => {}
             }
+            drop(conn);
             open.fetch_sub(1, Ordering::AcqRel);
         });
         Ok(Some(send))
@@ -478,7 +542,15 @@ mod tests {
     #[tokio::test]
     async fn requests_share_one_connection_until_it_has_been_idle_too_long() {
         let (origin, connections) = h2c_server().await;
-        let up = Http2Upstream::with_idle(connector(), origin.clone(), Duration::from_millis(300));
+        let up = Http2Upstream::with_timers(
+            connector(),
+            origin.clone(),
+            Duration::from_millis(300),
+            KeepAlive {
+                every: PING_EVERY,
+                within: PONG_WITHIN,
+            },
+        );
         for _ in 0..3 {
             assert_eq!(post(&up, &origin).await, "ok");
         }
@@ -524,6 +596,50 @@ mod tests {
             assert_eq!(post(&up, &origin).await, "ok");
         }
         assert_eq!(connections.load(Ordering::SeqCst), before);
+    }
+
+    /// A server that completes the handshake and then goes silent (a
+    /// blackholed connection): the request sent on it fails once a PING goes
+    /// unanswered, and the next request dials a new connection.
+    #[tokio::test]
+    async fn a_connection_that_answers_no_ping_is_dropped_with_its_streams() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin: Uri = format!("http://{}/", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = connections.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                // Handshaken, then never polled: no frame is read or answered.
+                held.push(h2::server::handshake(tcp).await.unwrap());
+            }
+        });
+        let keepalive = KeepAlive {
+            every: Duration::from_millis(100),
+            within: Duration::from_millis(200),
+        };
+        let up = Http2Upstream::with_timers(connector(), origin.clone(), IDLE, keepalive);
+        let req = || {
+            let mut req = Request::new(Bytes::from_static(b"{}"));
+            *req.method_mut() = http::Method::POST;
+            *req.uri_mut() = format!("{origin}v1/chat/completions").parse().unwrap();
+            req
+        };
+        let sent = tokio::time::timeout(Duration::from_secs(5), up.send(req())).await;
+        assert!(
+            matches!(sent, Ok(Err(ProviderError::Body(_)))),
+            "the request on a silent connection fails within the PING timeout"
+        );
+        assert_eq!(up.open.load(Ordering::SeqCst), 0);
+        let _ = tokio::time::timeout(Duration::from_secs(1), up.send(req())).await;
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            2,
+            "the next request dials again"
+        );
     }
 
     #[tokio::test]
