@@ -691,3 +691,57 @@ async fn every_record_is_in_the_file_when_shutdown_returns() {
         .unwrap();
     assert_eq!(in_flight["outcome"], "ok", "{in_flight}");
 }
+
+/// A stream still running when the grace period ends is cut by the gateway:
+/// shutdown returns soon after the grace period, the client's stream ends
+/// without `[DONE]`, and the record (in the file when shutdown returns) says
+/// the gateway cut it, not that the client left.
+#[tokio::test]
+async fn a_stream_cut_at_the_end_of_the_grace_period_is_recorded_as_cut() {
+    set_provider_key_env();
+    let mock = MockProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let usage_path = dir.path().join("usage.jsonl");
+    let mut config =
+        livery::config::GatewayConfig::parse(&standard_config(&mock.base_url(), "")).unwrap();
+    config.usage.jsonl_path = Some(usage_path.clone());
+    let gateway = livery::Gateway::start(config).await.unwrap();
+    let addr = gateway.local_addr();
+    let mut slow = chat_body("gpt-4o-mini");
+    slow["stream"] = json!(true);
+    slow["mock"] = json!({"chunks": 50, "gap_ms": 100});
+    let resp = post_to(addr, "/v1/chat/completions", &slow, Some("it-usage-cut")).await;
+    assert_eq!(resp.status(), 200);
+    let reader = tokio::spawn(async move {
+        let mut text = Vec::new();
+        let mut body = resp.bytes_stream();
+        while let Some(Ok(chunk)) = body.next().await {
+            text.extend_from_slice(&chunk);
+        }
+        String::from_utf8(text).unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+
+    let started = Instant::now();
+    gateway.shutdown(Duration::from_millis(300)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    let records = read_usage(&usage_path);
+    let cut = records
+        .iter()
+        .find(|r| r["request_id"] == "it-usage-cut")
+        .unwrap_or_else(|| panic!("no record of the cut stream when shutdown returned"));
+    assert_eq!(cut["status"], 503, "{cut}");
+    assert_eq!(cut["outcome"], "truncated", "{cut}");
+    assert_eq!(cut["error_code"], "gateway_shutdown", "{cut}");
+    assert_eq!(cut["client_disconnected"], false, "{cut}");
+    let text = tokio::time::timeout(Duration::from_secs(2), reader)
+        .await
+        .expect("the client's stream ends with the cut")
+        .unwrap();
+    assert!(text.contains("data: "), "{text}");
+    assert!(!text.contains("[DONE]"), "{text}");
+}

@@ -104,6 +104,9 @@ pub struct Gateway {
     /// tenant may serve then, at start or after a reload.
     public_listener: Option<SocketAddr>,
     stop: watch::Sender<bool>,
+    /// Set when the grace period is over: the accept loops drop the
+    /// connections still open (their records say so).
+    cut: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
 
@@ -148,6 +151,7 @@ impl Gateway {
             send: Duration::from_millis(config.server.send_timeout_ms),
         };
         let (stop, stop_rx) = watch::channel(false);
+        let (cut, cut_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tasks.spawn(horizon::keep(stop_rx.clone()));
         // HTTPS first, so that redirects from the plain listeners know its port.
@@ -177,7 +181,7 @@ impl Gateway {
                 tasks.spawn(accept_loop(
                     listener,
                     app.clone(),
-                    stop_rx.clone(),
+                    [stop_rx.clone(), cut_rx.clone()],
                     Listener::Https(tls.clone()),
                     header_timeout,
                 ));
@@ -197,7 +201,7 @@ impl Gateway {
             tasks.spawn(accept_loop(
                 listener,
                 app.clone(),
-                stop_rx.clone(),
+                [stop_rx.clone(), cut_rx.clone()],
                 Listener::Plain(tls.clone()),
                 header_timeout,
             ));
@@ -209,6 +213,7 @@ impl Gateway {
             tls,
             public_listener,
             stop,
+            cut,
             tasks,
         })
     }
@@ -254,18 +259,38 @@ impl Gateway {
     }
 
     /// Stops accepting, lets in-flight requests finish (up to `grace`), then
-    /// flushes the usage records.
+    /// cuts the rest and flushes the usage records.
     pub async fn shutdown(mut self, grace: Duration) {
         self.app.draining.store(true, Ordering::Relaxed);
         let _ = self.stop.send(true);
-        let drain = async { while self.tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(grace, drain).await.is_err() {
+        if tokio::time::timeout(grace, join_all(&mut self.tasks))
+            .await
+            .is_err()
+        {
             tracing::warn!("shutdown grace period elapsed; closing remaining connections");
-            self.tasks.abort_all();
+            // Before the cut: the records of the requests it ends say
+            // `gateway_shutdown`, not that their clients left. Cut here, their
+            // records are written before the ledger closes (left to the
+            // runtime's end, they came after it and shipped at the next start).
+            self.app.usage.mark_cut();
+            let _ = self.cut.send(true);
+            if tokio::time::timeout(CUT_WAIT, join_all(&mut self.tasks))
+                .await
+                .is_err()
+            {
+                self.tasks.abort_all();
+            }
         }
         let usage = self.app.usage.clone();
         let _ = tokio::task::spawn_blocking(move || usage.close()).await;
     }
+}
+
+/// How long the accept loops get to drop their connections once cut.
+const CUT_WAIT: Duration = Duration::from_secs(2);
+
+async fn join_all(tasks: &mut JoinSet<()>) {
+    while tasks.join_next().await.is_some() {}
 }
 
 async fn bind(addr: &SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
@@ -317,7 +342,7 @@ enum Listener {
 async fn accept_loop(
     listener: TcpListener,
     app: Arc<App>,
-    mut stop: watch::Receiver<bool>,
+    [mut stop, mut cut]: [watch::Receiver<bool>; 2],
     kind: Listener,
     timeouts: ConnTimeouts,
 ) {
@@ -328,7 +353,11 @@ async fn accept_loop(
     builder.http1().header_read_timeout(None);
     builder.http2().timer(hyper_util::rt::TokioTimer::new());
     let builder = Arc::new(builder);
+    // The connections' tasks, so that a cut can drop them; finished ones are
+    // reaped as new ones come.
+    let mut conns = JoinSet::new();
     loop {
+        while conns.try_join_next().is_some() {}
         let (stream, peer) = tokio::select! {
             _ = stop.changed() => break,
             accepted = listener.accept() => match accepted {
@@ -351,7 +380,7 @@ async fn accept_loop(
         match &kind {
             Listener::Plain(tls) => {
                 let tls = tls.clone();
-                tokio::spawn(async move {
+                conns.spawn(async move {
                     let conn = ConnInfo { peer, tls: None };
                     let io = TokioIo::new(stream);
                     serve(&builder, watcher, io, app, conn, tls, timeouts).await;
@@ -359,7 +388,7 @@ async fn accept_loop(
             }
             Listener::Https(tls) => {
                 let tls = tls.clone();
-                tokio::spawn(async move {
+                conns.spawn(async move {
                     match tls.accept(stream).await {
                         Ok(Accepted::Stream(stream, info)) => {
                             let conn = ConnInfo {
@@ -376,7 +405,14 @@ async fn accept_loop(
             }
         }
     }
-    graceful.shutdown().await;
+    // Draining: each connection ends after its requests in flight, until the
+    // cut drops the rest (and with them their answers, whose records are
+    // written as they are dropped).
+    let cut = async { cut.wait_for(|cut| *cut).await.is_ok() };
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        true = cut => conns.shutdown().await,
+    }
 }
 
 type ServiceFuture = std::pin::Pin<

@@ -412,12 +412,17 @@ impl PendingRecord {
 impl Drop for PendingRecord {
     fn drop(&mut self) {
         if self.record.is_some() {
-            // 499: the client closed the request (nginx's convention).
-            self.finish(
-                499,
-                Outcome::ClientDisconnected,
-                Some("client_disconnected"),
-            );
+            if self.sink.is_cut() {
+                // Shutdown's grace period ended with the answer unfinished.
+                self.finish(503, Outcome::Truncated, Some("gateway_shutdown"));
+            } else {
+                // 499: the client closed the request (nginx's convention).
+                self.finish(
+                    499,
+                    Outcome::ClientDisconnected,
+                    Some("client_disconnected"),
+                );
+            }
         }
     }
 }

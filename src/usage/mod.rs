@@ -44,7 +44,7 @@ use spool::{Spool, SpoolOptions};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -229,6 +229,9 @@ struct SinkInner {
     /// [`UsageSink::open_record`]): while none is, no other request can stage
     /// a line for a staged one to wait for.
     open_records: AtomicUsize,
+    /// Shutdown's grace period is over: the records still open end because
+    /// the gateway cut their requests.
+    cut: AtomicBool,
     /// Read connection for quotas (`monthly_tokens`), opened on first use.
     sqlite_path: Option<PathBuf>,
     reader: Mutex<Option<rusqlite::Connection>>,
@@ -377,6 +380,7 @@ impl UsageSink {
                 mirror_sleeps,
                 ledger,
                 open_records: AtomicUsize::new(0),
+                cut: AtomicBool::new(false),
                 sqlite_path,
                 reader: Mutex::new(None),
             }),
@@ -406,6 +410,16 @@ impl UsageSink {
     /// The record opened by [`UsageSink::open_record`] is complete.
     pub fn close_record(&self) {
         self.inner.open_records.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Shutdown is about to cut the requests still in flight.
+    pub fn mark_cut(&self) {
+        self.inner.cut.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`UsageSink::mark_cut`] was called.
+    pub fn is_cut(&self) -> bool {
+        self.inner.cut.load(Ordering::Relaxed)
     }
 
     /// Records opened and not yet complete (requests in flight).
