@@ -907,3 +907,46 @@ async fn messages_fall_back_from_anthropic_to_an_openai_route() {
     );
     s.gw.shutdown().await;
 }
+
+/// Reads `resp` until `needle` arrived, then drops it and its client.
+async fn read_until_and_leave(c: reqwest::Client, resp: reqwest::Response, needle: &str) {
+    use futures_util::StreamExt;
+    let mut stream = resp.bytes_stream();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        let chunk = stream.next().await.unwrap().unwrap();
+        seen.extend_from_slice(&chunk);
+    }
+    drop(stream);
+    drop(c);
+}
+
+#[tokio::test]
+async fn a_messages_client_that_leaves_mid_stream_keeps_the_exact_input_count() {
+    let s = setup().await;
+    let mut body = messages_body("claude-sonnet");
+    body["stream"] = json!(true);
+    // message_start, the text block, ping and one delta; then the upstream stalls.
+    s.claude.push_fault(Fault::SlowAfter(4));
+    let c = client();
+    let resp = c
+        .post(s.gw.url("/v1/messages"))
+        .header("host", ACME_HOST)
+        .header("anthropic-version", "2023-06-01")
+        .header("x-api-key", ACME_DENTAL.2)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let id = rid(&resp);
+    read_until_and_leave(c, resp, "event: content_block_delta").await;
+    let r = s.gw.usage_for(&id).await;
+    assert_eq!(r["outcome"], "client_disconnected", "{r}");
+    // The capture's message_start: input_tokens 20, no cache.
+    assert_eq!(r["prompt_tokens"], 20, "{r}");
+    assert_eq!(r["cached_tokens"], 0, "{r}");
+    // Its output count is a placeholder: the output is estimated.
+    assert_eq!(r["estimated"], true, "{r}");
+    s.gw.shutdown().await;
+}

@@ -59,6 +59,12 @@ impl MessagesRelay {
     /// Writes the record with the usage seen so far.
     fn finish(&mut self, outcome: Outcome, code: Option<&str>) {
         self.done = true;
+        self.settle_tokens();
+        self.record.finish(200, outcome, code);
+    }
+
+    /// Gives the record the usage seen so far.
+    fn settle_tokens(&mut self) {
         if let Some(t) = self.tokens {
             let mut usage = token_usage(t);
             // Counts that are not the answer's are left unknown, for the
@@ -76,7 +82,6 @@ impl MessagesRelay {
             }
             self.record.tokens = usage;
         }
-        self.record.finish(200, outcome, code);
     }
 
     /// Ends the stream with the gateway's own error event.
@@ -139,6 +144,18 @@ impl MessagesRelay {
         self.record.mark_first_byte();
         let name = if name.is_empty() { "message" } else { &name };
         Bytes::from(anthropic_sse_frame(name, data))
+    }
+}
+
+/// A stream dropped unfinished (the client left, or shutdown cut it) has its
+/// record written by `PendingRecord`'s own `Drop`, which runs after this one:
+/// the counts `message_start` reported are handed over first, so that the
+/// record keeps them instead of estimating them from the request body.
+impl Drop for MessagesRelay {
+    fn drop(&mut self) {
+        if !self.done {
+            self.settle_tokens();
+        }
     }
 }
 

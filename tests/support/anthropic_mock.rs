@@ -46,6 +46,9 @@ pub enum Fault {
     },
     /// Stream: send this many events, then reset the connection.
     DropAfter(usize),
+    /// Stream: send this many events, then wait 10 s before each of the rest
+    /// (a client can leave mid-stream while the upstream is still open).
+    SlowAfter(usize),
     /// Stream: replay `stream_error.sse` (two text deltas, then `event: error`).
     StreamError,
     /// Stream: `stream_error.sse` without its text deltas (`message_start`,
@@ -243,6 +246,10 @@ async fn serve(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         Some(Fault::DropAfter(n)) => Some(n),
         _ => None,
     };
+    let slow_after = match fault {
+        Some(Fault::SlowAfter(n)) => Some(n),
+        _ => None,
+    };
     let mut events = sse_events(sse);
     if matches!(fault, Some(Fault::ErrorBeforeContent)) {
         events = sse_events(STREAM_ERROR_SSE);
@@ -263,6 +270,9 @@ async fn serve(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
                     std::io::ErrorKind::ConnectionReset,
                     "mock drop",
                 ));
+            }
+            if slow_after.is_some_and(|n| i >= n) {
+                tokio::time::sleep(Duration::from_secs(10)).await;
             }
             Ok(Frame::data(Bytes::from(ev)))
         },
