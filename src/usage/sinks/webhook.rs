@@ -77,7 +77,7 @@ impl WebhookSink {
             return Err("no runtime".into());
         };
         runtime.block_on(async move {
-            let resp = req.send().await.map_err(|e| e.to_string())?;
+            let resp = req.send().await.map_err(send_error)?;
             if resp.status().is_success() {
                 Ok(())
             } else {
@@ -85,6 +85,24 @@ impl WebhookSink {
             }
         })
     }
+}
+
+/// reqwest's `Display` appends the whole URL, and a webhook URL often carries
+/// its credential (an Azure Functions `?code=`, userinfo): this text is logged
+/// and kept as the sink's `last_error`, so only the host is named.
+fn send_error(e: reqwest::Error) -> String {
+    use std::fmt::Write as _;
+    let host = e.url().and_then(|u| u.host_str()).unwrap_or("?").to_owned();
+    let e = e.without_url();
+    let mut text = format!("webhook to {host}: {e}");
+    // The causes (connection refused, timed out, TLS) are what an operator
+    // needs, and hyper's and the OS's texts carry no URL.
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        let _ = write!(text, ": {cause}");
+        source = cause.source();
+    }
+    text
 }
 
 /// Hex HMAC-SHA256 of `"<timestamp>.<body>"`.
@@ -109,5 +127,30 @@ impl Sink for WebhookSink {
             durable: true,
             cursor_stored: false,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failed delivery's error (logged, and shown as the sink's last error)
+    /// names the host but none of the URL's credentials.
+    #[test]
+    fn a_failed_delivery_does_not_reveal_the_urls_credentials() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        for url in [
+            format!("http://127.0.0.1:{port}/api/hook?code=s3cr3t"),
+            format!("http://user:s3cr3t@127.0.0.1:{port}/hook"),
+        ] {
+            let mut sink =
+                WebhookSink::new(&url, b"0123456789abcdef", Duration::from_secs(2), 10).unwrap();
+            let err = sink.post(&[]).unwrap_err();
+            assert!(!err.contains("s3cr3t"), "{err}");
+            assert!(err.contains("127.0.0.1"), "{err}");
+        }
     }
 }
