@@ -745,3 +745,47 @@ async fn a_stream_cut_at_the_end_of_the_grace_period_is_recorded_as_cut() {
     assert!(text.contains("data: "), "{text}");
     assert!(!text.contains("[DONE]"), "{text}");
 }
+
+/// A client's `model` is recorded on a refusal, so its length is bounded
+/// before anything is recorded: a 60,000-byte name is a 400, and its record
+/// holds none of it.
+#[tokio::test]
+async fn a_model_name_too_long_is_refused_without_being_recorded() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    let resp = post_acme(&gw, "/v1/chat/completions", &chat_body(&"x".repeat(60_000))).await;
+    let rid = request_id_of(&resp);
+    assert_eq!(error_code(resp, 400).await, "invalid_field");
+    let record = gw.usage_for(&rid).await;
+    assert!(record["requested_model"].is_null(), "{record}");
+    assert!(mock.requests().is_empty());
+    gw.shutdown().await;
+}
+
+/// JSON nested deeper than the providers' parsers read is the client's 400,
+/// whichever route would serve it (the built-in mock, like the Anthropic
+/// translation, builds a tree of the body and failed as misconfigured: 500).
+#[tokio::test]
+async fn a_body_nested_too_deep_is_the_clients_error() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    for model in ["demo", "gpt-4o-mini"] {
+        let body = format!(
+            r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}],"x":{}{}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        let resp = client()
+            .post(gw.url("/v1/chat/completions"))
+            .header("host", ACME_HOST)
+            .bearer_auth(ACME_DENTAL.2)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(error_code(resp, 400).await, "invalid_json", "{model}");
+    }
+    assert!(mock.requests().is_empty());
+    gw.shutdown().await;
+}

@@ -65,6 +65,12 @@ impl RequestBody {
             .and_then(|m| de.end().map(|()| m))
             .map_err(|_| GatewayError::InvalidField("model", "a string"))?;
         match model {
+            // Model names are short; a long one would be copied whole into
+            // the refusal's usage record (and every sink) before any limit.
+            Some(m) if m.len() > MAX_MODEL_BYTES => Err(GatewayError::InvalidField(
+                "model",
+                "a model name of at most 256 bytes",
+            )),
             Some(m) if !m.is_empty() => Ok(m),
             _ => Err(GatewayError::MissingModel),
         }
@@ -191,8 +197,61 @@ fn write_json_str(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
+/// The longest `model` accepted.
+const MAX_MODEL_BYTES: usize = 256;
+
+/// The deepest nesting accepted: what serde_json reads when it builds a tree
+/// (its recursion limit of 128 stops at the 128th level), as the Anthropic translation and the mock do. Checked here, where
+/// the body is only skimmed (serde skips nested values without a limit), so
+/// that a deeper body is the client's 400 whichever route serves it, not a
+/// provider's failure to read it.
+const MAX_DEPTH: usize = 127;
+
+/// Whether `text` nests arrays and objects deeper than [`MAX_DEPTH`]. A body
+/// with fewer opening brackets than that cannot, and nearly every body is one
+/// of those: counting them is a vectorised pass, the exact scan is not.
+fn too_deep(text: &[u8]) -> bool {
+    if memchr::memchr2_iter(b'[', b'{', text)
+        .nth(MAX_DEPTH)
+        .is_none()
+    {
+        return false;
+    }
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in text {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 fn top_level(text: &[u8]) -> Result<Vec<Member>, GatewayError> {
     let bad = |e: serde_json::Error| GatewayError::BadJson(e.to_string());
+    if too_deep(text) {
+        return Err(GatewayError::BadJson(format!(
+            "the JSON nests arrays and objects more than {MAX_DEPTH} levels deep"
+        )));
+    }
     let first = text
         .iter()
         .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
@@ -319,6 +378,42 @@ mod tests {
         assert!(s.contains(r#""content":"h\u00e9 \"x\"""#), "{s}");
         // A model name is escaped as JSON.
         assert_eq!(upstream(&body, "a\"b")["model"], json!("a\"b"));
+    }
+
+    #[test]
+    fn a_model_name_longer_than_256_bytes_is_refused() {
+        let ok = format!(r#"{{"model":"{}"}}"#, "m".repeat(256));
+        assert_eq!(parse(&ok).unwrap().model().unwrap().len(), 256);
+        let long = format!(r#"{{"model":"{}"}}"#, "m".repeat(257));
+        assert!(matches!(
+            parse(&long).unwrap().model(),
+            Err(GatewayError::InvalidField("model", _))
+        ));
+    }
+
+    #[test]
+    fn nesting_deeper_than_serde_reads_is_refused_as_bad_json() {
+        let nested = |n: usize| {
+            format!(
+                r#"{{"model":"m","x":{}{}}}"#,
+                "[".repeat(n - 1),
+                "]".repeat(n - 1)
+            )
+        };
+        // 127 levels (the object and 126 arrays) are what serde_json reads.
+        assert!(parse(&nested(127)).is_ok());
+        serde_json::from_str::<Value>(&nested(127)).unwrap();
+        assert!(matches!(
+            parse(&nested(128)),
+            Err(GatewayError::BadJson(m)) if m.contains("127 levels")
+        ));
+        assert!(serde_json::from_str::<Value>(&nested(128)).is_err());
+        // Brackets inside strings (escaped quotes included) are text.
+        let text = format!(r#"{{"model":"m","x":"\"{}"}}"#, "[".repeat(300));
+        assert!(parse(&text).is_ok());
+        // Many brackets, shallow: fine.
+        let wide = format!(r#"{{"model":"m","x":[{}[]]}}"#, "[],".repeat(300));
+        assert!(parse(&wide).is_ok());
     }
 
     #[test]
