@@ -1,7 +1,7 @@
 //! The `livery` command line: parse arguments, set up logging, call the library.
 
 use clap::{Parser, Subcommand};
-use livery::config::GatewayConfig;
+use livery::config::{ConfigSource, GatewayConfig};
 use livery::tenancy::KeyDigest;
 use livery::{Gateway, Snapshot};
 use std::io::Read;
@@ -25,16 +25,18 @@ struct Cli {
 enum Command {
     /// Run the gateway.
     Serve {
-        #[arg(long, env = "LIVERY_CONFIG", default_value = livery::config::DEFAULT_PATH)]
-        config: PathBuf,
+        /// Default: `gateway.toml`, or the built-in configuration where there is none.
+        #[arg(long, env = "LIVERY_CONFIG")]
+        config: Option<PathBuf>,
         /// Listen on these addresses instead of `server.listen` (repeatable; port 0 picks a free port).
         #[arg(long)]
         listen: Vec<SocketAddr>,
     },
     /// Validate a configuration and print the resolved tenancy (no secrets).
     CheckConfig {
-        #[arg(long, env = "LIVERY_CONFIG", default_value = livery::config::DEFAULT_PATH)]
-        config: PathBuf,
+        /// Default: `gateway.toml`, or the built-in configuration where there is none.
+        #[arg(long, env = "LIVERY_CONFIG")]
+        config: Option<PathBuf>,
     },
     /// Print the `sha256:` hash of a gateway key read from stdin, for gateway.toml.
     HashKey,
@@ -54,8 +56,9 @@ enum TlsCommand {
     /// Each registered domain with its certificate: static, issued (expiry),
     /// pending, or failed (last error, next retry).
     Status {
-        #[arg(long, env = "LIVERY_CONFIG", default_value = livery::config::DEFAULT_PATH)]
-        config: PathBuf,
+        /// Default: `gateway.toml`, or the built-in configuration where there is none.
+        #[arg(long, env = "LIVERY_CONFIG")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -73,8 +76,9 @@ enum UsageCommand {
         month: String,
         #[arg(long, default_value = "table", value_parser = ["table", "csv", "json"])]
         format: String,
-        #[arg(long, env = "LIVERY_CONFIG", default_value = livery::config::DEFAULT_PATH)]
-        config: PathBuf,
+        /// Default: `gateway.toml`, or the built-in configuration where there is none.
+        #[arg(long, env = "LIVERY_CONFIG")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -118,8 +122,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     livery::tls::install_crypto_provider();
     match cli.command {
-        Command::Serve { config, listen } => serve(config, listen),
-        Command::CheckConfig { config } => check_config(config),
+        Command::Serve { config, listen } => serve(ConfigSource::resolve(config), listen),
+        Command::CheckConfig { config } => check_config(&ConfigSource::resolve(config)),
         Command::HashKey => hash_key(),
         Command::Vault(cmd) => vault(cmd),
         Command::Usage(UsageCommand::Report {
@@ -128,13 +132,19 @@ fn main() -> ExitCode {
             month,
             format,
             config,
-        }) => usage_report(&config, &reseller, tenant.as_deref(), &month, &format),
-        Command::Tls(TlsCommand::Status { config }) => tls_status(&config),
+        }) => usage_report(
+            &ConfigSource::resolve(config),
+            &reseller,
+            tenant.as_deref(),
+            &month,
+            &format,
+        ),
+        Command::Tls(TlsCommand::Status { config }) => tls_status(&ConfigSource::resolve(config)),
     }
 }
 
-fn tls_status(path: &std::path::Path) -> ExitCode {
-    let config = match GatewayConfig::load(path) {
+fn tls_status(source: &ConfigSource) -> ExitCode {
+    let config = match source.load() {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
@@ -152,9 +162,15 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn serve(path: PathBuf, listen: Vec<SocketAddr>) -> ExitCode {
+fn serve(source: ConfigSource, listen: Vec<SocketAddr>) -> ExitCode {
     livery::telemetry::init();
-    let mut config = match GatewayConfig::load(&path) {
+    if source == ConfigSource::Embedded {
+        tracing::warn!(
+            "no --config, no LIVERY_CONFIG and no {} here: serving the built-in demo configuration",
+            livery::config::DEFAULT_PATH
+        );
+    }
+    let mut config = match source.load() {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
@@ -197,7 +213,7 @@ fn serve(path: PathBuf, listen: Vec<SocketAddr>) -> ExitCode {
         loop {
             tokio::select! {
                 _ = &mut stop => break,
-                _ = hangups.next() => reload(&gateway, &path),
+                _ = hangups.next() => reload(&gateway, &source),
             }
         }
         tracing::info!("shutting down");
@@ -209,9 +225,15 @@ fn serve(path: PathBuf, listen: Vec<SocketAddr>) -> ExitCode {
 /// `SIGHUP`: re-read the configuration file and swap its tenancy, models,
 /// plans and prices in whole; a configuration that does not validate is
 /// refused and the running one stays. Listeners, limits backend and ledger
-/// paths are fixed at start.
-fn reload(gateway: &Gateway, path: &std::path::Path) {
-    let config = match GatewayConfig::load(path) {
+/// paths are fixed at start. The built-in configuration has no file to re-read.
+fn reload(gateway: &Gateway, source: &ConfigSource) {
+    if *source == ConfigSource::Embedded {
+        tracing::warn!(
+            "SIGHUP ignored: the built-in configuration is in use, there is no file to reload; the running configuration stays"
+        );
+        return;
+    }
+    let config = match source.load() {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "reload refused; the running configuration stays");
@@ -220,7 +242,7 @@ fn reload(gateway: &Gateway, path: &std::path::Path) {
     };
     match gateway.reload(&config) {
         Ok(()) => {
-            tracing::info!(path = %path.display(), "configuration reloaded");
+            tracing::info!(path = %source, "configuration reloaded");
         }
         Err(e) => tracing::error!(error = %e, "reload refused; the running configuration stays"),
     }
@@ -269,8 +291,8 @@ fn wait_for_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
-fn check_config(path: PathBuf) -> ExitCode {
-    let config = match GatewayConfig::load(&path) {
+fn check_config(source: &ConfigSource) -> ExitCode {
+    let config = match source.load() {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
@@ -289,7 +311,7 @@ fn check_config(path: PathBuf) -> ExitCode {
             return fail(e);
         }
     }
-    println!("{}: ok", path.display());
+    println!("{source}: ok");
     println!(
         "listen: {}",
         config
@@ -490,14 +512,14 @@ fn vault(cmd: VaultCommand) -> ExitCode {
 }
 
 fn usage_report(
-    path: &std::path::Path,
+    source: &ConfigSource,
     reseller: &str,
     tenant: Option<&str>,
     month: &str,
     format: &str,
 ) -> ExitCode {
     use livery::usage::{report, LedgerPaths};
-    let config = match GatewayConfig::load(path) {
+    let config = match source.load() {
         Ok(c) => c,
         Err(e) => return fail(e),
     };

@@ -86,7 +86,12 @@ impl ServeProcess {
     /// Starts `livery serve --config CONFIG --listen LISTEN` and waits (up to
     /// 20 s) for its `livery listening on http://ADDR` line.
     pub(crate) fn start(config: &Path, listen: &str) -> Self {
-        Self::start_with(livery(), config, listen)
+        Self::start_with(livery(), Some(config), listen, tempfile::tempdir().unwrap())
+    }
+
+    /// `livery serve --listen LISTEN` without `--config`, in `dir`.
+    pub(crate) fn start_in(dir: tempfile::TempDir, listen: &str) -> Self {
+        Self::start_with(livery(), None, listen, dir)
     }
 
     /// The same, restricted to one CPU with `taskset -c CPU` (which execs
@@ -96,17 +101,23 @@ impl ServeProcess {
         cmd.args(["-c", cpu, BIN])
             .env_remove("LIVERY_CONFIG")
             .stdin(Stdio::null());
-        Self::start_with(cmd, config, listen)
+        Self::start_with(cmd, Some(config), listen, tempfile::tempdir().unwrap())
     }
 
-    fn start_with(mut cmd: Command, config: &Path, listen: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+    fn start_with(
+        mut cmd: Command,
+        config: Option<&Path>,
+        listen: &str,
+        dir: tempfile::TempDir,
+    ) -> Self {
+        if let Some(config) = config {
+            cmd.arg("serve").arg("--config").arg(config);
+        } else {
+            cmd.arg("serve");
+        }
         let stderr_path = dir.path().join("livery.stderr");
         let stderr = std::fs::File::create(&stderr_path).unwrap();
         let mut child = cmd
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
             .args(["--listen", listen])
             .current_dir(dir.path())
             .stdout(Stdio::piped())
@@ -320,6 +331,48 @@ fn the_embedded_configuration_is_used_where_there_is_no_gateway_toml() {
         .current_dir(dir.path()));
     assert!(!out.status.success());
     assert!(stderr.contains("cannot read"), "{stderr}");
+    // Named, even as `gateway.toml`, it must exist: no demo in its place.
+    let mut named = livery();
+    named.args(["check-config", "--config", "gateway.toml"]);
+    let mut from_env = livery();
+    from_env
+        .arg("check-config")
+        .env("LIVERY_CONFIG", "gateway.toml");
+    for mut cmd in [named, from_env] {
+        let (out, stdout, stderr) = run(cmd.current_dir(dir.path()));
+        assert!(!out.status.success(), "{stdout}");
+        assert!(stderr.contains("cannot read gateway.toml"), "{stderr}");
+    }
+}
+
+/// The configuration's source is decided at start: a `./gateway.toml` that
+/// disappears is a failed reload, not a switch to the built-in demo.
+#[test]
+fn sighup_without_the_default_file_keeps_it_and_never_loads_the_demo() {
+    let dir = tempfile::tempdir().unwrap();
+    let own_key = "sk-livery-own-tenant";
+    let own = std::fs::read_to_string(default_config())
+        .unwrap()
+        .replace(DEMO_KEY_HASH, &crate::support::hash(own_key));
+    std::fs::write(dir.path().join("gateway.toml"), own).unwrap();
+    let serve = ServeProcess::start_in(dir, "127.0.0.1:0");
+    assert_eq!(models_status(serve.addr, own_key), 200);
+    assert_eq!(models_status(serve.addr, "sk-livery-demo"), 401);
+
+    let path = serve.dir.path().join("gateway.toml");
+    std::fs::rename(&path, path.with_extension("toml.old")).unwrap();
+    serve.signal("HUP");
+    let start = Instant::now();
+    while !serve.stderr().contains("reload refused") {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{}",
+            serve.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(models_status(serve.addr, own_key), 200);
+    assert_eq!(models_status(serve.addr, "sk-livery-demo"), 401);
 }
 
 #[test]

@@ -40,26 +40,60 @@ pub const DEFAULT_PATH: &str = "gateway.toml";
 /// configuration (loopback only, the demo tenant) wherever the binary runs.
 pub const EMBEDDED: &str = include_str!("../../gateway.toml");
 
+/// Where the configuration comes from, decided once at start: a reload
+/// reads the same source again and never switches to another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// A file, read strictly (a missing file is an error, at start and at reload).
+    File(PathBuf),
+    /// [`EMBEDDED`]: no path was given and there is no [`DEFAULT_PATH`].
+    Embedded,
+}
+
+impl ConfigSource {
+    /// `given` is the path from `--config` or `LIVERY_CONFIG`. Only when none
+    /// was given, and [`DEFAULT_PATH`] does not exist in the working
+    /// directory, is the embedded configuration used: a path that was named
+    /// (even `gateway.toml`) must exist.
+    pub fn resolve(given: Option<PathBuf>) -> Self {
+        match given {
+            Some(path) => Self::File(path),
+            None => match std::fs::metadata(DEFAULT_PATH) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::Embedded,
+                _ => Self::File(PathBuf::from(DEFAULT_PATH)),
+            },
+        }
+    }
+
+    pub fn load(&self) -> Result<GatewayConfig, ConfigError> {
+        match self {
+            Self::File(path) => GatewayConfig::load(path),
+            Self::Embedded => {
+                let mut config = GatewayConfig::parse(EMBEDDED)?;
+                config.usage.ledger.get_or_insert(true);
+                Ok(config)
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "{}", path.display()),
+            Self::Embedded => f.write_str("(built-in configuration)"),
+        }
+    }
+}
+
 impl GatewayConfig {
-    /// Reads and parses a TOML file; semantic checks happen when the snapshot
-    /// is built. The default path ([`DEFAULT_PATH`]) falls back to the
-    /// embedded configuration when there is no such file; a path given
-    /// otherwise must exist.
+    /// Reads and parses a TOML file, which must exist; semantic checks happen
+    /// when the snapshot is built and in [`validate_static`].
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e)
-                if e.kind() == std::io::ErrorKind::NotFound && path == Path::new(DEFAULT_PATH) =>
-            {
-                EMBEDDED.to_owned()
-            }
-            Err(source) => {
-                return Err(ConfigError::Read {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
-        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let mut config = Self::parse(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: path.to_path_buf(),
