@@ -72,7 +72,8 @@ pub fn estimate_text_tokens(model: &str, text: &str) -> u64 {
     bpe(model).count_ordinary(text) as u64
 }
 
-/// Prompt tokens of an OpenAI request body: chat `messages`, completions
+/// Prompt tokens of a request body: chat `messages` (and a Messages body's
+/// `system`, `tool_result` and `tool_use` blocks), completions
 /// `prompt` (string or list of strings or token arrays), embeddings `input`
 /// (same shapes).
 pub fn estimate_prompt_tokens(model: &str, request: &Value) -> u64 {
@@ -80,6 +81,11 @@ pub fn estimate_prompt_tokens(model: &str, request: &Value) -> u64 {
     let count = |s: &str| bpe.count_ordinary(s) as u64;
     if let Some(messages) = request.get("messages").and_then(Value::as_array) {
         let mut n = REPLY_PRIMING;
+        // A Messages body's top-level `system`, framed as the system message
+        // it is on an OpenAI route.
+        if let Some(system) = request.get("system") {
+            n += TOKENS_PER_MESSAGE + count("system") + count_content(Some(system), &count);
+        }
         for m in messages {
             n += TOKENS_PER_MESSAGE;
             if let Some(role) = m.get("role").and_then(Value::as_str) {
@@ -88,17 +94,7 @@ pub fn estimate_prompt_tokens(model: &str, request: &Value) -> u64 {
             if let Some(name) = m.get("name").and_then(Value::as_str) {
                 n += count(name) + TOKENS_PER_NAME;
             }
-            match m.get("content") {
-                Some(Value::String(s)) => n += count(s),
-                Some(Value::Array(parts)) => {
-                    for p in parts {
-                        if let Some(t) = p.get("text").and_then(Value::as_str) {
-                            n += count(t);
-                        }
-                    }
-                }
-                _ => {}
-            }
+            n += count_content(m.get("content"), &count);
             if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
                 for c in calls {
                     let f = &c["function"];
@@ -114,6 +110,33 @@ pub fn estimate_prompt_tokens(model: &str, request: &Value) -> u64 {
     match input {
         Some(v) => count_input(v, &count),
         None => 0,
+    }
+}
+
+/// A message's `content`: a string, or parts whose text counts: OpenAI's and
+/// Anthropic's text parts, Anthropic's `tool_result` (its content, a string or
+/// blocks) and `tool_use` (its `input`, as the JSON the model wrote).
+fn count_content(content: Option<&Value>, count: &dyn Fn(&str) -> u64) -> u64 {
+    match content {
+        Some(Value::String(s)) => count(s),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .map(|p| {
+                if let Some(t) = p.get("text").and_then(Value::as_str) {
+                    return count(t);
+                }
+                match p.get("type").and_then(Value::as_str) {
+                    Some("tool_result") => count_content(p.get("content"), count),
+                    Some("tool_use") => {
+                        let name = p.get("name").and_then(Value::as_str).map_or(0, count);
+                        let input = p.get("input").map_or(0, |i| count(&i.to_string()));
+                        name + input
+                    }
+                    _ => 0,
+                }
+            })
+            .sum(),
+        _ => 0,
     }
 }
 
@@ -193,6 +216,43 @@ mod tests {
         let c = |s: &str| bpe.count_ordinary(s) as u64;
         let want = 3 + (3 + c("system") + 6) + (3 + c("user") + c("bob") + 1 + 2);
         assert_eq!(estimate_prompt_tokens("gpt-4", &req), want);
+    }
+
+    #[test]
+    fn a_messages_body_counts_its_system_tool_results_and_tool_inputs() {
+        let bpe = tiktoken_rs::cl100k_base_singleton();
+        let c = |s: &str| bpe.count_ordinary(s) as u64;
+        let user = |content: Value| json!({"messages": [{"role": "user", "content": content}]});
+        let base = estimate_prompt_tokens("claude", &user(json!("hi")));
+        let framed = 3 + c("system");
+        for system in [
+            json!("tiktoken is great!"),
+            json!([{"type": "text", "text": "tiktoken is great!", "cache_control": {"type": "ephemeral"}}]),
+        ] {
+            let mut req = user(json!("hi"));
+            req["system"] = system;
+            assert_eq!(estimate_prompt_tokens("claude", &req), base + framed + 6);
+        }
+        let base = estimate_prompt_tokens("claude", &user(json!([])));
+        for content in [
+            json!("tiktoken is great!"),
+            json!([{"type": "text", "text": "tiktoken is great!"}]),
+        ] {
+            let req = user(
+                json!([{"type": "tool_result", "tool_use_id": "toolu_1", "content": content}]),
+            );
+            assert_eq!(estimate_prompt_tokens("claude", &req), base + 6);
+        }
+        let input = json!({"city": "Paris"});
+        let req = json!({"messages": [{"role": "assistant", "content": [
+            {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": input},
+        ]}]});
+        let want = estimate_prompt_tokens(
+            "claude",
+            &json!({"messages": [{"role": "assistant", "content": []}]}),
+        ) + c("get_weather")
+            + c(&input.to_string());
+        assert_eq!(estimate_prompt_tokens("claude", &req), want);
     }
 
     #[test]
