@@ -132,7 +132,7 @@ struct StaticSetup {
     gw: TestGateway,
     https: SocketAddr,
     ca: TestCa,
-    _mock: MockProvider,
+    mock: MockProvider,
     _dir: tempfile::TempDir,
 }
 
@@ -169,7 +169,7 @@ names = ["*.{{platform_domain}}"]
         gw,
         https,
         ca,
-        _mock: mock,
+        mock,
         _dir: dir,
     }
 }
@@ -288,21 +288,248 @@ async fn host_naming_another_reseller_than_the_sni_gets_421() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    s.gw.shutdown().await;
+}
 
-    // Over HTTP/2 the wildcard connection for acme cannot reach globex either.
-    let client = https_client(&s.ca.pem, s.https, &["acme.livery.test"], false);
-    let resp = client
-        .get(format!("https://acme.livery.test:{port}/v1/models"))
-        .header("host", "globex.livery.test")
-        .bearer_auth(GLOBEX_CLINIC.2)
-        .send()
+/// A TLS connection to `addr` with server name `sni`, trusting `ca_pem`, that
+/// negotiated ALPN `h2`; the HTTP/2 handshake done on it.
+async fn h2_over_tls(
+    addr: SocketAddr,
+    sni: &str,
+    ca_pem: &str,
+) -> h2::client::SendRequest<bytes::Bytes> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from(sni.to_owned()).unwrap();
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
         .await
         .unwrap();
-    assert!(
-        [400, 421].contains(&resp.status().as_u16()),
-        "{}",
-        resp.status()
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    support::h2_handshake(stream).await
+}
+
+/// HTTP/2 connection coalescing, as a browser or an HTTP/2 client does it: the
+/// wildcard certificate of `acme.livery.test` also covers `globex.livery.test`,
+/// so a client may send globex's requests on acme's connection, with globex
+/// in `:authority` and no Host header at all. The SNI check must refuse them
+/// (421), and only them: acme's own requests on the same connection are served.
+#[tokio::test]
+async fn http2_coalesced_connection_cannot_reach_another_reseller() {
+    let s = static_gateway("").await;
+    let send = h2_over_tls(s.https, "acme.livery.test", &s.ca.pem).await;
+    let globex_auth = format!("Bearer {}", GLOBEX_CLINIC.2);
+    let dental_auth = format!("Bearer {}", ACME_DENTAL.2);
+    let records_before = s.gw.usage().len();
+    let upstream_before = s.mock.requests().len();
+
+    let json = |text: &str| -> serde_json::Value {
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    };
+    let resp = support::h2_request(
+        &send,
+        "GET",
+        "https://globex.livery.test/v1/models",
+        &[("authorization", &globex_auth)],
+        None,
+    )
+    .await;
+    assert_eq!(resp.status(), 421, "{}", resp.body());
+    assert!(resp.headers().get("host").is_none());
+    let v = json(resp.body());
+    assert_eq!(v["error"]["code"], "misdirected_request", "{v}");
+    assert!(!resp.body().contains("gpt-4o-mini"), "{v}");
+
+    // The same connection serves acme, by `:authority` too.
+    let resp = support::h2_request(
+        &send,
+        "GET",
+        "https://acme.livery.test/v1/models",
+        &[("authorization", &dental_auth)],
+        None,
+    )
+    .await;
+    assert_eq!(resp.status(), 200, "{}", resp.body());
+    let v = json(resp.body());
+    assert_eq!(v["data"][0]["owned_by"], "acme", "{v}");
+
+    // A misdirected request that would be forwarded: refused before the
+    // provider, in the endpoint's dialect, and never recorded.
+    let resp = support::h2_request(
+        &send,
+        "POST",
+        "https://globex.livery.test/v1/chat/completions",
+        &[("authorization", &globex_auth)],
+        Some(&support::chat_body("gpt-4o-mini")),
+    )
+    .await;
+    assert_eq!(resp.status(), 421, "{}", resp.body());
+    let v = json(resp.body());
+    assert_eq!(v["error"]["code"], "misdirected_request", "{v}");
+    let resp = support::h2_request(
+        &send,
+        "POST",
+        "https://globex.livery.test/v1/messages",
+        &[
+            ("x-api-key", GLOBEX_CLINIC.2),
+            ("anthropic-version", "2023-06-01"),
+        ],
+        Some(
+            &serde_json::json!({"model": "gpt-4o-mini", "max_tokens": 16,
+            "messages": [{"role": "user", "content": "Say hello"}]}),
+        ),
+    )
+    .await;
+    assert_eq!(resp.status(), 421, "{}", resp.body());
+    let v = json(resp.body());
+    assert_eq!(v["type"], "error", "{v}");
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    assert_eq!(
+        s.mock.requests().len(),
+        upstream_before,
+        "a 421 was forwarded"
     );
+    support::assert_only_sentinel_recorded(&s.gw, records_before, "HTTP/2 421").await;
+
+    // And a forwarded acme request on that connection is served and recorded as acme.
+    let resp = support::h2_request(
+        &send,
+        "POST",
+        "https://acme.livery.test/v1/chat/completions",
+        &[("authorization", &dental_auth)],
+        Some(&support::chat_body("gpt-4o-mini")),
+    )
+    .await;
+    assert_eq!(resp.status(), 200, "{}", resp.body());
+    let rid = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let record = s.gw.usage_for(&rid).await;
+    assert_eq!(record["reseller"], "acme", "{record}");
+    assert_eq!(record["tenant"], "dental", "{record}");
+    assert_eq!(s.mock.requests().len(), upstream_before + 1);
+    s.gw.shutdown().await;
+}
+
+/// Accepts any server certificate (its handshake signatures are still
+/// checked): a handshake made with it fails only if the server refuses it.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &rustls_pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A handshake that accepts whatever certificate the server sends, with or
+/// without SNI (`send_sni`); `name` may be an IP address, for which rustls
+/// never sends SNI.
+async fn handshake_any_certificate(
+    addr: SocketAddr,
+    name: rustls_pki_types::ServerName<'static>,
+    send_sni: bool,
+) -> std::io::Result<()> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.enable_sni = send_sni;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map(drop)
+}
+
+/// The SNI check (421) is skipped for a connection without a server name, so
+/// such a connection must not exist: a ClientHello without SNI (or for an IP
+/// address, which carries none) gets no certificate, static or wildcard.
+#[tokio::test]
+async fn handshakes_without_a_server_name_fail() {
+    use rustls_pki_types::ServerName;
+    let s = static_gateway("").await;
+    // Control: the same permissive client with SNI completes its handshake.
+    for name in [ACME_HOST, "acme.livery.test"] {
+        let name = ServerName::try_from(name.to_owned()).unwrap();
+        handshake_any_certificate(s.https, name, true)
+            .await
+            .expect("a handshake with SNI completes");
+    }
+    for (name, send_sni) in [
+        (ServerName::try_from(ACME_HOST.to_owned()).unwrap(), false),
+        (
+            ServerName::try_from("acme.livery.test".to_owned()).unwrap(),
+            false,
+        ),
+        (
+            ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into()),
+            true,
+        ),
+        (
+            ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into()),
+            false,
+        ),
+    ] {
+        let r = handshake_any_certificate(s.https, name.clone(), send_sni).await;
+        assert!(
+            r.is_err(),
+            "a handshake without SNI ({name:?}, sni {send_sni}) got a certificate"
+        );
+    }
     s.gw.shutdown().await;
 }
 

@@ -362,3 +362,89 @@ pub fn sse_data(body: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// Proves that no usage record was written for the requests sent since the
+/// file held `before` records: sends one request that is recorded (acme's
+/// dental tenant, on the plain listener), waits for its record, and asserts it
+/// is the only new one. Records reach the mirror through one queue and one
+/// writer thread, in order, so a record of an earlier request would be in the
+/// file by the time the sentinel's is.
+pub async fn assert_only_sentinel_recorded(gw: &TestGateway, before: usize, what: &str) {
+    let resp = post(
+        gw,
+        "/v1/chat/completions",
+        Some(ACME_HOST),
+        Some(ACME_DENTAL.2),
+        &chat_body("demo"),
+    )
+    .await;
+    assert_eq!(resp.status(), 200, "{what}: the sentinel request failed");
+    let rid = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let _ = resp.bytes().await;
+    gw.usage_for(&rid).await;
+    let usage = gw.usage();
+    let new: Vec<&Value> = usage.iter().skip(before).collect();
+    assert!(
+        new.len() == 1 && new[0]["request_id"] == rid.as_str(),
+        "{what}: refused requests were recorded: {new:?}"
+    );
+}
+
+/// An HTTP/2 client connection (h2c, prior knowledge) to `addr`.
+pub async fn h2c_connect(addr: SocketAddr) -> h2::client::SendRequest<bytes::Bytes> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    h2_handshake(tcp).await
+}
+
+/// The HTTP/2 handshake on `io`; the connection is driven by a spawned task.
+pub async fn h2_handshake<T>(io: T) -> h2::client::SendRequest<bytes::Bytes>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = h2::client::handshake(io).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    send
+}
+
+/// One HTTP/2 request on `send` exactly as given: `uri` sets `:scheme` and
+/// `:authority` and no `host` header is added (pass one in `headers` to send
+/// it). A JSON `body` goes with `content-type: application/json`. Returns the
+/// whole answer, its body as text.
+pub async fn h2_request(
+    send: &h2::client::SendRequest<bytes::Bytes>,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: Option<&Value>,
+) -> http::Response<String> {
+    let mut rb = http::Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        rb = rb.header(*name, *value);
+    }
+    if body.is_some() {
+        rb = rb.header("content-type", "application/json");
+    }
+    let mut send = send.clone().ready().await.unwrap();
+    let (resp, mut stream) = send
+        .send_request(rb.body(()).unwrap(), body.is_none())
+        .unwrap();
+    if let Some(b) = body {
+        stream
+            .send_data(bytes::Bytes::from(b.to_string()), true)
+            .unwrap();
+    }
+    let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+        .await
+        .expect("an HTTP/2 answer within 10 s")
+        .unwrap();
+    let (parts, mut recv) = resp.into_parts();
+    let mut buf = Vec::new();
+    while let Some(chunk) = recv.data().await {
+        let chunk = chunk.unwrap();
+        let _ = recv.flow_control().release_capacity(chunk.len());
+        buf.extend_from_slice(&chunk);
+    }
+    http::Response::from_parts(parts, String::from_utf8_lossy(&buf).into_owned())
+}
