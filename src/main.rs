@@ -175,7 +175,10 @@ fn serve(source: ConfigSource, listen: Vec<SocketAddr>) -> ExitCode {
         Err(e) => return fail(e),
     };
     if !listen.is_empty() {
-        config.server.listen = listen;
+        config.server.listen.clone_from(&listen);
+    }
+    if let Err(e) = livery::config::validate_static(&config) {
+        return fail(e);
     }
     // One CPU (a container limit, `taskset`): a single-threaded scheduler, as
     // work stealing has no one to steal from and only costs atomics and
@@ -196,6 +199,8 @@ fn serve(source: ConfigSource, listen: Vec<SocketAddr>) -> ExitCode {
         // default action (SIGTERM kills without draining, SIGHUP kills).
         let stop = wait_for_signal();
         let mut hangups = Hangups::new();
+        // What a reload compares its start-only sections with.
+        let started = config.clone();
         let gateway = match Gateway::start(config).await {
             Ok(g) => g,
             Err(e) => return fail(e),
@@ -213,7 +218,7 @@ fn serve(source: ConfigSource, listen: Vec<SocketAddr>) -> ExitCode {
         loop {
             tokio::select! {
                 _ = &mut stop => break,
-                _ = hangups.next() => reload(&gateway, &source),
+                _ = hangups.next() => reload(&gateway, &source, &started, &listen),
             }
         }
         tracing::info!("shutting down");
@@ -224,16 +229,30 @@ fn serve(source: ConfigSource, listen: Vec<SocketAddr>) -> ExitCode {
 
 /// `SIGHUP`: re-read the configuration file and swap its tenancy, models,
 /// plans and prices in whole; a configuration that does not validate is
-/// refused and the running one stays. Listeners, limits backend and ledger
-/// paths are fixed at start. The built-in configuration has no file to re-read.
-fn reload(gateway: &Gateway, source: &ConfigSource) {
+/// refused (as `serve` would refuse it at start) and the running one stays.
+/// Listeners, `[limits]`, `[usage]` and `[tls]` are fixed at start: a change
+/// to them is named in a warning. The built-in configuration has no file to
+/// re-read.
+fn reload(
+    gateway: &Gateway,
+    source: &ConfigSource,
+    started: &GatewayConfig,
+    listen: &[SocketAddr],
+) {
     if *source == ConfigSource::Embedded {
         tracing::warn!(
             "SIGHUP ignored: the built-in configuration is in use, there is no file to reload; the running configuration stays"
         );
         return;
     }
-    let config = match source.load() {
+    let config = source.load().and_then(|mut c| {
+        // `--listen` overrides the file's listeners at reload as at start.
+        if !listen.is_empty() {
+            c.server.listen = listen.to_vec();
+        }
+        livery::config::validate_static(&c).map(|()| c)
+    });
+    let config = match config {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "reload refused; the running configuration stays");
@@ -242,6 +261,12 @@ fn reload(gateway: &Gateway, source: &ConfigSource) {
     };
     match gateway.reload(&config) {
         Ok(()) => {
+            for section in livery::config::start_only_changes(started, &config) {
+                tracing::warn!(
+                    section,
+                    "changed in the file but read only at start: needs a restart"
+                );
+            }
             tracing::info!(path = %source, "configuration reloaded");
         }
         Err(e) => tracing::error!(error = %e, "reload refused; the running configuration stays"),
@@ -300,16 +325,9 @@ fn check_config(source: &ConfigSource) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    // What `serve` would refuse of `[tls]`, short of opening the ACME cache.
-    if let Some(tls) = &config.tls {
-        let platform_domain = config
-            .server
-            .platform_domain
-            .as_deref()
-            .and_then(livery::tenancy::normalize_host);
-        if let Err(e) = livery::tls::Tls::check(tls, platform_domain.as_deref()) {
-            return fail(e);
-        }
+    // What `serve` would refuse at start, short of opening or binding anything.
+    if let Err(e) = livery::config::validate_static(&config) {
+        return fail(e);
     }
     println!("{source}: ok");
     println!(

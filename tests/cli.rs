@@ -600,6 +600,55 @@ fn check_config_rejects_a_plan_with_an_unknown_model() {
     );
 }
 
+/// `check-config` refuses what `serve` refuses at start (it said ok, and
+/// `serve` then exited 1).
+#[test]
+fn check_config_refuses_what_serve_refuses_at_start() {
+    let sinks = |list: &'static str| {
+        move |t: &str| {
+            t.replace(
+                "jsonl_path = \"usage.jsonl\"",
+                &format!("jsonl_path = \"usage.jsonl\"\nsinks = {list}"),
+            )
+        }
+    };
+    assert_config_rejected(
+        "no listener",
+        |t| t.replace("listen = [\"127.0.0.1:8080\"]", "listen = []"),
+        &["server.listen is empty"],
+    );
+    assert_config_rejected(
+        "redis limits without a URL",
+        |t| format!("{t}\n[limits]\nbackend = \"redis\"\n"),
+        &["redis_url"],
+    );
+    assert_config_rejected(
+        "no instance",
+        |t| format!("{t}\n[limits]\ninstances = 0\n"),
+        &["instances"],
+    );
+    assert_config_rejected(
+        "an unknown sink",
+        sinks("[\"sqlite\", \"kafka\"]"),
+        &["unknown sink `kafka`"],
+    );
+    assert_config_rejected(
+        "a webhook sink without its section",
+        sinks("[\"webhook\"]"),
+        &["[usage.webhook]"],
+    );
+    assert_config_rejected(
+        "the demo tenant on a public listener",
+        |t| {
+            t.replace(
+                "listen = [\"127.0.0.1:8080\"]",
+                "listen = [\"0.0.0.0:8080\"]",
+            )
+        },
+        &["demo tenant", "loopback"],
+    );
+}
+
 // ------------------------------------------------------------------- hash-key
 
 #[test]
@@ -727,6 +776,56 @@ fn sighup_reloads_the_configuration_and_refuses_a_broken_one() {
     }
     assert_eq!(models_status(serve.addr, new_key), 200);
     assert_eq!(models_status(serve.addr, "sk-livery-demo"), 200);
+}
+
+/// Waits (up to 10 s) until the process's stderr says `what`.
+fn wait_for_stderr(serve: &ServeProcess, what: &str) {
+    let start = Instant::now();
+    while !serve.stderr().contains(what) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no {what:?} in stderr:\n{}",
+            serve.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A reload is refused for a file `serve` would not start with, and a
+/// reload that changes sections read only at start says which need a restart.
+#[test]
+fn sighup_refuses_a_file_serve_would_refuse_and_names_start_only_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    let original = std::fs::read_to_string(default_config()).unwrap();
+    std::fs::write(&path, &original).unwrap();
+    let serve = ServeProcess::start(&path, "127.0.0.1:0");
+    let new_key = "sk-livery-added-by-reload";
+    let added = format!(
+        "{original}\n[[resellers.tenants]]\nid = \"added\"\nplan = \"demo\"\nkey_hashes = [\"{}\"]\n",
+        crate::support::hash(new_key)
+    );
+
+    std::fs::write(&path, format!("{added}\n[limits]\ninstances = 0\n")).unwrap();
+    serve.signal("HUP");
+    wait_for_stderr(&serve, "reload refused");
+    assert!(serve.stderr().contains("instances"), "{}", serve.stderr());
+    assert_eq!(models_status(serve.addr, new_key), 401);
+
+    let restart = added.replace("[server]\n", "[server]\nsend_timeout_ms = 1234\n");
+    std::fs::write(
+        &path,
+        format!("{restart}\n[limits]\nredis_timeout_ms = 50\n"),
+    )
+    .unwrap();
+    serve.signal("HUP");
+    wait_for_stderr(&serve, "configuration reloaded");
+    assert_eq!(models_status(serve.addr, new_key), 200);
+    wait_for_stderr(&serve, "needs a restart");
+    let stderr = serve.stderr();
+    assert!(stderr.contains("server.send_timeout_ms"), "{stderr}");
+    assert!(stderr.contains("[limits]"), "{stderr}");
+    assert!(!stderr.contains("server.listen"), "{stderr}");
 }
 
 #[test]

@@ -41,7 +41,7 @@ pub struct GatewayConfig {
 
 /// `[tls]`: HTTPS listeners, static certificates, on-demand ACME and what the
 /// plain listeners do.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// HTTPS listeners (ALPN `h2` and `http/1.1`).
@@ -82,7 +82,7 @@ pub enum PlainPolicy {
 }
 
 /// `[[tls.certs]]`: one certificate chain and key in PEM files.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StaticCertConfig {
     pub cert: PathBuf,
@@ -94,7 +94,7 @@ pub struct StaticCertConfig {
 }
 
 /// `[tls.acme]`: an RFC 8555 CA, its limits and the on-disk cache.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AcmeConfig {
     /// Let's Encrypt production by default; staging is
@@ -253,7 +253,7 @@ fn default_max_upstream_body_bytes() -> usize {
     64 * 1024 * 1024
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UsageConfig {
     /// Append-only JSONL file receiving one record per finished request (a
@@ -298,7 +298,7 @@ pub struct UsageConfig {
 
 /// `[usage.redis]`: events appended to a stream plus daily rollup hashes,
 /// deduplicated by `event_id` (see `usage::sinks::redis`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSinkConfig {
     /// `redis://[user:password@]host:port/db` (or `rediss://`).
@@ -323,7 +323,7 @@ pub struct RedisSinkConfig {
 }
 
 /// `[usage.webhook]`: batched POSTs of events, signed with HMAC-SHA256.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookSinkConfig {
     pub url: String,
@@ -740,7 +740,7 @@ pub enum OnRedisError {
 }
 
 /// `[limits]`: the counting backend of rate limits and quotas.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     pub backend: LimitsBackend,

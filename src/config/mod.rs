@@ -10,8 +10,8 @@ pub use file::{
 };
 pub use file::{
     DisallowedModel, GatewayConfig, KekConfig, MaxTokensField, ModelConfig, PlanConfig,
-    ProviderConfig, ProviderKind, ResellerConfig, RouteConfig, RoutingConfig, ServerConfig,
-    TenantConfig, TenantStatus, UsageConfig, VaultConfig,
+    ProviderConfig, ProviderKind, RedisSinkConfig, ResellerConfig, RouteConfig, RoutingConfig,
+    ServerConfig, TenantConfig, TenantStatus, UsageConfig, VaultConfig,
 };
 
 pub use file::{AcmeConfig, PlainPolicy, StaticCertConfig, TlsConfig};
@@ -114,4 +114,78 @@ impl GatewayConfig {
             message: e.to_string(),
         })
     }
+}
+
+/// What `serve` checks of a configuration beyond its [`crate::Snapshot`]
+/// before it starts, and what `check-config` and a reload check the same
+/// way: the sections read only at start (listeners, `[limits]`, `[usage]`,
+/// `[tls]`) and the demo tenant's exposure. Nothing is opened or bound.
+pub fn validate_static(config: &GatewayConfig) -> Result<(), ConfigError> {
+    let invalid = |e: &dyn std::fmt::Display| ConfigError::Invalid(e.to_string());
+    if config.server.listen.is_empty() {
+        return Err(ConfigError::Invalid(
+            "no listener is configured (server.listen is empty)".into(),
+        ));
+    }
+    crate::limits::LimiterSettings::from_config(&config.limits).map_err(|e| invalid(&e))?;
+    crate::usage::check_config(config).map_err(|e| invalid(&e))?;
+    if let Some(tls) = &config.tls {
+        let platform_domain = config
+            .server
+            .platform_domain
+            .as_deref()
+            .and_then(crate::tenancy::normalize_host);
+        crate::tls::Tls::check(tls, platform_domain.as_deref()).map_err(|e| invalid(&e))?;
+    }
+    let demo = crate::tenancy::demo_key_digest();
+    let has_demo = config
+        .resellers
+        .iter()
+        .flat_map(|r| &r.tenants)
+        .flat_map(|t| &t.key_hashes)
+        .any(|h| crate::tenancy::KeyDigest::parse(h).as_ref() == Some(&demo));
+    let public = config
+        .server
+        .listen
+        .iter()
+        .chain(config.tls.iter().flat_map(|t| &t.listen))
+        .find(|a| !a.ip().is_loopback());
+    if let (true, Some(addr)) = (has_demo, public) {
+        return Err(ConfigError::Invalid(format!(
+            "the demo tenant (key `{}`) is configured and listener {addr} is not bound to loopback; \
+             remove the demo tenant or listen on 127.0.0.1 / [::1] only",
+            crate::DEMO_KEY
+        )));
+    }
+    Ok(())
+}
+
+/// The sections of `next` read only at start that differ from `running`'s:
+/// a reload cannot apply them, and says so.
+pub fn start_only_changes(running: &GatewayConfig, next: &GatewayConfig) -> Vec<&'static str> {
+    let (a, b) = (&running.server, &next.server);
+    let mut changed = Vec::new();
+    if a.listen != b.listen {
+        changed.push("server.listen");
+    }
+    if a.header_timeout_ms != b.header_timeout_ms {
+        changed.push("server.header_timeout_ms");
+    }
+    if a.send_timeout_ms != b.send_timeout_ms {
+        changed.push("server.send_timeout_ms");
+    }
+    // The certificates' names (`*.{platform_domain}`) are resolved at start.
+    if (running.tls.is_some() || next.tls.is_some()) && a.platform_domain != b.platform_domain {
+        changed.push("server.platform_domain (TLS certificate names)");
+    }
+    if running.limits != next.limits {
+        changed.push("[limits]");
+    }
+    if running.usage != next.usage {
+        changed.push("[usage]");
+    }
+    if running.tls != next.tls {
+        changed.push("[tls]");
+    }
+    changed
 }

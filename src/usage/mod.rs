@@ -258,17 +258,9 @@ impl UsageSink {
                     max_bytes: u.spool_max_bytes,
                     fsync_interval: Duration::from_millis(u.fsync_interval_ms.max(1)),
                 })?;
-                // Names first: a sink built and then dropped here (inside the
-                // async runtime) must not own a runtime of its own.
-                if let Some(bad) = u
-                    .sinks
-                    .iter()
-                    .find(|s| !matches!(s.as_str(), "sqlite" | "redis" | "webhook"))
-                {
-                    return Err(UsageError::Sink(format!(
-                        "unknown sink `{bad}` (sqlite, redis, webhook)"
-                    )));
-                }
+                // Names and sections first: a sink built and then dropped here
+                // (inside the async runtime) must not own a runtime of its own.
+                check_config(config)?;
                 let mut sinks: Vec<Box<dyn sinks::Sink>> = Vec::new();
                 for name in &u.sinks {
                     match name.as_str() {
@@ -279,25 +271,7 @@ impl UsageSink {
                             sinks.push(Box::new(sink));
                         }
                         "webhook" => {
-                            let w = u.webhook.as_ref().ok_or_else(|| {
-                                UsageError::Sink("sink `webhook` needs [usage.webhook]".into())
-                            })?;
-                            let secret = std::env::var(&w.secret_env).map_err(|_| {
-                                UsageError::Sink(format!(
-                                    "webhook secret: environment variable {} is not set",
-                                    w.secret_env
-                                ))
-                            })?;
-                            // An empty (or short) key makes the signature one
-                            // anybody can compute: a blank Kubernetes secret
-                            // would have signed forged usage events.
-                            if secret.len() < MIN_WEBHOOK_SECRET {
-                                return Err(UsageError::Sink(format!(
-                                    "webhook secret: {} holds {} bytes; at least {MIN_WEBHOOK_SECRET} are needed",
-                                    w.secret_env,
-                                    secret.len()
-                                )));
-                            }
+                            let (w, secret) = webhook_secret(u)?;
                             let sink = sinks::webhook::WebhookSink::new(
                                 &w.url,
                                 secret.as_bytes(),
@@ -582,8 +556,65 @@ impl UsageSink {
     }
 }
 
-/// The `redis` sink from `[usage.redis]`.
-fn redis_sink(u: &crate::config::UsageConfig) -> Result<sinks::redis::RedisSink, UsageError> {
+/// What [`UsageSink::start`] refuses of `[usage]` before it opens anything:
+/// unknown sink names, a sink without its section, secrets missing from the
+/// environment. Nothing to check when the ledger is off.
+pub fn check_config(config: &GatewayConfig) -> Result<(), UsageError> {
+    if LedgerPaths::of(config).is_none() {
+        return Ok(());
+    }
+    let u = &config.usage;
+    for name in &u.sinks {
+        match name.as_str() {
+            "sqlite" => {}
+            "webhook" => drop(webhook_secret(u)?),
+            "redis" => drop(redis_url(u)?),
+            other => {
+                return Err(UsageError::Sink(format!(
+                    "unknown sink `{other}` (sqlite, redis, webhook)"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `[usage.webhook]` and its secret, read from the environment.
+fn webhook_secret(
+    u: &crate::config::UsageConfig,
+) -> Result<
+    (
+        &crate::config::WebhookSinkConfig,
+        zeroize::Zeroizing<String>,
+    ),
+    UsageError,
+> {
+    let w = u
+        .webhook
+        .as_ref()
+        .ok_or_else(|| UsageError::Sink("sink `webhook` needs [usage.webhook]".into()))?;
+    let secret = zeroize::Zeroizing::new(std::env::var(&w.secret_env).map_err(|_| {
+        UsageError::Sink(format!(
+            "webhook secret: environment variable {} is not set",
+            w.secret_env
+        ))
+    })?);
+    // An empty (or short) key makes the signature one anybody can compute: a
+    // blank Kubernetes secret would have signed forged usage events.
+    if secret.len() < MIN_WEBHOOK_SECRET {
+        return Err(UsageError::Sink(format!(
+            "webhook secret: {} holds {} bytes; at least {MIN_WEBHOOK_SECRET} are needed",
+            w.secret_env,
+            secret.len()
+        )));
+    }
+    Ok((w, secret))
+}
+
+/// `[usage.redis]` and its URL, given or read from the environment.
+fn redis_url(
+    u: &crate::config::UsageConfig,
+) -> Result<(&crate::config::RedisSinkConfig, String), UsageError> {
     let r = u
         .redis
         .as_ref()
@@ -599,6 +630,12 @@ fn redis_sink(u: &crate::config::UsageConfig) -> Result<sinks::redis::RedisSink,
             ))
         }
     };
+    Ok((r, url))
+}
+
+/// The `redis` sink from `[usage.redis]`.
+fn redis_sink(u: &crate::config::UsageConfig) -> Result<sinks::redis::RedisSink, UsageError> {
+    let (r, url) = redis_url(u)?;
     sinks::redis::RedisSink::new(sinks::redis::RedisSinkOptions {
         url,
         key_prefix: r.key_prefix.clone(),
