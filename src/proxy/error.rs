@@ -190,6 +190,15 @@ impl GatewayError {
             GatewayError::Provider(ProviderError::Body(_)) => {
                 "The upstream provider's response broke off.".into()
             }
+            // h2's text carries the provider's GOAWAY debug data, which is the
+            // provider's to log (hosts, internal reasons), not the tenant's to read.
+            GatewayError::Provider(ProviderError::GoneAway(_)) => {
+                "The upstream provider closed its connection before the response was complete."
+                    .into()
+            }
+            GatewayError::Provider(ProviderError::Refused(_)) => {
+                "The upstream provider could not be reached.".into()
+            }
             GatewayError::Vault(VaultError::ProviderKeyNotConfigured(_)) => self.to_string(),
             GatewayError::Limit(l) => l.message(),
             GatewayError::Vault(_) => {
@@ -271,5 +280,34 @@ pub fn anthropic_error_type(status: StatusCode) -> &'static str {
         504 => "timeout_error",
         s if s >= 500 => "api_error",
         _ => "invalid_request_error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_text(resp: http::Response<ProxyBody>) -> String {
+        use http_body_util::BodyExt;
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    /// An HTTP/2 failure's text (with the provider's GOAWAY debug data) stays
+    /// in the log; the client reads a fixed message, in either dialect.
+    #[tokio::test]
+    async fn goaway_and_refused_stream_texts_do_not_reach_the_client() {
+        const DEBUG: &str = "drain node gpu-17.internal.example";
+        for e in [
+            ProviderError::GoneAway(format!("GOAWAY ENHANCE_YOUR_CALM: {DEBUG}")),
+            ProviderError::Refused(format!("REFUSED_STREAM: {DEBUG}")),
+        ] {
+            let e = GatewayError::Provider(e);
+            assert!(!e.message().contains("gpu-17"), "{}", e.message());
+            for dialect in [Dialect::OpenAi, Dialect::Anthropic] {
+                let text = body_text(e.to_response_for(dialect)).await;
+                assert!(!text.contains("gpu-17"), "{text}");
+            }
+        }
     }
 }
