@@ -1,7 +1,9 @@
 //! [`PlainFields`]: how span and event fields are written when the log is not
 //! coloured. The same text as tracing-subscriber's `DefaultFields` with ANSI
 //! off (`name=value` separated by spaces, the message first and unnamed, the
-//! message's ANSI and C1 control characters escaped), without its styling
+//! message's ANSI and C1 control characters escaped), with one difference:
+//! other fields have every control character escaped, newlines included, where
+//! `DefaultFields` writes a `%` field raw. And without its styling
 //! layer: `DefaultFields` paints every field name through `nu_ansi_term` even
 //! when the styles are empty, about 2k instructions per request for the
 //! request span's five fields.
@@ -96,7 +98,9 @@ impl Visit for PlainVisitor {
         } else {
             self.writer.push_str(plain_name(field));
             self.writer.push('=');
-            write!(self.writer, "{value:?}")
+            // Fields recorded with `%` (paths, model names) are the client's
+            // text as sent: a newline in them would forge a log line.
+            write!(ControlEscaping(&mut self.writer), "{value:?}")
         };
     }
 }
@@ -138,6 +142,33 @@ impl<W: fmt::Write> fmt::Write for Escaping<W> {
             rest = &rest[at + c.len_utf8()..];
         }
         self.0.write_str(rest)
+    }
+}
+
+/// Writes through to `W`, escaping every control character (C0, DEL, C1): the
+/// line breaks that [`Escaping`] leaves to a message too.
+struct ControlEscaping<W>(W);
+
+impl<W: fmt::Write> fmt::Write for ControlEscaping<W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        // Every control character is an ASCII byte or, for C1, starts with
+        // 0xC2: one byte scan for the common case of none.
+        if !s.bytes().any(|b| b < 0x20 || b == 0x7f || b == 0xc2) {
+            return self.0.write_str(s);
+        }
+        for c in s.chars() {
+            match c {
+                '\n' => self.0.write_str("\\n")?,
+                '\r' => self.0.write_str("\\r")?,
+                '\t' => self.0.write_str("\\t")?,
+                '\x1b' | '\x07' | '\x08' | '\x0c' | '\x7f' => {
+                    write!(self.0, "\\x{:02x}", c as u32)?
+                }
+                c if c.is_control() => write!(self.0, "\\u{{{:x}}}", c as u32)?,
+                c => self.0.write_char(c)?,
+            }
+        }
+        Ok(())
     }
 }
 
@@ -245,6 +276,35 @@ mod tests {
         assert!(
             ours.contains("reseller=\"acme\" tenant=\"dental \\\"one\\\"\\n\""),
             "{ours}"
+        );
+    }
+
+    /// Fields written with `%` (the client's path or model name) cannot break
+    /// the line or reach the terminal: DefaultFields writes them raw.
+    #[test]
+    fn display_fields_escape_control_characters() {
+        let out = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(out.clone())
+            .with_ansi(false)
+            .without_time()
+            .fmt_fields(PlainFields)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let path = "/v1/x\n2026-01-01 ERROR forged\r\x1b[2J\u{9b}31m\x00 ok \u{e9}";
+            tracing::info!(path = %path, model = %"gpt\t4o", "request");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(
+            text.contains(
+                "path=/v1/x\\n2026-01-01 ERROR forged\\r\\x1b[2J\\u{9b}31m\\u{0} ok \u{e9} model=gpt\\t4o"
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains(['\x1b', '\r', '\u{9b}', '\0', '\t']),
+            "{text}"
         );
     }
 }
