@@ -8,14 +8,18 @@
 use crate::support::*;
 use serde_json::{json, Value};
 
-/// Every tenant endpoint: (method, path).
-const ENDPOINTS: [(&str, &str); 5] = [
+/// Every tenant endpoint: (method, path). `/v1/messages` is Anthropic's API:
+/// its errors come in Anthropic's shape (see [`code_in`]).
+const ENDPOINTS: [(&str, &str); 6] = [
     ("POST", "/v1/chat/completions"),
     ("POST", "/v1/completions"),
     ("POST", "/v1/embeddings"),
+    ("POST", "/v1/messages"),
     ("GET", "/v1/models"),
     ("GET", "/v1/models/gpt-4o-mini"),
 ];
+
+const MESSAGES: &str = "/v1/messages";
 
 /// A key no tenant holds.
 const UNKNOWN_KEY: &str = "sk-nobody-holds-this-key-0000";
@@ -29,6 +33,8 @@ fn body_for(path: &str) -> Option<Value> {
         "/v1/chat/completions" => Some(chat_body("gpt-4o-mini")),
         "/v1/completions" => Some(json!({"model": "gpt-4o-mini", "prompt": "Say hello"})),
         "/v1/embeddings" => Some(json!({"model": "embed", "input": "hello tests"})),
+        MESSAGES => Some(json!({"model": "gpt-4o-mini", "max_tokens": 16,
+                                "messages": [{"role": "user", "content": "Say hello"}]})),
         "/v1/models" | "/v1/models/gpt-4o-mini" => None,
         other => panic!("not a tenant endpoint: {other}"),
     }
@@ -65,6 +71,9 @@ async fn call(
         Some(b) => c.post(gw.url(path)).json(&b),
         None => c.get(gw.url(path)),
     };
+    if path == MESSAGES {
+        rb = rb.header("anthropic-version", "2023-06-01");
+    }
     if let Some(h) = host {
         rb = rb.header("host", h);
     }
@@ -105,14 +114,49 @@ async fn observe(resp: reqwest::Response) -> Observed {
     }
 }
 
-/// `error.code` of an OpenAI error body (asserting the shape).
-fn code_of(o: &Observed) -> String {
-    let v: Value = serde_json::from_str(&o.body)
-        .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {}", o.body));
+/// The gateway's error code of an answer to `path`, asserting the endpoint's
+/// error shape. OpenAI's carries it as `error.code`. Anthropic's
+/// (`/v1/messages`: `{"type":"error","error":{"type","message"}}`) has no code:
+/// its `error.type` follows the status (`anthropic_error_type` in
+/// src/proxy/error.rs) and its message is the gateway's for that error, so
+/// the code is told by status, type and message; an answer that fits none of
+/// the codes these tests expect is returned as `anthropic:STATUS:TYPE`.
+fn code_in(path: &str, status: u16, body: &str) -> String {
+    let v: Value = serde_json::from_str(body)
+        .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {body}"));
     let e = &v["error"];
-    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
-    assert!(e["type"].is_string(), "{v}");
-    e["code"].as_str().unwrap_or_default().to_owned()
+    let message = e["message"].as_str().unwrap_or_default();
+    assert!(!message.is_empty(), "{v}");
+    if path != MESSAGES {
+        assert!(e["type"].is_string(), "{v}");
+        return e["code"].as_str().unwrap_or_default().to_owned();
+    }
+    assert_eq!(v["type"], "error", "not Anthropic's error shape: {v}");
+    assert!(e.get("code").is_none(), "not Anthropic's error shape: {v}");
+    let ty = e["type"].as_str().unwrap_or_default();
+    let expected_type = match status {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        s if s < 500 => "invalid_request_error",
+        _ => "api_error",
+    };
+    assert_eq!(ty, expected_type, "status {status}: {v}");
+    let code = match (status, message) {
+        (401, "x-api-key header is required") => "missing_api_key",
+        (401, "Incorrect API key provided.") => "invalid_api_key",
+        (403, "this account is suspended") => "tenant_suspended",
+        (404, "No API is served at this address.") => "unknown_host",
+        (400, "the Host header is missing, repeated or inconsistent") => "invalid_host",
+        (421, m) if m.starts_with("This connection is for another host") => "misdirected_request",
+        _ => return format!("anthropic:{status}:{ty}"),
+    };
+    code.to_owned()
+}
+
+/// [`code_in`] of an observed answer to `path`.
+fn code_of(path: &str, o: &Observed) -> String {
+    code_in(path, o.status, &o.body)
 }
 
 fn request_id(resp: &reqwest::Response) -> String {
@@ -164,6 +208,9 @@ async fn assert_served_as(
         assert!(ids.contains(&"gpt-4o-mini"), "{what}: models {ids:?}");
     } else {
         assert_eq!(mock.requests().len(), before + 1, "{what}: not forwarded");
+        if path == MESSAGES {
+            assert_eq!(v["type"], "message", "{what}: {v}");
+        }
         let record = gw.usage_for(&rid).await;
         assert_eq!(record["reseller"], tenant.0, "{what}: {record}");
         assert_eq!(record["tenant"], tenant.1, "{what}: {record}");
@@ -261,14 +308,15 @@ async fn keys_of_the_other_reseller_get_exactly_the_unknown_key_401_at_every_hos
         Cred::Header("x-api-key", ""),
     ];
     let before = mock.requests().len();
-    let mut reference: Option<Observed> = None;
+    // One reference answer per dialect (OpenAI's endpoints, `/v1/messages`).
+    let mut reference: [Option<Observed>; 2] = [None, None];
     for (host, foreign_keys) in &cases {
         for (_, path) in ENDPOINTS {
             for style in styles {
                 let unknown =
                     observe(call(&gw, path, Some(host), style.with_key(UNKNOWN_KEY)).await).await;
                 assert_eq!(unknown.status, 401, "unknown key at {host} {path}");
-                assert_eq!(code_of(&unknown), "invalid_api_key");
+                assert_eq!(code_of(path, &unknown), "invalid_api_key");
                 for key in foreign_keys {
                     let foreign =
                         observe(call(&gw, path, Some(host), style.with_key(key)).await).await;
@@ -278,16 +326,17 @@ async fn keys_of_the_other_reseller_get_exactly_the_unknown_key_401_at_every_hos
                     );
                 }
                 // The 401 is the same everywhere: it says nothing about the Host either.
-                match &reference {
-                    None => reference = Some(unknown),
+                match &reference[usize::from(path == MESSAGES)] {
+                    None => reference[usize::from(path == MESSAGES)] = Some(unknown),
                     Some(r) => assert_eq!(&unknown, r, "401 differs at {host} {path}"),
                 }
             }
         }
     }
+    assert!(reference.iter().all(Option::is_some));
     assert_no_upstream(&mock, before, "foreign keys");
     // Nothing was attributed to any tenant.
-    assert!(gw.usage().is_empty(), "{:?}", gw.usage());
+    assert_only_sentinel_recorded(&gw, 0, "foreign keys").await;
 }
 
 #[tokio::test]
@@ -319,7 +368,8 @@ async fn spoofed_and_lookalike_hosts_are_404_unknown_host_whatever_the_key() {
         "[::1]:8080",
     ];
     let before = mock.requests().len();
-    let mut reference: Option<Observed> = None;
+    // One reference answer per dialect (OpenAI's endpoints, `/v1/messages`).
+    let mut reference: [Option<Observed>; 2] = [None, None];
     for host in spoofed {
         for (_, path) in ENDPOINTS {
             for cred in [
@@ -330,21 +380,23 @@ async fn spoofed_and_lookalike_hosts_are_404_unknown_host_whatever_the_key() {
             ] {
                 let o = observe(call(&gw, path, Some(host), cred).await).await;
                 assert_eq!(o.status, 404, "Host `{host}` {path} {cred:?}: {}", o.body);
-                assert_eq!(code_of(&o), "unknown_host", "Host `{host}` {path}");
+                assert_eq!(code_of(path, &o), "unknown_host", "Host `{host}` {path}");
                 assert!(
                     !o.body.contains("acme") && !o.body.contains("globex"),
                     "the unknown-host error names a reseller: {}",
                     o.body
                 );
                 // Neutral: identical whatever the Host, path or key.
-                match &reference {
-                    None => reference = Some(o),
+                match &reference[usize::from(path == MESSAGES)] {
+                    None => reference[usize::from(path == MESSAGES)] = Some(o),
                     Some(r) => assert_eq!(&o, r, "Host `{host}` {path} {cred:?}"),
                 }
             }
         }
     }
+    assert!(reference.iter().all(Option::is_some));
     assert_no_upstream(&mock, before, "spoofed hosts");
+    assert_only_sentinel_recorded(&gw, 0, "spoofed hosts").await;
 }
 
 #[tokio::test]
@@ -372,7 +424,7 @@ async fn host_case_port_and_trailing_dot_are_normalised_but_never_cross_reseller
             let before = mock.requests().len();
             let o = observe(call(&gw, path, Some(host), Cred::Bearer(GLOBEX_CLINIC.2)).await).await;
             assert_eq!(o.status, 401, "globex key at {host} {path}");
-            assert_eq!(code_of(&o), "invalid_api_key");
+            assert_eq!(code_of(path, &o), "invalid_api_key");
             assert_no_upstream(&mock, before, host);
         }
     }
@@ -398,6 +450,9 @@ fn raw(request_line: &str, head_lines: &[String], path: &str) -> String {
         s.push_str(l);
         s.push_str("\r\n");
     }
+    if path == MESSAGES {
+        s.push_str("anthropic-version: 2023-06-01\r\n");
+    }
     if !body.is_empty() {
         s.push_str("Content-Type: application/json\r\n");
         s.push_str(&format!("Content-Length: {}\r\n", body.len()));
@@ -407,10 +462,8 @@ fn raw(request_line: &str, head_lines: &[String], path: &str) -> String {
     s
 }
 
-fn raw_code(r: &RawResponse) -> String {
-    let v: Value = serde_json::from_str(&r.body)
-        .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {}\n{}", r.head, r.body));
-    v["error"]["code"].as_str().unwrap_or_default().to_owned()
+fn raw_code(path: &str, r: &RawResponse) -> String {
+    code_in(path, r.status, &r.body)
 }
 
 #[tokio::test]
@@ -430,7 +483,7 @@ async fn requests_without_a_host_are_refused_before_any_upstream_call() {
                 let what = format!("{method} {path} {version} without Host, key {key}");
                 // Not attributable to a reseller: the same answer as an unknown Host.
                 assert_eq!(r.status, 404, "{what}: {}", r.head);
-                assert_eq!(raw_code(&r), "unknown_host", "{what}");
+                assert_eq!(raw_code(path, &r), "unknown_host", "{what}");
                 assert!(
                     r.head.to_ascii_lowercase().contains("x-request-id:"),
                     "{what}: {}",
@@ -440,7 +493,7 @@ async fn requests_without_a_host_are_refused_before_any_upstream_call() {
         }
     }
     assert_no_upstream(&mock, before, "requests without Host");
-    assert!(gw.usage().is_empty(), "{:?}", gw.usage());
+    assert_only_sentinel_recorded(&gw, 0, "requests without Host").await;
 }
 
 #[tokio::test]
@@ -496,10 +549,11 @@ async fn repeated_or_conflicting_hosts_are_400_invalid_host() {
             let r = raw_request(gw.addr, &raw(&line, &head, path)).await;
             let what = format!("{line} with {head:?}");
             assert_eq!(r.status, 400, "{what}: {}\n{}", r.head, r.body);
-            assert_eq!(raw_code(&r), "invalid_host", "{what}");
+            assert_eq!(raw_code(path, &r), "invalid_host", "{what}");
         }
     }
     assert_no_upstream(&mock, before, "repeated or conflicting Host");
+    assert_only_sentinel_recorded(&gw, 0, "repeated or conflicting Host").await;
 
     // Control: an absolute-form target that agrees with the Host header is served.
     let path = "/v1/chat/completions";
@@ -522,7 +576,7 @@ async fn missing_or_malformed_credentials_are_401_and_never_forwarded() {
         for (_, path) in ENDPOINTS {
             let o = observe(call(&gw, path, Some(host), Cred::None).await).await;
             assert_eq!(o.status, 401, "no key at {host} {path}");
-            assert_eq!(code_of(&o), "missing_api_key", "{host} {path}");
+            assert_eq!(code_of(path, &o), "missing_api_key", "{host} {path}");
 
             for malformed in [
                 // The dental key itself, base64'd in the wrong scheme.
@@ -540,7 +594,11 @@ async fn missing_or_malformed_credentials_are_401_and_never_forwarded() {
             ] {
                 let o = observe(call(&gw, path, Some(host), malformed).await).await;
                 assert_eq!(o.status, 401, "{malformed:?} at {host} {path}: {}", o.body);
-                assert_eq!(code_of(&o), "invalid_api_key", "{malformed:?} at {host}");
+                assert_eq!(
+                    code_of(path, &o),
+                    "invalid_api_key",
+                    "{malformed:?} at {host}"
+                );
                 assert!(
                     !o.body.contains("sk-acme-dental-key"),
                     "the key is echoed: {}",
@@ -550,6 +608,7 @@ async fn missing_or_malformed_credentials_are_401_and_never_forwarded() {
         }
     }
     assert_no_upstream(&mock, before, "missing or malformed credentials");
+    assert_only_sentinel_recorded(&gw, 0, "missing or malformed credentials").await;
 }
 
 #[tokio::test]
@@ -598,7 +657,7 @@ async fn suspended_tenant_is_403_at_home_and_an_unknown_key_elsewhere() {
             for host in ACME_HOSTS {
                 let o = observe(call(&gw, path, Some(host), cred).await).await;
                 assert_eq!(o.status, 403, "suspended at {host} {path}: {}", o.body);
-                assert_eq!(code_of(&o), "tenant_suspended");
+                assert_eq!(code_of(path, &o), "tenant_suspended");
             }
             for host in GLOBEX_HOSTS {
                 let suspended = observe(call(&gw, path, Some(host), cred).await).await;
@@ -613,6 +672,7 @@ async fn suspended_tenant_is_403_at_home_and_an_unknown_key_elsewhere() {
         }
     }
     assert_no_upstream(&mock, before, "suspended tenant");
+    assert_only_sentinel_recorded(&gw, 0, "suspended tenant").await;
 }
 
 /// `POST /v1/messages` (Anthropic's API, keys in `x-api-key` as its SDK sends
