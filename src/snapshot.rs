@@ -52,11 +52,7 @@ impl Snapshot {
                 ))
             })?;
         }
-        if config.server.max_body_bytes == 0 {
-            return Err(ConfigError::Invalid(
-                "server.max_body_bytes must be positive".into(),
-            ));
-        }
+        check_positive(config)?;
         if config.server.header_timeout_ms == 0 || config.server.send_timeout_ms == 0 {
             return Err(ConfigError::Invalid(
                 "server.header_timeout_ms and server.send_timeout_ms must be positive".into(),
@@ -92,4 +88,42 @@ impl Snapshot {
                 .unwrap_or(0),
         })
     }
+}
+
+/// Sizes and timeouts of 0 would fail every request (a deadline of 0 ms
+/// answers 504 at once), so they are refused by name.
+fn check_positive(config: &GatewayConfig) -> Result<(), ConfigError> {
+    let s = &config.server;
+    let r = &config.routing;
+    for (field, zero) in [
+        ("server.max_body_bytes", s.max_body_bytes == 0),
+        (
+            "server.max_upstream_body_bytes",
+            s.max_upstream_body_bytes == 0,
+        ),
+        ("routing.request_deadline_ms", r.request_deadline_ms == 0),
+        (
+            "routing.first_event_timeout_ms",
+            r.first_event_timeout_ms == 0,
+        ),
+    ] {
+        if zero {
+            return Err(ConfigError::Invalid(format!("{field} must be positive")));
+        }
+    }
+    for p in &config.providers {
+        for (field, zero) in [
+            ("connect_timeout_ms", p.connect_timeout_ms == 0),
+            ("first_byte_timeout_ms", p.first_byte_timeout_ms == 0),
+            ("stream_idle_timeout_ms", p.stream_idle_timeout_ms == 0),
+        ] {
+            if zero {
+                return Err(ConfigError::Invalid(format!(
+                    "provider `{}`: {field} must be positive",
+                    p.name
+                )));
+            }
+        }
+    }
+    Ok(())
 }

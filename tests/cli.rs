@@ -649,6 +649,45 @@ fn check_config_refuses_what_serve_refuses_at_start() {
     );
 }
 
+/// A size or timeout of 0 would fail every request (a deadline of 0 answered
+/// every request 504): refused, naming the field.
+#[test]
+fn check_config_rejects_zero_sizes_and_timeouts() {
+    for (field, table) in [
+        ("request_deadline_ms", "routing"),
+        ("first_event_timeout_ms", "routing"),
+        ("max_upstream_body_bytes", "server"),
+        ("spool_max_bytes", "usage"),
+    ] {
+        // Tables the file has are edited; the others are added.
+        let edit = |t: &str| {
+            let head = format!("[{table}]\n");
+            let zero = format!("{head}{field} = 0\n");
+            match t.contains(&head) {
+                true => t.replace(&head, &zero),
+                false => format!("{t}\n{zero}"),
+            }
+        };
+        assert_config_rejected(field, edit, &[&format!("{table}.{field} must be positive")]);
+    }
+    for field in [
+        "connect_timeout_ms",
+        "first_byte_timeout_ms",
+        "stream_idle_timeout_ms",
+    ] {
+        assert_config_rejected(
+            field,
+            |t| {
+                t.replace(
+                    "kind = \"mock\"\n",
+                    &format!("kind = \"mock\"\n{field} = 0\n"),
+                )
+            },
+            &["provider `mock`", &format!("{field} must be positive")],
+        );
+    }
+}
+
 // ------------------------------------------------------------------- hash-key
 
 #[test]

@@ -128,6 +128,11 @@ pub fn validate_static(config: &GatewayConfig) -> Result<(), ConfigError> {
         ));
     }
     crate::limits::LimiterSettings::from_config(&config.limits).map_err(|e| invalid(&e))?;
+    if config.usage.spool_max_bytes == 0 {
+        return Err(ConfigError::Invalid(
+            "usage.spool_max_bytes must be positive".into(),
+        ));
+    }
     crate::usage::check_config(config).map_err(|e| invalid(&e))?;
     if let Some(tls) = &config.tls {
         let platform_domain = config
