@@ -70,11 +70,19 @@ impl ModelTable {
                 let provider = providers.get(provider).cloned().ok_or_else(|| {
                     format!("model `{}` uses unknown provider `{provider}`", m.name)
                 })?;
+                // Weight 0 used to serve as 1: a route meant to be drained kept its share.
+                if weight == 0 {
+                    return Err(format!(
+                        "model `{}`: route to `{}` has weight 0; to drain a route, remove it or give it a higher `priority` number (tried after the others)",
+                        m.name,
+                        provider.name()
+                    ));
+                }
                 routes.push(Route {
                     provider,
                     upstream_model: model.unwrap_or(&m.name).into(),
                     priority,
-                    weight: weight.max(1),
+                    weight,
                 });
                 Ok(())
             };
@@ -285,6 +293,23 @@ mod tests {
             t.choose(&plan(&["small"], None), "m"),
             Err(RoutingError::ModelNotAllowed { .. })
         ));
+    }
+
+    #[test]
+    fn a_route_of_weight_zero_is_refused_with_how_to_drain_it() {
+        let config = |weight: u32| {
+            GatewayConfig::parse(&format!(
+                "[[providers]]\nname = \"a\"\nkind = \"mock\"\n[[providers]]\nname = \"b\"\nkind = \"mock\"\n\
+                 [[models]]\nname = \"m\"\nroutes = [{{ provider = \"a\" }}, {{ provider = \"b\", weight = {weight} }}]\n"
+            ))
+            .unwrap()
+        };
+        let err = ModelTable::build(&config(0)).unwrap_err();
+        assert!(err.contains("model `m`"), "{err}");
+        assert!(err.contains("`b` has weight 0"), "{err}");
+        assert!(err.contains("remove it"), "{err}");
+        assert!(err.contains("priority"), "{err}");
+        assert!(ModelTable::build(&config(2)).is_ok());
     }
 
     #[test]
