@@ -1131,3 +1131,46 @@ async fn a_client_that_stops_reading_is_closed_after_send_timeout_ms() {
     assert_eq!(record["outcome"], "client_disconnected", "{record}");
     drop(stalled);
 }
+
+/// An unknown host is OpenAI's `invalid_request_error` on OpenAI's paths, and
+/// every path under `/v1/messages` (Anthropic's `count_tokens` and `batches`,
+/// which only its SDK sends) is refused in Anthropic's shape.
+#[tokio::test]
+async fn refusals_use_the_words_of_the_clients_dialect() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("host", "nobody.example")
+        .bearer_auth(ACME_DENTAL.2)
+        .json(&chat_body("gpt-4o-mini"))
+        .send()
+        .await
+        .unwrap();
+    let v = error_json(resp, 404).await;
+    assert_eq!(v["error"]["code"], "unknown_host", "{v}");
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    for path in [
+        "/v1/messages/count_tokens",
+        "/v1/messages/batches",
+        "/v1/messages/batches/msgbatch_01",
+    ] {
+        let resp = client()
+            .post(gw.url(path))
+            .header("host", ACME_HOST)
+            .header("x-api-key", ACME_DENTAL.2)
+            .json(&json!({"model": "gpt-4o-mini", "max_tokens": 8, "messages": []}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404, "{path}");
+        assert!(resp.headers().contains_key("x-request-id"), "{path}");
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["type"], "error", "{path}: {v}");
+        assert_eq!(v["error"]["type"], "not_found_error", "{path}: {v}");
+        assert!(v["error"].get("code").is_none(), "{path}: {v}");
+    }
+    // A path that merely begins like it is not Anthropic's.
+    let resp = post_raw(&gw, "/v1/messagesx", "{}").await;
+    assert_eq!(error_json(resp, 404).await["error"]["code"], "unknown_url");
+}

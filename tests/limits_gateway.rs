@@ -295,7 +295,7 @@ fn ledger(dir: &Path) -> String {
 }
 
 #[tokio::test]
-async fn the_monthly_quota_answers_quota_exceeded_and_survives_a_restart() {
+async fn the_monthly_quota_answers_insufficient_quota_and_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let toml = config("tokens_per_month = 400", None, &ledger(dir.path()));
     let gw = TestGateway::start(&toml).await;
@@ -311,8 +311,9 @@ async fn the_monthly_quota_answers_quota_exceeded_and_survives_a_restart() {
         served += 1;
         assert!(served < 100, "the quota never bound");
     };
-    assert_eq!(err["code"], "quota_exceeded");
-    assert_eq!(err["type"], "tokens_per_month");
+    // OpenAI's words for a quota that waiting does not renew.
+    assert_eq!(err["code"], "insufficient_quota");
+    assert_eq!(err["type"], "insufficient_quota");
     assert!(served >= 2, "served {served}");
     // The neighbour's month is its own.
     assert_eq!(send(&gw, KEYS[1], &body()).await.status(), 200);
@@ -338,7 +339,7 @@ async fn the_monthly_quota_answers_quota_exceeded_and_survives_a_restart() {
     let gw = TestGateway::start(&toml).await;
     let resp = send(&gw, KEYS[0], &body()).await;
     assert_eq!(resp.status(), 429);
-    assert_eq!(error_of(resp).await["code"], "quota_exceeded");
+    assert_eq!(error_of(resp).await["code"], "insufficient_quota");
     assert_eq!(send(&gw, KEYS[1], &body()).await.status(), 200);
     gw.shutdown().await;
 }

@@ -58,13 +58,14 @@ impl LimitRejection {
     }
 
     /// OpenAI's error `type`: the limit that was hit (OpenAI itself sends
-    /// `requests` and `tokens`).
+    /// `requests` and `tokens`), or, for the monthly quota, OpenAI's own
+    /// `insufficient_quota`, which SDKs and clients already treat as final.
     pub fn error_type(&self) -> &'static str {
         match self {
             Self::Requests { .. } => "requests",
             Self::Tokens { .. } => "tokens",
             Self::Concurrency { .. } => "concurrent_requests",
-            Self::MonthlyQuota { .. } => "tokens_per_month",
+            Self::MonthlyQuota { .. } => "insufficient_quota",
             Self::BackendUnavailable => "server_error",
         }
     }
@@ -74,7 +75,7 @@ impl LimitRejection {
             Self::Requests { .. } | Self::Tokens { .. } | Self::Concurrency { .. } => {
                 "rate_limit_exceeded"
             }
-            Self::MonthlyQuota { .. } => "quota_exceeded",
+            Self::MonthlyQuota { .. } => "insufficient_quota",
             Self::BackendUnavailable => "rate_limiter_unavailable",
         }
     }

@@ -45,14 +45,18 @@ pub enum Dialect {
     /// OpenAI's: `{"error":{"message","type","param","code"}}`, `data:` chunks.
     #[default]
     OpenAi,
-    /// Anthropic's (`POST /v1/messages`): `{"type":"error","error":{"type","message"}}`,
-    /// `event:` + `data:` events.
+    /// Anthropic's (`POST /v1/messages`, and any path under it, such as
+    /// `/v1/messages/count_tokens`, which only Anthropic's SDK sends):
+    /// `{"type":"error","error":{"type","message"}}`, `event:` + `data:` events.
     Anthropic,
 }
 
 impl Dialect {
     pub fn of_path(path: &str) -> Self {
-        if path == "/v1/messages" {
+        if path
+            .strip_prefix("/v1/messages")
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        {
             Dialect::Anthropic
         } else {
             Dialect::OpenAi

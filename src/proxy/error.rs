@@ -97,8 +97,7 @@ impl GatewayError {
     pub fn error_type(&self) -> &'static str {
         match self {
             GatewayError::Tenancy(e) => match e {
-                TenancyError::UnknownHost => "not_found_error",
-                TenancyError::AmbiguousHost => "invalid_request_error",
+                TenancyError::UnknownHost | TenancyError::AmbiguousHost => "invalid_request_error",
                 TenancyError::MissingKey | TenancyError::InvalidKey => "authentication_error",
                 TenancyError::TenantSuspended => "permission_error",
             },
