@@ -475,6 +475,12 @@ async fn mid_stream_failures_end_with_a_well_formed_error() {
     assert!(text.contains("\"content\":\"2\""), "{text}");
     let r = s.gw.usage_for(&id).await;
     assert_eq!(r["outcome"], "truncated");
+    // message_start's exact counts, though the usage chunk never came; only
+    // the output is estimated.
+    assert_eq!(r["prompt_tokens"], 20, "{r}");
+    assert_eq!(r["cached_tokens"], 0, "{r}");
+    assert_eq!(r["estimated"], true, "{r}");
+    assert!(!text.contains("livery-prompt-usage"), "{text}");
     assert_eq!(s.claude.requests().len(), 1);
 
     // Anthropic's `event: error` after content: passed on in OpenAI's shape.
@@ -491,9 +497,29 @@ async fn mid_stream_failures_end_with_a_well_formed_error() {
     let r = s.gw.usage_for(&id).await;
     assert_eq!(r["outcome"], "upstream_error");
     assert_eq!(r["error_code"], "overloaded");
-    // The answer was under way: its tokens are counted, not refunded.
-    assert!(r["prompt_tokens"].as_u64().unwrap() > 0, "{r}");
+    // The answer was under way: its tokens are counted, not refunded, the
+    // prompt's as message_start reported them.
+    assert_eq!(r["prompt_tokens"], 25, "{r}");
+    assert_eq!(r["cached_tokens"], 0, "{r}");
     assert!(r["completion_tokens"].as_u64().unwrap() > 0, "{r}");
+
+    // A client that leaves mid-stream: its record keeps them too.
+    s.claude.push_fault(Fault::SlowAfter(4));
+    let c = client();
+    let resp = c
+        .post(s.gw.url("/v1/chat/completions"))
+        .header("host", ACME_HOST)
+        .bearer_auth(ACME_DENTAL.2)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let id = rid(&resp);
+    read_until_and_leave(c, resp, "\"content\":\"2\"").await;
+    let r = s.gw.usage_for(&id).await;
+    assert_eq!(r["outcome"], "client_disconnected", "{r}");
+    assert_eq!(r["prompt_tokens"], 20, "{r}");
+    assert_eq!(r["cached_tokens"], 0, "{r}");
     s.gw.shutdown().await;
 }
 

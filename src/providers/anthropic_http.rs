@@ -152,7 +152,7 @@ impl AnthropicProvider {
         }
         let is_sse = super::is_event_stream(&resp.headers);
         if req.stream && is_sse {
-            let conv = AnthropicToChat(MessagesStreamToChat::new(&req.model, created, true));
+            let conv = AnthropicToChat::new(MessagesStreamToChat::new(&req.model, created, true));
             return Ok(UpstreamResponse {
                 status,
                 headers: translated_headers(resp.headers, "text/event-stream; charset=utf-8"),

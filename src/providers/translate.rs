@@ -9,7 +9,9 @@
 //! A transport error of the upstream body is passed on as the stream's error, so
 //! the proxy's relay ends the client's stream the way it ends any broken one.
 
-use super::anthropic::{anthropic_sse_frame, ChatStreamToMessages, MessagesStreamToChat};
+use super::anthropic::{
+    anthropic_sse_frame, ChatStreamToMessages, MessagesStreamToChat, PROMPT_USAGE_EVENT,
+};
 use super::sse;
 use super::{ByteStream, ProviderError, UpstreamBody, UpstreamResponse};
 use bytes::{Bytes, BytesMut};
@@ -138,19 +140,44 @@ pub(crate) fn unix_now() -> u64 {
 /// final usage chunk (the relay hides it from a client that did not ask), then
 /// `data: [DONE]` after `message_stop`. An `event: error` becomes one
 /// `data: {"error": ...}` chunk, which the relay passes on as the stream's end.
-pub(crate) struct AnthropicToChat(pub MessagesStreamToChat);
+/// The prompt's counts go to the relay ahead of the answer, in a
+/// [`PROMPT_USAGE_EVENT`].
+pub(crate) struct AnthropicToChat {
+    conv: MessagesStreamToChat,
+    prompt_sent: bool,
+}
+
+impl AnthropicToChat {
+    pub(crate) fn new(conv: MessagesStreamToChat) -> Self {
+        Self {
+            conv,
+            prompt_sent: false,
+        }
+    }
+}
 
 impl SseConverter for AnthropicToChat {
     fn on_event(&mut self, event: &str, data: &str) -> String {
         let mut out = String::new();
-        match self.0.on_event(event, data) {
+        let result = self.conv.on_event(event, data);
+        if !self.prompt_sent {
+            // A count of 0 is no report (a `message_start` without usage):
+            // a later event may still bring one.
+            if let Some((prompt, cached)) = self.conv.prompt_usage().filter(|u| u.0 > 0) {
+                self.prompt_sent = true;
+                out.push_str(&format!(
+                    "event: {PROMPT_USAGE_EVENT}\ndata: {{\"prompt_tokens\":{prompt},\"cached_tokens\":{cached}}}\n\n"
+                ));
+            }
+        }
+        match result {
             Ok(chunks) => {
                 for c in chunks {
                     out.push_str("data: ");
                     out.push_str(&c);
                     out.push_str("\n\n");
                 }
-                if self.0.is_finished() {
+                if self.conv.is_finished() {
                     out.push_str("data: [DONE]\n\n");
                 }
             }
@@ -167,7 +194,7 @@ impl SseConverter for AnthropicToChat {
     }
 
     fn finished(&self) -> bool {
-        self.0.is_finished()
+        self.conv.is_finished()
     }
 }
 
@@ -231,14 +258,18 @@ mod tests {
         let b: &'static str = Box::leak(b.to_owned().into_boxed_str());
         let out = text(translate_sse(
             body_of(&[a, b]),
-            AnthropicToChat(MessagesStreamToChat::new("claude", 1, true)),
+            AnthropicToChat::new(MessagesStreamToChat::new("claude", 1, true)),
         ))
         .await;
         assert!(out.ends_with("data: [DONE]\n\n"), "{out}");
         assert!(out.contains("\"content\":\"2\""), "{out}");
         assert!(out.contains("\"finish_reason\":\"stop\""), "{out}");
         assert!(out.contains("\"prompt_tokens\":20"), "{out}");
-        assert!(!out.contains("event:"), "{out}");
+        // The one named event is the relay's, first: message_start's counts.
+        let first =
+            "event: livery-prompt-usage\ndata: {\"prompt_tokens\":20,\"cached_tokens\":0}\n\n";
+        assert!(out.starts_with(first), "{out}");
+        assert_eq!(out.matches("event:").count(), 1, "{out}");
     }
 
     #[tokio::test]

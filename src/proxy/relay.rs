@@ -9,6 +9,7 @@
 //! asked for on the client's behalf is removed from what the client sees.
 
 use super::record::{PendingRecord, UsageField};
+use crate::providers::anthropic::PROMPT_USAGE_EVENT;
 use crate::providers::sse::{self, Event, EventError, EventStream};
 use crate::providers::ProviderError;
 use crate::usage::event::opt_text;
@@ -73,6 +74,13 @@ struct FunctionPeek<'a> {
     arguments: Option<Cow<'a, str>>,
 }
 
+/// The data of a [`PROMPT_USAGE_EVENT`].
+#[derive(Deserialize)]
+struct PromptUsage {
+    prompt_tokens: u64,
+    cached_tokens: u64,
+}
+
 pub struct SseRelay {
     events: EventStream,
     /// Events read while deciding to commit to this route, sent first.
@@ -122,6 +130,18 @@ impl SseRelay {
 
     /// Looks at one upstream event; returns what to send to the client, if anything.
     fn on_event(&mut self, event: &str, data: &str) -> Option<Bytes> {
+        if event == PROMPT_USAGE_EVENT {
+            // The gateway's own, from a translated stream: counts for the
+            // record until the usage chunk replaces them, never the client's.
+            if let (Ok(u), None) = (
+                serde_json::from_str::<PromptUsage>(data),
+                self.record.tokens.prompt,
+            ) {
+                self.record.tokens.prompt = Some(u.prompt_tokens);
+                self.record.tokens.cached = Some(u.cached_tokens);
+            }
+            return None;
+        }
         if data.trim() == "[DONE]" {
             if !self.saw_finish {
                 return Some(self.fail(

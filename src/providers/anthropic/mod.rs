@@ -37,7 +37,7 @@ pub use messages_front::{
 };
 pub use request::chat_to_messages;
 pub use response::message_to_chat;
-pub use stream::MessagesStreamToChat;
+pub use stream::{MessagesStreamToChat, PROMPT_USAGE_EVENT};
 
 use serde_json::{json, Map, Value};
 

@@ -6,6 +6,14 @@ use super::{chat_id, finish_reason, type_of, Tokens};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
+/// The event the gateway's translated stream carries, once, as soon as
+/// `message_start` reported the prompt's counts: data
+/// `{"prompt_tokens":N,"cached_tokens":M}` (OpenAI's terms). Anthropic reports
+/// them at the start while OpenAI's usage chunk comes only at the end, so a
+/// stream cut, failed or abandoned before `message_stop` would otherwise lose
+/// them. The OpenAI relay reads it for the record and never forwards it.
+pub const PROMPT_USAGE_EVENT: &str = "livery-prompt-usage";
+
 /// Converts one Anthropic SSE stream, event by event, into OpenAI chunk JSON.
 ///
 /// Feed every SSE event to [`on_event`](Self::on_event) with its `event:` name and
@@ -271,6 +279,12 @@ impl MessagesStreamToChat {
     /// chunk. `None` before `message_start`. Mid-stream it is the usage so far.
     pub fn usage(&self) -> Option<(u64, u64)> {
         self.tokens.map(|t| (t.prompt(), t.output))
+    }
+
+    /// `(prompt_tokens, cached_tokens)` in OpenAI's terms, as reported so far
+    /// (by `message_start`, before the answer). `None` before `message_start`.
+    pub fn prompt_usage(&self) -> Option<(u64, u64)> {
+        self.tokens.map(|t| (t.prompt(), t.cache_read))
     }
 
     /// The full OpenAI `usage` object (with cached and cache-write tokens).
