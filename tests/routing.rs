@@ -727,3 +727,157 @@ routes = [{{ provider = "shedding", model = "x" }}, {{ provider = "first", model
     let detail = readyz_detail(&gw).await;
     assert!(!detail.contains("\"state\":\"open\""), "{detail}");
 }
+
+/// A failure of the route's own setup under the gateway's key (its key
+/// refused, a model the provider does not serve, its account out of credit)
+/// goes to the next route at once: the same answer would come on every retry.
+/// A 404 does not count against the provider's breaker (its other models
+/// answer).
+#[tokio::test]
+async fn the_gateways_route_faults_fall_back_without_retrying_the_route() {
+    let (gw, first, second) = fallback_gateway(
+        "[routing]\nretries_per_route = 2\nbackoff_base_ms = 10\nbreaker_failures = 1\n",
+    )
+    .await;
+    let (quota_gw, quota_first, quota_second) =
+        fallback_gateway("[routing]\nretries_per_route = 2\nbackoff_base_ms = 10\n").await;
+    for (gw, first, second, fault, cause) in [
+        (&gw, &first, &second, json!({"status": 404}), "client_error"),
+        (
+            &quota_gw,
+            &quota_first,
+            &quota_second,
+            json!({"status": 429, "error": "insufficient_quota"}),
+            "rate_limited",
+        ),
+    ] {
+        let before = (first.requests().len(), second.requests().len());
+        let resp = chat(gw, "chain", on_first(fault.clone()), false).await;
+        let id = rid(&resp);
+        assert_eq!(resp.status(), 200, "{fault}");
+        assert_eq!(first.requests().len(), before.0 + 1, "{fault}: retried");
+        assert_eq!(second.requests().len(), before.1 + 1, "{fault}");
+        assert_eq!(
+            outcomes(&gw.usage_for(&id).await),
+            pairs(&[("first", cause), ("second", "ok")]),
+            "{fault}"
+        );
+        if fault["status"] == 404 {
+            // Not the provider's health: the next request still tries it.
+            let resp = chat(gw, "chain", json!({}), false).await;
+            assert_eq!(resp.status(), 200);
+            assert_eq!(
+                first.requests().len(),
+                before.0 + 2,
+                "breaker opened by a 404"
+            );
+        }
+    }
+    // The gateway's key refused: the breaker (one failure) opens too.
+    let before = first.requests().len();
+    let resp = chat(&gw, "chain", on_first(json!({"status": 401})), false).await;
+    let id = rid(&resp);
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        outcomes(&gw.usage_for(&id).await),
+        pairs(&[("first", "client_error"), ("second", "ok")])
+    );
+    assert_eq!(first.requests().len(), before + 1);
+    let resp = chat(&gw, "chain", json!({}), false).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        first.requests().len(),
+        before + 1,
+        "the breaker stayed closed"
+    );
+    gw.shutdown().await;
+}
+
+/// When every route fails so, the tenant is told the gateway's side failed,
+/// without the provider's words (its message names the route's upstream model,
+/// or sends the tenant to check its own billing).
+#[tokio::test]
+async fn the_gateways_route_faults_are_not_passed_on_as_the_tenants() {
+    let (gw, _first, _second) = fallback_gateway(NO_RETRY).await;
+    for (fault, status, code) in [
+        (json!({"status": 404}), 502, "upstream_model_unavailable"),
+        (
+            json!({"status": 429, "error": "insufficient_quota"}),
+            503,
+            "upstream_quota_exhausted",
+        ),
+    ] {
+        let resp = chat(&gw, "chain", fault.clone(), false).await;
+        assert_eq!(resp.status().as_u16(), status, "{fault}");
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["error"]["code"], code, "{v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        for word in ["second-model", "first-model", "billing", "quota, please"] {
+            assert!(!message.contains(word), "{word} in {message}");
+        }
+    }
+    gw.shutdown().await;
+}
+
+/// An error body longer than the gateway reads is still the provider's answer
+/// with its status: a 400 is the client's, not retried nor fallen back from.
+#[tokio::test]
+async fn a_long_client_error_body_keeps_its_status() {
+    let (gw, first, second) =
+        fallback_gateway("[routing]\nretries_per_route = 2\nbackoff_base_ms = 10\n").await;
+    let resp = chat(
+        &gw,
+        "chain",
+        on_first(json!({"status": 400, "error_pad": 100_000})),
+        false,
+    )
+    .await;
+    assert_eq!(resp.status(), 400);
+    assert_eq!(first.requests().len(), 1);
+    assert!(second.requests().is_empty());
+    gw.shutdown().await;
+}
+
+/// A success whose body breaks off after its head is not sent again: the
+/// provider did (and billed) the work. The client gets a 502 and the record
+/// keeps the call as served, with its usage estimated.
+#[tokio::test]
+async fn a_success_whose_body_breaks_is_not_sent_again() {
+    let (gw, first, second) =
+        fallback_gateway("[routing]\nretries_per_route = 2\nbackoff_base_ms = 10\n").await;
+    let resp = chat(&gw, "chain", on_first(json!({"drop_after": 0})), false).await;
+    let id = rid(&resp);
+    assert_eq!(resp.status(), 502);
+    assert_eq!(first.requests().len(), 1);
+    assert!(second.requests().is_empty());
+    let record = gw.usage_for(&id).await;
+    assert_eq!(record["error_code"], "upstream_incomplete", "{record}");
+    assert_eq!(record["outcome"], "truncated", "{record}");
+    assert_eq!(record["provider"], "first", "{record}");
+    assert_eq!(record["estimated"], true, "{record}");
+    assert!(record["prompt_tokens"].as_u64() > Some(0), "{record}");
+    gw.shutdown().await;
+}
+
+/// Azure's content filter says which category stopped the prompt; the detail
+/// reaches the client (apps read `innererror.content_filter_result`).
+#[tokio::test]
+async fn a_content_filter_refusal_keeps_its_detail() {
+    let (gw, _first, second) = fallback_gateway(NO_RETRY).await;
+    let resp = chat(
+        &gw,
+        "chain",
+        on_first(json!({"status": 400, "error": "content_filter"})),
+        false,
+    )
+    .await;
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "content_filter", "{v}");
+    assert_eq!(
+        v["error"]["innererror"]["content_filter_result"]["jailbreak"]["filtered"], true,
+        "{v}"
+    );
+    assert!(second.requests().is_empty());
+    gw.shutdown().await;
+}

@@ -100,6 +100,8 @@ async fn provider_identifying_headers_never_reach_the_client() {
 async fn upstream_errors_keep_their_status_in_openai_shape_without_provider_details() {
     let mock = MockProvider::start().await;
     let gw = TestGateway::standard(&mock).await;
+    // A 404 under the gateway's key is the route's fault: 502 (see
+    // routing.rs); the others keep their status.
     for (status, retry_after) in [
         (429u16, Some("3")),
         (400, None),
@@ -110,7 +112,8 @@ async fn upstream_errors_keep_their_status_in_openai_shape_without_provider_deta
         let mut body = chat_body("gpt-4o-mini");
         body["mock"] = json!({"status": status, "retry_after": 3});
         let resp = dental_post(&gw, &body).await;
-        assert_eq!(resp.status().as_u16(), status);
+        let answered = if status == 404 { 502 } else { status };
+        assert_eq!(resp.status().as_u16(), answered);
         assert_eq!(
             resp.headers()
                 .get("retry-after")
@@ -136,7 +139,7 @@ async fn upstream_errors_keep_their_status_in_openai_shape_without_provider_deta
             assert_eq!(err["code"], "rate_limit_exceeded");
         }
         if status == 404 {
-            assert_eq!(err["code"], "model_not_found");
+            assert_eq!(err["code"], "upstream_model_unavailable");
         }
     }
 }

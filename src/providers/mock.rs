@@ -55,6 +55,14 @@ pub struct MockDirectives {
     /// `data: {"error": …}`, a server error naming its help site and request
     /// id) ends the stream.
     pub error_after: Option<usize>,
+    /// With `status`: one of the providers' recorded error bodies instead of
+    /// the generic one: `insufficient_quota` (OpenAI's 429 for an account
+    /// out of credit), `content_filter` (Azure's 400 with its
+    /// `innererror`).
+    pub error: Option<String>,
+    /// With `status`: this many more characters in the error's message (an
+    /// error body larger than the gateway reads whole).
+    pub error_pad: usize,
 }
 
 impl MockDirectives {
@@ -86,6 +94,13 @@ impl MockDirectives {
             stall_after: u("stall_after").and_then(|c| usize::try_from(c).ok()),
             stall_ms: u("stall_ms").unwrap_or(60_000),
             error_after: u("error_after").and_then(|c| usize::try_from(c).ok()),
+            error: m
+                .and_then(|m| m.get("error"))
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            error_pad: u("error_pad")
+                .and_then(|c| usize::try_from(c).ok())
+                .unwrap_or(0),
         }
     }
 }
@@ -134,7 +149,11 @@ impl MockReply {
                 return Self {
                     status,
                     headers,
-                    pieces: vec![error_body(status, model, presented_key)],
+                    pieces: vec![match d.error.as_deref() {
+                        Some("insufficient_quota") => Bytes::from_static(INSUFFICIENT_QUOTA),
+                        Some("content_filter") => Bytes::from_static(CONTENT_FILTER),
+                        _ => error_body(status, model, presented_key, d.error_pad),
+                    }],
                     directives: d,
                 };
             }
@@ -247,7 +266,21 @@ fn pretty(v: &Value) -> Bytes {
     Bytes::from(out)
 }
 
-fn error_body(status: StatusCode, model: &str, presented_key: Option<&str>) -> Bytes {
+/// OpenAI's 429 for an account out of credit (`wire/openai/`).
+const INSUFFICIENT_QUOTA: &[u8] = br#"{
+    "error": {
+        "message": "You exceeded your current quota, please check your plan and billing details. For more information on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.",
+        "type": "insufficient_quota",
+        "param": null,
+        "code": "insufficient_quota"
+    }
+}
+"#;
+
+/// Azure OpenAI's 400 for a prompt its content filter stopped (`wire/azure/`).
+const CONTENT_FILTER: &[u8] = br#"{"error":{"message":"The response was filtered due to the prompt triggering Azure OpenAI's content management policy. Please modify your prompt and retry. To learn more about our content filtering policies please read our documentation: https://go.microsoft.com/fwlink/?linkid=2198766","type":null,"param":"prompt","code":"content_filter","status":400,"innererror":{"code":"ResponsibleAIPolicyViolation","content_filter_result":{"hate":{"filtered":false,"severity":"safe"},"jailbreak":{"filtered":true,"detected":true},"self_harm":{"filtered":false,"severity":"safe"},"sexual":{"filtered":false,"severity":"safe"},"violence":{"filtered":false,"severity":"safe"}}}}}"#;
+
+fn error_body(status: StatusCode, model: &str, presented_key: Option<&str>, pad: usize) -> Bytes {
     let (message, typ, code): (String, &str, Value) = match status.as_u16() {
         400 => ("Invalid request (injected by the mock provider).".into(), "invalid_request_error", Value::Null),
         401 => (
@@ -270,6 +303,7 @@ fn error_body(status: StatusCode, model: &str, presented_key: Option<&str>) -> B
             Value::Null,
         ),
     };
+    let message = message + &" ".repeat(pad);
     let v = json!({"error": {"message": message, "type": typ, "param": null, "code": code}});
     // OpenAI's edge errors are indented with four spaces.
     let mut out = Vec::new();

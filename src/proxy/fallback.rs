@@ -220,6 +220,11 @@ pub fn serve<'a>(
                     AttemptResult::Final(failure) => (failure, false),
                     AttemptResult::Retry(failure) => (failure, true),
                 };
+                // The route's own setup failed (the gateway's key refused, a
+                // model it does not serve, its account out of credit): the
+                // next route, without this one's retries.
+                let route_fault = failure.is_route_fault(credential.owner);
+                let retry = retry || route_fault;
                 push_attempt(
                     app,
                     &mut record,
@@ -263,6 +268,9 @@ pub fn serve<'a>(
                 let retry_after = failure.retry_after;
                 let refused = failure.was_refused();
                 last = Some((failure, Some(credential.owner), provider_name.clone()));
+                if route_fault {
+                    break;
+                }
                 if refused && refusals < MAX_REFUSALS {
                     // Not processed (RFC 9113 section 8.7): sent again at
                     // once, without spending one of the route's retries.

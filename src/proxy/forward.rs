@@ -87,12 +87,35 @@ impl Failure {
     /// that were in flight on it opened the breaker for everyone (issue 7's
     /// load runs).
     pub fn counts_against_breaker(&self) -> bool {
-        !matches!(
-            self.kind,
+        match &self.kind {
             FailureKind::Gateway(GatewayError::Provider(
-                ProviderError::GoneAway(_) | ProviderError::Refused(_)
-            ))
-        )
+                ProviderError::GoneAway(_) | ProviderError::Refused(_),
+            )) => false,
+            // A model the provider does not serve is one route's setup, not
+            // the provider's health (its other models answer).
+            FailureKind::Upstream { status, .. } => *status != StatusCode::NOT_FOUND,
+            _ => true,
+        }
+    }
+
+    /// Whether this failure is the route's own setup, answered the same to
+    /// every request: the gateway's credentials refused (401/403), a model
+    /// the provider does not serve (404), its account out of credit (429
+    /// `insufficient_quota`). Not the client's doing, so another route may
+    /// serve; and not worth sending again to this one. With the tenant's own
+    /// key, each of these is the tenant's to fix, and answered as it is.
+    pub fn is_route_fault(&self, owner: KeyOwner) -> bool {
+        if owner == KeyOwner::Tenant {
+            return false;
+        }
+        match &self.kind {
+            FailureKind::Upstream { status, body } => match status.as_u16() {
+                401 | 403 | 404 => true,
+                429 => is_insufficient_quota(body),
+                _ => false,
+            },
+            FailureKind::Gateway(_) => false,
+        }
     }
 
     /// Whether the provider refused the request unprocessed (see
@@ -118,6 +141,11 @@ impl Failure {
             FailureKind::Gateway(_) => None,
         }
     }
+}
+
+/// OpenAI's error for an account out of credit (a 429 no wait cures).
+pub(super) fn is_insufficient_quota(body: &[u8]) -> bool {
+    memchr::memmem::find(body, b"insufficient_quota").is_some()
 }
 
 /// Whether a provider status is worth another attempt: timeouts, rate limits,
@@ -175,10 +203,9 @@ pub async fn attempt(
             .get(http::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_retry_after);
-        let bytes = match collect(body, MAX_ERROR_BODY, &mut record.first_byte).await {
-            Ok(b) => b,
-            Err(e) => return AttemptResult::Retry(Failure::gateway("upstream_reset", e)),
-        };
+        // What of the body arrives: the status decides (a 400 stays the
+        // client's error however long or broken its explanation).
+        let bytes = collect_prefix(body, MAX_ERROR_BODY, &mut record.first_byte).await;
         let failure = Failure {
             cause: match status.as_u16() {
                 429 => "rate_limited",
@@ -273,9 +300,16 @@ pub async fn attempt(
         Err(e @ ProviderError::BodyTooLarge(_)) => {
             AttemptResult::Final(Failure::gateway("response_too_large", e))
         }
-        Err(e) => AttemptResult::Retry(Failure::gateway("upstream_reset", e)),
+        // A success's head came (OpenAI and Azure send it once the answer is
+        // generated), then its body broke: the provider has done, and billed,
+        // the work. Sending the request again would have it done and billed
+        // twice with one record; the client decides (its SDK retries a 502).
+        Err(e) => AttemptResult::Final(Failure::gateway(ANSWER_BROKEN, e)),
     }
 }
+
+/// The cause label of a success whose body broke off.
+pub const ANSWER_BROKEN: &str = "answer_broken";
 
 pub enum Verdict {
     Hold,
@@ -549,6 +583,9 @@ pub fn failure_answer(
         }
         FailureKind::Gateway(err) => {
             let outcome = match err {
+                // The provider did the work (see ANSWER_BROKEN): it is
+                // recorded as served, its usage estimated.
+                GatewayError::Provider(_) if failure.cause == ANSWER_BROKEN => Outcome::Truncated,
                 GatewayError::Provider(_) => Outcome::UpstreamUnavailable,
                 _ => Outcome::Rejected,
             };
@@ -556,6 +593,25 @@ pub fn failure_answer(
             err.to_response_for(dialect)
         }
     }
+}
+
+/// Up to `cap` bytes of an error body: what came before the cap, the end or
+/// a failure to read on.
+async fn collect_prefix(
+    mut body: ByteStream,
+    cap: usize,
+    first_byte: &mut Option<Instant>,
+) -> Bytes {
+    let mut buf = BytesMut::new();
+    while let Some(Ok(chunk)) = body.next().await {
+        first_byte.get_or_insert_with(Instant::now);
+        let room = cap - buf.len();
+        buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if buf.len() == cap {
+            break;
+        }
+    }
+    buf.freeze()
 }
 
 async fn collect(
@@ -589,6 +645,13 @@ async fn collect(
 
 /// What the client is told when the provider refused the tenant's own key.
 pub const TENANT_KEY_REJECTED: &str = "The provider rejected your own API key for this model; update the provider key configured for your account.";
+/// What the client is told when the provider does not serve a route's model
+/// under a reseller's or the platform's key.
+pub const ROUTE_MODEL_MISSING: &str = "The upstream provider does not serve this model under the gateway's account; the operator must fix the route.";
+/// What the client is told when a reseller's or the platform's provider
+/// account is out of credit.
+pub const GATEWAY_QUOTA_EXHAUSTED: &str =
+    "The upstream provider account serving this model is out of quota; the operator must fix it.";
 /// What the client is told when the provider refused a reseller's or the
 /// platform's key.
 pub const GATEWAY_KEY_REJECTED: &str = "The upstream provider refused the gateway's credentials for this model; the operator must fix the provider key.";
@@ -636,6 +699,24 @@ pub fn reshape_error(
     } else {
         status
     };
+    let gateways_key = key_owner != KeyOwner::Tenant;
+    if gateways_key && status == StatusCode::NOT_FOUND {
+        // The route names a model (or a deployment) the provider does not
+        // serve under the gateway's account: the operator's to fix, and the
+        // provider's message names the route's upstream model.
+        client_status = StatusCode::BAD_GATEWAY;
+        message = Some(ROUTE_MODEL_MISSING.into());
+        typ = Some("upstream_error".into());
+        code = Some("upstream_model_unavailable".into());
+    } else if gateways_key && status == StatusCode::TOO_MANY_REQUESTS && is_insufficient_quota(body)
+    {
+        // The gateway's provider account is out of credit: "check your plan
+        // and billing details" would send the tenant to the wrong bill.
+        client_status = StatusCode::SERVICE_UNAVAILABLE;
+        message = Some(GATEWAY_QUOTA_EXHAUSTED.into());
+        typ = Some("upstream_error".into());
+        code = Some("upstream_quota_exhausted".into());
+    }
     if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
         if key_owner == KeyOwner::Tenant {
             // The tenant's own provider key: the tenant can and must fix it.
@@ -655,8 +736,15 @@ pub fn reshape_error(
         .unwrap_or_else(|| format!("The upstream provider returned HTTP {}.", status.as_u16()));
     let typ = typ.unwrap_or_else(|| default_type(status).to_owned());
     let code_value = code.clone().map_or(Value::Null, Value::String);
-    let payload =
+    let mut payload =
         json!({"error": {"message": message, "type": typ, "param": param, "code": code_value}});
+    // Azure's content filter says which category stopped the prompt; apps
+    // read it (it names nothing of the account).
+    if code.as_deref() == Some("content_filter") {
+        if let Some(inner) = err.and_then(|e| e.get("innererror")) {
+            payload["error"]["innererror"] = inner.clone();
+        }
+    }
     let bytes = Bytes::from(serde_json::to_vec(&payload).unwrap_or_default());
     (
         client_status,
@@ -865,13 +953,13 @@ mod tests {
     #[test]
     fn non_openai_errors_are_reshaped() {
         let (status, payload, _) = reshape_error(
-            StatusCode::NOT_FOUND,
-            br#"{"error":"model 'x' not found"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            br#"{"error":"messages: field required"}"#,
             KeyOwner::Platform,
         );
-        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
         let v: Value = serde_json::from_slice(&payload).unwrap();
-        assert_eq!(v["error"]["message"], "model 'x' not found");
+        assert_eq!(v["error"]["message"], "messages: field required");
         assert_eq!(v["error"]["type"], "invalid_request_error");
         let (_, payload, _) = reshape_error(
             StatusCode::BAD_GATEWAY,

@@ -113,30 +113,47 @@ pub fn reshape_error(
         .and_then(Value::as_str)
         .filter(|m| !m.is_empty())
         .map(scrub);
-    let (client_status, typ, message, code) =
-        if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
-            if key_owner == KeyOwner::Tenant {
-                (
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request_error".to_owned(),
-                    TENANT_KEY_REJECTED.to_owned(),
-                    "provider_key_rejected".to_owned(),
-                )
-            } else {
-                (
-                    StatusCode::BAD_GATEWAY,
-                    "api_error".to_owned(),
-                    GATEWAY_KEY_REJECTED.to_owned(),
-                    "upstream_auth_failed".to_owned(),
-                )
-            }
+    let gateways_key = key_owner != KeyOwner::Tenant;
+    let (client_status, typ, message, code) = if gateways_key && status == StatusCode::NOT_FOUND {
+        // As for OpenAI clients (see forward::reshape_error).
+        (
+            StatusCode::BAD_GATEWAY,
+            "api_error".to_owned(),
+            super::forward::ROUTE_MODEL_MISSING.to_owned(),
+            "upstream_model_unavailable".to_owned(),
+        )
+    } else if gateways_key
+        && status == StatusCode::TOO_MANY_REQUESTS
+        && super::forward::is_insufficient_quota(body)
+    {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "api_error".to_owned(),
+            super::forward::GATEWAY_QUOTA_EXHAUSTED.to_owned(),
+            "upstream_quota_exhausted".to_owned(),
+        )
+    } else if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+        if key_owner == KeyOwner::Tenant {
+            (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error".to_owned(),
+                TENANT_KEY_REJECTED.to_owned(),
+                "provider_key_rejected".to_owned(),
+            )
         } else {
-            let typ = typ.unwrap_or_else(|| anthropic_error_type(status).to_owned());
-            let message = message.unwrap_or_else(|| {
-                format!("The upstream provider returned HTTP {}.", status.as_u16())
-            });
-            (status, typ.clone(), message, typ)
-        };
+            (
+                StatusCode::BAD_GATEWAY,
+                "api_error".to_owned(),
+                GATEWAY_KEY_REJECTED.to_owned(),
+                "upstream_auth_failed".to_owned(),
+            )
+        }
+    } else {
+        let typ = typ.unwrap_or_else(|| anthropic_error_type(status).to_owned());
+        let message = message
+            .unwrap_or_else(|| format!("The upstream provider returned HTTP {}.", status.as_u16()));
+        (status, typ.clone(), message, typ)
+    };
     let payload = json!({"type": "error", "error": {"type": typ, "message": message}});
     let bytes = Bytes::from(serde_json::to_vec(&payload).unwrap_or_default());
     (client_status, bytes, code)
