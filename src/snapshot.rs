@@ -53,6 +53,7 @@ impl Snapshot {
             })?;
         }
         check_positive(config)?;
+        check_billing_and_prices(config, &providers)?;
         if config.server.header_timeout_ms == 0 || config.server.send_timeout_ms == 0 {
             return Err(ConfigError::Invalid(
                 "server.header_timeout_ms and server.send_timeout_ms must be positive".into(),
@@ -123,6 +124,36 @@ fn check_positive(config: &GatewayConfig) -> Result<(), ConfigError> {
                     p.name
                 )));
             }
+        }
+    }
+    Ok(())
+}
+
+/// `[billing.X]` and `[[prices.models]]` are read only by `usage report` and
+/// when pricing records: a typo in them would pass silently until then.
+fn check_billing_and_prices(
+    config: &GatewayConfig,
+    providers: &HashSet<String>,
+) -> Result<(), ConfigError> {
+    for (reseller, billing) in &config.billing {
+        if !config.resellers.iter().any(|r| &r.id == reseller) {
+            return Err(ConfigError::Invalid(format!(
+                "[billing.{reseller}]: no reseller has id `{reseller}`"
+            )));
+        }
+        crate::usage::report::check_billing(billing)
+            .map_err(|e| ConfigError::Invalid(format!("[billing.{reseller}]: {e}")))?;
+    }
+    for price in &config.prices.models {
+        if let Some(p) = price
+            .provider
+            .as_deref()
+            .filter(|p| !providers.contains(*p))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "[[prices.models]] `{}` names unknown provider `{p}`",
+                price.model
+            )));
         }
     }
     Ok(())

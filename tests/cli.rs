@@ -688,6 +688,41 @@ fn check_config_rejects_zero_sizes_and_timeouts() {
     }
 }
 
+/// Billing and prices are read only by `usage report` and when records are
+/// priced: their mistakes are refused at load, not found at invoice time.
+#[test]
+fn check_config_rejects_billing_and_prices_it_cannot_use() {
+    for (what, extra, expected) in [
+        (
+            "billing of an unknown reseller",
+            "[billing.acme]\nmodel = \"wholesale\"\ninput_per_million = 1\n",
+            &["[billing.acme]", "no reseller has id `acme`"][..],
+        ),
+        (
+            "revenue share without a share",
+            "[billing.demo]\nmodel = \"revenue_share\"\nretail_input_per_million = 1\nretail_output_per_million = 2\n",
+            &["[billing.demo]", "`share`"][..],
+        ),
+        (
+            "revenue share without retail prices",
+            "[billing.demo]\nmodel = \"revenue_share\"\nshare = \"20%\"\n",
+            &["[billing.demo]", "retail_input_per_million"][..],
+        ),
+        (
+            "platform fee without tiers",
+            "[billing.demo]\nmodel = \"platform_fee\"\n",
+            &["[billing.demo]", "tiers"][..],
+        ),
+        (
+            "a price for an unknown provider",
+            "[[prices.models]]\nmodel = \"demo\"\nprovider = \"openai\"\ninput_per_million = 1\noutput_per_million = 2\n",
+            &["[[prices.models]]", "unknown provider `openai`"][..],
+        ),
+    ] {
+        assert_config_rejected(what, |t| format!("{t}\n{extra}"), expected);
+    }
+}
+
 // ------------------------------------------------------------------- hash-key
 
 #[test]

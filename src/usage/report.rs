@@ -107,6 +107,12 @@ fn need(v: Option<Amount>, what: &str) -> Result<Amount, String> {
     v.ok_or_else(|| format!("`{what}` is required by this billing model"))
 }
 
+/// What [`invoice_lines`] would refuse of `billing` at report time (a
+/// required field missing), checked when the configuration is loaded.
+pub fn check_billing(billing: &BillingConfig) -> Result<(), String> {
+    invoice_lines(billing, &[], 0).map(drop)
+}
+
 /// The invoice lines of a month's per-tenant rollups under `billing`.
 /// `reseller_tokens`: the reseller's total tokens of the month, which picks
 /// the platform fee's tier.
