@@ -361,10 +361,17 @@ fn first_content_verdict(ev: &Event) -> Verdict {
         let tools = delta
             .and_then(|d| d.get("tool_calls"))
             .is_some_and(|t| !t.is_null());
-        let refusal = delta
-            .and_then(|d| d.get("refusal"))
-            .and_then(Value::as_str)
-            .is_some_and(|t| !t.is_empty());
+        let text_of = |field: &str| {
+            delta
+                .and_then(|d| d.get(field))
+                .and_then(Value::as_str)
+                .is_some_and(|t| !t.is_empty())
+        };
+        // Reasoning models on OpenAI-compatible servers (DeepSeek, vLLM:
+        // `reasoning_content`; OpenRouter, Ollama: `reasoning`) think aloud
+        // first: held back, the client saw nothing until the first event
+        // timeout cut a generation the provider was billing for.
+        let refusal = text_of("refusal") || text_of("reasoning_content") || text_of("reasoning");
         finish || text || content || tools || refusal
     });
     if carries {
@@ -972,5 +979,32 @@ mod tests {
             "The upstream provider returned HTTP 502."
         );
         assert_eq!(v["error"]["type"], "server_error");
+    }
+}
+
+#[cfg(test)]
+mod verdict_tests {
+    use super::*;
+
+    fn event(data: &str) -> Event {
+        Event {
+            event: "message".into(),
+            data: data.to_owned(),
+            last_event_id: None,
+        }
+    }
+
+    #[test]
+    fn reasoning_deltas_are_content_and_a_role_chunk_is_not() {
+        let role = r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#;
+        assert!(matches!(first_content_verdict(&event(role)), Verdict::Hold));
+        for field in ["reasoning_content", "reasoning"] {
+            let chunk =
+                format!(r#"{{"choices":[{{"index":0,"delta":{{"{field}":"Let me think"}}}}]}}"#);
+            assert!(
+                matches!(first_content_verdict(&event(&chunk)), Verdict::Content),
+                "{field}"
+            );
+        }
     }
 }
