@@ -66,6 +66,17 @@ async fn call(
     host: Option<&str>,
     cred: Cred<'_>,
 ) -> reqwest::Response {
+    call_with(gw, path, host, cred, &[]).await
+}
+
+/// [`call`] with `extra` headers.
+async fn call_with(
+    gw: &TestGateway,
+    path: &str,
+    host: Option<&str>,
+    cred: Cred<'_>,
+    extra: &[(&str, &str)],
+) -> reqwest::Response {
     let c = client();
     let mut rb = match body_for(path) {
         Some(b) => c.post(gw.url(path)).json(&b),
@@ -76,6 +87,9 @@ async fn call(
     }
     if let Some(h) = host {
         rb = rb.header("host", h);
+    }
+    for (name, value) in extra {
+        rb = rb.header(*name, *value);
     }
     rb = match cred {
         Cred::None => rb,
@@ -753,4 +767,331 @@ async fn the_messages_endpoint_is_isolated_like_the_others() {
         );
     }
     assert_no_upstream(&mock, before, "a refused /v1/messages request");
+}
+
+/// What a client can observe of an HTTP/2 answer, as [`observe`].
+fn observe_h2(resp: http::Response<String>) -> Observed {
+    assert!(
+        resp.headers().contains_key("x-request-id"),
+        "no x-request-id"
+    );
+    let mut headers: Vec<(String, String)> = resp
+        .headers()
+        .iter()
+        .filter(|(n, _)| !matches!(n.as_str(), "x-request-id" | "date"))
+        .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("<binary>").to_owned()))
+        .collect();
+    headers.sort();
+    Observed {
+        status: resp.status().as_u16(),
+        headers,
+        body: resp.into_body(),
+    }
+}
+
+/// One request to `path` over HTTP/2 on `send`, the reseller named by
+/// `:authority` (`None`: a relative target, no `:authority`), with `headers`
+/// (credentials, or a `host`) and the endpoint's body.
+async fn call_h2(
+    send: &h2::client::SendRequest<bytes::Bytes>,
+    path: &str,
+    authority: Option<&str>,
+    headers: &[(&str, &str)],
+) -> http::Response<String> {
+    let body = body_for(path);
+    let method = if body.is_some() { "POST" } else { "GET" };
+    let uri = match authority {
+        Some(a) => format!("http://{a}{path}"),
+        None => path.to_owned(),
+    };
+    let mut all = headers.to_vec();
+    if path == MESSAGES {
+        all.push(("anthropic-version", "2023-06-01"));
+    }
+    h2_request(send, method, &uri, &all, body.as_ref()).await
+}
+
+/// HTTP/2 (h2c, as the OpenAI SDK's httpx client can speak it) names the host in
+/// `:authority`, not in a Host header: the reseller comes from it, with the same
+/// isolation as over HTTP/1.1, and one connection may carry requests for both
+/// resellers, each attributed to its own.
+#[tokio::test]
+async fn over_http2_the_reseller_comes_from_the_authority_with_the_same_isolation() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    let send = h2c_connect(gw.addr).await;
+    let bearer = |k: &str| format!("Bearer {k}");
+    let before = mock.requests().len();
+    for (_, path) in ENDPOINTS {
+        // Another reseller's authority: its keys are exactly unknown keys there.
+        for (authorities, foreign) in [
+            (GLOBEX_HOSTS, [ACME_DENTAL.2, ACME_REALTY.2]),
+            (ACME_HOSTS, [GLOBEX_CLINIC.2, GLOBEX_OFFICE.2]),
+        ] {
+            for authority in authorities {
+                let a = bearer(UNKNOWN_KEY);
+                let unknown = observe_h2(
+                    call_h2(&send, path, Some(authority), &[("authorization", &a)]).await,
+                );
+                assert_eq!(unknown.status, 401, "{authority} {path}: {}", unknown.body);
+                assert_eq!(code_of(path, &unknown), "invalid_api_key");
+                for key in foreign {
+                    for (name, value) in [("authorization", bearer(key)), ("x-api-key", key.into())]
+                    {
+                        let o = observe_h2(
+                            call_h2(&send, path, Some(authority), &[(name, &value)]).await,
+                        );
+                        let what = format!("{key} in {name} at :authority {authority} {path}");
+                        if name == "authorization" {
+                            assert_eq!(o, unknown, "{what} differs from an unknown key");
+                        } else {
+                            assert_eq!(o.status, 401, "{what}: {}", o.body);
+                            assert_eq!(code_of(path, &o), "invalid_api_key", "{what}");
+                        }
+                    }
+                }
+            }
+        }
+        // An authority no reseller has, whatever the key, and none at all.
+        for authority in [
+            Some("evil.example"),
+            Some("ai.acme.test.evil.example"),
+            Some("x.acme.livery.test"),
+            None,
+        ] {
+            for key in [ACME_DENTAL.2, GLOBEX_CLINIC.2] {
+                let a = bearer(key);
+                let o = observe_h2(call_h2(&send, path, authority, &[("authorization", &a)]).await);
+                assert_eq!(o.status, 404, ":authority {authority:?} {path}: {}", o.body);
+                assert_eq!(code_of(path, &o), "unknown_host", "{authority:?} {path}");
+            }
+        }
+        // `:authority` and a Host header that disagree: refused, not guessed,
+        // whichever of the two the key belongs to.
+        for (authority, host) in [
+            (ACME_HOST, GLOBEX_HOST),
+            (GLOBEX_HOST, ACME_HOST),
+            (ACME_HOST, "evil.example"),
+            ("evil.example", ACME_HOST),
+        ] {
+            for key in [ACME_DENTAL.2, GLOBEX_CLINIC.2] {
+                let a = bearer(key);
+                let o = observe_h2(
+                    call_h2(
+                        &send,
+                        path,
+                        Some(authority),
+                        &[("host", host), ("authorization", &a)],
+                    )
+                    .await,
+                );
+                let what = format!(":authority {authority} host {host} {path} key {key}");
+                assert_eq!(o.status, 400, "{what}: {}", o.body);
+                assert_eq!(code_of(path, &o), "invalid_host", "{what}");
+            }
+        }
+    }
+    assert_no_upstream(&mock, before, "refused HTTP/2 requests");
+    assert_only_sentinel_recorded(&gw, 0, "refused HTTP/2 requests").await;
+
+    // One connection, both resellers, requests interleaved on concurrent
+    // streams: each is served as the tenant of its own `:authority`.
+    let cases = [
+        (ACME_DENTAL, ACME_HOST),
+        (GLOBEX_CLINIC, GLOBEX_HOST),
+        (ACME_REALTY, "acme.livery.test"),
+        (GLOBEX_OFFICE, "globex.livery.test"),
+    ];
+    for (_, path) in ENDPOINTS {
+        let auths: Vec<String> = cases.iter().map(|(t, _)| bearer(t.2)).collect();
+        let headers: Vec<[(&str, &str); 1]> = auths
+            .iter()
+            .map(|a| [("authorization", a.as_str())])
+            .collect();
+        let answers = futures_util::future::join_all(
+            cases
+                .iter()
+                .zip(&headers)
+                .map(|((_, authority), h)| call_h2(&send, path, Some(authority), h)),
+        )
+        .await;
+        for ((tenant, authority), resp) in cases.iter().zip(answers) {
+            let what = format!("{path} at :authority {authority} as {tenant:?}");
+            assert_eq!(resp.status(), 200, "{what}: {}", resp.body());
+            let rid = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+            let v: Value = serde_json::from_str(resp.body()).unwrap();
+            match path {
+                "/v1/models" => assert!(
+                    v["data"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|m| m["owned_by"] == tenant.0),
+                    "{what}: {v}"
+                ),
+                "/v1/models/gpt-4o-mini" => assert_eq!(v["owned_by"], tenant.0, "{what}: {v}"),
+                _ => {
+                    let record = gw.usage_for(&rid).await;
+                    assert_eq!(record["reseller"], tenant.0, "{what}: {record}");
+                    assert_eq!(record["tenant"], tenant.1, "{what}: {record}");
+                }
+            }
+        }
+    }
+}
+
+/// Headers a proxy in front may set to name the client's host: all of them
+/// naming globex.
+const FORWARDED_GLOBEX: [(&str, &str); 6] = [
+    ("x-forwarded-host", "ai.globex.test"),
+    ("x-forwarded-host", "globex.livery.test"),
+    ("forwarded", "for=192.0.2.1;host=ai.globex.test;proto=https"),
+    ("x-original-host", "ai.globex.test"),
+    ("x-host", "ai.globex.test"),
+    ("x-forwarded-server", "ai.globex.test"),
+];
+
+/// The reseller is the Host's (or `:authority`'s), never what a forwarded
+/// header says: whoever can send a request can send those, and a gateway
+/// that believed them would serve globex's tenants at acme's address. Also
+/// from a trusted proxy (`[tls] trusted_proxies`), which is believed about the
+/// scheme only.
+#[tokio::test]
+async fn forwarded_host_headers_are_ignored_even_from_a_trusted_proxy() {
+    let mock = MockProvider::start().await;
+    let standard = TestGateway::standard(&mock).await;
+    // Loopback is a trusted proxy here, and plain HTTP is redirected unless it
+    // says `x-forwarded-proto: https` (sent on every request below).
+    let tls =
+        crate::tls::static_gateway("plain = \"redirect\"\ntrusted_proxies = [\"127.0.0.0/8\"]")
+            .await;
+    for (gw, mock, setup) in [
+        (&standard, &mock, "plain listener"),
+        (&tls.gw, &tls.mock, "trusted proxy"),
+    ] {
+        let records_before = gw.usage().len();
+        let upstream_before = mock.requests().len();
+        for (_, path) in ENDPOINTS {
+            for forwarded in FORWARDED_GLOBEX {
+                let extra = [("x-forwarded-proto", "https"), forwarded];
+                let what = format!("{setup}: {path} at Host {ACME_HOST} with {forwarded:?}");
+                // globex's key at acme's Host: exactly an unknown key.
+                let unknown = observe(
+                    call_with(gw, path, Some(ACME_HOST), Cred::Bearer(UNKNOWN_KEY), &extra).await,
+                )
+                .await;
+                assert_eq!(unknown.status, 401, "{what}: {}", unknown.body);
+                assert_eq!(code_of(path, &unknown), "invalid_api_key", "{what}");
+                for key in [GLOBEX_CLINIC.2, GLOBEX_OFFICE.2] {
+                    let o = observe(
+                        call_with(gw, path, Some(ACME_HOST), Cred::Bearer(key), &extra).await,
+                    )
+                    .await;
+                    assert_eq!(o, unknown, "{what}: {key} differs from an unknown key");
+                }
+                // An unknown Host stays unknown, whatever it forwards.
+                let o = observe(
+                    call_with(
+                        gw,
+                        path,
+                        Some("evil.example"),
+                        Cred::Bearer(GLOBEX_CLINIC.2),
+                        &extra,
+                    )
+                    .await,
+                )
+                .await;
+                assert_eq!(o.status, 404, "{what}: {}", o.body);
+                assert_eq!(code_of(path, &o), "unknown_host", "{what}");
+            }
+            // Without a Host, a forwarded host names no reseller either.
+            for (name, _) in FORWARDED_GLOBEX {
+                for (value, key) in [
+                    ("ai.acme.test", ACME_DENTAL.2),
+                    ("ai.globex.test", GLOBEX_CLINIC.2),
+                ] {
+                    let value = if name == "forwarded" {
+                        format!("host={value};proto=https")
+                    } else {
+                        value.to_owned()
+                    };
+                    let head = [
+                        format!("{name}: {value}"),
+                        "X-Forwarded-Proto: https".to_owned(),
+                        format!("Authorization: Bearer {key}"),
+                    ];
+                    let method = if body_for(path).is_some() {
+                        "POST"
+                    } else {
+                        "GET"
+                    };
+                    let r = raw_request(
+                        gw.addr,
+                        &raw(&format!("{method} {path} HTTP/1.1"), &head, path),
+                    )
+                    .await;
+                    let what = format!("{setup}: {path} without Host, {name}: {value}");
+                    assert_eq!(r.status, 404, "{what}: {}\n{}", r.head, r.body);
+                    assert_eq!(raw_code(path, &r), "unknown_host", "{what}");
+                }
+            }
+        }
+        assert_no_upstream(mock, upstream_before, "forwarded host headers");
+        // As `assert_only_sentinel_recorded`, the sentinel saying HTTPS.
+        let resp = call_with(
+            gw,
+            "/v1/chat/completions",
+            Some(ACME_HOST),
+            Cred::Bearer(ACME_DENTAL.2),
+            &[("x-forwarded-proto", "https")],
+        )
+        .await;
+        assert_eq!(resp.status(), 200, "{setup}: the sentinel");
+        let rid = request_id(&resp);
+        gw.usage_for(&rid).await;
+        let usage = gw.usage();
+        let new: Vec<&Value> = usage.iter().skip(records_before).collect();
+        assert!(
+            new.len() == 1 && new[0]["request_id"] == rid.as_str(),
+            "{setup}: refused requests were recorded: {new:?}"
+        );
+
+        // acme's tenant at acme's Host is served as itself, forwarded headers or not.
+        for (_, path) in ENDPOINTS {
+            for forwarded in FORWARDED_GLOBEX {
+                let extra = [("x-forwarded-proto", "https"), forwarded];
+                let what = format!("{setup}: dental at {path} with {forwarded:?}");
+                let before = mock.requests().len();
+                let resp = call_with(
+                    gw,
+                    path,
+                    Some(ACME_HOST),
+                    Cred::Bearer(ACME_DENTAL.2),
+                    &extra,
+                )
+                .await;
+                assert_eq!(resp.status(), 200, "{what}");
+                let rid = request_id(&resp);
+                let v: Value = resp.json().await.unwrap();
+                match path {
+                    "/v1/models" => assert!(
+                        v["data"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .all(|m| m["owned_by"] == "acme"),
+                        "{what}: {v}"
+                    ),
+                    "/v1/models/gpt-4o-mini" => assert_eq!(v["owned_by"], "acme", "{what}: {v}"),
+                    _ => {
+                        assert_eq!(mock.requests().len(), before + 1, "{what}");
+                        let record = gw.usage_for(&rid).await;
+                        assert_eq!(record["reseller"], "acme", "{what}: {record}");
+                        assert_eq!(record["tenant"], "dental", "{what}: {record}");
+                    }
+                }
+            }
+        }
+    }
+    tls.gw.shutdown().await;
 }

@@ -128,15 +128,17 @@ pub fn cert_names(der: &CertificateDer<'_>) -> Vec<String> {
     livery::tls::certs::leaf_info(der).unwrap().0
 }
 
-struct StaticSetup {
-    gw: TestGateway,
-    https: SocketAddr,
-    ca: TestCa,
-    mock: MockProvider,
+/// The standard gateway with an HTTPS listener (static certificates for
+/// `ai.acme.test` and `*.livery.test`) and `extra_tls` in its `[tls]` table.
+pub(crate) struct StaticSetup {
+    pub(crate) gw: TestGateway,
+    pub(crate) https: SocketAddr,
+    pub(crate) ca: TestCa,
+    pub(crate) mock: MockProvider,
     _dir: tempfile::TempDir,
 }
 
-async fn static_gateway(extra_tls: &str) -> StaticSetup {
+pub(crate) async fn static_gateway(extra_tls: &str) -> StaticSetup {
     let mock = MockProvider::start().await;
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new();
