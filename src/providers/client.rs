@@ -194,6 +194,13 @@ fn tls_config(cfg: &ProviderConfig) -> Result<rustls::ClientConfig, String> {
 
 /// `url` (the provider's `base_url` plus a path) as an absolute http(s) `Uri`.
 pub(super) fn upstream_uri(provider: &str, base_url: &str, url: &str) -> Result<Uri, String> {
+    // Paths are appended to the base: a query or fragment there would end
+    // up before them (`…?api-version=X/chat/completions`).
+    if base_url.contains(['?', '#']) {
+        return Err(format!(
+            "provider `{provider}`: base_url `{base_url}` must not have a query or fragment (paths are appended to it)"
+        ));
+    }
     let uri: Uri = url
         .parse()
         .map_err(|e| format!("provider `{provider}`: base_url `{base_url}`: {e}"))?;

@@ -43,6 +43,46 @@ fn url_slot(endpoint: Endpoint) -> usize {
     }
 }
 
+/// The first Azure OpenAI `api-version` taking `stream_options`, which every
+/// stream is sent with (its usage is counted from it): older versions refuse
+/// every streamed request with a 400.
+const AZURE_STREAM_USAGE_SINCE: &str = "2024-09-01";
+
+/// An Azure provider's `api-version`, checked against what the gateway sends,
+/// and its `base_url` against the path the gateway appends.
+fn azure_api_version(cfg: &ProviderConfig, base_url: &str) -> Result<String, String> {
+    let path = base_url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.find('/').map(|i| &rest[i..]))
+        .unwrap_or("");
+    if path == "/openai" || path.starts_with("/openai/") {
+        return Err(format!(
+            "provider `{}`: base_url is the resource's address without `/openai` (the gateway appends `/openai/deployments/…`)",
+            cfg.name
+        ));
+    }
+    let version = cfg
+        .api_version
+        .clone()
+        .unwrap_or_else(|| "2024-10-21".into());
+    let date = version.get(..10).unwrap_or("");
+    let is_date = date.len() == 10
+        && date.bytes().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        });
+    if is_date && date < AZURE_STREAM_USAGE_SINCE {
+        return Err(format!(
+            "provider `{}`: api_version `{version}` predates `stream_options` ({AZURE_STREAM_USAGE_SINCE}-preview), which streams are sent with to count their usage; use 2024-10-21 or later",
+            cfg.name
+        ));
+    }
+    Ok(version)
+}
+
 impl OpenAiProvider {
     pub fn from_config(cfg: &ProviderConfig) -> Result<Self, String> {
         let base_url = cfg
@@ -72,10 +112,7 @@ impl OpenAiProvider {
         let client = UpstreamClient::from_config(cfg, &endpoint_urls[0])?;
         let flavor = match cfg.kind {
             ProviderKind::AzureOpenai => Flavor::Azure {
-                api_version: cfg
-                    .api_version
-                    .clone()
-                    .unwrap_or_else(|| "2024-10-21".into()),
+                api_version: azure_api_version(cfg, &base_url)?,
             },
             _ => Flavor::OpenAi,
         };
@@ -202,5 +239,41 @@ mod tests {
             key_header_value("openai", "Bearer ", &bad),
             Err(ProviderError::Misconfigured(m)) if m.contains("openai") && !m.contains("sk-")
         ));
+    }
+
+    fn provider(table: &str) -> Result<OpenAiProvider, String> {
+        let cfg: ProviderConfig = toml::from_str(table).unwrap();
+        OpenAiProvider::from_config(&cfg)
+    }
+
+    #[test]
+    fn base_urls_and_api_versions_that_would_build_wrong_requests_are_refused() {
+        let azure = |base: &str, version: &str| {
+            provider(&format!(
+                "name = \"az\"\nkind = \"azure_openai\"\nbase_url = \"{base}\"\napi_version = \"{version}\"\n"
+            ))
+        };
+        let res = "https://res.openai.azure.com";
+        assert!(azure(res, "2024-10-21").is_ok());
+        assert!(azure(&format!("{res}/"), "2025-04-01-preview").is_ok());
+        assert!(azure(res, "2024-09-01-preview").is_ok());
+        let old = azure(res, "2024-06-01").map(|_| ()).unwrap_err();
+        assert!(old.contains("stream_options"), "{old}");
+        assert!(azure(res, "2024-02-15-preview").is_err());
+        for base in [format!("{res}/openai"), format!("{res}/openai/v1")] {
+            let e = azure(&base, "2024-10-21").map(|_| ()).unwrap_err();
+            assert!(e.contains("without `/openai`"), "{e}");
+        }
+        let openai = |base: &str| {
+            provider(&format!(
+                "name = \"o\"\nkind = \"openai\"\nbase_url = \"{base}\"\n"
+            ))
+        };
+        assert!(openai("http://127.0.0.1:11434/v1").is_ok());
+        let e = openai("https://models.example/v1?api-version=2024-05-01")
+            .map(|_| ())
+            .unwrap_err();
+        assert!(e.contains("query"), "{e}");
+        assert!(openai("https://x.example/v1#frag").is_err());
     }
 }
