@@ -976,3 +976,22 @@ async fn a_messages_client_that_leaves_mid_stream_keeps_the_exact_input_count() 
     assert_eq!(r["estimated"], true, "{r}");
     s.gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_bridged_azure_stream_takes_its_message_id_from_the_answer() {
+    use crate::support::mock::{ReplayProvider, AZURE_STREAM_GPT4O};
+    let azure = ReplayProvider::start(AZURE_STREAM_GPT4O).await;
+    let gw = TestGateway::start(&standard_config(&azure.base_url(), "")).await;
+    let mut body = messages_body("gpt-4o-mini");
+    body["stream"] = json!(true);
+    let resp = messages(&gw, Some(ACME_DENTAL.2), &body).await;
+    assert_eq!(resp.status(), 200);
+    let events = anthropic_events(&resp.text().await.unwrap());
+    assert_eq!(events[0].0, "message_start");
+    assert_eq!(
+        events[0].1["message"]["id"], "msg_BleatwEUn3D8iXsgXpDqeOPEMuW3j",
+        "{:?}",
+        events[0]
+    );
+    gw.shutdown().await;
+}

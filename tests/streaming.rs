@@ -662,3 +662,24 @@ async fn an_h2_stream_reset_by_the_client_cancels_the_upstream() {
     let text = resp.text().await.unwrap();
     complete_stream_chunks(&text, "chat.completion.chunk");
 }
+
+#[tokio::test]
+async fn an_azure_stream_records_the_model_of_its_answer_not_of_its_filter_chunk() {
+    use crate::support::mock::{ReplayProvider, AZURE_STREAM_GPT4O};
+    let azure = ReplayProvider::start(AZURE_STREAM_GPT4O).await;
+    let gw = TestGateway::start(&standard_config(&azure.base_url(), "")).await;
+    let resp = send(
+        &client(),
+        &gw,
+        "/v1/chat/completions",
+        &stream_body("gpt-4o-mini", Value::Null),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let rid = request_id_of(&resp);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("Hallo"), "{text}");
+    let record = gw.usage_for(&rid).await;
+    assert_eq!(record["outcome"], "ok", "{record}");
+    assert_eq!(record["served_model"], "gpt-4o-2024-08-06", "{record}");
+}

@@ -157,7 +157,10 @@ impl SseRelay {
         let mut end_after = false;
         let mut reshaped = None;
         if let Ok(peek) = serde_json::from_str::<ChunkPeek>(data) {
-            if let (Some(model), false) = (peek.model, self.model_seen) {
+            // Azure's first chunk (`prompt_filter_results`) names no model:
+            // `""`, not the answer's.
+            let model = peek.model.filter(|m| !m.is_empty());
+            if let (Some(model), false) = (model, self.model_seen) {
                 self.model_seen = true;
                 self.record.set_served_model(&model);
             }

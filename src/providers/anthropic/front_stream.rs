@@ -93,9 +93,16 @@ impl ChatStreamToMessages {
             return Err(StreamError::Upstream(Box::new(e)));
         }
         let mut out = Vec::new();
-        if !self.started {
+        let chunk_id = v.get("id").and_then(Value::as_str).unwrap_or("");
+        let choices = v.get("choices").and_then(Value::as_array);
+        // Azure's first chunk (`prompt_filter_results`) has an empty id and no
+        // choices: the message starts with the answer's own first chunk.
+        let preamble = chunk_id.is_empty()
+            && choices.is_none_or(Vec::is_empty)
+            && v.get("usage").is_none_or(Value::is_null);
+        if !self.started && !preamble {
             self.started = true;
-            let id = message_id(v.get("id").and_then(Value::as_str).unwrap_or(""));
+            let id = message_id(chunk_id);
             let start = json!({"type": "message_start", "message": {
                 "id": id,
                 "type": "message",
@@ -108,7 +115,7 @@ impl ChatStreamToMessages {
             }});
             out.push(("message_start", start.to_string()));
         }
-        let choice = v.get("choices").and_then(Value::as_array).and_then(|c| {
+        let choice = choices.and_then(|c| {
             c.iter()
                 .find(|ch| ch.get("index").and_then(Value::as_u64).unwrap_or(0) == 0)
         });
