@@ -169,6 +169,21 @@ impl GatewayError {
         }
     }
 
+    /// How loudly answering this error is logged: by who is at fault, but a
+    /// rate limiter outage only at debug, since the limiter logs it once when
+    /// it starts and once when it ends and a line per refused request would
+    /// flood the log at error for as long as it lasts.
+    fn log_level(&self) -> tracing::Level {
+        match self {
+            GatewayError::Limit(LimitRejection::BackendUnavailable) => tracing::Level::DEBUG,
+            _ => match self.fault() {
+                Fault::Client => tracing::Level::DEBUG,
+                Fault::Upstream => tracing::Level::WARN,
+                Fault::Gateway => tracing::Level::ERROR,
+            },
+        }
+    }
+
     /// The client-facing message. Tenancy errors stay neutral on purpose: they must
     /// not reveal whether a key or a host exists elsewhere.
     pub fn message(&self) -> String {
@@ -213,12 +228,11 @@ impl GatewayError {
 
     /// The response in the client's dialect (same status and headers).
     pub fn to_response_for(&self, dialect: Dialect) -> http::Response<ProxyBody> {
-        match self.fault() {
-            Fault::Client => tracing::debug!(code = self.code(), error = %self, "request refused"),
-            Fault::Upstream => {
-                tracing::warn!(code = self.code(), error = %self, "upstream failure")
-            }
-            Fault::Gateway => tracing::error!(code = self.code(), error = %self, "gateway failure"),
+        let code = self.code();
+        match self.log_level() {
+            tracing::Level::ERROR => tracing::error!(code, error = %self, "gateway failure"),
+            tracing::Level::WARN => tracing::warn!(code, error = %self, "upstream failure"),
+            _ => tracing::debug!(code, error = %self, "request refused"),
         }
         let body = match dialect {
             Dialect::OpenAi => json!({"error": {
@@ -285,6 +299,42 @@ pub fn anthropic_error_type(status: StatusCode) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    /// The level of every event logged.
+    #[derive(Clone, Default)]
+    struct Levels(Arc<Mutex<Vec<tracing::Level>>>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Levels {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            self.0.lock().unwrap().push(*event.metadata().level());
+        }
+    }
+
+    /// The levels of what answering `e` logs.
+    fn levels_logged(e: &GatewayError) -> Vec<tracing::Level> {
+        let levels = Levels::default();
+        let subscriber = tracing_subscriber::registry().with(levels.clone());
+        tracing::subscriber::with_default(subscriber, || drop(e.to_response()));
+        let out = levels.0.lock().unwrap().clone();
+        out
+    }
+
+    /// Under `fail_closed` every request is refused while Redis is down: the
+    /// limiter logs the outage, each refusal only at debug.
+    #[test]
+    fn a_rate_limiter_outage_is_not_logged_per_request() {
+        let e = GatewayError::Limit(LimitRejection::BackendUnavailable);
+        assert_eq!(levels_logged(&e), [tracing::Level::DEBUG]);
+        // A fault of the gateway's own still is an error.
+        let e = GatewayError::Provider(ProviderError::Misconfigured("no base_url".into()));
+        assert_eq!(levels_logged(&e), [tracing::Level::ERROR]);
+    }
 
     async fn body_text(resp: http::Response<ProxyBody>) -> String {
         use http_body_util::BodyExt;
