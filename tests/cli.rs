@@ -723,6 +723,49 @@ fn check_config_rejects_billing_and_prices_it_cannot_use() {
     }
 }
 
+/// `[limits]` takes its Redis URL from the environment as `[usage.redis]`
+/// does, and a parse error never prints a URL's password from the file.
+#[test]
+fn the_limits_redis_url_may_come_from_the_environment_and_parse_errors_hide_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    let original = std::fs::read_to_string(default_config()).unwrap();
+    let check = |limits: &str, env: Option<&str>| {
+        std::fs::write(&path, format!("{original}\n[limits]\n{limits}\n")).unwrap();
+        let mut cmd = livery();
+        cmd.arg("check-config").arg("--config").arg(&path);
+        cmd.env_remove("LIVERY_TEST_LIMITS_URL");
+        if let Some(url) = env {
+            cmd.env("LIVERY_TEST_LIMITS_URL", url);
+        }
+        let (out, stdout, stderr) = run(&mut cmd);
+        (out.status.success(), format!("{stdout}{stderr}"))
+    };
+    let from_env = "backend = \"redis\"\nredis_url_env = \"LIVERY_TEST_LIMITS_URL\"";
+    let (ok, all) = check(from_env, Some("redis://:S3cret@127.0.0.1:6379/0"));
+    assert!(ok, "{all}");
+    assert!(!all.contains("S3cret"), "{all}");
+    let (ok, all) = check(from_env, None);
+    assert!(!ok && all.contains("LIVERY_TEST_LIMITS_URL"), "{all}");
+    let both = format!("{from_env}\nredis_url = \"redis://127.0.0.1:6379/0\"");
+    let (ok, all) = check(&both, Some("redis://127.0.0.1:6379/0"));
+    assert!(!ok && all.contains("not both"), "{all}");
+
+    for broken in [
+        "backend = \"redis\"\nredis_url = redis://:S3cret@host:6379",
+        "backend = \"redis\"\nredis_url = \"redis://:S3cret@host:6379",
+        "backend = \"redis://:S3cret@host:6379\"",
+    ] {
+        let (ok, all) = check(broken, None);
+        assert!(!ok, "{broken}: accepted");
+        assert!(all.contains("line "), "{broken}: no position: {all}");
+        assert!(
+            !all.contains("S3cret"),
+            "{broken}: the password was printed: {all}"
+        );
+    }
+}
+
 // ------------------------------------------------------------------- hash-key
 
 #[test]

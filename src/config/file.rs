@@ -744,8 +744,11 @@ pub enum OnRedisError {
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     pub backend: LimitsBackend,
-    /// e.g. `redis://127.0.0.1:6379/0`; required for `backend = "redis"`.
+    /// e.g. `redis://127.0.0.1:6379/0`; `backend = "redis"` needs it or
+    /// `redis_url_env`.
     pub redis_url: Option<String>,
+    /// Environment variable holding the URL instead (when it carries a password).
+    pub redis_url_env: Option<String>,
     /// Budget of one Redis round trip; beyond it Redis counts as down.
     pub redis_timeout_ms: u64,
     pub on_redis_error: OnRedisError,
@@ -754,11 +757,26 @@ pub struct LimitsConfig {
     pub instances: u32,
 }
 
+impl LimitsConfig {
+    /// The Redis URL, from `redis_url` or the variable `redis_url_env` names
+    /// (exactly one of them).
+    pub fn resolved_redis_url(&self) -> Result<String, String> {
+        match (&self.redis_url, &self.redis_url_env) {
+            (Some(url), None) => Ok(url.clone()),
+            (None, Some(var)) => std::env::var(var)
+                .map_err(|_| format!("redis_url_env: environment variable {var} is not set")),
+            (None, None) => Err("backend = \"redis\" needs redis_url or redis_url_env".into()),
+            (Some(_), Some(_)) => Err("set one of redis_url and redis_url_env, not both".into()),
+        }
+    }
+}
+
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             backend: LimitsBackend::Local,
             redis_url: None,
+            redis_url_env: None,
             redis_timeout_ms: 25,
             on_redis_error: OnRedisError::FailOpen,
             instances: 1,

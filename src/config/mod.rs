@@ -108,12 +108,58 @@ impl GatewayConfig {
     }
 
     /// Parses TOML text (used by tests, which build configurations inline).
+    /// The error gives line, column and message but not the quoted source
+    /// line toml would print: that line may hold a URL with a password.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::from("<inline>"),
-            message: e.to_string(),
+            message: parse_message(text, &e),
         })
     }
+}
+
+fn parse_message(text: &str, e: &toml::de::Error) -> String {
+    let message = mask_userinfo(e.message().trim_end());
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
+/// `scheme://user:password@host` with the user information replaced by `***`
+/// (serde's messages quote the offending value, which may be such a URL).
+pub fn mask_userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let authority_end = tail
+            .find(|c: char| {
+                c == '/'
+                    || c == '?'
+                    || c == '#'
+                    || c.is_whitespace()
+                    || c == '"'
+                    || c == '`'
+                    || c == '\''
+            })
+            .unwrap_or(tail.len());
+        match tail[..authority_end].rfind('@') {
+            Some(at) => {
+                out.push_str("***");
+                rest = &tail[at..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// What `serve` checks of a configuration beyond its [`crate::Snapshot`]

@@ -108,9 +108,7 @@ impl LimiterSettings {
         let backend = match c.backend {
             LimitsBackend::Local => Backend::Local,
             LimitsBackend::Redis => Backend::Redis {
-                url: c.redis_url.clone().ok_or_else(|| {
-                    LimitsError::Invalid("backend = \"redis\" needs redis_url".into())
-                })?,
+                url: c.resolved_redis_url().map_err(LimitsError::Invalid)?,
             },
         };
         if c.redis_timeout_ms == 0 {
