@@ -318,7 +318,7 @@ async fn monthly_quota_blocks_at_the_limit_and_survives_a_restart() {
         ),
         "{e:?}"
     );
-    assert_eq!((e.status().as_u16(), e.code()), (429, "quota_exceeded"));
+    assert_eq!((e.status().as_u16(), e.code()), (429, "insufficient_quota"));
     assert_eq!(header(&e.headers(), "x-should-retry"), Some("false"));
     // Another tenant's month is its own.
     assert!(limiter
