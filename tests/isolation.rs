@@ -198,9 +198,22 @@ async fn assert_served_as(
     cred: Cred<'_>,
     tenant: (&str, &str, &str),
 ) {
+    assert_served_with(gw, mock, path, host, cred, &[], tenant).await;
+}
+
+/// [`assert_served_as`] with `extra` headers.
+async fn assert_served_with(
+    gw: &TestGateway,
+    mock: &MockProvider,
+    path: &str,
+    host: &str,
+    cred: Cred<'_>,
+    extra: &[(&str, &str)],
+    tenant: (&str, &str, &str),
+) {
     let before = mock.requests().len();
-    let resp = call(gw, path, Some(host), cred).await;
-    let what = format!("{path} at {host} with {cred:?}");
+    let resp = call_with(gw, path, Some(host), cred, extra).await;
+    let what = format!("{path} at {host} with {cred:?} and {extra:?}");
     assert_eq!(resp.status(), 200, "{what}");
     let rid = request_id(&resp);
     let v: Value = resp.json().await.unwrap();
@@ -1094,4 +1107,117 @@ async fn forwarded_host_headers_are_ignored_even_from_a_trusted_proxy() {
         }
     }
     tls.gw.shutdown().await;
+}
+
+/// More than one credential in a request. The key is read from
+/// `Authorization`, else `api-key`, else `x-api-key` (`presented_key`,
+/// src/tenancy/key.rs), the first header of a name only: an unusable or
+/// foreign `Authorization` is not rescued by a valid key elsewhere, and a
+/// second `Authorization` is never tried. Each refusal is exactly what the
+/// first credential alone gets.
+#[tokio::test]
+async fn mixed_credential_headers_use_the_first_by_precedence_and_never_fall_back() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    let unknown_bearer = format!("Bearer {UNKNOWN_KEY}");
+    let globex_bearer = format!("Bearer {}", GLOBEX_CLINIC.2);
+    let dental_bearer = format!("Bearer {}", ACME_DENTAL.2);
+    let realty_bearer = format!("Bearer {}", ACME_REALTY.2);
+    let before = mock.requests().len();
+    for (_, path) in ENDPOINTS {
+        let unknown =
+            observe(call(&gw, path, Some(ACME_HOST), Cred::Bearer(UNKNOWN_KEY)).await).await;
+        assert_eq!(unknown.status, 401);
+        assert_eq!(code_of(path, &unknown), "invalid_api_key");
+        let refused: [(&str, Vec<(&str, &str)>); 6] = [
+            (
+                ACME_HOST,
+                vec![
+                    ("authorization", &unknown_bearer),
+                    ("x-api-key", ACME_DENTAL.2),
+                ],
+            ),
+            (
+                ACME_HOST,
+                vec![
+                    ("authorization", &unknown_bearer),
+                    ("api-key", ACME_DENTAL.2),
+                ],
+            ),
+            (
+                ACME_HOST,
+                // The dental key itself, base64'd, in the wrong scheme.
+                vec![
+                    ("authorization", "Basic c2stYWNtZS1kZW50YWwta2V5"),
+                    ("api-key", ACME_DENTAL.2),
+                ],
+            ),
+            (
+                ACME_HOST,
+                vec![("api-key", UNKNOWN_KEY), ("x-api-key", ACME_DENTAL.2)],
+            ),
+            // Two Authorization headers: the first (another reseller's) is the key.
+            (
+                ACME_HOST,
+                vec![
+                    ("authorization", &globex_bearer),
+                    ("authorization", &dental_bearer),
+                ],
+            ),
+            (
+                GLOBEX_HOST,
+                vec![
+                    ("authorization", &dental_bearer),
+                    ("authorization", &globex_bearer),
+                ],
+            ),
+        ];
+        for (host, headers) in &refused {
+            let what = format!("{path} at {host} with {headers:?}");
+            let o = observe(call_with(&gw, path, Some(host), Cred::None, headers).await).await;
+            assert_eq!(o.status, 401, "{what}: {}", o.body);
+            assert_eq!(code_of(path, &o), "invalid_api_key", "{what}");
+            assert!(
+                !o.body.contains("sk-"),
+                "{what}: a key is echoed: {}",
+                o.body
+            );
+            if headers[0].1 == unknown_bearer || headers[0].1 == globex_bearer {
+                // Not distinguishable from the first credential alone.
+                assert_eq!(o, unknown, "{what}");
+            }
+        }
+    }
+    assert_no_upstream(&mock, before, "mixed credentials");
+    assert_only_sentinel_recorded(&gw, 0, "mixed credentials").await;
+
+    // Two valid keys of the same reseller: the one that takes precedence is served.
+    for (_, path) in ENDPOINTS {
+        for headers in [
+            [
+                ("authorization", realty_bearer.as_str()),
+                ("x-api-key", ACME_DENTAL.2),
+            ],
+            [
+                ("authorization", realty_bearer.as_str()),
+                ("api-key", ACME_DENTAL.2),
+            ],
+            [("api-key", ACME_REALTY.2), ("x-api-key", ACME_DENTAL.2)],
+            [
+                ("x-api-key", ACME_DENTAL.2),
+                ("authorization", realty_bearer.as_str()),
+            ],
+        ] {
+            assert_served_with(
+                &gw,
+                &mock,
+                path,
+                ACME_HOST,
+                Cred::None,
+                &headers,
+                ACME_REALTY,
+            )
+            .await;
+        }
+    }
 }
