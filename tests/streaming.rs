@@ -336,6 +336,21 @@ async fn legacy_completions_stream_too() {
         record["prompt_tokens"].as_u64().is_some_and(|n| n > 0),
         "{record}"
     );
+
+    // Without the usage chunk, the completion is estimated from the text.
+    let mut body = body;
+    body["mock"] = json!({"no_usage": true});
+    let resp = send(&client(), &gw, "/v1/completions", &body).await;
+    let rid = request_id_of(&resp);
+    let text = resp.text().await.unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    let record = gw.usage_for(&rid).await;
+    assert_eq!(record["outcome"], "ok", "{record}");
+    assert_eq!(record["estimated"], true, "{record}");
+    assert!(
+        record["completion_tokens"].as_u64().is_some_and(|n| n >= 7),
+        "{record}"
+    );
 }
 
 /// Reads a stream to its end and returns (request id, payloads, raw text).

@@ -46,6 +46,9 @@ struct ChoicePeek<'a> {
     finish_reason: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     delta: Option<DeltaPeek<'a>>,
+    /// A legacy `/v1/completions` chunk's text (it has no `delta`).
+    #[serde(default, borrow, deserialize_with = "opt_text")]
+    text: Option<Cow<'a, str>>,
 }
 
 /// The text of a delta, kept for estimating completion tokens when the
@@ -168,6 +171,9 @@ impl SseRelay {
             for c in &choices {
                 if c.finish_reason.is_some() {
                     self.saw_finish = true;
+                }
+                if let Some(text) = &c.text {
+                    self.record.add_completion_text(text);
                 }
                 if let Some(d) = &c.delta {
                     for text in [&d.content, &d.refusal].into_iter().flatten() {
