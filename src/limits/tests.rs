@@ -277,7 +277,7 @@ fn rejections_answer_in_openais_terms() {
     };
     assert_eq!(
         (q.error_type(), q.code()),
-        ("tokens_per_month", "quota_exceeded")
+        ("insufficient_quota", "insufficient_quota")
     );
     assert!(!q.message().contains("shared"));
     let b = LimitRejection::BackendUnavailable;
