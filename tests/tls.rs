@@ -281,15 +281,89 @@ async fn host_naming_another_reseller_than_the_sni_gets_421() {
         .unwrap();
     assert_eq!(support::error_code(resp, 421).await, "misdirected_request");
 
-    // Another name of the same reseller is fine.
-    let resp = client
-        .get(format!("https://{ACME_HOST}:{port}/v1/models"))
-        .header("host", "acme.livery.test")
-        .bearer_auth(ACME_DENTAL.2)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    // Requests that would be forwarded: refused before the provider, in the
+    // endpoint's dialect, and never recorded.
+    let records_before = s.gw.usage().len();
+    let upstream_before = s.mock.requests().len();
+    for globex_host in [
+        support::GLOBEX_HOST,
+        "globex.livery.test",
+        "AI.GLOBEX.TEST.:443",
+    ] {
+        let resp = client
+            .post(format!("https://{ACME_HOST}:{port}/v1/chat/completions"))
+            .header("host", globex_host)
+            .bearer_auth(GLOBEX_CLINIC.2)
+            .json(&support::chat_body("gpt-4o-mini"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            support::error_code(resp, 421).await,
+            "misdirected_request",
+            "{globex_host}"
+        );
+        let resp = client
+            .post(format!("https://{ACME_HOST}:{port}/v1/messages"))
+            .header("host", globex_host)
+            .header("x-api-key", GLOBEX_CLINIC.2)
+            .header("anthropic-version", "2023-06-01")
+            .json(
+                &serde_json::json!({"model": "gpt-4o-mini", "max_tokens": 16,
+                "messages": [{"role": "user", "content": "Say hello"}]}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 421, "{globex_host}");
+        let v: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(v["type"], "error", "{v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("another host")),
+            "{v}"
+        );
+    }
+    assert_eq!(
+        s.mock.requests().len(),
+        upstream_before,
+        "a 421 was forwarded"
+    );
+    support::assert_only_sentinel_recorded(&s.gw, records_before, "HTTP/1.1 421").await;
+
+    // Another name of the same reseller is fine, and so is the SNI's own
+    // name in another spelling (case, trailing dot, port).
+    for (host, path) in [
+        ("acme.livery.test", "/v1/models"),
+        ("AI.ACME.TEST.:443", "/v1/models"),
+        ("AI.ACME.TEST.:443", "/v1/chat/completions"),
+    ] {
+        let rb = if path == "/v1/models" {
+            client.get(format!("https://{ACME_HOST}:{port}{path}"))
+        } else {
+            client
+                .post(format!("https://{ACME_HOST}:{port}{path}"))
+                .json(&support::chat_body("gpt-4o-mini"))
+        };
+        let resp = rb
+            .header("host", host)
+            .bearer_auth(ACME_DENTAL.2)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{host} {path}");
+        let rid = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+        let v: serde_json::Value = resp.json().await.unwrap();
+        if path == "/v1/models" {
+            assert_eq!(v["data"][0]["owned_by"], "acme", "{v}");
+        } else {
+            let record = s.gw.usage_for(&rid).await;
+            assert_eq!(record["reseller"], "acme", "{record}");
+            assert_eq!(record["tenant"], "dental", "{record}");
+        }
+    }
     s.gw.shutdown().await;
 }
 
