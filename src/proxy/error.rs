@@ -172,10 +172,17 @@ impl GatewayError {
     /// How loudly answering this error is logged: by who is at fault, but a
     /// rate limiter outage only at debug, since the limiter logs it once when
     /// it starts and once when it ends and a line per refused request would
-    /// flood the log at error for as long as it lasts.
+    /// flood the log at error for as long as it lasts; and a request refused
+    /// before it reached a tenant (host, key, account, path) at info, since no
+    /// usage record is written for it and this line (in the request's span,
+    /// with its id) is its only trace.
     fn log_level(&self) -> tracing::Level {
         match self {
             GatewayError::Limit(LimitRejection::BackendUnavailable) => tracing::Level::DEBUG,
+            GatewayError::Tenancy(_)
+            | GatewayError::UnknownEndpoint(..)
+            | GatewayError::MethodNotAllowed(..)
+            | GatewayError::MisdirectedRequest => tracing::Level::INFO,
             _ => match self.fault() {
                 Fault::Client => tracing::Level::DEBUG,
                 Fault::Upstream => tracing::Level::WARN,
@@ -232,6 +239,7 @@ impl GatewayError {
         match self.log_level() {
             tracing::Level::ERROR => tracing::error!(code, error = %self, "gateway failure"),
             tracing::Level::WARN => tracing::warn!(code, error = %self, "upstream failure"),
+            tracing::Level::INFO => tracing::info!(code, error = %self, "request refused"),
             _ => tracing::debug!(code, error = %self, "request refused"),
         }
         let body = match dialect {
@@ -323,6 +331,32 @@ mod tests {
         tracing::subscriber::with_default(subscriber, || drop(e.to_response()));
         let out = levels.0.lock().unwrap().clone();
         out
+    }
+
+    /// Requests refused before a tenant is known get no usage record, so
+    /// they are logged at the default level (info), without the key.
+    #[test]
+    fn refusals_before_a_tenant_are_logged_at_info() {
+        for e in [
+            TenancyError::UnknownHost,
+            TenancyError::AmbiguousHost,
+            TenancyError::MissingKey,
+            TenancyError::InvalidKey,
+            TenancyError::TenantSuspended,
+        ] {
+            let e = GatewayError::Tenancy(e);
+            assert_eq!(levels_logged(&e), [tracing::Level::INFO], "{e:?}");
+        }
+        let e = GatewayError::UnknownEndpoint("POST".into(), "/v1/files".into());
+        assert_eq!(levels_logged(&e), [tracing::Level::INFO]);
+        assert_eq!(
+            levels_logged(&GatewayError::MisdirectedRequest),
+            [tracing::Level::INFO]
+        );
+        // Once a tenant is known, a forwarded request's refusal has its
+        // usage record.
+        let e = GatewayError::Routing(RoutingError::ModelNotFound("gpt-9".into()));
+        assert_eq!(levels_logged(&e), [tracing::Level::DEBUG]);
     }
 
     /// Under `fail_closed` every request is refused while Redis is down: the
