@@ -698,3 +698,39 @@ async fn an_azure_stream_records_the_model_of_its_answer_not_of_its_filter_chunk
     assert_eq!(record["outcome"], "ok", "{record}");
     assert_eq!(record["served_model"], "gpt-4o-2024-08-06", "{record}");
 }
+
+#[tokio::test]
+async fn reasoning_deltas_count_in_the_estimated_completion() {
+    use crate::support::mock::ReplayProvider;
+    // A reasoning model's stream without a usage chunk (DeepSeek's
+    // `reasoning_content`, OpenRouter's `reasoning`), then one word of answer.
+    const SSE: &str = concat!(
+        r#"data: {"id":"chatcmpl-r1","object":"chat.completion.chunk","created":1,"model":"deepseek-reasoner","choices":[{"index":0,"delta":{"role":"assistant","content":"","reasoning_content":"The user wants a greeting, so I will say hello to the tests politely."},"finish_reason":null}]}"#,
+        "\n\n",
+        r#"data: {"id":"chatcmpl-r1","object":"chat.completion.chunk","created":1,"model":"deepseek-reasoner","choices":[{"index":0,"delta":{"reasoning":" A short answer is best here."},"finish_reason":null}]}"#,
+        "\n\n",
+        r#"data: {"id":"chatcmpl-r1","object":"chat.completion.chunk","created":1,"model":"deepseek-reasoner","choices":[{"index":0,"delta":{"content":"Hello"},"finish_reason":"stop"}]}"#,
+        "\n\n",
+        "data: [DONE]\n\n",
+    );
+    let upstream = ReplayProvider::start(SSE).await;
+    let gw = TestGateway::start(&standard_config(&upstream.base_url(), "")).await;
+    let resp = send(
+        &client(),
+        &gw,
+        "/v1/chat/completions",
+        &stream_body("gpt-4o-mini", Value::Null),
+    )
+    .await;
+    let rid = request_id_of(&resp);
+    let text = resp.text().await.unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    let record = gw.usage_for(&rid).await;
+    assert_eq!(record["outcome"], "ok", "{record}");
+    assert_eq!(record["estimated"], true, "{record}");
+    // "Hello" alone is one token; the reasoning is about twenty more.
+    assert!(
+        record["completion_tokens"].as_u64().is_some_and(|n| n > 15),
+        "{record}"
+    );
+}

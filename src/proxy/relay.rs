@@ -59,6 +59,12 @@ struct DeltaPeek<'a> {
     content: Option<Cow<'a, str>>,
     #[serde(default, borrow, deserialize_with = "opt_text")]
     refusal: Option<Cow<'a, str>>,
+    /// Reasoning text, billed as completion tokens: DeepSeek's and vLLM's
+    /// `reasoning_content`, OpenRouter's and Ollama's `reasoning`.
+    #[serde(default, borrow, deserialize_with = "opt_text")]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "opt_text")]
+    reasoning: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     tool_calls: Option<Vec<ToolCallPeek<'a>>>,
 }
@@ -176,7 +182,8 @@ impl SseRelay {
                     self.record.add_completion_text(text);
                 }
                 if let Some(d) = &c.delta {
-                    for text in [&d.content, &d.refusal].into_iter().flatten() {
+                    let texts = [&d.content, &d.refusal, &d.reasoning_content, &d.reasoning];
+                    for text in texts.into_iter().flatten() {
                         self.record.add_completion_text(text);
                     }
                     for f in d
