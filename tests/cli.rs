@@ -766,6 +766,29 @@ fn the_limits_redis_url_may_come_from_the_environment_and_parse_errors_hide_it()
     }
 }
 
+/// A tenant id goes into CSV reports and credential owners: a comma shifted
+/// every column after it.
+#[test]
+fn check_config_rejects_tenant_ids_with_separators() {
+    for id in ["demo,tenant", "demo tenant", "demo/tenant", ""] {
+        assert_config_rejected(
+            id,
+            |t| t.replace("id = \"demo-tenant\"", &format!("id = \"{id}\"")),
+            &[&format!("tenant id `{id}`"), "[A-Za-z0-9._-]"],
+        );
+    }
+    assert_config_rejected(
+        "65 characters",
+        |t| {
+            t.replace(
+                "id = \"demo-tenant\"",
+                &format!("id = \"{}\"", "t".repeat(65)),
+            )
+        },
+        &["1-64"],
+    );
+}
+
 // ------------------------------------------------------------------- hash-key
 
 #[test]

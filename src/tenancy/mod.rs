@@ -198,9 +198,17 @@ impl Tenancy {
             let mut tenants = Vec::new();
             let mut tenant_ids = HashSet::new();
             for (ti, tc) in r.tenants.iter().enumerate() {
-                if tc.id.is_empty() || !tenant_ids.insert(tc.id.as_str()) {
+                // Ids go into usage records, CSV reports and credential
+                // owners (`tenant:RESELLER/TENANT`): no separators, no spaces.
+                if !is_tenant_id(&tc.id) {
                     return Err(format!(
-                        "reseller `{}`: tenant id `{}` is empty or repeated",
+                        "reseller `{}`: tenant id `{}` must be 1-64 of [A-Za-z0-9._-]",
+                        r.id, tc.id
+                    ));
+                }
+                if !tenant_ids.insert(tc.id.as_str()) {
+                    return Err(format!(
+                        "reseller `{}`: tenant id `{}` is repeated",
                         r.id, tc.id
                     ));
                 }
@@ -367,6 +375,12 @@ fn parse_credentials(
         out.insert(provider.clone(), key);
     }
     Ok(out)
+}
+
+fn is_tenant_id(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 fn is_dns_label(s: &str) -> bool {

@@ -214,17 +214,26 @@ pub fn render(report: &Report, format: &str) -> Result<String, String> {
     }
 }
 
+/// A CSV field per RFC 4180: quoted (quotes doubled) when it holds a comma,
+/// a quote or a line break.
+fn csv(field: &str) -> std::borrow::Cow<'_, str> {
+    if field.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", field.replace('"', "\"\"")).into()
+    } else {
+        field.into()
+    }
+}
+
 fn render_csv(r: &Report) -> String {
     let mut out = String::from(
         "kind,reseller,month,tenant,requests,billable_requests,prompt_tokens,completion_tokens,cached_tokens,total_tokens,estimated_events,platform_cost,description,amount\n",
     );
+    let (reseller, month) = (csv(&r.reseller), csv(&r.month));
     for t in &r.tenants {
         let _ = writeln!(
             out,
-            "usage,{},{},{},{},{},{},{},{},{},{},{},,",
-            r.reseller,
-            r.month,
-            t.tenant,
+            "usage,{reseller},{month},{},{},{},{},{},{},{},{},{},,",
+            csv(&t.tenant),
             t.requests,
             t.billable_requests,
             t.prompt_tokens,
@@ -238,19 +247,15 @@ fn render_csv(r: &Report) -> String {
     for l in &r.lines {
         let _ = writeln!(
             out,
-            "invoice,{},{},{},,,,,,,,,\"{}\",{}",
-            r.reseller,
-            r.month,
-            l.tenant.as_deref().unwrap_or(""),
-            l.description.replace('"', "\"\""),
+            "invoice,{reseller},{month},{},,,,,,,,,{},{}",
+            csv(l.tenant.as_deref().unwrap_or("")),
+            csv(&l.description),
             format_micros(l.amount_micros)
         );
     }
     let _ = writeln!(
         out,
-        "total,{},{},,,,,,,,,,,{}",
-        r.reseller,
-        r.month,
+        "total,{reseller},{month},,,,,,,,,,,{}",
         format_micros(r.invoice_total_micros)
     );
     out
@@ -321,6 +326,50 @@ mod tests {
         assert!(!valid_month("2025-13"));
         assert!(!valid_month("2025-1"));
         assert!(!valid_month("25-01-01"));
+    }
+
+    /// RFC 4180: a field holding a comma or a quote is quoted, so every
+    /// row keeps its 14 columns.
+    #[test]
+    fn csv_rows_keep_their_columns_whatever_the_fields_hold() {
+        let report = Report {
+            reseller: "acme".into(),
+            month: "2025-02".into(),
+            currency: "USD".into(),
+            billing_model: Some(BillingModel::Wholesale),
+            tenants: vec![Rollup {
+                tenant: "a,b".into(),
+                requests: 1,
+                billable_requests: 1,
+                prompt_tokens: 2,
+                completion_tokens: 3,
+                cached_tokens: 0,
+                total_tokens: 5,
+                estimated_events: 0,
+                cost_micros: 0,
+            }],
+            lines: vec![InvoiceLine {
+                tenant: Some("a,b".into()),
+                description: "say \"hi\", twice".into(),
+                amount_micros: 1,
+            }],
+            invoice_total_micros: 1,
+        };
+        let text = render_csv(&report);
+        let mut lines = text.lines();
+        assert_eq!(lines.next().map(|h| h.split(',').count()), Some(14));
+        let usage = lines.next().unwrap_or_default();
+        assert!(
+            usage.starts_with("usage,acme,2025-02,\"a,b\",1,"),
+            "{usage}"
+        );
+        let invoice = lines.next().unwrap_or_default();
+        assert!(
+            invoice.starts_with(
+                "invoice,acme,2025-02,\"a,b\",,,,,,,,,\"say \"\"hi\"\", twice\",0.000001"
+            ),
+            "{invoice}"
+        );
     }
 
     #[test]
