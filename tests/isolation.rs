@@ -1221,3 +1221,80 @@ async fn mixed_credential_headers_use_the_first_by_precedence_and_never_fall_bac
         }
     }
 }
+
+/// A CORS preflight is answered before any reseller or tenant is resolved:
+/// the same 204 at every Host (a reseller's, the other's, a spoofed one, none),
+/// with or without a key, naming no reseller, reaching no provider and
+/// recording nothing. It must not tell a browser script which hosts exist.
+#[tokio::test]
+async fn cors_preflights_are_identical_at_every_host_and_name_no_reseller() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    let before = mock.requests().len();
+    let preflight = |path: &str, host: &str, key: Option<&str>| {
+        let mut rb = client()
+            .request(reqwest::Method::OPTIONS, gw.url(path))
+            .header("host", host)
+            .header("origin", "https://app.example")
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            );
+        if let Some(k) = key {
+            rb = rb.bearer_auth(k);
+        }
+        rb.send()
+    };
+    let mut reference: Option<Observed> = None;
+    for (_, path) in ENDPOINTS {
+        for host in [
+            ACME_HOST,
+            GLOBEX_HOST,
+            "acme.livery.test",
+            "evil.example",
+            "ai.acme.test.evil.example",
+        ] {
+            for key in [
+                None,
+                Some(ACME_DENTAL.2),
+                Some(GLOBEX_CLINIC.2),
+                Some(UNKNOWN_KEY),
+            ] {
+                let what = format!("preflight {path} at {host} with {key:?}");
+                let o = observe(preflight(path, host, key).await.unwrap()).await;
+                assert_eq!(o.status, 204, "{what}: {o:?}");
+                assert!(
+                    o.headers
+                        .iter()
+                        .any(|(n, v)| n == "access-control-allow-origin" && v == "*"),
+                    "{what}: {o:?}"
+                );
+                let text = format!("{o:?}").to_ascii_lowercase();
+                assert!(
+                    !text.contains("acme") && !text.contains("globex"),
+                    "{what} names a reseller: {o:?}"
+                );
+                match &reference {
+                    None => reference = Some(o),
+                    Some(r) => assert_eq!(&o, r, "{what}"),
+                }
+            }
+        }
+        // No Host at all.
+        let r = raw_request(
+            gw.addr,
+            &format!(
+                "OPTIONS {path} HTTP/1.1\r\nOrigin: https://app.example\r\n\
+                 Access-Control-Request-Method: POST\r\nConnection: close\r\n\r\n"
+            ),
+        )
+        .await;
+        assert_eq!(r.status, 204, "preflight {path} without Host: {}", r.head);
+        let head = r.head.to_ascii_lowercase();
+        assert!(head.contains("access-control-allow-origin: *"), "{head}");
+        assert!(!head.contains("acme") && !head.contains("globex"), "{head}");
+    }
+    assert_no_upstream(&mock, before, "CORS preflights");
+    assert_only_sentinel_recorded(&gw, 0, "CORS preflights").await;
+}
