@@ -41,6 +41,15 @@ impl Snapshot {
         let names: HashSet<String> = models.names().map(str::to_owned).collect();
         let providers: HashSet<String> = config.providers.iter().map(|p| p.name.clone()).collect();
         let tenancy = Tenancy::build(config, &names, &providers).map_err(ConfigError::Invalid)?;
+        // Without [[vault.keks]] the only KEK is `default`: naming another
+        // was ignored and sealed under `default` all the same.
+        if let (Some(a), true) = (&config.vault.active_kek, config.vault.keks.is_empty()) {
+            if a != "default" {
+                return Err(ConfigError::Invalid(format!(
+                    "vault.active_kek `{a}` names no [[vault.keks]] entry (without any, the only KEK is `default`, from LIVERY_MASTER_KEY)"
+                )));
+            }
+        }
         let keyring = Keyring::from_config(&config.vault, tenancy.has_sealed_credentials())
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         // Fail the load, not a request, if any credential does not unseal. The

@@ -789,6 +789,48 @@ fn check_config_rejects_tenant_ids_with_separators() {
     );
 }
 
+/// Settings that were ignored or clamped without a word are refused.
+#[test]
+fn check_config_rejects_settings_it_would_ignore_or_clamp() {
+    let usage = |line: &'static str| {
+        move |t: &str| {
+            t.replace(
+                "jsonl_path = \"usage.jsonl\"",
+                &format!("jsonl_path = \"usage.jsonl\"\n{line}"),
+            )
+        }
+    };
+    assert_config_rejected(
+        "downgrade_to on a rejecting plan",
+        |t| {
+            t.replace(
+                "models = [\"demo\"]\n",
+                "models = [\"demo\"]\ndowngrade_to = \"demo\"\n",
+            )
+        },
+        &[
+            "plan `demo`",
+            "downgrade_to",
+            "disallowed_model = \"downgrade\"",
+        ],
+    );
+    assert_config_rejected(
+        "active_kek without keks",
+        |t| format!("{t}\n[vault]\nactive_kek = \"k2\"\n"),
+        &["active_kek `k2`", "[[vault.keks]]"],
+    );
+    assert_config_rejected(
+        "no fsync interval",
+        usage("fsync_interval_ms = 0"),
+        &["usage.fsync_interval_ms must be positive"],
+    );
+    assert_config_rejected(
+        "tiny segments",
+        usage("segment_bytes = 1000"),
+        &["usage.segment_bytes must be at least 4096"],
+    );
+}
+
 // ------------------------------------------------------------------- hash-key
 
 #[test]

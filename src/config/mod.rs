@@ -174,6 +174,17 @@ pub fn validate_static(config: &GatewayConfig) -> Result<(), ConfigError> {
         ));
     }
     crate::limits::LimiterSettings::from_config(&config.limits).map_err(|e| invalid(&e))?;
+    // The spool clamped these silently (to 1 ms and 4 KiB).
+    if config.usage.fsync_interval_ms == 0 {
+        return Err(ConfigError::Invalid(
+            "usage.fsync_interval_ms must be positive".into(),
+        ));
+    }
+    if config.usage.segment_bytes < 4096 {
+        return Err(ConfigError::Invalid(
+            "usage.segment_bytes must be at least 4096".into(),
+        ));
+    }
     if config.usage.spool_max_bytes == 0 {
         return Err(ConfigError::Invalid(
             "usage.spool_max_bytes must be positive".into(),

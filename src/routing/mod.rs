@@ -111,8 +111,15 @@ impl ModelTable {
                 return Err(format!("model `{}` is declared twice", m.name));
             }
         }
-        // Plans: the downgrade target must be a model of the plan.
+        // Plans: the downgrade target must be a model of the plan, and is
+        // only read under `downgrade` (under `reject` it would be ignored).
         for p in &config.plans {
+            if let (DisallowedModel::Reject, Some(t)) = (p.disallowed_model, &p.downgrade_to) {
+                return Err(format!(
+                    "plan `{}`: `downgrade_to = \"{t}\"` needs `disallowed_model = \"downgrade\"` (the plan rejects models outside it)",
+                    p.name
+                ));
+            }
             if p.disallowed_model == DisallowedModel::Downgrade {
                 match &p.downgrade_to {
                     Some(t) if p.models.contains(t) => {}
