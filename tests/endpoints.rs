@@ -1174,3 +1174,61 @@ async fn refusals_use_the_words_of_the_clients_dialect() {
     let resp = post_raw(&gw, "/v1/messagesx", "{}").await;
     assert_eq!(error_json(resp, 404).await["error"]["code"], "unknown_url");
 }
+
+/// A panic in the handler (here the mock-server builds' test hook) is
+/// answered 500 `internal_error` in the client's dialect with an
+/// `x-request-id`, and the HTTP/1.1 connection it came on serves the next
+/// request: it used to be dropped, with no answer at all.
+#[tokio::test]
+async fn a_panic_in_the_handler_is_answered_500_and_the_connection_kept() {
+    use tokio::io::AsyncWriteExt;
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    let body = chat_body("gpt-4o-mini").to_string();
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {ACME_HOST}\r\nAuthorization: Bearer {}\r\n\
+         x-livery-test-panic: 1\r\nx-request-id: panic-1\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        ACME_DENTAL.2,
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let answer = read_answer(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 500"), "{answer}");
+    assert!(answer.contains("x-request-id: panic-1"), "{answer}");
+    s.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {ACME_HOST}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let answer = read_answer(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("host", ACME_HOST)
+        .header("x-livery-test-panic", "1")
+        .bearer_auth(ACME_DENTAL.2)
+        .json(&chat_body("gpt-4o-mini"))
+        .send()
+        .await
+        .unwrap();
+    assert!(is_uuid(&request_id(&resp)));
+    let v = error_json(resp, 500).await;
+    assert_eq!(v["error"]["code"], "internal_error", "{v}");
+    assert_eq!(v["error"]["type"], "server_error", "{v}");
+    let resp = client()
+        .post(gw.url("/v1/messages"))
+        .header("host", ACME_HOST)
+        .header("x-livery-test-panic", "1")
+        .header("x-api-key", ACME_DENTAL.2)
+        .json(&json!({"model": "gpt-4o-mini", "max_tokens": 8,
+            "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 500);
+    assert!(is_uuid(&request_id(&resp)));
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["type"], "error", "{v}");
+    assert_eq!(v["error"]["type"], "api_error", "{v}");
+}

@@ -45,6 +45,9 @@ pub enum GatewayError {
     MethodNotAllowed(String, String),
     #[error("This connection is for another host: its TLS server name and the Host header name different resellers. Open a new connection to this host.")]
     MisdirectedRequest,
+    /// The handler panicked (a bug): answered by `proxy::serve`.
+    #[error("The server had an error while processing your request.")]
+    Internal,
 }
 
 /// Who caused an error: drives the status family and log level.
@@ -90,6 +93,7 @@ impl GatewayError {
             GatewayError::UnknownEndpoint(..) => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed(..) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
+            GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -107,7 +111,9 @@ impl GatewayError {
             GatewayError::Vault(_) => "server_error",
             GatewayError::Limit(l) => l.error_type(),
             GatewayError::Routing(RoutingError::ModelNotAllowed { .. }) => "permission_error",
-            GatewayError::Routing(RoutingError::AllRoutesOpen(_)) => "server_error",
+            GatewayError::Routing(RoutingError::AllRoutesOpen(_)) | GatewayError::Internal => {
+                "server_error"
+            }
             GatewayError::Routing(RoutingError::ModelNotFound(_))
             | GatewayError::BodyTooLarge(_)
             | GatewayError::BodyRead(_)
@@ -155,6 +161,7 @@ impl GatewayError {
             GatewayError::UnknownEndpoint(..) => "unknown_url",
             GatewayError::MethodNotAllowed(..) => "method_not_allowed",
             GatewayError::MisdirectedRequest => "misdirected_request",
+            GatewayError::Internal => "internal_error",
         }
     }
 
@@ -165,6 +172,7 @@ impl GatewayError {
             GatewayError::Vault(VaultError::ProviderKeyNotConfigured(_)) => Fault::Client,
             GatewayError::Vault(_) => Fault::Gateway,
             GatewayError::Limit(LimitRejection::BackendUnavailable) => Fault::Gateway,
+            GatewayError::Internal => Fault::Gateway,
             _ => Fault::Client,
         }
     }

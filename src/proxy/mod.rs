@@ -462,7 +462,33 @@ async fn serve<I>(
                     });
             let resp = match redirect_to {
                 Some(url) => redirect(&url),
-                None => handler::handle(app, req, sni).await,
+                None => {
+                    use futures_util::FutureExt as _;
+                    // What the answer to a panic needs, taken before the request
+                    // moves: a copy of an enum and of a shared header (a
+                    // reference count, not an allocation).
+                    let dialect = Dialect::of_path(req.uri().path());
+                    let client_id = req
+                        .headers()
+                        .get(crate::telemetry::ids::REQUEST_ID_HEADER)
+                        .cloned();
+                    #[cfg(feature = "mock-server")]
+                    let panic_test = req.headers().contains_key("x-livery-test-panic");
+                    // A wrapper future, no allocation: a panic in the handler
+                    // (which the panic hook logs, in the request's span) is
+                    // answered as OpenAI answers its own failures, instead of the
+                    // connection, and every request on it, being dropped.
+                    std::panic::AssertUnwindSafe(async move {
+                        #[cfg(feature = "mock-server")]
+                        if panic_test {
+                            test_panic();
+                        }
+                        handler::handle(app, req, sni).await
+                    })
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| panic_answer(dialect, client_id.as_ref()))
+                }
             };
             Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked::new(body, in_flight)))
         });
@@ -481,6 +507,29 @@ async fn serve<I>(
             tracing::debug!(%peer, "closed a connection idle for header_timeout_ms, or whose client took nothing of its answer for send_timeout_ms");
         }
     }
+}
+
+/// The answer to a request whose handler panicked: 500 `internal_error`, in
+/// the client's dialect, with the client's request id if it sent a sane one.
+fn panic_answer(
+    dialect: Dialect,
+    client_id: Option<&http::HeaderValue>,
+) -> http::Response<ProxyBody> {
+    use crate::telemetry::ids::{RequestId, REQUEST_ID_HEADER};
+    let rid = RequestId::of_header(client_id, std::time::SystemTime::now());
+    let mut resp = tracing::error_span!("request", request_id = %rid)
+        .in_scope(|| error::GatewayError::Internal.to_response_for(dialect));
+    resp.headers_mut()
+        .insert(REQUEST_ID_HEADER, rid.header_value());
+    resp
+}
+
+/// The tests' way to reach [`panic_answer`]: a request with the header
+/// `x-livery-test-panic`, in builds with the mock provider only.
+#[cfg(feature = "mock-server")]
+#[expect(clippy::panic, reason = "the panic is what is tested")]
+fn test_panic() {
+    panic!("x-livery-test-panic");
 }
 
 fn redirect(url: &str) -> http::Response<ProxyBody> {

@@ -36,8 +36,13 @@ pub struct RequestId(http::HeaderValue);
 impl RequestId {
     /// The client's own id if it is sane, else a fresh UUIDv7 for `now`.
     pub fn of_request(headers: &http::HeaderMap, now: SystemTime) -> Self {
-        headers
-            .get(REQUEST_ID_HEADER)
+        Self::of_header(headers.get(REQUEST_ID_HEADER), now)
+    }
+
+    /// The id in the client's `x-request-id` value if it is sane, else a
+    /// fresh UUIDv7 for `now`.
+    pub fn of_header(value: Option<&http::HeaderValue>, now: SystemTime) -> Self {
+        value
             .and_then(|v| Self::from_text(v.as_bytes()))
             .unwrap_or_else(|| Self::fresh_at(now))
     }

@@ -1,5 +1,6 @@
 //! Logging set-up: `tracing` with an env filter (`RUST_LOG`, default `info`),
-//! human-readable by default or JSON lines with `LIVERY_LOG_FORMAT=json`.
+//! human-readable by default or JSON lines with `LIVERY_LOG_FORMAT=json`;
+//! panics are logged through it too.
 
 pub mod fields;
 pub mod ids;
@@ -26,4 +27,20 @@ pub fn init() {
     } else {
         builder.fmt_fields(fields::PlainFields).try_init()
     };
+    // A panic (a bug; `proxy::serve` answers the request 500) goes to the log
+    // like any other failure, in the format collectors parse and in the span
+    // it happened in (a request's, with its id), not as raw text on stderr.
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(a panic without a message)");
+        tracing::error!(
+            panic = message,
+            location = info.location().map(tracing::field::display),
+            "panicked"
+        );
+    }));
 }
