@@ -619,9 +619,41 @@ async fn a_provider_that_keeps_refusing_streams_answers_502_after_three_sends() 
     let toml = h2c_config(up.port).replacen("[routing]\n", "[routing]\nbreaker_failures = 1\n", 1);
     let gw = TestGateway::start(&toml).await;
     let before = up.refused.load(std::sync::atomic::Ordering::SeqCst);
-    for status in [502, 503] {
+    // The first request is sent three times (the third refusal spends the
+    // route and opens its breaker); the second is not sent at all: 503
+    // routes_unavailable, its one attempt the open breaker.
+    let refused = ["upstream_refused"; 3];
+    for (code, status, outcomes) in [
+        ("upstream_unreachable", 502, &refused[..]),
+        ("routes_unavailable", 503, &["breaker_open"][..]),
+    ] {
         let resp = dental_post(&gw, &chat_body("gpt-4o-mini")).await;
-        assert_eq!(resp.status(), status, "the second finds the breaker open");
+        let rid = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+        assert_eq!(
+            error_code(resp, status).await,
+            code,
+            "the second finds the breaker open"
+        );
+        let record = gw.usage_for(&rid).await;
+        let attempts: Vec<(&str, &str)> = record["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                assert!(a["status"].is_null(), "no HTTP answer: {record}");
+                (
+                    a["provider"].as_str().unwrap(),
+                    a["outcome"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        let expected: Vec<(&str, &str)> = outcomes.iter().map(|o| ("upstream", *o)).collect();
+        assert_eq!(attempts, expected, "{record}");
+        assert_eq!(
+            (record["status"].as_u64(), &record["error_code"]),
+            (Some(u64::from(status)), &json!(code)),
+            "{record}"
+        );
     }
     assert_eq!(
         up.refused.load(std::sync::atomic::Ordering::SeqCst),
