@@ -995,3 +995,34 @@ async fn a_bridged_azure_stream_takes_its_message_id_from_the_answer() {
     );
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_bridged_stream_cut_after_its_finish_reason_is_not_a_clean_end() {
+    use crate::support::mock::ReplayProvider;
+    // A finish reason, then the body ends: no usage chunk, no `[DONE]`.
+    const SSE: &str = concat!(
+        r#"data: {"id":"chatcmpl-cut","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"delta":{"role":"assistant","content":"Hello"},"finish_reason":null}]}"#,
+        "\n\n",
+        r#"data: {"id":"chatcmpl-cut","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+        "\n\n",
+    );
+    let upstream = ReplayProvider::start(SSE).await;
+    let gw = TestGateway::start(&standard_config(&upstream.base_url(), "")).await;
+    let mut body = messages_body("gpt-4o-mini");
+    body["stream"] = json!(true);
+    let resp = messages(&gw, Some(ACME_DENTAL.2), &body).await;
+    assert_eq!(resp.status(), 200);
+    let id = rid(&resp);
+    let events = anthropic_events(&resp.text().await.unwrap());
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(!names.contains(&"message_stop"), "{names:?}");
+    let (name, data) = events.last().unwrap();
+    assert_eq!(name, "error", "{names:?}");
+    assert_eq!(data["error"]["type"], "api_error");
+    let r = gw.usage_for(&id).await;
+    assert_ne!(r["outcome"], "ok", "{r}");
+    // No count was reported: both are estimated, not zero.
+    assert_eq!(r["estimated"], true, "{r}");
+    assert!(r["prompt_tokens"].as_u64().unwrap() > 0, "{r}");
+    gw.shutdown().await;
+}

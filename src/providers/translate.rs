@@ -221,7 +221,7 @@ impl SseConverter for ChatToAnthropic {
     }
 
     fn on_end(&mut self) -> String {
-        Self::frame(self.0.finish())
+        Self::frame(self.0.end_of_body())
     }
 
     fn finished(&self) -> bool {
@@ -293,6 +293,29 @@ mod tests {
         .await;
         assert!(
             out.ends_with("\n\n") && out.contains("event: error\n"),
+            "{out}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_chat_stream_cut_after_its_finish_reason_ends_with_an_error_event() {
+        // A finish reason, then the body ends: no usage chunk, no `[DONE]`.
+        let out = text(translate_sse(
+            body_of(&["data: {\"id\":\"chatcmpl-1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"finish_reason\":\"stop\"}]}\n\n"]),
+            ChatToAnthropic(ChatStreamToMessages::new("gpt")),
+        ))
+        .await;
+        assert!(out.ends_with("\n\n"), "{out}");
+        assert!(out.contains("event: error\n"), "{out}");
+        assert!(!out.contains("message_stop"), "{out}");
+        // With `[DONE]` the same stream ends cleanly.
+        let out = text(translate_sse(
+            body_of(&["data: {\"id\":\"chatcmpl-1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n"]),
+            ChatToAnthropic(ChatStreamToMessages::new("gpt")),
+        ))
+        .await;
+        assert!(
+            out.ends_with("data: {\"type\":\"message_stop\"}\n\n"),
             "{out}"
         );
     }

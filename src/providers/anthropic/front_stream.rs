@@ -20,8 +20,8 @@ enum Open {
 /// Converts one OpenAI chat-completions stream into Anthropic stream events.
 ///
 /// Feed the `data:` text of every chunk to [`on_chunk`](Self::on_chunk) (including
-/// the final `[DONE]`), and call [`finish`](Self::finish) if the upstream body ends
-/// without `[DONE]`. Each returned `(event, data)` pair is one Anthropic SSE event
+/// the final `[DONE]`), and call [`end_of_body`](Self::end_of_body) if the upstream
+/// body ends without `[DONE]`. Each returned `(event, data)` pair is one Anthropic SSE event
 /// ([`anthropic_sse_frame`] frames it). An `Err` ends the stream: send
 /// `event: error` with [`StreamError::to_anthropic_event`].
 ///
@@ -36,9 +36,10 @@ enum Open {
 ///   follow as soon as the usage chunk arrived (the request must set
 ///   `stream_options.include_usage`, as [`messages_to_chat`](super::messages_to_chat)
 ///   does), or at `[DONE]` without usage.
-/// - An `{"error": ...}` chunk becomes `Err(StreamError::Upstream)`; `[DONE]` or
-///   [`finish`](Self::finish) before any `finish_reason` is
-///   `Err(StreamError::Truncated)`.
+/// - An `{"error": ...}` chunk becomes `Err(StreamError::Upstream)`; `[DONE]`
+///   before any `finish_reason` is `Err(StreamError::Truncated)`, and so is an
+///   end of body before `message_stop` went out: without `[DONE]` nothing says
+///   the usage chunk was not still to come.
 #[derive(Debug, Clone)]
 pub struct ChatStreamToMessages {
     model: String,
@@ -160,6 +161,18 @@ impl ChatStreamToMessages {
         let mut out = Vec::new();
         self.end(&mut out);
         Ok(out)
+    }
+
+    /// The upstream body ended without `[DONE]`. Unless `message_stop` went out
+    /// already (the usage chunk came), the answer is incomplete even after a
+    /// finish reason: `Err(StreamError::Truncated)`, as the OpenAI front door
+    /// reports such a stream, rather than a clean end claiming 0 tokens.
+    pub fn end_of_body(&mut self) -> Result<Events, StreamError> {
+        if self.finished {
+            return Ok(Vec::new());
+        }
+        self.finished = true;
+        Err(StreamError::Truncated)
     }
 
     fn malformed(&mut self, detail: String) -> StreamError {
