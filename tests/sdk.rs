@@ -65,11 +65,16 @@ async fn sdk_python_with(module: &str) -> Option<PathBuf> {
 /// Runs the SDK script against `base_url` and fails the test (with its output)
 /// unless every check passed.
 async fn run_sdk_script(python: &Path, base_url: &str, key: &str, model: &str, embed_model: &str) {
-    run_script(python, SCRIPT, &[base_url, key, model, embed_model]).await;
+    run_script_with(python, SCRIPT, &[base_url, key, model, embed_model], &[]).await;
 }
 
 /// Runs `script` with `args` (the first is the base URL) under `python`.
 async fn run_script(python: &Path, script: &str, args: &[&str]) {
+    run_script_with(python, script, args, &[]).await;
+}
+
+/// [`run_script`] with `env` set for the script.
+async fn run_script_with(python: &Path, script: &str, args: &[&str], env: &[(&str, &str)]) {
     let base_url = args.first().copied().unwrap_or_default();
     let name = Path::new(script)
         .file_name()
@@ -87,6 +92,7 @@ async fn run_script(python: &Path, script: &str, args: &[&str]) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    cmd.envs(env.iter().copied());
     for var in [
         "HTTP_PROXY",
         "HTTPS_PROXY",
@@ -170,7 +176,8 @@ pub(crate) async fn run_sdk_tls_script(
 /// A usage record of a chat completion or an embedding (the SDK script sends 3
 /// and 2), as opposed to `models.list()` or the wrong-key request.
 fn is_inference(r: &serde_json::Value) -> bool {
-    r["endpoint"] == "chat.completions" || r["endpoint"] == "embeddings"
+    ["chat.completions", "completions", "embeddings"]
+        .contains(&r["endpoint"].as_str().unwrap_or(""))
 }
 
 /// Usage records in `path`, waiting until at least `n` are there.
@@ -200,16 +207,17 @@ async fn sdk_against_default_gateway_toml() {
     run_sdk_script(&python, &base_url, "sk-livery-demo", "demo", "demo").await;
 
     // The relative `usage.jsonl` of gateway.toml lands in the working directory:
-    // 2 chat + 1 streamed chat with usage + 1 streamed without + 2 embeddings.
+    // 1 chat + 1 streamed chat with usage + 1 streamed without + 2 embeddings
+    // + 1 raw-response chat.
     let usage_path = serve.dir.path().join("usage.jsonl");
-    let records = wait_usage(&usage_path, 5).await;
+    let records = wait_usage(&usage_path, 6).await;
     let served: Vec<_> = records
         .iter()
         .filter(|r| r["tenant"] == "demo-tenant" && r["status"] == 200 && is_inference(r))
         .collect();
     assert_eq!(
         served.len(),
-        5,
+        6,
         "usage records of the demo tenant: {records:#?}"
     );
     assert!(served.iter().all(|r| r["reseller"] == "demo"));
@@ -246,12 +254,13 @@ async fn sdk_against_http_mock_upstream() {
     let gw = TestGateway::start(&config).await;
     let base_url = format!("http://127.0.0.1:{}/v1", gw.addr.port());
 
-    run_sdk_script(
+    // The HTTP mock obeys fault directives: the SDK also meets a provider's
+    // 400 and a stream broken off mid-way.
+    run_script_with(
         &python,
-        &base_url,
-        support::ACME_DENTAL.2,
-        "gpt-4o-mini",
-        "embed",
+        SCRIPT,
+        &[&base_url, support::ACME_DENTAL.2, "gpt-4o-mini", "embed"],
+        &[("LIVERY_SDK_FAULTS", "1")],
     )
     .await;
 
@@ -265,7 +274,14 @@ async fn sdk_against_http_mock_upstream() {
         .iter()
         .filter(|r| r.path.ends_with("/embeddings"))
         .count();
-    assert_eq!(chats, 3, "chat requests the mock saw");
+    let completions = requests
+        .iter()
+        .filter(|r| r.path.ends_with("/v1/completions"))
+        .count();
+    // Chat: plain, streamed, streamed with usage, raw response, the 400 and
+    // the broken stream.
+    assert_eq!(chats, 6, "chat requests the mock saw");
+    assert_eq!(completions, 2, "legacy completion requests the mock saw");
     assert_eq!(embeddings, 2, "embedding requests the mock saw");
     for r in &requests {
         let auth = r.headers.get("authorization").and_then(|v| v.to_str().ok());
@@ -286,7 +302,7 @@ async fn sdk_against_http_mock_upstream() {
         );
     }
 
-    let records = wait_usage(&gw.usage_path, 5).await;
+    let records = wait_usage(&gw.usage_path, 10).await;
     let dental: Vec<_> = records
         .iter()
         .filter(|r| {
@@ -296,7 +312,7 @@ async fn sdk_against_http_mock_upstream() {
                 && is_inference(r)
         })
         .collect();
-    assert_eq!(dental.len(), 5, "usage records: {records:#?}");
+    assert_eq!(dental.len(), 9, "usage records: {records:#?}");
     gw.shutdown().await;
 }
 
@@ -333,16 +349,17 @@ async fn openai_sdk_through_an_anthropic_route() {
     )
     .await;
     let requests = claude.requests();
-    assert_eq!(requests.len(), 3, "requests the Anthropic mock saw");
+    // Plain, streamed, streamed with usage, raw response.
+    assert_eq!(requests.len(), 4, "requests the Anthropic mock saw");
     assert!(requests
         .iter()
         .all(|r| r.body["model"] == "claude-sonnet-4-5"));
-    let records = wait_usage(&gw.usage_path, 3).await;
+    let records = wait_usage(&gw.usage_path, 4).await;
     let served: Vec<_> = records
         .iter()
         .filter(|r| r["provider"] == "claude" && r["status"] == 200)
         .collect();
-    assert_eq!(served.len(), 3, "usage records: {records:#?}");
+    assert_eq!(served.len(), 4, "usage records: {records:#?}");
     assert!(served
         .iter()
         .all(|r| r["completion_tokens"].as_u64() > Some(0)));

@@ -4,12 +4,16 @@
 Usage: python openai_e2e.py BASE_URL API_KEY MODEL [EMBED_MODEL]
 
 EMBED_MODEL `-` skips the embedding check (a model served by an Anthropic route
-has no embeddings).
+has no embeddings). With LIVERY_SDK_FAULTS=1 (an upstream that obeys the mock's
+fault directives in the body), it also checks that a provider's 400 raises
+BadRequestError and that a stream broken off mid-way raises APIError in the SDK
+instead of ending like a complete answer.
 
 Prints one line per check and exits non-zero at the first failure. Run by
 tests/sdk.rs (through tests/run.sh, which installs the SDK into .venv).
 """
 
+import os
 import sys
 import traceback
 
@@ -141,6 +145,61 @@ def check_models(client, model):
     return ", ".join(ids)
 
 
+def check_completions(client, model):
+    r = client.completions.create(model=model, prompt="Say hello", max_tokens=16)
+    ensure(r.object == "text_completion", f"object is {r.object!r}")
+    ensure(r.choices and r.choices[0].text, f"empty text: {r!r}")
+    ensure(r.usage is not None and r.usage.total_tokens > 0, f"usage {r.usage!r}")
+    parts = []
+    for chunk in client.completions.create(
+        model=model, prompt="Say hello", max_tokens=16, stream=True
+    ):
+        parts.extend(c.text for c in chunk.choices)
+    ensure("".join(parts), "empty legacy stream")
+    return f"{len(r.choices[0].text)} chars, streamed {len(''.join(parts))}"
+
+
+def check_raw_response(client, model):
+    raw = client.chat.completions.with_raw_response.create(model=model, messages=MESSAGES)
+    rid = raw.headers.get("x-request-id")
+    ensure(rid, f"no x-request-id in {dict(raw.headers)}")
+    r = raw.parse()
+    ensure(r._request_id == rid, f"_request_id {r._request_id!r} != header {rid!r}")
+    for leak in ("openai-organization", "openai-project", "cf-ray", "set-cookie"):
+        ensure(leak not in raw.headers, f"provider header {leak} reached the client")
+    return f"x-request-id {rid}"
+
+
+def check_client_error(client, model):
+    try:
+        client.chat.completions.create(
+            model=model, messages=MESSAGES, extra_body={"mock": {"status": 400}}
+        )
+    except openai.BadRequestError as e:
+        ensure(e.status_code == 400, f"status {e.status_code}")
+        ensure(isinstance(e.body, dict) and e.body.get("message"), f"body {e.body!r}")
+        ensure(e.request_id, "no request id on the error")
+        return f"BadRequestError ({e.status_code})"
+    raise CheckFailed("a provider 400 did not raise BadRequestError")
+
+
+def check_broken_stream(client, model):
+    stream = client.chat.completions.create(
+        model=model,
+        messages=MESSAGES,
+        stream=True,
+        extra_body={"mock": {"drop_after": 3, "gap_ms": 20}},
+    )
+    chunks = 0
+    try:
+        for _ in stream:
+            chunks += 1
+    except openai.APIError as e:
+        ensure(chunks > 0, "the error came before any chunk")
+        return f"APIError after {chunks} chunks ({e.code or e.type})"
+    raise CheckFailed(f"a stream broken after {chunks} chunks ended like a complete one")
+
+
 def check_wrong_key(base_url, model):
     bad = OpenAI(base_url=base_url, api_key="sk-livery-wrong-key", max_retries=0, timeout=30)
     try:
@@ -166,7 +225,14 @@ def main(argv):
         ("embedding", lambda: check_embedding(client, embed_model)),
         ("models.list", lambda: check_models(client, model)),
         ("wrong key", lambda: check_wrong_key(base_url, model)),
+        ("raw response headers", lambda: check_raw_response(client, model)),
     ]
+    if os.environ.get("LIVERY_SDK_FAULTS") == "1":
+        checks += [
+            ("legacy completions", lambda: check_completions(client, model)),
+            ("provider 400", lambda: check_client_error(client, model)),
+            ("stream broken mid-way", lambda: check_broken_stream(client, model)),
+        ]
     if embed_model == "-":
         checks = [c for c in checks if c[0] != "embedding"]
     for name, check in checks:
