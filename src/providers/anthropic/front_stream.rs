@@ -5,9 +5,23 @@ use super::error::{ApiError, StreamError};
 use super::{message_id, stop_reason, Tokens};
 use serde_json::{json, Value};
 
-/// Frames one Anthropic SSE event: `event: {name}\ndata: {data}\n\n`.
+/// Frames one Anthropic SSE event: `event: {name}\ndata: {data}\n\n`. Data of
+/// several lines (a provider's event may spread its JSON over `data:` lines,
+/// which the parser joins with `\n`) gets one `data:` per line, as
+/// `sse::frame` writes it: a bare continuation line would be a field named
+/// after its text, which clients drop.
 pub fn anthropic_sse_frame(event: &str, data: &str) -> String {
-    format!("event: {event}\ndata: {data}\n\n")
+    let mut out = String::with_capacity(event.len() + data.len() + 16);
+    out.push_str("event: ");
+    out.push_str(event);
+    out.push('\n');
+    for line in data.split('\n') {
+        out.push_str("data: ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push('\n');
+    out
 }
 
 /// The content block currently open in the Anthropic stream.

@@ -1430,6 +1430,17 @@ fn sse_frame() {
         anthropic_sse_frame("message_stop", "{\"type\":\"message_stop\"}"),
         "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
     );
+    // Data of several lines: a `data:` field per line, as sse::frame writes it.
+    let data = "{\"type\":\"ping\",\n \"n\":1\n}";
+    let framed = anthropic_sse_frame("ping", data);
+    assert_eq!(
+        framed,
+        "event: ping\ndata: {\"type\":\"ping\",\ndata:  \"n\":1\ndata: }\n\n"
+    );
+    assert_eq!(
+        framed.as_bytes(),
+        &crate::providers::sse::frame("ping", data, b"")[..]
+    );
 }
 
 // ---------------------------------------------------------------------------
