@@ -789,3 +789,26 @@ async fn a_body_nested_too_deep_is_the_clients_error() {
     assert!(mock.requests().is_empty());
     gw.shutdown().await;
 }
+
+/// A panic once a request's record exists (here in the built-in mock, asked
+/// to by a test-only directive) is answered 500, and the record says so:
+/// 500 internal_error, not a client that left.
+#[tokio::test]
+async fn a_panic_while_serving_is_recorded_as_the_gateways_failure() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    let body = with_mock(chat_body("demo"), json!({"panic": true}));
+    let resp = post_to(
+        gw.addr,
+        "/v1/chat/completions",
+        &body,
+        Some("it-usage-panic"),
+    )
+    .await;
+    assert_eq!(error_code(resp, 500).await, "internal_error");
+    let record = one_record_of(&gw, "it-usage-panic").await;
+    assert_eq!(record["status"], 500, "{record}");
+    assert_eq!(record["error_code"], "internal_error", "{record}");
+    assert_eq!(record["client_disconnected"], false, "{record}");
+    gw.shutdown().await;
+}

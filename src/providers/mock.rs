@@ -266,6 +266,17 @@ fn pretty(v: &Value) -> Bytes {
     Bytes::from(out)
 }
 
+/// The tests' way to panic inside a request's handling, once its usage
+/// record exists: `"mock": {"panic": true}` to the built-in mock, in builds
+/// with the mock server only.
+#[cfg(feature = "mock-server")]
+#[expect(clippy::panic, reason = "the panic is what is tested")]
+pub fn panic_if_asked(body: &Value) {
+    if body.pointer("/mock/panic").and_then(Value::as_bool) == Some(true) {
+        panic!("the mock provider was asked to panic");
+    }
+}
+
 /// OpenAI's 429 for an account out of credit (`wire/openai/`).
 const INSUFFICIENT_QUOTA: &[u8] = br#"{
     "error": {

@@ -224,6 +224,8 @@ impl Provider {
             Provider::Mock { .. } => {
                 let body: serde_json::Value = serde_json::from_slice(&req.body)
                     .map_err(|e| ProviderError::Misconfigured(e.to_string()))?;
+                #[cfg(feature = "mock-server")]
+                mock::panic_if_asked(&body);
                 mock::MockReply::for_request(req.endpoint, &body)
                     .into_response()
                     .await

@@ -412,7 +412,10 @@ impl PendingRecord {
 impl Drop for PendingRecord {
     fn drop(&mut self) {
         if self.record.is_some() {
-            if self.sink.is_cut() {
+            if std::thread::panicking() {
+                // The handler panicked (it is answered 500 internal_error).
+                self.finish(500, Outcome::Truncated, Some("internal_error"));
+            } else if self.sink.is_cut() {
                 // Shutdown's grace period ended with the answer unfinished.
                 self.finish(503, Outcome::Truncated, Some("gateway_shutdown"));
             } else {
