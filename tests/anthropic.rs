@@ -290,6 +290,13 @@ async fn streamed_chat_becomes_openai_chunks_with_usage_and_done() {
     assert!(chunks
         .iter()
         .all(|c| c["object"] == "chat.completion.chunk"));
+    // The dated model of message_start, as the non-streamed answer names it.
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["model"] == "claude-sonnet-4-5-20250929"),
+        "{text}"
+    );
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     let content: String = chunks
         .iter()
@@ -310,6 +317,7 @@ async fn streamed_chat_becomes_openai_chunks_with_usage_and_done() {
     let r = s.gw.usage_for(&id).await;
     assert_eq!(r["stream"], true);
     assert_eq!(r["outcome"], "ok");
+    assert_eq!(r["served_model"], "claude-sonnet-4-5-20250929");
     assert_eq!(r["prompt_tokens"], 20);
     assert_eq!(r["completion_tokens"], 5);
     assert_eq!(r["estimated"], false);

@@ -51,8 +51,8 @@ pub struct MessagesStreamToChat {
 }
 
 impl MessagesStreamToChat {
-    /// `model` is what the chunks report (normally the model the client asked
-    /// for), `created` the gateway's clock, `include_usage` whether the client
+    /// `model` is what the chunks report until `message_start` names the model
+    /// that serves the answer (normally the route's model), `created` the gateway's clock, `include_usage` whether the client
     /// asked for the final usage chunk (`stream_options.include_usage`).
     pub fn new(model: &str, created: u64, include_usage: bool) -> Self {
         MessagesStreamToChat {
@@ -111,7 +111,13 @@ impl MessagesStreamToChat {
                 self.upstream_model = msg
                     .and_then(|m| m.get("model"))
                     .and_then(Value::as_str)
+                    .filter(|m| !m.is_empty())
                     .map(str::to_owned);
+                // The dated model that served the answer, as OpenAI's chunks
+                // name it (and the non-streamed translation does).
+                if let Some(m) = &self.upstream_model {
+                    self.model.clone_from(m);
+                }
                 self.tokens = Some(Tokens::from_anthropic(msg.and_then(|m| m.get("usage"))));
                 self.role_chunk(&mut out);
             }
