@@ -199,6 +199,62 @@ async fn connect_failures_and_streams_that_fail_before_content_fall_back() {
     }
 }
 
+/// A stream whose head came but whose first event does not within
+/// `first_event_timeout_ms` (here well under the idle and header timeouts)
+/// is cut and the next route serves it, the client none the wiser; with no
+/// route left it is a 504 `upstream_timeout`.
+#[tokio::test]
+async fn a_stream_silent_before_its_first_event_falls_back_at_first_event_timeout() {
+    let (gw, first, second) =
+        fallback_gateway(&format!("{NO_RETRY}first_event_timeout_ms = 200\n")).await;
+    let started = Instant::now();
+    let resp = chat(&gw, "chain", on_first(json!({"stall_after": 0})), true).await;
+    let id = rid(&resp);
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    let took = started.elapsed();
+    assert!(
+        text.ends_with("data: [DONE]\n\n") && !text.contains("error"),
+        "{text}"
+    );
+    assert!(text.contains("\"model\":\"second-model\""), "{text}");
+    // Not before the first-event timeout; its outcome (below) tells it from
+    // the idle timeout (400 ms), which would be `stream_failed_before_content`.
+    assert!(
+        took >= Duration::from_millis(200) && took < Duration::from_millis(2000),
+        "{took:?}"
+    );
+    let record = gw.usage_for(&id).await;
+    assert_eq!(
+        outcomes(&record),
+        pairs(&[("first", "first_event_timeout"), ("second", "ok")]),
+        "{record}"
+    );
+    assert_eq!((first.requests().len(), second.requests().len()), (1, 1));
+
+    // Nothing else to try: the timeout is the answer.
+    let mut body = chat_body("chain");
+    body["stream"] = json!(true);
+    body["mock"] = json!({"stall_after": 0});
+    let resp = post(
+        &gw,
+        "/v1/chat/completions",
+        Some(ACME_HOST),
+        Some(ACME_DENTAL.2),
+        &body,
+    )
+    .await;
+    let id = rid(&resp);
+    assert_eq!(error_code(resp, 504).await, "upstream_timeout");
+    assert_eq!(
+        outcomes(&gw.usage_for(&id).await),
+        pairs(&[
+            ("first", "first_event_timeout"),
+            ("second", "first_event_timeout")
+        ])
+    );
+}
+
 #[tokio::test]
 async fn by_default_a_stream_is_committed_at_its_first_event() {
     let (gw, _first, second) = fallback_gateway(NO_RETRY).await;

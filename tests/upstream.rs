@@ -144,6 +144,52 @@ async fn upstream_errors_keep_their_status_in_openai_shape_without_provider_deta
     }
 }
 
+/// A non-streamed answer above `max_upstream_body_bytes` is not relayed
+/// (nor any part of it): 502 `upstream_response_too_large`, recorded so,
+/// and not sent again. One under the limit passes.
+#[tokio::test]
+async fn an_upstream_answer_above_max_upstream_body_bytes_is_a_502() {
+    let mock = MockProvider::start().await;
+    let toml = standard_config(&mock.base_url(), "").replace(
+        "max_body_bytes = 65536\n",
+        "max_body_bytes = 65536\nmax_upstream_body_bytes = 64\n",
+    );
+    assert!(toml.contains("max_upstream_body_bytes = 64"));
+    let gw = TestGateway::start(&toml).await;
+    let resp = dental_post(&gw, &chat_body("gpt-4o-mini")).await;
+    let rid = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(resp.status(), 502);
+    let text = resp.text().await.unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"]["code"], "upstream_response_too_large", "{text}");
+    assert_eq!(v["error"]["type"], "upstream_error", "{text}");
+    assert!(
+        !text.contains("chatcmpl") && !text.contains("gpt-4o-mini-2024-07-18"),
+        "part of the answer was relayed: {text}"
+    );
+    assert_eq!(mock.requests().len(), 1, "not sent again");
+    let record = gw.usage_for(&rid).await;
+    assert_eq!(record["status"], 502, "{record}");
+    assert_eq!(
+        record["error_code"], "upstream_response_too_large",
+        "{record}"
+    );
+    let attempts = record["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1, "{record}");
+    assert_eq!(attempts[0]["outcome"], "response_too_large", "{record}");
+    gw.shutdown().await;
+
+    // The same answer under a limit it fits is relayed whole.
+    let gw = TestGateway::start(&toml.replace(
+        "max_upstream_body_bytes = 64\n",
+        "max_upstream_body_bytes = 65536\n",
+    ))
+    .await;
+    let resp = dental_post(&gw, &chat_body("gpt-4o-mini")).await;
+    assert_eq!(resp.status(), 200);
+    gw.shutdown().await;
+}
+
 /// The demo tenant's key is public: a reload may not bring it in while a
 /// listener is reachable from other hosts, as start-up refuses it
 /// (`tests/cli.rs`). On loopback the same reload is taken.

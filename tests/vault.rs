@@ -230,6 +230,120 @@ async fn a_credential_copied_onto_another_tenant_refuses_to_load() {
     assert_no_key_fragment(&err, DENTAL_PROVIDER_KEY);
 }
 
+/// A KEK that cannot unwrap: a KMS or transit backend that is down (the
+/// `KeyEncryptionKey` seam), under the id the credentials were sealed with.
+struct UnreachableKms;
+
+impl livery::vault::KeyEncryptionKey for UnreachableKms {
+    fn id(&self) -> &str {
+        "test-kek"
+    }
+    fn wrap(
+        &self,
+        _: &livery::vault::kek::DataKey,
+        _: &[u8],
+    ) -> Result<Vec<u8>, livery::vault::VaultError> {
+        Err(self.down())
+    }
+    fn unwrap(
+        &self,
+        _: &[u8],
+        _: &[u8],
+    ) -> Result<livery::vault::kek::DataKey, livery::vault::VaultError> {
+        Err(self.down())
+    }
+}
+
+impl UnreachableKms {
+    fn down(&self) -> livery::vault::VaultError {
+        livery::vault::VaultError::KekMissing {
+            id: "test-kek".into(),
+            detail: "kms.internal:443 timed out".into(),
+        }
+    }
+}
+
+/// A stored tenant credential that cannot be unsealed when a request needs
+/// it (the KMS down, or the KEK under its id no longer the one it was
+/// sealed with: load-time checks cannot see either) is 500
+/// `credential_unavailable`: nothing is forwarded, no other key pays
+/// instead, nothing of the key or the KEK's trouble is in the answer, and
+/// tenants whose keys are not involved are served.
+#[tokio::test]
+async fn a_credential_that_does_not_unseal_at_request_time_is_500_and_nothing_is_forwarded() {
+    let mock = MockProvider::start().await;
+    // The platform's key (not sealed, so still usable) must not pay instead.
+    let config = byok_config(&mock, "preferred", "preferred", false, false);
+    let gw = TestGateway::start(&config).await;
+    let resp = chat(&gw, ACME_HOST, ACME_DENTAL.2, json!({})).await;
+    assert_eq!(resp.status(), 200, "the credential unseals at first");
+    assert_eq!(
+        upstream_auth(&mock),
+        format!("Bearer {DENTAL_PROVIDER_KEY}")
+    );
+
+    const OTHER_KEK_ENV: &str = "LIVERY_TEST_OTHER_MASTER_KEY";
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| std::env::set_var(OTHER_KEK_ENV, livery::vault::generate_kek().unwrap()));
+    let wrong_kek: Arc<dyn livery::vault::KeyEncryptionKey> =
+        Arc::new(EnvKek::load("test-kek", OTHER_KEK_ENV).unwrap());
+    for (what, kek) in [
+        (
+            "KMS down",
+            Arc::new(UnreachableKms) as Arc<dyn livery::vault::KeyEncryptionKey>,
+        ),
+        ("another KEK under the id", wrong_kek),
+    ] {
+        let mut parsed = livery::config::GatewayConfig::parse(&config).unwrap();
+        parsed.usage.jsonl_path = Some(gw.usage_path.clone());
+        let mut snapshot = livery::Snapshot::prepare(&parsed).unwrap();
+        let mut ring = Keyring::default();
+        ring.add(kek);
+        snapshot.keyring = Arc::new(ring);
+        gw.gateway
+            .as_ref()
+            .unwrap()
+            .app()
+            .snapshot
+            .store(Arc::new(snapshot));
+
+        let before = mock.requests().len();
+        for stream in [false, true] {
+            let resp = chat(&gw, ACME_HOST, ACME_DENTAL.2, json!({"stream": stream})).await;
+            let id = rid(&resp);
+            assert_eq!(resp.status(), 500, "{what}");
+            let text = resp.text().await.unwrap();
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(
+                v["error"]["code"], "credential_unavailable",
+                "{what}: {text}"
+            );
+            assert_eq!(v["error"]["type"], "server_error", "{what}: {text}");
+            for leak in ["kms.internal", "test-kek", "unseal", "KEK", "tenant:acme"] {
+                assert!(!text.contains(leak), "{what}: `{leak}` in {text}");
+            }
+            assert_no_key_fragment(&text, DENTAL_PROVIDER_KEY);
+            let record = gw.usage_for(&id).await;
+            assert_eq!(record["status"], 500, "{what}: {record}");
+            assert_eq!(record["error_code"], "credential_unavailable", "{record}");
+            assert_ne!(record["key_owner"], "reseller", "{record}");
+            assert_ne!(record["key_owner"], "platform", "{record}");
+            let line = record.to_string();
+            assert_no_key_fragment(&line, DENTAL_PROVIDER_KEY);
+        }
+        assert_eq!(
+            mock.requests().len(),
+            before,
+            "{what}: something was forwarded"
+        );
+
+        // Globex's tenants bring no key of their own: the platform's pays.
+        let resp = chat(&gw, GLOBEX_HOST, GLOBEX_CLINIC.2, json!({})).await;
+        assert_eq!(resp.status(), 200, "{what}");
+        assert_eq!(upstream_auth(&mock), format!("Bearer {PROVIDER_KEY}"));
+    }
+}
+
 /// The key, and its distinctive middle, appear nowhere in `text`.
 pub fn assert_no_key_fragment(text: &str, key: &str) {
     let middle = &key[8..key.len() - 4];
