@@ -53,7 +53,53 @@ const IDENTIFYING: &[&str] = &[
     "x-powered-by",
 ];
 
-fn assert_white_label(headers: &reqwest::header::HeaderMap) {
+/// Every header an answer to a forwarded request may carry (README: only
+/// `content-type`, `retry-after` and the gateway's own headers reach the
+/// client): framing and date (hyper's), the request id, the limiter's
+/// refusal headers and its six rate-limit headers, a stream's cache control
+/// and `x-accel-buffering`, the served and downgraded-from model
+/// (src/proxy/fallback.rs), and `vary`.
+const ALLOWED: &[&str] = &[
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "date",
+    "x-request-id",
+    "retry-after",
+    "retry-after-ms",
+    "x-should-retry",
+    "vary",
+    "cache-control",
+    "x-accel-buffering",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+    "x-livery-model",
+    "x-livery-downgraded-from",
+];
+
+/// The CORS headers the gateway adds to an answer for an allowed `Origin`
+/// (src/proxy/cors.rs); none without one.
+const CORS: &[&str] = &[
+    "access-control-allow-origin",
+    "access-control-expose-headers",
+];
+
+/// Asserts the answer's headers are all on the allowlist (plus the CORS
+/// ones if the request sent an `Origin`), that none of the names a provider
+/// identifies itself by is there, and that the request id is the gateway's.
+fn assert_white_label_for(headers: &reqwest::header::HeaderMap, origin_sent: bool) {
+    for name in headers.keys() {
+        let name = name.as_str();
+        assert!(
+            ALLOWED.contains(&name) || (origin_sent && CORS.contains(&name)),
+            "header `{name}: {:?}` is not one the gateway sends: {headers:?}",
+            headers[name]
+        );
+    }
     for name in IDENTIFYING {
         assert!(
             !headers.contains_key(*name),
@@ -65,6 +111,160 @@ fn assert_white_label(headers: &reqwest::header::HeaderMap) {
         !rid.starts_with("req_"),
         "the provider's request id reached the client: {rid}"
     );
+}
+
+fn assert_white_label(headers: &reqwest::header::HeaderMap) {
+    assert_white_label_for(headers, false);
+}
+
+/// What OpenAI's API (behind Cloudflare) answers with besides its content
+/// type, `x-request-id` and `retry-after`: names and values of recorded
+/// answers, the values made distinctive.
+const PROVIDER_HEADERS: &[(&str, &str)] = &[
+    ("server", "cloudflare"),
+    ("cf-ray", "8f3b2c1d0e9a7b6c-FRA"),
+    ("cf-cache-status", "DYNAMIC"),
+    (
+        "set-cookie",
+        "__cf_bm=providerCookie123; path=/; domain=.api.openai.com; HttpOnly; Secure",
+    ),
+    (
+        "strict-transport-security",
+        "max-age=31536000; includeSubDomains; preload",
+    ),
+    ("alt-svc", "h3=\":443\"; ma=86400"),
+    ("x-content-type-options", "nosniff"),
+    ("access-control-expose-headers", "X-Request-ID-provider"),
+    ("access-control-allow-origin", "https://provider.example"),
+    ("openai-organization", "org-provider-Z9"),
+    ("openai-project", "proj_provider_Z9"),
+    ("openai-processing-ms", "4321"),
+    ("openai-version", "2020-10-01"),
+    ("openai-model", "gpt-4o-mini-2024-07-18"),
+    ("x-envoy-upstream-service-time", "4310"),
+    ("x-ratelimit-limit-requests", "987651"),
+    ("x-ratelimit-limit-tokens", "987652"),
+    ("x-ratelimit-remaining-requests", "987653"),
+    ("x-ratelimit-remaining-tokens", "987654"),
+    ("x-ratelimit-reset-requests", "6ms-provider"),
+    ("x-ratelimit-reset-tokens", "7ms-provider"),
+    ("retry-after-ms", "31337"),
+    ("x-should-retry", "provider-says-true"),
+    ("vary", "Accept-Encoding-provider"),
+    ("cache-control", "provider-no-store"),
+    ("via", "1.1 provider-proxy"),
+    ("x-powered-by", "provider"),
+    ("request-id", "req_provider_anthropic_style"),
+    ("anthropic-ratelimit-requests-limit", "987655"),
+];
+
+/// An HTTP provider (HTTP/1.1) that answers every chat with all of
+/// [`PROVIDER_HEADERS`], its own request id and `retry-after`: a chat (SSE
+/// when asked for an event stream), or a 429 when the body says
+/// `"mock": {"status": 429}`.
+async fn chatty_headers_upstream() -> String {
+    use http_body_util::BodyExt;
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                    let stream = req
+                        .headers()
+                        .get("accept")
+                        .is_some_and(|v| v.to_str().unwrap_or("").contains("event-stream"));
+                    let body = req.into_body().collect().await?.to_bytes();
+                    let failing = String::from_utf8_lossy(&body).contains("\"status\":429");
+                    let mut resp = if failing {
+                        let mut r = http::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from_static(
+                                br#"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#,
+                            ),
+                        ));
+                        *r.status_mut() = http::StatusCode::TOO_MANY_REQUESTS;
+                        r.headers_mut().insert(
+                            "content-type",
+                            http::HeaderValue::from_static("application/json"),
+                        );
+                        r
+                    } else {
+                        h2c_answer(stream, "many headers")
+                    };
+                    let h = resp.headers_mut();
+                    for (name, value) in PROVIDER_HEADERS {
+                        h.append(*name, http::HeaderValue::from_static(value));
+                    }
+                    h.insert(
+                        "x-request-id",
+                        http::HeaderValue::from_static("req_provider_0123456789"),
+                    );
+                    h.insert("retry-after", http::HeaderValue::from_static("2"));
+                    Ok::<_, hyper::Error>(resp)
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    format!("http://127.0.0.1:{port}/v1")
+}
+
+/// Against a provider that sends every header a real one does, an answer
+/// carries only the allowlisted headers, and none of the provider's values
+/// but its content type and `retry-after`: not under a name the gateway
+/// uses too (rate-limit, `vary`, `cache-control`, CORS headers), whether
+/// plain, streamed or a provider error, with and without CORS.
+#[tokio::test]
+async fn only_allowlisted_headers_reach_the_client_whatever_the_provider_sends() {
+    let gw = TestGateway::start(&standard_config(&chatty_headers_upstream().await, "")).await;
+    let mut stream = chat_body("gpt-4o-mini");
+    stream["stream"] = json!(true);
+    let mut failing = chat_body("gpt-4o-mini");
+    failing["mock"] = json!({"status": 429});
+    for origin in [None, Some("https://app.example")] {
+        for (body, status) in [
+            (chat_body("gpt-4o-mini"), 200),
+            (stream.clone(), 200),
+            (failing.clone(), 429),
+        ] {
+            let mut rb = client()
+                .post(gw.url("/v1/chat/completions"))
+                .header("host", ACME_HOST)
+                .bearer_auth(ACME_DENTAL.2)
+                .json(&body);
+            if let Some(o) = origin {
+                rb = rb.header("origin", o);
+            }
+            let resp = rb.send().await.unwrap();
+            assert_eq!(resp.status(), status, "{body}");
+            let headers = resp.headers().clone();
+            let text = resp.text().await.unwrap();
+            assert!(status != 200 || text.contains("many headers"), "{text}");
+            assert_white_label_for(&headers, origin.is_some());
+            if origin.is_some() {
+                assert_eq!(headers["access-control-allow-origin"], "*", "{headers:?}");
+            }
+            for (name, value) in headers.iter() {
+                let value = value.to_str().unwrap();
+                for (pname, pvalue) in PROVIDER_HEADERS {
+                    assert_ne!(
+                        value, *pvalue,
+                        "`{name}` carries the provider's `{pname}` value: {headers:?}"
+                    );
+                }
+            }
+            assert_eq!(
+                headers.get("retry-after").map(|v| v.to_str().unwrap()),
+                (status == 429).then_some("2"),
+                "{headers:?}"
+            );
+        }
+    }
 }
 
 #[tokio::test]
