@@ -553,15 +553,24 @@ async fn readyz_detail(gw: &TestGateway) -> String {
 #[tokio::test]
 async fn readyz_detail_is_for_operators_only() {
     let (gw, _first, _second) = fallback_gateway(NO_RETRY).await;
-    for key in [None, Some(ACME_DENTAL.2), Some("wrong")] {
+    // A breaker to show: `first` fails once and opens.
+    let resp = chat(&gw, "chain", on_first(json!({"status": 500})), false).await;
+    assert_eq!(resp.status(), 200);
+    let operator = readyz_detail(&gw).await;
+    assert!(
+        operator.contains("breakers") && operator.contains("\"provider\":\"first\""),
+        "{operator}"
+    );
+    for (what, headers) in non_operator_credentials() {
         let mut rb = client().get(gw.url("/readyz?detail=1"));
-        if let Some(k) = key {
-            rb = rb.bearer_auth(k);
+        for (name, value) in headers {
+            rb = rb.header(name, value);
         }
-        let text = rb.send().await.unwrap().text().await.unwrap();
-        assert!(!text.contains("breakers"), "{key:?}: {text}");
+        let resp = rb.send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{what}");
+        let text = resp.text().await.unwrap();
+        assert_eq!(text, r#"{"status":"ok"}"#, "{what}");
     }
-    assert!(readyz_detail(&gw).await.contains("breakers"));
 }
 
 #[tokio::test]
@@ -689,13 +698,18 @@ async fn metrics_count_attempts_and_breakers_for_operators_only() {
     .await;
     let resp = chat(&gw, "chain", on_first(json!({"status": 500})), false).await;
     assert_eq!(resp.status(), 200);
-    let resp = client()
-        .get(gw.url("/metrics"))
-        .bearer_auth(ACME_DENTAL.2)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 404, "tenants do not see metrics");
+    for (what, headers) in non_operator_credentials() {
+        let mut rb = client().get(gw.url("/metrics"));
+        for (name, value) in headers {
+            rb = rb.header(name, value);
+        }
+        let resp = rb.send().await.unwrap();
+        assert_eq!(
+            error_code(resp, 404).await,
+            "unknown_url",
+            "{what}: tenants and strangers do not see metrics"
+        );
+    }
     let text = client()
         .get(gw.url("/metrics"))
         .bearer_auth(OPERATOR_TOKEN)
@@ -724,6 +738,177 @@ async fn metrics_count_attempts_and_breakers_for_operators_only() {
         "{text}"
     );
     assert!(!text.contains("dental"), "tenant ids stay out of metrics");
+}
+
+/// Ways of asking for operator-only views that are not the operator's, each
+/// a list of request headers: none, tenant keys in each header the gateway
+/// reads keys from (and a key of another reseller), a wrong key, and the
+/// operator's token where it does not count: in `x-api-key` or `api-key`
+/// behind an `Authorization` that is not a bearer token (which is the one
+/// read), or with another scheme.
+fn non_operator_credentials() -> Vec<(&'static str, Vec<(&'static str, String)>)> {
+    let bearer = |k: &str| format!("Bearer {k}");
+    vec![
+        ("no key", vec![]),
+        (
+            "tenant bearer",
+            vec![("authorization", bearer(ACME_DENTAL.2))],
+        ),
+        (
+            "tenant x-api-key",
+            vec![("x-api-key", ACME_DENTAL.2.to_owned())],
+        ),
+        (
+            "tenant api-key",
+            vec![("api-key", ACME_DENTAL.2.to_owned())],
+        ),
+        (
+            "another reseller's tenant",
+            vec![("authorization", bearer(GLOBEX_CLINIC.2))],
+        ),
+        ("wrong key", vec![("authorization", bearer("wrong"))]),
+        (
+            "operator token behind a Basic Authorization",
+            vec![
+                ("authorization", "Basic dXNlcjpwYXNz".to_owned()),
+                ("x-api-key", OPERATOR_TOKEN.to_owned()),
+                ("api-key", OPERATOR_TOKEN.to_owned()),
+            ],
+        ),
+        (
+            "operator token behind an empty Bearer",
+            vec![
+                ("authorization", "Bearer".to_owned()),
+                ("x-api-key", OPERATOR_TOKEN.to_owned()),
+            ],
+        ),
+        (
+            "operator token under another scheme",
+            vec![("authorization", format!("Token {OPERATOR_TOKEN}"))],
+        ),
+    ]
+}
+
+const ROUTING_KEK_ENV: &str = "LIVERY_TEST_ROUTING_KEK";
+
+/// `key` sealed for `owner` and `provider` under KEK `routing-kek`
+/// (from [`ROUTING_KEK_ENV`]).
+fn seal_for(owner: &str, provider: &str, key: &str) -> String {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::env::set_var(ROUTING_KEK_ENV, livery::vault::generate_kek().unwrap());
+    });
+    let mut ring = livery::vault::Keyring::default();
+    ring.add(std::sync::Arc::new(
+        livery::vault::EnvKek::load("routing-kek", ROUTING_KEK_ENV).unwrap(),
+    ));
+    ring.seal(
+        &livery::vault::CredentialOwner::parse(owner).unwrap(),
+        provider,
+        key,
+    )
+    .unwrap()
+    .to_sealed_string()
+}
+
+/// A tenant's own key (BYOK) that fails opens the breaker of that tenant's
+/// key alone: /metrics shows it as owner kind `tenant`, never naming the
+/// tenant or its reseller, and the platform's key on the same provider
+/// still serves other tenants.
+#[tokio::test]
+async fn metrics_show_a_tenants_own_breaker_by_owner_kind_without_naming_it() {
+    let first = MockProvider::start().await;
+    let second = MockProvider::start().await;
+    let extra = format!(
+        "{}{}\n[[models]]\nname = \"chain\"\nroutes = [{{ provider = \"first\", model = \"first-model\" }}, {{ provider = \"second\", model = \"second-model\", priority = 1 }}]\n",
+        openai_provider("first", &first.base_url()),
+        openai_provider("second", &second.base_url())
+    );
+    let own_key = "sk-dental-own-first-Zq81xPl0";
+    let hash_line = format!("key_hashes = [\"{}\"]", hash(ACME_DENTAL.2));
+    let config = standard_config(&first.base_url(), &extra)
+        .replace(
+            "[routing]\nretries_per_route = 0\nbackoff_base_ms = 10\n",
+            "[routing]\nretries_per_route = 0\nbreaker_failures = 1\nbreaker_cooldown_ms = 60000\n",
+        )
+        .replace(
+            "models = [\"gpt-4o-mini\", \"embed\", \"premium\", \"demo\"]",
+            "models = [\"gpt-4o-mini\", \"embed\", \"premium\", \"demo\", \"chain\"]",
+        )
+        .replace(
+            &hash_line,
+            &format!(
+                "{hash_line}\ncredentials = {{ first = \"{}\" }}",
+                seal_for("tenant:acme/dental", "first", own_key)
+            ),
+        )
+        + &format!(
+            "\n[vault]\n[[vault.keks]]\nid = \"routing-kek\"\nenv = \"{ROUTING_KEK_ENV}\"\n"
+        );
+    assert!(config.contains("credentials = { first"));
+    let gw = TestGateway::start(&config).await;
+    let resp = chat(&gw, "chain", on_first(json!({"status": 500})), false).await;
+    let id = rid(&resp);
+    assert_eq!(resp.status(), 200);
+    let record = gw.usage_for(&id).await;
+    assert_eq!(
+        outcomes(&record),
+        pairs(&[("first", "server_error"), ("second", "ok")])
+    );
+    assert_eq!(
+        first.last_request().headers["authorization"],
+        format!("Bearer {own_key}").as_str(),
+        "the tenant's own key was tried"
+    );
+    // Dental's key on `first` is now skipped; globex's clinic, on the
+    // platform's key, is still served by `first`.
+    let resp = chat(&gw, "chain", json!({}), false).await;
+    assert_eq!(
+        outcomes(&gw.usage_for(&rid(&resp)).await),
+        pairs(&[("first", "breaker_open"), ("second", "ok")])
+    );
+    let mut body = chat_body("chain");
+    body["mock"] = json!({});
+    let resp = post(
+        &gw,
+        "/v1/chat/completions",
+        Some(GLOBEX_HOST),
+        Some(GLOBEX_CLINIC.2),
+        &body,
+    )
+    .await;
+    assert_eq!(
+        outcomes(&gw.usage_for(&rid(&resp)).await),
+        pairs(&[("first", "ok")])
+    );
+
+    let text = client()
+        .get(gw.url("/metrics"))
+        .bearer_auth(OPERATOR_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "livery_breaker_open{provider=\"first\",owner=\"tenant\"} 1",
+        "livery_breaker_opened_total{provider=\"first\",owner=\"tenant\"} 1",
+    ] {
+        assert!(text.contains(line), "`{line}` missing: {text}");
+    }
+    assert!(
+        !text.contains("livery_breaker_open{provider=\"first\",owner=\"platform\"} 1"),
+        "{text}"
+    );
+    for name in ["dental", "acme", "globex", "clinic", own_key] {
+        assert!(!text.contains(name), "`{name}` in the metrics: {text}");
+    }
+    // The operator's detailed view does name the owner.
+    assert!(
+        readyz_detail(&gw).await.contains("tenant:acme/dental"),
+        "the breaker is the tenant's own"
+    );
 }
 
 /// An h2c server that sheds each connection at its first request, as a server
