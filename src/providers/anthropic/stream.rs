@@ -30,7 +30,8 @@ pub const PROMPT_USAGE_EVENT: &str = "livery-prompt-usage";
 /// | `content_block_delta` `text_delta` | `delta: {"content": text}` |
 /// | `content_block_delta` `input_json_delta` | `tool_calls: [{index, function: {arguments: fragment}}]` (empty fragments skipped) |
 /// | thinking / signature / citation deltas, server-tool blocks | nothing (no OpenAI field) |
-/// | `content_block_stop`, `ping`, unknown events | nothing |
+/// | `content_block_stop` of a tool block that sent no arguments | `tool_calls: [{index, function: {arguments: "{}"}}]` (a tool without parameters) |
+/// | other `content_block_stop`, `ping`, unknown events | nothing |
 /// | `message_delta` with `stop_reason` | `delta: {}` with `finish_reason`; usage updated (it is cumulative) |
 /// | `message_stop` | if `include_usage`: `choices: []` with `usage`; then finished |
 /// | `error` | `Err(StreamError::Upstream)` with Anthropic's type and message |
@@ -42,8 +43,9 @@ pub struct MessagesStreamToChat {
     id: String,
     upstream_model: Option<String>,
     role_sent: bool,
-    /// Anthropic content-block index → OpenAI `tool_calls[].index`.
-    tool_blocks: HashMap<u64, u64>,
+    /// Anthropic content-block index → OpenAI `tool_calls[].index` and whether
+    /// any of its arguments went out yet.
+    tool_blocks: HashMap<u64, (u64, bool)>,
     next_tool: u64,
     tokens: Option<Tokens>,
     finish: Option<&'static str>,
@@ -134,9 +136,6 @@ impl MessagesStreamToChat {
                     "tool_use" => {
                         let k = self.next_tool;
                         self.next_tool += 1;
-                        if let Some(index) = v.get("index").and_then(Value::as_u64) {
-                            self.tool_blocks.insert(index, k);
-                        }
                         // The input arrives as `input_json_delta`s; a non-empty
                         // `input` here is a complete one.
                         let arguments = match block.get("input") {
@@ -145,6 +144,9 @@ impl MessagesStreamToChat {
                             }
                             _ => String::new(),
                         };
+                        if let Some(index) = v.get("index").and_then(Value::as_u64) {
+                            self.tool_blocks.insert(index, (k, !arguments.is_empty()));
+                        }
                         let call = json!({
                             "index": k,
                             "id": block.get("id").and_then(Value::as_str).unwrap_or(""),
@@ -174,19 +176,33 @@ impl MessagesStreamToChat {
                             .get("partial_json")
                             .and_then(Value::as_str)
                             .unwrap_or("");
-                        let k = v
+                        let tool = v
                             .get("index")
                             .and_then(Value::as_u64)
-                            .and_then(|i| self.tool_blocks.get(&i).copied());
-                        if let (Some(k), false) = (k, part.is_empty()) {
-                            let call = json!({"index": k, "function": {"arguments": part}});
+                            .and_then(|i| self.tool_blocks.get_mut(&i));
+                        if let (Some((k, sent)), false) = (tool, part.is_empty()) {
+                            *sent = true;
+                            let call = json!({"index": *k, "function": {"arguments": part}});
                             out.push(self.chunk(json!({ "tool_calls": [call] }), None));
                         }
                     }
                     _ => {}
                 }
             }
-            "content_block_stop" => {}
+            "content_block_stop" => {
+                // A tool without parameters streams only an empty `partial_json`:
+                // OpenAI sends `"{}"` there (and so does the non-streamed
+                // translation), and clients parse `arguments` as JSON.
+                let tool = v
+                    .get("index")
+                    .and_then(Value::as_u64)
+                    .and_then(|i| self.tool_blocks.get_mut(&i));
+                if let Some((k, sent @ false)) = tool {
+                    *sent = true;
+                    let call = json!({"index": *k, "function": {"arguments": "{}"}});
+                    out.push(self.chunk(json!({ "tool_calls": [call] }), None));
+                }
+            }
             "message_delta" => {
                 self.tokens
                     .get_or_insert_with(Tokens::default)

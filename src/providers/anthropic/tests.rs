@@ -1006,6 +1006,41 @@ fn stream_edge_cases() {
     assert_eq!(err.to_openai_error()["error"]["code"], "stream_malformed");
 }
 
+/// A tool without parameters: Anthropic streams an empty `input` and only an
+/// empty `partial_json`. OpenAI clients parse the accumulated `arguments`, so
+/// it must be `"{}"` (as OpenAI streams it and the unstreamed translation gives),
+/// not `""`; a tool whose input came whole at the start gets nothing more.
+#[test]
+fn a_streamed_tool_call_without_arguments_has_empty_object_arguments() {
+    let mut conv = MessagesStreamToChat::new("m", 1, false);
+    let events = [
+        json!({"type": "message_start", "message": {"id": "msg_X", "model": "claude", "usage": {"input_tokens": 3, "output_tokens": 1}}}),
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "t1", "name": "snooze", "input": {}}}),
+        json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": ""}}),
+        json!({"type": "content_block_stop", "index": 0}),
+        json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "t2", "name": "f", "input": {"x": 1}}}),
+        json!({"type": "content_block_stop", "index": 1}),
+        json!({"type": "content_block_start", "index": 2, "content_block": {"type": "tool_use", "id": "t3", "name": "g", "input": {}}}),
+        json!({"type": "content_block_delta", "index": 2, "delta": {"type": "input_json_delta", "partial_json": "{\"y\":"}}),
+        json!({"type": "content_block_delta", "index": 2, "delta": {"type": "input_json_delta", "partial_json": "2}"}}),
+        json!({"type": "content_block_stop", "index": 2}),
+        json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 9}}),
+        json!({"type": "message_stop"}),
+    ];
+    let mut chunks = Vec::new();
+    for e in &events {
+        chunks.extend(
+            conv.on_event(e["type"].as_str().unwrap(), &e.to_string())
+                .unwrap(),
+        );
+    }
+    let acc = accumulate_chat(&chunks);
+    assert_eq!(acc.tools[&0], ("t1".into(), "snooze".into(), "{}".into()));
+    assert_eq!(acc.tools[&1], ("t2".into(), "f".into(), "{\"x\":1}".into()));
+    assert_eq!(acc.tools[&2], ("t3".into(), "g".into(), "{\"y\":2}".into()));
+    assert_eq!(acc.finish.as_deref(), Some("tool_calls"));
+}
+
 // ---------------------------------------------------------------------------
 // Front door: Anthropic client → OpenAI route
 
