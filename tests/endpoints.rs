@@ -1232,3 +1232,115 @@ async fn a_panic_in_the_handler_is_answered_500_and_the_connection_kept() {
     assert_eq!(v["type"], "error", "{v}");
     assert_eq!(v["error"]["type"], "api_error", "{v}");
 }
+
+/// A request body whose client stops sending it (slowloris on the body, not
+/// the head) is refused after `header_timeout_ms` without any of it, over
+/// HTTP/1.1 and on an HTTP/2 stream: it used to hold its connection or
+/// stream, and its record, for as long as the client kept the socket open.
+/// A body that keeps coming, more slowly than that in all, is served.
+#[tokio::test]
+async fn a_request_body_that_stalls_is_refused_after_header_timeout_ms() {
+    use std::time::{Duration, Instant};
+    use tokio::io::AsyncWriteExt;
+    let mock = MockProvider::start().await;
+    let base = standard_config(&mock.base_url(), "");
+    let config = base
+        .replace(
+            "max_body_bytes = 65536",
+            "max_body_bytes = 65536\nheader_timeout_ms = 400",
+        )
+        .replace(
+            r#"domains = ["ai.acme.test"]"#,
+            r#"domains = ["ai.acme.test", "127.0.0.1"]"#,
+        );
+    let gw = TestGateway::start(&config).await;
+    let body = chat_body("gpt-4o-mini").to_string();
+    let head = |len: usize| {
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: {ACME_HOST}\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: {len}\r\n\r\n",
+            ACME_DENTAL.2
+        )
+    };
+
+    // Trickled in five pieces 150 ms apart (600 ms in all): served.
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(head(body.len()).as_bytes()).await.unwrap();
+    for piece in body.as_bytes().chunks(body.len().div_ceil(5)) {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        s.write_all(piece).await.unwrap();
+    }
+    let answer = tokio::time::timeout(Duration::from_secs(5), read_answer(&mut s))
+        .await
+        .expect("an answer to a trickled body");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // A part of the body, then nothing.
+    let before = mock.requests().len();
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(head(body.len() + 1000).as_bytes())
+        .await
+        .unwrap();
+    s.write_all(&body.as_bytes()[..10]).await.unwrap();
+    let start = Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        use tokio::io::AsyncReadExt;
+        s.read_to_end(&mut buf).await
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "a stalled body held its connection: {}",
+        String::from_utf8_lossy(&buf)
+    );
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(text.contains("body_read_failed"), "{text}");
+    assert!(start.elapsed() >= Duration::from_millis(350), "{text}");
+
+    // The same on an HTTP/2 stream; the connection serves on.
+    let send = h2c_connect(gw.addr).await;
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{}/v1/chat/completions", gw.addr))
+        .header("authorization", format!("Bearer {}", ACME_DENTAL.2))
+        .header("content-type", "application/json")
+        .body(())
+        .unwrap();
+    let (resp, mut stream) = send
+        .clone()
+        .ready()
+        .await
+        .unwrap()
+        .send_request(req, false)
+        .unwrap();
+    stream
+        .send_data(bytes::Bytes::copy_from_slice(&body.as_bytes()[..10]), false)
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+        .await
+        .expect("a stalled HTTP/2 body held its stream")
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let resp = h2_request(
+        &send,
+        "POST",
+        &format!("http://{}/v1/chat/completions", gw.addr),
+        &[("authorization", &format!("Bearer {}", ACME_DENTAL.2))],
+        Some(&chat_body("gpt-4o-mini")),
+    )
+    .await;
+    assert_eq!(resp.status(), 200, "{}", resp.body());
+    assert_eq!(mock.requests().len(), before + 1);
+    drop(stream);
+    // Their records are closed, as refusals.
+    let start = Instant::now();
+    while gw.open_records() > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "a record stayed open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -4,8 +4,10 @@ use bytes::Bytes;
 use futures_util::Stream;
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 /// Streams finish with a well-formed error event rather than a body error, so the
 /// body itself never fails.
@@ -27,6 +29,97 @@ pub fn json_response(
         http::HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+/// A request's body that fails when its client sends nothing of it for
+/// `stall` (nginx's `client_body_timeout`): without it a client that declares
+/// a large body and then trickles it, or stops, holds its connection (or
+/// HTTP/2 stream), its record and the body read so far for as long as it
+/// keeps the socket open; no other timer runs while a body is being read.
+///
+/// The timer is made only when the body is not all there at the first poll:
+/// a body that came with its head (most requests) costs no timer, one that
+/// is still arriving costs one timer for the request and a clock read per
+/// frame.
+pub struct TimedBody<B> {
+    inner: B,
+    stall: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When the last frame arrived, once the timer runs.
+    last: Option<tokio::time::Instant>,
+}
+
+impl<B> TimedBody<B> {
+    pub fn new(inner: B, stall: Duration) -> Self {
+        Self {
+            inner,
+            stall,
+            timer: None,
+            last: None,
+        }
+    }
+}
+
+/// The error of a [`TimedBody`] whose client stalled.
+#[derive(Debug)]
+pub struct BodyStalled(Duration);
+
+impl std::fmt::Display for BodyStalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no part of it arrived for {} ms", self.0.as_millis())
+    }
+}
+
+impl std::error::Error for BodyStalled {}
+
+impl<B> http_body::Body for TimedBody<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if this.timer.is_some() {
+                    this.last = Some(tokio::time::Instant::now());
+                }
+                return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+            }
+            Poll::Pending => {}
+        }
+        let stall = this.stall;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        loop {
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            // Fired: due unless a frame came since it was armed.
+            let due = this
+                .last
+                .map_or_else(tokio::time::Instant::now, |t| t + stall);
+            if due <= tokio::time::Instant::now() {
+                return Poll::Ready(Some(Err(Box::new(BodyStalled(stall)))));
+            }
+            timer.as_mut().reset(due);
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A stream answer's frames with one pause after the first. hyper writes every

@@ -445,6 +445,8 @@ async fn serve<I>(
     let requests = idle.clone();
     let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let in_flight = requests.request(req.version());
+        // The client's time to send its request, head or body: see `TimedBody`.
+        let req = req.map(|b| body::TimedBody::new(b, timeouts.header));
         let app = app.clone();
         let sni = sni.clone();
         let plain_tls = plain_tls.clone();
