@@ -1083,3 +1083,154 @@ async fn a_redis_admission_reports_its_buckets_in_the_rate_limit_headers() {
     // 100 more tokens at 1000 a minute: about 6 s.
     assert!((5_500..=6_000).contains(&wait), "retry-after-ms {wait}");
 }
+
+// ------------------------------------------- one tenant id at two resellers
+
+const GLOBEX_DENTAL_KEY: &str = "sk-globex-dental-key";
+
+/// The standard tenancy (tests/support) plus a tenant `dental` at globex
+/// too, on plan `pro` like acme's `dental`, whose limits are `pro_limits`;
+/// `extra` is appended (e.g. `[usage]`).
+fn same_tenant_id_at_two_resellers(
+    mock: &crate::support::MockProvider,
+    pro_limits: &str,
+    extra: &str,
+) -> String {
+    let config = crate::support::standard_config(&mock.base_url(), "")
+        .replace("name = \"pro\"\n", &format!("name = \"pro\"\n{pro_limits}\n"))
+        + &format!(
+            "\n[[resellers.tenants]]\nid = \"dental\"\nplan = \"pro\"\nkey_hashes = [\"{}\"]\n\n{extra}",
+            crate::support::hash(GLOBEX_DENTAL_KEY)
+        );
+    assert!(config.contains(pro_limits));
+    config
+}
+
+/// A chat for the built-in mock as `key` at `host`.
+async fn chat_as(gw: &crate::support::TestGateway, host: &str, key: &str) -> reqwest::Response {
+    let body = json!({"model": "demo", "max_tokens": 16, "messages": [{"role": "user", "content": "Say hello."}]});
+    crate::support::post(gw, "/v1/chat/completions", Some(host), Some(key), &body).await
+}
+
+/// The usage record of `resp`'s request: (reseller, tenant, status).
+async fn who_and_status(
+    gw: &crate::support::TestGateway,
+    resp: &reqwest::Response,
+) -> (String, String, u64) {
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let r = gw.usage_for(&id).await;
+    (
+        r["reseller"].as_str().unwrap().to_owned(),
+        r["tenant"].as_str().unwrap().to_owned(),
+        r["status"].as_u64().unwrap(),
+    )
+}
+
+/// Tenant ids are unique within a reseller only: acme's `dental` using up
+/// its requests per minute leaves globex's `dental` its whole bucket, and
+/// each one's usage records name its own reseller.
+#[tokio::test]
+async fn a_tenant_id_at_two_resellers_has_two_request_buckets() {
+    use crate::support::{ACME_DENTAL, ACME_HOST, GLOBEX_HOST};
+    let mock = crate::support::MockProvider::start().await;
+    let gw = crate::support::TestGateway::start(&same_tenant_id_at_two_resellers(
+        &mock,
+        "requests_per_minute = 3",
+        "",
+    ))
+    .await;
+    for i in 0..3 {
+        let resp = chat_as(&gw, ACME_HOST, ACME_DENTAL.2).await;
+        assert_eq!(resp.status(), 200, "acme/dental request {i}");
+        assert_eq!(
+            who_and_status(&gw, &resp).await,
+            ("acme".into(), "dental".into(), 200)
+        );
+    }
+    let resp = chat_as(&gw, ACME_HOST, ACME_DENTAL.2).await;
+    assert_eq!(resp.status(), 429);
+    assert_eq!(
+        who_and_status(&gw, &resp).await,
+        ("acme".into(), "dental".into(), 429)
+    );
+    let err: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["type"], "requests", "{err}");
+
+    // Globex's dental: a full bucket of its own.
+    for i in 0..3 {
+        let resp = chat_as(&gw, GLOBEX_HOST, GLOBEX_DENTAL_KEY).await;
+        assert_eq!(resp.status(), 200, "globex/dental request {i}");
+        assert_eq!(
+            resp.headers()["x-ratelimit-remaining-requests"],
+            (2 - i).to_string().as_str(),
+            "globex/dental request {i}"
+        );
+        assert_eq!(
+            who_and_status(&gw, &resp).await,
+            ("globex".into(), "dental".into(), 200)
+        );
+    }
+    let resp = chat_as(&gw, GLOBEX_HOST, GLOBEX_DENTAL_KEY).await;
+    assert_eq!(resp.status(), 429, "and it is limited too");
+    assert_eq!(
+        who_and_status(&gw, &resp).await,
+        ("globex".into(), "dental".into(), 429)
+    );
+    gw.shutdown().await;
+}
+
+/// Acme's `dental` using up its month (tokens counted in the ledger) leaves
+/// globex's `dental` its own, also after a restart, when each month is read
+/// back from the ledger.
+#[tokio::test]
+async fn a_tenant_id_at_two_resellers_has_two_months() {
+    use crate::support::{ACME_DENTAL, ACME_HOST, GLOBEX_HOST};
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = format!(
+        "[usage]\nspool_dir = \"{}\"\nsqlite_path = \"{}\"\n",
+        dir.path().join("spool").display(),
+        dir.path().join("usage.db").display()
+    );
+    let mock = crate::support::MockProvider::start().await;
+    let toml = same_tenant_id_at_two_resellers(&mock, "tokens_per_month = 200", &ledger);
+    let gw = crate::support::TestGateway::start(&toml).await;
+    let mut served = 0;
+    loop {
+        let resp = chat_as(&gw, ACME_HOST, ACME_DENTAL.2).await;
+        if resp.status() == 429 {
+            let err: serde_json::Value = resp.json().await.unwrap();
+            assert_eq!(err["error"]["code"], "insufficient_quota", "{err}");
+            break;
+        }
+        assert_eq!(resp.status(), 200);
+        served += 1;
+        assert!(served < 100, "the quota never bound");
+    }
+    assert!(served >= 1);
+    let resp = chat_as(&gw, GLOBEX_HOST, GLOBEX_DENTAL_KEY).await;
+    assert_eq!(resp.status(), 200, "globex/dental's month is its own");
+    assert_eq!(
+        who_and_status(&gw, &resp).await,
+        ("globex".into(), "dental".into(), 200)
+    );
+    let app = gw.gateway.as_ref().unwrap().app().clone();
+    assert!(app.usage.flush(Duration::from_secs(5)));
+    drop(app);
+    gw.shutdown().await;
+
+    // A new process reads each month back from the ledger by reseller and tenant.
+    let gw = crate::support::TestGateway::start(&toml).await;
+    let resp = chat_as(&gw, ACME_HOST, ACME_DENTAL.2).await;
+    assert_eq!(
+        resp.status(),
+        429,
+        "acme/dental's month survives the restart"
+    );
+    let resp = chat_as(&gw, GLOBEX_HOST, GLOBEX_DENTAL_KEY).await;
+    assert_eq!(
+        resp.status(),
+        200,
+        "globex/dental is not charged acme/dental's month"
+    );
+    gw.shutdown().await;
+}
