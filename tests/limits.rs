@@ -1234,3 +1234,84 @@ async fn a_tenant_id_at_two_resellers_has_two_months() {
     );
     gw.shutdown().await;
 }
+
+/// Acme's `dental` whose own provider key keeps failing opens the breaker of
+/// that key; globex's `dental`, with its own key on the same provider, is
+/// still served (a breaker keyed by tenant id alone would answer it 503).
+#[tokio::test]
+async fn a_tenant_id_at_two_resellers_has_two_breakers() {
+    use crate::support::{ACME_DENTAL, ACME_HOST, GLOBEX_HOST};
+    const KEK_ENV: &str = "LIVERY_TEST_LIMITS_KEK";
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| std::env::set_var(KEK_ENV, livery::vault::generate_kek().unwrap()));
+    let mut ring = livery::vault::Keyring::default();
+    ring.add(Arc::new(
+        livery::vault::EnvKek::load("limits-kek", KEK_ENV).unwrap(),
+    ));
+    let seal = |owner: &str, key: &str| {
+        ring.seal(
+            &livery::vault::CredentialOwner::parse(owner).unwrap(),
+            "upstream",
+            key,
+        )
+        .unwrap()
+        .to_sealed_string()
+    };
+    let mock = crate::support::MockProvider::start().await;
+    let acme_line = format!("key_hashes = [\"{}\"]", crate::support::hash(ACME_DENTAL.2));
+    let globex_line = format!(
+        "key_hashes = [\"{}\"]",
+        crate::support::hash(GLOBEX_DENTAL_KEY)
+    );
+    let toml = same_tenant_id_at_two_resellers(&mock, "", "")
+        .replace(
+            "retries_per_route = 0\n",
+            "retries_per_route = 0\nbreaker_failures = 1\nbreaker_cooldown_ms = 60000\n",
+        )
+        .replace(
+            &acme_line,
+            &format!(
+                "{acme_line}\ncredentials = {{ upstream = \"{}\" }}",
+                seal("tenant:acme/dental", "sk-acme-dental-own-1")
+            ),
+        )
+        .replace(
+            &globex_line,
+            &format!(
+                "{globex_line}\ncredentials = {{ upstream = \"{}\" }}",
+                seal("tenant:globex/dental", "sk-globex-dental-own-2")
+            ),
+        )
+        + &format!("\n[vault]\n[[vault.keks]]\nid = \"limits-kek\"\nenv = \"{KEK_ENV}\"\n");
+    assert_eq!(toml.matches("credentials = { upstream").count(), 2);
+    let gw = crate::support::TestGateway::start(&toml).await;
+    let chat = |host: &'static str, key: &'static str, fail: bool| {
+        let mut body = crate::support::chat_body("gpt-4o-mini");
+        if fail {
+            body["mock"] = json!({"status": 500});
+        }
+        let gw = &gw;
+        async move {
+            crate::support::post(gw, "/v1/chat/completions", Some(host), Some(key), &body).await
+        }
+    };
+    assert_eq!(chat(ACME_HOST, ACME_DENTAL.2, true).await.status(), 500);
+    let resp = chat(ACME_HOST, ACME_DENTAL.2, false).await;
+    assert_eq!(
+        crate::support::error_code(resp, 503).await,
+        "routes_unavailable",
+        "acme/dental's key is behind its open breaker"
+    );
+    let before = mock.requests().len();
+    let resp = chat(GLOBEX_HOST, GLOBEX_DENTAL_KEY, false).await;
+    assert_eq!(resp.status(), 200, "globex/dental's breaker is its own");
+    assert_eq!(
+        who_and_status(&gw, &resp).await,
+        ("globex".into(), "dental".into(), 200)
+    );
+    assert_eq!(
+        mock.requests()[before].headers["authorization"],
+        "Bearer sk-globex-dental-own-2"
+    );
+    gw.shutdown().await;
+}
