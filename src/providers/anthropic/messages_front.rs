@@ -50,7 +50,8 @@ pub fn messages_to_chat(req: &Value, upstream_model: &str) -> Result<Value, Tran
 ///   string; `thinking` / `redacted_thinking` are dropped.
 /// - `max_tokens` → the field chosen by `max_tokens_field`; `stop_sequences` →
 ///   `stop`; `temperature`, `top_p` passed; `top_k` and `thinking` dropped (no
-///   OpenAI field); `metadata.user_id` → `user`.
+///   OpenAI field); `metadata.user_id` → `user` (its SHA-256 in hex when longer
+///   than the 64 characters OpenAI accepts).
 /// - `tools` (`input_schema` → `parameters`) and `tool_choice` (`auto` / `any` /
 ///   `none` / `tool` → `auto` / `required` / `none` / named function;
 ///   `disable_parallel_tool_use` → the opposite `parallel_tool_calls`). Anthropic's
@@ -141,7 +142,7 @@ pub fn messages_to_chat_with(
         .and_then(Value::as_str)
         .filter(|u| !u.is_empty());
     if let Some(user) = user {
-        out.insert("user".into(), json!(user));
+        out.insert("user".into(), json!(openai_user(user)));
     }
     if let Some(stream) = field(obj, "stream") {
         let stream = stream.as_bool().ok_or_else(|| {
@@ -153,6 +154,22 @@ pub fn messages_to_chat_with(
         }
     }
     Ok(Value::Object(out))
+}
+
+/// The longest `user` OpenAI accepts ("string too long. Expected a string with
+/// maximum length 64").
+const OPENAI_USER_MAX_CHARS: usize = 64;
+
+/// `metadata.user_id` as OpenAI's `user`. Claude Code sends ids of well over 64
+/// characters (device, account and session in one string), which OpenAI refuses
+/// with a 400 for the whole request; such an id is sent as its SHA-256 in hex
+/// (64 characters), which still tells one end user from another.
+fn openai_user(user_id: &str) -> String {
+    if user_id.chars().count() <= OPENAI_USER_MAX_CHARS {
+        return user_id.to_owned();
+    }
+    let digest = ring::digest::digest(&ring::digest::SHA256, user_id.as_bytes());
+    hex::encode(digest.as_ref())
 }
 
 fn system_text(system: &Value) -> Result<String, TranslateError> {

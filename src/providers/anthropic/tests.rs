@@ -1216,6 +1216,30 @@ fn messages_request_options() {
     );
 }
 
+/// `metadata.user_id` → `user`: kept when OpenAI accepts it (at most 64
+/// characters); Claude Code's long structured id, which OpenAI refuses with a
+/// 400, becomes a stable 64-character digest that still separates users.
+#[test]
+fn a_long_metadata_user_id_fits_openais_user_limit() {
+    let with_user = |id: &str| {
+        let req = json!({"max_tokens": 8, "metadata": {"user_id": id},
+            "messages": [{"role": "user", "content": "Hi"}]});
+        messages_to_chat(&req, "gpt-4o").unwrap()["user"].clone()
+    };
+    assert_eq!(with_user("user-42"), json!("user-42"));
+    let max = "u".repeat(64);
+    assert_eq!(with_user(&max), json!(max));
+    let claude_code = format!(
+        "user_{}_account_0f3c2d1e-8a9b-4c5d-9e8f-7a6b5c4d3e2f_session_1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d",
+        "ab12".repeat(16)
+    );
+    let user = with_user(&claude_code);
+    let user = user.as_str().unwrap();
+    assert_eq!(user.chars().count(), 64, "{user}");
+    assert_eq!(with_user(&claude_code), json!(user));
+    assert_ne!(with_user(&format!("{claude_code}x")), json!(user));
+}
+
 #[test]
 fn golden_chat_response_to_message() {
     let out = chat_to_message(&parse(O_RESPONSE), MODEL);
