@@ -30,8 +30,9 @@ const IMAGE_TYPES: &[&str] = &["image/jpeg", "image/png", "image/gif", "image/we
 ///   refused: Messages cannot carry them, and ignoring them would change the
 ///   answer silently.
 /// - **tools**: only `type: "function"` tools; `parameters` → `input_schema`
-///   (an empty object schema when absent); `strict` is dropped (Anthropic's own
-///   compatibility layer ignores it too, and older models reject it). `tool_choice`
+///   (an empty object schema when absent, `type: "object"` added when missing);
+///   `strict` is dropped (Anthropic's own compatibility layer ignores it too, and
+///   older models reject it). `tool_choice`
 ///   `auto`/`required`/`none`/named → `auto`/`any`/`none`/`tool`;
 ///   `parallel_tool_calls` → `disable_parallel_tool_use` inside `tool_choice` (with
 ///   `{"type":"auto"}` when the client sent `parallel_tool_calls: false` and no
@@ -584,9 +585,16 @@ fn convert_tools(obj: &Map<String, Value>) -> Result<Vec<Value>, TranslateError>
         if let Some(d) = field(f, "description") {
             tool.insert("description".into(), d.clone());
         }
-        let schema = field(f, "parameters")
+        let mut schema = field(f, "parameters")
             .cloned()
             .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
+        // OpenAI takes a schema without a top-level `type` (`{}`, or just
+        // `properties`, as many MCP and agent tools send it); Anthropic refuses
+        // the whole request ("input_schema.type: Field required"). Arguments
+        // are always an object, so `object` is what such a schema means.
+        if let Some(o) = schema.as_object_mut() {
+            o.entry("type").or_insert_with(|| json!("object"));
+        }
         tool.insert("input_schema".into(), schema);
         out.push(Value::Object(tool));
     }

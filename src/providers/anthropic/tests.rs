@@ -675,6 +675,36 @@ fn sampling_limits_and_tool_choice() {
     assert_eq!(keys, ["model", "max_tokens", "messages", "tools"]);
 }
 
+/// OpenAI accepts a function schema without a top-level `type` (`{}` for a
+/// tool without parameters, or bare `properties`); Anthropic refuses the whole
+/// request without `input_schema.type`, so `object` is added, and nothing else
+/// of the schema changes.
+#[test]
+fn tool_schemas_without_a_type_become_object_schemas() {
+    let tool = |parameters: Value| json!({"type": "function", "function": {"name": "f", "parameters": parameters}});
+    let req = json!({"messages": [{"role": "user", "content": "x"}], "tools": [
+        tool(json!({})),
+        tool(json!({"properties": {"q": {"type": "string"}}, "required": ["q"]})),
+        tool(json!({"type": "object", "properties": {}, "additionalProperties": false})),
+    ]});
+    let out = chat_to_messages(&req, MODEL, 1).unwrap();
+    let schemas: Vec<&Value> = out["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| &t["input_schema"])
+        .collect();
+    assert_eq!(*schemas[0], json!({"type": "object"}));
+    assert_eq!(
+        *schemas[1],
+        json!({"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]})
+    );
+    assert_eq!(
+        *schemas[2],
+        json!({"type": "object", "properties": {}, "additionalProperties": false})
+    );
+}
+
 fn base_max_tokens(req: &Value) -> u64 {
     chat_to_messages(req, MODEL, 4096).unwrap()["max_tokens"]
         .as_u64()
