@@ -5,6 +5,9 @@ use super::error::TranslateError;
 use super::{field, type_of};
 use serde_json::{json, Map, Value};
 
+/// A tool result's content when the OpenAI tool message has none.
+const EMPTY_TOOL_RESULT: &str = "(no output)";
+
 /// Image media types the Messages API accepts in a base64 source.
 const IMAGE_TYPES: &[&str] = &["image/jpeg", "image/png", "image/gif", "image/webp"];
 
@@ -21,8 +24,9 @@ const IMAGE_TYPES: &[&str] = &["image/jpeg", "image/png", "image/gif", "image/we
 ///   are dropped; a `refusal` content part becomes text.
 /// - **tool** messages become `tool_result` blocks in a user turn; consecutive tool
 ///   messages (parallel calls) share one turn, and tool results come before any
-///   other content of that turn. `is_error` is never set: OpenAI has no such field
-///   and guessing it from the content would misfire.
+///   other content of that turn; an empty result is sent as `(no output)`, which
+///   Anthropic accepts where it refuses empty content. `is_error` is never set:
+///   OpenAI has no such field and guessing it from the content would misfire.
 /// - **images**: `data:` URLs become base64 sources (jpeg, png, gif, webp; a PDF
 ///   becomes a `document` block), `http(s)` URLs become URL sources (a `.pdf` URL a
 ///   URL `document`); `detail` is dropped. `input_audio` and `file` parts, role
@@ -479,10 +483,23 @@ fn tool_result_block(
             )
         })?;
     let content = match content {
-        None => json!(""),
+        None => Value::Null,
         Some(Value::String(s)) => json!(s),
         Some(Value::Array(_)) => Value::Array(user_blocks(content, p)?),
         Some(_) => return Err(content_type_error(p)),
+    };
+    // A tool that printed nothing is an ordinary OpenAI tool message, but
+    // Anthropic refuses a tool result with empty content (as it refuses empty
+    // text), failing the whole conversation from then on; say so in words.
+    let empty = match &content {
+        Value::String(s) => s.is_empty(),
+        Value::Array(blocks) => blocks.is_empty(),
+        _ => true,
+    };
+    let content = if empty {
+        json!(EMPTY_TOOL_RESULT)
+    } else {
+        content
     };
     Ok(json!({"type": "tool_result", "tool_use_id": id, "content": content}))
 }

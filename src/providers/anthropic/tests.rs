@@ -397,6 +397,42 @@ fn parallel_tool_results_merge_into_one_user_turn_with_results_first() {
     );
 }
 
+/// A tool that printed nothing: OpenAI takes an empty (or absent) tool message
+/// content, Anthropic refuses a `tool_result` whose content is empty, so the
+/// result says `(no output)`; a non-empty result is untouched.
+#[test]
+fn empty_tool_results_are_not_sent_empty() {
+    let call = json!({"role": "assistant", "content": null, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+        {"id": "c2", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+        {"id": "c3", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+        {"id": "c4", "type": "function", "function": {"name": "f", "arguments": "{}"}}]});
+    let req = json!({"messages": [
+        {"role": "user", "content": "x"},
+        call,
+        {"role": "tool", "tool_call_id": "c1", "content": ""},
+        {"role": "tool", "tool_call_id": "c2"},
+        {"role": "tool", "tool_call_id": "c3", "content": [{"type": "text", "text": ""}]},
+        {"role": "tool", "tool_call_id": "c4", "content": "ok"},
+    ]});
+    let out = chat_to_messages(&req, MODEL, 1).unwrap();
+    let contents: Vec<&Value> = out["messages"][2]["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| &b["content"])
+        .collect();
+    assert_eq!(
+        contents,
+        [
+            &json!("(no output)"),
+            &json!("(no output)"),
+            &json!("(no output)"),
+            &json!("ok")
+        ]
+    );
+}
+
 #[test]
 fn tool_results_go_first_even_after_user_text() {
     let req = json!({"messages": [
