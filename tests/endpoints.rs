@@ -1344,3 +1344,66 @@ async fn a_request_body_that_stalls_is_refused_after_header_timeout_ms() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// An HTTP/2 connection with no stream in flight for `header_timeout_ms` is
+/// closed with a GOAWAY, as a kept-alive HTTP/1.1 one is closed: it used to be
+/// kept for as long as its client held it, so that a client could hold any
+/// number of idle connections. A stream longer than the timeout is not cut.
+#[tokio::test]
+async fn idle_http2_connections_get_a_goaway_after_header_timeout_ms() {
+    use std::time::Duration;
+    let mock = MockProvider::start().await;
+    let base = standard_config(&mock.base_url(), "");
+    let config = base
+        .replace(
+            "max_body_bytes = 65536",
+            "max_body_bytes = 65536\nheader_timeout_ms = 400",
+        )
+        .replace(
+            r#"domains = ["ai.acme.test"]"#,
+            r#"domains = ["ai.acme.test", "127.0.0.1"]"#,
+        );
+    let gw = TestGateway::start(&config).await;
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    let ended = tokio::spawn(conn);
+
+    // A stream of 1.2 s (6 gaps of 200 ms): whole.
+    let mut body = chat_body("gpt-4o-mini");
+    body["stream"] = json!(true);
+    body["mock"] = json!({"chunks": 6, "gap_ms": 200});
+    let uri = format!("http://{}/v1/chat/completions", gw.addr);
+    let auth = format!("Bearer {}", ACME_DENTAL.2);
+    let resp = h2_request(
+        &send,
+        "POST",
+        &uri,
+        &[("authorization", &auth)],
+        Some(&body),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let events = sse_data(resp.body());
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{}",
+        resp.body()
+    );
+
+    // Then idle: a GOAWAY, and the connection ends without an error.
+    let ended = tokio::time::timeout(Duration::from_secs(5), ended)
+        .await
+        .expect("an idle HTTP/2 connection stayed open");
+    assert!(
+        ended.as_ref().is_ok_and(Result::is_ok),
+        "not closed with a GOAWAY: {ended:?}"
+    );
+    let Err(refused) = send.ready().await else {
+        panic!("a request could be sent after the close");
+    };
+    assert!(
+        refused.is_go_away() && refused.reason() == Some(h2::Reason::NO_ERROR),
+        "not closed with a GOAWAY: {refused:?}"
+    );
+}

@@ -21,9 +21,12 @@
 //! socket: the relay's own deadline and idle timers only run when it is polled.
 //! An answer waiting on the upstream is not stalled (the body said Pending).
 //!
-//! HTTP/2 connections are left alone once their first request shows them to be
-//! HTTP/2, as before: their streams share the connection, and closing one
-//! without a GOAWAY would break a stream opening at that moment.
+//! An HTTP/2 connection, once its first request shows it to be one, is due
+//! only when it has had no stream in flight for `header_timeout_ms`, and is
+//! then closed with a GOAWAY (`proxy::serve`), never dropped: a stream opening
+//! at that moment is served or refused retryably. Its streams' answers are
+//! paced by HTTP/2 flow control, not by `send_timeout_ms`. Before, an HTTP/2
+//! connection was never due: a client could hold any number of idle ones.
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -75,7 +78,7 @@ impl ConnIdle {
 
     /// Resolves once the connection has had no request in flight for `limit`,
     /// or its client has taken nothing of an answer for `send` (never for an
-    /// HTTP/2 connection).
+    /// HTTP/2 connection, whose streams share it).
     pub fn idle_for(&self, limit: Duration, send: Duration) -> IdleFor<'_> {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
         IdleFor {
@@ -87,22 +90,29 @@ impl ConnIdle {
     }
 
     /// Milliseconds to wait before looking again; 0 when the connection is due.
-    fn wait_ms(&self, limit_ms: u64, send_ms: u64) -> Option<u64> {
-        if self.http2.load(Ordering::Relaxed) {
-            return None;
-        }
+    fn wait_ms(&self, limit_ms: u64, send_ms: u64) -> u64 {
+        let http2 = self.is_http2();
         if self.in_flight.load(Ordering::Acquire) > 0 {
+            if http2 {
+                return limit_ms;
+            }
             let handed = self.handed_at.load(Ordering::Acquire);
             if handed == 0 {
-                return Some(limit_ms.min(send_ms));
+                return limit_ms.min(send_ms);
             }
             let waited = self.now_ms().saturating_sub(handed);
-            return Some(send_ms.saturating_sub(waited));
+            return send_ms.saturating_sub(waited);
         }
         let idle = self
             .now_ms()
             .saturating_sub(self.idle_since.load(Ordering::Acquire));
-        Some(limit_ms.saturating_sub(idle))
+        limit_ms.saturating_sub(idle)
+    }
+
+    /// Whether a request showed the connection to be HTTP/2: it is then
+    /// closed with a GOAWAY, not dropped.
+    pub fn is_http2(&self) -> bool {
+        self.http2.load(Ordering::Relaxed)
     }
 }
 
@@ -126,13 +136,8 @@ impl std::future::Future for IdleFor<'_> {
         }
         loop {
             let wait = match self.conn.wait_ms(self.limit_ms, self.send_ms) {
-                None => {
-                    // HTTP/2: never due, and nothing left to wake for.
-                    self.timer = None;
-                    return Poll::Pending;
-                }
-                Some(0) => return Poll::Ready(()),
-                Some(ms) => Duration::from_millis(ms),
+                0 => return Poll::Ready(()),
+                ms => Duration::from_millis(ms),
             };
             let deadline = tokio::time::Instant::now() + wait;
             let timer = match &mut self.timer {
@@ -234,14 +239,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_http2_connection_is_never_due() {
+    async fn an_http2_connection_is_due_only_without_streams() {
         let conn = ConnIdle::new();
-        drop(conn.request(http::Version::HTTP_2));
-        let due = tokio::time::timeout(
-            Duration::from_millis(150),
-            conn.idle_for(Duration::from_millis(20), Duration::from_millis(20)),
-        )
-        .await;
-        assert!(due.is_err());
+        let limit = Duration::from_millis(40);
+        let stream = conn.request(http::Version::HTTP_2);
+        assert!(conn.is_http2());
+        let due =
+            tokio::time::timeout(Duration::from_millis(150), conn.idle_for(limit, limit)).await;
+        assert!(due.is_err(), "an HTTP/2 connection with a stream was due");
+        drop(stream);
+        let ended = Instant::now();
+        conn.idle_for(limit, limit).await;
+        assert!(ended.elapsed() >= Duration::from_millis(35));
     }
 }

@@ -373,7 +373,7 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let drain = (graceful.watcher(), stop.clone());
         // One task per connection, spawned per listener kind: a task is the
         // size of its largest state for the connection's whole life, so a
         // plain connection must not carry room for a TLS handshake.
@@ -383,7 +383,7 @@ async fn accept_loop(
                 conns.spawn(async move {
                     let conn = ConnInfo { peer, tls: None };
                     let io = TokioIo::new(stream);
-                    serve(&builder, watcher, io, app, conn, tls, timeouts).await;
+                    serve(&builder, drain, io, app, conn, tls, timeouts).await;
                 });
             }
             Listener::Https(tls) => {
@@ -396,7 +396,7 @@ async fn accept_loop(
                                 tls: Some(info),
                             };
                             let io = TokioIo::new(stream);
-                            serve(&builder, watcher, io, app, conn, None, timeouts).await;
+                            serve(&builder, drain, io, app, conn, None, timeouts).await;
                         }
                         Ok(Accepted::Challenge) => {}
                         Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
@@ -428,7 +428,8 @@ type ServiceFuture = std::pin::Pin<
 /// listener under `[tls]`, the plain policy may answer with a redirect first.
 async fn serve<I>(
     builder: &auto::Builder<TokioExecutor>,
-    watcher: hyper_util::server::graceful::Watcher,
+    // The drain: its watcher, held while the connection lasts, and its signal.
+    (watcher, mut stop): (hyper_util::server::graceful::Watcher, watch::Receiver<bool>),
     io: I,
     app: Arc<App>,
     conn: ConnInfo,
@@ -497,16 +498,39 @@ async fn serve<I>(
         answer
     });
     let conn = builder.serve_connection_with_upgrades(io, service);
-    tokio::select! {
-        biased;
-        ended = watcher.watch(conn.into_owned()) => {
-            if let Err(e) = ended {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+    tokio::pin!(conn);
+    // Not `watcher.watch`, which cannot also send an idle HTTP/2 connection
+    // its GOAWAY: the drain is seen on `stop`, and the watcher is held until
+    // the connection ends so that the accept loop's drain waits for it.
+    let _watcher = watcher;
+    let (mut draining, mut goaway) = (false, false);
+    loop {
+        tokio::select! {
+            biased;
+            ended = conn.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
             }
-        }
-        // Dropping the connection closes it: nothing is in flight on it.
-        () = idle.idle_for(timeouts.header, timeouts.send) => {
-            tracing::debug!(%peer, "closed a connection idle for header_timeout_ms, or whose client took nothing of its answer for send_timeout_ms");
+            Ok(_) = stop.wait_for(|stop| *stop), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = idle.idle_for(timeouts.header, timeouts.send) => {
+                // HTTP/2: a GOAWAY, so that a stream opening at this moment
+                // is served or refused retryably rather than broken; dropped
+                // only if it is still open, and idle, one more period later.
+                if idle.is_http2() && !goaway {
+                    tracing::debug!(%peer, "sent GOAWAY to an HTTP/2 connection with no stream for header_timeout_ms");
+                    goaway = true;
+                    conn.as_mut().graceful_shutdown();
+                    continue;
+                }
+                // Dropping the connection closes it: nothing is in flight on it.
+                tracing::debug!(%peer, "closed a connection idle for header_timeout_ms, or whose client took nothing of its answer for send_timeout_ms");
+                return;
+            }
         }
     }
 }
