@@ -1407,3 +1407,31 @@ async fn idle_http2_connections_get_a_goaway_after_header_timeout_ms() {
         "not closed with a GOAWAY: {refused:?}"
     );
 }
+
+/// An HTTP/1.1 request head over 64 KiB is refused 431 and its connection
+/// closed (hyper's default buffer let it grow to 400 KiB per connection); a
+/// head of 32 KiB is served, as are 100 headers, and more are 431 too.
+#[tokio::test]
+async fn oversized_request_heads_are_431() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    let with = |extra: String| {
+        format!("GET /healthz HTTP/1.1\r\nHost: {ACME_HOST}\r\n{extra}Connection: close\r\n\r\n")
+    };
+    let served = raw_request(
+        gw.addr,
+        &with(format!("X-Big: {}\r\n", "a".repeat(32 * 1024))),
+    )
+    .await;
+    assert_eq!(served.status, 200, "{}", served.head);
+    let many: String = (0..90).map(|i| format!("X-H{i}: v\r\n")).collect();
+    assert_eq!(raw_request(gw.addr, &with(many)).await.status, 200);
+    let refused = raw_request(
+        gw.addr,
+        &with(format!("X-Big: {}\r\n", "a".repeat(100 * 1024))),
+    )
+    .await;
+    assert_eq!(refused.status, 431, "{}", refused.head);
+    let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
+    assert_eq!(raw_request(gw.addr, &with(many)).await.status, 431);
+}

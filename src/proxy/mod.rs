@@ -286,6 +286,9 @@ impl Gateway {
     }
 }
 
+/// The largest HTTP/1.1 request head read (hyper's read buffer, at least 8 KiB).
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
 /// How long the accept loops get to drop their connections once cut.
 const CUT_WAIT: Duration = Duration::from_secs(2);
 
@@ -351,6 +354,11 @@ async fn accept_loop(
     // Slow and idle clients are closed per connection (`idle`), not by a
     // timer hyper would make for every request.
     builder.http1().header_read_timeout(None);
+    // A request head is refused 431 above 64 KiB (Envoy's 60 KiB; nginx's
+    // 32 KiB), where hyper's default buffer took 400 KiB: as much memory per
+    // connection for as long as header_timeout_ms lets a client trickle it,
+    // and 25 times what HTTP/2 accepts (its header list limit is 16 KiB).
+    builder.http1().max_buf_size(MAX_HEAD_BYTES);
     builder.http2().timer(hyper_util::rt::TokioTimer::new());
     let builder = Arc::new(builder);
     // The connections' tasks, so that a cut can drop them; finished ones are
