@@ -812,3 +812,115 @@ async fn a_panic_while_serving_is_recorded_as_the_gateways_failure() {
     assert_eq!(record["client_disconnected"], false, "{record}");
     gw.shutdown().await;
 }
+
+/// `/metrics` counts what the records say: requests by endpoint and outcome,
+/// their duration and time to first byte as histograms, tokens by kind, and
+/// the requests in flight (a stream held open is one).
+#[tokio::test]
+async fn metrics_count_requests_durations_and_tokens_as_recorded() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    let metrics = || async {
+        client()
+            .get(gw.url("/metrics"))
+            .bearer_auth(OPERATOR_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let value = |text: &str, series: &str| -> u64 {
+        let prefix = format!("{series} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no {series} in {text}"))
+            .parse::<f64>()
+            .unwrap() as u64
+    };
+    let mut rids = Vec::new();
+    for _ in 0..2 {
+        let resp = post_acme(&gw, "/v1/chat/completions", &chat_body("gpt-4o-mini")).await;
+        assert_eq!(resp.status(), 200);
+        rids.push(request_id_of(&resp));
+    }
+    let resp = post_acme(
+        &gw,
+        "/v1/chat/completions",
+        &with_mock(chat_body("gpt-4o-mini"), json!({"status": 400})),
+    )
+    .await;
+    assert_eq!(resp.status(), 400);
+    rids.push(request_id_of(&resp));
+    let mut tokens = (0, 0);
+    for rid in &rids {
+        let r = gw.usage_for(rid).await;
+        tokens.0 += r["prompt_tokens"].as_u64().unwrap_or(0);
+        tokens.1 += r["completion_tokens"].as_u64().unwrap_or(0);
+    }
+    // A stream held open.
+    let mut slow = with_mock(
+        chat_body("gpt-4o-mini"),
+        json!({"chunks": 20, "gap_ms": 100}),
+    );
+    slow["stream"] = json!(true);
+    let open = post_acme(&gw, "/v1/chat/completions", &slow).await;
+    assert_eq!(open.status(), 200);
+
+    let text = metrics().await;
+    let chat = "endpoint=\"chat.completions\"";
+    assert_eq!(
+        value(
+            &text,
+            &format!("livery_requests_total{{{chat},outcome=\"ok\"}}")
+        ),
+        2
+    );
+    assert_eq!(
+        value(
+            &text,
+            &format!("livery_requests_total{{{chat},outcome=\"upstream_error\"}}")
+        ),
+        1
+    );
+    assert_eq!(
+        value(
+            &text,
+            &format!("livery_request_duration_seconds_count{{{chat}}}")
+        ),
+        3
+    );
+    assert_eq!(
+        value(
+            &text,
+            &format!("livery_request_duration_seconds_bucket{{{chat},le=\"+Inf\"}}")
+        ),
+        3
+    );
+    assert_eq!(
+        value(
+            &text,
+            &format!("livery_time_to_first_byte_seconds_count{{{chat}}}")
+        ),
+        3
+    );
+    assert_eq!(
+        value(
+            &text,
+            &format!("livery_tokens_total{{{chat},kind=\"prompt\"}}")
+        ),
+        tokens.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            &format!("livery_tokens_total{{{chat},kind=\"completion\"}}")
+        ),
+        tokens.1
+    );
+    assert!(tokens.0 > 0 && tokens.1 > 0);
+    assert_eq!(value(&text, "livery_requests_in_flight"), 1);
+    drop(open);
+    gw.shutdown().await;
+}

@@ -32,6 +32,16 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, in declaration order (`outcome as usize` indexes it).
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Ok,
+        Outcome::UpstreamError,
+        Outcome::UpstreamUnavailable,
+        Outcome::Truncated,
+        Outcome::ClientDisconnected,
+        Outcome::Rejected,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",

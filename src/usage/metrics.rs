@@ -19,10 +19,159 @@
 //! | `livery_usage_sink_up` | gauge | `sink` (0 while failing) |
 //! | `livery_usage_sink_failing_seconds` | gauge | `sink` |
 //!
+//! And, from every usage record as it is written (whatever the ledger):
+//!
+//! | series | type | labels |
+//! |---|---|---|
+//! | `livery_requests_in_flight` | gauge | (requests whose record is not written yet) |
+//! | `livery_requests_total` | counter | `endpoint`, `outcome` |
+//! | `livery_request_duration_seconds` | histogram | `endpoint` (request start to record: a stream's whole length) |
+//! | `livery_time_to_first_byte_seconds` | histogram | `endpoint` (request start to the upstream's first byte) |
+//! | `livery_tokens_total` | counter | `endpoint`, `kind` (`prompt`, `completion`) |
+//!
 //! Counters count from the process's start.
 
+use super::event::{Outcome, UsageRecord};
 use super::ledger::{LedgerStats, SinkStats};
 use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The endpoints a record names (`UsageRecord::endpoint`), in index order.
+const ENDPOINTS: [&str; 4] = ["chat.completions", "completions", "embeddings", "messages"];
+
+/// Upper bounds of the latency buckets, in milliseconds: from a cached plain
+/// answer (5 ms) to a long reasoning stream (5 min).
+const BUCKETS_MS: [f64; 15] = [
+    5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1_000.0, 2_500.0, 5_000.0, 10_000.0, 30_000.0,
+    60_000.0, 120_000.0, 300_000.0,
+];
+
+/// A Prometheus histogram over [`BUCKETS_MS`]: each bucket counts its own
+/// observations (made cumulative when rendered).
+#[derive(Debug, Default)]
+struct Histogram {
+    /// One per bound, and `+Inf`.
+    buckets: [AtomicU64; 16],
+    sum_us: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, ms: f64) {
+        let i = BUCKETS_MS.partition_point(|&bound| bound < ms);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        // `as` saturates: a NaN or negative time adds 0.
+        self.sum_us
+            .fetch_add((ms * 1000.0) as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, endpoint: &str) {
+        let mut cumulative = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            cumulative += b.load(Ordering::Relaxed);
+            let _ = match BUCKETS_MS.get(i) {
+                Some(ms) => writeln!(
+                    out,
+                    "{name}_bucket{{endpoint=\"{endpoint}\",le=\"{}\"}} {cumulative}",
+                    ms / 1000.0
+                ),
+                None => writeln!(
+                    out,
+                    "{name}_bucket{{endpoint=\"{endpoint}\",le=\"+Inf\"}} {cumulative}"
+                ),
+            };
+        }
+        let _ = writeln!(
+            out,
+            "{name}_sum{{endpoint=\"{endpoint}\"}} {}\n{name}_count{{endpoint=\"{endpoint}\"}} {}",
+            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+            self.count.load(Ordering::Relaxed)
+        );
+    }
+}
+
+/// What the usage records say, counted as each is written. Endpoints and
+/// outcomes are closed sets, so the series are fixed arrays: a record costs
+/// a few relaxed atomic adds and no lookup (and no tenant is a label).
+#[derive(Debug, Default)]
+pub struct RecordStats {
+    requests: [[AtomicU64; Outcome::ALL.len()]; ENDPOINTS.len()],
+    duration: [Histogram; ENDPOINTS.len()],
+    ttfb: [Histogram; ENDPOINTS.len()],
+    /// Prompt and completion tokens.
+    tokens: [[AtomicU64; 2]; ENDPOINTS.len()],
+}
+
+impl RecordStats {
+    pub fn observe(&self, r: &UsageRecord) {
+        let Some(e) = ENDPOINTS.iter().position(|&name| name == r.endpoint) else {
+            return;
+        };
+        self.requests[e][r.outcome as usize].fetch_add(1, Ordering::Relaxed);
+        self.duration[e].observe(r.latency_ms);
+        if let Some(ttfb) = r.ttfb_ms {
+            self.ttfb[e].observe(ttfb);
+        }
+        for (i, n) in [r.prompt_tokens, r.completion_tokens]
+            .into_iter()
+            .enumerate()
+        {
+            if let Some(n) = n.filter(|&n| n > 0) {
+                self.tokens[e][i].fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Appends the record series of the module's table, with `in_flight`.
+    pub fn render(&self, in_flight: usize, out: &mut String) {
+        one(
+            out,
+            "livery_requests_in_flight",
+            "gauge",
+            "Requests of known tenants whose usage record is not written yet.",
+            in_flight as u64,
+        );
+        let _ = writeln!(out, "# HELP livery_requests_total Requests of known tenants, by endpoint and outcome (as recorded).\n# TYPE livery_requests_total counter");
+        for (e, endpoint) in ENDPOINTS.iter().enumerate() {
+            for outcome in Outcome::ALL {
+                let n = self.requests[e][outcome as usize].load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "livery_requests_total{{endpoint=\"{endpoint}\",outcome=\"{}\"}} {n}",
+                    outcome.as_str()
+                );
+            }
+        }
+        for (name, help, histograms) in [
+            (
+                "livery_request_duration_seconds",
+                "Request start to usage record (a stream's whole length), by endpoint.",
+                &self.duration,
+            ),
+            (
+                "livery_time_to_first_byte_seconds",
+                "Request start to the upstream's first byte, by endpoint.",
+                &self.ttfb,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+            for (h, endpoint) in histograms.iter().zip(ENDPOINTS) {
+                h.render(out, name, endpoint);
+            }
+        }
+        let _ = writeln!(out, "# HELP livery_tokens_total Tokens as recorded (reported or estimated), by endpoint and kind.\n# TYPE livery_tokens_total counter");
+        for (e, endpoint) in ENDPOINTS.iter().enumerate() {
+            for (i, kind) in ["prompt", "completion"].into_iter().enumerate() {
+                let n = self.tokens[e][i].load(Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "livery_tokens_total{{endpoint=\"{endpoint}\",kind=\"{kind}\"}} {n}"
+                );
+            }
+        }
+    }
+}
 
 fn one(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
     let _ = writeln!(
@@ -168,6 +317,38 @@ pub fn render(stats: &LedgerStats, out: &mut String) {
 mod tests {
     use super::*;
     use crate::usage::spool::{Position, SpoolStats};
+
+    #[test]
+    fn histograms_are_cumulative_with_prometheus_bounds() {
+        let h = Histogram::default();
+        for ms in [3.0, 5.0, 7.0, 400.0, 1e9] {
+            h.observe(ms);
+        }
+        let mut out = String::new();
+        h.render(&mut out, "x", "chat.completions");
+        let line = |le: &str| {
+            let prefix = format!("x_bucket{{endpoint=\"chat.completions\",le=\"{le}\"}} ");
+            out.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .unwrap_or_else(|| panic!("no bucket {le} in {out}"))
+                .to_owned()
+        };
+        // A bound holds what equals it (Prometheus's `le`).
+        assert_eq!(line("0.005"), "2");
+        assert_eq!(line("0.01"), "3");
+        assert_eq!(line("0.25"), "3");
+        assert_eq!(line("0.5"), "4");
+        assert_eq!(line("300"), "4");
+        assert_eq!(line("+Inf"), "5");
+        assert!(
+            out.contains("x_count{endpoint=\"chat.completions\"} 5"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_sum{endpoint=\"chat.completions\"} 1000000.415"),
+            "{out}"
+        );
+    }
 
     #[test]
     fn renders_spool_and_per_sink_series() {

@@ -232,6 +232,8 @@ struct SinkInner {
     /// Shutdown's grace period is over: the records still open end because
     /// the gateway cut their requests.
     cut: AtomicBool,
+    /// Requests, durations and tokens as the records say, for `/metrics`.
+    stats: metrics::RecordStats,
     /// Read connection for quotas (`monthly_tokens`), opened on first use.
     sqlite_path: Option<PathBuf>,
     reader: Mutex<Option<rusqlite::Connection>>,
@@ -355,6 +357,7 @@ impl UsageSink {
                 ledger,
                 open_records: AtomicUsize::new(0),
                 cut: AtomicBool::new(false),
+                stats: metrics::RecordStats::default(),
                 sqlite_path,
                 reader: Mutex::new(None),
             }),
@@ -441,6 +444,7 @@ impl UsageSink {
             latency_ms = rec.latency_ms,
             "usage"
         );
+        self.inner.stats.observe(&rec);
         if self.inner.ledger.is_none() && self.inner.overflow.is_none() {
             // Neither a ledger nor a mirror file: the line would be written
             // for nobody (about 5k instructions per request).
@@ -495,9 +499,11 @@ impl UsageSink {
         self.inner.ledger.as_ref().map(Ledger::stats)
     }
 
-    /// Spool lag and sink counters in Prometheus text format, for `/metrics`
-    /// (nothing without a ledger). See [`metrics`] for the series.
+    /// Requests as recorded, spool lag and sink counters (these only with a
+    /// ledger) in Prometheus text format, for `/metrics`. See [`metrics`] for
+    /// the series.
     pub fn render_prometheus(&self, out: &mut String) {
+        self.inner.stats.render(self.open_records(), out);
         if let Some(stats) = self.stats() {
             metrics::render(&stats, out);
         }
