@@ -37,6 +37,23 @@ use tracing::Instrument;
 
 const ANTHROPIC_BETA: http::HeaderName = http::HeaderName::from_static("anthropic-beta");
 
+/// A client's `anthropic-beta` features: the header's values, joined with
+/// `, ` when it came more than once (the SDK sends one list; a client that
+/// sends one header per feature lost all but the first).
+fn anthropic_beta(headers: &http::HeaderMap) -> Option<http::HeaderValue> {
+    let mut values = headers.get_all(ANTHROPIC_BETA).iter();
+    let first = values.next()?;
+    let rest: Vec<&[u8]> = values.map(http::HeaderValue::as_bytes).collect();
+    if rest.is_empty() {
+        return Some(first.clone());
+    }
+    let joined = std::iter::once(first.as_bytes())
+        .chain(rest)
+        .collect::<Vec<_>>()
+        .join(&b", "[..]);
+    http::HeaderValue::from_bytes(&joined).ok()
+}
+
 enum Api {
     Models,
     /// `GET /v1/models/{id}` (the SDK's `models.retrieve`).
@@ -234,7 +251,7 @@ fn resolve<B>(
         sni,
         dialect,
         anthropic_beta: match dialect {
-            Dialect::Anthropic => req.headers().get(ANTHROPIC_BETA).cloned(),
+            Dialect::Anthropic => anthropic_beta(req.headers()),
             Dialect::OpenAi => None,
         },
     };
@@ -504,4 +521,22 @@ fn prepare_body(
         stream,
         client_wants_usage,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anthropic_beta_sent_twice_keeps_every_feature() {
+        let mut h = http::HeaderMap::new();
+        assert!(anthropic_beta(&h).is_none());
+        h.append(ANTHROPIC_BETA, http::HeaderValue::from_static("a-2025"));
+        assert_eq!(anthropic_beta(&h).unwrap(), "a-2025");
+        h.append(
+            ANTHROPIC_BETA,
+            http::HeaderValue::from_static("b-2025, c-2025"),
+        );
+        assert_eq!(anthropic_beta(&h).unwrap(), "a-2025, b-2025, c-2025");
+    }
 }
