@@ -166,6 +166,29 @@ def machine_steal_s():
     return (fields + [0] * 8)[7] / CLK_TCK
 
 
+def rss_parts_kb(pid):
+    """(RssAnon, RssFile, FilePmdMapped) of one process, in KiB: the heap and
+    stacks, and the mapped files (the binary's text above all), of which the
+    part the page cache maps on 2 MiB pages. A BOLT build's text is 2 MiB
+    aligned, and a kernel whose page cache keeps large folios maps it whole on
+    huge pages: about 6 MiB of RSS the heap has nothing to do with."""
+    parts = {"RssAnon:": 0, "RssFile:": 0}
+    pmd = 0
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key = line.split(" ", 1)[0].split("\t", 1)[0]
+                if key in parts:
+                    parts[key] = int(line.split()[1])
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("FilePmdMapped:"):
+                    pmd = int(line.split()[1])
+    except OSError:
+        pass
+    return parts["RssAnon:"], parts["RssFile:"], pmd
+
+
 def mem_kb(pids):
     """(VmRSS, VmHWM) summed over pids, in KiB."""
     rss = hwm = 0
@@ -799,6 +822,11 @@ def main():
                 peak = max(peak, mem_kb(proxy_pids)[0])
                 time.sleep(0.2)
             hwm = mem_kb(proxy_pids)[1]
+            if t in LIVERIES:
+                anon, file_kb, pmd = rss_parts_kb(proxy_pids[0])
+                memory[f"{t}_rss_anon_with_streams_kib"] = anon
+                memory[f"{t}_rss_file_with_streams_kib"] = file_kb
+                memory[f"{t}_file_pmd_with_streams_kib"] = pmd
             mock_rss = mem_kb([mock_p.pid])[0]
             aux_rss = mem_kb(aux_pids_of(t))[0] if aux_pids_of(t) else None
             for s in socks:
@@ -1119,6 +1147,12 @@ def markdown(doc):
              f"| {mib('livery_idle_rss_kib')} / {mib('livery_rss_with_streams_kib')} "
              f"| {mib('livery-redis_idle_rss_kib')} / {mib('livery-redis_rss_with_streams_kib')} "
              f"(Redis {mib('redis_idle_rss_kib')} / {mib('redis_rss_with_livery-redis_streams_kib')}) |")
+    L.append(f"| Livery's RSS with {st['open_streams']:,} open streams: anonymous / file-backed "
+             f"(of it on 2 MiB pages), MiB | | "
+             f"| {mib('livery_rss_anon_with_streams_kib')} / {mib('livery_rss_file_with_streams_kib')} "
+             f"({mib('livery_file_pmd_with_streams_kib')}) "
+             f"| {mib('livery-redis_rss_anon_with_streams_kib')} / {mib('livery-redis_rss_file_with_streams_kib')} "
+             f"({mib('livery-redis_file_pmd_with_streams_kib')}) |")
     L.append(f"| RSS after the rounds, MiB | {mib('mock_final_rss_kib')} | {mib('nginx_final_rss_kib')} "
              f"| {mib('livery_final_rss_kib')} | {mib('livery-redis_final_rss_kib')} (Redis {mib('redis_final_rss_kib')}) |")
     L.append("")
