@@ -710,15 +710,7 @@ async fn metrics_count_attempts_and_breakers_for_operators_only() {
             "{what}: tenants and strangers do not see metrics"
         );
     }
-    let text = client()
-        .get(gw.url("/metrics"))
-        .bearer_auth(OPERATOR_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = operator_metrics(&gw).await;
     assert!(
         text.contains(
             "livery_upstream_attempts_total{provider=\"first\",outcome=\"server_error\"} 1"
@@ -882,15 +874,7 @@ async fn metrics_show_a_tenants_own_breaker_by_owner_kind_without_naming_it() {
         pairs(&[("first", "ok")])
     );
 
-    let text = client()
-        .get(gw.url("/metrics"))
-        .bearer_auth(OPERATOR_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = operator_metrics(&gw).await;
     for line in [
         "livery_breaker_open{provider=\"first\",owner=\"tenant\"} 1",
         "livery_breaker_opened_total{provider=\"first\",owner=\"tenant\"} 1",

@@ -820,17 +820,6 @@ async fn a_panic_while_serving_is_recorded_as_the_gateways_failure() {
 async fn metrics_count_requests_durations_and_tokens_as_recorded() {
     let mock = MockProvider::start().await;
     let gw = TestGateway::standard(&mock).await;
-    let metrics = || async {
-        client()
-            .get(gw.url("/metrics"))
-            .bearer_auth(OPERATOR_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
     let value = |text: &str, series: &str| -> u64 {
         let prefix = format!("{series} ");
         text.lines()
@@ -868,7 +857,7 @@ async fn metrics_count_requests_durations_and_tokens_as_recorded() {
     let open = post_acme(&gw, "/v1/chat/completions", &slow).await;
     assert_eq!(open.status(), 200);
 
-    let text = metrics().await;
+    let text = operator_metrics(&gw).await;
     let chat = "endpoint=\"chat.completions\"";
     assert_eq!(
         value(

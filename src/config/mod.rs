@@ -226,28 +226,27 @@ pub fn validate_static(config: &GatewayConfig) -> Result<(), ConfigError> {
 /// a reload cannot apply them, and says so.
 pub fn start_only_changes(running: &GatewayConfig, next: &GatewayConfig) -> Vec<&'static str> {
     let (a, b) = (&running.server, &next.server);
-    let mut changed = Vec::new();
-    if a.listen != b.listen {
-        changed.push("server.listen");
-    }
-    if a.header_timeout_ms != b.header_timeout_ms {
-        changed.push("server.header_timeout_ms");
-    }
-    if a.send_timeout_ms != b.send_timeout_ms {
-        changed.push("server.send_timeout_ms");
-    }
-    // The certificates' names (`*.{platform_domain}`) are resolved at start.
-    if (running.tls.is_some() || next.tls.is_some()) && a.platform_domain != b.platform_domain {
-        changed.push("server.platform_domain (TLS certificate names)");
-    }
-    if running.limits != next.limits {
-        changed.push("[limits]");
-    }
-    if running.usage != next.usage {
-        changed.push("[usage]");
-    }
-    if running.tls != next.tls {
-        changed.push("[tls]");
-    }
-    changed
+    let has_tls = running.tls.is_some() || next.tls.is_some();
+    [
+        (a.listen != b.listen, "server.listen"),
+        (
+            a.header_timeout_ms != b.header_timeout_ms,
+            "server.header_timeout_ms",
+        ),
+        (
+            a.send_timeout_ms != b.send_timeout_ms,
+            "server.send_timeout_ms",
+        ),
+        // The certificates' names (`*.{platform_domain}`) are resolved at start.
+        (
+            has_tls && a.platform_domain != b.platform_domain,
+            "server.platform_domain (TLS certificate names)",
+        ),
+        (running.limits != next.limits, "[limits]"),
+        (running.usage != next.usage, "[usage]"),
+        (running.tls != next.tls, "[tls]"),
+    ]
+    .into_iter()
+    .filter_map(|(changed, section)| changed.then_some(section))
+    .collect()
 }

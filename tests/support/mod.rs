@@ -448,3 +448,16 @@ pub async fn h2_request(
     }
     http::Response::from_parts(parts, String::from_utf8_lossy(&buf).into_owned())
 }
+
+/// `/metrics` as the operator sees it.
+pub async fn operator_metrics(gw: &TestGateway) -> String {
+    client()
+        .get(gw.url("/metrics"))
+        .bearer_auth(OPERATOR_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
