@@ -14,7 +14,7 @@
 //!
 //! A reseller without `[billing]` gets the usage table and no invoice lines.
 
-use super::price::{format_micros, mul_div_round, token_cost, Amount, MICROS};
+use super::price::{format_micros, Amount};
 use super::sinks::sqlite::{self, Rollup};
 use crate::config::{BillingConfig, BillingModel, GatewayConfig};
 use serde::Serialize;
@@ -97,7 +97,9 @@ pub fn build(
         month: month.to_owned(),
         currency: config.prices.currency.clone(),
         billing_model: billing.map(|b| b.model),
-        invoice_total_micros: lines.iter().map(|l| l.amount_micros).sum(),
+        invoice_total_micros: lines
+            .iter()
+            .fold(0u64, |sum, l| sum.saturating_add(l.amount_micros)),
         tenants,
         lines,
     })
@@ -136,9 +138,14 @@ pub fn invoice_lines(
                 );
             }
             for t in tenants {
-                let amount = token_cost(t.prompt_tokens, input)
-                    + token_cost(t.completion_tokens, output)
-                    + t.billable_requests * per_request.micros();
+                // One rounding of the line's exact token amount; requests are
+                // whole micro-units already.
+                let tokens = round_millionths(
+                    millionths(t.prompt_tokens, input)
+                        .saturating_add(millionths(t.completion_tokens, output)),
+                );
+                let amount =
+                    tokens.saturating_add(t.billable_requests.saturating_mul(per_request.micros()));
                 lines.push(InvoiceLine {
                     tenant: Some(t.tenant.clone()),
                     description: format!(
@@ -159,9 +166,15 @@ pub fn invoice_lines(
                 "retail_output_per_million",
             )?;
             for t in tenants {
-                let revenue =
-                    token_cost(t.prompt_tokens, input) + token_cost(t.completion_tokens, output);
-                let amount = mul_div_round(revenue, share.ppm(), MICROS);
+                // The share of the exact revenue, rounded once (the revenue
+                // shown is rounded for the description only).
+                let exact = millionths(t.prompt_tokens, input)
+                    .saturating_add(millionths(t.completion_tokens, output));
+                let revenue = round_millionths(exact);
+                let scaled = exact.saturating_mul(u128::from(share.ppm()));
+                let half = 500_000_000_000u128;
+                let amount =
+                    u64::try_from(scaled.saturating_add(half) / (2 * half)).unwrap_or(u64::MAX);
                 lines.push(InvoiceLine {
                     tenant: Some(t.tenant.clone()),
                     description: format!(
@@ -196,6 +209,16 @@ pub fn invoice_lines(
         }
     }
     Ok(lines)
+}
+
+/// `tokens × per_million`: the exact amount in millionths of a micro-unit.
+fn millionths(tokens: u64, per_million: Amount) -> u128 {
+    u128::from(tokens) * u128::from(per_million.micros())
+}
+
+/// Millionths of a micro-unit to micro-units, rounded half up (saturating).
+fn round_millionths(m: u128) -> u64 {
+    u64::try_from(m.saturating_add(500_000) / 1_000_000).unwrap_or(u64::MAX)
 }
 
 fn format_ppm_percent(ppm: u64) -> String {
@@ -370,6 +393,58 @@ mod tests {
             ),
             "{invoice}"
         );
+    }
+
+    fn rollup(tenant: &str, prompt: u64, completion: u64) -> Rollup {
+        Rollup {
+            tenant: tenant.into(),
+            requests: 1,
+            billable_requests: 1,
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: prompt + completion,
+            ..Rollup::default()
+        }
+    }
+
+    fn billing(toml_text: &str) -> BillingConfig {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    /// An invoice line rounds once, on the exact sum of its token amounts:
+    /// 1_000_001 prompt tokens at 0.50 (500_000.5) and 1_000_001 completion
+    /// tokens at 1.50 (1_500_001.5) are 2_000_002 micro-units, not 2_000_003
+    /// (each rounded up, then added).
+    #[test]
+    fn an_invoice_line_rounds_once_on_its_exact_amount() {
+        let tenants = [rollup("t", 1_000_001, 1_000_001)];
+        let wholesale = billing(
+            "model = \"wholesale\"\ninput_per_million = \"0.50\"\noutput_per_million = \"1.50\"\nper_request = \"0.000001\"",
+        );
+        let lines = invoice_lines(&wholesale, &tenants, 0).unwrap();
+        assert_eq!(lines[0].amount_micros, 2_000_002 + 1);
+
+        // Revenue share: 50% of the exact revenue (2_000_002) is 1_000_001,
+        // not 50% of 2_000_003 rounded (1_000_002).
+        let share = billing(
+            "model = \"revenue_share\"\nshare = \"50%\"\nretail_input_per_million = \"0.50\"\nretail_output_per_million = \"1.50\"",
+        );
+        let lines = invoice_lines(&share, &tenants, 0).unwrap();
+        assert_eq!(lines[0].amount_micros, 1_000_001);
+        // 1 prompt token at 0.5 and 1 completion at 1.5: revenue 2.0
+        // micro-units, of which 25% is 0.5 -> 1 (not 25% of 3 -> 1, nor 0).
+        let quarter = billing(
+            "model = \"revenue_share\"\nshare = \"25%\"\nretail_input_per_million = \"0.50\"\nretail_output_per_million = \"1.50\"",
+        );
+        let lines = invoice_lines(&quarter, &[rollup("t", 1, 1)], 0).unwrap();
+        assert_eq!(lines[0].amount_micros, 1);
+        // 1 prompt token at 0.5, 60%: exact 0.3 -> 0 (the revenue rounded
+        // first, 1, would give 0.6 -> 1).
+        let sixty = billing(
+            "model = \"revenue_share\"\nshare = \"60%\"\nretail_input_per_million = \"0.50\"\nretail_output_per_million = \"1.50\"",
+        );
+        let lines = invoice_lines(&sixty, &[rollup("t", 1, 0)], 0).unwrap();
+        assert_eq!(lines[0].amount_micros, 0);
     }
 
     #[test]
