@@ -160,6 +160,52 @@ async fn a_refusal_at_one_level_charges_nothing_at_the_other() {
     ));
 }
 
+/// Tenant at 2 requests a minute, its reseller at 100 tokens a minute; after
+/// two requests (100 tokens and 0) a third of 100 tokens waits 30 s for the
+/// tenant's request bucket and 60 s for the reseller's token bucket. The
+/// answer tells the 60 s (retried after 30 s, as told before, the SDK was
+/// refused again by the token bucket) and names that bucket.
+async fn refused_for_as_long_as_the_slowest_bucket_needs(limiter: &Limiter) {
+    let key = LimitKey::new("acme", "dental");
+    let reseller = PlanLimits {
+        tokens_per_minute: Some(100),
+        ..PlanLimits::default()
+    };
+    let limits = EffectiveLimits::new(&rpm(2), &reseller);
+    let _held = [
+        limiter.admit(&key, &limits, 100).await.unwrap(),
+        limiter.admit(&key, &limits, 0).await.unwrap(),
+    ];
+    let e = limiter.admit(&key, &limits, 100).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            LimitRejection::Tokens {
+                level: Level::Reseller,
+                limit: 100,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let wait = e.retry_after().unwrap();
+    assert!(
+        wait > Duration::from_secs(59) && wait <= Duration::from_secs(60),
+        "{wait:?}"
+    );
+    let ms: u64 = header(&e.headers(), "retry-after-ms")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((59_000..=60_000).contains(&ms), "retry-after-ms {ms}");
+    assert!(e.message().contains("try again in 59.") || e.message().contains("in 1m0s"));
+}
+
+#[tokio::test]
+async fn a_refusal_waits_for_every_bucket_that_refuses() {
+    refused_for_as_long_as_the_slowest_bucket_needs(&local()).await;
+}
+
 #[tokio::test]
 async fn the_token_bucket_converges_on_real_usage_after_settlement() {
     let limiter = local();
@@ -1082,6 +1128,15 @@ async fn a_redis_admission_reports_its_buckets_in_the_rate_limit_headers() {
     let wait: u64 = header(&h, "retry-after-ms").unwrap().parse().unwrap();
     // 100 more tokens at 1000 a minute: about 6 s.
     assert!((5_500..=6_000).contains(&wait), "retry-after-ms {wait}");
+}
+
+#[tokio::test]
+async fn a_redis_refusal_waits_for_every_bucket_that_refuses() {
+    let Some(redis) = RedisServer::start("redis_slowest_bucket") else {
+        return;
+    };
+    let limiter = shared(&redis, OnRedisError::FailClosed, 1);
+    refused_for_as_long_as_the_slowest_bucket_needs(&limiter).await;
 }
 
 // ------------------------------------------- one tenant id at two resellers

@@ -423,7 +423,14 @@ impl LocalBackend {
                 .unwrap_or_default();
             RateHeaders::combine(&tv, &rv)
         };
-        for check in Check::ORDER {
+        // Every bucket that refuses is looked at, not only the first: the
+        // answer names the one with the longest wait and tells that wait, the
+        // time after which the request can pass. (Told the first one's, an
+        // SDK retried as soon as its requests bucket allowed, to be refused
+        // by the token bucket, and had spent its retries.) A month used up
+        // is final and answered as such.
+        let mut refusal: Option<(Check, Level, u64, f64)> = None;
+        'checks: for check in Check::ORDER {
             for level in Level::BOTH {
                 let state = match level {
                     Level::Tenant => tg.as_deref(),
@@ -431,18 +438,30 @@ impl LocalBackend {
                 };
                 let Some(state) = state else { continue };
                 if let Some((limit, wait)) = state.fails(check, limits.level(level), &c) {
-                    let used = state.month_used(month);
-                    return Err(check.rejection(
-                        level,
-                        limit,
-                        estimate,
-                        used,
-                        wait,
-                        month,
-                        views(&tg, &rg),
-                    ));
+                    if refusal.is_none_or(|r| wait > r.3) {
+                        refusal = Some((check, level, limit, wait));
+                    }
+                    if check == Check::Month {
+                        break 'checks;
+                    }
                 }
             }
+        }
+        if let Some((check, level, limit, wait)) = refusal {
+            let state = match level {
+                Level::Tenant => tg.as_deref(),
+                Level::Reseller => rg.as_deref(),
+            };
+            let used = state.map_or(0, |s| s.month_used(month));
+            return Err(check.rejection(
+                level,
+                limit,
+                estimate,
+                used,
+                wait,
+                month,
+                views(&tg, &rg),
+            ));
         }
         let t_slot = tg
             .as_deref_mut()

@@ -74,20 +74,26 @@ for i = 1, 2 do
   levels[i] = L
 end
 
+-- Every refusing bucket is looked at: the answer names the one with the
+-- longest wait (the first on a tie) and tells that wait, after which the
+-- request can pass. A month used up is final and answered as such.
 local failed, failed_level, wait_ms = 0, 0, 0
+local function refuse(check, i, w)
+  if failed == 0 or (failed ~= 1 and w > wait_ms) then
+    failed, failed_level, wait_ms = check, i, w
+  end
+end
 for check = 1, 4 do
   for i = 1, 2 do
     local L = levels[i]
-    if failed == 0 then
-      if check == 1 and L.quota > 0 and L.used >= L.quota then
-        failed, failed_level = 1, i
-      elseif check == 2 and L.rpm > 0 and L.rq < 1 then
-        failed, failed_level, wait_ms = 2, i, wait(1, L.rq, L.rpm)
-      elseif check == 3 and L.tpm > 0 and L.tq < min(est, L.tpm) then
-        failed, failed_level, wait_ms = 3, i, wait(min(est, L.tpm), L.tq, L.tpm)
-      elseif check == 4 and L.conc > 0 and L.inflight >= L.conc then
-        failed, failed_level, wait_ms = 4, i, 1000
-      end
+    if check == 1 and L.quota > 0 and L.used >= L.quota then
+      refuse(1, i, 0)
+    elseif check == 2 and L.rpm > 0 and L.rq < 1 then
+      refuse(2, i, wait(1, L.rq, L.rpm))
+    elseif check == 3 and L.tpm > 0 and L.tq < min(est, L.tpm) then
+      refuse(3, i, wait(min(est, L.tpm), L.tq, L.tpm))
+    elseif check == 4 and L.conc > 0 and L.inflight >= L.conc then
+      refuse(4, i, 1000)
     end
   end
 end
