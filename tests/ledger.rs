@@ -1319,3 +1319,51 @@ async fn estimates_for_a_usage_less_upstream_are_within_2_percent_of_tiktoken() 
     }
     gw.shutdown().await;
 }
+
+// ------------------------------------------------------------ money checks
+
+/// An event with tokens but no price (`cost_micros` null) is not silently a
+/// cost of 0: the report counts it per tenant, and every format says so.
+#[test]
+fn unpriced_events_are_flagged_in_the_report_not_costed_as_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("usage.db");
+    let mut sink = SqliteSink::open(&path).unwrap();
+    let priced = fixture_event(1, "acme", "dental", "2025-02-01T00:00:00Z", 1_000, 10);
+    let unpriced = fixture_event(2, "acme", "dental", "2025-02-02T00:00:00Z", 2_000, 20)
+        .replace("\"cost_micros\":312", "\"cost_micros\":null");
+    assert!(unpriced.contains("\"cost_micros\":null"), "{unpriced}");
+    // A refused request: no tokens, no price, nothing to flag.
+    let refused = fixture_event(3, "acme", "dental", "2025-02-03T00:00:00Z", 0, 0)
+        .replace("\"cost_micros\":0", "\"cost_micros\":null")
+        .replace("\"outcome\":\"ok\"", "\"outcome\":\"rejected\"");
+    let lines = [priced, unpriced, refused];
+    let events: Vec<LedgerEvent> = lines
+        .iter()
+        .map(|l| LedgerEvent::from_line(l.as_bytes()).unwrap())
+        .collect();
+    assert_eq!(sink.insert(&events).unwrap(), 3);
+    assert_eq!(sink.insert(&events).unwrap(), 0, "a replay adds nothing");
+
+    let config = billing_config("model = \"wholesale\"\ninput_per_million = 1");
+    let r = report::build(&path, &config, "acme", None, "2025-02").unwrap();
+    let dental = &r.tenants[0];
+    assert_eq!((dental.requests, dental.cost_micros), (3, 156));
+    assert_eq!(dental.unpriced_events, 1);
+    let json: Value = serde_json::from_str(&report::render(&r, "json").unwrap()).unwrap();
+    assert_eq!(json["tenants"][0]["unpriced_events"], 1);
+    let table = report::render(&r, "table").unwrap();
+    assert!(
+        table.contains("1 events with tokens matched no [prices] entry"),
+        "{table}"
+    );
+    let csv = report::render(&r, "csv").unwrap();
+    let mut rows = csv.lines();
+    let header: Vec<&str> = rows.next().unwrap().split(',').collect();
+    let usage: Vec<&str> = rows.next().unwrap().split(',').collect();
+    let col = header.iter().position(|h| *h == "unpriced_events").unwrap();
+    assert_eq!(usage[col], "1");
+    assert_eq!(usage.len(), header.len());
+    let total = csv.lines().last().unwrap();
+    assert_eq!(total.split(',').count(), header.len(), "{total}");
+}

@@ -249,13 +249,13 @@ fn csv(field: &str) -> std::borrow::Cow<'_, str> {
 
 fn render_csv(r: &Report) -> String {
     let mut out = String::from(
-        "kind,reseller,month,tenant,requests,billable_requests,prompt_tokens,completion_tokens,cached_tokens,total_tokens,estimated_events,platform_cost,description,amount\n",
+        "kind,reseller,month,tenant,requests,billable_requests,prompt_tokens,completion_tokens,cached_tokens,total_tokens,estimated_events,unpriced_events,platform_cost,description,amount\n",
     );
     let (reseller, month) = (csv(&r.reseller), csv(&r.month));
     for t in &r.tenants {
         let _ = writeln!(
             out,
-            "usage,{reseller},{month},{},{},{},{},{},{},{},{},{},,",
+            "usage,{reseller},{month},{},{},{},{},{},{},{},{},{},{},,",
             csv(&t.tenant),
             t.requests,
             t.billable_requests,
@@ -264,13 +264,14 @@ fn render_csv(r: &Report) -> String {
             t.cached_tokens,
             t.total_tokens,
             t.estimated_events,
+            t.unpriced_events,
             format_micros(t.cost_micros)
         );
     }
     for l in &r.lines {
         let _ = writeln!(
             out,
-            "invoice,{reseller},{month},{},,,,,,,,,{},{}",
+            "invoice,{reseller},{month},{},,,,,,,,,,{},{}",
             csv(l.tenant.as_deref().unwrap_or("")),
             csv(&l.description),
             format_micros(l.amount_micros)
@@ -278,7 +279,7 @@ fn render_csv(r: &Report) -> String {
     }
     let _ = writeln!(
         out,
-        "total,{reseller},{month},,,,,,,,,,,{}",
+        "total,{reseller},{month},,,,,,,,,,,,{}",
         format_micros(r.invoice_total_micros)
     );
     out
@@ -310,6 +311,13 @@ fn render_table(r: &Report) -> String {
     }
     if r.tenants.is_empty() {
         let _ = writeln!(out, "(no usage)");
+    }
+    let unpriced: u64 = r.tenants.iter().map(|t| t.unpriced_events).sum();
+    if unpriced > 0 {
+        let _ = writeln!(
+            out,
+            "WARNING: {unpriced} events with tokens matched no [prices] entry: the platform cost leaves them out"
+        );
     }
     match r.billing_model {
         None => {
@@ -352,7 +360,7 @@ mod tests {
     }
 
     /// RFC 4180: a field holding a comma or a quote is quoted, so every
-    /// row keeps its 14 columns.
+    /// row keeps its 15 columns.
     #[test]
     fn csv_rows_keep_their_columns_whatever_the_fields_hold() {
         let report = Report {
@@ -370,6 +378,7 @@ mod tests {
                 total_tokens: 5,
                 estimated_events: 0,
                 cost_micros: 0,
+                unpriced_events: 0,
             }],
             lines: vec![InvoiceLine {
                 tenant: Some("a,b".into()),
@@ -380,7 +389,7 @@ mod tests {
         };
         let text = render_csv(&report);
         let mut lines = text.lines();
-        assert_eq!(lines.next().map(|h| h.split(',').count()), Some(14));
+        assert_eq!(lines.next().map(|h| h.split(',').count()), Some(15));
         let usage = lines.next().unwrap_or_default();
         assert!(
             usage.starts_with("usage,acme,2025-02,\"a,b\",1,"),
@@ -389,7 +398,7 @@ mod tests {
         let invoice = lines.next().unwrap_or_default();
         assert!(
             invoice.starts_with(
-                "invoice,acme,2025-02,\"a,b\",,,,,,,,,\"say \"\"hi\"\", twice\",0.000001"
+                "invoice,acme,2025-02,\"a,b\",,,,,,,,,,\"say \"\"hi\"\", twice\",0.000001"
             ),
             "{invoice}"
         );

@@ -6,7 +6,8 @@
 //! * `rollup_daily` / `rollup_monthly`: per `(period, reseller, tenant)` sums;
 //!   the reseller's total is the row with `tenant = ''`. They are updated in the
 //!   same transaction as the insert and only when the insert added a row, so a
-//!   replay never counts twice. A batch's rollup rows are summed in memory
+//!   replay never counts twice. `unpriced_events` counts events with tokens
+//!   and no price (`cost_micros` null), which `cost_micros` leaves out. A batch's rollup rows are summed in memory
 //!   first: one upsert per (period, reseller, tenant) per batch.
 //! * `spool_cursor`: per spool directory, the position through which its
 //!   events are stored, written in the same transaction as the batch (so the
@@ -84,6 +85,7 @@ CREATE TABLE IF NOT EXISTS rollup_daily (
     prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
     cached_tokens INTEGER NOT NULL, total_tokens INTEGER NOT NULL,
     estimated_events INTEGER NOT NULL, cost_micros INTEGER NOT NULL,
+    unpriced_events INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (period, reseller, tenant)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS rollup_monthly (
@@ -92,6 +94,7 @@ CREATE TABLE IF NOT EXISTS rollup_monthly (
     prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
     cached_tokens INTEGER NOT NULL, total_tokens INTEGER NOT NULL,
     estimated_events INTEGER NOT NULL, cost_micros INTEGER NOT NULL,
+    unpriced_events INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (period, reseller, tenant)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS spool_cursor (
@@ -105,8 +108,9 @@ const SAVE_CURSOR: &str = "INSERT INTO spool_cursor (spool, segment, offset) VAL
 fn rollup_sql(table: &str) -> String {
     format!(
         "INSERT INTO {table} (period, reseller, tenant, requests, billable_requests, prompt_tokens, \
-         completion_tokens, cached_tokens, total_tokens, estimated_events, cost_micros) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+         completion_tokens, cached_tokens, total_tokens, estimated_events, cost_micros, \
+         unpriced_events) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
          ON CONFLICT (period, reseller, tenant) DO UPDATE SET \
          requests = requests + excluded.requests, billable_requests = billable_requests + excluded.billable_requests, \
          prompt_tokens = prompt_tokens + excluded.prompt_tokens, \
@@ -114,7 +118,8 @@ fn rollup_sql(table: &str) -> String {
          cached_tokens = cached_tokens + excluded.cached_tokens, \
          total_tokens = total_tokens + excluded.total_tokens, \
          estimated_events = estimated_events + excluded.estimated_events, \
-         cost_micros = cost_micros + excluded.cost_micros"
+         cost_micros = cost_micros + excluded.cost_micros, \
+         unpriced_events = unpriced_events + excluded.unpriced_events"
     )
 }
 
@@ -173,7 +178,48 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     conn.execute(EVENT_LINES, [])?;
     migrate_stored_events(&conn)?;
     conn.execute_batch(SCHEMA)?;
+    add_unpriced_events(&conn)?;
     Ok(conn)
+}
+
+/// Rollups written before they counted unpriced events get the column, and
+/// their rows the count of their stored events (one pass over the events).
+fn add_unpriced_events(conn: &Connection) -> rusqlite::Result<()> {
+    let has: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('rollup_monthly') \
+         WHERE name = 'unpriced_events')",
+        [],
+        |r| r.get(0),
+    )?;
+    if has {
+        return Ok(());
+    }
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         ALTER TABLE rollup_daily ADD COLUMN unpriced_events INTEGER NOT NULL DEFAULT 0;
+         ALTER TABLE rollup_monthly ADD COLUMN unpriced_events INTEGER NOT NULL DEFAULT 0;
+         CREATE TEMP TABLE unpriced AS SELECT day, month, reseller, tenant, COUNT(*) AS n
+             FROM events WHERE cost_micros IS NULL AND total_tokens > 0
+             GROUP BY day, month, reseller, tenant;
+         UPDATE rollup_daily SET unpriced_events = u.n FROM
+             (SELECT day, reseller, tenant, SUM(n) AS n FROM temp.unpriced GROUP BY 1, 2, 3) AS u
+             WHERE rollup_daily.period = u.day AND rollup_daily.reseller = u.reseller
+             AND rollup_daily.tenant = u.tenant AND u.tenant != '';
+         UPDATE rollup_daily SET unpriced_events = u.n FROM
+             (SELECT day, reseller, SUM(n) AS n FROM temp.unpriced GROUP BY 1, 2) AS u
+             WHERE rollup_daily.period = u.day AND rollup_daily.reseller = u.reseller
+             AND rollup_daily.tenant = '';
+         UPDATE rollup_monthly SET unpriced_events = u.n FROM
+             (SELECT month, reseller, tenant, SUM(n) AS n FROM temp.unpriced GROUP BY 1, 2, 3) AS u
+             WHERE rollup_monthly.period = u.month AND rollup_monthly.reseller = u.reseller
+             AND rollup_monthly.tenant = u.tenant AND u.tenant != '';
+         UPDATE rollup_monthly SET unpriced_events = u.n FROM
+             (SELECT month, reseller, SUM(n) AS n FROM temp.unpriced GROUP BY 1, 2) AS u
+             WHERE rollup_monthly.period = u.month AND rollup_monthly.reseller = u.reseller
+             AND rollup_monthly.tenant = '';
+         DROP TABLE temp.unpriced;
+         COMMIT;",
+    )
 }
 
 /// A ledger written when `events` was a table of stored columns: its events
@@ -226,6 +272,7 @@ struct Sums {
     total: i64,
     estimated: i64,
     cost: i64,
+    unpriced: i64,
 }
 
 pub struct SqliteSink {
@@ -348,6 +395,8 @@ fn finish<'e, 'a: 'e>(
                 r.total += total;
                 r.estimated += i64::from(e.estimated);
                 r.cost += e.cost_micros.unwrap_or(0) as i64;
+                // Tokens without a price: the cost above is short of them.
+                r.unpriced += i64::from(e.cost_micros.is_none() && total > 0);
             }
         }
     }
@@ -368,6 +417,7 @@ fn finish<'e, 'a: 'e>(
                 r.total,
                 r.estimated,
                 r.cost,
+                r.unpriced,
             ])?;
         }
         if let (Some(spool), Some(pos)) = (spool, through) {
@@ -432,6 +482,9 @@ pub struct Rollup {
     pub total_tokens: u64,
     pub estimated_events: u64,
     pub cost_micros: u64,
+    /// Events with tokens but no price (`cost_micros` null): `cost_micros`
+    /// does not include them.
+    pub unpriced_events: u64,
 }
 
 /// The monthly rollups of `reseller`'s tenants (`tenant = ''`, the reseller's
@@ -444,7 +497,7 @@ pub fn monthly_rollups(
 ) -> rusqlite::Result<Vec<Rollup>> {
     let mut stmt = conn.prepare_cached(
         "SELECT tenant, requests, billable_requests, prompt_tokens, completion_tokens, cached_tokens, \
-         total_tokens, estimated_events, cost_micros FROM rollup_monthly \
+         total_tokens, estimated_events, cost_micros, unpriced_events FROM rollup_monthly \
          WHERE period = ?1 AND reseller = ?2 AND tenant != '' AND (?3 IS NULL OR tenant = ?3) \
          ORDER BY tenant",
     )?;
@@ -460,6 +513,7 @@ pub fn monthly_rollups(
             total_tokens: n(6)?,
             estimated_events: n(7)?,
             cost_micros: n(8)?,
+            unpriced_events: n(9)?,
         })
     })?;
     rows.collect()
@@ -784,5 +838,49 @@ mod tests {
             0,
             "a replay is still ignored"
         );
+    }
+    /// A ledger whose rollups predate `unpriced_events` gets the column on
+    /// open, filled from its stored events (tenant rows and the reseller's).
+    #[test]
+    fn older_rollups_get_their_unpriced_events_counted_from_the_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        let line = |id: &str, tenant: &str, day: &str, tokens: u64, cost: Option<u64>| {
+            json!({"event_id": id, "ts": format!("2026-12-{day}T10:00:00Z"), "request_id": id,
+                "reseller": "r", "tenant": tenant, "outcome": "ok", "prompt_tokens": tokens,
+                "completion_tokens": 0, "cost_micros": cost})
+            .to_string()
+        };
+        let lines = [
+            line("e1", "a", "01", 10, None),
+            line("e2", "a", "02", 10, None),
+            line("e3", "a", "02", 10, Some(4)),
+            line("e4", "b", "02", 10, None),
+            line("e5", "b", "02", 0, None),
+        ];
+        let mut sink = SqliteSink::open(&path).unwrap();
+        sink.insert(&parsed(&lines)).unwrap();
+        let unpriced = |conn: &Connection| {
+            let tenants: Vec<_> = monthly_rollups(conn, "r", "2026-12", None)
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.tenant, r.unpriced_events))
+                .collect();
+            let q = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+            let total = q("SELECT unpriced_events FROM rollup_monthly WHERE tenant = ''");
+            let day = q("SELECT unpriced_events FROM rollup_daily WHERE tenant = '' AND period = '2026-12-02'");
+            (tenants, total, day)
+        };
+        let want = (vec![("a".to_owned(), 2), ("b".to_owned(), 1)], 3, 2);
+        assert_eq!(unpriced(&sink.conn), want);
+        sink.conn
+            .execute_batch(
+                "ALTER TABLE rollup_daily DROP COLUMN unpriced_events;
+                 ALTER TABLE rollup_monthly DROP COLUMN unpriced_events;",
+            )
+            .unwrap();
+        drop(sink);
+        let reopened = SqliteSink::open(&path).unwrap();
+        assert_eq!(unpriced(&reopened.conn), want);
     }
 }
