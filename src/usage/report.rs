@@ -11,6 +11,7 @@
 //!   platform's `share` of it, which is the line amount.
 //! * `platform_fee`: one line, the fee of the tier the reseller's total tokens
 //!   of the month fall in (first tier with `up_to_tokens` ≥ total; else the last).
+//!   Tiers must go up, only the last unbounded (refused at load otherwise).
 //!
 //! A reseller without `[billing]` gets the usage table and no invoice lines.
 
@@ -189,6 +190,21 @@ pub fn invoice_lines(
         BillingModel::PlatformFee => {
             if billing.tiers.is_empty() {
                 return Err("platform_fee needs at least one [[billing.RESELLER.tiers]]".into());
+            }
+            // The first tier the tokens fit in is the fee: tiers out of order
+            // (or an unbounded one before others) would shadow the cheaper
+            // ones below them.
+            let bounds: Vec<Option<u64>> = billing.tiers.iter().map(|t| t.up_to_tokens).collect();
+            for pair in bounds.windows(2) {
+                match (pair[0], pair[1]) {
+                    (Some(a), Some(b)) if a < b => {}
+                    (Some(_), None) => {}
+                    _ => {
+                        return Err(
+                            "platform_fee tiers must go up: each `up_to_tokens` above the one before, and only the last tier unbounded".into(),
+                        )
+                    }
+                }
             }
             let total = reseller_tokens;
             let tier = billing
@@ -454,6 +470,30 @@ mod tests {
         );
         let lines = invoice_lines(&sixty, &[rollup("t", 1, 0)], 0).unwrap();
         assert_eq!(lines[0].amount_micros, 0);
+    }
+
+    /// Tiers out of order would bill a small month the fee of a larger tier
+    /// listed first: refused (at load, through `check_billing`).
+    #[test]
+    fn platform_fee_tiers_out_of_order_are_refused() {
+        let tiers = |t: &str| billing(&format!("model = \"platform_fee\"\n{t}"));
+        let bad = [
+            "[[tiers]]\nup_to_tokens = 10000000\nfee = 199\n[[tiers]]\nup_to_tokens = 1000000\nfee = 49",
+            "[[tiers]]\nup_to_tokens = 5\nfee = 1\n[[tiers]]\nup_to_tokens = 5\nfee = 2",
+            "[[tiers]]\nfee = 199\n[[tiers]]\nup_to_tokens = 1000000\nfee = 49",
+        ];
+        for t in bad {
+            assert!(check_billing(&tiers(t)).is_err(), "{t}");
+        }
+        let good = tiers(
+            "[[tiers]]\nup_to_tokens = 1000000\nfee = 49\n[[tiers]]\nup_to_tokens = 10000000\nfee = 199\n[[tiers]]\nfee = 999",
+        );
+        assert!(check_billing(&good).is_ok());
+        // The bound is inclusive: exactly 1_000_000 tokens is the first tier.
+        let fee = |n| invoice_lines(&good, &[], n).unwrap()[0].amount_micros;
+        assert_eq!(fee(1_000_000), 49_000_000);
+        assert_eq!(fee(1_000_001), 199_000_000);
+        assert_eq!(fee(10_000_001), 999_000_000);
     }
 
     #[test]
