@@ -1,7 +1,7 @@
 //! The rate-limit headers OpenAI sends and its SDKs read, on every response:
 //! `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`. A tenant sees one
-//! set: its own plan's limit, and the remaining and reset of whichever level
-//! (its own or its reseller's) leaves it less.
+//! set: its own plan's limit, the remaining of whichever level (its own or its
+//! reseller's) leaves it less, and the time until it has its limit again.
 
 use bytes::BytesMut;
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -113,11 +113,30 @@ fn pick(tenant: Option<BucketView>, reseller: Option<BucketView>) -> Option<Rate
         (Some(t), Some(_)) => t,
     };
     let limit = tenant.map_or(binding.limit, |t| t.limit);
+    // OpenAI's reset is the time until `remaining` is back at `limit`: with
+    // both levels, until the tenant's bucket is full and the reseller's holds
+    // the tenant's limit again (not until the reseller's, often far larger,
+    // is full: a tenant told 59 s where 20 s would do paced itself three
+    // times slower than it may).
+    let reset_ms = match (tenant, reseller) {
+        (Some(t), Some(r)) => t.reset_ms.max(time_to(&r, t.limit.min(r.limit) as f64)),
+        _ => binding.reset_ms,
+    };
     Some(RateWindow {
         limit,
         remaining: binding.level.floor().max(0.0) as u64,
-        reset: Duration::from_secs_f64((binding.reset_ms.max(0.0) / 1000.0).min(1e9)),
+        reset: Duration::from_secs_f64((reset_ms.max(0.0) / 1000.0).min(1e9)),
     })
+}
+
+/// Time until bucket `b` holds `units`, from its refill (linear, reaching its
+/// limit after `reset_ms`), in whole milliseconds.
+fn time_to(b: &BucketView, units: f64) -> f64 {
+    let cap = b.limit as f64;
+    if b.level >= units || b.level >= cap {
+        return 0.0;
+    }
+    (b.reset_ms * (units - b.level) / (cap - b.level)).ceil()
 }
 
 /// Go's `time.Duration` text, as OpenAI sends it: `0s`, `120ms`, `6.596s`, `6m0s`, `1h2m3s`.

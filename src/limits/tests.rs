@@ -201,7 +201,25 @@ fn headers_show_the_tenants_limit_and_the_binding_remaining() {
     let h = RateHeaders::combine(&tenant, &reseller);
     let r = h.requests.unwrap();
     assert_eq!((r.limit, r.remaining), (60, 3));
-    assert_eq!(r.reset, Duration::from_secs(59));
+    // The tenant has its 60 again once its own bucket is full (20 s), the
+    // reseller's refilling past 60 long before (3.4 s): not when the
+    // reseller's 1000 are back (59 s).
+    assert_eq!(r.reset, Duration::from_secs(20));
+    // Its own bucket nearly full, the tenant waits for the reseller's to
+    // hold 60: 56.8 of the 996.8 it lacks, of its 59 s.
+    let nearly_full = LevelView {
+        requests: Some(BucketView {
+            limit: 60,
+            level: 59.5,
+            reset_ms: 500.0,
+        }),
+        tokens: None,
+    };
+    let r = RateHeaders::combine(&nearly_full, &reseller)
+        .requests
+        .unwrap();
+    assert_eq!((r.limit, r.remaining), (60, 3));
+    assert_eq!(r.reset, Duration::from_millis(3362));
     let t = h.tokens.unwrap();
     assert_eq!((t.limit, t.remaining), (5000, 0));
     let names: Vec<String> = h
@@ -214,7 +232,7 @@ fn headers_show_the_tenants_limit_and_the_binding_remaining() {
         [
             "x-ratelimit-limit-requests: 60",
             "x-ratelimit-remaining-requests: 3",
-            "x-ratelimit-reset-requests: 59s",
+            "x-ratelimit-reset-requests: 20s",
             "x-ratelimit-limit-tokens: 5000",
             "x-ratelimit-remaining-tokens: 0",
             "x-ratelimit-reset-tokens: 1m1s",
