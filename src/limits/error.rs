@@ -147,9 +147,16 @@ impl LimitRejection {
                 retry_after,
                 ..
             } => format!(
-                "Rate limit reached on tokens per min (TPM){}: Limit {limit}, Requested {requested}. Please try again in {}.",
+                "Rate limit reached on tokens per min (TPM){}: Limit {limit}, Requested {requested}. Please try again in {}.{}",
                 whose(level),
-                wait(retry_after)
+                wait(retry_after),
+                if requested > limit {
+                    // Else the client reads a wait it cannot make sense
+                    // of, and a lower `max_tokens` would have helped.
+                    " This request reserves more tokens than the limit (its prompt and max_tokens): it is admitted only when the whole limit is available. Lower max_tokens to be admitted sooner."
+                } else {
+                    ""
+                }
             ),
             Self::Concurrency { level, limit, .. } => format!(
                 "Too many concurrent requests{}: Limit {limit}. Please try again when a request has finished.",

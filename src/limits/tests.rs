@@ -349,6 +349,15 @@ async fn a_request_larger_than_the_bucket_passes_when_it_is_full() {
     };
     // 400 in debt + 1 needed, at 100 per minute: about four minutes.
     assert!(retry_after > Duration::from_secs(240) && retry_after < Duration::from_secs(242));
+    assert!(!e.message().contains("more tokens than the limit"));
+    // Another large one is told why it waits and what would help.
+    let e = l.admit(&key(), &limits, 500).await.unwrap_err();
+    let m = e.message();
+    assert!(m.contains("Limit 100, Requested 500"), "{m}");
+    assert!(
+        m.contains("reserves more tokens than the limit") && m.contains("Lower max_tokens"),
+        "{m}"
+    );
 }
 
 #[tokio::test]
