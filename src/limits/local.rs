@@ -226,7 +226,8 @@ impl Entry {
     /// `for_redis`: the admission was Redis's, which holds the buckets and
     /// gets the correction through a queued job; this instance only keeps its
     /// view of the month, and counts the correction as unsent until
-    /// [`Entry::correction_sent`].
+    /// [`Entry::correction_sent`]. True if it did (the month it belongs to
+    /// is the one counted here).
     pub(crate) fn settle(
         &self,
         plan: &PlanLimits,
@@ -235,7 +236,7 @@ impl Entry {
         window_ms: f64,
         now: f64,
         for_redis: bool,
-    ) {
+    ) -> bool {
         let mut s = self.lock();
         if !for_redis {
             if let (Some(cap), Some(b)) = (plan.tokens_per_minute, s.tokens.as_mut()) {
@@ -250,9 +251,11 @@ impl Entry {
             }
             _ => false,
         };
-        if counted && for_redis {
+        let unsent = counted && for_redis;
+        if unsent {
             s.unsent = s.unsent.saturating_add(diff);
         }
+        unsent
     }
 }
 
@@ -268,6 +271,28 @@ pub(crate) struct UnsentCorrection {
 impl UnsentCorrection {
     /// For `entries` that [`Entry::settle`] counted `diff` in, `for_redis`.
     pub(crate) fn new(entries: [Option<Arc<Entry>>; 2], diff: i64) -> Self {
+        Self { entries, diff }
+    }
+
+    /// Counts the settle correction `diff` of a Redis admission of `key` in
+    /// `month` in this instance's view of each level's month
+    /// ([`Entry::settle`], `for_redis`), and holds it as unsent in the
+    /// entries that counted it, only: one whose month is another (the
+    /// admission's month is over) or not counted here never added it, and
+    /// taking it out again when sent would skew its seeds for good.
+    pub(crate) fn settle(
+        local: &LocalBackend,
+        key: &LimitKey,
+        limits: &EffectiveLimits,
+        diff: i64,
+        month: Month,
+    ) -> Self {
+        let (window, now) = (local.window_ms(), local.now_ms());
+        let entries = Level::BOTH.map(|level| {
+            let e = local.existing(key, level)?;
+            e.settle(limits.level(level), diff, month, window, now, true)
+                .then_some(e)
+        });
         Self { entries, diff }
     }
 }

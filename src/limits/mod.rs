@@ -551,11 +551,11 @@ impl Admission {
         let actual_tokens = actual_tokens.min(MAX_TOKENS);
         // Both sides are at most MAX_TOKENS: the difference fits either way.
         let diff = actual_tokens as i64 - g.estimate as i64;
-        let (window, now) = (sh.local.window_ms(), sh.local.now_ms());
         match &g.hold {
             Hold::Local {
                 tenant, reseller, ..
             } => {
+                let (window, now) = (sh.local.window_ms(), sh.local.now_ms());
                 for (entry, plan) in [(tenant, &g.limits.tenant), (reseller, &g.limits.reseller)] {
                     if let Some(e) = entry {
                         e.settle(plan, diff, g.month, window, now, false);
@@ -566,12 +566,8 @@ impl Admission {
                 // Keep this instance's view of the month current for the
                 // fallback; until the job below is done, the correction is
                 // left out of the seeds this instance offers Redis.
-                let entries = Level::BOTH.map(|level| {
-                    let e = sh.local.existing(&g.key, level)?;
-                    e.settle(g.limits.level(level), diff, g.month, window, now, true);
-                    Some(e)
-                });
-                let correction = local::UnsentCorrection::new(entries, diff);
+                let correction =
+                    local::UnsentCorrection::settle(&sh.local, &g.key, &g.limits, diff, g.month);
                 if let Some(r) = &sh.redis {
                     r.settle(
                         keys,

@@ -400,3 +400,57 @@ fn months_roll_over_in_utc() {
     assert_eq!(m.remaining(), Duration::ZERO);
     assert!(Month::current().remaining() <= Duration::from_secs(31 * 86_400));
 }
+
+/// A Redis admission of December settled in January, after this instance's
+/// view had moved on to January (a stream across midnight), and one settled
+/// for a level whose month is not counted here: the correction is counted in
+/// no month, so its job, once done, must not take it out of the seeds either.
+/// It did: the seed then exceeded the count by the correction, Redis took
+/// that seed, this instance read the raised count back, and every admission
+/// after raised the month by the correction again until the quota was gone.
+#[test]
+fn a_correction_counted_in_no_month_leaves_the_seeds_alone() {
+    let local = super::local::LocalBackend::new(Duration::from_secs(60));
+    let k = key();
+    let limits = EffectiveLimits::new(
+        &PlanLimits {
+            tokens_per_month: Some(1_000_000),
+            ..PlanLimits::default()
+        },
+        &PlanLimits {
+            tokens_per_minute: Some(100_000),
+            ..PlanLimits::default()
+        },
+    );
+    let (dec, jan) = (
+        Month {
+            year: 2026,
+            month: 12,
+        },
+        Month {
+            year: 2027,
+            month: 1,
+        },
+    );
+    local.seed_months(&k, &limits, jan, &NoMonthlyUsage);
+    let tenant = local.existing(&k, Level::Tenant).unwrap();
+    tenant.observe_month(jan, 1000);
+    // The reseller's entry, as the fallback leaves it: no month counted.
+    let reseller = local.reseller(&k.reseller);
+    // The real usage was 500 above December's estimate.
+    drop(super::local::UnsentCorrection::settle(
+        &local, &k, &limits, 500, dec,
+    ));
+    assert_eq!(tenant.month_used(jan), 1000);
+    assert_eq!(tenant.month_seed(jan), 1000);
+    assert_eq!(reseller.month_seed(jan), 0);
+    // Within the month it is counted, left out of the seed until sent.
+    let unsent = super::local::UnsentCorrection::settle(&local, &k, &limits, 500, jan);
+    assert_eq!(
+        (tenant.month_used(jan), tenant.month_seed(jan)),
+        (1500, 1000)
+    );
+    drop(unsent);
+    assert_eq!(tenant.month_seed(jan), 1500);
+    assert_eq!(reseller.month_seed(jan), 0);
+}
