@@ -206,6 +206,43 @@ async fn a_refusal_waits_for_every_bucket_that_refuses() {
     refused_for_as_long_as_the_slowest_bucket_needs(&local()).await;
 }
 
+/// A tenant's tokens per minute raised from 100 to 1000 by a reload while a
+/// request admitted under the old limit runs: once the bucket has refilled
+/// past 100 under the new limit, that request's settle (a refund of 10) must
+/// not cut the bucket down to the old limit.
+async fn a_settle_from_before_a_raise_keeps_the_raised_bucket(limiter: &Limiter, window: Duration) {
+    let key = LimitKey::new("acme", "dental");
+    let tpm = |n| {
+        tenant(PlanLimits {
+            tokens_per_minute: Some(n),
+            ..PlanLimits::default()
+        })
+    };
+    let (old, raised) = (tpm(100), tpm(1000));
+    let mut a = limiter.admit(&key, &old, 50).await.unwrap();
+    tokio::time::sleep(window + window / 10).await;
+    let remaining = |a: &livery::limits::Admission| a.rate_headers().tokens.unwrap().remaining;
+    let full = limiter.admit(&key, &raised, 0).await.unwrap();
+    assert!(remaining(&full) >= 999, "{:?}", full.rate_headers());
+    a.settle(40);
+    drop(a);
+    // Redis gets the settle from a queue: give it time to run.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let after = limiter.admit(&key, &raised, 0).await.unwrap();
+    assert!(remaining(&after) >= 999, "{:?}", after.rate_headers());
+}
+
+#[tokio::test]
+async fn a_settle_from_before_a_raise_keeps_the_raised_bucket_locally() {
+    let window = Duration::from_millis(600);
+    let settings = LimiterSettings {
+        window,
+        ..LimiterSettings::default()
+    };
+    let limiter = Limiter::new(settings, Arc::new(NoMonthlyUsage)).unwrap();
+    a_settle_from_before_a_raise_keeps_the_raised_bucket(&limiter, window).await;
+}
+
 #[tokio::test]
 async fn the_token_bucket_converges_on_real_usage_after_settlement() {
     let limiter = local();
@@ -1137,6 +1174,23 @@ async fn a_redis_refusal_waits_for_every_bucket_that_refuses() {
     };
     let limiter = shared(&redis, OnRedisError::FailClosed, 1);
     refused_for_as_long_as_the_slowest_bucket_needs(&limiter).await;
+}
+
+#[tokio::test]
+async fn a_settle_from_before_a_raise_keeps_the_raised_bucket_in_redis() {
+    let Some(redis) = RedisServer::start("redis_settle_after_raise") else {
+        return;
+    };
+    let window = Duration::from_secs(3);
+    let settings = LimiterSettings {
+        backend: Backend::Redis { url: redis.url() },
+        redis_timeout: Duration::from_millis(500),
+        on_redis_error: OnRedisError::FailClosed,
+        window,
+        ..LimiterSettings::default()
+    };
+    let limiter = Limiter::new(settings, Arc::new(NoMonthlyUsage)).unwrap();
+    a_settle_from_before_a_raise_keeps_the_raised_bucket(&limiter, window).await;
 }
 
 // ------------------------------------------- one tenant id at two resellers

@@ -49,6 +49,19 @@ impl Bucket {
         self.level = self.level.min(cap);
     }
 
+    /// Charges `diff` more tokens (refunds if negative) after a refill.
+    /// `cap` is the limit the admission had: if a reload has raised it since,
+    /// the bucket may hold more, which neither the refill nor the refund cuts
+    /// down (the next admission clamps to the limit of its time).
+    fn settle(&mut self, cap: f64, window_ms: f64, now: f64, diff: i64) {
+        let ceiling = cap.max(self.level);
+        if now > self.at_ms {
+            self.level += (now - self.at_ms) * cap / window_ms;
+            self.at_ms = now;
+        }
+        self.level = (self.level.min(ceiling) - diff as f64).min(ceiling);
+    }
+
     fn view(&self, cap: f64, window_ms: f64) -> BucketView {
         BucketView {
             limit: cap as u64,
@@ -240,8 +253,7 @@ impl Entry {
         let mut s = self.lock();
         if !for_redis {
             if let (Some(cap), Some(b)) = (plan.tokens_per_minute, s.tokens.as_mut()) {
-                b.refill(cap as f64, window_ms, now);
-                b.level = (b.level - diff as f64).min(cap as f64);
+                b.settle(cap as f64, window_ms, now, diff);
             }
         }
         let counted = match s.month.as_mut() {

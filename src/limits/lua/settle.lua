@@ -29,12 +29,17 @@ for i = 1, 2 do
     local b = call('HGET', hash, 'b')
     local rq, rt, level, at = 0, 0, 0, 0
     if b and #b == 32 then rq, rt, level, at = sunpack('<dddd', b) end
+    -- `cap` is the admission's limit: if a reload has raised it since, the
+    -- bucket may hold more, which neither the refill nor the refund cuts down
+    -- (the next admission clamps to the limit of its time).
+    local ceiling = cap
     if at == 0 then
       level = cap
-    elseif now > at then
-      level = min(cap, level + (now - at) * cap / window)
+    else
+      ceiling = max(cap, level)
+      if now > at then level = min(ceiling, level + (now - at) * cap / window) end
     end
-    level = min(cap, level - diff)
+    level = min(ceiling, level - diff)
     call('HSET', hash, 'b', spack('<dddd', rq, rt, level, now))
     local need = ceil(max(cap - level, 0) * window / cap) + 1000
     if call('PTTL', hash) < need then call('PEXPIRE', hash, need) end
