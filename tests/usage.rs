@@ -815,7 +815,8 @@ async fn a_panic_while_serving_is_recorded_as_the_gateways_failure() {
 
 /// `/metrics` counts what the records say: requests by endpoint and outcome,
 /// their duration and time to first byte as histograms, tokens by kind, and
-/// the requests in flight (a stream held open is one).
+/// the requests in flight (a stream held open is one); and the refusals that
+/// have no record, by code.
 #[tokio::test]
 async fn metrics_count_requests_durations_and_tokens_as_recorded() {
     let mock = MockProvider::start().await;
@@ -857,7 +858,32 @@ async fn metrics_count_requests_durations_and_tokens_as_recorded() {
     let open = post_acme(&gw, "/v1/chat/completions", &slow).await;
     assert_eq!(open.status(), 200);
 
+    // Refusals before a tenant: no record, counted by code.
+    for (host, key, status) in [
+        (ACME_HOST, "sk-not-a-key", 401),
+        ("evil.example", ACME_DENTAL.2, 404),
+        (ACME_HOST, "sk-not-a-key", 401),
+    ] {
+        let resp = post(
+            &gw,
+            "/v1/chat/completions",
+            Some(host),
+            Some(key),
+            &chat_body("gpt-4o-mini"),
+        )
+        .await;
+        assert_eq!(resp.status(), status);
+    }
+
     let text = operator_metrics(&gw).await;
+    assert_eq!(
+        value(&text, "livery_refusals_total{code=\"invalid_api_key\"}"),
+        2
+    );
+    assert_eq!(
+        value(&text, "livery_refusals_total{code=\"unknown_host\"}"),
+        1
+    );
     let chat = "endpoint=\"chat.completions\"";
     assert_eq!(
         value(

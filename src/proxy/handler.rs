@@ -125,7 +125,10 @@ where
             .instrument(span)
             .await
         }
-        Err(refusal) => span.in_scope(|| refusal.error.to_response_for(dialect)),
+        Err(refusal) => {
+            app.metrics.refusal(refusal.error.code());
+            span.in_scope(|| refusal.error.to_response_for(dialect))
+        }
     };
     resp.headers_mut()
         .insert(crate::telemetry::ids::REQUEST_ID_HEADER, rid.header_value());

@@ -14,6 +14,11 @@ pub struct Metrics {
     /// Keyed by the provider's shared name: a lookup clones an `Arc`, never
     /// copies the name.
     attempts: DashMap<(Arc<str>, &'static str), AtomicU64, crate::FastHash>,
+    /// Requests refused before a tenant was known (host, key, path), by the
+    /// error's code: a fixed set of words, so a low-cardinality label. These
+    /// have no usage record; a climbing `invalid_api_key` is a key being
+    /// guessed.
+    refusals: DashMap<&'static str, AtomicU64, crate::FastHash>,
 }
 
 /// A breaker as the metrics see it: provider, owner kind, state, times opened.
@@ -38,6 +43,17 @@ impl Metrics {
         }
         self.attempts
             .entry(key)
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn refusal(&self, code: &'static str) {
+        if let Some(c) = self.refusals.get(code) {
+            c.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.refusals
+            .entry(code)
             .or_default()
             .fetch_add(1, Ordering::Relaxed);
     }
@@ -73,6 +89,16 @@ impl Metrics {
                 "livery_upstream_attempts_total{{provider=\"{}\",outcome=\"{o}\"}} {n}",
                 escape(&p)
             );
+        }
+        out.push_str("# HELP livery_refusals_total Requests refused before a tenant was known, by error code.\n# TYPE livery_refusals_total counter\n");
+        let mut refusals: Vec<(&'static str, u64)> = self
+            .refusals
+            .iter()
+            .map(|e| (*e.key(), e.value().load(Ordering::Relaxed)))
+            .collect();
+        refusals.sort();
+        for (code, n) in refusals {
+            let _ = writeln!(out, "livery_refusals_total{{code=\"{code}\"}} {n}");
         }
         out.push_str("# HELP livery_breaker_open Circuit breakers open, per provider and owner kind.\n# TYPE livery_breaker_open gauge\n");
         let mut opened = String::from("# HELP livery_breaker_opened_total Times circuit breakers opened, per provider and owner kind.\n# TYPE livery_breaker_opened_total counter\n");
