@@ -742,9 +742,12 @@ fn the_limits_redis_url_may_come_from_the_environment_and_parse_errors_hide_it()
         (out.status.success(), format!("{stdout}{stderr}"))
     };
     let from_env = "backend = \"redis\"\nredis_url_env = \"LIVERY_TEST_LIMITS_URL\"";
-    let (ok, all) = check(from_env, Some("redis://:S3cret@127.0.0.1:6379/0"));
+    let (ok, all) = check(
+        from_env,
+        Some("redis://:fake-test-password@127.0.0.1:6379/0"),
+    );
     assert!(ok, "{all}");
-    assert!(!all.contains("S3cret"), "{all}");
+    assert!(!all.contains("fake-test-password"), "{all}");
     let (ok, all) = check(from_env, None);
     assert!(!ok && all.contains("LIVERY_TEST_LIMITS_URL"), "{all}");
     let both = format!("{from_env}\nredis_url = \"redis://127.0.0.1:6379/0\"");
@@ -752,15 +755,15 @@ fn the_limits_redis_url_may_come_from_the_environment_and_parse_errors_hide_it()
     assert!(!ok && all.contains("not both"), "{all}");
 
     for broken in [
-        "backend = \"redis\"\nredis_url = redis://:S3cret@host:6379",
-        "backend = \"redis\"\nredis_url = \"redis://:S3cret@host:6379",
-        "backend = \"redis://:S3cret@host:6379\"",
+        "backend = \"redis\"\nredis_url = redis://:fake-test-password@host:6379",
+        "backend = \"redis\"\nredis_url = \"redis://:fake-test-password@host:6379",
+        "backend = \"redis://:fake-test-password@host:6379\"",
     ] {
         let (ok, all) = check(broken, None);
         assert!(!ok, "{broken}: accepted");
         assert!(all.contains("line "), "{broken}: no position: {all}");
         assert!(
-            !all.contains("S3cret"),
+            !all.contains("fake-test-password"),
             "{broken}: the password was printed: {all}"
         );
     }

@@ -816,7 +816,7 @@ async fn metrics_show_a_tenants_own_breaker_by_owner_kind_without_naming_it() {
         openai_provider("first", &first.base_url()),
         openai_provider("second", &second.base_url())
     );
-    let own_key = "sk-dental-own-first-Zq81xPl0";
+    let own_key = "sk-fake-test-dental-own-first";
     let hash_line = format!("key_hashes = [\"{}\"]", hash(ACME_DENTAL.2));
     let config = standard_config(&first.base_url(), &extra)
         .replace(
