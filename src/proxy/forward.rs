@@ -105,15 +105,8 @@ impl Failure {
     /// serve; and not worth sending again to this one. With the tenant's own
     /// key, each of these is the tenant's to fix, and answered as it is.
     pub fn is_route_fault(&self, owner: KeyOwner) -> bool {
-        if owner == KeyOwner::Tenant {
-            return false;
-        }
         match &self.kind {
-            FailureKind::Upstream { status, body } => match status.as_u16() {
-                401 | 403 | 404 => true,
-                429 => is_insufficient_quota(body),
-                _ => false,
-            },
+            FailureKind::Upstream { status, body } => route_fault(*status, body, owner).is_some(),
             FailureKind::Gateway(_) => false,
         }
     }
@@ -144,8 +137,51 @@ impl Failure {
 }
 
 /// OpenAI's error for an account out of credit (a 429 no wait cures).
-pub(super) fn is_insufficient_quota(body: &[u8]) -> bool {
+fn is_insufficient_quota(body: &[u8]) -> bool {
     memchr::memmem::find(body, b"insufficient_quota").is_some()
+}
+
+/// What the client is told of a failure of a route's own setup under a
+/// reseller's or the platform's key (see [`Failure::is_route_fault`]): not
+/// the provider's words, which would tell the tenant its gateway key is wrong,
+/// name the route's upstream model, or send it to its own billing.
+pub(super) struct RouteFault {
+    pub status: StatusCode,
+    pub message: &'static str,
+    pub code: &'static str,
+}
+
+/// The route fault a provider's error stands for, if any: the gateway's key
+/// refused (401/403), a model or deployment the provider does not serve under
+/// it (404), its account out of credit (429 `insufficient_quota`). With the
+/// tenant's own key each of these is the tenant's to fix: `None`.
+pub(super) fn route_fault(status: StatusCode, body: &[u8], owner: KeyOwner) -> Option<RouteFault> {
+    if owner == KeyOwner::Tenant {
+        return None;
+    }
+    let (status, message, code) = match status.as_u16() {
+        401 | 403 => (
+            StatusCode::BAD_GATEWAY,
+            GATEWAY_KEY_REJECTED,
+            "upstream_auth_failed",
+        ),
+        404 => (
+            StatusCode::BAD_GATEWAY,
+            ROUTE_MODEL_MISSING,
+            "upstream_model_unavailable",
+        ),
+        429 if is_insufficient_quota(body) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            GATEWAY_QUOTA_EXHAUSTED,
+            "upstream_quota_exhausted",
+        ),
+        _ => return None,
+    };
+    Some(RouteFault {
+        status,
+        message,
+        code,
+    })
 }
 
 /// Whether a provider status is worth another attempt: timeouts, rate limits,
@@ -706,37 +742,17 @@ pub fn reshape_error(
     } else {
         status
     };
-    let gateways_key = key_owner != KeyOwner::Tenant;
-    if gateways_key && status == StatusCode::NOT_FOUND {
-        // The route names a model (or a deployment) the provider does not
-        // serve under the gateway's account: the operator's to fix, and the
-        // provider's message names the route's upstream model.
-        client_status = StatusCode::BAD_GATEWAY;
-        message = Some(ROUTE_MODEL_MISSING.into());
+    if let Some(fault) = route_fault(status, body, key_owner) {
+        client_status = fault.status;
+        message = Some(fault.message.into());
         typ = Some("upstream_error".into());
-        code = Some("upstream_model_unavailable".into());
-    } else if gateways_key && status == StatusCode::TOO_MANY_REQUESTS && is_insufficient_quota(body)
-    {
-        // The gateway's provider account is out of credit: "check your plan
-        // and billing details" would send the tenant to the wrong bill.
-        client_status = StatusCode::SERVICE_UNAVAILABLE;
-        message = Some(GATEWAY_QUOTA_EXHAUSTED.into());
-        typ = Some("upstream_error".into());
-        code = Some("upstream_quota_exhausted".into());
-    }
-    if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
-        if key_owner == KeyOwner::Tenant {
-            // The tenant's own provider key: the tenant can and must fix it.
-            client_status = StatusCode::BAD_REQUEST;
-            message = Some(TENANT_KEY_REJECTED.into());
-            typ = Some("invalid_request_error".into());
-            code = Some("provider_key_rejected".into());
-        } else {
-            client_status = StatusCode::BAD_GATEWAY;
-            message = Some(GATEWAY_KEY_REJECTED.into());
-            typ = Some("upstream_error".into());
-            code = Some("upstream_auth_failed".into());
-        }
+        code = Some(fault.code.into());
+    } else if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+        // The tenant's own provider key: the tenant can and must fix it.
+        client_status = StatusCode::BAD_REQUEST;
+        message = Some(TENANT_KEY_REJECTED.into());
+        typ = Some("invalid_request_error".into());
+        code = Some("provider_key_rejected".into());
     }
     let message = message
         .map(|m| scrub(&m))

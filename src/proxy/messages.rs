@@ -11,7 +11,7 @@
 use super::ctx::RequestCtx;
 use super::error::{anthropic_error_type, GatewayError};
 use super::fallback::Prepared;
-use super::forward::{scrub, Verdict, GATEWAY_KEY_REJECTED, TENANT_KEY_REJECTED};
+use super::forward::{scrub, Verdict, TENANT_KEY_REJECTED};
 use super::record::{PendingRecord, TokenUsage};
 use crate::providers::anthropic::Tokens;
 use crate::vault::KeyOwner;
@@ -113,41 +113,24 @@ pub fn reshape_error(
         .and_then(Value::as_str)
         .filter(|m| !m.is_empty())
         .map(scrub);
-    let gateways_key = key_owner != KeyOwner::Tenant;
-    let (client_status, typ, message, code) = if gateways_key && status == StatusCode::NOT_FOUND {
+    let (client_status, typ, message, code) = if let Some(fault) =
+        super::forward::route_fault(status, body, key_owner)
+    {
         // As for OpenAI clients (see forward::reshape_error).
         (
-            StatusCode::BAD_GATEWAY,
+            fault.status,
             "api_error".to_owned(),
-            super::forward::ROUTE_MODEL_MISSING.to_owned(),
-            "upstream_model_unavailable".to_owned(),
-        )
-    } else if gateways_key
-        && status == StatusCode::TOO_MANY_REQUESTS
-        && super::forward::is_insufficient_quota(body)
-    {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "api_error".to_owned(),
-            super::forward::GATEWAY_QUOTA_EXHAUSTED.to_owned(),
-            "upstream_quota_exhausted".to_owned(),
+            fault.message.to_owned(),
+            fault.code.to_owned(),
         )
     } else if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
-        if key_owner == KeyOwner::Tenant {
-            (
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error".to_owned(),
-                TENANT_KEY_REJECTED.to_owned(),
-                "provider_key_rejected".to_owned(),
-            )
-        } else {
-            (
-                StatusCode::BAD_GATEWAY,
-                "api_error".to_owned(),
-                GATEWAY_KEY_REJECTED.to_owned(),
-                "upstream_auth_failed".to_owned(),
-            )
-        }
+        // The tenant's own provider key.
+        (
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error".to_owned(),
+            TENANT_KEY_REJECTED.to_owned(),
+            "provider_key_rejected".to_owned(),
+        )
     } else {
         let typ = typ.unwrap_or_else(|| anthropic_error_type(status).to_owned());
         let message = message

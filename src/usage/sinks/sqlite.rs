@@ -194,32 +194,29 @@ fn add_unpriced_events(conn: &Connection) -> rusqlite::Result<()> {
     if has {
         return Ok(());
     }
-    conn.execute_batch(
+    // Each rollup row gets its tenant's count; a reseller's total row
+    // (tenant '') the sum of its tenants'.
+    let mut sql = String::from(
         "BEGIN IMMEDIATE;
          ALTER TABLE rollup_daily ADD COLUMN unpriced_events INTEGER NOT NULL DEFAULT 0;
          ALTER TABLE rollup_monthly ADD COLUMN unpriced_events INTEGER NOT NULL DEFAULT 0;
          CREATE TEMP TABLE unpriced AS SELECT day, month, reseller, tenant, COUNT(*) AS n
              FROM events WHERE cost_micros IS NULL AND total_tokens > 0
-             GROUP BY day, month, reseller, tenant;
-         UPDATE rollup_daily SET unpriced_events = u.n FROM
-             (SELECT day, reseller, tenant, SUM(n) AS n FROM temp.unpriced GROUP BY 1, 2, 3) AS u
-             WHERE rollup_daily.period = u.day AND rollup_daily.reseller = u.reseller
-             AND rollup_daily.tenant = u.tenant AND u.tenant != '';
-         UPDATE rollup_daily SET unpriced_events = u.n FROM
-             (SELECT day, reseller, SUM(n) AS n FROM temp.unpriced GROUP BY 1, 2) AS u
-             WHERE rollup_daily.period = u.day AND rollup_daily.reseller = u.reseller
-             AND rollup_daily.tenant = '';
-         UPDATE rollup_monthly SET unpriced_events = u.n FROM
-             (SELECT month, reseller, tenant, SUM(n) AS n FROM temp.unpriced GROUP BY 1, 2, 3) AS u
-             WHERE rollup_monthly.period = u.month AND rollup_monthly.reseller = u.reseller
-             AND rollup_monthly.tenant = u.tenant AND u.tenant != '';
-         UPDATE rollup_monthly SET unpriced_events = u.n FROM
-             (SELECT month, reseller, SUM(n) AS n FROM temp.unpriced GROUP BY 1, 2) AS u
-             WHERE rollup_monthly.period = u.month AND rollup_monthly.reseller = u.reseller
-             AND rollup_monthly.tenant = '';
-         DROP TABLE temp.unpriced;
-         COMMIT;",
-    )
+             GROUP BY day, month, reseller, tenant;",
+    );
+    for (table, period) in [("rollup_daily", "day"), ("rollup_monthly", "month")] {
+        sql.push_str(&format!(
+            "UPDATE {table} SET unpriced_events = u.n FROM
+                 (SELECT {period} AS period, reseller, tenant, SUM(n) AS n FROM temp.unpriced
+                      WHERE tenant != '' GROUP BY 1, 2, 3
+                  UNION ALL
+                  SELECT {period}, reseller, '', SUM(n) FROM temp.unpriced GROUP BY 1, 2) AS u
+                 WHERE {table}.period = u.period AND {table}.reseller = u.reseller
+                 AND {table}.tenant = u.tenant;"
+        ));
+    }
+    sql.push_str("DROP TABLE temp.unpriced; COMMIT;");
+    conn.execute_batch(&sql)
 }
 
 /// A ledger written when `events` was a table of stored columns: its events
