@@ -164,6 +164,8 @@ fn check_billing_and_prices(
                 price.model
             )));
         }
+        crate::usage::price::check_entry(price)
+            .map_err(|e| ConfigError::Invalid(format!("[[prices.models]] {e}")))?;
     }
     Ok(())
 }

@@ -66,6 +66,31 @@ async fn setup_with(routing: &str) -> Setup {
     Setup { gw, openai, claude }
 }
 
+/// Claude Sonnet's list prices per million tokens: input 3, output 15, cache
+/// reads 0.30; cache writes left to their defaults (1.25 × and 2 × input).
+const SONNET_PRICES: &str = r#"
+[prices]
+currency = "USD"
+
+[[prices.models]]
+model = "claude-sonnet-4-5"
+provider = "claude"
+input_per_million = "3"
+output_per_million = "15"
+cached_input_per_million = "0.30"
+"#;
+
+/// [`setup`] with [`SONNET_PRICES`].
+async fn setup_priced() -> Setup {
+    let openai = MockProvider::start().await;
+    let claude = AnthropicMock::start(PROVIDER_KEY).await;
+    let key_line = format!("api_key_env = \"{PROVIDER_KEY_ENV}\"");
+    let config = anthropic_config(&openai.base_url(), &claude.base_url(), &key_line);
+    assert!(!config.contains("[prices]"), "standard config changed");
+    let gw = TestGateway::start(&format!("{config}\n{SONNET_PRICES}")).await;
+    Setup { gw, openai, claude }
+}
+
 fn rid(resp: &reqwest::Response) -> String {
     resp.headers()["x-request-id"].to_str().unwrap().to_owned()
 }
@@ -1033,4 +1058,113 @@ async fn a_bridged_stream_cut_after_its_finish_reason_is_not_a_clean_end() {
     assert_eq!(r["estimated"], true, "{r}");
     assert!(r["prompt_tokens"].as_u64().unwrap() > 0, "{r}");
     gw.shutdown().await;
+}
+
+/// Anthropic bills cache writes above the input price (1.25 × for five
+/// minutes): an OpenAI client's answer that wrote the cache is recorded with
+/// its writes apart from the rest of the prompt and costed at that price,
+/// plain, streamed, and streamed but cut before its usage chunk.
+#[tokio::test]
+async fn cache_writes_of_a_translated_answer_are_recorded_and_billed_at_their_price() {
+    let s = setup_priced().await;
+    // The capture: 187 input, 418 written (five minutes), 1111 read, 33 out.
+    let resp = chat(&s.gw, &chat_body("claude-sonnet")).await;
+    assert_eq!(resp.status(), 200);
+    let id = rid(&resp);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(
+        v["usage"]["prompt_tokens_details"],
+        json!({"cached_tokens": 1111, "cache_write_tokens": 418})
+    );
+    let r = s.gw.usage_for(&id).await;
+    assert_eq!(r["prompt_tokens"], 1716, "{r}");
+    assert_eq!(r["cached_tokens"], 1111, "{r}");
+    assert_eq!(r["cache_write_tokens"], 418, "{r}");
+    // OpenAI's usage has no one-hour count (and a translated request cannot
+    // ask for that cache: `cache_control` is Anthropic's).
+    assert_eq!(r["cache_write_1h_tokens"], Value::Null, "{r}");
+    // 187×3 + 1111×0.30 + 418×3.75 + 33×15 = 561 + 333.3 + 1567.5 + 495
+    // (the writes at the input price made 2643).
+    assert_eq!(r["cost_micros"], 2957, "{r}");
+
+    // Streamed: the stream capture (20 input, 5 out) writing 500.
+    s.claude.set_cache_writes(500, 0);
+    let mut body = chat_body("claude-sonnet");
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let resp = chat(&s.gw, &body).await;
+    assert_eq!(resp.status(), 200);
+    let id = rid(&resp);
+    let text = resp.text().await.unwrap();
+    let data = sse_data(&text);
+    assert_eq!(data.last().unwrap(), "[DONE]");
+    let usage: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+    assert_eq!(usage["usage"]["prompt_tokens"], 520, "{text}");
+    assert_eq!(
+        usage["usage"]["prompt_tokens_details"]["cache_write_tokens"], 500,
+        "{text}"
+    );
+    let r = s.gw.usage_for(&id).await;
+    assert_eq!(r["outcome"], "ok");
+    assert_eq!(r["prompt_tokens"], 520, "{r}");
+    assert_eq!(r["cache_write_tokens"], 500, "{r}");
+    // 20×3 + 500×3.75 + 5×15.
+    assert_eq!(r["cost_micros"], 60 + 1875 + 75, "{r}");
+
+    // Cut after the first text delta: message_start's writes are kept.
+    s.claude.push_fault(Fault::DropAfter(4));
+    let resp = chat(&s.gw, &body).await;
+    let id = rid(&resp);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("stream_interrupted"), "{text}");
+    let r = s.gw.usage_for(&id).await;
+    assert_eq!(r["outcome"], "truncated");
+    assert_eq!(r["prompt_tokens"], 520, "{r}");
+    assert_eq!(r["cache_write_tokens"], 500, "{r}");
+    s.gw.shutdown().await;
+}
+
+/// On `/v1/messages` to an Anthropic route the answer goes through untouched
+/// and the record has its writes split: the hour's at 2 × input, the five
+/// minutes' at 1.25 ×, plain and streamed (where `message_delta` repeats the
+/// total of the writes without the split `message_start` gave).
+#[tokio::test]
+async fn native_messages_bill_five_minute_and_one_hour_cache_writes_apart() {
+    let s = setup_priced().await;
+    s.claude.set_cache_writes(400, 100);
+    let resp = messages(&s.gw, Some(ACME_DENTAL.2), &messages_body("claude-sonnet")).await;
+    assert_eq!(resp.status(), 200);
+    let id = rid(&resp);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["usage"]["cache_creation_input_tokens"], 500);
+    assert_eq!(
+        v["usage"]["cache_creation"]["ephemeral_1h_input_tokens"],
+        100
+    );
+    let r = s.gw.usage_for(&id).await;
+    assert_eq!(r["prompt_tokens"], 187 + 500 + 1111, "{r}");
+    assert_eq!(r["cached_tokens"], 1111, "{r}");
+    assert_eq!(r["cache_write_tokens"], 500, "{r}");
+    assert_eq!(r["cache_write_1h_tokens"], 100, "{r}");
+    // 187×3 + 1111×0.30 + 400×3.75 + 100×6 + 33×15
+    // = 561 + 333.3 + 1500 + 600 + 495.
+    assert_eq!(r["cost_micros"], 3489, "{r}");
+
+    let mut body = messages_body("claude-sonnet");
+    body["stream"] = json!(true);
+    let resp = messages(&s.gw, Some(ACME_DENTAL.2), &body).await;
+    assert_eq!(resp.status(), 200);
+    let id = rid(&resp);
+    let events = anthropic_events(&resp.text().await.unwrap());
+    let delta = &events.iter().find(|(n, _)| n == "message_delta").unwrap().1;
+    assert_eq!(delta["usage"]["cache_creation_input_tokens"], 500);
+    assert!(delta["usage"].get("cache_creation").is_none(), "{delta}");
+    let r = s.gw.usage_for(&id).await;
+    assert_eq!(r["outcome"], "ok");
+    assert_eq!(r["prompt_tokens"], 520, "{r}");
+    assert_eq!(r["cache_write_tokens"], 500, "{r}");
+    assert_eq!(r["cache_write_1h_tokens"], 100, "{r}");
+    // 20×3 + 400×3.75 + 100×6 + 5×15.
+    assert_eq!(r["cost_micros"], 60 + 1500 + 600 + 75, "{r}");
+    s.gw.shutdown().await;
 }

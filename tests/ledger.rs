@@ -1367,3 +1367,102 @@ fn unpriced_events_are_flagged_in_the_report_not_costed_as_zero() {
     let total = csv.lines().last().unwrap();
     assert_eq!(total.split(',').count(), header.len(), "{total}");
 }
+
+/// Cache writes (billed above the input price) are summed per tenant and
+/// shown in every format: JSON, the table, and CSV, where their columns come
+/// after all the others so that every earlier column keeps its position.
+#[test]
+fn the_report_shows_cache_writes_per_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("usage.db");
+    let mut sink = SqliteSink::open(&path).unwrap();
+    let with_writes = |line: String, all: u64, hour: u64| {
+        let mut v: Value = serde_json::from_str(&line).unwrap();
+        v["cache_write_tokens"] = json!(all);
+        v["cache_write_1h_tokens"] = json!(hour);
+        v.to_string()
+    };
+    let lines = [
+        with_writes(
+            fixture_event(1, "acme", "dental", "2025-02-01T00:00:00Z", 1_000, 10),
+            400,
+            100,
+        ),
+        with_writes(
+            fixture_event(2, "acme", "dental", "2025-02-02T00:00:00Z", 2_000, 20),
+            18,
+            0,
+        ),
+        // An event of a gateway that did not record cache writes.
+        fixture_event(3, "acme", "realty", "2025-02-03T00:00:00Z", 500, 5),
+    ];
+    let events: Vec<LedgerEvent> = lines
+        .iter()
+        .map(|l| LedgerEvent::from_line(l.as_bytes()).unwrap())
+        .collect();
+    assert_eq!(sink.insert(&events).unwrap(), 3);
+
+    let config = billing_config("model = \"wholesale\"\ninput_per_million = 1");
+    let r = report::build(&path, &config, "acme", None, "2025-02").unwrap();
+    let writes: Vec<_> = r
+        .tenants
+        .iter()
+        .map(|t| {
+            (
+                t.tenant.as_str(),
+                t.cache_write_tokens,
+                t.cache_write_1h_tokens,
+            )
+        })
+        .collect();
+    assert_eq!(writes, [("dental", 418, 100), ("realty", 0, 0)]);
+    let json: Value = serde_json::from_str(&report::render(&r, "json").unwrap()).unwrap();
+    assert_eq!(json["tenants"][0]["cache_write_tokens"], 418);
+    assert_eq!(json["tenants"][0]["cache_write_1h_tokens"], 100);
+    let table = report::render(&r, "table").unwrap();
+    let mut rows = table.lines().skip(1);
+    let header = rows.next().unwrap();
+    let dental = rows.next().unwrap();
+    let col = |row: &str, i: usize| row.split_whitespace().nth(i).unwrap().to_owned();
+    assert!(header.contains("cache writes"), "{table}");
+    // tenant, requests, prompt, cache writes.
+    assert_eq!(col(dental, 3), "418", "{table}");
+
+    let csv = report::render(&r, "csv").unwrap();
+    let mut rows = csv.lines();
+    let header: Vec<&str> = rows.next().unwrap().split(',').collect();
+    assert_eq!(
+        header[..15],
+        [
+            "kind",
+            "reseller",
+            "month",
+            "tenant",
+            "requests",
+            "billable_requests",
+            "prompt_tokens",
+            "completion_tokens",
+            "cached_tokens",
+            "total_tokens",
+            "estimated_events",
+            "unpriced_events",
+            "platform_cost",
+            "description",
+            "amount"
+        ],
+        "the columns before keep their places"
+    );
+    assert_eq!(
+        header[15..],
+        ["cache_write_tokens", "cache_write_1h_tokens"]
+    );
+    let dental: Vec<&str> = rows.next().unwrap().split(',').collect();
+    assert_eq!(
+        (dental[3], dental[15], dental[16]),
+        ("dental", "418", "100")
+    );
+    // (Invoice descriptions hold commas, quoted.)
+    for row in csv.lines().filter(|r| !r.starts_with("invoice")) {
+        assert_eq!(row.split(',').count(), header.len(), "{row}");
+    }
+}

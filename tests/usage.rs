@@ -939,3 +939,47 @@ async fn metrics_count_requests_durations_and_tokens_as_recorded() {
     drop(open);
     gw.shutdown().await;
 }
+
+/// A cache-write price that cannot be what its author meant (an hour's write
+/// below five minutes') is refused when the configuration is loaded, as
+/// check-config and a reload load it, naming the entry; a misspelt or
+/// inexact one already fails to parse.
+#[test]
+fn cache_write_prices_are_checked_at_load() {
+    use livery::config::GatewayConfig;
+    set_provider_key_env();
+    let config = |prices: &str| {
+        format!(
+            "{}\n[[prices.models]]\nmodel = \"gpt-4o-mini-2024-07-18\"\ninput_per_million = \"3\"\noutput_per_million = \"15\"\n{prices}",
+            standard_config("http://127.0.0.1:9", "")
+        )
+    };
+    let prepare = |prices: &str| {
+        livery::Snapshot::prepare(&GatewayConfig::parse(&config(prices)).unwrap()).map(drop)
+    };
+    prepare("").unwrap();
+    prepare("cache_write_input_per_million = \"3.75\"\ncache_write_1h_input_per_million = 6")
+        .unwrap();
+    for swapped in [
+        "cache_write_input_per_million = 6\ncache_write_1h_input_per_million = \"3.75\"",
+        // Against the hour's default (2 × 3).
+        "cache_write_input_per_million = 7",
+    ] {
+        let err = prepare(swapped).unwrap_err().to_string();
+        assert!(
+            err.contains("[[prices.models]] `gpt-4o-mini-2024-07-18`")
+                && err.contains("cache_write_1h_input_per_million"),
+            "{err}"
+        );
+    }
+    for unreadable in [
+        "cache_write_input_per_million = \"0.0000001\"",
+        "cache_write_1h_input_per_million = -2",
+        "cache_writes_input_per_million = 1",
+    ] {
+        assert!(
+            GatewayConfig::parse(&config(unreadable)).is_err(),
+            "{unreadable}"
+        );
+    }
+}

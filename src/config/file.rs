@@ -418,6 +418,14 @@ pub struct ModelPriceConfig {
     /// Cached prompt tokens (default: the input price).
     #[serde(default)]
     pub cached_input_per_million: Option<crate::usage::price::Amount>,
+    /// Prompt tokens written to the provider's cache for five minutes, and
+    /// writes whose lifetime is not reported (default: 1.25 × the input price).
+    #[serde(default)]
+    pub cache_write_input_per_million: Option<crate::usage::price::Amount>,
+    /// Prompt tokens written to the cache for an hour (default: 2 × the
+    /// input price).
+    #[serde(default)]
+    pub cache_write_1h_input_per_million: Option<crate::usage::price::Amount>,
 }
 
 /// How a reseller is billed by the platform (`[billing.RESELLER_ID]`).

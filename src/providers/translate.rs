@@ -163,10 +163,10 @@ impl SseConverter for AnthropicToChat {
         if !self.prompt_sent {
             // A count of 0 is no report (a `message_start` without usage):
             // a later event may still bring one.
-            if let Some((prompt, cached)) = self.conv.prompt_usage().filter(|u| u.0 > 0) {
+            if let Some((prompt, cached, written)) = self.conv.prompt_usage().filter(|u| u.0 > 0) {
                 self.prompt_sent = true;
                 out.push_str(&format!(
-                    "event: {PROMPT_USAGE_EVENT}\ndata: {{\"prompt_tokens\":{prompt},\"cached_tokens\":{cached}}}\n\n"
+                    "event: {PROMPT_USAGE_EVENT}\ndata: {{\"prompt_tokens\":{prompt},\"cached_tokens\":{cached},\"cache_write_tokens\":{written}}}\n\n"
                 ));
             }
         }
@@ -267,7 +267,7 @@ mod tests {
         assert!(out.contains("\"prompt_tokens\":20"), "{out}");
         // The one named event is the relay's, first: message_start's counts.
         let first =
-            "event: livery-prompt-usage\ndata: {\"prompt_tokens\":20,\"cached_tokens\":0}\n\n";
+            "event: livery-prompt-usage\ndata: {\"prompt_tokens\":20,\"cached_tokens\":0,\"cache_write_tokens\":0}\n\n";
         assert!(out.starts_with(first), "{out}");
         assert_eq!(out.matches("event:").count(), 1, "{out}");
     }

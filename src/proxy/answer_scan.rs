@@ -289,7 +289,11 @@ impl Scanner<'_> {
                 b"prompt_tokens" => (0, &mut u.prompt, Self::count),
                 b"completion_tokens" => (1, &mut u.completion, Self::count),
                 b"total_tokens" => (2, &mut u.total, Self::count),
-                b"prompt_tokens_details" => (3, &mut u.cached, Self::details),
+                b"prompt_tokens_details" => {
+                    once(3)?;
+                    (u.cached, u.cache_write) = s.details()?;
+                    return Some(());
+                }
                 _ => return s.value(2),
             };
             once(i)?;
@@ -299,26 +303,29 @@ impl Scanner<'_> {
         Some(Some(u))
     }
 
-    /// `prompt_tokens_details`: `null` or an object; its `cached_tokens`.
-    fn details(&mut self) -> Option<Option<u64>> {
+    /// `prompt_tokens_details`: `null` or an object; its `cached_tokens`
+    /// and `cache_write_tokens`.
+    fn details(&mut self) -> Option<(Option<u64>, Option<u64>)> {
         if self.literal(b"null") {
-            return Some(None);
+            return Some((None, None));
         }
         self.expect(b'{')?;
-        let mut cached = None;
-        let mut seen = false;
+        let (mut cached, mut written) = (None, None);
+        let mut seen = [false; 2];
         self.members(|s, key| {
-            if key == b"cached_tokens" {
-                if std::mem::replace(&mut seen, true) {
-                    return None;
-                }
-                cached = s.count()?;
-            } else {
-                s.value(3)?;
+            let (i, slot) = match key {
+                b"cached_tokens" => (0, &mut cached),
+                b"cache_write_tokens" => (1, &mut written),
+                _ => return s.value(3),
+            };
+            // serde's derived reader refuses a repeated field.
+            if std::mem::replace(&mut seen[i], true) {
+                return None;
             }
+            *slot = s.count()?;
             Some(())
         })?;
-        Some(cached)
+        Some((cached, written))
     }
 }
 
@@ -452,11 +459,23 @@ mod tests {
                     completion: Some(19),
                     total: Some(111),
                     cached: Some(64),
+                    cache_write: None,
+                    cache_write_1h: None,
                 }),
                 Some("gpt-4o-mini-2024-07-18".to_owned()),
             )
         );
         assert_eq!(chat, serde_reads(CHAT.as_bytes()));
+        // An Anthropic answer translated (and OpenAI-compatible upstreams
+        // that report cache writes): the writes are read too.
+        let bridged = CHAT.replacen("\"audio_tokens\": 0", "\"cache_write_tokens\": 12", 1);
+        let (usage, _) = scanned(bridged.as_bytes()).expect("scanned");
+        let usage = usage.unwrap();
+        assert_eq!((usage.cached, usage.cache_write), (Some(64), Some(12)));
+        assert_eq!(
+            scanned(bridged.as_bytes()),
+            Some(serde_reads(bridged.as_bytes()))
+        );
         let emb = scanned(EMBEDDINGS.as_bytes()).expect("the embeddings answer is scanned");
         assert_eq!(emb.0.and_then(|u| u.total), Some(8));
         assert_eq!(emb, serde_reads(EMBEDDINGS.as_bytes()));
@@ -485,6 +504,14 @@ mod tests {
             (r#"{"usage":{"prompt_tokens":-1}}"#, false),
             (r#"{"usage":{"prompt_tokens":18446744073709551616}}"#, false),
             (r#"{"usage":{"prompt_tokens":1,"prompt_tokens":2}}"#, false),
+            (
+                r#"{"usage":{"prompt_tokens_details":{"cache_write_tokens":1,"cache_write_tokens":2}}}"#,
+                false,
+            ),
+            (
+                r#"{"usage":{"prompt_tokens_details":{"cache_write_tokens":"1","cached_tokens":2}}}"#,
+                true,
+            ),
             (r#"{"usage":{},"usage":null}"#, false),
             (r#"{"model":"a","model":"b"}"#, false),
             (r#"{"usage":7}"#, false),

@@ -74,7 +74,8 @@ pub fn verdict(event: &str, data: &str) -> Verdict {
 }
 
 /// Token counts of Anthropic `usage`, in the record's (OpenAI's) terms: prompt =
-/// input + cache writes + cache reads, cached = cache reads.
+/// input + cache writes + cache reads, cached = cache reads, cache writes
+/// apart (and of them those for an hour, when the answer says).
 pub fn token_usage(tokens: Tokens) -> TokenUsage {
     let prompt = tokens.prompt();
     TokenUsage {
@@ -82,6 +83,8 @@ pub fn token_usage(tokens: Tokens) -> TokenUsage {
         completion: Some(tokens.output),
         total: Some(prompt.saturating_add(tokens.output)),
         cached: Some(tokens.cache_read),
+        cache_write: Some(tokens.cache_creation),
+        cache_write_1h: tokens.cache_creation_1h,
     }
 }
 
@@ -219,6 +222,8 @@ mod tests {
         let u = usage_of_message(&msg).unwrap();
         assert_eq!(u.prompt, Some(187 + 418 + 1111));
         assert_eq!(u.cached, Some(1111));
+        assert_eq!(u.cache_write, Some(418));
+        assert_eq!(u.cache_write_1h, Some(0));
         assert_eq!(u.completion, Some(33));
         assert_eq!(u.total, Some(187 + 418 + 1111 + 33));
     }

@@ -32,6 +32,12 @@ pub struct TokenUsage {
     pub total: Option<u64>,
     /// `prompt_tokens_details.cached_tokens`.
     pub cached: Option<u64>,
+    /// `prompt_tokens_details.cache_write_tokens` (Anthropic's
+    /// `cache_creation_input_tokens`).
+    pub cache_write: Option<u64>,
+    /// The part of `cache_write` written for an hour (Anthropic's answers
+    /// only: OpenAI's usage has no such count).
+    pub cache_write_1h: Option<u64>,
 }
 
 impl TokenUsage {
@@ -39,14 +45,18 @@ impl TokenUsage {
     pub fn from_json(usage: &Value) -> Option<Self> {
         let o = usage.as_object()?;
         let n = |k: &str| o.get(k).and_then(Value::as_u64);
+        let details = |k: &str| {
+            o.get("prompt_tokens_details")
+                .and_then(|d| d.get(k))
+                .and_then(Value::as_u64)
+        };
         Some(Self {
             prompt: n("prompt_tokens"),
             completion: n("completion_tokens"),
             total: n("total_tokens"),
-            cached: o
-                .get("prompt_tokens_details")
-                .and_then(|d| d.get("cached_tokens"))
-                .and_then(Value::as_u64),
+            cached: details("cached_tokens"),
+            cache_write: details("cache_write_tokens"),
+            cache_write_1h: None,
         })
     }
 }
@@ -71,15 +81,22 @@ pub struct UsagePeek {
 struct DetailsPeek {
     #[serde(default)]
     cached_tokens: LenientCount,
+    #[serde(default)]
+    cache_write_tokens: LenientCount,
 }
 
 impl From<UsagePeek> for TokenUsage {
     fn from(u: UsagePeek) -> Self {
+        let (cached, cache_write) = u.prompt_tokens_details.map_or((None, None), |d| {
+            (d.cached_tokens.0, d.cache_write_tokens.0)
+        });
         Self {
             prompt: u.prompt_tokens.0,
             completion: u.completion_tokens.0,
             total: u.total_tokens.0,
-            cached: u.prompt_tokens_details.and_then(|d| d.cached_tokens.0),
+            cached,
+            cache_write,
+            cache_write_1h: None,
         }
     }
 }
@@ -235,6 +252,8 @@ impl PendingRecord {
                 prompt_tokens: None,
                 completion_tokens: None,
                 cached_tokens: None,
+                cache_write_tokens: None,
+                cache_write_1h_tokens: None,
                 total_tokens: None,
                 estimated: false,
                 stream: false,
@@ -392,6 +411,8 @@ impl PendingRecord {
         r.latency_ms = ms(self.started.elapsed());
         r.ttfb_ms = self.first_byte.map(|t| ms(t.duration_since(self.started)));
         r.cached_tokens = self.tokens.cached;
+        r.cache_write_tokens = self.tokens.cache_write;
+        r.cache_write_1h_tokens = self.tokens.cache_write_1h;
         r.cost_micros = self.prices.cost_of(&r);
         let now = std::time::SystemTime::now();
         r.event_id = crate::telemetry::ids::uuid_v7_text_at(now);

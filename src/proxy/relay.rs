@@ -88,6 +88,7 @@ struct FunctionPeek<'a> {
 struct PromptUsage {
     prompt_tokens: u64,
     cached_tokens: u64,
+    cache_write_tokens: u64,
 }
 
 pub struct SseRelay {
@@ -148,6 +149,7 @@ impl SseRelay {
             ) {
                 self.record.tokens.prompt = Some(u.prompt_tokens);
                 self.record.tokens.cached = Some(u.cached_tokens);
+                self.record.tokens.cache_write = Some(u.cache_write_tokens);
             }
             return None;
         }

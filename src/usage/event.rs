@@ -97,6 +97,14 @@ pub struct UsageRecord {
     pub completion_tokens: Option<u64>,
     /// Prompt tokens served from the provider's cache (part of `prompt_tokens`).
     pub cached_tokens: Option<u64>,
+    /// Prompt tokens written to the provider's cache (part of `prompt_tokens`,
+    /// apart from `cached_tokens`): Anthropic bills them above the input
+    /// price, so they are priced apart.
+    pub cache_write_tokens: Option<u64>,
+    /// The part of `cache_write_tokens` written for an hour (Anthropic's
+    /// `ephemeral_1h_input_tokens`), dearer than the default five minutes;
+    /// `None` when the provider does not break its writes down.
+    pub cache_write_1h_tokens: Option<u64>,
     pub total_tokens: Option<u64>,
     /// The counts were computed by the gateway's tokenizer, not reported by
     /// the upstream.
@@ -140,6 +148,12 @@ impl UsageRecord {
         member(out, key!("prompt_tokens"), &self.prompt_tokens);
         member(out, key!("completion_tokens"), &self.completion_tokens);
         member(out, key!("cached_tokens"), &self.cached_tokens);
+        member(out, key!("cache_write_tokens"), &self.cache_write_tokens);
+        member(
+            out,
+            key!("cache_write_1h_tokens"),
+            &self.cache_write_1h_tokens,
+        );
         member(out, key!("total_tokens"), &self.total_tokens);
         member(out, key!("estimated"), &self.estimated);
         member(out, key!("stream"), &self.stream);
@@ -259,6 +273,11 @@ pub struct LedgerEvent<'a> {
     pub completion_tokens: Option<u64>,
     #[serde(default)]
     pub cached_tokens: Option<u64>,
+    /// Absent from lines written before cache writes were recorded.
+    #[serde(default)]
+    pub cache_write_tokens: Option<u64>,
+    #[serde(default)]
+    pub cache_write_1h_tokens: Option<u64>,
     #[serde(default)]
     pub total_tokens: Option<u64>,
     #[serde(default)]
@@ -364,6 +383,8 @@ pub(super) mod tests {
             prompt_tokens: Some(9),
             completion_tokens: Some(12),
             cached_tokens: None,
+            cache_write_tokens: None,
+            cache_write_1h_tokens: None,
             total_tokens: Some(21),
             estimated: false,
             stream: true,
@@ -390,6 +411,8 @@ pub(super) mod tests {
         r.ttfb_ms = Some(f64::INFINITY);
         r.cost_micros = None;
         r.prompt_tokens = Some(u64::MAX);
+        r.cache_write_tokens = Some(418);
+        r.cache_write_1h_tokens = Some(u64::MAX);
         r.attempts = vec![
             AttemptRecord {
                 provider: "openai".into(),

@@ -45,6 +45,10 @@ pub(super) fn parse(raw: &str) -> Option<LedgerEvent<'_>> {
     let prompt_tokens = c.key("prompt_tokens")?.nullable(Cursor::uint)?;
     let completion_tokens = c.key("completion_tokens")?.nullable(Cursor::uint)?;
     let cached_tokens = c.key("cached_tokens")?.nullable(Cursor::uint)?;
+    // Absent from the lines of gateways that did not record cache writes
+    // yet, as serde reads them (`None`): such lines stay on this path.
+    let cache_write_tokens = c.optional_key("cache_write_tokens", Cursor::uint)?;
+    let cache_write_1h_tokens = c.optional_key("cache_write_1h_tokens", Cursor::uint)?;
     let total_tokens = c.key("total_tokens")?.nullable(Cursor::uint)?;
     let estimated = c.key("estimated")?.boolean()?;
     let stream = c.key("stream")?.boolean()?;
@@ -95,6 +99,8 @@ pub(super) fn parse(raw: &str) -> Option<LedgerEvent<'_>> {
         prompt_tokens,
         completion_tokens,
         cached_tokens,
+        cache_write_tokens,
+        cache_write_1h_tokens,
         total_tokens,
         estimated,
         stream,
@@ -147,6 +153,20 @@ impl<'a> Cursor<'a> {
         }
         self.at += n + 4;
         Some(self)
+    }
+
+    /// `,"name":` and a nullable value of `read`, or nothing at all: `None`
+    /// either way when absent or `null`.
+    #[inline(always)]
+    fn optional_key<T>(
+        &mut self,
+        name: &str,
+        read: impl FnOnce(&mut Self) -> Option<T>,
+    ) -> Option<Option<T>> {
+        match self.key(name) {
+            Some(c) => c.nullable(read),
+            None => Some(None),
+        }
     }
 
     /// A string without escapes or control characters (the caller made
@@ -310,6 +330,8 @@ mod tests {
         r.completion_tokens = Some(0);
         r.total_tokens = None;
         r.cached_tokens = Some(u64::MAX);
+        r.cache_write_tokens = Some(418);
+        r.cache_write_1h_tokens = Some(0);
         r.estimated = true;
         r.stream = false;
         r.client_disconnected = true;
@@ -351,6 +373,33 @@ mod tests {
             assert_eq!(Some(&fast), serde_reads(&raw).as_ref(), "{raw}");
             assert_eq!(fast.raw, raw);
             assert!(matches!(fast.event_id, Cow::Borrowed(_)));
+        }
+    }
+
+    /// A line spooled by a gateway that did not record cache writes (no
+    /// such keys at all) is still read here, as serde reads it: no cache
+    /// writes. So is one with only the total of its writes.
+    #[test]
+    fn a_line_written_before_cache_writes_were_recorded_reads_back() {
+        let mut r = record();
+        r.cache_write_tokens = Some(418);
+        r.cache_write_1h_tokens = Some(18);
+        let new = line(&r);
+        let fields = ",\"cache_write_tokens\":418,\"cache_write_1h_tokens\":18";
+        assert!(new.contains(fields), "{new}");
+        let ev = parse(&new).unwrap();
+        assert_eq!(
+            (ev.cache_write_tokens, ev.cache_write_1h_tokens),
+            (Some(418), Some(18))
+        );
+        let old = new.replacen(fields, "", 1);
+        let only_total = new.replacen(",\"cache_write_1h_tokens\":18", "", 1);
+        for (raw, want) in [(&old, None), (&only_total, Some(418))] {
+            let fast = parse(raw).unwrap_or_else(|| panic!("not read: {raw}"));
+            assert_eq!(Some(&fast), serde_reads(raw).as_ref(), "{raw}");
+            assert_eq!(fast.cache_write_tokens, want, "{raw}");
+            assert_eq!(fast.cache_write_1h_tokens, None, "{raw}");
+            assert_eq!(fast.total_tokens, Some(21), "{raw}");
         }
     }
 

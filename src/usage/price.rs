@@ -4,9 +4,12 @@
 //! shortest decimal form is used, never its binary value); a price with more than
 //! six decimals is refused rather than rounded.
 //!
-//! [`PriceTable`] turns an event's tokens into the platform's cost; token-priced
-//! amounts are `tokens × price_per_million / 1 000 000`, rounded half up once,
-//! on the exact integer product.
+//! [`PriceTable`] turns an event's tokens into the platform's cost: the
+//! prompt's cache reads, its cache writes (five-minute and one-hour) and the
+//! rest of it each at their own price. Token-priced amounts are
+//! `tokens × price_per_million / 1 000 000`, rounded half up once, on the
+//! exact integer sum of the products (kept in quarters of a micro-unit, so
+//! that the default cache-write price, 1.25 × the input price, stays exact).
 
 use crate::config::{GatewayConfig, ModelPriceConfig};
 use serde::{Deserialize, Deserializer};
@@ -137,13 +140,88 @@ pub fn format_micros(m: u64) -> String {
     format!("{}.{:06}", m / MICROS, m % MICROS)
 }
 
+/// Anthropic's documented prices of cache writes, as multiples of the input
+/// price: 1.25 × for the default five-minute cache, 2 × for the one-hour
+/// cache. They are the defaults of an entry that sets no cache-write price,
+/// in quarters (1.25 × input micro-units is not always a whole number of
+/// micro-units; every price is kept in quarters so the cost is still exact).
+const CACHE_WRITE_QUARTERS: u128 = 5;
+const CACHE_WRITE_1H_QUARTERS: u128 = 8;
+
+/// Prices per million tokens in quarters of a micro-unit.
 #[derive(Debug, Clone)]
 struct ModelPrice {
     model: String,
     provider: Option<String>,
-    input: Amount,
-    output: Amount,
-    cached: Amount,
+    input: u128,
+    output: u128,
+    cached: u128,
+    cache_write: u128,
+    cache_write_1h: u128,
+}
+
+impl ModelPrice {
+    fn of(m: &ModelPriceConfig) -> Self {
+        let quarters = |a: Amount| u128::from(a.0) * 4;
+        let input = u128::from(m.input_per_million.0);
+        Self {
+            model: m.model.clone(),
+            provider: m.provider.clone(),
+            input: input * 4,
+            output: quarters(m.output_per_million),
+            cached: quarters(m.cached_input_per_million.unwrap_or(m.input_per_million)),
+            cache_write: m
+                .cache_write_input_per_million
+                .map_or(input * CACHE_WRITE_QUARTERS, quarters),
+            cache_write_1h: m
+                .cache_write_1h_input_per_million
+                .map_or(input * CACHE_WRITE_1H_QUARTERS, quarters),
+        }
+    }
+}
+
+/// What [`PriceTable`] would price unlike what its author meant, refused when
+/// the configuration is loaded: a one-hour cache write below the five-minute
+/// one (every provider that sells both charges more for the hour: the two
+/// are swapped, or one was set and the other left to its default).
+pub fn check_entry(m: &ModelPriceConfig) -> Result<(), String> {
+    let p = ModelPrice::of(m);
+    if p.cache_write_1h < p.cache_write {
+        return Err(format!(
+            "`{}`: cache_write_1h_input_per_million ({}) is below cache_write_input_per_million ({}); \
+             set both (defaults: 2 and 1.25 times input_per_million)",
+            m.model,
+            format_quarters(p.cache_write_1h),
+            format_quarters(p.cache_write),
+        ));
+    }
+    Ok(())
+}
+
+/// A price in quarters of a micro-unit, as a decimal of the currency.
+fn format_quarters(q: u128) -> String {
+    let micros = q / 4;
+    let text = format!(
+        "{}.{:06}",
+        micros / u128::from(MICROS),
+        micros % u128::from(MICROS)
+    );
+    match q % 4 {
+        0 => text,
+        r => format!("{text}{}", ["", "25", "5", "75"][r as usize]),
+    }
+}
+
+/// A call's token counts as its record has them. `cached` and
+/// `cache_write` are parts of `prompt` (OpenAI's convention), and
+/// `cache_write_1h` a part of `cache_write`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenCounts {
+    pub prompt: u64,
+    pub cached: u64,
+    pub cache_write: u64,
+    pub cache_write_1h: u64,
+    pub completion: u64,
 }
 
 /// The platform's price per model.
@@ -159,16 +237,7 @@ impl PriceTable {
 
     pub fn from_entries(models: &[ModelPriceConfig]) -> Self {
         Self {
-            entries: models
-                .iter()
-                .map(|m| ModelPrice {
-                    model: m.model.clone(),
-                    provider: m.provider.clone(),
-                    input: m.input_per_million,
-                    output: m.output_per_million,
-                    cached: m.cached_input_per_million.unwrap_or(m.input_per_million),
-                })
-                .collect(),
+            entries: models.iter().map(ModelPrice::of).collect(),
         }
     }
 
@@ -187,9 +256,6 @@ impl PriceTable {
         })
     }
 
-    /// The platform's cost of a call in micro-units, or `None` when no price
-    /// matches. `cached` tokens are part of `prompt` (OpenAI's convention) and
-    /// billed at the cached price.
     /// The cost of a finished request's record: its provider's price for the
     /// model it was served as (else its last attempt's, else the one asked
     /// for), or `None` without a price.
@@ -202,27 +268,46 @@ impl PriceTable {
                 last_attempt,
                 rec.requested_model.as_deref(),
             ],
-            rec.prompt_tokens.unwrap_or(0),
-            rec.cached_tokens.unwrap_or(0),
-            rec.completion_tokens.unwrap_or(0),
+            TokenCounts {
+                prompt: rec.prompt_tokens.unwrap_or(0),
+                cached: rec.cached_tokens.unwrap_or(0),
+                cache_write: rec.cache_write_tokens.unwrap_or(0),
+                cache_write_1h: rec.cache_write_1h_tokens.unwrap_or(0),
+                completion: rec.completion_tokens.unwrap_or(0),
+            },
         )
     }
 
+    /// The platform's cost of a call in micro-units, or `None` when no price
+    /// matches: the prompt's cache reads at the cached price, its cache
+    /// writes at theirs (the one-hour ones at the one-hour price), the rest
+    /// at the input price.
     pub fn cost(
         &self,
         provider: Option<&str>,
         candidates: &[Option<&str>],
-        prompt: u64,
-        cached: u64,
-        completion: u64,
+        t: TokenCounts,
     ) -> Option<u64> {
         let p = self.find(provider, candidates)?;
-        let cached = cached.min(prompt);
-        // One rounding on the exact sum of the three products.
-        let micro_millionths = u128::from(prompt - cached) * u128::from(p.input.0)
-            + u128::from(cached) * u128::from(p.cached.0)
-            + u128::from(completion) * u128::from(p.output.0);
-        u64::try_from((micro_millionths + 500_000) / 1_000_000).ok()
+        // Parts larger than their whole (a provider's inconsistent report)
+        // are cut to it, so no tokens are billed twice.
+        let cached = t.cached.min(t.prompt);
+        let cache_write = t.cache_write.min(t.prompt - cached);
+        let cache_write_1h = t.cache_write_1h.min(cache_write);
+        let q = |tokens: u64, price: u128| u128::from(tokens).saturating_mul(price);
+        // One rounding on the exact sum of the products, in quarters of a
+        // millionth of a micro-unit (saturating: a sum beyond `u128` is far
+        // beyond `u64` micro-units too, and is no cost).
+        let quarter_millionths = [
+            q(t.prompt - cached - cache_write, p.input),
+            q(cached, p.cached),
+            q(cache_write - cache_write_1h, p.cache_write),
+            q(cache_write_1h, p.cache_write_1h),
+            q(t.completion, p.output),
+        ]
+        .into_iter()
+        .fold(0u128, u128::saturating_add);
+        u64::try_from(quarter_millionths.saturating_add(2_000_000) / 4_000_000).ok()
     }
 }
 
@@ -258,22 +343,162 @@ mod tests {
         assert_eq!((t.a.0, t.b.0, t.c.0), (150_000, 3_000_000, 75_000));
     }
 
+    fn entry(input: u64, output: u64, cached: Option<u64>) -> ModelPriceConfig {
+        ModelPriceConfig {
+            model: "m".into(),
+            provider: None,
+            input_per_million: Amount(input),
+            output_per_million: Amount(output),
+            cached_input_per_million: cached.map(Amount),
+            cache_write_input_per_million: None,
+            cache_write_1h_input_per_million: None,
+        }
+    }
+
+    fn tokens(
+        prompt: u64,
+        cached: u64,
+        cache_write: u64,
+        cache_write_1h: u64,
+        completion: u64,
+    ) -> TokenCounts {
+        TokenCounts {
+            prompt,
+            cached,
+            cache_write,
+            cache_write_1h,
+            completion,
+        }
+    }
+
     #[test]
     fn costs_round_once_half_up() {
         assert_eq!(token_cost(1, Amount(500_000)), 1); // 0.5 → 1
         assert_eq!(token_cost(1, Amount(499_999)), 0);
         assert_eq!(token_cost(1_000_000, Amount(150_000)), 150_000);
-        let table = PriceTable::from_entries(&[ModelPriceConfig {
-            model: "m".into(),
-            provider: None,
-            input_per_million: Amount(150_000),
-            output_per_million: Amount(600_000),
-            cached_input_per_million: Some(Amount(75_000)),
-        }]);
+        let table = PriceTable::from_entries(&[entry(150_000, 600_000, Some(75_000))]);
         // 1000 prompt (200 cached) + 500 completion:
         // 800×0.15 + 200×0.075 + 500×0.6 = 120 + 15 + 300 = 435 micro-units.
-        assert_eq!(table.cost(None, &[Some("m")], 1000, 200, 500), Some(435));
-        assert_eq!(table.cost(None, &[Some("x")], 1000, 0, 500), None);
+        assert_eq!(
+            table.cost(None, &[Some("m")], tokens(1000, 200, 0, 0, 500)),
+            Some(435)
+        );
+        assert_eq!(
+            table.cost(None, &[Some("x")], tokens(1000, 0, 0, 0, 500)),
+            None
+        );
         assert_eq!(format_micros(1_500_000), "1.500000");
+    }
+
+    /// Claude Sonnet's prices (input 3, output 15, cache reads 0.30 per
+    /// million) and the capture's usage: 187 input, 418 written to the cache,
+    /// 1111 read from it, 33 out. Without a cache-write price the writes cost
+    /// 1.25 × input (Anthropic's five-minute rate), not the input price.
+    #[test]
+    fn cache_writes_cost_anthropics_multiples_of_the_input_price_by_default() {
+        let sonnet = entry(3_000_000, 15_000_000, Some(300_000));
+        let table = PriceTable::from_entries(std::slice::from_ref(&sonnet));
+        let cost = |t| table.cost(None, &[Some("m")], t).unwrap();
+        // 187×3 + 1111×0.30 + 418×3.75 + 33×15 = 561 + 333.3 + 1567.5 + 495
+        // = 2956.8 -> 2957 (at the input price the writes were 1254: 2643).
+        assert_eq!(cost(tokens(1716, 1111, 418, 0, 33)), 2957);
+        // The same writes for an hour: 418 × 6 = 2508 -> 3897.3 -> 3897.
+        assert_eq!(cost(tokens(1716, 1111, 418, 418, 33)), 3897);
+        // Split: 400 for five minutes (1500), 18 for an hour (108).
+        assert_eq!(
+            cost(tokens(1716, 1111, 418, 18, 33)),
+            561 + 333 + 1500 + 108 + 495
+        );
+        // Without writes nothing changes.
+        assert_eq!(cost(tokens(1298, 1111, 0, 0, 33)), 561 + 333 + 495);
+
+        // Set prices win over the defaults.
+        let mut priced = sonnet.clone();
+        priced.cache_write_input_per_million = Some(Amount(4_000_000));
+        priced.cache_write_1h_input_per_million = Some(Amount(7_000_000));
+        let table = PriceTable::from_entries(&[priced]);
+        let cost = |t| table.cost(None, &[Some("m")], t).unwrap();
+        assert_eq!(cost(tokens(1000, 0, 1000, 0, 0)), 4_000);
+        assert_eq!(cost(tokens(1000, 0, 1000, 1000, 0)), 7_000);
+        assert_eq!(cost(tokens(1000, 0, 1000, 250, 0)), 3_000 + 1_750);
+    }
+
+    /// The defaults are exact fractions of micro-units, summed with the rest
+    /// and rounded once: an input price of 1 micro-unit per million makes a
+    /// five-minute write 1.25 and an hour's 2.
+    #[test]
+    fn cache_write_defaults_are_exact_and_round_once() {
+        let table = PriceTable::from_entries(&[entry(1, 0, None)]);
+        let cost = |t| table.cost(None, &[Some("m")], t).unwrap();
+        // 1 million written: 1.25 -> 1; 2 million: 2.5 -> 3 (half up).
+        assert_eq!(cost(tokens(1_000_000, 0, 1_000_000, 0, 0)), 1);
+        assert_eq!(cost(tokens(2_000_000, 0, 2_000_000, 0, 0)), 3);
+        // 200k writes at 1.25 (0.25) and 250k input at 1 (0.25): 0.5 -> 1,
+        // where each part rounded alone would be 0.
+        assert_eq!(cost(tokens(450_000, 0, 200_000, 0, 0)), 1);
+        // An hour's million: 2.
+        assert_eq!(cost(tokens(1_000_000, 0, 1_000_000, 1_000_000, 0)), 2);
+    }
+
+    /// A report whose parts exceed their whole bills no token twice: reads
+    /// first, then writes within what is left, the hour within the writes.
+    #[test]
+    fn cache_counts_beyond_the_prompt_are_cut_to_it() {
+        let table = PriceTable::from_entries(&[entry(4_000_000, 0, Some(0))]);
+        let cost = |t| table.cost(None, &[Some("m")], t).unwrap();
+        // 10 prompt, 6 read (free), 9 written: 4 written at 5 each.
+        assert_eq!(cost(tokens(10, 6, 9, 0, 0)), 20);
+        // The hour's writes above the writes: all 4 at the hour's 8.
+        assert_eq!(cost(tokens(10, 6, 9, 50, 0)), 32);
+        assert_eq!(cost(tokens(0, 6, 9, 50, 0)), 0);
+    }
+
+    #[test]
+    fn a_one_hour_write_priced_below_the_five_minute_one_is_refused() {
+        let mut e = entry(3_000_000, 15_000_000, None);
+        assert!(check_entry(&e).is_ok());
+        e.cache_write_1h_input_per_million = Some(Amount(3_750_000));
+        assert!(check_entry(&e).is_ok(), "equal is allowed");
+        e.cache_write_1h_input_per_million = Some(Amount(3_000_000));
+        let err = check_entry(&e).unwrap_err();
+        assert!(
+            err.contains("(3.000000) is below") && err.contains("(3.750000)"),
+            "{err}"
+        );
+        // Swapped.
+        e.cache_write_input_per_million = Some(Amount(6_000_000));
+        e.cache_write_1h_input_per_million = Some(Amount(3_750_000));
+        assert!(check_entry(&e).is_err());
+        // A five-minute price above the hour's default.
+        let mut e = entry(1, 0, None);
+        e.cache_write_input_per_million = Some(Amount(3));
+        let err = check_entry(&e).unwrap_err();
+        assert!(err.contains("(0.000002) is below"), "{err}");
+        assert_eq!(format_quarters(5), "0.00000125");
+        assert_eq!(format_quarters(6), "0.0000015");
+    }
+
+    /// The new fields are amounts like the others: exact, non-negative, six
+    /// decimals at most, and a misspelt one is refused.
+    #[test]
+    fn cache_write_prices_parse_like_the_other_prices() {
+        let parse = |extra: &str| {
+            toml::from_str::<ModelPriceConfig>(&format!(
+                "model = \"m\"\ninput_per_million = 3\noutput_per_million = 15\n{extra}"
+            ))
+        };
+        let e =
+            parse("cache_write_input_per_million = \"3.75\"\ncache_write_1h_input_per_million = 6")
+                .unwrap();
+        assert_eq!(e.cache_write_input_per_million, Some(Amount(3_750_000)));
+        assert_eq!(e.cache_write_1h_input_per_million, Some(Amount(6_000_000)));
+        for bad in [
+            "cache_write_input_per_million = \"-1\"",
+            "cache_write_input_per_million = \"0.0000001\"",
+            "cache_write_1h_input_per_million = \"two\"",
+            "cache_writes_input_per_million = 1",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
     }
 }

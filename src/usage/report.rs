@@ -263,15 +263,17 @@ fn csv(field: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// The columns added since the first layout come last, so that a consumer
+/// that reads columns by position still finds the others where they were.
 fn render_csv(r: &Report) -> String {
     let mut out = String::from(
-        "kind,reseller,month,tenant,requests,billable_requests,prompt_tokens,completion_tokens,cached_tokens,total_tokens,estimated_events,unpriced_events,platform_cost,description,amount\n",
+        "kind,reseller,month,tenant,requests,billable_requests,prompt_tokens,completion_tokens,cached_tokens,total_tokens,estimated_events,unpriced_events,platform_cost,description,amount,cache_write_tokens,cache_write_1h_tokens\n",
     );
     let (reseller, month) = (csv(&r.reseller), csv(&r.month));
     for t in &r.tenants {
         let _ = writeln!(
             out,
-            "usage,{reseller},{month},{},{},{},{},{},{},{},{},{},{},,",
+            "usage,{reseller},{month},{},{},{},{},{},{},{},{},{},{},,,{},{}",
             csv(&t.tenant),
             t.requests,
             t.billable_requests,
@@ -281,13 +283,15 @@ fn render_csv(r: &Report) -> String {
             t.total_tokens,
             t.estimated_events,
             t.unpriced_events,
-            format_micros(t.cost_micros)
+            format_micros(t.cost_micros),
+            t.cache_write_tokens,
+            t.cache_write_1h_tokens
         );
     }
     for l in &r.lines {
         let _ = writeln!(
             out,
-            "invoice,{reseller},{month},{},,,,,,,,,,{},{}",
+            "invoice,{reseller},{month},{},,,,,,,,,,{},{},,",
             csv(l.tenant.as_deref().unwrap_or("")),
             csv(&l.description),
             format_micros(l.amount_micros)
@@ -295,7 +299,7 @@ fn render_csv(r: &Report) -> String {
     }
     let _ = writeln!(
         out,
-        "total,{reseller},{month},,,,,,,,,,,,{}",
+        "total,{reseller},{month},,,,,,,,,,,,{},,",
         format_micros(r.invoice_total_micros)
     );
     out
@@ -310,16 +314,17 @@ fn render_table(r: &Report) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<20} {:>10} {:>14} {:>14} {:>14} {:>16}",
-        "tenant", "requests", "prompt", "completion", "total", "platform cost"
+        "{:<20} {:>10} {:>14} {:>14} {:>14} {:>14} {:>16}",
+        "tenant", "requests", "prompt", "cache writes", "completion", "total", "platform cost"
     );
     for t in &r.tenants {
         let _ = writeln!(
             out,
-            "{:<20} {:>10} {:>14} {:>14} {:>14} {:>16}",
+            "{:<20} {:>10} {:>14} {:>14} {:>14} {:>14} {:>16}",
             t.tenant,
             t.requests,
             t.prompt_tokens,
+            t.cache_write_tokens,
             t.completion_tokens,
             t.total_tokens,
             format_micros(t.cost_micros)
@@ -376,7 +381,8 @@ mod tests {
     }
 
     /// RFC 4180: a field holding a comma or a quote is quoted, so every
-    /// row keeps its 15 columns.
+    /// row keeps its 17 columns; the cache writes come last, where they
+    /// move no earlier column.
     #[test]
     fn csv_rows_keep_their_columns_whatever_the_fields_hold() {
         let report = Report {
@@ -395,6 +401,8 @@ mod tests {
                 estimated_events: 0,
                 cost_micros: 0,
                 unpriced_events: 0,
+                cache_write_tokens: 4,
+                cache_write_1h_tokens: 1,
             }],
             lines: vec![InvoiceLine {
                 tenant: Some("a,b".into()),
@@ -405,18 +413,23 @@ mod tests {
         };
         let text = render_csv(&report);
         let mut lines = text.lines();
-        assert_eq!(lines.next().map(|h| h.split(',').count()), Some(15));
+        assert_eq!(lines.next().map(|h| h.split(',').count()), Some(17));
         let usage = lines.next().unwrap_or_default();
         assert!(
             usage.starts_with("usage,acme,2025-02,\"a,b\",1,"),
             "{usage}"
         );
+        assert!(usage.ends_with(",0.000000,,,4,1"), "{usage}");
         let invoice = lines.next().unwrap_or_default();
         assert!(
             invoice.starts_with(
-                "invoice,acme,2025-02,\"a,b\",,,,,,,,,,\"say \"\"hi\"\", twice\",0.000001"
+                "invoice,acme,2025-02,\"a,b\",,,,,,,,,,\"say \"\"hi\"\", twice\",0.000001,,"
             ),
             "{invoice}"
+        );
+        assert_eq!(
+            lines.next(),
+            Some("total,acme,2025-02,,,,,,,,,,,,0.000001,,")
         );
     }
 

@@ -8,6 +8,8 @@
 //!
 //! Faults are queued with [`AnthropicMock::push_fault`]; each request takes the
 //! next one, if any (the gateway's translated body cannot carry directives).
+//! [`AnthropicMock::set_cache_writes`] makes every later answer report other
+//! cache writes than the captures' (with any fault).
 //! Every request is recorded, headers and body, refused ones included.
 
 use bytes::Bytes;
@@ -72,6 +74,9 @@ pub struct State {
     key: String,
     pub requests: Mutex<Vec<Recorded>>,
     faults: Mutex<VecDeque<Fault>>,
+    /// `(five_minutes, one_hour)` cache writes to report instead of the
+    /// captures'.
+    cache_writes: Mutex<Option<(u64, u64)>>,
 }
 
 pub struct AnthropicMock {
@@ -121,6 +126,14 @@ impl AnthropicMock {
     /// `http://127.0.0.1:PORT`, the provider's `base_url`.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// From now on, answers report `five_minutes + one_hour` tokens written
+    /// to the cache, split as given (`usage.cache_creation`): the JSON
+    /// answer and the stream's `message_start`; the stream's `message_delta`
+    /// repeats the total without the split, as Anthropic's does.
+    pub fn set_cache_writes(&self, five_minutes: u64, one_hour: u64) {
+        *self.state.cache_writes.lock().unwrap() = Some((five_minutes, one_hour));
     }
 
     pub fn push_fault(&self, fault: Fault) {
@@ -233,9 +246,11 @@ async fn serve(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         .and_then(Value::as_array)
         .is_some_and(|t| !t.is_empty());
     let stream = json["stream"].as_bool().unwrap_or(false);
+    let cache_writes = *state.cache_writes.lock().unwrap();
     if !stream {
         let body = if tools { TOOL_USE_JSON } else { MESSAGE_JSON };
-        return respond(200, "application/json", body.to_owned(), None);
+        let body = with_cache_writes(body, cache_writes);
+        return respond(200, "application/json", body, None);
     }
     let sse = match fault {
         Some(Fault::StreamError) => STREAM_ERROR_SSE,
@@ -250,7 +265,7 @@ async fn serve(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         Some(Fault::SlowAfter(n)) => Some(n),
         _ => None,
     };
-    let mut events = sse_events(sse);
+    let mut events = sse_events(&with_cache_writes(sse, cache_writes));
     if matches!(fault, Some(Fault::ErrorBeforeContent)) {
         events = sse_events(STREAM_ERROR_SSE);
         events.retain(|e| !e.starts_with("event: content_block_delta"));
@@ -285,6 +300,42 @@ async fn serve(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     );
     h.insert("cache-control", HeaderValue::from_static("no-cache"));
     r
+}
+
+/// `body` (a capture) reporting `writes` as its cache writes, if given: the
+/// total in every `cache_creation_input_tokens`, the split in every
+/// `cache_creation` object (added beside a total that has none).
+fn with_cache_writes(body: &str, writes: Option<(u64, u64)>) -> String {
+    let Some((five_minutes, one_hour)) = writes else {
+        return body.to_owned();
+    };
+    let total = format!(
+        "\"cache_creation_input_tokens\":{}",
+        five_minutes + one_hour
+    );
+    let split = format!(
+        "\"cache_creation\":{{\"ephemeral_5m_input_tokens\":{five_minutes},\"ephemeral_1h_input_tokens\":{one_hour}}}"
+    );
+    let mut out = String::new();
+    for line in body.split_inclusive('\n') {
+        let mut line = line.to_owned();
+        if let Some(at) = line.find("\"cache_creation_input_tokens\":") {
+            let end = at + line[at..].find([',', '}']).unwrap();
+            line.replace_range(at..end, &total);
+            // `message_delta` carries the total only.
+            if !line.contains("\"message_delta\"") {
+                if let Some(s) = line.find("\"cache_creation\":{") {
+                    let e = s + line[s..].find('}').unwrap() + 1;
+                    line.replace_range(s..e, &split);
+                } else {
+                    line.insert_str(at + total.len(), &format!(",{split}"));
+                }
+            }
+        }
+        out.push_str(&line);
+    }
+    assert!(out.contains(&total), "no usage to rewrite in {body}");
+    out
 }
 
 /// The events of an SSE capture, each with its `\n\n`.

@@ -96,6 +96,11 @@ pub(crate) fn message_id(chat_id: &str) -> String {
 pub(crate) struct Tokens {
     pub input: u64,
     pub cache_creation: u64,
+    /// The part of `cache_creation` written for an hour
+    /// (`cache_creation.ephemeral_1h_input_tokens`), priced apart; `None`
+    /// when the answer does not break its writes down (older API versions,
+    /// an OpenAI upstream).
+    pub cache_creation_1h: Option<u64>,
     pub cache_read: u64,
     pub output: u64,
 }
@@ -122,6 +127,15 @@ impl Tokens {
         if let Some(v) = get("cache_read_input_tokens") {
             self.cache_read = v;
         }
+        // `message_delta` repeats the total of the writes but not always
+        // their breakdown: `message_start`'s is kept then.
+        if let Some(v) = u
+            .get("cache_creation")
+            .and_then(|c| c.get("ephemeral_1h_input_tokens"))
+            .and_then(Value::as_u64)
+        {
+            self.cache_creation_1h = Some(v);
+        }
         if let Some(v) = get("output_tokens") {
             self.output = v;
         }
@@ -140,6 +154,7 @@ impl Tokens {
                 .saturating_sub(cache_read)
                 .saturating_sub(cache_creation),
             cache_creation,
+            cache_creation_1h: None,
             cache_read,
             output: get(usage.get("completion_tokens")),
         }

@@ -8,7 +8,8 @@ use std::collections::HashMap;
 
 /// The event the gateway's translated stream carries, once, as soon as
 /// `message_start` reported the prompt's counts: data
-/// `{"prompt_tokens":N,"cached_tokens":M}` (OpenAI's terms). Anthropic reports
+/// `{"prompt_tokens":N,"cached_tokens":M,"cache_write_tokens":W}` (OpenAI's
+/// terms). Anthropic reports
 /// them at the start while OpenAI's usage chunk comes only at the end, so a
 /// stream cut, failed or abandoned before `message_stop` would otherwise lose
 /// them. The OpenAI relay reads it for the record and never forwards it.
@@ -303,10 +304,12 @@ impl MessagesStreamToChat {
         self.tokens.map(|t| (t.prompt(), t.output))
     }
 
-    /// `(prompt_tokens, cached_tokens)` in OpenAI's terms, as reported so far
-    /// (by `message_start`, before the answer). `None` before `message_start`.
-    pub fn prompt_usage(&self) -> Option<(u64, u64)> {
-        self.tokens.map(|t| (t.prompt(), t.cache_read))
+    /// `(prompt_tokens, cached_tokens, cache_write_tokens)` in OpenAI's terms,
+    /// as reported so far (by `message_start`, before the answer). `None`
+    /// before `message_start`.
+    pub fn prompt_usage(&self) -> Option<(u64, u64, u64)> {
+        self.tokens
+            .map(|t| (t.prompt(), t.cache_read, t.cache_creation))
     }
 
     /// The full OpenAI `usage` object (with cached and cache-write tokens).

@@ -1651,3 +1651,33 @@ fn openai_errors_for_anthropic_clients() {
         );
     }
 }
+
+/// Cache writes for an hour are priced apart from the default five minutes:
+/// their count is read from `usage.cache_creation`, and kept when a later
+/// `message_delta` repeats the total of the writes without the breakdown;
+/// an answer without one (older API versions, OpenAI's usage) has none.
+#[test]
+fn the_one_hour_share_of_cache_writes_is_read_and_kept() {
+    let start = json!({"input_tokens": 20, "cache_creation_input_tokens": 500,
+        "cache_read_input_tokens": 0,
+        "cache_creation": {"ephemeral_5m_input_tokens": 400, "ephemeral_1h_input_tokens": 100},
+        "output_tokens": 1});
+    let mut t = Tokens::from_anthropic(Some(&start));
+    assert_eq!((t.cache_creation, t.cache_creation_1h), (500, Some(100)));
+    let delta = json!({"input_tokens": 20, "cache_creation_input_tokens": 500,
+        "cache_read_input_tokens": 0, "output_tokens": 5});
+    t.update_from_anthropic(Some(&delta));
+    assert_eq!(
+        (t.cache_creation, t.cache_creation_1h, t.output),
+        (500, Some(100), 5)
+    );
+    let older = json!({"input_tokens": 20, "cache_creation_input_tokens": 500, "output_tokens": 5});
+    assert_eq!(Tokens::from_anthropic(Some(&older)).cache_creation_1h, None);
+    let openai = json!({"prompt_tokens": 520, "completion_tokens": 5,
+        "prompt_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 500}});
+    let t = Tokens::from_openai(&openai);
+    assert_eq!(
+        (t.input, t.cache_creation, t.cache_creation_1h),
+        (20, 500, None)
+    );
+}

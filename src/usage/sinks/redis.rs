@@ -12,7 +12,9 @@
 //! * `P:daily:<YYYY-MM-DD>:<reseller>:<tenant>` and
 //!   `P:daily:<YYYY-MM-DD>:<reseller>` (the reseller's total): hashes with
 //!   `requests`, `billable_requests`, `prompt_tokens`, `completion_tokens`,
-//!   `cached_tokens`, `total_tokens`, `estimated_events`, `cost_micros`.
+//!   `cached_tokens`, `total_tokens`, `estimated_events`, `cost_micros`,
+//!   `cache_write_tokens`, `cache_write_1h_tokens` (a count of 0 is not
+//!   added, so a missing field reads as 0).
 //! * `P:seen:<event_id>`: the dedup marker, `SET NX` with a TTL of
 //!   `dedup_ttl_secs` (default 7 days). An event replayed after its marker
 //!   expired would count twice: keep the TTL above the longest outage the
@@ -34,7 +36,8 @@ local ttl = tonumber(ARGV[2])
 local maxlen = tonumber(ARGV[3])
 local added = 0
 local fields = {'requests', 'billable_requests', 'prompt_tokens', 'completion_tokens',
-                'cached_tokens', 'total_tokens', 'estimated_events', 'cost_micros'}
+                'cached_tokens', 'total_tokens', 'estimated_events', 'cost_micros',
+                'cache_write_tokens', 'cache_write_1h_tokens'}
 local i = 4
 while i <= #ARGV do
   local id, day, reseller, tenant, raw = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4]
@@ -46,14 +49,14 @@ while i <= #ARGV do
     end
     local base = prefix .. ':daily:' .. day .. ':' .. reseller
     for _, key in ipairs({base .. ':' .. tenant, base}) do
-      for f = 1, 8 do
+      for f = 1, 10 do
         local n = tonumber(ARGV[i + 4 + f])
         if n ~= 0 then redis.call('HINCRBY', key, fields[f], n) end
       end
     end
     added = added + 1
   end
-  i = i + 13
+  i = i + 15
 end
 return added
 "#;
@@ -113,7 +116,9 @@ impl RedisSink {
                 .arg(e.cached_tokens.unwrap_or(0))
                 .arg(e.total())
                 .arg(u64::from(e.estimated))
-                .arg(e.cost_micros.unwrap_or(0));
+                .arg(e.cost_micros.unwrap_or(0))
+                .arg(e.cache_write_tokens.unwrap_or(0))
+                .arg(e.cache_write_1h_tokens.unwrap_or(0));
         }
         let conn = connection(&self.client, &mut self.conn, self.opts.timeout)?;
         inv.invoke(conn)

@@ -7,7 +7,9 @@
 //!   the reseller's total is the row with `tenant = ''`. They are updated in the
 //!   same transaction as the insert and only when the insert added a row, so a
 //!   replay never counts twice. `unpriced_events` counts events with tokens
-//!   and no price (`cost_micros` null), which `cost_micros` leaves out. A batch's rollup rows are summed in memory
+//!   and no price (`cost_micros` null), which `cost_micros` leaves out;
+//!   `cache_write_tokens` / `cache_write_1h_tokens` the prompt tokens written
+//!   to the provider's cache (and of them for an hour). A batch's rollup rows are summed in memory
 //!   first: one upsert per (period, reseller, tenant) per batch.
 //! * `spool_cursor`: per spool directory, the position through which its
 //!   events are stored, written in the same transaction as the batch (so the
@@ -66,6 +68,8 @@ CREATE VIEW IF NOT EXISTS events AS SELECT
     coalesce(json_extract(raw, '$.prompt_tokens'), 0) AS prompt_tokens,
     coalesce(json_extract(raw, '$.completion_tokens'), 0) AS completion_tokens,
     coalesce(json_extract(raw, '$.cached_tokens'), 0) AS cached_tokens,
+    coalesce(json_extract(raw, '$.cache_write_tokens'), 0) AS cache_write_tokens,
+    coalesce(json_extract(raw, '$.cache_write_1h_tokens'), 0) AS cache_write_1h_tokens,
     coalesce(json_extract(raw, '$.total_tokens'), coalesce(json_extract(raw, '$.prompt_tokens'), 0) + coalesce(json_extract(raw, '$.completion_tokens'), 0)) AS total_tokens,
     coalesce(json_extract(raw, '$.estimated'), 0) AS estimated,
     coalesce(json_extract(raw, '$.stream'), 0) AS stream,
@@ -86,6 +90,8 @@ CREATE TABLE IF NOT EXISTS rollup_daily (
     cached_tokens INTEGER NOT NULL, total_tokens INTEGER NOT NULL,
     estimated_events INTEGER NOT NULL, cost_micros INTEGER NOT NULL,
     unpriced_events INTEGER NOT NULL DEFAULT 0,
+    cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_write_1h_tokens INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (period, reseller, tenant)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS rollup_monthly (
@@ -95,6 +101,8 @@ CREATE TABLE IF NOT EXISTS rollup_monthly (
     cached_tokens INTEGER NOT NULL, total_tokens INTEGER NOT NULL,
     estimated_events INTEGER NOT NULL, cost_micros INTEGER NOT NULL,
     unpriced_events INTEGER NOT NULL DEFAULT 0,
+    cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_write_1h_tokens INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (period, reseller, tenant)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS spool_cursor (
@@ -109,8 +117,8 @@ fn rollup_sql(table: &str) -> String {
     format!(
         "INSERT INTO {table} (period, reseller, tenant, requests, billable_requests, prompt_tokens, \
          completion_tokens, cached_tokens, total_tokens, estimated_events, cost_micros, \
-         unpriced_events) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+         unpriced_events, cache_write_tokens, cache_write_1h_tokens) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
          ON CONFLICT (period, reseller, tenant) DO UPDATE SET \
          requests = requests + excluded.requests, billable_requests = billable_requests + excluded.billable_requests, \
          prompt_tokens = prompt_tokens + excluded.prompt_tokens, \
@@ -119,7 +127,9 @@ fn rollup_sql(table: &str) -> String {
          total_tokens = total_tokens + excluded.total_tokens, \
          estimated_events = estimated_events + excluded.estimated_events, \
          cost_micros = cost_micros + excluded.cost_micros, \
-         unpriced_events = unpriced_events + excluded.unpriced_events"
+         unpriced_events = unpriced_events + excluded.unpriced_events, \
+         cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens, \
+         cache_write_1h_tokens = cache_write_1h_tokens + excluded.cache_write_1h_tokens"
     )
 }
 
@@ -177,45 +187,96 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.execute(EVENT_LINES, [])?;
     migrate_stored_events(&conn)?;
+    drop_outdated_events_view(&conn)?;
     conn.execute_batch(SCHEMA)?;
-    add_unpriced_events(&conn)?;
+    add_rollup_columns(&conn)?;
     Ok(conn)
 }
 
-/// Rollups written before they counted unpriced events get the column, and
-/// their rows the count of their stored events (one pass over the events).
-fn add_unpriced_events(conn: &Connection) -> rusqlite::Result<()> {
-    let has: bool = conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('rollup_monthly') \
-         WHERE name = 'unpriced_events')",
+/// The `events` view of a ledger written before the event's newest fields
+/// is created again (`CREATE VIEW IF NOT EXISTS` keeps an existing one):
+/// its lines hold them, or read as 0 where they do not.
+fn drop_outdated_events_view(conn: &Connection) -> rusqlite::Result<()> {
+    let outdated: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'view' AND name = 'events') \
+         AND NOT EXISTS (SELECT 1 FROM pragma_table_info('events') \
+             WHERE name = 'cache_write_1h_tokens')",
         [],
         |r| r.get(0),
     )?;
-    if has {
+    if outdated {
+        conn.execute_batch("DROP VIEW events")?;
+    }
+    Ok(())
+}
+
+/// The rollup columns added after ledgers were first written, each with
+/// what one event adds to it (SQL over the `events` view).
+const ADDED_ROLLUP_COLUMNS: [(&str, &str); 3] = [
+    // Tokens without a price: the cost is short of them.
+    (
+        "unpriced_events",
+        "cost_micros IS NULL AND total_tokens > 0",
+    ),
+    ("cache_write_tokens", "cache_write_tokens"),
+    ("cache_write_1h_tokens", "cache_write_1h_tokens"),
+];
+
+/// Rollups written before some of [`ADDED_ROLLUP_COLUMNS`] existed get those
+/// columns, and their rows the sums of their stored events (one pass over
+/// the events for all of them, in one transaction).
+fn add_rollup_columns(conn: &Connection) -> rusqlite::Result<()> {
+    let mut missing = Vec::new();
+    for (column, per_event) in ADDED_ROLLUP_COLUMNS {
+        let has: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('rollup_monthly') WHERE name = ?1)",
+            [column],
+            |r| r.get(0),
+        )?;
+        if !has {
+            missing.push((column, per_event));
+        }
+    }
+    if missing.is_empty() {
         return Ok(());
     }
-    // Each rollup row gets its tenant's count; a reseller's total row
-    // (tenant '') the sum of its tenants'.
-    let mut sql = String::from(
-        "BEGIN IMMEDIATE;
-         ALTER TABLE rollup_daily ADD COLUMN unpriced_events INTEGER NOT NULL DEFAULT 0;
-         ALTER TABLE rollup_monthly ADD COLUMN unpriced_events INTEGER NOT NULL DEFAULT 0;
-         CREATE TEMP TABLE unpriced AS SELECT day, month, reseller, tenant, COUNT(*) AS n
-             FROM events WHERE cost_micros IS NULL AND total_tokens > 0
-             GROUP BY day, month, reseller, tenant;",
-    );
+    let mut sql = String::from("BEGIN IMMEDIATE;");
+    for (column, _) in &missing {
+        for table in ["rollup_daily", "rollup_monthly"] {
+            sql.push_str(&format!(
+                "ALTER TABLE {table} ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0;"
+            ));
+        }
+    }
+    let sums = |f: &dyn Fn(usize, &str, &str) -> String| {
+        missing
+            .iter()
+            .enumerate()
+            .map(|(i, (column, per_event))| f(i, column, per_event))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    sql.push_str(&format!(
+        "CREATE TEMP TABLE added AS SELECT day, month, reseller, tenant, {}
+             FROM events GROUP BY day, month, reseller, tenant;",
+        sums(&|i, _, per_event| format!("SUM({per_event}) AS n{i}"))
+    ));
+    // Each rollup row gets its tenant's sums; a reseller's total row
+    // (tenant '') the sums of its tenants'.
+    let of_added = sums(&|i, _, _| format!("SUM(n{i}) AS n{i}"));
+    let set = sums(&|i, column, _| format!("{column} = u.n{i}"));
     for (table, period) in [("rollup_daily", "day"), ("rollup_monthly", "month")] {
         sql.push_str(&format!(
-            "UPDATE {table} SET unpriced_events = u.n FROM
-                 (SELECT {period} AS period, reseller, tenant, SUM(n) AS n FROM temp.unpriced
+            "UPDATE {table} SET {set} FROM
+                 (SELECT {period} AS period, reseller, tenant, {of_added} FROM temp.added
                       WHERE tenant != '' GROUP BY 1, 2, 3
                   UNION ALL
-                  SELECT {period}, reseller, '', SUM(n) FROM temp.unpriced GROUP BY 1, 2) AS u
+                  SELECT {period}, reseller, '', {of_added} FROM temp.added GROUP BY 1, 2) AS u
                  WHERE {table}.period = u.period AND {table}.reseller = u.reseller
                  AND {table}.tenant = u.tenant;"
         ));
     }
-    sql.push_str("DROP TABLE temp.unpriced; COMMIT;");
+    sql.push_str("DROP TABLE temp.added; COMMIT;");
     conn.execute_batch(&sql)
 }
 
@@ -270,6 +331,8 @@ struct Sums {
     estimated: i64,
     cost: i64,
     unpriced: i64,
+    cache_write: i64,
+    cache_write_1h: i64,
 }
 
 pub struct SqliteSink {
@@ -378,6 +441,8 @@ fn finish<'e, 'a: 'e>(
         let prompt = e.prompt_tokens.unwrap_or(0) as i64;
         let completion = e.completion_tokens.unwrap_or(0) as i64;
         let cached = e.cached_tokens.unwrap_or(0) as i64;
+        let cache_write = e.cache_write_tokens.unwrap_or(0) as i64;
+        let cache_write_1h = e.cache_write_1h_tokens.unwrap_or(0) as i64;
         let total = e.total() as i64;
         for (daily, period) in [(true, e.day()), (false, e.month())] {
             for tenant in [&*e.tenant, ""] {
@@ -394,6 +459,8 @@ fn finish<'e, 'a: 'e>(
                 r.cost += e.cost_micros.unwrap_or(0) as i64;
                 // Tokens without a price: the cost above is short of them.
                 r.unpriced += i64::from(e.cost_micros.is_none() && total > 0);
+                r.cache_write += cache_write;
+                r.cache_write_1h += cache_write_1h;
             }
         }
     }
@@ -415,6 +482,8 @@ fn finish<'e, 'a: 'e>(
                 r.estimated,
                 r.cost,
                 r.unpriced,
+                r.cache_write,
+                r.cache_write_1h,
             ])?;
         }
         if let (Some(spool), Some(pos)) = (spool, through) {
@@ -482,6 +551,11 @@ pub struct Rollup {
     /// Events with tokens but no price (`cost_micros` null): `cost_micros`
     /// does not include them.
     pub unpriced_events: u64,
+    /// Prompt tokens written to the provider's cache (part of
+    /// `prompt_tokens`), priced above the input price...
+    pub cache_write_tokens: u64,
+    /// ...and of them those written for an hour, priced higher still.
+    pub cache_write_1h_tokens: u64,
 }
 
 /// The monthly rollups of `reseller`'s tenants (`tenant = ''`, the reseller's
@@ -494,7 +568,8 @@ pub fn monthly_rollups(
 ) -> rusqlite::Result<Vec<Rollup>> {
     let mut stmt = conn.prepare_cached(
         "SELECT tenant, requests, billable_requests, prompt_tokens, completion_tokens, cached_tokens, \
-         total_tokens, estimated_events, cost_micros, unpriced_events FROM rollup_monthly \
+         total_tokens, estimated_events, cost_micros, unpriced_events, cache_write_tokens, \
+         cache_write_1h_tokens FROM rollup_monthly \
          WHERE period = ?1 AND reseller = ?2 AND tenant != '' AND (?3 IS NULL OR tenant = ?3) \
          ORDER BY tenant",
     )?;
@@ -511,6 +586,8 @@ pub fn monthly_rollups(
             estimated_events: n(7)?,
             cost_micros: n(8)?,
             unpriced_events: n(9)?,
+            cache_write_tokens: n(10)?,
+            cache_write_1h_tokens: n(11)?,
         })
     })?;
     rows.collect()
@@ -879,5 +956,82 @@ mod tests {
         drop(sink);
         let reopened = SqliteSink::open(&path).unwrap();
         assert_eq!(unpriced(&reopened.conn), want);
+    }
+
+    /// A ledger written before cache writes were recorded: its `events` view
+    /// is created again with the new columns, and its rollups get them,
+    /// summed from the events (tenant rows and the reseller's), lines without
+    /// the fields counting 0.
+    #[test]
+    fn older_ledgers_get_cache_writes_in_their_view_and_rollups() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        let line = |id: &str, tenant: &str, day: &str, writes: Option<(u64, u64)>| {
+            let mut v = json!({"event_id": id, "ts": format!("2026-12-{day}T10:00:00Z"),
+                "request_id": id, "reseller": "r", "tenant": tenant, "outcome": "ok",
+                "prompt_tokens": 1000, "completion_tokens": 1, "cost_micros": 1});
+            if let Some((all, hour)) = writes {
+                v["cache_write_tokens"] = json!(all);
+                v["cache_write_1h_tokens"] = json!(hour);
+            }
+            v.to_string()
+        };
+        let lines = [
+            line("e1", "a", "01", Some((400, 100))),
+            line("e2", "a", "02", Some((18, 0))),
+            line("e3", "a", "02", None),
+            line("e4", "b", "02", Some((7, 7))),
+        ];
+        let mut sink = SqliteSink::open(&path).unwrap();
+        sink.insert(&parsed(&lines)).unwrap();
+        let sums = |conn: &Connection| {
+            let tenants: Vec<_> = monthly_rollups(conn, "r", "2026-12", None)
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.tenant, r.cache_write_tokens, r.cache_write_1h_tokens))
+                .collect();
+            let q = |sql: &str| {
+                conn.query_row(sql, [], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+                    .unwrap()
+            };
+            let total = q(
+                "SELECT cache_write_tokens, cache_write_1h_tokens FROM rollup_monthly \
+                 WHERE tenant = ''",
+            );
+            let day = q(
+                "SELECT cache_write_tokens, cache_write_1h_tokens FROM rollup_daily \
+                 WHERE tenant = '' AND period = '2026-12-02'",
+            );
+            let view = q("SELECT SUM(cache_write_tokens), SUM(cache_write_1h_tokens) FROM events");
+            (tenants, total, day, view)
+        };
+        let want = (
+            vec![("a".to_owned(), 418, 100), ("b".to_owned(), 7, 7)],
+            (425, 107),
+            (25, 7),
+            (425, 107),
+        );
+        assert_eq!(sums(&sink.conn), want);
+        // The layout before: a view without the columns, rollups without them.
+        sink.conn
+            .execute_batch(
+                "DROP VIEW events;
+                 CREATE VIEW events AS SELECT event_id, json_extract(raw, '$.ts') AS ts, raw
+                     FROM event_lines;
+                 ALTER TABLE rollup_daily DROP COLUMN cache_write_tokens;
+                 ALTER TABLE rollup_daily DROP COLUMN cache_write_1h_tokens;
+                 ALTER TABLE rollup_monthly DROP COLUMN cache_write_tokens;
+                 ALTER TABLE rollup_monthly DROP COLUMN cache_write_1h_tokens;",
+            )
+            .unwrap();
+        drop(sink);
+        let mut reopened = SqliteSink::open(&path).unwrap();
+        assert_eq!(sums(&reopened.conn), want);
+        // And it counts on.
+        let more = [line("e5", "b", "02", Some((3, 1)))];
+        reopened.insert(&parsed(&more)).unwrap();
+        let (tenants, total, ..) = sums(&reopened.conn);
+        assert_eq!(tenants[1], ("b".to_owned(), 10, 8));
+        assert_eq!(total, (428, 108));
     }
 }
