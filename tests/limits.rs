@@ -1,6 +1,7 @@
 //! Rate limits and quotas, through the `Limiter` API: local buckets (exact
 //! request counts, neighbours, reseller caps, token settlement, concurrency
-//! slots, monthly quota across a restart) and shared limiting on a real
+//! slots, monthly quota across a restart, a month held by requests in flight
+//! told apart from one used up) and shared limiting on a real
 //! `redis-server` started on a free loopback port (two limiters standing for two
 //! gateways; Redis killed and restarted under `fail_open` and `fail_closed`).
 //!
@@ -658,6 +659,27 @@ async fn two_gateways_on_one_redis_admit_the_limit_together_and_not_more() {
     wait_for(|| async { b.admit(&ckey, &climits, 0).await.is_ok() }).await;
 }
 
+/// A level's month in Redis, as admit.lua keeps it (one hash field `q` of
+/// packed doubles: settled, held in this generation, held in the one before,
+/// the generation): (settled, held), or `None` if there is none.
+fn redis_month(r: &mut redis::Connection, key: &str) -> Option<(u64, u64)> {
+    use redis::Commands;
+    let q: Option<Vec<u8>> = r.hget(key, "q").unwrap();
+    let q = q?;
+    assert_eq!(q.len(), 32, "month field {q:?}");
+    let f = |i: usize| f64::from_le_bytes(q[i * 8..i * 8 + 8].try_into().unwrap());
+    Some((f(0) as u64, (f(1) + f(2)) as u64))
+}
+
+/// The key of `tenant`'s month at reseller `acme` (`None`: the reseller's).
+fn month_key(tenant: Option<&str>) -> String {
+    let month = Month::current();
+    match tenant {
+        Some(t) => format!("livery:rl:{{acme}}:t:{t}:m:{month}:q"),
+        None => format!("livery:rl:{{acme}}:r:m:{month}:q"),
+    }
+}
+
 async fn wait_for<F, Fut>(mut ok: F)
 where
     F: FnMut() -> Fut,
@@ -812,7 +834,7 @@ async fn an_admission_answered_too_late_is_undone_in_redis() {
         ..PlanLimits::default()
     });
     let mut r = redis.client();
-    let month = format!("livery:rl:{{acme}}:t:dental:m:{}", Month::current());
+    let month = month_key(Some("dental"));
     let slots = "livery:rl:{acme}:t:dental:c";
     // Connected (a connection being made would time out before sending).
     let first = l.admit(&key, &limits, 0).await.unwrap();
@@ -834,9 +856,10 @@ async fn an_admission_answered_too_late_is_undone_in_redis() {
     sleeper.await.unwrap().unwrap();
     let start = Instant::now();
     loop {
-        let used: Option<i64> = r.get(&month).unwrap();
+        // Neither settled nor reserved.
+        let used = redis_month(&mut r, &month);
         let held: i64 = r.zcard(slots).unwrap();
-        if used == Some(0) && held == 0 {
+        if used == Some((0, 0)) && held == 0 {
             break;
         }
         assert!(
@@ -957,7 +980,6 @@ async fn the_monthly_quota_is_shared_and_seeded_from_the_ledger() {
 /// or Redis counts it twice (900 + 10 + 190 + 1 became 1,291).
 #[tokio::test]
 async fn a_settle_still_on_its_way_is_not_counted_twice_in_the_month() {
-    use redis::Commands;
     let Some(redis) = RedisServer::start("settle_not_counted_twice") else {
         return;
     };
@@ -971,7 +993,7 @@ async fn a_settle_still_on_its_way_is_not_counted_twice_in_the_month() {
         tokens_per_month: Some(1_000_000),
         ..PlanLimits::default()
     });
-    let counter = format!("livery:rl:{{acme}}:t:dental:m:{month}");
+    let counter = month_key(Some("dental"));
     for round in 0..20u64 {
         let mut first = a.admit(&key, &limits, 10).await.unwrap();
         first.settle(200);
@@ -983,13 +1005,15 @@ async fn a_settle_still_on_its_way_is_not_counted_twice_in_the_month() {
         let expected = 900 + (round + 1) * 201;
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let used: Option<u64> = r.get(&counter).unwrap();
-            if used == Some(expected) {
+            // Settled: the first's 200 and the second's estimate (dropped
+            // unsettled); nothing left reserved once both jobs ran.
+            let month = redis_month(&mut r, &counter);
+            if month == Some((expected, 0)) {
                 break;
             }
             assert!(
-                Instant::now() < deadline && used.is_some_and(|u| u < expected),
-                "round {round}: Redis counts {used:?}, expected {expected}"
+                Instant::now() < deadline && month.is_some_and(|(u, _)| u <= expected),
+                "round {round}: Redis counts {month:?}, expected {expected}"
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -1052,19 +1076,20 @@ async fn expired_slots_do_not_count_and_month_counters_always_expire() {
         tokens_per_month: Some(1_000_000),
         ..PlanLimits::default()
     });
-    let month = format!("livery:rl:{{acme}}:t:realty:m:{}", Month::current());
+    let month = month_key(Some("realty"));
     let mut adm = a.admit(&mkey, &quota, 100).await.unwrap();
     let ttl: i64 = r.ttl(&month).unwrap();
     assert!(ttl > 86_400, "ttl {ttl}");
     // The counter vanishes (evicted, or Redis restarted empty) before the
-    // settle: the settle re-creates it, with an expiry too.
+    // settle: the settle re-creates it with the real usage (the reservation
+    // went with it), with an expiry too.
     let _: () = r.del(&month).unwrap();
     adm.settle(150);
     drop(adm);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let used: Option<i64> = r.get(&month).unwrap();
-        if used == Some(50) {
+        let used = redis_month(&mut r, &month);
+        if used == Some((150, 0)) {
             break;
         }
         assert!(Instant::now() < deadline, "month counter {used:?}");
@@ -1191,6 +1216,179 @@ async fn a_settle_from_before_a_raise_keeps_the_raised_bucket_in_redis() {
     };
     let limiter = Limiter::new(settings, Arc::new(NoMonthlyUsage)).unwrap();
     a_settle_from_before_a_raise_keeps_the_raised_bucket(&limiter, window).await;
+}
+
+fn quota(tokens_per_month: u64) -> PlanLimits {
+    PlanLimits {
+        tokens_per_month: Some(tokens_per_month),
+        ..PlanLimits::default()
+    }
+}
+
+/// Asserts `e` is the retryable answer of a month held by requests in flight
+/// (read through the answer, so that it reads the same of the code before
+/// it, which answered the final `insufficient_quota`).
+fn assert_held(e: &LimitRejection) {
+    assert_eq!(e.label(), "monthly_quota_held", "{e:?}");
+    assert_eq!(
+        (e.status().as_u16(), e.code()),
+        (429, "rate_limit_exceeded")
+    );
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(5)));
+    assert_eq!(header(&e.headers(), "x-should-retry"), None);
+}
+
+/// Two gateways on one Redis: a request of tenant `dental` in flight on one
+/// reserves more than its reseller's month has left; tenant `realty`, on the
+/// other, is told to retry in seconds (it was told the month was used up,
+/// which SDKs do not retry), and is admitted once the request settled at its
+/// real usage. The month used up for real is still final.
+#[tokio::test]
+async fn a_month_held_in_redis_by_a_request_in_flight_is_a_retryable_refusal() {
+    let Some(redis) = RedisServer::start("month_held_in_redis") else {
+        return;
+    };
+    let a = shared(&redis, OnRedisError::FailClosed, 2);
+    let b = shared(&redis, OnRedisError::FailClosed, 2);
+    let limits = EffectiveLimits::new(&quota(100_000), &quota(1000));
+    let (dental, realty) = (
+        LimitKey::new("acme", "dental"),
+        LimitKey::new("acme", "realty"),
+    );
+
+    let mut huge = a.admit(&dental, &limits, 5000).await.unwrap();
+    assert!(huge.is_shared());
+    let e = b.admit(&realty, &limits, 26).await.unwrap_err();
+    assert_held(&e);
+    assert_eq!(e.level(), Some(Level::Reseller));
+    // Refused at the reseller's level, it reserved nothing at its own.
+    let mut r = redis.client();
+    assert_eq!(redis_month(&mut r, &month_key(Some("realty"))), None);
+    huge.settle(30);
+    drop(huge);
+    wait_for(|| async {
+        match b.admit(&realty, &limits, 26).await {
+            Ok(mut adm) => {
+                adm.settle(0);
+                true
+            }
+            Err(e) => {
+                assert_held(&e);
+                false
+            }
+        }
+    })
+    .await;
+
+    let mut big = a.admit(&dental, &limits, 900).await.unwrap();
+    big.settle(970);
+    drop(big);
+    wait_for(|| async {
+        match b.admit(&realty, &limits, 1).await {
+            Err(e @ LimitRejection::MonthlyQuota { .. }) => {
+                assert_eq!(e.code(), "insufficient_quota");
+                true
+            }
+            Err(e) => {
+                assert_held(&e);
+                false
+            }
+            // Before the settle lands, 900 are held and 70 free.
+            Ok(mut adm) => {
+                adm.settle(0);
+                false
+            }
+        }
+    })
+    .await;
+    assert_eq!(redis_month(&mut r, &month_key(None)), Some((1000, 0)));
+}
+
+/// A gateway that dies with requests in flight never settles them: their
+/// reservations stop holding the month after one to two generations of
+/// `reservation_hold`, and are not counted as used (the usage of a crashed
+/// gateway's requests is unknown, as the local backend's is after a crash).
+/// They held it until the month's end, refused as used up.
+#[tokio::test]
+async fn a_dead_gateways_reservations_stop_holding_the_month() {
+    let Some(redis) = RedisServer::start("dead_gateway_reservations") else {
+        return;
+    };
+    let hold = Duration::from_millis(400);
+    let gateway = || {
+        let settings = LimiterSettings {
+            backend: Backend::Redis { url: redis.url() },
+            redis_timeout: Duration::from_millis(500),
+            on_redis_error: OnRedisError::FailClosed,
+            reservation_hold: hold,
+            ..LimiterSettings::default()
+        };
+        Limiter::new(settings, Arc::new(NoMonthlyUsage)).unwrap()
+    };
+    let (dead, live) = (gateway(), gateway());
+    let limits = EffectiveLimits::new(&quota(100_000), &quota(1000));
+    let dental = LimitKey::new("acme", "dental");
+    // Forgotten: neither settled nor dropped, as when its process is killed.
+    std::mem::forget(dead.admit(&dental, &limits, 5000).await.unwrap());
+    let realty = LimitKey::new("acme", "realty");
+    let start = Instant::now();
+    assert_held(&live.admit(&realty, &limits, 26).await.unwrap_err());
+    let admitted = loop {
+        match live.admit(&realty, &limits, 26).await {
+            Ok(adm) => break adm,
+            Err(e) => assert_held(&e),
+        }
+        assert!(start.elapsed() < 3 * hold, "still held");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(start.elapsed() >= hold / 2, "released too early");
+    drop(admitted);
+    let mut r = redis.client();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis_month(&mut r, &month_key(None)) != Some((26, 0)) {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            redis_month(&mut r, &month_key(None))
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A rolling upgrade from the month counters before 2026-12-07 (a string per
+/// level and month): the month hash, created at its first admission, starts
+/// from the counter, rather than from this instance's ledger alone.
+#[tokio::test]
+async fn a_month_counted_before_the_upgrade_carries_on() {
+    use redis::Commands;
+    let Some(redis) = RedisServer::start("month_counter_upgrade") else {
+        return;
+    };
+    let mut r = redis.client();
+    let old = month_key(None);
+    let old = old.strip_suffix(":q").unwrap();
+    let _: () = r.set(old, 990).unwrap();
+    let limiter = shared(&redis, OnRedisError::FailClosed, 1);
+    let limits = EffectiveLimits::new(&PlanLimits::default(), &quota(1000));
+    let key = LimitKey::new("acme", "dental");
+    let mut adm = limiter.admit(&key, &limits, 5).await.unwrap();
+    adm.settle(20);
+    drop(adm);
+    wait_for(|| async {
+        match limiter.admit(&key, &limits, 1).await {
+            Err(LimitRejection::MonthlyQuota { used, .. }) => {
+                assert_eq!(used, 1010);
+                true
+            }
+            // Before the settle lands: 990 settled, 5 held.
+            Ok(mut adm) => {
+                adm.settle(0);
+                false
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    })
+    .await;
 }
 
 // ------------------------------------------- one tenant id at two resellers

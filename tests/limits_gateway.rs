@@ -3,7 +3,8 @@
 //! `x-ratelimit-*` headers on every answer), neighbours unaffected, the
 //! reseller's cap, token settlement against real usage, concurrency slots
 //! returned after clients vanish mid-stream, the monthly quota across a restart
-//! (read back from the SQLite ledger), and two gateways sharing one Redis.
+//! (read back from the SQLite ledger), a month held by a request in flight
+//! answered as retryable (local and Redis), and two gateways sharing one Redis.
 
 use crate::limits::RedisServer;
 use crate::support::*;
@@ -464,4 +465,122 @@ async fn redis_dying_under_a_gateway_fails_open_or_closed_as_configured_and_reco
     drop(app);
     open.shutdown().await;
     closed.shutdown().await;
+}
+
+/// Sends `body` as tenant `key` until it is served, for as long as it is
+/// refused only because the month is held by requests in flight (their
+/// settles may still be on their way to Redis); returns the answer's usage.
+async fn served_once_released(gw: &TestGateway, key: &str, body: &Value) -> u64 {
+    let start = Instant::now();
+    loop {
+        let resp = send(gw, key, body).await;
+        if resp.status() == 200 {
+            let v: Value = resp.json().await.unwrap();
+            return v["usage"]["total_tokens"].as_u64().unwrap();
+        }
+        assert_eq!(resp.status(), 429);
+        let err = error_of(resp).await;
+        assert_eq!(err["code"], "rate_limit_exceeded", "{err}");
+        assert!(start.elapsed() < Duration::from_secs(5), "still {err}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Tenant `one` sends a request with a huge `max_tokens` that stays in
+/// flight: its reservation holds the whole of the reseller's month. Tenant
+/// `two` was answered `insufficient_quota` ("monthly quota exhausted", retry
+/// when the month ends), which OpenAI's SDKs do not retry, though almost
+/// nothing was used; it gets a retryable 429 `rate_limit_exceeded` with a
+/// wait of seconds, and is served once the request settles at its real
+/// usage. The month really used up is still `insufficient_quota`.
+async fn a_month_held_in_flight_is_retried_not_final(gw: &TestGateway) {
+    let app = gw.gateway.as_ref().unwrap().app().clone();
+    let before = app.limiter.stats().admitted_total;
+    let huge = json!({"model": "demo", "max_tokens": 5000, "mock": {"delay_ms": 1500},
+                      "messages": [{"role": "user", "content": "Say hello."}]});
+    let (first, ()) = tokio::join!(send(gw, KEYS[0], &huge), async {
+        let start = Instant::now();
+        while app.limiter.stats().admitted_total == before {
+            assert!(start.elapsed() < Duration::from_secs(5), "never admitted");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let resp = send(gw, KEYS[1], &body()).await;
+        assert_eq!(resp.status(), 429);
+        assert_eq!(header(&resp, "retry-after").as_deref(), Some("5"));
+        assert_eq!(header(&resp, "retry-after-ms").as_deref(), Some("5000"));
+        assert_eq!(header(&resp, "x-should-retry"), None);
+        // The per-minute headers as on any refusal.
+        assert_eq!(
+            header(&resp, "x-ratelimit-limit-tokens").as_deref(),
+            Some("100000")
+        );
+        let err = error_of(resp).await;
+        assert_eq!(err["code"], "rate_limit_exceeded", "{err}");
+        assert_eq!(err["type"], "tokens_per_month", "{err}");
+        let message = err["message"].as_str().unwrap();
+        assert!(
+            message.contains("reserved by requests in flight")
+                && message.contains("shared by this service's accounts"),
+            "{message}"
+        );
+    });
+    assert_eq!(first.status(), 200);
+    let v: Value = first.json().await.unwrap();
+    let mut used = v["usage"]["total_tokens"].as_u64().unwrap();
+    assert!(used < 100, "{used}");
+    used += served_once_released(gw, KEYS[1], &body()).await;
+
+    // What the month has left, all of it used for real.
+    let rest = 1000 - used;
+    let fill = json!({"model": "demo", "max_tokens": rest, "mock": {"chunks": rest},
+                      "messages": [{"role": "user", "content": "Say hello."}]});
+    used += served_once_released(gw, KEYS[0], &fill).await;
+    assert!(used >= 1000, "{used}");
+    let start = Instant::now();
+    let err = loop {
+        let resp = send(gw, KEYS[1], &body()).await;
+        assert_eq!(resp.status(), 429);
+        let final_answer = header(&resp, "x-should-retry").as_deref() == Some("false");
+        let err = error_of(resp).await;
+        if final_answer {
+            break err;
+        }
+        // The fill's settle on its way to Redis.
+        assert_eq!(err["code"], "rate_limit_exceeded", "{err}");
+        assert!(start.elapsed() < Duration::from_secs(5), "still {err}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(err["code"], "insufficient_quota", "{err}");
+    assert_eq!(err["type"], "insufficient_quota", "{err}");
+}
+
+const HELD_PLANS: (&str, &str) = (
+    "tokens_per_minute = 100000",
+    "tokens_per_month = 1000\ntokens_per_minute = 1000000",
+);
+
+#[tokio::test]
+async fn a_month_held_by_a_request_in_flight_is_retried_not_final() {
+    let (small, cap) = HELD_PLANS;
+    let gw = TestGateway::start(&config(small, Some(cap), "")).await;
+    a_month_held_in_flight_is_retried_not_final(&gw).await;
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_month_held_in_redis_by_a_request_in_flight_is_retried_not_final() {
+    let Some(redis) = RedisServer::start("month_held_in_redis") else {
+        return;
+    };
+    let limits = format!(
+        "[limits]\nbackend = \"redis\"\nredis_url = \"{}\"\nredis_timeout_ms = 500\non_redis_error = \"fail_closed\"\n",
+        redis.url()
+    );
+    let (small, cap) = HELD_PLANS;
+    let gw = TestGateway::start(&config(small, Some(cap), &limits)).await;
+    a_month_held_in_flight_is_retried_not_final(&gw).await;
+    let app = gw.gateway.as_ref().unwrap().app().clone();
+    assert_eq!(app.limiter.stats().backend, "redis");
+    drop(app);
+    gw.shutdown().await;
 }

@@ -42,6 +42,22 @@ pub enum LimitRejection {
         retry_after: Duration,
         headers: RateHeaders,
     },
+    /// The month is not used up, but what it has left is reserved by
+    /// requests in flight (their estimates: prompt and `max_tokens`). They
+    /// settle at their real usage and give the rest back, so this one may
+    /// pass in a while: OpenAI's retryable `rate_limit_exceeded`, not the
+    /// final `insufficient_quota`, which SDKs do not retry.
+    #[error("tokens per month: quota {limit} held by requests in flight ({requested} requested)")]
+    MonthlyQuotaHeld {
+        level: Level,
+        limit: u64,
+        requested: u64,
+        /// The request reserves more than the month has left (not settled):
+        /// it passes only once nothing else holds any of it.
+        more_than_left: bool,
+        retry_after: Duration,
+        headers: RateHeaders,
+    },
     #[error("the shared rate limiter is unavailable")]
     BackendUnavailable,
 }
@@ -53,28 +69,32 @@ impl LimitRejection {
             Self::Requests { .. }
             | Self::Tokens { .. }
             | Self::Concurrency { .. }
-            | Self::MonthlyQuota { .. } => StatusCode::TOO_MANY_REQUESTS,
+            | Self::MonthlyQuota { .. }
+            | Self::MonthlyQuotaHeld { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
     /// OpenAI's error `type`: the limit that was hit (OpenAI itself sends
-    /// `requests` and `tokens`), or, for the monthly quota, OpenAI's own
-    /// `insufficient_quota`, which SDKs and clients already treat as final.
+    /// `requests` and `tokens`), or, for the monthly quota used up, OpenAI's
+    /// own `insufficient_quota`, which SDKs and clients already treat as
+    /// final (a quota only held by requests in flight is not final).
     pub fn error_type(&self) -> &'static str {
         match self {
             Self::Requests { .. } => "requests",
             Self::Tokens { .. } => "tokens",
             Self::Concurrency { .. } => "concurrent_requests",
             Self::MonthlyQuota { .. } => "insufficient_quota",
+            Self::MonthlyQuotaHeld { .. } => "tokens_per_month",
             Self::BackendUnavailable => "server_error",
         }
     }
 
     pub fn code(&self) -> &'static str {
         match self {
-            Self::Requests { .. } | Self::Tokens { .. } | Self::Concurrency { .. } => {
-                "rate_limit_exceeded"
-            }
+            Self::Requests { .. }
+            | Self::Tokens { .. }
+            | Self::Concurrency { .. }
+            | Self::MonthlyQuotaHeld { .. } => "rate_limit_exceeded",
             Self::MonthlyQuota { .. } => "insufficient_quota",
             Self::BackendUnavailable => "rate_limiter_unavailable",
         }
@@ -87,6 +107,7 @@ impl LimitRejection {
             Self::Tokens { .. } => "tokens",
             Self::Concurrency { .. } => "concurrency",
             Self::MonthlyQuota { .. } => "monthly_quota",
+            Self::MonthlyQuotaHeld { .. } => "monthly_quota_held",
             Self::BackendUnavailable => "backend_unavailable",
         }
     }
@@ -96,7 +117,8 @@ impl LimitRejection {
             Self::Requests { level, .. }
             | Self::Tokens { level, .. }
             | Self::Concurrency { level, .. }
-            | Self::MonthlyQuota { level, .. } => Some(*level),
+            | Self::MonthlyQuota { level, .. }
+            | Self::MonthlyQuotaHeld { level, .. } => Some(*level),
             Self::BackendUnavailable => None,
         }
     }
@@ -106,7 +128,8 @@ impl LimitRejection {
             Self::Requests { retry_after, .. }
             | Self::Tokens { retry_after, .. }
             | Self::Concurrency { retry_after, .. }
-            | Self::MonthlyQuota { retry_after, .. } => Some(*retry_after),
+            | Self::MonthlyQuota { retry_after, .. }
+            | Self::MonthlyQuotaHeld { retry_after, .. } => Some(*retry_after),
             Self::BackendUnavailable => Some(Duration::from_secs(1)),
         }
     }
@@ -116,7 +139,8 @@ impl LimitRejection {
             Self::Requests { headers, .. }
             | Self::Tokens { headers, .. }
             | Self::Concurrency { headers, .. }
-            | Self::MonthlyQuota { headers, .. } => *headers,
+            | Self::MonthlyQuota { headers, .. }
+            | Self::MonthlyQuotaHeld { headers, .. } => *headers,
             Self::BackendUnavailable => RateHeaders::default(),
         }
     }
@@ -165,6 +189,23 @@ impl LimitRejection {
             Self::MonthlyQuota { level, limit, .. } => format!(
                 "You exceeded your monthly token quota{}: Limit {limit}. It renews at the start of the next month (UTC).",
                 whose(level)
+            ),
+            Self::MonthlyQuotaHeld {
+                level,
+                limit,
+                requested,
+                more_than_left,
+                retry_after,
+                ..
+            } => format!(
+                "The rest of this month's token quota{} is reserved by requests in flight: Limit {limit}, Requested {requested}. They give back what they do not use when they finish. Please try again in {}.{}",
+                whose(level),
+                wait(retry_after),
+                if *more_than_left {
+                    " This request reserves more tokens than the month has left (its prompt and max_tokens): it is admitted only when no other request holds any of it. Lower max_tokens to be admitted sooner."
+                } else {
+                    ""
+                }
             ),
             Self::BackendUnavailable => {
                 "Rate limits cannot be checked right now. Please try again shortly.".into()

@@ -71,9 +71,40 @@ impl Bucket {
     }
 }
 
+/// What an admission of `estimate` tokens needs of a month with `free`
+/// tokens not settled: its estimate, or all that is free if it reserves more
+/// (its `max_tokens` is an upper bound, not usage). As with a token bucket
+/// (a request larger than the limit passes when it is full), such a request
+/// is admitted when no other reservation holds any of the month, rather than
+/// refused while the month is not used up.
+pub(crate) fn month_need(estimate: u64, free: u64) -> u64 {
+    estimate.min(free)
+}
+
+/// The wait told with a month held by requests in flight. Nothing says when
+/// they end: a few seconds is a retry that costs an admission and no upstream
+/// call, spaced so that an OpenAI SDK's two default retries (it honours up to
+/// 60 s) span about ten seconds, the length of a typical completion.
+pub(crate) const MONTH_HELD_RETRY_MS: f64 = 5000.0;
+
 /// Time until a bucket of `cap` per `window_ms` at `level` holds `need`.
 pub(crate) fn wait_ms(need: f64, level: f64, cap: f64, window_ms: f64) -> f64 {
     ((need - level).max(0.0) * window_ms / cap).ceil()
+}
+
+/// One level's month: what is settled apart from what is reserved by
+/// requests still in flight. Apart, because a month whose quota is held by
+/// reservations is not used up: those requests settle at their real usage,
+/// usually far below their `max_tokens`, and a request refused meanwhile is
+/// told to retry, not that the month is over.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MonthCount {
+    month: Month,
+    /// Real tokens settled, plus the estimates of admissions dropped
+    /// unsettled (usage may have happened that nobody reported).
+    used: u64,
+    /// Estimates of this process's admissions in `month` not settled yet.
+    held: u64,
 }
 
 #[derive(Debug, Default)]
@@ -81,9 +112,8 @@ pub(crate) struct State {
     requests: Option<Bucket>,
     tokens: Option<Bucket>,
     in_flight: u64,
-    /// Tokens counted in the month (real usage, plus in-flight estimates).
-    month: Option<(Month, u64)>,
-    /// Settle corrections in `month` that Redis has not been sent yet (their
+    month: Option<MonthCount>,
+    /// Settled tokens in `month` that Redis has not been sent yet (their
     /// jobs are queued): the count offered to seed Redis leaves them out, or
     /// the job would add them a second time.
     unsent: i64,
@@ -107,11 +137,16 @@ impl State {
         }
     }
 
+    fn month_count(&self, month: Month) -> Option<&MonthCount> {
+        self.month.as_ref().filter(|c| c.month == month)
+    }
+
     fn month_used(&self, month: Month) -> u64 {
-        match self.month {
-            Some((m, used)) if m == month => used,
-            _ => 0,
-        }
+        self.month_count(month).map_or(0, |c| c.used)
+    }
+
+    fn month_held(&self, month: Month) -> u64 {
+        self.month_count(month).map_or(0, |c| c.held)
     }
 
     fn view(&self, plan: &PlanLimits, window_ms: f64) -> LevelView {
@@ -134,6 +169,13 @@ impl State {
                 .tokens_per_month
                 .filter(|&q| self.month_used(c.month) >= q)
                 .map(|q| (q, 0.0)),
+            Check::MonthHeld => {
+                let q = plan.tokens_per_month?;
+                let free = q.saturating_sub(self.month_used(c.month));
+                let held = self.month_held(c.month);
+                (held.saturating_add(month_need(c.estimate, free)) > free)
+                    .then_some((q, MONTH_HELD_RETRY_MS))
+            }
             Check::Requests => {
                 let (cap, b) = plan.requests_per_minute.zip(self.requests)?;
                 (b.level < 1.0).then(|| (cap, wait_ms(1.0, b.level, cap as f64, c.window_ms)))
@@ -158,8 +200,16 @@ impl State {
             b.level -= c.estimate as f64;
         }
         if plan.tokens_per_month.is_some() {
-            let used = self.month_used(c.month).saturating_add(c.estimate);
-            self.month = Some((c.month, used));
+            match self.month.as_mut().filter(|m| m.month == c.month) {
+                Some(m) => m.held = m.held.saturating_add(c.estimate),
+                None => {
+                    self.month = Some(MonthCount {
+                        month: c.month,
+                        used: 0,
+                        held: c.estimate,
+                    })
+                }
+            }
         }
         let slot = plan.max_concurrent.is_some();
         if slot {
@@ -190,25 +240,37 @@ impl Entry {
     /// Seeds the month's count from the durable source the first time it is
     /// needed (read outside the lock: it may be a database query).
     fn seed_month(&self, month: Month, read: impl FnOnce() -> u64) {
-        if matches!(self.lock().month, Some((m, _)) if m == month) {
+        if matches!(self.lock().month, Some(c) if c.month == month) {
             return;
         }
         let total = read();
         self.observe_month(month, total);
     }
 
-    /// Raises the month's count to `total` if it is lower (counts only grow).
+    /// Raises the month's settled count to `total` if it is lower (counts
+    /// only grow). A new month starts with nothing held: the reservations of
+    /// the one before settle into it, not into this one.
     pub(crate) fn observe_month(&self, month: Month, total: u64) {
         let mut s = self.lock();
         match &mut s.month {
-            Some((m, used)) if *m == month => *used = (*used).max(total),
-            Some((m, _)) if *m > month => {}
-            other => *other = Some((month, total)),
+            Some(c) if c.month == month => c.used = c.used.max(total),
+            Some(c) if c.month > month => {}
+            other => {
+                *other = Some(MonthCount {
+                    month,
+                    used: total,
+                    held: 0,
+                })
+            }
         }
     }
 
     pub(crate) fn month_used(&self, month: Month) -> u64 {
         self.lock().month_used(month)
+    }
+
+    pub(crate) fn month_held(&self, month: Month) -> u64 {
+        self.lock().month_held(month)
     }
 
     /// The month's count as a seed for Redis's counter: without the
@@ -219,11 +281,11 @@ impl Entry {
             .saturating_add_signed(s.unsent.saturating_neg())
     }
 
-    /// A correction counted in [`Entry::settle`] with `for_redis` has reached
-    /// Redis, or will not: it is no longer left out of the seed.
-    pub(crate) fn correction_sent(&self, diff: i64) {
+    /// Tokens counted in [`Entry::settle`] with `for_redis` have reached
+    /// Redis, or will not: they are no longer left out of the seed.
+    pub(crate) fn correction_sent(&self, tokens: i64) {
         let mut s = self.lock();
-        s.unsent = s.unsent.saturating_sub(diff);
+        s.unsent = s.unsent.saturating_sub(tokens);
     }
 
     pub(crate) fn in_flight(&self) -> u64 {
@@ -235,16 +297,26 @@ impl Entry {
         s.in_flight = s.in_flight.saturating_sub(1);
     }
 
-    /// Corrects an admission's estimate by `diff` (real − estimate) tokens.
+    /// Settles an admission of `estimate` tokens in `month` with `actual`:
+    /// the token bucket is charged the difference (or refunded), the month
+    /// counts `actual` as settled and no longer holds the estimate (`plan`
+    /// is the admission's: a level it reserved nothing in, say before a
+    /// reload gave it a quota, has nothing to give back). A month other than
+    /// the one counted here (the admission's is over) is left alone.
     /// `for_redis`: the admission was Redis's, which holds the buckets and
-    /// gets the correction through a queued job; this instance only keeps its
-    /// view of the month, and counts the correction as unsent until
-    /// [`Entry::correction_sent`]. True if it did (the month it belongs to
-    /// is the one counted here).
+    /// the reservation and gets the settle through a queued job; this
+    /// instance only keeps its view of the month's settled tokens, and
+    /// counts `actual` as unsent until [`Entry::correction_sent`]. True if
+    /// it did (the month it belongs to is the one counted here).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the admission's figures, passed apart so that the Redis path builds no struct"
+    )]
     pub(crate) fn settle(
         &self,
         plan: &PlanLimits,
-        diff: i64,
+        actual: u64,
+        estimate: u64,
         month: Month,
         window_ms: f64,
         now: f64,
@@ -253,66 +325,73 @@ impl Entry {
         let mut s = self.lock();
         if !for_redis {
             if let (Some(cap), Some(b)) = (plan.tokens_per_minute, s.tokens.as_mut()) {
-                b.settle(cap as f64, window_ms, now, diff);
+                // Both are at most MAX_TOKENS: the difference fits either way.
+                b.settle(cap as f64, window_ms, now, actual as i64 - estimate as i64);
             }
         }
-        let counted = match s.month.as_mut() {
-            Some((m, used)) if *m == month => {
-                *used = used.saturating_add_signed(diff);
+        let counted = match s.month.as_mut().filter(|c| c.month == month) {
+            Some(c) => {
+                c.used = c.used.saturating_add(actual);
+                if !for_redis && plan.tokens_per_month.is_some() {
+                    c.held = c.held.saturating_sub(estimate);
+                }
                 true
             }
-            _ => false,
+            None => false,
         };
         let unsent = counted && for_redis;
         if unsent {
-            s.unsent = s.unsent.saturating_add(diff);
+            s.unsent = s.unsent.saturating_add(actual as i64);
         }
         unsent
     }
 }
 
-/// A settle correction on its way to Redis, counted as unsent in the entries
-/// it was applied to until dropped: with the job that carries it, once the job
-/// is done or given up (a failed or dropped job's correction then reaches
+/// Settled tokens on their way to Redis, counted as unsent in the entries
+/// they were applied to until dropped: with the job that carries them, once
+/// the job is done or given up (a failed or dropped job's tokens then reach
 /// Redis through the next seed, as any count Redis lacks does).
 pub(crate) struct UnsentCorrection {
     entries: [Option<Arc<Entry>>; 2],
-    diff: i64,
+    tokens: i64,
 }
 
 impl UnsentCorrection {
-    /// For `entries` that [`Entry::settle`] counted `diff` in, `for_redis`.
-    pub(crate) fn new(entries: [Option<Arc<Entry>>; 2], diff: i64) -> Self {
-        Self { entries, diff }
+    /// For `entries` that [`Entry::settle`] counted `tokens` in, `for_redis`.
+    pub(crate) fn new(entries: [Option<Arc<Entry>>; 2], tokens: i64) -> Self {
+        Self { entries, tokens }
     }
 
-    /// Counts the settle correction `diff` of a Redis admission of `key` in
-    /// `month` in this instance's view of each level's month
-    /// ([`Entry::settle`], `for_redis`), and holds it as unsent in the
-    /// entries that counted it, only: one whose month is another (the
-    /// admission's month is over) or not counted here never added it, and
-    /// taking it out again when sent would skew its seeds for good.
+    /// Counts the `actual` tokens a Redis admission of `key` in `month`
+    /// settles with in this instance's view of each level's month
+    /// ([`Entry::settle`], `for_redis`), and holds them as unsent in the
+    /// entries that counted them, only: one whose month is another (the
+    /// admission's month is over) or not counted here never added them, and
+    /// taking them out again when sent would skew its seeds for good.
     pub(crate) fn settle(
         local: &LocalBackend,
         key: &LimitKey,
         limits: &EffectiveLimits,
-        diff: i64,
+        actual: u64,
         month: Month,
     ) -> Self {
         let (window, now) = (local.window_ms(), local.now_ms());
         let entries = Level::BOTH.map(|level| {
             let e = local.existing(key, level)?;
-            e.settle(limits.level(level), diff, month, window, now, true)
+            e.settle(limits.level(level), actual, 0, month, window, now, true)
                 .then_some(e)
         });
-        Self { entries, diff }
+        Self {
+            entries,
+            tokens: actual as i64,
+        }
     }
 }
 
 impl Drop for UnsentCorrection {
     fn drop(&mut self) {
         for e in self.entries.iter().flatten() {
-            e.correction_sent(self.diff);
+            e.correction_sent(self.tokens);
         }
     }
 }
@@ -320,7 +399,7 @@ impl Drop for UnsentCorrection {
 impl std::fmt::Debug for UnsentCorrection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UnsentCorrection")
-            .field("diff", &self.diff)
+            .field("tokens", &self.tokens)
             .finish()
     }
 }

@@ -13,6 +13,11 @@
 //!   it comes back on every exit path: finish, error, client gone, panic);
 //! - the **monthly quota** (real tokens per calendar month, UTC), seeded from the
 //!   durable usage ledger through [`MonthlyUsageSource`] so it survives restarts.
+//!   The month's settled tokens and the estimates still reserved by requests
+//!   in flight are counted apart: settled tokens at the quota are a final
+//!   answer (`insufficient_quota`), a quota held only by reservations a
+//!   retryable one ([`LimitRejection::MonthlyQuotaHeld`]), since those
+//!   requests settle at their real usage.
 //!
 //! Counting is local ([`local`], the default) or shared by every gateway
 //! instance through Redis ([`redis`], one Lua script per admission). When Redis
@@ -86,6 +91,13 @@ pub struct LimiterSettings {
     pub probe_interval: Duration,
     /// Prefix of every Redis key.
     pub key_prefix: String,
+    /// With Redis, how long a reservation holds its month at least (and at
+    /// most twice that): reservations are counted in two generations of
+    /// this length, and one two generations old is dropped, so a gateway
+    /// that died with requests in flight does not hold its tenants' months
+    /// for good. Longer than any request (the default request deadline is
+    /// 10 minutes); every instance on one Redis must use the same.
+    pub reservation_hold: Duration,
 }
 
 impl Default for LimiterSettings {
@@ -99,6 +111,7 @@ impl Default for LimiterSettings {
             concurrency_lease: Duration::from_secs(30),
             probe_interval: Duration::from_secs(1),
             key_prefix: "livery:rl:".into(),
+            reservation_hold: Duration::from_secs(600),
         }
     }
 }
@@ -132,15 +145,21 @@ impl LimiterSettings {
 /// The order in which limits are checked; the first one hit is reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Check {
+    /// The month's settled tokens reached the quota: final.
     Month,
+    /// What the month has left is held by requests in flight: retryable.
+    /// After [`Check::Month`] at both levels, so a level used up is told
+    /// even if the other is only held.
+    MonthHeld,
     Requests,
     Tokens,
     Concurrency,
 }
 
 impl Check {
-    pub(crate) const ORDER: [Check; 4] = [
+    pub(crate) const ORDER: [Check; 5] = [
         Check::Month,
+        Check::MonthHeld,
         Check::Requests,
         Check::Tokens,
         Check::Concurrency,
@@ -164,6 +183,14 @@ impl Check {
                 limit,
                 used,
                 retry_after: month.remaining(),
+                headers,
+            },
+            Check::MonthHeld => LimitRejection::MonthlyQuotaHeld {
+                level,
+                limit,
+                requested,
+                more_than_left: requested > limit.saturating_sub(used),
+                retry_after,
                 headers,
             },
             Check::Requests => LimitRejection::Requests {
@@ -192,7 +219,7 @@ impl Check {
 #[derive(Default)]
 struct Counters {
     admitted: AtomicU64,
-    rejected: [AtomicU64; 5],
+    rejected: [AtomicU64; REJECTION_LABELS.len()],
 }
 
 /// The most tokens an admission reserves or a settlement counts. A client's
@@ -205,11 +232,12 @@ struct Counters {
 /// scripts handle an exact integer and every difference within `i64`.
 pub const MAX_TOKENS: u64 = 1 << 32;
 
-const REJECTION_LABELS: [&str; 5] = [
+const REJECTION_LABELS: [&str; 6] = [
     "requests",
     "tokens",
     "concurrency",
     "monthly_quota",
+    "monthly_quota_held",
     "backend_unavailable",
 ];
 
@@ -253,7 +281,7 @@ pub struct LimiterStats {
     pub dropped_jobs_total: u64,
     pub admitted_total: u64,
     /// Refusals by [`LimitRejection::label`].
-    pub rejected_total: [(&'static str, u64); 5],
+    pub rejected_total: [(&'static str, u64); REJECTION_LABELS.len()],
 }
 
 impl Limiter {
@@ -279,6 +307,7 @@ impl Limiter {
                     settings.redis_timeout,
                     settings.concurrency_lease,
                     settings.probe_interval,
+                    settings.reservation_hold,
                 )
                 .map_err(LimitsError::RedisUrl)?,
             ),
@@ -425,7 +454,8 @@ impl Limiter {
         Level::BOTH.map(|l| local.existing(key, l).map_or(0, |e| e.in_flight()))
     }
 
-    /// The month's count this process knows for `key` at `level`.
+    /// The month's settled tokens this process knows for `key` at `level`
+    /// (with the estimates of admissions dropped unsettled).
     pub fn month_used(&self, key: &LimitKey, level: Level, month: Month) -> u64 {
         self.shared
             .local
@@ -433,11 +463,21 @@ impl Limiter {
             .map_or(0, |e| e.month_used(month))
     }
 
+    /// The estimates of this process's local admissions (all of them with
+    /// the local backend, the fallback's under Redis) that still hold `key`'s
+    /// month at `level`.
+    pub fn month_held(&self, key: &LimitKey, level: Level, month: Month) -> u64 {
+        self.shared
+            .local
+            .existing(key, level)
+            .map_or(0, |e| e.month_held(month))
+    }
+
     pub fn stats(&self) -> LimiterStats {
         let sh = &self.shared;
         let h = sh.redis.as_ref().map(|r| &r.health);
         let get = |a: Option<&AtomicU64>| a.map_or(0, |a| a.load(Ordering::Relaxed));
-        let mut rejected = [("", 0u64); 5];
+        let mut rejected = [("", 0u64); REJECTION_LABELS.len()];
         for (i, l) in REJECTION_LABELS.iter().enumerate() {
             rejected[i] = (*l, sh.counters.rejected[i].load(Ordering::Relaxed));
         }
@@ -472,8 +512,9 @@ impl Limiter {
 /// An admitted request. It holds the request's concurrency slots until it is
 /// dropped, so keep it alive for the whole response (for a stream: inside the
 /// body) and the slot returns on every exit path. Call [`Admission::settle`]
-/// once the real usage is known; an admission dropped unsettled keeps its
-/// estimate charged (usage may have happened that nobody reported).
+/// once the real usage is known; an admission dropped unsettled is settled
+/// with its estimate (usage may have happened that nobody reported): it
+/// stays charged, and no longer holds the month as a reservation.
 pub struct Admission {
     headers: RateHeaders,
     grant: Option<Grant>,
@@ -540,17 +581,24 @@ impl Admission {
     }
 
     /// Corrects the estimate with the real usage: the difference is charged to
-    /// (or refunded into) the token buckets and the month's count. Only the
-    /// first call counts.
+    /// (or refunded into) the token buckets, and the month counts the real
+    /// usage as settled instead of the estimate as reserved. Only the first
+    /// call counts.
     pub fn settle(&mut self, actual_tokens: u64) {
-        let Some(g) = self.grant.as_mut() else { return };
-        if std::mem::replace(&mut g.settled, true) {
+        if let Some(g) = self.grant.as_mut() {
+            g.settle(actual_tokens);
+        }
+    }
+}
+
+impl Grant {
+    fn settle(&mut self, actual_tokens: u64) {
+        if std::mem::replace(&mut self.settled, true) {
             return;
         }
+        let g = &*self;
         let sh = &g.shared;
         let actual_tokens = actual_tokens.min(MAX_TOKENS);
-        // Both sides are at most MAX_TOKENS: the difference fits either way.
-        let diff = actual_tokens as i64 - g.estimate as i64;
         match &g.hold {
             Hold::Local {
                 tenant, reseller, ..
@@ -558,16 +606,21 @@ impl Admission {
                 let (window, now) = (sh.local.window_ms(), sh.local.now_ms());
                 for (entry, plan) in [(tenant, &g.limits.tenant), (reseller, &g.limits.reseller)] {
                     if let Some(e) = entry {
-                        e.settle(plan, diff, g.month, window, now, false);
+                        e.settle(plan, actual_tokens, g.estimate, g.month, window, now, false);
                     }
                 }
             }
             Hold::Redis { keys, .. } => {
                 // Keep this instance's view of the month current for the
-                // fallback; until the job below is done, the correction is
+                // fallback; until the job below is done, the tokens are
                 // left out of the seeds this instance offers Redis.
-                let correction =
-                    local::UnsentCorrection::settle(&sh.local, &g.key, &g.limits, diff, g.month);
+                let correction = local::UnsentCorrection::settle(
+                    &sh.local,
+                    &g.key,
+                    &g.limits,
+                    actual_tokens,
+                    g.month,
+                );
                 if let Some(r) = &sh.redis {
                     r.settle(
                         keys,
@@ -580,11 +633,27 @@ impl Admission {
             }
         }
     }
+
+    /// True if the admission reserved some month (what an unsettled drop
+    /// must still move out of the reservations).
+    fn holds_a_month(&self) -> bool {
+        self.limits.tenant.tokens_per_month.is_some()
+            || self.limits.reseller.tokens_per_month.is_some()
+    }
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        let Some(g) = self.grant.take() else { return };
+        let Some(mut g) = self.grant.take() else {
+            return;
+        };
+        // Cancelled, or served without a count: the estimate is what was
+        // used as far as anyone knows (the buckets keep it charged either
+        // way). Without this the reservation would hold the month until
+        // the month ends (local) or its generation is dropped (Redis).
+        if !g.settled && g.holds_a_month() {
+            g.settle(g.estimate);
+        }
         match &g.hold {
             Hold::Local {
                 tenant,

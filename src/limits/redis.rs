@@ -14,8 +14,16 @@
 //!   scored by lease expiry. The worker renews the leases of this instance's
 //!   live admissions every third of a lease; a crashed instance's slots expire
 //!   after one lease (30 s) instead of leaking.
-//! - **Month counters** live in Redis too, seeded (raised, never lowered) from
-//!   each instance's view of the durable ledger.
+//! - **Months** live in Redis too: per level and month one hash field holds
+//!   the settled tokens, seeded (raised, never lowered) from each instance's
+//!   view of the durable ledger, and apart from them the estimates reserved
+//!   by requests in flight, in two generations of
+//!   [`LimiterSettings::reservation_hold`](super::LimiterSettings) each: a
+//!   settle moves its estimate out (once: the reservation it takes says which
+//!   generation holds it), and a generation two old is dropped, so a crashed
+//!   instance's requests stop holding the month after one to two generations
+//!   (their usage is unknown, as the local backend's is after a crash: the
+//!   month is then what the ledger recorded).
 //!
 //! The connection is one `MultiplexedConnection` shared by all requests (it
 //! pipelines concurrent commands), re-created after an error. A pool would add
@@ -74,10 +82,12 @@ impl Keys {
         let t = cat(&[&r, ":t:", &escape(&key.tenant)]);
         Self {
             t_slots: cat(&[&t, ":c"]),
-            t_month: cat(&[&t, ":m:", &month]),
+            // `:q` after the name of the month counter before 2026-12-07,
+            // which admit.lua reads once when it creates the hash.
+            t_month: cat(&[&t, ":m:", &month, ":q"]),
             r_hash: cat(&[&r, ":r"]),
             r_slots: cat(&[&r, ":r:c"]),
-            r_month: cat(&[&r, ":r:m:", &month]),
+            r_month: cat(&[&r, ":r:m:", &month, ":q"]),
             reservation: cat(&[&r, ":a:", id]),
             t_hash: t,
         }
@@ -239,6 +249,8 @@ pub(crate) struct RedisBackend {
     timeout: Duration,
     lease: Duration,
     probe_interval: Duration,
+    /// The generation length of reservations in the month hashes, ms.
+    hold_ms: u64,
     base: Instant,
     pub health: Arc<Health>,
     jobs: mpsc::Sender<Job>,
@@ -254,6 +266,7 @@ impl RedisBackend {
         timeout: Duration,
         lease: Duration,
         probe_interval: Duration,
+        reservation_hold: Duration,
     ) -> Result<Self, String> {
         let client = redis::Client::open(url).map_err(|e| e.to_string())?;
         let handle = tokio::runtime::Handle::try_current()
@@ -266,6 +279,7 @@ impl RedisBackend {
         let health = Arc::new(Health::default());
         let held = Arc::new(DashMap::new());
         let (jobs, rx) = mpsc::channel(QUEUE);
+        let hold_ms = window_ms(reservation_hold);
         handle.spawn(worker(
             rx,
             conn.clone(),
@@ -273,6 +287,7 @@ impl RedisBackend {
             health.clone(),
             timeout.max(Duration::from_millis(250)),
             lease,
+            hold_ms,
         ));
         Ok(Self {
             conn,
@@ -281,6 +296,7 @@ impl RedisBackend {
             timeout,
             lease,
             probe_interval,
+            hold_ms,
             base: Instant::now(),
             health,
             jobs,
@@ -369,6 +385,9 @@ impl RedisBackend {
                 .push(p.tokens_per_month.unwrap_or(0))
                 .push(seed);
         }
+        numbers
+            .push(self.hold_ms)
+            .push(super::local::MONTH_HELD_RETRY_MS as u64);
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.admit.get_hash())
             .arg(7)
@@ -380,9 +399,9 @@ impl RedisBackend {
             .arg(&keys.r_month)
             .arg(&keys.reservation)
             .arg(&*id)
-            .arg(estimate)
             .arg(if settles(limits) {
-                RESERVATION_TTL_MS
+                // A settle must find its reservation while it is held.
+                RESERVATION_TTL_MS.max(self.hold_ms.saturating_mul(2))
             } else {
                 0
             })
@@ -563,8 +582,8 @@ struct Packed {
     len: usize,
 }
 
-/// The most numbers a script takes packed (admit.lua's 13).
-const PACKED_MAX: usize = 13;
+/// The most numbers a script takes packed (admit.lua's 15).
+const PACKED_MAX: usize = 15;
 
 impl Packed {
     fn new() -> Self {
@@ -645,6 +664,7 @@ fn parse_reply(
         2 => Check::Requests,
         3 => Check::Tokens,
         4 => Check::Concurrency,
+        5 => Check::MonthHeld,
         _ => return None,
     };
     let level = if r[2] == 2.0 {
@@ -654,7 +674,7 @@ fn parse_reply(
     };
     let p: &PlanLimits = limits.level(level);
     let limit = match check {
-        Check::Month => p.tokens_per_month,
+        Check::Month | Check::MonthHeld => p.tokens_per_month,
         Check::Requests => p.requests_per_minute,
         Check::Tokens => p.tokens_per_minute,
         Check::Concurrency => p.max_concurrent,
@@ -689,6 +709,7 @@ async fn worker(
     health: Arc<Health>,
     timeout: Duration,
     lease: Duration,
+    hold_ms: u64,
 ) {
     let settle = redis::Script::new(SETTLE);
     let renew = redis::Script::new(RENEW);
@@ -704,12 +725,12 @@ async fn worker(
                 }
                 let mut jobs = std::mem::take(&mut backlog);
                 jobs.append(&mut batch);
-                backlog = run_or_keep(&conn, &settle, &health, timeout, jobs).await;
+                backlog = run_or_keep(&conn, &settle, &health, timeout, hold_ms, jobs).await;
             }
             _ = tick.tick() => {
                 if !backlog.is_empty() {
                     let jobs = std::mem::take(&mut backlog);
-                    backlog = run_or_keep(&conn, &settle, &health, timeout, jobs).await;
+                    backlog = run_or_keep(&conn, &settle, &health, timeout, hold_ms, jobs).await;
                 }
                 let live: Vec<(Arc<str>, Arc<Keys>, [bool; 2])> = held
                     .iter()
@@ -735,10 +756,11 @@ async fn run_or_keep(
     settle: &redis::Script,
     health: &Health,
     timeout: Duration,
+    hold_ms: u64,
     jobs: Vec<Job>,
 ) -> Vec<Job> {
     let mut jobs = coalesce(jobs);
-    let ok = tokio::time::timeout(timeout, run_jobs(conn, settle, &jobs)).await;
+    let ok = tokio::time::timeout(timeout, run_jobs(conn, settle, hold_ms, &jobs)).await;
     if matches!(ok, Ok(Ok(()))) {
         return Vec::new();
     }
@@ -757,6 +779,7 @@ async fn run_or_keep(
 async fn run_jobs(
     conn: &Conn,
     settle: &redis::Script,
+    hold_ms: u64,
     jobs: &[Job],
 ) -> Result<(), redis::RedisError> {
     let c = conn.get().await?;
@@ -792,7 +815,8 @@ async fn run_jobs(
                         .push(tpm[0])
                         .push(tpm[1])
                         .push(u64::from(quota[0]))
-                        .push(u64::from(quota[1]));
+                        .push(u64::from(quota[1]))
+                        .push(hold_ms);
                     cmd.arg(MONTH_TTL_S).arg(numbers.bytes());
                     if let Some((id, _)) = release {
                         cmd.arg(&**id);

@@ -1,21 +1,29 @@
 -- Livery admission: checks and charges a tenant's and its reseller's limits,
 -- all or nothing, in one round trip. Mirrors src/limits/local.rs exactly.
 --
--- KEYS: 1 tenant buckets (hash), 2 tenant slots (zset), 3 tenant month (counter),
+-- KEYS: 1 tenant buckets (hash), 2 tenant slots (zset), 3 tenant month (hash),
 --       4 reseller buckets,      5 reseller slots,      6 reseller month,
---       7 reservation (the estimate, for the idempotent settle)
--- ARGV: 1 admission id, 2 the estimate (decimal), 3 reservation_ttl_ms (decimal;
---       0: no token limit, nothing to settle), 4 month_ttl_s (decimal),
---       5 lease_ms * 2 (decimal), 6 the numbers below packed as little-endian
---       doubles ('<' .. 13 'd'): window_ms, lease_ms, the estimate, then per
+--       7 reservation (the estimate and its generation, for the idempotent settle)
+-- ARGV: 1 admission id, 2 reservation_ttl_ms (decimal; 0: no token limit,
+--       nothing to settle), 3 month_ttl_s (decimal), 4 lease_ms * 2
+--       (decimal), 5 the numbers below packed as little-endian
+--       doubles ('<' .. 15 'd'): window_ms, lease_ms, the estimate, then per
 --       level (tenant, reseller): requests cap, tokens cap, max concurrent,
---       month quota, month seed (0: no such limit).
+--       month quota, month seed (0: no such limit); then the reservations'
+--       generation length (hold_ms) and the wait told when the month is held.
 -- A level's buckets are one hash field `b`: four packed doubles (requests level,
 -- its time, tokens level, its time; a time of 0 reads as a full bucket).
+-- A level's month is one hash field `q`: four packed doubles (tokens settled,
+-- tokens reserved by requests in flight admitted in generation g, those of
+-- generation g - 1, g), a generation being floor(now / hold_ms). A reservation
+-- holds the month for one to two generations: one older is dropped, so the
+-- requests of a gateway that died (whose settles never come) stop holding it.
+-- The month key is the month counter's name before 2026-12-07 plus ':q': a
+-- month hash created here starts from that counter, if any.
 -- Returns 14 packed doubles: admitted (1/0), failed check (0 none, 1 month,
--- 2 requests, 3 tokens, 4 concurrency), failed level (1 tenant, 2 reseller),
--- wait ms, then per level: requests level, requests reset ms, tokens level,
--- tokens reset ms, month used.
+-- 2 requests, 3 tokens, 4 concurrency, 5 month held by reservations), failed
+-- level (1 tenant, 2 reseller), wait ms, then per level: requests level,
+-- requests reset ms, tokens level, tokens reset ms, month settled.
 --
 -- Cost: Redis spends about 10k instructions on each redis.call. Lua 5.1 reads
 -- a number from a string with glibc's strtod (twice per tonumber) and writes
@@ -27,9 +35,10 @@ local call, ceil, floor, max, min, spack, sunpack, tonumber =
   redis.call, math.ceil, math.floor, math.max, math.min, struct.pack, struct.unpack, tonumber
 local t = call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-local id, est_s, reservation_ttl, month_ttl, slots_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local n = { sunpack('<ddddddddddddd', ARGV[6]) }
-local window, lease, est = n[1], n[2], n[3]
+local id, reservation_ttl, month_ttl, slots_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local n = { sunpack('<ddddddddddddddd', ARGV[5]) }
+local window, lease, est, held_wait = n[1], n[2], n[3], n[15]
+local gen = floor(now / n[14])
 
 local function refill(level, at, cap)
   if at == 0 then return cap end
@@ -47,7 +56,7 @@ for i = 1, 2 do
   local L = {
     hash = KEYS[k + 1], slots = KEYS[k + 2], month = KEYS[k + 3],
     rpm = n[a], tpm = n[a + 1], conc = n[a + 2], quota = n[a + 3], seed = n[a + 4],
-    rq = 0, tq = 0, inflight = 0, used = 0,
+    rq = 0, tq = 0, inflight = 0, used = 0, held = 0, hp = 0,
   }
   if L.rpm > 0 or L.tpm > 0 then
     local b = call('HGET', L.hash, 'b')
@@ -61,15 +70,22 @@ for i = 1, 2 do
     L.inflight = call('ZCOUNT', L.slots, '(' .. now, '+inf')
   end
   if L.quota > 0 then
-    local stored = call('GET', L.month)
-    L.used = tonumber(stored or '0')
-    if L.seed > L.used then
-      call('SET', L.month, L.seed, 'EX', month_ttl)
-      L.used = L.seed
-    elseif not stored then
-      -- INCRBY below creates the counter: it needs its expiry then.
+    local q = call('HGET', L.month, 'q')
+    local used, held, hp, g = 0, 0, 0, gen
+    if q and #q == 32 then
+      used, held, hp, g = sunpack('<dddd', q)
+      if g ~= gen then
+        if g == gen - 1 then hp, held = held, 0 else hp, held = 0, 0 end
+        g = gen
+      end
+    else
+      -- The HSET below creates the hash: it needs its expiry then.
       L.fresh_month = true
+      used = tonumber(call('GET', string.sub(L.month, 1, -3)) or '0')
     end
+    -- Seeds are settled tokens (the ledger's, this instance's view): they
+    -- raise what is settled, never what is held.
+    L.used, L.held, L.hp, L.g = max(used, L.seed), held, hp, g
   end
   levels[i] = L
 end
@@ -83,11 +99,18 @@ local function refuse(check, i, w)
     failed, failed_level, wait_ms = check, i, w
   end
 end
-for check = 1, 4 do
+-- The month used up at either level comes first, then a month held by
+-- reservations (as src/limits/local.rs orders them).
+for _, check in ipairs({ 1, 5, 2, 3, 4 }) do
   for i = 1, 2 do
     local L = levels[i]
     if check == 1 and L.quota > 0 and L.used >= L.quota then
       refuse(1, i, 0)
+    elseif check == 5 and L.quota > 0 then
+      -- A request reserving more than the month has left needs all of it
+      -- (local.rs's `month_need`), so it passes once nothing else holds any.
+      local free = L.quota - L.used
+      if L.held + L.hp + min(est, free) > free then refuse(5, i, held_wait) end
     elseif check == 2 and L.rpm > 0 and L.rq < 1 then
       refuse(2, i, wait(1, L.rq, L.rpm))
     elseif check == 3 and L.tpm > 0 and L.tq < min(est, L.tpm) then
@@ -121,12 +144,12 @@ if failed == 0 then
       call('PEXPIRE', L.slots, slots_ttl)
     end
     if L.quota > 0 then
-      L.used = call('INCRBY', L.month, est_s)
+      call('HSET', L.month, 'q', spack('<dddd', L.used, L.held + est, L.hp, L.g))
       if L.fresh_month then call('EXPIRE', L.month, month_ttl) end
     end
   end
   if est > 0 and reservation_ttl ~= '0' then
-    call('SET', KEYS[7], est_s, 'PX', reservation_ttl)
+    call('SET', KEYS[7], spack('<dd', est, gen), 'PX', reservation_ttl)
   end
 end
 
