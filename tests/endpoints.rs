@@ -1435,3 +1435,196 @@ async fn oversized_request_heads_are_431() {
     let many: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
     assert_eq!(raw_request(gw.addr, &with(many)).await.status, 431);
 }
+
+/// The usage record of `rid` in the file at `path`, if written within `within`.
+async fn record_within(
+    path: &std::path::Path,
+    rid: &str,
+    within: std::time::Duration,
+) -> Option<Value> {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(r) = read_usage(path)
+            .into_iter()
+            .find(|r| r["request_id"] == rid)
+        {
+            return Some(r);
+        }
+        if start.elapsed() > within {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// The client PINGs' timers of [`pinging_gateway`]: a silent client is cut
+/// within their sum (the gateway's own are 10 s and 20 s).
+const PING_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+const PONG_WITHIN: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// The standard gateway in front of `mock`, PINGing its HTTP/2 clients every
+/// [`PING_EVERY`]; its usage file's path (in the returned directory).
+async fn pinging_gateway(
+    mock: &MockProvider,
+) -> (livery::Gateway, std::path::PathBuf, tempfile::TempDir) {
+    set_provider_key_env();
+    let dir = tempfile::tempdir().unwrap();
+    let usage_path = dir.path().join("usage.jsonl");
+    let mut config =
+        livery::config::GatewayConfig::parse(&standard_config(&mock.base_url(), "")).unwrap();
+    config.usage.jsonl_path = Some(usage_path.clone());
+    let gateway = livery::Gateway::start_with_client_pings(config, PING_EVERY, PONG_WITHIN)
+        .await
+        .unwrap();
+    // A stream cut short has its completion tokens counted, by a tokenizer
+    // that takes a second to load in a debug build: loaded now, so that the
+    // cut's timing does not include it.
+    livery::usage::estimate::estimate_text_tokens("gpt-4o-mini-2024-07-18", "warm up");
+    (gateway, usage_path, dir)
+}
+
+/// A streamed chat as acme's dental tenant, the mock told `mock`.
+fn dental_stream_body(mock: Value) -> Value {
+    let mut body = chat_body("gpt-4o-mini");
+    body["stream"] = json!(true);
+    body["mock"] = mock;
+    body
+}
+
+/// Sends `body` on a new HTTP/2 connection made by `builder` on `tcp` and
+/// drives the connection until the answer's head has come; then the client
+/// falls silent: its connection is returned unpolled, socket open, so that
+/// nothing more is read from it and no PING is answered. Returns the
+/// request's id and the connection (polled again, it reads what came since).
+async fn fall_silent_after_the_head(
+    tcp: tokio::net::TcpStream,
+    builder: &h2::client::Builder,
+    body: &Value,
+) -> (
+    String,
+    h2::client::Connection<tokio::net::TcpStream, bytes::Bytes>,
+) {
+    let (send, mut conn) = builder.handshake(tcp).await.unwrap();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{ACME_HOST}/v1/chat/completions"))
+        .header("authorization", format!("Bearer {}", ACME_DENTAL.2))
+        .header("content-type", "application/json")
+        .body(())
+        .unwrap();
+    let mut send = send.ready().await.unwrap();
+    let (resp, mut tx) = send.send_request(req, false).unwrap();
+    tx.send_data(bytes::Bytes::from(body.to_string()), true)
+        .unwrap();
+    let resp = tokio::select! {
+        resp = resp => resp.unwrap(),
+        ended = &mut conn => panic!("the connection ended before an answer: {ended:?}"),
+    };
+    assert_eq!(resp.status(), 200);
+    let rid = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    (rid, conn)
+}
+
+/// Asserts that the silent client's stream `rid` is ended within the PINGs'
+/// period and timeout (and the record's write), recorded as its client's
+/// disconnection, and its upstream stream let go; and that its connection is
+/// closed, not only the stream.
+async fn assert_cut_within_a_ping(
+    usage_path: &std::path::Path,
+    mock: &MockProvider,
+    rid: &str,
+    conn: h2::client::Connection<tokio::net::TcpStream, bytes::Bytes>,
+) {
+    use std::time::{Duration, Instant};
+    let silent = Instant::now();
+    let record = record_within(
+        usage_path,
+        rid,
+        PING_EVERY + PONG_WITHIN + Duration::from_millis(700),
+    )
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "a silent client's stream was not ended {:?} after it fell silent",
+            silent.elapsed()
+        )
+    });
+    assert_eq!(record["outcome"], "client_disconnected", "{record}");
+    assert_eq!(record["status"], 499, "{record}");
+    mock.wait_cancelled(1, Duration::from_secs(2)).await;
+    // Polled again, the client reads what was sent before the close, then
+    // the end of the connection.
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(ended.is_ok(), "the silent client's connection stayed open");
+}
+
+/// An HTTP/2 client that falls silent with a stream open (its connection
+/// neither read nor answered any more, its socket left open: a NAT that
+/// dropped its state, a laptop whose lid closed) is cut once it answers no
+/// PING, with its stream: the record says `client_disconnected` and the
+/// upstream stream is let go. They were held until the stream's own timers
+/// fired, minutes into a slow generation. A client that answers PINGs keeps
+/// a stream that sends it nothing for longer than a PING's period and
+/// timeout together.
+#[tokio::test]
+async fn an_http2_client_that_answers_no_ping_is_cut_with_its_stream() {
+    use std::time::Duration;
+    let mock = MockProvider::start().await;
+    let (gateway, usage_path, _dir) = pinging_gateway(&mock).await;
+    let addr = gateway.local_addr();
+
+    // A client that answers: 600 ms between events, and nothing from it
+    // but pongs for the whole stream. Served whole.
+    let send = h2c_connect(addr).await;
+    let body = dental_stream_body(json!({"chunks": 2, "gap_ms": 600}));
+    let uri = format!("http://{ACME_HOST}/v1/chat/completions");
+    let auth = format!("Bearer {}", ACME_DENTAL.2);
+    let resp = h2_request(
+        &send,
+        "POST",
+        &uri,
+        &[("authorization", &auth)],
+        Some(&body),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.body().ends_with("data: [DONE]\n\n"), "{}", resp.body());
+    let rid = resp.headers()["x-request-id"].to_str().unwrap();
+    let record = record_within(&usage_path, rid, Duration::from_secs(5))
+        .await
+        .expect("the answered stream was recorded");
+    assert_eq!(record["outcome"], "ok", "{record}");
+
+    // A client that falls silent in a stream of 10 s.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = dental_stream_body(json!({"chunks": 100, "gap_ms": 100}));
+    let (rid, conn) = fall_silent_after_the_head(tcp, &h2::client::Builder::new(), &body).await;
+    assert_cut_within_a_ping(&usage_path, &mock, &rid, conn).await;
+    gateway.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The same with the silent client's socket full (its receive buffer and the
+/// gateway's send buffer, as when the peer vanished and nothing is
+/// acknowledged any more): the cut does not wait on writing to it. HTTP/1.1
+/// has `send_timeout_ms` for a client that stops reading; an HTTP/2 stream,
+/// paced by flow control, had nothing.
+#[tokio::test]
+async fn an_http2_client_gone_with_its_socket_full_is_cut_all_the_same() {
+    let mock = MockProvider::start().await;
+    let (gateway, usage_path, _dir) = pinging_gateway(&mock).await;
+    let addr = gateway.local_addr();
+    // Windows of 8 MiB and a small receive buffer: the gateway writes until
+    // the sockets' buffers are full, not until flow control stops it.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let tcp = socket.connect(addr).await.unwrap();
+    let mut builder = h2::client::Builder::new();
+    builder
+        .initial_window_size(8 << 20)
+        .initial_connection_window_size(8 << 20);
+    // Ten megabytes.
+    let body = dental_stream_body(json!({"chunks": 60_000}));
+    let (rid, conn) = fall_silent_after_the_head(tcp, &builder, &body).await;
+    assert_cut_within_a_ping(&usage_path, &mock, &rid, conn).await;
+    gateway.shutdown(std::time::Duration::from_secs(5)).await;
+}

@@ -25,8 +25,11 @@
 //! only when it has had no stream in flight for `header_timeout_ms`, and is
 //! then closed with a GOAWAY (`proxy::serve`), never dropped: a stream opening
 //! at that moment is served or refused retryably. Its streams' answers are
-//! paced by HTTP/2 flow control, not by `send_timeout_ms`. Before, an HTTP/2
-//! connection was never due: a client could hold any number of idle ones.
+//! paced by HTTP/2 flow control, not by `send_timeout_ms`: a client gone
+//! silent with streams open is found out by hyper's keep-alive PINGs instead
+//! (`ClientPings` in `proxy`), which cut it when it answers none. Before, an
+//! HTTP/2 connection was never due: a client could hold any number of idle
+//! ones.
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};

@@ -113,6 +113,21 @@ pub struct Gateway {
 impl Gateway {
     /// Validates the configuration, binds every listener and starts serving.
     pub async fn start(config: GatewayConfig) -> Result<Self, StartError> {
+        Self::start_with(config, ClientPings::DEFAULT).await
+    }
+
+    /// [`Gateway::start`] with the client PINGs' timers shortened, so that a
+    /// test sees a silent client cut in a second rather than in 30.
+    #[cfg(feature = "mock-server")]
+    pub async fn start_with_client_pings(
+        config: GatewayConfig,
+        every: Duration,
+        within: Duration,
+    ) -> Result<Self, StartError> {
+        Self::start_with(config, ClientPings { every, within }).await
+    }
+
+    async fn start_with(config: GatewayConfig, pings: ClientPings) -> Result<Self, StartError> {
         let snapshot = Snapshot::prepare(&config)?;
         if config.server.listen.is_empty() {
             return Err(StartError::NoListener);
@@ -184,6 +199,7 @@ impl Gateway {
                     [stop_rx.clone(), cut_rx.clone()],
                     Listener::Https(tls.clone()),
                     header_timeout,
+                    pings,
                 ));
             }
             if let Some(acme) = tls.acme() {
@@ -204,6 +220,7 @@ impl Gateway {
                 [stop_rx.clone(), cut_rx.clone()],
                 Listener::Plain(tls.clone()),
                 header_timeout,
+                pings,
             ));
         }
         Ok(Self {
@@ -289,6 +306,35 @@ impl Gateway {
 /// The largest HTTP/1.1 request head read (hyper's read buffer, at least 8 KiB).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 
+/// When a client's HTTP/2 connection is PINGed, and how long its pong may
+/// take before the connection is cut, with every stream on it (their records
+/// say `client_disconnected`, as when a client closes).
+#[derive(Debug, Clone, Copy)]
+struct ClientPings {
+    every: Duration,
+    within: Duration,
+}
+
+impl ClientPings {
+    /// As upstream connections are PINGed (`providers::http2`): a client
+    /// gone without a word (NAT state dropped, a laptop's lid closed) is cut
+    /// within 30 s, where its streams held their upstream requests, limit
+    /// slots and records until their own timers fired, minutes into a slow
+    /// generation. A short period costs next to nothing: hyper PINGs only a
+    /// connection that has sent no frame for `every` (one 17-byte frame), runs
+    /// one timer per connection and none per request; its bookkeeping is an
+    /// uncontended lock and a clock read each time the connection's task runs
+    /// and per request head and body frame, on HTTP/2 only. The PINGs
+    /// need not cover idle connections (the GOAWAY after `header_timeout_ms`
+    /// without a stream does) and do not keep them open: a pong is no
+    /// request. 20 s for the pong (hyper's default) is ample on a slow,
+    /// buffer-bloated link.
+    const DEFAULT: Self = Self {
+        every: Duration::from_secs(10),
+        within: Duration::from_secs(20),
+    };
+}
+
 /// How long the accept loops get to drop their connections once cut.
 const CUT_WAIT: Duration = Duration::from_secs(2);
 
@@ -348,6 +394,7 @@ async fn accept_loop(
     [mut stop, mut cut]: [watch::Receiver<bool>; 2],
     kind: Listener,
     timeouts: ConnTimeouts,
+    pings: ClientPings,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -360,6 +407,13 @@ async fn accept_loop(
     // and 25 times what HTTP/2 accepts (its header list limit is 16 KiB).
     builder.http1().max_buf_size(MAX_HEAD_BYTES);
     builder.http2().timer(hyper_util::rt::TokioTimer::new());
+    // A client that stops answering PINGs is cut with its streams: see
+    // `ClientPings`. HTTP/1.1 has `send_timeout_ms` for a client that stops
+    // reading; an HTTP/2 stream's answer is paced by flow control instead.
+    builder
+        .http2()
+        .keep_alive_interval(pings.every)
+        .keep_alive_timeout(pings.within);
     let builder = Arc::new(builder);
     // The connections' tasks, so that a cut can drop them; finished ones are
     // reaped as new ones come.
@@ -517,7 +571,17 @@ async fn serve<I>(
             biased;
             ended = conn.as_mut() => {
                 if let Err(e) = ended {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    // The only timer hyper runs on a connection here is the
+                    // PINGs' (its HTTP/1.1 header timer is off), and its error
+                    // says no more than "http2 error".
+                    let silent = e
+                        .downcast_ref::<hyper::Error>()
+                        .is_some_and(hyper::Error::is_timeout);
+                    if silent {
+                        tracing::debug!(%peer, "cut an HTTP/2 connection whose client answered no PING");
+                    } else {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
                 }
                 return;
             }
