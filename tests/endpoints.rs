@@ -1436,6 +1436,49 @@ async fn oversized_request_heads_are_431() {
     assert_eq!(raw_request(gw.addr, &with(many)).await.status, 431);
 }
 
+/// A panic once its request's usage record exists (here in the built-in mock,
+/// asked to by a test-only directive) is answered with the request id that
+/// the record, and the request's log lines, have: the answer had a fresh id
+/// of its own when the client sent none, which matched nothing.
+#[tokio::test]
+async fn the_answer_to_a_panic_carries_its_records_request_id() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    let mut body = chat_body("demo");
+    body["mock"] = json!({"panic": true});
+    let resp = post(
+        &gw,
+        "/v1/chat/completions",
+        Some(ACME_HOST),
+        Some(ACME_DENTAL.2),
+        &body,
+    )
+    .await;
+    let rid = request_id(&resp);
+    assert!(is_uuid(&rid), "{rid}");
+    assert_eq!(error_code(resp, 500).await, "internal_error");
+    let start = std::time::Instant::now();
+    let records = loop {
+        let records = gw.usage();
+        if !records.is_empty() {
+            break records;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "the panicked request was not recorded"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    assert_eq!(records.len(), 1, "{records:?}");
+    let record = &records[0];
+    assert_eq!(record["error_code"], "internal_error", "{record}");
+    assert_eq!(
+        record["request_id"],
+        rid.as_str(),
+        "the answer's x-request-id is not its record's: {record}"
+    );
+}
+
 /// The usage record of `rid` in the file at `path`, if written within `within`.
 async fn record_within(
     path: &std::path::Path,

@@ -1,6 +1,7 @@
 //! The request pipeline. [`handle`] runs these stages in order:
 //!
-//! 1. request id: the client's sane `x-request-id` or a new UUIDv7 (added to every response);
+//! 1. request id: the client's sane `x-request-id` or a new UUIDv7 (added to every response),
+//!    made by `proxy::serve` so that its answer to a panic carries it too;
 //! 2. endpoint: path and method (`/v1/messages` sets the Anthropic dialect: its
 //!    errors and events take Anthropic's shapes), 404/405 for anything else;
 //! 3. snapshot: one `ArcSwap` load, held for the whole request;
@@ -62,15 +63,20 @@ enum Api {
 }
 
 /// Answers one request; `sni` is the connection's TLS server name, normalised
-/// (`None` on a plain listener).
-pub async fn handle<B>(app: Arc<App>, req: Request<B>, sni: Option<Arc<str>>) -> Response<ProxyBody>
+/// (`None` on a plain listener); `rid` is the request's id (stage 1), made
+/// with the wall clock's `started_at`, which the record's `ts` shares.
+pub async fn handle<B>(
+    app: Arc<App>,
+    req: Request<B>,
+    sni: Option<Arc<str>>,
+    rid: &RequestId,
+    started_at: std::time::SystemTime,
+) -> Response<ProxyBody>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let started = Instant::now();
-    let started_at = std::time::SystemTime::now();
-    let rid = RequestId::of_request(req.headers(), started_at);
     let dialect = Dialect::of_path(req.uri().path());
     // Browsers only (server-side clients send no `Origin`).
     let origin = req.headers().get(http::header::ORIGIN).cloned();
@@ -93,7 +99,7 @@ where
     // request's span is created once with every field: recording the reseller
     // and tenant into an existing span cost a subscriber round trip that
     // formats them again (about 1.6k instructions).
-    let resolved = resolve(&app, &req, sni, &rid, (started, started_at), dialect);
+    let resolved = resolve(&app, &req, sni, rid, (started, started_at), dialect);
     let (reseller, tenant) = match &resolved {
         Ok(Resolved::Api(_, ctx)) => (Some(&*ctx.reseller), Some(&*ctx.tenant.id)),
         Ok(Resolved::Answered(_)) => (None, None),

@@ -28,6 +28,7 @@ use crate::config::{ConfigError, GatewayConfig};
 use crate::limits::{Limiter, LimitsError, Month, MonthlyUsageSource};
 use crate::routing::breaker::Breakers;
 use crate::snapshot::Snapshot;
+use crate::telemetry::ids::RequestId;
 use crate::telemetry::metrics::Metrics;
 use crate::tls::{Accepted, PlainAction, Tls, TlsError};
 use crate::usage::{UsageError, UsageSink};
@@ -529,14 +530,17 @@ async fn serve<I>(
                 Some(url) => redirect(&url),
                 None => {
                     use futures_util::FutureExt as _;
-                    // What the answer to a panic needs, taken before the request
-                    // moves: a copy of an enum and of a shared header (a
-                    // reference count, not an allocation).
+                    // The request's id is made here and lent to the handler,
+                    // so that the answer to a panic carries the id its span
+                    // and usage record used (made after a panic, a fresh one
+                    // matched neither). Lent, not cloned: the handler made it
+                    // before, so the normal path does the same work.
+                    let started_at = std::time::SystemTime::now();
+                    let rid = RequestId::of_request(req.headers(), started_at);
+                    let rid = &rid;
+                    // What else the answer to a panic needs, taken before the
+                    // request moves: a copy of an enum.
                     let dialect = Dialect::of_path(req.uri().path());
-                    let client_id = req
-                        .headers()
-                        .get(crate::telemetry::ids::REQUEST_ID_HEADER)
-                        .cloned();
                     #[cfg(feature = "mock-server")]
                     let panic_test = req.headers().contains_key("x-livery-test-panic");
                     // A wrapper future, no allocation: a panic in the handler
@@ -548,11 +552,11 @@ async fn serve<I>(
                         if panic_test {
                             test_panic();
                         }
-                        handler::handle(app, req, sni).await
+                        handler::handle(app, req, sni, rid, started_at).await
                     })
                     .catch_unwind()
                     .await
-                    .unwrap_or_else(|_| panic_answer(dialect, client_id.as_ref()))
+                    .unwrap_or_else(|_| panic_answer(dialect, rid))
                 }
             };
             Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked::new(body, in_flight)))
@@ -608,13 +612,10 @@ async fn serve<I>(
 }
 
 /// The answer to a request whose handler panicked: 500 `internal_error`, in
-/// the client's dialect, with the client's request id if it sent a sane one.
-fn panic_answer(
-    dialect: Dialect,
-    client_id: Option<&http::HeaderValue>,
-) -> http::Response<ProxyBody> {
-    use crate::telemetry::ids::{RequestId, REQUEST_ID_HEADER};
-    let rid = RequestId::of_header(client_id, std::time::SystemTime::now());
+/// the client's dialect, with the request's id (the client's if it sent a
+/// sane one), as its log lines and usage record have it.
+fn panic_answer(dialect: Dialect, rid: &RequestId) -> http::Response<ProxyBody> {
+    use crate::telemetry::ids::REQUEST_ID_HEADER;
     let mut resp = tracing::error_span!("request", request_id = %rid)
         .in_scope(|| error::GatewayError::Internal.to_response_for(dialect));
     resp.headers_mut()
