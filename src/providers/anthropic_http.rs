@@ -3,7 +3,8 @@
 //! for: a chat-completions request is translated to a Messages request
 //! ([`chat_to_messages`]) and the answer, streamed or not, back to OpenAI's format,
 //! errors included (status kept, so the proxy still sees a 529 as "overloaded");
-//! a `/v1/messages` request goes through natively, body and answer untouched.
+//! a `/v1/messages` request goes through natively, body and answer untouched,
+//! and so does a `/v1/messages/count_tokens` one, to the provider's own.
 //! One pooled keep-alive client per provider, as for `openai`.
 
 use super::anthropic::{
@@ -36,6 +37,8 @@ pub struct AnthropicProvider {
     name: Arc<str>,
     /// `{base_url}/v1/messages`.
     url: http::Uri,
+    /// `{base_url}/v1/messages/count_tokens`.
+    count_url: http::Uri,
     version: HeaderValue,
     default_max_tokens: u64,
     key: Option<Secret>,
@@ -51,6 +54,7 @@ impl AnthropicProvider {
             .trim_end_matches('/');
         let base = base.strip_suffix("/v1").unwrap_or(base);
         let url = upstream_uri(&cfg.name, base, &format!("{base}/v1/messages"))?;
+        let count_url = upstream_uri(&cfg.name, base, &format!("{base}/v1/messages/count_tokens"))?;
         let version = cfg.api_version.as_deref().unwrap_or(ANTHROPIC_VERSION);
         let version = HeaderValue::from_str(version)
             .map_err(|_| format!("provider `{}`: api_version is not a header value", cfg.name))?;
@@ -69,6 +73,7 @@ impl AnthropicProvider {
         Ok(Self {
             name: cfg.name.as_str().into(),
             url,
+            count_url,
             version,
             default_max_tokens,
             key,
@@ -96,6 +101,12 @@ impl AnthropicProvider {
             Endpoint::Messages => {
                 let beta = req.anthropic_beta.as_ref();
                 self.post(req.body, req.stream, &req.request_id, key, beta)
+                    .await
+            }
+            Endpoint::CountTokens => {
+                let beta = req.anthropic_beta.as_ref();
+                let url = self.count_url.clone();
+                self.post_to(url, req.body, false, &req.request_id, key, beta)
                     .await
             }
             Endpoint::ChatCompletions => self.send_chat(req, key).await,
@@ -175,9 +186,25 @@ impl AnthropicProvider {
     }
 
     /// `POST /v1/messages` with `body` as is (and the client's beta features:
-    /// a body using one is refused without its header).
-    async fn post(
+    /// a body using one is refused without its header). Not an async fn: that
+    /// would nest `post_to`'s future in one of its own, copied with it.
+    fn post<'a>(
+        &'a self,
+        body: Bytes,
+        stream: bool,
+        request_id: &'a crate::telemetry::ids::RequestId,
+        key: Option<&'a Secret>,
+        beta: Option<&'a http::HeaderValue>,
+    ) -> impl std::future::Future<Output = Result<UpstreamResponse, ProviderError>> + Send + 'a
+    {
+        self.post_to(self.url.clone(), body, stream, request_id, key, beta)
+    }
+
+    /// `POST` of `body` to `url`, one of the provider's endpoints, with the
+    /// headers every one of them requires.
+    async fn post_to(
         &self,
+        url: http::Uri,
         body: Bytes,
         stream: bool,
         request_id: &crate::telemetry::ids::RequestId,
@@ -189,7 +216,7 @@ impl AnthropicProvider {
         } else {
             "application/json"
         };
-        let mut upstream = self.client.post(self.url.clone(), body, accept, request_id);
+        let mut upstream = self.client.post(url, body, accept, request_id);
         let headers = upstream.headers_mut();
         headers.insert(ANTHROPIC_VERSION_HEADER, self.version.clone());
         if let Some(beta) = beta {

@@ -40,6 +40,10 @@ pub enum Endpoint {
     Embeddings,
     /// Anthropic's `POST /v1/messages`.
     Messages,
+    /// Anthropic's `POST /v1/messages/count_tokens`: Anthropic routes count
+    /// natively; OpenAI-speaking ones, which have no such endpoint, answer
+    /// from the gateway's tokenizer ([`estimated_count`]).
+    CountTokens,
 }
 
 impl Endpoint {
@@ -50,6 +54,7 @@ impl Endpoint {
             Endpoint::Completions => "/completions",
             Endpoint::Embeddings => "/embeddings",
             Endpoint::Messages => "/messages",
+            Endpoint::CountTokens => "/messages/count_tokens",
         }
     }
 
@@ -59,6 +64,7 @@ impl Endpoint {
             Endpoint::Completions => "completions",
             Endpoint::Embeddings => "embeddings",
             Endpoint::Messages => "messages",
+            Endpoint::CountTokens => "messages.count_tokens",
         }
     }
 
@@ -68,6 +74,7 @@ impl Endpoint {
             "/completions" => Some(Endpoint::Completions),
             "/embeddings" => Some(Endpoint::Embeddings),
             "/messages" => Some(Endpoint::Messages),
+            "/messages/count_tokens" => Some(Endpoint::CountTokens),
             _ => None,
         }
     }
@@ -131,6 +138,52 @@ pub struct UpstreamRequest {
     pub request_id: crate::telemetry::ids::RequestId,
     /// The client's `anthropic-beta` (`/v1/messages` on an Anthropic route).
     pub anthropic_beta: Option<http::HeaderValue>,
+}
+
+/// The content type of [`estimated_count`]'s answer. Only the content type
+/// of an upstream's answer reaches the proxy's (it drops the rest), so this
+/// is how the proxy tells a count the gateway made from one a provider made,
+/// when the fallback loop went to an OpenAI-speaking route; the client gets
+/// `application/json` and `x-livery-estimated: true` instead.
+pub const ESTIMATED_COUNT_CONTENT_TYPE: &str = "application/x-livery-estimated+json";
+
+/// Anthropic's count_tokens answer, `{"input_tokens": N}`, from the gateway's
+/// tokenizer: the answer of a route that speaks OpenAI, whose API has no way
+/// to count a prompt. A body that is not JSON counts as nothing.
+fn estimated_count(req: &UpstreamRequest) -> UpstreamResponse {
+    let tokens = serde_json::from_slice::<serde_json::Value>(&req.body)
+        .map_or(0, |body| estimate_input_tokens(&req.model, &body));
+    let body = Bytes::from(serde_json::json!({ "input_tokens": tokens }).to_string());
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(ESTIMATED_COUNT_CONTENT_TYPE),
+    );
+    UpstreamResponse {
+        status: StatusCode::OK,
+        headers,
+        body: UpstreamBody::Stream(Box::pin(futures_util::stream::once(async { Ok(body) }))),
+    }
+}
+
+/// The input tokens of a Messages body by the gateway's tokenizer, as
+/// `model` (the route's upstream model) would count them: the prompt as
+/// usage estimates count it, plus the tool definitions' JSON, which the
+/// model reads too (the usage estimate leaves them out: their billing is
+/// model-specific; here leaving them out would under-count every agent's
+/// prompt).
+pub fn estimate_input_tokens(model: &str, body: &serde_json::Value) -> u64 {
+    use crate::usage::estimate::{estimate_prompt_tokens, estimate_text_tokens};
+    let tools = body
+        .get("tools")
+        .and_then(serde_json::Value::as_array)
+        .map_or(0, |tools| {
+            tools
+                .iter()
+                .map(|t| estimate_text_tokens(model, &t.to_string()))
+                .sum()
+        });
+    estimate_prompt_tokens(model, body).saturating_add(tools)
 }
 
 /// One configured provider.
@@ -200,6 +253,7 @@ impl Provider {
         // awaits it, up the whole request path.
         match (self, req.endpoint) {
             (Provider::Anthropic(p), _) => Box::pin(p.send(req, key)).await,
+            (_, Endpoint::CountTokens) => Ok(estimated_count(&req)),
             (_, Endpoint::Messages) => {
                 let field = match self {
                     Provider::OpenAi(p) => p.max_tokens_field,

@@ -39,7 +39,9 @@ fn url_slot(endpoint: Endpoint) -> usize {
         Endpoint::ChatCompletions => 0,
         Endpoint::Completions => 1,
         Endpoint::Embeddings => 2,
-        Endpoint::Messages => 3,
+        // `Provider::send` answers count_tokens itself on routes that speak
+        // OpenAI: that slot is never sent to.
+        Endpoint::Messages | Endpoint::CountTokens => 3,
     }
 }
 

@@ -9,7 +9,8 @@
 //!    TLS the SNI must name the same reseller, else 421 (→ `RequestCtx::sni`);
 //! 5. tenant: from the presented key, constant-time (→ `RequestCtx::tenant`);
 //! 6. body: size-limited read, JSON object with a string `model`
-//!    (`/v1/messages`: [`super::messages::prepare_body`]);
+//!    (`/v1/messages`: [`super::messages::prepare_body`]; `/v1/messages/count_tokens`
+//!    runs stages 6-9 its own way, in [`super::count_tokens`]);
 //! 7. route: plan check and model table (→ provider + upstream model);
 //!    then limits: tenant and reseller buckets, concurrency, monthly quota;
 //! 8. upstream: body rewritten (`model`, `stream_options.include_usage`), sent;
@@ -118,6 +119,17 @@ where
         Ok(Resolved::Api(Api::Models, ctx)) => list_models(&ctx),
         Ok(Resolved::Api(Api::Model(id), ctx)) => span
             .in_scope(|| retrieve_model(&ctx, &id).unwrap_or_else(|e| e.to_response_for(dialect))),
+        Ok(Resolved::Api(Api::Forward(Endpoint::CountTokens), ctx)) => {
+            // Its own admission (no tokens reserved) and answer (a count,
+            // perhaps the gateway's own): see `count_tokens`.
+            Box::pin(async {
+                super::count_tokens::serve(&app, &ctx, req.into_body())
+                    .await
+                    .unwrap_or_else(|e| e.to_response_for(dialect))
+            })
+            .instrument(span)
+            .await
+        }
         Ok(Resolved::Api(Api::Forward(endpoint), ctx)) => {
             // Boxed apart from this future, which `proxy::serve` boxes too:
             // built inline, the pipeline's state would be copied with it on

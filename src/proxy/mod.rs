@@ -6,6 +6,7 @@
 mod answer_scan;
 mod body;
 pub mod cors;
+mod count_tokens;
 mod ctx;
 pub mod error;
 mod fallback;
