@@ -1168,3 +1168,460 @@ async fn native_messages_bill_five_minute_and_one_hour_cache_writes_apart() {
     assert_eq!(r["cost_micros"], 60 + 1500 + 600 + 75, "{r}");
     s.gw.shutdown().await;
 }
+
+/// `POST /v1/messages/count_tokens` the way Anthropic's SDK sends it
+/// (`messages.count_tokens`): `x-api-key`, `anthropic-version`.
+async fn count_tokens(
+    gw: &TestGateway,
+    host: &str,
+    key: Option<&str>,
+    body: &Value,
+) -> reqwest::Response {
+    let mut rb = client()
+        .post(gw.url("/v1/messages/count_tokens"))
+        .header("host", host)
+        .header("anthropic-version", "2023-06-01")
+        .json(body);
+    if let Some(k) = key {
+        rb = rb.header("x-api-key", k);
+    }
+    rb.send().await.unwrap()
+}
+
+/// A count_tokens body as Claude Code sends one: a system prompt, a turn and
+/// a tool.
+fn count_body(model: &str) -> Value {
+    json!({
+        "model": model,
+        "system": "Be brief.",
+        "messages": [{"role": "user", "content": "How many tokens is this prompt?"}],
+        "tools": [{
+            "name": "get_weather",
+            "description": "Current weather in a city",
+            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        }],
+    })
+}
+
+/// A count takes no tokens: its record says 0 of each, whoever counted.
+fn assert_counts_nothing(r: &Value) {
+    assert_eq!(r["endpoint"], "messages.count_tokens", "{r}");
+    assert_eq!(r["prompt_tokens"], 0, "{r}");
+    assert_eq!(r["completion_tokens"], 0, "{r}");
+    assert_eq!(r["total_tokens"], 0, "{r}");
+    assert_eq!(r["estimated"], false, "{r}");
+    assert!(r["cost_micros"].as_u64().unwrap_or(0) == 0, "{r}");
+}
+
+/// On an Anthropic route the provider counts: the body goes to its
+/// count_tokens with the route's model, the platform's key, the client's
+/// `anthropic-version` and `anthropic-beta`, and its answer comes back as it
+/// is; the record bills nothing, although the route's model has prices.
+#[tokio::test]
+async fn count_tokens_on_an_anthropic_route_is_the_providers_count() {
+    let s = setup_priced().await;
+    let body = count_body("claude-sonnet");
+    let beta = "token-efficient-tools-2025-02-19";
+    let resp = client()
+        .post(s.gw.url("/v1/messages/count_tokens"))
+        .header("host", ACME_HOST)
+        .header("anthropic-version", "2023-06-01")
+        .header("anthropic-beta", beta)
+        .header("x-api-key", ACME_DENTAL.2)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let id = rid(&resp);
+    assert!(resp.headers().get("x-livery-estimated").is_none());
+    assert_eq!(resp.headers()["x-livery-model"], "claude-sonnet");
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let mut upstream_body = body.clone();
+    upstream_body["model"] = json!("claude-sonnet-4-5");
+    let want = anthropic_mock::count_of(&upstream_body);
+    assert_eq!(
+        resp.text().await.unwrap(),
+        format!("{{\"input_tokens\":{want}}}")
+    );
+    let up = s.claude.last_request();
+    assert_eq!(up.path, "/v1/messages/count_tokens");
+    assert_eq!(up.body, upstream_body);
+    assert_eq!(up.headers["x-api-key"], PROVIDER_KEY);
+    assert_eq!(up.headers["anthropic-version"], "2023-06-01");
+    assert_eq!(up.headers["anthropic-beta"], beta);
+    let r = s.gw.usage_for(&id).await;
+    assert_counts_nothing(&r);
+    assert_eq!(r["outcome"], "ok", "{r}");
+    assert_eq!(r["status"], 200, "{r}");
+    assert_eq!(r["provider"], "claude", "{r}");
+    assert_eq!(r["key_owner"], "platform", "{r}");
+    assert_eq!(r["requested_model"], "claude-sonnet", "{r}");
+    assert_eq!(outcomes(&r), [("claude".into(), "ok".into(), None)]);
+
+    // A bearer token (the SDK's `auth_token`) opens the same door.
+    let resp = client()
+        .post(s.gw.url("/v1/messages/count_tokens"))
+        .header("host", ACME_HOST)
+        .header("anthropic-version", "2023-06-01")
+        .bearer_auth(ACME_DENTAL.2)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.json::<Value>().await.unwrap()["input_tokens"], want);
+    s.gw.shutdown().await;
+}
+
+/// On a model served only by OpenAI-speaking routes, which have nothing to
+/// count with, the gateway's tokenizer answers, says so, calls no provider
+/// and bills nothing; the tools count too.
+#[tokio::test]
+async fn count_tokens_on_an_openai_route_is_the_gateways_estimate() {
+    let s = setup().await;
+    for (model, upstream_model) in [
+        ("gpt-4o-mini", "gpt-4o-mini-2024-07-18"),
+        ("demo", "mock-1"),
+    ] {
+        let body = count_body(model);
+        let resp = count_tokens(&s.gw, ACME_HOST, Some(ACME_DENTAL.2), &body).await;
+        assert_eq!(resp.status(), 200, "{model}");
+        let id = rid(&resp);
+        assert_eq!(resp.headers()["x-livery-estimated"], "true", "{model}");
+        assert_eq!(resp.headers()["x-livery-model"], model);
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        let v: Value = resp.json().await.unwrap();
+        let want = livery::providers::estimate_input_tokens(upstream_model, &body);
+        assert_eq!(v, json!({"input_tokens": want}), "{model}");
+        let mut without_tools = body.clone();
+        without_tools.as_object_mut().unwrap().remove("tools");
+        let prompt_only = livery::usage::estimate::estimate_prompt_tokens(upstream_model, &body);
+        assert_eq!(
+            prompt_only,
+            livery::usage::estimate::estimate_prompt_tokens(upstream_model, &without_tools)
+        );
+        assert!(
+            want > prompt_only + 10,
+            "{want} vs {prompt_only}: tools left out"
+        );
+        let r = s.gw.usage_for(&id).await;
+        assert_counts_nothing(&r);
+        assert_eq!(r["outcome"], "ok", "{r}");
+        assert_eq!(r["provider"], Value::Null, "{r}");
+        assert_eq!(r["attempts"], json!([]), "{r}");
+    }
+    assert!(s.openai.requests().is_empty());
+    assert!(s.claude.requests().is_empty());
+    s.gw.shutdown().await;
+}
+
+/// Refused at the front door in Anthropic's shape, before any provider is
+/// called: no key, another reseller's tenant's key, a key at another
+/// reseller's Host, an unknown Host, a model outside the plan or unknown, a
+/// body that is not a count's.
+#[tokio::test]
+async fn count_tokens_refusals_are_anthropics_and_reach_no_provider() {
+    let s = setup().await;
+    let gw = &s.gw;
+    let body = count_body("claude-sonnet");
+    let refused = [
+        (ACME_HOST, None, 401, "authentication_error"),
+        (
+            ACME_HOST,
+            Some(GLOBEX_CLINIC.2),
+            401,
+            "authentication_error",
+        ),
+        (
+            GLOBEX_HOST,
+            Some(ACME_DENTAL.2),
+            401,
+            "authentication_error",
+        ),
+        (
+            "nobody.example",
+            Some(ACME_DENTAL.2),
+            404,
+            "not_found_error",
+        ),
+        (
+            ACME_HOST,
+            Some("fake-test-not-a-tenant-key"),
+            401,
+            "authentication_error",
+        ),
+    ];
+    for (host, key, status, typ) in refused {
+        let resp = count_tokens(gw, host, key, &body).await;
+        assert_eq!(anthropic_error(resp, status).await, typ, "{host} {key:?}");
+    }
+    // realty's plan (basic) lacks the model: refused, and recorded.
+    let resp = count_tokens(gw, ACME_HOST, Some(ACME_REALTY.2), &body).await;
+    let id = rid(&resp);
+    assert_eq!(anthropic_error(resp, 403).await, "permission_error");
+    let r = gw.usage_for(&id).await;
+    assert_eq!(r["endpoint"], "messages.count_tokens", "{r}");
+    assert_eq!(r["outcome"], "rejected", "{r}");
+    assert_eq!(r["error_code"], "model_not_allowed", "{r}");
+    let resp = count_tokens(gw, ACME_HOST, Some(ACME_DENTAL.2), &count_body("nope")).await;
+    assert_eq!(anthropic_error(resp, 404).await, "not_found_error");
+    let mut no_messages = body.clone();
+    no_messages.as_object_mut().unwrap().remove("messages");
+    let resp = count_tokens(gw, ACME_HOST, Some(ACME_DENTAL.2), &no_messages).await;
+    assert_eq!(anthropic_error(resp, 400).await, "invalid_request_error");
+    let resp = client()
+        .get(gw.url("/v1/messages/count_tokens"))
+        .header("host", ACME_HOST)
+        .header("x-api-key", ACME_DENTAL.2)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["allow"], "POST");
+    assert_eq!(anthropic_error(resp, 405).await, "invalid_request_error");
+    assert!(s.claude.requests().is_empty());
+    assert!(s.openai.requests().is_empty());
+    s.gw.shutdown().await;
+}
+
+/// A provider's errors are reshaped as `/v1/messages` reshapes them (status
+/// and type kept, `retry-after` passed on, its request id dropped); a model
+/// with another route falls back to it, here an OpenAI one, whose count is
+/// the gateway's estimate.
+#[tokio::test]
+async fn count_tokens_provider_errors_are_reshaped_or_fallen_back() {
+    let s = setup().await;
+    let gw = &s.gw;
+    s.claude.push_fault(Fault::Status {
+        status: 429,
+        retry_after: Some(3),
+    });
+    let resp = count_tokens(
+        gw,
+        ACME_HOST,
+        Some(ACME_DENTAL.2),
+        &count_body("claude-sonnet"),
+    )
+    .await;
+    let id = rid(&resp);
+    assert_eq!(resp.headers()["retry-after"], "3");
+    assert_eq!(anthropic_error(resp, 429).await, "rate_limit_error");
+    let r = gw.usage_for(&id).await;
+    assert_counts_nothing(&r);
+    assert_eq!(r["outcome"], "upstream_error", "{r}");
+    assert_eq!(r["error_code"], "rate_limit_error", "{r}");
+    s.claude.push_fault(Fault::Status {
+        status: 529,
+        retry_after: None,
+    });
+    let resp = count_tokens(
+        gw,
+        ACME_HOST,
+        Some(ACME_DENTAL.2),
+        &count_body("claude-sonnet"),
+    )
+    .await;
+    assert_eq!(anthropic_error(resp, 529).await, "overloaded_error");
+    // The provider judges the body: a field its count does not take.
+    let mut extra = count_body("claude-sonnet");
+    extra["max_tokens"] = json!(100);
+    let resp = count_tokens(gw, ACME_HOST, Some(ACME_DENTAL.2), &extra).await;
+    assert_eq!(anthropic_error(resp, 400).await, "invalid_request_error");
+
+    // `smart`: claude first, then the OpenAI mock.
+    let body = count_body("smart");
+    let resp = count_tokens(gw, ACME_HOST, Some(ACME_DENTAL.2), &body).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("x-livery-estimated").is_none());
+    let mut upstream_body = body.clone();
+    upstream_body["model"] = json!("claude-sonnet-4-5");
+    let want = anthropic_mock::count_of(&upstream_body);
+    assert_eq!(resp.json::<Value>().await.unwrap()["input_tokens"], want);
+    s.claude.push_fault(Fault::Status {
+        status: 429,
+        retry_after: None,
+    });
+    let resp = count_tokens(gw, ACME_HOST, Some(ACME_DENTAL.2), &body).await;
+    assert_eq!(resp.status(), 200);
+    let id = rid(&resp);
+    assert_eq!(resp.headers()["x-livery-estimated"], "true");
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let want = livery::providers::estimate_input_tokens("gpt-4o-mini-2024-07-18", &body);
+    assert_eq!(
+        resp.json::<Value>().await.unwrap(),
+        json!({"input_tokens": want})
+    );
+    let r = gw.usage_for(&id).await;
+    assert_counts_nothing(&r);
+    assert_eq!(
+        outcomes(&r),
+        [
+            ("claude".into(), "rate_limited".into(), Some(429)),
+            ("upstream".into(), "ok".into(), None),
+        ]
+    );
+    // The OpenAI provider has nothing to count with: it was not called.
+    assert!(s.openai.requests().is_empty());
+    s.gw.shutdown().await;
+}
+
+const COUNT_KEK_ENV: &str = "LIVERY_TEST_COUNT_TOKENS_KEK";
+const DENTAL_ANTHROPIC_KEY: &str = "fake-test-dental-anthropic-key-7Qw3Er5Ty";
+
+/// `provider` key of `owner`, sealed under a KEK of these tests' own (the
+/// vault tests set theirs once; sharing the variable would race them).
+fn seal(owner: &str, provider: &str, key: &str) -> String {
+    use livery::vault::{CredentialOwner, EnvKek, Keyring};
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| std::env::set_var(COUNT_KEK_ENV, livery::vault::generate_kek().unwrap()));
+    let mut keyring = Keyring::default();
+    keyring.add(std::sync::Arc::new(
+        EnvKek::load("count-kek", COUNT_KEK_ENV).unwrap(),
+    ));
+    keyring
+        .seal(&CredentialOwner::parse(owner).unwrap(), provider, key)
+        .unwrap()
+        .to_sealed_string()
+}
+
+/// A tenant with its own Anthropic key has its counts made with it, unsealed
+/// as for its messages; a tenant without one (globex's clinic, same plan)
+/// has the platform's sent, never another tenant's.
+#[tokio::test]
+async fn count_tokens_goes_with_the_tenants_own_key() {
+    let openai = MockProvider::start().await;
+    let claude = AnthropicMock::start(DENTAL_ANTHROPIC_KEY).await;
+    let key_line = format!("api_key_env = \"{PROVIDER_KEY_ENV}\"");
+    let config = anthropic_config(&openai.base_url(), &claude.base_url(), &key_line);
+    let dental = format!("key_hashes = [\"{}\"]", hash(ACME_DENTAL.2));
+    assert!(config.contains(&dental), "standard config changed");
+    let sealed = seal("tenant:acme/dental", "claude", DENTAL_ANTHROPIC_KEY);
+    let config =
+        config.replace(
+            &dental,
+            &format!("{dental}\ncredentials = {{ claude = \"{sealed}\" }}"),
+        ) + &format!("\n[vault]\n[[vault.keks]]\nid = \"count-kek\"\nenv = \"{COUNT_KEK_ENV}\"\n");
+    let gw = TestGateway::start(&config).await;
+    let body = count_body("claude-sonnet");
+    let resp = count_tokens(&gw, ACME_HOST, Some(ACME_DENTAL.2), &body).await;
+    assert_eq!(resp.status(), 200);
+    let id = rid(&resp);
+    let up = claude.last_request();
+    assert_eq!(up.path, "/v1/messages/count_tokens");
+    assert_eq!(up.headers["x-api-key"], DENTAL_ANTHROPIC_KEY);
+    let r = gw.usage_for(&id).await;
+    assert_eq!(r["key_owner"], "tenant", "{r}");
+    assert_counts_nothing(&r);
+
+    // The mock takes dental's key only: the platform's is refused, which
+    // under the gateway's key is the operator's fault, not the tenant's.
+    let resp = count_tokens(&gw, GLOBEX_HOST, Some(GLOBEX_CLINIC.2), &body).await;
+    assert_eq!(claude.last_request().headers["x-api-key"], PROVIDER_KEY);
+    assert_eq!(anthropic_error(resp, 502).await, "api_error");
+    gw.shutdown().await;
+}
+
+/// A count is admitted like any request, for no tokens: it takes a request
+/// of the per-minute bucket, and reserves nothing of the token bucket or the
+/// month (here one token each, which any reservation or any counted usage
+/// would exhaust at once).
+#[tokio::test]
+async fn count_tokens_takes_a_request_but_no_tokens() {
+    let limits = "requests_per_minute = 3\ntokens_per_minute = 1\ntokens_per_month = 1";
+    let (gw, _openai, _claude) = limited_gateway(limits).await;
+    let mut big = count_body("claude-sonnet");
+    big["messages"][0]["content"] = json!("many words ".repeat(500));
+    for model in ["claude-sonnet", "gpt-4o-mini", "claude-sonnet"] {
+        big["model"] = json!(model);
+        let resp = count_tokens(&gw, ACME_HOST, Some(ACME_DENTAL.2), &big).await;
+        assert_eq!(
+            resp.status(),
+            200,
+            "{model}: {}",
+            resp.text().await.unwrap()
+        );
+        assert!(resp
+            .headers()
+            .contains_key("x-ratelimit-remaining-requests"));
+    }
+    let resp = count_tokens(&gw, ACME_HOST, Some(ACME_DENTAL.2), &big).await;
+    assert_eq!(resp.status(), 429);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("requests per min"), "{v}");
+    gw.shutdown().await;
+}
+
+/// A count takes a concurrency slot: a stream holding the tenant's only one
+/// refuses it, and its end frees it.
+#[tokio::test]
+async fn count_tokens_takes_a_concurrency_slot() {
+    let (gw, _openai, claude) = limited_gateway("max_concurrent = 1").await;
+    let body = count_body("claude-sonnet");
+    claude.push_fault(Fault::SlowAfter(2));
+    let mut stream = messages_body("claude-sonnet");
+    stream["stream"] = json!(true);
+    let held = messages(&gw, Some(ACME_DENTAL.2), &stream).await;
+    assert_eq!(held.status(), 200);
+    let resp = count_tokens(&gw, ACME_HOST, Some(ACME_DENTAL.2), &body).await;
+    assert_eq!(resp.status(), 429);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("concurrent"),
+        "{v}"
+    );
+    drop(held);
+    let start = std::time::Instant::now();
+    loop {
+        let resp = count_tokens(&gw, ACME_HOST, Some(ACME_DENTAL.2), &body).await;
+        if resp.status() == 200 {
+            break;
+        }
+        // Until the stream's record is written, which frees its slot.
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    gw.shutdown().await;
+}
+
+/// The gateway of [`setup`] with `limits` in plan `pro` (dental's).
+async fn limited_gateway(limits: &str) -> (TestGateway, MockProvider, AnthropicMock) {
+    let openai = MockProvider::start().await;
+    let claude = AnthropicMock::start(PROVIDER_KEY).await;
+    let key_line = format!("api_key_env = \"{PROVIDER_KEY_ENV}\"");
+    let config = anthropic_config(&openai.base_url(), &claude.base_url(), &key_line);
+    let pro = "name = \"pro\"\n";
+    assert!(config.contains(pro), "standard config changed");
+    let config = config.replacen(pro, &format!("{pro}{limits}\n"), 1);
+    (TestGateway::start(&config).await, openai, claude)
+}
+
+/// A plan that downgrades a model outside it downgrades a count the same way.
+#[tokio::test]
+async fn count_tokens_is_downgraded_as_messages_are() {
+    let openai = MockProvider::start().await;
+    let claude = AnthropicMock::start(PROVIDER_KEY).await;
+    let key_line = format!("api_key_env = \"{PROVIDER_KEY_ENV}\"");
+    let config = anthropic_config(&openai.base_url(), &claude.base_url(), &key_line);
+    let basic = "name = \"basic\"\n";
+    assert!(config.contains(basic), "standard config changed");
+    let config = config.replacen(
+        basic,
+        "name = \"basic\"\ndisallowed_model = \"downgrade\"\ndowngrade_to = \"gpt-4o-mini\"\n",
+        1,
+    );
+    let gw = TestGateway::start(&config).await;
+    let body = count_body("claude-sonnet");
+    let resp = count_tokens(&gw, ACME_HOST, Some(ACME_REALTY.2), &body).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-livery-model"], "gpt-4o-mini");
+    assert_eq!(resp.headers()["x-livery-downgraded-from"], "claude-sonnet");
+    assert_eq!(resp.headers()["x-livery-estimated"], "true");
+    assert!(claude.requests().is_empty());
+    gw.shutdown().await;
+}

@@ -5,6 +5,9 @@
 //! Anthropic's error shape, and answers by replaying the wire captures in
 //! `tests/fixtures/wire/anthropic/` byte for byte: the text answer, or the
 //! `tool_use` one when the request has tools, as JSON or as an event stream.
+//! `POST /v1/messages/count_tokens` is checked the same way (no `max_tokens`
+//! there: Anthropic refuses any field its count does not take) and answers
+//! Anthropic's `{"input_tokens":N}`, N being [`count_of`] the body.
 //!
 //! Faults are queued with [`AnthropicMock::push_fault`]; each request takes the
 //! next one, if any (the gateway's translated body cannot carry directives).
@@ -194,7 +197,8 @@ async fn serve(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         headers: parts.headers.clone(),
         body: json.clone(),
     });
-    if parts.uri.path() != "/v1/messages" || parts.method != http::Method::POST {
+    let count = parts.uri.path() == "/v1/messages/count_tokens";
+    if !(count || parts.uri.path() == "/v1/messages") || parts.method != http::Method::POST {
         return error(404, "not_found_error", "Not found");
     }
     let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
@@ -222,7 +226,18 @@ async fn serve(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     if !json["model"].is_string() {
         return error(400, "invalid_request_error", "model: Field required");
     }
-    if !json["max_tokens"].is_u64() {
+    if count {
+        if let Some(extra) = json
+            .as_object()
+            .and_then(|o| o.keys().find(|k| !COUNT_FIELDS.contains(&k.as_str())))
+        {
+            return error(
+                400,
+                "invalid_request_error",
+                &format!("{extra}: Extra inputs are not permitted"),
+            );
+        }
+    } else if !json["max_tokens"].is_u64() {
         return error(400, "invalid_request_error", "max_tokens: Field required");
     }
     if json.get("messages").and_then(Value::as_array).is_none() {
@@ -240,6 +255,10 @@ async fn serve(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             _ => json!({"type": "error", "error": {"type": "api_error", "message": "Internal server error"}}).to_string(),
         };
         return respond(status, "application/json", body, retry_after);
+    }
+    if count {
+        let body = json!({"input_tokens": count_of(&json)}).to_string();
+        return respond(200, "application/json", body, None);
     }
     let tools = json
         .get("tools")
@@ -300,6 +319,29 @@ async fn serve(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     );
     h.insert("cache-control", HeaderValue::from_static("no-cache"));
     r
+}
+
+/// The members of a count_tokens body (Anthropic's `MessageCountTokensParams`,
+/// its beta-only ones left out).
+const COUNT_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "system",
+    "tools",
+    "tool_choice",
+    "thinking",
+];
+
+/// What the mock's count_tokens answers for `body`: not a tokenizer's count,
+/// but one that changes with every part of the prompt (and so shows that the
+/// gateway forwarded them).
+pub fn count_of(body: &Value) -> u64 {
+    let text: usize = ["system", "messages", "tools"]
+        .iter()
+        .filter_map(|k| body.get(*k))
+        .map(|v| v.to_string().len())
+        .sum();
+    (text / 4 + 3) as u64
 }
 
 /// `body` (a capture) reporting `writes` as its cache writes, if given: the
