@@ -352,9 +352,14 @@ impl<'a> LedgerEvent<'a> {
     }
 
     /// Billable: the upstream answered, or it reported tokens (a truncated
-    /// stream still consumed them).
+    /// stream still consumed them). A token count answered is not: it
+    /// consumes no tokens and the provider counts for free (Anthropic's
+    /// count_tokens), so a reseller billed per request is not billed for the
+    /// counts its tenants' clients make before they send.
     pub fn billable(&self) -> bool {
-        self.outcome.as_deref() == Some("ok") || self.total() > 0
+        (self.outcome.as_deref() == Some("ok")
+            && self.endpoint != crate::providers::Endpoint::CountTokens.name())
+            || self.total() > 0
     }
 }
 
@@ -469,6 +474,13 @@ pub(super) mod tests {
         assert_eq!(e.attempts.len(), 1);
         assert_eq!(e.raw.as_bytes(), line);
         assert!(e.billable());
+        let text = std::str::from_utf8(line).unwrap();
+        let count = text.replace(
+            r#""endpoint":"chat""#,
+            r#""endpoint":"messages.count_tokens""#,
+        );
+        let e = LedgerEvent::from_line(count.as_bytes()).unwrap();
+        assert!(!e.billable(), "a count answered");
         // A field of the wrong type still makes the line unreadable.
         let bad = br#"{"event_id":"e1","ts":"x","request_id":"r","reseller":"a","tenant":"t","provider":7}"#;
         assert!(LedgerEvent::from_line(bad).is_err());

@@ -37,7 +37,13 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The endpoints a record names (`UsageRecord::endpoint`), in index order.
-const ENDPOINTS: [&str; 4] = ["chat.completions", "completions", "embeddings", "messages"];
+const ENDPOINTS: [&str; 5] = [
+    "chat.completions",
+    "completions",
+    "embeddings",
+    "messages",
+    "messages.count_tokens",
+];
 
 /// Upper bounds of the latency buckets, in milliseconds: from a cached plain
 /// answer (5 ms) to a long reasoning stream (5 min).
@@ -317,6 +323,33 @@ pub fn render(stats: &LedgerStats, out: &mut String) {
 mod tests {
     use super::*;
     use crate::usage::spool::{Position, SpoolStats};
+
+    /// Every endpoint a record can name has its series: one missing from
+    /// the list is silently not counted.
+    #[test]
+    fn every_endpoint_has_its_series() {
+        use crate::providers::Endpoint;
+        let stats = RecordStats::default();
+        for e in [
+            Endpoint::ChatCompletions,
+            Endpoint::Completions,
+            Endpoint::Embeddings,
+            Endpoint::Messages,
+            Endpoint::CountTokens,
+        ] {
+            let mut r = crate::usage::event::tests::record();
+            r.endpoint = e.name();
+            r.outcome = Outcome::Ok;
+            stats.observe(&r);
+        }
+        let mut out = String::new();
+        stats.render(0, &mut out);
+        for name in ENDPOINTS {
+            let series = format!("livery_requests_total{{endpoint=\"{name}\",outcome=\"ok\"}} 1\n");
+            assert!(out.contains(&series), "{series}");
+        }
+        assert!(ENDPOINTS.contains(&"messages.count_tokens"));
+    }
 
     #[test]
     fn histograms_are_cumulative_with_prometheus_bounds() {
