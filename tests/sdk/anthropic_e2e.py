@@ -66,6 +66,17 @@ def check_stream_events(client, model):
     return f"{len(events)} events"
 
 
+def check_count_tokens(client, model):
+    raw = client.messages.with_raw_response.count_tokens(
+        model=model, system=SYSTEM, messages=MESSAGES
+    )
+    r = raw.parse()
+    ensure(r.input_tokens > 0, f"input_tokens = {r.input_tokens}")
+    # OpenAI-speaking routes have no count of their own: the gateway's is marked.
+    estimated = raw.headers.get("x-livery-estimated") == "true"
+    return f"{r.input_tokens} input tokens" + (" (the gateway's estimate)" if estimated else "")
+
+
 def check_wrong_key(base_url, model):
     bad = Anthropic(base_url=base_url, api_key="sk-livery-wrong-key", max_retries=0, timeout=30)
     try:
@@ -97,6 +108,7 @@ def main(argv):
         ("messages.create", lambda: check_create(client, model)),
         ("messages.stream", lambda: check_stream_helper(client, model)),
         ("streamed events", lambda: check_stream_events(client, model)),
+        ("messages.count_tokens", lambda: check_count_tokens(client, model)),
         ("wrong key", lambda: check_wrong_key(base_url, model)),
         ("unknown model", lambda: check_unknown_model(client)),
     ]
