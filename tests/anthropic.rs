@@ -1540,9 +1540,12 @@ async fn count_tokens_takes_a_request_but_no_tokens() {
             "{model}: {}",
             resp.text().await.unwrap()
         );
-        assert!(resp
-            .headers()
-            .contains_key("x-ratelimit-remaining-requests"));
+        // Nothing reserved: the bucket of one token is still full.
+        assert_eq!(
+            resp.headers()["x-ratelimit-remaining-tokens"],
+            "1",
+            "{model}"
+        );
     }
     let resp = count_tokens(&gw, ACME_HOST, Some(ACME_DENTAL.2), &big).await;
     assert_eq!(resp.status(), 429);
