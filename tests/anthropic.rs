@@ -621,6 +621,45 @@ async fn the_mock_requires_anthropic_headers() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["type"], "invalid_request_error");
 
+    // Its count_tokens: the same checks, no `max_tokens`, Anthropic's answer.
+    let url = format!("{}/v1/messages/count_tokens", claude.base_url());
+    let count = json!({"model": "m", "messages": []});
+    let send = |key: &'static str, version: bool, body: &Value| {
+        let mut rb = client().post(&url).json(body);
+        if !key.is_empty() {
+            rb = rb.header("x-api-key", key);
+        }
+        if version {
+            rb = rb.header("anthropic-version", "2023-06-01");
+        }
+        rb.send()
+    };
+    for (key, version, body, status, typ) in [
+        ("", true, &count, 401, "authentication_error"),
+        (
+            "fake-test-wrong-key",
+            true,
+            &count,
+            401,
+            "authentication_error",
+        ),
+        (PROVIDER_KEY, false, &count, 400, "invalid_request_error"),
+        (PROVIDER_KEY, true, &body, 400, "invalid_request_error"),
+    ] {
+        let r = send(key, version, body).await.unwrap();
+        assert_eq!(r.status(), status, "{key} {version} {body}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["type"], "error", "{v}");
+        assert_eq!(v["error"]["type"], typ, "{v}");
+    }
+    let r = send(PROVIDER_KEY, true, &count).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let want = anthropic_mock::count_of(&count);
+    assert_eq!(
+        r.text().await.unwrap(),
+        format!("{{\"input_tokens\":{want}}}")
+    );
+
     // A provider configured without a key: the mock refuses, and the gateway
     // does not pass a provider 401 on as the client's.
     let openai = MockProvider::start().await;
