@@ -941,7 +941,7 @@ async fn metrics_count_requests_durations_and_tokens_as_recorded() {
 }
 
 /// A cache-write price that cannot be what its author meant (an hour's write
-/// below five minutes') is refused when the configuration is loaded, as
+/// set below five minutes') is refused when the configuration is loaded, as
 /// check-config and a reload load it, naming the entry; a misspelt or
 /// inexact one already fails to parse.
 #[test]
@@ -960,18 +960,19 @@ fn cache_write_prices_are_checked_at_load() {
     prepare("").unwrap();
     prepare("cache_write_input_per_million = \"3.75\"\ncache_write_1h_input_per_million = 6")
         .unwrap();
-    for swapped in [
-        "cache_write_input_per_million = 6\ncache_write_1h_input_per_million = \"3.75\"",
-        // Against the hour's default (2 × 3).
-        "cache_write_input_per_million = 7",
-    ] {
-        let err = prepare(swapped).unwrap_err().to_string();
-        assert!(
-            err.contains("[[prices.models]] `gpt-4o-mini-2024-07-18`")
-                && err.contains("cache_write_1h_input_per_million"),
-            "{err}"
-        );
-    }
+    // One price set alone, beyond the other's default (2 × 3 for the hour,
+    // 1.25 × 3 for five minutes): a provider that sells that kind of write
+    // only; the other's default follows it.
+    prepare("cache_write_input_per_million = 7").unwrap();
+    prepare("cache_write_1h_input_per_million = 3").unwrap();
+    // Both set, swapped.
+    let swapped = "cache_write_input_per_million = 6\ncache_write_1h_input_per_million = \"3.75\"";
+    let err = prepare(swapped).unwrap_err().to_string();
+    assert!(
+        err.contains("[[prices.models]] `gpt-4o-mini-2024-07-18`")
+            && err.contains("cache_write_1h_input_per_million"),
+        "{err}"
+    );
     for unreadable in [
         "cache_write_input_per_million = \"0.0000001\"",
         "cache_write_1h_input_per_million = -2",

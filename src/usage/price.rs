@@ -170,26 +170,48 @@ impl ModelPrice {
             input: input * 4,
             output: quarters(m.output_per_million),
             cached: quarters(m.cached_input_per_million.unwrap_or(m.input_per_million)),
-            cache_write: m
-                .cache_write_input_per_million
-                .map_or(input * CACHE_WRITE_QUARTERS, quarters),
-            cache_write_1h: m
-                .cache_write_1h_input_per_million
-                .map_or(input * CACHE_WRITE_1H_QUARTERS, quarters),
+            cache_write: 0,
+            cache_write_1h: 0,
         }
+        .with_cache_writes(
+            m.cache_write_input_per_million.map(quarters),
+            m.cache_write_1h_input_per_million.map(quarters),
+        )
+    }
+
+    /// The cache-write prices: each one set as it is, an unset one at
+    /// Anthropic's multiple of the input price, kept on its side of the
+    /// other (a one-hour default of at least the five-minute price set, a
+    /// five-minute default of at most the one-hour price set). A provider
+    /// that sells one kind of write only, at a price beyond the other's
+    /// default, is priced with that one price alone: both defaults fixed,
+    /// the entry was refused unless its author made up the price of the
+    /// kind the provider does not sell.
+    fn with_cache_writes(mut self, five_min: Option<u128>, one_hour: Option<u128>) -> Self {
+        let input = self.input / 4;
+        (self.cache_write, self.cache_write_1h) = match (five_min, one_hour) {
+            (Some(w), Some(h)) => (w, h),
+            (Some(w), None) => (w, w.max(input * CACHE_WRITE_1H_QUARTERS)),
+            (None, Some(h)) => (h.min(input * CACHE_WRITE_QUARTERS), h),
+            (None, None) => (
+                input * CACHE_WRITE_QUARTERS,
+                input * CACHE_WRITE_1H_QUARTERS,
+            ),
+        };
+        self
     }
 }
 
 /// What [`PriceTable`] would price unlike what its author meant, refused when
-/// the configuration is loaded: a one-hour cache write below the five-minute
-/// one (every provider that sells both charges more for the hour: the two
-/// are swapped, or one was set and the other left to its default).
+/// the configuration is loaded: a one-hour cache write set below the
+/// five-minute one (every provider that sells both charges more for the
+/// hour: the two are swapped). With one of them set, the other's default
+/// never crosses it.
 pub fn check_entry(m: &ModelPriceConfig) -> Result<(), String> {
     let p = ModelPrice::of(m);
     if p.cache_write_1h < p.cache_write {
         return Err(format!(
-            "`{}`: cache_write_1h_input_per_million ({}) is below cache_write_input_per_million ({}); \
-             set both (defaults: 2 and 1.25 times input_per_million)",
+            "`{}`: cache_write_1h_input_per_million ({}) is below cache_write_input_per_million ({})",
             m.model,
             format_quarters(p.cache_write_1h),
             format_quarters(p.cache_write),
@@ -459,6 +481,8 @@ mod tests {
         assert!(check_entry(&e).is_ok());
         e.cache_write_1h_input_per_million = Some(Amount(3_750_000));
         assert!(check_entry(&e).is_ok(), "equal is allowed");
+        // Both set, the hour below.
+        e.cache_write_input_per_million = Some(Amount(3_750_000));
         e.cache_write_1h_input_per_million = Some(Amount(3_000_000));
         let err = check_entry(&e).unwrap_err();
         assert!(
@@ -469,13 +493,47 @@ mod tests {
         e.cache_write_input_per_million = Some(Amount(6_000_000));
         e.cache_write_1h_input_per_million = Some(Amount(3_750_000));
         assert!(check_entry(&e).is_err());
-        // A five-minute price above the hour's default.
-        let mut e = entry(1, 0, None);
-        e.cache_write_input_per_million = Some(Amount(3));
-        let err = check_entry(&e).unwrap_err();
-        assert!(err.contains("(0.000002) is below"), "{err}");
         assert_eq!(format_quarters(5), "0.00000125");
         assert_eq!(format_quarters(6), "0.0000015");
+    }
+
+    /// A provider that sells one kind of cache write only (OpenAI-shaped
+    /// usage never says which kind a write was) is priced with the one price
+    /// set, whatever it is: the other's default does not cross it, and the
+    /// entry is not refused for a price its author had no reason to set.
+    #[test]
+    fn one_cache_write_price_set_alone_is_not_crossed_by_the_others_default() {
+        // Input 1 per million: the defaults are 1.25 and 2.
+        let mut five_min_only = entry(1_000_000, 0, None);
+        five_min_only.cache_write_input_per_million = Some(Amount(3_000_000));
+        assert!(check_entry(&five_min_only).is_ok());
+        let table = PriceTable::from_entries(&[five_min_only]);
+        let cost = |t| table.cost(None, &[Some("m")], t).unwrap();
+        assert_eq!(cost(tokens(1_000_000, 0, 1_000_000, 0, 0)), 3_000_000);
+        // An hour's write reported all the same: at that price, not below.
+        assert_eq!(
+            cost(tokens(1_000_000, 0, 1_000_000, 1_000_000, 0)),
+            3_000_000
+        );
+        // Below the default, the hour keeps its default.
+        let mut cheap = entry(1_000_000, 0, None);
+        cheap.cache_write_input_per_million = Some(Amount(1_000_000));
+        let table = PriceTable::from_entries(&[cheap]);
+        assert_eq!(
+            table.cost(None, &[Some("m")], tokens(2, 0, 2, 1, 0)),
+            Some(3)
+        );
+
+        let mut one_hour_only = entry(1_000_000, 0, None);
+        one_hour_only.cache_write_1h_input_per_million = Some(Amount(1_000_000));
+        assert!(check_entry(&one_hour_only).is_ok());
+        let table = PriceTable::from_entries(&[one_hour_only]);
+        let cost = |t| table.cost(None, &[Some("m")], t).unwrap();
+        assert_eq!(cost(tokens(1_000_000, 0, 1_000_000, 0, 0)), 1_000_000);
+        assert_eq!(
+            cost(tokens(1_000_000, 0, 1_000_000, 1_000_000, 0)),
+            1_000_000
+        );
     }
 
     /// The new fields are amounts like the others: exact, non-negative, six
