@@ -1304,6 +1304,27 @@ async fn a_month_held_in_redis_by_a_request_in_flight_is_a_retryable_refusal() {
     assert_eq!(redis_month(&mut r, &month_key(None)), Some((1000, 0)));
 }
 
+/// A request that reserves nothing (a token count, admitted for 0) is not
+/// held out of the month by other requests' reservations, in Redis as
+/// locally: one admitted for more than the month had left refused it with
+/// "reserved by requests in flight, Requested 0".
+#[tokio::test]
+async fn a_request_reserving_nothing_is_not_held_out_of_the_month_in_redis() {
+    let Some(redis) = RedisServer::start("nothing_reserved_not_held") else {
+        return;
+    };
+    let a = shared(&redis, OnRedisError::FailClosed, 1);
+    let limits = EffectiveLimits::new(&quota(100_000), &quota(1000));
+    let (dental, realty) = (
+        LimitKey::new("acme", "dental"),
+        LimitKey::new("acme", "realty"),
+    );
+    let _huge = a.admit(&dental, &limits, 5000).await.unwrap();
+    assert_held(&a.admit(&realty, &limits, 1).await.unwrap_err());
+    let count = a.admit(&realty, &limits, 0).await;
+    assert!(count.as_ref().is_ok_and(|c| c.is_shared()), "{count:?}");
+}
+
 /// A gateway that dies with requests in flight never settles them: their
 /// reservations stop holding the month after one to two generations of
 /// `reservation_hold`, and are not counted as used (the usage of a crashed

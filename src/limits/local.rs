@@ -173,7 +173,9 @@ impl State {
                 let q = plan.tokens_per_month?;
                 let free = q.saturating_sub(self.month_used(c.month));
                 let held = self.month_held(c.month);
-                (held.saturating_add(month_need(c.estimate, free)) > free)
+                // A request that reserves nothing (a token count) adds
+                // nothing to the reservations: only a month used up refuses it.
+                (c.estimate > 0 && held.saturating_add(month_need(c.estimate, free)) > free)
                     .then_some((q, MONTH_HELD_RETRY_MS))
             }
             Check::Requests => {

@@ -650,3 +650,28 @@ async fn reservations_leave_their_own_month_once_on_every_exit() {
     t.settle(&limits.tenant, 70, 900, jan, 60_000.0, 0.0, false);
     assert_eq!((t.month_used(jan), t.month_held(jan)), (70, 0));
 }
+
+/// A request that reserves nothing (a token count, admitted for 0) takes
+/// nothing of the month, so reservations cannot hold it out: one admitted
+/// for more than the month had left held every other request back, the
+/// count too, with "reserved by requests in flight, Requested 0", though
+/// the README promises a count nothing of the month and refuses it only
+/// once the month is used up.
+#[tokio::test]
+async fn a_request_reserving_nothing_is_not_held_out_of_the_month() {
+    let l = limiter();
+    let limits = EffectiveLimits::new(&quota(100_000), &quota(1000));
+    let mut huge = l.admit(&key_of("dental"), &limits, 5000).await.unwrap();
+    assert_held(
+        &l.admit(&key_of("realty"), &limits, 1).await.unwrap_err(),
+        1,
+    );
+    let count = l.admit(&key_of("realty"), &limits, 0).await;
+    assert!(count.is_ok(), "{count:?}");
+    drop(count);
+    // Used up for real: final, for a count as for any request.
+    huge.settle(1000);
+    drop(huge);
+    let e = l.admit(&key_of("realty"), &limits, 0).await.unwrap_err();
+    assert_eq!(e.label(), "monthly_quota", "{e:?}");
+}

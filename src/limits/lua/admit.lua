@@ -108,9 +108,10 @@ for _, check in ipairs({ 1, 5, 2, 3, 4 }) do
       refuse(1, i, 0)
     elseif check == 5 and L.quota > 0 then
       -- A request reserving more than the month has left needs all of it
-      -- (local.rs's `month_need`), so it passes once nothing else holds any.
+      -- (local.rs's `month_need`), so it passes once nothing else holds any;
+      -- one reserving nothing (a token count) is never held out.
       local free = L.quota - L.used
-      if L.held + L.hp + min(est, free) > free then refuse(5, i, held_wait) end
+      if est > 0 and L.held + L.hp + min(est, free) > free then refuse(5, i, held_wait) end
     elseif check == 2 and L.rpm > 0 and L.rq < 1 then
       refuse(2, i, wait(1, L.rq, L.rpm))
     elseif check == 3 and L.tpm > 0 and L.tq < min(est, L.tpm) then
