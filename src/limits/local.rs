@@ -202,10 +202,14 @@ impl State {
             b.level -= c.estimate as f64;
         }
         if plan.tokens_per_month.is_some() {
-            match self.month.as_mut().filter(|m| m.month == c.month) {
-                Some(m) => m.held = m.held.saturating_add(c.estimate),
-                None => {
-                    self.month = Some(MonthCount {
+            match &mut self.month {
+                Some(m) if m.month == c.month => m.held = m.held.saturating_add(c.estimate),
+                // A later month is counted here already (this admission read
+                // the clock before the turn): it is not this admission's to
+                // replace, and its settle counts nothing in it either.
+                Some(m) if m.month > c.month => {}
+                other => {
+                    *other = Some(MonthCount {
                         month: c.month,
                         used: 0,
                         held: c.estimate,

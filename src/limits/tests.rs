@@ -675,3 +675,36 @@ async fn a_request_reserving_nothing_is_not_held_out_of_the_month() {
     let e = l.admit(&key_of("realty"), &limits, 0).await.unwrap_err();
     assert_eq!(e.label(), "monthly_quota", "{e:?}");
 }
+
+/// An admission that read the clock just before the month's turn and locks
+/// its entries after a January admission counted January there (its ledger
+/// read, or a Redis timeout, in between) leaves January alone: it replaced
+/// January's count with a December one (nothing settled, its own estimate
+/// held), so January's next admission seeded January afresh and the
+/// reservations of January's requests in flight were forgotten (let past
+/// the quota).
+#[test]
+fn an_admission_of_the_month_before_leaves_the_new_month_alone() {
+    let local = super::local::LocalBackend::new(Duration::from_secs(60));
+    let k = key();
+    let limits = EffectiveLimits::new(&quota(1000), &PlanLimits::default());
+    let (dec, jan) = (
+        Month {
+            year: 2026,
+            month: 12,
+        },
+        Month {
+            year: 2027,
+            month: 1,
+        },
+    );
+    let t = local.tenant(&k);
+    t.observe_month(jan, 40);
+    let _jan = local.admit(&k, &limits, 900, jan, &NoMonthlyUsage).unwrap();
+    let late = local.admit(&k, &limits, 300, dec, &NoMonthlyUsage);
+    assert!(late.is_ok());
+    assert_eq!((t.month_used(jan), t.month_held(jan)), (40, 900));
+    // January's month still holds 900 of its 960 left.
+    let e = local.admit(&k, &limits, 100, jan, &NoMonthlyUsage);
+    assert_eq!(e.err().map(|e| e.label()), Some("monthly_quota_held"));
+}
