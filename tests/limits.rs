@@ -278,6 +278,52 @@ async fn the_token_bucket_converges_on_real_usage_after_settlement() {
     assert!(e.retry_after().unwrap() > Duration::from_secs(20));
 }
 
+/// A request that reserves no tokens (a token count, admitted for 0) needs
+/// nothing of the token bucket: a bucket in debt (a request used more than
+/// its estimate) refused it with "Rate limit reached on tokens per min,
+/// Requested 0" until refilled, though a count takes nothing of
+/// `tokens_per_minute`. A request of one token is still refused.
+async fn a_request_reserving_nothing_passes_a_bucket_in_debt(limiter: &Limiter) {
+    let key = LimitKey::new("acme", "dental");
+    let limits = tenant(PlanLimits {
+        tokens_per_minute: Some(1_000),
+        ..PlanLimits::default()
+    });
+    let mut big = limiter.admit(&key, &limits, 10).await.unwrap();
+    big.settle(2_000);
+    drop(big);
+    let mut refused = None;
+    // Redis settles off the request path: the debt lands in a moment.
+    for _ in 0..200 {
+        match limiter.admit(&key, &limits, 1).await {
+            Ok(mut a) => a.settle(0),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let e = refused.expect("the bucket never went into debt");
+    assert!(matches!(e, LimitRejection::Tokens { .. }), "{e:?}");
+    let count = limiter.admit(&key, &limits, 0).await;
+    assert!(count.is_ok(), "{count:?}");
+}
+
+#[tokio::test]
+async fn a_request_reserving_nothing_passes_a_bucket_in_debt_locally() {
+    a_request_reserving_nothing_passes_a_bucket_in_debt(&local()).await;
+}
+
+#[tokio::test]
+async fn a_request_reserving_nothing_passes_a_bucket_in_debt_in_redis() {
+    let Some(redis) = RedisServer::start("nothing_reserved_bucket_in_debt") else {
+        return;
+    };
+    let limiter = shared(&redis, OnRedisError::FailClosed, 1);
+    a_request_reserving_nothing_passes_a_bucket_in_debt(&limiter).await;
+}
+
 /// A client's `max_tokens` is unbounded (`1e19` parses as a `u64`): its
 /// reservation drives the buckets far below zero while it is in flight, and the
 /// settlement must bring every level back, its month count included, rather

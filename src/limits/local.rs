@@ -185,7 +185,10 @@ impl State {
             Check::Tokens => {
                 let (cap, b) = plan.tokens_per_minute.zip(self.tokens)?;
                 let need = (c.estimate as f64).min(cap as f64);
-                (b.level < need).then(|| (cap, wait_ms(need, b.level, cap as f64, c.window_ms)))
+                // A request that reserves nothing (a token count) needs
+                // nothing of it, even while it is in debt.
+                (c.estimate > 0 && b.level < need)
+                    .then(|| (cap, wait_ms(need, b.level, cap as f64, c.window_ms)))
             }
             Check::Concurrency => plan
                 .max_concurrent

@@ -114,7 +114,9 @@ for _, check in ipairs({ 1, 5, 2, 3, 4 }) do
       if est > 0 and L.held + L.hp + min(est, free) > free then refuse(5, i, held_wait) end
     elseif check == 2 and L.rpm > 0 and L.rq < 1 then
       refuse(2, i, wait(1, L.rq, L.rpm))
-    elseif check == 3 and L.tpm > 0 and L.tq < min(est, L.tpm) then
+    -- A request that reserves nothing (a token count) needs nothing of a
+    -- bucket, even one in debt.
+    elseif check == 3 and L.tpm > 0 and est > 0 and L.tq < min(est, L.tpm) then
       refuse(3, i, wait(min(est, L.tpm), L.tq, L.tpm))
     elseif check == 4 and L.conc > 0 and L.inflight >= L.conc then
       refuse(4, i, 1000)
