@@ -566,13 +566,31 @@ pub fn monthly_rollups(
     month: &str,
     tenant: Option<&str>,
 ) -> rusqlite::Result<Vec<Rollup>> {
-    let mut stmt = conn.prepare_cached(
+    // A ledger that no gateway of this version has opened yet (a report
+    // run by the new binary before the gateway's restart, or on an archived
+    // ledger) lacks the columns added since: they read as 0, as the lines
+    // of the gateways that did not write them count (the read-only
+    // connection cannot add them).
+    let mut added = Vec::with_capacity(ADDED_ROLLUP_COLUMNS.len());
+    for (column, _) in ADDED_ROLLUP_COLUMNS {
+        let has: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('rollup_monthly') WHERE name = ?1)",
+            [column],
+            |r| r.get(0),
+        )?;
+        added.push(if has {
+            column.to_owned()
+        } else {
+            format!("0 AS {column}")
+        });
+    }
+    let mut stmt = conn.prepare_cached(&format!(
         "SELECT tenant, requests, billable_requests, prompt_tokens, completion_tokens, cached_tokens, \
-         total_tokens, estimated_events, cost_micros, unpriced_events, cache_write_tokens, \
-         cache_write_1h_tokens FROM rollup_monthly \
+         total_tokens, estimated_events, cost_micros, {} FROM rollup_monthly \
          WHERE period = ?1 AND reseller = ?2 AND tenant != '' AND (?3 IS NULL OR tenant = ?3) \
          ORDER BY tenant",
-    )?;
+        added.join(", ")
+    ))?;
     let rows = stmt.query_map(params![month, reseller, tenant], |r| {
         let n = |i: usize| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
         Ok(Rollup {
@@ -1025,6 +1043,26 @@ mod tests {
             )
             .unwrap();
         drop(sink);
+        // Read as it is (a report before the gateway's restart): the
+        // missing columns read as 0, the rest as stored.
+        let read = open_read(&path).unwrap();
+        let before: Vec<_> = monthly_rollups(&read, "r", "2026-12", None)
+            .unwrap()
+            .into_iter()
+            .map(|r| {
+                (
+                    r.tenant,
+                    r.prompt_tokens,
+                    r.cache_write_tokens,
+                    r.cache_write_1h_tokens,
+                )
+            })
+            .collect();
+        assert_eq!(
+            before,
+            [("a".to_owned(), 3000, 0, 0), ("b".to_owned(), 1000, 0, 0)]
+        );
+        drop(read);
         let mut reopened = SqliteSink::open(&path).unwrap();
         assert_eq!(sums(&reopened.conn), want);
         // And it counts on.
