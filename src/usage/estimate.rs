@@ -63,13 +63,39 @@ fn bpe(model: &str) -> &'static CoreBPE {
     }
 }
 
+/// The longest text `tiktoken-rs` is given at once. Its pre-tokenizing
+/// regex (`fancy-regex`, which backtracks) fails on a run of whitespace of
+/// some 10^6 characters (a `StackOverflow` error), and `count_ordinary`
+/// panics on that error: the request's answer became a 500, or the record
+/// being written was lost. Longer text is counted in pieces of this size,
+/// cut at a character boundary; a cut can split a token in two, so the
+/// count may grow by one per piece (a 4 MiB prompt: at most 64 of about a
+/// million), which an estimate can bear.
+const MAX_PIECE: usize = 64 * 1024;
+
+/// `text`'s tokens by `bpe`, in pieces of at most [`MAX_PIECE`] bytes.
+fn count_ordinary(bpe: &CoreBPE, text: &str) -> u64 {
+    let mut rest = text;
+    let mut n = 0u64;
+    while rest.len() > MAX_PIECE {
+        let mut cut = MAX_PIECE;
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let (piece, tail) = rest.split_at(cut);
+        n += bpe.count_ordinary(piece) as u64;
+        rest = tail;
+    }
+    n + bpe.count_ordinary(rest) as u64
+}
+
 /// Tokens of plain text (special-token text counts as ordinary text, as the
 /// API does for user content).
 pub fn estimate_text_tokens(model: &str, text: &str) -> u64 {
     if text.is_empty() {
         return 0;
     }
-    bpe(model).count_ordinary(text) as u64
+    count_ordinary(bpe(model), text)
 }
 
 /// Prompt tokens of a request body: chat `messages` (and a Messages body's
@@ -78,7 +104,7 @@ pub fn estimate_text_tokens(model: &str, text: &str) -> u64 {
 /// (same shapes).
 pub fn estimate_prompt_tokens(model: &str, request: &Value) -> u64 {
     let bpe = bpe(model);
-    let count = |s: &str| bpe.count_ordinary(s) as u64;
+    let count = |s: &str| count_ordinary(bpe, s);
     if let Some(messages) = request.get("messages").and_then(Value::as_array) {
         let mut n = REPLY_PRIMING;
         // A Messages body's top-level `system`, framed as the system message
@@ -194,6 +220,33 @@ mod tests {
         assert_eq!(estimate_text_tokens("gpt-4o", ""), 0);
         // Special-token text is ordinary text.
         assert!(estimate_text_tokens("gpt-4", "<|endoftext|>") > 1);
+    }
+
+    /// A long run of whitespace (a padded file, a prompt of blanks) is
+    /// counted, not a panic (`tiktoken-rs` unwraps its regex's failure on
+    /// a run of some 10^6 characters); long text is counted in pieces, each
+    /// cut costing at most a token.
+    #[test]
+    fn long_whitespace_is_counted_and_long_text_in_pieces() {
+        let blanks = format!("{}x", " ".repeat(1 << 20));
+        assert!(estimate_text_tokens("gpt-4", &blanks) > 0);
+        let tabs = format!("{}x", "\t".repeat(1 << 20));
+        let req = json!({"messages": [{"role": "user", "content": tabs}]});
+        assert!(estimate_prompt_tokens("gpt-4o", &req) > 0);
+        // Text that tiktoken counts whole: in pieces, a token more per cut
+        // at most, never fewer.
+        let prose = "The quick brown fox jumps over the lazy dog. ".repeat(6_000);
+        assert!(prose.len() > 4 * MAX_PIECE);
+        let whole = tiktoken_rs::o200k_base_singleton().count_ordinary(&prose) as u64;
+        let pieces = estimate_text_tokens("gpt-4o", &prose);
+        let cuts = (prose.len() / MAX_PIECE) as u64;
+        assert!(
+            pieces >= whole && pieces <= whole + cuts,
+            "{pieces} vs {whole}"
+        );
+        // A cut never splits a character.
+        let wide = "é".repeat(MAX_PIECE);
+        assert!(estimate_text_tokens("gpt-4o", &wide) > 0);
     }
 
     #[test]
