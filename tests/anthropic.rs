@@ -1492,16 +1492,114 @@ async fn count_tokens_provider_errors_are_reshaped_or_fallen_back() {
     );
     let r = gw.usage_for(&id).await;
     assert_counts_nothing(&r);
+    // The OpenAI provider has nothing to count with: it was not called, so
+    // the record lists no attempt of it and names no provider or key.
     assert_eq!(
         outcomes(&r),
-        [
-            ("claude".into(), "rate_limited".into(), Some(429)),
-            ("upstream".into(), "ok".into(), None),
-        ]
+        [("claude".into(), "rate_limited".into(), Some(429))]
     );
-    // The OpenAI provider has nothing to count with: it was not called.
+    assert_eq!(r["provider"], Value::Null, "{r}");
+    assert_eq!(r["key_owner"], Value::Null, "{r}");
     assert!(s.openai.requests().is_empty());
     s.gw.shutdown().await;
+}
+
+/// The state of `provider`'s breaker under the platform's key, as
+/// `/readyz?detail=1` shows it to the operator.
+async fn breaker_state(gw: &TestGateway, provider: &str) -> String {
+    let resp = client()
+        .get(gw.url("/readyz?detail=1"))
+        .bearer_auth(OPERATOR_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let v: Value = resp.json().await.unwrap();
+    let b = v["breakers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["provider"] == provider && b["owner"] == "platform")
+        .unwrap_or_else(|| panic!("no breaker of {provider}: {v}"));
+    b["state"].as_str().unwrap().to_owned()
+}
+
+/// A count fallen back to an OpenAI-speaking route is the gateway's
+/// estimate, which calls no provider: that route's breaker neither refuses
+/// it while open nor takes it for the probe that closes it (a dead OpenAI
+/// fallback was closed again by every count that reached it after each
+/// cool-down, and chat traffic sent back to it).
+#[tokio::test]
+async fn a_counts_estimate_neither_waits_on_nor_closes_an_openai_routes_breaker() {
+    let s = setup_with("breaker_failures = 1\nbreaker_cooldown_ms = 1500\n").await;
+    let gw = &s.gw;
+    // The OpenAI mock fails a chat: its breaker opens.
+    let mut failing = chat_body("gpt-4o-mini");
+    failing["mock"] = json!({"status": 500});
+    let resp = chat(gw, &failing).await;
+    assert_eq!(resp.status(), 500);
+    assert_eq!(breaker_state(gw, "upstream").await, "open");
+    let body = count_body("smart");
+    let want = livery::providers::estimate_input_tokens("gpt-4o-mini-2024-07-18", &body);
+    for phase in ["open", "half_open"] {
+        if phase == "half_open" {
+            tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+        }
+        s.claude.push_fault(Fault::Status {
+            status: 429,
+            retry_after: None,
+        });
+        let resp = count_tokens(gw, ACME_HOST, Some(ACME_DENTAL.2), &body).await;
+        assert_eq!(resp.status(), 200, "{phase}");
+        assert_eq!(resp.headers()["x-livery-estimated"], "true", "{phase}");
+        let id = rid(&resp);
+        assert_eq!(
+            resp.json::<Value>().await.unwrap(),
+            json!({"input_tokens": want}),
+            "{phase}"
+        );
+        let r = gw.usage_for(&id).await;
+        assert_eq!(
+            outcomes(&r),
+            [("claude".into(), "rate_limited".into(), Some(429))],
+            "{phase}"
+        );
+        // Still waiting for a probe that reaches the provider.
+        assert_eq!(breaker_state(gw, "upstream").await, phase);
+    }
+    assert_eq!(s.openai.requests().len(), 1);
+    s.gw.shutdown().await;
+}
+
+/// A prompt holding a long run of whitespace (here a mebibyte of blanks,
+/// under a body limit of 4 MiB) is counted by the gateway's tokenizer like
+/// any other; it was answered 500 `internal_error` (the tokenizer library
+/// panics on such a run). A chat whose upstream reports no usage has its
+/// prompt estimated from the same text: it is answered, and recorded.
+#[tokio::test]
+async fn a_prompt_of_a_mebibyte_of_blanks_is_counted_and_recorded() {
+    let openai = MockProvider::start().await;
+    let claude = AnthropicMock::start(PROVIDER_KEY).await;
+    let key_line = format!("api_key_env = \"{PROVIDER_KEY_ENV}\"");
+    let config = anthropic_config(&openai.base_url(), &claude.base_url(), &key_line);
+    let limit = "max_body_bytes = 65536";
+    assert!(config.contains(limit), "standard config changed");
+    let gw = TestGateway::start(&config.replace(limit, "max_body_bytes = 4194304")).await;
+    let blanks = format!("{}?", " ".repeat(1 << 20));
+    let mut body = count_body("gpt-4o-mini");
+    body["messages"][0]["content"] = json!(blanks);
+    let resp = count_tokens(&gw, ACME_HOST, Some(ACME_DENTAL.2), &body).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.json::<Value>().await.unwrap()["input_tokens"].as_u64() > Some(5_000));
+
+    let mut chat_req = chat_body("gpt-4o-mini");
+    chat_req["messages"][1]["content"] = json!(blanks);
+    chat_req["mock"] = json!({"no_usage": true});
+    let resp = chat(&gw, &chat_req).await;
+    assert_eq!(resp.status(), 200);
+    let r = gw.usage_for(&rid(&resp)).await;
+    assert_eq!(r["estimated"], true, "{r}");
+    assert!(r["prompt_tokens"].as_u64() > Some(5_000), "{r}");
+    gw.shutdown().await;
 }
 
 const COUNT_KEK_ENV: &str = "LIVERY_TEST_COUNT_TOKENS_KEK";

@@ -40,9 +40,10 @@ pub enum Endpoint {
     Embeddings,
     /// Anthropic's `POST /v1/messages`.
     Messages,
-    /// Anthropic's `POST /v1/messages/count_tokens`: Anthropic routes count
-    /// natively; OpenAI-speaking ones, which have no such endpoint, answer
-    /// from the gateway's tokenizer ([`estimated_count`]).
+    /// Anthropic's `POST /v1/messages/count_tokens`: sent to Anthropic
+    /// routes only ([`Provider::counts_tokens`]); on OpenAI-speaking ones,
+    /// whose API has no such endpoint, the gateway's tokenizer answers
+    /// ([`estimate_input_tokens`]) and nothing is sent.
     CountTokens,
 }
 
@@ -140,32 +141,6 @@ pub struct UpstreamRequest {
     pub anthropic_beta: Option<http::HeaderValue>,
 }
 
-/// The content type of [`estimated_count`]'s answer. Only the content type
-/// of an upstream's answer reaches the proxy's (it drops the rest), so this
-/// is how the proxy tells a count the gateway made from one a provider made,
-/// when the fallback loop went to an OpenAI-speaking route; the client gets
-/// `application/json` and `x-livery-estimated: true` instead.
-pub const ESTIMATED_COUNT_CONTENT_TYPE: &str = "application/x-livery-estimated+json";
-
-/// Anthropic's count_tokens answer, `{"input_tokens": N}`, from the gateway's
-/// tokenizer: the answer of a route that speaks OpenAI, whose API has no way
-/// to count a prompt. A body that is not JSON counts as nothing.
-fn estimated_count(req: &UpstreamRequest) -> UpstreamResponse {
-    let tokens = serde_json::from_slice::<serde_json::Value>(&req.body)
-        .map_or(0, |body| estimate_input_tokens(&req.model, &body));
-    let body = Bytes::from(serde_json::json!({ "input_tokens": tokens }).to_string());
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static(ESTIMATED_COUNT_CONTENT_TYPE),
-    );
-    UpstreamResponse {
-        status: StatusCode::OK,
-        headers,
-        body: UpstreamBody::Stream(Box::pin(futures_util::stream::once(async { Ok(body) }))),
-    }
-}
-
 /// The input tokens of a Messages body by the gateway's tokenizer, as
 /// `model` (the route's upstream model) would count them: the prompt as
 /// usage estimates count it, plus the tool definitions' JSON, which the
@@ -231,6 +206,12 @@ impl Provider {
         }
     }
 
+    /// Whether the provider's API counts a prompt's tokens
+    /// ([`Endpoint::CountTokens`]): Anthropic's does, OpenAI's has no way to.
+    pub fn counts_tokens(&self) -> bool {
+        matches!(self, Provider::Anthropic(_))
+    }
+
     /// The platform's own key for this provider, if any.
     pub fn platform_key(&self) -> Option<&Secret> {
         match self {
@@ -253,7 +234,11 @@ impl Provider {
         // awaits it, up the whole request path.
         match (self, req.endpoint) {
             (Provider::Anthropic(p), _) => Box::pin(p.send(req, key)).await,
-            (_, Endpoint::CountTokens) => Ok(estimated_count(&req)),
+            // Never sent: the proxy answers a count on such a route itself.
+            (_, Endpoint::CountTokens) => Err(ProviderError::Misconfigured(format!(
+                "provider `{}` cannot count tokens",
+                self.name()
+            ))),
             (_, Endpoint::Messages) => {
                 let field = match self {
                     Provider::OpenAi(p) => p.max_tokens_field,

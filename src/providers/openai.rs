@@ -39,8 +39,8 @@ fn url_slot(endpoint: Endpoint) -> usize {
         Endpoint::ChatCompletions => 0,
         Endpoint::Completions => 1,
         Endpoint::Embeddings => 2,
-        // `Provider::send` answers count_tokens itself on routes that speak
-        // OpenAI: that slot is never sent to.
+        // A count is never sent to a route that speaks OpenAI (the proxy
+        // answers it from the gateway's tokenizer): that slot is not used.
         Endpoint::Messages | Endpoint::CountTokens => 3,
     }
 }

@@ -9,8 +9,10 @@
 //!   the provider's own count_tokens, with the key and `anthropic-beta` a
 //!   `/v1/messages` call would send, its answer back untouched, its errors
 //!   reshaped, 429/5xx/connect failures retried and fallen back like any
-//!   request's. An OpenAI-speaking route that the loop reaches answers
-//!   from the gateway's tokenizer;
+//!   request's. An OpenAI-speaking route that the loop reaches is answered
+//!   from the gateway's tokenizer ([`estimate_answer`]): nothing is sent, so
+//!   it is no attempt (no key unsealed, no breaker probed or closed by a
+//!   call that never reached the provider, none refusing it);
 //! - a model with none is answered from the gateway's tokenizer at once:
 //!   OpenAI's API has nothing to count a prompt with, so no provider is
 //!   called, and no provider key unsealed.
@@ -32,7 +34,8 @@ use super::fallback::{self, Prepared};
 use super::record::{PendingRecord, TokenUsage};
 use super::App;
 use crate::limits::{EffectiveLimits, LimitKey};
-use crate::providers::{estimate_input_tokens, Endpoint, Provider, ESTIMATED_COUNT_CONTENT_TYPE};
+use crate::providers::{estimate_input_tokens, Endpoint};
+use crate::routing::Route;
 use crate::usage::Outcome;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Response, StatusCode};
@@ -89,19 +92,15 @@ where
         Ok(r) => r,
         Err(e) => return Err(reject(&mut record, e.into())),
     };
-    let counts_natively = routes
-        .iter()
-        .any(|r| matches!(&*r.provider, Provider::Anthropic(_)));
+    let counts_natively = routes.iter().any(|r| r.provider.counts_tokens());
     let mut resp = if counts_natively {
-        let mut resp = fallback::serve(app, ctx, Endpoint::CountTokens, prepared, record).await;
-        mark_estimate(&mut resp);
-        resp
+        fallback::serve(app, ctx, Endpoint::CountTokens, prepared, record).await
     } else {
         // The tokenizer of the model that would serve the call.
         let model = routes
             .first()
             .map_or_else(|| prepared.model.clone(), |r| r.upstream_model.clone());
-        estimate_answer(app, &prepared, &model, &parsed, record).await
+        estimated(app, &prepared, &model, &parsed, record).await
     };
     if let Some(rate_headers) = rate_headers {
         rate_headers.insert_into(resp.headers_mut());
@@ -162,9 +161,25 @@ fn reject(record: &mut PendingRecord, err: GatewayError) -> GatewayError {
     err
 }
 
+/// The answer of `route`, which speaks OpenAI, reached by the fallback loop
+/// on a model that also has an Anthropic route: the gateway's count, by the
+/// route's model's encoding. The record keeps the attempts made before and
+/// names no provider: none was called.
+pub(super) async fn estimate_answer(
+    app: &App,
+    prepared: &Prepared,
+    route: &Route,
+    record: PendingRecord,
+) -> Response<ProxyBody> {
+    // The body was read as JSON with a `messages` array (`read`).
+    let body = serde_json::from_slice(&prepared.body.upstream(&route.upstream_model))
+        .unwrap_or(Value::Null);
+    estimated(app, prepared, &route.upstream_model, &body, record).await
+}
+
 /// The count from the gateway's tokenizer, by `model`'s encoding, answered
 /// as Anthropic's count with `x-livery-estimated: true`.
-async fn estimate_answer(
+async fn estimated(
     app: &App,
     prepared: &Prepared,
     model: &str,
@@ -189,20 +204,4 @@ async fn estimate_answer(
         app.usage.spooled(ticket).await;
     }
     resp
-}
-
-/// An answer the fallback loop got from an OpenAI-speaking route is the
-/// gateway's estimate (see [`ESTIMATED_COUNT_CONTENT_TYPE`]): the client is
-/// told so, in JSON's own content type.
-fn mark_estimate(resp: &mut Response<ProxyBody>) {
-    let h = resp.headers_mut();
-    if h.get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes() == ESTIMATED_COUNT_CONTENT_TYPE.as_bytes())
-    {
-        h.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        h.insert(X_LIVERY_ESTIMATED, HeaderValue::from_static("true"));
-    }
 }

@@ -73,6 +73,15 @@ pub fn serve<'a>(
         let mut refusals = 0u32;
 
         'routes: for route in &routes {
+            if endpoint == Endpoint::CountTokens && !route.provider.counts_tokens() {
+                // A route that speaks OpenAI has nothing to count with: the
+                // gateway's tokenizer answers. No provider is called, so it
+                // is no attempt: no key unsealed, no breaker probed, closed
+                // or refusing, nothing named in the record. Boxed: its
+                // state would size every request's future.
+                let answer = super::count_tokens::estimate_answer(app, &prepared, route, record);
+                return Box::pin(answer).await;
+            }
             let provider_name = Arc::clone(route.provider.name());
             let credential = match credential_for(ctx, route) {
                 Ok(c) => c,
