@@ -1602,6 +1602,50 @@ async fn a_prompt_of_a_mebibyte_of_blanks_is_counted_and_recorded() {
     gw.shutdown().await;
 }
 
+/// A count's tokenizing runs off the request threads: a big prompt being
+/// counted (CPU in proportion to its size) does not hold up the other
+/// requests of the thread it came on, here a health check on a runtime of
+/// one thread, the test's.
+#[tokio::test]
+async fn a_big_count_does_not_hold_up_other_requests() {
+    let openai = MockProvider::start().await;
+    let claude = AnthropicMock::start(PROVIDER_KEY).await;
+    let key_line = format!("api_key_env = \"{PROVIDER_KEY_ENV}\"");
+    let config = anthropic_config(&openai.base_url(), &claude.base_url(), &key_line);
+    let limit = "max_body_bytes = 65536";
+    assert!(config.contains(limit), "standard config changed");
+    let gw = TestGateway::start(&config.replace(limit, "max_body_bytes = 4194304")).await;
+    let mut body = count_body("gpt-4o-mini");
+    body["messages"][0]["content"] = json!("a".repeat(256 << 10));
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let count = async {
+        let started = std::time::Instant::now();
+        let resp = count_tokens(&gw, ACME_HOST, Some(ACME_DENTAL.2), &body).await;
+        assert_eq!(resp.status(), 200);
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        started.elapsed()
+    };
+    // Health checks one after the other while the count is under way: the
+    // slowest of them.
+    let health = async {
+        let mut slowest = std::time::Duration::ZERO;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            let started = std::time::Instant::now();
+            let resp = client().get(gw.url("/healthz")).send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            slowest = slowest.max(started.elapsed());
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        slowest
+    };
+    let (count, slowest) = tokio::join!(count, health);
+    assert!(
+        slowest * 4 < count,
+        "a health check waited {slowest:?} (the count took {count:?})"
+    );
+    gw.shutdown().await;
+}
+
 const COUNT_KEK_ENV: &str = "LIVERY_TEST_COUNT_TOKENS_KEK";
 const DENTAL_ANTHROPIC_KEY: &str = "fake-test-dental-anthropic-key-7Qw3Er5Ty";
 

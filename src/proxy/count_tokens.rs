@@ -28,7 +28,7 @@
 //! concurrency slot on every exit path, as for any request.
 
 use super::body::{json_response, ProxyBody};
-use super::ctx::RequestCtx;
+use super::ctx::{Dialect, RequestCtx};
 use super::error::GatewayError;
 use super::fallback::{self, Prepared};
 use super::record::{PendingRecord, TokenUsage};
@@ -100,7 +100,7 @@ where
         let model = routes
             .first()
             .map_or_else(|| prepared.model.clone(), |r| r.upstream_model.clone());
-        estimated(app, &prepared, &model, &parsed, record).await
+        estimated(app, &prepared, &model, parsed, record).await
     };
     if let Some(rate_headers) = rate_headers {
         rate_headers.insert_into(resp.headers_mut());
@@ -174,7 +174,7 @@ pub(super) async fn estimate_answer(
     // The body was read as JSON with a `messages` array (`read`).
     let body = serde_json::from_slice(&prepared.body.upstream(&route.upstream_model))
         .unwrap_or(Value::Null);
-    estimated(app, prepared, &route.upstream_model, &body, record).await
+    estimated(app, prepared, &route.upstream_model, body, record).await
 }
 
 /// The count from the gateway's tokenizer, by `model`'s encoding, answered
@@ -183,10 +183,23 @@ async fn estimated(
     app: &App,
     prepared: &Prepared,
     model: &str,
-    body: &Value,
+    body: Value,
     mut record: PendingRecord,
 ) -> Response<ProxyBody> {
-    let tokens = estimate_input_tokens(model, body);
+    // Tokenizing takes CPU in proportion to the prompt (a 4 MiB one: up to
+    // about a second): off the request threads, where it held up every
+    // request and stream of the connections on the same thread.
+    let model = model.to_owned();
+    let tokens =
+        match tokio::task::spawn_blocking(move || estimate_input_tokens(&model, &body)).await {
+            Ok(tokens) => tokens,
+            Err(e) => {
+                tracing::error!(error = %e, "the token count failed");
+                let err = GatewayError::Internal;
+                record.finish(err.status().as_u16(), Outcome::Truncated, Some(err.code()));
+                return err.to_response_for(Dialect::Anthropic);
+            }
+        };
     let staged = record.finish_staged(StatusCode::OK.as_u16(), Outcome::Ok, None);
     let mut resp = json_response(StatusCode::OK, &json!({ "input_tokens": tokens }));
     let h = resp.headers_mut();
