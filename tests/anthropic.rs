@@ -1598,7 +1598,12 @@ async fn a_prompt_of_a_mebibyte_of_blanks_is_counted_and_recorded() {
     assert_eq!(resp.status(), 200);
     let r = gw.usage_for(&rid(&resp)).await;
     assert_eq!(r["estimated"], true, "{r}");
-    assert!(r["prompt_tokens"].as_u64() > Some(5_000), "{r}");
+    // The record tokenizes the first 64 KiB of text (it is finished on the
+    // request thread) and counts the rest at 1 token per 5 bytes at least:
+    // the blanks' own ratio (about 128 bytes a token) would make the bulk of
+    // any prompt behind them nearly free. Tokenized whole it was about 8,200.
+    let rest = ((1u64 << 20) - (64 << 10)) / 5;
+    assert!(r["prompt_tokens"].as_u64() >= Some(rest), "{r}");
     gw.shutdown().await;
 }
 

@@ -343,7 +343,11 @@ impl PendingRecord {
         if self.tokens.prompt.is_none() {
             if let Some(body) = &self.request_body {
                 if let Ok(v) = serde_json::from_slice::<Value>(body) {
-                    self.tokens.prompt = Some(estimate::estimate_prompt_tokens(&model, &v));
+                    self.tokens.prompt = Some(estimate::estimate_prompt_tokens_within(
+                        &model,
+                        &v,
+                        estimate::RECORD_PROMPT_BUDGET,
+                    ));
                     r.estimated = true;
                 }
             }

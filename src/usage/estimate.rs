@@ -15,6 +15,7 @@
 //! use (a few hundred milliseconds once per process).
 
 use serde_json::Value;
+use std::cell::Cell;
 use tiktoken_rs::CoreBPE;
 
 const TOKENS_PER_MESSAGE: u64 = 3;
@@ -98,13 +99,87 @@ pub fn estimate_text_tokens(model: &str, text: &str) -> u64 {
     count_ordinary(bpe(model), text)
 }
 
+/// How much of a prompt's text a usage record's estimate tokenizes, the rest
+/// being extrapolated (as the completion text beyond its cap is, in
+/// `proxy::record`). The record is finished on the request thread, and the
+/// tokenizer costs 20 to 300 ns a byte (a release build: prose at the low
+/// end, a run of one character at the high one): a 4 MiB prompt took 0.1 to
+/// 1.2 s there, every other request on the thread waiting, each time a
+/// client left a stream of an OpenAI route before its usage chunk. Within
+/// this budget a prompt is counted exactly (about 16,000 tokens of prose),
+/// and the wait is at most about 20 ms.
+pub const RECORD_PROMPT_BUDGET: usize = 64 << 10;
+
+/// The fewest tokens a byte beyond the budget is counted as: the ratio of the
+/// text tokenized is used above it. A floor, so that text whose first part
+/// tokenizes cheaply (a page of blanks, 128 bytes a token) cannot make the
+/// rest of a prompt nearly free; prose is about 0.22 tokens a byte and CJK
+/// 0.33, so they keep their own ratio.
+const MIN_TOKENS_PER_BYTE: (u64, u64) = (1, 5);
+
+/// Counts text with the tokenizer until `left` bytes are spent, then
+/// extrapolates.
+struct Budgeted<'a> {
+    bpe: &'a CoreBPE,
+    left: Cell<usize>,
+    /// Bytes tokenized so far, and their tokens.
+    seen: Cell<(u64, u64)>,
+}
+
+impl Budgeted<'_> {
+    fn count(&self, s: &str) -> u64 {
+        let mut cut = s.len().min(self.left.get());
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let (head, tail) = s.split_at(cut);
+        let n = if head.is_empty() {
+            0
+        } else {
+            count_ordinary(self.bpe, head)
+        };
+        self.left.set(self.left.get() - cut);
+        let (bytes, tokens) = self.seen.get();
+        self.seen.set((bytes + cut as u64, tokens + n));
+        n + self.extrapolate(tail.len() as u64)
+    }
+
+    fn extrapolate(&self, len: u64) -> u64 {
+        if len == 0 {
+            return 0;
+        }
+        let (bytes, tokens) = self.seen.get();
+        let (fl_n, fl_d) = MIN_TOKENS_PER_BYTE;
+        // tokens / bytes, unless below the floor.
+        let (n, d) = if bytes == 0
+            || u128::from(tokens) * u128::from(fl_d) < u128::from(bytes) * u128::from(fl_n)
+        {
+            (fl_n, fl_d)
+        } else {
+            (tokens, bytes)
+        };
+        u64::try_from((u128::from(len) * u128::from(n)).div_ceil(u128::from(d))).unwrap_or(u64::MAX)
+    }
+}
+
 /// Prompt tokens of a request body: chat `messages` (and a Messages body's
 /// `system`, `tool_result` and `tool_use` blocks), completions
 /// `prompt` (string or list of strings or token arrays), embeddings `input`
-/// (same shapes).
+/// (same shapes). Every byte of text is tokenized: off the request threads
+/// only (a token count's answer); a record uses [`estimate_prompt_tokens_within`].
 pub fn estimate_prompt_tokens(model: &str, request: &Value) -> u64 {
-    let bpe = bpe(model);
-    let count = |s: &str| count_ordinary(bpe, s);
+    estimate_prompt_tokens_within(model, request, usize::MAX)
+}
+
+/// [`estimate_prompt_tokens`], tokenizing at most `budget` bytes of text and
+/// extrapolating the rest from their ratio (at least 1 token per 5 bytes).
+pub fn estimate_prompt_tokens_within(model: &str, request: &Value, budget: usize) -> u64 {
+    let budgeted = Budgeted {
+        bpe: bpe(model),
+        left: Cell::new(budget),
+        seen: Cell::new((0, 0)),
+    };
+    let count = |s: &str| budgeted.count(s);
     if let Some(messages) = request.get("messages").and_then(Value::as_array) {
         let mut n = REPLY_PRIMING;
         // A Messages body's top-level `system`, framed as the system message
@@ -247,6 +322,33 @@ mod tests {
         // A cut never splits a character.
         let wide = "é".repeat(MAX_PIECE);
         assert!(estimate_text_tokens("gpt-4o", &wide) > 0);
+    }
+
+    /// Within its budget a record's estimate is the tokenizer's count; past
+    /// it, the rest is counted at the ratio of what was tokenized, never
+    /// below 1 token per 5 bytes (text that tokenizes cheaply first cannot
+    /// make the rest nearly free).
+    #[test]
+    fn a_budgeted_estimate_counts_its_budget_and_extrapolates_the_rest() {
+        let prose = "The quick brown fox jumps over the lazy dog. ".repeat(1_000);
+        assert!(prose.len() < RECORD_PROMPT_BUDGET);
+        let req = json!({"messages": [{"role": "user", "content": prose}]});
+        let exact = estimate_prompt_tokens("gpt-4o", &req);
+        assert_eq!(
+            estimate_prompt_tokens_within("gpt-4o", &req, RECORD_PROMPT_BUDGET),
+            exact
+        );
+        // 45 KB of prose over a 9 KB budget: its own ratio, within a
+        // percent of the whole count.
+        let within = estimate_prompt_tokens_within("gpt-4o", &req, 9_000);
+        assert!(within.abs_diff(exact) <= exact / 100, "{within} vs {exact}");
+        // Blanks first, prose after: the blanks' ratio (about 1/128) would
+        // count the prose at a tenth of its tokens; the floor counts it at
+        // a fifth of its bytes at least.
+        let text = format!("{}{prose}", " ".repeat(9_000));
+        let req = json!({"messages": [{"role": "user", "content": text}]});
+        let within = estimate_prompt_tokens_within("gpt-4o", &req, 9_000);
+        assert!(within >= prose.len() as u64 / 5, "{within}");
     }
 
     #[test]
