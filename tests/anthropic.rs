@@ -1652,7 +1652,7 @@ async fn a_big_count_does_not_hold_up_other_requests() {
 }
 
 const COUNT_KEK_ENV: &str = "LIVERY_TEST_COUNT_TOKENS_KEK";
-const DENTAL_ANTHROPIC_KEY: &str = "fake-test-dental-anthropic-key-7Qw3Er5Ty";
+const DENTAL_ANTHROPIC_KEY: &str = "fake-test-dental-anthropic-key";
 
 /// `provider` key of `owner`, sealed under a KEK of these tests' own (the
 /// vault tests set theirs once; sharing the variable would race them).

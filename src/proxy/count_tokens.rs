@@ -2,10 +2,11 @@
 //! `messages.count_tokens`, which Claude Code calls before it sends a long
 //! prompt). The front door is `/v1/messages`' (reseller by Host, tenant by
 //! key, the model chosen under the plan, refusals in Anthropic's shape); then
-//! the answer, `{"input_tokens": N}`, comes from where the model is served:
+//! the answer, `{"input_tokens": N}`, comes from where the model is served.
+//! Every count goes through the handler's admission and the fallback loop as
+//! `Endpoint::CountTokens`, with its body checked by [`prepare_body`]:
 //!
-//! - a model with an Anthropic route goes through the fallback loop as
-//!   [`Endpoint::CountTokens`]: the body (its `model` rewritten per route) to
+//! - an Anthropic route gets the body (its `model` rewritten per route) to
 //!   the provider's own count_tokens, with the key and `anthropic-beta` a
 //!   `/v1/messages` call would send, its answer back untouched, its errors
 //!   reshaped, 429/5xx/connect failures retried and fallen back like any
@@ -13,14 +14,14 @@
 //!   from the gateway's tokenizer ([`estimate_answer`]): nothing is sent, so
 //!   it is no attempt (no key unsealed, no breaker probed or closed by a
 //!   call that never reached the provider, none refusing it);
-//! - a model with none is answered from the gateway's tokenizer at once:
-//!   OpenAI's API has nothing to count a prompt with, so no provider is
-//!   called, and no provider key unsealed.
+//! - a model with none is thus answered from the gateway's tokenizer at its
+//!   first route: OpenAI's API has nothing to count a prompt with, so no
+//!   provider is called, and no provider key unsealed.
 //!
 //! A count from the tokenizer says so: `x-livery-estimated: true`.
 //!
 //! Counting consumes no tokens, so the call is admitted with an estimate of
-//! 0: it takes a request of the per-minute bucket and a concurrency slot (a
+//! 0 (`handler::admit`) and its record starts at 0 tokens (`PendingRecord::new`): it takes a request of the per-minute bucket and a concurrency slot (a
 //! client cannot call it without bound), and reserves nothing of the token
 //! buckets or the monthly quota. It leaves a usage record like every call of
 //! a tenant (endpoint `messages.count_tokens`, 0 tokens, not billable), which
@@ -30,18 +31,16 @@
 use super::body::{json_response, ProxyBody};
 use super::ctx::{Dialect, RequestCtx};
 use super::error::GatewayError;
-use super::fallback::{self, Prepared};
-use super::record::{PendingRecord, TokenUsage};
+use super::fallback::Prepared;
+use super::record::PendingRecord;
 use super::App;
-use crate::limits::{EffectiveLimits, LimitKey};
-use crate::providers::{estimate_input_tokens, Endpoint};
+use crate::limits::RequestFields;
+use crate::providers::estimate_input_tokens;
 use crate::routing::Route;
 use crate::usage::Outcome;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use serde_json::{json, Value};
-use std::sync::Arc;
 
 // Header names as constants, not `&str`: http copies a string key into a new
 // allocation on every insert.
@@ -49,122 +48,37 @@ const X_LIVERY_ESTIMATED: HeaderName = HeaderName::from_static("x-livery-estimat
 const X_LIVERY_MODEL: HeaderName = HeaderName::from_static("x-livery-model");
 const X_LIVERY_DOWNGRADED_FROM: HeaderName = HeaderName::from_static("x-livery-downgraded-from");
 
-/// Answers one count_tokens call of the tenant `ctx` resolved; a refusal
-/// is recorded and returned, for the caller to answer in Anthropic's shape.
-pub async fn serve<B>(
-    app: &Arc<App>,
+/// Validates a count's body: what every forwarded body must be (a JSON
+/// object, `model` chosen under the plan) and a `messages` array, checked
+/// here rather than left to the provider as `/v1/messages` leaves it, since
+/// the tokenizer must count what a provider would accept. Never streamed:
+/// Anthropic answers a count in JSON, whatever the body says.
+pub fn prepare_body(
     ctx: &RequestCtx,
-    body: B,
-) -> Result<Response<ProxyBody>, GatewayError>
-where
-    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let mut record = PendingRecord::new(ctx, app.usage.clone(), Endpoint::CountTokens);
-    // Whatever comes back: the record must not estimate the prompt from the
-    // body as a call the upstream served without a count, which would bill
-    // it and charge the token buckets with it.
-    record.tokens = TokenUsage {
-        prompt: Some(0),
-        completion: Some(0),
-        total: Some(0),
-        ..TokenUsage::default()
-    };
-    let (prepared, parsed) = match read(ctx, body, &mut record).await {
-        Ok(p) => p,
-        Err(e) => return Err(reject(&mut record, e)),
-    };
-    let limits = EffectiveLimits::of(ctx.snapshot.tenancy.reseller(ctx.reseller_idx), &ctx.tenant);
-    let rate_headers = if limits.is_unlimited() {
-        None
-    } else {
-        let key = LimitKey::new(ctx.reseller.clone(), ctx.tenant.id.clone());
-        match app.limiter.admit(&key, &limits, 0).await {
-            Ok(a) => {
-                let headers = *a.rate_headers();
-                record.hold_admission(a);
-                Some(headers)
-            }
-            Err(e) => return Err(reject(&mut record, GatewayError::Limit(e))),
-        }
-    };
-    let routes = match ctx.snapshot.models.routes(&prepared.model) {
-        Ok(r) => r,
-        Err(e) => return Err(reject(&mut record, e.into())),
-    };
-    let counts_natively = routes.iter().any(|r| r.provider.counts_tokens());
-    let mut resp = if counts_natively {
-        fallback::serve(app, ctx, Endpoint::CountTokens, prepared, record).await
-    } else {
-        // The tokenizer of the model that would serve the call.
-        let model = routes
-            .first()
-            .map_or_else(|| prepared.model.clone(), |r| r.upstream_model.clone());
-        estimated(app, &prepared, &model, parsed, record).await
-    };
-    if let Some(rate_headers) = rate_headers {
-        rate_headers.insert_into(resp.headers_mut());
-    }
-    Ok(resp)
-}
-
-/// Reads the body (size-limited, as every request's) and validates it: a
-/// JSON object with a string `model`, chosen under the plan, and a
-/// `messages` array. Returns the request, never streamed, and its JSON.
-async fn read<B>(
-    ctx: &RequestCtx,
-    body: B,
+    body: Bytes,
     record: &mut PendingRecord,
-) -> Result<(Prepared, Value), GatewayError>
-where
-    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let limit = ctx.snapshot.limits.max_request_bytes;
-    if http_body::Body::size_hint(&body)
-        .exact()
-        .is_some_and(|n| n > limit as u64)
+) -> Result<Prepared, GatewayError> {
+    let (body, choice, _) = super::handler::read_body(ctx, body, record)?;
+    if !body
+        .field("messages")
+        .is_some_and(|m| m.trim_start().starts_with('['))
     {
-        return Err(GatewayError::BodyTooLarge(limit));
-    }
-    let bytes = match Limited::new(body, limit).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            return Err(GatewayError::BodyTooLarge(limit))
-        }
-        Err(e) => return Err(GatewayError::BodyRead(e.to_string())),
-    };
-    let (body, choice, _) = super::handler::read_body(ctx, bytes.clone(), record)?;
-    // Checked here, not left to the provider as `/v1/messages` leaves it:
-    // the tokenizer must count the same thing a provider would refuse.
-    let parsed: Value =
-        serde_json::from_slice(&bytes).map_err(|e| GatewayError::BadJson(e.to_string()))?;
-    if !parsed.get("messages").is_some_and(Value::is_array) {
         return Err(GatewayError::InvalidField("messages", "an array"));
     }
-    let prepared = Prepared {
+    Ok(Prepared {
         model: choice.model,
         downgraded_from: choice.downgraded_from,
         body,
-        // Anthropic answers a count in JSON, whatever the body says.
         stream: false,
         client_wants_usage: false,
-    };
-    Ok((prepared, parsed))
-}
-
-fn reject(record: &mut PendingRecord, err: GatewayError) -> GatewayError {
-    record.finish(err.status().as_u16(), Outcome::Rejected, Some(err.code()));
-    err
+    })
 }
 
 /// The answer of `route`, which speaks OpenAI, reached by the fallback loop
-/// on a model that also has an Anthropic route: the gateway's count, by the
-/// route's model's encoding. The record keeps the attempts made before and
-/// names no provider: none was called.
+/// (first, on a model without an Anthropic route; after the Anthropic ones
+/// failed, on one with both): the gateway's count, by the route's model's
+/// encoding. The record keeps the attempts made before and names no
+/// provider: none was called.
 pub(super) async fn estimate_answer(
     app: &App,
     prepared: &Prepared,

@@ -9,8 +9,9 @@
 //!    TLS the SNI must name the same reseller, else 421 (→ `RequestCtx::sni`);
 //! 5. tenant: from the presented key, constant-time (→ `RequestCtx::tenant`);
 //! 6. body: size-limited read, JSON object with a string `model`
-//!    (`/v1/messages`: [`super::messages::prepare_body`]; `/v1/messages/count_tokens`
-//!    runs stages 6-9 its own way, in [`super::count_tokens`]);
+//!    (`/v1/messages`: [`super::messages::prepare_body`]; `/v1/messages/count_tokens`:
+//!    [`super::count_tokens::prepare_body`], admitted for 0 tokens, its
+//!    estimate answered by [`super::count_tokens`] at an OpenAI route);
 //! 7. route: plan check and model table (→ provider + upstream model);
 //!    then limits: tenant and reseller buckets, concurrency, monthly quota;
 //! 8. upstream: body rewritten (`model`, `stream_options.include_usage`), sent;
@@ -119,17 +120,6 @@ where
         Ok(Resolved::Api(Api::Models, ctx)) => list_models(&ctx),
         Ok(Resolved::Api(Api::Model(id), ctx)) => span
             .in_scope(|| retrieve_model(&ctx, &id).unwrap_or_else(|e| e.to_response_for(dialect))),
-        Ok(Resolved::Api(Api::Forward(Endpoint::CountTokens), ctx)) => {
-            // Its own admission (no tokens reserved) and answer (a count,
-            // perhaps the gateway's own): see `count_tokens`.
-            Box::pin(async {
-                super::count_tokens::serve(&app, &ctx, req.into_body())
-                    .await
-                    .unwrap_or_else(|e| e.to_response_for(dialect))
-            })
-            .instrument(span)
-            .await
-        }
         Ok(Resolved::Api(Api::Forward(endpoint), ctx)) => {
             // Boxed apart from this future, which `proxy::serve` boxes too:
             // built inline, the pipeline's state would be copied with it on
@@ -454,6 +444,7 @@ where
     record.set_request_body(body.clone());
     let prepared = match endpoint {
         Endpoint::Messages => super::messages::prepare_body(ctx, body, &mut record),
+        Endpoint::CountTokens => super::count_tokens::prepare_body(ctx, body, &mut record),
         _ => prepare_body(ctx, endpoint, body, &mut record),
     };
     let prepared = match prepared {
@@ -465,7 +456,12 @@ where
         None
     } else {
         let key = LimitKey::new(ctx.reseller.clone(), ctx.tenant.id.clone());
-        let estimate = estimate_request_tokens(&prepared.body, &limits);
+        // A token count consumes none: it takes a request and a slot only.
+        let estimate = if endpoint == Endpoint::CountTokens {
+            0
+        } else {
+            estimate_request_tokens(&prepared.body, &limits)
+        };
         match app.limiter.admit(&key, &limits, estimate).await {
             Ok(a) => Some(a),
             Err(e) => return Err(reject(&mut record, GatewayError::Limit(e))),

@@ -228,7 +228,19 @@ impl PendingRecord {
             prices: ctx.snapshot.prices.clone(),
             started: ctx.started,
             first_byte: None,
-            tokens: TokenUsage::default(),
+            // A token count consumes none, whatever the path: its record must
+            // never estimate the body as a call served without a count, which
+            // would bill it and charge the token buckets with it.
+            tokens: if endpoint == Endpoint::CountTokens {
+                TokenUsage {
+                    prompt: Some(0),
+                    completion: Some(0),
+                    total: Some(0),
+                    ..TokenUsage::default()
+                }
+            } else {
+                TokenUsage::default()
+            },
             request_body: None,
             completion_text: String::new(),
             completion_overflow: 0,
