@@ -855,6 +855,54 @@ async fn a_slow_redis_times_out_into_the_fallback() {
     wait_for(|| async { l.admit(&key, &limits, 0).await.unwrap().is_shared() }).await;
 }
 
+/// A loopback door to `port` that lets each connection's bytes through only
+/// after `delay`: a Redis whose connection takes that long to set up (TLS, a
+/// far region, a loaded host), while each command on it is answered at once.
+async fn slow_door(port: u16, delay: Duration) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let door = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let mut server = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+        }
+    });
+    door
+}
+
+/// Setting up a connection can take longer than an admission may wait for
+/// Redis. The admission that started it goes on to the fallback, but the
+/// connection is still made, and later admissions use it. (Each admission's
+/// timeout used to cancel its own connection attempt, so such a Redis was
+/// never used, and a loaded host could keep the limiter on its fallback.)
+#[tokio::test]
+async fn a_connection_slower_than_the_admission_timeout_is_still_made() {
+    let Some(redis) = RedisServer::start("slow_connection") else {
+        return;
+    };
+    let door = slow_door(redis.port, Duration::from_millis(300)).await;
+    let settings = LimiterSettings {
+        backend: Backend::Redis {
+            url: format!("redis://127.0.0.1:{door}/0"),
+        },
+        redis_timeout: Duration::from_millis(50),
+        probe_interval: Duration::from_millis(100),
+        ..LimiterSettings::default()
+    };
+    let l = Limiter::new(settings, Arc::new(NoMonthlyUsage)).unwrap();
+    let key = LimitKey::new("acme", "dental");
+    let limits = tenant(rpm(1_000));
+    assert!(!l.admit(&key, &limits, 0).await.unwrap().is_shared());
+    assert!(l.stats().redis_down);
+    wait_for(|| async { l.admit(&key, &limits, 0).await.unwrap().is_shared() }).await;
+    assert!(!l.stats().redis_down);
+}
+
 /// An admission whose answer came too late (the timeout, and the request went
 /// on to the fallback) still ran in Redis once it woke: its estimate charged to
 /// the month and its slot taken. Both are undone, by a compensating settle

@@ -27,7 +27,8 @@
 //!
 //! The connection is one `MultiplexedConnection` shared by all requests (it
 //! pipelines concurrent commands), re-created after an error. A pool would add
-//! nothing but a health-check round trip per checkout.
+//! nothing but a health-check round trip per checkout. It is dialled in a task
+//! of its own, which no admission's timeout cancels.
 
 use super::headers::{BucketView, LevelView, RateHeaders};
 use super::local::UnsentCorrection;
@@ -205,24 +206,79 @@ pub(crate) enum RedisFailure {
     Reply(String),
 }
 
+/// How long one dial (TCP, `AUTH`, the client's `CLIENT SETINFO`) may take
+/// before it is given up; the next use of Redis dials again.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+
 struct Conn {
     client: redis::Client,
     current: ArcSwapOption<MultiplexedConnection>,
-    connecting: tokio::sync::Mutex<()>,
+    /// A dial is running (one at a time).
+    dialing: AtomicBool,
+    /// Woken when a dial ends, made or not.
+    dialled: tokio::sync::Notify,
+    /// Why the last dial failed, for those that waited on it.
+    last_failure: ArcSwapOption<String>,
 }
 
 impl Conn {
-    async fn get(&self) -> Result<MultiplexedConnection, redis::RedisError> {
+    fn new(client: redis::Client) -> Self {
+        Self {
+            client,
+            current: ArcSwapOption::empty(),
+            dialing: AtomicBool::new(false),
+            dialled: tokio::sync::Notify::new(),
+            last_failure: ArcSwapOption::empty(),
+        }
+    }
+
+    /// The shared connection, dialled if there is none. The dial runs in its
+    /// own task: an admission that stops waiting for it (its timeout) leaves
+    /// it running, so a connection slower to set up than an admission may wait
+    /// is still made, for the admissions after it. Cancelled with each
+    /// admission, such a dial never finished, and Redis was never used again.
+    async fn get(self: &Arc<Self>) -> Result<MultiplexedConnection, redis::RedisError> {
         if let Some(c) = self.current.load_full() {
             return Ok((*c).clone());
         }
-        let _one = self.connecting.lock().await;
+        let dialled = self.dialled.notified();
+        tokio::pin!(dialled);
+        dialled.as_mut().enable();
+        // Again, now that a dial ending meanwhile would wake this one.
         if let Some(c) = self.current.load_full() {
             return Ok((*c).clone());
         }
-        let c = self.client.get_multiplexed_async_connection().await?;
-        self.current.store(Some(Arc::new(c.clone())));
-        Ok(c)
+        if !self.dialing.swap(true, Ordering::AcqRel) {
+            tokio::spawn(self.clone().dial());
+        }
+        dialled.await;
+        match self.current.load_full() {
+            Some(c) => Ok((*c).clone()),
+            None => Err(redis::RedisError::from((
+                redis::ErrorKind::IoError,
+                "could not connect to redis",
+                self.last_failure
+                    .load_full()
+                    .map_or_else(String::new, |e| (*e).clone()),
+            ))),
+        }
+    }
+
+    async fn dial(self: Arc<Self>) {
+        // A dial that ended between a caller's check and its start.
+        if self.current.load().is_none() {
+            match tokio::time::timeout(DIAL_TIMEOUT, self.client.get_multiplexed_async_connection())
+                .await
+            {
+                Ok(Ok(c)) => self.current.store(Some(Arc::new(c))),
+                Ok(Err(e)) => self.last_failure.store(Some(Arc::new(e.to_string()))),
+                Err(_) => self.last_failure.store(Some(Arc::new(format!(
+                    "connecting took longer than {DIAL_TIMEOUT:?}"
+                )))),
+            }
+        }
+        self.dialing.store(false, Ordering::Release);
+        self.dialled.notify_waiters();
     }
 
     fn reset(&self) {
@@ -271,11 +327,7 @@ impl RedisBackend {
         let client = redis::Client::open(url).map_err(|e| e.to_string())?;
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|_| "the redis backend must be built inside a Tokio runtime".to_owned())?;
-        let conn = Arc::new(Conn {
-            client,
-            current: ArcSwapOption::empty(),
-            connecting: tokio::sync::Mutex::new(()),
-        });
+        let conn = Arc::new(Conn::new(client));
         let health = Arc::new(Health::default());
         let held = Arc::new(DashMap::new());
         let (jobs, rx) = mpsc::channel(QUEUE);
@@ -752,7 +804,7 @@ async fn worker(
 /// Runs `jobs`; returns them if they failed, for another try (at most
 /// [`RETRY_BACKLOG`], the newest).
 async fn run_or_keep(
-    conn: &Conn,
+    conn: &Arc<Conn>,
     settle: &redis::Script,
     health: &Health,
     timeout: Duration,
@@ -777,7 +829,7 @@ async fn run_or_keep(
 }
 
 async fn run_jobs(
-    conn: &Conn,
+    conn: &Arc<Conn>,
     settle: &redis::Script,
     hold_ms: u64,
     jobs: &[Job],
@@ -838,7 +890,7 @@ async fn run_jobs(
 }
 
 async fn renew_all(
-    conn: &Conn,
+    conn: &Arc<Conn>,
     renew: &redis::Script,
     live: Vec<(Arc<str>, Arc<Keys>, [bool; 2])>,
     lease: Duration,
