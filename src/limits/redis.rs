@@ -39,7 +39,6 @@ use crate::limits::error::LimitRejection;
 use arc_swap::ArcSwapOption;
 use dashmap::DashMap;
 use redis::aio::MultiplexedConnection;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,61 +57,134 @@ const RESERVATION_TTL_MS: u64 = 3_600_000;
 const MONTH_TTL_S: u64 = 40 * 24 * 3600;
 
 /// The keys of one admission. All share the reseller's hash tag, so one script
-/// touches one cluster slot.
+/// touches one cluster slot. They sit one after the other in one string: an
+/// admission holds its keys for the request's life (settle, release and lease
+/// renewal name them), and seven strings were seven allocations and about
+/// 0.5 KiB per request in flight.
 #[derive(Debug)]
 pub(crate) struct Keys {
-    t_hash: String,
-    t_slots: String,
-    t_month: String,
-    r_hash: String,
-    r_slots: String,
-    r_month: String,
-    reservation: String,
+    buf: String,
+    /// Where each key ends in `buf`, in the order of the constants below.
+    ends: [u32; 7],
 }
+
+const T_HASH: usize = 0;
+const T_SLOTS: usize = 1;
+const T_MONTH: usize = 2;
+const R_HASH: usize = 3;
+const R_SLOTS: usize = 4;
+const R_MONTH: usize = 5;
+const RESERVATION: usize = 6;
 
 impl Keys {
     fn new(prefix: &str, key: &LimitKey, month: Month, id: &str) -> Self {
-        // Concatenated, not `format!`ed: seven keys per admission.
-        let cat = |parts: &[&str]| {
-            let mut k = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-            parts.iter().for_each(|p| k.push_str(p));
-            k
-        };
         let month = month.to_string();
-        let r = cat(&[prefix, "{", &escape(&key.reseller), "}"]);
-        let t = cat(&[&r, ":t:", &escape(&key.tenant)]);
-        Self {
-            t_slots: cat(&[&t, ":c"]),
-            // `:q` after the name of the month counter before 2026-12-07,
-            // which admit.lua reads once when it creates the hash.
-            t_month: cat(&[&t, ":m:", &month, ":q"]),
-            r_hash: cat(&[&r, ":r"]),
-            r_slots: cat(&[&r, ":r:c"]),
-            r_month: cat(&[&r, ":r:m:", &month, ":q"]),
-            reservation: cat(&[&r, ":a:", id]),
-            t_hash: t,
-        }
+        let mut buf: Vec<u8> = Vec::with_capacity(
+            7 * (prefix.len() + key.reseller.len() + 4)
+                + 3 * key.tenant.len()
+                + 2 * month.len()
+                + id.len()
+                + 40,
+        );
+        let mut ends = [0u32; 7];
+        let mut end = |buf: &Vec<u8>, i: usize| {
+            ends[i] = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+        };
+        // The reseller's part (`r`) starts every key, the tenant's (`t`)
+        // three of them; both are copied from the first key.
+        buf.extend_from_slice(prefix.as_bytes());
+        buf.push(b'{');
+        escape_into(&mut buf, &key.reseller);
+        buf.push(b'}');
+        let r = 0..buf.len();
+        buf.extend_from_slice(b":t:");
+        escape_into(&mut buf, &key.tenant);
+        let t = 0..buf.len();
+        end(&buf, T_HASH);
+        buf.extend_from_within(t.clone());
+        buf.extend_from_slice(b":c");
+        end(&buf, T_SLOTS);
+        buf.extend_from_within(t);
+        // `:q` after the name of the month counter before 2026-12-07, which
+        // admit.lua reads once when it creates the hash.
+        buf.extend_from_slice(b":m:");
+        buf.extend_from_slice(month.as_bytes());
+        buf.extend_from_slice(b":q");
+        end(&buf, T_MONTH);
+        buf.extend_from_within(r.clone());
+        buf.extend_from_slice(b":r");
+        end(&buf, R_HASH);
+        buf.extend_from_within(r.clone());
+        buf.extend_from_slice(b":r:c");
+        end(&buf, R_SLOTS);
+        buf.extend_from_within(r.clone());
+        buf.extend_from_slice(b":r:m:");
+        buf.extend_from_slice(month.as_bytes());
+        buf.extend_from_slice(b":q");
+        end(&buf, R_MONTH);
+        buf.extend_from_within(r);
+        buf.extend_from_slice(b":a:");
+        buf.extend_from_slice(id.as_bytes());
+        end(&buf, RESERVATION);
+        // Only whole `&str`s and ASCII went in: always UTF-8.
+        let buf = String::from_utf8(buf)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        Self { buf, ends }
+    }
+
+    fn key(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        self.buf
+            .get(start..self.ends[i] as usize)
+            .unwrap_or_default()
+    }
+
+    fn t_hash(&self) -> &str {
+        self.key(T_HASH)
+    }
+
+    fn t_slots(&self) -> &str {
+        self.key(T_SLOTS)
+    }
+
+    fn t_month(&self) -> &str {
+        self.key(T_MONTH)
+    }
+
+    fn r_hash(&self) -> &str {
+        self.key(R_HASH)
+    }
+
+    fn r_slots(&self) -> &str {
+        self.key(R_SLOTS)
+    }
+
+    fn r_month(&self) -> &str {
+        self.key(R_MONTH)
+    }
+
+    fn reservation(&self) -> &str {
+        self.key(RESERVATION)
     }
 
     /// The slot sets of the levels whose slots are `held` (tenant, reseller).
-    fn slots(&self, held: [bool; 2]) -> impl Iterator<Item = &String> {
-        [(&self.t_slots, held[0]), (&self.r_slots, held[1])]
+    fn slots(&self, held: [bool; 2]) -> impl Iterator<Item = &str> {
+        [(self.t_slots(), held[0]), (self.r_slots(), held[1])]
             .into_iter()
             .filter_map(|(k, h)| h.then_some(k))
     }
 }
 
 /// Ids are escaped so that no tenant id can forge another key (`:`, `{`...).
-fn escape(id: &str) -> String {
-    let mut out = String::with_capacity(id.len());
+fn escape_into(out: &mut Vec<u8>, id: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for b in id.bytes() {
         if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' {
-            out.push(char::from(b));
+            out.push(b);
         } else {
-            let _ = write!(out, "%{b:02X}");
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
         }
     }
-    out
 }
 
 /// Runs `EVALSHA` as built in `cmd`, loading `script` first if this Redis does
@@ -443,13 +515,13 @@ impl RedisBackend {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.admit.get_hash())
             .arg(7)
-            .arg(&keys.t_hash)
-            .arg(&keys.t_slots)
-            .arg(&keys.t_month)
-            .arg(&keys.r_hash)
-            .arg(&keys.r_slots)
-            .arg(&keys.r_month)
-            .arg(&keys.reservation)
+            .arg(keys.t_hash())
+            .arg(keys.t_slots())
+            .arg(keys.t_month())
+            .arg(keys.r_hash())
+            .arg(keys.r_slots())
+            .arg(keys.r_month())
+            .arg(keys.reservation())
             .arg(&*id)
             .arg(if settles(limits) {
                 // A settle must find its reservation while it is held.
@@ -852,11 +924,11 @@ async fn run_jobs(
                     let mut cmd = redis::cmd("EVALSHA");
                     cmd.arg(settle.get_hash())
                         .arg(5 + keys.slots(released).count())
-                        .arg(&keys.t_hash)
-                        .arg(&keys.t_month)
-                        .arg(&keys.r_hash)
-                        .arg(&keys.r_month)
-                        .arg(&keys.reservation);
+                        .arg(keys.t_hash())
+                        .arg(keys.t_month())
+                        .arg(keys.r_hash())
+                        .arg(keys.r_month())
+                        .arg(keys.reservation());
                     for k in keys.slots(released) {
                         cmd.arg(k);
                     }
@@ -968,10 +1040,10 @@ mod tests {
             .map(|j| match j {
                 Job::Settle { keys, release, .. } => format!(
                     "settle {} {:?}",
-                    keys.reservation,
+                    keys.reservation(),
                     release.as_ref().map(|(id, s)| (id.to_string(), *s))
                 ),
-                Job::Release { keys, id, .. } => format!("release {} {id}", keys.t_slots),
+                Job::Release { keys, id, .. } => format!("release {} {id}", keys.t_slots()),
             })
             .collect();
         let r = |id: &str| format!("livery:rl:{{acme}}:a:{id}");
@@ -984,6 +1056,43 @@ mod tests {
                 // A settle carries one release; a second one goes on its own.
                 "release livery:rl:{acme}:t:dental:c a-again".to_string(),
             ]
+        );
+    }
+
+    #[test]
+    fn an_admissions_keys_are_its_seven_names_escaped() {
+        let k = Keys::new(
+            "livery:rl:",
+            &LimitKey::new("ac{me}", "den:tal"),
+            Month::current(),
+            "id1",
+        );
+        let m = Month::current().to_string();
+        let r = "livery:rl:{ac%7Bme%7D}";
+        let t = format!("{r}:t:den%3Atal");
+        assert_eq!(
+            [
+                k.t_hash(),
+                k.t_slots(),
+                k.t_month(),
+                k.r_hash(),
+                k.r_slots(),
+                k.r_month(),
+                k.reservation(),
+            ],
+            [
+                t.clone(),
+                format!("{t}:c"),
+                format!("{t}:m:{m}:q"),
+                format!("{r}:r"),
+                format!("{r}:r:c"),
+                format!("{r}:r:m:{m}:q"),
+                format!("{r}:a:id1"),
+            ]
+        );
+        assert_eq!(
+            k.slots([false, true]).collect::<Vec<_>>(),
+            [format!("{r}:r:c")]
         );
     }
 
