@@ -60,8 +60,6 @@ impl RedisServer {
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--protected-mode", "no"])
             .args(["--appendonly", "yes", "--appendfsync", "always"])
-            // `DEBUG SLEEP` stands in for a slow Redis (tests/limits.rs).
-            .args(["--enable-debug-command", "local"])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
