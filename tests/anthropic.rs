@@ -1530,19 +1530,33 @@ async fn breaker_state(gw: &TestGateway, provider: &str) -> String {
 /// cool-down, and chat traffic sent back to it).
 #[tokio::test]
 async fn a_counts_estimate_neither_waits_on_nor_closes_an_openai_routes_breaker() {
-    let s = setup_with("breaker_failures = 1\nbreaker_cooldown_ms = 1500\n").await;
+    // The "open" phase below must end within the cool-down: a generous one,
+    // as a loaded host can take seconds over it (1.5 s was not enough).
+    let cooldown = std::time::Duration::from_secs(5);
+    let s = setup_with(&format!(
+        "breaker_failures = 1\nbreaker_cooldown_ms = {}\n",
+        cooldown.as_millis()
+    ))
+    .await;
     let gw = &s.gw;
+    let body = count_body("smart");
+    // Before the breaker opens: the first estimate loads the tokenizer, which
+    // takes a second or more in a debug build.
+    let want = livery::providers::estimate_input_tokens("gpt-4o-mini-2024-07-18", &body);
     // The OpenAI mock fails a chat: its breaker opens.
     let mut failing = chat_body("gpt-4o-mini");
     failing["mock"] = json!({"status": 500});
     let resp = chat(gw, &failing).await;
     assert_eq!(resp.status(), 500);
+    // The breaker opened before this answer: its cool-down ends within
+    // `cooldown` from here.
+    let opened = std::time::Instant::now();
     assert_eq!(breaker_state(gw, "upstream").await, "open");
-    let body = count_body("smart");
-    let want = livery::providers::estimate_input_tokens("gpt-4o-mini-2024-07-18", &body);
     for phase in ["open", "half_open"] {
         if phase == "half_open" {
-            tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+            // Past the cool-down, however long the open phase took.
+            let past = cooldown + std::time::Duration::from_millis(100);
+            tokio::time::sleep(past.saturating_sub(opened.elapsed())).await;
         }
         s.claude.push_fault(Fault::Status {
             status: 429,
