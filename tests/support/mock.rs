@@ -113,8 +113,10 @@ impl MockProvider {
         while self.cancelled() < n {
             assert!(
                 start.elapsed() < within,
-                "the mock saw {} cancelled streams, wanted {n}",
-                self.cancelled()
+                "the mock saw {} cancelled streams, wanted {n} ({} completed, {} pieces sent)",
+                self.cancelled(),
+                self.state.completed.load(Ordering::SeqCst),
+                self.pieces_sent()
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
