@@ -489,8 +489,13 @@ key_hashes = ["{key}"]
 
 /// Sends requests from `workers` tasks until `stop`; returns the request ids
 /// whose response the client received complete.
-async fn load(addr: SocketAddr, workers: usize, stop: Arc<AtomicBool>, tag: String) -> Vec<String> {
-    let done = Arc::new(Mutex::new(Vec::new()));
+async fn load(
+    addr: SocketAddr,
+    workers: usize,
+    stop: Arc<AtomicBool>,
+    tag: String,
+    done: Arc<Mutex<Vec<String>>>,
+) -> Vec<String> {
     let mut tasks = Vec::new();
     for w in 0..workers {
         let (stop, done, tag) = (stop.clone(), done.clone(), tag.clone());
@@ -565,8 +570,25 @@ async fn kill_9_under_load_loses_no_completed_request_and_duplicates_none() {
             .await
             .unwrap();
         let stop = Arc::new(AtomicBool::new(false));
-        let loader = tokio::spawn(load(serve.addr, 6, stop.clone(), format!("r{round}")));
-        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let done = Arc::new(Mutex::new(Vec::new()));
+        let loader = tokio::spawn(load(
+            serve.addr,
+            6,
+            stop.clone(),
+            format!("r{round}"),
+            done.clone(),
+        ));
+        // Under way: some requests completed (a fixed 1.2 s was not enough
+        // for 20 on a loaded host), more in flight.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while done.lock().unwrap().len() < 40 {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: only {} requests completed",
+                done.lock().unwrap().len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         // Killed while requests are in flight.
         serve.kill9();
         stop.store(true, Ordering::Relaxed);
@@ -784,15 +806,25 @@ async fn a_webhook_down_under_load_gets_every_event_once_back() {
         }
         if phase == 1 {
             // The webhook is down: its lag is visible, requests were not slowed
-            // into failure, and SQLite kept up.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let stats = usage.stats().unwrap();
+            // into failure, and SQLite kept up. Once the sink has tried (and
+            // failed) to deliver, however long a loaded host takes to get to it.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let stats = loop {
+                let stats = usage.stats().unwrap();
+                let hook = stats.sinks.iter().find(|s| s.name == "webhook").unwrap();
+                if hook.last_error.is_some() || Instant::now() > deadline {
+                    break stats;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
             let hook = stats.sinks.iter().find(|s| s.name == "webhook").unwrap();
             assert!(hook.lag_bytes > 0, "{stats:?}");
             assert!(hook.last_error.is_some(), "{stats:?}");
         }
     }
-    assert!(usage.flush(Duration::from_secs(15)), "{:?}", usage.stats());
+    // Generous: a sink backs off up to 5 s between tries, and a loaded host
+    // took more than 15 s to ship the rest.
+    assert!(usage.flush(Duration::from_secs(60)), "{:?}", usage.stats());
 
     let events = receiver.events.lock().unwrap().clone();
     let unique: HashSet<&String> = events.iter().collect();
@@ -1100,8 +1132,17 @@ async fn redis_down_under_load_gets_every_event_once_back() {
     tokio::time::sleep(Duration::from_millis(150)).await;
     server.kill();
     sent.extend(burst(&gw, "down", 10).await);
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let stats = usage.stats().unwrap();
+    // Once the sink has tried (and failed) to deliver to the dead Redis,
+    // however long a loaded host takes to get to it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let stats = loop {
+        let stats = usage.stats().unwrap();
+        let r = stats.sinks.iter().find(|s| s.name == "redis").unwrap();
+        if r.last_error.is_some() || Instant::now() > deadline {
+            break stats;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let r = stats.sinks.iter().find(|s| s.name == "redis").unwrap();
     assert!(r.lag_bytes > 0 && r.lag_events > 0, "{stats:?}");
     assert!(r.last_error.is_some(), "{stats:?}");
@@ -1119,7 +1160,8 @@ async fn redis_down_under_load_gets_every_event_once_back() {
     sent.extend(burst(&gw, "back", 10).await);
     loader.0.store(true, Ordering::Relaxed);
     sent.extend(loader.1.await.unwrap());
-    assert!(usage.flush(Duration::from_secs(20)), "{:?}", usage.stats());
+    // Generous, as above: backoff up to 5 s, and a loaded host.
+    assert!(usage.flush(Duration::from_secs(60)), "{:?}", usage.stats());
 
     let conn = db(dir.path());
     let ledger: HashMap<String, String> = conn
