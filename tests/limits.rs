@@ -911,6 +911,49 @@ async fn a_connection_slower_than_the_admission_timeout_is_still_made() {
     assert!(!l.stats().redis_down);
 }
 
+/// Redis is dialled when the limiter is built, so the first request finds the
+/// connection made instead of waiting for it and falling back (on a slow
+/// connection, every request of the first few hundred milliseconds would).
+#[tokio::test]
+async fn redis_is_dialled_before_the_first_admission() {
+    let Some(redis) = RedisServer::start("dialled_at_start") else {
+        return;
+    };
+    // Dialled by the first admission, the connection would not be made within
+    // its timeout.
+    let door = slow_door(redis.port, Duration::from_secs(1)).await;
+    let settings = LimiterSettings {
+        backend: Backend::Redis {
+            url: format!("redis://127.0.0.1:{door}/0"),
+        },
+        redis_timeout: Duration::from_millis(200),
+        ..LimiterSettings::default()
+    };
+    let l = Limiter::new(settings, Arc::new(NoMonthlyUsage)).unwrap();
+    // Connected: a client other than this one is on the server (its
+    // handshake, `CLIENT SETINFO`, follows at once).
+    let mut watcher = redis.client();
+    wait_for(|| {
+        let clients: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query(&mut watcher)
+            .unwrap();
+        let others = clients
+            .lines()
+            .filter(|c| !c.contains("cmd=client|list"))
+            .count();
+        async move { others == 1 }
+    })
+    .await;
+    let key = LimitKey::new("acme", "dental");
+    assert!(l
+        .admit(&key, &tenant(rpm(1_000)), 0)
+        .await
+        .unwrap()
+        .is_shared());
+    assert_eq!(l.stats().fallbacks_total, 0);
+}
+
 /// An admission whose answer came too late (the timeout, and the request went
 /// on to the fallback) still ran in Redis once it woke: its estimate charged to
 /// the month and its slot taken. Both are undone, by a compensating settle

@@ -286,7 +286,8 @@ pub struct LimiterStats {
 
 impl Limiter {
     /// A limiter for `[limits]`. The Redis backend must be built inside a Tokio
-    /// runtime (it starts a worker task); it does not connect until first used.
+    /// runtime (it starts a worker task and dials Redis at once, without waiting
+    /// for it: a request that comes first waits for it up to the timeout).
     pub fn from_config(
         config: &LimitsConfig,
         months: Arc<dyn MonthlyUsageSource>,

@@ -400,6 +400,10 @@ impl RedisBackend {
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|_| "the redis backend must be built inside a Tokio runtime".to_owned())?;
         let conn = Arc::new(Conn::new(client));
+        // Dialled now, so that the first requests find the connection made
+        // instead of each waiting for it up to the timeout and falling back.
+        conn.dialing.store(true, Ordering::Release);
+        handle.spawn(conn.clone().dial());
         let health = Arc::new(Health::default());
         let held = Arc::new(DashMap::new());
         let (jobs, rx) = mpsc::channel(QUEUE);
