@@ -883,6 +883,25 @@ async fn slow_door(port: u16, delay: Duration) -> u16 {
     door
 }
 
+/// A Redis limiter whose connections to `redis` are each held `delay`
+/// before their first byte goes through, with `timeout` per round trip.
+async fn limiter_behind_slow_door(
+    redis: &RedisServer,
+    delay: Duration,
+    timeout: Duration,
+) -> Limiter {
+    let door = slow_door(redis.port, delay).await;
+    let settings = LimiterSettings {
+        backend: Backend::Redis {
+            url: format!("redis://127.0.0.1:{door}/0"),
+        },
+        redis_timeout: timeout,
+        probe_interval: Duration::from_millis(100),
+        ..LimiterSettings::default()
+    };
+    Limiter::new(settings, Arc::new(NoMonthlyUsage)).unwrap()
+}
+
 /// Setting up a connection can take longer than an admission may wait for
 /// Redis. The admission that started it goes on to the fallback, but the
 /// connection is still made, and later admissions use it. (Each admission's
@@ -893,16 +912,8 @@ async fn a_connection_slower_than_the_admission_timeout_is_still_made() {
     let Some(redis) = RedisServer::start("slow_connection") else {
         return;
     };
-    let door = slow_door(redis.port, Duration::from_millis(300)).await;
-    let settings = LimiterSettings {
-        backend: Backend::Redis {
-            url: format!("redis://127.0.0.1:{door}/0"),
-        },
-        redis_timeout: Duration::from_millis(50),
-        probe_interval: Duration::from_millis(100),
-        ..LimiterSettings::default()
-    };
-    let l = Limiter::new(settings, Arc::new(NoMonthlyUsage)).unwrap();
+    let l =
+        limiter_behind_slow_door(&redis, Duration::from_secs(1), Duration::from_millis(50)).await;
     let key = LimitKey::new("acme", "dental");
     let limits = tenant(rpm(1_000));
     assert!(!l.admit(&key, &limits, 0).await.unwrap().is_shared());
@@ -921,15 +932,8 @@ async fn redis_is_dialled_before_the_first_admission() {
     };
     // Dialled by the first admission, the connection would not be made within
     // its timeout.
-    let door = slow_door(redis.port, Duration::from_secs(1)).await;
-    let settings = LimiterSettings {
-        backend: Backend::Redis {
-            url: format!("redis://127.0.0.1:{door}/0"),
-        },
-        redis_timeout: Duration::from_millis(200),
-        ..LimiterSettings::default()
-    };
-    let l = Limiter::new(settings, Arc::new(NoMonthlyUsage)).unwrap();
+    let l =
+        limiter_behind_slow_door(&redis, Duration::from_secs(1), Duration::from_millis(200)).await;
     // Connected: a client other than this one is on the server (its
     // handshake, `CLIENT SETINFO`, follows at once).
     let mut watcher = redis.client();
