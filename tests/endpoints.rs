@@ -1026,6 +1026,10 @@ async fn closed_within(s: &mut tokio::net::TcpStream, within: std::time::Duratio
 /// never sends anything, one sending its head too slowly, and a kept-alive one
 /// left idle after its answer. A kept-alive connection used again in time is
 /// served, and an answer that takes longer than the timeout is not cut.
+///
+/// A timeout of 1 s, where the connection used again waits 150 ms between
+/// requests: a test thread not run for a moment on a loaded host does not
+/// make it idle for the timeout.
 #[tokio::test]
 async fn connections_without_a_request_are_closed_after_header_timeout_ms() {
     use tokio::io::AsyncWriteExt;
@@ -1034,7 +1038,7 @@ async fn connections_without_a_request_are_closed_after_header_timeout_ms() {
     let base = standard_config(&mock.base_url(), "");
     let config = base.replace(
         "max_body_bytes = 65536",
-        "max_body_bytes = 65536\nheader_timeout_ms = 400",
+        "max_body_bytes = 65536\nheader_timeout_ms = 1000",
     );
     assert_ne!(config, base);
     let gw = TestGateway::start(&config).await;
@@ -1071,8 +1075,9 @@ async fn connections_without_a_request_are_closed_after_header_timeout_ms() {
         assert!(!closed_within(&mut kept, std::time::Duration::from_millis(150)).await);
     }
 
-    // A stream of 1.2 s (6 gaps of 200 ms) on one connection: whole.
-    let text = dental_stream(&gw, json!({"chunks": 6, "gap_ms": 200})).await;
+    // A stream of more than 1.8 s (6 gaps of 300 ms, and more) on one
+    // connection: whole.
+    let text = dental_stream(&gw, json!({"chunks": 6, "gap_ms": 300})).await;
     let events = sse_data(&text);
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{text}");
     assert!(!text.contains("stream_interrupted"), "{text}");
@@ -1239,6 +1244,9 @@ async fn a_panic_in_the_handler_is_answered_500_and_the_connection_kept() {
 /// HTTP/1.1 and on an HTTP/2 stream: it used to hold its connection or
 /// stream, and its record, for as long as the client kept the socket open.
 /// A body that keeps coming, more slowly than that in all, is served.
+///
+/// A timeout of 1 s, where the served body's pieces come 200 ms apart: a test
+/// thread not run for a moment on a loaded host does not stall the body.
 #[tokio::test]
 async fn a_request_body_that_stalls_is_refused_after_header_timeout_ms() {
     use std::time::{Duration, Instant};
@@ -1248,7 +1256,7 @@ async fn a_request_body_that_stalls_is_refused_after_header_timeout_ms() {
     let config = base
         .replace(
             "max_body_bytes = 65536",
-            "max_body_bytes = 65536\nheader_timeout_ms = 400",
+            "max_body_bytes = 65536\nheader_timeout_ms = 1000",
         )
         .replace(
             r#"domains = ["ai.acme.test"]"#,
@@ -1264,11 +1272,13 @@ async fn a_request_body_that_stalls_is_refused_after_header_timeout_ms() {
         )
     };
 
-    // Trickled in five pieces 150 ms apart (600 ms in all): served.
+    // Trickled in eight pieces 200 ms apart (1.6 s in all): served.
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(head(body.len()).as_bytes()).await.unwrap();
-    for piece in body.as_bytes().chunks(body.len().div_ceil(5)) {
-        tokio::time::sleep(Duration::from_millis(150)).await;
+    let pieces = body.as_bytes().chunks(body.len().div_ceil(8));
+    assert_eq!(pieces.len(), 8);
+    for piece in pieces {
+        tokio::time::sleep(Duration::from_millis(200)).await;
         s.write_all(piece).await.unwrap();
     }
     let answer = tokio::time::timeout(Duration::from_secs(5), read_answer(&mut s))
@@ -1298,7 +1308,7 @@ async fn a_request_body_that_stalls_is_refused_after_header_timeout_ms() {
     let text = String::from_utf8_lossy(&buf);
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");
     assert!(text.contains("body_read_failed"), "{text}");
-    assert!(start.elapsed() >= Duration::from_millis(350), "{text}");
+    assert!(start.elapsed() >= Duration::from_millis(900), "{text}");
 
     // The same on an HTTP/2 stream; the connection serves on.
     let send = h2c_connect(gw.addr).await;
@@ -1350,6 +1360,9 @@ async fn a_request_body_that_stalls_is_refused_after_header_timeout_ms() {
 /// closed with a GOAWAY, as a kept-alive HTTP/1.1 one is closed: it used to be
 /// kept for as long as its client held it, so that a client could hold any
 /// number of idle connections. A stream longer than the timeout is not cut.
+///
+/// A timeout of 1 s: the stream opens at once after the handshake, well
+/// within it even when the test thread is not run for a moment.
 #[tokio::test]
 async fn idle_http2_connections_get_a_goaway_after_header_timeout_ms() {
     use std::time::Duration;
@@ -1358,7 +1371,7 @@ async fn idle_http2_connections_get_a_goaway_after_header_timeout_ms() {
     let config = base
         .replace(
             "max_body_bytes = 65536",
-            "max_body_bytes = 65536\nheader_timeout_ms = 400",
+            "max_body_bytes = 65536\nheader_timeout_ms = 1000",
         )
         .replace(
             r#"domains = ["ai.acme.test"]"#,
@@ -1369,10 +1382,10 @@ async fn idle_http2_connections_get_a_goaway_after_header_timeout_ms() {
     let (send, conn) = h2::client::handshake(tcp).await.unwrap();
     let ended = tokio::spawn(conn);
 
-    // A stream of 1.2 s (6 gaps of 200 ms): whole.
+    // A stream of more than 1.8 s (6 gaps of 300 ms, and more): whole.
     let mut body = chat_body("gpt-4o-mini");
     body["stream"] = json!(true);
-    body["mock"] = json!({"chunks": 6, "gap_ms": 200});
+    body["mock"] = json!({"chunks": 6, "gap_ms": 300});
     let uri = format!("http://{}/v1/chat/completions", gw.addr);
     let auth = format!("Bearer {}", ACME_DENTAL.2);
     let resp = h2_request(
@@ -1502,9 +1515,12 @@ async fn record_within(
 }
 
 /// The client PINGs' timers of [`pinging_gateway`]: a silent client is cut
-/// within their sum (the gateway's own are 10 s and 20 s).
+/// within their sum (the gateway's own are 10 s and 20 s). A second for the
+/// pong: a client that answers (driven on the test's thread, which a loaded
+/// host may leave unrun for a few hundred milliseconds) is not taken for a
+/// silent one.
 const PING_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
-const PONG_WITHIN: std::time::Duration = std::time::Duration::from_millis(300);
+const PONG_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The standard gateway in front of `mock`, PINGing its HTTP/2 clients every
 /// [`PING_EVERY`]; its usage file's path (in the returned directory).
@@ -1570,9 +1586,10 @@ async fn fall_silent_after_the_head(
 }
 
 /// Asserts that the silent client's stream `rid` is ended within the PINGs'
-/// period and timeout (and the record's write), recorded as its client's
-/// disconnection, and its upstream stream let go; and that its connection is
-/// closed, not only the stream.
+/// period and timeout (with 3 s more for the record's write on a loaded host:
+/// without the PINGs, the silent streams here end after 10 s, or never),
+/// recorded as its client's disconnection, and its upstream stream let go;
+/// and that its connection is closed, not only the stream.
 async fn assert_cut_within_a_ping(
     usage_path: &std::path::Path,
     mock: &MockProvider,
@@ -1584,7 +1601,7 @@ async fn assert_cut_within_a_ping(
     let record = record_within(
         usage_path,
         rid,
-        PING_EVERY + PONG_WITHIN + Duration::from_millis(700),
+        PING_EVERY + PONG_WITHIN + Duration::from_secs(3),
     )
     .await
     .unwrap_or_else(|| {
@@ -1595,7 +1612,7 @@ async fn assert_cut_within_a_ping(
     });
     assert_eq!(record["outcome"], "client_disconnected", "{record}");
     assert_eq!(record["status"], 499, "{record}");
-    mock.wait_cancelled(1, Duration::from_secs(2)).await;
+    mock.wait_cancelled(1, Duration::from_secs(10)).await;
     // Polled again, the client reads what was sent before the close, then
     // the end of the connection.
     let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
@@ -1617,10 +1634,12 @@ async fn an_http2_client_that_answers_no_ping_is_cut_with_its_stream() {
     let (gateway, usage_path, _dir) = pinging_gateway(&mock).await;
     let addr = gateway.local_addr();
 
-    // A client that answers: 600 ms between events, and nothing from it
-    // but pongs for the whole stream. Served whole.
+    // A client that answers: 1.6 s without an event (longer than a PING's
+    // period and timeout together, shorter than the upstream's idle timeout
+    // of 3 s), and nothing from it but pongs for the whole stream. Served
+    // whole.
     let send = h2c_connect(addr).await;
-    let body = dental_stream_body(json!({"chunks": 2, "gap_ms": 600}));
+    let body = dental_stream_body(json!({"chunks": 2, "stall_after": 2, "stall_ms": 1600}));
     let uri = format!("http://{ACME_HOST}/v1/chat/completions");
     let auth = format!("Bearer {}", ACME_DENTAL.2);
     let resp = h2_request(
