@@ -491,10 +491,13 @@ async fn no_request_outlives_its_deadline() {
     );
 }
 
+/// A cool-down of 2 s: the checks that the breaker is open come well within
+/// it on a loaded host, and the test waits for its end by watching the
+/// breaker turn half-open (operators' readyz), not for a fixed time.
 #[tokio::test]
 async fn the_circuit_breaker_opens_skips_probes_and_closes() {
     let (gw, first, second) = fallback_gateway(
-        "[routing]\nretries_per_route = 0\nbreaker_failures = 3\nbreaker_cooldown_ms = 400\n",
+        "[routing]\nretries_per_route = 0\nbreaker_failures = 3\nbreaker_cooldown_ms = 2000\n",
     )
     .await;
     for _ in 0..3 {
@@ -514,7 +517,7 @@ async fn the_circuit_breaker_opens_skips_probes_and_closes() {
     let detail = readyz_detail(&gw).await;
     assert!(detail.contains("\"state\":\"open\""), "{detail}");
     // After the cool-down one probe goes through; it fails, so the breaker reopens.
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    until_half_open(&gw).await;
     let resp = chat(&gw, "chain", on_first(json!({"status": 500})), false).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(first.requests().len(), 4);
@@ -524,7 +527,7 @@ async fn the_circuit_breaker_opens_skips_probes_and_closes() {
         "breaker_open"
     );
     // Next probe succeeds: closed again.
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    until_half_open(&gw).await;
     let resp = chat(&gw, "chain", json!({}), false).await;
     assert_eq!(
         outcomes(&gw.usage_for(&rid(&resp)).await),
@@ -537,6 +540,24 @@ async fn the_circuit_breaker_opens_skips_probes_and_closes() {
     );
     assert!(readyz_detail(&gw).await.contains("\"state\":\"closed\""));
     let _ = second;
+}
+
+/// Waits until the one breaker of `gw`, open, has turned half-open (its
+/// cool-down over, the next request its probe); 20 s at most.
+async fn until_half_open(gw: &TestGateway) {
+    let start = Instant::now();
+    loop {
+        let detail = readyz_detail(gw).await;
+        if detail.contains("\"state\":\"half_open\"") {
+            return;
+        }
+        assert!(detail.contains("\"state\":\"open\""), "{detail}");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the breaker stayed open: {detail}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn readyz_detail(gw: &TestGateway) -> String {
