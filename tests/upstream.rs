@@ -729,8 +729,11 @@ async fn an_http2_upstream_that_closes_its_connections_is_dialled_again() {
         for i in 0..4 {
             let text = chat_numbered(&gw, i).await;
             assert!(text.contains("over h2c"), "graceful={graceful}: {text}");
-            // Let the connection's end reach the gateway before the next
-            // request, as an idle connection's would.
+            // The answer in, the provider ends the connection. The next
+            // request comes once the end has reached the gateway, as an
+            // idle connection's would: the provider's side is closed, and
+            // the gateway has had a moment to read that.
+            up.end_connection(i + 1).await;
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         assert_eq!(
@@ -742,11 +745,16 @@ async fn an_http2_upstream_that_closes_its_connections_is_dialled_again() {
     }
 }
 
-/// An h2c server that answers one request per connection, then ends it:
+/// An h2c server whose connections serve until the test ends them
+/// ([`end_connection`](Self::end_connection), once a request was answered):
 /// with a GOAWAY (`graceful`) or by dropping the socket.
 struct OneRequestH2Upstream {
     port: u16,
     connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Connections ended: closed after their GOAWAY, or dropped.
+    ended: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Tells the connection being served to end.
+    end: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl OneRequestH2Upstream {
@@ -759,45 +767,63 @@ impl OneRequestH2Upstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let connections = Arc::new(AtomicUsize::new(0));
-        let counter = connections.clone();
+        let ended = Arc::new(AtomicUsize::new(0));
+        let end = Arc::new(tokio::sync::Notify::new());
+        let (counter, ends, ended_count) = (connections.clone(), end.clone(), ended.clone());
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 counter.fetch_add(1, Ordering::SeqCst);
+                let (end, ended) = (ends.clone(), ended_count.clone());
                 tokio::spawn(async move {
-                    let (served_tx, served_rx) = tokio::sync::oneshot::channel::<()>();
-                    let served_tx = std::sync::Mutex::new(Some(served_tx));
                     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let stream = req
                             .headers()
                             .get("accept")
                             .is_some_and(|v| v.to_str().unwrap_or("").contains("event-stream"));
-                        if let Some(tx) = served_tx.lock().unwrap().take() {
-                            let _ = tx.send(());
-                        }
                         async move { Ok::<_, std::convert::Infallible>(h2c_answer(stream, "over h2c")) }
                     });
-                    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tcp), svc);
-                    tokio::pin!(conn);
-                    tokio::select! {
-                        _ = conn.as_mut() => return,
-                        _ = served_rx => {}
-                    }
-                    // Let the answer leave (the connection must be polled
-                    // for that), then end.
-                    tokio::select! {
-                        _ = conn.as_mut() => return,
-                        _ = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
-                    }
-                    if graceful {
+                    let mut conn = Box::pin(
+                        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(tcp), svc),
+                    );
+                    // Served (the connection polled) until the test, which
+                    // has its answer, says to end it.
+                    let told = tokio::select! {
+                        _ = conn.as_mut() => false,
+                        () = end.notified() => true,
+                    };
+                    if told && graceful {
                         conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
+                        let _ = conn.as_mut().await;
                     }
                     // Not graceful: the connection (and its socket) is dropped.
+                    drop(conn);
+                    ended.fetch_add(1, Ordering::SeqCst);
                 });
             }
         });
-        Self { port, connections }
+        Self {
+            port,
+            connections,
+            ended,
+            end,
+        }
+    }
+
+    /// Ends the connection being served, and waits (20 s at most) until it
+    /// has ended, the `n`th to.
+    async fn end_connection(&self, n: usize) {
+        use std::sync::atomic::Ordering;
+        use std::time::{Duration, Instant};
+        self.end.notify_one();
+        let start = Instant::now();
+        while self.ended.load(Ordering::SeqCst) < n {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "connection {n} to the provider did not end"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }
 
