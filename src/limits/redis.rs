@@ -59,8 +59,8 @@ const MONTH_TTL_S: u64 = 40 * 24 * 3600;
 /// The keys of one admission. All share the reseller's hash tag, so one script
 /// touches one cluster slot. They sit one after the other in one string: an
 /// admission holds its keys for the request's life (settle, release and lease
-/// renewal name them), and seven strings were seven allocations and about
-/// 0.5 KiB per request in flight.
+/// renewal name them), and seven strings were seven allocations and some
+/// 0.15-0.25 KiB more per request in flight.
 #[derive(Debug)]
 pub(crate) struct Keys {
     buf: String,
