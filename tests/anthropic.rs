@@ -9,6 +9,8 @@ use crate::support::anthropic_mock::{self, AnthropicMock, Fault};
 use crate::support::*;
 use serde_json::{json, Value};
 
+/// A gateway and its two mocks; a test that destructures it binds every
+/// field, since a mock dropped stops serving.
 struct Setup {
     gw: TestGateway,
     openai: MockProvider,
@@ -56,14 +58,43 @@ async fn setup() -> Setup {
 
 /// `routing` is appended to the standard `[routing]` table.
 async fn setup_with(routing: &str) -> Setup {
+    setup_edited(PROVIDER_KEY, |c| {
+        replaced(&c, "[routing]\n", &format!("[routing]\n{routing}"))
+    })
+    .await
+}
+
+/// The gateway of [`setup`], its Anthropic mock taking `claude_key`, its
+/// configuration passed through `edit` first.
+async fn setup_edited(claude_key: &str, edit: impl FnOnce(String) -> String) -> Setup {
     let openai = MockProvider::start().await;
-    let claude = AnthropicMock::start(PROVIDER_KEY).await;
+    let claude = AnthropicMock::start(claude_key).await;
     let key_line = format!("api_key_env = \"{PROVIDER_KEY_ENV}\"");
-    let config = anthropic_config(&openai.base_url(), &claude.base_url(), &key_line);
-    let config = config.replacen("[routing]\n", &format!("[routing]\n{routing}"), 1);
-    assert!(config.contains(routing));
+    let config = edit(anthropic_config(
+        &openai.base_url(),
+        &claude.base_url(),
+        &key_line,
+    ));
     let gw = TestGateway::start(&config).await;
     Setup { gw, openai, claude }
+}
+
+/// `config` with its first `from` replaced by `to`; `from` must be there.
+fn replaced(config: &str, from: &str, to: &str) -> String {
+    assert!(
+        config.contains(from),
+        "standard config changed: no {from:?}"
+    );
+    config.replacen(from, to, 1)
+}
+
+/// The standard configuration takes bodies of 64 KiB; some tests need 4 MiB.
+fn with_4_mib_bodies(config: String) -> String {
+    replaced(
+        &config,
+        "max_body_bytes = 65536",
+        "max_body_bytes = 4194304",
+    )
 }
 
 /// Claude Sonnet's list prices per million tokens: input 3, output 15, cache
@@ -82,13 +113,11 @@ cached_input_per_million = "0.30"
 
 /// [`setup`] with [`SONNET_PRICES`].
 async fn setup_priced() -> Setup {
-    let openai = MockProvider::start().await;
-    let claude = AnthropicMock::start(PROVIDER_KEY).await;
-    let key_line = format!("api_key_env = \"{PROVIDER_KEY_ENV}\"");
-    let config = anthropic_config(&openai.base_url(), &claude.base_url(), &key_line);
-    assert!(!config.contains("[prices]"), "standard config changed");
-    let gw = TestGateway::start(&format!("{config}\n{SONNET_PRICES}")).await;
-    Setup { gw, openai, claude }
+    setup_edited(PROVIDER_KEY, |config| {
+        assert!(!config.contains("[prices]"), "standard config changed");
+        format!("{config}\n{SONNET_PRICES}")
+    })
+    .await
 }
 
 fn rid(resp: &reqwest::Response) -> String {
@@ -736,18 +765,19 @@ async fn messages_on_an_openai_route_are_translated() {
 /// `max_tokens` goes there under OpenAI's current name.
 #[tokio::test]
 async fn messages_can_send_max_completion_tokens_to_an_openai_provider() {
-    let openai = MockProvider::start().await;
-    let claude = AnthropicMock::start(PROVIDER_KEY).await;
-    let key_line = format!("api_key_env = \"{PROVIDER_KEY_ENV}\"");
-    let config = anthropic_config(&openai.base_url(), &claude.base_url(), &key_line);
     let upstream = "name = \"upstream\"\nkind = \"openai\"\n";
-    assert!(config.contains(upstream));
-    let config = config.replacen(
-        upstream,
-        &format!("{upstream}max_tokens_field = \"max_completion_tokens\"\n"),
-        1,
-    );
-    let gw = TestGateway::start(&config).await;
+    let Setup {
+        gw,
+        openai,
+        claude: _claude,
+    } = setup_edited(PROVIDER_KEY, |c| {
+        replaced(
+            &c,
+            upstream,
+            &format!("{upstream}max_tokens_field = \"max_completion_tokens\"\n"),
+        )
+    })
+    .await;
     let resp = messages(&gw, Some(ACME_DENTAL.2), &messages_body("gpt-4o-mini")).await;
     assert_eq!(resp.status(), 200);
     let up = openai.last_request();
@@ -1591,13 +1621,11 @@ async fn a_counts_estimate_neither_waits_on_nor_closes_an_openai_routes_breaker(
 /// prompt estimated from the same text: it is answered, and recorded.
 #[tokio::test]
 async fn a_prompt_of_a_mebibyte_of_blanks_is_counted_and_recorded() {
-    let openai = MockProvider::start().await;
-    let claude = AnthropicMock::start(PROVIDER_KEY).await;
-    let key_line = format!("api_key_env = \"{PROVIDER_KEY_ENV}\"");
-    let config = anthropic_config(&openai.base_url(), &claude.base_url(), &key_line);
-    let limit = "max_body_bytes = 65536";
-    assert!(config.contains(limit), "standard config changed");
-    let gw = TestGateway::start(&config.replace(limit, "max_body_bytes = 4194304")).await;
+    let Setup {
+        gw,
+        openai: _openai,
+        claude: _claude,
+    } = setup_edited(PROVIDER_KEY, with_4_mib_bodies).await;
     let blanks = format!("{}?", " ".repeat(1 << 20));
     let mut body = count_body("gpt-4o-mini");
     body["messages"][0]["content"] = json!(blanks);
@@ -1627,13 +1655,11 @@ async fn a_prompt_of_a_mebibyte_of_blanks_is_counted_and_recorded() {
 /// one thread, the test's.
 #[tokio::test]
 async fn a_big_count_does_not_hold_up_other_requests() {
-    let openai = MockProvider::start().await;
-    let claude = AnthropicMock::start(PROVIDER_KEY).await;
-    let key_line = format!("api_key_env = \"{PROVIDER_KEY_ENV}\"");
-    let config = anthropic_config(&openai.base_url(), &claude.base_url(), &key_line);
-    let limit = "max_body_bytes = 65536";
-    assert!(config.contains(limit), "standard config changed");
-    let gw = TestGateway::start(&config.replace(limit, "max_body_bytes = 4194304")).await;
+    let Setup {
+        gw,
+        openai: _openai,
+        claude: _claude,
+    } = setup_edited(PROVIDER_KEY, with_4_mib_bodies).await;
     let mut body = count_body("gpt-4o-mini");
     body["messages"][0]["content"] = json!("a".repeat(256 << 10));
     let done = std::sync::atomic::AtomicBool::new(false);
@@ -1689,19 +1715,20 @@ fn seal(owner: &str, provider: &str, key: &str) -> String {
 /// has the platform's sent, never another tenant's.
 #[tokio::test]
 async fn count_tokens_goes_with_the_tenants_own_key() {
-    let openai = MockProvider::start().await;
-    let claude = AnthropicMock::start(DENTAL_ANTHROPIC_KEY).await;
-    let key_line = format!("api_key_env = \"{PROVIDER_KEY_ENV}\"");
-    let config = anthropic_config(&openai.base_url(), &claude.base_url(), &key_line);
     let dental = format!("key_hashes = [\"{}\"]", hash(ACME_DENTAL.2));
-    assert!(config.contains(&dental), "standard config changed");
     let sealed = seal("tenant:acme/dental", "claude", DENTAL_ANTHROPIC_KEY);
-    let config =
-        config.replace(
+    let Setup {
+        gw,
+        openai: _openai,
+        claude,
+    } = setup_edited(DENTAL_ANTHROPIC_KEY, |c| {
+        replaced(
+            &c,
             &dental,
             &format!("{dental}\ncredentials = {{ claude = \"{sealed}\" }}"),
-        ) + &format!("\n[vault]\n[[vault.keks]]\nid = \"count-kek\"\nenv = \"{COUNT_KEK_ENV}\"\n");
-    let gw = TestGateway::start(&config).await;
+        ) + &format!("\n[vault]\n[[vault.keks]]\nid = \"count-kek\"\nenv = \"{COUNT_KEK_ENV}\"\n")
+    })
+    .await;
     let body = count_body("claude-sonnet");
     let resp = count_tokens(&gw, ACME_HOST, Some(ACME_DENTAL.2), &body).await;
     assert_eq!(resp.status(), 200);
@@ -1728,7 +1755,11 @@ async fn count_tokens_goes_with_the_tenants_own_key() {
 #[tokio::test]
 async fn count_tokens_takes_a_request_but_no_tokens() {
     let limits = "requests_per_minute = 3\ntokens_per_minute = 1\ntokens_per_month = 1";
-    let (gw, _openai, _claude) = limited_gateway(limits).await;
+    let Setup {
+        gw,
+        openai: _openai,
+        claude: _claude,
+    } = limited_gateway(limits).await;
     let mut big = count_body("claude-sonnet");
     big["messages"][0]["content"] = json!("many words ".repeat(500));
     for model in ["claude-sonnet", "gpt-4o-mini", "claude-sonnet"] {
@@ -1760,7 +1791,11 @@ async fn count_tokens_takes_a_request_but_no_tokens() {
 /// refuses it, and its end frees it.
 #[tokio::test]
 async fn count_tokens_takes_a_concurrency_slot() {
-    let (gw, _openai, claude) = limited_gateway("max_concurrent = 1").await;
+    let Setup {
+        gw,
+        openai: _openai,
+        claude,
+    } = limited_gateway("max_concurrent = 1").await;
     let body = count_body("claude-sonnet");
     claude.push_fault(Fault::SlowAfter(2));
     let mut stream = messages_body("claude-sonnet");
@@ -1793,32 +1828,29 @@ async fn count_tokens_takes_a_concurrency_slot() {
 }
 
 /// The gateway of [`setup`] with `limits` in plan `pro` (dental's).
-async fn limited_gateway(limits: &str) -> (TestGateway, MockProvider, AnthropicMock) {
-    let openai = MockProvider::start().await;
-    let claude = AnthropicMock::start(PROVIDER_KEY).await;
-    let key_line = format!("api_key_env = \"{PROVIDER_KEY_ENV}\"");
-    let config = anthropic_config(&openai.base_url(), &claude.base_url(), &key_line);
+async fn limited_gateway(limits: &str) -> Setup {
     let pro = "name = \"pro\"\n";
-    assert!(config.contains(pro), "standard config changed");
-    let config = config.replacen(pro, &format!("{pro}{limits}\n"), 1);
-    (TestGateway::start(&config).await, openai, claude)
+    setup_edited(PROVIDER_KEY, |c| {
+        replaced(&c, pro, &format!("{pro}{limits}\n"))
+    })
+    .await
 }
 
 /// A plan that downgrades a model outside it downgrades a count the same way.
 #[tokio::test]
 async fn count_tokens_is_downgraded_as_messages_are() {
-    let openai = MockProvider::start().await;
-    let claude = AnthropicMock::start(PROVIDER_KEY).await;
-    let key_line = format!("api_key_env = \"{PROVIDER_KEY_ENV}\"");
-    let config = anthropic_config(&openai.base_url(), &claude.base_url(), &key_line);
-    let basic = "name = \"basic\"\n";
-    assert!(config.contains(basic), "standard config changed");
-    let config = config.replacen(
-        basic,
-        "name = \"basic\"\ndisallowed_model = \"downgrade\"\ndowngrade_to = \"gpt-4o-mini\"\n",
-        1,
-    );
-    let gw = TestGateway::start(&config).await;
+    let Setup {
+        gw,
+        openai: _openai,
+        claude,
+    } = setup_edited(PROVIDER_KEY, |c| {
+        replaced(
+            &c,
+            "name = \"basic\"\n",
+            "name = \"basic\"\ndisallowed_model = \"downgrade\"\ndowngrade_to = \"gpt-4o-mini\"\n",
+        )
+    })
+    .await;
     let body = count_body("claude-sonnet");
     let resp = count_tokens(&gw, ACME_HOST, Some(ACME_REALTY.2), &body).await;
     assert_eq!(resp.status(), 200);

@@ -16,6 +16,16 @@ fn limiter() -> Limiter {
     Limiter::new(LimiterSettings::default(), Arc::new(NoMonthlyUsage)).unwrap()
 }
 
+/// Two months on either side of a year's turn.
+const DEC_2026: Month = Month {
+    year: 2026,
+    month: 12,
+};
+const JAN_2027: Month = Month {
+    year: 2027,
+    month: 1,
+};
+
 fn key() -> LimitKey {
     LimitKey::new("acme", "dental")
 }
@@ -422,16 +432,7 @@ fn a_correction_counted_in_no_month_leaves_the_seeds_alone() {
             ..PlanLimits::default()
         },
     );
-    let (dec, jan) = (
-        Month {
-            year: 2026,
-            month: 12,
-        },
-        Month {
-            year: 2027,
-            month: 1,
-        },
-    );
+    let (dec, jan) = (DEC_2026, JAN_2027);
     local.seed_months(&k, &limits, jan, &NoMonthlyUsage);
     let tenant = local.existing(&k, Level::Tenant).unwrap();
     tenant.observe_month(jan, 1000);
@@ -629,16 +630,7 @@ async fn reservations_leave_their_own_month_once_on_every_exit() {
     assert_eq!(at(Level::Reseller), (240, 0));
 
     let local = super::local::LocalBackend::new(Duration::from_secs(60));
-    let (dec, jan) = (
-        Month {
-            year: 2026,
-            month: 12,
-        },
-        Month {
-            year: 2027,
-            month: 1,
-        },
-    );
+    let (dec, jan) = (DEC_2026, JAN_2027);
     let g = local.admit(&k, &limits, 800, dec, &NoMonthlyUsage).unwrap();
     let t = g.tenant.clone().unwrap();
     assert_eq!((t.month_used(dec), t.month_held(dec)), (0, 800));
@@ -688,16 +680,7 @@ fn an_admission_of_the_month_before_leaves_the_new_month_alone() {
     let local = super::local::LocalBackend::new(Duration::from_secs(60));
     let k = key();
     let limits = EffectiveLimits::new(&quota(1000), &PlanLimits::default());
-    let (dec, jan) = (
-        Month {
-            year: 2026,
-            month: 12,
-        },
-        Month {
-            year: 2027,
-            month: 1,
-        },
-    );
+    let (dec, jan) = (DEC_2026, JAN_2027);
     let t = local.tenant(&k);
     t.observe_month(jan, 40);
     let _jan = local.admit(&k, &limits, 900, jan, &NoMonthlyUsage).unwrap();

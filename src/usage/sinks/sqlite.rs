@@ -222,17 +222,22 @@ const ADDED_ROLLUP_COLUMNS: [(&str, &str); 3] = [
     ("cache_write_1h_tokens", "cache_write_1h_tokens"),
 ];
 
+/// Whether the ledger's `rollup_monthly` has `column` yet.
+fn has_rollup_column(conn: &Connection, column: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM pragma_table_info('rollup_monthly') WHERE name = ?1)",
+        [column],
+        |r| r.get(0),
+    )
+}
+
 /// Rollups written before some of [`ADDED_ROLLUP_COLUMNS`] existed get those
 /// columns, and their rows the sums of their stored events (one pass over
 /// the events for all of them, in one transaction).
 fn add_rollup_columns(conn: &Connection) -> rusqlite::Result<()> {
     let mut missing = Vec::new();
     for (column, per_event) in ADDED_ROLLUP_COLUMNS {
-        let has: bool = conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('rollup_monthly') WHERE name = ?1)",
-            [column],
-            |r| r.get(0),
-        )?;
+        let has = has_rollup_column(conn, column)?;
         if !has {
             missing.push((column, per_event));
         }
@@ -573,11 +578,7 @@ pub fn monthly_rollups(
     // connection cannot add them).
     let mut added = Vec::with_capacity(ADDED_ROLLUP_COLUMNS.len());
     for (column, _) in ADDED_ROLLUP_COLUMNS {
-        let has: bool = conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM pragma_table_info('rollup_monthly') WHERE name = ?1)",
-            [column],
-            |r| r.get(0),
-        )?;
+        let has = has_rollup_column(conn, column)?;
         added.push(if has {
             column.to_owned()
         } else {
