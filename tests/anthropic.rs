@@ -1860,3 +1860,114 @@ async fn count_tokens_is_downgraded_as_messages_are() {
     assert!(claude.requests().is_empty());
     gw.shutdown().await;
 }
+
+/// A schema as the `openai` SDK's `parse()` sends a pydantic model's.
+fn person_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "age": {"type": "integer"},
+            "pets": {"type": "array", "items": {"$ref": "#/$defs/Pet"}},
+        },
+        "required": ["name", "age", "pets"],
+        "additionalProperties": false,
+        "$defs": {"Pet": {
+            "type": "object",
+            "properties": {"kind": {"type": "string"}},
+            "required": ["kind"],
+            "additionalProperties": false,
+        }},
+    })
+}
+
+/// Structured outputs on an Anthropic route: `response_format` `json_schema`
+/// reaches Anthropic as `output_config.format` with the schema unchanged,
+/// and the answer's text, the JSON, comes back as the message's content,
+/// whole and streamed. The mock refuses top-level fields the Messages API
+/// does not take, so `response_format` itself must not go upstream.
+#[tokio::test]
+async fn structured_outputs_reach_anthropic_as_output_config() {
+    let s = setup().await;
+    let want = livery::providers::mock::example_of(&person_schema());
+    let mut body = chat_body("claude-sonnet");
+    body["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "person", "strict": true, "schema": person_schema()}});
+    let resp = chat(&s.gw, &body).await;
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    let content = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(serde_json::from_str::<Value>(content).unwrap(), want, "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    let up = s.claude.last_request();
+    assert_eq!(
+        up.body["output_config"],
+        json!({"format": {"type": "json_schema", "schema": person_schema()}})
+    );
+    assert!(up.body.get("response_format").is_none());
+
+    body["stream"] = json!(true);
+    let resp = chat(&s.gw, &body).await;
+    assert_eq!(resp.status(), 200);
+    let data = sse_data(&resp.text().await.unwrap());
+    assert_eq!(data.last().unwrap(), "[DONE]");
+    let streamed: String = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(serde_json::from_str::<Value>(&streamed).unwrap(), want);
+    assert_eq!(
+        s.claude.last_request().body["output_config"]["format"]["schema"],
+        person_schema()
+    );
+
+    // `json_object` has no Anthropic counterpart and is not sent; a schema-less
+    // `json_schema` is refused before any provider is asked.
+    body["stream"] = json!(false);
+    body["response_format"] = json!({"type": "json_object"});
+    let resp = chat(&s.gw, &body).await;
+    assert_eq!(resp.status(), 200);
+    assert!(s.claude.last_request().body.get("output_config").is_none());
+    let asked = s.claude.requests().len();
+    body["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "person"}});
+    let resp = chat(&s.gw, &body).await;
+    assert_eq!(resp.status(), 400);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["error"]["type"], "invalid_request_error", "{err}");
+    assert_eq!(
+        err["error"]["param"], "response_format.json_schema.schema",
+        "{err}"
+    );
+    assert_eq!(s.claude.requests().len(), asked);
+    s.gw.shutdown().await;
+}
+
+/// The other way: an Anthropic client's structured output on an OpenAI route
+/// goes up as `response_format` `json_schema`, strict (the schema closes and
+/// requires everything), and the JSON answer comes back as its text block.
+#[tokio::test]
+async fn structured_outputs_on_an_openai_route_become_response_format() {
+    let s = setup().await;
+    let mut body = messages_body("gpt-4o-mini");
+    body["output_config"] = json!({"format": {"type": "json_schema", "schema": person_schema()}});
+    let resp = messages(&s.gw, Some(ACME_DENTAL.2), &body).await;
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["content"][0]["type"], "text", "{v}");
+    let text = v["content"][0]["text"].as_str().unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(text).unwrap(),
+        livery::providers::mock::example_of(&person_schema())
+    );
+    let up = s.openai.last_request();
+    assert_eq!(
+        up.body["response_format"],
+        json!({"type": "json_schema", "json_schema": {"name": "output", "schema": person_schema(), "strict": true}})
+    );
+    assert!(up.body.get("output_config").is_none());
+    s.gw.shutdown().await;
+}

@@ -1,10 +1,12 @@
 //! End to end with the real `openai` Python SDK (tests/sdk/openai_e2e.py): a chat
 //! completion, streamed ones (with and without usage), an embedding (base64, as
-//! the SDK asks by default, and float), `models.list()`, and a wrong key raising
+//! the SDK asks by default, and float), `models.list()`, a structured output
+//! parsed into a pydantic model (streamed and not), and a wrong key raising
 //! `AuthenticationError`; also through an Anthropic route. And with the real
 //! `anthropic` SDK (tests/sdk/anthropic_e2e.py) on `/v1/messages` through an
-//! OpenAI route: a message, streams (the SDK's helper and raw events), a wrong
-//! key and an unknown model raising the SDK's errors.
+//! OpenAI route: a message, streams (the SDK's helper and raw events), a
+//! structured output parsed into a pydantic model, a wrong key and an unknown
+//! model raising the SDK's errors.
 //!
 //! The interpreter comes from `LIVERY_PYTHON` (tests/run.sh creates .venv with the
 //! SDKs and sets it). Without it these tests are skipped with a message, unless
@@ -208,16 +210,16 @@ async fn sdk_against_default_gateway_toml() {
 
     // The relative `usage.jsonl` of gateway.toml lands in the working directory:
     // 1 chat + 1 streamed chat with usage + 1 streamed without + 2 embeddings
-    // + 1 raw-response chat.
+    // + 1 raw-response chat + 2 structured (parsed, streamed).
     let usage_path = serve.dir.path().join("usage.jsonl");
-    let records = wait_usage(&usage_path, 6).await;
+    let records = wait_usage(&usage_path, 8).await;
     let served: Vec<_> = records
         .iter()
         .filter(|r| r["tenant"] == "demo-tenant" && r["status"] == 200 && is_inference(r))
         .collect();
     assert_eq!(
         served.len(),
-        6,
+        8,
         "usage records of the demo tenant: {records:#?}"
     );
     assert!(served.iter().all(|r| r["reseller"] == "demo"));
@@ -278,9 +280,14 @@ async fn sdk_against_http_mock_upstream() {
         .iter()
         .filter(|r| r.path.ends_with("/v1/completions"))
         .count();
-    // Chat: plain, streamed, streamed with usage, raw response, the 400 and
-    // the broken stream.
-    assert_eq!(chats, 6, "chat requests the mock saw");
+    // Chat: plain, streamed, streamed with usage, raw response, structured
+    // (parsed and streamed), the 400 and the broken stream.
+    assert_eq!(chats, 8, "chat requests the mock saw");
+    let structured = requests
+        .iter()
+        .filter(|r| r.body["response_format"]["type"] == "json_schema")
+        .count();
+    assert_eq!(structured, 2, "structured requests the mock saw");
     assert_eq!(completions, 2, "legacy completion requests the mock saw");
     assert_eq!(embeddings, 2, "embedding requests the mock saw");
     for r in &requests {
@@ -302,7 +309,7 @@ async fn sdk_against_http_mock_upstream() {
         );
     }
 
-    let records = wait_usage(&gw.usage_path, 10).await;
+    let records = wait_usage(&gw.usage_path, 12).await;
     let dental: Vec<_> = records
         .iter()
         .filter(|r| {
@@ -312,7 +319,7 @@ async fn sdk_against_http_mock_upstream() {
                 && is_inference(r)
         })
         .collect();
-    assert_eq!(dental.len(), 9, "usage records: {records:#?}");
+    assert_eq!(dental.len(), 11, "usage records: {records:#?}");
     gw.shutdown().await;
 }
 
@@ -349,17 +356,23 @@ async fn openai_sdk_through_an_anthropic_route() {
     )
     .await;
     let requests = claude.requests();
-    // Plain, streamed, streamed with usage, raw response.
-    assert_eq!(requests.len(), 4, "requests the Anthropic mock saw");
+    // Plain, streamed, streamed with usage, raw response, structured (parsed
+    // and streamed).
+    assert_eq!(requests.len(), 6, "requests the Anthropic mock saw");
+    let structured = requests
+        .iter()
+        .filter(|r| r.body["output_config"]["format"]["type"] == "json_schema")
+        .count();
+    assert_eq!(structured, 2, "structured requests the Anthropic mock saw");
     assert!(requests
         .iter()
         .all(|r| r.body["model"] == "claude-sonnet-4-5"));
-    let records = wait_usage(&gw.usage_path, 4).await;
+    let records = wait_usage(&gw.usage_path, 6).await;
     let served: Vec<_> = records
         .iter()
         .filter(|r| r["provider"] == "claude" && r["status"] == 200)
         .collect();
-    assert_eq!(served.len(), 4, "usage records: {records:#?}");
+    assert_eq!(served.len(), 6, "usage records: {records:#?}");
     assert!(served
         .iter()
         .all(|r| r["completion_tokens"].as_u64() > Some(0)));
@@ -385,13 +398,20 @@ async fn anthropic_sdk_through_an_openai_route() {
         .iter()
         .filter(|r| r.path == "/v1/chat/completions")
         .count();
-    assert_eq!(chats, 3, "chat requests the OpenAI mock saw");
-    let records = wait_usage(&gw.usage_path, 4).await;
+    // Created, streamed twice, parsed (a structured output).
+    assert_eq!(chats, 4, "chat requests the OpenAI mock saw");
+    let strict = openai
+        .requests()
+        .iter()
+        .filter(|r| r.body["response_format"]["json_schema"]["strict"] == true)
+        .count();
+    assert_eq!(strict, 1, "structured requests the OpenAI mock saw");
+    let records = wait_usage(&gw.usage_path, 5).await;
     let served: Vec<_> = records
         .iter()
         .filter(|r| r["endpoint"] == "messages" && r["status"] == 200)
         .collect();
-    assert_eq!(served.len(), 3, "usage records: {records:#?}");
+    assert_eq!(served.len(), 4, "usage records: {records:#?}");
     assert!(served.iter().all(|r| r["provider"] == "upstream"));
     gw.shutdown().await;
 }

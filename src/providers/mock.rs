@@ -7,12 +7,17 @@
 //!   "drop_after": 3, "omit_done": true, "no_usage": true, "stall_after": 2,
 //!   "stall_ms": 60000, "error_after": 3, "only_for_model": "gpt-4o"}`. The same generator backs
 //! the `mock` provider kind, the test suite's HTTP mock and the benchmark mock.
+//!
+//! A chat request with `response_format` `json_schema` is answered, as by
+//! OpenAI's structured outputs, with JSON that follows the schema
+//! ([`example_of`] it), streamed in pieces of a few characters.
 
 use super::{ByteStream, Endpoint, ProviderError, UpstreamBody, UpstreamResponse};
 use base64::Engine as _;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::{json, Value};
+use std::borrow::Cow;
 use std::time::Duration;
 
 const WORDS: &[&str] = &[
@@ -380,6 +385,146 @@ fn prompt_tokens(endpoint: Endpoint, body: &Value) -> u64 {
     }
 }
 
+/// The answer's text as the pieces it is streamed in (a chat answer's words
+/// after the first, and every word of a legacy completion, with the space
+/// before them), and its finish reason.
+fn answer_pieces(
+    endpoint: Endpoint,
+    body: &Value,
+    d: &MockDirectives,
+) -> (Vec<Cow<'static, str>>, &'static str) {
+    let chat = endpoint == Endpoint::ChatCompletions;
+    if let Some(text) = structured_answer(body).filter(|_| chat) {
+        let chars: Vec<char> = text.chars().collect();
+        let pieces = chars
+            .chunks(STRUCTURED_PIECE_CHARS)
+            .map(|c| Cow::Owned(c.iter().collect()))
+            .collect();
+        return (pieces, "stop");
+    }
+    let (words, finish) = answer_words(body, d);
+    let pieces = words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            if i == 0 && chat {
+                Cow::Borrowed(*w)
+            } else {
+                Cow::Owned(format!(" {w}"))
+            }
+        })
+        .collect();
+    (pieces, finish)
+}
+
+/// How many characters each streamed piece of a structured answer has.
+const STRUCTURED_PIECE_CHARS: usize = 8;
+
+/// The JSON text answering a `response_format` `json_schema` request.
+fn structured_answer(body: &Value) -> Option<String> {
+    let format = body.get("response_format")?;
+    if format.get("type").and_then(Value::as_str) != Some("json_schema") {
+        return None;
+    }
+    let schema = format.get("json_schema")?.get("schema")?;
+    Some(example_of(schema).to_string())
+}
+
+/// How deep [`example_of`] follows a schema (a recursive `$ref` ends there).
+const EXAMPLE_DEPTH: usize = 16;
+
+/// A small JSON value that `schema` accepts: the first `const` or `enum`
+/// value, the first branch of `anyOf`/`oneOf`, every `allOf` object merged,
+/// local `$ref`s (`#/$defs/…`, `#/definitions/…`) followed, every required
+/// property of an object (all of them when none is listed), one item for an
+/// array; strings `"example"`, numbers 0, booleans `false`. What a provider's
+/// structured output returns, without its content: enough for a client's
+/// parser.
+pub fn example_of(schema: &Value) -> Value {
+    example_at(schema, schema, 0)
+}
+
+fn example_at(schema: &Value, root: &Value, depth: usize) -> Value {
+    if depth > EXAMPLE_DEPTH {
+        return Value::Null;
+    }
+    let Some(node) = schema.as_object() else {
+        return Value::Null;
+    };
+    if let Some(target) = node
+        .get("$ref")
+        .and_then(Value::as_str)
+        .and_then(|r| r.strip_prefix('#'))
+        .and_then(|pointer| root.pointer(pointer))
+    {
+        return example_at(target, root, depth + 1);
+    }
+    if let Some(c) = node.get("const") {
+        return c.clone();
+    }
+    if let Some(first) = node
+        .get("enum")
+        .and_then(Value::as_array)
+        .and_then(|e| e.first())
+    {
+        return first.clone();
+    }
+    for key in ["anyOf", "oneOf"] {
+        if let Some(first) = node
+            .get(key)
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+        {
+            return example_at(first, root, depth + 1);
+        }
+    }
+    if let Some(all) = node.get("allOf").and_then(Value::as_array) {
+        let mut merged = serde_json::Map::new();
+        for part in all {
+            match example_at(part, root, depth + 1) {
+                Value::Object(o) => merged.extend(o),
+                other if all.len() == 1 => return other,
+                _ => {}
+            }
+        }
+        return Value::Object(merged);
+    }
+    let kind = match node.get("type") {
+        Some(Value::String(t)) => t.as_str(),
+        // `["string", "null"]`: the first type.
+        Some(Value::Array(types)) => types.first().and_then(Value::as_str).unwrap_or("null"),
+        _ if node.contains_key("properties") => "object",
+        _ if node.contains_key("items") => "array",
+        _ => "null",
+    };
+    match kind {
+        "object" => {
+            let props = node.get("properties").and_then(Value::as_object);
+            let required: Option<Vec<&str>> = node
+                .get("required")
+                .and_then(Value::as_array)
+                .map(|r| r.iter().filter_map(Value::as_str).collect());
+            let mut out = serde_json::Map::new();
+            for (name, sub) in props.into_iter().flatten() {
+                if required.as_ref().is_none_or(|r| r.contains(&name.as_str())) {
+                    out.insert(name.clone(), example_at(sub, root, depth + 1));
+                }
+            }
+            Value::Object(out)
+        }
+        "array" => match node.get("items") {
+            Some(items) if items.is_object() => {
+                Value::Array(vec![example_at(items, root, depth + 1)])
+            }
+            _ => json!([]),
+        },
+        "string" => json!("example"),
+        "integer" | "number" => json!(0),
+        "boolean" => json!(false),
+        _ => Value::Null,
+    }
+}
+
 fn answer_words(body: &Value, d: &MockDirectives) -> (Vec<&'static str>, &'static str) {
     let want = d.chunks.unwrap_or(12);
     let cap = body
@@ -424,10 +569,10 @@ fn usage(prompt: u64, completion: u64) -> Value {
 }
 
 fn completion(endpoint: Endpoint, body: &Value, d: &MockDirectives) -> Value {
-    let (words, finish) = answer_words(body, d);
+    let (pieces, finish) = answer_pieces(endpoint, body, d);
     let prompt = prompt_tokens(endpoint, body);
-    let completion = words.len() as u64;
-    let text = words.join(" ");
+    let completion = pieces.len() as u64;
+    let text = pieces.concat();
     let model = model_of(body);
     let mut v = if endpoint == Endpoint::ChatCompletions {
         json!({
@@ -451,7 +596,7 @@ fn completion(endpoint: Endpoint, body: &Value, d: &MockDirectives) -> Value {
             "object": "text_completion",
             "created": now(),
             "model": model,
-            "choices": [{"text": format!(" {text}"), "index": 0, "logprobs": null, "finish_reason": finish}],
+            "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}],
             "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
         })
     };
@@ -473,7 +618,7 @@ fn completion_stream(
     d: &MockDirectives,
     include_usage: bool,
 ) -> Vec<Bytes> {
-    let (words, finish) = answer_words(body, d);
+    let (pieces, finish) = answer_pieces(endpoint, body, d);
     let prompt = prompt_tokens(endpoint, body);
     let id = response_id(
         if endpoint == Endpoint::ChatCompletions {
@@ -490,7 +635,7 @@ fn completion_stream(
     } else {
         None
     };
-    let mut out = Vec::with_capacity(words.len() + 4);
+    let mut out = Vec::with_capacity(pieces.len() + 4);
     let chat = endpoint == Endpoint::ChatCompletions;
     let chunk = |delta: Value, finish: Value| {
         let mut v = if chat {
@@ -518,17 +663,12 @@ fn completion_stream(
             Value::Null,
         ));
     }
-    for (i, w) in words.iter().enumerate() {
-        let piece = if i == 0 && chat {
-            (*w).to_owned()
-        } else {
-            format!(" {w}")
-        };
-        out.push(chunk(json!({"content": piece}), Value::Null));
+    for piece in &pieces {
+        out.push(chunk(json!({ "content": piece }), Value::Null));
     }
     out.push(chunk(json!({}), json!(finish)));
     if include_usage {
-        let completion = words.len() as u64;
+        let completion = pieces.len() as u64;
         let u = if chat {
             usage(prompt, completion)
         } else {
@@ -623,4 +763,91 @@ fn embed(text: &str, dims: usize) -> Vec<f32> {
         *x /= norm;
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text_of(reply: &MockReply) -> String {
+        let body: Value = serde_json::from_slice(&reply.pieces[0]).unwrap();
+        body["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// A schema as the `openai` SDK sends one for a pydantic model: `$defs`,
+    /// a `$ref`, an optional field as `anyOf` with null, an enum.
+    fn schema() -> Value {
+        json!({
+            "type": "object",
+            "properties": {
+                "name": {"type": "string"},
+                "age": {"type": "integer"},
+                "nickname": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+                "pets": {"type": "array", "items": {"$ref": "#/$defs/Pet"}},
+                "mood": {"enum": ["calm", "busy"]},
+                "note": {"type": "string"},
+            },
+            "required": ["name", "age", "nickname", "pets", "mood"],
+            "additionalProperties": false,
+            "$defs": {"Pet": {"type": "object", "properties": {"kind": {"const": "cat"}, "indoor": {"type": "boolean"}}}},
+        })
+    }
+
+    #[test]
+    fn an_example_follows_its_schema() {
+        assert_eq!(
+            example_of(&schema()),
+            json!({"name": "example", "age": 0, "nickname": "example", "pets": [{"kind": "cat", "indoor": false}], "mood": "calm"})
+        );
+        // A schema that refers to itself ends, at a depth.
+        let list =
+            json!({"type": "object", "properties": {"next": {"$ref": "#"}}, "required": ["next"]});
+        let mut v = example_of(&list);
+        let mut depth = 0;
+        while let Some(next) = v.get("next").cloned() {
+            v = next;
+            depth += 1;
+        }
+        assert!((1..=EXAMPLE_DEPTH + 1).contains(&depth), "{depth}");
+    }
+
+    /// Structured outputs: the chat answer is the example's JSON, whole and
+    /// streamed; without a schema, the usual words.
+    #[test]
+    fn a_json_schema_request_is_answered_with_json() {
+        let mut body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "p", "strict": true, "schema": schema()}}});
+        let reply = MockReply::for_request(Endpoint::ChatCompletions, &body);
+        let text = text_of(&reply);
+        assert_eq!(
+            serde_json::from_str::<Value>(&text).unwrap(),
+            example_of(&schema())
+        );
+
+        body["stream"] = json!(true);
+        let reply = MockReply::for_request(Endpoint::ChatCompletions, &body);
+        let streamed: String = reply
+            .pieces
+            .iter()
+            .filter_map(|p| std::str::from_utf8(p).ok()?.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+            .filter_map(|c| {
+                c["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect();
+        assert_eq!(streamed, text);
+        assert!(reply.pieces.len() > 4, "streamed in pieces");
+
+        for format in [json!({"type": "json_object"}), json!({"type": "text"})] {
+            body["response_format"] = format;
+            body["stream"] = json!(false);
+            let reply = MockReply::for_request(Endpoint::ChatCompletions, &body);
+            assert!(text_of(&reply).starts_with("Hello from the Livery mock"));
+        }
+    }
 }

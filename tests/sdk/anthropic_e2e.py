@@ -14,6 +14,7 @@ import traceback
 
 import anthropic
 from anthropic import Anthropic
+from pydantic import BaseModel
 
 SYSTEM = "Be brief."
 MESSAGES = [{"role": "user", "content": "Say hello to the SDK test."}]
@@ -79,6 +80,27 @@ def check_count_tokens(client, model):
     return f"{r.input_tokens} input tokens (the gateway's estimate)"
 
 
+class Pet(BaseModel):
+    kind: str
+
+
+class Person(BaseModel):
+    name: str
+    age: int
+    pets: list[Pet]
+
+
+def check_parse(client, model):
+    """`messages.parse()` with a pydantic model: the SDK sends a structured
+    output format and parses the answer's text back into the model."""
+    r = client.messages.parse(
+        model=model, max_tokens=200, messages=MESSAGES, output_format=Person
+    )
+    parsed = r.parsed_output
+    ensure(isinstance(parsed, Person), f"parsed_output is {parsed!r}")
+    return f"parsed {parsed!r}"
+
+
 def check_wrong_key(base_url, model):
     bad = Anthropic(base_url=base_url, api_key="sk-livery-wrong-key", max_retries=0, timeout=30)
     try:
@@ -111,6 +133,7 @@ def main(argv):
         ("messages.stream", lambda: check_stream_helper(client, model)),
         ("streamed events", lambda: check_stream_events(client, model)),
         ("messages.count_tokens", lambda: check_count_tokens(client, model)),
+        ("messages.parse", lambda: check_parse(client, model)),
         ("wrong key", lambda: check_wrong_key(base_url, model)),
         ("unknown model", lambda: check_unknown_model(client)),
     ]

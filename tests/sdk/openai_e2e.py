@@ -19,6 +19,7 @@ import traceback
 
 import openai
 from openai import OpenAI
+from pydantic import BaseModel
 
 MESSAGES = [
     {"role": "system", "content": "Be brief."},
@@ -200,6 +201,31 @@ def check_broken_stream(client, model):
     raise CheckFailed(f"a stream broken after {chunks} chunks ended like a complete one")
 
 
+class Pet(BaseModel):
+    kind: str
+
+
+class Person(BaseModel):
+    name: str
+    age: int
+    pets: list[Pet]
+
+
+def check_structured(client, model):
+    """`parse()` with a pydantic model: the SDK sends its strict JSON schema
+    and parses the answer's content back into the model, streamed and not."""
+    r = client.chat.completions.parse(model=model, messages=MESSAGES, response_format=Person)
+    parsed = r.choices[0].message.parsed
+    ensure(isinstance(parsed, Person), f"parsed is {parsed!r}")
+    with client.chat.completions.stream(
+        model=model, messages=MESSAGES, response_format=Person
+    ) as stream:
+        final = stream.get_final_completion()
+    streamed = final.choices[0].message.parsed
+    ensure(streamed == parsed, f"streamed {streamed!r} != {parsed!r}")
+    return f"parsed {parsed!r}"
+
+
 def check_wrong_key(base_url, model):
     bad = OpenAI(base_url=base_url, api_key="sk-livery-wrong-key", max_retries=0, timeout=30)
     try:
@@ -226,6 +252,7 @@ def main(argv):
         ("models.list", lambda: check_models(client, model)),
         ("wrong key", lambda: check_wrong_key(base_url, model)),
         ("raw response headers", lambda: check_raw_response(client, model)),
+        ("structured output", lambda: check_structured(client, model)),
     ]
     if os.environ.get("LIVERY_SDK_FAULTS") == "1":
         checks += [

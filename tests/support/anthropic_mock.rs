@@ -8,6 +8,12 @@
 //! `POST /v1/messages/count_tokens` is checked the same way (no `max_tokens`
 //! there: Anthropic refuses any field its count does not take) and answers
 //! Anthropic's `{"input_tokens":N}`, N being [`count_of`] the body.
+//! A top-level field the Messages API does not take is refused as Anthropic
+//! refuses it (`{field}: Extra inputs are not permitted`), so an OpenAI-only
+//! parameter leaking through a translation fails the request. A structured
+//! output (`output_config.format`, or the beta's `output_format`, of type
+//! `json_schema`) is answered with JSON that follows its schema
+//! (`livery::providers::mock::example_of` it) in the captures' text block.
 //!
 //! Faults are queued with [`AnthropicMock::push_fault`]; each request takes the
 //! next one, if any (the gateway's translated body cannot carry directives).
@@ -239,7 +245,20 @@ async fn serve(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         }
     } else if !json["max_tokens"].is_u64() {
         return error(400, "invalid_request_error", "max_tokens: Field required");
+    } else if let Some(extra) = json
+        .as_object()
+        .and_then(|o| o.keys().find(|k| !MESSAGES_FIELDS.contains(&k.as_str())))
+    {
+        return error(
+            400,
+            "invalid_request_error",
+            &format!("{extra}: Extra inputs are not permitted"),
+        );
     }
+    let structured = match structured_output(&json) {
+        Ok(s) => s,
+        Err(message) => return error(400, "invalid_request_error", &message),
+    };
     if json.get("messages").and_then(Value::as_array).is_none() {
         return error(400, "invalid_request_error", "messages: Field required");
     }
@@ -267,8 +286,12 @@ async fn serve(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let stream = json["stream"].as_bool().unwrap_or(false);
     let cache_writes = *state.cache_writes.lock().unwrap();
     if !stream {
-        let body = if tools { TOOL_USE_JSON } else { MESSAGE_JSON };
-        let body = with_cache_writes(body, cache_writes);
+        let body = match &structured {
+            Some(text) => answering(MESSAGE_JSON, CAPTURED_TEXT, text),
+            None if tools => TOOL_USE_JSON.to_owned(),
+            None => MESSAGE_JSON.to_owned(),
+        };
+        let body = with_cache_writes(&body, cache_writes);
         return respond(200, "application/json", body, None);
     }
     let sse = match fault {
@@ -284,7 +307,11 @@ async fn serve(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         Some(Fault::SlowAfter(n)) => Some(n),
         _ => None,
     };
-    let mut events = sse_events(&with_cache_writes(sse, cache_writes));
+    let sse = match &structured {
+        Some(text) if sse == STREAM_SSE => answering(sse, CAPTURED_DELTA, text),
+        _ => sse.to_owned(),
+    };
+    let mut events = sse_events(&with_cache_writes(&sse, cache_writes));
     if matches!(fault, Some(Fault::ErrorBeforeContent)) {
         events = sse_events(STREAM_ERROR_SSE);
         events.retain(|e| !e.starts_with("event: content_block_delta"));
@@ -331,6 +358,70 @@ const COUNT_FIELDS: &[&str] = &[
     "tool_choice",
     "thinking",
 ];
+
+/// The top-level members of a Messages body (Anthropic's
+/// `MessageCreateParams`, with the beta's `output_format`).
+const MESSAGES_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "max_tokens",
+    "system",
+    "metadata",
+    "stop_sequences",
+    "stream",
+    "temperature",
+    "top_k",
+    "top_p",
+    "tools",
+    "tool_choice",
+    "thinking",
+    "service_tier",
+    "container",
+    "mcp_servers",
+    "context_management",
+    "output_config",
+    "output_format",
+];
+
+/// The text of the captured answer, and of the captured stream's one delta,
+/// which a structured output replaces.
+const CAPTURED_TEXT: &str =
+    "It's 18 °C with light rain in Paris right now, so pack an umbrella and a light jacket.";
+const CAPTURED_DELTA: &str = "2";
+
+/// The JSON text a structured output answers with, if `body` asks for one; a
+/// format Anthropic would refuse, as its message.
+fn structured_output(body: &Value) -> Result<Option<String>, String> {
+    let (format, param) = match (
+        body.pointer("/output_config/format"),
+        body.get("output_format"),
+    ) {
+        (Some(f), _) => (f, "output_config.format"),
+        (None, Some(f)) => (f, "output_format"),
+        (None, None) => return Ok(None),
+    };
+    if format.get("type").and_then(Value::as_str) != Some("json_schema") {
+        return Err(format!("{param}.type: Input should be 'json_schema'"));
+    }
+    let Some(schema) = format.get("schema").filter(|s| s.is_object()) else {
+        return Err(format!("{param}.schema: Field required"));
+    };
+    Ok(Some(
+        livery::providers::mock::example_of(schema).to_string(),
+    ))
+}
+
+/// `capture` with its answer text `captured` replaced by `text` (a JSON
+/// string inside the capture's JSON).
+fn answering(capture: &str, captured: &str, text: &str) -> String {
+    let from = format!("\"text\":{}", serde_json::to_string(captured).unwrap());
+    assert!(capture.contains(&from), "no {from} in the capture");
+    capture.replacen(
+        &from,
+        &format!("\"text\":{}", serde_json::to_string(text).unwrap()),
+        1,
+    )
+}
 
 /// What the mock's count_tokens answers for `body`: not a tokenizer's count,
 /// but one that changes with every part of the prompt (and so shows that the

@@ -57,6 +57,14 @@ pub fn messages_to_chat(req: &Value, upstream_model: &str) -> Result<Value, Tran
 ///   `disable_parallel_tool_use` → the opposite `parallel_tool_calls`). Anthropic's
 ///   server tools (`web_search_...`, `bash_...`) only run on Anthropic and are
 ///   refused.
+/// - `output_config.format` (or the beta's top-level `output_format`), a
+///   `json_schema` format → `response_format` `json_schema` named `output`,
+///   `strict` when OpenAI's strict mode takes the schema (every object closed
+///   with `additionalProperties: false` and all its properties required), so
+///   the answer is constrained as Anthropic's would be; otherwise the schema
+///   still guides the answer, where strict mode would refuse the request.
+///   `output_config.effort` has no OpenAI field every server takes and is
+///   dropped.
 /// - `stream: true` also sets `stream_options.include_usage: true`, the only way
 ///   to learn a streamed answer's usage.
 pub fn messages_to_chat_with(
@@ -137,6 +145,9 @@ pub fn messages_to_chat_with(
             }
         }
     }
+    if let Some(format) = convert_output_format(obj)? {
+        out.insert("response_format".into(), format);
+    }
     let user = field(obj, "metadata")
         .and_then(|m| m.get("user_id"))
         .and_then(Value::as_str)
@@ -154,6 +165,85 @@ pub fn messages_to_chat_with(
         }
     }
     Ok(Value::Object(out))
+}
+
+/// `output_config.format` (or `output_format`) as OpenAI's `response_format`.
+fn convert_output_format(obj: &Map<String, Value>) -> Result<Option<Value>, TranslateError> {
+    let (format, param) = match field(obj, "output_config").and_then(|c| c.get("format")) {
+        Some(f) => (f, "output_config.format"),
+        None => match field(obj, "output_format") {
+            Some(f) => (f, "output_format"),
+            None => return Ok(None),
+        },
+    };
+    if format.is_null() {
+        return Ok(None);
+    }
+    if format.get("type").and_then(Value::as_str) != Some("json_schema") {
+        return Err(TranslateError::unsupported_value(
+            format!("{param}.type"),
+            format!("`{param}.type` must be `json_schema`."),
+        ));
+    }
+    let schema = format
+        .get("schema")
+        .filter(|s| s.is_object())
+        .ok_or_else(|| {
+            TranslateError::invalid(
+                format!("{param}.schema"),
+                format!("`{param}.schema` must be a JSON schema object."),
+            )
+        })?;
+    Ok(Some(json!({
+        "type": "json_schema",
+        "json_schema": {
+            "name": "output",
+            "schema": schema,
+            "strict": strict_compatible(schema),
+        },
+    })))
+}
+
+/// Whether OpenAI's strict mode takes `schema`: each object schema in it is
+/// closed (`additionalProperties: false`) and requires all its properties.
+/// Anthropic asks for the first only, so a schema with an optional property
+/// would fail the whole request in strict mode.
+fn strict_compatible(schema: &Value) -> bool {
+    let Some(node) = schema.as_object() else {
+        // `true`/`false` schemas, or an array of `items` (draft 4 tuples).
+        return schema
+            .as_array()
+            .is_none_or(|a| a.iter().all(strict_compatible));
+    };
+    let properties = node.get("properties").and_then(Value::as_object);
+    let is_object =
+        node.get("type").and_then(Value::as_str) == Some("object") || properties.is_some();
+    if is_object {
+        if node.get("additionalProperties") != Some(&Value::Bool(false)) {
+            return false;
+        }
+        let required: Vec<&str> = node
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        if let Some(props) = properties {
+            if !props.keys().all(|k| required.contains(&k.as_str())) {
+                return false;
+            }
+        }
+    }
+    let nested_maps = ["properties", "$defs", "definitions"];
+    let maps_ok = nested_maps.iter().all(|k| {
+        node.get(*k)
+            .and_then(Value::as_object)
+            .is_none_or(|m| m.values().all(strict_compatible))
+    });
+    let nested = ["items", "anyOf", "allOf", "oneOf", "prefixItems"];
+    maps_ok
+        && nested
+            .iter()
+            .all(|k| node.get(*k).is_none_or(strict_compatible))
 }
 
 /// The longest `user` OpenAI accepts ("string too long. Expected a string with

@@ -51,10 +51,20 @@ const IMAGE_TYPES: &[&str] = &["image/jpeg", "image/png", "image/gif", "image/we
 /// - **stop** (string or array) → `stop_sequences`; **user** (else
 ///   `safety_identifier`) → `metadata.user_id`; **stream** is passed (Anthropic
 ///   always reports usage, so `stream_options` is not needed).
+/// - **response_format** `json_schema` → `output_config.format` `json_schema`
+///   with the same schema (Anthropic's structured outputs: the answer is a text
+///   block holding the JSON, so the answer's translation is unchanged and
+///   `client.beta.chat.completions.parse` works). Anthropic constrains every such
+///   answer, so `strict` needs no field; a schema Anthropic cannot constrain (it
+///   refuses numeric and string bounds, for one) or a model without structured
+///   outputs gets Anthropic's 400, translated. A format without a `schema`, or of
+///   another type than `text`, `json_object` and `json_schema`, is refused.
+///   `json_object` is ignored: Anthropic has no JSON mode without a schema, and
+///   OpenAI too requires the prompt to ask for JSON in that mode.
 /// - `n` other than 1 is refused. Ignored, as by Anthropic's compatibility layer:
 ///   `seed`, `logprobs`, `top_logprobs`, `logit_bias`, `presence_penalty`,
 ///   `frequency_penalty`, `store`, `metadata`, `modalities`, `audio`, `prediction`,
-///   `service_tier`, `response_format`, `reasoning_effort`, `stream_options`.
+///   `service_tier`, `reasoning_effort`, `stream_options`.
 pub fn chat_to_messages(
     req: &Value,
     upstream_model: &str,
@@ -98,6 +108,9 @@ pub fn chat_to_messages(
             out.insert("tool_choice".into(), choice);
         }
     }
+    if let Some(format) = convert_response_format(obj)? {
+        out.insert("output_config".into(), json!({ "format": format }));
+    }
     if let Some(t) = field(obj, "temperature") {
         let n = t.as_f64().ok_or_else(|| number_error("temperature"))?;
         out.insert(
@@ -133,6 +146,35 @@ pub fn chat_to_messages(
         out.insert("stream".into(), json!(b));
     }
     Ok(Value::Object(out))
+}
+
+/// `response_format` as Anthropic's `output_config.format`, when it asks for
+/// a schema.
+fn convert_response_format(obj: &Map<String, Value>) -> Result<Option<Value>, TranslateError> {
+    let Some(format) = field(obj, "response_format") else {
+        return Ok(None);
+    };
+    let kind = format.get("type").and_then(Value::as_str);
+    match kind {
+        Some("text" | "json_object") => Ok(None),
+        Some("json_schema") => {
+            let schema = format
+                .get("json_schema")
+                .and_then(|j| j.get("schema"))
+                .filter(|s| s.is_object())
+                .ok_or_else(|| {
+                    TranslateError::invalid(
+                        "response_format.json_schema.schema",
+                        "`response_format.json_schema.schema` must be a JSON schema object for this model: its provider constrains answers to a schema only when it is given one.".into(),
+                    )
+                })?;
+            Ok(Some(json!({"type": "json_schema", "schema": schema})))
+        }
+        _ => Err(TranslateError::invalid(
+            "response_format.type",
+            "`response_format.type` must be one of `text`, `json_object` or `json_schema`.".into(),
+        )),
+    }
 }
 
 fn number_error(param: &str) -> TranslateError {

@@ -1681,3 +1681,121 @@ fn the_one_hour_share_of_cache_writes_is_read_and_kept() {
         (20, 500, None)
     );
 }
+
+/// A JSON schema as the OpenAI SDK's `parse()` sends it (strict: closed,
+/// every property required).
+fn strict_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "tags": {"type": "array", "items": {"$ref": "#/$defs/Tag"}},
+        },
+        "required": ["name", "tags"],
+        "additionalProperties": false,
+        "$defs": {"Tag": {
+            "type": "object",
+            "properties": {"label": {"type": "string"}},
+            "required": ["label"],
+            "additionalProperties": false,
+        }},
+    })
+}
+
+/// `response_format: json_schema` is Anthropic's structured output, with the
+/// schema as it was; `text` and `json_object` send nothing (Anthropic has no
+/// JSON mode without a schema), and a format without a schema, or of an
+/// unknown type, is refused naming the field.
+#[test]
+fn response_format_json_schema_becomes_output_config_format() {
+    let mut r = json!({"messages": [{"role": "user", "content": "x"}]});
+    r["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "person", "strict": true, "schema": strict_schema()}});
+    let out = chat_to_messages(&r, MODEL, 1).unwrap();
+    assert_eq!(
+        out["output_config"],
+        json!({"format": {"type": "json_schema", "schema": strict_schema()}})
+    );
+    for ignored in [json!({"type": "text"}), json!({"type": "json_object"})] {
+        r["response_format"] = ignored;
+        let out = chat_to_messages(&r, MODEL, 1).unwrap();
+        assert!(out.get("output_config").is_none(), "{out}");
+    }
+    for (format, param) in [
+        (
+            json!({"type": "json_schema", "json_schema": {"name": "p"}}),
+            "response_format.json_schema.schema",
+        ),
+        (
+            json!({"type": "json_schema", "json_schema": {"name": "p", "schema": "object"}}),
+            "response_format.json_schema.schema",
+        ),
+        (json!({"type": "yaml"}), "response_format.type"),
+        (json!("json_object"), "response_format.type"),
+    ] {
+        r["response_format"] = format;
+        let err = chat_to_messages(&r, MODEL, 1).unwrap_err();
+        assert_eq!(err.param(), Some(param), "{err:?}");
+        assert_eq!(
+            err.to_openai_error()["error"]["type"],
+            "invalid_request_error"
+        );
+    }
+}
+
+/// The other way, a structured output asked of an OpenAI route: the schema
+/// goes into `response_format`, strict when OpenAI's strict mode takes it.
+#[test]
+fn output_config_format_becomes_response_format_json_schema() {
+    let base =
+        json!({"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]});
+    let format = json!({"type": "json_schema", "schema": strict_schema()});
+    let want = json!({"type": "json_schema", "json_schema": {"name": "output", "schema": strict_schema(), "strict": true}});
+    let mut r = base.clone();
+    r["output_config"] = json!({"format": format, "effort": "low"});
+    let out = messages_to_chat(&r, "gpt-4o").unwrap();
+    assert_eq!(out["response_format"], want);
+    assert!(out.get("output_config").is_none() && out.get("reasoning_effort").is_none());
+    // The beta's parameter.
+    let mut r = base.clone();
+    r["output_format"] = format.clone();
+    assert_eq!(
+        messages_to_chat(&r, "gpt-4o").unwrap()["response_format"],
+        want
+    );
+    // An optional property, an open nested object: not strict.
+    for (path, value) in [
+        ("/required", json!(["name"])),
+        ("/$defs/Tag/additionalProperties", json!(true)),
+    ] {
+        let mut schema = strict_schema();
+        *schema.pointer_mut(path).unwrap() = value;
+        let mut r = base.clone();
+        r["output_config"] = json!({"format": {"type": "json_schema", "schema": schema}});
+        let out = messages_to_chat(&r, "gpt-4o").unwrap();
+        assert_eq!(
+            out["response_format"]["json_schema"]["strict"], false,
+            "{path}"
+        );
+        assert_eq!(out["response_format"]["json_schema"]["schema"], schema);
+    }
+    // No format, or effort alone: no response_format.
+    let mut r = base.clone();
+    r["output_config"] = json!({"effort": "high"});
+    assert!(messages_to_chat(&r, "gpt-4o")
+        .unwrap()
+        .get("response_format")
+        .is_none());
+    // Refused: another type, no schema.
+    for (format, param) in [
+        (json!({"type": "json_object"}), "output_config.format.type"),
+        (
+            json!({"type": "json_schema"}),
+            "output_config.format.schema",
+        ),
+    ] {
+        let mut r = base.clone();
+        r["output_config"] = json!({ "format": format });
+        let err = messages_to_chat(&r, "gpt-4o").unwrap_err();
+        assert_eq!(err.param(), Some(param), "{err:?}");
+    }
+}
