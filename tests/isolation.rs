@@ -1,8 +1,8 @@
 //! Point 3: adversarial tenant isolation across the two resellers of the standard
 //! configuration. Every tenant endpoint is tried with the tenant's own key, with
 //! the other tenant's key, with the other reseller's keys and Host, with spoofed,
-//! missing, repeated and conflicting Hosts, without a key and with a malformed
-//! one. A refused request never reaches the provider, and a key that belongs to
+//! missing, repeated and conflicting Hosts, without a key, with a malformed
+//! one and with a credential header sent twice. A refused request never reaches the provider, and a key that belongs to
 //! another reseller is indistinguishable from a key that does not exist.
 
 use crate::support::*;
@@ -638,6 +638,40 @@ async fn missing_or_malformed_credentials_are_401_and_never_forwarded() {
     assert_only_sentinel_recorded(&gw, 0, "missing or malformed credentials").await;
 }
 
+/// A credential header sent twice is refused as a malformed key and never
+/// forwarded, even with the same key twice or with a valid key first: which
+/// one counts is not the client's to know, and a proxy in front that adds its
+/// own `Authorization` must not decide whose tenant is billed.
+#[tokio::test]
+async fn a_credential_header_sent_twice_is_401_and_never_forwarded() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    let realty = format!("Bearer {}", ACME_REALTY.2);
+    let dental = format!("Bearer {}", ACME_DENTAL.2);
+    let before = mock.requests().len();
+    for (_, path) in ENDPOINTS {
+        for twice in [
+            [
+                ("authorization", dental.as_str()),
+                ("authorization", realty.as_str()),
+            ],
+            [
+                ("authorization", dental.as_str()),
+                ("authorization", dental.as_str()),
+            ],
+            [("api-key", ACME_DENTAL.2), ("api-key", UNKNOWN_KEY)],
+            [("x-api-key", ACME_DENTAL.2), ("x-api-key", GLOBEX_CLINIC.2)],
+        ] {
+            let resp = call_with(&gw, path, Some(ACME_HOST), Cred::None, &twice).await;
+            let o = observe(resp).await;
+            assert_eq!(o.status, 401, "{twice:?} at {path}: {}", o.body);
+            assert_eq!(code_of(path, &o), "invalid_api_key", "{twice:?} at {path}");
+        }
+    }
+    assert_no_upstream(&mock, before, "a credential header twice");
+    assert_only_sentinel_recorded(&gw, 0, "a credential header twice").await;
+}
+
 #[tokio::test]
 async fn api_key_and_x_api_key_headers_authenticate_like_bearer() {
     let mock = MockProvider::start().await;
@@ -1111,10 +1145,10 @@ async fn forwarded_host_headers_are_ignored_even_from_a_trusted_proxy() {
 
 /// More than one credential in a request. The key is read from
 /// `Authorization`, else `api-key`, else `x-api-key` (`presented_key`,
-/// src/tenancy/key.rs), the first header of a name only: an unusable or
-/// foreign `Authorization` is not rescued by a valid key elsewhere, and a
-/// second `Authorization` is never tried. Each refusal is exactly what the
-/// first credential alone gets.
+/// src/tenancy/key.rs): an unusable or foreign `Authorization` is not rescued
+/// by a valid key elsewhere, and two `Authorization` headers are refused
+/// (see `a_credential_header_sent_twice_is_401_and_never_forwarded`). Each
+/// refusal is exactly what an unknown key alone gets.
 #[tokio::test]
 async fn mixed_credential_headers_use_the_first_by_precedence_and_never_fall_back() {
     let mock = MockProvider::start().await;
@@ -1156,7 +1190,7 @@ async fn mixed_credential_headers_use_the_first_by_precedence_and_never_fall_bac
                 ACME_HOST,
                 vec![("api-key", UNKNOWN_KEY), ("x-api-key", ACME_DENTAL.2)],
             ),
-            // Two Authorization headers: the first (another reseller's) is the key.
+            // Two Authorization headers: refused, whichever is valid here.
             (
                 ACME_HOST,
                 vec![

@@ -1,7 +1,7 @@
 //! Gateway keys presented by tenants: where they are read from, and their
 //! SHA-256 digest, which is all the configuration ever stores.
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use ring::digest;
 
 /// The SHA-256 digest of a tenant's gateway key.
@@ -38,35 +38,48 @@ impl std::fmt::Debug for KeyDigest {
 /// What the client presented as its gateway key.
 pub enum PresentedKey<'a> {
     Missing,
-    /// A credential header was sent but is unusable (wrong scheme, not UTF-8, empty).
+    /// A credential header was sent but is unusable (wrong scheme, not UTF-8,
+    /// empty), or sent twice.
     Malformed,
     Key(&'a str),
 }
 
+const API_KEY: HeaderName = HeaderName::from_static("api-key");
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
 /// Reads the key from `Authorization: Bearer` (OpenAI SDKs), `api-key` (Azure SDKs)
-/// or `x-api-key` (Anthropic SDKs), in that order.
+/// or `x-api-key` (Anthropic SDKs): the first of them present, in that order,
+/// and no other (an unusable one is not rescued by the next). That header sent
+/// twice is refused rather than read by an order the client cannot know: a
+/// proxy in front that adds its own `Authorization` must not decide whose key
+/// is used.
 pub fn presented_key(headers: &HeaderMap) -> PresentedKey<'_> {
-    if let Some(v) = headers.get(http::header::AUTHORIZATION) {
-        let Ok(s) = v.to_str() else {
-            return PresentedKey::Malformed;
+    for name in [http::header::AUTHORIZATION, API_KEY, X_API_KEY] {
+        let mut values = headers.get_all(&name).iter();
+        let Some(value) = values.next() else {
+            continue;
         };
-        let s = s.trim();
-        let (scheme, rest) = s.split_once(' ').unwrap_or((s, ""));
-        let rest = rest.trim();
-        if !scheme.eq_ignore_ascii_case("bearer") || rest.is_empty() {
+        if values.next().is_some() {
             return PresentedKey::Malformed;
         }
-        return PresentedKey::Key(rest);
-    }
-    for name in ["api-key", "x-api-key"] {
-        if let Some(v) = headers.get(name) {
-            return match v.to_str().map(str::trim) {
-                Ok(s) if !s.is_empty() => PresentedKey::Key(s),
-                _ => PresentedKey::Malformed,
-            };
-        }
+        return key_in(&name, value).map_or(PresentedKey::Malformed, PresentedKey::Key);
     }
     PresentedKey::Missing
+}
+
+/// The key in one credential header's value, if it is usable.
+fn key_in<'a>(name: &HeaderName, value: &'a HeaderValue) -> Option<&'a str> {
+    let s = value.to_str().ok()?.trim();
+    let key = if name == http::header::AUTHORIZATION {
+        let (scheme, rest) = s.split_once(' ').unwrap_or((s, ""));
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        rest.trim()
+    } else {
+        s
+    };
+    (!key.is_empty()).then_some(key)
 }
 
 #[cfg(test)]
@@ -83,18 +96,61 @@ mod tests {
 
     #[test]
     fn reads_each_sdk_header() {
+        for name in ["x-api-key", "api-key"] {
+            let mut h = HeaderMap::new();
+            h.insert(name, " k1 ".parse().unwrap());
+            assert!(
+                matches!(presented_key(&h), PresentedKey::Key("k1")),
+                "{name}"
+            );
+            h.insert(name, "".parse().unwrap());
+            assert!(
+                matches!(presented_key(&h), PresentedKey::Malformed),
+                "{name}"
+            );
+        }
         let mut h = HeaderMap::new();
-        h.insert("x-api-key", "k3".parse().unwrap());
-        assert!(matches!(presented_key(&h), PresentedKey::Key("k3")));
-        h.insert("api-key", "k2".parse().unwrap());
-        assert!(matches!(presented_key(&h), PresentedKey::Key("k2")));
-        h.insert("authorization", "Bearer k1".parse().unwrap());
+        h.insert("authorization", "bearer  k1".parse().unwrap());
         assert!(matches!(presented_key(&h), PresentedKey::Key("k1")));
-        h.insert("authorization", "Basic abc".parse().unwrap());
-        assert!(matches!(presented_key(&h), PresentedKey::Malformed));
+        // Authorization takes precedence, whatever the others say.
+        h.insert("api-key", "k2".parse().unwrap());
+        h.insert("x-api-key", "k3".parse().unwrap());
+        assert!(matches!(presented_key(&h), PresentedKey::Key("k1")));
+        for bad in ["Basic abc", "Bearer", "Bearer  "] {
+            h.insert("authorization", bad.parse().unwrap());
+            assert!(
+                matches!(presented_key(&h), PresentedKey::Malformed),
+                "{bad}"
+            );
+        }
         assert!(matches!(
             presented_key(&HeaderMap::new()),
             PresentedKey::Missing
         ));
+    }
+
+    /// `key` as header `name` carries it.
+    fn credential(name: &str, key: &str) -> HeaderValue {
+        let text = if name == "authorization" {
+            format!("Bearer {key}")
+        } else {
+            key.to_owned()
+        };
+        text.parse().unwrap()
+    }
+
+    /// The credential header sent twice is refused, even with the same key
+    /// twice: which one is read is not the client's to know.
+    #[test]
+    fn a_credential_header_sent_twice_is_refused() {
+        for name in ["authorization", "api-key", "x-api-key"] {
+            for second in ["k1", "k2"] {
+                let mut h = HeaderMap::new();
+                h.append(name, credential(name, "k1"));
+                h.append(name, credential(name, second));
+                let refused = matches!(presented_key(&h), PresentedKey::Malformed);
+                assert!(refused, "{name} twice");
+            }
+        }
     }
 }
