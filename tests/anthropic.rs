@@ -1971,3 +1971,65 @@ async fn structured_outputs_on_an_openai_route_become_response_format() {
     assert!(up.body.get("output_config").is_none());
     s.gw.shutdown().await;
 }
+
+/// A `/v1/messages` stream still running when shutdown's grace period ends
+/// ends with Anthropic's `event: error` (which its SDKs raise) and a whole
+/// body, not a cut one; its record says the gateway ended it, with the input
+/// count `message_start` reported.
+#[tokio::test]
+async fn a_messages_stream_at_the_end_of_grace_ends_with_an_error_event() {
+    let Setup {
+        mut gw,
+        openai: _openai,
+        claude,
+    } = setup().await;
+    let mut body = messages_body("claude-sonnet");
+    body["stream"] = json!(true);
+    // message_start, the text block, ping and one delta; then the upstream stalls.
+    claude.push_fault(Fault::SlowAfter(4));
+    let resp = messages(&gw, Some(ACME_DENTAL.2), &body).await;
+    assert_eq!(resp.status(), 200);
+    let id = rid(&resp);
+    let reader = tokio::spawn(async move {
+        use futures_util::StreamExt;
+        let mut text = Vec::new();
+        let mut body = resp.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            text.extend_from_slice(&chunk.expect("the body ends whole, not cut"));
+        }
+        String::from_utf8(text).unwrap()
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let gateway = gw.gateway.take().unwrap();
+    gateway
+        .shutdown(std::time::Duration::from_millis(300))
+        .await;
+    let text = tokio::time::timeout(std::time::Duration::from_secs(2), reader)
+        .await
+        .expect("the client's stream ends")
+        .unwrap();
+    let events = anthropic_events(&text);
+    let (name, data) = events.last().unwrap();
+    assert_eq!(name, "error", "{text}");
+    assert_eq!(data["error"]["type"], "api_error", "{text}");
+    assert!(
+        data["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("shutting down"),
+        "{text}"
+    );
+    assert!(
+        events.iter().any(|(n, _)| n == "content_block_delta"),
+        "{text}"
+    );
+    assert!(!events.iter().any(|(n, _)| n == "message_stop"), "{text}");
+    let r = read_usage(&gw.usage_path)
+        .into_iter()
+        .find(|r| r["request_id"] == id.as_str())
+        .expect("the record is written when shutdown returns");
+    assert_eq!(r["status"], 503, "{r}");
+    assert_eq!(r["outcome"], "truncated", "{r}");
+    assert_eq!(r["error_code"], "gateway_shutdown", "{r}");
+    assert_eq!(r["prompt_tokens"], 20, "{r}");
+}

@@ -692,10 +692,12 @@ async fn every_record_is_in_the_file_when_shutdown_returns() {
     assert_eq!(in_flight["outcome"], "ok", "{in_flight}");
 }
 
-/// A stream still running when the grace period ends is cut by the gateway:
-/// shutdown returns soon after the grace period, the client's stream ends
-/// without `[DONE]`, and the record (in the file when shutdown returns) says
-/// the gateway cut it, not that the client left.
+/// A stream still running when the grace period ends is ended by the
+/// gateway: shutdown returns soon after the grace period, the client's stream
+/// ends whole with the gateway's error event (`gateway_shutdown`, which the
+/// OpenAI SDK raises) and `[DONE]`, not cut mid-body, and the record (in the
+/// file when shutdown returns) says the gateway ended it, not that the client
+/// left.
 #[tokio::test]
 async fn a_stream_cut_at_the_end_of_the_grace_period_is_recorded_as_cut() {
     set_provider_key_env();
@@ -715,8 +717,8 @@ async fn a_stream_cut_at_the_end_of_the_grace_period_is_recorded_as_cut() {
     let reader = tokio::spawn(async move {
         let mut text = Vec::new();
         let mut body = resp.bytes_stream();
-        while let Some(Ok(chunk)) = body.next().await {
-            text.extend_from_slice(&chunk);
+        while let Some(chunk) = body.next().await {
+            text.extend_from_slice(&chunk.expect("the body ends whole, not cut"));
         }
         String::from_utf8(text).unwrap()
     });
@@ -742,8 +744,16 @@ async fn a_stream_cut_at_the_end_of_the_grace_period_is_recorded_as_cut() {
         .await
         .expect("the client's stream ends with the cut")
         .unwrap();
-    assert!(text.contains("data: "), "{text}");
-    assert!(!text.contains("[DONE]"), "{text}");
+    let data = sse_data(&text);
+    assert!(data.len() >= 4, "{text}");
+    assert_eq!(data[data.len() - 1], "[DONE]", "{text}");
+    let last: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+    assert_eq!(last["error"]["code"], "gateway_shutdown", "{text}");
+    assert_eq!(last["error"]["type"], "server_error", "{text}");
+    assert!(
+        !text.contains("finish_reason\":\"stop"),
+        "the answer was not complete: {text}"
+    );
 }
 
 /// A client's `model` is recorded on a refusal, so its length is bounded

@@ -207,11 +207,18 @@ pub fn serve<'a>(
                                             record,
                                             prepared.client_wants_usage,
                                             deadline,
+                                            app.stream_cut.watch(),
                                         ),
                                         headers,
                                     ),
                                     Dialect::Anthropic => stream_answer(
-                                        MessagesRelay::new(events, held, record, deadline),
+                                        MessagesRelay::new(
+                                            events,
+                                            held,
+                                            record,
+                                            deadline,
+                                            app.stream_cut.watch(),
+                                        ),
                                         headers,
                                     ),
                                 };

@@ -5,14 +5,16 @@
 //!
 //! An `event: error` from the provider is passed on and ends the stream. Anything
 //! else that ends the stream early (a broken connection, an end without
-//! `message_stop`, the request's deadline) is finished with a well-formed
+//! `message_stop`, the request's deadline, shutdown's end of grace) is
+//! finished with a well-formed
 //! `event: error` (`api_error`), which Anthropic's SDKs raise, so no client
 //! mistakes a truncated answer for a success.
 
 use super::forward::scrub;
 use super::messages::{event_name, token_usage};
 use super::record::PendingRecord;
-use super::relay::{poll_upstream, Upstream};
+use super::relay::{poll_upstream, Ending, Upstream};
+use super::stream_cut::CutWatch;
 use crate::providers::anthropic::{anthropic_sse_frame, Tokens};
 use crate::providers::sse::{Event, EventStream};
 use crate::usage::Outcome;
@@ -30,6 +32,8 @@ pub struct MessagesRelay {
     held: std::collections::VecDeque<Event>,
     /// The request's total deadline: the stream ends with an error event there.
     deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Shutdown's end of grace: the stream ends with an error event there.
+    cut: CutWatch,
     record: PendingRecord,
     tokens: Option<Tokens>,
     /// A `message_delta` reported the output count: until then the count is
@@ -44,11 +48,13 @@ impl MessagesRelay {
         held: Vec<Event>,
         record: PendingRecord,
         deadline: tokio::time::Instant,
+        cut: CutWatch,
     ) -> Self {
         Self {
             events,
             held: held.into(),
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            cut,
             record,
             tokens: None,
             output_reported: false,
@@ -58,9 +64,14 @@ impl MessagesRelay {
 
     /// Writes the record with the usage seen so far.
     fn finish(&mut self, outcome: Outcome, code: Option<&str>) {
+        self.finish_as(200, outcome, code);
+    }
+
+    /// [`finish`](Self::finish) with the record's status.
+    fn finish_as(&mut self, status: u16, outcome: Outcome, code: Option<&str>) {
         self.done = true;
         self.settle_tokens();
-        self.record.finish(200, outcome, code);
+        self.record.finish(status, outcome, code);
     }
 
     /// Gives the record the usage seen so far.
@@ -85,9 +96,9 @@ impl MessagesRelay {
     }
 
     /// Ends the stream with the gateway's own error event.
-    fn fail(&mut self, code: &'static str, message: &str) -> Bytes {
-        self.finish(Outcome::Truncated, Some(code));
-        let data = json!({"type": "error", "error": {"type": "api_error", "message": message}});
+    fn fail(&mut self, end: Ending) -> Bytes {
+        self.finish_as(end.status, Outcome::Truncated, Some(end.code));
+        let data = json!({"type": "error", "error": {"type": "api_error", "message": end.message}});
         Bytes::from(anthropic_sse_frame("error", &data.to_string()))
     }
 
@@ -171,14 +182,15 @@ impl Stream for MessagesRelay {
             let bytes = this.on_event(&ev.event, &ev.data);
             return Poll::Ready(Some(Ok(Frame::data(bytes))));
         }
-        match poll_upstream(&mut this.events, this.deadline.as_mut(), cx) {
+        let deadline = this.deadline.as_mut();
+        match poll_upstream(&mut this.events, deadline, &mut this.cut, cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Upstream::Event(ev)) => {
                 let bytes = this.on_event(&ev.event, &ev.data);
                 Poll::Ready(Some(Ok(Frame::data(bytes))))
             }
-            Poll::Ready(Upstream::End(code, message)) => {
-                let bytes = this.fail(code, message);
+            Poll::Ready(Upstream::End(end)) => {
+                let bytes = this.fail(end);
                 Poll::Ready(Some(Ok(Frame::data(bytes))))
             }
         }

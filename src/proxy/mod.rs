@@ -19,6 +19,7 @@ mod messages_relay;
 mod record;
 mod relay;
 mod request_body;
+mod stream_cut;
 
 pub use body::ProxyBody;
 pub use ctx::{ConnInfo, Dialect, RequestCtx};
@@ -53,6 +54,8 @@ pub struct App {
     pub breakers: Breakers,
     pub metrics: Metrics,
     draining: AtomicBool,
+    /// Ends the streams still running when shutdown's grace period is over.
+    stream_cut: stream_cut::StreamCut,
 }
 
 impl App {
@@ -162,6 +165,7 @@ impl Gateway {
             breakers: Breakers::default(),
             metrics: Metrics::default(),
             draining: AtomicBool::new(false),
+            stream_cut: stream_cut::StreamCut::default(),
         });
         let header_timeout = ConnTimeouts {
             header: Duration::from_millis(config.server.header_timeout_ms),
@@ -278,7 +282,8 @@ impl Gateway {
     }
 
     /// Stops accepting, lets in-flight requests finish (up to `grace`), then
-    /// cuts the rest and flushes the usage records.
+    /// ends the streams still running with an error event, cuts the rest and
+    /// flushes the usage records.
     pub async fn shutdown(mut self, grace: Duration) {
         self.app.draining.store(true, Ordering::Relaxed);
         let _ = self.stop.send(true);
@@ -292,12 +297,21 @@ impl Gateway {
             // records are written before the ledger closes (left to the
             // runtime's end, they came after it and shipped at the next start).
             self.app.usage.mark_cut();
-            let _ = self.cut.send(true);
-            if tokio::time::timeout(CUT_WAIT, join_all(&mut self.tasks))
+            // Streams end with an error event their clients can read, and
+            // their connections close as the drain closes them; what is left
+            // after that (answers not streamed, a client not reading) is cut.
+            self.app.stream_cut.fire();
+            let ended = tokio::time::timeout(STREAMS_END_WAIT, join_all(&mut self.tasks))
                 .await
-                .is_err()
-            {
-                self.tasks.abort_all();
+                .is_ok();
+            if !ended {
+                let _ = self.cut.send(true);
+                if tokio::time::timeout(CUT_WAIT, join_all(&mut self.tasks))
+                    .await
+                    .is_err()
+                {
+                    self.tasks.abort_all();
+                }
             }
         }
         let usage = self.app.usage.clone();
@@ -336,6 +350,10 @@ impl ClientPings {
         within: Duration::from_secs(20),
     };
 }
+
+/// How long the streams ended at the end of grace get to send their error
+/// event and close their connections, before the rest is cut.
+const STREAMS_END_WAIT: Duration = Duration::from_millis(500);
 
 /// How long the accept loops get to drop their connections once cut.
 const CUT_WAIT: Duration = Duration::from_secs(2);

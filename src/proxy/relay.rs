@@ -9,6 +9,7 @@
 //! asked for on the client's behalf is removed from what the client sees.
 
 use super::record::{PendingRecord, UsageField};
+use super::stream_cut::CutWatch;
 use crate::providers::anthropic::PROMPT_USAGE_EVENT;
 use crate::providers::sse::{self, Event, EventError, EventStream};
 use crate::providers::ProviderError;
@@ -97,6 +98,8 @@ pub struct SseRelay {
     held: std::collections::VecDeque<Event>,
     /// The request's total deadline: the stream ends with an error event there.
     deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Shutdown's end of grace: the stream ends with an error event there.
+    cut: CutWatch,
     record: PendingRecord,
     client_wants_usage: bool,
     saw_finish: bool,
@@ -111,11 +114,13 @@ impl SseRelay {
         record: PendingRecord,
         client_wants_usage: bool,
         deadline: tokio::time::Instant,
+        cut: CutWatch,
     ) -> Self {
         Self {
             events,
             held: held.into(),
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            cut,
             record,
             client_wants_usage,
             saw_finish: false,
@@ -126,14 +131,15 @@ impl SseRelay {
 
     /// Ends the stream with an error event, then `[DONE]` so that clients waiting
     /// for the end marker are not left hanging.
-    fn fail(&mut self, code: &'static str, message: &str) -> Bytes {
+    fn fail(&mut self, end: Ending) -> Bytes {
         self.done = true;
-        self.record.finish(200, Outcome::Truncated, Some(code));
+        self.record
+            .finish(end.status, Outcome::Truncated, Some(end.code));
         let ev = serde_json::json!({"error": {
-            "message": message,
-            "type": "upstream_error",
+            "message": end.message,
+            "type": end.kind,
             "param": null,
-            "code": code,
+            "code": end.code,
         }});
         Bytes::from(format!("data: {ev}\n\ndata: [DONE]\n\n"))
     }
@@ -155,10 +161,10 @@ impl SseRelay {
         }
         if data.trim() == "[DONE]" {
             if !self.saw_finish {
-                return Some(self.fail(
+                return Some(self.fail(Ending::upstream(
                     "stream_truncated",
                     "The upstream stream ended without a finish reason; the answer is incomplete.",
-                ));
+                )));
             }
             self.done = true;
             self.record.finish(200, Outcome::Ok, None);
@@ -262,15 +268,16 @@ impl Stream for SseRelay {
                 }
                 continue;
             }
-            match poll_upstream(&mut this.events, this.deadline.as_mut(), cx) {
+            let deadline = this.deadline.as_mut();
+            match poll_upstream(&mut this.events, deadline, &mut this.cut, cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Upstream::Event(ev)) => {
                     if let Some(bytes) = this.on_event(&ev.event, &ev.data) {
                         return Poll::Ready(Some(Ok(Frame::data(bytes))));
                     }
                 }
-                Poll::Ready(Upstream::End(code, message)) => {
-                    let bytes = this.fail(code, message);
+                Poll::Ready(Upstream::End(end)) => {
+                    let bytes = this.fail(end);
                     return Poll::Ready(Some(Ok(Frame::data(bytes))));
                 }
             }
@@ -281,25 +288,60 @@ impl Stream for SseRelay {
 /// What a relay reads next from the upstream.
 pub(super) enum Upstream {
     Event(Event),
-    /// The answer cannot go on: the error code and message of the client's
-    /// final event.
-    End(&'static str, &'static str),
+    /// The answer cannot go on.
+    End(Ending),
+}
+
+/// Why a stream ends before its answer is complete, as its record and its
+/// client's final error event say it.
+pub(super) struct Ending {
+    /// The record's status (the client's was 200, sent with the headers).
+    pub status: u16,
+    /// The OpenAI error's `type`.
+    pub kind: &'static str,
+    pub code: &'static str,
+    pub message: &'static str,
+}
+
+impl Ending {
+    /// The upstream's answer ended early, or the request's deadline came.
+    fn upstream(code: &'static str, message: &'static str) -> Self {
+        Ending {
+            status: 200,
+            kind: "upstream_error",
+            code,
+            message,
+        }
+    }
+
+    /// Shutdown's grace period is over: as a stream cut without a word is
+    /// recorded (`PendingRecord`'s drop).
+    const SHUTDOWN: Ending = Ending {
+        status: 503,
+        kind: "server_error",
+        code: "gateway_shutdown",
+        message: "The gateway is shutting down; the answer is incomplete. Retry the request.",
+    };
 }
 
 /// The upstream's next event, or why the stream ends first: the request's
-/// total deadline, a stream that broke off, or one that stopped early. Shared
-/// by the OpenAI and the Anthropic relays, which differ only in how they
-/// frame what they send.
+/// total deadline, shutdown's end of grace, a stream that broke off, or one
+/// that stopped early. Shared by the OpenAI and the Anthropic relays, which
+/// differ only in how they frame what they send.
 pub(super) fn poll_upstream(
     events: &mut EventStream,
     deadline: Pin<&mut tokio::time::Sleep>,
+    cut: &mut CutWatch,
     cx: &mut Context<'_>,
 ) -> Poll<Upstream> {
     if deadline.poll(cx).is_ready() {
-        return Poll::Ready(Upstream::End(
+        return Poll::Ready(Upstream::End(Ending::upstream(
             "request_deadline_exceeded",
             "The request reached its total deadline before the answer was complete.",
-        ));
+        )));
+    }
+    if cut.poll_fired(cx) {
+        return Poll::Ready(Upstream::End(Ending::SHUTDOWN));
     }
     match Pin::new(events).poll_next(cx) {
         Poll::Pending => Poll::Pending,
@@ -310,15 +352,15 @@ pub(super) fn poll_upstream(
                 other => other.to_string(),
             };
             tracing::warn!(error = %detail, "upstream stream broke off");
-            Poll::Ready(Upstream::End(
+            Poll::Ready(Upstream::End(Ending::upstream(
                 "stream_interrupted",
                 "The upstream stream broke off before the answer was complete.",
-            ))
+            )))
         }
-        Poll::Ready(None) => Poll::Ready(Upstream::End(
+        Poll::Ready(None) => Poll::Ready(Upstream::End(Ending::upstream(
             "stream_truncated",
             "The upstream stream ended before the answer was complete.",
-        )),
+        ))),
     }
 }
 
