@@ -10,8 +10,9 @@ use serde_json::{json, Value};
 
 /// Every tenant endpoint: (method, path). `/v1/messages` is Anthropic's API:
 /// its errors come in Anthropic's shape (see [`code_in`]).
-const ENDPOINTS: [(&str, &str); 6] = [
+const ENDPOINTS: [(&str, &str); 7] = [
     ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/responses"),
     ("POST", "/v1/completions"),
     ("POST", "/v1/embeddings"),
     ("POST", "/v1/messages"),
@@ -33,6 +34,7 @@ fn body_for(path: &str) -> Option<Value> {
         "/v1/chat/completions" => Some(chat_body("gpt-4o-mini")),
         "/v1/completions" => Some(json!({"model": "gpt-4o-mini", "prompt": "Say hello"})),
         "/v1/embeddings" => Some(json!({"model": "embed", "input": "hello tests"})),
+        "/v1/responses" => Some(json!({"model": "gpt-4o-mini", "input": "Say hello"})),
         MESSAGES => Some(json!({"model": "gpt-4o-mini", "max_tokens": 16,
                                 "messages": [{"role": "user", "content": "Say hello"}]})),
         "/v1/models" | "/v1/models/gpt-4o-mini" => None,

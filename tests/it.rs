@@ -13,6 +13,7 @@ mod isolation;
 mod ledger;
 mod limits;
 mod limits_gateway;
+mod responses;
 mod routing;
 mod sdk;
 mod streaming;

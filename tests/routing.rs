@@ -714,6 +714,22 @@ async fn azure_openai_routes_use_deployment_urls_api_version_and_the_api_key_hea
         mock.last_request().path,
         "/openai/deployments/gpt-4o-prod/embeddings"
     );
+    // The Responses API is on Azure's v1 API only: the deployment goes in
+    // the body, and no api-version.
+    let resp = post(
+        &gw,
+        "/v1/responses",
+        Some(ACME_HOST),
+        Some(ACME_DENTAL.2),
+        &json!({"model": "az", "input": "hi"}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let seen = mock.last_request();
+    assert_eq!(seen.path, "/openai/v1/responses");
+    assert_eq!(seen.query, None);
+    assert_eq!(seen.body["model"], "gpt-4o-prod");
+    assert_eq!(seen.headers["api-key"], PROVIDER_KEY);
 }
 
 #[tokio::test]

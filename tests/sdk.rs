@@ -1,8 +1,10 @@
 //! End to end with the real `openai` Python SDK (tests/sdk/openai_e2e.py): a chat
 //! completion, streamed ones (with and without usage), an embedding (base64, as
 //! the SDK asks by default, and float), `models.list()`, a structured output
-//! parsed into a pydantic model (streamed and not), and a wrong key raising
-//! `AuthenticationError`; also through an Anthropic route. And with the real
+//! parsed into a pydantic model (streamed and not), the Responses API
+//! (`responses.create`, `.stream`, `.parse`), and a wrong key raising
+//! `AuthenticationError`; also through an Anthropic route (without
+//! embeddings and the Responses API). And with the real
 //! `anthropic` SDK (tests/sdk/anthropic_e2e.py) on `/v1/messages` through an
 //! OpenAI route: a message, streams (the SDK's helper and raw events), a
 //! structured output parsed into a pydantic model, a wrong key and an unknown
@@ -178,7 +180,7 @@ pub(crate) async fn run_sdk_tls_script(
 /// A usage record of a chat completion or an embedding (the SDK script sends 3
 /// and 2), as opposed to `models.list()` or the wrong-key request.
 fn is_inference(r: &serde_json::Value) -> bool {
-    ["chat.completions", "completions", "embeddings"]
+    ["chat.completions", "completions", "embeddings", "responses"]
         .contains(&r["endpoint"].as_str().unwrap_or(""))
 }
 
@@ -210,16 +212,17 @@ async fn sdk_against_default_gateway_toml() {
 
     // The relative `usage.jsonl` of gateway.toml lands in the working directory:
     // 1 chat + 1 streamed chat with usage + 1 streamed without + 2 embeddings
-    // + 1 raw-response chat + 2 structured (parsed, streamed).
+    // + 1 raw-response chat + 2 structured (parsed, streamed) + 3 responses
+    // (created, streamed, parsed).
     let usage_path = serve.dir.path().join("usage.jsonl");
-    let records = wait_usage(&usage_path, 8).await;
+    let records = wait_usage(&usage_path, 11).await;
     let served: Vec<_> = records
         .iter()
         .filter(|r| r["tenant"] == "demo-tenant" && r["status"] == 200 && is_inference(r))
         .collect();
     assert_eq!(
         served.len(),
-        8,
+        11,
         "usage records of the demo tenant: {records:#?}"
     );
     assert!(served.iter().all(|r| r["reseller"] == "demo"));
@@ -288,6 +291,12 @@ async fn sdk_against_http_mock_upstream() {
         .filter(|r| r.body["response_format"]["type"] == "json_schema")
         .count();
     assert_eq!(structured, 2, "structured requests the mock saw");
+    // Responses: created, streamed, parsed.
+    let responses = requests
+        .iter()
+        .filter(|r| r.path.ends_with("/v1/responses"))
+        .count();
+    assert_eq!(responses, 3, "Responses API requests the mock saw");
     assert_eq!(completions, 2, "legacy completion requests the mock saw");
     assert_eq!(embeddings, 2, "embedding requests the mock saw");
     for r in &requests {
@@ -309,7 +318,7 @@ async fn sdk_against_http_mock_upstream() {
         );
     }
 
-    let records = wait_usage(&gw.usage_path, 12).await;
+    let records = wait_usage(&gw.usage_path, 15).await;
     let dental: Vec<_> = records
         .iter()
         .filter(|r| {
@@ -319,7 +328,7 @@ async fn sdk_against_http_mock_upstream() {
                 && is_inference(r)
         })
         .collect();
-    assert_eq!(dental.len(), 11, "usage records: {records:#?}");
+    assert_eq!(dental.len(), 14, "usage records: {records:#?}");
     gw.shutdown().await;
 }
 

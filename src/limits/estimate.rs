@@ -49,6 +49,41 @@ pub fn estimate_request_tokens(request: &impl RequestFields, limits: &EffectiveL
     prompt.saturating_add(completion.saturating_mul(n))
 }
 
+/// The whole reservation for a Responses API request (`POST /v1/responses`):
+/// the text of `instructions` and `input` (a string, or items: a message's
+/// `content` counts as a chat message's, a function call's `arguments` and a
+/// call output's `output` as text, each item with a message's overhead), the
+/// tool definitions and the `text` format, plus what it may generate:
+/// `max_output_tokens`, else the plan's default completion cap.
+pub fn estimate_response_tokens(request: &impl RequestFields, limits: &EffectiveLimits) -> u64 {
+    let mut chars = raw_text_chars(request.field("instructions"));
+    let mut overhead = PER_REQUEST;
+    match request.field("input") {
+        Some(raw) if raw.trim_start().starts_with('[') => {
+            if let Ok(items) = serde_json::from_str::<Vec<Value>>(raw) {
+                overhead += PER_MESSAGE * items.len() as u64;
+                for item in &items {
+                    for key in ["content", "output", "arguments"] {
+                        chars += text_chars(item.get(key));
+                    }
+                }
+            }
+        }
+        text => chars += raw_text_chars(text),
+    }
+    for key in ["tools", "text"] {
+        if let Some(v) = request.field(key) {
+            chars += raw_json_chars(v);
+        }
+    }
+    let prompt = chars.div_ceil(CHARS_PER_TOKEN) + overhead;
+    let completion = request
+        .field("max_output_tokens")
+        .and_then(|raw| serde_json::from_str::<u64>(raw).ok())
+        .unwrap_or_else(|| limits.default_completion_tokens());
+    prompt.saturating_add(completion)
+}
+
 /// The members that carry the prompt's text, each looked up once.
 struct TextMembers<'a> {
     messages: Option<&'a str>,

@@ -37,7 +37,9 @@ mod redis;
 mod tests;
 
 pub use error::{LimitRejection, LimitsError};
-pub use estimate::{estimate_prompt_tokens, estimate_request_tokens, RequestFields};
+pub use estimate::{
+    estimate_prompt_tokens, estimate_request_tokens, estimate_response_tokens, RequestFields,
+};
 pub use headers::{go_duration, RateHeaders, RateWindow};
 pub use month::{MemoryMonthlyUsage, Month, MonthlyUsageSource, NoMonthlyUsage};
 pub use plan::{EffectiveLimits, Level, PlanLimits, DEFAULT_COMPLETION_TOKENS};

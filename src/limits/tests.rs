@@ -691,3 +691,28 @@ fn an_admission_of_the_month_before_leaves_the_new_month_alone() {
     let e = local.admit(&k, &limits, 100, jan, &NoMonthlyUsage);
     assert_eq!(e.err().map(|e| e.label()), Some("monthly_quota_held"));
 }
+
+/// A Responses API body: `instructions` and `input` (a string, or items
+/// whose content, arguments and outputs are text) are the prompt;
+/// `max_output_tokens`, else the plan's default, the completion.
+#[test]
+fn responses_estimates_read_instructions_input_items_and_max_output_tokens() {
+    let limits = EffectiveLimits::default();
+    let plain = json!({"model": "m", "instructions": "abcd".repeat(2), "input": "abcd".repeat(3)});
+    // 20 characters / 4 + 3.
+    assert_eq!(
+        estimate_response_tokens(&fields(&plain), &limits),
+        5 + 3 + DEFAULT_COMPLETION_TOKENS
+    );
+    let items = json!({"model": "m", "max_output_tokens": 50, "input": [
+        {"role": "user", "content": "abcd".repeat(4)},
+        {"role": "user", "content": [{"type": "input_text", "text": "abcd"}]},
+        {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{\"a\":1}"},
+        {"type": "function_call_output", "call_id": "c", "output": "abcd".repeat(2)},
+    ]});
+    // (16 + 4 + 7 + 8) characters / 4, rounded up, + 3 + 4 × 4, + 50.
+    assert_eq!(
+        estimate_response_tokens(&fields(&items), &limits),
+        9 + 3 + 16 + 50
+    );
+}

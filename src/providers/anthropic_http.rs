@@ -110,7 +110,7 @@ impl AnthropicProvider {
                     .await
             }
             Endpoint::ChatCompletions => self.send_chat(req, key).await,
-            Endpoint::Completions | Endpoint::Embeddings => Ok(synthetic(
+            Endpoint::Completions | Endpoint::Embeddings | Endpoint::Responses => Ok(synthetic(
                 StatusCode::BAD_REQUEST,
                 &json!({"error": {
                     "message": format!(

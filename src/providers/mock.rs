@@ -172,6 +172,15 @@ impl MockReply {
                 .unwrap_or(false);
         let pieces = match (endpoint, stream) {
             (Endpoint::Embeddings, _) => vec![pretty(&embeddings(body, &d))],
+            (Endpoint::Responses, false) => vec![pretty(&responses::answer(body, &d))],
+            (Endpoint::Responses, true) => {
+                let mut pieces = responses::events(body, &d);
+                if let Some(n) = d.error_after.filter(|n| *n < pieces.len()) {
+                    pieces.truncate(n);
+                    pieces.push(responses::error_event(n));
+                }
+                pieces
+            }
             (e, false) => vec![pretty(&completion(e, body, &d))],
             (e, true) => {
                 let mut pieces = completion_stream(e, body, &d, include_usage);
@@ -393,7 +402,7 @@ fn answer_pieces(
     body: &Value,
     d: &MockDirectives,
 ) -> (Vec<Cow<'static, str>>, &'static str) {
-    let chat = endpoint == Endpoint::ChatCompletions;
+    let chat = matches!(endpoint, Endpoint::ChatCompletions | Endpoint::Responses);
     if let Some(text) = structured_answer(body).filter(|_| chat) {
         let chars: Vec<char> = text.chars().collect();
         let pieces = chars
@@ -420,13 +429,21 @@ fn answer_pieces(
 /// How many characters each streamed piece of a structured answer has.
 const STRUCTURED_PIECE_CHARS: usize = 8;
 
-/// The JSON text answering a `response_format` `json_schema` request.
+/// The JSON text answering a request for a JSON schema: chat's
+/// `response_format` `json_schema`, or the Responses API's `text.format`.
 fn structured_answer(body: &Value) -> Option<String> {
-    let format = body.get("response_format")?;
+    let (format, responses) = match body.get("response_format") {
+        Some(f) => (f, false),
+        None => (body.pointer("/text/format")?, true),
+    };
     if format.get("type").and_then(Value::as_str) != Some("json_schema") {
         return None;
     }
-    let schema = format.get("json_schema")?.get("schema")?;
+    let schema = if responses {
+        format.get("schema")?
+    } else {
+        format.get("json_schema")?.get("schema")?
+    };
     Some(example_of(schema).to_string())
 }
 
@@ -849,5 +866,214 @@ mod tests {
             let reply = MockReply::for_request(Endpoint::ChatCompletions, &body);
             assert!(text_of(&reply).starts_with("Hello from the Livery mock"));
         }
+    }
+}
+
+/// The Responses API (`POST /v1/responses`) as OpenAI answers it: a
+/// `response` object, or its typed events (`event:` lines, a
+/// `sequence_number` each, no `[DONE]`), ending with `response.completed`,
+/// or `response.incomplete` when `max_output_tokens` cut the answer.
+mod responses {
+    use super::*;
+
+    /// Input tokens: `instructions` and the `input` (a string, or items'
+    /// text), about four characters a token.
+    fn input_tokens(body: &Value) -> u64 {
+        let mut text = String::new();
+        if let Some(i) = body.get("instructions").and_then(Value::as_str) {
+            text.push_str(i);
+        }
+        match body.get("input") {
+            Some(Value::String(s)) => text.push_str(s),
+            Some(Value::Array(items)) => {
+                for item in items {
+                    match item.get("content") {
+                        Some(Value::String(s)) => text.push_str(s),
+                        Some(Value::Array(parts)) => {
+                            for p in parts {
+                                if let Some(t) = p.get("text").and_then(Value::as_str) {
+                                    text.push_str(t);
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                    if let Some(o) = item.get("output").and_then(Value::as_str) {
+                        text.push_str(o);
+                    }
+                }
+            }
+            _ => {}
+        }
+        estimate_tokens(&text).max(1)
+    }
+
+    /// The answer's text pieces and whether `max_output_tokens` cut it.
+    fn pieces(body: &Value, d: &MockDirectives) -> (Vec<Cow<'static, str>>, bool) {
+        let mut capped = body.clone();
+        if let (Some(max), Some(o)) = (body.get("max_output_tokens"), capped.as_object_mut()) {
+            o.insert("max_tokens".into(), max.clone());
+        }
+        let (pieces, finish) = answer_pieces(Endpoint::Responses, &capped, d);
+        (pieces, finish == "length")
+    }
+
+    /// The `response` object; `text` is `None` while it is in progress.
+    fn response(body: &Value, d: &MockDirectives, text: Option<(&str, u64, bool)>) -> Value {
+        let id = response_id("resp", body).replace('-', "_");
+        let status = match text {
+            None => "in_progress",
+            Some((_, _, true)) => "incomplete",
+            Some(_) => "completed",
+        };
+        let output = match text {
+            None => json!([]),
+            Some((t, ..)) => json!([message_item(&id, "completed", Some(t))]),
+        };
+        let usage = match text {
+            Some((_, n, _)) if !d.no_usage => {
+                let input = input_tokens(body);
+                json!({
+                    "input_tokens": input,
+                    "input_tokens_details": {"cached_tokens": 0},
+                    "output_tokens": n,
+                    "output_tokens_details": {"reasoning_tokens": 0},
+                    "total_tokens": input + n,
+                })
+            }
+            _ => Value::Null,
+        };
+        let incomplete = match text {
+            Some((_, _, true)) => json!({"reason": "max_output_tokens"}),
+            _ => Value::Null,
+        };
+        let field = |k: &str, default: Value| body.get(k).cloned().unwrap_or(default);
+        json!({
+            "id": id,
+            "object": "response",
+            "created_at": now(),
+            "status": status,
+            "background": false,
+            "error": null,
+            "incomplete_details": incomplete,
+            "instructions": field("instructions", Value::Null),
+            "max_output_tokens": field("max_output_tokens", Value::Null),
+            "model": model_of(body),
+            "output": output,
+            "parallel_tool_calls": true,
+            "previous_response_id": field("previous_response_id", Value::Null),
+            "reasoning": {"effort": null, "summary": null},
+            "service_tier": "default",
+            "store": field("store", json!(true)),
+            "temperature": 1.0,
+            "text": field("text", json!({"format": {"type": "text"}})),
+            "tool_choice": "auto",
+            "tools": [],
+            "top_p": 1.0,
+            "truncation": "disabled",
+            "usage": usage,
+            "user": null,
+            "metadata": {},
+        })
+    }
+
+    fn message_item(response_id: &str, status: &str, text: Option<&str>) -> Value {
+        let content = match text {
+            Some(t) => {
+                json!([{"type": "output_text", "annotations": [], "logprobs": [], "text": t}])
+            }
+            None => json!([]),
+        };
+        json!({
+            "id": response_id.replacen("resp_", "msg_", 1),
+            "type": "message",
+            "status": status,
+            "content": content,
+            "role": "assistant",
+        })
+    }
+
+    pub(super) fn answer(body: &Value, d: &MockDirectives) -> Value {
+        let (pieces, capped) = pieces(body, d);
+        let text = pieces.concat();
+        response(body, d, Some((&text, pieces.len() as u64, capped)))
+    }
+
+    fn event(kind: &str, seq: usize, mut data: Value) -> Bytes {
+        if let Some(o) = data.as_object_mut() {
+            // `type` first, `sequence_number` after the payload, as OpenAI's.
+            let mut out = serde_json::Map::new();
+            out.insert("type".into(), json!(kind));
+            out.extend(std::mem::take(o));
+            out.insert("sequence_number".into(), json!(seq));
+            data = Value::Object(out);
+        }
+        Bytes::from(format!("event: {kind}\ndata: {data}\n\n"))
+    }
+
+    pub(super) fn events(body: &Value, d: &MockDirectives) -> Vec<Bytes> {
+        let (pieces, capped) = pieces(body, d);
+        let text = pieces.concat();
+        let started = response(body, d, None);
+        let id = started["id"].as_str().unwrap_or("resp_mock").to_owned();
+        let item_id = id.replacen("resp_", "msg_", 1);
+        let part =
+            |t: &str| json!({"type": "output_text", "annotations": [], "logprobs": [], "text": t});
+        let mut out = Vec::with_capacity(pieces.len() + 9);
+        let mut push = |kind: &str, data: Value| {
+            let seq = out.len();
+            out.push(event(kind, seq, data));
+        };
+        push("response.created", json!({ "response": started }));
+        push("response.in_progress", json!({ "response": started }));
+        push(
+            "response.output_item.added",
+            json!({"output_index": 0, "item": message_item(&id, "in_progress", None)}),
+        );
+        push(
+            "response.content_part.added",
+            json!({"item_id": item_id, "output_index": 0, "content_index": 0, "part": part("")}),
+        );
+        for p in &pieces {
+            push(
+                "response.output_text.delta",
+                json!({"item_id": item_id, "output_index": 0, "content_index": 0, "delta": p, "logprobs": []}),
+            );
+        }
+        push(
+            "response.output_text.done",
+            json!({"item_id": item_id, "output_index": 0, "content_index": 0, "text": text, "logprobs": []}),
+        );
+        push(
+            "response.content_part.done",
+            json!({"item_id": item_id, "output_index": 0, "content_index": 0, "part": part(&text)}),
+        );
+        push(
+            "response.output_item.done",
+            json!({"output_index": 0, "item": message_item(&id, "completed", Some(&text))}),
+        );
+        if !d.omit_done {
+            let done = response(body, d, Some((&text, pieces.len() as u64, capped)));
+            let kind = if capped {
+                "response.incomplete"
+            } else {
+                "response.completed"
+            };
+            push(kind, json!({ "response": done }));
+        }
+        out
+    }
+
+    /// The `error` event OpenAI sends when a stream fails mid-way.
+    pub(super) fn error_event(seq: usize) -> Bytes {
+        event(
+            "error",
+            seq,
+            json!({
+                "code": "server_error",
+                "message": "The server had an error while processing your request. Sorry about that! (Please include the request ID req_0123456789abcdef0123456789abcdef in your message.)",
+                "param": null,
+            }),
+        )
     }
 }

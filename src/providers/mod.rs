@@ -40,6 +40,10 @@ pub enum Endpoint {
     Embeddings,
     /// Anthropic's `POST /v1/messages`.
     Messages,
+    /// OpenAI's Responses API, `POST /v1/responses`: sent to routes that
+    /// speak OpenAI's API (OpenAI, Azure's v1 API, compatible servers);
+    /// refused on Anthropic routes.
+    Responses,
     /// Anthropic's `POST /v1/messages/count_tokens`: sent to Anthropic
     /// routes only ([`Provider::counts_tokens`]); on OpenAI-speaking ones,
     /// whose API has no such endpoint, the gateway's tokenizer answers
@@ -56,6 +60,7 @@ impl Endpoint {
             Endpoint::Embeddings => "/embeddings",
             Endpoint::Messages => "/messages",
             Endpoint::CountTokens => "/messages/count_tokens",
+            Endpoint::Responses => "/responses",
         }
     }
 
@@ -66,6 +71,7 @@ impl Endpoint {
             Endpoint::Embeddings => "embeddings",
             Endpoint::Messages => "messages",
             Endpoint::CountTokens => "messages.count_tokens",
+            Endpoint::Responses => "responses",
         }
     }
 
@@ -76,6 +82,7 @@ impl Endpoint {
             "/embeddings" => Some(Endpoint::Embeddings),
             "/messages" => Some(Endpoint::Messages),
             "/messages/count_tokens" => Some(Endpoint::CountTokens),
+            "/responses" => Some(Endpoint::Responses),
             _ => None,
         }
     }
@@ -210,6 +217,13 @@ impl Provider {
     /// ([`Endpoint::CountTokens`]): Anthropic's does, OpenAI's has no way to.
     pub fn counts_tokens(&self) -> bool {
         matches!(self, Provider::Anthropic(_))
+    }
+
+    /// Whether the provider serves OpenAI's Responses API
+    /// ([`Endpoint::Responses`]): every kind that speaks OpenAI's API does;
+    /// Anthropic's refuses it.
+    pub fn serves_responses(&self) -> bool {
+        !matches!(self, Provider::Anthropic(_))
     }
 
     /// The platform's own key for this provider, if any.

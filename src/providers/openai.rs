@@ -26,7 +26,7 @@ pub struct OpenAiProvider {
     base_url: String,
     /// `{base_url}{path}` per endpoint, parsed once (OpenAI flavour; Azure's
     /// URLs name the deployment and are built per request).
-    endpoint_urls: Box<[Uri; 4]>,
+    endpoint_urls: Box<[Uri; 5]>,
     key: Option<Secret>,
     client: UpstreamClient,
     /// What a `/v1/messages` request's `max_tokens` becomes here.
@@ -42,6 +42,7 @@ fn url_slot(endpoint: Endpoint) -> usize {
         // A count is never sent to a route that speaks OpenAI (the proxy
         // answers it from the gateway's tokenizer): that slot is not used.
         Endpoint::Messages | Endpoint::CountTokens => 3,
+        Endpoint::Responses => 4,
     }
 }
 
@@ -106,6 +107,7 @@ impl OpenAiProvider {
             endpoint_url(Endpoint::Completions)?,
             endpoint_url(Endpoint::Embeddings)?,
             endpoint_url(Endpoint::Messages)?,
+            endpoint_url(Endpoint::Responses)?,
         ]);
         let key = match &cfg.api_key_env {
             Some(var) => Some(platform_key_from_env(&cfg.name, var).map_err(|e| e.to_string())?),
@@ -159,6 +161,13 @@ impl OpenAiProvider {
     ) -> Result<UpstreamResponse, ProviderError> {
         let url = match &self.flavor {
             Flavor::OpenAi => self.endpoint_urls[url_slot(req.endpoint)].clone(),
+            // Azure serves the Responses API on its v1 API only, which takes
+            // the deployment as the body's `model` and no `api-version`.
+            Flavor::Azure { .. } if req.endpoint == Endpoint::Responses => {
+                format!("{}/openai/v1/responses", self.base_url)
+                    .parse::<Uri>()
+                    .map_err(|e| ProviderError::Misconfigured(e.to_string()))?
+            }
             Flavor::Azure { api_version } => format!(
                 "{}/openai/deployments/{}{}?api-version={}",
                 self.base_url,

@@ -286,10 +286,11 @@ impl Scanner<'_> {
         let mut once = |i: usize| (!std::mem::replace(&mut seen[i], true)).then_some(());
         self.members(|s, key| {
             let (i, slot, read): (usize, &mut Option<u64>, fn(&mut Self) -> _) = match key {
-                b"prompt_tokens" => (0, &mut u.prompt, Self::count),
-                b"completion_tokens" => (1, &mut u.completion, Self::count),
+                // The Responses API's names, as serde's aliases read them.
+                b"prompt_tokens" | b"input_tokens" => (0, &mut u.prompt, Self::count),
+                b"completion_tokens" | b"output_tokens" => (1, &mut u.completion, Self::count),
                 b"total_tokens" => (2, &mut u.total, Self::count),
-                b"prompt_tokens_details" => {
+                b"prompt_tokens_details" | b"input_tokens_details" => {
                     once(3)?;
                     (u.cached, u.cache_write) = s.details()?;
                     return Some(());
@@ -479,7 +480,23 @@ mod tests {
         let emb = scanned(EMBEDDINGS.as_bytes()).expect("the embeddings answer is scanned");
         assert_eq!(emb.0.and_then(|u| u.total), Some(8));
         assert_eq!(emb, serde_reads(EMBEDDINGS.as_bytes()));
+        // A Responses API answer names its counts otherwise.
+        let response = scanned(RESPONSE.as_bytes()).expect("the response is scanned");
+        let usage = response.0.unwrap();
+        assert_eq!(
+            (usage.prompt, usage.completion, usage.total, usage.cached),
+            (Some(36), Some(87), Some(123), Some(5))
+        );
+        assert_eq!(response, serde_reads(RESPONSE.as_bytes()));
+        let tree: serde_json::Value = serde_json::from_str(RESPONSE).unwrap();
+        assert_eq!(TokenUsage::from_json(&tree["usage"]), Some(usage));
+        // Both names of a count: refused by serde, so left to it.
+        let both = r#"{"usage":{"prompt_tokens":1,"input_tokens":2}}"#;
+        assert!(scanned(both.as_bytes()).is_none());
+        assert!(agrees(both.as_bytes()));
     }
+
+    const RESPONSE: &str = r#"{"id":"resp_67ccd2bed1ec8190b14f964abc0542670bb6a6b452d3795b","object":"response","created_at":1741476542,"status":"completed","error":null,"incomplete_details":null,"instructions":null,"max_output_tokens":null,"model":"gpt-4.1-2025-04-14","output":[{"type":"message","id":"msg_67ccd2bf17f0819081ff3bb2cf6508e60bb6a6b452d3795b","status":"completed","role":"assistant","content":[{"type":"output_text","text":"In a peaceful grove beneath a silver moon...","annotations":[]}]}],"parallel_tool_calls":true,"previous_response_id":null,"reasoning":{"effort":null,"summary":null},"store":true,"temperature":1.0,"text":{"format":{"type":"text"}},"tool_choice":"auto","tools":[],"top_p":1.0,"truncation":"disabled","usage":{"input_tokens":36,"input_tokens_details":{"cached_tokens":5},"output_tokens":87,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":123},"user":null,"metadata":{}}"#;
 
     #[test]
     fn odd_values_read_as_serde_reads_them_or_are_left_to_it() {

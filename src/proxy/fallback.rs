@@ -15,6 +15,7 @@ use super::messages_relay::MessagesRelay;
 use super::record::PendingRecord;
 use super::relay::SseRelay;
 use super::request_body::RequestBody;
+use super::responses_relay::ResponsesRelay;
 use super::{App, ProxyBody};
 use crate::providers::{Endpoint, UpstreamRequest};
 use crate::routing::breaker::{Admission, BreakerKey, BreakerSettings};
@@ -68,6 +69,11 @@ pub fn serve<'a>(
                 )
             }
         };
+        // A Responses request skips the routes that cannot serve it (a model
+        // whose Anthropic route falls back to an OpenAI one is served by the
+        // latter); with none that can, the first refuses it as unsupported.
+        let skip_non_responses =
+            endpoint == Endpoint::Responses && routes.iter().any(|r| r.provider.serves_responses());
         let mut last: Option<(Failure, Option<KeyOwner>, Arc<str>)> = None;
         let mut skipped_open = 0usize;
         let mut refusals = 0u32;
@@ -81,6 +87,9 @@ pub fn serve<'a>(
                 // state would size every request's future.
                 let answer = super::count_tokens::estimate_answer(app, &prepared, route, record);
                 return Box::pin(answer).await;
+            }
+            if skip_non_responses && !route.provider.serves_responses() {
+                continue;
             }
             let provider_name = Arc::clone(route.provider.name());
             let credential = match credential_for(ctx, route) {
@@ -200,6 +209,16 @@ pub fn serve<'a>(
                             } => {
                                 let deadline = tokio::time::Instant::from_std(deadline);
                                 let resp = match ctx.dialect {
+                                    _ if endpoint == Endpoint::Responses => stream_answer(
+                                        ResponsesRelay::new(
+                                            events,
+                                            held,
+                                            record,
+                                            deadline,
+                                            app.stream_cut.watch(),
+                                        ),
+                                        headers,
+                                    ),
                                     Dialect::OpenAi => stream_answer(
                                         SseRelay::new(
                                             events,

@@ -11,7 +11,9 @@ use super::error::GatewayError;
 use super::record::{PendingRecord, TokenUsage, UsagePeek};
 use crate::config::StreamCommit;
 use crate::providers::sse::{self, Event, EventStream};
-use crate::providers::{ByteStream, Provider, ProviderError, UpstreamBody, UpstreamRequest};
+use crate::providers::{
+    ByteStream, Endpoint, Provider, ProviderError, UpstreamBody, UpstreamRequest,
+};
 use crate::usage::spool::Ticket;
 use crate::usage::Outcome;
 use crate::vault::{KeyOwner, Secret};
@@ -215,6 +217,7 @@ pub async fn attempt(
         commit,
     } = policy;
     let stream = req.stream;
+    let responses = req.endpoint == Endpoint::Responses;
     let upstream = match provider.send(req, key).await {
         Ok(u) => u,
         Err(e) => {
@@ -270,6 +273,11 @@ pub async fn attempt(
             while let Some(ev) = events.next().await {
                 let ev = ev.map_err(sse::EventError::into_provider)?;
                 let verdict = match (commit, dialect) {
+                    _ if responses => super::responses_relay::verdict(
+                        &ev.event,
+                        &ev.data,
+                        commit == StreamCommit::FirstContent,
+                    ),
                     (StreamCommit::FirstEvent, _) => first_event_verdict(&ev),
                     (StreamCommit::FirstContent, Dialect::OpenAi) => first_content_verdict(&ev),
                     (StreamCommit::FirstContent, Dialect::Anthropic) => {
@@ -297,10 +305,11 @@ pub async fn attempt(
                 // An error event before any content: the client has seen nothing
                 // yet, so it gets the error as an answer with the status the
                 // error stands for, and another route may still serve it.
-                let body = held
-                    .last()
-                    .map(|e| Bytes::from(e.data.clone()))
-                    .unwrap_or_default();
+                let body = match held.last() {
+                    Some(e) if responses => super::responses_relay::error_body(&e.data),
+                    Some(e) => Bytes::from(e.data.clone()),
+                    None => Bytes::new(),
+                };
                 let status = in_band_error_status(&body);
                 let failure = Failure {
                     cause: match status.as_u16() {

@@ -24,7 +24,9 @@ use super::fallback::{self, Prepared};
 use super::record::PendingRecord;
 use super::request_body::RequestBody;
 use super::App;
-use crate::limits::{estimate_request_tokens, EffectiveLimits, LimitKey, RateHeaders};
+use crate::limits::{
+    estimate_request_tokens, estimate_response_tokens, EffectiveLimits, LimitKey, RateHeaders,
+};
 use crate::providers::Endpoint;
 use crate::routing::{ModelChoice, RoutingError};
 use crate::telemetry::ids::RequestId;
@@ -457,10 +459,10 @@ where
     } else {
         let key = LimitKey::new(ctx.reseller.clone(), ctx.tenant.id.clone());
         // A token count consumes none: it takes a request and a slot only.
-        let estimate = if endpoint == Endpoint::CountTokens {
-            0
-        } else {
-            estimate_request_tokens(&prepared.body, &limits)
+        let estimate = match endpoint {
+            Endpoint::CountTokens => 0,
+            Endpoint::Responses => estimate_response_tokens(&prepared.body, &limits),
+            _ => estimate_request_tokens(&prepared.body, &limits),
         };
         match app.limiter.admit(&key, &limits, estimate).await {
             Ok(a) => Some(a),
@@ -526,7 +528,11 @@ fn prepare_body(
 ) -> Result<Prepared, GatewayError> {
     let (mut body, choice, stream) = read_body(ctx, body, record)?;
     let stream = stream && endpoint != Endpoint::Embeddings;
-    let client_wants_usage = if stream {
+    // A Responses stream always ends with its usage (`response.completed`),
+    // and the API refuses `stream_options.include_usage`.
+    let client_wants_usage = if endpoint == Endpoint::Responses {
+        true
+    } else if stream {
         body.require_stream_usage()?
     } else {
         false

@@ -19,6 +19,7 @@ mod messages_relay;
 mod record;
 mod relay;
 mod request_body;
+mod responses_relay;
 mod stream_cut;
 
 pub use body::ProxyBody;

@@ -41,18 +41,21 @@ pub struct TokenUsage {
 }
 
 impl TokenUsage {
-    /// Reads OpenAI's `usage` object.
+    /// Reads OpenAI's `usage` object, a chat completion's or (with
+    /// `input_tokens`, `output_tokens`, `input_tokens_details`) a
+    /// response's.
     pub fn from_json(usage: &Value) -> Option<Self> {
         let o = usage.as_object()?;
         let n = |k: &str| o.get(k).and_then(Value::as_u64);
         let details = |k: &str| {
             o.get("prompt_tokens_details")
+                .or_else(|| o.get("input_tokens_details"))
                 .and_then(|d| d.get(k))
                 .and_then(Value::as_u64)
         };
         Some(Self {
-            prompt: n("prompt_tokens"),
-            completion: n("completion_tokens"),
+            prompt: n("prompt_tokens").or_else(|| n("input_tokens")),
+            completion: n("completion_tokens").or_else(|| n("output_tokens")),
             total: n("total_tokens"),
             cached: details("cached_tokens"),
             cache_write: details("cache_write_tokens"),
@@ -64,16 +67,17 @@ impl TokenUsage {
 /// OpenAI's `usage` object read straight from the answer's bytes, without a
 /// JSON tree (the tree of a ~1 KB answer cost ~20k instructions per request).
 /// A count that is not a non-negative integer reads as absent, like
-/// [`TokenUsage::from_json`].
+/// [`TokenUsage::from_json`]. The Responses API's names are read as the chat
+/// completion's.
 #[derive(Debug, Default, serde::Deserialize)]
 pub struct UsagePeek {
-    #[serde(default)]
+    #[serde(default, alias = "input_tokens")]
     prompt_tokens: LenientCount,
-    #[serde(default)]
+    #[serde(default, alias = "output_tokens")]
     completion_tokens: LenientCount,
     #[serde(default)]
     total_tokens: LenientCount,
-    #[serde(default)]
+    #[serde(default, alias = "input_tokens_details")]
     prompt_tokens_details: Option<DetailsPeek>,
 }
 

@@ -278,6 +278,31 @@ pub fn completion_text(response: &Value) -> String {
             }
         }
     }
+    // A Responses API answer: its output items' text parts and calls.
+    for item in response
+        .get("output")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        for part in item
+            .get("content")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            for key in ["text", "refusal"] {
+                if let Some(s) = part.get(key).and_then(Value::as_str) {
+                    out.push_str(s);
+                }
+            }
+        }
+        for key in ["name", "arguments"] {
+            if let Some(s) = item.get(key).and_then(Value::as_str) {
+                out.push_str(s);
+            }
+        }
+    }
     out
 }
 

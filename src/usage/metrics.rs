@@ -37,12 +37,13 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The endpoints a record names (`UsageRecord::endpoint`), in index order.
-const ENDPOINTS: [&str; 5] = [
+const ENDPOINTS: [&str; 6] = [
     "chat.completions",
     "completions",
     "embeddings",
     "messages",
     "messages.count_tokens",
+    "responses",
 ];
 
 /// Upper bounds of the latency buckets, in milliseconds: from a cached plain
@@ -336,6 +337,7 @@ mod tests {
             Endpoint::Embeddings,
             Endpoint::Messages,
             Endpoint::CountTokens,
+            Endpoint::Responses,
         ] {
             let mut r = crate::usage::event::tests::record();
             r.endpoint = e.name();

@@ -3,8 +3,8 @@
 
 Usage: python openai_e2e.py BASE_URL API_KEY MODEL [EMBED_MODEL]
 
-EMBED_MODEL `-` skips the embedding check (a model served by an Anthropic route
-has no embeddings). With LIVERY_SDK_FAULTS=1 (an upstream that obeys the mock's
+EMBED_MODEL `-` skips the embedding and Responses API checks (a model served by
+an Anthropic route has neither). With LIVERY_SDK_FAULTS=1 (an upstream that obeys the mock's
 fault directives in the body), it also checks that a provider's 400 raises
 BadRequestError and that a stream broken off mid-way raises APIError in the SDK
 instead of ending like a complete answer.
@@ -226,6 +226,27 @@ def check_structured(client, model):
     return f"parsed {parsed!r}"
 
 
+def check_responses(client, model):
+    """The Responses API: `responses.create`, the `responses.stream` helper
+    (its final response and its text deltas agree) and `responses.parse`."""
+    r = client.responses.create(model=model, instructions="Be brief.", input="Say hello.")
+    ensure(r.object == "response", f"object is {r.object!r}")
+    ensure(r.status == "completed", f"status {r.status!r}")
+    ensure(r.output_text, f"no output_text: {r!r}")
+    ensure(r.usage.input_tokens > 0 and r.usage.output_tokens > 0, f"usage {r.usage!r}")
+    deltas = []
+    with client.responses.stream(model=model, input="Say hello.") as stream:
+        for event in stream:
+            if event.type == "response.output_text.delta":
+                deltas.append(event.delta)
+        final = stream.get_final_response()
+    ensure("".join(deltas) == final.output_text, "streamed deltas differ from the final text")
+    ensure(final.usage.output_tokens > 0, f"streamed usage {final.usage!r}")
+    parsed = client.responses.parse(model=model, input="Who?", text_format=Person).output_parsed
+    ensure(isinstance(parsed, Person), f"output_parsed is {parsed!r}")
+    return f"{len(r.output_text)} chars, streamed {len(deltas)} deltas, parsed {parsed!r}"
+
+
 def check_wrong_key(base_url, model):
     bad = OpenAI(base_url=base_url, api_key="sk-livery-wrong-key", max_retries=0, timeout=30)
     try:
@@ -261,7 +282,10 @@ def main(argv):
             ("stream broken mid-way", lambda: check_broken_stream(client, model)),
         ]
     if embed_model == "-":
+        # An Anthropic route: no embeddings, no Responses API.
         checks = [c for c in checks if c[0] != "embedding"]
+    else:
+        checks.append(("responses", lambda: check_responses(client, model)))
     for name, check in checks:
         try:
             detail = check()

@@ -163,15 +163,19 @@ async fn serve(state: Arc<MockState>, req: Request<Incoming>) -> Response<MockBo
         body: json.clone(),
         raw_body: raw,
     });
-    // OpenAI's `/v1/chat/completions`, or Azure's
-    // `/openai/deployments/{deployment}/chat/completions?api-version=…`.
+    // OpenAI's `/v1/chat/completions`, Azure's
+    // `/openai/deployments/{deployment}/chat/completions?api-version=…`, or
+    // Azure's v1 API (`/openai/v1/responses`, the deployment in the body).
     let path = parts.uri.path();
-    let openai_path = path.strip_prefix("/v1").or_else(|| {
-        path.strip_prefix("/openai/deployments/")
-            .and_then(|rest| rest.split_once('/'))
-            // Keep the leading slash of what follows the deployment name.
-            .map(|(_, p)| &path[path.len() - p.len() - 1..])
-    });
+    let openai_path = path
+        .strip_prefix("/v1")
+        .or_else(|| path.strip_prefix("/openai/v1"))
+        .or_else(|| {
+            path.strip_prefix("/openai/deployments/")
+                .and_then(|rest| rest.split_once('/'))
+                // Keep the leading slash of what follows the deployment name.
+                .map(|(_, p)| &path[path.len() - p.len() - 1..])
+        });
     let endpoint = match openai_path.and_then(Endpoint::from_path) {
         Some(e) => e,
         None => {
