@@ -283,3 +283,31 @@ async fn anthropic_routes_are_skipped_or_refused() {
     assert!(claude.requests().is_empty());
     gw.shutdown().await;
 }
+
+/// Only creating a response is served: a stored response's retrieval,
+/// deletion or cancellation is the gateway's 404 (which provider and key
+/// stored it is not known here), and nothing reaches a provider.
+#[tokio::test]
+async fn stored_responses_are_not_served() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    for (method, path) in [
+        (reqwest::Method::GET, "/v1/responses/resp_abc"),
+        (reqwest::Method::DELETE, "/v1/responses/resp_abc"),
+        (reqwest::Method::POST, "/v1/responses/resp_abc/cancel"),
+        (reqwest::Method::GET, "/v1/responses/resp_abc/input_items"),
+    ] {
+        let resp = client()
+            .request(method.clone(), gw.url(path))
+            .header("host", ACME_HOST)
+            .bearer_auth(ACME_DENTAL.2)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404, "{method} {path}");
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "unknown_url", "{method} {path}: {v}");
+    }
+    assert!(mock.requests().is_empty());
+    gw.shutdown().await;
+}
