@@ -165,7 +165,8 @@ impl Budgeted<'_> {
 /// Prompt tokens of a request body: chat `messages` (and a Messages body's
 /// `system`, `tool_result` and `tool_use` blocks), completions
 /// `prompt` (string or list of strings or token arrays), embeddings `input`
-/// (same shapes). Every byte of text is tokenized: off the request threads
+/// (same shapes), a Responses API body's `instructions` and `input` (a
+/// string, or items framed as messages). Every byte of text is tokenized: off the request threads
 /// only (a token count's answer); a record uses [`estimate_prompt_tokens_within`].
 pub fn estimate_prompt_tokens(model: &str, request: &Value) -> u64 {
     estimate_prompt_tokens_within(model, request, usize::MAX)
@@ -208,10 +209,16 @@ pub fn estimate_prompt_tokens_within(model: &str, request: &Value, budget: usize
         return n;
     }
     let input = request.get("prompt").or_else(|| request.get("input"));
-    match input {
-        Some(v) => count_input(v, &count),
-        None => 0,
-    }
+    // A Responses API request's `instructions`.
+    let instructions = request
+        .get("instructions")
+        .and_then(Value::as_str)
+        .map_or(0, count);
+    instructions
+        + match input {
+            Some(v) => count_input(v, &count),
+            None => 0,
+        }
 }
 
 /// A message's `content`: a string, or parts whose text counts: OpenAI's and
@@ -247,6 +254,15 @@ fn count_input(v: &Value, count: &dyn Fn(&str) -> u64) -> u64 {
         // A token array is already counted.
         Value::Array(items) if items.iter().all(Value::is_number) => items.len() as u64,
         Value::Array(items) => items.iter().map(|i| count_input(i, count)).sum(),
+        // A Responses API input item: a message, a function call or its output.
+        Value::Object(item) => {
+            let texts: u64 = ["output", "arguments"]
+                .iter()
+                .filter_map(|k| item.get(*k).and_then(Value::as_str))
+                .map(count)
+                .sum();
+            TOKENS_PER_MESSAGE + count_content(item.get("content"), count) + texts
+        }
         _ => 0,
     }
 }
@@ -450,5 +466,28 @@ mod tests {
         );
         let resp = json!({"choices": [{"message": {"content": "hello "}}, {"text": "world"}]});
         assert_eq!(completion_text(&resp), "hello world");
+    }
+
+    /// A Responses API request: `instructions`, and input items' content,
+    /// call arguments and outputs; its answer's output text and calls.
+    #[test]
+    fn responses_inputs_and_outputs() {
+        let count = |v: Value| estimate_prompt_tokens("gpt-4o", &v);
+        assert_eq!(
+            count(json!({"instructions": "hello world", "input": "hello world"})),
+            4
+        );
+        let items = json!({"input": [
+            {"role": "user", "content": "hello world"},
+            {"role": "user", "content": [{"type": "input_text", "text": "hello world"}]},
+            {"type": "function_call_output", "call_id": "c", "output": "hello world"},
+        ]});
+        assert_eq!(count(items), 3 * (TOKENS_PER_MESSAGE + 2));
+        let resp = json!({"output": [
+            {"type": "reasoning", "summary": []},
+            {"type": "message", "content": [{"type": "output_text", "text": "hello "}]},
+            {"type": "function_call", "name": "f", "arguments": "{}"},
+        ]});
+        assert_eq!(completion_text(&resp), "hello f{}");
     }
 }
