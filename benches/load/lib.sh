@@ -256,14 +256,16 @@ ticks() {
     echo "$t"
 }
 
-# oha pinned to CPU 0 against URL $1 with the bench tenant's request, $CONNS (64)
-# connections; the remaining arguments go to oha.
+# oha pinned to CPU 0 against URL $1 with the bench tenant's request (or
+# BENCH_BODY, e.g. the same with "stream":true), $CONNS (64) connections; the
+# remaining arguments go to oha.
+BENCH_REQUEST='{"model":"demo","messages":[{"role":"user","content":"Hello"}]}'
 bench_load() {
     local url=$1
     shift
     taskset -c 0 oha --no-tui -m POST -T application/json \
         -H "Authorization: Bearer sk-livery-bench-0123456789" \
-        -d '{"model":"demo","messages":[{"role":"user","content":"Hello"}]}' -c "${CONNS:-64}" "$@" "$url"
+        -d "${BENCH_BODY:-$BENCH_REQUEST}" -c "${CONNS:-64}" "$@" "$url"
 }
 
 # What the pinned comparisons (ab.sh, features.sh, interleave.sh) need: two

@@ -340,10 +340,14 @@ pub(super) fn poll_upstream(
             "The request reached its total deadline before the answer was complete.",
         )));
     }
-    if cut.poll_fired(cx) {
+    if cut.fired() {
         return Poll::Ready(Upstream::End(Ending::SHUTDOWN));
     }
     match Pin::new(events).poll_next(cx) {
+        // Only a stream about to wait registers for the cut (a lock in
+        // tokio's `Notify`): one that has its next event has checked the
+        // flag above.
+        Poll::Pending if cut.poll_fired(cx) => Poll::Ready(Upstream::End(Ending::SHUTDOWN)),
         Poll::Pending => Poll::Pending,
         Poll::Ready(Some(Ok(ev))) => Poll::Ready(Upstream::Event(ev)),
         Poll::Ready(Some(Err(e))) => {

@@ -47,6 +47,11 @@ pub struct CutWatch {
 }
 
 impl CutWatch {
+    /// Whether the stream must end now, without registering for a wake-up.
+    pub fn fired(&self) -> bool {
+        self.fired.load(Ordering::Acquire)
+    }
+
     /// Whether the stream must end now; otherwise its task is woken when it
     /// must.
     pub fn poll_fired(&mut self, cx: &mut Context<'_>) -> bool {
