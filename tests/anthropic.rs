@@ -157,25 +157,6 @@ fn tools() -> Value {
     }}])
 }
 
-/// Anthropic SSE events: `(event name, data)`, checking the framing.
-fn anthropic_events(body: &str) -> Vec<(String, Value)> {
-    assert!(body.ends_with("\n\n"), "unterminated stream: {body:?}");
-    body.split_inclusive("\n\n")
-        .map(|ev| {
-            let mut lines = ev.trim_end().lines();
-            let name = lines
-                .next()
-                .and_then(|l| l.strip_prefix("event: "))
-                .unwrap_or_else(|| panic!("no event line: {ev:?}"));
-            let data = lines
-                .next()
-                .and_then(|l| l.strip_prefix("data: "))
-                .unwrap_or_else(|| panic!("no data line: {ev:?}"));
-            (name.to_owned(), serde_json::from_str(data).unwrap())
-        })
-        .collect()
-}
-
 /// The Anthropic error shape; returns `error.type`.
 async fn anthropic_error(resp: reqwest::Response, status: u16) -> String {
     assert_eq!(resp.status().as_u16(), status);
@@ -795,7 +776,7 @@ async fn streamed_messages_on_an_openai_route_are_translated() {
     assert_eq!(resp.status(), 200);
     let id = rid(&resp);
     let text = resp.text().await.unwrap();
-    let events = anthropic_events(&text);
+    let events = named_events(&text);
     let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names[..2], ["message_start", "content_block_start"]);
     assert_eq!(
@@ -964,7 +945,7 @@ async fn messages_errors_are_in_anthropic_shape() {
     s.claude.push_fault(Fault::StreamError);
     let resp = messages(gw, Some(ACME_DENTAL.2), &stream).await;
     let id = rid(&resp);
-    let events = anthropic_events(&resp.text().await.unwrap());
+    let events = named_events(&resp.text().await.unwrap());
     let (name, data) = events.last().unwrap();
     assert_eq!(name, "error");
     assert_eq!(data["error"]["type"], "overloaded_error");
@@ -982,7 +963,7 @@ async fn messages_errors_are_in_anthropic_shape() {
     s.claude.push_fault(Fault::StreamErrorNamingTheAccount);
     let resp = messages(gw, Some(ACME_DENTAL.2), &stream).await;
     let text = resp.text().await.unwrap();
-    let events = anthropic_events(&text);
+    let events = named_events(&text);
     let (name, data) = events.last().unwrap();
     assert_eq!(name, "error");
     assert_eq!(data["error"]["type"], "overloaded_error");
@@ -1000,7 +981,7 @@ async fn messages_errors_are_in_anthropic_shape() {
     s.claude.push_fault(Fault::DropAfter(4));
     let resp = messages(gw, Some(ACME_DENTAL.2), &stream).await;
     let id = rid(&resp);
-    let events = anthropic_events(&resp.text().await.unwrap());
+    let events = named_events(&resp.text().await.unwrap());
     assert_eq!(events[3].0, "content_block_delta");
     let (name, data) = events.last().unwrap();
     assert_eq!(name, "error");
@@ -1023,7 +1004,7 @@ async fn messages_fall_back_from_anthropic_to_an_openai_route() {
     let resp = messages(&s.gw, Some(ACME_DENTAL.2), &body).await;
     assert_eq!(resp.status(), 200);
     let id = rid(&resp);
-    let events = anthropic_events(&resp.text().await.unwrap());
+    let events = named_events(&resp.text().await.unwrap());
     assert_eq!(events.last().unwrap().0, "message_stop");
     let r = s.gw.usage_for(&id).await;
     assert_eq!(
@@ -1088,7 +1069,7 @@ async fn a_bridged_azure_stream_takes_its_message_id_from_the_answer() {
     body["stream"] = json!(true);
     let resp = messages(&gw, Some(ACME_DENTAL.2), &body).await;
     assert_eq!(resp.status(), 200);
-    let events = anthropic_events(&resp.text().await.unwrap());
+    let events = named_events(&resp.text().await.unwrap());
     assert_eq!(events[0].0, "message_start");
     assert_eq!(
         events[0].1["message"]["id"], "msg_BleatwEUn3D8iXsgXpDqeOPEMuW3j",
@@ -1115,7 +1096,7 @@ async fn a_bridged_stream_cut_after_its_finish_reason_is_not_a_clean_end() {
     let resp = messages(&gw, Some(ACME_DENTAL.2), &body).await;
     assert_eq!(resp.status(), 200);
     let id = rid(&resp);
-    let events = anthropic_events(&resp.text().await.unwrap());
+    let events = named_events(&resp.text().await.unwrap());
     let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
     assert!(!names.contains(&"message_stop"), "{names:?}");
     let (name, data) = events.last().unwrap();
@@ -1224,7 +1205,7 @@ async fn native_messages_bill_five_minute_and_one_hour_cache_writes_apart() {
     let resp = messages(&s.gw, Some(ACME_DENTAL.2), &body).await;
     assert_eq!(resp.status(), 200);
     let id = rid(&resp);
-    let events = anthropic_events(&resp.text().await.unwrap());
+    let events = named_events(&resp.text().await.unwrap());
     let delta = &events.iter().find(|(n, _)| n == "message_delta").unwrap().1;
     assert_eq!(delta["usage"]["cache_creation_input_tokens"], 500);
     assert!(delta["usage"].get("cache_creation").is_none(), "{delta}");
@@ -1990,15 +1971,7 @@ async fn a_messages_stream_at_the_end_of_grace_ends_with_an_error_event() {
     let resp = messages(&gw, Some(ACME_DENTAL.2), &body).await;
     assert_eq!(resp.status(), 200);
     let id = rid(&resp);
-    let reader = tokio::spawn(async move {
-        use futures_util::StreamExt;
-        let mut text = Vec::new();
-        let mut body = resp.bytes_stream();
-        while let Some(chunk) = body.next().await {
-            text.extend_from_slice(&chunk.expect("the body ends whole, not cut"));
-        }
-        String::from_utf8(text).unwrap()
-    });
+    let reader = read_whole_body(resp);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let gateway = gw.gateway.take().unwrap();
     gateway
@@ -2008,7 +1981,7 @@ async fn a_messages_stream_at_the_end_of_grace_ends_with_an_error_event() {
         .await
         .expect("the client's stream ends")
         .unwrap();
-    let events = anthropic_events(&text);
+    let events = named_events(&text);
     let (name, data) = events.last().unwrap();
     assert_eq!(name, "error", "{text}");
     assert_eq!(data["error"]["type"], "api_error", "{text}");

@@ -32,23 +32,11 @@ fn body(model: &str) -> Value {
 /// `(event name, data)` of a Responses stream, checking that every event is
 /// named and that its data's `type` is its name.
 fn events(text: &str) -> Vec<(String, Value)> {
-    assert!(text.ends_with("\n\n"), "unterminated stream: {text:?}");
-    text.split_inclusive("\n\n")
-        .map(|ev| {
-            let mut lines = ev.trim_end().lines();
-            let name = lines
-                .next()
-                .and_then(|l| l.strip_prefix("event: "))
-                .unwrap_or_else(|| panic!("no event line: {ev:?}"));
-            let data: Value = lines
-                .next()
-                .and_then(|l| l.strip_prefix("data: "))
-                .map(|d| serde_json::from_str(d).unwrap())
-                .unwrap_or_else(|| panic!("no data line: {ev:?}"));
-            assert_eq!(data["type"], name, "{ev}");
-            (name.to_owned(), data)
-        })
-        .collect()
+    let events = named_events(text);
+    for (name, data) in &events {
+        assert_eq!(data["type"], name.as_str(), "{text}");
+    }
+    events
 }
 
 /// The standard configuration plus model `duo`: two routes on the OpenAI

@@ -714,14 +714,7 @@ async fn a_stream_cut_at_the_end_of_the_grace_period_is_recorded_as_cut() {
     slow["mock"] = json!({"chunks": 50, "gap_ms": 100});
     let resp = post_to(addr, "/v1/chat/completions", &slow, Some("it-usage-cut")).await;
     assert_eq!(resp.status(), 200);
-    let reader = tokio::spawn(async move {
-        let mut text = Vec::new();
-        let mut body = resp.bytes_stream();
-        while let Some(chunk) = body.next().await {
-            text.extend_from_slice(&chunk.expect("the body ends whole, not cut"));
-        }
-        String::from_utf8(text).unwrap()
-    });
+    let reader = read_whole_body(resp);
     tokio::time::sleep(Duration::from_millis(150)).await;
 
     let started = Instant::now();

@@ -13,7 +13,7 @@ use super::forward::{
 };
 use super::messages_relay::MessagesRelay;
 use super::record::PendingRecord;
-use super::relay::SseRelay;
+use super::relay::{SseRelay, UpstreamEvents};
 use super::request_body::RequestBody;
 use super::responses_relay::ResponsesRelay;
 use super::{App, ProxyBody};
@@ -207,39 +207,28 @@ pub fn serve<'a>(
                                 held,
                                 headers,
                             } => {
-                                let deadline = tokio::time::Instant::from_std(deadline);
+                                let upstream = UpstreamEvents::new(
+                                    events,
+                                    held,
+                                    tokio::time::Instant::from_std(deadline),
+                                    app.stream_cut.watch(),
+                                );
                                 let resp = match ctx.dialect {
                                     _ if endpoint == Endpoint::Responses => stream_answer(
-                                        ResponsesRelay::new(
-                                            events,
-                                            held,
-                                            record,
-                                            deadline,
-                                            app.stream_cut.watch(),
-                                        ),
+                                        ResponsesRelay::new(upstream, record),
                                         headers,
                                     ),
                                     Dialect::OpenAi => stream_answer(
                                         SseRelay::new(
-                                            events,
-                                            held,
+                                            upstream,
                                             record,
                                             prepared.client_wants_usage,
-                                            deadline,
-                                            app.stream_cut.watch(),
                                         ),
                                         headers,
                                     ),
-                                    Dialect::Anthropic => stream_answer(
-                                        MessagesRelay::new(
-                                            events,
-                                            held,
-                                            record,
-                                            deadline,
-                                            app.stream_cut.watch(),
-                                        ),
-                                        headers,
-                                    ),
+                                    Dialect::Anthropic => {
+                                        stream_answer(MessagesRelay::new(upstream, record), headers)
+                                    }
                                 };
                                 (resp, None)
                             }

@@ -13,10 +13,8 @@
 use super::forward::scrub;
 use super::messages::{event_name, token_usage};
 use super::record::PendingRecord;
-use super::relay::{poll_upstream, Ending, Upstream};
-use super::stream_cut::CutWatch;
+use super::relay::{Ending, Upstream, UpstreamEvents};
 use crate::providers::anthropic::{anthropic_sse_frame, Tokens};
-use crate::providers::sse::{Event, EventStream};
 use crate::usage::Outcome;
 use bytes::Bytes;
 use futures_util::Stream;
@@ -27,13 +25,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 pub struct MessagesRelay {
-    events: EventStream,
-    /// Events read while deciding to commit to this route, sent first.
-    held: std::collections::VecDeque<Event>,
-    /// The request's total deadline: the stream ends with an error event there.
-    deadline: Pin<Box<tokio::time::Sleep>>,
-    /// Shutdown's end of grace: the stream ends with an error event there.
-    cut: CutWatch,
+    upstream: UpstreamEvents,
     record: PendingRecord,
     tokens: Option<Tokens>,
     /// A `message_delta` reported the output count: until then the count is
@@ -43,18 +35,9 @@ pub struct MessagesRelay {
 }
 
 impl MessagesRelay {
-    pub fn new(
-        events: EventStream,
-        held: Vec<Event>,
-        record: PendingRecord,
-        deadline: tokio::time::Instant,
-        cut: CutWatch,
-    ) -> Self {
+    pub fn new(upstream: UpstreamEvents, record: PendingRecord) -> Self {
         Self {
-            events,
-            held: held.into(),
-            deadline: Box::pin(tokio::time::sleep_until(deadline)),
-            cut,
+            upstream,
             record,
             tokens: None,
             output_reported: false,
@@ -178,12 +161,7 @@ impl Stream for MessagesRelay {
         if this.done {
             return Poll::Ready(None);
         }
-        if let Some(ev) = this.held.pop_front() {
-            let bytes = this.on_event(&ev.event, &ev.data);
-            return Poll::Ready(Some(Ok(Frame::data(bytes))));
-        }
-        let deadline = this.deadline.as_mut();
-        match poll_upstream(&mut this.events, deadline, &mut this.cut, cx) {
+        match this.upstream.poll_next(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Upstream::Event(ev)) => {
                 let bytes = this.on_event(&ev.event, &ev.data);

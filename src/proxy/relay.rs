@@ -93,13 +93,7 @@ struct PromptUsage {
 }
 
 pub struct SseRelay {
-    events: EventStream,
-    /// Events read while deciding to commit to this route, sent first.
-    held: std::collections::VecDeque<Event>,
-    /// The request's total deadline: the stream ends with an error event there.
-    deadline: Pin<Box<tokio::time::Sleep>>,
-    /// Shutdown's end of grace: the stream ends with an error event there.
-    cut: CutWatch,
+    upstream: UpstreamEvents,
     record: PendingRecord,
     client_wants_usage: bool,
     saw_finish: bool,
@@ -108,19 +102,9 @@ pub struct SseRelay {
 }
 
 impl SseRelay {
-    pub fn new(
-        events: EventStream,
-        held: Vec<Event>,
-        record: PendingRecord,
-        client_wants_usage: bool,
-        deadline: tokio::time::Instant,
-        cut: CutWatch,
-    ) -> Self {
+    pub fn new(upstream: UpstreamEvents, record: PendingRecord, client_wants_usage: bool) -> Self {
         Self {
-            events,
-            held: held.into(),
-            deadline: Box::pin(tokio::time::sleep_until(deadline)),
-            cut,
+            upstream,
             record,
             client_wants_usage,
             saw_finish: false,
@@ -262,14 +246,7 @@ impl Stream for SseRelay {
             if this.done {
                 return Poll::Ready(None);
             }
-            if let Some(ev) = this.held.pop_front() {
-                if let Some(bytes) = this.on_event(&ev.event, &ev.data) {
-                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
-                }
-                continue;
-            }
-            let deadline = this.deadline.as_mut();
-            match poll_upstream(&mut this.events, deadline, &mut this.cut, cx) {
+            match this.upstream.poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Upstream::Event(ev)) => {
                     if let Some(bytes) = this.on_event(&ev.event, &ev.data) {
@@ -282,6 +259,40 @@ impl Stream for SseRelay {
                 }
             }
         }
+    }
+}
+
+/// What every relay reads: the events held while the route was chosen,
+/// then the upstream's as they come, until the request's total deadline or
+/// shutdown's end of grace ends them first.
+pub struct UpstreamEvents {
+    events: EventStream,
+    held: std::collections::VecDeque<Event>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    cut: CutWatch,
+}
+
+impl UpstreamEvents {
+    pub fn new(
+        events: EventStream,
+        held: Vec<Event>,
+        deadline: tokio::time::Instant,
+        cut: CutWatch,
+    ) -> Self {
+        Self {
+            events,
+            held: held.into(),
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            cut,
+        }
+    }
+
+    /// The next event, or why the stream ends first.
+    pub(super) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Upstream> {
+        if let Some(ev) = self.held.pop_front() {
+            return Poll::Ready(Upstream::Event(ev));
+        }
+        poll_upstream(&mut self.events, self.deadline.as_mut(), &mut self.cut, cx)
     }
 }
 
@@ -326,9 +337,8 @@ impl Ending {
 
 /// The upstream's next event, or why the stream ends first: the request's
 /// total deadline, shutdown's end of grace, a stream that broke off, or one
-/// that stopped early. Shared by the OpenAI and the Anthropic relays, which
-/// differ only in how they frame what they send.
-pub(super) fn poll_upstream(
+/// that stopped early.
+fn poll_upstream(
     events: &mut EventStream,
     deadline: Pin<&mut tokio::time::Sleep>,
     cut: &mut CutWatch,

@@ -17,9 +17,8 @@
 
 use super::forward::scrub;
 use super::record::{PendingRecord, UsageField};
-use super::relay::{poll_upstream, Ending, Upstream};
-use super::stream_cut::CutWatch;
-use crate::providers::sse::{self, Event, EventStream};
+use super::relay::{Ending, Upstream, UpstreamEvents};
+use crate::providers::sse;
 use crate::usage::event::opt_text;
 use crate::usage::Outcome;
 use bytes::Bytes;
@@ -127,13 +126,7 @@ pub fn error_body(data: &str) -> Bytes {
 }
 
 pub struct ResponsesRelay {
-    events: EventStream,
-    /// Events read while deciding to commit to this route, sent first.
-    held: std::collections::VecDeque<Event>,
-    /// The request's total deadline: the stream ends with an error event there.
-    deadline: Pin<Box<tokio::time::Sleep>>,
-    /// Shutdown's end of grace: the stream ends with an error event there.
-    cut: CutWatch,
+    upstream: UpstreamEvents,
     record: PendingRecord,
     /// The last `sequence_number` seen, so the gateway's own event follows it.
     sequence: Option<u64>,
@@ -142,18 +135,9 @@ pub struct ResponsesRelay {
 }
 
 impl ResponsesRelay {
-    pub fn new(
-        events: EventStream,
-        held: Vec<Event>,
-        record: PendingRecord,
-        deadline: tokio::time::Instant,
-        cut: CutWatch,
-    ) -> Self {
+    pub fn new(upstream: UpstreamEvents, record: PendingRecord) -> Self {
         Self {
-            events,
-            held: held.into(),
-            deadline: Box::pin(tokio::time::sleep_until(deadline)),
-            cut,
+            upstream,
             record,
             sequence: None,
             model_seen: false,
@@ -265,12 +249,7 @@ impl Stream for ResponsesRelay {
         if this.done {
             return Poll::Ready(None);
         }
-        if let Some(ev) = this.held.pop_front() {
-            let bytes = this.on_event(&ev.event, &ev.data);
-            return Poll::Ready(Some(Ok(Frame::data(bytes))));
-        }
-        let deadline = this.deadline.as_mut();
-        match poll_upstream(&mut this.events, deadline, &mut this.cut, cx) {
+        match this.upstream.poll_next(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Upstream::Event(ev)) => {
                 let bytes = this.on_event(&ev.event, &ev.data);

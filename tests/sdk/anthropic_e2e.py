@@ -14,7 +14,7 @@ import traceback
 
 import anthropic
 from anthropic import Anthropic
-from pydantic import BaseModel
+from structured import Person
 
 SYSTEM = "Be brief."
 MESSAGES = [{"role": "user", "content": "Say hello to the SDK test."}]
@@ -78,16 +78,6 @@ def check_count_tokens(client, model):
     estimated = raw.headers.get("x-livery-estimated")
     ensure(estimated == "true", f"x-livery-estimated = {estimated!r}")
     return f"{r.input_tokens} input tokens (the gateway's estimate)"
-
-
-class Pet(BaseModel):
-    kind: str
-
-
-class Person(BaseModel):
-    name: str
-    age: int
-    pets: list[Pet]
 
 
 def check_parse(client, model):

@@ -19,7 +19,7 @@ import traceback
 
 import openai
 from openai import OpenAI
-from pydantic import BaseModel
+from structured import Person
 
 MESSAGES = [
     {"role": "system", "content": "Be brief."},
@@ -199,16 +199,6 @@ def check_broken_stream(client, model):
         ensure(chunks > 0, "the error came before any chunk")
         return f"APIError after {chunks} chunks ({e.code or e.type})"
     raise CheckFailed(f"a stream broken after {chunks} chunks ended like a complete one")
-
-
-class Pet(BaseModel):
-    kind: str
-
-
-class Person(BaseModel):
-    name: str
-    age: int
-    pets: list[Pet]
 
 
 def check_structured(client, model):

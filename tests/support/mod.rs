@@ -363,6 +363,40 @@ pub fn sse_data(body: &str) -> Vec<String> {
         .collect()
 }
 
+/// The events of an SSE body whose every event is named (Anthropic's
+/// streams, the Responses API's): `(event name, data)`, checking the framing.
+pub fn named_events(body: &str) -> Vec<(String, Value)> {
+    assert!(body.ends_with("\n\n"), "unterminated stream: {body:?}");
+    body.split_inclusive("\n\n")
+        .map(|ev| {
+            let mut lines = ev.trim_end().lines();
+            let name = lines
+                .next()
+                .and_then(|l| l.strip_prefix("event: "))
+                .unwrap_or_else(|| panic!("no event line: {ev:?}"));
+            let data = lines
+                .next()
+                .and_then(|l| l.strip_prefix("data: "))
+                .unwrap_or_else(|| panic!("no data line: {ev:?}"));
+            (name.to_owned(), serde_json::from_str(data).unwrap())
+        })
+        .collect()
+}
+
+/// Reads `resp`'s body to its end in a task of its own, failing if the body
+/// is cut (a transport error) rather than ended.
+pub fn read_whole_body(resp: reqwest::Response) -> tokio::task::JoinHandle<String> {
+    use futures_util::StreamExt;
+    tokio::spawn(async move {
+        let mut text = Vec::new();
+        let mut body = resp.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            text.extend_from_slice(&chunk.expect("the body ends whole, not cut"));
+        }
+        String::from_utf8(text).unwrap()
+    })
+}
+
 /// Proves that no usage record was written for the requests sent since the
 /// file held `before` records: sends one request that is recorded (acme's
 /// dental tenant, on the plain listener), waits for its record, and asserts it
