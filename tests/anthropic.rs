@@ -1971,8 +1971,8 @@ async fn a_messages_stream_at_the_end_of_grace_ends_with_an_error_event() {
     let resp = messages(&gw, Some(ACME_DENTAL.2), &body).await;
     assert_eq!(resp.status(), 200);
     let id = rid(&resp);
-    let reader = read_whole_body(resp);
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Shut down once the stream is mid-way: its delta is out, the upstream stalls.
+    let reader = read_past(resp, "event: content_block_delta").await;
     let gateway = gw.gateway.take().unwrap();
     gateway
         .shutdown(std::time::Duration::from_millis(300))

@@ -383,13 +383,19 @@ pub fn named_events(body: &str) -> Vec<(String, Value)> {
         .collect()
 }
 
-/// Reads `resp`'s body to its end in a task of its own, failing if the body
-/// is cut (a transport error) rather than ended.
-pub fn read_whole_body(resp: reqwest::Response) -> tokio::task::JoinHandle<String> {
+/// Reads `resp`'s body until it holds `needle`, then the rest to its end in
+/// a task of its own, which fails if the body is cut (a transport error)
+/// rather than ended. Returns that task, whose output is the whole body.
+pub async fn read_past(resp: reqwest::Response, needle: &str) -> tokio::task::JoinHandle<String> {
     use futures_util::StreamExt;
+    let mut text = Vec::new();
+    let mut body = resp.bytes_stream();
+    while !String::from_utf8_lossy(&text).contains(needle) {
+        let chunk = body.next().await;
+        let chunk = chunk.unwrap_or_else(|| panic!("the body ended before {needle:?}"));
+        text.extend_from_slice(&chunk.expect("the body is not cut"));
+    }
     tokio::spawn(async move {
-        let mut text = Vec::new();
-        let mut body = resp.bytes_stream();
         while let Some(chunk) = body.next().await {
             text.extend_from_slice(&chunk.expect("the body ends whole, not cut"));
         }
