@@ -299,3 +299,29 @@ async fn stored_responses_are_not_served() {
     assert!(mock.requests().is_empty());
     gw.shutdown().await;
 }
+
+/// A background response is fetched later from `GET /v1/responses/{id}`,
+/// which the gateway does not serve: it is refused up front, naming the
+/// parameter, instead of being queued at the provider where the client could
+/// never collect it.
+#[tokio::test]
+async fn a_background_response_is_refused_naming_the_parameter() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    let mut b = body("gpt-4o-mini");
+    b["background"] = json!(true);
+    let resp = responses(&gw, &b).await;
+    let id = rid(&resp);
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "unsupported_parameter", "{v}");
+    assert_eq!(v["error"]["param"], "background", "{v}");
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    assert!(mock.requests().is_empty());
+    let r = gw.usage_for(&id).await;
+    assert_eq!(r["outcome"], "rejected", "{r}");
+    // `background: false` is an ordinary request.
+    b["background"] = json!(false);
+    assert_eq!(responses(&gw, &b).await.status(), 200);
+    gw.shutdown().await;
+}

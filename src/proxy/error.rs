@@ -39,6 +39,9 @@ pub enum GatewayError {
     MissingModel,
     #[error("invalid type for `{0}`: expected {1}")]
     InvalidField(&'static str, &'static str),
+    /// A parameter the gateway cannot honour: its name and why.
+    #[error("`{0}` is not supported here: {1}")]
+    UnsupportedParameter(&'static str, &'static str),
     #[error("Invalid URL ({0} {1})")]
     UnknownEndpoint(String, String),
     #[error("method {0} is not allowed on {1}")]
@@ -89,7 +92,8 @@ impl GatewayError {
             | GatewayError::BadJson(_)
             | GatewayError::NotAnObject
             | GatewayError::MissingModel
-            | GatewayError::InvalidField(..) => StatusCode::BAD_REQUEST,
+            | GatewayError::InvalidField(..)
+            | GatewayError::UnsupportedParameter(..) => StatusCode::BAD_REQUEST,
             GatewayError::UnknownEndpoint(..) => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed(..) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
@@ -121,6 +125,7 @@ impl GatewayError {
             | GatewayError::NotAnObject
             | GatewayError::MissingModel
             | GatewayError::InvalidField(..)
+            | GatewayError::UnsupportedParameter(..)
             | GatewayError::UnknownEndpoint(..)
             | GatewayError::MethodNotAllowed(..)
             | GatewayError::MisdirectedRequest => "invalid_request_error",
@@ -158,6 +163,7 @@ impl GatewayError {
             GatewayError::NotAnObject => "invalid_body",
             GatewayError::MissingModel => "missing_model",
             GatewayError::InvalidField(..) => "invalid_field",
+            GatewayError::UnsupportedParameter(..) => "unsupported_parameter",
             GatewayError::UnknownEndpoint(..) => "unknown_url",
             GatewayError::MethodNotAllowed(..) => "method_not_allowed",
             GatewayError::MisdirectedRequest => "misdirected_request",
@@ -254,7 +260,11 @@ impl GatewayError {
             Dialect::OpenAi => json!({"error": {
                 "message": self.message(),
                 "type": self.error_type(),
-                "param": match self { GatewayError::MissingModel => json!("model"), _ => json!(null) },
+                "param": match self {
+                    GatewayError::MissingModel => json!("model"),
+                    GatewayError::UnsupportedParameter(p, _) => json!(p),
+                    _ => json!(null),
+                },
                 "code": self.code(),
             }}),
             Dialect::Anthropic => json!({"type": "error", "error": {

@@ -26,6 +26,7 @@ use super::request_body::RequestBody;
 use super::App;
 use crate::limits::{
     estimate_request_tokens, estimate_response_tokens, EffectiveLimits, LimitKey, RateHeaders,
+    RequestFields,
 };
 use crate::providers::Endpoint;
 use crate::routing::{ModelChoice, RoutingError};
@@ -528,6 +529,13 @@ fn prepare_body(
 ) -> Result<Prepared, GatewayError> {
     let (mut body, choice, stream) = read_body(ctx, body, record)?;
     let stream = stream && endpoint != Endpoint::Embeddings;
+    if endpoint == Endpoint::Responses && RequestFields::field(&body, "background") == Some("true")
+    {
+        return Err(GatewayError::UnsupportedParameter(
+            "background",
+            "a background response is fetched later with GET /v1/responses/{id}, which the gateway cannot route (it does not know which provider and key stored it); send the request without `background` and keep the connection open, streamed if it is long",
+        ));
+    }
     // A Responses stream always ends with its usage (`response.completed`),
     // and the API refuses `stream_options.include_usage`.
     let client_wants_usage = if endpoint == Endpoint::Responses {
