@@ -139,37 +139,14 @@ impl Keys {
             .unwrap_or_default()
     }
 
-    fn t_hash(&self) -> &str {
-        self.key(T_HASH)
-    }
-
-    fn t_slots(&self) -> &str {
-        self.key(T_SLOTS)
-    }
-
-    fn t_month(&self) -> &str {
-        self.key(T_MONTH)
-    }
-
-    fn r_hash(&self) -> &str {
-        self.key(R_HASH)
-    }
-
-    fn r_slots(&self) -> &str {
-        self.key(R_SLOTS)
-    }
-
-    fn r_month(&self) -> &str {
-        self.key(R_MONTH)
-    }
-
-    fn reservation(&self) -> &str {
-        self.key(RESERVATION)
+    /// The seven names in the order the admission script takes them.
+    fn all(&self) -> impl Iterator<Item = &str> {
+        (0..self.ends.len()).map(|i| self.key(i))
     }
 
     /// The slot sets of the levels whose slots are `held` (tenant, reseller).
     fn slots(&self, held: [bool; 2]) -> impl Iterator<Item = &str> {
-        [(self.t_slots(), held[0]), (self.r_slots(), held[1])]
+        [(self.key(T_SLOTS), held[0]), (self.key(R_SLOTS), held[1])]
             .into_iter()
             .filter_map(|(k, h)| h.then_some(k))
     }
@@ -304,28 +281,34 @@ impl Conn {
         }
     }
 
+    /// The connection made, if any: a clone of the handle, read through the
+    /// swap's guard (no reference count taken on the shared one).
+    fn connected(&self) -> Option<MultiplexedConnection> {
+        self.current.load().as_deref().cloned()
+    }
+
     /// The shared connection, dialled if there is none. The dial runs in its
     /// own task: an admission that stops waiting for it (its timeout) leaves
     /// it running, so a connection slower to set up than an admission may wait
     /// is still made, for the admissions after it. Cancelled with each
     /// admission, such a dial never finished, and Redis was never used again.
     async fn get(self: &Arc<Self>) -> Result<MultiplexedConnection, redis::RedisError> {
-        if let Some(c) = self.current.load_full() {
-            return Ok((*c).clone());
+        if let Some(c) = self.connected() {
+            return Ok(c);
         }
         let dialled = self.dialled.notified();
         tokio::pin!(dialled);
         dialled.as_mut().enable();
         // Again, now that a dial ending meanwhile would wake this one.
-        if let Some(c) = self.current.load_full() {
-            return Ok((*c).clone());
+        if let Some(c) = self.connected() {
+            return Ok(c);
         }
         if !self.dialing.swap(true, Ordering::AcqRel) {
             tokio::spawn(self.clone().dial());
         }
         dialled.await;
-        match self.current.load_full() {
-            Some(c) => Ok((*c).clone()),
+        match self.connected() {
+            Some(c) => Ok(c),
             None => Err(redis::RedisError::from((
                 redis::ErrorKind::IoError,
                 "could not connect to redis",
@@ -517,16 +500,11 @@ impl RedisBackend {
             .push(self.hold_ms)
             .push(super::local::MONTH_HELD_RETRY_MS as u64);
         let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.admit.get_hash())
-            .arg(7)
-            .arg(keys.t_hash())
-            .arg(keys.t_slots())
-            .arg(keys.t_month())
-            .arg(keys.r_hash())
-            .arg(keys.r_slots())
-            .arg(keys.r_month())
-            .arg(keys.reservation())
-            .arg(&*id)
+        cmd.arg(self.admit.get_hash()).arg(7);
+        for k in keys.all() {
+            cmd.arg(k);
+        }
+        cmd.arg(&*id)
             .arg(if settles(limits) {
                 // A settle must find its reservation while it is held.
                 RESERVATION_TTL_MS.max(self.hold_ms.saturating_mul(2))
@@ -928,11 +906,11 @@ async fn run_jobs(
                     let mut cmd = redis::cmd("EVALSHA");
                     cmd.arg(settle.get_hash())
                         .arg(5 + keys.slots(released).count())
-                        .arg(keys.t_hash())
-                        .arg(keys.t_month())
-                        .arg(keys.r_hash())
-                        .arg(keys.r_month())
-                        .arg(keys.reservation());
+                        .arg(keys.key(T_HASH))
+                        .arg(keys.key(T_MONTH))
+                        .arg(keys.key(R_HASH))
+                        .arg(keys.key(R_MONTH))
+                        .arg(keys.key(RESERVATION));
                     for k in keys.slots(released) {
                         cmd.arg(k);
                     }
@@ -1044,10 +1022,10 @@ mod tests {
             .map(|j| match j {
                 Job::Settle { keys, release, .. } => format!(
                     "settle {} {:?}",
-                    keys.reservation(),
+                    keys.key(RESERVATION),
                     release.as_ref().map(|(id, s)| (id.to_string(), *s))
                 ),
-                Job::Release { keys, id, .. } => format!("release {} {id}", keys.t_slots()),
+                Job::Release { keys, id, .. } => format!("release {} {id}", keys.key(T_SLOTS)),
             })
             .collect();
         let r = |id: &str| format!("livery:rl:{{acme}}:a:{id}");
@@ -1075,15 +1053,7 @@ mod tests {
         let r = "livery:rl:{ac%7Bme%7D}";
         let t = format!("{r}:t:den%3Atal");
         assert_eq!(
-            [
-                k.t_hash(),
-                k.t_slots(),
-                k.t_month(),
-                k.r_hash(),
-                k.r_slots(),
-                k.r_month(),
-                k.reservation(),
-            ],
+            k.all().collect::<Vec<_>>(),
             [
                 t.clone(),
                 format!("{t}:c"),

@@ -544,9 +544,10 @@ fn example_at(schema: &Value, root: &Value, depth: usize) -> Value {
 
 fn answer_words(body: &Value, d: &MockDirectives) -> (Vec<&'static str>, &'static str) {
     let want = d.chunks.unwrap_or(12);
-    let cap = body
-        .get("max_completion_tokens")
-        .or_else(|| body.get("max_tokens"))
+    // The Responses API's cap is `max_output_tokens`.
+    let cap = ["max_completion_tokens", "max_tokens", "max_output_tokens"]
+        .iter()
+        .find_map(|k| body.get(*k))
         .and_then(Value::as_u64)
         .map(|c| usize::try_from(c).unwrap_or(usize::MAX));
     let (n, finish) = match cap {
@@ -910,11 +911,7 @@ mod responses {
 
     /// The answer's text pieces and whether `max_output_tokens` cut it.
     fn pieces(body: &Value, d: &MockDirectives) -> (Vec<Cow<'static, str>>, bool) {
-        let mut capped = body.clone();
-        if let (Some(max), Some(o)) = (body.get("max_output_tokens"), capped.as_object_mut()) {
-            o.insert("max_tokens".into(), max.clone());
-        }
-        let (pieces, finish) = answer_pieces(Endpoint::Responses, &capped, d);
+        let (pieces, finish) = answer_pieces(Endpoint::Responses, body, d);
         (pieces, finish == "length")
     }
 

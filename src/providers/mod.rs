@@ -51,7 +51,30 @@ pub enum Endpoint {
     CountTokens,
 }
 
+/// The event stream a provider answers a streamed request with: every
+/// provider answers in the wire format of the request's endpoint, whatever
+/// it speaks itself (the translators see to it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamFormat {
+    /// OpenAI's `data:` chunks ending with `[DONE]` (chat and legacy completions).
+    Chunks,
+    /// Anthropic's named Messages events.
+    Messages,
+    /// The Responses API's named events.
+    Responses,
+}
+
 impl Endpoint {
+    pub fn stream_format(self) -> StreamFormat {
+        match self {
+            Endpoint::Messages | Endpoint::CountTokens => StreamFormat::Messages,
+            Endpoint::Responses => StreamFormat::Responses,
+            Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => {
+                StreamFormat::Chunks
+            }
+        }
+    }
+
     /// Path below the provider's `/v1` base.
     pub fn path(self) -> &'static str {
         match self {

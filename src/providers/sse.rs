@@ -77,12 +77,18 @@ impl Stream for EventStream {
     }
 }
 
+/// Whether an event's `event:` field names a type of its own (an absent one,
+/// or `message`, SSE's default, does not: the data's `type` then tells it).
+pub fn is_named(event: &str) -> bool {
+    !(event.is_empty() || event == "message")
+}
+
 /// `data` framed as one SSE event, with an `event:` line when it has a type of
 /// its own, then `tail`. Each line of `data` gets its own `data:` line, so that
 /// a payload the upstream sent over several lines stays one event. One
 /// allocation of the exact size.
 pub fn frame(event: &str, data: &str, tail: &[u8]) -> Bytes {
-    let named = !(event.is_empty() || event == "message");
+    let named = is_named(event);
     let lines = 1 + memchr::memchr_iter(b'\n', data.as_bytes()).count();
     let mut out = Vec::with_capacity(
         if named { event.len() + 8 } else { 0 } + data.len() + lines * 7 + 1 + tail.len(),

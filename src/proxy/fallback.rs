@@ -5,7 +5,7 @@
 //! stream: its first content event), so a failure before that never reaches the
 //! client; after it, no retry happens. Every attempt is listed in the usage record.
 
-use super::ctx::{Dialect, RequestCtx};
+use super::ctx::RequestCtx;
 use super::error::GatewayError;
 use super::forward::{
     attempt, failure_answer, json_answer, stream_answer, AttemptResult, Committed, Failure,
@@ -17,7 +17,7 @@ use super::relay::{SseRelay, UpstreamEvents};
 use super::request_body::RequestBody;
 use super::responses_relay::ResponsesRelay;
 use super::{App, ProxyBody};
-use crate::providers::{Endpoint, UpstreamRequest};
+use crate::providers::{Endpoint, StreamFormat, UpstreamRequest};
 use crate::routing::breaker::{Admission, BreakerKey, BreakerSettings};
 use crate::routing::{Route, RoutingError};
 use crate::usage::AttemptRecord;
@@ -172,7 +172,6 @@ pub fn serve<'a>(
                             commit: settings.stream_commit,
                         },
                         &mut record,
-                        ctx.dialect,
                     ),
                 )
                 .await
@@ -213,12 +212,12 @@ pub fn serve<'a>(
                                     tokio::time::Instant::from_std(deadline),
                                     app.stream_cut.watch(),
                                 );
-                                let resp = match ctx.dialect {
-                                    _ if endpoint == Endpoint::Responses => stream_answer(
+                                let resp = match endpoint.stream_format() {
+                                    StreamFormat::Responses => stream_answer(
                                         ResponsesRelay::new(upstream, record),
                                         headers,
                                     ),
-                                    Dialect::OpenAi => stream_answer(
+                                    StreamFormat::Chunks => stream_answer(
                                         SseRelay::new(
                                             upstream,
                                             record,
@@ -226,7 +225,7 @@ pub fn serve<'a>(
                                         ),
                                         headers,
                                     ),
-                                    Dialect::Anthropic => {
+                                    StreamFormat::Messages => {
                                         stream_answer(MessagesRelay::new(upstream, record), headers)
                                     }
                                 };

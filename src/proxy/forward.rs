@@ -12,7 +12,7 @@ use super::record::{PendingRecord, TokenUsage, UsagePeek};
 use crate::config::StreamCommit;
 use crate::providers::sse::{self, Event, EventStream};
 use crate::providers::{
-    ByteStream, Endpoint, Provider, ProviderError, UpstreamBody, UpstreamRequest,
+    ByteStream, Provider, ProviderError, StreamFormat, UpstreamBody, UpstreamRequest,
 };
 use crate::usage::spool::Ticket;
 use crate::usage::Outcome;
@@ -210,14 +210,13 @@ pub async fn attempt(
     max_body: usize,
     policy: StreamPolicy,
     record: &mut PendingRecord,
-    dialect: Dialect,
 ) -> AttemptResult {
     let StreamPolicy {
         first_event_timeout,
         commit,
     } = policy;
     let stream = req.stream;
-    let responses = req.endpoint == Endpoint::Responses;
+    let format = req.endpoint.stream_format();
     let upstream = match provider.send(req, key).await {
         Ok(u) => u,
         Err(e) => {
@@ -272,15 +271,17 @@ pub async fn attempt(
         let peek = async {
             while let Some(ev) = events.next().await {
                 let ev = ev.map_err(sse::EventError::into_provider)?;
-                let verdict = match (commit, dialect) {
-                    _ if responses => super::responses_relay::verdict(
+                let verdict = match (commit, format) {
+                    (_, StreamFormat::Responses) => super::responses_relay::verdict(
                         &ev.event,
                         &ev.data,
                         commit == StreamCommit::FirstContent,
                     ),
                     (StreamCommit::FirstEvent, _) => first_event_verdict(&ev),
-                    (StreamCommit::FirstContent, Dialect::OpenAi) => first_content_verdict(&ev),
-                    (StreamCommit::FirstContent, Dialect::Anthropic) => {
+                    (StreamCommit::FirstContent, StreamFormat::Chunks) => {
+                        first_content_verdict(&ev)
+                    }
+                    (StreamCommit::FirstContent, StreamFormat::Messages) => {
                         super::messages::verdict(&ev.event, &ev.data)
                     }
                 };
@@ -306,7 +307,9 @@ pub async fn attempt(
                 // yet, so it gets the error as an answer with the status the
                 // error stands for, and another route may still serve it.
                 let body = match held.last() {
-                    Some(e) if responses => super::responses_relay::error_body(&e.data),
+                    Some(e) if format == StreamFormat::Responses => {
+                        super::responses_relay::error_body(&e.data)
+                    }
                     Some(e) => Bytes::from(e.data.clone()),
                     None => Bytes::new(),
                 };

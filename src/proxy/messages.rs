@@ -40,10 +40,10 @@ pub fn prepare_body(
 
 /// The event's name: the `event:` field, or the data's `type` when it has none.
 pub fn event_name<'a>(event: &'a str, data: &'a Value) -> &'a str {
-    if event.is_empty() || event == "message" {
-        data.get("type").and_then(Value::as_str).unwrap_or("")
-    } else {
+    if crate::providers::sse::is_named(event) {
         event
+    } else {
+        data.get("type").and_then(Value::as_str).unwrap_or("")
     }
 }
 

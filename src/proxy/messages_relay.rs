@@ -13,7 +13,7 @@
 use super::forward::scrub;
 use super::messages::{event_name, token_usage};
 use super::record::PendingRecord;
-use super::relay::{Ending, Upstream, UpstreamEvents};
+use super::relay::{poll_frames, Ending, FrameEachEvent, UpstreamEvents};
 use crate::providers::anthropic::{anthropic_sse_frame, Tokens};
 use crate::usage::Outcome;
 use bytes::Bytes;
@@ -77,12 +77,27 @@ impl MessagesRelay {
             self.record.tokens = usage;
         }
     }
+}
 
-    /// Ends the stream with the gateway's own error event.
-    fn fail(&mut self, end: Ending) -> Bytes {
-        self.finish_as(end.status, Outcome::Truncated, Some(end.code));
-        let data = json!({"type": "error", "error": {"type": "api_error", "message": end.message}});
-        Bytes::from(anthropic_sse_frame("error", &data.to_string()))
+/// A stream dropped unfinished (the client left, or shutdown cut it) has its
+/// record written by `PendingRecord`'s own `Drop`, which runs after this one:
+/// the counts `message_start` reported are handed over first, so that the
+/// record keeps them instead of estimating them from the request body.
+impl Drop for MessagesRelay {
+    fn drop(&mut self) {
+        if !self.done {
+            self.settle_tokens();
+        }
+    }
+}
+
+impl FrameEachEvent for MessagesRelay {
+    fn finished(&self) -> bool {
+        self.done
+    }
+
+    fn upstream(&mut self) -> &mut UpstreamEvents {
+        &mut self.upstream
     }
 
     /// Looks at one upstream event; returns what to send to the client.
@@ -139,17 +154,12 @@ impl MessagesRelay {
         let name = if name.is_empty() { "message" } else { &name };
         Bytes::from(anthropic_sse_frame(name, data))
     }
-}
 
-/// A stream dropped unfinished (the client left, or shutdown cut it) has its
-/// record written by `PendingRecord`'s own `Drop`, which runs after this one:
-/// the counts `message_start` reported are handed over first, so that the
-/// record keeps them instead of estimating them from the request body.
-impl Drop for MessagesRelay {
-    fn drop(&mut self) {
-        if !self.done {
-            self.settle_tokens();
-        }
+    /// Ends the stream with the gateway's own error event.
+    fn fail(&mut self, end: Ending) -> Bytes {
+        self.finish_as(end.status, Outcome::Truncated, Some(end.code));
+        let data = json!({"type": "error", "error": {"type": "api_error", "message": end.message}});
+        Bytes::from(anthropic_sse_frame("error", &data.to_string()))
     }
 }
 
@@ -157,20 +167,6 @@ impl Stream for MessagesRelay {
     type Item = Result<Frame<Bytes>, Infallible>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        if this.done {
-            return Poll::Ready(None);
-        }
-        match this.upstream.poll_next(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Upstream::Event(ev)) => {
-                let bytes = this.on_event(&ev.event, &ev.data);
-                Poll::Ready(Some(Ok(Frame::data(bytes))))
-            }
-            Poll::Ready(Upstream::End(end)) => {
-                let bytes = this.fail(end);
-                Poll::Ready(Some(Ok(Frame::data(bytes))))
-            }
-        }
+        poll_frames(&mut *self, cx)
     }
 }

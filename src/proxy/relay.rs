@@ -296,6 +296,32 @@ impl UpstreamEvents {
     }
 }
 
+/// A relay that answers every upstream event with one frame, and its end
+/// with one of its own (Anthropic's and the Responses API's: each event goes
+/// through, named); the OpenAI relay drops some and loops instead.
+pub(super) trait FrameEachEvent {
+    fn finished(&self) -> bool;
+    fn upstream(&mut self) -> &mut UpstreamEvents;
+    fn on_event(&mut self, event: &str, data: &str) -> Bytes;
+    fn fail(&mut self, end: Ending) -> Bytes;
+}
+
+/// `Stream::poll_next` of a [`FrameEachEvent`] relay.
+pub(super) fn poll_frames<R: FrameEachEvent>(
+    relay: &mut R,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    if relay.finished() {
+        return Poll::Ready(None);
+    }
+    let bytes = match relay.upstream().poll_next(cx) {
+        Poll::Pending => return Poll::Pending,
+        Poll::Ready(Upstream::Event(ev)) => relay.on_event(&ev.event, &ev.data),
+        Poll::Ready(Upstream::End(end)) => relay.fail(end),
+    };
+    Poll::Ready(Some(Ok(Frame::data(bytes))))
+}
+
 /// What a relay reads next from the upstream.
 pub(super) enum Upstream {
     Event(Event),

@@ -17,7 +17,7 @@
 
 use super::forward::scrub;
 use super::record::{PendingRecord, UsageField};
-use super::relay::{Ending, Upstream, UpstreamEvents};
+use super::relay::{poll_frames, Ending, FrameEachEvent, UpstreamEvents};
 use crate::providers::sse;
 use crate::usage::event::opt_text;
 use crate::usage::Outcome;
@@ -70,7 +70,7 @@ fn text_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Cow<'de
 /// The event's type: its `event:` name, else its data's `type` (a server
 /// that sends no `event:` lines).
 pub fn event_type<'a>(event: &'a str, data: &'a str) -> Cow<'a, str> {
-    if !(event.is_empty() || event == "message") {
+    if sse::is_named(event) {
         return Cow::Borrowed(event);
     }
     serde_json::from_str::<EventPeek>(data)
@@ -106,7 +106,7 @@ pub fn verdict(event: &str, data: &str, hold_lifecycle: bool) -> super::forward:
 /// client's, the message scrubbed.
 pub fn error_body(data: &str) -> Bytes {
     let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
-    let err = v.pointer("/response/error").unwrap_or(&v);
+    let err = v.pointer(error_at(&v)).unwrap_or(&v);
     let code = err
         .get("code")
         .and_then(Value::as_str)
@@ -123,6 +123,19 @@ pub fn error_body(data: &str) -> Bytes {
         json!({"error": {"message": message, "type": kind, "param": err.get("param"), "code": code}})
             .to_string(),
     )
+}
+
+/// Where a Responses error event keeps its error (`code`, `message`):
+/// `response.failed` in `response.error`, `error` in its own members.
+fn error_at(event: &Value) -> &'static str {
+    if event
+        .pointer("/response/error")
+        .is_some_and(Value::is_object)
+    {
+        "/response/error"
+    } else {
+        ""
+    }
 }
 
 pub struct ResponsesRelay {
@@ -145,19 +158,23 @@ impl ResponsesRelay {
         }
     }
 
-    /// Ends the stream with the API's `error` event.
-    fn fail(&mut self, end: Ending) -> Bytes {
+    /// A terminal event: the stream ends here, with the usage its response
+    /// reports.
+    fn settle(&mut self, response: Option<ResponsePeek>) {
         self.done = true;
-        self.record
-            .finish(end.status, Outcome::Truncated, Some(end.code));
-        let data = json!({
-            "type": "error",
-            "code": end.code,
-            "message": end.message,
-            "param": null,
-            "sequence_number": self.sequence.map_or(0, |s| s + 1),
-        });
-        sse::frame("error", &data.to_string(), b"")
+        if let Some(UsageField(Some(u))) = response.map(|r| r.usage) {
+            self.record.tokens = u;
+        }
+    }
+}
+
+impl FrameEachEvent for ResponsesRelay {
+    fn finished(&self) -> bool {
+        self.done
+    }
+
+    fn upstream(&mut self) -> &mut UpstreamEvents {
+        &mut self.upstream
     }
 
     /// Looks at one upstream event; returns what to send to the client.
@@ -169,8 +186,7 @@ impl ResponsesRelay {
         if peek.sequence_number.is_some() {
             self.sequence = peek.sequence_number;
         }
-        let named = !(event.is_empty() || event == "message");
-        let kind = if named {
+        let kind = if sse::is_named(event) {
             event
         } else {
             peek.kind.as_deref().unwrap_or("")
@@ -194,72 +210,60 @@ impl ResponsesRelay {
                     self.record.add_completion_text(delta);
                 }
             }
-            "response.completed" | "response.incomplete" | "response.failed" => {
-                if let Some(UsageField(Some(u))) = peek.response.map(|r| r.usage) {
-                    self.record.tokens = u;
-                }
-                self.done = true;
-                if kind == "response.failed" {
-                    let failed: Value = serde_json::from_str(data).unwrap_or(Value::Null);
-                    let code = failed
-                        .pointer("/response/error/code")
-                        .and_then(Value::as_str)
-                        .unwrap_or("response_failed")
-                        .to_owned();
-                    self.record.finish(200, Outcome::UpstreamError, Some(&code));
-                    reshaped = Some(scrubbed(failed, "/response/error/message"));
-                } else {
-                    self.record.finish(200, Outcome::Ok, None);
-                }
+            "response.completed" | "response.incomplete" => {
+                self.settle(peek.response);
+                self.record.finish(200, Outcome::Ok, None);
             }
-            "error" => {
-                self.done = true;
-                let failed: Value = serde_json::from_str(data).unwrap_or(Value::Null);
-                let code = failed
-                    .get("code")
-                    .and_then(Value::as_str)
-                    .unwrap_or("upstream_stream_error")
-                    .to_owned();
+            "response.failed" | "error" => {
+                self.settle(peek.response);
+                // The provider's error, its message scrubbed of what names
+                // the provider's account.
+                let mut failed: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+                let at = error_at(&failed);
+                let default = if kind == "error" {
+                    "upstream_stream_error"
+                } else {
+                    "response_failed"
+                };
+                let mut code = default.to_owned();
+                if let Some(err) = failed.pointer_mut(at) {
+                    if let Some(c) = err.get("code").and_then(Value::as_str) {
+                        c.clone_into(&mut code);
+                    }
+                    if let Some(Value::String(m)) = err.get_mut("message") {
+                        *m = scrub(m);
+                    }
+                }
                 self.record.finish(200, Outcome::UpstreamError, Some(&code));
-                reshaped = Some(scrubbed(failed, "/message"));
+                reshaped = Some(failed.to_string());
             }
             _ => {}
         }
         self.record.mark_first_byte();
         sse::frame(event, reshaped.as_deref().unwrap_or(data), b"")
     }
-}
 
-/// `event` (a provider's error) with the message at `pointer` scrubbed of
-/// what names the provider's account, as JSON text.
-fn scrubbed(mut event: Value, pointer: &str) -> String {
-    if let Some(m) = event.pointer_mut(pointer) {
-        if let Some(text) = m.as_str() {
-            *m = Value::String(scrub(text));
-        }
+    /// Ends the stream with the API's `error` event.
+    fn fail(&mut self, end: Ending) -> Bytes {
+        self.done = true;
+        self.record
+            .finish(end.status, Outcome::Truncated, Some(end.code));
+        let data = json!({
+            "type": "error",
+            "code": end.code,
+            "message": end.message,
+            "param": null,
+            "sequence_number": self.sequence.map_or(0, |s| s + 1),
+        });
+        sse::frame("error", &data.to_string(), b"")
     }
-    event.to_string()
 }
 
 impl Stream for ResponsesRelay {
     type Item = Result<Frame<Bytes>, Infallible>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        if this.done {
-            return Poll::Ready(None);
-        }
-        match this.upstream.poll_next(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Upstream::Event(ev)) => {
-                let bytes = this.on_event(&ev.event, &ev.data);
-                Poll::Ready(Some(Ok(Frame::data(bytes))))
-            }
-            Poll::Ready(Upstream::End(end)) => {
-                let bytes = this.fail(end);
-                Poll::Ready(Some(Ok(Frame::data(bytes))))
-            }
-        }
+        poll_frames(&mut *self, cx)
     }
 }
 
