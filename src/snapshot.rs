@@ -26,6 +26,8 @@ pub struct Snapshot {
     pub limits: BodyLimits,
     pub routing: RoutingConfig,
     pub operator_keys: Vec<KeyDigest>,
+    /// The admin API's keys (platform and resellers).
+    pub admin_keys: crate::admin::AdminKeys,
     /// Which origins browsers may call from.
     pub cors: crate::proxy::cors::CorsPolicy,
     /// The platform's prices: a request's usage record is priced with the
@@ -36,6 +38,25 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// [`Snapshot::prepare`], refusing the published demo tenant where a
+    /// listener is not on loopback (`public_listener`), as at start.
+    pub fn prepare_for(
+        config: &GatewayConfig,
+        public_listener: Option<std::net::SocketAddr>,
+    ) -> Result<Self, ConfigError> {
+        let next = Self::prepare(config)?;
+        if let (true, Some(addr)) = (next.tenancy.has_demo_tenant(), public_listener) {
+            return Err(ConfigError::Invalid(
+                crate::proxy::StartError::DemoTenantExposed {
+                    addr,
+                    key: crate::DEMO_KEY,
+                }
+                .to_string(),
+            ));
+        }
+        Ok(next)
+    }
+
     pub fn prepare(config: &GatewayConfig) -> Result<Self, ConfigError> {
         let models = ModelTable::build(config).map_err(ConfigError::Invalid)?;
         let names: HashSet<String> = models.names().map(str::to_owned).collect();
@@ -68,7 +89,9 @@ impl Snapshot {
                 "server.header_timeout_ms and server.send_timeout_ms must be positive".into(),
             ));
         }
+        let admin_keys = crate::admin::AdminKeys::build(config).map_err(ConfigError::Invalid)?;
         Ok(Self {
+            admin_keys,
             tenancy,
             keyring: Arc::new(keyring),
             prices: Arc::new(PriceTable::from_config(config)),

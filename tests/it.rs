@@ -6,6 +6,7 @@
 
 mod support;
 
+mod admin;
 mod anthropic;
 mod cli;
 mod endpoints;

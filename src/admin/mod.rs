@@ -1,2 +1,149 @@
-//! The admin API (platform- and reseller-scoped keys managing resellers, tenants,
-//! keys, domains and usage). Not built yet: tenancy is declared in gateway.toml.
+//! The admin API (`/admin/v1/`, served on the gateway's listeners when
+//! `[admin]` is configured): platform and reseller admin keys manage resellers,
+//! tenants, gateway keys, sealed provider keys and read usage. [`Admin`] owns
+//! the configuration file's last reading and the [`Store`] of what the API
+//! made; every change is prepared as a whole snapshot of the two merged, then
+//! written to the store, then swapped in, so a change the configuration would
+//! refuse is refused before anything is kept, and the request path only ever
+//! sees complete snapshots. Changes are serialised by one lock that the
+//! request path never takes.
+
+mod api;
+mod keys;
+mod store;
+
+pub use api::{handle, Reply, Request};
+pub use keys::{key_id, new_key, AdminKeys, Principal};
+pub use store::Store;
+
+use crate::config::{ConfigError, GatewayConfig};
+use crate::snapshot::Snapshot;
+use arc_swap::ArcSwap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// Why an admin request failed (mapped to a status by `proxy::error`).
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0} is declared in the configuration file: change it there")]
+    Declared(String),
+    /// The change makes a configuration that does not validate (its reason).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the request body is not valid: {0}")]
+    BadBody(String),
+    #[error("method {0} is not allowed on {1}")]
+    Method(String, String),
+    #[error("the change could not be saved: {0}")]
+    Store(String),
+    /// The vault cannot seal (no key-encryption key), or similar.
+    #[error("{0}")]
+    Vault(String),
+    #[error("no SQLite usage ledger is configured ([usage] ledger and the `sqlite` sink)")]
+    NoLedger,
+    #[error("the usage ledger could not be read: {0}")]
+    Ledger(String),
+}
+
+/// The admin API's state: the configuration file as last read, the store,
+/// and where the store lives.
+pub struct Admin {
+    store_path: PathBuf,
+    /// Where the demo tenant must not appear (a listener not on loopback).
+    public_listener: Option<SocketAddr>,
+    state: Mutex<State>,
+}
+
+struct State {
+    /// The configuration file as last read (start or reload).
+    base: GatewayConfig,
+    store: Store,
+    /// `base` with `store` merged in: what the running snapshot was built from.
+    merged: GatewayConfig,
+}
+
+impl Admin {
+    /// Reads the store named by `config`'s `[admin]` (if any) and returns the
+    /// admin state with the merged configuration to build the first snapshot from.
+    pub fn open(
+        config: &GatewayConfig,
+        public_listener: Option<SocketAddr>,
+    ) -> Result<Option<(Self, GatewayConfig)>, ConfigError> {
+        let Some(admin) = &config.admin else {
+            return Ok(None);
+        };
+        let store = Store::load(&admin.store_path).map_err(ConfigError::Invalid)?;
+        let merged = store.merge(config);
+        let state = State {
+            base: config.clone(),
+            store,
+            merged: merged.clone(),
+        };
+        Ok(Some((
+            Self {
+                store_path: admin.store_path.clone(),
+                public_listener,
+                state: Mutex::new(state),
+            },
+            merged,
+        )))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The configuration the running snapshot was built from.
+    pub fn merged(&self) -> GatewayConfig {
+        self.lock().merged.clone()
+    }
+
+    /// A reload: `base` is the configuration file's new reading; the store is
+    /// merged over it, and the snapshot prepared and swapped as one.
+    pub fn reload(
+        &self,
+        base: &GatewayConfig,
+        snapshot: &ArcSwap<Snapshot>,
+    ) -> Result<(), ConfigError> {
+        let mut state = self.lock();
+        let merged = state.store.merge(base);
+        let next = Snapshot::prepare_for(&merged, self.public_listener)?;
+        snapshot.store(Arc::new(next));
+        state.base = base.clone();
+        state.merged = merged;
+        Ok(())
+    }
+
+    /// Runs `change` on a copy of the store (it sees the configuration file's
+    /// reading and the merged configuration), then prepares the merged result,
+    /// writes the store and swaps the snapshot in, in that order.
+    pub fn change<T>(
+        &self,
+        snapshot: &ArcSwap<Snapshot>,
+        change: impl FnOnce(&mut Store, &GatewayConfig, &GatewayConfig) -> Result<T, AdminError>,
+    ) -> Result<T, AdminError> {
+        let mut state = self.lock();
+        let mut store = state.store.clone();
+        let out = change(&mut store, &state.base, &state.merged)?;
+        store.prune(&state.base);
+        let merged = store.merge(&state.base);
+        let next = Snapshot::prepare_for(&merged, self.public_listener).map_err(|e| match e {
+            ConfigError::Invalid(m) => AdminError::Invalid(m),
+            other => AdminError::Invalid(other.to_string()),
+        })?;
+        store
+            .save(&self.store_path)
+            .map_err(|e| AdminError::Store(format!("{}: {e}", self.store_path.display())))?;
+        snapshot.store(Arc::new(next));
+        state.store = store;
+        state.merged = merged;
+        Ok(out)
+    }
+}

@@ -37,6 +37,23 @@ pub struct GatewayConfig {
     /// HTTPS for reseller domains (`[tls]`); absent: plain listeners only.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// The admin API (`[admin]`); absent: `/admin/` is not served.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+}
+
+/// `[admin]`: the admin API under `/admin/v1/` on the gateway's listeners.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Where resellers, tenants, keys and credentials made through the API are
+    /// kept (JSON, rewritten whole on each change; merged over this file at
+    /// start and at every reload).
+    pub store_path: PathBuf,
+    /// `sha256:<64 hex>` digests of the platform's admin keys (`livery hash-key`):
+    /// they manage every reseller.
+    #[serde(default)]
+    pub platform_key_hashes: Vec<String>,
 }
 
 /// `[tls]`: HTTPS listeners, static certificates, on-demand ACME and what the
@@ -712,18 +729,18 @@ pub struct PlanConfig {
 }
 
 /// A tenant's `limits = { ... }`: single fields that replace its plan's.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitOverrides {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests_per_minute: Option<u64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens_per_minute: Option<u64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens_per_month: Option<u64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrent: Option<u64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_completion_tokens: Option<u64>,
 }
 
@@ -792,7 +809,7 @@ impl Default for LimitsConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResellerConfig {
     /// A DNS label: the reseller is reachable at `{id}.{platform_domain}`.
@@ -809,11 +826,15 @@ pub struct ResellerConfig {
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
     /// Sealed provider keys of the reseller (`livery vault seal`), by provider name.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub credentials: BTreeMap<String, String>,
+    /// `sha256:<64 hex>` digests of the reseller's admin keys: they manage
+    /// this reseller's tenants through the admin API, on its own hosts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub admin_key_hashes: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TenantStatus {
     #[default]
@@ -821,7 +842,7 @@ pub enum TenantStatus {
     Suspended,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     pub id: String,
@@ -833,7 +854,7 @@ pub struct TenantConfig {
     /// `sha256:<64 hex>` digests of the tenant's gateway keys (`livery hash-key`).
     pub key_hashes: Vec<String>,
     /// Sealed provider keys of the tenant (`livery vault seal`), by provider name.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub credentials: BTreeMap<String, String>,
     /// Single limit fields that replace the plan's for this tenant.
     #[serde(default)]

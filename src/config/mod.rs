@@ -14,7 +14,7 @@ pub use file::{
     ServerConfig, TenantConfig, TenantStatus, UsageConfig, VaultConfig,
 };
 
-pub use file::{AcmeConfig, PlainPolicy, StaticCertConfig, TlsConfig};
+pub use file::{AcmeConfig, AdminConfig, PlainPolicy, StaticCertConfig, TlsConfig};
 pub use file::{LimitOverrides, LimitsBackend, LimitsConfig, OnRedisError, StreamCommit};
 
 use std::path::{Path, PathBuf};
@@ -245,6 +245,12 @@ pub fn start_only_changes(running: &GatewayConfig, next: &GatewayConfig) -> Vec<
         (running.limits != next.limits, "[limits]"),
         (running.usage != next.usage, "[usage]"),
         (running.tls != next.tls, "[tls]"),
+        // The store is read at start; the keys are read at every reload.
+        (
+            running.admin.as_ref().map(|a| &a.store_path)
+                != next.admin.as_ref().map(|a| &a.store_path),
+            "[admin] (store_path, or the admin API switched on or off)",
+        ),
     ]
     .into_iter()
     .filter_map(|(changed, section)| changed.then_some(section))

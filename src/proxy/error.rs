@@ -7,6 +7,7 @@
 
 use super::body::{json_response, ProxyBody};
 use super::ctx::Dialect;
+use crate::admin::AdminError;
 use crate::limits::LimitRejection;
 use crate::providers::ProviderError;
 use crate::routing::RoutingError;
@@ -48,6 +49,8 @@ pub enum GatewayError {
     MethodNotAllowed(String, String),
     #[error("This connection is for another host: its TLS server name and the Host header name different resellers. Open a new connection to this host.")]
     MisdirectedRequest,
+    #[error(transparent)]
+    Admin(#[from] AdminError),
     /// The handler panicked (a bug): answered by `proxy::serve`.
     #[error("The server had an error while processing your request.")]
     Internal,
@@ -98,6 +101,18 @@ impl GatewayError {
             GatewayError::MethodNotAllowed(..) => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::MisdirectedRequest => StatusCode::MISDIRECTED_REQUEST,
             GatewayError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            GatewayError::Admin(e) => match e {
+                AdminError::NotFound(_) => StatusCode::NOT_FOUND,
+                AdminError::Forbidden(_) => StatusCode::FORBIDDEN,
+                AdminError::Conflict(_) | AdminError::Declared(_) | AdminError::NoLedger => {
+                    StatusCode::CONFLICT
+                }
+                AdminError::Invalid(_) | AdminError::BadBody(_) => StatusCode::BAD_REQUEST,
+                AdminError::Method(..) => StatusCode::METHOD_NOT_ALLOWED,
+                AdminError::Store(_) | AdminError::Vault(_) | AdminError::Ledger(_) => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+            },
         }
     }
 
@@ -129,6 +144,13 @@ impl GatewayError {
             | GatewayError::UnknownEndpoint(..)
             | GatewayError::MethodNotAllowed(..)
             | GatewayError::MisdirectedRequest => "invalid_request_error",
+            GatewayError::Admin(e) => match e {
+                AdminError::Forbidden(_) => "permission_error",
+                AdminError::Store(_) | AdminError::Vault(_) | AdminError::Ledger(_) => {
+                    "server_error"
+                }
+                _ => "invalid_request_error",
+            },
         }
     }
 
@@ -168,6 +190,19 @@ impl GatewayError {
             GatewayError::MethodNotAllowed(..) => "method_not_allowed",
             GatewayError::MisdirectedRequest => "misdirected_request",
             GatewayError::Internal => "internal_error",
+            GatewayError::Admin(e) => match e {
+                AdminError::NotFound(_) => "not_found",
+                AdminError::Forbidden(_) => "permission_denied",
+                AdminError::Conflict(_) => "conflict",
+                AdminError::Declared(_) => "declared_in_config",
+                AdminError::Invalid(_) => "invalid_config",
+                AdminError::BadBody(_) => "invalid_body",
+                AdminError::Method(..) => "method_not_allowed",
+                AdminError::Store(_) => "store_write_failed",
+                AdminError::Vault(_) => "vault_unavailable",
+                AdminError::NoLedger => "usage_ledger_off",
+                AdminError::Ledger(_) => "usage_ledger_unreadable",
+            },
         }
     }
 
@@ -179,6 +214,9 @@ impl GatewayError {
             GatewayError::Vault(_) => Fault::Gateway,
             GatewayError::Limit(LimitRejection::BackendUnavailable) => Fault::Gateway,
             GatewayError::Internal => Fault::Gateway,
+            GatewayError::Admin(
+                AdminError::Store(_) | AdminError::Vault(_) | AdminError::Ledger(_),
+            ) => Fault::Gateway,
             _ => Fault::Client,
         }
     }

@@ -82,6 +82,13 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let started = Instant::now();
+    if app.admin.is_some() && req.uri().path().starts_with("/admin/") {
+        let mut resp = super::admin_http::serve(&app, req, sni.as_deref(), &rid.to_string()).await;
+        resp.headers_mut()
+            .insert(crate::telemetry::ids::REQUEST_ID_HEADER, rid.header_value());
+        app.metrics.response(resp.status().as_u16());
+        return resp;
+    }
     let dialect = Dialect::of_path(req.uri().path());
     // Browsers only (server-side clients send no `Origin`).
     let origin = req.headers().get(http::header::ORIGIN).cloned();
@@ -275,7 +282,7 @@ fn resolve<B>(
 /// The reseller addressed by the request. HTTP/2 carries the authority in the
 /// URI; HTTP/1.1 in the Host header. Both present and different, or Host
 /// repeated, is refused rather than guessed.
-fn resolve_reseller<B>(
+pub(super) fn resolve_reseller<B>(
     tenancy: &crate::tenancy::Tenancy,
     req: &Request<B>,
 ) -> Result<ResellerIdx, TenancyError> {

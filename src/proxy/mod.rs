@@ -3,6 +3,7 @@
 //! responses ([`error`]). [`Gateway`] is the embeddable server that `livery serve`
 //! and the tests start.
 
+mod admin_http;
 mod answer_scan;
 mod body;
 pub mod cors;
@@ -57,6 +58,8 @@ pub struct App {
     draining: AtomicBool,
     /// Ends the streams still running when shutdown's grace period is over.
     stream_cut: stream_cut::StreamCut,
+    /// The admin API's state, when `[admin]` is configured.
+    pub admin: Option<crate::admin::Admin>,
 }
 
 impl App {
@@ -134,7 +137,6 @@ impl Gateway {
     }
 
     async fn start_with(config: GatewayConfig, pings: ClientPings) -> Result<Self, StartError> {
-        let snapshot = Snapshot::prepare(&config)?;
         if config.server.listen.is_empty() {
             return Err(StartError::NoListener);
         }
@@ -151,6 +153,11 @@ impl Gateway {
             .chain(&tls_listen)
             .find(|a| !a.ip().is_loopback())
             .copied();
+        // The admin API's store is merged over the file before anything is built.
+        let (admin, snapshot) = match crate::admin::Admin::open(&config, public_listener)? {
+            Some((admin, merged)) => (Some(admin), Snapshot::prepare(&merged)?),
+            None => (None, Snapshot::prepare(&config)?),
+        };
         if let (true, Some(addr)) = (snapshot.tenancy.has_demo_tenant(), public_listener) {
             return Err(StartError::DemoTenantExposed {
                 addr,
@@ -167,6 +174,7 @@ impl Gateway {
             metrics: Metrics::default(),
             draining: AtomicBool::new(false),
             stream_cut: stream_cut::StreamCut::default(),
+            admin,
         });
         let header_timeout = ConnTimeouts {
             header: Duration::from_millis(config.server.header_timeout_ms),
@@ -267,17 +275,12 @@ impl Gateway {
 
     /// Prepares a new snapshot from `config` and swaps it in whole. In-flight
     /// requests finish on the snapshot they started with.
+    /// With the admin API on, its store is merged over `config` first.
     pub fn reload(&self, config: &GatewayConfig) -> Result<(), ConfigError> {
-        let next = Snapshot::prepare(config)?;
-        if let (true, Some(addr)) = (next.tenancy.has_demo_tenant(), self.public_listener) {
-            return Err(ConfigError::Invalid(
-                StartError::DemoTenantExposed {
-                    addr,
-                    key: crate::DEMO_KEY,
-                }
-                .to_string(),
-            ));
+        if let Some(admin) = &self.app.admin {
+            return admin.reload(config, &self.app.snapshot);
         }
+        let next = Snapshot::prepare_for(config, self.public_listener)?;
         self.app.snapshot.store(Arc::new(next));
         Ok(())
     }

@@ -1,0 +1,747 @@
+//! The admin API's resources and what each method does to them. Paths are
+//! under `/admin/v1/`:
+//!
+//! | path | methods |
+//! |---|---|
+//! | `resellers` | GET (the caller's), POST (platform) |
+//! | `resellers/{r}` | GET, PATCH (`name`; `domains`, `plan`: platform), DELETE (platform, no tenants left) |
+//! | `resellers/{r}/admin_keys` | GET, POST |
+//! | `resellers/{r}/admin_keys/{id}` | DELETE |
+//! | `resellers/{r}/credentials/{provider}` | PUT `{"api_key"}`, DELETE |
+//! | `resellers/{r}/tenants` | GET, POST |
+//! | `resellers/{r}/tenants/{t}` | GET, PATCH, DELETE |
+//! | `resellers/{r}/tenants/{t}/keys` | GET, POST |
+//! | `resellers/{r}/tenants/{t}/keys/{id}` | DELETE |
+//! | `resellers/{r}/tenants/{t}/credentials/{provider}` | PUT `{"api_key"}`, DELETE |
+//! | `resellers/{r}/usage?month=YYYY-MM&tenant=t` | GET |
+//!
+//! A reseller's key sees only its own reseller: any other is "not found", as
+//! one that does not exist. What the configuration file declares is listed
+//! but not changed here (409 `declared_in_config`). Keys are shown once, when
+//! made; provider keys are sealed at once and never shown.
+
+use super::keys::{key_id, new_key, Principal};
+use super::{Admin, AdminError, Store};
+use crate::config::{GatewayConfig, LimitOverrides, ResellerConfig, TenantConfig, TenantStatus};
+use crate::snapshot::Snapshot;
+use crate::vault::{CredentialOwner, Secret};
+use arc_swap::ArcSwap;
+use http::{Method, StatusCode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Prefix of the tenants' gateway keys the API makes.
+const TENANT_KEY_PREFIX: &str = "sk-livery-";
+/// Prefix of the resellers' admin keys the API makes.
+const ADMIN_KEY_PREFIX: &str = "sk-livery-admin-";
+
+/// One admin call, authenticated.
+pub struct Request<'a> {
+    pub principal: &'a Principal,
+    pub method: &'a Method,
+    /// The path after `/admin/v1/`.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
+/// A successful answer: its status and JSON body.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+fn ok(body: Value) -> Result<Reply, AdminError> {
+    Ok(Reply {
+        status: StatusCode::OK,
+        body,
+    })
+}
+
+fn created(body: Value) -> Result<Reply, AdminError> {
+    Ok(Reply {
+        status: StatusCode::CREATED,
+        body,
+    })
+}
+
+/// Answers one admin call. Blocking (it may write the store, seal a key or
+/// read the ledger): run it off the runtime's workers.
+pub fn handle(
+    admin: &Admin,
+    snapshot: &ArcSwap<Snapshot>,
+    req: &Request<'_>,
+) -> Result<Reply, AdminError> {
+    let segments: Vec<&str> = req.path.split('/').collect();
+    let who = req.principal;
+    let m = req.method;
+    let not_allowed = || {
+        Err(AdminError::Method(
+            m.to_string(),
+            format!("/admin/v1/{}", req.path),
+        ))
+    };
+    match segments.as_slice() {
+        ["resellers"] => match *m {
+            Method::GET => list_resellers(admin, who),
+            Method::POST => create_reseller(admin, snapshot, who, req.body),
+            _ => not_allowed(),
+        },
+        ["resellers", r, rest @ ..] => {
+            visible(admin, who, r)?;
+            match (rest, m) {
+                ([], &Method::GET) => ok(reseller_view(&admin.lock().base, &admin.merged(), r)?),
+                ([], &Method::PATCH) => patch_reseller(admin, snapshot, who, r, req.body),
+                ([], &Method::DELETE) => delete_reseller(admin, snapshot, who, r),
+                (["admin_keys"], &Method::GET) => {
+                    let view = reseller_view(&admin.lock().base, &admin.merged(), r)?;
+                    ok(json!({"object": "list", "data": view["admin_keys"]}))
+                }
+                (["admin_keys"], &Method::POST) => add_admin_key(admin, snapshot, r),
+                (["admin_keys", id], &Method::DELETE) => delete_admin_key(admin, snapshot, r, id),
+                (["credentials", p], &Method::PUT) => {
+                    let owner = CredentialOwner::Reseller((*r).into());
+                    put_credential(admin, snapshot, r, None, p, &owner, req.body)
+                }
+                (["credentials", p], &Method::DELETE) => {
+                    delete_credential(admin, snapshot, r, None, p)
+                }
+                (["tenants"], &Method::GET) => list_tenants(admin, r),
+                (["tenants"], &Method::POST) => create_tenant(admin, snapshot, r, req.body),
+                (["tenants", t], &Method::GET) => ok(tenant_view(admin, r, t)?),
+                (["tenants", t], &Method::PATCH) => patch_tenant(admin, snapshot, r, t, req.body),
+                (["tenants", t], &Method::DELETE) => delete_tenant(admin, snapshot, r, t),
+                (["tenants", t, "keys"], &Method::GET) => {
+                    let view = tenant_view(admin, r, t)?;
+                    ok(json!({"object": "list", "data": view["keys"]}))
+                }
+                (["tenants", t, "keys"], &Method::POST) => add_tenant_key(admin, snapshot, r, t),
+                (["tenants", t, "keys", id], &Method::DELETE) => {
+                    delete_tenant_key(admin, snapshot, r, t, id)
+                }
+                (["tenants", t, "credentials", p], &Method::PUT) => {
+                    let owner = CredentialOwner::Tenant {
+                        reseller: (*r).into(),
+                        tenant: (*t).into(),
+                    };
+                    put_credential(admin, snapshot, r, Some(t), p, &owner, req.body)
+                }
+                (["tenants", t, "credentials", p], &Method::DELETE) => {
+                    delete_credential(admin, snapshot, r, Some(t), p)
+                }
+                (["usage"], &Method::GET) => usage(admin, r, req.query),
+                (
+                    []
+                    | ["admin_keys"]
+                    | ["admin_keys", _]
+                    | ["credentials", _]
+                    | ["tenants"]
+                    | ["tenants", _]
+                    | ["tenants", _, "keys"]
+                    | ["tenants", _, "keys", _]
+                    | ["tenants", _, "credentials", _]
+                    | ["usage"],
+                    _,
+                ) => not_allowed(),
+                _ => Err(unknown_path(req.path)),
+            }
+        }
+        _ => Err(unknown_path(req.path)),
+    }
+}
+
+fn unknown_path(path: &str) -> AdminError {
+    AdminError::NotFound(format!("no admin resource at /admin/v1/{path}"))
+}
+
+fn no_reseller(r: &str) -> AdminError {
+    AdminError::NotFound(format!("no reseller `{r}`"))
+}
+
+fn no_tenant(r: &str, t: &str) -> AdminError {
+    AdminError::NotFound(format!("no tenant `{t}` at reseller `{r}`"))
+}
+
+fn platform_only(who: &Principal, what: &'static str) -> Result<(), AdminError> {
+    match who {
+        Principal::Platform => Ok(()),
+        Principal::Reseller(_) => Err(AdminError::Forbidden(what)),
+    }
+}
+
+/// A reseller key sees its own reseller only; any other is as unknown.
+fn visible(admin: &Admin, who: &Principal, r: &str) -> Result<(), AdminError> {
+    let exists = admin.lock().merged.resellers.iter().any(|x| x.id == r);
+    match who {
+        Principal::Platform if exists => Ok(()),
+        Principal::Reseller(own) if &**own == r && exists => Ok(()),
+        _ => Err(no_reseller(r)),
+    }
+}
+
+fn parse<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T, AdminError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(AdminError::BadBody("a JSON object is required".into()));
+    }
+    serde_json::from_slice(body).map_err(|e| AdminError::BadBody(e.to_string()))
+}
+
+fn declared_reseller<'a>(base: &'a GatewayConfig, r: &str) -> Option<&'a ResellerConfig> {
+    base.resellers.iter().find(|x| x.id == r)
+}
+
+fn source(declared: bool) -> &'static str {
+    if declared {
+        "config"
+    } else {
+        "api"
+    }
+}
+
+fn keys_view(hashes: &[String], declared: &[String]) -> Value {
+    Value::Array(
+        hashes
+            .iter()
+            .map(|h| json!({"id": key_id(h), "source": source(declared.contains(h))}))
+            .collect(),
+    )
+}
+
+fn reseller_view(
+    base: &GatewayConfig,
+    merged: &GatewayConfig,
+    r: &str,
+) -> Result<Value, AdminError> {
+    let x = merged
+        .resellers
+        .iter()
+        .find(|x| x.id == r)
+        .ok_or_else(|| no_reseller(r))?;
+    let declared = declared_reseller(base, r);
+    let declared_admin_keys = declared
+        .map(|d| d.admin_key_hashes.as_slice())
+        .unwrap_or(&[]);
+    Ok(json!({
+        "object": "reseller",
+        "id": x.id,
+        "name": x.name,
+        "domains": x.domains,
+        "plan": x.plan,
+        "source": source(declared.is_some()),
+        "tenants": x.tenants.len(),
+        "admin_keys": keys_view(&x.admin_key_hashes, declared_admin_keys),
+        "credentials": x.credentials.keys().collect::<Vec<_>>(),
+    }))
+}
+
+fn list_resellers(admin: &Admin, who: &Principal) -> Result<Reply, AdminError> {
+    let state = admin.lock();
+    let data = state
+        .merged
+        .resellers
+        .iter()
+        .filter(|x| match who {
+            Principal::Platform => true,
+            Principal::Reseller(own) => **own == *x.id,
+        })
+        .map(|x| reseller_view(&state.base, &state.merged, &x.id))
+        .collect::<Result<Vec<_>, _>>()?;
+    ok(json!({"object": "list", "data": data}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewReseller {
+    id: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    domains: Vec<String>,
+    #[serde(default)]
+    plan: Option<String>,
+}
+
+fn create_reseller(
+    admin: &Admin,
+    snapshot: &ArcSwap<Snapshot>,
+    who: &Principal,
+    body: &[u8],
+) -> Result<Reply, AdminError> {
+    platform_only(who, "only a platform admin key can create resellers")?;
+    let new: NewReseller = parse(body)?;
+    let (key, hash) = fresh_key(ADMIN_KEY_PREFIX)?;
+    let id = new.id.clone();
+    admin.change(snapshot, |store, _, merged| {
+        if merged.resellers.iter().any(|x| x.id == new.id) {
+            return Err(AdminError::Conflict(format!(
+                "reseller `{}` already exists",
+                new.id
+            )));
+        }
+        store.resellers.push(ResellerConfig {
+            id: new.id,
+            name: new.name,
+            domains: new.domains,
+            plan: new.plan,
+            tenants: Vec::new(),
+            credentials: Default::default(),
+            admin_key_hashes: vec![hash],
+        });
+        Ok(())
+    })?;
+    let state = admin.lock();
+    created(json!({
+        "reseller": reseller_view(&state.base, &state.merged, &id)?,
+        "admin_key": key.expose(),
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResellerPatch {
+    #[serde(default, deserialize_with = "some")]
+    name: Option<Option<String>>,
+    #[serde(default)]
+    domains: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "some")]
+    plan: Option<Option<String>>,
+}
+
+/// A field present (even `null`) is `Some`; absent is `None`.
+fn some<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// The store's whole reseller `r`, or why it cannot be changed here.
+fn api_reseller<'a>(
+    store: &'a mut Store,
+    base: &GatewayConfig,
+    r: &str,
+) -> Result<&'a mut ResellerConfig, AdminError> {
+    if declared_reseller(base, r).is_some() {
+        return Err(AdminError::Declared(format!("reseller `{r}`")));
+    }
+    store
+        .resellers
+        .iter_mut()
+        .find(|x| x.id == r)
+        .ok_or_else(|| no_reseller(r))
+}
+
+fn patch_reseller(
+    admin: &Admin,
+    snapshot: &ArcSwap<Snapshot>,
+    who: &Principal,
+    r: &str,
+    body: &[u8],
+) -> Result<Reply, AdminError> {
+    let patch: ResellerPatch = parse(body)?;
+    if patch.domains.is_some() || patch.plan.is_some() {
+        platform_only(
+            who,
+            "only a platform admin key can change a reseller's domains or plan",
+        )?;
+    }
+    admin.change(snapshot, |store, base, _| {
+        let x = api_reseller(store, base, r)?;
+        if let Some(name) = patch.name {
+            x.name = name;
+        }
+        if let Some(domains) = patch.domains {
+            x.domains = domains;
+        }
+        if let Some(plan) = patch.plan {
+            x.plan = plan;
+        }
+        Ok(())
+    })?;
+    let state = admin.lock();
+    ok(reseller_view(&state.base, &state.merged, r)?)
+}
+
+fn delete_reseller(
+    admin: &Admin,
+    snapshot: &ArcSwap<Snapshot>,
+    who: &Principal,
+    r: &str,
+) -> Result<Reply, AdminError> {
+    platform_only(who, "only a platform admin key can delete resellers")?;
+    admin.change(snapshot, |store, base, _| {
+        let n = api_reseller(store, base, r)?.tenants.len();
+        if n > 0 {
+            return Err(AdminError::Conflict(format!(
+                "reseller `{r}` still has {n} tenant(s): delete them first"
+            )));
+        }
+        store.resellers.retain(|x| x.id != r);
+        Ok(())
+    })?;
+    ok(json!({"object": "reseller", "id": r, "deleted": true}))
+}
+
+fn fresh_key(prefix: &str) -> Result<(Secret, String), AdminError> {
+    new_key(prefix).map_err(|_| AdminError::Vault("the system's random source failed".into()))
+}
+
+fn add_admin_key(
+    admin: &Admin,
+    snapshot: &ArcSwap<Snapshot>,
+    r: &str,
+) -> Result<Reply, AdminError> {
+    let (key, hash) = fresh_key(ADMIN_KEY_PREFIX)?;
+    let id = key_id(&hash);
+    admin.change(snapshot, |store, _, _| {
+        store.entry(r).admin_key_hashes.push(hash);
+        Ok(())
+    })?;
+    created(json!({"object": "admin_key", "id": id, "key": key.expose()}))
+}
+
+fn delete_admin_key(
+    admin: &Admin,
+    snapshot: &ArcSwap<Snapshot>,
+    r: &str,
+    id: &str,
+) -> Result<Reply, AdminError> {
+    admin.change(snapshot, |store, base, _| {
+        let declared = declared_reseller(base, r).map(|d| d.admin_key_hashes.as_slice());
+        if declared.is_some_and(|d| d.iter().any(|h| key_id(h) == id)) {
+            return Err(AdminError::Declared(format!("admin key `{id}`")));
+        }
+        let entry = store.entry(r);
+        let before = entry.admin_key_hashes.len();
+        entry.admin_key_hashes.retain(|h| key_id(h) != id);
+        if entry.admin_key_hashes.len() == before {
+            return Err(AdminError::NotFound(format!(
+                "no admin key `{id}` at reseller `{r}`"
+            )));
+        }
+        Ok(())
+    })?;
+    ok(json!({"object": "admin_key", "id": id, "deleted": true}))
+}
+
+/// The merged tenant `t` of reseller `r`, and whether the file declares it.
+fn find_tenant<'a>(
+    base: &GatewayConfig,
+    merged: &'a GatewayConfig,
+    r: &str,
+    t: &str,
+) -> Result<(&'a TenantConfig, Option<Vec<String>>), AdminError> {
+    let tenant = merged
+        .resellers
+        .iter()
+        .find(|x| x.id == r)
+        .and_then(|x| x.tenants.iter().find(|y| y.id == t))
+        .ok_or_else(|| no_tenant(r, t))?;
+    let declared = declared_reseller(base, r)
+        .and_then(|x| x.tenants.iter().find(|y| y.id == t))
+        .map(|d| d.key_hashes.clone());
+    Ok((tenant, declared))
+}
+
+fn tenant_json(r: &str, t: &TenantConfig, declared: Option<&[String]>) -> Value {
+    json!({
+        "object": "tenant",
+        "id": t.id,
+        "reseller": r,
+        "name": t.name,
+        "plan": t.plan,
+        "status": t.status,
+        "limits": t.limits,
+        "keys": keys_view(&t.key_hashes, declared.unwrap_or(&[])),
+        "credentials": t.credentials.keys().collect::<Vec<_>>(),
+        "source": source(declared.is_some()),
+    })
+}
+
+fn tenant_view(admin: &Admin, r: &str, t: &str) -> Result<Value, AdminError> {
+    let state = admin.lock();
+    let (tenant, declared) = find_tenant(&state.base, &state.merged, r, t)?;
+    Ok(tenant_json(r, tenant, declared.as_deref()))
+}
+
+fn list_tenants(admin: &Admin, r: &str) -> Result<Reply, AdminError> {
+    let state = admin.lock();
+    let reseller = state
+        .merged
+        .resellers
+        .iter()
+        .find(|x| x.id == r)
+        .ok_or_else(|| no_reseller(r))?;
+    let data = reseller
+        .tenants
+        .iter()
+        .map(|t| {
+            let (tenant, declared) = find_tenant(&state.base, &state.merged, r, &t.id)?;
+            Ok(tenant_json(r, tenant, declared.as_deref()))
+        })
+        .collect::<Result<Vec<_>, AdminError>>()?;
+    ok(json!({"object": "list", "data": data}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTenant {
+    id: String,
+    #[serde(default)]
+    name: Option<String>,
+    plan: String,
+    #[serde(default)]
+    status: TenantStatus,
+    #[serde(default)]
+    limits: LimitOverrides,
+}
+
+fn create_tenant(
+    admin: &Admin,
+    snapshot: &ArcSwap<Snapshot>,
+    r: &str,
+    body: &[u8],
+) -> Result<Reply, AdminError> {
+    let new: NewTenant = parse(body)?;
+    let (key, hash) = fresh_key(TENANT_KEY_PREFIX)?;
+    let id = new.id.clone();
+    admin.change(snapshot, |store, _, merged| {
+        let exists = merged
+            .resellers
+            .iter()
+            .find(|x| x.id == r)
+            .is_some_and(|x| x.tenants.iter().any(|y| y.id == new.id));
+        if exists {
+            return Err(AdminError::Conflict(format!(
+                "tenant `{}` already exists at reseller `{r}`",
+                new.id
+            )));
+        }
+        store.entry(r).tenants.push(TenantConfig {
+            id: new.id,
+            name: new.name,
+            plan: new.plan,
+            status: new.status,
+            key_hashes: vec![hash],
+            credentials: Default::default(),
+            limits: new.limits,
+        });
+        Ok(())
+    })?;
+    let tenant = tenant_view(admin, r, &id)?;
+    created(json!({"tenant": tenant, "key": key.expose()}))
+}
+
+/// The store's tenant `t` of reseller `r`, or why it cannot be changed here.
+fn api_tenant<'a>(
+    store: &'a mut Store,
+    base: &GatewayConfig,
+    r: &str,
+    t: &str,
+) -> Result<&'a mut TenantConfig, AdminError> {
+    let declared = declared_reseller(base, r).is_some_and(|x| x.tenants.iter().any(|y| y.id == t));
+    if declared {
+        return Err(AdminError::Declared(format!("tenant `{t}`")));
+    }
+    store
+        .resellers
+        .iter_mut()
+        .find(|x| x.id == r)
+        .and_then(|x| x.tenants.iter_mut().find(|y| y.id == t))
+        .ok_or_else(|| no_tenant(r, t))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantPatch {
+    #[serde(default, deserialize_with = "some")]
+    name: Option<Option<String>>,
+    #[serde(default)]
+    plan: Option<String>,
+    #[serde(default)]
+    status: Option<TenantStatus>,
+    #[serde(default)]
+    limits: Option<LimitOverrides>,
+}
+
+fn patch_tenant(
+    admin: &Admin,
+    snapshot: &ArcSwap<Snapshot>,
+    r: &str,
+    t: &str,
+    body: &[u8],
+) -> Result<Reply, AdminError> {
+    let patch: TenantPatch = parse(body)?;
+    admin.change(snapshot, |store, base, _| {
+        let x = api_tenant(store, base, r, t)?;
+        if let Some(name) = patch.name {
+            x.name = name;
+        }
+        if let Some(plan) = patch.plan {
+            x.plan = plan;
+        }
+        if let Some(status) = patch.status {
+            x.status = status;
+        }
+        if let Some(limits) = patch.limits {
+            x.limits = limits;
+        }
+        Ok(())
+    })?;
+    ok(tenant_view(admin, r, t)?)
+}
+
+fn delete_tenant(
+    admin: &Admin,
+    snapshot: &ArcSwap<Snapshot>,
+    r: &str,
+    t: &str,
+) -> Result<Reply, AdminError> {
+    admin.change(snapshot, |store, base, _| {
+        api_tenant(store, base, r, t)?;
+        store.entry(r).tenants.retain(|y| y.id != t);
+        Ok(())
+    })?;
+    ok(json!({"object": "tenant", "id": t, "deleted": true}))
+}
+
+fn add_tenant_key(
+    admin: &Admin,
+    snapshot: &ArcSwap<Snapshot>,
+    r: &str,
+    t: &str,
+) -> Result<Reply, AdminError> {
+    let (key, hash) = fresh_key(TENANT_KEY_PREFIX)?;
+    let id = key_id(&hash);
+    admin.change(snapshot, |store, base, _| {
+        api_tenant(store, base, r, t)?.key_hashes.push(hash);
+        Ok(())
+    })?;
+    created(json!({"object": "key", "id": id, "key": key.expose()}))
+}
+
+fn delete_tenant_key(
+    admin: &Admin,
+    snapshot: &ArcSwap<Snapshot>,
+    r: &str,
+    t: &str,
+    id: &str,
+) -> Result<Reply, AdminError> {
+    admin.change(snapshot, |store, base, _| {
+        let x = api_tenant(store, base, r, t)?;
+        let before = x.key_hashes.len();
+        x.key_hashes.retain(|h| key_id(h) != id);
+        if x.key_hashes.len() == before {
+            return Err(AdminError::NotFound(format!(
+                "no key `{id}` for tenant `{t}`"
+            )));
+        }
+        Ok(())
+    })?;
+    ok(json!({"object": "key", "id": id, "deleted": true}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewCredential {
+    api_key: String,
+}
+
+/// The credentials map of the store's reseller `r` (whole) or its tenant `t`.
+fn credentials_of<'a>(
+    store: &'a mut Store,
+    base: &GatewayConfig,
+    r: &str,
+    t: Option<&str>,
+) -> Result<&'a mut std::collections::BTreeMap<String, String>, AdminError> {
+    Ok(match t {
+        Some(t) => &mut api_tenant(store, base, r, t)?.credentials,
+        None => &mut api_reseller(store, base, r)?.credentials,
+    })
+}
+
+fn put_credential(
+    admin: &Admin,
+    snapshot: &ArcSwap<Snapshot>,
+    r: &str,
+    t: Option<&str>,
+    provider: &str,
+    owner: &CredentialOwner,
+    body: &[u8],
+) -> Result<Reply, AdminError> {
+    let new: NewCredential = parse(body)?;
+    let plaintext = Secret::new(new.api_key);
+    if plaintext.expose().trim().is_empty() {
+        return Err(AdminError::BadBody("`api_key` is empty".into()));
+    }
+    let sealed = snapshot
+        .load()
+        .keyring
+        .seal(owner, provider, plaintext.expose())
+        .map_err(|e| AdminError::Vault(format!("the key could not be sealed: {e}")))?
+        .to_sealed_string();
+    drop(plaintext);
+    admin.change(snapshot, |store, base, _| {
+        credentials_of(store, base, r, t)?.insert(provider.to_owned(), sealed);
+        Ok(())
+    })?;
+    ok(
+        json!({"object": "credential", "owner": owner.to_string(), "provider": provider, "sealed": true}),
+    )
+}
+
+fn delete_credential(
+    admin: &Admin,
+    snapshot: &ArcSwap<Snapshot>,
+    r: &str,
+    t: Option<&str>,
+    provider: &str,
+) -> Result<Reply, AdminError> {
+    admin.change(snapshot, |store, base, _| {
+        if credentials_of(store, base, r, t)?
+            .remove(provider)
+            .is_none()
+        {
+            return Err(AdminError::NotFound(format!(
+                "no credential for provider `{provider}`"
+            )));
+        }
+        Ok(())
+    })?;
+    ok(json!({"object": "credential", "provider": provider, "deleted": true}))
+}
+
+fn usage(admin: &Admin, r: &str, query: Option<&str>) -> Result<Reply, AdminError> {
+    let mut month = None;
+    let mut tenant = None;
+    for (k, v) in query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter_map(|p| p.split_once('='))
+    {
+        match k {
+            "month" => month = Some(v.to_owned()),
+            "tenant" => tenant = Some(v.to_owned()),
+            _ => {}
+        }
+    }
+    let month = month.unwrap_or_else(|| crate::limits::Month::current().to_string());
+    let config = admin.merged();
+    if let Some(t) = &tenant {
+        find_tenant(&config, &config, r, t)?;
+    }
+    let db = crate::usage::LedgerPaths::of(&config)
+        .and_then(|p| p.sqlite)
+        .ok_or(AdminError::NoLedger)?;
+    let report = crate::usage::report::build(&db, &config, r, tenant.as_deref(), &month).map_err(
+        |e| match e {
+            crate::usage::report::ReportError::Month(m) => {
+                AdminError::BadBody(format!("`month` must be YYYY-MM, not `{m}`"))
+            }
+            other => AdminError::Ledger(other.to_string()),
+        },
+    )?;
+    let mut body = serde_json::to_value(&report).map_err(|e| AdminError::Ledger(e.to_string()))?;
+    body["object"] = json!("usage_report");
+    ok(body)
+}

@@ -1,0 +1,168 @@
+//! Admin keys: who an admin request acts for ([`Principal`]), the index from a
+//! key's digest to it ([`AdminKeys`], built with each snapshot), and the keys
+//! the API hands out (gateway keys for tenants, admin keys for resellers).
+
+use crate::config::GatewayConfig;
+use crate::tenancy::KeyDigest;
+use crate::vault::Secret;
+use crate::FastMap;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// Who an admin request acts for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// The platform: every reseller.
+    Platform,
+    /// One reseller: its own tenants, keys, credentials and usage.
+    Reseller(Arc<str>),
+}
+
+impl Principal {
+    /// How the audit log names it.
+    pub fn label(&self) -> String {
+        match self {
+            Principal::Platform => "platform".into(),
+            Principal::Reseller(r) => format!("reseller:{r}"),
+        }
+    }
+}
+
+/// The admin keys of one configuration snapshot.
+#[derive(Debug, Default)]
+pub struct AdminKeys {
+    keys: FastMap<KeyDigest, Principal>,
+}
+
+impl AdminKeys {
+    /// Indexes `[admin] platform_key_hashes` and each reseller's
+    /// `admin_key_hashes`. A digest listed twice, or also a tenant's gateway
+    /// key, is refused: one key must never carry two sets of rights.
+    pub fn build(config: &GatewayConfig) -> Result<Self, String> {
+        let mut keys = FastMap::default();
+        let tenant_keys: std::collections::HashSet<KeyDigest> = config
+            .resellers
+            .iter()
+            .flat_map(|r| &r.tenants)
+            .flat_map(|t| &t.key_hashes)
+            .filter_map(|h| KeyDigest::parse(h))
+            .collect();
+        let platform = config.admin.iter().flat_map(|a| &a.platform_key_hashes);
+        let owned = platform.map(|h| {
+            (
+                "[admin] platform_key_hashes".to_owned(),
+                h,
+                Principal::Platform,
+            )
+        });
+        let resellers = config.resellers.iter().flat_map(|r| {
+            r.admin_key_hashes.iter().map(move |h| {
+                (
+                    format!("reseller `{}` admin_key_hashes", r.id),
+                    h,
+                    Principal::Reseller(r.id.as_str().into()),
+                )
+            })
+        });
+        for (who, hash, principal) in owned.chain(resellers) {
+            let digest = KeyDigest::parse(hash)
+                .ok_or_else(|| format!("{who}: expected `sha256:<64 hex>`, got `{hash}`"))?;
+            if tenant_keys.contains(&digest) {
+                return Err(format!("{who}: the key is also a tenant's gateway key"));
+            }
+            if keys.insert(digest, principal).is_some() {
+                return Err(format!("{who}: the key is listed twice"));
+            }
+        }
+        Ok(Self { keys })
+    }
+
+    /// The principal `key` acts for, if it is an admin key. The final
+    /// comparison is constant-time, and a miss does the same work as a hit.
+    pub fn principal(&self, key: &str) -> Option<Principal> {
+        let digest = KeyDigest::of(key);
+        let (stored, principal) = match self.keys.get_key_value(&digest) {
+            Some((k, p)) => (k.0, Some(p)),
+            None => ([0u8; 32], None),
+        };
+        let same: bool = stored.ct_eq(&digest.0).into();
+        principal.filter(|_| same).cloned()
+    }
+}
+
+/// A key's public id, as the API lists it and deletes by: a prefix of its
+/// digest (never of the key), so that it can be shown and logged.
+pub fn key_id(hash: &str) -> String {
+    let hex = hash.strip_prefix("sha256:").unwrap_or(hash);
+    format!("key_{}", &hex[..hex.len().min(12)])
+}
+
+/// A new random key with `prefix` (160 bits from the system's CSPRNG), and
+/// the digest the configuration keeps of it.
+pub fn new_key(prefix: &str) -> Result<(Secret, String), ring::error::Unspecified> {
+    let mut bytes = zeroize::Zeroizing::new([0u8; 20]);
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes[..])?;
+    let key = Secret::new(format!("{prefix}{}", hex::encode(&bytes[..])));
+    let hash = KeyDigest::of(key.expose()).to_config_string();
+    Ok((key, hash))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> GatewayConfig {
+        GatewayConfig::parse(text).unwrap()
+    }
+
+    const BASE: &str = "[admin]\nstore_path = \"s.json\"\nplatform_key_hashes = [\"PLATFORM\"]\n\
+        [[providers]]\nname = \"m\"\nkind = \"mock\"\n[[models]]\nname = \"d\"\nprovider = \"m\"\n\
+        [[plans]]\nname = \"p\"\nmodels = [\"d\"]\n\
+        [[resellers]]\nid = \"acme\"\nadmin_key_hashes = [\"ACME\"]\n\
+        [[resellers.tenants]]\nid = \"t\"\nplan = \"p\"\nkey_hashes = [\"TENANT\"]\n";
+
+    fn with(platform: &str, acme: &str, tenant: &str) -> GatewayConfig {
+        let h = |k: &str| KeyDigest::of(k).to_config_string();
+        config(
+            &BASE
+                .replace("PLATFORM", &h(platform))
+                .replace("ACME", &h(acme))
+                .replace("TENANT", &h(tenant)),
+        )
+    }
+
+    #[test]
+    fn each_key_acts_for_its_own_principal_and_nothing_else() {
+        let keys = AdminKeys::build(&with("p-key", "a-key", "t-key")).unwrap();
+        assert_eq!(keys.principal("p-key"), Some(Principal::Platform));
+        assert_eq!(
+            keys.principal("a-key"),
+            Some(Principal::Reseller("acme".into()))
+        );
+        assert_eq!(
+            keys.principal("t-key"),
+            None,
+            "a tenant key is no admin key"
+        );
+        assert_eq!(keys.principal("other"), None);
+    }
+
+    #[test]
+    fn a_key_with_two_sets_of_rights_is_refused() {
+        let e = AdminKeys::build(&with("same", "same", "t-key")).unwrap_err();
+        assert!(e.contains("listed twice"), "{e}");
+        let e = AdminKeys::build(&with("p-key", "a-key", "a-key")).unwrap_err();
+        assert!(e.contains("tenant's gateway key"), "{e}");
+    }
+
+    #[test]
+    fn new_keys_are_distinct_and_their_hash_matches() {
+        let (a, ha) = new_key("sk-livery-").unwrap();
+        let (b, _) = new_key("sk-livery-").unwrap();
+        assert_ne!(a.expose(), b.expose());
+        assert_eq!(a.expose().len(), "sk-livery-".len() + 40);
+        assert_eq!(ha, KeyDigest::of(a.expose()).to_config_string());
+        assert_eq!(key_id(&ha).len(), 16);
+        assert_eq!(format!("{a:?}"), "[redacted]");
+    }
+}

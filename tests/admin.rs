@@ -1,0 +1,783 @@
+//! The admin API (`/admin/v1/`): platform and reseller admin keys manage
+//! resellers, tenants, gateway keys and sealed provider keys; each change is
+//! served at once, survives a restart and a reload, and one reseller's key
+//! reaches nothing of another's.
+
+use crate::support::*;
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const PLATFORM_ADMIN: &str = "sk-livery-admin-platform-test-0123456789";
+const ACME_ADMIN: &str = "sk-livery-admin-acme-test-0123456789";
+const GLOBEX_ADMIN: &str = "sk-livery-admin-globex-test-0123456789";
+const KEK_ENV: &str = "LIVERY_TEST_ADMIN_KEK";
+const INITECH_HOST: &str = "ai.initech.test";
+
+/// The standard configuration with the admin API on (its store in `dir`),
+/// an admin key for each reseller, a KEK and the SQLite usage ledger.
+fn admin_config(mock: &MockProvider, dir: &Path) -> String {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| std::env::set_var(KEK_ENV, livery::vault::generate_kek().unwrap()));
+    let reseller = |id: &str, key: &str| {
+        (
+            format!("[[resellers]]\nid = \"{id}\"\n"),
+            format!(
+                "[[resellers]]\nid = \"{id}\"\nadmin_key_hashes = [\"{}\"]\n",
+                hash(key)
+            ),
+        )
+    };
+    let (acme, acme_admin) = reseller("acme", ACME_ADMIN);
+    let (globex, globex_admin) = reseller("globex", GLOBEX_ADMIN);
+    standard_config(&mock.base_url(), "")
+        .replace(&acme, &acme_admin)
+        .replace(&globex, &globex_admin)
+        + &format!(
+            "\n[admin]\nstore_path = \"{store}\"\nplatform_key_hashes = [\"{platform}\"]\n\
+             \n[vault]\n[[vault.keks]]\nid = \"test-kek\"\nenv = \"{KEK_ENV}\"\n\
+             \n[usage]\nspool_dir = \"{spool}\"\n",
+            store = store_path(dir).display(),
+            platform = hash(PLATFORM_ADMIN),
+            spool = dir.join("spool").display(),
+        )
+}
+
+fn store_path(dir: &Path) -> PathBuf {
+    dir.join("admin-store.json")
+}
+
+async fn call(
+    gw: &TestGateway,
+    method: Method,
+    host: &str,
+    key: Option<&str>,
+    path: &str,
+    body: Option<Value>,
+) -> reqwest::Response {
+    let mut rb = client()
+        .request(method, gw.url(&format!("/admin/v1/{path}")))
+        .header("host", host);
+    if let Some(k) = key {
+        rb = rb.bearer_auth(k);
+    }
+    if let Some(b) = body {
+        rb = rb.json(&b);
+    }
+    rb.send().await.unwrap()
+}
+
+/// An admin call expected to answer `status`; returns its JSON body.
+async fn expect(
+    gw: &TestGateway,
+    method: Method,
+    host: &str,
+    key: &str,
+    path: &str,
+    body: Option<Value>,
+    status: u16,
+) -> Value {
+    let what = format!("{method} {path}");
+    let resp = call(gw, method, host, Some(key), path, body).await;
+    assert_eq!(resp.status().as_u16(), status, "{what}");
+    resp.json().await.unwrap()
+}
+
+async fn chat_as(gw: &TestGateway, host: &str, key: &str) -> reqwest::Response {
+    post(
+        gw,
+        "/v1/chat/completions",
+        Some(host),
+        Some(key),
+        &chat_body("gpt-4o-mini"),
+    )
+    .await
+}
+
+/// A platform key makes a reseller with its domain; the reseller's admin key
+/// (given once) makes a tenant on its own host, whose key is served at once;
+/// suspending the tenant and deleting its key take effect at once too.
+#[tokio::test]
+async fn a_reseller_and_tenant_made_through_the_api_are_served_at_once() {
+    let mock = MockProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(&admin_config(&mock, dir.path())).await;
+
+    let made = expect(
+        &gw,
+        Method::POST,
+        ACME_HOST,
+        PLATFORM_ADMIN,
+        "resellers",
+        Some(json!({"id": "initech", "name": "Initech", "domains": [INITECH_HOST]})),
+        201,
+    )
+    .await;
+    assert_eq!(made["reseller"]["source"], "api");
+    let initech_admin = made["admin_key"].as_str().unwrap().to_owned();
+    assert!(initech_admin.starts_with("sk-livery-admin-"));
+
+    // Its admin key works on its own host only, and sees itself only.
+    let list = expect(
+        &gw,
+        Method::GET,
+        INITECH_HOST,
+        &initech_admin,
+        "resellers",
+        None,
+        200,
+    )
+    .await;
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["initech"]);
+    let elsewhere = call(
+        &gw,
+        Method::GET,
+        ACME_HOST,
+        Some(&initech_admin),
+        "resellers",
+        None,
+    )
+    .await;
+    assert_eq!(error_code(elsewhere, 401).await, "invalid_api_key");
+
+    let made = expect(
+        &gw,
+        Method::POST,
+        INITECH_HOST,
+        &initech_admin,
+        "resellers/initech/tenants",
+        Some(json!({"id": "shop", "name": "Shop", "plan": "basic"})),
+        201,
+    )
+    .await;
+    let key = made["key"].as_str().unwrap().to_owned();
+    assert_eq!(made["tenant"]["keys"].as_array().unwrap().len(), 1);
+    let key_id = made["tenant"]["keys"][0]["id"].as_str().unwrap().to_owned();
+
+    let resp = chat_as(&gw, INITECH_HOST, &key).await;
+    assert_eq!(resp.status(), 200);
+    let rid = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let record = gw.usage_for(&rid).await;
+    assert_eq!(
+        (record["reseller"].as_str(), record["tenant"].as_str()),
+        (Some("initech"), Some("shop"))
+    );
+    // The new tenant's key is no key at another reseller.
+    assert_eq!(
+        error_code(chat_as(&gw, ACME_HOST, &key).await, 401).await,
+        "invalid_api_key"
+    );
+
+    expect(
+        &gw,
+        Method::PATCH,
+        INITECH_HOST,
+        &initech_admin,
+        "resellers/initech/tenants/shop",
+        Some(json!({"status": "suspended"})),
+        200,
+    )
+    .await;
+    assert_eq!(
+        error_code(chat_as(&gw, INITECH_HOST, &key).await, 403).await,
+        "tenant_suspended"
+    );
+    expect(
+        &gw,
+        Method::PATCH,
+        INITECH_HOST,
+        &initech_admin,
+        "resellers/initech/tenants/shop",
+        Some(json!({"status": "active"})),
+        200,
+    )
+    .await;
+    assert_eq!(chat_as(&gw, INITECH_HOST, &key).await.status(), 200);
+
+    // A second key, then the first deleted: only the second still works.
+    let second = expect(
+        &gw,
+        Method::POST,
+        INITECH_HOST,
+        &initech_admin,
+        "resellers/initech/tenants/shop/keys",
+        None,
+        201,
+    )
+    .await;
+    let second_key = second["key"].as_str().unwrap().to_owned();
+    expect(
+        &gw,
+        Method::DELETE,
+        INITECH_HOST,
+        &initech_admin,
+        &format!("resellers/initech/tenants/shop/keys/{key_id}"),
+        None,
+        200,
+    )
+    .await;
+    assert_eq!(
+        error_code(chat_as(&gw, INITECH_HOST, &key).await, 401).await,
+        "invalid_api_key"
+    );
+    assert_eq!(chat_as(&gw, INITECH_HOST, &second_key).await.status(), 200);
+    let keys = expect(
+        &gw,
+        Method::GET,
+        INITECH_HOST,
+        &initech_admin,
+        "resellers/initech/tenants/shop/keys",
+        None,
+        200,
+    )
+    .await;
+    assert_eq!(keys["data"].as_array().unwrap().len(), 1);
+
+    // The store keeps digests, never a key.
+    let stored = std::fs::read_to_string(store_path(dir.path())).unwrap();
+    for k in [&key, &second_key, &initech_admin] {
+        assert!(!stored.contains(k.as_str()), "a key in the store");
+    }
+    assert!(stored.contains(&hash(&second_key)));
+
+    // A reseller with tenants is not deleted; without, it is, and its host goes.
+    let busy = call(
+        &gw,
+        Method::DELETE,
+        INITECH_HOST,
+        Some(PLATFORM_ADMIN),
+        "resellers/initech",
+        None,
+    )
+    .await;
+    assert_eq!(error_code(busy, 409).await, "conflict");
+    expect(
+        &gw,
+        Method::DELETE,
+        INITECH_HOST,
+        &initech_admin,
+        "resellers/initech/tenants/shop",
+        None,
+        200,
+    )
+    .await;
+    expect(
+        &gw,
+        Method::DELETE,
+        ACME_HOST,
+        PLATFORM_ADMIN,
+        "resellers/initech",
+        None,
+        200,
+    )
+    .await;
+    assert_eq!(
+        error_code(chat_as(&gw, INITECH_HOST, &second_key).await, 404).await,
+        "unknown_host"
+    );
+    gw.shutdown().await;
+}
+
+/// What the API made is kept: a restart reads it back, and a reload of the
+/// configuration file (SIGHUP) merges it again rather than dropping it.
+#[tokio::test]
+async fn changes_outlive_a_restart_and_a_reload() {
+    let mock = MockProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = admin_config(&mock, dir.path());
+    let gw = TestGateway::start(&config).await;
+    let made = expect(
+        &gw,
+        Method::POST,
+        ACME_HOST,
+        ACME_ADMIN,
+        "resellers/acme/tenants",
+        Some(json!({"id": "bakery", "plan": "basic", "limits": {"requests_per_minute": 100}})),
+        201,
+    )
+    .await;
+    assert_eq!(made["tenant"]["source"], "api");
+    assert_eq!(made["tenant"]["limits"]["requests_per_minute"], 100);
+    let key = made["key"].as_str().unwrap().to_owned();
+    assert_eq!(chat_as(&gw, ACME_HOST, &key).await.status(), 200);
+    gw.shutdown().await;
+
+    let gw = TestGateway::start(&config).await;
+    assert_eq!(
+        chat_as(&gw, ACME_HOST, &key).await.status(),
+        200,
+        "after a restart"
+    );
+    let parsed = livery::config::GatewayConfig::parse(&config).unwrap();
+    gw.gateway.as_ref().unwrap().reload(&parsed).unwrap();
+    assert_eq!(
+        chat_as(&gw, ACME_HOST, &key).await.status(),
+        200,
+        "after a reload"
+    );
+    assert_eq!(chat_as(&gw, ACME_HOST, ACME_DENTAL.2).await.status(), 200);
+    // The tenant made here is listed beside the file's, each with its source.
+    let list = expect(
+        &gw,
+        Method::GET,
+        ACME_HOST,
+        ACME_ADMIN,
+        "resellers/acme/tenants",
+        None,
+        200,
+    )
+    .await;
+    let sources: Vec<(String, String)> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["id"].as_str().unwrap().into(),
+                t["source"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert!(
+        sources.contains(&("dental".into(), "config".into())),
+        "{sources:?}"
+    );
+    assert!(
+        sources.contains(&("bakery".into(), "api".into())),
+        "{sources:?}"
+    );
+    gw.shutdown().await;
+}
+
+/// One reseller's admin key reaches nothing of another's: their resources are
+/// "not found" as if absent, on their host it is no key at all, and neither a
+/// tenant's key, the operator's token, a spoofed Host nor no key opens the API.
+#[tokio::test]
+async fn one_resellers_admin_key_reaches_nothing_of_anothers() {
+    let mock = MockProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(&admin_config(&mock, dir.path())).await;
+    let tenant = Some(json!({"id": "intruder", "plan": "pro"}));
+    let endpoints: Vec<(Method, &str, Option<Value>)> = vec![
+        (Method::GET, "resellers/globex", None),
+        (
+            Method::PATCH,
+            "resellers/globex",
+            Some(json!({"name": "x"})),
+        ),
+        (Method::GET, "resellers/globex/tenants", None),
+        (Method::POST, "resellers/globex/tenants", tenant.clone()),
+        (Method::GET, "resellers/globex/tenants/clinic", None),
+        (
+            Method::PATCH,
+            "resellers/globex/tenants/clinic",
+            Some(json!({"status": "suspended"})),
+        ),
+        (Method::DELETE, "resellers/globex/tenants/clinic", None),
+        (Method::POST, "resellers/globex/tenants/clinic/keys", None),
+        (
+            Method::PUT,
+            "resellers/globex/tenants/clinic/credentials/upstream",
+            Some(json!({"api_key": "sk-x"})),
+        ),
+        (Method::POST, "resellers/globex/admin_keys", None),
+        (Method::GET, "resellers/globex/usage", None),
+    ];
+    for (method, path, body) in &endpoints {
+        let what = format!("{method} {path}");
+        // Acme's key on acme's host: globex is not there.
+        let r = call(
+            &gw,
+            method.clone(),
+            ACME_HOST,
+            Some(ACME_ADMIN),
+            path,
+            body.clone(),
+        )
+        .await;
+        assert_eq!(error_code(r, 404).await, "not_found", "{what}");
+        // Acme's key on globex's host, or on a host nobody serves: no key.
+        for host in [GLOBEX_HOST, "spoofed.example"] {
+            let r = call(
+                &gw,
+                method.clone(),
+                host,
+                Some(ACME_ADMIN),
+                path,
+                body.clone(),
+            )
+            .await;
+            assert_eq!(
+                error_code(r, 401).await,
+                "invalid_api_key",
+                "{what} at {host}"
+            );
+        }
+        // A tenant's key (either reseller's), the operator token, no key.
+        for key in [GLOBEX_CLINIC.2, ACME_DENTAL.2, OPERATOR_TOKEN] {
+            let r = call(
+                &gw,
+                method.clone(),
+                GLOBEX_HOST,
+                Some(key),
+                path,
+                body.clone(),
+            )
+            .await;
+            assert_eq!(
+                error_code(r, 401).await,
+                "invalid_api_key",
+                "{what} with {key}"
+            );
+        }
+        let r = call(&gw, method.clone(), GLOBEX_HOST, None, path, body.clone()).await;
+        assert_eq!(error_code(r, 401).await, "missing_api_key", "{what}");
+    }
+    // Platform-only actions, with a reseller's key on its own reseller.
+    let r = call(
+        &gw,
+        Method::POST,
+        ACME_HOST,
+        Some(ACME_ADMIN),
+        "resellers",
+        Some(json!({"id": "mine"})),
+    )
+    .await;
+    assert_eq!(error_code(r, 403).await, "permission_denied");
+    let r = call(
+        &gw,
+        Method::PATCH,
+        ACME_HOST,
+        Some(ACME_ADMIN),
+        "resellers/acme",
+        Some(json!({"domains": [GLOBEX_HOST]})),
+    )
+    .await;
+    assert_eq!(error_code(r, 403).await, "permission_denied");
+    // An admin key is no tenant key.
+    for (host, key) in [(ACME_HOST, ACME_ADMIN), (ACME_HOST, PLATFORM_ADMIN)] {
+        assert_eq!(
+            error_code(chat_as(&gw, host, key).await, 401).await,
+            "invalid_api_key"
+        );
+    }
+    // Nothing of globex changed: its tenants still work, none was added.
+    assert_eq!(
+        chat_as(&gw, GLOBEX_HOST, GLOBEX_CLINIC.2).await.status(),
+        200
+    );
+    let list = expect(
+        &gw,
+        Method::GET,
+        GLOBEX_HOST,
+        GLOBEX_ADMIN,
+        "resellers/globex/tenants",
+        None,
+        200,
+    )
+    .await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 2);
+    assert!(
+        !store_path(dir.path()).exists(),
+        "a refused call wrote the store"
+    );
+    gw.shutdown().await;
+}
+
+/// What the file declares is read-only here; a change the configuration would
+/// refuse is refused whole (nothing kept, nothing served); a store that cannot
+/// be written keeps the change from being served.
+#[tokio::test]
+async fn refused_changes_leave_nothing_behind() {
+    let mock = MockProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(&admin_config(&mock, dir.path())).await;
+    let acme = |m: Method, path: &'static str, body: Option<Value>| {
+        let gw = &gw;
+        async move { call(gw, m, ACME_HOST, Some(ACME_ADMIN), path, body).await }
+    };
+    let r = acme(
+        Method::PATCH,
+        "resellers/acme/tenants/dental",
+        Some(json!({"status": "suspended"})),
+    )
+    .await;
+    assert_eq!(error_code(r, 409).await, "declared_in_config");
+    let r = acme(Method::POST, "resellers/acme/tenants/dental/keys", None).await;
+    assert_eq!(error_code(r, 409).await, "declared_in_config");
+    let r = acme(
+        Method::POST,
+        "resellers/acme/tenants",
+        Some(json!({"id": "dental", "plan": "pro"})),
+    )
+    .await;
+    assert_eq!(error_code(r, 409).await, "conflict");
+    let r = acme(
+        Method::POST,
+        "resellers/acme/tenants",
+        Some(json!({"id": "x", "plan": "gold"})),
+    )
+    .await;
+    let v: Value = {
+        assert_eq!(r.status(), 400);
+        r.json().await.unwrap()
+    };
+    assert_eq!(v["error"]["code"], "invalid_config");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("gold"),
+        "{v}"
+    );
+    let r = acme(
+        Method::POST,
+        "resellers/acme/tenants",
+        Some(json!({"id": "bad id!", "plan": "pro"})),
+    )
+    .await;
+    assert_eq!(error_code(r, 400).await, "invalid_config");
+    let r = acme(
+        Method::POST,
+        "resellers/acme/tenants",
+        Some(json!({"id": "y", "plan": "pro", "extra": 1})),
+    )
+    .await;
+    assert_eq!(error_code(r, 400).await, "invalid_body");
+    let r = client()
+        .post(gw.url("/admin/v1/resellers/acme/tenants"))
+        .header("host", ACME_HOST)
+        .bearer_auth(ACME_ADMIN)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r, 400).await, "invalid_body");
+    let r = acme(Method::PUT, "resellers/acme/tenants", None).await;
+    assert_eq!(error_code(r, 405).await, "method_not_allowed");
+    let r = acme(Method::GET, "resellers/acme/nothing", None).await;
+    assert_eq!(error_code(r, 404).await, "not_found");
+    // A domain another reseller serves.
+    let r = call(
+        &gw,
+        Method::POST,
+        ACME_HOST,
+        Some(PLATFORM_ADMIN),
+        "resellers",
+        Some(json!({"id": "initech", "domains": [GLOBEX_HOST]})),
+    )
+    .await;
+    assert_eq!(error_code(r, 400).await, "invalid_config");
+    assert_eq!(
+        chat_as(&gw, GLOBEX_HOST, GLOBEX_CLINIC.2).await.status(),
+        200
+    );
+    assert!(
+        !store_path(dir.path()).exists(),
+        "a refused change wrote the store"
+    );
+
+    // The store cannot be written (its temporary file's name is taken by a
+    // directory): the change is refused and not served.
+    std::fs::create_dir(dir.path().join(".admin-store.json.tmp")).unwrap();
+    let r = acme(
+        Method::POST,
+        "resellers/acme/tenants",
+        Some(json!({"id": "z", "plan": "pro"})),
+    )
+    .await;
+    assert_eq!(error_code(r, 500).await, "store_write_failed");
+    let r = call(
+        &gw,
+        Method::POST,
+        ACME_HOST,
+        Some(PLATFORM_ADMIN),
+        "resellers",
+        Some(json!({"id": "initech", "domains": [INITECH_HOST]})),
+    )
+    .await;
+    assert_eq!(error_code(r, 500).await, "store_write_failed");
+    // Swapped in, the reseller's host would be served (a 401 for the key).
+    let r = chat_as(&gw, INITECH_HOST, ACME_DENTAL.2).await;
+    assert_eq!(error_code(r, 404).await, "unknown_host");
+    let list = expect(
+        &gw,
+        Method::GET,
+        ACME_HOST,
+        ACME_ADMIN,
+        "resellers/acme/tenants",
+        None,
+        200,
+    )
+    .await;
+    assert!(list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["id"] != "z"));
+    gw.shutdown().await;
+}
+
+/// A provider key given to the API is sealed at once, sent upstream for that
+/// tenant only, never shown back nor kept in the clear; deleted, the platform's
+/// key is used again.
+#[tokio::test]
+async fn a_provider_key_given_to_the_api_is_sealed_used_and_never_shown() {
+    const OWN_KEY: &str = "sk-bakery-own-Z9y8X7w6V5u4T3s2R1q0";
+    let mock = MockProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(&admin_config(&mock, dir.path())).await;
+    let made = expect(
+        &gw,
+        Method::POST,
+        ACME_HOST,
+        ACME_ADMIN,
+        "resellers/acme/tenants",
+        Some(json!({"id": "bakery", "plan": "pro"})),
+        201,
+    )
+    .await;
+    let key = made["key"].as_str().unwrap().to_owned();
+    let put = expect(
+        &gw,
+        Method::PUT,
+        ACME_HOST,
+        ACME_ADMIN,
+        "resellers/acme/tenants/bakery/credentials/upstream",
+        Some(json!({"api_key": OWN_KEY})),
+        200,
+    )
+    .await;
+    assert_eq!(put["sealed"], true);
+    assert!(!put.to_string().contains(OWN_KEY));
+
+    assert_eq!(chat_as(&gw, ACME_HOST, &key).await.status(), 200);
+    let auth = mock.last_request().headers["authorization"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(auth, format!("Bearer {OWN_KEY}"));
+    // Another tenant still pays with the platform's key.
+    assert_eq!(chat_as(&gw, ACME_HOST, ACME_DENTAL.2).await.status(), 200);
+    let auth = mock.last_request().headers["authorization"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(auth, format!("Bearer {PROVIDER_KEY}"));
+
+    let view = expect(
+        &gw,
+        Method::GET,
+        ACME_HOST,
+        ACME_ADMIN,
+        "resellers/acme/tenants/bakery",
+        None,
+        200,
+    )
+    .await;
+    assert_eq!(view["credentials"], json!(["upstream"]));
+    assert!(!view.to_string().contains(OWN_KEY));
+    let stored = std::fs::read_to_string(store_path(dir.path())).unwrap();
+    assert!(
+        !stored.contains(OWN_KEY) && stored.contains("lvk1"),
+        "sealed in the store"
+    );
+    // An unknown provider is refused whole.
+    let r = call(
+        &gw,
+        Method::PUT,
+        ACME_HOST,
+        Some(ACME_ADMIN),
+        "resellers/acme/tenants/bakery/credentials/nope",
+        Some(json!({"api_key": "sk-1"})),
+    )
+    .await;
+    assert_eq!(error_code(r, 400).await, "invalid_config");
+
+    expect(
+        &gw,
+        Method::DELETE,
+        ACME_HOST,
+        ACME_ADMIN,
+        "resellers/acme/tenants/bakery/credentials/upstream",
+        None,
+        200,
+    )
+    .await;
+    assert_eq!(chat_as(&gw, ACME_HOST, &key).await.status(), 200);
+    let auth = mock.last_request().headers["authorization"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(auth, format!("Bearer {PROVIDER_KEY}"));
+    gw.shutdown().await;
+}
+
+/// A reseller reads its month from the ledger through the API.
+#[tokio::test]
+async fn a_reseller_reads_its_usage_through_the_api() {
+    let mock = MockProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(&admin_config(&mock, dir.path())).await;
+    for _ in 0..2 {
+        assert_eq!(chat_as(&gw, ACME_HOST, ACME_DENTAL.2).await.status(), 200);
+    }
+    assert_eq!(
+        chat_as(&gw, GLOBEX_HOST, GLOBEX_CLINIC.2).await.status(),
+        200
+    );
+    let usage = &gw.gateway.as_ref().unwrap().app().usage;
+    let start = std::time::Instant::now();
+    let report = loop {
+        assert!(usage.flush(Duration::from_secs(5)));
+        let r = expect(
+            &gw,
+            Method::GET,
+            ACME_HOST,
+            ACME_ADMIN,
+            "resellers/acme/usage",
+            None,
+            200,
+        )
+        .await;
+        if r["tenants"].as_array().is_some_and(|t| !t.is_empty())
+            || start.elapsed() > Duration::from_secs(5)
+        {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(report["object"], "usage_report");
+    assert_eq!(report["reseller"], "acme");
+    let tenants = report["tenants"].as_array().unwrap();
+    assert_eq!(tenants.len(), 1, "{report}");
+    assert_eq!(tenants[0]["tenant"], "dental");
+    assert_eq!(tenants[0]["requests"], 2, "{report}");
+    let r = call(
+        &gw,
+        Method::GET,
+        ACME_HOST,
+        Some(ACME_ADMIN),
+        "resellers/acme/usage?month=2026-13",
+        None,
+    )
+    .await;
+    assert_eq!(error_code(r, 400).await, "invalid_body");
+    gw.shutdown().await;
+}
+
+/// Without `[admin]`, `/admin/` is not served, whatever the key.
+#[tokio::test]
+async fn without_an_admin_section_there_is_no_admin_api() {
+    let mock = MockProvider::start().await;
+    let gw = TestGateway::standard(&mock).await;
+    for key in [OPERATOR_TOKEN, ACME_DENTAL.2] {
+        let r = call(&gw, Method::GET, ACME_HOST, Some(key), "resellers", None).await;
+        assert_eq!(error_code(r, 404).await, "unknown_url");
+    }
+    gw.shutdown().await;
+}
