@@ -9,6 +9,7 @@
 //! request path never takes.
 
 mod api;
+mod backend;
 mod keys;
 mod store;
 
@@ -19,9 +20,10 @@ pub use store::Store;
 use crate::config::{ConfigError, GatewayConfig};
 use crate::snapshot::Snapshot;
 use arc_swap::ArcSwap;
+use backend::{BackendError, StoreBackend, Version};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Why an admin request failed (mapped to a status by `proxy::error`).
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +45,8 @@ pub enum AdminError {
     Method(String, String),
     #[error("the change could not be saved: {0}")]
     Store(String),
+    #[error("the admin store was changed by another instance meanwhile: retry")]
+    StoreConflict,
     /// The vault cannot seal (no key-encryption key), or similar.
     #[error("{0}")]
     Vault(String),
@@ -55,9 +59,11 @@ pub enum AdminError {
 /// The admin API's state: the configuration file as last read, the store,
 /// and where the store lives.
 pub struct Admin {
-    store_path: PathBuf,
+    backend: StoreBackend,
     /// Where the demo tenant must not appear (a listener not on loopback).
     public_listener: Option<SocketAddr>,
+    /// How often [`Admin::sync`] should run.
+    pub sync_interval: Duration,
     state: Mutex<State>,
 }
 
@@ -65,8 +71,21 @@ struct State {
     /// The configuration file as last read (start or reload).
     base: GatewayConfig,
     store: Store,
+    /// The store's version `store` was read or written at.
+    version: Version,
     /// `base` with `store` merged in: what the running snapshot was built from.
     merged: GatewayConfig,
+    /// A version of the store this instance could not serve (logged once).
+    refused: Option<Version>,
+}
+
+impl From<BackendError> for AdminError {
+    fn from(e: BackendError) -> Self {
+        match e {
+            BackendError::Conflict => AdminError::StoreConflict,
+            BackendError::Unavailable(m) => AdminError::Store(m),
+        }
+    }
 }
 
 impl Admin {
@@ -79,17 +98,23 @@ impl Admin {
         let Some(admin) = &config.admin else {
             return Ok(None);
         };
-        let store = Store::load(&admin.store_path).map_err(ConfigError::Invalid)?;
+        let backend = StoreBackend::from_config(admin).map_err(ConfigError::Invalid)?;
+        let (store, version) = backend
+            .load(true)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let merged = store.merge(config);
         let state = State {
             base: config.clone(),
             store,
+            version,
             merged: merged.clone(),
+            refused: None,
         };
         Ok(Some((
             Self {
-                store_path: admin.store_path.clone(),
+                backend,
                 public_listener,
+                sync_interval: Duration::from_millis(admin.sync_interval_ms.max(1)),
                 state: Mutex::new(state),
             },
             merged,
@@ -121,15 +146,55 @@ impl Admin {
         Ok(())
     }
 
+    /// Serves another instance's changes: if the store's version moved, reads
+    /// it and swaps in the merged snapshot. Blocking. A store this instance
+    /// cannot serve (its configuration file refuses it) is logged once and the
+    /// running snapshot stays.
+    pub fn sync(&self, snapshot: &ArcSwap<Snapshot>) -> Result<bool, AdminError> {
+        let mut state = self.lock();
+        self.sync_locked(&mut state, snapshot)
+    }
+
+    fn sync_locked(
+        &self,
+        state: &mut State,
+        snapshot: &ArcSwap<Snapshot>,
+    ) -> Result<bool, AdminError> {
+        let version = self.backend.version()?;
+        if version == state.version || state.refused.as_ref() == Some(&version) {
+            return Ok(false);
+        }
+        let (store, version) = self.backend.load(false)?;
+        let merged = store.merge(&state.base);
+        match Snapshot::prepare_for(&merged, self.public_listener) {
+            Ok(next) => {
+                snapshot.store(Arc::new(next));
+                state.store = store;
+                state.version = version;
+                state.merged = merged;
+                state.refused = None;
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the admin store's new version does not validate here; the running configuration stays");
+                state.refused = Some(version);
+                Ok(false)
+            }
+        }
+    }
+
     /// Runs `change` on a copy of the store (it sees the configuration file's
     /// reading and the merged configuration), then prepares the merged result,
-    /// writes the store and swaps the snapshot in, in that order.
+    /// writes the store (if still at the version the copy was made from) and
+    /// swaps the snapshot in, in that order.
     pub fn change<T>(
         &self,
         snapshot: &ArcSwap<Snapshot>,
         change: impl FnOnce(&mut Store, &GatewayConfig, &GatewayConfig) -> Result<T, AdminError>,
     ) -> Result<T, AdminError> {
         let mut state = self.lock();
+        // Another instance's changes first, so that this one is made on them.
+        self.sync_locked(&mut state, snapshot)?;
         let mut store = state.store.clone();
         let out = change(&mut store, &state.base, &state.merged)?;
         store.prune(&state.base);
@@ -138,11 +203,10 @@ impl Admin {
             ConfigError::Invalid(m) => AdminError::Invalid(m),
             other => AdminError::Invalid(other.to_string()),
         })?;
-        store
-            .save(&self.store_path)
-            .map_err(|e| AdminError::Store(format!("{}: {e}", self.store_path.display())))?;
+        let version = self.backend.save(&state.version, &store)?;
         snapshot.store(Arc::new(next));
         state.store = store;
+        state.version = version;
         state.merged = merged;
         Ok(out)
     }

@@ -28,24 +28,13 @@ pub struct Store {
 }
 
 impl Store {
-    /// Reads the store at `path`; none yet is an empty store.
-    pub fn load(path: &Path) -> Result<Self, String> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(e) => {
-                return Err(format!(
-                    "cannot read the admin store {}: {e}",
-                    path.display()
-                ))
-            }
-        };
-        let store: Store = serde_json::from_str(&text)
-            .map_err(|e| format!("the admin store {} is not valid: {e}", path.display()))?;
+    /// Parses a store read from `what` (a path, a Redis key).
+    pub fn parse(text: &str, what: &str) -> Result<Self, String> {
+        let store: Store = serde_json::from_str(text)
+            .map_err(|e| format!("the admin store {what} is not valid: {e}"))?;
         if store.version > VERSION {
             return Err(format!(
-                "the admin store {} has version {}, newer than this gateway's {VERSION}",
-                path.display(),
+                "the admin store {what} has version {}, newer than this gateway's {VERSION}",
                 store.version
             ));
         }
@@ -172,11 +161,11 @@ mod tests {
     fn the_store_survives_a_round_trip_through_its_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.json");
-        assert!(Store::load(&path).unwrap().resellers.is_empty());
+        let load = |p: &Path| Store::parse(&std::fs::read_to_string(p).unwrap(), "test");
         let mut store = Store::default();
         store.entry("new").tenants.push(tenant("x"));
         store.save(&path).unwrap();
-        let back = Store::load(&path).unwrap();
+        let back = load(&path).unwrap();
         assert_eq!(back.version, VERSION);
         assert_eq!(back.resellers[0].tenants[0].id, "x");
         #[cfg(unix)]
@@ -186,7 +175,7 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         std::fs::write(&path, "{\"version\": 1, \"resellers\": [], \"extra\": 1}").unwrap();
-        assert!(Store::load(&path).unwrap_err().contains("not valid"));
+        assert!(load(&path).unwrap_err().contains("not valid"));
     }
 
     #[test]

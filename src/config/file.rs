@@ -46,14 +46,51 @@ pub struct GatewayConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Where resellers, tenants, keys and credentials made through the API are
-    /// kept (JSON, rewritten whole on each change; merged over this file at
-    /// start and at every reload).
-    pub store_path: PathBuf,
+    /// The store of what the API makes (resellers, tenants, keys, sealed
+    /// credentials): a JSON file, rewritten whole on each change and merged
+    /// over this file at start and at every reload. With Redis (below), the
+    /// last copy read from it, which a start while Redis is down serves from.
+    #[serde(default)]
+    pub store_path: Option<PathBuf>,
+    /// The store in Redis instead, shared by every instance (exactly one of
+    /// `redis_url` and `redis_url_env`, the variable holding the URL).
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    #[serde(default)]
+    pub redis_url_env: Option<String>,
+    /// The Redis key (a hash) that holds the store.
+    #[serde(default = "default_admin_redis_key")]
+    pub redis_key: String,
+    /// How often each instance checks the store for another one's changes.
+    #[serde(default = "default_admin_sync_interval_ms")]
+    pub sync_interval_ms: u64,
     /// `sha256:<64 hex>` digests of the platform's admin keys (`livery hash-key`):
     /// they manage every reseller.
     #[serde(default)]
     pub platform_key_hashes: Vec<String>,
+}
+
+fn default_admin_redis_key() -> String {
+    "livery:admin:store".into()
+}
+fn default_admin_sync_interval_ms() -> u64 {
+    1000
+}
+
+impl AdminConfig {
+    /// The Redis URL, if the store is in Redis.
+    pub fn resolved_redis_url(&self) -> Result<Option<String>, String> {
+        match (&self.redis_url, &self.redis_url_env) {
+            (Some(url), None) => Ok(Some(url.clone())),
+            (None, Some(var)) => std::env::var(var).map(Some).map_err(|_| {
+                format!("[admin] redis_url_env: environment variable {var} is not set")
+            }),
+            (None, None) => Ok(None),
+            (Some(_), Some(_)) => {
+                Err("[admin]: set one of redis_url and redis_url_env, not both".into())
+            }
+        }
+    }
 }
 
 /// `[tls]`: HTTPS listeners, static certificates, on-demand ACME and what the

@@ -191,6 +191,19 @@ pub fn validate_static(config: &GatewayConfig) -> Result<(), ConfigError> {
         ));
     }
     crate::usage::check_config(config).map_err(|e| invalid(&e))?;
+    if let Some(admin) = &config.admin {
+        let redis = admin.resolved_redis_url().map_err(|e| invalid(&e))?;
+        if redis.is_none() && admin.store_path.is_none() {
+            return Err(ConfigError::Invalid(
+                "[admin] needs store_path (the store file) or redis_url / redis_url_env".into(),
+            ));
+        }
+        if admin.sync_interval_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "[admin] sync_interval_ms must be positive".into(),
+            ));
+        }
+    }
     if let Some(tls) = &config.tls {
         let platform_domain = config
             .server
@@ -222,6 +235,17 @@ pub fn validate_static(config: &GatewayConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// What of `[admin]` is read only at start: where the store is.
+fn store_settings(a: &AdminConfig) -> impl PartialEq + '_ {
+    (
+        &a.store_path,
+        &a.redis_url,
+        &a.redis_url_env,
+        &a.redis_key,
+        a.sync_interval_ms,
+    )
+}
+
 /// The sections of `next` read only at start that differ from `running`'s:
 /// a reload cannot apply them, and says so.
 pub fn start_only_changes(running: &GatewayConfig, next: &GatewayConfig) -> Vec<&'static str> {
@@ -247,9 +271,8 @@ pub fn start_only_changes(running: &GatewayConfig, next: &GatewayConfig) -> Vec<
         (running.tls != next.tls, "[tls]"),
         // The store is read at start; the keys are read at every reload.
         (
-            running.admin.as_ref().map(|a| &a.store_path)
-                != next.admin.as_ref().map(|a| &a.store_path),
-            "[admin] (store_path, or the admin API switched on or off)",
+            running.admin.as_ref().map(store_settings) != next.admin.as_ref().map(store_settings),
+            "[admin] (its store, or the admin API switched on or off)",
         ),
     ]
     .into_iter()

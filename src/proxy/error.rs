@@ -104,14 +104,14 @@ impl GatewayError {
             GatewayError::Admin(e) => match e {
                 AdminError::NotFound(_) => StatusCode::NOT_FOUND,
                 AdminError::Forbidden(_) => StatusCode::FORBIDDEN,
-                AdminError::Conflict(_) | AdminError::Declared(_) | AdminError::NoLedger => {
-                    StatusCode::CONFLICT
-                }
+                AdminError::Conflict(_)
+                | AdminError::Declared(_)
+                | AdminError::NoLedger
+                | AdminError::StoreConflict => StatusCode::CONFLICT,
                 AdminError::Invalid(_) | AdminError::BadBody(_) => StatusCode::BAD_REQUEST,
                 AdminError::Method(..) => StatusCode::METHOD_NOT_ALLOWED,
-                AdminError::Store(_) | AdminError::Vault(_) | AdminError::Ledger(_) => {
-                    StatusCode::INTERNAL_SERVER_ERROR
-                }
+                AdminError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+                AdminError::Vault(_) | AdminError::Ledger(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
         }
     }
@@ -198,7 +198,8 @@ impl GatewayError {
                 AdminError::Invalid(_) => "invalid_config",
                 AdminError::BadBody(_) => "invalid_body",
                 AdminError::Method(..) => "method_not_allowed",
-                AdminError::Store(_) => "store_write_failed",
+                AdminError::Store(_) => "store_unavailable",
+                AdminError::StoreConflict => "store_conflict",
                 AdminError::Vault(_) => "vault_unavailable",
                 AdminError::NoLedger => "usage_ledger_off",
                 AdminError::Ledger(_) => "usage_ledger_unreadable",

@@ -184,6 +184,9 @@ impl Gateway {
         let (cut, cut_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tasks.spawn(horizon::keep(stop_rx.clone()));
+        if app.admin.is_some() {
+            tasks.spawn(sync_admin_store(app.clone(), stop_rx.clone()));
+        }
         // HTTPS first, so that redirects from the plain listeners know its port.
         let mut tls_listeners = Vec::new();
         let mut tls_addrs = Vec::new();
@@ -320,6 +323,44 @@ impl Gateway {
         }
         let usage = self.app.usage.clone();
         let _ = tokio::task::spawn_blocking(move || usage.close()).await;
+    }
+}
+
+/// Serves the admin store's changes made by other instances, checking it
+/// every `[admin] sync_interval_ms` (off the runtime's workers); an
+/// unreachable store is logged when it goes and when it comes back.
+async fn sync_admin_store(app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    let Some(every) = app.admin.as_ref().map(|a| a.sync_interval) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reachable = true;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let app = app.clone();
+        let synced =
+            tokio::task::spawn_blocking(move || app.admin.as_ref().map(|a| a.sync(&app.snapshot)))
+                .await;
+        match synced {
+            Ok(Some(Ok(changed))) => {
+                if !reachable {
+                    tracing::info!("admin store reachable again");
+                    reachable = true;
+                }
+                if changed {
+                    tracing::info!("admin store changed by another instance: served");
+                }
+            }
+            Ok(Some(Err(e))) if reachable => {
+                tracing::warn!(error = %e, "admin store unreachable; serving its last version");
+                reachable = false;
+            }
+            _ => {}
+        }
     }
 }
 
