@@ -950,3 +950,100 @@ async fn a_store_in_redis_that_goes_down_refuses_changes_and_keeps_serving() {
     make_tenant(&gw, "after").await;
     gw.shutdown().await;
 }
+
+/// A KEK rotation reaches the credentials the API sealed: `vault/rewrap`
+/// re-wraps them under the active KEK, after which the old one can go (before
+/// it, a configuration without the old KEK is refused: they would not unseal).
+#[tokio::test]
+async fn vault_rewrap_lets_the_old_kek_retire() {
+    const OWN_KEY: &str = "sk-rotated-own-A1b2C3d4E5f6G7h8";
+    const NEW_KEK_ENV: &str = "LIVERY_TEST_ADMIN_NEW_KEK";
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| std::env::set_var(NEW_KEK_ENV, livery::vault::generate_kek().unwrap()));
+    let mock = MockProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = admin_config(&mock, dir.path());
+    let old_vault = format!("[vault]\n[[vault.keks]]\nid = \"test-kek\"\nenv = \"{KEK_ENV}\"\n");
+    assert!(config.contains(&old_vault));
+    let new_kek = format!("[[vault.keks]]\nid = \"new-kek\"\nenv = \"{NEW_KEK_ENV}\"\n");
+    let both = config.replace(
+        &old_vault,
+        &format!("[vault]\nactive_kek = \"new-kek\"\n[[vault.keks]]\nid = \"test-kek\"\nenv = \"{KEK_ENV}\"\n{new_kek}"),
+    );
+    let only_new = config.replace(
+        &old_vault,
+        &format!("[vault]\nactive_kek = \"new-kek\"\n{new_kek}"),
+    );
+    let parse = |text: &str| livery::config::GatewayConfig::parse(text).unwrap();
+
+    let gw = TestGateway::start(&config).await;
+    let made = expect(
+        &gw,
+        Method::POST,
+        ACME_HOST,
+        ACME_ADMIN,
+        "resellers/acme/tenants",
+        Some(json!({"id": "rotated", "plan": "pro"})),
+        201,
+    )
+    .await;
+    let key = made["key"].as_str().unwrap().to_owned();
+    expect(
+        &gw,
+        Method::PUT,
+        ACME_HOST,
+        ACME_ADMIN,
+        "resellers/acme/tenants/rotated/credentials/upstream",
+        Some(json!({"api_key": OWN_KEY})),
+        200,
+    )
+    .await;
+    let gateway = gw.gateway.as_ref().unwrap();
+    gateway.reload(&parse(&both)).unwrap();
+    let e = gateway.reload(&parse(&only_new)).unwrap_err().to_string();
+    assert!(e.contains("tenant:acme/rotated"), "{e}");
+
+    let r = call(
+        &gw,
+        Method::POST,
+        ACME_HOST,
+        Some(ACME_ADMIN),
+        "vault/rewrap",
+        None,
+    )
+    .await;
+    assert_eq!(error_code(r, 403).await, "permission_denied");
+    let done = expect(
+        &gw,
+        Method::POST,
+        ACME_HOST,
+        PLATFORM_ADMIN,
+        "vault/rewrap",
+        None,
+        200,
+    )
+    .await;
+    assert_eq!(
+        (done["active_kek"].as_str(), done["rewrapped"].as_u64()),
+        (Some("new-kek"), Some(1))
+    );
+    gateway.reload(&parse(&only_new)).unwrap();
+    assert_eq!(chat_as(&gw, ACME_HOST, &key).await.status(), 200);
+    let auth = mock.last_request().headers["authorization"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(auth, format!("Bearer {OWN_KEY}"));
+    let again = expect(
+        &gw,
+        Method::POST,
+        ACME_HOST,
+        PLATFORM_ADMIN,
+        "vault/rewrap",
+        None,
+        200,
+    )
+    .await;
+    assert_eq!(again["rewrapped"], 0);
+    gw.shutdown().await;
+}

@@ -14,6 +14,7 @@
 //! | `resellers/{r}/tenants/{t}/keys/{id}` | DELETE |
 //! | `resellers/{r}/tenants/{t}/credentials/{provider}` | PUT `{"api_key"}`, DELETE |
 //! | `resellers/{r}/usage?month=YYYY-MM&tenant=t` | GET |
+//! | `vault/rewrap` | POST (platform): the store's credentials under the active KEK |
 //!
 //! A reseller's key sees only its own reseller: any other is "not found", as
 //! one that does not exist. What the configuration file declares is listed
@@ -86,6 +87,10 @@ pub fn handle(
         ["resellers"] => match *m {
             Method::GET => list_resellers(admin, who),
             Method::POST => create_reseller(admin, snapshot, who, req.body),
+            _ => not_allowed(),
+        },
+        ["vault", "rewrap"] => match *m {
+            Method::POST => rewrap(admin, snapshot, who),
             _ => not_allowed(),
         },
         ["resellers", r, rest @ ..] => {
@@ -744,4 +749,55 @@ fn usage(admin: &Admin, r: &str, query: Option<&str>) -> Result<Reply, AdminErro
     let mut body = serde_json::to_value(&report).map_err(|e| AdminError::Ledger(e.to_string()))?;
     body["object"] = json!("usage_report");
     ok(body)
+}
+
+/// Re-wraps the data key of every credential the store holds under the
+/// active KEK (as `livery vault rotate` does in the configuration file), so
+/// that the previous KEK can be retired. Nothing is decrypted but data keys.
+fn rewrap(
+    admin: &Admin,
+    snapshot: &ArcSwap<Snapshot>,
+    who: &Principal,
+) -> Result<Reply, AdminError> {
+    platform_only(who, "only a platform admin key can re-wrap credentials")?;
+    let keyring = snapshot.load().keyring.clone();
+    let kek = keyring
+        .active_id()
+        .ok_or_else(|| AdminError::Vault("the vault has no active KEK".into()))?
+        .to_owned();
+    let rewrapped = admin.change(snapshot, |store, _, _| {
+        let mut n = 0usize;
+        for r in &mut store.resellers {
+            let reseller: std::sync::Arc<str> = r.id.as_str().into();
+            let owners = std::iter::once((
+                CredentialOwner::Reseller(reseller.clone()),
+                &mut r.credentials,
+            ))
+            .chain(r.tenants.iter_mut().map(|t| {
+                let owner = CredentialOwner::Tenant {
+                    reseller: reseller.clone(),
+                    tenant: t.id.as_str().into(),
+                };
+                (owner, &mut t.credentials)
+            }));
+            for (owner, credentials) in owners {
+                for (provider, text) in credentials.iter_mut() {
+                    let fail = |e: crate::vault::VaultError| {
+                        AdminError::Vault(format!("credential of {owner} for `{provider}`: {e}"))
+                    };
+                    let sealed = crate::vault::SealedKey::parse(text).map_err(fail)?;
+                    if sealed.kek_id == kek {
+                        continue;
+                    }
+                    *text = keyring
+                        .rewrap(&sealed, &owner, provider)
+                        .map_err(fail)?
+                        .to_sealed_string();
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    })?;
+    ok(json!({"object": "vault.rewrap", "active_kek": kek, "rewrapped": rewrapped}))
 }
