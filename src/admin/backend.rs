@@ -48,7 +48,12 @@ pub enum BackendError {
 // One per gateway: its size does not matter.
 #[allow(clippy::large_enum_variant)]
 pub enum StoreBackend {
-    File(PathBuf),
+    File {
+        path: PathBuf,
+        /// The file's identity when its version was last computed: a poll
+        /// reads and hashes the file only when this changed.
+        seen: Mutex<Option<(FileStamp, Version)>>,
+    },
     Redis {
         client: redis::Client,
         key: String,
@@ -76,7 +81,10 @@ impl StoreBackend {
             None => admin
                 .store_path
                 .clone()
-                .map(Self::File)
+                .map(|path| Self::File {
+                    path,
+                    seen: Mutex::new(None),
+                })
                 .ok_or_else(|| "[admin] needs store_path or redis_url / redis_url_env".into()),
         }
     }
@@ -85,7 +93,7 @@ impl StoreBackend {
     /// serves the last copy kept in `store_path`, if there is one.
     pub fn load(&self, at_start: bool) -> Result<(Store, Version), BackendError> {
         match self {
-            Self::File(path) => read_file(path),
+            Self::File { path, .. } => read_file(path),
             Self::Redis { cache, .. } => match self.redis_load() {
                 Ok((store, version)) => {
                     if let Some(path) = cache {
@@ -111,7 +119,18 @@ impl StoreBackend {
     /// `HGET`).
     pub fn version(&self) -> Result<Version, BackendError> {
         match self {
-            Self::File(path) => read_file(path).map(|(_, v)| v),
+            Self::File { path, seen } => {
+                let stamp = FileStamp::of(path);
+                let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+                if let (Some(now), Some((then, version))) = (&stamp, seen.as_ref()) {
+                    if now == then {
+                        return Ok(version.clone());
+                    }
+                }
+                let (_, version) = read_file(path)?;
+                *seen = stamp.map(|s| (s, version.clone()));
+                Ok(version)
+            }
             Self::Redis { key, .. } => self.with_redis(|c| {
                 redis::cmd("HGET")
                     .arg(key)
@@ -126,7 +145,7 @@ impl StoreBackend {
     /// file's lock or by Redis's compare-and-set; returns the new version.
     pub fn save(&self, expected: &str, store: &Store) -> Result<Version, BackendError> {
         match self {
-            Self::File(path) => {
+            Self::File { path, .. } => {
                 let _lock = lock_file(path)?;
                 let (_, current) = read_file(path)?;
                 if current != expected {
@@ -211,6 +230,28 @@ impl StoreBackend {
             *slot = None;
         }
         out.map_err(unavailable)
+    }
+}
+
+/// What identifies one writing of the store file: every write is a rename
+/// of a new file, so its inode changes even within one mtime tick.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileStamp {
+    modified: Option<std::time::SystemTime>,
+    len: u64,
+    #[cfg(unix)]
+    inode: u64,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<Self> {
+        let m = std::fs::metadata(path).ok()?;
+        Some(Self {
+            modified: m.modified().ok(),
+            len: m.len(),
+            #[cfg(unix)]
+            inode: std::os::unix::fs::MetadataExt::ino(&m),
+        })
     }
 }
 
