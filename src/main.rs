@@ -321,6 +321,22 @@ fn check_config(source: &ConfigSource) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
+    // With the admin API's store in a file, what it made is checked (and
+    // listed) merged over the file, as `serve` would; a store in Redis is not
+    // reached from here.
+    let file_store = config
+        .admin
+        .as_ref()
+        .is_some_and(|a| a.redis_url.is_none() && a.redis_url_env.is_none());
+    let config = if file_store {
+        match livery::admin::Admin::open(&config, None) {
+            Ok(Some((_, merged))) => merged,
+            Ok(None) => config,
+            Err(e) => return fail(e),
+        }
+    } else {
+        config
+    };
     let snapshot = match Snapshot::prepare(&config) {
         Ok(s) => s,
         Err(e) => return fail(e),

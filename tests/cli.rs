@@ -1066,3 +1066,36 @@ fn serve_answers_then_exits_cleanly_on_sigterm() {
         serve.stderr()
     );
 }
+
+/// With the admin API's store in a file, `check-config` checks and lists the
+/// file merged with what the API made, as `serve` starts on it.
+#[test]
+fn check_config_merges_the_admin_store_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("admin-store.json");
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[admin]\nstore_path = \"{}\"\n\
+             [[providers]]\nname = \"m\"\nkind = \"mock\"\n[[models]]\nname = \"d\"\nprovider = \"m\"\n\
+             [[plans]]\nname = \"p\"\nmodels = [\"d\"]\n\
+             [[resellers]]\nid = \"acme\"\n",
+            store.display()
+        ),
+    )
+    .unwrap();
+    let tenant = |plan: &str| {
+        serde_json::json!({"version": 1, "resellers": [{"id": "acme", "tenants": [
+            {"id": "from-api", "plan": plan, "key_hashes": []}]}]})
+        .to_string()
+    };
+    std::fs::write(&store, tenant("p")).unwrap();
+    let (out, stdout, stderr) = run(livery().arg("check-config").arg("--config").arg(&config));
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains("tenant from-api plan=p"), "{stdout}");
+    std::fs::write(&store, tenant("gold")).unwrap();
+    let (out, _, stderr) = run(livery().arg("check-config").arg("--config").arg(&config));
+    assert!(!out.status.success());
+    assert!(stderr.contains("gold"), "{stderr}");
+}
