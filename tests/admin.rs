@@ -142,6 +142,31 @@ async fn a_reseller_and_tenant_made_through_the_api_are_served_at_once() {
         .map(|r| r["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["initech"]);
+    let one = expect(
+        &gw,
+        Method::GET,
+        ACME_HOST,
+        PLATFORM_ADMIN,
+        "resellers/initech",
+        None,
+        200,
+    )
+    .await;
+    assert_eq!(
+        (one["name"].as_str(), one["domains"][0].as_str()),
+        (Some("Initech"), Some(INITECH_HOST))
+    );
+    let admin_keys = expect(
+        &gw,
+        Method::GET,
+        INITECH_HOST,
+        &initech_admin,
+        "resellers/initech/admin_keys",
+        None,
+        200,
+    )
+    .await;
+    assert_eq!(admin_keys["data"].as_array().unwrap().len(), 1);
     let elsewhere = call(
         &gw,
         Method::GET,
@@ -1045,5 +1070,75 @@ async fn vault_rewrap_lets_the_old_kek_retire() {
     )
     .await;
     assert_eq!(again["rewrapped"], 0);
+    gw.shutdown().await;
+}
+
+/// Lists come in pages (`limit`, `after`), in order, saying whether more follow.
+#[tokio::test]
+async fn lists_come_in_pages() {
+    let mock = MockProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(&admin_config(&mock, dir.path())).await;
+    for i in 0..5 {
+        make_tenant(&gw, &format!("p{i}")).await;
+    }
+    let mut seen = Vec::new();
+    let mut path = "resellers/acme/tenants?limit=2".to_owned();
+    loop {
+        let page = expect(&gw, Method::GET, ACME_HOST, ACME_ADMIN, &path, None, 200).await;
+        let ids: Vec<String> = page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["id"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(ids.len() <= 2);
+        assert_eq!(page["last_id"].as_str(), ids.last().map(String::as_str));
+        seen.extend(ids);
+        if page["has_more"] == false {
+            break;
+        }
+        path = format!(
+            "resellers/acme/tenants?limit=2&after={}",
+            page["last_id"].as_str().unwrap()
+        );
+    }
+    assert_eq!(
+        seen,
+        [
+            "dental",
+            "realty",
+            "suspended",
+            "p0",
+            "p1",
+            "p2",
+            "p3",
+            "p4"
+        ]
+    );
+    let r = call(
+        &gw,
+        Method::GET,
+        ACME_HOST,
+        Some(ACME_ADMIN),
+        "resellers/acme/tenants?limit=0",
+        None,
+    )
+    .await;
+    assert_eq!(error_code(r, 400).await, "invalid_body");
+    let all = expect(
+        &gw,
+        Method::GET,
+        ACME_HOST,
+        PLATFORM_ADMIN,
+        "resellers?limit=1",
+        None,
+        200,
+    )
+    .await;
+    assert_eq!(
+        (all["data"][0]["id"].as_str(), all["has_more"].as_bool()),
+        (Some("acme"), Some(true))
+    );
     gw.shutdown().await;
 }

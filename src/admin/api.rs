@@ -85,7 +85,7 @@ pub fn handle(
     };
     match segments.as_slice() {
         ["resellers"] => match *m {
-            Method::GET => list_resellers(admin, who),
+            Method::GET => list_resellers(admin, who, req.query),
             Method::POST => create_reseller(admin, snapshot, who, req.body),
             _ => not_allowed(),
         },
@@ -96,11 +96,17 @@ pub fn handle(
         ["resellers", r, rest @ ..] => {
             visible(admin, who, r)?;
             match (rest, m) {
-                ([], &Method::GET) => ok(reseller_view(&admin.lock().base, &admin.merged(), r)?),
+                ([], &Method::GET) => {
+                    let state = admin.lock();
+                    ok(reseller_view(&state.base, &state.merged, r)?)
+                }
                 ([], &Method::PATCH) => patch_reseller(admin, snapshot, who, r, req.body),
                 ([], &Method::DELETE) => delete_reseller(admin, snapshot, who, r),
                 (["admin_keys"], &Method::GET) => {
-                    let view = reseller_view(&admin.lock().base, &admin.merged(), r)?;
+                    let view = {
+                        let state = admin.lock();
+                        reseller_view(&state.base, &state.merged, r)?
+                    };
                     ok(json!({"object": "list", "data": view["admin_keys"]}))
                 }
                 (["admin_keys"], &Method::POST) => add_admin_key(admin, snapshot, r),
@@ -112,7 +118,7 @@ pub fn handle(
                 (["credentials", p], &Method::DELETE) => {
                     delete_credential(admin, snapshot, r, None, p)
                 }
-                (["tenants"], &Method::GET) => list_tenants(admin, r),
+                (["tenants"], &Method::GET) => list_tenants(admin, r, req.query),
                 (["tenants"], &Method::POST) => create_tenant(admin, snapshot, r, req.body),
                 (["tenants", t], &Method::GET) => ok(tenant_view(admin, r, t)?),
                 (["tenants", t], &Method::PATCH) => patch_tenant(admin, snapshot, r, t, req.body),
@@ -240,19 +246,90 @@ fn reseller_view(
     }))
 }
 
-fn list_resellers(admin: &Admin, who: &Principal) -> Result<Reply, AdminError> {
+/// A list's page: `?limit=N` (1-1000, default 100) items after `?after=ID`,
+/// in the configuration's order, as OpenAI's lists page.
+struct Page {
+    limit: usize,
+    after: Option<String>,
+}
+
+impl Page {
+    fn of(query: Option<&str>) -> Result<Self, AdminError> {
+        let mut page = Page {
+            limit: 100,
+            after: None,
+        };
+        for (k, v) in query_pairs(query) {
+            match k {
+                "limit" => {
+                    page.limit = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=1000).contains(n))
+                        .ok_or_else(|| {
+                            AdminError::BadBody(format!("`limit` must be 1 to 1000, not `{v}`"))
+                        })?
+                }
+                "after" => page.after = Some(v.to_owned()),
+                _ => {}
+            }
+        }
+        Ok(page)
+    }
+
+    /// The page of `ids` (in order) as a list, each item made by `view`.
+    fn list<'a>(
+        &self,
+        ids: impl Iterator<Item = &'a str>,
+        view: impl Fn(&str) -> Result<Value, AdminError>,
+    ) -> Result<Reply, AdminError> {
+        let mut ids = ids.peekable();
+        if let Some(after) = &self.after {
+            for id in ids.by_ref() {
+                if id == after {
+                    break;
+                }
+            }
+        }
+        let page: Vec<&str> = ids.by_ref().take(self.limit).collect();
+        let data = page
+            .iter()
+            .map(|id| view(id))
+            .collect::<Result<Vec<_>, _>>()?;
+        ok(json!({
+            "object": "list",
+            "data": data,
+            "first_id": page.first(),
+            "last_id": page.last(),
+            "has_more": ids.peek().is_some(),
+        }))
+    }
+}
+
+fn query_pairs(query: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
+    query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter_map(|p| p.split_once('='))
+}
+
+fn list_resellers(
+    admin: &Admin,
+    who: &Principal,
+    query: Option<&str>,
+) -> Result<Reply, AdminError> {
+    let page = Page::of(query)?;
     let state = admin.lock();
-    let data = state
+    let ids = state
         .merged
         .resellers
         .iter()
-        .filter(|x| match who {
+        .map(|x| x.id.as_str())
+        .filter(|id| match who {
             Principal::Platform => true,
-            Principal::Reseller(own) => **own == *x.id,
-        })
-        .map(|x| reseller_view(&state.base, &state.merged, &x.id))
-        .collect::<Result<Vec<_>, _>>()?;
-    ok(json!({"object": "list", "data": data}))
+            Principal::Reseller(own) => **own == **id,
+        });
+    page.list(ids, |id| reseller_view(&state.base, &state.merged, id))
 }
 
 #[derive(Deserialize)]
@@ -469,7 +546,8 @@ fn tenant_view(admin: &Admin, r: &str, t: &str) -> Result<Value, AdminError> {
     Ok(tenant_json(r, tenant, declared.as_deref()))
 }
 
-fn list_tenants(admin: &Admin, r: &str) -> Result<Reply, AdminError> {
+fn list_tenants(admin: &Admin, r: &str, query: Option<&str>) -> Result<Reply, AdminError> {
+    let page = Page::of(query)?;
     let state = admin.lock();
     let reseller = state
         .merged
@@ -477,15 +555,20 @@ fn list_tenants(admin: &Admin, r: &str) -> Result<Reply, AdminError> {
         .iter()
         .find(|x| x.id == r)
         .ok_or_else(|| no_reseller(r))?;
-    let data = reseller
+    let tenants: std::collections::HashMap<&str, &TenantConfig> = reseller
         .tenants
         .iter()
-        .map(|t| {
-            let (tenant, declared) = find_tenant(&state.base, &state.merged, r, &t.id)?;
-            Ok(tenant_json(r, tenant, declared.as_deref()))
-        })
-        .collect::<Result<Vec<_>, AdminError>>()?;
-    ok(json!({"object": "list", "data": data}))
+        .map(|t| (t.id.as_str(), t))
+        .collect();
+    let declared: std::collections::HashMap<&str, &[String]> = declared_reseller(&state.base, r)
+        .into_iter()
+        .flat_map(|x| &x.tenants)
+        .map(|t| (t.id.as_str(), t.key_hashes.as_slice()))
+        .collect();
+    page.list(reseller.tenants.iter().map(|t| t.id.as_str()), |id| {
+        let tenant = tenants.get(id).ok_or_else(|| no_tenant(r, id))?;
+        Ok(tenant_json(r, tenant, declared.get(id).copied()))
+    })
 }
 
 #[derive(Deserialize)]
@@ -719,11 +802,7 @@ fn delete_credential(
 fn usage(admin: &Admin, r: &str, query: Option<&str>) -> Result<Reply, AdminError> {
     let mut month = None;
     let mut tenant = None;
-    for (k, v) in query
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .filter_map(|p| p.split_once('='))
-    {
+    for (k, v) in query_pairs(query) {
         match k {
             "month" => month = Some(v.to_owned()),
             "tenant" => tenant = Some(v.to_owned()),
