@@ -83,7 +83,15 @@ where
 {
     let started = Instant::now();
     if app.admin.is_some() && req.uri().path().starts_with("/admin/") {
-        let mut resp = super::admin_http::serve(&app, req, sni.as_deref(), &rid.to_string()).await;
+        // Boxed: inline, its state would grow this future, which every
+        // request allocates and moves.
+        let mut resp = Box::pin(super::admin_http::serve(
+            &app,
+            req,
+            sni.as_deref(),
+            &rid.to_string(),
+        ))
+        .await;
         resp.headers_mut()
             .insert(crate::telemetry::ids::REQUEST_ID_HEADER, rid.header_value());
         app.metrics.response(resp.status().as_u16());
