@@ -127,7 +127,7 @@ impl StoreBackend {
                         return Ok(version.clone());
                     }
                 }
-                let (_, version) = read_file(path)?;
+                let version = file_version(path)?;
                 *seen = stamp.map(|s| (s, version.clone()));
                 Ok(version)
             }
@@ -145,16 +145,19 @@ impl StoreBackend {
     /// file's lock or by Redis's compare-and-set; returns the new version.
     pub fn save(&self, expected: &str, store: &Store) -> Result<Version, BackendError> {
         match self {
-            Self::File { path, .. } => {
+            Self::File { path, seen } => {
                 let _lock = lock_file(path)?;
-                let (_, current) = read_file(path)?;
-                if current != expected {
+                if file_version(path)? != expected {
                     return Err(BackendError::Conflict);
                 }
-                store
+                let written = store
                     .save(path)
                     .map_err(|e| BackendError::Unavailable(format!("{}: {e}", path.display())))?;
-                read_file(path).map(|(_, v)| v)
+                let version = hex::encode(digest(&SHA256, &written));
+                // The next poll need not read back what was just written.
+                *seen.lock().unwrap_or_else(|p| p.into_inner()) =
+                    FileStamp::of(path).map(|s| (s, version.clone()));
+                Ok(version)
             }
             Self::Redis { key, cache, .. } => {
                 let body = serde_json::to_string(store)
@@ -252,6 +255,18 @@ impl FileStamp {
             #[cfg(unix)]
             inode: std::os::unix::fs::MetadataExt::ino(&m),
         })
+    }
+}
+
+/// The store file's version alone (the digest of its bytes; none yet: "").
+fn file_version(path: &Path) -> Result<Version, BackendError> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(hex::encode(digest(&SHA256, &bytes))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(BackendError::Unavailable(format!(
+            "cannot read the admin store {}: {e}",
+            path.display()
+        ))),
     }
 }
 

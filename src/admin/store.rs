@@ -42,10 +42,19 @@ impl Store {
     }
 
     /// Writes the store whole, readable by its owner only.
-    pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        let mut out = self.clone();
-        out.version = VERSION;
-        let text = serde_json::to_vec_pretty(&out).map_err(std::io::Error::other)?;
+    /// Returns the bytes written.
+    pub fn save(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            version: u32,
+            resellers: &'a [ResellerConfig],
+        }
+        let out = Out {
+            version: VERSION,
+            resellers: &self.resellers,
+        };
+        let mut text = serde_json::to_vec_pretty(&out).map_err(std::io::Error::other)?;
+        text.push(b'\n');
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
@@ -63,11 +72,11 @@ impl Store {
             std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
             let mut file = options.open(&tmp)?;
             file.write_all(&text)?;
-            file.write_all(b"\n")?;
             file.sync_all()?;
         }
         std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
+        std::fs::File::open(dir)?.sync_all()?;
+        Ok(text)
     }
 
     /// `base` with the store merged in (see the module's comment).
