@@ -1,13 +1,14 @@
 //! What one admin API change costs as the tenancy grows: the whole change
 //! (`Admin::change` adding a tenant: merge, snapshot, store write with fsync,
-//! swap) and its two big parts alone (`Snapshot::prepare` of the merged
+//! swap), 1,000 tenants made in one change (the API's list form), and the
+//! change's two big parts alone (`Snapshot::prepare` of the merged
 //! configuration, `Store::save`), with 100, 10,000 and 100,000 tenants made
 //! through the API (100 to a reseller). Run: `cargo bench --bench admin`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use arc_swap::ArcSwap;
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
 use livery::admin::{Admin, Store};
 use livery::config::{GatewayConfig, ResellerConfig, TenantConfig};
 use livery::tenancy::KeyDigest;
@@ -88,6 +89,36 @@ fn admin_change(c: &mut Criterion) {
                     })
                     .unwrap()
             })
+        });
+        // Each batch lands on the same store: the previous batch is removed
+        // (by a change not timed) before the next is made.
+        g.bench_function(BenchmarkId::new("create_1000_tenants", n), |b| {
+            b.iter_batched(
+                || {
+                    admin
+                        .change(&snapshot, |store, _, _| {
+                            store.entry("r0").tenants.retain(|t| !t.id.starts_with('x'));
+                            Ok(())
+                        })
+                        .unwrap();
+                    (0..1000)
+                        .map(|j| {
+                            let mut t = tenant(n + 1_000_000 + j);
+                            t.id = format!("x{j}");
+                            t
+                        })
+                        .collect::<Vec<_>>()
+                },
+                |batch| {
+                    admin
+                        .change(&snapshot, |store, _, _| {
+                            store.entry("r0").tenants.extend(batch);
+                            Ok(())
+                        })
+                        .unwrap()
+                },
+                BatchSize::PerIteration,
+            )
         });
     }
     g.finish();

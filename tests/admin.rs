@@ -1134,3 +1134,63 @@ async fn lists_come_in_pages() {
     );
     gw.shutdown().await;
 }
+
+/// Many tenants in one change: all made and served, each with its own key;
+/// one bad entry (a taken id, a duplicate in the list, an unknown plan) and
+/// none is made.
+#[tokio::test]
+async fn many_tenants_are_made_in_one_change_or_none_are() {
+    let mock = MockProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(&admin_config(&mock, dir.path())).await;
+    let batch: Vec<Value> = (0..50)
+        .map(|i| json!({"id": format!("b{i}"), "plan": "basic"}))
+        .collect();
+    for bad in [
+        json!([{"id": "ok1", "plan": "basic"}, {"id": "dental", "plan": "pro"}]),
+        json!([{"id": "ok1", "plan": "basic"}, {"id": "ok1", "plan": "basic"}]),
+        json!([{"id": "ok1", "plan": "basic"}, {"id": "ok2", "plan": "gold"}]),
+        json!([]),
+    ] {
+        let r = call(
+            &gw,
+            Method::POST,
+            ACME_HOST,
+            Some(ACME_ADMIN),
+            "resellers/acme/tenants",
+            Some(bad.clone()),
+        )
+        .await;
+        assert!(r.status().is_client_error(), "{bad}");
+        assert!(
+            !acme_tenants(&gw).await.iter().any(|t| t.starts_with("ok")),
+            "{bad}"
+        );
+    }
+    let made = expect(
+        &gw,
+        Method::POST,
+        ACME_HOST,
+        ACME_ADMIN,
+        "resellers/acme/tenants",
+        Some(json!(batch)),
+        201,
+    )
+    .await;
+    let data = made["data"].as_array().unwrap();
+    assert_eq!(data.len(), 50);
+    let keys: std::collections::HashSet<&str> =
+        data.iter().map(|m| m["key"].as_str().unwrap()).collect();
+    assert_eq!(keys.len(), 50, "each its own key");
+    for m in [&data[0], &data[49]] {
+        assert_eq!(
+            chat_as(&gw, ACME_HOST, m["key"].as_str().unwrap())
+                .await
+                .status(),
+            200
+        );
+    }
+    assert_eq!(data[7]["tenant"]["id"], "b7");
+    assert_eq!(acme_tenants(&gw).await.len(), 3 + 50);
+    gw.shutdown().await;
+}

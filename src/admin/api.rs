@@ -584,40 +584,86 @@ struct NewTenant {
     limits: LimitOverrides,
 }
 
+/// One tenant (`{...}`), or many in one change (`[{...}, ...]`: one store
+/// write and one snapshot for all, which is what makes a migration of
+/// thousands feasible; all are made or none).
 fn create_tenant(
     admin: &Admin,
     snapshot: &ArcSwap<Snapshot>,
     r: &str,
     body: &[u8],
 ) -> Result<Reply, AdminError> {
-    let new: NewTenant = parse(body)?;
-    let (key, hash) = fresh_key(TENANT_KEY_PREFIX)?;
-    let id = new.id.clone();
+    let value: Value = parse(body)?;
+    let many = value.is_array();
+    let news: Vec<NewTenant> = if many {
+        serde_json::from_value(value).map_err(|e| AdminError::BadBody(e.to_string()))?
+    } else {
+        vec![serde_json::from_value(value).map_err(|e| AdminError::BadBody(e.to_string()))?]
+    };
+    if news.is_empty() {
+        return Err(AdminError::BadBody("no tenant in the list".into()));
+    }
+    let mut made = Vec::with_capacity(news.len());
+    for new in news {
+        let (key, hash) = fresh_key(TENANT_KEY_PREFIX)?;
+        made.push((new, key, hash));
+    }
+    let ids: Vec<String> = made.iter().map(|(n, _, _)| n.id.clone()).collect();
+    let tenants: Vec<TenantConfig> = made
+        .iter_mut()
+        .map(|(new, _, hash)| TenantConfig {
+            id: std::mem::take(&mut new.id),
+            name: new.name.take(),
+            plan: std::mem::take(&mut new.plan),
+            status: new.status,
+            key_hashes: vec![std::mem::take(hash)],
+            credentials: Default::default(),
+            limits: new.limits,
+        })
+        .collect();
     admin.change(snapshot, |store, _, merged| {
-        let exists = merged
+        let mut taken: std::collections::HashSet<&str> = merged
             .resellers
             .iter()
             .find(|x| x.id == r)
-            .is_some_and(|x| x.tenants.iter().any(|y| y.id == new.id));
-        if exists {
-            return Err(AdminError::Conflict(format!(
-                "tenant `{}` already exists at reseller `{r}`",
-                new.id
-            )));
+            .into_iter()
+            .flat_map(|x| &x.tenants)
+            .map(|t| t.id.as_str())
+            .collect();
+        for id in &ids {
+            if !taken.insert(id) {
+                return Err(AdminError::Conflict(format!(
+                    "tenant `{id}` already exists at reseller `{r}`"
+                )));
+            }
         }
-        store.entry(r).tenants.push(TenantConfig {
-            id: new.id,
-            name: new.name,
-            plan: new.plan,
-            status: new.status,
-            key_hashes: vec![hash],
-            credentials: Default::default(),
-            limits: new.limits,
-        });
+        store.entry(r).tenants.extend(tenants);
         Ok(())
     })?;
-    let tenant = tenant_view(admin, r, &id)?;
-    created(json!({"tenant": tenant, "key": key.expose()}))
+    let mut out = Vec::with_capacity(made.len());
+    {
+        let state = admin.lock();
+        let tenants: std::collections::HashMap<&str, &TenantConfig> = state
+            .merged
+            .resellers
+            .iter()
+            .filter(|x| x.id == r)
+            .flat_map(|x| &x.tenants)
+            .map(|t| (t.id.as_str(), t))
+            .collect();
+        for (id, (_, key, _)) in ids.iter().zip(&made) {
+            let tenant = tenants.get(id.as_str()).ok_or_else(|| no_tenant(r, id))?;
+            // Made here, so declared nowhere.
+            out.push(json!({"tenant": tenant_json(r, tenant, None), "key": key.expose()}));
+        }
+    }
+    match (many, out.pop()) {
+        (false, Some(one)) => created(one),
+        (_, last) => {
+            out.extend(last);
+            created(json!({"object": "list", "data": out}))
+        }
+    }
 }
 
 /// The store's tenant `t` of reseller `r`, or why it cannot be changed here.

@@ -15,8 +15,8 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Limited};
 use std::sync::Arc;
 
-/// The largest admin request body read.
-const MAX_ADMIN_BODY: usize = 64 * 1024;
+/// The largest admin request body read (a list of tenants made at once).
+const MAX_ADMIN_BODY: usize = 4 * 1024 * 1024;
 
 pub async fn serve<B>(
     app: &Arc<App>,
