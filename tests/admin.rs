@@ -10,9 +10,9 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-const PLATFORM_ADMIN: &str = "sk-livery-admin-platform-test-0123456789";
-const ACME_ADMIN: &str = "sk-livery-admin-acme-test-0123456789";
-const GLOBEX_ADMIN: &str = "sk-livery-admin-globex-test-0123456789";
+const PLATFORM_ADMIN: &str = "sk-livery-admin-FAKE-platform-test-key";
+const ACME_ADMIN: &str = "sk-livery-admin-FAKE-acme-test-key";
+const GLOBEX_ADMIN: &str = "sk-livery-admin-FAKE-globex-test-key";
 const KEK_ENV: &str = "LIVERY_TEST_ADMIN_KEK";
 const INITECH_HOST: &str = "ai.initech.test";
 
@@ -90,13 +90,23 @@ async fn expect(
     resp.json().await.unwrap()
 }
 
+/// An admin call as acme's admin, on acme's host, expected to answer
+/// `status`; returns its JSON body.
+async fn as_acme(
+    gw: &TestGateway,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+    status: u16,
+) -> Value {
+    expect(gw, method, ACME_HOST, ACME_ADMIN, path, body, status).await
+}
+
 /// The ids of acme's tenants, as its admin lists them.
 async fn acme_tenants(gw: &TestGateway) -> Vec<String> {
-    let list = expect(
+    let list = as_acme(
         gw,
         Method::GET,
-        ACME_HOST,
-        ACME_ADMIN,
         "resellers/acme/tenants?limit=1000",
         None,
         200,
@@ -344,11 +354,9 @@ async fn changes_outlive_a_restart_and_a_reload() {
     let dir = tempfile::tempdir().unwrap();
     let config = admin_config(&mock, dir.path());
     let gw = TestGateway::start(&config).await;
-    let made = expect(
+    let made = as_acme(
         &gw,
         Method::POST,
-        ACME_HOST,
-        ACME_ADMIN,
         "resellers/acme/tenants",
         Some(json!({"id": "bakery", "plan": "basic", "limits": {"requests_per_minute": 100}})),
         201,
@@ -375,16 +383,7 @@ async fn changes_outlive_a_restart_and_a_reload() {
     );
     assert_eq!(chat_as(&gw, ACME_HOST, ACME_DENTAL.2).await.status(), 200);
     // The tenant made here is listed beside the file's, each with its source.
-    let list = expect(
-        &gw,
-        Method::GET,
-        ACME_HOST,
-        ACME_ADMIN,
-        "resellers/acme/tenants",
-        None,
-        200,
-    )
-    .await;
+    let list = as_acme(&gw, Method::GET, "resellers/acme/tenants", None, 200).await;
     let sources: Vec<(String, String)> = list["data"]
         .as_array()
         .unwrap()
@@ -664,26 +663,22 @@ async fn refused_changes_leave_nothing_behind() {
 /// key is used again.
 #[tokio::test]
 async fn a_provider_key_given_to_the_api_is_sealed_used_and_never_shown() {
-    const OWN_KEY: &str = "sk-bakery-own-Z9y8X7w6V5u4T3s2R1q0";
+    const OWN_KEY: &str = "sk-FAKE-bakery-own-provider-key-for-tests";
     let mock = MockProvider::start().await;
     let dir = tempfile::tempdir().unwrap();
     let gw = TestGateway::start(&admin_config(&mock, dir.path())).await;
-    let made = expect(
+    let made = as_acme(
         &gw,
         Method::POST,
-        ACME_HOST,
-        ACME_ADMIN,
         "resellers/acme/tenants",
         Some(json!({"id": "bakery", "plan": "pro"})),
         201,
     )
     .await;
     let key = made["key"].as_str().unwrap().to_owned();
-    let put = expect(
+    let put = as_acme(
         &gw,
         Method::PUT,
-        ACME_HOST,
-        ACME_ADMIN,
         "resellers/acme/tenants/bakery/credentials/upstream",
         Some(json!({"api_key": OWN_KEY})),
         200,
@@ -706,16 +701,7 @@ async fn a_provider_key_given_to_the_api_is_sealed_used_and_never_shown() {
         .to_owned();
     assert_eq!(auth, format!("Bearer {PROVIDER_KEY}"));
 
-    let view = expect(
-        &gw,
-        Method::GET,
-        ACME_HOST,
-        ACME_ADMIN,
-        "resellers/acme/tenants/bakery",
-        None,
-        200,
-    )
-    .await;
+    let view = as_acme(&gw, Method::GET, "resellers/acme/tenants/bakery", None, 200).await;
     assert_eq!(view["credentials"], json!(["upstream"]));
     assert!(!view.to_string().contains(OWN_KEY));
     let stored = std::fs::read_to_string(store_path(dir.path())).unwrap();
@@ -735,11 +721,9 @@ async fn a_provider_key_given_to_the_api_is_sealed_used_and_never_shown() {
     .await;
     assert_eq!(error_code(r, 400).await, "invalid_config");
 
-    expect(
+    as_acme(
         &gw,
         Method::DELETE,
-        ACME_HOST,
-        ACME_ADMIN,
         "resellers/acme/tenants/bakery/credentials/upstream",
         None,
         200,
@@ -771,16 +755,7 @@ async fn a_reseller_reads_its_usage_through_the_api() {
     let start = std::time::Instant::now();
     let report = loop {
         assert!(usage.flush(Duration::from_secs(5)));
-        let r = expect(
-            &gw,
-            Method::GET,
-            ACME_HOST,
-            ACME_ADMIN,
-            "resellers/acme/usage",
-            None,
-            200,
-        )
-        .await;
+        let r = as_acme(&gw, Method::GET, "resellers/acme/usage", None, 200).await;
         if r["tenants"].as_array().is_some_and(|t| !t.is_empty())
             || start.elapsed() > Duration::from_secs(5)
         {
@@ -887,16 +862,7 @@ async fn two_instances_share_one_store(store: &str, dir: &Path) {
         served_within(&b, key, Duration::from_secs(5)).await;
     }
     for gw in [&a, &b] {
-        let list = expect(
-            gw,
-            Method::GET,
-            ACME_HOST,
-            ACME_ADMIN,
-            "resellers/acme/tenants",
-            None,
-            200,
-        )
-        .await;
+        let list = as_acme(gw, Method::GET, "resellers/acme/tenants", None, 200).await;
         let n = list["data"].as_array().unwrap().len();
         assert_eq!(n, 3 + 1 + ids.len(), "{list}");
     }
@@ -973,7 +939,7 @@ async fn a_store_in_redis_that_goes_down_refuses_changes_and_keeps_serving() {
 /// it, a configuration without the old KEK is refused: they would not unseal).
 #[tokio::test]
 async fn vault_rewrap_lets_the_old_kek_retire() {
-    const OWN_KEY: &str = "sk-rotated-own-A1b2C3d4E5f6G7h8";
+    const OWN_KEY: &str = "sk-FAKE-rotated-own-provider-key-for-tests";
     const NEW_KEK_ENV: &str = "LIVERY_TEST_ADMIN_NEW_KEK";
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| std::env::set_var(NEW_KEK_ENV, livery::vault::generate_kek().unwrap()));
@@ -994,22 +960,18 @@ async fn vault_rewrap_lets_the_old_kek_retire() {
     let parse = |text: &str| livery::config::GatewayConfig::parse(text).unwrap();
 
     let gw = TestGateway::start(&config).await;
-    let made = expect(
+    let made = as_acme(
         &gw,
         Method::POST,
-        ACME_HOST,
-        ACME_ADMIN,
         "resellers/acme/tenants",
         Some(json!({"id": "rotated", "plan": "pro"})),
         201,
     )
     .await;
     let key = made["key"].as_str().unwrap().to_owned();
-    expect(
+    as_acme(
         &gw,
         Method::PUT,
-        ACME_HOST,
-        ACME_ADMIN,
         "resellers/acme/tenants/rotated/credentials/upstream",
         Some(json!({"api_key": OWN_KEY})),
         200,
@@ -1077,7 +1039,7 @@ async fn lists_come_in_pages() {
     let mut seen = Vec::new();
     let mut path = "resellers/acme/tenants?limit=2".to_owned();
     loop {
-        let page = expect(&gw, Method::GET, ACME_HOST, ACME_ADMIN, &path, None, 200).await;
+        let page = as_acme(&gw, Method::GET, &path, None, 200).await;
         let ids: Vec<String> = page["data"]
             .as_array()
             .unwrap()
@@ -1167,11 +1129,9 @@ async fn many_tenants_are_made_in_one_change_or_none_are() {
             "{bad}"
         );
     }
-    let made = expect(
+    let made = as_acme(
         &gw,
         Method::POST,
-        ACME_HOST,
-        ACME_ADMIN,
         "resellers/acme/tenants",
         Some(json!(batch)),
         201,

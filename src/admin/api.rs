@@ -856,14 +856,16 @@ fn usage(admin: &Admin, r: &str, query: Option<&str>) -> Result<Reply, AdminErro
         }
     }
     let month = month.unwrap_or_else(|| crate::limits::Month::current().to_string());
-    let config = admin.merged();
+    // Read under the lock rather than copying the whole tenancy out.
+    let state = admin.lock();
+    let config = &state.merged;
     if let Some(t) = &tenant {
-        find_tenant(&config, &config, r, t)?;
+        find_tenant(config, config, r, t)?;
     }
-    let db = crate::usage::LedgerPaths::of(&config)
+    let db = crate::usage::LedgerPaths::of(config)
         .and_then(|p| p.sqlite)
         .ok_or(AdminError::NoLedger)?;
-    let report = crate::usage::report::build(&db, &config, r, tenant.as_deref(), &month).map_err(
+    let report = crate::usage::report::build(&db, config, r, tenant.as_deref(), &month).map_err(
         |e| match e {
             crate::usage::report::ReportError::Month(m) => {
                 AdminError::BadBody(format!("`month` must be YYYY-MM, not `{m}`"))

@@ -96,11 +96,7 @@ impl StoreBackend {
             Self::File { path, .. } => read_file(path),
             Self::Redis { cache, .. } => match self.redis_load() {
                 Ok((store, version)) => {
-                    if let Some(path) = cache {
-                        if let Err(e) = store.save(path) {
-                            tracing::warn!(path = %path.display(), error = %e, "cannot keep a copy of the admin store");
-                        }
-                    }
+                    keep_copy(cache.as_deref(), &store);
                     Ok((store, version))
                 }
                 Err(e) => match cache {
@@ -160,7 +156,8 @@ impl StoreBackend {
                 Ok(version)
             }
             Self::Redis { key, cache, .. } => {
-                let body = serde_json::to_string(store)
+                let body = store
+                    .to_json()
                     .map_err(|e| BackendError::Unavailable(e.to_string()))?;
                 let written = self.with_redis(|c| {
                     redis::Script::new(CAS_SCRIPT)
@@ -170,11 +167,7 @@ impl StoreBackend {
                         .invoke::<Option<i64>>(c)
                 })?;
                 let version = written.ok_or(BackendError::Conflict)?.to_string();
-                if let Some(path) = cache {
-                    if let Err(e) = store.save(path) {
-                        tracing::warn!(path = %path.display(), error = %e, "cannot keep a copy of the admin store");
-                    }
-                }
+                keep_copy(cache.as_deref(), store);
                 Ok(version)
             }
         }
@@ -255,6 +248,16 @@ impl FileStamp {
             #[cfg(unix)]
             inode: std::os::unix::fs::MetadataExt::ino(&m),
         })
+    }
+}
+
+/// Keeps the copy of a Redis store at `path`, for a start while Redis is
+/// down; a failure is logged, not the change's.
+fn keep_copy(path: Option<&Path>, store: &Store) {
+    if let Some(path) = path {
+        if let Err(e) = store.save(path) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot keep a copy of the admin store");
+        }
     }
 }
 

@@ -125,11 +125,6 @@ impl Admin {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The configuration the running snapshot was built from.
-    pub fn merged(&self) -> GatewayConfig {
-        self.lock().merged.clone()
-    }
-
     /// A reload: `base` is the configuration file's new reading; the store is
     /// merged over it, and the snapshot prepared and swapped as one.
     pub fn reload(

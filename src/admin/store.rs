@@ -44,16 +44,7 @@ impl Store {
     /// Writes the store whole, readable by its owner only.
     /// Returns the bytes written.
     pub fn save(&self, path: &Path) -> std::io::Result<Vec<u8>> {
-        #[derive(Serialize)]
-        struct Out<'a> {
-            version: u32,
-            resellers: &'a [ResellerConfig],
-        }
-        let out = Out {
-            version: VERSION,
-            resellers: &self.resellers,
-        };
-        let mut text = serde_json::to_vec_pretty(&out).map_err(std::io::Error::other)?;
+        let mut text = self.to_json().map_err(std::io::Error::other)?;
         text.push(b'\n');
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
@@ -77,6 +68,20 @@ impl Store {
         std::fs::rename(&tmp, path)?;
         std::fs::File::open(dir)?.sync_all()?;
         Ok(text)
+    }
+
+    /// The store's JSON at this gateway's format version, as the file and
+    /// Redis keep it (serialised in place, not copied first).
+    pub fn to_json(&self) -> serde_json::Result<Vec<u8>> {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            version: u32,
+            resellers: &'a [ResellerConfig],
+        }
+        serde_json::to_vec_pretty(&Out {
+            version: VERSION,
+            resellers: &self.resellers,
+        })
     }
 
     /// `base` with the store merged in (see the module's comment).

@@ -80,16 +80,26 @@ fn default_admin_sync_interval_ms() -> u64 {
 impl AdminConfig {
     /// The Redis URL, if the store is in Redis.
     pub fn resolved_redis_url(&self) -> Result<Option<String>, String> {
-        match (&self.redis_url, &self.redis_url_env) {
-            (Some(url), None) => Ok(Some(url.clone())),
-            (None, Some(var)) => std::env::var(var).map(Some).map_err(|_| {
-                format!("[admin] redis_url_env: environment variable {var} is not set")
-            }),
-            (None, None) => Ok(None),
-            (Some(_), Some(_)) => {
-                Err("[admin]: set one of redis_url and redis_url_env, not both".into())
-            }
-        }
+        url_or_env(&self.redis_url, &self.redis_url_env, "[admin] ")
+    }
+}
+
+/// A URL given as `redis_url` or through the variable `redis_url_env` names
+/// (at most one of them); `section` prefixes the errors.
+fn url_or_env(
+    url: &Option<String>,
+    env: &Option<String>,
+    section: &str,
+) -> Result<Option<String>, String> {
+    match (url, env) {
+        (Some(url), None) => Ok(Some(url.clone())),
+        (None, Some(var)) => std::env::var(var)
+            .map(Some)
+            .map_err(|_| format!("{section}redis_url_env: environment variable {var} is not set")),
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(format!(
+            "{section}set one of redis_url and redis_url_env, not both"
+        )),
     }
 }
 
@@ -823,13 +833,8 @@ impl LimitsConfig {
     /// The Redis URL, from `redis_url` or the variable `redis_url_env` names
     /// (exactly one of them).
     pub fn resolved_redis_url(&self) -> Result<String, String> {
-        match (&self.redis_url, &self.redis_url_env) {
-            (Some(url), None) => Ok(url.clone()),
-            (None, Some(var)) => std::env::var(var)
-                .map_err(|_| format!("redis_url_env: environment variable {var} is not set")),
-            (None, None) => Err("backend = \"redis\" needs redis_url or redis_url_env".into()),
-            (Some(_), Some(_)) => Err("set one of redis_url and redis_url_env, not both".into()),
-        }
+        url_or_env(&self.redis_url, &self.redis_url_env, "")?
+            .ok_or_else(|| "backend = \"redis\" needs redis_url or redis_url_env".into())
     }
 }
 
