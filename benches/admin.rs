@@ -52,6 +52,7 @@ fn store(n: usize, path: &Path) -> Store {
                 .collect(),
             credentials: Default::default(),
             admin_key_hashes: Vec::new(),
+            branding: Default::default(),
         });
     }
     store.save(path).unwrap();

@@ -1154,3 +1154,155 @@ async fn many_tenants_are_made_in_one_change_or_none_are() {
     assert_eq!(acme_tenants(&gw).await.len(), 3 + 50);
     gw.shutdown().await;
 }
+
+/// A reseller's brand is its own to set (the platform may set it when making
+/// the reseller): its new tenants' keys carry its prefix, its answers its
+/// header names and its key page, at once. A brand the gateway cannot use
+/// changes nothing; cleared, keys and answers name no reseller. Another
+/// reseller's admin cannot touch it, and a brand the file declares is
+/// changed in the file.
+#[tokio::test]
+async fn a_resellers_brand_is_set_through_the_api_and_served_at_once() {
+    let mock = MockProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(&admin_config(&mock, dir.path())).await;
+    let made = expect(
+        &gw,
+        Method::POST,
+        ACME_HOST,
+        PLATFORM_ADMIN,
+        "resellers",
+        Some(json!({"id": "initech", "domains": [INITECH_HOST],
+            "branding": {"key_prefix": "sk-initech-"}})),
+        201,
+    )
+    .await;
+    assert_eq!(
+        made["reseller"]["branding"],
+        json!({"key_prefix": "sk-initech-"})
+    );
+    let admin = made["admin_key"].as_str().unwrap().to_owned();
+    let as_initech = |method: Method, path: &'static str, body: Option<Value>, status: u16| {
+        let (gw, admin) = (&gw, admin.clone());
+        async move { expect(gw, method, INITECH_HOST, &admin, path, body, status).await }
+    };
+    let made = as_initech(
+        Method::POST,
+        "resellers/initech/tenants",
+        Some(json!({"id": "shop", "plan": "pro"})),
+        201,
+    )
+    .await;
+    let shop_key = made["key"].as_str().unwrap().to_owned();
+    assert!(shop_key.starts_with("sk-initech-"), "{shop_key}");
+
+    let brand = json!({"key_prefix": "sk-init-", "header_prefix": "x-initech-",
+        "keys_url": "https://initech.example/keys"});
+    let view = as_initech(
+        Method::PATCH,
+        "resellers/initech",
+        Some(json!({"branding": brand})),
+        200,
+    )
+    .await;
+    assert_eq!(view["branding"], brand);
+    let resp = chat_as(&gw, INITECH_HOST, &shop_key).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-initech-model"], "gpt-4o-mini");
+    assert!(resp.headers().get("x-livery-model").is_none());
+    let resp = chat_as(&gw, INITECH_HOST, "sk-init-FAKE-unknown").await;
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(
+        v["error"]["message"],
+        "Incorrect API key provided. You can find your API key at https://initech.example/keys."
+    );
+    let made = as_initech(
+        Method::POST,
+        "resellers/initech/tenants/shop/keys",
+        None,
+        201,
+    )
+    .await;
+    assert!(
+        made["key"].as_str().unwrap().starts_with("sk-init-"),
+        "{made}"
+    );
+
+    // Unusable: refused with the reason, and the brand served is unchanged.
+    let r = call(
+        &gw,
+        Method::PATCH,
+        INITECH_HOST,
+        Some(&admin),
+        "resellers/initech",
+        Some(json!({"branding": {"header_prefix": "X-Initech"}})),
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "invalid_config");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("branding.header_prefix"),
+        "{v}"
+    );
+    let resp = chat_as(&gw, INITECH_HOST, &shop_key).await;
+    assert_eq!(resp.headers()["x-initech-model"], "gpt-4o-mini");
+
+    // Another reseller's admin: not found, as a reseller that does not exist.
+    let r = call(
+        &gw,
+        Method::PATCH,
+        ACME_HOST,
+        Some(ACME_ADMIN),
+        "resellers/initech",
+        Some(json!({"branding": {"key_prefix": "sk-acme-"}})),
+    )
+    .await;
+    assert_eq!(error_code(r, 404).await, "not_found");
+    // A reseller the file declares is branded in the file.
+    let r = call(
+        &gw,
+        Method::PATCH,
+        ACME_HOST,
+        Some(ACME_ADMIN),
+        "resellers/acme",
+        Some(json!({"branding": {"key_prefix": "sk-acme-"}})),
+    )
+    .await;
+    assert_eq!(error_code(r, 409).await, "declared_in_config");
+
+    // Cleared: the neutral defaults, which name no reseller and no platform.
+    let view = as_initech(
+        Method::PATCH,
+        "resellers/initech",
+        Some(json!({"branding": null})),
+        200,
+    )
+    .await;
+    assert_eq!(view["branding"], json!({}));
+    let made = as_initech(
+        Method::POST,
+        "resellers/initech/tenants/shop/keys",
+        None,
+        201,
+    )
+    .await;
+    let key = made["key"].as_str().unwrap();
+    assert!(
+        key.starts_with("sk-") && !key.contains("livery") && !key.contains("init"),
+        "{key}"
+    );
+    let resp = chat_as(&gw, INITECH_HOST, key).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-livery-model"], "gpt-4o-mini");
+    let v: Value = chat_as(&gw, INITECH_HOST, "sk-FAKE-unknown")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["error"]["message"], "Incorrect API key provided.");
+    gw.shutdown().await;
+}

@@ -8,6 +8,7 @@ mod support;
 
 mod admin;
 mod anthropic;
+mod branding;
 mod cli;
 mod endpoints;
 mod isolation;

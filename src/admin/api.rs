@@ -4,7 +4,7 @@
 //! | path | methods |
 //! |---|---|
 //! | `resellers` | GET (the caller's), POST (platform) |
-//! | `resellers/{r}` | GET, PATCH (`name`; `domains`, `plan`: platform), DELETE (platform, no tenants left) |
+//! | `resellers/{r}` | GET, PATCH (`name`, `branding`; `domains`, `plan`: platform), DELETE (platform, no tenants left) |
 //! | `resellers/{r}/admin_keys` | GET, POST |
 //! | `resellers/{r}/admin_keys/{id}` | DELETE |
 //! | `resellers/{r}/credentials/{provider}` | PUT `{"api_key"}`, DELETE |
@@ -23,16 +23,25 @@
 
 use super::keys::{key_id, new_key, Principal};
 use super::{Admin, AdminError, Store};
-use crate::config::{GatewayConfig, LimitOverrides, ResellerConfig, TenantConfig, TenantStatus};
+use crate::config::{
+    BrandingConfig, GatewayConfig, LimitOverrides, ResellerConfig, TenantConfig, TenantStatus,
+};
 use crate::snapshot::Snapshot;
+use crate::tenancy::DEFAULT_KEY_PREFIX;
 use crate::vault::{CredentialOwner, Secret};
 use arc_swap::ArcSwap;
 use http::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-/// Prefix of the tenants' gateway keys the API makes.
-const TENANT_KEY_PREFIX: &str = "sk-livery-";
+/// Prefix of the tenant keys the API makes for reseller `r`: its brand's
+/// (`branding.key_prefix`), or the neutral default.
+fn tenant_key_prefix(snapshot: &ArcSwap<Snapshot>, r: &str) -> String {
+    snapshot.load().tenancy.reseller_by_id(r).map_or_else(
+        || DEFAULT_KEY_PREFIX.to_owned(),
+        |x| x.brand.key_prefix.clone(),
+    )
+}
 /// Prefix of the resellers' admin keys the API makes.
 const ADMIN_KEY_PREFIX: &str = "sk-livery-admin-";
 
@@ -243,6 +252,7 @@ fn reseller_view(
         "tenants": x.tenants.len(),
         "admin_keys": keys_view(&x.admin_key_hashes, declared_admin_keys),
         "credentials": x.credentials.keys().collect::<Vec<_>>(),
+        "branding": x.branding,
     }))
 }
 
@@ -342,6 +352,8 @@ struct NewReseller {
     domains: Vec<String>,
     #[serde(default)]
     plan: Option<String>,
+    #[serde(default)]
+    branding: BrandingConfig,
 }
 
 fn create_reseller(
@@ -369,6 +381,7 @@ fn create_reseller(
             tenants: Vec::new(),
             credentials: Default::default(),
             admin_key_hashes: vec![hash],
+            branding: new.branding,
         });
         Ok(())
     })?;
@@ -388,6 +401,9 @@ struct ResellerPatch {
     domains: Option<Vec<String>>,
     #[serde(default, deserialize_with = "some")]
     plan: Option<Option<String>>,
+    /// Replaces the whole brand; `null` clears it. The reseller's own to set.
+    #[serde(default, deserialize_with = "some")]
+    branding: Option<Option<BrandingConfig>>,
 }
 
 /// A field present (even `null`) is `Some`; absent is `None`.
@@ -437,6 +453,9 @@ fn patch_reseller(
         }
         if let Some(plan) = patch.plan {
             x.plan = plan;
+        }
+        if let Some(branding) = patch.branding {
+            x.branding = branding.unwrap_or_default();
         }
         Ok(())
     })?;
@@ -604,8 +623,9 @@ fn create_tenant(
         return Err(AdminError::BadBody("no tenant in the list".into()));
     }
     let mut made = Vec::with_capacity(news.len());
+    let prefix = tenant_key_prefix(snapshot, r);
     for new in news {
-        let (key, hash) = fresh_key(TENANT_KEY_PREFIX)?;
+        let (key, hash) = fresh_key(&prefix)?;
         made.push((new, key, hash));
     }
     let ids: Vec<String> = made.iter().map(|(n, _, _)| n.id.clone()).collect();
@@ -745,7 +765,7 @@ fn add_tenant_key(
     r: &str,
     t: &str,
 ) -> Result<Reply, AdminError> {
-    let (key, hash) = fresh_key(TENANT_KEY_PREFIX)?;
+    let (key, hash) = fresh_key(&tenant_key_prefix(snapshot, r))?;
     let id = key_id(&hash);
     admin.change(snapshot, |store, base, _| {
         api_tenant(store, base, r, t)?.key_hashes.push(hash);

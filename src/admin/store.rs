@@ -114,6 +114,7 @@ impl Store {
                     tenants: Vec::new(),
                     credentials: Default::default(),
                     admin_key_hashes: Vec::new(),
+                    branding: Default::default(),
                 });
                 self.resellers.len() - 1
             }

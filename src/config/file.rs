@@ -874,6 +874,35 @@ pub struct ResellerConfig {
     /// this reseller's tenants through the admin API, on its own hosts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub admin_key_hashes: Vec<String>,
+    /// What the reseller's tenants see of the reseller rather than of the
+    /// platform (`[resellers.branding]`).
+    #[serde(default, skip_serializing_if = "BrandingConfig::is_default")]
+    pub branding: BrandingConfig,
+}
+
+/// A reseller's brand on the surfaces its tenants see. Every field is
+/// optional; an absent one falls back to the platform's neutral default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrandingConfig {
+    /// Prefix of the tenant keys the admin API issues for this reseller
+    /// (`sk-acme-`); default `sk-`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
+    /// Where the reseller's tenants find their keys: a 401 says so, as
+    /// OpenAI's points to its own key page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys_url: Option<String>,
+    /// Prefix of the gateway's own response headers (`x-acme-` makes
+    /// `x-acme-model`); default `x-livery-`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_prefix: Option<String>,
+}
+
+impl BrandingConfig {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]

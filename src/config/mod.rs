@@ -14,7 +14,7 @@ pub use file::{
     ServerConfig, TenantConfig, TenantStatus, UsageConfig, VaultConfig,
 };
 
-pub use file::{AcmeConfig, AdminConfig, PlainPolicy, StaticCertConfig, TlsConfig};
+pub use file::{AcmeConfig, AdminConfig, BrandingConfig, PlainPolicy, StaticCertConfig, TlsConfig};
 pub use file::{LimitOverrides, LimitsBackend, LimitsConfig, OnRedisError, StreamCommit};
 
 use std::path::{Path, PathBuf};

@@ -27,7 +27,7 @@ pub enum CorsPolicy {
 const EXPOSED: HeaderValue = HeaderValue::from_static(
     "x-request-id, retry-after, x-ratelimit-limit-requests, x-ratelimit-limit-tokens, \
      x-ratelimit-remaining-requests, x-ratelimit-remaining-tokens, x-ratelimit-reset-requests, \
-     x-ratelimit-reset-tokens, x-livery-model, x-livery-downgraded-from",
+     x-ratelimit-reset-tokens",
 );
 const METHODS: HeaderValue = HeaderValue::from_static("GET, POST, OPTIONS");
 const DEFAULT_ALLOWED_HEADERS: HeaderValue = HeaderValue::from_static(
@@ -88,11 +88,15 @@ impl CorsPolicy {
         Some(out)
     }
 
-    /// Marks an answer to a request from `origin` readable by it.
-    pub fn mark(&self, origin: &HeaderValue, answer: &mut HeaderMap) {
+    /// Marks an answer to a request from `origin` readable by it, with the
+    /// gateway's own headers under the reseller's names (`brand_names`).
+    /// Browsers join repeated `Access-Control-Expose-Headers` fields into
+    /// one list, so the brand's names are a second field, prepared once.
+    pub fn mark(&self, origin: &HeaderValue, answer: &mut HeaderMap, brand_names: &HeaderValue) {
         if let Some(allow) = self.allow(origin) {
             answer.insert(ACCESS_CONTROL_ALLOW_ORIGIN, allow);
             answer.insert(ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSED);
+            answer.append(ACCESS_CONTROL_EXPOSE_HEADERS, brand_names.clone());
             if matches!(self, Self::Listed(_)) {
                 answer.append(VARY, HeaderValue::from_static("origin"));
             }

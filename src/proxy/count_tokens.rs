@@ -37,16 +37,11 @@ use super::App;
 use crate::limits::RequestFields;
 use crate::providers::estimate_input_tokens;
 use crate::routing::Route;
+use crate::tenancy::BrandHeaders;
 use crate::usage::Outcome;
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Response, StatusCode};
+use http::{HeaderValue, Response, StatusCode};
 use serde_json::{json, Value};
-
-// Header names as constants, not `&str`: http copies a string key into a new
-// allocation on every insert.
-const X_LIVERY_ESTIMATED: HeaderName = HeaderName::from_static("x-livery-estimated");
-const X_LIVERY_MODEL: HeaderName = HeaderName::from_static("x-livery-model");
-const X_LIVERY_DOWNGRADED_FROM: HeaderName = HeaderName::from_static("x-livery-downgraded-from");
 
 /// Validates a count's body: what every forwarded body must be (a JSON
 /// object, `model` chosen under the plan) and a `messages` array, checked
@@ -84,21 +79,24 @@ pub(super) async fn estimate_answer(
     prepared: &Prepared,
     route: &Route,
     record: PendingRecord,
+    names: &BrandHeaders,
 ) -> Response<ProxyBody> {
     // The body was read as JSON with a `messages` array (`read`).
     let body = serde_json::from_slice(&prepared.body.upstream(&route.upstream_model))
         .unwrap_or(Value::Null);
-    estimated(app, prepared, &route.upstream_model, body, record).await
+    estimated(app, prepared, &route.upstream_model, body, record, names).await
 }
 
 /// The count from the gateway's tokenizer, by `model`'s encoding, answered
-/// as Anthropic's count with `x-livery-estimated: true`.
+/// as Anthropic's count with `x-livery-estimated: true` (under the
+/// reseller's header prefix).
 async fn estimated(
     app: &App,
     prepared: &Prepared,
     model: &str,
     body: Value,
     mut record: PendingRecord,
+    names: &BrandHeaders,
 ) -> Response<ProxyBody> {
     // Tokenizing takes CPU in proportion to the prompt (a 4 MiB one: up to
     // about a second): off the request threads, where it held up every
@@ -117,15 +115,8 @@ async fn estimated(
     let staged = record.finish_staged(StatusCode::OK.as_u16(), Outcome::Ok, None);
     let mut resp = json_response(StatusCode::OK, &json!({ "input_tokens": tokens }));
     let h = resp.headers_mut();
-    h.insert(X_LIVERY_ESTIMATED, HeaderValue::from_static("true"));
-    if let Ok(v) = HeaderValue::from_str(&prepared.model) {
-        h.insert(X_LIVERY_MODEL, v);
-    }
-    if let Some(from) = &prepared.downgraded_from {
-        if let Ok(v) = HeaderValue::from_str(from) {
-            h.insert(X_LIVERY_DOWNGRADED_FROM, v);
-        }
-    }
+    h.insert(names.estimated.clone(), HeaderValue::from_static("true"));
+    super::fallback::served_headers(h, prepared, names);
     if let Some(ticket) = staged {
         // As every plain answer: its usage line in the kernel before it leaves.
         app.usage.spooled(ticket).await;

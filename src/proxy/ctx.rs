@@ -38,6 +38,13 @@ pub struct RequestCtx {
     pub anthropic_beta: Option<http::HeaderValue>,
 }
 
+impl RequestCtx {
+    /// The reseller's brand, as its tenants see it.
+    pub fn brand(&self) -> &crate::tenancy::Brand {
+        &self.snapshot.tenancy.reseller(self.reseller_idx).brand
+    }
+}
+
 /// The API a client speaks, known from the path alone (so even a request refused
 /// before tenancy gets its errors in the right shape).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

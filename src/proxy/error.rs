@@ -288,6 +288,34 @@ impl GatewayError {
 
     /// The response in the client's dialect (same status and headers).
     pub fn to_response_for(&self, dialect: Dialect) -> http::Response<ProxyBody> {
+        self.to_response_branded(dialect, None)
+    }
+
+    /// As [`Self::to_response_for`]; a missing or refused key's message also
+    /// says where the reseller's tenants find theirs (`keys_url`), as
+    /// OpenAI's points to its own key page.
+    pub fn to_response_branded(
+        &self,
+        dialect: Dialect,
+        keys_url: Option<&str>,
+    ) -> http::Response<ProxyBody> {
+        let keys_url = keys_url.filter(|_| {
+            matches!(
+                self,
+                GatewayError::Tenancy(TenancyError::MissingKey | TenancyError::InvalidKey)
+            )
+        });
+        let branded = |mut message: String| {
+            if let Some(url) = keys_url {
+                if !message.ends_with('.') {
+                    message.push('.');
+                }
+                message.push_str(" You can find your API key at ");
+                message.push_str(url);
+                message.push('.');
+            }
+            message
+        };
         let code = self.code();
         match self.log_level() {
             tracing::Level::ERROR => tracing::error!(code, error = %self, "gateway failure"),
@@ -297,7 +325,7 @@ impl GatewayError {
         }
         let body = match dialect {
             Dialect::OpenAi => json!({"error": {
-                "message": self.message(),
+                "message": branded(self.message()),
                 "type": self.error_type(),
                 "param": match self {
                     GatewayError::MissingModel => json!("model"),
@@ -308,12 +336,12 @@ impl GatewayError {
             }}),
             Dialect::Anthropic => json!({"type": "error", "error": {
                 "type": anthropic_error_type(self.status()),
-                "message": match self {
+                "message": branded(match self {
                     GatewayError::Tenancy(TenancyError::MissingKey) => {
                         "x-api-key header is required".to_owned()
                     }
                     other => other.message(),
-                },
+                }),
             }}),
         };
         let mut resp = json_response(self.status(), &body);

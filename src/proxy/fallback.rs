@@ -20,11 +20,12 @@ use super::{App, ProxyBody};
 use crate::providers::{Endpoint, StreamFormat, UpstreamRequest};
 use crate::routing::breaker::{Admission, BreakerKey, BreakerSettings};
 use crate::routing::{Route, RoutingError};
+use crate::tenancy::BrandHeaders;
 use crate::usage::AttemptRecord;
 use crate::vault::{
     select_credential, CredentialOwner, KeyOwner, ProviderCredential, StoredCredential, VaultError,
 };
-use http::{HeaderName, HeaderValue, Response};
+use http::{HeaderMap, HeaderValue, Response};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -85,7 +86,13 @@ pub fn serve<'a>(
                 // is no attempt: no key unsealed, no breaker probed, closed
                 // or refusing, nothing named in the record. Boxed: its
                 // state would size every request's future.
-                let answer = super::count_tokens::estimate_answer(app, &prepared, route, record);
+                let answer = super::count_tokens::estimate_answer(
+                    app,
+                    &prepared,
+                    route,
+                    record,
+                    &ctx.brand().headers,
+                );
                 return Box::pin(answer).await;
             }
             if skip_non_responses && !route.provider.serves_responses() {
@@ -232,7 +239,7 @@ pub fn serve<'a>(
                                 (resp, None)
                             }
                         };
-                        served_headers(&mut resp, &prepared);
+                        served_headers(resp.headers_mut(), &prepared, &ctx.brand().headers);
                         if let Some(ticket) = staged {
                             // A plain answer's usage line is staged; it must
                             // be in the kernel before the answer leaves.
@@ -398,20 +405,15 @@ fn push_attempt(
 /// overloaded, and the route's retries and the next routes take over.
 const MAX_REFUSALS: u32 = 2;
 
-// Header names as constants, not `&str`: http copies a string key into a new
-// allocation on every insert.
-const X_LIVERY_MODEL: HeaderName = HeaderName::from_static("x-livery-model");
-const X_LIVERY_DOWNGRADED_FROM: HeaderName = HeaderName::from_static("x-livery-downgraded-from");
-
 /// Tells the client which tenant-facing model served it, and that it was
-/// downgraded if so.
-fn served_headers(resp: &mut Response<ProxyBody>, prepared: &Prepared) {
+/// downgraded if so, under the reseller's header names.
+pub(super) fn served_headers(headers: &mut HeaderMap, prepared: &Prepared, names: &BrandHeaders) {
     if let Ok(v) = HeaderValue::from_str(&prepared.model) {
-        resp.headers_mut().insert(X_LIVERY_MODEL, v);
+        headers.insert(names.model.clone(), v);
     }
     if let Some(from) = &prepared.downgraded_from {
         if let Ok(v) = HeaderValue::from_str(from) {
-            resp.headers_mut().insert(X_LIVERY_DOWNGRADED_FROM, v);
+            headers.insert(names.downgraded_from.clone(), v);
         }
     }
 }

@@ -125,6 +125,17 @@ where
         Ok(Resolved::Answered(_)) => (None, None),
         Err(refusal) => (refusal.reseller.as_deref(), None),
     };
+    // Only a browser's answer names the gateway's headers in CORS.
+    let brand = origin.as_ref().and_then(|_| match &resolved {
+        Ok(Resolved::Api(_, ctx)) => Some(Arc::clone(
+            &ctx.snapshot.tenancy.reseller(ctx.reseller_idx).brand,
+        )),
+        Ok(Resolved::Answered(_)) => None,
+        Err(refusal) => refusal
+            .reseller
+            .as_deref()
+            .and_then(|id| brand_of(&app, id)),
+    });
     let span = tracing::info_span!(
         "request",
         request_id = %rid,
@@ -153,16 +164,38 @@ where
         }
         Err(refusal) => {
             app.metrics.refusal(refusal.error.code());
-            span.in_scope(|| refusal.error.to_response_for(dialect))
+            // Looked up again rather than carried: a refusal is rare, and
+            // every request's result would grow by the pointer.
+            let brand = refusal
+                .reseller
+                .as_deref()
+                .and_then(|id| brand_of(&app, id));
+            let keys_url = brand.as_ref().and_then(|b| b.keys_url.as_deref());
+            span.in_scope(|| refusal.error.to_response_branded(dialect, keys_url))
         }
     };
     resp.headers_mut()
         .insert(crate::telemetry::ids::REQUEST_ID_HEADER, rid.header_value());
     if let Some(origin) = &origin {
-        app.snapshot.load().cors.mark(origin, resp.headers_mut());
+        let names = brand
+            .as_ref()
+            .map_or(&crate::tenancy::DEFAULT_EXPOSED, |b| &b.headers.exposed);
+        app.snapshot
+            .load()
+            .cors
+            .mark(origin, resp.headers_mut(), names);
     }
     app.metrics.response(resp.status().as_u16());
     resp
+}
+
+/// Reseller `id`'s brand in the current snapshot.
+fn brand_of(app: &App, id: &str) -> Option<Arc<crate::tenancy::Brand>> {
+    let snapshot = app.snapshot.load();
+    snapshot
+        .tenancy
+        .reseller_by_id(id)
+        .map(|r| Arc::clone(&r.brand))
 }
 
 /// What the synchronous stages made of a request.

@@ -4,9 +4,11 @@
 //! final key comparison is constant-time. A key that belongs to another reseller
 //! is indistinguishable from an unknown key.
 
+mod brand;
 mod host;
 mod key;
 
+pub use brand::{Brand, BrandHeaders, DEFAULT_EXPOSED, DEFAULT_HEADER_PREFIX, DEFAULT_KEY_PREFIX};
 pub use host::normalize_host;
 pub use key::{presented_key, KeyDigest, PresentedKey};
 
@@ -76,6 +78,8 @@ pub struct Reseller {
     pub plan: Option<Arc<Plan>>,
     /// Limits on the sum of all tenants (all unlimited without a plan).
     pub limits: PlanLimits,
+    /// What its tenants see of it; unbranded resellers share one default.
+    pub brand: Arc<Brand>,
 }
 
 /// Index of a reseller inside one [`Tenancy`] snapshot.
@@ -147,6 +151,7 @@ impl Tenancy {
             resellers: Vec::new(),
             keys: FastMap::default(),
         };
+        let default_brand = Arc::new(Brand::default());
         for (ri, r) in config.resellers.iter().enumerate() {
             if !is_dns_label(&r.id) {
                 return Err(format!(
@@ -254,7 +259,16 @@ impl Tenancy {
                     )?,
                 }));
             }
+            let brand = if r.branding.is_default() {
+                default_brand.clone()
+            } else {
+                Arc::new(
+                    Brand::from_config(&r.branding)
+                        .map_err(|e| format!("reseller `{}`: {e}", r.id))?,
+                )
+            };
             t.resellers.push(Reseller {
+                brand,
                 limits: reseller_plan.as_ref().map(|p| p.limits).unwrap_or_default(),
                 plan: reseller_plan,
                 id: r.id.as_str().into(),
@@ -277,6 +291,11 @@ impl Tenancy {
 
     pub fn reseller(&self, idx: ResellerIdx) -> &Reseller {
         &self.resellers[idx.0]
+    }
+
+    /// Reseller `id`, if this snapshot has it.
+    pub fn reseller_by_id(&self, id: &str) -> Option<&Reseller> {
+        self.reseller_ids.get(id).map(|&i| &self.resellers[i])
     }
 
     /// True if any reseller or tenant has a sealed provider credential.
