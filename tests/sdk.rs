@@ -366,22 +366,27 @@ async fn openai_sdk_through_an_anthropic_route() {
     .await;
     let requests = claude.requests();
     // Plain, streamed, streamed with usage, raw response, structured (parsed
-    // and streamed).
-    assert_eq!(requests.len(), 6, "requests the Anthropic mock saw");
+    // and streamed), and the Responses API's create, stream and parse.
+    assert_eq!(requests.len(), 9, "requests the Anthropic mock saw");
     let structured = requests
         .iter()
         .filter(|r| r.body["output_config"]["format"]["type"] == "json_schema")
         .count();
-    assert_eq!(structured, 2, "structured requests the Anthropic mock saw");
+    assert_eq!(structured, 3, "structured requests the Anthropic mock saw");
     assert!(requests
         .iter()
         .all(|r| r.body["model"] == "claude-sonnet-4-5"));
-    let records = wait_usage(&gw.usage_path, 6).await;
+    let records = wait_usage(&gw.usage_path, 9).await;
     let served: Vec<_> = records
         .iter()
         .filter(|r| r["provider"] == "claude" && r["status"] == 200)
         .collect();
-    assert_eq!(served.len(), 6, "usage records: {records:#?}");
+    assert_eq!(served.len(), 9, "usage records: {records:#?}");
+    let responses = served
+        .iter()
+        .filter(|r| r["endpoint"] == "responses")
+        .count();
+    assert_eq!(responses, 3, "usage records: {records:#?}");
     assert!(served
         .iter()
         .all(|r| r["completion_tokens"].as_u64() > Some(0)));

@@ -3,6 +3,8 @@
 //! for: a chat-completions request is translated to a Messages request
 //! ([`chat_to_messages`]) and the answer, streamed or not, back to OpenAI's format,
 //! errors included (status kept, so the proxy still sees a 529 as "overloaded");
+//! a Responses request goes through the chat translation once more
+//! ([`super::responses_bridge`]);
 //! a `/v1/messages` request goes through natively, body and answer untouched,
 //! and so does a `/v1/messages/count_tokens` one, to the provider's own.
 //! One pooled keep-alive client per provider, as for `openai`.
@@ -110,7 +112,14 @@ impl AnthropicProvider {
                     .await
             }
             Endpoint::ChatCompletions => self.send_chat(req, key).await,
-            Endpoint::Completions | Endpoint::Embeddings | Endpoint::Responses => Ok(synthetic(
+            // Boxed: inline, the bridge's state would size every request's future.
+            Endpoint::Responses => {
+                Box::pin(super::responses_bridge::send_via_chat(req, |chat| {
+                    self.send_chat(chat, key)
+                }))
+                .await
+            }
+            Endpoint::Completions | Endpoint::Embeddings => Ok(synthetic(
                 StatusCode::BAD_REQUEST,
                 &json!({"error": {
                     "message": format!(

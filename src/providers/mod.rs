@@ -15,6 +15,8 @@ mod idle;
 mod messages_bridge;
 pub mod mock;
 mod openai;
+mod responses_bridge;
+pub mod responses_chat;
 pub mod sse;
 mod translate;
 
@@ -240,13 +242,6 @@ impl Provider {
     /// ([`Endpoint::CountTokens`]): Anthropic's does, OpenAI's has no way to.
     pub fn counts_tokens(&self) -> bool {
         matches!(self, Provider::Anthropic(_))
-    }
-
-    /// Whether the provider serves OpenAI's Responses API
-    /// ([`Endpoint::Responses`]): every kind that speaks OpenAI's API does;
-    /// Anthropic's refuses it.
-    pub fn serves_responses(&self) -> bool {
-        !matches!(self, Provider::Anthropic(_))
     }
 
     /// The platform's own key for this provider, if any.

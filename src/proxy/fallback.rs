@@ -70,11 +70,6 @@ pub fn serve<'a>(
                 )
             }
         };
-        // A Responses request skips the routes that cannot serve it (a model
-        // whose Anthropic route falls back to an OpenAI one is served by the
-        // latter); with none that can, the first refuses it as unsupported.
-        let skip_non_responses =
-            endpoint == Endpoint::Responses && routes.iter().any(|r| r.provider.serves_responses());
         let mut last: Option<(Failure, Option<KeyOwner>, Arc<str>)> = None;
         let mut skipped_open = 0usize;
         let mut refusals = 0u32;
@@ -94,9 +89,6 @@ pub fn serve<'a>(
                     &ctx.brand().headers,
                 );
                 return Box::pin(answer).await;
-            }
-            if skip_non_responses && !route.provider.serves_responses() {
-                continue;
             }
             let provider_name = Arc::clone(route.provider.name());
             let credential = match credential_for(ctx, route) {

@@ -272,10 +272,9 @@ def main(argv):
             ("stream broken mid-way", lambda: check_broken_stream(client, model)),
         ]
     if embed_model == "-":
-        # An Anthropic route: no embeddings, no Responses API.
+        # An Anthropic route: no embeddings (its Responses API is translated).
         checks = [c for c in checks if c[0] != "embedding"]
-    else:
-        checks.append(("responses", lambda: check_responses(client, model)))
+    checks.append(("responses", lambda: check_responses(client, model)))
     for name, check in checks:
         try:
             detail = check()
