@@ -100,7 +100,9 @@ fn fixture(n: usize) -> (Snapshot, Vec<(String, HeaderMap)>) {
         rc.tenants = (r * TENANTS_PER_RESELLER..((r + 1) * TENANTS_PER_RESELLER).min(n))
             .map(|i| {
                 tenant_template.id = format!("t{i}");
-                tenant_template.key_hashes = vec![KeyDigest::of(&tenant_key(i)).to_config_string()];
+                tenant_template.key_hashes = vec![livery::config::TenantKey::digest(
+                    KeyDigest::of(&tenant_key(i)).to_config_string(),
+                )];
                 tenant_template.clone()
             })
             .collect();
@@ -156,7 +158,7 @@ fn tenancy(c: &mut Criterion) {
             .collect();
         // Every probe must succeed, or the numbers would time the error path.
         for (r, k) in resolved.iter().zip(&keys) {
-            t.authenticate(*r, k).unwrap();
+            t.authenticate(*r, k, 0).unwrap();
         }
 
         let mut i = 0usize;
@@ -170,7 +172,7 @@ fn tenancy(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("authenticate", n), &n, |b, _| {
             b.iter(|| {
                 i = (i + 1) % PROBES;
-                black_box(t.authenticate(resolved[i], black_box(keys[i])).is_ok())
+                black_box(t.authenticate(resolved[i], black_box(keys[i]), 0).is_ok())
             })
         });
         let mut i = 0usize;
@@ -181,7 +183,7 @@ fn tenancy(c: &mut Criterion) {
                 b.iter(|| {
                     i = (i + 1) % PROBES;
                     black_box(
-                        t.authenticate(resolved[i], black_box("sk-not-a-tenant-key-0123456789"))
+                        t.authenticate(resolved[i], black_box("sk-not-a-tenant-key-0123456789"), 0)
                             .is_err(),
                     )
                 })
@@ -198,7 +200,7 @@ fn tenancy(c: &mut Criterion) {
                     return false;
                 };
                 match presented_key(black_box(headers)) {
-                    PresentedKey::Key(k) => t.authenticate(r, k).is_ok(),
+                    PresentedKey::Key(k) => t.authenticate(r, k, 0).is_ok(),
                     _ => false,
                 }
             })

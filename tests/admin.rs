@@ -1306,3 +1306,96 @@ async fn a_resellers_brand_is_set_through_the_api_and_served_at_once() {
     assert_eq!(v["error"]["message"], "Incorrect API key provided.");
     gw.shutdown().await;
 }
+
+/// A tenant key made with a name and `expires_in` is listed with both, serves
+/// until it expires and is 401 `expired_api_key` from then on, while the
+/// tenant's other key serves on; the expiry is kept in the store. Bodies that
+/// cannot make a key make none.
+#[tokio::test]
+async fn a_tenant_key_with_an_expiry_serves_until_then() {
+    let mock = MockProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(&admin_config(&mock, dir.path())).await;
+    let first = make_tenant(&gw, "bakery").await;
+    let made = as_acme(
+        &gw,
+        Method::POST,
+        "resellers/acme/tenants/bakery/keys",
+        Some(json!({"name": "ci runner", "expires_in": 2})),
+        201,
+    )
+    .await;
+    let key = made["key"].as_str().unwrap().to_owned();
+    let expires_at = made["expires_at"].as_u64().unwrap();
+    assert_eq!(made["name"], "ci runner");
+    let listed = as_acme(
+        &gw,
+        Method::GET,
+        "resellers/acme/tenants/bakery/keys",
+        None,
+        200,
+    )
+    .await;
+    let entry = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == made["id"])
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (entry["name"].as_str(), entry["expires_at"].as_u64()),
+        (Some("ci runner"), Some(expires_at))
+    );
+    let stored: String = std::fs::read_to_string(store_path(dir.path()))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert!(
+        stored.contains(&format!("\"expires_at\":{expires_at}")),
+        "{stored}"
+    );
+    assert_eq!(chat_as(&gw, ACME_HOST, &key).await.status(), 200);
+
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    while now() < expires_at {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let resp = chat_as(&gw, ACME_HOST, &key).await;
+    assert_eq!(error_code(resp, 401).await, "expired_api_key");
+    assert_eq!(chat_as(&gw, ACME_HOST, &first).await.status(), 200);
+
+    let before = acme_tenant_keys(&gw, "bakery").await;
+    for body in [
+        json!({"expires_at": now() + 60, "expires_in": 60}),
+        json!({"expires_at": now() - 1}),
+        json!({"expires": 60}),
+        json!({"name": 7}),
+    ] {
+        let r = call(
+            &gw,
+            Method::POST,
+            ACME_HOST,
+            Some(ACME_ADMIN),
+            "resellers/acme/tenants/bakery/keys",
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(error_code(r, 400).await, "invalid_body", "{body}");
+    }
+    assert_eq!(acme_tenant_keys(&gw, "bakery").await, before);
+    gw.shutdown().await;
+}
+
+/// How many keys acme's tenant `t` has, as its admin lists them.
+async fn acme_tenant_keys(gw: &TestGateway, t: &str) -> usize {
+    let path = format!("resellers/acme/tenants/{t}/keys");
+    let resp = call(gw, Method::GET, ACME_HOST, Some(ACME_ADMIN), &path, None).await;
+    let v: Value = resp.json().await.unwrap();
+    v["data"].as_array().unwrap().len()
+}

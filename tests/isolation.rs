@@ -1334,3 +1334,57 @@ async fn cors_preflights_are_identical_at_every_host_and_name_no_reseller() {
     assert_no_upstream(&mock, before, "CORS preflights");
     assert_only_sentinel_recorded(&gw, 0, "CORS preflights").await;
 }
+
+/// A key declared with `expires_at` serves until then and is refused from
+/// then on, at every endpoint, as 401 `expired_api_key` (told only to the
+/// key's holder at its own reseller: at the other reseller it is any unknown
+/// key), while the tenant's other keys serve on; nothing refused reaches the
+/// provider.
+#[tokio::test]
+async fn an_expired_key_is_refused_and_the_tenants_other_keys_serve_on() {
+    let mock = MockProvider::start().await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let (expired, current) = ("sk-FAKE-dental-expired-key", "sk-FAKE-dental-current-key");
+    let dental = format!("key_hashes = [\"{}\"]", hash(ACME_DENTAL.2));
+    let config = standard_config(&mock.base_url(), "");
+    assert!(config.contains(&dental));
+    let config = config.replacen(
+        &dental,
+        &format!(
+            "key_hashes = [\"{}\", {{ hash = \"{}\", name = \"old laptop\", expires_at = {} }}, {{ hash = \"{}\", expires_at = {} }}]",
+            hash(ACME_DENTAL.2),
+            hash(expired),
+            now - 1,
+            hash(current),
+            now + 3600
+        ),
+        1,
+    );
+    let gw = TestGateway::start(&config).await;
+    for (_, path) in ENDPOINTS {
+        let before = mock.requests().len();
+        let resp = call(&gw, path, Some(ACME_HOST), Cred::Bearer(expired)).await;
+        let o = observe(resp).await;
+        assert_eq!(o.status, 401, "{path}: {o:?}");
+        let v: Value = serde_json::from_str(&o.body).unwrap();
+        assert_eq!(
+            v["error"]["message"], "This API key has expired.",
+            "{path}: {v}"
+        );
+        if path != MESSAGES {
+            assert_eq!(v["error"]["code"], "expired_api_key", "{path}: {v}");
+        }
+        let resp = call(&gw, path, Some(GLOBEX_HOST), Cred::Bearer(expired)).await;
+        let o = observe(resp).await;
+        assert_eq!(code_of(path, &o), "invalid_api_key", "{path}: {o:?}");
+        assert_no_upstream(&mock, before, path);
+        for key in [current, ACME_DENTAL.2] {
+            let tenant = (ACME_DENTAL.0, ACME_DENTAL.1, key);
+            assert_served_as(&gw, &mock, path, ACME_HOST, Cred::Bearer(key), tenant).await;
+        }
+    }
+    gw.shutdown().await;
+}

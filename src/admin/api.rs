@@ -24,7 +24,8 @@
 use super::keys::{key_id, new_key, Principal};
 use super::{Admin, AdminError, Store};
 use crate::config::{
-    BrandingConfig, GatewayConfig, LimitOverrides, ResellerConfig, TenantConfig, TenantStatus,
+    BrandingConfig, GatewayConfig, LimitOverrides, ResellerConfig, TenantConfig, TenantKey,
+    TenantStatus,
 };
 use crate::snapshot::Snapshot;
 use crate::tenancy::DEFAULT_KEY_PREFIX;
@@ -136,7 +137,9 @@ pub fn handle(
                     let view = tenant_view(admin, r, t)?;
                     ok(json!({"object": "list", "data": view["keys"]}))
                 }
-                (["tenants", t, "keys"], &Method::POST) => add_tenant_key(admin, snapshot, r, t),
+                (["tenants", t, "keys"], &Method::POST) => {
+                    add_tenant_key(admin, snapshot, r, t, req.body)
+                }
                 (["tenants", t, "keys", id], &Method::DELETE) => {
                     delete_tenant_key(admin, snapshot, r, t, id)
                 }
@@ -531,7 +534,7 @@ fn find_tenant<'a>(
     merged: &'a GatewayConfig,
     r: &str,
     t: &str,
-) -> Result<(&'a TenantConfig, Option<Vec<String>>), AdminError> {
+) -> Result<(&'a TenantConfig, Option<Vec<TenantKey>>), AdminError> {
     let tenant = merged
         .resellers
         .iter()
@@ -544,7 +547,19 @@ fn find_tenant<'a>(
     Ok((tenant, declared))
 }
 
-fn tenant_json(r: &str, t: &TenantConfig, declared: Option<&[String]>) -> Value {
+/// A tenant's keys as listed: id, where declared, name and expiry.
+fn tenant_keys_view(keys: &[TenantKey], declared: &[TenantKey]) -> Value {
+    Value::Array(
+        keys.iter()
+            .map(|k| {
+                json!({"id": key_id(&k.hash), "source": source(declared.contains(k)),
+                    "name": k.name, "expires_at": k.expires_at})
+            })
+            .collect(),
+    )
+}
+
+fn tenant_json(r: &str, t: &TenantConfig, declared: Option<&[TenantKey]>) -> Value {
     json!({
         "object": "tenant",
         "id": t.id,
@@ -553,7 +568,7 @@ fn tenant_json(r: &str, t: &TenantConfig, declared: Option<&[String]>) -> Value 
         "plan": t.plan,
         "status": t.status,
         "limits": t.limits,
-        "keys": keys_view(&t.key_hashes, declared.unwrap_or(&[])),
+        "keys": tenant_keys_view(&t.key_hashes, declared.unwrap_or(&[])),
         "credentials": t.credentials.keys().collect::<Vec<_>>(),
         "source": source(declared.is_some()),
     })
@@ -579,7 +594,7 @@ fn list_tenants(admin: &Admin, r: &str, query: Option<&str>) -> Result<Reply, Ad
         .iter()
         .map(|t| (t.id.as_str(), t))
         .collect();
-    let declared: std::collections::HashMap<&str, &[String]> = declared_reseller(&state.base, r)
+    let declared: std::collections::HashMap<&str, &[TenantKey]> = declared_reseller(&state.base, r)
         .into_iter()
         .flat_map(|x| &x.tenants)
         .map(|t| (t.id.as_str(), t.key_hashes.as_slice()))
@@ -636,7 +651,7 @@ fn create_tenant(
             name: new.name.take(),
             plan: std::mem::take(&mut new.plan),
             status: new.status,
-            key_hashes: vec![std::mem::take(hash)],
+            key_hashes: vec![TenantKey::digest(std::mem::take(hash))],
             credentials: Default::default(),
             limits: new.limits,
         })
@@ -759,19 +774,67 @@ fn delete_tenant(
     ok(json!({"object": "tenant", "id": t, "deleted": true}))
 }
 
+/// `POST …/keys`: all optional. `expires_at` (Unix seconds) or
+/// `expires_in` (seconds from now), not both.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NewKey {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    expires_at: Option<u64>,
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 fn add_tenant_key(
     admin: &Admin,
     snapshot: &ArcSwap<Snapshot>,
     r: &str,
     t: &str,
+    body: &[u8],
 ) -> Result<Reply, AdminError> {
+    let new: NewKey = if body.iter().all(u8::is_ascii_whitespace) {
+        NewKey::default()
+    } else {
+        parse(body)?
+    };
+    let now = unix_now();
+    let expires_at = match (new.expires_at, new.expires_in) {
+        (Some(_), Some(_)) => {
+            return Err(AdminError::BadBody(
+                "give `expires_at` or `expires_in`, not both".into(),
+            ))
+        }
+        (Some(at), None) => Some(at),
+        (None, Some(secs)) => Some(now.saturating_add(secs)),
+        (None, None) => None,
+    };
+    if expires_at.is_some_and(|at| at <= now) {
+        return Err(AdminError::BadBody(
+            "the key would expire before it is issued".into(),
+        ));
+    }
     let (key, hash) = fresh_key(&tenant_key_prefix(snapshot, r))?;
     let id = key_id(&hash);
+    let entry = TenantKey {
+        hash,
+        name: new.name,
+        expires_at,
+    };
+    let (name, expires_at) = (entry.name.clone(), entry.expires_at);
     admin.change(snapshot, |store, base, _| {
-        api_tenant(store, base, r, t)?.key_hashes.push(hash);
+        api_tenant(store, base, r, t)?.key_hashes.push(entry);
         Ok(())
     })?;
-    created(json!({"object": "key", "id": id, "key": key.expose()}))
+    created(json!({"object": "key", "id": id, "key": key.expose(),
+        "name": name, "expires_at": expires_at}))
 }
 
 fn delete_tenant_key(
@@ -784,7 +847,7 @@ fn delete_tenant_key(
     admin.change(snapshot, |store, base, _| {
         let x = api_tenant(store, base, r, t)?;
         let before = x.key_hashes.len();
-        x.key_hashes.retain(|h| key_id(h) != id);
+        x.key_hashes.retain(|k| key_id(&k.hash) != id);
         if x.key_hashes.len() == before {
             return Err(AdminError::NotFound(format!(
                 "no key `{id}` for tenant `{t}`"

@@ -45,7 +45,7 @@ impl AdminKeys {
             .iter()
             .flat_map(|r| &r.tenants)
             .flat_map(|t| &t.key_hashes)
-            .filter_map(|h| KeyDigest::parse(h))
+            .filter_map(|k| KeyDigest::parse(&k.hash))
             .collect();
         let platform = config.admin.iter().flat_map(|a| &a.platform_key_hashes);
         let owned = platform.map(|h| {

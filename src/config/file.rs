@@ -922,14 +922,116 @@ pub struct TenantConfig {
     pub plan: String,
     #[serde(default)]
     pub status: TenantStatus,
-    /// `sha256:<64 hex>` digests of the tenant's gateway keys (`livery hash-key`).
-    pub key_hashes: Vec<String>,
+    /// The tenant's gateway keys: `sha256:<64 hex>` digests (`livery
+    /// hash-key`), or `{ hash, name, expires_at }` tables.
+    pub key_hashes: Vec<TenantKey>,
     /// Sealed provider keys of the tenant (`livery vault seal`), by provider name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub credentials: BTreeMap<String, String>,
     /// Single limit fields that replace the plan's for this tenant.
     #[serde(default)]
     pub limits: LimitOverrides,
+}
+
+/// One gateway key of a tenant: its digest, and optionally a name (to tell
+/// keys apart in lists) and an expiry (Unix seconds; refused from then on).
+/// Written as the bare digest when it has neither, as files always had it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "TenantKeyForm")]
+pub struct TenantKey {
+    pub hash: String,
+    pub name: Option<String>,
+    pub expires_at: Option<u64>,
+}
+
+impl TenantKey {
+    /// A key with no name and no expiry.
+    pub fn digest(hash: String) -> Self {
+        Self {
+            hash,
+            name: None,
+            expires_at: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TenantKeyForm {
+    Digest(String),
+    Table(TenantKeyTable),
+}
+
+#[derive(Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+struct TenantKeyTable {
+    hash: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires_at: Option<u64>,
+}
+
+impl From<TenantKeyForm> for TenantKey {
+    fn from(form: TenantKeyForm) -> Self {
+        match form {
+            TenantKeyForm::Digest(hash) => Self::digest(hash),
+            TenantKeyForm::Table(t) => Self {
+                hash: t.hash,
+                name: t.name,
+                expires_at: t.expires_at,
+            },
+        }
+    }
+}
+
+impl serde::Serialize for TenantKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.name.is_none() && self.expires_at.is_none() {
+            return s.serialize_str(&self.hash);
+        }
+        TenantKeyTable {
+            hash: self.hash.clone(),
+            name: self.name.clone(),
+            expires_at: self.expires_at,
+        }
+        .serialize(s)
+    }
+}
+
+#[cfg(test)]
+mod tenant_key_tests {
+    use super::*;
+
+    #[test]
+    fn a_key_is_a_digest_or_a_table_and_is_written_back_as_it_came() {
+        let keys: Vec<TenantKey> = serde_json::from_str(
+            r#"["sha256:aa", {"hash": "sha256:bb", "name": "ci", "expires_at": 1798761600}]"#,
+        )
+        .unwrap();
+        assert_eq!(keys[0], TenantKey::digest("sha256:aa".into()));
+        assert_eq!(keys[1].name.as_deref(), Some("ci"));
+        assert_eq!(keys[1].expires_at, Some(1798761600));
+        assert_eq!(
+            serde_json::to_string(&keys).unwrap(),
+            r#"["sha256:aa",{"hash":"sha256:bb","name":"ci","expires_at":1798761600}]"#
+        );
+        let toml_keys: TenantConfig = toml::from_str(
+            "id = \"t\"\nplan = \"p\"\nkey_hashes = [\"sha256:aa\", { hash = \"sha256:bb\", expires_at = 5 }]\n",
+        )
+        .unwrap();
+        assert_eq!(toml_keys.key_hashes[1].expires_at, Some(5));
+        for bad in [
+            r#"[{"hash": "sha256:bb", "expires": 5}]"#,
+            r#"[{"name": "ci"}]"#,
+            r#"[{"hash": "sha256:bb", "expires_at": "tomorrow"}]"#,
+        ] {
+            assert!(
+                serde_json::from_str::<Vec<TenantKey>>(bad).is_err(),
+                "{bad}"
+            );
+        }
+    }
 }
 
 #[cfg(test)]

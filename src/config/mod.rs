@@ -14,7 +14,9 @@ pub use file::{
     ServerConfig, TenantConfig, TenantStatus, UsageConfig, VaultConfig,
 };
 
-pub use file::{AcmeConfig, AdminConfig, BrandingConfig, PlainPolicy, StaticCertConfig, TlsConfig};
+pub use file::{
+    AcmeConfig, AdminConfig, BrandingConfig, PlainPolicy, StaticCertConfig, TenantKey, TlsConfig,
+};
 pub use file::{LimitOverrides, LimitsBackend, LimitsConfig, OnRedisError, StreamCommit};
 
 use std::path::{Path, PathBuf};
@@ -218,7 +220,7 @@ pub fn validate_static(config: &GatewayConfig) -> Result<(), ConfigError> {
         .iter()
         .flat_map(|r| &r.tenants)
         .flat_map(|t| &t.key_hashes)
-        .any(|h| crate::tenancy::KeyDigest::parse(h).as_ref() == Some(&demo));
+        .any(|k| crate::tenancy::KeyDigest::parse(&k.hash).as_ref() == Some(&demo));
     let public = config
         .server
         .listen

@@ -70,7 +70,9 @@ impl GatewayError {
             GatewayError::Tenancy(e) => match e {
                 TenancyError::UnknownHost => StatusCode::NOT_FOUND,
                 TenancyError::AmbiguousHost => StatusCode::BAD_REQUEST,
-                TenancyError::MissingKey | TenancyError::InvalidKey => StatusCode::UNAUTHORIZED,
+                TenancyError::MissingKey | TenancyError::InvalidKey | TenancyError::ExpiredKey => {
+                    StatusCode::UNAUTHORIZED
+                }
                 TenancyError::TenantSuspended => StatusCode::FORBIDDEN,
             },
             GatewayError::Routing(RoutingError::ModelNotFound(_)) => StatusCode::NOT_FOUND,
@@ -121,7 +123,9 @@ impl GatewayError {
         match self {
             GatewayError::Tenancy(e) => match e {
                 TenancyError::UnknownHost | TenancyError::AmbiguousHost => "invalid_request_error",
-                TenancyError::MissingKey | TenancyError::InvalidKey => "authentication_error",
+                TenancyError::MissingKey | TenancyError::InvalidKey | TenancyError::ExpiredKey => {
+                    "authentication_error"
+                }
                 TenancyError::TenantSuspended => "permission_error",
             },
             GatewayError::Provider(ProviderError::Misconfigured(_)) => "server_error",
@@ -162,6 +166,7 @@ impl GatewayError {
                 TenancyError::AmbiguousHost => "invalid_host",
                 TenancyError::MissingKey => "missing_api_key",
                 TenancyError::InvalidKey => "invalid_api_key",
+                TenancyError::ExpiredKey => "expired_api_key",
                 TenancyError::TenantSuspended => "tenant_suspended",
             },
             GatewayError::Routing(RoutingError::ModelNotFound(_)) => "model_not_found",
@@ -255,6 +260,7 @@ impl GatewayError {
                 "You didn't provide an API key. Send it in an Authorization header using Bearer auth (Authorization: Bearer YOUR_KEY).".into()
             }
             GatewayError::Tenancy(TenancyError::InvalidKey) => "Incorrect API key provided.".into(),
+            GatewayError::Tenancy(TenancyError::ExpiredKey) => "This API key has expired.".into(),
             GatewayError::Provider(ProviderError::Misconfigured(_)) => {
                 "The gateway is misconfigured for this model; the operator has been notified.".into()
             }
@@ -302,7 +308,9 @@ impl GatewayError {
         let keys_url = keys_url.filter(|_| {
             matches!(
                 self,
-                GatewayError::Tenancy(TenancyError::MissingKey | TenancyError::InvalidKey)
+                GatewayError::Tenancy(
+                    TenancyError::MissingKey | TenancyError::InvalidKey | TenancyError::ExpiredKey
+                )
             )
         });
         let branded = |mut message: String| {
@@ -361,7 +369,9 @@ impl GatewayError {
         }
         if matches!(
             self,
-            GatewayError::Tenancy(TenancyError::MissingKey | TenancyError::InvalidKey)
+            GatewayError::Tenancy(
+                TenancyError::MissingKey | TenancyError::InvalidKey | TenancyError::ExpiredKey
+            )
         ) {
             resp.headers_mut().insert(
                 http::header::WWW_AUTHENTICATE,
@@ -428,6 +438,7 @@ mod tests {
             TenancyError::MissingKey,
             TenancyError::InvalidKey,
             TenancyError::TenantSuspended,
+            TenancyError::ExpiredKey,
         ] {
             let e = GatewayError::Tenancy(e);
             assert_eq!(levels_logged(&e), [tracing::Level::INFO], "{e:?}");

@@ -291,7 +291,12 @@ fn resolve<B>(
     let tenant = match presented_key(req.headers()) {
         PresentedKey::Missing => Err(TenancyError::MissingKey),
         PresentedKey::Malformed => Err(TenancyError::InvalidKey),
-        PresentedKey::Key(k) => snapshot.tenancy.authenticate(reseller_idx, k),
+        PresentedKey::Key(k) => {
+            let now = started_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            snapshot.tenancy.authenticate(reseller_idx, k, now)
+        }
     };
     let tenant = match tenant {
         Ok(t) => t,

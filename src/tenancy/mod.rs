@@ -33,6 +33,8 @@ pub enum TenancyError {
     InvalidKey,
     #[error("this account is suspended")]
     TenantSuspended,
+    #[error("the API key has expired")]
+    ExpiredKey,
 }
 
 #[derive(Debug)]
@@ -90,6 +92,8 @@ pub struct ResellerIdx(usize);
 struct KeyOwner {
     reseller: usize,
     tenant: usize,
+    /// Unix seconds from which the key is refused (`None`: never).
+    expires_at: Option<std::num::NonZeroU64>,
 }
 
 /// The resolved tenancy: resellers, their domains, tenants and key digests.
@@ -228,15 +232,22 @@ impl Tenancy {
                     .overridden_by(&tc.limits)
                     .map_err(|e| format!("tenant `{}/{}`: limits: {e}", r.id, tc.id))?;
                 for kh in &tc.key_hashes {
-                    let digest = KeyDigest::parse(kh).ok_or_else(|| {
+                    let digest = KeyDigest::parse(&kh.hash).ok_or_else(|| {
                         format!(
                             "tenant `{}/{}`: key hash must be `sha256:` followed by 64 hex digits (see `livery hash-key`)",
                             r.id, tc.id
                         )
                     })?;
+                    if kh.expires_at == Some(0) {
+                        return Err(format!(
+                            "tenant `{}/{}`: a key's expires_at is Unix seconds, not 0",
+                            r.id, tc.id
+                        ));
+                    }
                     let owner = KeyOwner {
                         reseller: ri,
                         tenant: ti,
+                        expires_at: kh.expires_at.and_then(std::num::NonZeroU64::new),
                     };
                     if t.keys.insert(digest, owner).is_some() {
                         return Err(format!(
@@ -349,10 +360,13 @@ impl Tenancy {
     }
 
     /// Authenticates `key` for the reseller at `reseller`.
+    /// The tenant holding `key` at `reseller`, at `now` (Unix seconds: a key
+    /// past its `expires_at` is refused).
     pub fn authenticate(
         &self,
         reseller: ResellerIdx,
         key: &str,
+        now: u64,
     ) -> Result<Arc<Tenant>, TenancyError> {
         let digest = KeyDigest::of(key);
         // The map probe compares digests, which leaks nothing usable about the key;
@@ -365,6 +379,11 @@ impl Tenancy {
         let same: bool = stored.ct_eq(&digest.0).into();
         match owner {
             Some(o) if same && o.reseller == reseller.0 => {
+                // Said only to the key's holder: another reseller's, or a
+                // wrong key, is the plain refusal above.
+                if o.expires_at.is_some_and(|at| now >= at.get()) {
+                    return Err(TenancyError::ExpiredKey);
+                }
                 let tenant = &self.resellers[o.reseller].tenants[o.tenant];
                 if tenant.status == TenantStatus::Suspended {
                     return Err(TenancyError::TenantSuspended);
