@@ -20,7 +20,7 @@ use super::{App, ProxyBody};
 use crate::providers::{Endpoint, StreamFormat, UpstreamRequest};
 use crate::routing::breaker::{Admission, BreakerKey, BreakerSettings};
 use crate::routing::{Route, RoutingError};
-use crate::tenancy::BrandHeaders;
+use crate::tenancy::{BrandHeaders, X_LIVERY_MODEL};
 use crate::usage::AttemptRecord;
 use crate::vault::{
     select_credential, CredentialOwner, KeyOwner, ProviderCredential, StoredCredential, VaultError,
@@ -401,7 +401,11 @@ const MAX_REFUSALS: u32 = 2;
 /// downgraded if so, under the reseller's header names.
 pub(super) fn served_headers(headers: &mut HeaderMap, prepared: &Prepared, names: &BrandHeaders) {
     if let Ok(v) = HeaderValue::from_str(&prepared.model) {
-        headers.insert(names.model.clone(), v);
+        if names.branded {
+            headers.insert(names.model.clone(), v);
+        } else {
+            headers.insert(X_LIVERY_MODEL, v);
+        }
     }
     if let Some(from) = &prepared.downgraded_from {
         if let Ok(v) = HeaderValue::from_str(from) {

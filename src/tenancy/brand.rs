@@ -21,9 +21,20 @@ pub struct Brand {
     pub headers: BrandHeaders,
 }
 
+/// The platform's names, as constants: inserted into a response, a constant
+/// name's hash folds at compile time (a name read from a brand is hashed,
+/// and cloned, on every response).
+pub const X_LIVERY_MODEL: HeaderName = HeaderName::from_static("x-livery-model");
+pub const X_LIVERY_DOWNGRADED_FROM: HeaderName =
+    HeaderName::from_static("x-livery-downgraded-from");
+pub const X_LIVERY_ESTIMATED: HeaderName = HeaderName::from_static("x-livery-estimated");
+
 /// The gateway's own response headers under the reseller's prefix.
 #[derive(Debug, Clone)]
 pub struct BrandHeaders {
+    /// False for the platform's own names (then [`X_LIVERY_MODEL`] and its
+    /// siblings are the names to insert).
+    pub branded: bool,
     /// The tenant-facing model that served the request.
     pub model: HeaderName,
     /// The model asked for, when the plan downgraded it.
@@ -46,9 +57,10 @@ impl Default for Brand {
             key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
             keys_url: None,
             headers: BrandHeaders {
-                model: HeaderName::from_static("x-livery-model"),
-                downgraded_from: HeaderName::from_static("x-livery-downgraded-from"),
-                estimated: HeaderName::from_static("x-livery-estimated"),
+                branded: false,
+                model: X_LIVERY_MODEL,
+                downgraded_from: X_LIVERY_DOWNGRADED_FROM,
+                estimated: X_LIVERY_ESTIMATED,
                 exposed: DEFAULT_EXPOSED.clone(),
             },
         }
@@ -99,6 +111,7 @@ impl Brand {
                     .map_err(|_| format!("branding.header_prefix `{p}` makes no header name"))
             };
             let headers = BrandHeaders {
+                branded: true,
                 model: name("model")?,
                 downgraded_from: name("downgraded-from")?,
                 estimated: name("estimated")?,

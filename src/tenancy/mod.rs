@@ -8,7 +8,10 @@ mod brand;
 mod host;
 mod key;
 
-pub use brand::{Brand, BrandHeaders, DEFAULT_EXPOSED, DEFAULT_HEADER_PREFIX, DEFAULT_KEY_PREFIX};
+pub use brand::{
+    Brand, BrandHeaders, DEFAULT_EXPOSED, DEFAULT_HEADER_PREFIX, DEFAULT_KEY_PREFIX,
+    X_LIVERY_DOWNGRADED_FROM, X_LIVERY_ESTIMATED, X_LIVERY_MODEL,
+};
 pub use host::normalize_host;
 pub use key::{presented_key, KeyDigest, PresentedKey};
 
