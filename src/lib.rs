@@ -34,3 +34,9 @@ pub type FastMap<K, V> = std::collections::HashMap<K, V, FastHash>;
 /// The published key of the demo tenant in the embedded `gateway.toml`. A tenant
 /// holding it is only served while every listener is bound to loopback.
 pub const DEMO_KEY: &str = "sk-livery-demo";
+
+/// `t` in Unix seconds (0 before 1970, which no clock here reads).
+pub fn unix_seconds(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -115,10 +115,7 @@ impl Snapshot {
                 max_request_bytes: config.server.max_body_bytes,
                 max_upstream_bytes: config.server.max_upstream_body_bytes,
             },
-            created: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            created: crate::unix_seconds(std::time::SystemTime::now()),
         })
     }
 }

@@ -787,12 +787,6 @@ struct NewKey {
     expires_in: Option<u64>,
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 fn add_tenant_key(
     admin: &Admin,
     snapshot: &ArcSwap<Snapshot>,
@@ -805,7 +799,7 @@ fn add_tenant_key(
     } else {
         parse(body)?
     };
-    let now = unix_now();
+    let now = crate::unix_seconds(std::time::SystemTime::now());
     let expires_at = match (new.expires_at, new.expires_in) {
         (Some(_), Some(_)) => {
             return Err(AdminError::BadBody(

@@ -130,10 +130,7 @@ pub(crate) fn translated_headers(mut headers: HeaderMap, content_type: &'static 
 
 /// The gateway's clock in unix seconds, for `created`.
 pub(crate) fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    crate::unix_seconds(std::time::SystemTime::now())
 }
 
 /// Anthropic Messages events → OpenAI `chat.completion.chunk`s, always with the

@@ -288,6 +288,17 @@ impl GatewayError {
         }
     }
 
+    /// A refusal of the credential itself (none, unknown, expired): the
+    /// answer asks for a bearer key and may say where to find one.
+    fn refuses_the_key(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::Tenancy(
+                TenancyError::MissingKey | TenancyError::InvalidKey | TenancyError::ExpiredKey
+            )
+        )
+    }
+
     pub fn to_response(&self) -> http::Response<ProxyBody> {
         self.to_response_for(Dialect::OpenAi)
     }
@@ -305,14 +316,7 @@ impl GatewayError {
         dialect: Dialect,
         keys_url: Option<&str>,
     ) -> http::Response<ProxyBody> {
-        let keys_url = keys_url.filter(|_| {
-            matches!(
-                self,
-                GatewayError::Tenancy(
-                    TenancyError::MissingKey | TenancyError::InvalidKey | TenancyError::ExpiredKey
-                )
-            )
-        });
+        let keys_url = keys_url.filter(|_| self.refuses_the_key());
         let branded = |mut message: String| {
             if let Some(url) = keys_url {
                 if !message.ends_with('.') {
@@ -367,12 +371,7 @@ impl GatewayError {
             resp.headers_mut()
                 .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
         }
-        if matches!(
-            self,
-            GatewayError::Tenancy(
-                TenancyError::MissingKey | TenancyError::InvalidKey | TenancyError::ExpiredKey
-            )
-        ) {
+        if self.refuses_the_key() {
             resp.headers_mut().insert(
                 http::header::WWW_AUTHENTICATE,
                 http::HeaderValue::from_static("Bearer"),

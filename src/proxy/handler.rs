@@ -292,9 +292,7 @@ fn resolve<B>(
         PresentedKey::Missing => Err(TenancyError::MissingKey),
         PresentedKey::Malformed => Err(TenancyError::InvalidKey),
         PresentedKey::Key(k) => {
-            let now = started_at
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let now = crate::unix_seconds(started_at);
             snapshot.tenancy.authenticate(reseller_idx, k, now)
         }
     };

@@ -52,11 +52,7 @@ impl WebhookSink {
             body.push_str(e.raw);
         }
         body.push_str("]}");
-        let ts = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-            .to_string();
+        let ts = crate::unix_seconds(std::time::SystemTime::now()).to_string();
         let signature = signature(&self.key, &ts, body.as_bytes());
         let req = self
             .client
