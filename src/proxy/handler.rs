@@ -291,10 +291,7 @@ fn resolve<B>(
     let tenant = match presented_key(req.headers()) {
         PresentedKey::Missing => Err(TenancyError::MissingKey),
         PresentedKey::Malformed => Err(TenancyError::InvalidKey),
-        PresentedKey::Key(k) => {
-            let now = crate::unix_seconds(started_at);
-            snapshot.tenancy.authenticate(reseller_idx, k, now)
-        }
+        PresentedKey::Key(k) => snapshot.tenancy.authenticate(reseller_idx, k, started_at),
     };
     let tenant = match tenant {
         Ok(t) => t,
