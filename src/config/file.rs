@@ -936,8 +936,7 @@ pub struct TenantConfig {
 /// One gateway key of a tenant: its digest, and optionally a name (to tell
 /// keys apart in lists) and an expiry (Unix seconds; refused from then on).
 /// Written as the bare digest when it has neither, as files always had it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(from = "TenantKeyForm")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantKey {
     pub hash: String,
     pub name: Option<String>,
@@ -955,13 +954,6 @@ impl TenantKey {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum TenantKeyForm {
-    Digest(String),
-    Table(TenantKeyTable),
-}
-
 #[derive(Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 struct TenantKeyTable {
@@ -972,16 +964,30 @@ struct TenantKeyTable {
     expires_at: Option<u64>,
 }
 
-impl From<TenantKeyForm> for TenantKey {
-    fn from(form: TenantKeyForm) -> Self {
-        match form {
-            TenantKeyForm::Digest(hash) => Self::digest(hash),
-            TenantKeyForm::Table(t) => Self {
-                hash: t.hash,
-                name: t.name,
-                expires_at: t.expires_at,
-            },
+/// A string or a table, each with its own errors (an untagged enum would
+/// answer any mistake with "did not match any variant").
+impl<'de> Deserialize<'de> for TenantKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = TenantKey;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a `sha256:` digest, or a table with `hash`, `name` and `expires_at`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TenantKey, E> {
+                Ok(TenantKey::digest(v.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, a: A) -> Result<TenantKey, A::Error> {
+                let t =
+                    TenantKeyTable::deserialize(serde::de::value::MapAccessDeserializer::new(a))?;
+                Ok(TenantKey {
+                    hash: t.hash,
+                    name: t.name,
+                    expires_at: t.expires_at,
+                })
+            }
         }
+        d.deserialize_any(V)
     }
 }
 
@@ -1021,15 +1027,22 @@ mod tenant_key_tests {
         )
         .unwrap();
         assert_eq!(toml_keys.key_hashes[1].expires_at, Some(5));
-        for bad in [
-            r#"[{"hash": "sha256:bb", "expires": 5}]"#,
-            r#"[{"name": "ci"}]"#,
-            r#"[{"hash": "sha256:bb", "expires_at": "tomorrow"}]"#,
+        for (bad, says) in [
+            (
+                r#"[{"hash": "sha256:bb", "expires": 5}]"#,
+                "unknown field `expires`",
+            ),
+            (r#"[{"name": "ci"}]"#, "missing field `hash`"),
+            (
+                r#"[{"hash": "sha256:bb", "expires_at": "tomorrow"}]"#,
+                "expected u64",
+            ),
+            (r#"[7]"#, "a `sha256:` digest, or a table"),
         ] {
-            assert!(
-                serde_json::from_str::<Vec<TenantKey>>(bad).is_err(),
-                "{bad}"
-            );
+            let err = serde_json::from_str::<Vec<TenantKey>>(bad)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{bad}: {err}");
         }
     }
 }
