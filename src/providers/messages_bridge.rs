@@ -10,11 +10,10 @@ use super::anthropic::{
     MaxTokensField,
 };
 use super::translate::{
-    synthetic, translate_json, translate_sse, translated_headers, ChatToAnthropic, MAX_ERROR_BODY,
-    MAX_TRANSLATED_BODY,
+    as_chat_request, synthetic, translate_json, translate_sse, translated_headers, ChatToAnthropic,
+    MAX_ERROR_BODY, MAX_TRANSLATED_BODY,
 };
-use super::{Endpoint, ProviderError, UpstreamBody, UpstreamRequest, UpstreamResponse};
-use bytes::Bytes;
+use super::{ProviderError, UpstreamBody, UpstreamRequest, UpstreamResponse};
 use http::StatusCode;
 use serde_json::Value;
 use std::future::Future;
@@ -36,21 +35,10 @@ where
         Ok(c) => c,
         Err(e) => return Ok(synthetic(StatusCode::BAD_REQUEST, &e.to_anthropic_error())),
     };
-    let body = Bytes::from(
-        serde_json::to_vec(&chat).map_err(|e| ProviderError::Misconfigured(e.to_string()))?,
-    );
     let model = req.model.clone();
     let stream = req.stream;
-    let resp = send_chat(UpstreamRequest {
-        endpoint: Endpoint::ChatCompletions,
-        model: req.model,
-        body,
-        stream,
-        request_id: req.request_id,
-        // The beta features are Anthropic's; an OpenAI route has none.
-        anthropic_beta: None,
-    })
-    .await?;
+    // The beta features are Anthropic's; an OpenAI route has none.
+    let resp = send_chat(as_chat_request(req, &chat)?).await?;
     let UpstreamBody::Stream(body) = resp.body;
     let status = resp.status;
     if !status.is_success() {

@@ -9,11 +9,10 @@
 use super::anthropic::PROMPT_USAGE_EVENT;
 use super::responses_chat::{chat_to_response, responses_to_chat, ChatStreamToResponses, Echo};
 use super::translate::{
-    synthetic, translate_json, translate_sse, translated_headers, unix_now, SseConverter,
-    MAX_TRANSLATED_BODY,
+    as_chat_request, synthetic, translate_json, translate_sse, translated_headers, unix_now,
+    SseConverter, MAX_TRANSLATED_BODY,
 };
-use super::{Endpoint, ProviderError, UpstreamBody, UpstreamRequest, UpstreamResponse};
-use bytes::Bytes;
+use super::{ProviderError, UpstreamBody, UpstreamRequest, UpstreamResponse};
 use http::StatusCode;
 use serde_json::Value;
 use std::future::Future;
@@ -35,20 +34,9 @@ where
         Err(e) => return Ok(synthetic(StatusCode::BAD_REQUEST, &e.to_openai_error())),
     };
     let echo = Echo::of(&request);
-    let body = Bytes::from(
-        serde_json::to_vec(&chat).map_err(|e| ProviderError::Misconfigured(e.to_string()))?,
-    );
     let model = req.model.clone();
     let stream = req.stream;
-    let resp = send_chat(UpstreamRequest {
-        endpoint: Endpoint::ChatCompletions,
-        model: req.model,
-        body,
-        stream,
-        request_id: req.request_id,
-        anthropic_beta: None,
-    })
-    .await?;
+    let resp = send_chat(as_chat_request(req, &chat)?).await?;
     if !resp.status.is_success() {
         return Ok(resp);
     }

@@ -72,12 +72,7 @@ fn invalid(param: impl Into<String>, message: &str) -> TranslateError {
 
 /// A Responses request → a chat-completions request (same model).
 pub fn responses_to_chat(req: &Value) -> Result<Value, TranslateError> {
-    let obj = req
-        .as_object()
-        .ok_or_else(|| TranslateError::InvalidValue {
-            param: None,
-            message: "The request body must be a JSON object.".into(),
-        })?;
+    let obj = req.as_object().ok_or_else(TranslateError::not_an_object)?;
     for (param, what) in [
         (
             "previous_response_id",

@@ -13,7 +13,7 @@ use super::anthropic::{
     anthropic_sse_frame, ChatStreamToMessages, MessagesStreamToChat, PROMPT_USAGE_EVENT,
 };
 use super::sse;
-use super::{ByteStream, ProviderError, UpstreamBody, UpstreamResponse};
+use super::{ByteStream, ProviderError, UpstreamBody, UpstreamRequest, UpstreamResponse};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, StatusCode};
@@ -126,6 +126,26 @@ pub(crate) fn translated_headers(mut headers: HeaderMap, content_type: &'static 
         HeaderValue::from_static(content_type),
     );
     headers
+}
+
+/// `req` re-addressed as the chat completion `chat` (a bridge's first hop:
+/// same model, stream flag and request id; no Anthropic beta features, which
+/// a chat completion does not carry).
+pub(crate) fn as_chat_request(
+    req: UpstreamRequest,
+    chat: &Value,
+) -> Result<UpstreamRequest, ProviderError> {
+    let body = Bytes::from(
+        serde_json::to_vec(chat).map_err(|e| ProviderError::Misconfigured(e.to_string()))?,
+    );
+    Ok(UpstreamRequest {
+        endpoint: super::Endpoint::ChatCompletions,
+        model: req.model,
+        body,
+        stream: req.stream,
+        request_id: req.request_id,
+        anthropic_beta: None,
+    })
 }
 
 /// The gateway's clock in unix seconds, for `created`.

@@ -58,6 +58,14 @@ impl TranslateError {
         }
     }
 
+    /// A body that is JSON but not an object.
+    pub(crate) fn not_an_object() -> Self {
+        TranslateError::InvalidValue {
+            param: None,
+            message: "The request body must be a JSON object.".into(),
+        }
+    }
+
     pub(crate) fn invalid(param: impl Into<String>, message: String) -> Self {
         TranslateError::InvalidValue {
             param: Some(param.into()),

@@ -72,12 +72,7 @@ pub fn messages_to_chat_with(
     upstream_model: &str,
     max_tokens_field: MaxTokensField,
 ) -> Result<Value, TranslateError> {
-    let obj = req
-        .as_object()
-        .ok_or_else(|| TranslateError::InvalidValue {
-            param: None,
-            message: "The request body must be a JSON object.".into(),
-        })?;
+    let obj = req.as_object().ok_or_else(TranslateError::not_an_object)?;
     let mut messages = Vec::new();
     if let Some(system) = field(obj, "system") {
         let text = system_text(system)?;

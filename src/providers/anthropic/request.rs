@@ -70,12 +70,7 @@ pub fn chat_to_messages(
     upstream_model: &str,
     default_max_tokens: u64,
 ) -> Result<Value, TranslateError> {
-    let obj = req
-        .as_object()
-        .ok_or_else(|| TranslateError::InvalidValue {
-            param: None,
-            message: "The request body must be a JSON object.".into(),
-        })?;
+    let obj = req.as_object().ok_or_else(TranslateError::not_an_object)?;
     check_unsupported_parameters(obj)?;
 
     let messages = field(obj, "messages")
