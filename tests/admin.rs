@@ -1309,8 +1309,9 @@ async fn a_resellers_brand_is_set_through_the_api_and_served_at_once() {
 
 /// A tenant key made with a name and `expires_in` is listed with both, serves
 /// until it expires and is 401 `expired_api_key` from then on, while the
-/// tenant's other key serves on; the expiry is kept in the store. Bodies that
-/// cannot make a key make none.
+/// tenant's other key serves on; the expiry is kept in the store, and a
+/// `PATCH` renames the key or moves or clears its expiry, served at once.
+/// Bodies that cannot make or change a key change nothing.
 #[tokio::test]
 async fn a_tenant_key_with_an_expiry_serves_until_then() {
     let mock = MockProvider::start().await;
@@ -1369,6 +1370,65 @@ async fn a_tenant_key_with_an_expiry_serves_until_then() {
     let resp = chat_as(&gw, ACME_HOST, &key).await;
     assert_eq!(error_code(resp, 401).await, "expired_api_key");
     assert_eq!(chat_as(&gw, ACME_HOST, &first).await.status(), 200);
+
+    // Extended (renamed, its expiry cleared), it serves again at once; given
+    // an hour, it is listed with it.
+    let path = format!(
+        "resellers/acme/tenants/bakery/keys/{}",
+        made["id"].as_str().unwrap()
+    );
+    let patched = expect(
+        &gw,
+        Method::PATCH,
+        ACME_HOST,
+        ACME_ADMIN,
+        &path,
+        Some(json!({"name": "ci runner 2", "expires_at": null})),
+        200,
+    )
+    .await;
+    assert_eq!(
+        (patched["name"].as_str(), &patched["expires_at"]),
+        (Some("ci runner 2"), &Value::Null)
+    );
+    assert_eq!(chat_as(&gw, ACME_HOST, &key).await.status(), 200);
+    let patched = expect(
+        &gw,
+        Method::PATCH,
+        ACME_HOST,
+        ACME_ADMIN,
+        &path,
+        Some(json!({"expires_in": 3600})),
+        200,
+    )
+    .await;
+    let hour = patched["expires_at"].as_u64().unwrap();
+    assert!(
+        hour >= now() + 3590 && patched["name"] == "ci runner 2",
+        "{patched}"
+    );
+    assert_eq!(chat_as(&gw, ACME_HOST, &key).await.status(), 200);
+    let r = call(
+        &gw,
+        Method::PATCH,
+        ACME_HOST,
+        Some(ACME_ADMIN),
+        "resellers/acme/tenants/bakery/keys/key_000000000000",
+        Some(json!({"name": "x"})),
+    )
+    .await;
+    assert_eq!(error_code(r, 404).await, "not_found");
+    let r = call(
+        &gw,
+        Method::PATCH,
+        ACME_HOST,
+        Some(ACME_ADMIN),
+        &path,
+        Some(json!({"expires_at": now() - 5})),
+    )
+    .await;
+    assert_eq!(error_code(r, 400).await, "invalid_body");
+    assert_eq!(chat_as(&gw, ACME_HOST, &key).await.status(), 200);
 
     let before = acme_tenant_keys(&gw, "bakery").await;
     for body in [

@@ -11,7 +11,7 @@
 //! | `resellers/{r}/tenants` | GET, POST |
 //! | `resellers/{r}/tenants/{t}` | GET, PATCH, DELETE |
 //! | `resellers/{r}/tenants/{t}/keys` | GET, POST |
-//! | `resellers/{r}/tenants/{t}/keys/{id}` | DELETE |
+//! | `resellers/{r}/tenants/{t}/keys/{id}` | PATCH (`name`, `expires_at` or `expires_in`; `null` clears), DELETE |
 //! | `resellers/{r}/tenants/{t}/credentials/{provider}` | PUT `{"api_key"}`, DELETE |
 //! | `resellers/{r}/usage?month=YYYY-MM&tenant=t` | GET |
 //! | `vault/rewrap` | POST (platform): the store's credentials under the active KEK |
@@ -142,6 +142,9 @@ pub fn handle(
                 }
                 (["tenants", t, "keys", id], &Method::DELETE) => {
                     delete_tenant_key(admin, snapshot, r, t, id)
+                }
+                (["tenants", t, "keys", id], &Method::PATCH) => {
+                    patch_tenant_key(admin, snapshot, (r, t, id), req.body)
                 }
                 (["tenants", t, "credentials", p], &Method::PUT) => {
                     let owner = CredentialOwner::Tenant {
@@ -787,20 +790,11 @@ struct NewKey {
     expires_in: Option<u64>,
 }
 
-fn add_tenant_key(
-    admin: &Admin,
-    snapshot: &ArcSwap<Snapshot>,
-    r: &str,
-    t: &str,
-    body: &[u8],
-) -> Result<Reply, AdminError> {
-    let new: NewKey = if body.iter().all(u8::is_ascii_whitespace) {
-        NewKey::default()
-    } else {
-        parse(body)?
-    };
+/// A key's expiry from `expires_at` (Unix seconds) or `expires_in` (seconds
+/// from now): refused in the past (a key to end now is deleted instead).
+fn expiry(at: Option<u64>, within: Option<u64>) -> Result<Option<u64>, AdminError> {
     let now = crate::unix_seconds(std::time::SystemTime::now());
-    let expires_at = match (new.expires_at, new.expires_in) {
+    let expires_at = match (at, within) {
         (Some(_), Some(_)) => {
             return Err(AdminError::BadBody(
                 "give `expires_at` or `expires_in`, not both".into(),
@@ -815,6 +809,22 @@ fn add_tenant_key(
             "the key would expire before it is issued".into(),
         ));
     }
+    Ok(expires_at)
+}
+
+fn add_tenant_key(
+    admin: &Admin,
+    snapshot: &ArcSwap<Snapshot>,
+    r: &str,
+    t: &str,
+    body: &[u8],
+) -> Result<Reply, AdminError> {
+    let new: NewKey = if body.iter().all(u8::is_ascii_whitespace) {
+        NewKey::default()
+    } else {
+        parse(body)?
+    };
+    let expires_at = expiry(new.expires_at, new.expires_in)?;
     let (key, hash) = fresh_key(&tenant_key_prefix(snapshot, r))?;
     let id = key_id(&hash);
     let entry = TenantKey {
@@ -829,6 +839,50 @@ fn add_tenant_key(
     })?;
     created(json!({"object": "key", "id": id, "key": key.expose(),
         "name": name, "expires_at": expires_at}))
+}
+
+/// `PATCH …/keys/{id}`: a present field is set, `null` clears it (a key
+/// without `expires_at` never expires).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyPatch {
+    #[serde(default, deserialize_with = "some")]
+    name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "some")]
+    expires_at: Option<Option<u64>>,
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+fn patch_tenant_key(
+    admin: &Admin,
+    snapshot: &ArcSwap<Snapshot>,
+    (r, t, id): (&str, &str, &str),
+    body: &[u8],
+) -> Result<Reply, AdminError> {
+    let patch: KeyPatch = parse(body)?;
+    let expires_at = match (patch.expires_at, patch.expires_in) {
+        (Some(None), None) => Some(None),
+        (at, within) if at.is_some() || within.is_some() => Some(expiry(at.flatten(), within)?),
+        _ => None,
+    };
+    let mut view = Value::Null;
+    admin.change(snapshot, |store, base, _| {
+        let key = api_tenant(store, base, r, t)?
+            .key_hashes
+            .iter_mut()
+            .find(|k| key_id(&k.hash) == id)
+            .ok_or_else(|| AdminError::NotFound(format!("no key `{id}` for tenant `{t}`")))?;
+        if let Some(name) = patch.name {
+            key.name = name;
+        }
+        if let Some(at) = expires_at {
+            key.expires_at = at;
+        }
+        view = json!({"object": "key", "id": id, "name": key.name, "expires_at": key.expires_at});
+        Ok(())
+    })?;
+    ok(view)
 }
 
 fn delete_tenant_key(
