@@ -188,7 +188,7 @@ fn tenancy(c: &mut Criterion) {
                     black_box(
                         t.authenticate(
                             resolved[i],
-                            black_box("sk-not-a-tenant-key-0123456789"),
+                            black_box("sk-FAKE-not-a-tenant-key"),
                             std::time::UNIX_EPOCH,
                         )
                         .is_err(),

@@ -1455,7 +1455,6 @@ async fn a_tenant_key_with_an_expiry_serves_until_then() {
 /// How many keys acme's tenant `t` has, as its admin lists them.
 async fn acme_tenant_keys(gw: &TestGateway, t: &str) -> usize {
     let path = format!("resellers/acme/tenants/{t}/keys");
-    let resp = call(gw, Method::GET, ACME_HOST, Some(ACME_ADMIN), &path, None).await;
-    let v: Value = resp.json().await.unwrap();
+    let v = as_acme(gw, Method::GET, &path, None, 200).await;
     v["data"].as_array().unwrap().len()
 }

@@ -6,7 +6,6 @@
 //! `error` event, lifecycle events held back so that a route failing before
 //! content falls back, and Anthropic routes served through Messages.
 
-use crate::support::anthropic_mock::AnthropicMock;
 use crate::support::*;
 use serde_json::{json, Value};
 
@@ -19,6 +18,18 @@ async fn responses(gw: &TestGateway, body: &Value) -> reqwest::Response {
         body,
     )
     .await
+}
+
+/// A streamed answer's request id and text, checking that it is a 200
+/// event stream.
+async fn streamed(resp: reqwest::Response) -> (String, String) {
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let id = rid(&resp);
+    (id, resp.text().await.unwrap())
 }
 
 fn rid(resp: &reqwest::Response) -> String {
@@ -96,14 +107,7 @@ async fn a_streamed_response_is_relayed_event_by_event_with_its_usage() {
     let gw = TestGateway::standard(&mock).await;
     let mut b = body("gpt-4o-mini");
     b["stream"] = json!(true);
-    let resp = responses(&gw, &b).await;
-    assert_eq!(resp.status(), 200);
-    assert!(resp.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/event-stream"));
-    let id = rid(&resp);
-    let text = resp.text().await.unwrap();
+    let (id, text) = streamed(responses(&gw, &b).await).await;
     assert!(!text.contains("[DONE]"), "{text}");
     let evs = events(&text);
     let names: Vec<&str> = evs.iter().map(|(n, _)| n.as_str()).collect();
@@ -251,16 +255,6 @@ async fn a_rate_limited_route_falls_back_to_the_next() {
     gw.shutdown().await;
 }
 
-/// The gateway with the Anthropic provider and models of tests/anthropic.rs.
-async fn claude_gateway() -> (TestGateway, MockProvider, AnthropicMock) {
-    let openai = MockProvider::start().await;
-    let claude = AnthropicMock::start(PROVIDER_KEY).await;
-    let key_line = format!("api_key_env = \"{PROVIDER_KEY_ENV}\"");
-    let config =
-        crate::anthropic::anthropic_config(&openai.base_url(), &claude.base_url(), &key_line);
-    (TestGateway::start(&config).await, openai, claude)
-}
-
 /// On an Anthropic route a response is made through Messages: instructions
 /// and input become `system` and messages, `max_output_tokens` becomes
 /// `max_tokens`, and Claude's answer comes back as a `response` with its
@@ -268,7 +262,7 @@ async fn claude_gateway() -> (TestGateway, MockProvider, AnthropicMock) {
 /// the answer and in the usage record.
 #[tokio::test]
 async fn an_anthropic_route_makes_a_response_through_messages() {
-    let (gw, openai, claude) = claude_gateway().await;
+    let (gw, openai, claude) = crate::sdk::anthropic_gateway().await;
     let mut b = body("claude-sonnet");
     b["max_output_tokens"] = json!(200);
     b["metadata"] = json!({"ticket": "42"});
@@ -323,17 +317,10 @@ async fn an_anthropic_route_makes_a_response_through_messages() {
 /// `tool_use` comes back as a `function_call` item, streamed and not.
 #[tokio::test]
 async fn an_anthropic_route_streams_a_response_and_calls_functions() {
-    let (gw, _openai, claude) = claude_gateway().await;
+    let (gw, _openai, claude) = crate::sdk::anthropic_gateway().await;
     let mut b = body("claude-sonnet");
     b["stream"] = json!(true);
-    let resp = responses(&gw, &b).await;
-    assert_eq!(resp.status(), 200);
-    assert!(resp.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/event-stream"));
-    let id = rid(&resp);
-    let text = resp.text().await.unwrap();
+    let (id, text) = streamed(responses(&gw, &b).await).await;
     let evs = events(&text);
     let names: Vec<&str> = evs.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
@@ -424,7 +411,7 @@ async fn an_anthropic_route_streams_a_response_and_calls_functions() {
 /// Claude's 529 falls back to the model's next route as on any endpoint.
 #[tokio::test]
 async fn an_anthropic_route_takes_tool_results_refuses_what_it_cannot_and_falls_back() {
-    let (gw, openai, claude) = claude_gateway().await;
+    let (gw, openai, claude) = crate::sdk::anthropic_gateway().await;
     let mut b = body("claude-sonnet");
     b["input"] = json!([
         {"role": "user", "content": "Weather in Paris?"},
@@ -555,7 +542,7 @@ async fn a_background_response_is_refused_naming_the_parameter() {
 #[tokio::test]
 async fn an_anthropic_stream_that_fails_mid_way_ends_with_an_error_event() {
     use crate::support::anthropic_mock::Fault;
-    let (gw, _openai, claude) = claude_gateway().await;
+    let (gw, _openai, claude) = crate::sdk::anthropic_gateway().await;
     for (fault, code, outcome) in [
         (Fault::StreamError, "overloaded", "upstream_error"),
         (Fault::DropAfter(6), "stream_interrupted", "truncated"),

@@ -334,8 +334,8 @@ async fn sdk_against_http_mock_upstream() {
 
 /// The standard tenancy plus the Anthropic provider and models of
 /// tests/anthropic.rs, with acme also reachable at Host 127.0.0.1 (the SDKs set
-/// Host from their base URL).
-async fn anthropic_gateway() -> (TestGateway, MockProvider, AnthropicMock) {
+/// Host from their base URL); tests/responses.rs uses it too.
+pub(crate) async fn anthropic_gateway() -> (TestGateway, MockProvider, AnthropicMock) {
     let openai = MockProvider::start().await;
     let claude = AnthropicMock::start(support::PROVIDER_KEY).await;
     let key_line = format!("api_key_env = \"{}\"", support::PROVIDER_KEY_ENV);

@@ -40,7 +40,7 @@ pub struct RequestCtx {
 
 impl RequestCtx {
     /// The reseller's brand, as its tenants see it.
-    pub fn brand(&self) -> &crate::tenancy::Brand {
+    pub fn brand(&self) -> &Arc<crate::tenancy::Brand> {
         &self.snapshot.tenancy.reseller(self.reseller_idx).brand
     }
 }

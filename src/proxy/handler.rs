@@ -127,9 +127,7 @@ where
     };
     // Only a browser's answer names the gateway's headers in CORS.
     let brand = origin.as_ref().and_then(|_| match &resolved {
-        Ok(Resolved::Api(_, ctx)) => Some(Arc::clone(
-            &ctx.snapshot.tenancy.reseller(ctx.reseller_idx).brand,
-        )),
+        Ok(Resolved::Api(_, ctx)) => Some(Arc::clone(ctx.brand())),
         Ok(Resolved::Answered(_)) => None,
         Err(refusal) => refusal
             .reseller
