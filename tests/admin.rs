@@ -1452,6 +1452,108 @@ async fn a_tenant_key_with_an_expiry_serves_until_then() {
     gw.shutdown().await;
 }
 
+/// A tenant key made with `models` uses only those (403 `model_not_allowed`
+/// for another of its plan's), is listed and stored with them, and a `PATCH`
+/// widens, narrows or clears the list, served at once. A list that serves
+/// nothing (empty, or an unknown model) makes or changes nothing.
+#[tokio::test]
+async fn a_tenant_key_limited_to_models_is_made_and_changed_through_the_api() {
+    let mock = MockProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(&admin_config(&mock, dir.path())).await;
+    let first = make_tenant(&gw, "bakery").await;
+    let made = as_acme(
+        &gw,
+        Method::POST,
+        "resellers/acme/tenants/bakery/keys",
+        Some(json!({"name": "indexer", "models": ["embed"]})),
+        201,
+    )
+    .await;
+    assert_eq!(made["models"], json!(["embed"]));
+    let key = made["key"].as_str().unwrap().to_owned();
+    let embed = || async {
+        let body = json!({"model": "embed", "input": "hello"});
+        post(&gw, "/v1/embeddings", Some(ACME_HOST), Some(&key), &body)
+            .await
+            .status()
+    };
+    assert_eq!(embed().await, 200);
+    let resp = chat_as(&gw, ACME_HOST, &key).await;
+    assert_eq!(error_code(resp, 403).await, "model_not_allowed");
+    assert_eq!(chat_as(&gw, ACME_HOST, &first).await.status(), 200);
+    let listed = as_acme(
+        &gw,
+        Method::GET,
+        "resellers/acme/tenants/bakery/keys",
+        None,
+        200,
+    )
+    .await;
+    let entry = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == made["id"])
+        .unwrap()
+        .clone();
+    assert_eq!(entry["models"], json!(["embed"]), "{entry}");
+    let stored: String = std::fs::read_to_string(store_path(dir.path()))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert!(stored.contains("\"models\":[\"embed\"]"), "{stored}");
+
+    let path = format!(
+        "resellers/acme/tenants/bakery/keys/{}",
+        made["id"].as_str().unwrap()
+    );
+    let patch = |body: Value, status: u16| as_acme(&gw, Method::PATCH, &path, Some(body), status);
+    let widened = patch(json!({"models": ["embed", "gpt-4o-mini"]}), 200).await;
+    assert_eq!(widened["models"], json!(["embed", "gpt-4o-mini"]));
+    assert_eq!(chat_as(&gw, ACME_HOST, &key).await.status(), 200);
+    patch(json!({"models": ["embed"]}), 200).await;
+    let resp = chat_as(&gw, ACME_HOST, &key).await;
+    assert_eq!(error_code(resp, 403).await, "model_not_allowed");
+    let cleared = patch(json!({"models": null}), 200).await;
+    assert_eq!(
+        (&cleared["models"], &cleared["name"]),
+        (&Value::Null, &json!("indexer"))
+    );
+    assert_eq!(chat_as(&gw, ACME_HOST, &key).await.status(), 200);
+
+    let before = acme_tenant_keys(&gw, "bakery").await;
+    for (body, code) in [
+        (json!({"models": []}), "invalid_config"),
+        (json!({"models": ["gpt-9"]}), "invalid_config"),
+        (json!({"models": "embed"}), "invalid_body"),
+    ] {
+        let r = call(
+            &gw,
+            Method::POST,
+            ACME_HOST,
+            Some(ACME_ADMIN),
+            "resellers/acme/tenants/bakery/keys",
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(error_code(r, 400).await, code, "{body}");
+        let r = call(
+            &gw,
+            Method::PATCH,
+            ACME_HOST,
+            Some(ACME_ADMIN),
+            &path,
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(error_code(r, 400).await, code, "{body}");
+    }
+    assert_eq!(acme_tenant_keys(&gw, "bakery").await, before);
+    assert_eq!(chat_as(&gw, ACME_HOST, &key).await.status(), 200);
+    gw.shutdown().await;
+}
+
 /// How many keys acme's tenant `t` has, as its admin lists them.
 async fn acme_tenant_keys(gw: &TestGateway, t: &str) -> usize {
     let path = format!("resellers/acme/tenants/{t}/keys");

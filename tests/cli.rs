@@ -490,6 +490,28 @@ fn check_config_rejects_an_unknown_plan() {
     );
 }
 
+/// A key's model list that serves nothing is a mistake said at load, with
+/// the tenant named.
+#[test]
+fn check_config_rejects_a_keys_model_list_it_cannot_serve() {
+    let digest = "\"sha256:09053059fad8155dd69bb4d01cf485f4b778dd986ba5b8cd1ad92c184e504a8c\"";
+    for (list, says) in [
+        ("[]", "the list is empty"),
+        ("[\"gpt-9\"]", "unknown model `gpt-9`"),
+    ] {
+        assert_config_rejected(
+            says,
+            |t| {
+                t.replace(
+                    &format!("key_hashes = [{digest}]"),
+                    &format!("key_hashes = [{{ hash = {digest}, models = {list} }}]"),
+                )
+            },
+            &["demo/demo-tenant", "a key's models", says],
+        );
+    }
+}
+
 #[test]
 fn check_config_rejects_a_domain_claimed_twice() {
     // Case and a trailing dot do not make it another domain.

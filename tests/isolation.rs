@@ -1335,6 +1335,83 @@ async fn cors_preflights_are_identical_at_every_host_and_name_no_reseller() {
     assert_only_sentinel_recorded(&gw, 0, "CORS preflights").await;
 }
 
+/// A key limited to some of its plan's models uses only those, at every
+/// endpoint: another model of the plan is 403 `model_not_allowed` saying the
+/// key (in either dialect, nothing sent), `/v1/models` lists only the key's,
+/// and the tenant's other key keeps the whole plan. At the other reseller the
+/// key is any unknown key.
+#[tokio::test]
+async fn a_key_limited_to_models_uses_only_those_and_the_tenants_other_keys_keep_the_plan() {
+    let mock = MockProvider::start().await;
+    let limited = "sk-FAKE-dental-indexer-key";
+    let dental = format!("key_hashes = [\"{}\"]", hash(ACME_DENTAL.2));
+    let config = standard_config(&mock.base_url(), "");
+    assert!(config.contains(&dental));
+    let config = config.replacen(
+        &dental,
+        &format!(
+            "key_hashes = [\"{}\", {{ hash = \"{}\", name = \"indexer\", models = [\"embed\"] }}]",
+            hash(ACME_DENTAL.2),
+            hash(limited),
+        ),
+        1,
+    );
+    let gw = TestGateway::start(&config).await;
+    let holder = (ACME_DENTAL.0, ACME_DENTAL.1, limited);
+    for (_, path) in ENDPOINTS {
+        let before = mock.requests().len();
+        match path {
+            "/v1/embeddings" => {
+                assert_served_as(&gw, &mock, path, ACME_HOST, Cred::Bearer(limited), holder).await
+            }
+            "/v1/models" => {
+                let resp = call(&gw, path, Some(ACME_HOST), Cred::Bearer(limited)).await;
+                assert_eq!(resp.status(), 200);
+                let v: Value = resp.json().await.unwrap();
+                assert_eq!(v["data"].as_array().unwrap().len(), 1, "{v}");
+                assert_eq!(v["data"][0]["id"], "embed", "{v}");
+            }
+            "/v1/models/gpt-4o-mini" => {
+                let o =
+                    observe(call(&gw, path, Some(ACME_HOST), Cred::Bearer(limited)).await).await;
+                assert_eq!(
+                    (o.status, code_of(path, &o).as_str()),
+                    (404, "model_not_found")
+                );
+            }
+            _ => {
+                let o =
+                    observe(call(&gw, path, Some(ACME_HOST), Cred::Bearer(limited)).await).await;
+                assert_eq!(o.status, 403, "{path}: {o:?}");
+                if path != MESSAGES {
+                    assert_eq!(code_of(path, &o), "model_not_allowed", "{path}: {o:?}");
+                }
+                let v: Value = serde_json::from_str(&o.body).unwrap();
+                assert_eq!(
+                    v["error"]["message"],
+                    "The model `gpt-4o-mini` is not allowed for this API key. Allowed models: embed.",
+                    "{path}: {v}"
+                );
+            }
+        }
+        if path != "/v1/embeddings" {
+            assert_no_upstream(&mock, before, path);
+        }
+        let o = observe(call(&gw, path, Some(GLOBEX_HOST), Cred::Bearer(limited)).await).await;
+        assert_eq!(code_of(path, &o), "invalid_api_key", "{path}: {o:?}");
+        assert_served_as(
+            &gw,
+            &mock,
+            path,
+            ACME_HOST,
+            Cred::Bearer(ACME_DENTAL.2),
+            ACME_DENTAL,
+        )
+        .await;
+    }
+    gw.shutdown().await;
+}
+
 /// A key declared with `expires_at` serves until then and is refused from
 /// then on, at every endpoint, as 401 `expired_api_key` (told only to the
 /// key's holder at its own reseller: at the other reseller it is any unknown

@@ -11,7 +11,7 @@
 //! | `resellers/{r}/tenants` | GET, POST |
 //! | `resellers/{r}/tenants/{t}` | GET, PATCH, DELETE |
 //! | `resellers/{r}/tenants/{t}/keys` | GET, POST |
-//! | `resellers/{r}/tenants/{t}/keys/{id}` | PATCH (`name`, `expires_at` or `expires_in`; `null` clears), DELETE |
+//! | `resellers/{r}/tenants/{t}/keys/{id}` | PATCH (`name`, `expires_at` or `expires_in`, `models`; `null` clears), DELETE |
 //! | `resellers/{r}/tenants/{t}/credentials/{provider}` | PUT `{"api_key"}`, DELETE |
 //! | `resellers/{r}/usage?month=YYYY-MM&tenant=t` | GET |
 //! | `vault/rewrap` | POST (platform): the store's credentials under the active KEK |
@@ -550,16 +550,23 @@ fn find_tenant<'a>(
     Ok((tenant, declared))
 }
 
-/// A tenant's keys as listed: id, where declared, name and expiry.
+/// A tenant's keys as listed: id, where declared, name, expiry and models.
 fn tenant_keys_view(keys: &[TenantKey], declared: &[TenantKey]) -> Value {
     Value::Array(
         keys.iter()
             .map(|k| {
-                json!({"id": key_id(&k.hash), "source": source(declared.contains(k)),
-                    "name": k.name, "expires_at": k.expires_at})
+                let mut view = tenant_key_view(k);
+                view["source"] = source(declared.contains(k)).into();
+                view
             })
             .collect(),
     )
+}
+
+/// One tenant key as the API shows it: never the key, only its id.
+fn tenant_key_view(k: &TenantKey) -> Value {
+    json!({"object": "key", "id": key_id(&k.hash), "name": k.name,
+        "expires_at": k.expires_at, "models": k.models})
 }
 
 fn tenant_json(r: &str, t: &TenantConfig, declared: Option<&[TenantKey]>) -> Value {
@@ -788,6 +795,8 @@ struct NewKey {
     expires_at: Option<u64>,
     #[serde(default)]
     expires_in: Option<u64>,
+    #[serde(default)]
+    models: Option<Vec<String>>,
 }
 
 /// A key's expiry from `expires_at` (Unix seconds) or `expires_in` (seconds
@@ -826,19 +835,19 @@ fn add_tenant_key(
     };
     let expires_at = expiry(new.expires_at, new.expires_in)?;
     let (key, hash) = fresh_key(&tenant_key_prefix(snapshot, r))?;
-    let id = key_id(&hash);
     let entry = TenantKey {
         hash,
         name: new.name,
         expires_at,
+        models: new.models,
     };
-    let (name, expires_at) = (entry.name.clone(), entry.expires_at);
+    let mut view = tenant_key_view(&entry);
+    view["key"] = key.expose().into();
     admin.change(snapshot, |store, base, _| {
         api_tenant(store, base, r, t)?.key_hashes.push(entry);
         Ok(())
     })?;
-    created(json!({"object": "key", "id": id, "key": key.expose(),
-        "name": name, "expires_at": expires_at}))
+    created(view)
 }
 
 /// `PATCH …/keys/{id}`: a present field is set, `null` clears it (a key
@@ -852,6 +861,8 @@ struct KeyPatch {
     expires_at: Option<Option<u64>>,
     #[serde(default)]
     expires_in: Option<u64>,
+    #[serde(default, deserialize_with = "some")]
+    models: Option<Option<Vec<String>>>,
 }
 
 fn patch_tenant_key(
@@ -879,7 +890,10 @@ fn patch_tenant_key(
         if let Some(at) = expires_at {
             key.expires_at = at;
         }
-        view = json!({"object": "key", "id": id, "name": key.name, "expires_at": key.expires_at});
+        if let Some(models) = patch.models {
+            key.models = models;
+        }
+        view = tenant_key_view(key);
         Ok(())
     })?;
     ok(view)

@@ -923,7 +923,7 @@ pub struct TenantConfig {
     #[serde(default)]
     pub status: TenantStatus,
     /// The tenant's gateway keys: `sha256:<64 hex>` digests (`livery
-    /// hash-key`), or `{ hash, name, expires_at }` tables.
+    /// hash-key`), or `{ hash, name, expires_at, models }` tables.
     pub key_hashes: Vec<TenantKey>,
     /// Sealed provider keys of the tenant (`livery vault seal`), by provider name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -934,22 +934,25 @@ pub struct TenantConfig {
 }
 
 /// One gateway key of a tenant: its digest, and optionally a name (to tell
-/// keys apart in lists) and an expiry (Unix seconds; refused from then on).
-/// Written as the bare digest when it has neither, as files always had it.
+/// keys apart in lists), an expiry (Unix seconds; refused from then on) and
+/// the models it may use (of its plan's; absent: all of them).
+/// Written as the bare digest when it has none of these, as files always had it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantKey {
     pub hash: String,
     pub name: Option<String>,
     pub expires_at: Option<u64>,
+    pub models: Option<Vec<String>>,
 }
 
 impl TenantKey {
-    /// A key with no name and no expiry.
+    /// A key with no name, no expiry and every model of its plan.
     pub fn digest(hash: String) -> Self {
         Self {
             hash,
             name: None,
             expires_at: None,
+            models: None,
         }
     }
 }
@@ -962,6 +965,8 @@ struct TenantKeyTable {
     name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     expires_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    models: Option<Vec<String>>,
 }
 
 /// A string or a table, each with its own errors (an untagged enum would
@@ -972,7 +977,9 @@ impl<'de> Deserialize<'de> for TenantKey {
         impl<'de> serde::de::Visitor<'de> for V {
             type Value = TenantKey;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a `sha256:` digest, or a table with `hash`, `name` and `expires_at`")
+                f.write_str(
+                    "a `sha256:` digest, or a table with `hash`, `name`, `expires_at` and `models`",
+                )
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TenantKey, E> {
                 Ok(TenantKey::digest(v.to_owned()))
@@ -984,6 +991,7 @@ impl<'de> Deserialize<'de> for TenantKey {
                     hash: t.hash,
                     name: t.name,
                     expires_at: t.expires_at,
+                    models: t.models,
                 })
             }
         }
@@ -993,13 +1001,14 @@ impl<'de> Deserialize<'de> for TenantKey {
 
 impl serde::Serialize for TenantKey {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.name.is_none() && self.expires_at.is_none() {
+        if self.name.is_none() && self.expires_at.is_none() && self.models.is_none() {
             return s.serialize_str(&self.hash);
         }
         TenantKeyTable {
             hash: self.hash.clone(),
             name: self.name.clone(),
             expires_at: self.expires_at,
+            models: self.models.clone(),
         }
         .serialize(s)
     }
@@ -1012,15 +1021,17 @@ mod tenant_key_tests {
     #[test]
     fn a_key_is_a_digest_or_a_table_and_is_written_back_as_it_came() {
         let keys: Vec<TenantKey> = serde_json::from_str(
-            r#"["sha256:aa", {"hash": "sha256:bb", "name": "ci", "expires_at": 1798761600}]"#,
+            r#"["sha256:aa", {"hash": "sha256:bb", "name": "ci", "expires_at": 1798761600},
+                {"hash": "sha256:cc", "models": ["m"]}]"#,
         )
         .unwrap();
         assert_eq!(keys[0], TenantKey::digest("sha256:aa".into()));
         assert_eq!(keys[1].name.as_deref(), Some("ci"));
         assert_eq!(keys[1].expires_at, Some(1798761600));
+        assert_eq!(keys[2].models, Some(vec!["m".to_owned()]));
         assert_eq!(
             serde_json::to_string(&keys).unwrap(),
-            r#"["sha256:aa",{"hash":"sha256:bb","name":"ci","expires_at":1798761600}]"#
+            r#"["sha256:aa",{"hash":"sha256:bb","name":"ci","expires_at":1798761600},{"hash":"sha256:cc","models":["m"]}]"#
         );
         let toml_keys: TenantConfig = toml::from_str(
             "id = \"t\"\nplan = \"p\"\nkey_hashes = [\"sha256:aa\", { hash = \"sha256:bb\", expires_at = 5 }]\n",
@@ -1036,6 +1047,10 @@ mod tenant_key_tests {
             (
                 r#"[{"hash": "sha256:bb", "expires_at": "tomorrow"}]"#,
                 "expected u64",
+            ),
+            (
+                r#"[{"hash": "sha256:bb", "models": "m"}]"#,
+                "expected a sequence",
             ),
             (r#"[7]"#, "a `sha256:` digest, or a table"),
         ] {

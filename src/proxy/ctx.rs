@@ -29,6 +29,9 @@ pub struct RequestCtx {
     pub reseller: Arc<str>,
     pub reseller_idx: ResellerIdx,
     pub tenant: Arc<Tenant>,
+    /// The models the presented key is limited to, within its plan's
+    /// (`None`: the plan's).
+    pub key_models: Option<crate::tenancy::KeyModels>,
     /// The TLS SNI of the connection (already checked against the Host).
     pub sni: Option<Arc<str>>,
     /// The API the client speaks: the shape of its errors and stream events.
@@ -42,6 +45,11 @@ impl RequestCtx {
     /// The reseller's brand, as its tenants see it.
     pub fn brand(&self) -> &Arc<crate::tenancy::Brand> {
         &self.snapshot.tenancy.reseller(self.reseller_idx).brand
+    }
+
+    /// Whether the presented key may use `model` (its plan is asked apart).
+    pub fn key_allows(&self, model: &str) -> bool {
+        crate::tenancy::key_allows(self.key_models.as_deref(), model)
     }
 }
 

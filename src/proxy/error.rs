@@ -76,7 +76,9 @@ impl GatewayError {
                 TenancyError::TenantSuspended => StatusCode::FORBIDDEN,
             },
             GatewayError::Routing(RoutingError::ModelNotFound(_)) => StatusCode::NOT_FOUND,
-            GatewayError::Routing(RoutingError::ModelNotAllowed { .. }) => StatusCode::FORBIDDEN,
+            GatewayError::Routing(
+                RoutingError::ModelNotAllowed { .. } | RoutingError::KeyModelNotAllowed { .. },
+            ) => StatusCode::FORBIDDEN,
             GatewayError::Limit(l) => l.status(),
             GatewayError::Routing(RoutingError::AllRoutesOpen(_)) => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -133,7 +135,9 @@ impl GatewayError {
             GatewayError::Vault(VaultError::ProviderKeyNotConfigured(_)) => "invalid_request_error",
             GatewayError::Vault(_) => "server_error",
             GatewayError::Limit(l) => l.error_type(),
-            GatewayError::Routing(RoutingError::ModelNotAllowed { .. }) => "permission_error",
+            GatewayError::Routing(
+                RoutingError::ModelNotAllowed { .. } | RoutingError::KeyModelNotAllowed { .. },
+            ) => "permission_error",
             GatewayError::Routing(RoutingError::AllRoutesOpen(_)) | GatewayError::Internal => {
                 "server_error"
             }
@@ -170,7 +174,9 @@ impl GatewayError {
                 TenancyError::TenantSuspended => "tenant_suspended",
             },
             GatewayError::Routing(RoutingError::ModelNotFound(_)) => "model_not_found",
-            GatewayError::Routing(RoutingError::ModelNotAllowed { .. }) => "model_not_allowed",
+            GatewayError::Routing(
+                RoutingError::ModelNotAllowed { .. } | RoutingError::KeyModelNotAllowed { .. },
+            ) => "model_not_allowed",
             GatewayError::Routing(RoutingError::AllRoutesOpen(_)) => "routes_unavailable",
             GatewayError::Limit(l) => l.code(),
             GatewayError::Provider(e) => match e {

@@ -291,8 +291,8 @@ fn resolve<B>(
         PresentedKey::Malformed => Err(TenancyError::InvalidKey),
         PresentedKey::Key(k) => snapshot.tenancy.authenticate(reseller_idx, k, started_at),
     };
-    let tenant = match tenant {
-        Ok(t) => t,
+    let holder = match tenant {
+        Ok(h) => h,
         Err(e) => {
             return Err(Refusal {
                 error: e.into(),
@@ -307,7 +307,8 @@ fn resolve<B>(
         snapshot,
         reseller,
         reseller_idx,
-        tenant,
+        tenant: holder.tenant,
+        key_models: holder.models,
         sni,
         dialect,
         anthropic_beta: match dialect {
@@ -402,14 +403,14 @@ fn is_operator(app: &App, headers: &http::HeaderMap) -> bool {
         .any(|d| subtle::ConstantTimeEq::ct_eq(&d.0[..], &digest.0[..]).into())
 }
 
-/// The models of the tenant's plan that the snapshot serves.
+/// The models of the tenant's plan that the snapshot serves and the key may use.
 fn plan_models(ctx: &RequestCtx) -> impl Iterator<Item = &str> {
     ctx.tenant
         .plan
         .models
         .iter()
         .map(|m| &**m)
-        .filter(|m| ctx.snapshot.models.contains(m))
+        .filter(|m| ctx.snapshot.models.contains(m) && ctx.key_allows(m))
 }
 
 fn list_models(ctx: &RequestCtx) -> Response<ProxyBody> {
@@ -546,11 +547,11 @@ pub(super) fn read_body(
 ) -> Result<(RequestBody, ModelChoice, bool), GatewayError> {
     let body = RequestBody::parse(body)?;
     let requested_model = body.model()?;
-    let choice = match ctx
-        .snapshot
-        .models
-        .choose(&ctx.tenant.plan, &requested_model)
-    {
+    let choice = match ctx.snapshot.models.choose(
+        &ctx.tenant.plan,
+        ctx.key_models.as_deref(),
+        &requested_model,
+    ) {
         Ok(choice) => choice,
         Err(e) => {
             record.update(|r| r.requested_model = Some(Arc::from(&*requested_model)));

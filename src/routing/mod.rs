@@ -9,7 +9,7 @@ pub mod breaker;
 
 use crate::config::{DisallowedModel, GatewayConfig};
 use crate::providers::Provider;
-use crate::tenancy::Plan;
+use crate::tenancy::{key_allows, Plan};
 use crate::FastMap;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,10 +34,27 @@ pub struct ModelTable {
 pub enum RoutingError {
     #[error("The model `{0}` does not exist or you do not have access to it.")]
     ModelNotFound(String),
-    #[error("The model `{model}` is not included in your plan. Allowed models: {}.", allowed.join(", "))]
+    #[error(
+        "The model `{model}` is not included in your plan. Allowed models: {}.",
+        or_none(allowed)
+    )]
     ModelNotAllowed { model: String, allowed: Vec<String> },
+    #[error(
+        "The model `{model}` is not allowed for this API key. Allowed models: {}.",
+        or_none(allowed)
+    )]
+    KeyModelNotAllowed { model: String, allowed: Vec<String> },
     #[error("every route for `{0}` is failing; try again shortly")]
     AllRoutesOpen(String),
+}
+
+/// A refusal's list of models, which a key's own list can leave empty.
+fn or_none(models: &[String]) -> String {
+    if models.is_empty() {
+        "none".to_owned()
+    } else {
+        models.join(", ")
+    }
 }
 
 /// The model a request will be served as, after the plan's policy.
@@ -143,26 +160,45 @@ impl ModelTable {
         self.models.contains_key(model)
     }
 
-    /// Applies the plan to the requested model.
-    pub fn choose(&self, plan: &Plan, requested: &str) -> Result<ModelChoice, RoutingError> {
+    /// Applies the plan, and the key's own model list (`key_models`), to the
+    /// requested model. A model the key may not use is one outside the plan:
+    /// the plan's policy applies, and a downgrade only to a model the key may use.
+    pub fn choose(
+        &self,
+        plan: &Plan,
+        key_models: Option<&[Arc<str>]>,
+        requested: &str,
+    ) -> Result<ModelChoice, RoutingError> {
         let Some((name, _)) = self.models.get_key_value(requested) else {
             return Err(RoutingError::ModelNotFound(requested.to_owned()));
         };
-        if plan.allows(requested) {
+        if plan.allows(requested) && key_allows(key_models, requested) {
             return Ok(ModelChoice {
                 model: name.clone(),
                 downgraded_from: None,
             });
         }
         match (&plan.disallowed_model, &plan.downgrade_to) {
-            (DisallowedModel::Downgrade, Some(to)) => Ok(ModelChoice {
-                model: to.clone(),
-                downgraded_from: Some(name.clone()),
-            }),
-            _ => Err(RoutingError::ModelNotAllowed {
-                model: requested.to_owned(),
-                allowed: plan.models.iter().map(|m| m.to_string()).collect(),
-            }),
+            (DisallowedModel::Downgrade, Some(to)) if key_allows(key_models, to) => {
+                Ok(ModelChoice {
+                    model: to.clone(),
+                    downgraded_from: Some(name.clone()),
+                })
+            }
+            _ => {
+                let allowed = plan
+                    .models
+                    .iter()
+                    .filter(|m| key_allows(key_models, m))
+                    .map(|m| m.to_string())
+                    .collect();
+                let model = requested.to_owned();
+                Err(if plan.allows(requested) {
+                    RoutingError::KeyModelNotAllowed { model, allowed }
+                } else {
+                    RoutingError::ModelNotAllowed { model, allowed }
+                })
+            }
         }
     }
 
@@ -283,23 +319,76 @@ mod tests {
             limits: Default::default(),
         };
         let open = plan(&["m", "small"], None);
-        let first = t.choose(&open, "m").unwrap();
-        let second = t.choose(&open, "m").unwrap();
+        let first = t.choose(&open, None, "m").unwrap();
+        let second = t.choose(&open, None, "m").unwrap();
         assert_eq!(&*first.model, "m");
         assert!(Arc::ptr_eq(&first.model, &second.model));
         assert!(first.downgraded_from.is_none());
         assert!(
-            matches!(t.choose(&open, "other"), Err(RoutingError::ModelNotFound(m)) if m == "other")
+            matches!(t.choose(&open, None, "other"), Err(RoutingError::ModelNotFound(m)) if m == "other")
         );
         let down = plan(&["small"], Some("small"));
-        let choice = t.choose(&down, "m").unwrap();
+        let choice = t.choose(&down, None, "m").unwrap();
         assert_eq!(&*choice.model, "small");
         let from = choice.downgraded_from.unwrap();
         assert!(Arc::ptr_eq(&from, &first.model));
         assert!(matches!(
-            t.choose(&plan(&["small"], None), "m"),
+            t.choose(&plan(&["small"], None), None, "m"),
             Err(RoutingError::ModelNotAllowed { .. })
         ));
+    }
+
+    /// A key's list narrows its plan: a model outside the list is one outside
+    /// the plan, downgraded only to a model the key may use, and a refusal
+    /// lists what the key may use.
+    #[test]
+    fn a_keys_model_list_narrows_its_plan() {
+        let mut t = table(&[("a", 0, 1)]);
+        for name in ["small", "big"] {
+            let routes = t.models["m"].clone();
+            t.models.insert(Arc::from(name), routes);
+        }
+        let plan = |downgrade_to: Option<&str>| crate::tenancy::Plan {
+            name: "p".into(),
+            models: ["m", "small", "big"].map(Arc::from).into(),
+            byok: Default::default(),
+            disallowed_model: if downgrade_to.is_some() {
+                DisallowedModel::Downgrade
+            } else {
+                DisallowedModel::Reject
+            },
+            downgrade_to: downgrade_to.map(Arc::from),
+            limits: Default::default(),
+        };
+        let key: Vec<Arc<str>> = vec!["small".into(), "m".into()];
+        let reject = plan(None);
+        assert_eq!(
+            &*t.choose(&reject, Some(&key), "small").unwrap().model,
+            "small"
+        );
+        let refused = t.choose(&reject, Some(&key), "big").unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "The model `big` is not allowed for this API key. Allowed models: m, small."
+        );
+        assert!(matches!(refused, RoutingError::KeyModelNotAllowed { .. }));
+        let down = t.choose(&plan(Some("small")), Some(&key), "big").unwrap();
+        assert_eq!(
+            (&*down.model, down.downgraded_from.as_deref()),
+            ("small", Some("big"))
+        );
+        let big_only: Vec<Arc<str>> = vec!["big".into()];
+        assert!(matches!(
+            t.choose(&plan(Some("small")), Some(&big_only), "m"),
+            Err(RoutingError::KeyModelNotAllowed { .. })
+        ));
+        let outside: Vec<Arc<str>> = vec!["other".into()];
+        assert_eq!(
+            t.choose(&reject, Some(&outside), "m")
+                .unwrap_err()
+                .to_string(),
+            "The model `m` is not allowed for this API key. Allowed models: none."
+        );
     }
 
     #[test]

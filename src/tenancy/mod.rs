@@ -91,12 +91,30 @@ pub struct Reseller {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResellerIdx(usize);
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct KeyOwner {
     reseller: usize,
     tenant: usize,
     /// Unix seconds from which the key is refused (`None`: never).
     expires_at: Option<std::num::NonZeroU64>,
+    /// The models the key may use, of its plan's (`None`: all of them).
+    models: Option<KeyModels>,
+}
+
+/// The tenant-facing models one key is limited to.
+pub type KeyModels = Arc<[Arc<str>]>;
+
+/// Whether a key limited to `models` (`None`: not limited) may use `model`.
+pub fn key_allows(models: Option<&[Arc<str>]>, model: &str) -> bool {
+    models.is_none_or(|ms| ms.iter().any(|m| &**m == model))
+}
+
+/// Who a key is: its tenant, and what the key itself may use.
+#[derive(Debug)]
+pub struct KeyHolder {
+    pub tenant: Arc<Tenant>,
+    /// The key's own model list, which narrows its plan's (`None`: the plan's).
+    pub models: Option<KeyModels>,
 }
 
 /// The resolved tenancy: resellers, their domains, tenants and key digests.
@@ -247,10 +265,17 @@ impl Tenancy {
                             r.id, tc.id
                         ));
                     }
+                    let models = match &kh.models {
+                        None => None,
+                        Some(list) => Some(key_models(list, known_models).map_err(|e| {
+                            format!("tenant `{}/{}`: a key's models: {e}", r.id, tc.id)
+                        })?),
+                    };
                     let owner = KeyOwner {
                         reseller: ri,
                         tenant: ti,
                         expires_at: kh.expires_at.and_then(std::num::NonZeroU64::new),
+                        models,
                     };
                     if t.keys.insert(digest, owner).is_some() {
                         return Err(format!(
@@ -370,13 +395,13 @@ impl Tenancy {
         reseller: ResellerIdx,
         key: &str,
         at: std::time::SystemTime,
-    ) -> Result<Arc<Tenant>, TenancyError> {
+    ) -> Result<KeyHolder, TenancyError> {
         let digest = KeyDigest::of(key);
         // The map probe compares digests, which leaks nothing usable about the key;
         // the final comparison is constant-time all the same, and a miss does the
         // same work as a hit so that timing does not tell the two apart.
         let (stored, owner) = match self.keys.get_key_value(&digest) {
-            Some((k, o)) => (k.0, Some(*o)),
+            Some((k, o)) => (k.0, Some(o)),
             None => ([0u8; 32], None),
         };
         let same: bool = stored.ct_eq(&digest.0).into();
@@ -395,11 +420,27 @@ impl Tenancy {
                 if tenant.status == TenantStatus::Suspended {
                     return Err(TenancyError::TenantSuspended);
                 }
-                Ok(tenant.clone())
+                Ok(KeyHolder {
+                    tenant: tenant.clone(),
+                    models: o.models.clone(),
+                })
             }
             _ => Err(TenancyError::InvalidKey),
         }
     }
+}
+
+/// A key's model list, checked: at least one model, each one the model table
+/// serves (whether the plan offers it is asked per request, so that a plan
+/// can change without its keys).
+fn key_models(list: &[String], known_models: &HashSet<String>) -> Result<KeyModels, String> {
+    if list.is_empty() {
+        return Err("the list is empty (a key that may use nothing is deleted instead)".into());
+    }
+    if let Some(m) = list.iter().find(|m| !known_models.contains(*m)) {
+        return Err(format!("unknown model `{m}`"));
+    }
+    Ok(list.iter().map(|m| Arc::from(m.as_str())).collect())
 }
 
 fn parse_credentials(
