@@ -782,6 +782,140 @@ async fn a_reseller_reads_its_usage_through_the_api() {
     gw.shutdown().await;
 }
 
+/// Each usage record names the gateway key it was served under (by the id
+/// the API lists it as), and `group_by=api_key_id` reads the month per tenant
+/// and key, with each key's name: the rows of a tenant add up to its rollup.
+#[tokio::test]
+async fn a_reseller_reads_its_usage_per_key_through_the_api() {
+    let mock = MockProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(&admin_config(&mock, dir.path())).await;
+    let first = make_tenant(&gw, "bakery").await;
+    let made = as_acme(
+        &gw,
+        Method::POST,
+        "resellers/acme/tenants/bakery/keys",
+        Some(json!({"name": "indexer"})),
+        201,
+    )
+    .await;
+    let indexer = made["key"].as_str().unwrap().to_owned();
+    let listed = as_acme(
+        &gw,
+        Method::GET,
+        "resellers/acme/tenants/bakery/keys",
+        None,
+        200,
+    )
+    .await;
+    let first_id = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] != made["id"])
+        .unwrap()["id"]
+        .clone();
+    for _ in 0..2 {
+        assert_eq!(chat_as(&gw, ACME_HOST, &first).await.status(), 200);
+    }
+    let resp = chat_as(&gw, ACME_HOST, &indexer).await;
+    assert_eq!(resp.status(), 200);
+    let rid = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(gw.usage_for(&rid).await["key_id"], made["id"]);
+    assert_eq!(chat_as(&gw, ACME_HOST, ACME_DENTAL.2).await.status(), 200);
+
+    let usage = &gw.gateway.as_ref().unwrap().app().usage;
+    let start = std::time::Instant::now();
+    let report = loop {
+        assert!(usage.flush(Duration::from_secs(5)));
+        let r = as_acme(
+            &gw,
+            Method::GET,
+            "resellers/acme/usage?group_by=api_key_id",
+            None,
+            200,
+        )
+        .await;
+        if r["data"].as_array().is_some_and(|t| t.len() == 3)
+            || start.elapsed() > Duration::from_secs(5)
+        {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(report["group_by"], "api_key_id");
+    let rows: Vec<(String, String, Value, u64)> = report["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["tenant"].as_str().unwrap().to_owned(),
+                r["key_id"].as_str().unwrap().to_owned(),
+                r["name"].clone(),
+                r["requests"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let mut bakery: Vec<_> = rows.iter().filter(|r| r.0 == "bakery").cloned().collect();
+    bakery.sort_by_key(|r| r.3);
+    assert_eq!(
+        bakery,
+        vec![
+            (
+                "bakery".to_owned(),
+                made["id"].as_str().unwrap().to_owned(),
+                json!("indexer"),
+                1
+            ),
+            (
+                "bakery".to_owned(),
+                first_id.as_str().unwrap().to_owned(),
+                Value::Null,
+                2
+            ),
+        ],
+        "{report}"
+    );
+    assert!(rows.iter().any(|r| r.0 == "dental" && r.3 == 1), "{report}");
+    let one = as_acme(
+        &gw,
+        Method::GET,
+        "resellers/acme/usage?group_by=api_key_id&tenant=bakery",
+        None,
+        200,
+    )
+    .await;
+    let keyed: u64 = one["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["total_tokens"].as_u64().unwrap())
+        .sum();
+    let whole = as_acme(
+        &gw,
+        Method::GET,
+        "resellers/acme/usage?tenant=bakery",
+        None,
+        200,
+    )
+    .await;
+    assert_eq!(one["data"].as_array().unwrap().len(), 2, "{one}");
+    assert!(keyed > 0);
+    assert_eq!(json!(keyed), whole["tenants"][0]["total_tokens"], "{whole}");
+    let r = call(
+        &gw,
+        Method::GET,
+        ACME_HOST,
+        Some(ACME_ADMIN),
+        "resellers/acme/usage?group_by=model",
+        None,
+    )
+    .await;
+    assert_eq!(error_code(r, 400).await, "invalid_body");
+    gw.shutdown().await;
+}
+
 /// Without `[admin]`, `/admin/` is not served, whatever the key.
 #[tokio::test]
 async fn without_an_admin_section_there_is_no_admin_api() {

@@ -3,7 +3,7 @@
 //! the API hands out (gateway keys for tenants, admin keys for resellers).
 
 use crate::config::GatewayConfig;
-use crate::tenancy::KeyDigest;
+use crate::tenancy::{KeyDigest, KeyId};
 use crate::vault::Secret;
 use crate::FastMap;
 use std::sync::Arc;
@@ -92,9 +92,17 @@ impl AdminKeys {
 
 /// A key's public id, as the API lists it and deletes by: a prefix of its
 /// digest (never of the key), so that it can be shown and logged.
+/// The same id as a usage record names the key by ([`KeyId`]), however
+/// the digest's hex is cased.
 pub fn key_id(hash: &str) -> String {
-    let hex = hash.strip_prefix("sha256:").unwrap_or(hash);
-    format!("key_{}", &hex[..hex.len().min(12)])
+    match KeyDigest::parse(hash) {
+        Some(d) => KeyId::of(&d).to_string(),
+        // Not a digest (refused at load): named as it stands.
+        None => {
+            let hex = hash.strip_prefix("sha256:").unwrap_or(hash);
+            format!("key_{}", hex.get(..12).unwrap_or(hex))
+        }
+    }
 }
 
 /// A new random key with `prefix` (160 bits from the system's CSPRNG), and

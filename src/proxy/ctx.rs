@@ -32,6 +32,8 @@ pub struct RequestCtx {
     /// The models the presented key is limited to, within its plan's
     /// (`None`: the plan's).
     pub key_models: Option<crate::tenancy::KeyModels>,
+    /// The presented key's public id (`key_…`), for the usage record.
+    pub key_id: crate::tenancy::KeyId,
     /// The TLS SNI of the connection (already checked against the Host).
     pub sni: Option<Arc<str>>,
     /// The API the client speaks: the shape of its errors and stream events.

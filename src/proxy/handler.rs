@@ -309,6 +309,7 @@ fn resolve<B>(
         reseller_idx,
         tenant: holder.tenant,
         key_models: holder.models,
+        key_id: holder.id,
         sni,
         dialect,
         anthropic_beta: match dialect {

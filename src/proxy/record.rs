@@ -257,6 +257,7 @@ impl PendingRecord {
                 request_id: ctx.request_id.clone(),
                 reseller: ctx.reseller.clone(),
                 tenant: ctx.tenant.id.clone(),
+                key_id: Some(ctx.key_id),
                 endpoint: endpoint.name(),
                 requested_model: None,
                 served_model: None,

@@ -29,6 +29,47 @@ impl KeyDigest {
     }
 }
 
+/// A key's public id, `key_` and the first 12 hex digits of its digest: what
+/// the admin API lists a key as, and what a usage record says it was served
+/// under. It tells keys apart and gives nothing of the key away.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyId([u8; 16]);
+
+impl KeyId {
+    pub fn of(digest: &KeyDigest) -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = *b"key_000000000000";
+        for (i, b) in digest.0[..6].iter().enumerate() {
+            text[4 + 2 * i] = HEX[usize::from(b >> 4)];
+            text[5 + 2 * i] = HEX[usize::from(b & 0xf)];
+        }
+        Self(text)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII is ever written into it (above).
+        std::str::from_utf8(&self.0).unwrap_or("key_")
+    }
+}
+
+impl std::fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for KeyId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 impl std::fmt::Debug for KeyDigest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "KeyDigest({}…)", &hex::encode(&self.0[..4]))
@@ -85,6 +126,13 @@ fn key_in<'a>(name: &HeaderName, value: &'a HeaderValue) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_id_is_the_digests_first_twelve_hex_digits() {
+        let d = KeyDigest::of("sk-FAKE-key");
+        let hex = hex::encode(d.0);
+        assert_eq!(KeyId::of(&d).as_str(), format!("key_{}", &hex[..12]));
+    }
 
     #[test]
     fn digest_round_trips_through_config_form() {

@@ -13,7 +13,7 @@ pub use brand::{
     X_LIVERY_DOWNGRADED_FROM, X_LIVERY_ESTIMATED, X_LIVERY_MODEL,
 };
 pub use host::normalize_host;
-pub use key::{presented_key, KeyDigest, PresentedKey};
+pub use key::{presented_key, KeyDigest, KeyId, PresentedKey};
 
 use crate::config::{DisallowedModel, GatewayConfig, TenantStatus};
 use crate::limits::PlanLimits;
@@ -113,6 +113,8 @@ pub fn key_allows(models: Option<&[Arc<str>]>, model: &str) -> bool {
 #[derive(Debug)]
 pub struct KeyHolder {
     pub tenant: Arc<Tenant>,
+    /// The key's public id, for its usage records.
+    pub id: KeyId,
     /// The key's own model list, which narrows its plan's (`None`: the plan's).
     pub models: Option<KeyModels>,
 }
@@ -422,6 +424,7 @@ impl Tenancy {
                 }
                 Ok(KeyHolder {
                     tenant: tenant.clone(),
+                    id: KeyId::of(&digest),
                     models: o.models.clone(),
                 })
             }

@@ -83,6 +83,9 @@ pub struct UsageRecord {
     /// Shared with the request's context (no copy per request).
     pub reseller: std::sync::Arc<str>,
     pub tenant: std::sync::Arc<str>,
+    /// The gateway key the request was served under, by its public id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<crate::tenancy::KeyId>,
     pub endpoint: &'static str,
     /// Shared with the model table when the model is one of its own.
     pub requested_model: Option<std::sync::Arc<str>>,
@@ -133,6 +136,9 @@ impl UsageRecord {
         member_str(out, key!("request_id"), self.request_id.as_str());
         member_str(out, key!("reseller"), &self.reseller);
         member_str(out, key!("tenant"), &self.tenant);
+        if let Some(id) = &self.key_id {
+            member_str(out, key!("key_id"), id.as_str());
+        }
         member_str(out, key!("endpoint"), self.endpoint);
         member_opt_str(
             out,
@@ -377,6 +383,9 @@ pub(super) mod tests {
             request_id: crate::telemetry::ids::RequestId::from_text(b"req-1").unwrap(),
             reseller: "acme".into(),
             tenant: "dental".into(),
+            key_id: Some(crate::tenancy::KeyId::of(&crate::tenancy::KeyDigest::of(
+                "sk-FAKE-key",
+            ))),
             endpoint: "chat",
             requested_model: Some("gpt-4o".into()),
             served_model: None,

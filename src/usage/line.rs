@@ -34,6 +34,9 @@ pub(super) fn parse(raw: &str) -> Option<LedgerEvent<'_>> {
     let request_id = c.key("request_id")?.string()?;
     let reseller = c.key("reseller")?.string()?;
     let tenant = c.key("tenant")?.string()?;
+    // The key's id (absent from lines written before keys were recorded)
+    // is read by the ledger's `events` view from the raw line, not here.
+    c.optional_key("key_id", Cursor::string)?;
     let endpoint = c.key("endpoint")?.string()?;
     let requested_model = c.key("requested_model")?.nullable(Cursor::string)?;
     let served_model = c.key("served_model")?.nullable(Cursor::string)?;
@@ -338,6 +341,8 @@ mod tests {
         r.latency_ms = f64::NAN;
         r.ttfb_ms = None;
         r.cost_micros = None;
+        // As written before records named the key.
+        r.key_id = None;
         r.attempts = vec![
             AttemptRecord {
                 provider: "openai".into(),

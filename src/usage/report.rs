@@ -64,6 +64,25 @@ pub fn valid_month(month: &str) -> bool {
 }
 
 /// Reads `month` of `reseller` (optionally one tenant) from the ledger at `db`
+/// per tenant and gateway key (unpriced: invoices are per tenant).
+pub fn build_by_key(
+    db: &Path,
+    reseller: &str,
+    tenant: Option<&str>,
+    month: &str,
+) -> Result<Vec<sqlite::KeyRollup>, ReportError> {
+    if !valid_month(month) {
+        return Err(ReportError::Month(month.to_owned()));
+    }
+    let db_err = |source| ReportError::Db {
+        path: db.display().to_string(),
+        source,
+    };
+    let conn = sqlite::open_read(db).map_err(db_err)?;
+    sqlite::monthly_key_rollups(&conn, reseller, month, tenant).map_err(db_err)
+}
+
+/// Reads `month` of `reseller` (optionally one tenant) from the ledger at `db`
 /// and prices it under the reseller's billing configuration.
 pub fn build(
     db: &Path,

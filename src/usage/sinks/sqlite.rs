@@ -56,6 +56,7 @@ CREATE VIEW IF NOT EXISTS events AS SELECT
     json_extract(raw, '$.request_id') AS request_id,
     json_extract(raw, '$.reseller') AS reseller,
     json_extract(raw, '$.tenant') AS tenant,
+    json_extract(raw, '$.key_id') AS key_id,
     json_extract(raw, '$.key_owner') AS key_owner,
     coalesce(json_extract(raw, '$.endpoint'), '') AS endpoint,
     json_extract(raw, '$.requested_model') AS requested_model,
@@ -200,7 +201,7 @@ fn drop_outdated_events_view(conn: &Connection) -> rusqlite::Result<()> {
     let outdated: bool = conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'view' AND name = 'events') \
          AND NOT EXISTS (SELECT 1 FROM pragma_table_info('events') \
-             WHERE name = 'cache_write_1h_tokens')",
+             WHERE name = 'key_id')",
         [],
         |r| r.get(0),
     )?;
@@ -612,6 +613,91 @@ pub fn monthly_rollups(
     rows.collect()
 }
 
+/// One gateway key's month: its tenant's rollup, restricted to the key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KeyRollup {
+    /// `key_…`, as the admin API lists keys (`None`: events recorded before
+    /// records named their key).
+    pub key_id: Option<String>,
+    #[serde(flatten)]
+    pub rollup: Rollup,
+}
+
+/// `reseller`'s `month` (`YYYY-MM`) per tenant and gateway key, optionally of
+/// one tenant, sorted by tenant and key. Keys have no rollups (a third b-tree
+/// insert per event for a query an admin makes now and then), so this reads
+/// the month's events, found by their ids: UUIDv7s of each request's end, so
+/// the month's run of the primary key, plus two days for requests that
+/// ended after it.
+pub fn monthly_key_rollups(
+    conn: &Connection,
+    reseller: &str,
+    month: &str,
+    tenant: Option<&str>,
+) -> rusqlite::Result<Vec<KeyRollup>> {
+    let Some((from, to)) = month_bounds(month) else {
+        return Ok(Vec::new());
+    };
+    let id_at = |ms: u64| format!("{:08x}-{:04x}", ms >> 16, ms & 0xffff);
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT tenant, key_id, count(*), \
+         sum((outcome = 'ok' AND endpoint != '{count_tokens}') OR total_tokens > 0), \
+         sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens), sum(total_tokens), \
+         sum(estimated), sum(coalesce(cost_micros, 0)), sum(cost_micros IS NULL AND total_tokens > 0), \
+         sum(cache_write_tokens), sum(cache_write_1h_tokens) \
+         FROM events WHERE event_id >= ?1 AND event_id < ?2 AND month = ?3 AND reseller = ?4 \
+         AND (?5 IS NULL OR tenant = ?5) GROUP BY tenant, key_id ORDER BY tenant, key_id",
+        count_tokens = crate::providers::Endpoint::CountTokens.name(),
+    ))?;
+    let rows = stmt.query_map(
+        params![
+            id_at(from),
+            id_at(to + 2 * 86_400_000),
+            month,
+            reseller,
+            tenant
+        ],
+        |r| {
+            let n = |i: usize| {
+                r.get::<_, Option<i64>>(i)
+                    .map(|v| v.unwrap_or(0).max(0) as u64)
+            };
+            Ok(KeyRollup {
+                key_id: r.get(1)?,
+                rollup: Rollup {
+                    tenant: r.get(0)?,
+                    requests: n(2)?,
+                    billable_requests: n(3)?,
+                    prompt_tokens: n(4)?,
+                    completion_tokens: n(5)?,
+                    cached_tokens: n(6)?,
+                    total_tokens: n(7)?,
+                    estimated_events: n(8)?,
+                    cost_micros: n(9)?,
+                    unpriced_events: n(10)?,
+                    cache_write_tokens: n(11)?,
+                    cache_write_1h_tokens: n(12)?,
+                },
+            })
+        },
+    )?;
+    rows.collect()
+}
+
+/// The first millisecond of `month` (`YYYY-MM`, UTC) and of the month after,
+/// as Unix milliseconds.
+fn month_bounds(month: &str) -> Option<(u64, u64)> {
+    let (y, m) = month.split_once('-')?;
+    let (y, m): (i32, u8) = (y.parse().ok()?, m.parse().ok()?);
+    let start = |y: i32, m: u8| -> Option<u64> {
+        let date = time::Date::from_calendar_date(y, time::Month::try_from(m).ok()?, 1).ok()?;
+        let secs = date.midnight().assume_utc().unix_timestamp();
+        u64::try_from(secs).ok().map(|s| s * 1000)
+    };
+    let next = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    Some((start(y, m)?, start(next.0, next.1)?))
+}
+
 /// Total tokens of one tenant in `month` (`YYYY-MM`); the reseller's total with
 /// `tenant = None`.
 pub fn monthly_tokens(
@@ -748,6 +834,21 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap()
+    }
+
+    /// A month's events are found by their ids' run: its first millisecond
+    /// to the next month's, across a year's end too.
+    #[test]
+    fn a_months_bounds_are_its_first_millisecond_and_the_next_months() {
+        assert_eq!(
+            month_bounds("2026-12"),
+            Some((1_796_083_200_000, 1_798_761_600_000))
+        );
+        assert_eq!(
+            month_bounds("2026-02").map(|(a, b)| b - a),
+            Some(28 * 86_400_000)
+        );
+        assert_eq!(month_bounds("2026-13"), None);
     }
 
     #[test]
