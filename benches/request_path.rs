@@ -100,7 +100,7 @@ fn fixture(n: usize) -> (Snapshot, Vec<(String, HeaderMap)>) {
         rc.tenants = (r * TENANTS_PER_RESELLER..((r + 1) * TENANTS_PER_RESELLER).min(n))
             .map(|i| {
                 tenant_template.id = format!("t{i}");
-                tenant_template.key_hashes = vec![livery::config::TenantKey::digest(
+                tenant_template.key_hashes = vec![livery::config::KeyEntry::digest(
                     KeyDigest::of(&tenant_key(i)).to_config_string(),
                 )];
                 tenant_template.clone()

@@ -1688,6 +1688,168 @@ async fn a_tenant_key_limited_to_models_is_made_and_changed_through_the_api() {
     gw.shutdown().await;
 }
 
+/// A read-only admin key reads everything its reseller's full key reads and
+/// changes nothing (403 `permission_denied`, nothing changed; it cannot make
+/// itself a writing key); an admin key with an expiry is 401
+/// `expired_api_key` from then on at its own hosts, and unknown elsewhere.
+#[tokio::test]
+async fn an_admin_key_may_only_read_and_may_expire() {
+    let mock = MockProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(&admin_config(&mock, dir.path())).await;
+    make_tenant(&gw, "bakery").await;
+    let made = as_acme(
+        &gw,
+        Method::POST,
+        "resellers/acme/admin_keys",
+        Some(json!({"name": "dashboard", "read_only": true})),
+        201,
+    )
+    .await;
+    assert_eq!(
+        (&made["name"], &made["read_only"]),
+        (&json!("dashboard"), &json!(true))
+    );
+    let reader = made["key"].as_str().unwrap().to_owned();
+    let listed = as_acme(&gw, Method::GET, "resellers/acme/admin_keys", None, 200).await;
+    let entry = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == made["id"])
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (&entry["name"], &entry["read_only"]),
+        (&json!("dashboard"), &json!(true))
+    );
+    for path in [
+        "resellers",
+        "resellers/acme",
+        "resellers/acme/tenants",
+        "resellers/acme/tenants/bakery/keys",
+        "resellers/acme/admin_keys",
+    ] {
+        let full = as_acme(&gw, Method::GET, path, None, 200).await;
+        let read = expect(&gw, Method::GET, ACME_HOST, &reader, path, None, 200).await;
+        assert_eq!(read, full, "{path}");
+    }
+    let tenants_before = as_acme(&gw, Method::GET, "resellers/acme/tenants", None, 200).await;
+    let keys_before = as_acme(&gw, Method::GET, "resellers/acme/admin_keys", None, 200).await;
+    for (method, path, body) in [
+        (
+            Method::POST,
+            "resellers/acme/tenants",
+            Some(json!({"id": "deli", "plan": "basic"})),
+        ),
+        (
+            Method::PATCH,
+            "resellers/acme/tenants/bakery",
+            Some(json!({"status": "suspended"})),
+        ),
+        (Method::DELETE, "resellers/acme/tenants/bakery", None),
+        (Method::POST, "resellers/acme/tenants/bakery/keys", None),
+        (Method::POST, "resellers/acme/admin_keys", None),
+        (
+            Method::PATCH,
+            "resellers/acme",
+            Some(json!({"name": "Acme"})),
+        ),
+        (
+            Method::PUT,
+            "resellers/acme/credentials/upstream",
+            Some(json!({"api_key": "sk-FAKE-x"})),
+        ),
+    ] {
+        let r = call(&gw, method.clone(), ACME_HOST, Some(&reader), path, body).await;
+        assert_eq!(
+            error_code(r, 403).await,
+            "permission_denied",
+            "{method} {path}"
+        );
+    }
+    assert_eq!(
+        as_acme(&gw, Method::GET, "resellers/acme/tenants", None, 200).await,
+        tenants_before
+    );
+    assert_eq!(
+        as_acme(&gw, Method::GET, "resellers/acme/admin_keys", None, 200).await,
+        keys_before
+    );
+    let r = call(
+        &gw,
+        Method::GET,
+        GLOBEX_HOST,
+        Some(&reader),
+        "resellers",
+        None,
+    )
+    .await;
+    assert_eq!(error_code(r, 401).await, "invalid_api_key");
+
+    let made = as_acme(
+        &gw,
+        Method::POST,
+        "resellers/acme/admin_keys",
+        Some(json!({"expires_in": 1})),
+        201,
+    )
+    .await;
+    let expiring = made["key"].as_str().unwrap().to_owned();
+    let expires_at = made["expires_at"].as_u64().unwrap();
+    expect(
+        &gw,
+        Method::GET,
+        ACME_HOST,
+        &expiring,
+        "resellers/acme",
+        None,
+        200,
+    )
+    .await;
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    while now() < expires_at {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = call(
+        &gw,
+        Method::GET,
+        ACME_HOST,
+        Some(&expiring),
+        "resellers/acme",
+        None,
+    )
+    .await;
+    assert_eq!(error_code(r, 401).await, "expired_api_key");
+    let r = call(
+        &gw,
+        Method::GET,
+        GLOBEX_HOST,
+        Some(&expiring),
+        "resellers",
+        None,
+    )
+    .await;
+    assert_eq!(error_code(r, 401).await, "invalid_api_key");
+    as_acme(&gw, Method::GET, "resellers/acme", None, 200).await;
+    let r = call(
+        &gw,
+        Method::POST,
+        ACME_HOST,
+        Some(ACME_ADMIN),
+        "resellers/acme/admin_keys",
+        Some(json!({"models": ["embed"]})),
+    )
+    .await;
+    assert_eq!(error_code(r, 400).await, "invalid_body");
+    gw.shutdown().await;
+}
+
 /// How many keys acme's tenant `t` has, as its admin lists them.
 async fn acme_tenant_keys(gw: &TestGateway, t: &str) -> usize {
     let path = format!("resellers/acme/tenants/{t}/keys");

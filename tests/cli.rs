@@ -490,24 +490,25 @@ fn check_config_rejects_an_unknown_plan() {
     );
 }
 
-/// A key's model list that serves nothing is a mistake said at load, with
-/// the tenant named.
+/// A key entry that cannot be used is a mistake said at load, with the
+/// tenant named: a model list that serves nothing, or an admin key's field.
 #[test]
-fn check_config_rejects_a_keys_model_list_it_cannot_serve() {
+fn check_config_rejects_a_tenant_key_entry_it_cannot_use() {
     let digest = "\"sha256:09053059fad8155dd69bb4d01cf485f4b778dd986ba5b8cd1ad92c184e504a8c\"";
-    for (list, says) in [
-        ("[]", "the list is empty"),
-        ("[\"gpt-9\"]", "unknown model `gpt-9`"),
+    for (fields, says) in [
+        ("models = []", "the list is empty"),
+        ("models = [\"gpt-9\"]", "unknown model `gpt-9`"),
+        ("read_only = true", "`read_only` is for admin keys"),
     ] {
         assert_config_rejected(
             says,
             |t| {
                 t.replace(
                     &format!("key_hashes = [{digest}]"),
-                    &format!("key_hashes = [{{ hash = {digest}, models = {list} }}]"),
+                    &format!("key_hashes = [{{ hash = {digest}, {fields} }}]"),
                 )
             },
-            &["demo/demo-tenant", "a key's models", says],
+            &["demo/demo-tenant", says],
         );
     }
 }

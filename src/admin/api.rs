@@ -24,7 +24,7 @@
 use super::keys::{key_id, new_key, Principal};
 use super::{Admin, AdminError, Store};
 use crate::config::{
-    BrandingConfig, GatewayConfig, LimitOverrides, ResellerConfig, TenantConfig, TenantKey,
+    BrandingConfig, GatewayConfig, KeyEntry, LimitOverrides, ResellerConfig, TenantConfig,
     TenantStatus,
 };
 use crate::snapshot::Snapshot;
@@ -49,6 +49,8 @@ const ADMIN_KEY_PREFIX: &str = "sk-livery-admin-";
 /// One admin call, authenticated.
 pub struct Request<'a> {
     pub principal: &'a Principal,
+    /// The key may only read (`GET`).
+    pub read_only: bool,
     pub method: &'a Method,
     /// The path after `/admin/v1/`.
     pub path: &'a str,
@@ -87,6 +89,11 @@ pub fn handle(
     let segments: Vec<&str> = req.path.split('/').collect();
     let who = req.principal;
     let m = req.method;
+    if req.read_only && *m != Method::GET {
+        return Err(AdminError::Forbidden(
+            "this admin key is read-only: it can only GET",
+        ));
+    }
     let not_allowed = || {
         Err(AdminError::Method(
             m.to_string(),
@@ -119,7 +126,7 @@ pub fn handle(
                     };
                     ok(json!({"object": "list", "data": view["admin_keys"]}))
                 }
-                (["admin_keys"], &Method::POST) => add_admin_key(admin, snapshot, r),
+                (["admin_keys"], &Method::POST) => add_admin_key(admin, snapshot, r, req.body),
                 (["admin_keys", id], &Method::DELETE) => delete_admin_key(admin, snapshot, r, id),
                 (["credentials", p], &Method::PUT) => {
                     let owner = CredentialOwner::Reseller((*r).into());
@@ -213,6 +220,14 @@ fn parse<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T, AdminError> {
     serde_json::from_slice(body).map_err(|e| AdminError::BadBody(e.to_string()))
 }
 
+/// [`parse`], where no body at all means every field's default.
+fn parse_optional<'de, T: Deserialize<'de> + Default>(body: &'de [u8]) -> Result<T, AdminError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    parse(body)
+}
+
 fn declared_reseller<'a>(base: &'a GatewayConfig, r: &str) -> Option<&'a ResellerConfig> {
     base.resellers.iter().find(|x| x.id == r)
 }
@@ -225,13 +240,23 @@ fn source(declared: bool) -> &'static str {
     }
 }
 
-fn keys_view(hashes: &[String], declared: &[String]) -> Value {
+/// Keys as listed: each as `view` shows it, and where it is declared.
+fn keys_view(keys: &[KeyEntry], declared: &[KeyEntry], view: fn(&KeyEntry) -> Value) -> Value {
     Value::Array(
-        hashes
-            .iter()
-            .map(|h| json!({"id": key_id(h), "source": source(declared.contains(h))}))
+        keys.iter()
+            .map(|k| {
+                let mut v = view(k);
+                v["source"] = source(declared.contains(k)).into();
+                v
+            })
             .collect(),
     )
+}
+
+/// One admin key as the API shows it: never the key, only its id.
+fn admin_key_view(k: &KeyEntry) -> Value {
+    json!({"object": "admin_key", "id": key_id(&k.hash), "name": k.name,
+        "expires_at": k.expires_at, "read_only": k.read_only})
 }
 
 fn reseller_view(
@@ -256,7 +281,7 @@ fn reseller_view(
         "plan": x.plan,
         "source": source(declared.is_some()),
         "tenants": x.tenants.len(),
-        "admin_keys": keys_view(&x.admin_key_hashes, declared_admin_keys),
+        "admin_keys": keys_view(&x.admin_key_hashes, declared_admin_keys, admin_key_view),
         "credentials": x.credentials.keys().collect::<Vec<_>>(),
         "branding": x.branding,
     }))
@@ -386,7 +411,7 @@ fn create_reseller(
             plan: new.plan,
             tenants: Vec::new(),
             credentials: Default::default(),
-            admin_key_hashes: vec![hash],
+            admin_key_hashes: vec![KeyEntry::digest(hash)],
             branding: new.branding,
         });
         Ok(())
@@ -493,18 +518,42 @@ fn fresh_key(prefix: &str) -> Result<(Secret, String), AdminError> {
     new_key(prefix).map_err(|_| AdminError::Vault("the system's random source failed".into()))
 }
 
+/// `POST …/admin_keys`: all optional. `read_only` keys can only `GET`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NewAdminKey {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    expires_at: Option<u64>,
+    #[serde(default)]
+    expires_in: Option<u64>,
+    #[serde(default)]
+    read_only: bool,
+}
+
 fn add_admin_key(
     admin: &Admin,
     snapshot: &ArcSwap<Snapshot>,
     r: &str,
+    body: &[u8],
 ) -> Result<Reply, AdminError> {
+    let new: NewAdminKey = parse_optional(body)?;
+    let expires_at = expiry(new.expires_at, new.expires_in)?;
     let (key, hash) = fresh_key(ADMIN_KEY_PREFIX)?;
-    let id = key_id(&hash);
+    let entry = KeyEntry {
+        name: new.name,
+        expires_at,
+        read_only: new.read_only,
+        ..KeyEntry::digest(hash)
+    };
+    let mut view = admin_key_view(&entry);
+    view["key"] = key.expose().into();
     admin.change(snapshot, |store, _, _| {
-        store.entry(r).admin_key_hashes.push(hash);
+        store.entry(r).admin_key_hashes.push(entry);
         Ok(())
     })?;
-    created(json!({"object": "admin_key", "id": id, "key": key.expose()}))
+    created(view)
 }
 
 fn delete_admin_key(
@@ -515,12 +564,12 @@ fn delete_admin_key(
 ) -> Result<Reply, AdminError> {
     admin.change(snapshot, |store, base, _| {
         let declared = declared_reseller(base, r).map(|d| d.admin_key_hashes.as_slice());
-        if declared.is_some_and(|d| d.iter().any(|h| key_id(h) == id)) {
+        if declared.is_some_and(|d| d.iter().any(|k| key_id(&k.hash) == id)) {
             return Err(AdminError::Declared(format!("admin key `{id}`")));
         }
         let entry = store.entry(r);
         let before = entry.admin_key_hashes.len();
-        entry.admin_key_hashes.retain(|h| key_id(h) != id);
+        entry.admin_key_hashes.retain(|k| key_id(&k.hash) != id);
         if entry.admin_key_hashes.len() == before {
             return Err(AdminError::NotFound(format!(
                 "no admin key `{id}` at reseller `{r}`"
@@ -537,7 +586,7 @@ fn find_tenant<'a>(
     merged: &'a GatewayConfig,
     r: &str,
     t: &str,
-) -> Result<(&'a TenantConfig, Option<Vec<TenantKey>>), AdminError> {
+) -> Result<(&'a TenantConfig, Option<Vec<KeyEntry>>), AdminError> {
     let tenant = merged
         .resellers
         .iter()
@@ -550,26 +599,13 @@ fn find_tenant<'a>(
     Ok((tenant, declared))
 }
 
-/// A tenant's keys as listed: id, where declared, name, expiry and models.
-fn tenant_keys_view(keys: &[TenantKey], declared: &[TenantKey]) -> Value {
-    Value::Array(
-        keys.iter()
-            .map(|k| {
-                let mut view = tenant_key_view(k);
-                view["source"] = source(declared.contains(k)).into();
-                view
-            })
-            .collect(),
-    )
-}
-
 /// One tenant key as the API shows it: never the key, only its id.
-fn tenant_key_view(k: &TenantKey) -> Value {
+fn tenant_key_view(k: &KeyEntry) -> Value {
     json!({"object": "key", "id": key_id(&k.hash), "name": k.name,
         "expires_at": k.expires_at, "models": k.models})
 }
 
-fn tenant_json(r: &str, t: &TenantConfig, declared: Option<&[TenantKey]>) -> Value {
+fn tenant_json(r: &str, t: &TenantConfig, declared: Option<&[KeyEntry]>) -> Value {
     json!({
         "object": "tenant",
         "id": t.id,
@@ -578,7 +614,7 @@ fn tenant_json(r: &str, t: &TenantConfig, declared: Option<&[TenantKey]>) -> Val
         "plan": t.plan,
         "status": t.status,
         "limits": t.limits,
-        "keys": tenant_keys_view(&t.key_hashes, declared.unwrap_or(&[])),
+        "keys": keys_view(&t.key_hashes, declared.unwrap_or(&[]), tenant_key_view),
         "credentials": t.credentials.keys().collect::<Vec<_>>(),
         "source": source(declared.is_some()),
     })
@@ -604,7 +640,7 @@ fn list_tenants(admin: &Admin, r: &str, query: Option<&str>) -> Result<Reply, Ad
         .iter()
         .map(|t| (t.id.as_str(), t))
         .collect();
-    let declared: std::collections::HashMap<&str, &[TenantKey]> = declared_reseller(&state.base, r)
+    let declared: std::collections::HashMap<&str, &[KeyEntry]> = declared_reseller(&state.base, r)
         .into_iter()
         .flat_map(|x| &x.tenants)
         .map(|t| (t.id.as_str(), t.key_hashes.as_slice()))
@@ -661,7 +697,7 @@ fn create_tenant(
             name: new.name.take(),
             plan: std::mem::take(&mut new.plan),
             status: new.status,
-            key_hashes: vec![TenantKey::digest(std::mem::take(hash))],
+            key_hashes: vec![KeyEntry::digest(std::mem::take(hash))],
             credentials: Default::default(),
             limits: new.limits,
         })
@@ -828,18 +864,14 @@ fn add_tenant_key(
     t: &str,
     body: &[u8],
 ) -> Result<Reply, AdminError> {
-    let new: NewKey = if body.iter().all(u8::is_ascii_whitespace) {
-        NewKey::default()
-    } else {
-        parse(body)?
-    };
+    let new: NewKey = parse_optional(body)?;
     let expires_at = expiry(new.expires_at, new.expires_in)?;
     let (key, hash) = fresh_key(&tenant_key_prefix(snapshot, r))?;
-    let entry = TenantKey {
-        hash,
+    let entry = KeyEntry {
         name: new.name,
         expires_at,
         models: new.models,
+        ..KeyEntry::digest(hash)
     };
     let mut view = tenant_key_view(&entry);
     view["key"] = key.expose().into();

@@ -28,10 +28,28 @@ impl Principal {
     }
 }
 
+/// What one admin key may do: act for its principal, only reading if
+/// `read_only`, until `expires_at` (Unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminGrant {
+    pub principal: Principal,
+    pub read_only: bool,
+    expires_at: Option<u64>,
+}
+
+/// Why an admin key is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminKeyRefusal {
+    /// Not an admin key.
+    Unknown,
+    /// An admin key past its `expires_at`, and whom it acted for.
+    Expired(Principal),
+}
+
 /// The admin keys of one configuration snapshot.
 #[derive(Debug, Default)]
 pub struct AdminKeys {
-    keys: FastMap<KeyDigest, Principal>,
+    keys: FastMap<KeyDigest, AdminGrant>,
 }
 
 impl AdminKeys {
@@ -64,29 +82,54 @@ impl AdminKeys {
                 )
             })
         });
-        for (who, hash, principal) in owned.chain(resellers) {
+        for (who, entry, principal) in owned.chain(resellers) {
+            let hash = &entry.hash;
             let digest = KeyDigest::parse(hash)
                 .ok_or_else(|| format!("{who}: expected `sha256:<64 hex>`, got `{hash}`"))?;
             if tenant_keys.contains(&digest) {
                 return Err(format!("{who}: the key is also a tenant's gateway key"));
             }
-            if keys.insert(digest, principal).is_some() {
+            if entry.models.is_some() {
+                return Err(format!(
+                    "{who}: `models` limits a tenant's gateway key, not an admin key"
+                ));
+            }
+            if entry.expires_at == Some(0) {
+                return Err(format!("{who}: a key's expires_at is Unix seconds, not 0"));
+            }
+            let grant = AdminGrant {
+                principal,
+                read_only: entry.read_only,
+                expires_at: entry.expires_at,
+            };
+            if keys.insert(digest, grant).is_some() {
                 return Err(format!("{who}: the key is listed twice"));
             }
         }
         Ok(Self { keys })
     }
 
-    /// The principal `key` acts for, if it is an admin key. The final
+    /// What `key` may do at time `at`, if it is an admin key. The final
     /// comparison is constant-time, and a miss does the same work as a hit.
-    pub fn principal(&self, key: &str) -> Option<Principal> {
+    pub fn grant(
+        &self,
+        key: &str,
+        at: std::time::SystemTime,
+    ) -> Result<AdminGrant, AdminKeyRefusal> {
         let digest = KeyDigest::of(key);
-        let (stored, principal) = match self.keys.get_key_value(&digest) {
-            Some((k, p)) => (k.0, Some(p)),
+        let (stored, grant) = match self.keys.get_key_value(&digest) {
+            Some((k, g)) => (k.0, Some(g)),
             None => ([0u8; 32], None),
         };
         let same: bool = stored.ct_eq(&digest.0).into();
-        principal.filter(|_| same).cloned()
+        let grant = grant.filter(|_| same).ok_or(AdminKeyRefusal::Unknown)?;
+        if grant
+            .expires_at
+            .is_some_and(|exp| crate::unix_seconds(at) >= exp)
+        {
+            return Err(AdminKeyRefusal::Expired(grant.principal.clone()));
+        }
+        Ok(grant.clone())
     }
 }
 
@@ -142,17 +185,42 @@ mod tests {
     #[test]
     fn each_key_acts_for_its_own_principal_and_nothing_else() {
         let keys = AdminKeys::build(&with("p-key", "a-key", "t-key")).unwrap();
-        assert_eq!(keys.principal("p-key"), Some(Principal::Platform));
+        let now = std::time::SystemTime::now();
+        let principal = |k: &str| keys.grant(k, now).map(|g| g.principal);
+        assert_eq!(principal("p-key"), Ok(Principal::Platform));
+        assert_eq!(principal("a-key"), Ok(Principal::Reseller("acme".into())));
         assert_eq!(
-            keys.principal("a-key"),
-            Some(Principal::Reseller("acme".into()))
-        );
-        assert_eq!(
-            keys.principal("t-key"),
-            None,
+            principal("t-key"),
+            Err(AdminKeyRefusal::Unknown),
             "a tenant key is no admin key"
         );
-        assert_eq!(keys.principal("other"), None);
+        assert_eq!(principal("other"), Err(AdminKeyRefusal::Unknown));
+    }
+
+    /// A table entry's `read_only` and `expires_at` are the grant's; an
+    /// admin key with `models` (a tenant key's field) is refused.
+    #[test]
+    fn an_admin_key_may_be_read_only_and_expire() {
+        let h = KeyDigest::of("a-key").to_config_string();
+        let table = |fields: &str| {
+            config(
+                &BASE
+                    .replace("PLATFORM", &KeyDigest::of("p-key").to_config_string())
+                    .replace("\"ACME\"", &format!("{{ hash = \"{h}\", {fields} }}"))
+                    .replace("TENANT", &KeyDigest::of("t-key").to_config_string()),
+            )
+        };
+        let keys = AdminKeys::build(&table("read_only = true, expires_at = 2000")).unwrap();
+        let at = |secs: u64| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        let grant = keys.grant("a-key", at(1999)).unwrap();
+        assert!(grant.read_only);
+        assert_eq!(
+            keys.grant("a-key", at(2000)),
+            Err(AdminKeyRefusal::Expired(Principal::Reseller("acme".into())))
+        );
+        assert!(!keys.grant("p-key", at(2000)).unwrap().read_only);
+        let e = AdminKeys::build(&table("models = [\"d\"]")).unwrap_err();
+        assert!(e.contains("not an admin key"), "{e}");
     }
 
     #[test]

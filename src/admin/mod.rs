@@ -14,7 +14,7 @@ mod keys;
 mod store;
 
 pub use api::{handle, Reply, Request};
-pub use keys::{key_id, new_key, AdminKeys, Principal};
+pub use keys::{key_id, new_key, AdminGrant, AdminKeyRefusal, AdminKeys, Principal};
 pub use store::Store;
 
 use crate::config::{ConfigError, GatewayConfig};

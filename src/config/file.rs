@@ -64,10 +64,10 @@ pub struct AdminConfig {
     /// How often each instance checks the store for another one's changes.
     #[serde(default = "default_admin_sync_interval_ms")]
     pub sync_interval_ms: u64,
-    /// `sha256:<64 hex>` digests of the platform's admin keys (`livery hash-key`):
-    /// they manage every reseller.
+    /// `sha256:<64 hex>` digests of the platform's admin keys (`livery hash-key`),
+    /// or `{ hash, name, expires_at, read_only }` tables: they manage every reseller.
     #[serde(default)]
-    pub platform_key_hashes: Vec<String>,
+    pub platform_key_hashes: Vec<KeyEntry>,
 }
 
 fn default_admin_redis_key() -> String {
@@ -870,10 +870,11 @@ pub struct ResellerConfig {
     /// Sealed provider keys of the reseller (`livery vault seal`), by provider name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub credentials: BTreeMap<String, String>,
-    /// `sha256:<64 hex>` digests of the reseller's admin keys: they manage
-    /// this reseller's tenants through the admin API, on its own hosts.
+    /// `sha256:<64 hex>` digests of the reseller's admin keys, or `{ hash,
+    /// name, expires_at, read_only }` tables: they manage this reseller's
+    /// tenants through the admin API, on its own hosts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub admin_key_hashes: Vec<String>,
+    pub admin_key_hashes: Vec<KeyEntry>,
     /// What the reseller's tenants see of the reseller rather than of the
     /// platform (`[resellers.branding]`).
     #[serde(default, skip_serializing_if = "BrandingConfig::is_default")]
@@ -924,7 +925,7 @@ pub struct TenantConfig {
     pub status: TenantStatus,
     /// The tenant's gateway keys: `sha256:<64 hex>` digests (`livery
     /// hash-key`), or `{ hash, name, expires_at, models }` tables.
-    pub key_hashes: Vec<TenantKey>,
+    pub key_hashes: Vec<KeyEntry>,
     /// Sealed provider keys of the tenant (`livery vault seal`), by provider name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub credentials: BTreeMap<String, String>,
@@ -933,33 +934,36 @@ pub struct TenantConfig {
     pub limits: LimitOverrides,
 }
 
-/// One gateway key of a tenant: its digest, and optionally a name (to tell
-/// keys apart in lists), an expiry (Unix seconds; refused from then on) and
-/// the models it may use (of its plan's; absent: all of them).
+/// One key of a `key_hashes` list (a tenant's gateway keys, or admin keys):
+/// its digest, and optionally a name (to tell keys apart in lists), an expiry
+/// (Unix seconds; refused from then on), the models a tenant key may use (of
+/// its plan's; absent: all of them) and whether an admin key only reads.
 /// Written as the bare digest when it has none of these, as files always had it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TenantKey {
+pub struct KeyEntry {
     pub hash: String,
     pub name: Option<String>,
     pub expires_at: Option<u64>,
     pub models: Option<Vec<String>>,
+    pub read_only: bool,
 }
 
-impl TenantKey {
-    /// A key with no name, no expiry and every model of its plan.
+impl KeyEntry {
+    /// A key with no name, no expiry and every right its holder has.
     pub fn digest(hash: String) -> Self {
         Self {
             hash,
             name: None,
             expires_at: None,
             models: None,
+            read_only: false,
         }
     }
 }
 
 #[derive(Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
-struct TenantKeyTable {
+struct KeyEntryTable {
     hash: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     name: Option<String>,
@@ -967,31 +971,34 @@ struct TenantKeyTable {
     expires_at: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     models: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    read_only: bool,
 }
 
 /// A string or a table, each with its own errors (an untagged enum would
 /// answer any mistake with "did not match any variant").
-impl<'de> Deserialize<'de> for TenantKey {
+impl<'de> Deserialize<'de> for KeyEntry {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> serde::de::Visitor<'de> for V {
-            type Value = TenantKey;
+            type Value = KeyEntry;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str(
-                    "a `sha256:` digest, or a table with `hash`, `name`, `expires_at` and `models`",
+                    "a `sha256:` digest, or a table with `hash`, `name`, `expires_at`, `models` and `read_only`",
                 )
             }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TenantKey, E> {
-                Ok(TenantKey::digest(v.to_owned()))
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<KeyEntry, E> {
+                Ok(KeyEntry::digest(v.to_owned()))
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, a: A) -> Result<TenantKey, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, a: A) -> Result<KeyEntry, A::Error> {
                 let t =
-                    TenantKeyTable::deserialize(serde::de::value::MapAccessDeserializer::new(a))?;
-                Ok(TenantKey {
+                    KeyEntryTable::deserialize(serde::de::value::MapAccessDeserializer::new(a))?;
+                Ok(KeyEntry {
                     hash: t.hash,
                     name: t.name,
                     expires_at: t.expires_at,
                     models: t.models,
+                    read_only: t.read_only,
                 })
             }
         }
@@ -999,16 +1006,21 @@ impl<'de> Deserialize<'de> for TenantKey {
     }
 }
 
-impl serde::Serialize for TenantKey {
+impl serde::Serialize for KeyEntry {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.name.is_none() && self.expires_at.is_none() && self.models.is_none() {
+        if self.name.is_none()
+            && self.expires_at.is_none()
+            && self.models.is_none()
+            && !self.read_only
+        {
             return s.serialize_str(&self.hash);
         }
-        TenantKeyTable {
+        KeyEntryTable {
             hash: self.hash.clone(),
             name: self.name.clone(),
             expires_at: self.expires_at,
             models: self.models.clone(),
+            read_only: self.read_only,
         }
         .serialize(s)
     }
@@ -1020,12 +1032,12 @@ mod tenant_key_tests {
 
     #[test]
     fn a_key_is_a_digest_or_a_table_and_is_written_back_as_it_came() {
-        let keys: Vec<TenantKey> = serde_json::from_str(
+        let keys: Vec<KeyEntry> = serde_json::from_str(
             r#"["sha256:aa", {"hash": "sha256:bb", "name": "ci", "expires_at": 1798761600},
                 {"hash": "sha256:cc", "models": ["m"]}]"#,
         )
         .unwrap();
-        assert_eq!(keys[0], TenantKey::digest("sha256:aa".into()));
+        assert_eq!(keys[0], KeyEntry::digest("sha256:aa".into()));
         assert_eq!(keys[1].name.as_deref(), Some("ci"));
         assert_eq!(keys[1].expires_at, Some(1798761600));
         assert_eq!(keys[2].models, Some(vec!["m".to_owned()]));
@@ -1054,7 +1066,7 @@ mod tenant_key_tests {
             ),
             (r#"[7]"#, "a `sha256:` digest, or a table"),
         ] {
-            let err = serde_json::from_str::<Vec<TenantKey>>(bad)
+            let err = serde_json::from_str::<Vec<KeyEntry>>(bad)
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(says), "{bad}: {err}");

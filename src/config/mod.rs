@@ -15,7 +15,7 @@ pub use file::{
 };
 
 pub use file::{
-    AcmeConfig, AdminConfig, BrandingConfig, PlainPolicy, StaticCertConfig, TenantKey, TlsConfig,
+    AcmeConfig, AdminConfig, BrandingConfig, KeyEntry, PlainPolicy, StaticCertConfig, TlsConfig,
 };
 pub use file::{LimitOverrides, LimitsBackend, LimitsConfig, OnRedisError, StreamCommit};
 

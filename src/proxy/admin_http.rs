@@ -8,12 +8,13 @@ use super::body::{json_response, ProxyBody};
 use super::error::GatewayError;
 use super::handler::resolve_reseller;
 use super::App;
-use crate::admin::{AdminError, Principal};
+use crate::admin::{AdminError, AdminGrant, AdminKeyRefusal, Principal};
 use crate::tenancy::{presented_key, PresentedKey, TenancyError};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Limited};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 /// The largest admin request body read (a list of tenants made at once).
 const MAX_ADMIN_BODY: usize = 4 * 1024 * 1024;
@@ -30,8 +31,8 @@ where
 {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let principal = match authenticate(app, &req, sni) {
-        Ok(p) => p,
+    let grant = match authenticate(app, &req, sni) {
+        Ok(g) => g,
         Err(e) => {
             tracing::info!(request_id, %method, path, code = e.code(), "admin request refused");
             return e.to_response();
@@ -51,7 +52,7 @@ where
             return error.to_response();
         }
     };
-    let who = principal.label();
+    let who = grant.principal.label();
     let task = {
         let app = app.clone();
         let (method, path) = (method.clone(), path.clone());
@@ -64,7 +65,8 @@ where
                 admin,
                 &app.snapshot,
                 &crate::admin::Request {
-                    principal: &principal,
+                    principal: &grant.principal,
+                    read_only: grant.read_only,
                     method: &method,
                     path: sub.trim_end_matches('/'),
                     query: query.as_deref(),
@@ -89,31 +91,33 @@ where
     answer
 }
 
-/// The admin key's principal. A reseller's key is honoured only on a host of
+/// What the admin key may do. A reseller's key is honoured only on a host of
 /// that reseller (and, over TLS, an SNI of it): elsewhere it is as unknown, as
-/// a tenant's key at another reseller is.
+/// a tenant's key at another reseller is; an expired key is told so only there.
 fn authenticate<B>(
     app: &App,
     req: &Request<B>,
     sni: Option<&str>,
-) -> Result<Principal, GatewayError> {
+) -> Result<AdminGrant, GatewayError> {
     let key = match presented_key(req.headers()) {
         PresentedKey::Key(k) => k,
         PresentedKey::Missing => return Err(TenancyError::MissingKey.into()),
         PresentedKey::Malformed => return Err(TenancyError::InvalidKey.into()),
     };
     let snapshot = app.snapshot.load();
-    let principal = snapshot
-        .admin_keys
-        .principal(key)
-        .ok_or(TenancyError::InvalidKey)?;
+    let (principal, grant) = match snapshot.admin_keys.grant(key, SystemTime::now()) {
+        Ok(g) => (g.principal.clone(), Ok(g)),
+        Err(AdminKeyRefusal::Expired(p)) => (p, Err(TenancyError::ExpiredKey)),
+        Err(AdminKeyRefusal::Unknown) => return Err(TenancyError::InvalidKey.into()),
+    };
     if let Principal::Reseller(own) = &principal {
         let at = resolve_reseller(&snapshot.tenancy, req).ok();
         let here = at.map(|i| &*snapshot.tenancy.reseller(i).id);
         let sni_ok = sni.is_none_or(|s| snapshot.tenancy.resolve_host(s).ok() == at);
+        // Off its own hosts a reseller's key is unknown, expired or not.
         if here != Some(&**own) || !sni_ok {
             return Err(TenancyError::InvalidKey.into());
         }
     }
-    Ok(principal)
+    Ok(grant?)
 }

@@ -261,6 +261,12 @@ impl Tenancy {
                             r.id, tc.id
                         )
                     })?;
+                    if kh.read_only {
+                        return Err(format!(
+                            "tenant `{}/{}`: `read_only` is for admin keys, not a tenant's gateway key",
+                            r.id, tc.id
+                        ));
+                    }
                     if kh.expires_at == Some(0) {
                         return Err(format!(
                             "tenant `{}/{}`: a key's expires_at is Unix seconds, not 0",
