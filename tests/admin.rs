@@ -1850,6 +1850,100 @@ async fn an_admin_key_may_only_read_and_may_expire() {
     gw.shutdown().await;
 }
 
+/// Rotating a tenant key answers a new key with its name and models; with
+/// `expires_in` the old key serves beside it until then (401
+/// `expired_api_key` after), without it the old key is gone at once. An
+/// expired or unknown key is not rotated.
+#[tokio::test]
+async fn a_tenant_key_is_rotated_with_a_grace_period_or_at_once() {
+    let mock = MockProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(&admin_config(&mock, dir.path())).await;
+    make_tenant(&gw, "bakery").await;
+    let a = as_acme(
+        &gw,
+        Method::POST,
+        "resellers/acme/tenants/bakery/keys",
+        Some(json!({"name": "till", "models": ["gpt-4o-mini"]})),
+        201,
+    )
+    .await;
+    let rotate = |id: &Value| {
+        format!(
+            "resellers/acme/tenants/bakery/keys/{}/rotate",
+            id.as_str().unwrap()
+        )
+    };
+    let b = as_acme(
+        &gw,
+        Method::POST,
+        &rotate(&a["id"]),
+        Some(json!({"expires_in": 2})),
+        201,
+    )
+    .await;
+    assert_ne!(b["id"], a["id"]);
+    assert_eq!(
+        (&b["name"], &b["models"]),
+        (&json!("till"), &json!(["gpt-4o-mini"]))
+    );
+    assert_eq!(b["replaces"]["id"], a["id"]);
+    let grace_ends = b["replaces"]["expires_at"].as_u64().unwrap();
+    let (key_a, key_b) = (a["key"].as_str().unwrap(), b["key"].as_str().unwrap());
+    assert!(key_b.starts_with("sk-") && key_b != key_a);
+    for key in [key_a, key_b] {
+        assert_eq!(chat_as(&gw, ACME_HOST, key).await.status(), 200);
+    }
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    assert!(grace_ends <= now() + 2);
+    while now() < grace_ends {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let resp = chat_as(&gw, ACME_HOST, key_a).await;
+    assert_eq!(error_code(resp, 401).await, "expired_api_key");
+    assert_eq!(chat_as(&gw, ACME_HOST, key_b).await.status(), 200);
+    let r = call(
+        &gw,
+        Method::POST,
+        ACME_HOST,
+        Some(ACME_ADMIN),
+        &rotate(&a["id"]),
+        None,
+    )
+    .await;
+    assert_eq!(error_code(r, 400).await, "invalid_body");
+
+    let c = as_acme(&gw, Method::POST, &rotate(&b["id"]), None, 201).await;
+    assert_eq!(
+        c["replaces"],
+        json!({"id": b["id"], "expires_at": null, "deleted": true})
+    );
+    let resp = chat_as(&gw, ACME_HOST, key_b).await;
+    assert_eq!(error_code(resp, 401).await, "invalid_api_key");
+    let key_c = c["key"].as_str().unwrap();
+    assert_eq!(chat_as(&gw, ACME_HOST, key_c).await.status(), 200);
+    let embed = json!({"model": "embed", "input": "hello"});
+    let resp = post(&gw, "/v1/embeddings", Some(ACME_HOST), Some(key_c), &embed).await;
+    assert_eq!(error_code(resp, 403).await, "model_not_allowed");
+    assert_eq!(acme_tenant_keys(&gw, "bakery").await, 3);
+    let r = call(
+        &gw,
+        Method::POST,
+        ACME_HOST,
+        Some(ACME_ADMIN),
+        "resellers/acme/tenants/bakery/keys/key_000000000000/rotate",
+        None,
+    )
+    .await;
+    assert_eq!(error_code(r, 404).await, "not_found");
+    gw.shutdown().await;
+}
+
 /// How many keys acme's tenant `t` has, as its admin lists them.
 async fn acme_tenant_keys(gw: &TestGateway, t: &str) -> usize {
     let path = format!("resellers/acme/tenants/{t}/keys");

@@ -12,6 +12,7 @@
 //! | `resellers/{r}/tenants/{t}` | GET, PATCH, DELETE |
 //! | `resellers/{r}/tenants/{t}/keys` | GET, POST |
 //! | `resellers/{r}/tenants/{t}/keys/{id}` | PATCH (`name`, `expires_at` or `expires_in`, `models`; `null` clears), DELETE |
+//! | `resellers/{r}/tenants/{t}/keys/{id}/rotate` | POST (`expires_in`: the old key's grace) |
 //! | `resellers/{r}/tenants/{t}/credentials/{provider}` | PUT `{"api_key"}`, DELETE |
 //! | `resellers/{r}/usage?month=YYYY-MM&tenant=t` | GET |
 //! | `vault/rewrap` | POST (platform): the store's credentials under the active KEK |
@@ -152,6 +153,9 @@ pub fn handle(
                 }
                 (["tenants", t, "keys", id], &Method::PATCH) => {
                     patch_tenant_key(admin, snapshot, (r, t, id), req.body)
+                }
+                (["tenants", t, "keys", id, "rotate"], &Method::POST) => {
+                    rotate_tenant_key(admin, snapshot, (r, t, id), req.body)
                 }
                 (["tenants", t, "credentials", p], &Method::PUT) => {
                     let owner = CredentialOwner::Tenant {
@@ -929,6 +933,67 @@ fn patch_tenant_key(
         Ok(())
     })?;
     ok(view)
+}
+
+/// `POST …/keys/{id}/rotate`: `expires_in`, the seconds the old key serves
+/// on beside the new one (absent or 0: it is deleted at once).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Rotation {
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+/// Replaces a tenant key with a new one of the same name, models and expiry,
+/// in one change: the old key is deleted, or expires after the grace period
+/// (never later than it would have), so that clients can move over.
+fn rotate_tenant_key(
+    admin: &Admin,
+    snapshot: &ArcSwap<Snapshot>,
+    (r, t, id): (&str, &str, &str),
+    body: &[u8],
+) -> Result<Reply, AdminError> {
+    let rotation: Rotation = parse_optional(body)?;
+    let now = crate::unix_seconds(std::time::SystemTime::now());
+    let (key, hash) = fresh_key(&tenant_key_prefix(snapshot, r))?;
+    let mut view = Value::Null;
+    admin.change(snapshot, |store, base, _| {
+        let keys = &mut api_tenant(store, base, r, t)?.key_hashes;
+        let i = keys
+            .iter()
+            .position(|k| key_id(&k.hash) == id)
+            .ok_or_else(|| AdminError::NotFound(format!("no key `{id}` for tenant `{t}`")))?;
+        if keys[i].expires_at.is_some_and(|at| at <= now) {
+            return Err(AdminError::BadBody(format!(
+                "key `{id}` has expired: make a new key, or extend it with PATCH"
+            )));
+        }
+        let new = KeyEntry {
+            name: keys[i].name.clone(),
+            expires_at: keys[i].expires_at,
+            models: keys[i].models.clone(),
+            ..KeyEntry::digest(hash.clone())
+        };
+        let old_expires_at = match rotation.expires_in.filter(|&secs| secs > 0) {
+            None => {
+                keys.remove(i);
+                None
+            }
+            Some(secs) => {
+                let at = now.saturating_add(secs);
+                let old = &mut keys[i].expires_at;
+                *old = Some(old.map_or(at, |was| was.min(at)));
+                *old
+            }
+        };
+        view = tenant_key_view(&new);
+        view["key"] = key.expose().into();
+        view["replaces"] = json!({"id": id, "expires_at": old_expires_at,
+            "deleted": old_expires_at.is_none()});
+        keys.push(new);
+        Ok(())
+    })?;
+    created(view)
 }
 
 fn delete_tenant_key(
