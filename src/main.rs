@@ -76,6 +76,9 @@ enum UsageCommand {
         month: String,
         #[arg(long, default_value = "table", value_parser = ["table", "csv", "json"])]
         format: String,
+        /// `api_key_id`: per tenant and gateway key instead (no invoice).
+        #[arg(long, value_parser = ["api_key_id"])]
+        group_by: Option<String>,
         /// Default: `gateway.toml`, or the built-in configuration where there is none.
         #[arg(long, env = "LIVERY_CONFIG")]
         config: Option<PathBuf>,
@@ -131,13 +134,14 @@ fn main() -> ExitCode {
             tenant,
             month,
             format,
+            group_by,
             config,
         }) => usage_report(
             &ConfigSource::resolve(config),
             &reseller,
             tenant.as_deref(),
             &month,
-            &format,
+            (&format, group_by.is_some()),
         ),
         Command::Tls(TlsCommand::Status { config }) => tls_status(&ConfigSource::resolve(config)),
     }
@@ -550,7 +554,7 @@ fn usage_report(
     reseller: &str,
     tenant: Option<&str>,
     month: &str,
-    format: &str,
+    (format, by_key): (&str, bool),
 ) -> ExitCode {
     use livery::usage::{report, LedgerPaths};
     let config = match source.load() {
@@ -562,9 +566,15 @@ fn usage_report(
             "no sqlite usage ledger is configured ([usage] ledger = false or no `sqlite` sink)",
         );
     };
-    let built = report::build(&db, &config, reseller, tenant, month)
-        .map_err(|e| e.to_string())
-        .and_then(|r| report::render(&r, format));
+    let built = if by_key {
+        report::build_by_key(&db, &config, reseller, tenant, month)
+            .map_err(|e| e.to_string())
+            .and_then(|r| report::render_by_key(&r, format))
+    } else {
+        report::build(&db, &config, reseller, tenant, month)
+            .map_err(|e| e.to_string())
+            .and_then(|r| report::render(&r, format))
+    };
     match built {
         Ok(text) => {
             print!("{text}");

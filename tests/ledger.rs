@@ -1058,6 +1058,174 @@ fn a_fixture_month_gives_the_expected_invoice_under_each_billing_model() {
     }
 }
 
+/// `livery usage report --group-by api_key_id` reads a month per tenant and
+/// gateway key from the events' own ids (UUIDv7s of each request's end):
+/// a request that began on the month's last second and ended in the next
+/// month counts in its start's month, events recorded before records named
+/// their key are one row of their own, and keys are named as the
+/// configuration names them.
+#[test]
+fn the_cli_reads_a_month_per_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("usage.db");
+    let mut sink = SqliteSink::open(&db).unwrap();
+    let till = livery::tenancy::KeyDigest::of("sk-FAKE-till");
+    let till_id = livery::tenancy::KeyId::of(&till).to_string();
+    let web_id =
+        livery::tenancy::KeyId::of(&livery::tenancy::KeyDigest::of("sk-FAKE-web")).to_string();
+    let at = |ts: &str| {
+        let t = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
+            .unwrap();
+        std::time::SystemTime::from(t)
+    };
+    let rows = [
+        (
+            1,
+            "dental",
+            Some(&till_id),
+            "2025-02-01T00:00:00Z",
+            "2025-02-01T00:00:01Z",
+            100,
+        ),
+        (
+            2,
+            "dental",
+            Some(&till_id),
+            "2025-02-28T23:59:59Z",
+            "2025-03-01T00:00:30Z",
+            10,
+        ),
+        (
+            3,
+            "dental",
+            Some(&web_id),
+            "2025-02-14T12:00:00Z",
+            "2025-02-14T12:00:01Z",
+            1_000,
+        ),
+        (
+            4,
+            "dental",
+            None,
+            "2025-02-03T00:00:00Z",
+            "2025-02-03T00:00:01Z",
+            7,
+        ),
+        (
+            5,
+            "realty",
+            Some(&web_id),
+            "2025-02-05T00:00:00Z",
+            "2025-02-05T00:00:01Z",
+            5,
+        ),
+        (
+            6,
+            "dental",
+            Some(&till_id),
+            "2025-03-01T00:00:01Z",
+            "2025-03-01T00:00:02Z",
+            9_999,
+        ),
+    ];
+    let lines: Vec<String> = rows
+        .iter()
+        .map(|(i, t, key, ts, ended, tokens)| {
+            let mut v: Value =
+                serde_json::from_str(&fixture_event(*i, "acme", t, ts, *tokens, 0)).unwrap();
+            v["event_id"] = json!(livery::telemetry::ids::uuid_v7_text_at(at(ended)));
+            if let Some(key) = key {
+                v["key_id"] = json!(key);
+            }
+            v.to_string()
+        })
+        .collect();
+    let events: Vec<LedgerEvent> = lines
+        .iter()
+        .map(|line| LedgerEvent::from_line(line.as_bytes()).unwrap())
+        .collect();
+    assert_eq!(sink.insert(&events).unwrap(), 6);
+    drop(sink);
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[usage]\nsqlite_path = \"{}\"\n\
+             [[models]]\nname = \"m\"\nprovider = \"p\"\n[[providers]]\nname = \"p\"\nkind = \"mock\"\n\
+             [[plans]]\nname = \"p\"\nmodels = [\"m\"]\n\
+             [[resellers]]\nid = \"acme\"\n[[resellers.tenants]]\nid = \"dental\"\nplan = \"p\"\n\
+             key_hashes = [{{ hash = \"{}\", name = \"till\" }}]\n",
+            db.display(),
+            till.to_config_string()
+        ),
+    )
+    .unwrap();
+    let report = |format: &str, tenant: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_livery"));
+        cmd.env_remove("LIVERY_CONFIG").args([
+            "usage",
+            "report",
+            "--reseller",
+            "acme",
+            "--month",
+            "2025-02",
+            "--group-by",
+            "api_key_id",
+            "--format",
+            format,
+            "--config",
+        ]);
+        cmd.arg(&cfg);
+        if let Some(t) = tenant {
+            cmd.args(["--tenant", t]);
+        }
+        let out = cmd.current_dir(dir.path()).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let v: Value = serde_json::from_str(&report("json", None)).unwrap();
+    let got: Vec<(String, Value, Value, u64, u64)> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["tenant"].as_str().unwrap().to_owned(),
+                r["key_id"].clone(),
+                r["name"].clone(),
+                r["requests"].as_u64().unwrap(),
+                r["prompt_tokens"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let mut want = vec![
+        ("dental".to_owned(), json!(till_id), json!("till"), 2, 110),
+        ("dental".to_owned(), json!(web_id), Value::Null, 1, 1_000),
+        ("dental".to_owned(), Value::Null, Value::Null, 1, 7),
+        ("realty".to_owned(), json!(web_id), Value::Null, 1, 5),
+    ];
+    want.sort_by(|a, b| (&a.0, a.1.as_str()).cmp(&(&b.0, b.1.as_str())));
+    assert_eq!(got, want, "{v}");
+    let csv = report("csv", Some("realty"));
+    assert_eq!(csv.lines().count(), 2, "{csv}");
+    assert!(
+        csv.lines()
+            .nth(1)
+            .unwrap()
+            .starts_with(&format!("acme,2025-02,realty,{web_id},,1,1,5,")),
+        "{csv}"
+    );
+    let table = report("table", Some("dental"));
+    assert!(
+        table.contains("till") && table.contains("(unrecorded)") && !table.contains("realty"),
+        "{table}"
+    );
+}
+
 // -------------------------------------------------------------- redis outage
 
 /// Sends `per_worker` requests from each of 4 tasks; returns their request ids.

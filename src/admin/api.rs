@@ -1122,46 +1122,18 @@ fn usage(admin: &Admin, r: &str, query: Option<&str>) -> Result<Reply, AdminErro
         other => AdminError::Ledger(other.to_string()),
     };
     if by_key {
-        let rows = crate::usage::report::build_by_key(&db, r, tenant.as_deref(), &month)
+        let report = crate::usage::report::build_by_key(&db, config, r, tenant.as_deref(), &month)
             .map_err(report_err)?;
-        let data: Vec<Value> = rows
-            .into_iter()
-            .map(|row| {
-                let name = row
-                    .key_id
-                    .as_deref()
-                    .and_then(|id| key_name(config, r, &row.rollup.tenant, id));
-                let mut v = json!(row);
-                v["name"] = json!(name);
-                v
-            })
-            .collect();
-        return ok(
-            json!({"object": "usage_report", "reseller": r, "month": month,
-            "group_by": "api_key_id", "data": data}),
-        );
+        let mut body =
+            serde_json::to_value(&report).map_err(|e| AdminError::Ledger(e.to_string()))?;
+        body["object"] = json!("usage_report");
+        return ok(body);
     }
     let report = crate::usage::report::build(&db, config, r, tenant.as_deref(), &month)
         .map_err(report_err)?;
     let mut body = serde_json::to_value(&report).map_err(|e| AdminError::Ledger(e.to_string()))?;
     body["object"] = json!("usage_report");
     ok(body)
-}
-
-/// The name of tenant `t`'s key `id`, if it has one (and still exists).
-fn key_name(config: &GatewayConfig, r: &str, t: &str, id: &str) -> Option<String> {
-    config
-        .resellers
-        .iter()
-        .find(|x| x.id == r)?
-        .tenants
-        .iter()
-        .find(|x| x.id == t)?
-        .key_hashes
-        .iter()
-        .find(|k| key_id(&k.hash) == id)?
-        .name
-        .clone()
 }
 
 /// Re-wraps the data key of every credential the store holds under the

@@ -63,14 +63,36 @@ pub fn valid_month(month: &str) -> bool {
         && matches!(month[5..].parse::<u8>(), Ok(1..=12))
 }
 
+/// A reseller's month per tenant and gateway key (`--group-by api_key_id`):
+/// the platform's cost of each key's calls, and no invoice (invoices are per
+/// tenant).
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyReport {
+    pub reseller: String,
+    pub month: String,
+    pub currency: String,
+    pub group_by: &'static str,
+    pub data: Vec<KeyLine>,
+}
+
+/// One key's month, with the name the configuration gives it (if it still
+/// holds the key).
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyLine {
+    #[serde(flatten)]
+    pub usage: sqlite::KeyRollup,
+    pub name: Option<String>,
+}
+
 /// Reads `month` of `reseller` (optionally one tenant) from the ledger at `db`
-/// per tenant and gateway key (unpriced: invoices are per tenant).
+/// per tenant and gateway key.
 pub fn build_by_key(
     db: &Path,
+    config: &GatewayConfig,
     reseller: &str,
     tenant: Option<&str>,
     month: &str,
-) -> Result<Vec<sqlite::KeyRollup>, ReportError> {
+) -> Result<KeyReport, ReportError> {
     if !valid_month(month) {
         return Err(ReportError::Month(month.to_owned()));
     }
@@ -79,7 +101,107 @@ pub fn build_by_key(
         source,
     };
     let conn = sqlite::open_read(db).map_err(db_err)?;
-    sqlite::monthly_key_rollups(&conn, reseller, month, tenant).map_err(db_err)
+    let rows = sqlite::monthly_key_rollups(&conn, reseller, month, tenant).map_err(db_err)?;
+    let data = rows
+        .into_iter()
+        .map(|usage| KeyLine {
+            name: usage
+                .key_id
+                .as_deref()
+                .and_then(|id| key_name(config, reseller, &usage.rollup.tenant, id)),
+            usage,
+        })
+        .collect();
+    Ok(KeyReport {
+        reseller: reseller.to_owned(),
+        month: month.to_owned(),
+        currency: config.prices.currency.clone(),
+        group_by: "api_key_id",
+        data,
+    })
+}
+
+/// The name of tenant `t`'s key `id`, if it has one (and still exists).
+fn key_name(config: &GatewayConfig, r: &str, t: &str, id: &str) -> Option<String> {
+    config
+        .resellers
+        .iter()
+        .find(|x| x.id == r)?
+        .tenants
+        .iter()
+        .find(|x| x.id == t)?
+        .key_hashes
+        .iter()
+        .find(|k| crate::admin::key_id(&k.hash) == id)?
+        .name
+        .clone()
+}
+
+/// Renders a per-key report as `table`, `csv` or `json`.
+pub fn render_by_key(report: &KeyReport, format: &str) -> Result<String, String> {
+    let mut out = String::new();
+    match format {
+        "json" => return serde_json::to_string_pretty(report).map_err(|e| e.to_string()),
+        "csv" => {
+            out.push_str(
+                "reseller,month,tenant,key_id,name,requests,billable_requests,prompt_tokens,completion_tokens,cached_tokens,total_tokens,estimated_events,unpriced_events,platform_cost,cache_write_tokens,cache_write_1h_tokens\n",
+            );
+            let (reseller, month) = (csv(&report.reseller), csv(&report.month));
+            for l in &report.data {
+                let t = &l.usage.rollup;
+                let _ = writeln!(
+                    out,
+                    "{reseller},{month},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                    csv(&t.tenant),
+                    l.usage.key_id.as_deref().unwrap_or(""),
+                    csv(l.name.as_deref().unwrap_or("")),
+                    t.requests,
+                    t.billable_requests,
+                    t.prompt_tokens,
+                    t.completion_tokens,
+                    t.cached_tokens,
+                    t.total_tokens,
+                    t.estimated_events,
+                    t.unpriced_events,
+                    format_micros(t.cost_micros),
+                    t.cache_write_tokens,
+                    t.cache_write_1h_tokens
+                );
+            }
+        }
+        "table" => {
+            let _ = writeln!(
+                out,
+                "Usage of reseller {} in {} per key ({})",
+                report.reseller, report.month, report.currency
+            );
+            let _ = writeln!(
+                out,
+                "{:<20} {:<16} {:<20} {:>10} {:>14} {:>14} {:>16}",
+                "tenant", "key", "name", "requests", "prompt", "completion", "platform cost"
+            );
+            for l in &report.data {
+                let t = &l.usage.rollup;
+                let _ = writeln!(
+                    out,
+                    "{:<20} {:<16} {:<20} {:>10} {:>14} {:>14} {:>16}",
+                    t.tenant,
+                    // Events recorded before records named their key.
+                    l.usage.key_id.as_deref().unwrap_or("(unrecorded)"),
+                    l.name.as_deref().unwrap_or(""),
+                    t.requests,
+                    t.prompt_tokens,
+                    t.completion_tokens,
+                    format_micros(t.cost_micros)
+                );
+            }
+            if report.data.is_empty() {
+                let _ = writeln!(out, "(no usage)");
+            }
+        }
+        other => return Err(format!("unknown format `{other}` (table, csv, json)")),
+    }
+    Ok(out)
 }
 
 /// Reads `month` of `reseller` (optionally one tenant) from the ledger at `db`
