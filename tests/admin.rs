@@ -1463,44 +1463,19 @@ async fn a_tenant_key_with_an_expiry_serves_until_then() {
     let key = made["key"].as_str().unwrap().to_owned();
     let expires_at = made["expires_at"].as_u64().unwrap();
     assert_eq!(made["name"], "ci runner");
-    let listed = as_acme(
-        &gw,
-        Method::GET,
-        "resellers/acme/tenants/bakery/keys",
-        None,
-        200,
-    )
-    .await;
-    let entry = listed["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["id"] == made["id"])
-        .unwrap()
-        .clone();
+    let entry = listed(&gw, "resellers/acme/tenants/bakery/keys", &made["id"]).await;
     assert_eq!(
         (entry["name"].as_str(), entry["expires_at"].as_u64()),
         (Some("ci runner"), Some(expires_at))
     );
-    let stored: String = std::fs::read_to_string(store_path(dir.path()))
-        .unwrap()
-        .split_whitespace()
-        .collect();
+    let stored = stored_compact(dir.path());
     assert!(
         stored.contains(&format!("\"expires_at\":{expires_at}")),
         "{stored}"
     );
     assert_eq!(chat_as(&gw, ACME_HOST, &key).await.status(), 200);
 
-    let now = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-    };
-    while now() < expires_at {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    sleep_until_unix(expires_at).await;
     let resp = chat_as(&gw, ACME_HOST, &key).await;
     assert_eq!(error_code(resp, 401).await, "expired_api_key");
     assert_eq!(chat_as(&gw, ACME_HOST, &first).await.status(), 200);
@@ -1538,7 +1513,7 @@ async fn a_tenant_key_with_an_expiry_serves_until_then() {
     .await;
     let hour = patched["expires_at"].as_u64().unwrap();
     assert!(
-        hour >= now() + 3590 && patched["name"] == "ci runner 2",
+        hour >= unix_now() + 3590 && patched["name"] == "ci runner 2",
         "{patched}"
     );
     assert_eq!(chat_as(&gw, ACME_HOST, &key).await.status(), 200);
@@ -1558,7 +1533,7 @@ async fn a_tenant_key_with_an_expiry_serves_until_then() {
         ACME_HOST,
         Some(ACME_ADMIN),
         &path,
-        Some(json!({"expires_at": now() - 5})),
+        Some(json!({"expires_at": unix_now() - 5})),
     )
     .await;
     assert_eq!(error_code(r, 400).await, "invalid_body");
@@ -1566,8 +1541,8 @@ async fn a_tenant_key_with_an_expiry_serves_until_then() {
 
     let before = acme_tenant_keys(&gw, "bakery").await;
     for body in [
-        json!({"expires_at": now() + 60, "expires_in": 60}),
-        json!({"expires_at": now() - 1}),
+        json!({"expires_at": unix_now() + 60, "expires_in": 60}),
+        json!({"expires_at": unix_now() - 1}),
         json!({"expires": 60}),
         json!({"name": 7}),
     ] {
@@ -1616,26 +1591,9 @@ async fn a_tenant_key_limited_to_models_is_made_and_changed_through_the_api() {
     let resp = chat_as(&gw, ACME_HOST, &key).await;
     assert_eq!(error_code(resp, 403).await, "model_not_allowed");
     assert_eq!(chat_as(&gw, ACME_HOST, &first).await.status(), 200);
-    let listed = as_acme(
-        &gw,
-        Method::GET,
-        "resellers/acme/tenants/bakery/keys",
-        None,
-        200,
-    )
-    .await;
-    let entry = listed["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["id"] == made["id"])
-        .unwrap()
-        .clone();
+    let entry = listed(&gw, "resellers/acme/tenants/bakery/keys", &made["id"]).await;
     assert_eq!(entry["models"], json!(["embed"]), "{entry}");
-    let stored: String = std::fs::read_to_string(store_path(dir.path()))
-        .unwrap()
-        .split_whitespace()
-        .collect();
+    let stored = stored_compact(dir.path());
     assert!(stored.contains("\"models\":[\"embed\"]"), "{stored}");
 
     let path = format!(
@@ -1711,14 +1669,7 @@ async fn an_admin_key_may_only_read_and_may_expire() {
         (&json!("dashboard"), &json!(true))
     );
     let reader = made["key"].as_str().unwrap().to_owned();
-    let listed = as_acme(&gw, Method::GET, "resellers/acme/admin_keys", None, 200).await;
-    let entry = listed["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["id"] == made["id"])
-        .unwrap()
-        .clone();
+    let entry = listed(&gw, "resellers/acme/admin_keys", &made["id"]).await;
     assert_eq!(
         (&entry["name"], &entry["read_only"]),
         (&json!("dashboard"), &json!(true))
@@ -1807,15 +1758,7 @@ async fn an_admin_key_may_only_read_and_may_expire() {
         200,
     )
     .await;
-    let now = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-    };
-    while now() < expires_at {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    sleep_until_unix(expires_at).await;
     let r = call(
         &gw,
         Method::GET,
@@ -1894,16 +1837,8 @@ async fn a_tenant_key_is_rotated_with_a_grace_period_or_at_once() {
     for key in [key_a, key_b] {
         assert_eq!(chat_as(&gw, ACME_HOST, key).await.status(), 200);
     }
-    let now = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-    };
-    assert!(grace_ends <= now() + 2);
-    while now() < grace_ends {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert!(grace_ends <= unix_now() + 2);
+    sleep_until_unix(grace_ends).await;
     let resp = chat_as(&gw, ACME_HOST, key_a).await;
     assert_eq!(error_code(resp, 401).await, "expired_api_key");
     assert_eq!(chat_as(&gw, ACME_HOST, key_b).await.status(), 200);
@@ -1942,6 +1877,40 @@ async fn a_tenant_key_is_rotated_with_a_grace_period_or_at_once() {
     .await;
     assert_eq!(error_code(r, 404).await, "not_found");
     gw.shutdown().await;
+}
+
+/// The entry with `id` in the list at `path`, as acme's admin lists it.
+async fn listed(gw: &TestGateway, path: &str, id: &Value) -> Value {
+    let list = as_acme(gw, Method::GET, path, None, 200).await;
+    list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == *id)
+        .unwrap_or_else(|| panic!("{id} not in {list}"))
+        .clone()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Waits for the wall clock's second `at` (a key's expiry).
+async fn sleep_until_unix(at: u64) {
+    while unix_now() < at {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The admin store's file without its whitespace.
+fn stored_compact(dir: &Path) -> String {
+    std::fs::read_to_string(store_path(dir))
+        .unwrap()
+        .split_whitespace()
+        .collect()
 }
 
 /// How many keys acme's tenant `t` has, as its admin lists them.

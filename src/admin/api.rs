@@ -522,6 +522,20 @@ fn fresh_key(prefix: &str) -> Result<(Secret, String), AdminError> {
     new_key(prefix).map_err(|_| AdminError::Vault("the system's random source failed".into()))
 }
 
+/// A new key with `prefix`: its entry (`fill` sets the fields beside its
+/// digest), and its view with the key itself, which is shown this once.
+fn issue(
+    prefix: &str,
+    view: fn(&KeyEntry) -> Value,
+    fill: impl FnOnce(KeyEntry) -> KeyEntry,
+) -> Result<(KeyEntry, Value), AdminError> {
+    let (key, hash) = fresh_key(prefix)?;
+    let entry = fill(KeyEntry::digest(hash));
+    let mut shown = view(&entry);
+    shown["key"] = key.expose().into();
+    Ok((entry, shown))
+}
+
 /// `POST …/admin_keys`: all optional. `read_only` keys can only `GET`.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -544,15 +558,12 @@ fn add_admin_key(
 ) -> Result<Reply, AdminError> {
     let new: NewAdminKey = parse_optional(body)?;
     let expires_at = expiry(new.expires_at, new.expires_in)?;
-    let (key, hash) = fresh_key(ADMIN_KEY_PREFIX)?;
-    let entry = KeyEntry {
+    let (entry, view) = issue(ADMIN_KEY_PREFIX, admin_key_view, |e| KeyEntry {
         name: new.name,
         expires_at,
         read_only: new.read_only,
-        ..KeyEntry::digest(hash)
-    };
-    let mut view = admin_key_view(&entry);
-    view["key"] = key.expose().into();
+        ..e
+    })?;
     admin.change(snapshot, |store, _, _| {
         store.entry(r).admin_key_hashes.push(entry);
         Ok(())
@@ -870,15 +881,13 @@ fn add_tenant_key(
 ) -> Result<Reply, AdminError> {
     let new: NewKey = parse_optional(body)?;
     let expires_at = expiry(new.expires_at, new.expires_in)?;
-    let (key, hash) = fresh_key(&tenant_key_prefix(snapshot, r))?;
-    let entry = KeyEntry {
+    let prefix = tenant_key_prefix(snapshot, r);
+    let (entry, view) = issue(&prefix, tenant_key_view, |e| KeyEntry {
         name: new.name,
         expires_at,
         models: new.models,
-        ..KeyEntry::digest(hash)
-    };
-    let mut view = tenant_key_view(&entry);
-    view["key"] = key.expose().into();
+        ..e
+    })?;
     admin.change(snapshot, |store, base, _| {
         api_tenant(store, base, r, t)?.key_hashes.push(entry);
         Ok(())

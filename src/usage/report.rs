@@ -84,6 +84,22 @@ pub struct KeyLine {
     pub name: Option<String>,
 }
 
+/// The ledger at `db`, opened to read `month` (checked: `YYYY-MM`).
+fn open_month(db: &Path, month: &str) -> Result<rusqlite::Connection, ReportError> {
+    if !valid_month(month) {
+        return Err(ReportError::Month(month.to_owned()));
+    }
+    sqlite::open_read(db).map_err(db_err(db))
+}
+
+/// A failure to read the ledger at `db`.
+fn db_err(db: &Path) -> impl Fn(rusqlite::Error) -> ReportError + '_ {
+    move |source| ReportError::Db {
+        path: db.display().to_string(),
+        source,
+    }
+}
+
 /// Reads `month` of `reseller` (optionally one tenant) from the ledger at `db`
 /// per tenant and gateway key.
 pub fn build_by_key(
@@ -93,15 +109,8 @@ pub fn build_by_key(
     tenant: Option<&str>,
     month: &str,
 ) -> Result<KeyReport, ReportError> {
-    if !valid_month(month) {
-        return Err(ReportError::Month(month.to_owned()));
-    }
-    let db_err = |source| ReportError::Db {
-        path: db.display().to_string(),
-        source,
-    };
-    let conn = sqlite::open_read(db).map_err(db_err)?;
-    let rows = sqlite::monthly_key_rollups(&conn, reseller, month, tenant).map_err(db_err)?;
+    let conn = open_month(db, month)?;
+    let rows = sqlite::monthly_key_rollups(&conn, reseller, month, tenant).map_err(db_err(db))?;
     let data = rows
         .into_iter()
         .map(|usage| KeyLine {
@@ -213,15 +222,9 @@ pub fn build(
     tenant: Option<&str>,
     month: &str,
 ) -> Result<Report, ReportError> {
-    if !valid_month(month) {
-        return Err(ReportError::Month(month.to_owned()));
-    }
-    let db_err = |source| ReportError::Db {
-        path: db.display().to_string(),
-        source,
-    };
-    let conn = sqlite::open_read(db).map_err(db_err)?;
-    let tenants = sqlite::monthly_rollups(&conn, reseller, month, tenant).map_err(db_err)?;
+    let conn = open_month(db, month)?;
+    let db_err = db_err(db);
+    let tenants = sqlite::monthly_rollups(&conn, reseller, month, tenant).map_err(&db_err)?;
     let billing = config.billing.get(reseller);
     // The platform fee's tier is the reseller's whole month, not the one
     // tenant a report may be filtered to.
