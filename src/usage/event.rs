@@ -137,7 +137,11 @@ impl UsageRecord {
         member_str(out, key!("reseller"), &self.reseller);
         member_str(out, key!("tenant"), &self.tenant);
         if let Some(id) = &self.key_id {
-            member_str(out, key!("key_id"), id.as_str());
+            // Hex digits after `key_`: nothing to escape.
+            out.extend_from_slice(key!("key_id"));
+            out.push(b'"');
+            out.extend_from_slice(id.as_bytes());
+            out.push(b'"');
         }
         member_str(out, key!("endpoint"), self.endpoint);
         member_opt_str(
