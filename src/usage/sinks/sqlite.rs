@@ -1174,4 +1174,42 @@ mod tests {
         assert_eq!(tenants[1], ("b".to_owned(), 10, 8));
         assert_eq!(total, (428, 108));
     }
+
+    /// A ledger whose view predates `key_id` (one of 2026-12-06, with the
+    /// cache writes) gets it when opened, read from the lines that hold it.
+    #[test]
+    fn a_view_without_key_ids_is_made_again_with_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        let line = |id: &str, key: Option<&str>| {
+            let mut v = json!({"event_id": id, "ts": "2026-12-02T10:00:00Z",
+                "request_id": id, "reseller": "r", "tenant": "t", "outcome": "ok"});
+            if let Some(k) = key {
+                v["key_id"] = json!(k);
+            }
+            v.to_string()
+        };
+        let lines = [line("e1", Some("key_0123456789ab")), line("e2", None)];
+        let mut sink = SqliteSink::open(&path).unwrap();
+        sink.insert(&parsed(&lines)).unwrap();
+        let view = SCHEMA
+            [SCHEMA.find("CREATE VIEW").unwrap()..SCHEMA.find("FROM event_lines;").unwrap()]
+            .replace("    json_extract(raw, '$.key_id') AS key_id,\n", "");
+        assert!(!view.contains("key_id") && view.contains("cache_write_1h_tokens"));
+        sink.conn
+            .execute_batch(&format!("DROP VIEW events; {view} FROM event_lines;"))
+            .unwrap();
+        assert!(sink.conn.prepare("SELECT key_id FROM events").is_err());
+        drop(sink);
+        let reopened = SqliteSink::open(&path).unwrap();
+        let keys: Vec<Option<String>> = reopened
+            .conn
+            .prepare("SELECT key_id FROM events ORDER BY event_id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(keys, [Some("key_0123456789ab".to_owned()), None]);
+    }
 }
