@@ -1593,6 +1593,21 @@ async fn a_tenant_key_limited_to_models_is_made_and_changed_through_the_api() {
     assert_eq!(chat_as(&gw, ACME_HOST, &first).await.status(), 200);
     let entry = listed(&gw, "resellers/acme/tenants/bakery/keys", &made["id"]).await;
     assert_eq!(entry["models"], json!(["embed"]), "{entry}");
+    let one = format!(
+        "resellers/acme/tenants/bakery/keys/{}",
+        made["id"].as_str().unwrap()
+    );
+    assert_eq!(as_acme(&gw, Method::GET, &one, None, 200).await, entry);
+    let r = call(
+        &gw,
+        Method::GET,
+        ACME_HOST,
+        Some(ACME_ADMIN),
+        "resellers/acme/tenants/bakery/keys/key_000000000000",
+        None,
+    )
+    .await;
+    assert_eq!(error_code(r, 404).await, "not_found");
     let stored = stored_compact(dir.path());
     assert!(stored.contains("\"models\":[\"embed\"]"), "{stored}");
 
@@ -1670,6 +1685,8 @@ async fn an_admin_key_may_only_read_and_may_expire() {
     );
     let reader = made["key"].as_str().unwrap().to_owned();
     let entry = listed(&gw, "resellers/acme/admin_keys", &made["id"]).await;
+    let one = format!("resellers/acme/admin_keys/{}", made["id"].as_str().unwrap());
+    assert_eq!(as_acme(&gw, Method::GET, &one, None, 200).await, entry);
     assert_eq!(
         (&entry["name"], &entry["read_only"]),
         (&json!("dashboard"), &json!(true))

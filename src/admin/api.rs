@@ -6,12 +6,12 @@
 //! | `resellers` | GET (the caller's), POST (platform) |
 //! | `resellers/{r}` | GET, PATCH (`name`, `branding`; `domains`, `plan`: platform), DELETE (platform, no tenants left) |
 //! | `resellers/{r}/admin_keys` | GET, POST |
-//! | `resellers/{r}/admin_keys/{id}` | DELETE |
+//! | `resellers/{r}/admin_keys/{id}` | GET, DELETE |
 //! | `resellers/{r}/credentials/{provider}` | PUT `{"api_key"}`, DELETE |
 //! | `resellers/{r}/tenants` | GET, POST |
 //! | `resellers/{r}/tenants/{t}` | GET, PATCH, DELETE |
 //! | `resellers/{r}/tenants/{t}/keys` | GET, POST |
-//! | `resellers/{r}/tenants/{t}/keys/{id}` | PATCH (`name`, `expires_at` or `expires_in`, `models`; `null` clears), DELETE |
+//! | `resellers/{r}/tenants/{t}/keys/{id}` | GET, PATCH (`name`, `expires_at` or `expires_in`, `models`; `null` clears), DELETE |
 //! | `resellers/{r}/tenants/{t}/keys/{id}/rotate` | POST (`expires_in`: the old key's grace) |
 //! | `resellers/{r}/tenants/{t}/credentials/{provider}` | PUT `{"api_key"}`, DELETE |
 //! | `resellers/{r}/usage?month=YYYY-MM&tenant=t` | GET |
@@ -128,6 +128,13 @@ pub fn handle(
                     ok(json!({"object": "list", "data": view["admin_keys"]}))
                 }
                 (["admin_keys"], &Method::POST) => add_admin_key(admin, snapshot, r, req.body),
+                (["admin_keys", id], &Method::GET) => {
+                    let view = {
+                        let state = admin.lock();
+                        reseller_view(&state.base, &state.merged, r)?
+                    };
+                    one_key(&view["admin_keys"], id, r)
+                }
                 (["admin_keys", id], &Method::DELETE) => delete_admin_key(admin, snapshot, r, id),
                 (["credentials", p], &Method::PUT) => {
                     let owner = CredentialOwner::Reseller((*r).into());
@@ -147,6 +154,9 @@ pub fn handle(
                 }
                 (["tenants", t, "keys"], &Method::POST) => {
                     add_tenant_key(admin, snapshot, r, t, req.body)
+                }
+                (["tenants", t, "keys", id], &Method::GET) => {
+                    one_key(&tenant_view(admin, r, t)?["keys"], id, t)
                 }
                 (["tenants", t, "keys", id], &Method::DELETE) => {
                     delete_tenant_key(admin, snapshot, r, t, id)
@@ -534,6 +544,16 @@ fn issue(
     let mut shown = view(&entry);
     shown["key"] = key.expose().into();
     Ok((entry, shown))
+}
+
+/// The key `id` of a list of keys (`keys` of `owner`), as listed.
+fn one_key(keys: &Value, id: &str, owner: &str) -> Result<Reply, AdminError> {
+    keys.as_array()
+        .and_then(|ks| ks.iter().find(|k| k["id"] == id))
+        .map_or_else(
+            || Err(AdminError::NotFound(format!("no key `{id}` of `{owner}`"))),
+            |k| ok(k.clone()),
+        )
 }
 
 /// `POST …/admin_keys`: all optional. `read_only` keys can only `GET`.
