@@ -261,6 +261,9 @@ pub struct LedgerEvent<'a> {
     pub reseller: Cow<'a, str>,
     #[serde(borrow)]
     pub tenant: Cow<'a, str>,
+    /// Absent from lines written before records named their key.
+    #[serde(borrow, default, deserialize_with = "opt_text")]
+    pub key_id: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     pub endpoint: Cow<'a, str>,
     #[serde(borrow, default, deserialize_with = "opt_text")]

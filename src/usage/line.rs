@@ -34,9 +34,8 @@ pub(super) fn parse(raw: &str) -> Option<LedgerEvent<'_>> {
     let request_id = c.key("request_id")?.string()?;
     let reseller = c.key("reseller")?.string()?;
     let tenant = c.key("tenant")?.string()?;
-    // The key's id (absent from lines written before keys were recorded)
-    // is read by the ledger's `events` view from the raw line, not here.
-    c.optional_key("key_id", Cursor::string)?;
+    // Absent from lines written before records named their key.
+    let key_id = c.optional_key("key_id", Cursor::string)?;
     let endpoint = c.key("endpoint")?.string()?;
     let requested_model = c.key("requested_model")?.nullable(Cursor::string)?;
     let served_model = c.key("served_model")?.nullable(Cursor::string)?;
@@ -91,6 +90,7 @@ pub(super) fn parse(raw: &str) -> Option<LedgerEvent<'_>> {
         request_id: Cow::Borrowed(request_id),
         reseller: Cow::Borrowed(reseller),
         tenant: Cow::Borrowed(tenant),
+        key_id: key_id.map(Cow::Borrowed),
         endpoint: Cow::Borrowed(endpoint),
         requested_model: requested_model.map(Cow::Borrowed),
         served_model: served_model.map(Cow::Borrowed),
