@@ -1335,6 +1335,20 @@ async fn cors_preflights_are_identical_at_every_host_and_name_no_reseller() {
     assert_only_sentinel_recorded(&gw, 0, "CORS preflights").await;
 }
 
+/// The standard configuration with acme/dental's key followed by `entries`
+/// (TOML key entries) in its `key_hashes`.
+fn with_dental_keys(mock: &MockProvider, entries: &[String]) -> String {
+    let dental = format!("key_hashes = [\"{}\"]", hash(ACME_DENTAL.2));
+    let config = standard_config(&mock.base_url(), "");
+    assert!(config.contains(&dental));
+    let keys = format!(
+        "key_hashes = [\"{}\", {}]",
+        hash(ACME_DENTAL.2),
+        entries.join(", ")
+    );
+    config.replacen(&dental, &keys, 1)
+}
+
 /// A key limited to some of its plan's models uses only those, at every
 /// endpoint: another model of the plan is 403 `model_not_allowed` saying the
 /// key (in either dialect, nothing sent), `/v1/models` lists only the key's,
@@ -1344,17 +1358,12 @@ async fn cors_preflights_are_identical_at_every_host_and_name_no_reseller() {
 async fn a_key_limited_to_models_uses_only_those_and_the_tenants_other_keys_keep_the_plan() {
     let mock = MockProvider::start().await;
     let limited = "sk-FAKE-dental-indexer-key";
-    let dental = format!("key_hashes = [\"{}\"]", hash(ACME_DENTAL.2));
-    let config = standard_config(&mock.base_url(), "");
-    assert!(config.contains(&dental));
-    let config = config.replacen(
-        &dental,
-        &format!(
-            "key_hashes = [\"{}\", {{ hash = \"{}\", name = \"indexer\", models = [\"embed\"] }}]",
-            hash(ACME_DENTAL.2),
-            hash(limited),
-        ),
-        1,
+    let config = with_dental_keys(
+        &mock,
+        &[format!(
+            "{{ hash = \"{}\", name = \"indexer\", models = [\"embed\"] }}",
+            hash(limited)
+        )],
     );
     let gw = TestGateway::start(&config).await;
     let holder = (ACME_DENTAL.0, ACME_DENTAL.1, limited);
@@ -1425,20 +1434,20 @@ async fn an_expired_key_is_refused_and_the_tenants_other_keys_serve_on() {
         .unwrap()
         .as_secs();
     let (expired, current) = ("sk-FAKE-dental-expired-key", "sk-FAKE-dental-current-key");
-    let dental = format!("key_hashes = [\"{}\"]", hash(ACME_DENTAL.2));
-    let config = standard_config(&mock.base_url(), "");
-    assert!(config.contains(&dental));
-    let config = config.replacen(
-        &dental,
-        &format!(
-            "key_hashes = [\"{}\", {{ hash = \"{}\", name = \"old laptop\", expires_at = {} }}, {{ hash = \"{}\", expires_at = {} }}]",
-            hash(ACME_DENTAL.2),
-            hash(expired),
-            now - 1,
-            hash(current),
-            now + 3600
-        ),
-        1,
+    let config = with_dental_keys(
+        &mock,
+        &[
+            format!(
+                "{{ hash = \"{}\", name = \"old laptop\", expires_at = {} }}",
+                hash(expired),
+                now - 1
+            ),
+            format!(
+                "{{ hash = \"{}\", expires_at = {} }}",
+                hash(current),
+                now + 3600
+            ),
+        ],
     );
     let gw = TestGateway::start(&config).await;
     for (_, path) in ENDPOINTS {

@@ -80,10 +80,6 @@ async fn post_acme(gw: &TestGateway, body: &Value) -> reqwest::Response {
         .unwrap()
 }
 
-fn rid(resp: &reqwest::Response) -> String {
-    resp.headers()["x-request-id"].to_str().unwrap().to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_in_the_ledger_equal_the_upstreams_usage_streamed_or_not() {
     let mock = MockProvider::start().await;

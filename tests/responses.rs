@@ -20,22 +20,6 @@ async fn responses(gw: &TestGateway, body: &Value) -> reqwest::Response {
     .await
 }
 
-/// A streamed answer's request id and text, checking that it is a 200
-/// event stream.
-async fn streamed(resp: reqwest::Response) -> (String, String) {
-    assert_eq!(resp.status(), 200);
-    assert!(resp.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/event-stream"));
-    let id = rid(&resp);
-    (id, resp.text().await.unwrap())
-}
-
-fn rid(resp: &reqwest::Response) -> String {
-    resp.headers()["x-request-id"].to_str().unwrap().to_owned()
-}
-
 fn body(model: &str) -> Value {
     json!({"model": model, "instructions": "Be brief.", "input": "Say hello to the tests."})
 }

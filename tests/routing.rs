@@ -80,10 +80,6 @@ async fn chat(gw: &TestGateway, model: &str, mock: Value, stream: bool) -> reqwe
     .await
 }
 
-fn rid(resp: &reqwest::Response) -> String {
-    resp.headers()["x-request-id"].to_str().unwrap().to_owned()
-}
-
 fn outcomes(record: &Value) -> Vec<(String, String)> {
     record["attempts"]
         .as_array()

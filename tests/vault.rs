@@ -91,10 +91,6 @@ fn upstream_auth(mock: &MockProvider) -> String {
         .to_owned()
 }
 
-fn rid(resp: &reqwest::Response) -> String {
-    resp.headers()["x-request-id"].to_str().unwrap().to_owned()
-}
-
 #[tokio::test]
 async fn each_request_carries_exactly_its_own_tenants_key() {
     let mock = MockProvider::start().await;

@@ -301,12 +301,10 @@ mod tests {
         assert!((2_860..=3_140).contains(&first_a), "{first_a}");
     }
 
-    #[test]
-    fn a_choice_names_the_model_by_the_tables_own_name() {
-        let mut t = table(&[("a", 0, 1)]);
-        let small = t.models["m"].clone();
-        t.models.insert(Arc::from("small"), small);
-        let plan = |models: &[&str], downgrade_to: Option<&str>| crate::tenancy::Plan {
+    /// A plan of `models` that rejects other models, or downgrades them to
+    /// `downgrade_to`.
+    fn plan(models: &[&str], downgrade_to: Option<&str>) -> crate::tenancy::Plan {
+        crate::tenancy::Plan {
             name: "p".into(),
             models: models.iter().map(|&m| Arc::from(m)).collect(),
             byok: Default::default(),
@@ -317,7 +315,14 @@ mod tests {
             },
             downgrade_to: downgrade_to.map(Arc::from),
             limits: Default::default(),
-        };
+        }
+    }
+
+    #[test]
+    fn a_choice_names_the_model_by_the_tables_own_name() {
+        let mut t = table(&[("a", 0, 1)]);
+        let small = t.models["m"].clone();
+        t.models.insert(Arc::from("small"), small);
         let open = plan(&["m", "small"], None);
         let first = t.choose(&open, None, "m").unwrap();
         let second = t.choose(&open, None, "m").unwrap();
@@ -348,18 +353,7 @@ mod tests {
             let routes = t.models["m"].clone();
             t.models.insert(Arc::from(name), routes);
         }
-        let plan = |downgrade_to: Option<&str>| crate::tenancy::Plan {
-            name: "p".into(),
-            models: ["m", "small", "big"].map(Arc::from).into(),
-            byok: Default::default(),
-            disallowed_model: if downgrade_to.is_some() {
-                DisallowedModel::Downgrade
-            } else {
-                DisallowedModel::Reject
-            },
-            downgrade_to: downgrade_to.map(Arc::from),
-            limits: Default::default(),
-        };
+        let plan = |downgrade_to| plan(&["m", "small", "big"], downgrade_to);
         let key: Vec<Arc<str>> = vec!["small".into(), "m".into()];
         let reject = plan(None);
         assert_eq!(

@@ -501,3 +501,20 @@ pub async fn operator_metrics(gw: &TestGateway) -> String {
         .await
         .unwrap()
 }
+
+/// The request id an answer carries.
+pub fn rid(resp: &reqwest::Response) -> String {
+    resp.headers()["x-request-id"].to_str().unwrap().to_owned()
+}
+
+/// A streamed answer's request id and text, checking that it is a 200
+/// event stream.
+pub async fn streamed(resp: reqwest::Response) -> (String, String) {
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let id = rid(&resp);
+    (id, resp.text().await.unwrap())
+}
